@@ -1,0 +1,147 @@
+//! Validation: every shape meshrpc cannot carry over the network is rejected here,
+//! at the span of the offending tokens, with what to write instead.
+
+use syn::{
+    spanned::Spanned, visit::Visit, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType,
+    TraitItem, TraitItemFn, Type,
+};
+
+use crate::{snake_case, MethodDef, Options, ServiceDef};
+
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, span: impl Spanned, message: &str) {
+        let e = syn::Error::new(span.span(), message);
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+}
+
+pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceDef> {
+    let mut errors = Errors(None);
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        errors.push(&item.generics, "service traits cannot be generic: every node must agree on one set of concrete types");
+    }
+    if let Some(unsafety) = &item.unsafety {
+        errors.push(unsafety, "service traits cannot be `unsafe`");
+    }
+    let mut methods = Vec::new();
+    for trait_item in &item.items {
+        match trait_item {
+            TraitItem::Fn(f) => {
+                if let Some(m) = method(f, &mut errors) {
+                    methods.push(m);
+                }
+            }
+            other => errors.push(
+                other,
+                "service traits hold only `async fn` methods: move constants and types outside the trait",
+            ),
+        }
+    }
+    if let Some(e) = errors.0 {
+        return Err(e);
+    }
+    let name = match options.name {
+        Some(lit) => {
+            let v = lit.value();
+            if v.is_empty() || v.len() > 255 || v.contains('/') {
+                return Err(syn::Error::new(lit.span(), "a service name is 1 to 255 bytes without `/`"));
+            }
+            v
+        }
+        None => snake_case(&item.ident.to_string()),
+    };
+    Ok(ServiceDef { vis: item.vis.clone(), item, name, methods })
+}
+
+fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
+    let sig = &f.sig;
+    let before = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
+    if sig.asyncness.is_none() {
+        errors.push(sig.fn_token, "service methods must be `async fn`: every remote call waits on the network");
+    }
+    if let Some(c) = &sig.constness {
+        errors.push(c, "service methods cannot be `const`");
+    }
+    if let Some(u) = &sig.unsafety {
+        errors.push(u, "service methods cannot be `unsafe`");
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(abi, "service methods cannot have an `extern` ABI");
+    }
+    if let Some(v) = &sig.variadic {
+        errors.push(v, "service methods cannot be variadic");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(&sig.generics, "service methods cannot be generic: use concrete argument types (a generic call cannot be decoded on the other side)");
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) if r.mutability.is_some() && r.reference.is_some() => errors.push(
+            r,
+            "take `&self`, not `&mut self`: a service is shared by concurrent calls; keep mutable state behind a Mutex or atomics",
+        ),
+        Some(FnArg::Receiver(r)) => errors.push(r, "take `&self`: a service is shared by concurrent calls and never consumed"),
+        _ => errors.push(&sig.ident, "service methods take `&self` first: associated functions cannot be called remotely"),
+    }
+    let mut args = Vec::new();
+    for input in inputs {
+        let FnArg::Typed(pt) = input else { continue };
+        match &*pt.pat {
+            Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                args.push((pi.ident.clone(), (*pt.ty).clone()));
+            }
+            other => errors.push(other, "name each argument with a plain identifier: the name is its JSON field"),
+        }
+        check_arg_type(&pt.ty, errors);
+    }
+    match &sig.output {
+        ReturnType::Type(_, ty) if is_result(ty) => {}
+        ReturnType::Type(_, ty) => errors.push(
+            ty,
+            "return `Result<T, E>` with `E: From<meshrpc::Error>`: every remote call can fail, and the failure must reach the caller",
+        ),
+        ReturnType::Default => errors.push(
+            &sig.ident,
+            "return `Result<(), E>` with `E: From<meshrpc::Error>`: every remote call can fail, and the failure must reach the caller",
+        ),
+    }
+    let after = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
+    let ident = sig.ident.clone();
+    let name = ident.to_string().trim_start_matches("r#").to_owned();
+    (after == before).then_some(MethodDef { ident, name, args })
+}
+
+fn check_arg_type(ty: &Type, errors: &mut Errors) {
+    struct Finder<'a>(&'a mut Errors);
+    impl<'ast> Visit<'ast> for Finder<'_> {
+        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+            self.0.push(r, "take arguments by value (`String` for `&str`, `Vec<T>` for `&[T]`): they are sent over the network and decoded into owned values");
+        }
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            self.0.push(t, "`impl Trait` arguments cannot cross the network: use a concrete `Serialize + Deserialize` type");
+        }
+        fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
+            self.0.push(t, "trait objects cannot cross the network: use a concrete `Serialize + Deserialize` type");
+        }
+        fn visit_type_bare_fn(&mut self, t: &'ast syn::TypeBareFn) {
+            self.0.push(t, "functions cannot cross the network: send data and call a method on the other side");
+        }
+    }
+    Finder(errors).visit_type(ty);
+}
+
+fn is_result(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else { return false };
+    if last.ident != "Result" {
+        return false;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    args.args.iter().filter(|a| matches!(a, GenericArgument::Type(_))).count() == 2
+}

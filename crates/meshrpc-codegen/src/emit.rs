@@ -1,0 +1,164 @@
+//! Code emission for a validated [`ServiceDef`].
+
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+
+use crate::ServiceDef;
+
+pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
+    let mut item = def.item.clone();
+    // Implementations are shared across tasks and published as `Arc<dyn Trait>`.
+    item.supertraits.push(syn::parse_quote!(::core::marker::Send));
+    item.supertraits.push(syn::parse_quote!(::core::marker::Sync));
+    item.supertraits.push(syn::parse_quote!('static));
+    if item.colon_token.is_none() {
+        item.colon_token = Some(Default::default());
+    }
+    let item = item.into_token_stream();
+    quote! {
+        #[::meshrpc::__private::async_trait]
+        #item
+    }
+}
+
+pub(crate) fn server(def: &ServiceDef) -> TokenStream {
+    let (vis, trait_ident, server, client) = (&def.vis, def.trait_ident(), def.server_ident(), def.client_ident());
+    let doc = format!("Serves [`{trait_ident}`] on a meshrpc node: `server.publish({server}::new(my_impl))`.");
+    let arms = def.methods.iter().map(|m| {
+        let (ident, name) = (&m.ident, &m.name);
+        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let types = m.args.iter().map(|(_, t)| t);
+        quote! {
+            #name => ::std::boxed::Box::pin(async move {
+                #[derive(::meshrpc::__private::serde::Deserialize)]
+                #[serde(crate = "::meshrpc::__private::serde")]
+                struct __Args { #( #names: #types, )* }
+                let __Args { #( #names, )* } = codec.decode_args::<__Args>(&payload)?;
+                ::meshrpc::__private::reply(codec, service.#ident( #( #names ),* ).await)
+            }),
+        }
+    });
+    quote! {
+        #[doc = #doc]
+        #vis struct #server<T: ?::core::marker::Sized> {
+            inner: ::std::sync::Arc<T>,
+        }
+
+        impl<T: #trait_ident> #server<T> {
+            /// Wraps an implementation.
+            pub fn new(service: T) -> Self {
+                Self { inner: ::std::sync::Arc::new(service) }
+            }
+        }
+
+        impl<T: #trait_ident + ?::core::marker::Sized> #server<T> {
+            /// Wraps a shared implementation (also `Arc<dyn Trait>`).
+            pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+                Self { inner: service }
+            }
+        }
+
+        impl<T: #trait_ident + ?::core::marker::Sized> ::meshrpc::Service for #server<T> {
+            fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
+                #client::SPEC
+            }
+
+            fn call(
+                &self,
+                method: &str,
+                codec: ::meshrpc::Codec,
+                payload: ::meshrpc::__private::Bytes,
+            ) -> ::meshrpc::call::BoxFuture<::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>> {
+                let service = ::std::sync::Arc::clone(&self.inner);
+                match method {
+                    #( #arms )*
+                    _ => ::meshrpc::__private::unknown_method(#client::SPEC.name, method),
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn client(def: &ServiceDef) -> TokenStream {
+    let (vis, trait_ident, client) = (&def.vis, def.trait_ident(), def.client_ident());
+    let service_name = &def.name;
+    let trait_name = trait_ident.to_string();
+    let doc = format!(
+        "Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value."
+    );
+    let method_specs = def.methods.iter().map(|m| {
+        let name = &m.name;
+        let args = m.args.iter().map(|(n, _)| n.to_string().trim_start_matches("r#").to_owned());
+        quote! { ::meshrpc::MethodSpec { name: #name, args: &[ #( #args ),* ] } }
+    });
+    let methods = def.item.items.iter().filter_map(|i| match i {
+        syn::TraitItem::Fn(f) => Some(f),
+        _ => None,
+    });
+    let impls = methods.zip(&def.methods).map(|(f, m)| {
+        let sig = &f.sig;
+        let name = &m.name;
+        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let types = m.args.iter().map(|(_, t)| t);
+        let (lifetime, args_ty) = if names.is_empty() {
+            (quote!(), quote!(__Args))
+        } else {
+            (quote!(<'__a>), quote!(__Args<'_>))
+        };
+        quote! {
+            #sig {
+                #[derive(::meshrpc::__private::serde::Serialize)]
+                #[serde(crate = "::meshrpc::__private::serde")]
+                struct __Args #lifetime { #( #names: &'__a #types, )* }
+                let args: #args_ty = __Args { #( #names: &#names, )* };
+                self.channel.call(#service_name, #name, &args).await
+            }
+        }
+    });
+    quote! {
+        #[doc = #doc]
+        #[derive(Clone, Debug)]
+        #vis struct #client {
+            channel: ::meshrpc::Channel,
+        }
+
+        impl #client {
+            /// What the service offers: its name, methods and argument names.
+            pub const SPEC: &'static ::meshrpc::ServiceSpec = &::meshrpc::ServiceSpec {
+                name: #service_name,
+                trait_name: #trait_name,
+                methods: &[ #( #method_specs ),* ],
+            };
+
+            /// A client over a channel: a connection, a cluster channel, or a local server.
+            pub fn new(channel: impl ::core::convert::Into<::meshrpc::Channel>) -> Self {
+                Self { channel: channel.into() }
+            }
+
+            /// The same client with another per-call timeout.
+            pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
+                Self { channel: self.channel.with_timeout(timeout) }
+            }
+
+            /// The same client with another codec (JSON is the default).
+            pub fn with_codec(&self, codec: ::meshrpc::Codec) -> Self {
+                Self { channel: self.channel.with_codec(codec) }
+            }
+
+            /// The same client pinned to a sticky-session key.
+            pub fn with_key(&self, key: impl ::core::convert::Into<::std::sync::Arc<str>>) -> Self {
+                Self { channel: self.channel.with_key(key) }
+            }
+
+            /// The channel underneath.
+            pub fn channel(&self) -> &::meshrpc::Channel {
+                &self.channel
+            }
+        }
+
+        #[::meshrpc::__private::async_trait]
+        impl #trait_ident for #client {
+            #( #impls )*
+        }
+    }
+}

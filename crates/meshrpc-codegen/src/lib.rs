@@ -1,0 +1,175 @@
+//! Turns a service trait into server, client and spec code.
+//!
+//! One generator serves both the `#[meshrpc::service]` attribute and the
+//! `meshrpc expose` command, so the code on disk and the macro's expansion never
+//! drift apart.
+
+mod check;
+mod emit;
+
+use proc_macro2::{Span, TokenStream};
+use syn::{Ident, ItemTrait, LitStr, Type, Visibility};
+
+/// A validated service trait, ready to emit code for.
+pub struct ServiceDef {
+    /// The trait as the user wrote it.
+    pub item: ItemTrait,
+    /// Service name on the wire and in routes.
+    pub name: String,
+    pub vis: Visibility,
+    pub methods: Vec<MethodDef>,
+}
+
+/// One validated method.
+pub struct MethodDef {
+    pub ident: Ident,
+    /// Wire name of the method.
+    pub name: String,
+    /// Argument names (JSON keys) and types, in order.
+    pub args: Vec<(Ident, Type)>,
+}
+
+/// Options given in the attribute: `#[meshrpc::service(name = "greeter")]`.
+#[derive(Default)]
+pub struct Options {
+    pub name: Option<LitStr>,
+}
+
+impl Options {
+    /// Parses the attribute's arguments.
+    pub fn parse(attr: TokenStream) -> syn::Result<Options> {
+        let mut options = Options::default();
+        if attr.is_empty() {
+            return Ok(options);
+        }
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("name") {
+                options.name = Some(meta.value()?.parse()?);
+                Ok(())
+            } else {
+                Err(meta.error("unknown option: meshrpc::service takes `name = \"...\"`"))
+            }
+        });
+        syn::parse::Parser::parse2(parser, attr)?;
+        Ok(options)
+    }
+}
+
+impl ServiceDef {
+    /// Validates a trait. Every unsupported shape is an error at its own span.
+    pub fn new(options: Options, item: ItemTrait) -> syn::Result<ServiceDef> {
+        check::service(options, item)
+    }
+
+    /// Parses attribute arguments and the trait, as the macro receives them.
+    pub fn parse(attr: TokenStream, item: TokenStream) -> syn::Result<ServiceDef> {
+        let options = Options::parse(attr)?;
+        let item: ItemTrait = syn::parse2(item).map_err(|e| {
+            syn::Error::new(e.span(), "#[meshrpc::service] goes on a trait: `pub trait Greeter { async fn greet(&self, name: String) -> Result<String, MyError>; }`")
+        })?;
+        Self::new(options, item)
+    }
+
+    /// The trait itself, made object safe (`Arc<dyn Trait>`) and shareable.
+    pub fn trait_tokens(&self) -> TokenStream {
+        emit::service_trait(self)
+    }
+
+    /// `XServer<T>`: dispatches calls to an implementation.
+    pub fn server_tokens(&self) -> TokenStream {
+        emit::server(self)
+    }
+
+    /// `XClient`: implements the trait by calling a remote service; holds `SPEC`.
+    pub fn client_tokens(&self) -> TokenStream {
+        emit::client(self)
+    }
+
+    /// Everything the attribute expands to.
+    pub fn expand(&self) -> TokenStream {
+        let mut out = self.trait_tokens();
+        out.extend(self.server_tokens());
+        out.extend(self.client_tokens());
+        out
+    }
+
+    pub fn trait_ident(&self) -> &Ident {
+        &self.item.ident
+    }
+    pub fn server_ident(&self) -> Ident {
+        Ident::new(&format!("{}Server", self.item.ident), Span::call_site())
+    }
+    pub fn client_ident(&self) -> Ident {
+        Ident::new(&format!("{}Client", self.item.ident), Span::call_site())
+    }
+}
+
+/// The attribute's whole expansion, or the errors as `compile_error!`s at their spans.
+pub fn expand_attribute(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match ServiceDef::parse(attr, item) {
+        Ok(def) => def.expand(),
+        Err(e) => e.to_compile_error(),
+    }
+}
+
+/// `UserProfile` → `user_profile`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    #[test]
+    fn names() {
+        assert_eq!(snake_case("Greeter"), "greeter");
+        assert_eq!(snake_case("UserProfile"), "user_profile");
+    }
+
+    #[test]
+    fn a_valid_trait_expands() {
+        let def = ServiceDef::parse(
+            quote!(),
+            quote! {
+                pub trait Greeter {
+                    async fn greet(&self, name: String) -> Result<String, E>;
+                    async fn r#type(&self) -> Result<(), E>;
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(def.name, "greeter");
+        assert_eq!(def.methods[1].name, "type");
+        let text = def.expand().to_string();
+        assert!(text.contains("GreeterServer") && text.contains("GreeterClient"), "{text}");
+    }
+
+    #[test]
+    fn errors_are_collected_not_just_the_first() {
+        let err = ServiceDef::parse(
+            quote!(),
+            quote! {
+                trait T {
+                    fn a(&self) -> Result<(), E>;
+                    async fn b(&mut self) -> Result<(), E>;
+                }
+            },
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.into_iter().count(), 2);
+    }
+}

@@ -1,0 +1,112 @@
+//! Payload codecs. JSON is the default (curl friendly, tolerant to added fields);
+//! postcard is the opt-in compact binary codec. A server answers in the codec it was
+//! called with.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::Error;
+
+/// How a call's arguments and results are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Codec {
+    /// JSON: arguments as an object keyed by parameter name.
+    #[default]
+    Json,
+    /// postcard: arguments as a tuple in declaration order.
+    Postcard,
+}
+
+impl Codec {
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            Codec::Json => 0,
+            Codec::Postcard => 1,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Codec::Json),
+            1 => Some(Codec::Postcard),
+            _ => None,
+        }
+    }
+
+    /// Encodes a value.
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, Error> {
+        let out = match self {
+            Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Codec::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
+        };
+        out.map(Bytes::from)
+            .map_err(|e| Error::Internal { message: format!("encode: {e}") })
+    }
+
+    /// Decodes a value; errors name the offending field (`card.address: invalid type…`).
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Error> {
+        match self {
+            Codec::Json => {
+                let de = &mut serde_json::Deserializer::from_slice(bytes);
+                let value = serde_path_to_error::deserialize(de).map_err(|e| {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner();
+                    if path == "." || path.is_empty() {
+                        Error::bad_request(inner.to_string())
+                    } else {
+                        Error::bad_request(format!("{path}: {inner}"))
+                    }
+                })?;
+                Ok(value)
+            }
+            Codec::Postcard => postcard::from_bytes(bytes).map_err(|e| Error::bad_request(e.to_string())),
+        }
+    }
+
+    /// Decodes a method's arguments. An empty JSON body means "no arguments" (`{}`), so
+    /// `curl -X POST …/service/method` works for zero-argument methods.
+    pub fn decode_args<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Error> {
+        if self == Codec::Json && bytes.iter().all(u8::is_ascii_whitespace) {
+            return self.decode(b"{}");
+        }
+        self.decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Args {
+        name: String,
+        age: u32,
+    }
+
+    #[test]
+    fn both_codecs_round_trip() {
+        let v = Args { name: "Max".into(), age: 7 };
+        for codec in [Codec::Json, Codec::Postcard] {
+            let bytes = codec.encode(&v).unwrap();
+            assert_eq!(codec.decode::<Args>(&bytes).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let err = Codec::Json.decode::<Args>(br#"{"name":"Max","age":"old"}"#).unwrap_err();
+        let Error::BadRequest { message } = err else { panic!("{err:?}") };
+        assert!(message.starts_with("age: invalid type: string"), "{message}");
+        let err = Codec::Json.decode::<Args>(br#"{"name":"Max"}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `age`"), "{err}");
+    }
+
+    #[test]
+    fn empty_json_body_is_no_arguments() {
+        #[derive(Deserialize)]
+        struct NoArgs {}
+        Codec::Json.decode_args::<NoArgs>(b"").unwrap();
+        Codec::Json.decode_args::<NoArgs>(b" \n").unwrap();
+    }
+}

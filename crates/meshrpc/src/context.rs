@@ -1,0 +1,43 @@
+//! The implicit call context: a handler that calls another service passes on its
+//! remaining deadline and trace id without touching its trait.
+
+use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static CURRENT: CallContext;
+}
+
+/// What travels with a call besides its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallContext {
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
+    /// Trace id shared by every hop of one request.
+    pub trace_id: u64,
+}
+
+impl CallContext {
+    /// The context of the call being served by this task, if any.
+    pub fn current() -> Option<CallContext> {
+        CURRENT.try_with(|c| *c).ok()
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `fut` with this context as the current one.
+    pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
+        CURRENT.scope(self, fut).await
+    }
+}
+
+/// A fresh trace id for a call that starts a new trace.
+pub(crate) fn new_trace_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Mix the process id and a counter: unique enough across a mesh, and cheap.
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (u64::from(std::process::id()) << 40) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}

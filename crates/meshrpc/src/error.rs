@@ -1,0 +1,103 @@
+//! The one error type every layer of meshrpc returns.
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong with a call, as seen by the caller.
+///
+/// User error types fold this in with `From<meshrpc::Error>`, so a transport failure
+/// reaches the caller as the user's own error type and is never swallowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Error {
+    /// The arguments could not be decoded (malformed JSON, wrong types, missing fields).
+    #[error("bad request: {message}")]
+    BadRequest { message: String },
+    /// No node publishes a service with this name.
+    #[error("unknown service `{service}`")]
+    UnknownService { service: String },
+    /// The service exists but has no such method.
+    #[error("unknown method `{method}` on service `{service}`")]
+    UnknownMethod { service: String, method: String },
+    /// The call's deadline passed before an answer came back.
+    #[error("deadline exceeded")]
+    Timeout,
+    /// The caller gave up on the call.
+    #[error("call cancelled")]
+    Cancelled,
+    /// No replica could be reached, or the connection broke mid-call.
+    #[error("unavailable: {message}")]
+    Unavailable { message: String },
+    /// The peer refused the call because too many are in flight.
+    #[error("overloaded: {message}")]
+    Overloaded { message: String },
+    /// A message exceeded the configured size limit.
+    #[error("message too large: {size} bytes, limit {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    /// The peer broke the wire protocol or sent an undecodable answer.
+    #[error("protocol error: {message}")]
+    Protocol { message: String },
+    /// The handler failed without an answer (it panicked).
+    #[error("internal error: {message}")]
+    Internal { message: String },
+    /// A remote application error, type-erased (JSON text of the service's error type).
+    /// Generated clients decode application errors into the trait's own error type
+    /// instead; this variant serves callers without the type, such as the CLI.
+    #[error("application error: {detail}")]
+    Application { detail: String },
+}
+
+impl Error {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Error::BadRequest { message: message.into() }
+    }
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Error::Unavailable { message: message.into() }
+    }
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Error::Protocol { message: message.into() }
+    }
+
+    /// Stable short name of the variant, used in JSON error bodies and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest { .. } => "bad_request",
+            Error::UnknownService { .. } => "unknown_service",
+            Error::UnknownMethod { .. } => "unknown_method",
+            Error::Timeout => "timeout",
+            Error::Cancelled => "cancelled",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Overloaded { .. } => "overloaded",
+            Error::TooLarge { .. } => "too_large",
+            Error::Protocol { .. } => "protocol",
+            Error::Internal { .. } => "internal",
+            Error::Application { .. } => "application",
+        }
+    }
+
+    /// The HTTP status this error maps to (documented in the README).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::BadRequest { .. } => 400,
+            Error::UnknownService { .. } | Error::UnknownMethod { .. } => 404,
+            Error::TooLarge { .. } => 413,
+            Error::Application { .. } => 422,
+            Error::Cancelled => 499,
+            Error::Internal { .. } => 500,
+            Error::Protocol { .. } => 502,
+            Error::Unavailable { .. } | Error::Overloaded { .. } => 503,
+            Error::Timeout => 504,
+        }
+    }
+
+    /// True when the call provably never reached a service handler, so it is
+    /// safe to try another replica.
+    pub fn is_retryable_elsewhere(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Overloaded { .. })
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::unavailable(err.to_string())
+    }
+}

@@ -1,0 +1,168 @@
+//! The HTTP side of a node (and of the gateway): `POST /{service}/{method}` with a
+//! JSON body, answered in the seed's envelope `{"data": …, "errors": […]}`.
+
+use std::{borrow::Cow, sync::Arc, time::{Duration, Instant}};
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+    Router,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::{
+    call::{Call, Dispatch, Reply},
+    context::new_trace_id,
+    Codec, Error,
+};
+
+/// Header carrying a per-request timeout in milliseconds.
+pub const TIMEOUT_HEADER: &str = "meshrpc-timeout-ms";
+/// Header carrying the sticky-session key (calls with one key stay on one replica).
+pub const KEY_HEADER: &str = "meshrpc-key";
+
+/// Limits applied to HTTP callers.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// How long a client may take to send its body.
+    pub body_timeout: Duration,
+    /// Timeout of a call when the request names none.
+    pub default_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body: 4 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RpcState {
+    dispatch: Arc<dyn Dispatch>,
+    limits: HttpLimits,
+}
+
+/// Routes every `POST /{service}/{method}` to `dispatch`, plus `/ping` and
+/// `/__heartbeat__` (204) and a JSON 404 for anything else.
+pub fn rpc_router(dispatch: Arc<dyn Dispatch>, limits: HttpLimits) -> Router {
+    Router::new()
+        .route("/ping", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/__heartbeat__", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/{service}/{method}", any(rpc))
+        .fallback(not_found)
+        .with_state(RpcState { dispatch, limits })
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {method} {}", uri.path()), None)
+}
+
+async fn rpc(
+    State(state): State<RpcState>,
+    Path((service, method)): Path<(String, String)>,
+    http_method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if http_method != Method::POST {
+        let mut resp = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("RPC routes take POST with a JSON body, not {http_method}"),
+            None,
+        );
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let payload = match read_body(body, &headers, &state.limits).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let timeout = headers
+        .get(TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(state.limits.default_timeout, Duration::from_millis);
+    let call = Call {
+        service: Cow::Owned(service),
+        method: Cow::Owned(method),
+        codec: Codec::Json,
+        deadline: Some(Instant::now() + timeout),
+        trace_id: new_trace_id(),
+        key: headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()).map(Arc::from),
+        payload,
+    };
+    envelope(state.dispatch.dispatch(call).await)
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limits: &HttpLimits) -> Result<Bytes, Response> {
+    let too_large = |size: u64| {
+        let err = Error::TooLarge { size, limit: limits.max_body as u64 };
+        error_response(StatusCode::PAYLOAD_TOO_LARGE, err.code(), &err.to_string(), None)
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > limits.max_body as u64) {
+        return Err(too_large(n));
+    }
+    let collect = Limited::new(body, limits.max_body).collect();
+    match tokio::time::timeout(limits.body_timeout, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large(limits.max_body as u64 + 1)),
+        Ok(Err(e)) => Err(error_response(StatusCode::BAD_REQUEST, "bad_request", &format!("reading body: {e}"), None)),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            &format!("request body not received within {:?}", limits.body_timeout),
+            None,
+        )),
+    }
+}
+
+/// Wraps a call's outcome in the envelope. A successful value's JSON is copied in as
+/// bytes, never decoded and re-encoded.
+pub fn envelope(result: Result<Reply, Error>) -> Response {
+    match result {
+        Ok(Reply::Ok(data)) => {
+            let mut out = BytesMut::with_capacity(data.len() + 24);
+            out.put_slice(b"{\"data\":");
+            out.put_slice(if data.is_empty() { b"null" } else { &data });
+            out.put_slice(b",\"errors\":[]}");
+            json_response(StatusCode::OK, out.freeze())
+        }
+        Ok(Reply::AppError(detail)) => {
+            // A string error reads as the message; anything else keeps its structure.
+            let message = serde_json::from_slice::<String>(&detail).unwrap_or_else(|_| "the service returned an error".into());
+            error_response(StatusCode::UNPROCESSABLE_ENTITY, "application", &message, Some(&detail))
+        }
+        Err(Error::Application { detail }) => {
+            error_response(StatusCode::UNPROCESSABLE_ENTITY, "application", "the service returned an error", Some(detail.as_bytes()))
+        }
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error_response(status, e.code(), &e.to_string(), None)
+        }
+    }
+}
+
+/// `{"data":null,"errors":[{"code":…,"message":…[,"detail":…]}]}`
+pub fn error_response(status: StatusCode, code: &str, message: &str, detail: Option<&[u8]>) -> Response {
+    let mut entry = serde_json::json!({ "code": code, "message": message });
+    if let Some(detail) = detail {
+        entry["detail"] = serde_json::from_slice(detail).unwrap_or(serde_json::Value::Null);
+    }
+    let body = serde_json::json!({ "data": null, "errors": [entry] });
+    json_response(status, Bytes::from(body.to_string()))
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}

@@ -1,0 +1,194 @@
+//! Serving one incoming mesh connection: decode frames, run each request as its own
+//! task, answer through the connection's single writer.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::AsyncReadExt,
+    net::TcpStream,
+    sync::{mpsc, watch, Notify},
+    task::AbortHandle,
+};
+
+use super::{service::Registry, ServerConfig};
+use crate::{
+    call::{Call, Dispatch, Reply},
+    wire::{connection::write_frames, Frame, Status},
+    Error,
+};
+
+/// In-flight handlers of one connection, by request id, so a cancel can abort them.
+#[derive(Default)]
+struct InFlight {
+    tasks: Mutex<HashMap<u64, AbortHandle>>,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.tasks.lock().unwrap().len()
+    }
+    fn finish(&self, id: u64) {
+        let mut tasks = self.tasks.lock().unwrap();
+        tasks.remove(&id);
+        if tasks.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+    fn abort(&self, id: u64) {
+        if let Some(task) = self.tasks.lock().unwrap().remove(&id) {
+            task.abort();
+        }
+        self.finish(u64::MAX); // re-check emptiness
+    }
+    fn abort_all(&self) {
+        for (_, task) in self.tasks.lock().unwrap().drain() {
+            task.abort();
+        }
+        self.idle.notify_waiters();
+    }
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.len() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Serves a connection whose preface was already consumed.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut read, write) = stream.into_split();
+    let (outbox, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(write, rx));
+    let in_flight = Arc::new(InFlight::default());
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        let _ = outbox.send(Frame::GoAway);
+    }
+
+    let why: Option<Error> = 'conn: loop {
+        loop {
+            match Frame::decode(&mut buf, config.max_frame) {
+                Ok(Some(frame)) => on_frame(frame, peer, &registry, &config, &outbox, &in_flight),
+                Ok(None) => break,
+                Err(e) => break 'conn Some(e),
+            }
+        }
+        tokio::select! {
+            read = read.read_buf(&mut buf) => match read {
+                Ok(0) => break None,
+                Ok(_) => {}
+                Err(e) => break Some(e.into()),
+            },
+            _ = super::stopped(&mut shutdown), if !draining => {
+                draining = true;
+                let _ = outbox.send(Frame::GoAway);
+            }
+            _ = in_flight.wait_idle(), if draining => break None,
+        }
+    };
+    match why {
+        // The caller hung up or broke the protocol: nobody waits for these answers.
+        Some(e) => {
+            tracing::warn!(%peer, error = %e, "closing mesh connection");
+            in_flight.abort_all();
+        }
+        None if draining => tracing::debug!(%peer, "drained mesh connection"),
+        None => in_flight.abort_all(),
+    }
+    drop(outbox);
+    let _ = writer.await;
+}
+
+fn on_frame(
+    frame: Frame,
+    peer: SocketAddr,
+    registry: &Arc<Registry>,
+    config: &ServerConfig,
+    outbox: &mpsc::UnboundedSender<Frame>,
+    in_flight: &Arc<InFlight>,
+) {
+    match frame {
+        Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
+            let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
+                return fail(outbox, id, Error::bad_request("service and method must be UTF-8"));
+            };
+            if in_flight.len() >= config.max_in_flight {
+                let message = format!("more than {} calls in flight on one connection", config.max_in_flight);
+                return fail(outbox, id, Error::Overloaded { message });
+            }
+            let start = Instant::now();
+            let call = Call {
+                service: Cow::Owned(service.to_owned()),
+                method: Cow::Owned(method.to_owned()),
+                codec,
+                deadline: deadline.map(|d| start + d),
+                trace_id,
+                key: None,
+                payload,
+            };
+            let (service, method) = (call.service.clone(), call.method.clone());
+            let answer = registry.dispatch(call);
+            let outbox = outbox.clone();
+            let done = in_flight.clone();
+            // Hold the lock across spawn so the task cannot finish before it is recorded.
+            let mut tasks = in_flight.tasks.lock().unwrap();
+            let task = tokio::spawn(async move {
+                let result = answer.await;
+                log_call(&service, &method, &result, start, peer);
+                let (status, payload) = match result {
+                    Ok(Reply::Ok(b)) => (Status::Ok, b),
+                    Ok(Reply::AppError(b)) => (Status::AppError, b),
+                    Err(e) => (Status::Failed, error_payload(&e)),
+                };
+                let _ = outbox.send(Frame::Response { id, status, payload });
+                done.finish(id);
+            });
+            tasks.insert(id, task.abort_handle());
+        }
+        Frame::Cancel { id } => in_flight.abort(id),
+        Frame::Ping { id } => {
+            let _ = outbox.send(Frame::Pong { id });
+        }
+        Frame::Pong { .. } | Frame::Response { .. } | Frame::GoAway => {}
+    }
+}
+
+fn fail(outbox: &mpsc::UnboundedSender<Frame>, id: u64, err: Error) {
+    let _ = outbox.send(Frame::Response { id, status: Status::Failed, payload: error_payload(&err) });
+}
+
+pub(crate) fn error_payload(err: &Error) -> Bytes {
+    serde_json::to_vec(err).unwrap_or_default().into()
+}
+
+/// One line per call, like the seed's GIN request log.
+pub(crate) fn log_call(service: &str, method: &str, result: &Result<Reply, Error>, start: Instant, caller: SocketAddr) {
+    let status = match result {
+        Ok(Reply::Ok(_)) => "ok",
+        Ok(Reply::AppError(_)) => "application",
+        Err(e) => e.code(),
+    };
+    tracing::info!(
+        target: "meshrpc::request",
+        %caller, service, method, status, micros = start.elapsed().as_micros() as u64,
+        "call"
+    );
+}

@@ -1,0 +1,117 @@
+//! Published services and the local dispatch every incoming call goes through,
+//! whatever door it came in by (mesh frame, HTTP, in-process channel).
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+
+use crate::{
+    call::{BoxFuture, Call, Dispatch, Reply},
+    context::CallContext,
+    Codec, Error, ServiceSpec,
+};
+
+/// A service a node can publish. Generated as `XServer<T>` by `#[meshrpc::service]`;
+/// implement it by hand only for dynamic services.
+pub trait Service: Send + Sync + 'static {
+    /// What the service offers.
+    fn spec(&self) -> &'static ServiceSpec;
+    /// Decodes the arguments, runs the method and encodes its result.
+    fn call(&self, method: &str, codec: Codec, payload: Bytes) -> BoxFuture<Result<Reply, Error>>;
+}
+
+/// The services and HTTP routers published on one node.
+#[derive(Default)]
+pub struct Registry {
+    services: RwLock<HashMap<String, Arc<dyn Service>>>,
+    http: RwLock<Vec<(String, axum::Router)>>,
+}
+
+impl Registry {
+    pub(crate) fn publish(&self, service: Arc<dyn Service>) {
+        let name = service.spec().name.to_owned();
+        self.services.write().unwrap().insert(name, service);
+    }
+
+    pub(crate) fn publish_http(&self, name: &str, router: axum::Router) {
+        self.http.write().unwrap().push((name.to_owned(), router));
+    }
+
+    /// Specs of every published service.
+    pub fn specs(&self) -> Vec<&'static ServiceSpec> {
+        let mut specs: Vec<_> = self.services.read().unwrap().values().map(|s| s.spec()).collect();
+        specs.sort_by_key(|s| s.name);
+        specs
+    }
+
+    /// Names of the published HTTP routers.
+    pub fn http_names(&self) -> Vec<String> {
+        self.http.read().unwrap().iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub(crate) fn http_routers(&self) -> Vec<(String, axum::Router)> {
+        self.http.read().unwrap().clone()
+    }
+
+    fn find(&self, service: &str) -> Option<Arc<dyn Service>> {
+        self.services.read().unwrap().get(service).cloned()
+    }
+}
+
+impl Dispatch for Registry {
+    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
+        let Some(service) = self.find(&call.service) else {
+            let err = Error::UnknownService { service: call.service.into_owned() };
+            return Box::pin(std::future::ready(Err(err)));
+        };
+        if service.spec().method(&call.method).is_none() {
+            let err = Error::UnknownMethod { service: call.service.into_owned(), method: call.method.into_owned() };
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        let handler = service.call(&call.method, call.codec, call.payload);
+        let ctx = CallContext { deadline: call.deadline, trace_id: call.trace_id };
+        Box::pin(async move {
+            // The handler runs inside its call context, so calls it makes inherit the
+            // deadline; when the deadline passes, the handler future is dropped.
+            let guarded = CatchUnwind(AssertUnwindSafe(ctx.scope(handler)));
+            let outcome = match call.deadline {
+                Some(d) if d <= Instant::now() => return Err(Error::Timeout),
+                Some(d) => tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?,
+                None => guarded.await,
+            };
+            outcome.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".into());
+                Err(Error::Internal { message })
+            })
+        })
+    }
+}
+
+/// Turns a panic inside a handler into an error answer instead of a lost call.
+struct CatchUnwind<F>(AssertUnwindSafe<F>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning of the only field; it is never moved out.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0 .0) };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Static description of a service, generated from its trait.
+
+/// A service's name and methods. Generated as `XClient::SPEC`; used by `wait_for`,
+/// the gateway and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Service name: the first path segment of its routes (`greeter`).
+    pub name: &'static str,
+    /// The Rust trait it was generated from (`Greeter`).
+    pub trait_name: &'static str,
+    /// Methods in declaration order.
+    pub methods: &'static [MethodSpec],
+}
+
+/// One method of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodSpec {
+    /// Method name as on the wire and in routes (`send_postcard`).
+    pub name: &'static str,
+    /// Parameter names: the JSON object keys of the arguments.
+    pub args: &'static [&'static str],
+}
+
+impl ServiceSpec {
+    /// Looks a method up by name.
+    pub fn method(&self, name: &str) -> Option<&'static MethodSpec> {
+        self.methods.iter().find(|m| m.name == name)
+    }
+
+    /// Routes served by the HTTP side of any node (`POST /greeter/greet`).
+    pub fn routes(&self) -> impl Iterator<Item = String> + '_ {
+        self.methods.iter().map(move |m| format!("/{}/{}", self.name, m.name))
+    }
+
+    /// A short fingerprint of the method set (names and argument names), so a caller
+    /// can tell a replica built from a different version of the trait.
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |s: &str| {
+            for b in s.bytes().chain([0xff]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(self.name);
+        for m in self.methods {
+            eat(m.name);
+            for a in m.args {
+                eat(a);
+            }
+        }
+        format!("{h:016x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: ServiceSpec = ServiceSpec {
+        name: "greeter",
+        trait_name: "Greeter",
+        methods: &[MethodSpec { name: "greet", args: &["name"] }],
+    };
+
+    #[test]
+    fn fingerprint_changes_with_the_method_set() {
+        let b = ServiceSpec { methods: &[MethodSpec { name: "greet", args: &["nom"] }], ..A };
+        assert_eq!(A.fingerprint(), A.fingerprint());
+        assert_ne!(A.fingerprint(), b.fingerprint());
+        assert_eq!(A.routes().collect::<Vec<_>>(), ["/greeter/greet"]);
+    }
+}

@@ -1,0 +1,353 @@
+//! A persistent, multiplexed connection to one peer (the calling side).
+//!
+//! One reader task matches responses to pending calls by id; one writer task batches
+//! every queued frame into a single write. Callers never touch the socket, so many
+//! calls share one connection without locks around I/O.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    sync::{mpsc, oneshot, watch},
+};
+
+use super::frame::{Frame, Status, DEFAULT_MAX_FRAME, PREFACE};
+use crate::{
+    call::{BoxFuture, Call, Dispatch, Reply},
+    Error,
+};
+
+type Pending = HashMap<u64, oneshot::Sender<Result<Reply, Error>>>;
+
+/// Connection limits and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    pub connect_timeout: Duration,
+    pub max_frame: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(3), max_frame: DEFAULT_MAX_FRAME }
+    }
+}
+
+/// A live connection to a meshrpc node. Cheap to clone; all clones share the socket.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    peer: SocketAddr,
+    outbox: mpsc::UnboundedSender<Frame>,
+    /// `None` once the connection is closed: no call can be left waiting on it.
+    pending: Mutex<Option<Pending>>,
+    next_id: AtomicU64,
+    max_frame: u32,
+    state: watch::Sender<State>,
+}
+
+/// Where a connection is in its life; only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Open,
+    /// The peer sent go-away: in-flight calls finish, new ones go elsewhere.
+    Draining,
+    Closed,
+}
+
+/// Connects to a node's mesh port with default options.
+pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<Connection, Error> {
+    Connection::connect(addr, ConnectOptions::default()).await
+}
+
+impl Connection {
+    /// Opens a connection and starts its reader and writer tasks.
+    pub async fn connect(
+        addr: impl tokio::net::ToSocketAddrs,
+        opts: ConnectOptions,
+    ) -> Result<Connection, Error> {
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::unavailable("connect timed out"))?
+            .map_err(|e| Error::unavailable(format!("connect: {e}")))?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(PREFACE).await?;
+        Ok(Self::start(peer, read, write, opts.max_frame))
+    }
+
+    fn start<R, W>(peer: SocketAddr, read: R, write: W, max_frame: u32) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            peer,
+            outbox,
+            pending: Mutex::new(Some(HashMap::new())),
+            next_id: AtomicU64::new(1),
+            max_frame,
+            state: watch::channel(State::Open).0,
+        });
+        let mut state = inner.state.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = write_frames(write, rx) => {}
+                _ = state.wait_for(|s| *s == State::Closed) => {}
+            }
+        });
+        let reader = inner.clone();
+        let mut state = inner.state.subscribe();
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                why = reader.read_loop(read) => why,
+                _ = state.wait_for(|s| *s == State::Closed) => return,
+            };
+            reader.close(why);
+        });
+        Connection { inner }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// Open, draining (the peer sent go-away) or closed.
+    pub fn state(&self) -> State {
+        *self.inner.state.borrow()
+    }
+
+    /// Calls in flight on this connection (the load the p2c balancer sees).
+    pub fn in_flight(&self) -> usize {
+        self.inner.pending.lock().unwrap().as_ref().map_or(0, HashMap::len)
+    }
+
+    /// Resolves when the connection stops taking new calls (go-away or closed).
+    pub async fn unusable(&self) {
+        let mut rx = self.inner.state.subscribe();
+        let _ = rx.wait_for(|s| *s != State::Open).await;
+    }
+
+    /// Round-trips a ping frame and returns the time it took.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+        let start = Instant::now();
+        let (id, rx) = self.register()?;
+        self.send(Frame::Ping { id })?;
+        self.wait(id, rx, Some(start + timeout)).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Closes the connection; pending calls fail with `Unavailable`.
+    pub fn close(&self) {
+        self.inner.close(Error::unavailable("connection closed locally"));
+    }
+
+    fn register(&self) -> Result<(u64, oneshot::Receiver<Result<Reply, Error>>), Error> {
+        if self.state() == State::Draining {
+            return Err(Error::unavailable(format!("{} is draining", self.inner.peer)));
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match self.inner.pending.lock().unwrap().as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(Error::unavailable(format!("connection to {} is closed", self.inner.peer))),
+        };
+        Ok((id, rx))
+    }
+
+    fn send(&self, frame: Frame) -> Result<(), Error> {
+        self.inner
+            .outbox
+            .send(frame)
+            .map_err(|_| Error::unavailable(format!("connection to {} is closed", self.inner.peer)))
+    }
+
+    async fn wait(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Result<Reply, Error>>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Error> {
+        // If the caller drops this future, the guard withdraws the call and tells the peer.
+        let guard = CancelOnDrop { inner: &self.inner, id };
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| Error::Timeout),
+            None => Ok(rx.await),
+        };
+        match answer {
+            Ok(Ok(reply)) => {
+                std::mem::forget(guard);
+                reply
+            }
+            Ok(Err(_)) => {
+                std::mem::forget(guard);
+                Err(Error::unavailable(format!("connection to {} closed mid-call", self.inner.peer)))
+            }
+            Err(e) => Err(e), // guard cancels
+        }
+    }
+}
+
+impl Dispatch for Connection {
+    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
+        let conn = self.clone();
+        Box::pin(async move {
+            if call.service.len() > 255 || call.method.len() > 255 {
+                return Err(Error::bad_request("service and method names are at most 255 bytes"));
+            }
+            let now = Instant::now();
+            if call.deadline.is_some_and(|d| d <= now) {
+                return Err(Error::Timeout);
+            }
+            let (id, rx) = conn.register()?;
+            let frame = Frame::Request {
+                id,
+                codec: call.codec,
+                deadline: call.deadline.map(|d| d - now),
+                trace_id: call.trace_id,
+                service: bytes_of(call.service),
+                method: bytes_of(call.method),
+                payload: call.payload,
+            };
+            let size = frame.encoded_len() as u64;
+            if size > u64::from(conn.inner.max_frame) {
+                conn.inner.forget(id);
+                return Err(Error::TooLarge { size, limit: conn.inner.max_frame.into() });
+            }
+            conn.send(frame)?;
+            conn.wait(id, rx, call.deadline).await
+        })
+    }
+}
+
+fn bytes_of(s: std::borrow::Cow<'static, str>) -> Bytes {
+    match s {
+        std::borrow::Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
+        std::borrow::Cow::Owned(s) => Bytes::from(s),
+    }
+}
+
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.inner.forget(self.id) {
+            let _ = self.inner.outbox.send(Frame::Cancel { id: self.id });
+        }
+    }
+}
+
+impl Inner {
+    /// Withdraws a pending call; true if it was still pending.
+    fn forget(&self, id: u64) -> bool {
+        self.pending.lock().unwrap().as_mut().is_some_and(|p| p.remove(&id).is_some())
+    }
+
+    fn complete(&self, id: u64, result: Result<Reply, Error>) {
+        let waiter = self.pending.lock().unwrap().as_mut().and_then(|p| p.remove(&id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn close(&self, why: Error) {
+        let pending = self.pending.lock().unwrap().take();
+        if let Some(pending) = pending {
+            tracing::debug!(peer = %self.peer, %why, failed = pending.len(), "connection closed");
+            for (_, tx) in pending {
+                let _ = tx.send(Err(why.clone()));
+            }
+        }
+        self.state.send_replace(State::Closed);
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(&self, mut read: R) -> Error {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        loop {
+            loop {
+                match Frame::decode(&mut buf, self.max_frame) {
+                    Ok(Some(frame)) => self.on_frame(frame),
+                    Ok(None) => break,
+                    Err(e) => return Error::unavailable(format!("{}: {e}", self.peer)),
+                }
+            }
+            match read.read_buf(&mut buf).await {
+                Ok(0) => return Error::unavailable(format!("connection to {} closed", self.peer)),
+                Ok(_) => {}
+                Err(e) => return Error::unavailable(format!("connection to {}: {e}", self.peer)),
+            }
+        }
+    }
+
+    fn on_frame(&self, frame: Frame) {
+        match frame {
+            Frame::Response { id, status, payload } => {
+                let result = match status {
+                    Status::Ok => Ok(Reply::Ok(payload)),
+                    Status::AppError => Ok(Reply::AppError(payload)),
+                    Status::Failed => Err(serde_json::from_slice(&payload).unwrap_or_else(|_| {
+                        Error::protocol(String::from_utf8_lossy(&payload).into_owned())
+                    })),
+                };
+                self.complete(id, result);
+            }
+            Frame::Pong { id } => self.complete(id, Ok(Reply::Ok(Bytes::new()))),
+            Frame::Ping { id } => {
+                let _ = self.outbox.send(Frame::Pong { id });
+            }
+            Frame::GoAway => {
+                tracing::debug!(peer = %self.peer, "peer is draining");
+                self.state.send_if_modified(|s| {
+                    let open = *s == State::Open;
+                    if open {
+                        *s = State::Draining;
+                    }
+                    open
+                });
+            }
+            Frame::Request { id, .. } => {
+                let err = Error::protocol("this side of the connection serves no calls");
+                let payload = serde_json::to_vec(&err).unwrap_or_default();
+                let _ = self.outbox.send(Frame::Response { id, status: Status::Failed, payload: payload.into() });
+            }
+            Frame::Cancel { .. } => {}
+        }
+    }
+}
+
+/// Drains the outbox into the socket: every frame already queued goes out in one write.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    let mut batch = Vec::with_capacity(64);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for frame in batch.drain(..) {
+            frame.encode(&mut buf);
+        }
+        if write.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 1 << 20 {
+            buf = BytesMut::with_capacity(16 * 1024); // give back memory after a large frame
+        }
+    }
+    let _ = write.shutdown().await;
+}

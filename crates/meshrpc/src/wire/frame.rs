@@ -1,0 +1,279 @@
+//! Frames: the sans-IO core of the wire protocol (see `docs/wire.md`).
+//!
+//! Every frame is `u32 length | u8 kind | u64 id | body`, big-endian, where `length`
+//! counts everything after itself. Decoding checks the length against a limit before
+//! buffering anything, so a peer cannot make us allocate more than the limit.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::{Codec, Error};
+
+/// Sent once by the connecting side; lets one port tell mesh traffic from HTTP.
+pub const PREFACE: &[u8; 8] = b"MESHRPC1";
+/// Default limit on one frame (16 MiB).
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+const HEADER: usize = 4 + 1 + 8;
+
+/// Outcome carried by a response frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// The handler returned `Ok`; payload is the encoded value.
+    Ok,
+    /// The handler returned `Err`; payload is the encoded user error.
+    AppError,
+    /// meshrpc failed the call; payload is the JSON of [`Error`].
+    Failed,
+}
+
+/// One unit on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Request {
+        id: u64,
+        codec: Codec,
+        /// Time the caller will still wait; `None` means no deadline.
+        deadline: Option<Duration>,
+        trace_id: u64,
+        service: Bytes,
+        method: Bytes,
+        payload: Bytes,
+    },
+    Response { id: u64, status: Status, payload: Bytes },
+    /// The caller gave up on request `id`.
+    Cancel { id: u64 },
+    Ping { id: u64 },
+    Pong { id: u64 },
+    /// The sender drains: send no new requests on this connection.
+    GoAway,
+}
+
+const REQUEST: u8 = 1;
+const RESPONSE: u8 = 2;
+const CANCEL: u8 = 3;
+const PING: u8 = 4;
+const PONG: u8 = 5;
+const GOAWAY: u8 = 6;
+
+impl Frame {
+    /// Encoded size in bytes, including the length prefix.
+    pub fn encoded_len(&self) -> usize {
+        HEADER
+            + match self {
+                Frame::Request { service, method, payload, .. } => {
+                    1 + 8 + 8 + 1 + service.len() + 1 + method.len() + payload.len()
+                }
+                Frame::Response { payload, .. } => 1 + payload.len(),
+                _ => 0,
+            }
+    }
+
+    /// Appends the frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_u32((self.encoded_len() - 4) as u32);
+        match self {
+            Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
+                out.put_u8(REQUEST);
+                out.put_u64(*id);
+                out.put_u8(codec.to_byte());
+                // 0 means "no deadline"; a real deadline is at least 1 µs.
+                out.put_u64(deadline.map_or(0, |d| (d.as_micros() as u64).max(1)));
+                out.put_u64(*trace_id);
+                out.put_u8(service.len() as u8);
+                out.put_slice(service);
+                out.put_u8(method.len() as u8);
+                out.put_slice(method);
+                out.put_slice(payload);
+            }
+            Frame::Response { id, status, payload } => {
+                out.put_u8(RESPONSE);
+                out.put_u64(*id);
+                out.put_u8(match status {
+                    Status::Ok => 0,
+                    Status::AppError => 1,
+                    Status::Failed => 2,
+                });
+                out.put_slice(payload);
+            }
+            Frame::Cancel { id } => {
+                out.put_u8(CANCEL);
+                out.put_u64(*id);
+            }
+            Frame::Ping { id } => {
+                out.put_u8(PING);
+                out.put_u64(*id);
+            }
+            Frame::Pong { id } => {
+                out.put_u8(PONG);
+                out.put_u64(*id);
+            }
+            Frame::GoAway => {
+                out.put_u8(GOAWAY);
+                out.put_u64(0);
+            }
+        }
+    }
+
+    /// Takes one whole frame off the front of `buf`, if it holds one.
+    ///
+    /// `Ok(None)`: more bytes are needed. `Err`: the peer broke the protocol; the
+    /// connection must be closed (the stream can no longer be trusted).
+    pub fn decode(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, Error> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len > max_frame {
+            return Err(Error::TooLarge { size: len.into(), limit: max_frame.into() });
+        }
+        if (len as usize) < HEADER - 4 {
+            return Err(Error::protocol(format!("frame length {len} is shorter than a header")));
+        }
+        if buf.len() < 4 + len as usize {
+            buf.reserve(4 + len as usize - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len as usize).freeze();
+        let kind = body.get_u8();
+        let id = body.get_u64();
+        let frame = match kind {
+            REQUEST => {
+                let short = || Error::protocol("truncated request frame");
+                if body.remaining() < 1 + 8 + 8 + 1 {
+                    return Err(short());
+                }
+                let codec_byte = body.get_u8();
+                let codec = Codec::from_byte(codec_byte)
+                    .ok_or_else(|| Error::protocol(format!("unknown codec {codec_byte}")))?;
+                let deadline = match body.get_u64() {
+                    0 => None,
+                    us => Some(Duration::from_micros(us)),
+                };
+                let trace_id = body.get_u64();
+                let service = take_name(&mut body).ok_or_else(short)?;
+                let method = take_name(&mut body).ok_or_else(short)?;
+                Frame::Request { id, codec, deadline, trace_id, service, method, payload: body }
+            }
+            RESPONSE => {
+                if body.remaining() < 1 {
+                    return Err(Error::protocol("truncated response frame"));
+                }
+                let status = match body.get_u8() {
+                    0 => Status::Ok,
+                    1 => Status::AppError,
+                    2 => Status::Failed,
+                    s => return Err(Error::protocol(format!("unknown response status {s}"))),
+                };
+                Frame::Response { id, status, payload: body }
+            }
+            CANCEL => Frame::Cancel { id },
+            PING => Frame::Ping { id },
+            PONG => Frame::Pong { id },
+            GOAWAY => Frame::GoAway,
+            k => return Err(Error::protocol(format!("unknown frame kind {k}"))),
+        };
+        Ok(Some(frame))
+    }
+}
+
+fn take_name(body: &mut Bytes) -> Option<Bytes> {
+    if body.remaining() < 1 {
+        return None;
+    }
+    let n = body.get_u8() as usize;
+    (body.remaining() >= n).then(|| body.split_to(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Frame {
+        Frame::Request {
+            id: 7,
+            codec: Codec::Postcard,
+            deadline: Some(Duration::from_millis(1500)),
+            trace_id: 42,
+            service: Bytes::from_static(b"greeter"),
+            method: Bytes::from_static(b"greet"),
+            payload: Bytes::from_static(b"\x03Max"),
+        }
+    }
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            request(),
+            Frame::Response { id: 7, status: Status::AppError, payload: Bytes::from_static(b"{}") },
+            Frame::Cancel { id: 9 },
+            Frame::Ping { id: 1 },
+            Frame::Pong { id: 1 },
+            Frame::GoAway,
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_even_split_byte_by_byte() {
+        let mut wire = BytesMut::new();
+        for f in all_frames() {
+            f.encode(&mut wire);
+        }
+        let wire = wire.freeze();
+        // Feed one byte at a time: the decoder must never return a partial frame.
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in wire.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = Frame::decode(&mut buf, DEFAULT_MAX_FRAME).unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, all_frames());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+        let err = Frame::decode(&mut buf, 1024).unwrap_err();
+        assert_eq!(err, Error::TooLarge { size: 0xffff_ffff, limit: 1024 });
+        assert!(buf.capacity() < 1024 * 1024, "no allocation for the claimed size");
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_not_a_panic() {
+        let mut seed: u32 = 1;
+        for _ in 0..2000 {
+            let mut buf = BytesMut::new();
+            let n = (seed % 64) as usize;
+            for _ in 0..n {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                buf.put_u8((seed >> 16) as u8);
+            }
+            // Either needs more bytes, decodes something, or errors: never panics.
+            let _ = Frame::decode(&mut buf, 4096);
+        }
+        let mut bad_kind = BytesMut::new();
+        bad_kind.put_u32(9);
+        bad_kind.put_u8(99);
+        bad_kind.put_u64(0);
+        assert!(matches!(Frame::decode(&mut bad_kind, 4096), Err(Error::Protocol { .. })));
+    }
+
+    #[test]
+    fn deadline_zero_means_none_and_tiny_deadlines_survive() {
+        let mut f = request();
+        if let Frame::Request { deadline, .. } = &mut f {
+            *deadline = Some(Duration::from_nanos(10));
+        }
+        let mut buf = BytesMut::new();
+        f.encode(&mut buf);
+        let Some(Frame::Request { deadline, .. }) = Frame::decode(&mut buf, 1 << 20).unwrap() else {
+            panic!()
+        };
+        assert_eq!(deadline, Some(Duration::from_micros(1)));
+    }
+}

@@ -1,0 +1,8 @@
+//! The wire: frames and the multiplexed connection that carries them. No business
+//! logic lives here.
+
+pub mod connection;
+pub mod frame;
+
+pub use connection::{connect, ConnectOptions, Connection, State};
+pub use frame::{Frame, Status, DEFAULT_MAX_FRAME, PREFACE};

@@ -12,6 +12,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
@@ -189,7 +190,9 @@ async fn serve_connection(
         Ok(Ok(true)) => {
             let mut stream = stream;
             let mut preface = [0u8; PREFACE.len()];
-            if tokio::io::AsyncReadExt::read_exact(&mut stream, &mut preface).await.is_ok() {
+            let mut hello = PREFACE.to_vec();
+            hello.extend_from_slice(&config.max_frame.to_be_bytes());
+            if stream.read_exact(&mut preface).await.is_ok() && stream.write_all(&hello).await.is_ok() {
                 mesh::serve(stream, peer, registry, config, shutdown).await;
             }
         }

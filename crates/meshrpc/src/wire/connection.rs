@@ -54,7 +54,10 @@ struct Inner {
     /// `None` once the connection is closed: no call can be left waiting on it.
     pending: Mutex<Option<Pending>>,
     next_id: AtomicU64,
-    max_frame: u32,
+    /// Largest frame we accept from the peer.
+    max_in: u32,
+    /// Largest frame the peer accepts from us.
+    max_out: u32,
     state: watch::Sender<State>,
 }
 
@@ -84,12 +87,22 @@ impl Connection {
             .map_err(|e| Error::unavailable(format!("connect: {e}")))?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
-        let (read, mut write) = stream.into_split();
+        let (mut read, mut write) = stream.into_split();
         write.write_all(PREFACE).await?;
-        Ok(Self::start(peer, read, write, opts.max_frame))
+        // The server answers with its preface and the largest frame it accepts; we never
+        // send more than that, so an oversized call fails locally with a typed error.
+        let mut hello = [0u8; PREFACE.len() + 4];
+        tokio::time::timeout(opts.connect_timeout, read.read_exact(&mut hello))
+            .await
+            .map_err(|_| Error::unavailable("no handshake from peer"))??;
+        if &hello[..PREFACE.len()] != PREFACE {
+            return Err(Error::protocol(format!("{peer} is not a meshrpc node")));
+        }
+        let peer_max = u32::from_be_bytes(hello[PREFACE.len()..].try_into().expect("4 bytes"));
+        Ok(Self::start(peer, read, write, opts.max_frame, peer_max.min(opts.max_frame)))
     }
 
-    fn start<R, W>(peer: SocketAddr, read: R, write: W, max_frame: u32) -> Connection
+    fn start<R, W>(peer: SocketAddr, read: R, write: W, max_in: u32, max_out: u32) -> Connection
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -100,7 +113,8 @@ impl Connection {
             outbox,
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
-            max_frame,
+            max_in,
+            max_out,
             state: watch::channel(State::Open).0,
         });
         let mut state = inner.state.subscribe();
@@ -225,9 +239,9 @@ impl Dispatch for Connection {
                 payload: call.payload,
             };
             let size = frame.encoded_len() as u64;
-            if size > u64::from(conn.inner.max_frame) {
+            if size > u64::from(conn.inner.max_out) {
                 conn.inner.forget(id);
-                return Err(Error::TooLarge { size, limit: conn.inner.max_frame.into() });
+                return Err(Error::TooLarge { size, limit: conn.inner.max_out.into() });
             }
             conn.send(frame)?;
             conn.wait(id, rx, call.deadline).await
@@ -283,7 +297,7 @@ impl Inner {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         loop {
             loop {
-                match Frame::decode(&mut buf, self.max_frame) {
+                match Frame::decode(&mut buf, self.max_in) {
                     Ok(Some(frame)) => self.on_frame(frame),
                     Ok(None) => break,
                     Err(e) => return Error::unavailable(format!("{}: {e}", self.peer)),

@@ -1,0 +1,2 @@
+//! A greeter node.
+fn main() {}

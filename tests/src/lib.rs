@@ -1,0 +1,6 @@
+//! The integration harness: a test service (`Lab`) that makes server-side behaviour
+//! observable, a node binary serving it, and helpers that start real processes and
+//! talk to them over real sockets.
+
+pub mod harness;
+pub mod lab;

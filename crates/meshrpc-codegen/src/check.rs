@@ -100,8 +100,9 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
         }
         check_arg_type(&pt.ty, errors);
     }
+    let mut error = None;
     match &sig.output {
-        ReturnType::Type(_, ty) if is_result(ty) => {}
+        ReturnType::Type(_, ty) if result_error(ty).is_some() => error = result_error(ty),
         ReturnType::Type(_, ty) => errors.push(
             ty,
             "return `Result<T, E>` with `E: From<meshrpc::Error>`: every remote call can fail, and the failure must reach the caller",
@@ -114,7 +115,10 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let after = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
     let ident = sig.ident.clone();
     let name = ident.to_string().trim_start_matches("r#").to_owned();
-    (after == before).then_some(MethodDef { ident, name, args })
+    match error {
+        Some(error) if after == before => Some(MethodDef { ident, name, args, error }),
+        _ => None,
+    }
 }
 
 fn check_arg_type(ty: &Type, errors: &mut Errors) {
@@ -136,12 +140,21 @@ fn check_arg_type(ty: &Type, errors: &mut Errors) {
     Finder(errors).visit_type(ty);
 }
 
-fn is_result(ty: &Type) -> bool {
-    let Type::Path(p) = ty else { return false };
-    let Some(last) = p.path.segments.last() else { return false };
+/// The `E` of a `Result<T, E>` type, if that is what `ty` is.
+fn result_error(ty: &Type) -> Option<Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
     if last.ident != "Result" {
-        return false;
+        return None;
     }
-    let PathArguments::AngleBracketed(args) = &last.arguments else { return false };
-    args.args.iter().filter(|a| matches!(a, GenericArgument::Type(_))).count() == 2
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let types: Vec<_> = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    (types.len() == 2).then(|| types[1].clone())
 }

@@ -1,7 +1,8 @@
 //! Code emission for a validated [`ServiceDef`].
 
 use proc_macro2::TokenStream;
-use quote::{quote, ToTokens};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
 
 use crate::ServiceDef;
 
@@ -15,9 +16,20 @@ pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
         item.colon_token = Some(Default::default());
     }
     let item = item.into_token_stream();
+    // Checked here so a missing bound is reported at the error type, not at the attribute.
+    let checks = def.methods.iter().map(|m| {
+        let e = &m.error;
+        quote_spanned! {e.span()=>
+            ::meshrpc::__private::assert_error_type::<#e>();
+        }
+    });
     quote! {
         #[::meshrpc::__private::async_trait]
         #item
+
+        const _: fn() = || {
+            #( #checks )*
+        };
     }
 }
 

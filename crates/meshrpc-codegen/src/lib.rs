@@ -27,6 +27,8 @@ pub struct MethodDef {
     pub name: String,
     /// Argument names (JSON keys) and types, in order.
     pub args: Vec<(Ident, Type)>,
+    /// The `E` of `Result<T, E>`.
+    pub error: Type,
 }
 
 /// Options given in the attribute: `#[meshrpc::service(name = "greeter")]`.

@@ -51,6 +51,9 @@ pub mod __private {
         }
     }
 
+    /// A service's error type must carry transport failures and cross the network.
+    pub fn assert_error_type<E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>() {}
+
     pub fn unknown_method(service: &str, method: &str) -> BoxFuture<Result<Reply, Error>> {
         let err = Error::UnknownMethod { service: service.into(), method: method.into() };
         Box::pin(std::future::ready(Err(err)))

@@ -1,0 +1,12 @@
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct E;
+impl From<meshrpc::Error> for E {
+    fn from(_: meshrpc::Error) -> Self {
+        E
+    }
+}
+
+#[meshrpc::service]
+pub struct S;
+
+fn main() {}

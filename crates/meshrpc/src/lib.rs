@@ -16,6 +16,7 @@
 
 pub mod call;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod context;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod wire;
 pub use async_trait::async_trait;
 pub use call::{Call, Dispatch, Reply};
 pub use client::{CallOptions, Channel};
+pub use cluster::{Cluster, ClusterBuilder, Policy};
 pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;

@@ -118,6 +118,12 @@ fn answer_error(e: Error) -> Error {
     Error::protocol(format!("undecodable answer: {e}"))
 }
 
+impl Dispatch for Channel {
+    fn dispatch(&self, call: Call) -> crate::call::BoxFuture<Result<Reply, Error>> {
+        self.target.dispatch(call)
+    }
+}
+
 impl<D: Dispatch> From<Arc<D>> for Channel {
     fn from(target: Arc<D>) -> Self {
         Channel { target, options: CallOptions::default() }

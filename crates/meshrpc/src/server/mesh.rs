@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::{
     io::AsyncReadExt,
     net::TcpStream,
-    sync::{mpsc, watch, Notify},
+    sync::{mpsc, watch},
     task::AbortHandle,
 };
 
@@ -28,7 +28,6 @@ use crate::{
 #[derive(Default)]
 struct InFlight {
     tasks: Mutex<HashMap<u64, AbortHandle>>,
-    idle: Notify,
 }
 
 impl InFlight {
@@ -36,31 +35,16 @@ impl InFlight {
         self.tasks.lock().unwrap().len()
     }
     fn finish(&self, id: u64) {
-        let mut tasks = self.tasks.lock().unwrap();
-        tasks.remove(&id);
-        if tasks.is_empty() {
-            self.idle.notify_waiters();
-        }
+        self.tasks.lock().unwrap().remove(&id);
     }
     fn abort(&self, id: u64) {
         if let Some(task) = self.tasks.lock().unwrap().remove(&id) {
             task.abort();
         }
-        self.finish(u64::MAX); // re-check emptiness
     }
     fn abort_all(&self) {
         for (_, task) in self.tasks.lock().unwrap().drain() {
             task.abort();
-        }
-        self.idle.notify_waiters();
-    }
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.len() == 0 {
-                return;
-            }
-            idle.await;
         }
     }
 }
@@ -101,7 +85,6 @@ pub(crate) async fn serve(
                 draining = true;
                 let _ = outbox.send(Frame::GoAway);
             }
-            _ = in_flight.wait_idle(), if draining => break None,
         }
     };
     match why {
@@ -110,8 +93,13 @@ pub(crate) async fn serve(
             tracing::warn!(%peer, error = %e, "closing mesh connection");
             in_flight.abort_all();
         }
-        None if draining => tracing::debug!(%peer, "drained mesh connection"),
-        None => in_flight.abort_all(),
+        // The caller hung up: after go-away that is the end of a clean drain.
+        None => {
+            if draining {
+                tracing::debug!(%peer, "drained mesh connection");
+            }
+            in_flight.abort_all();
+        }
     }
     drop(outbox);
     let _ = writer.await;

@@ -61,6 +61,7 @@ pub struct Server {
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
     extra_http: Option<axum::Router>,
+    http_dispatch: Option<Arc<dyn crate::Dispatch>>,
 }
 
 /// Stops a running server gracefully: go-away to mesh peers, in-flight calls finish.
@@ -83,6 +84,7 @@ impl Server {
             config: ServerConfig::default(),
             shutdown: watch::channel(false).0,
             extra_http: None,
+            http_dispatch: None,
         })
     }
 
@@ -112,6 +114,11 @@ impl Server {
         });
     }
 
+    /// Where `POST /{service}/{method}` on this port goes (default: the local services).
+    pub fn set_http_dispatch(&mut self, dispatch: Arc<dyn crate::Dispatch>) {
+        self.http_dispatch = Some(dispatch);
+    }
+
     /// The published services.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
@@ -136,8 +143,9 @@ impl Server {
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
-        let Server { listener, registry, config, shutdown, extra_http } = self;
-        let mut router = http::rpc_router(registry.clone(), config.http);
+        let Server { listener, registry, config, shutdown, extra_http, http_dispatch } = self;
+        let dispatch = http_dispatch.unwrap_or_else(|| registry.clone());
+        let mut router = http::rpc_router(dispatch, config.http);
         for (name, r) in registry.http_routers() {
             router = router.nest(&format!("/{name}"), r);
         }

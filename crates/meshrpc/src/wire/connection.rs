@@ -172,12 +172,14 @@ impl Connection {
     }
 
     fn register(&self) -> Result<(u64, oneshot::Receiver<Result<Reply, Error>>), Error> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.inner.pending.lock().unwrap();
+        // Checked under the lock: `close_if_drained` must not miss a call registered now.
         if self.state() == State::Draining {
             return Err(Error::unavailable(format!("{} is draining", self.inner.peer)));
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        match self.inner.pending.lock().unwrap().as_mut() {
+        match pending.as_mut() {
             Some(pending) => pending.insert(id, tx),
             None => return Err(Error::unavailable(format!("connection to {} is closed", self.inner.peer))),
         };
@@ -217,35 +219,59 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Sends a call and returns the pending answer. An error here means the call
+    /// provably never left this process, so it is safe to try another replica.
+    pub fn send_call(&self, call: Call) -> Result<PendingCall, Error> {
+        if call.service.len() > 255 || call.method.len() > 255 {
+            return Err(Error::bad_request("service and method names are at most 255 bytes"));
+        }
+        let now = Instant::now();
+        if call.deadline.is_some_and(|d| d <= now) {
+            return Err(Error::Timeout);
+        }
+        let (id, rx) = self.register()?;
+        let frame = Frame::Request {
+            id,
+            codec: call.codec,
+            deadline: call.deadline.map(|d| d - now),
+            trace_id: call.trace_id,
+            service: bytes_of(call.service),
+            method: bytes_of(call.method),
+            payload: call.payload,
+        };
+        let size = frame.encoded_len() as u64;
+        if size > u64::from(self.inner.max_out) {
+            self.inner.forget(id);
+            return Err(Error::TooLarge { size, limit: self.inner.max_out.into() });
+        }
+        if let Err(e) = self.send(frame) {
+            self.inner.forget(id);
+            return Err(e);
+        }
+        Ok(PendingCall { conn: self.clone(), id, rx, deadline: call.deadline })
+    }
+}
+
+/// A call on the wire, waiting for its answer. Dropping it cancels the call.
+pub struct PendingCall {
+    conn: Connection,
+    id: u64,
+    rx: oneshot::Receiver<Result<Reply, Error>>,
+    deadline: Option<Instant>,
+}
+
+impl PendingCall {
+    /// Waits for the answer, the deadline, or the connection's end.
+    pub async fn answer(self) -> Result<Reply, Error> {
+        self.conn.wait(self.id, self.rx, self.deadline).await
+    }
+}
+
 impl Dispatch for Connection {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
-        let conn = self.clone();
-        Box::pin(async move {
-            if call.service.len() > 255 || call.method.len() > 255 {
-                return Err(Error::bad_request("service and method names are at most 255 bytes"));
-            }
-            let now = Instant::now();
-            if call.deadline.is_some_and(|d| d <= now) {
-                return Err(Error::Timeout);
-            }
-            let (id, rx) = conn.register()?;
-            let frame = Frame::Request {
-                id,
-                codec: call.codec,
-                deadline: call.deadline.map(|d| d - now),
-                trace_id: call.trace_id,
-                service: bytes_of(call.service),
-                method: bytes_of(call.method),
-                payload: call.payload,
-            };
-            let size = frame.encoded_len() as u64;
-            if size > u64::from(conn.inner.max_out) {
-                conn.inner.forget(id);
-                return Err(Error::TooLarge { size, limit: conn.inner.max_out.into() });
-            }
-            conn.send(frame)?;
-            conn.wait(id, rx, call.deadline).await
-        })
+        let pending = self.send_call(call);
+        Box::pin(async move { pending?.answer().await })
     }
 }
 
@@ -276,9 +302,24 @@ impl Inner {
     }
 
     fn complete(&self, id: u64, result: Result<Reply, Error>) {
-        let waiter = self.pending.lock().unwrap().as_mut().and_then(|p| p.remove(&id));
+        let (waiter, idle) = match self.pending.lock().unwrap().as_mut() {
+            Some(p) => (p.remove(&id), p.is_empty()),
+            None => (None, false),
+        };
         if let Some(tx) = waiter {
             let _ = tx.send(result);
+        }
+        if idle {
+            self.close_if_drained();
+        }
+    }
+
+    /// After go-away, the side that called hangs up once its last answer is in: the
+    /// draining server then knows no request is still on its way.
+    fn close_if_drained(&self) {
+        let idle = self.pending.lock().unwrap().as_ref().is_some_and(HashMap::is_empty);
+        if idle && *self.state.borrow() == State::Draining {
+            self.close(Error::unavailable(format!("{} drained", self.peer)));
         }
     }
 
@@ -336,6 +377,7 @@ impl Inner {
                     }
                     open
                 });
+                self.close_if_drained();
             }
             Frame::Request { id, .. } => {
                 let err = Error::protocol("this side of the connection serves no calls");

@@ -4,5 +4,5 @@
 pub mod connection;
 pub mod frame;
 
-pub use connection::{connect, ConnectOptions, Connection, State};
+pub use connection::{connect, ConnectOptions, Connection, PendingCall, State};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME, PREFACE};

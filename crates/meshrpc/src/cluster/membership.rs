@@ -1,0 +1,286 @@
+//! Who is in the cluster and what each node serves: chitchat gossip underneath, a
+//! plain [`View`] on top. The key/value schema each node advertises lives here.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use chitchat::{
+    spawn_chitchat, transport::UdpTransport, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    NodeState, ProtocolVersion,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::{Error, ServiceSpec};
+
+const KEY_NAME: &str = "name";
+const KEY_ADDR: &str = "addr";
+const KEY_STATE: &str = "state";
+const KEY_STARTED: &str = "started";
+const PREFIX_SERVICE: &str = "svc:";
+const PREFIX_HTTP: &str = "http:";
+
+/// Where a member is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Joined, not yet accepting calls.
+    Starting,
+    Serving,
+    /// Finishing in-flight calls before it leaves: pick it no more.
+    Draining,
+}
+
+/// One node as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    /// Unique node id.
+    pub id: String,
+    /// The node's name (usually its main service).
+    pub name: String,
+    /// Mesh (and HTTP) address; `None` for client-only nodes.
+    pub addr: Option<SocketAddr>,
+    pub state: MemberState,
+    /// Published services: name → method-set fingerprint.
+    pub services: BTreeMap<String, String>,
+    /// Published plain HTTP routers.
+    pub http: Vec<String>,
+    /// When the node started (Unix ms).
+    pub started_ms: u64,
+    /// This is the local node.
+    pub is_self: bool,
+}
+
+impl Member {
+    /// Reads a member from its gossiped key/values.
+    pub fn from_state(id: &str, kv: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>, is_self: bool) -> Member {
+        let mut m = Member {
+            id: id.to_owned(),
+            name: String::new(),
+            addr: None,
+            state: MemberState::Starting,
+            services: BTreeMap::new(),
+            http: Vec::new(),
+            started_ms: 0,
+            is_self,
+        };
+        for (k, v) in kv {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            match k {
+                KEY_NAME => m.name = v.to_owned(),
+                KEY_ADDR => m.addr = v.parse().ok(),
+                KEY_STARTED => m.started_ms = v.parse().unwrap_or(0),
+                KEY_STATE => {
+                    m.state = match v {
+                        "serving" => MemberState::Serving,
+                        "draining" => MemberState::Draining,
+                        _ => MemberState::Starting,
+                    }
+                }
+                _ => {
+                    if let Some(name) = k.strip_prefix(PREFIX_SERVICE) {
+                        m.services.insert(name.to_owned(), v.to_owned());
+                    } else if let Some(name) = k.strip_prefix(PREFIX_HTTP) {
+                        m.http.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// True if this member takes calls for `service` (built from the same method set,
+    /// when `fingerprint` is given).
+    pub fn serves(&self, service: &str, fingerprint: Option<&str>) -> bool {
+        self.state == MemberState::Serving
+            && self.addr.is_some()
+            && self.services.get(service).is_some_and(|f| fingerprint.is_none_or(|want| want == f))
+    }
+}
+
+/// The live members, sorted by id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct View {
+    pub members: Vec<Member>,
+}
+
+impl View {
+    /// Members serving `service` (compatible ones only, when `fingerprint` is given).
+    pub fn replicas<'a>(&'a self, service: &'a str, fingerprint: Option<&'a str>) -> impl Iterator<Item = &'a Member> {
+        self.members.iter().filter(move |m| m.serves(service, fingerprint))
+    }
+
+    /// True if any live member publishes `service`, compatible or not.
+    pub fn knows(&self, service: &str) -> bool {
+        self.members.iter().any(|m| m.services.contains_key(service))
+    }
+
+    /// True if some member serves `name` or publishes an HTTP router under it.
+    pub fn knows_http(&self, name: &str) -> bool {
+        self.members.iter().any(|m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name))
+    }
+}
+
+/// Gossip settings.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    pub interval: Duration,
+    /// Phi-accrual threshold above which a silent node is declared dead.
+    pub phi_threshold: f64,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig { interval: Duration::from_millis(100), phi_threshold: 8.0 }
+    }
+}
+
+/// This node's membership: gossip running in the background and the latest view.
+pub struct Membership {
+    handle: ChitchatHandle,
+    view: watch::Receiver<Arc<View>>,
+}
+
+impl Membership {
+    /// Joins (or founds) the cluster named `tag`, gossiping on UDP `gossip_bind`;
+    /// peers reach it at `gossip_addr`.
+    pub async fn join(
+        name: &str,
+        tag: &str,
+        gossip_bind: SocketAddr,
+        gossip_addr: SocketAddr,
+        mesh_addr: Option<SocketAddr>,
+        seeds: Vec<String>,
+        config: &GossipConfig,
+    ) -> Result<Membership, Error> {
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let node_id = format!("{name}-{}-{:x}", gossip_addr.port(), started.as_nanos() as u64 & 0xff_ffff);
+        let id = ChitchatId::new(node_id, started.as_millis() as u64, gossip_addr);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: id.clone(),
+            cluster_id: format!("meshrpc/{tag}"),
+            gossip_interval: config.interval,
+            listen_addr: gossip_bind,
+            seed_nodes: seeds,
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(2),
+                initial_interval: config.interval * 5,
+                dead_node_grace_period: Duration::from_secs(60),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            // V1 compresses digests; V0 stays readable by every chitchat 0.x node.
+            protocol_version: ProtocolVersion::V0,
+        };
+        let mut kv = vec![
+            (KEY_NAME.to_owned(), name.to_owned()),
+            (KEY_STATE.to_owned(), "starting".to_owned()),
+            (KEY_STARTED.to_owned(), started.as_millis().to_string()),
+        ];
+        if let Some(addr) = mesh_addr {
+            kv.push((KEY_ADDR.to_owned(), addr.to_string()));
+        }
+        let handle = spawn_chitchat(chitchat_config, kv, &UdpTransport)
+            .await
+            .map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?;
+
+        let chitchat = handle.chitchat();
+        let (tx, view) = watch::channel(Arc::new(View::default()));
+        let mut live = chitchat.lock().await.live_nodes_watcher();
+        tokio::spawn(async move {
+            loop {
+                let next = View { members: members(&live.borrow_and_update(), &id) };
+                tx.send_if_modified(|current| {
+                    let changed = **current != next;
+                    if changed {
+                        *current = Arc::new(next);
+                    }
+                    changed
+                });
+                if live.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Membership { handle, view })
+    }
+
+    /// The latest view.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that wakes on every change of the view.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+
+    /// Advertises a published service.
+    pub async fn advertise_service(&self, spec: &ServiceSpec) {
+        self.set(format!("{PREFIX_SERVICE}{}", spec.name), spec.fingerprint()).await;
+    }
+
+    /// Advertises a published HTTP router.
+    pub async fn advertise_http(&self, name: &str) {
+        self.set(format!("{PREFIX_HTTP}{name}"), String::new()).await;
+    }
+
+    /// Advertises the node's state.
+    pub async fn set_state(&self, state: MemberState) {
+        let v = match state {
+            MemberState::Starting => "starting",
+            MemberState::Serving => "serving",
+            MemberState::Draining => "draining",
+        };
+        self.set(KEY_STATE.to_owned(), v.to_owned()).await;
+    }
+
+    async fn set(&self, key: String, value: String) {
+        let chitchat = self.handle.chitchat();
+        let mut c = chitchat.lock().await;
+        c.self_node_state().set(key, value);
+    }
+
+    /// Stops gossiping (peers see the node die).
+    pub async fn leave(self) {
+        let _ = self.handle.shutdown().await;
+    }
+}
+
+fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId) -> Vec<Member> {
+    live.iter().map(|(id, state)| Member::from_state(&id.node_id, state.key_values(), id == me)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_reads_back_what_it_advertised() {
+        let kv = [
+            ("name", "greeter"),
+            ("addr", "127.0.0.1:11999"),
+            ("state", "serving"),
+            ("svc:greeter", "abc"),
+            ("http:greeter", ""),
+            ("started", "42"),
+            ("unknown-key", "ignored"),
+        ];
+        let m = Member::from_state("greeter-1", kv, false);
+        assert_eq!(m.addr, Some("127.0.0.1:11999".parse().unwrap()));
+        assert_eq!((m.state, m.started_ms, m.http.as_slice()), (MemberState::Serving, 42, &["greeter".to_string()][..]));
+        assert!(m.serves("greeter", None) && m.serves("greeter", Some("abc")));
+        assert!(!m.serves("greeter", Some("other-version")), "incompatible replica is not a replica");
+        let draining = Member { state: MemberState::Draining, ..m.clone() };
+        let view = View { members: vec![m, draining] };
+        assert_eq!(view.replicas("greeter", None).count(), 1);
+        assert!(view.knows("greeter") && !view.knows("billing"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Connections to the other nodes: opened on first use, shared by every call, dropped
+//! from picking the moment they break, reconnected with backoff.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::balance::PeakEwma;
+use crate::{
+    wire::{ConnectOptions, Connection, State},
+    Error,
+};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const EWMA_TAU: Duration = Duration::from_secs(10);
+
+/// Every peer this node has talked to, by mesh address.
+#[derive(Default)]
+pub(crate) struct Peers {
+    map: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    options: ConnectOptions,
+}
+
+impl Peers {
+    pub(crate) fn get(&self, addr: SocketAddr) -> Arc<Peer> {
+        self.map
+            .lock()
+            .unwrap()
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.options)))
+            .clone()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
+        self.map.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Forgets peers no longer in the view, closing their connections.
+    pub(crate) fn retain(&self, live: &[SocketAddr]) {
+        self.map.lock().unwrap().retain(|addr, peer| {
+            let keep = live.contains(addr);
+            if !keep {
+                peer.close();
+            }
+            keep
+        });
+    }
+}
+
+/// One peer: its connection (if any), backoff and observed latency.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    options: ConnectOptions,
+    conn: Mutex<Option<Connection>>,
+    /// Serializes connection attempts so a burst of calls opens one connection.
+    connecting: tokio::sync::Mutex<()>,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    down_until: Option<Instant>,
+    failures: u32,
+    ewma: PeakEwma,
+    last_ping: Option<Duration>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, options: ConnectOptions) -> Peer {
+        Peer {
+            addr,
+            options,
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            health: Mutex::new(Health {
+                down_until: None,
+                failures: 0,
+                ewma: PeakEwma::new(Duration::from_millis(1), EWMA_TAU, Instant::now()),
+                last_ping: None,
+            }),
+        }
+    }
+
+    /// False while in backoff after a failure, or while its connection drains.
+    pub(crate) fn usable(&self) -> bool {
+        if self.health.lock().unwrap().down_until.is_some_and(|t| t > Instant::now()) {
+            return false;
+        }
+        !matches!(self.open_conn().map(|c| c.state()), Some(State::Draining))
+    }
+
+    /// Expected cost of one more call: peak-EWMA latency × (calls in flight + 1).
+    pub(crate) fn load(&self) -> f64 {
+        let in_flight = self.open_conn().map_or(0, |c| c.in_flight());
+        self.health.lock().unwrap().ewma.load(in_flight)
+    }
+
+    pub(crate) fn observe(&self, rtt: Duration) {
+        let mut h = self.health.lock().unwrap();
+        h.ewma.observe(rtt, Instant::now());
+        h.failures = 0;
+    }
+
+    pub(crate) fn last_ping(&self) -> Option<Duration> {
+        self.health.lock().unwrap().last_ping
+    }
+
+    pub(crate) fn open_conn(&self) -> Option<Connection> {
+        self.conn.lock().unwrap().as_ref().filter(|c| c.state() != State::Closed).cloned()
+    }
+
+    /// The open connection, or a new one.
+    pub(crate) async fn connection(self: &Arc<Self>) -> Result<Connection, Error> {
+        if let Some(c) = self.open_conn() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(c) = self.open_conn() {
+            return Ok(c);
+        }
+        match Connection::connect(self.addr, self.options).await {
+            Ok(conn) => {
+                *self.conn.lock().unwrap() = Some(conn.clone());
+                self.health.lock().unwrap().down_until = None;
+                // Stop picking this peer the moment its connection breaks, long before
+                // gossip declares it dead.
+                let (peer, watched) = (Arc::downgrade(self), conn.clone());
+                tokio::spawn(async move {
+                    watched.unusable().await;
+                    if let (Some(peer), State::Closed) = (peer.upgrade(), watched.state()) {
+                        peer.mark_down();
+                    }
+                });
+                Ok(conn)
+            }
+            Err(e) => {
+                self.mark_down();
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps the peer out of picks for a backoff that grows with each failure.
+    pub(crate) fn mark_down(&self) {
+        let mut h = self.health.lock().unwrap();
+        h.failures = h.failures.saturating_add(1);
+        let backoff = BACKOFF_MIN.saturating_mul(1 << h.failures.min(5).saturating_sub(1)).min(BACKOFF_MAX);
+        h.down_until = Some(Instant::now() + backoff);
+    }
+
+    /// Pings over the open connection (if any), recording the latency; a failed ping
+    /// closes the connection.
+    pub(crate) async fn keepalive(&self, timeout: Duration) {
+        let Some(conn) = self.open_conn() else { return };
+        match conn.ping(timeout).await {
+            Ok(rtt) => self.health.lock().unwrap().last_ping = Some(rtt),
+            Err(e) if conn.state() == State::Open => {
+                tracing::warn!(peer = %self.addr, error = %e, "keepalive failed: closing connection");
+                conn.close();
+                self.mark_down();
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn close(&self) {
+        if let Some(c) = self.conn.lock().unwrap().take() {
+            c.close();
+        }
+    }
+}

@@ -119,3 +119,54 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `labcall` run: its stdout lines arrive on `lines`.
+pub struct Caller {
+    pub child: Child,
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Caller {
+    pub fn start(bin: &str, args: &[&str]) -> Caller {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Caller { child, lines }
+    }
+
+    /// Waits for the line `calling` (the caller joined and starts its calls).
+    pub async fn calling(&mut self) {
+        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.recv()).await;
+        assert_eq!(line.ok().flatten().as_deref(), Some("calling"), "caller did not start calling");
+    }
+
+    /// The final JSON report (waits up to 60 s).
+    pub async fn report(mut self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline.into(), self.lines.recv())
+                .await
+                .expect("caller report timed out")
+                .expect("caller exited without a report");
+            if line.starts_with('{') {
+                return serde_json::from_str(&line).unwrap();
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the callers' reports use it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}

@@ -161,3 +161,19 @@ impl Lab for LabNode {
         Ok(self.name.clone())
     }
 }
+
+/// Another version of `lab` (same name, different methods): callers built against
+/// `Lab` must not pick it.
+#[meshrpc::service(name = "lab")]
+pub trait LabV2 {
+    async fn whoami(&self, verbose: bool) -> Result<String, LabError>;
+}
+
+pub struct LabV2Node(pub String);
+
+#[meshrpc::async_trait]
+impl LabV2 for LabV2Node {
+    async fn whoami(&self, _verbose: bool) -> Result<String, LabError> {
+        Ok(self.0.clone())
+    }
+}

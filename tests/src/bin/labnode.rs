@@ -1,38 +1,53 @@
-//! A node serving `Lab` (and the greeter), for the integration tests.
-//! Prints `listening on ADDR` once it accepts connections.
+//! A cluster node serving `Lab` and the greeter, for the integration tests.
+//! Prints `listening on ADDR` once it accepts connections; drains on SIGTERM.
 
 use clap::Parser;
-use meshrpc_tests::lab::{LabNode, LabServer};
+use meshrpc::Cluster;
+use meshrpc_tests::lab::{LabNode, LabServer, LabV2Node, LabV2Server};
 
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Node name (answered by `Lab::whoami`).
     #[arg(long, default_value = "lab")]
     name: String,
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    #[arg(long, default_value = "test")]
+    tag: String,
     /// Largest accepted mesh frame and HTTP body, in bytes.
     #[arg(long)]
     max_frame: Option<u32>,
+    /// Publish `lab` with a different method set (an incompatible version).
+    #[arg(long)]
+    v2: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
     if let Some(max) = args.max_frame {
         config.max_frame = max;
         config.http.max_body = max as usize;
     }
-    let server = meshrpc::Server::bind(&args.listen).await?.with_config(config);
-    server.publish(LabServer::new(LabNode::new(args.name)));
-    server.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
-    println!("listening on {}", server.local_addr());
-    let stop = server.shutdown_handle();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        term.recv().await;
-        stop.shutdown();
-    });
-    server.serve().await
+    let cluster = Cluster::builder(args.name.clone())
+        .tag(args.tag)
+        .seeds(&args.nodes)
+        .listen(args.listen)
+        .server_config(config)
+        .start()
+        .await?;
+    if args.v2 {
+        cluster.publish(LabV2Server::new(LabV2Node(args.name)));
+    } else {
+        cluster.publish(LabServer::new(LabNode::new(args.name)));
+    }
+    cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
+    println!("listening on {}", cluster.local_addr().expect("listening"));
+    cluster.serve_until_signal().await
 }

@@ -1,0 +1,187 @@
+//! Issue 3: nodes form a mesh from one seed address, discover services, balance calls
+//! and survive replicas coming and going. Every node and caller is its own process.
+
+use std::time::{Duration, Instant};
+
+use meshrpc_tests::harness::{unix_ms, Caller, Node};
+use serde_json::Value;
+
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
+
+/// The seed: a plain greeter node (it serves no `lab`).
+async fn seed(tag: &str) -> Node {
+    let greeter = greeter_bin();
+    Node::start(&greeter, &["--listen-addr", "127.0.0.1:0", "--tag", tag]).await
+}
+
+fn greeter_bin() -> String {
+    // Built by `cargo test --workspace`, beside this package's binaries.
+    let dir = std::path::Path::new(LABNODE).parent().unwrap();
+    dir.join("greeter").to_string_lossy().into_owned()
+}
+
+async fn replica(tag: &str, seed: &Node, name: &str) -> Node {
+    let seed = seed.addr.to_string();
+    Node::start(LABNODE, &["--tag", tag, "--nodes", &seed, "--name", name]).await
+}
+
+async fn call(tag: &str, seed: &Node, extra: &[&str]) -> Value {
+    let seed = seed.addr.to_string();
+    let mut args = vec!["--tag", tag, "--nodes", &seed];
+    args.extend_from_slice(extra);
+    Caller::start(LABCALL, &args).report().await
+}
+
+fn count(v: &Value, node: &str) -> u64 {
+    v["per_node"][node].as_u64().unwrap_or(0)
+}
+
+fn errors(v: &Value) -> u64 {
+    v["errors"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_spreads_evenly_and_sticky_keys_stay_put() {
+    let tag = "rr";
+    let seed = seed(tag).await;
+    let mut replicas = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        replicas.push(replica(tag, &seed, name).await);
+    }
+    let even = call(tag, &seed, &["--replicas", "3", "--calls", "3000", "--concurrency", "8"]).await;
+    eprintln!("round robin: join {} ms, first call {} ms, {:?}", even["join_ms"], even["first_call_ms"], even["per_node"]);
+    assert_eq!(even["ok"], 3000, "{even}");
+    for node in ["r1", "r2", "r3"] {
+        let n = count(&even, node);
+        assert!((950..=1050).contains(&n), "{node} got {n} of 3000: {}", even["per_node"]);
+    }
+
+    let before = call(tag, &seed, &["--replicas", "3", "--calls", "600", "--keys", "200", "--concurrency", "4"]).await;
+    assert_eq!((before["ok"].as_u64(), before["key_moves"].as_u64()), (Some(600), Some(0)), "{before}");
+    let used: std::collections::BTreeSet<_> = before["keys"].as_object().unwrap().values().map(|v| v.as_str()).collect();
+    assert_eq!(used.len(), 3, "keys spread over every replica");
+
+    replicas.push(replica(tag, &seed, "r4").await);
+    let after = call(tag, &seed, &["--replicas", "4", "--calls", "200", "--keys", "200"]).await;
+    let (b, a) = (before["keys"].as_object().unwrap(), after["keys"].as_object().unwrap());
+    let kept = b.iter().filter(|(k, v)| a.get(*k) == Some(v)).count();
+    eprintln!("sticky: {kept} of 200 keys kept their replica after r4 joined");
+    assert!(kept >= 120, "only {kept} of 200 keys kept their replica");
+    assert!(count(&after, "r4") > 0, "the new replica takes its share of keys");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_die_join_and_drain_under_load() {
+    let tag = "churn";
+    let seed = seed(tag).await;
+    let mut r1 = replica(tag, &seed, "r1").await;
+    let mut r2 = replica(tag, &seed, "r2").await;
+    let _r3 = replica(tag, &seed, "r3").await;
+    let seed_addr = seed.addr.to_string();
+    let mut caller = Caller::start(
+        LABCALL,
+        &[
+            "--tag", tag, "--nodes", &seed_addr, "--replicas", "3", "--duration-ms", "9000",
+            "--concurrency", "32", "--sleep-ms", "2", "--timeout-ms", "3000",
+        ],
+    );
+    caller.calling().await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = unix_ms();
+    r2.kill().await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r4 = replica(tag, &seed, "r4").await;
+    let r4_up = unix_ms();
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let drain_start = Instant::now();
+    let drained_at = unix_ms();
+    let status = r1.terminate(Duration::from_secs(15)).await.expect("r1 exits after draining");
+    let drain = drain_start.elapsed();
+    assert!(status.success(), "drained node exits cleanly: {status:?}");
+
+    let report = caller.report().await;
+    drop(r4);
+    let buckets: Vec<(u64, u64, u64)> = report["buckets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, v)| (t.parse().unwrap(), v[0].as_u64().unwrap(), v[1].as_u64().unwrap()))
+        .collect();
+    let last_error = buckets.iter().filter(|b| b.2 > 0).map(|b| b.0).max();
+    eprintln!(
+        "churn: ok {}, errors {:?}, max latency {} ms, last error bucket {:?} ms after kill, r4 first answer {} ms after start, drain took {:?}",
+        report["ok"], report["errors"], report["max_latency_ms"], last_error.map(|t| t as i64 - killed_at as i64),
+        report["first_seen"]["r4"].as_u64().unwrap_or(0) as i64 - r4_up as i64, drain
+    );
+
+    // kill -9: failures only among the calls in flight on it (≤ 32 callers), as
+    // `unavailable`, and nothing hangs to its deadline.
+    let failed = errors(&report);
+    assert!(failed <= 32, "{failed} calls failed: {}", report["errors"]);
+    assert!(report["errors"].as_object().unwrap().keys().all(|k| k == "unavailable"), "{}", report["errors"]);
+    assert!(report["max_latency_ms"].as_u64().unwrap() < 3000, "a call hung: {}", report["max_latency_ms"]);
+    // Recovered within 2 s: no error after that, and every bucket after it answered.
+    for (t, ok, err) in &buckets {
+        if *t >= killed_at + 2000 {
+            assert_eq!(*err, 0, "errors at +{} ms after the kill (the drain at +{} ms must lose none)", t - killed_at, drained_at - killed_at);
+        }
+        if *t >= killed_at + 2000 && *t + 200 < *buckets.last().map(|b| &b.0).unwrap() {
+            assert!(*ok > 0, "no throughput at +{} ms after the kill", t - killed_at);
+        }
+    }
+    // The new replica got traffic within 3 s of starting.
+    let r4_first = report["first_seen"]["r4"].as_u64().expect("r4 answered calls");
+    assert!(r4_first <= r4_up + 3000, "r4 first answered {} ms after it started", r4_first - r4_up);
+    assert!(count(&report, "r2") > 0 && count(&report, "r1") > 0 && count(&report, "r3") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_are_namespaces() {
+    let blue = seed("blue").await;
+    let _lab = replica("blue", &blue, "blue-lab").await;
+    // A red caller seeded with a blue node sees nothing of blue.
+    let red = call("red", &blue, &["--wait-ms", "1500"]).await;
+    let why = red["wait_error"].as_str().expect("waiting must fail");
+    assert!(why.contains("not reachable") && why.contains("lab"), "{why}");
+    let same = call("blue", &blue, &["--calls", "5"]).await;
+    assert_eq!(same["ok"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_with_another_method_set_is_never_called() {
+    let tag = "versions";
+    let seed = seed(tag).await;
+    let seed_addr = seed.addr.to_string();
+    let _v2 = Node::start(LABNODE, &["--tag", tag, "--nodes", &seed_addr, "--name", "v2", "--v2"]).await;
+    let only_v2 = call(tag, &seed, &["--wait-ms", "1500"]).await;
+    assert!(only_v2["wait_error"].as_str().unwrap_or_default().contains("lab"), "{only_v2}");
+
+    let _v1 = replica(tag, &seed, "v1").await;
+    let mixed = call(tag, &seed, &["--calls", "50", "--concurrency", "4"]).await;
+    assert_eq!((mixed["ok"].as_u64(), count(&mixed, "v1")), (Some(50), 50), "{mixed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_garbage_on_the_gossip_port_changes_nothing() {
+    let tag = "garbage";
+    let seed = seed(tag).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut x: u32 = 7;
+    for i in 0..2000usize {
+        let len = 1 + i % 1400;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        socket.send_to(&junk, seed.addr).await.unwrap();
+    }
+    let _lab = replica(tag, &seed, "after-garbage").await;
+    let report = call(tag, &seed, &["--calls", "20"]).await;
+    assert_eq!(report["ok"], 20, "{report}");
+}

@@ -20,6 +20,8 @@ pub mod cluster;
 pub mod codec;
 pub mod context;
 pub mod error;
+pub mod gateway;
+pub mod logging;
 pub mod server;
 pub mod spec;
 pub mod wire;
@@ -32,7 +34,8 @@ pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
 pub use meshrpc_macros::service;
-pub use server::{Server, ServerConfig, Service, ShutdownHandle};
+pub use gateway::Gateway;
+pub use server::{serve_http, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use wire::{connect, Connection};
 

@@ -2,6 +2,8 @@
 
 use std::sync::Mutex;
 
+pub mod node;
+
 use serde::{Deserialize, Serialize};
 
 /// A postcard to send, as in the seed README.
@@ -48,7 +50,8 @@ impl Greeter for MyGreeter {
         if card.recipient.is_empty() {
             return Err(GreetError::NoRecipient);
         }
-        tracing::info!(?card, "postcard received");
+        // As the seed's greeter did: the struct as it arrived.
+        println!("sending {card:?} to {}", card.recipient);
         self.postcards.lock().unwrap().push(card);
         Ok(())
     }

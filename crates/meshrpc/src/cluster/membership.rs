@@ -45,8 +45,8 @@ pub struct Member {
     /// Mesh (and HTTP) address; `None` for client-only nodes.
     pub addr: Option<SocketAddr>,
     pub state: MemberState,
-    /// Published services: name → method-set fingerprint.
-    pub services: BTreeMap<String, String>,
+    /// Published services by name.
+    pub services: BTreeMap<String, Advertised>,
     /// Published plain HTTP routers.
     pub http: Vec<String>,
     /// When the node started (Unix ms).
@@ -83,7 +83,7 @@ impl Member {
                 }
                 _ => {
                     if let Some(name) = k.strip_prefix(PREFIX_SERVICE) {
-                        m.services.insert(name.to_owned(), v.to_owned());
+                        m.services.insert(name.to_owned(), Advertised::decode(v));
                     } else if let Some(name) = k.strip_prefix(PREFIX_HTTP) {
                         m.http.push(name.to_owned());
                     }
@@ -98,7 +98,44 @@ impl Member {
     pub fn serves(&self, service: &str, fingerprint: Option<&str>) -> bool {
         self.state == MemberState::Serving
             && self.addr.is_some()
-            && self.services.get(service).is_some_and(|f| fingerprint.is_none_or(|want| want == f))
+            && self.services.get(service).is_some_and(|s| fingerprint.is_none_or(|want| want == s.fingerprint))
+    }
+}
+
+/// A published service as gossiped: its fingerprint and methods with argument names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Advertised {
+    pub fingerprint: String,
+    /// `(method, argument names)`
+    pub methods: Vec<(String, Vec<String>)>,
+}
+
+impl Advertised {
+    /// `fp greet(name) send_postcard(card)`
+    fn encode(spec: &ServiceSpec) -> String {
+        let mut out = spec.fingerprint();
+        for m in spec.methods {
+            out.push_str(&format!(" {}({})", m.name, m.args.join(",")));
+        }
+        out
+    }
+
+    fn decode(v: &str) -> Advertised {
+        let mut parts = v.split(' ');
+        let fingerprint = parts.next().unwrap_or_default().to_owned();
+        let methods = parts
+            .filter_map(|m| {
+                let (name, args) = m.strip_suffix(')')?.split_once('(')?;
+                let args = args.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect();
+                Some((name.to_owned(), args))
+            })
+            .collect();
+        Advertised { fingerprint, methods }
+    }
+
+    /// True if the service has a method of this name.
+    pub fn has_method(&self, name: &str) -> bool {
+        self.methods.iter().any(|(m, _)| m == name)
     }
 }
 
@@ -224,7 +261,7 @@ impl Membership {
 
     /// Advertises a published service.
     pub async fn advertise_service(&self, spec: &ServiceSpec) {
-        self.set(format!("{PREFIX_SERVICE}{}", spec.name), spec.fingerprint()).await;
+        self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec)).await;
     }
 
     /// Advertises a published HTTP router.
@@ -268,7 +305,7 @@ mod tests {
             ("name", "greeter"),
             ("addr", "127.0.0.1:11999"),
             ("state", "serving"),
-            ("svc:greeter", "abc"),
+            ("svc:greeter", "abc greet(name) send_postcard(card) ping()"),
             ("http:greeter", ""),
             ("started", "42"),
             ("unknown-key", "ignored"),
@@ -277,6 +314,9 @@ mod tests {
         assert_eq!(m.addr, Some("127.0.0.1:11999".parse().unwrap()));
         assert_eq!((m.state, m.started_ms, m.http.as_slice()), (MemberState::Serving, 42, &["greeter".to_string()][..]));
         assert!(m.serves("greeter", None) && m.serves("greeter", Some("abc")));
+        let methods = &m.services["greeter"].methods;
+        assert_eq!(methods[1], ("send_postcard".to_string(), vec!["card".to_string()]));
+        assert_eq!(methods[2], ("ping".to_string(), vec![]));
         assert!(!m.serves("greeter", Some("other-version")), "incompatible replica is not a replica");
         let draining = Member { state: MemberState::Draining, ..m.clone() };
         let view = View { members: vec![m, draining] };

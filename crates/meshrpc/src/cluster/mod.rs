@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 pub use balance::Policy;
-pub use membership::{GossipConfig, Member, MemberState, View};
+pub use membership::{Advertised, GossipConfig, Member, MemberState, View};
 
 use self::{
     balance::{Balancer, Candidate},
@@ -267,11 +267,11 @@ impl Cluster {
         let view = self.inner.membership.view();
         let mut out: std::collections::BTreeMap<String, ServiceStatus> = Default::default();
         for m in view.members.iter().filter(|m| m.state == MemberState::Serving) {
-            for (name, fp) in &m.services {
+            for (name, adv) in &m.services {
                 let s = out
                     .entry(name.clone())
                     .or_insert_with(|| ServiceStatus { name: name.clone(), versions: Default::default() });
-                s.versions.entry(fp.clone()).or_default().push(m.id.clone());
+                s.versions.entry(adv.fingerprint.clone()).or_default().push(m.id.clone());
             }
         }
         out.into_values().collect()

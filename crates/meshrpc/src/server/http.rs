@@ -74,6 +74,20 @@ async fn rpc(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    rpc_call(&*state.dispatch, &state.limits, service, method, &http_method, &headers, body).await
+}
+
+/// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the
+/// call and wraps the outcome in the envelope.
+pub async fn rpc_call(
+    dispatch: &dyn Dispatch,
+    limits: &HttpLimits,
+    service: String,
+    method: String,
+    http_method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     if http_method != Method::POST {
         let mut resp = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -84,24 +98,38 @@ async fn rpc(
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
-    let payload = match read_body(body, &headers, &state.limits).await {
+    let payload = match read_body(body, headers, limits).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
     let timeout = headers
         .get(TIMEOUT_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map_or(state.limits.default_timeout, Duration::from_millis);
+        .map_or(limits.default_timeout, Duration::from_millis);
     let call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
         codec: Codec::Json,
         deadline: Some(Instant::now() + timeout),
         trace_id: new_trace_id(),
-        key: headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()).map(Arc::from),
+        key: sticky_key(headers),
         payload,
     };
-    envelope(state.dispatch.dispatch(call).await)
+    envelope(dispatch.dispatch(call).await)
+}
+
+/// The sticky-session key: the `meshrpc-key` header, else the `meshrpc-key` cookie.
+pub fn sticky_key(headers: &HeaderMap) -> Option<Arc<str>> {
+    if let Some(v) = headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(Arc::from(v));
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(KEY_HEADER)?.strip_prefix('='))
+        .map(Arc::from)
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limits: &HttpLimits) -> Result<Bytes, Response> {

@@ -192,7 +192,7 @@ async fn serve_connection(
     registry: Arc<Registry>,
     router: axum::Router,
     config: ServerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     match tokio::time::timeout(config.header_timeout, sniff(&stream)).await {
         Ok(Ok(true)) => {
@@ -204,23 +204,64 @@ async fn serve_connection(
                 mesh::serve(stream, peer, registry, config, shutdown).await;
             }
         }
-        Ok(Ok(false)) => {
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
-            builder.http2().timer(TokioTimer::new());
-            let service = TowerToHyperService::new(router);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stopped(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        }
+        Ok(Ok(false)) => http_connection(stream, router, config.header_timeout, shutdown).await,
         Ok(Err(_)) | Err(_) => {} // closed or silent: nothing to answer
     }
+}
+
+/// Serves HTTP/1.1 or h2c on one connection, with a header timeout for slow clients and
+/// a graceful close on shutdown.
+pub(crate) async fn http_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let service = TowerToHyperService::new(router);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Serves an axum router over HTTP/1.1 and h2c until `shutdown` fires, then lets open
+/// requests finish (up to `drain_timeout`). The gateway's front door.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (stop, _) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(http_connection(stream, router.clone(), config.header_timeout, stop.subscribe()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(config.drain_timeout, async { while conns.join_next().await.is_some() {} }).await;
 }
 
 /// True if the connection starts with the mesh preface. Anything else is HTTP's to

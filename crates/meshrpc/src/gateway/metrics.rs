@@ -1,0 +1,74 @@
+//! Gateway metrics in Prometheus text format: requests by service, method and status,
+//! a latency histogram per service and method, requests in flight.
+
+
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    service: String,
+    method: String,
+}
+
+/// The gateway's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meshrpc_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let in_flight = Gauge::default();
+        registry.register("requests", "Requests answered, by service, method and HTTP status", requests.clone());
+        registry.register("request_duration_seconds", "Time to answer a request", latency.clone());
+        registry.register("in_flight", "Requests being answered now", in_flight.clone());
+        Metrics { registry, requests, latency, in_flight }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub(crate) fn finished(&self, service: &str, method: &str, status: u16, seconds: f64) {
+        self.in_flight.dec();
+        let (service, method) = (service.to_owned(), method.to_owned());
+        self.latency.get_or_create(&RouteLabels { service: service.clone(), method: method.clone() }).observe(seconds);
+        self.requests.get_or_create(&RequestLabels { service, method, status }).inc();
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

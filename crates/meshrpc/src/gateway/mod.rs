@@ -1,0 +1,176 @@
+//! The HTTP front door of a cluster (axum): every published RPC method as
+//! `POST /{service}/{method}`, every published HTTP router under `/{service}/…`,
+//! plus `/healthz`, `/metrics` and request logs. Merge [`Gateway::router`] into your
+//! own router to build a custom gateway.
+
+mod metrics;
+mod proxy;
+
+use std::{sync::Arc, time::{Duration, Instant}};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+
+pub use metrics::Metrics;
+
+use crate::{
+    server::http::{error_response, rpc_call, HttpLimits},
+    Channel, Cluster,
+};
+
+/// Labels a response for metrics and logs: which service and method answered.
+#[derive(Clone, Debug)]
+struct Answered {
+    service: String,
+    method: String,
+}
+
+/// Builds the gateway's routes.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cluster: Cluster,
+    channel: Channel,
+    limits: HttpLimits,
+    require: Vec<String>,
+    metrics: Metrics,
+    proxy: proxy::Proxy,
+}
+
+impl Gateway {
+    /// A gateway in front of `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        Self::with(cluster, HttpLimits::default(), Vec::new())
+    }
+
+    fn with(cluster: Cluster, limits: HttpLimits, require: Vec<String>) -> Self {
+        let channel = cluster.channel();
+        Gateway {
+            shared: Arc::new(Shared {
+                cluster,
+                channel,
+                limits,
+                require,
+                metrics: Metrics::default(),
+                proxy: proxy::Proxy::default(),
+            }),
+        }
+    }
+
+    /// Body size and timeouts for callers.
+    pub fn limits(self, limits: HttpLimits) -> Self {
+        let s = &self.shared;
+        Self::with(s.cluster.clone(), limits, s.require.clone())
+    }
+
+    /// Services `/healthz` requires to answer before it reports ready.
+    pub fn require<I: IntoIterator<Item = S>, S: Into<String>>(self, services: I) -> Self {
+        let s = &self.shared;
+        Self::with(s.cluster.clone(), s.limits, services.into_iter().map(Into::into).collect())
+    }
+
+    /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, and
+    /// every service of the cluster under `/{service}/…`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/ping", get(|| async { StatusCode::NO_CONTENT }))
+            .route("/__heartbeat__", get(|| async { StatusCode::NO_CONTENT }))
+            .fallback(mesh)
+            .with_state(self.shared.clone())
+    }
+
+    /// Wraps a router (yours merged with [`router`](Self::router)) with metrics and
+    /// request logs.
+    pub fn observe(&self, router: Router) -> Router {
+        router.layer(axum::middleware::from_fn_with_state(self.shared.clone(), observe))
+    }
+
+    /// Metrics of this gateway.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+}
+
+async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    // Custom routes are labelled by their pattern (bounded), the mesh by what answered.
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    shared.metrics.started();
+    let resp = next.run(req).await;
+    let (service, route) = match (resp.extensions().get::<Answered>(), matched) {
+        (Some(a), _) => (a.service.clone(), a.method.clone()),
+        (None, Some(m)) => (m.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned(), m),
+        (None, None) => ("none".to_owned(), "none".to_owned()),
+    };
+    let status = resp.status().as_u16();
+    let took = start.elapsed();
+    shared.metrics.finished(&service, &route, status, took.as_secs_f64());
+    tracing::info!(target: "meshrpc::gateway", %method, %path, status, micros = took.as_micros() as u64, "request");
+    resp
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    ([(header::CONTENT_TYPE, ct)], shared.metrics.render()).into_response()
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let mut missing = Vec::new();
+    for service in &shared.require {
+        if shared.cluster.ping(service, Duration::from_secs(1)).await.is_err() {
+            missing.push(service.clone());
+        }
+    }
+    let members = shared.cluster.members().len();
+    if missing.is_empty() {
+        let body = serde_json::json!({ "status": "ok", "members": members, "required": shared.require });
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        let msg = format!("required services not answering: {}", missing.join(", "));
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &msg, None)
+    }
+}
+
+/// `/{service}/{method}` → RPC when the service has that method; anything else under a
+/// service that published an HTTP router → that router; otherwise a JSON 404.
+async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let service = segments.next().unwrap_or_default().to_owned();
+    let rest = segments.next().unwrap_or_default().to_owned();
+    let view = shared.cluster.view().borrow().clone();
+    let is_method = view.members.iter().any(|m| m.services.get(&service).is_some_and(|s| s.has_method(&rest)));
+    let label = |mut resp: Response, method: &str| {
+        resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });
+        resp
+    };
+    if is_method {
+        let (parts, body) = req.into_parts();
+        let resp = rpc_call(&shared.channel, &shared.limits, service.clone(), rest.clone(), &parts.method, &parts.headers, body).await;
+        return label(resp, &rest);
+    }
+    if view.knows_http(&service) {
+        let resp = shared.proxy.forward(&shared.cluster, &service, req).await;
+        return label(resp, "http");
+    }
+    let (status, code, msg) = if view.knows(&service) {
+        (StatusCode::NOT_FOUND, "unknown_method", format!("unknown method `{rest}` on service `{service}`"))
+    } else if req.method() == Method::POST && !rest.is_empty() && !rest.contains('/') {
+        (StatusCode::NOT_FOUND, "unknown_service", format!("unknown service `{service}`"))
+    } else {
+        (StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", req.method()))
+    };
+    error_response(status, code, &msg, None)
+}

@@ -1,0 +1,35 @@
+//! The greeter node: serves `Greeter` over the mesh and a legacy HTTP handler
+//! (`GET /greeter/check`), joining the cluster through any node.
+
+use axum::{routing::get, Router};
+use meshrpc::Cluster;
+
+use crate::{GreeterServer, MyGreeter};
+
+/// Flags and environment, as in Go meshRPC's example.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Nodes to join through (comma separated; a missing port means 11999).
+    #[arg(short = 'N', long, env = "MESHRPC_CLUSTER_NODES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Cluster tag: nodes with another tag are invisible.
+    #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
+    pub tag: String,
+    /// Mesh address (also HTTP and UDP gossip). Port 0 picks a free port.
+    #[arg(long, env = "MESHRPC_LISTEN_ADDR", default_value = "0.0.0.0:0")]
+    pub listen_addr: String,
+}
+
+/// The seed's legacy handler: `All ok! <RFC 3339 time>`.
+pub fn legacy_router() -> Router {
+    Router::new().route("/check", get(|| async { format!("All ok! {}", crate::rfc3339_now()) }))
+}
+
+/// Runs a greeter node until SIGTERM or Ctrl-C, then drains.
+pub async fn run(args: NodeArgs) -> Result<(), meshrpc::Error> {
+    let cluster = Cluster::builder("greeter").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
+    cluster.publish(GreeterServer::new(MyGreeter::default()));
+    cluster.publish_http("greeter", legacy_router());
+    println!("listening on {}", cluster.local_addr().expect("a listening node"));
+    cluster.serve_until_signal().await
+}

@@ -1,0 +1,82 @@
+//! The seed's `mesh_api`: a custom gateway. Its own routes call the generated
+//! `GreeterClient`; the generic gateway routes (RPC, meshed HTTP handlers, `/healthz`,
+//! `/metrics`) are merged in.
+
+use std::time::Duration;
+
+use axum::{extract::Path, http::StatusCode, routing::{get, post}, Json, Router};
+use greeter::{Greeter, GreeterClient, Postcard};
+use meshrpc::{Cluster, Gateway, ServerConfig};
+
+/// Flags and environment, as in Go meshRPC's example.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Nodes to join through (comma separated; a missing port means 11999).
+    #[arg(short = 'N', long, env = "MESHRPC_CLUSTER_NODES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Cluster tag.
+    #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
+    pub tag: String,
+    /// Mesh address other nodes join through.
+    #[arg(long, env = "MESHRPC_LISTEN_ADDR", default_value = "0.0.0.0:11999")]
+    pub listen_addr: String,
+    /// HTTP host of the API.
+    #[arg(long = "http-host", env = "APP_HTTP_HOST", default_value = "0.0.0.0")]
+    pub http_host: String,
+    /// HTTP port of the API.
+    #[arg(short = 'P', long = "http-port", env = "APP_HTTP_PORT", default_value_t = 8282)]
+    pub http_port: u16,
+}
+
+type ApiError = (StatusCode, Json<String>);
+
+fn failed(e: greeter::GreetError) -> ApiError {
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(e.to_string()))
+}
+
+/// The custom routes, written against the trait: `svc` may be a remote client or a
+/// local implementation.
+pub fn routes<G: Greeter + Clone>(svc: G) -> Router {
+    let greet = svc.clone();
+    Router::new()
+        // curl http://localhost:8282/greeter/greet/Max → "Hello, Max"
+        .route(
+            "/greeter/greet/{name}",
+            get(move |Path(name): Path<String>| async move { greet.greet(name).await.map(Json).map_err(failed) }),
+        )
+        // curl -X POST http://localhost:8282/greeter/sendPostcard/Max/World/Hello
+        .route(
+            "/greeter/sendPostcard/{recipient}/{address}/{message}",
+            post(move |Path((recipient, address, message)): Path<(String, String, String)>| async move {
+                let card = Postcard { picture_url: String::new(), address, recipient: recipient.clone(), message };
+                svc.send_postcard(card).await.map_err(failed)?;
+                Ok::<_, ApiError>(Json(format!("Postcard sent to {recipient}")))
+            }),
+        )
+}
+
+/// Joins the cluster, serves the API until SIGTERM or Ctrl-C.
+pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
+    let cluster = Cluster::builder("mesh-api").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
+    let node = cluster.clone();
+    tokio::spawn(async move { node.serve_until_signal().await });
+
+    let greeter = GreeterClient::new(cluster.client(GreeterClient::SPEC));
+    let gateway = Gateway::new(cluster.clone()).require(["greeter"]);
+    let app = gateway.observe(routes(greeter).merge(gateway.router()));
+
+    let listener = tokio::net::TcpListener::bind((args.http_host.as_str(), args.http_port)).await?;
+    println!("listening on {}", listener.local_addr()?);
+    println!("mesh on {}", cluster.local_addr().expect("listening"));
+    // As the seed's mesh_api: wait for the dependency, but serve /healthz meanwhile.
+    let waiter = cluster.clone();
+    tokio::spawn(async move {
+        match waiter.wait_for(&[GreeterClient::SPEC], Duration::from_secs(600)).await {
+            Ok(()) => println!("ready: greeter answers"),
+            Err(e) => tracing::warn!(error = %e, "greeter not reachable"),
+        }
+    });
+    meshrpc::serve_http(listener, app, ServerConfig::default(), meshrpc::cluster::wait_for_signal()).await;
+    cluster.shutdown().await;
+    Ok(())
+}

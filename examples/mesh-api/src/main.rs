@@ -1,0 +1,16 @@
+//! The custom API gateway: `mesh-api` (HTTP on :8282, mesh on :11999).
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "The example API gateway of a meshrpc cluster")]
+struct Cli {
+    #[command(flatten)]
+    api: mesh_api::ApiArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), meshrpc::Error> {
+    meshrpc::logging::init("info");
+    mesh_api::run(Cli::parse().api).await
+}

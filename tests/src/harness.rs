@@ -1,4 +1,7 @@
 //! Start real processes, wait for their ports, and speak HTTP to them.
+//!
+//! Test files name the binaries with `env!("CARGO_BIN_EXE_…")`: `meshrpc-cli` (the
+//! `meshrpc` command, a one-line main over meshrpc-cli), `labnode` and `labcall`.
 
 use std::{
     net::SocketAddr,
@@ -16,7 +19,10 @@ use tokio::{
 /// A running node process; killed when dropped.
 pub struct Node {
     pub child: Child,
+    /// The address from its `listening on ADDR` line.
     pub addr: SocketAddr,
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    more: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -40,9 +46,49 @@ impl Node {
         })
         .await
         .unwrap_or_else(|_| panic!("{bin} did not start listening in 20 s"));
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Node { child, addr }
+        // Keep reading stdout (so the child never blocks on a full pipe) and keep it.
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let more = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (out, notify) = (output.clone(), more.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                out.lock().unwrap().push(line);
+                notify.notify_waiters();
+            }
+        });
+        Node {
+            child,
+            addr,
+            output,
+            more,
+        }
+    }
+
+    /// Everything it printed after `listening on`.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `within`) for a line starting with `prefix`; returns its remainder.
+    pub async fn line(&self, prefix: &str, within: Duration) -> Option<String> {
+        let find = || {
+            self.output
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+        };
+        tokio::time::timeout(within, async {
+            loop {
+                let more = self.more.notified();
+                if let Some(l) = find() {
+                    return l;
+                }
+                more.await;
+            }
+        })
+        .await
+        .ok()
     }
 
     /// `http://ADDR`
@@ -57,16 +103,15 @@ impl Node {
 
     /// SIGTERM (graceful drain), then wait up to `within` for the exit.
     pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id()? as i32;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc_kill(pid, 15) };
+        let pid = self.child.id()?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await
+            .ok()?;
         tokio::time::timeout(within, self.child.wait()).await.ok()?.ok()
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// An HTTP answer: status and body text.
@@ -85,8 +130,8 @@ impl HttpAnswer {
 
 /// One HTTP/1.1 request with a real client.
 pub async fn http(method: &str, url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> HttpAnswer {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -99,7 +144,11 @@ pub async fn http(method: &str, url: &str, body: impl Into<Bytes>, headers: &[(&
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    HttpAnswer { status, body: String::from_utf8_lossy(&body).into_owned(), headers }
+    HttpAnswer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        headers,
+    }
 }
 
 /// Polls `f` until it returns `Some` or `within` passes.
@@ -148,7 +197,11 @@ impl Caller {
     /// Waits for the line `calling` (the caller joined and starts its calls).
     pub async fn calling(&mut self) {
         let line = tokio::time::timeout(Duration::from_secs(20), self.lines.recv()).await;
-        assert_eq!(line.ok().flatten().as_deref(), Some("calling"), "caller did not start calling");
+        assert_eq!(
+            line.ok().flatten().as_deref(),
+            Some("calling"),
+            "caller did not start calling"
+        );
     }
 
     /// The final JSON report (waits up to 60 s).
@@ -168,5 +221,8 @@ impl Caller {
 
 /// Milliseconds since the Unix epoch (the callers' reports use it).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

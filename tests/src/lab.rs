@@ -54,7 +54,19 @@ pub trait Lab {
         f: Vec<u32>,
         g: HashMap<String, Nested>,
         h: Shape,
-    ) -> Result<(u8, i64, f64, bool, Option<String>, Vec<u32>, HashMap<String, Nested>, Shape), LabError>;
+    ) -> Result<
+        (
+            u8,
+            i64,
+            f64,
+            bool,
+            Option<String>,
+            Vec<u32>,
+            HashMap<String, Nested>,
+            Shape,
+        ),
+        LabError,
+    >;
     async fn nothing(&self) -> Result<(), LabError>;
     async fn echo(&self, nested: Nested) -> Result<Nested, LabError>;
     /// Sleeps, counting starts, finishes and drops.
@@ -80,7 +92,12 @@ pub struct LabNode {
 
 impl LabNode {
     pub fn new(name: impl Into<String>) -> Self {
-        LabNode { name: name.into(), started: AtomicU64::new(0), finished: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+        LabNode {
+            name: name.into(),
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
     }
 }
 
@@ -95,7 +112,9 @@ impl Drop for DropCounter<'_> {
 }
 
 fn left_ms() -> Option<u64> {
-    meshrpc::CallContext::current()?.remaining().map(|d| d.as_millis() as u64)
+    meshrpc::CallContext::current()?
+        .remaining()
+        .map(|d| d.as_millis() as u64)
 }
 
 #[meshrpc::async_trait]
@@ -110,7 +129,19 @@ impl Lab for LabNode {
         f: Vec<u32>,
         g: HashMap<String, Nested>,
         h: Shape,
-    ) -> Result<(u8, i64, f64, bool, Option<String>, Vec<u32>, HashMap<String, Nested>, Shape), LabError> {
+    ) -> Result<
+        (
+            u8,
+            i64,
+            f64,
+            bool,
+            Option<String>,
+            Vec<u32>,
+            HashMap<String, Nested>,
+            Shape,
+        ),
+        LabError,
+    > {
         Ok((a, b, c, d, e, f, g, h))
     }
 

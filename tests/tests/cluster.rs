@@ -6,19 +6,17 @@ use std::time::{Duration, Instant};
 use meshrpc_tests::harness::{unix_ms, Caller, Node};
 use serde_json::Value;
 
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
 const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
 
 /// The seed: a plain greeter node (it serves no `lab`).
 async fn seed(tag: &str) -> Node {
-    let greeter = greeter_bin();
-    Node::start(&greeter, &["--listen-addr", "127.0.0.1:0", "--tag", tag]).await
-}
-
-fn greeter_bin() -> String {
-    // Built by `cargo test --workspace`, beside this package's binaries.
-    let dir = std::path::Path::new(LABNODE).parent().unwrap();
-    dir.join("greeter").to_string_lossy().into_owned()
+    Node::start(
+        MESHRPC,
+        &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag],
+    )
+    .await
 }
 
 async fn replica(tag: &str, seed: &Node, name: &str) -> Node {
@@ -38,7 +36,12 @@ fn count(v: &Value, node: &str) -> u64 {
 }
 
 fn errors(v: &Value) -> u64 {
-    v["errors"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum()
+    v["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,17 +52,52 @@ async fn round_robin_spreads_evenly_and_sticky_keys_stay_put() {
     for name in ["r1", "r2", "r3"] {
         replicas.push(replica(tag, &seed, name).await);
     }
-    let even = call(tag, &seed, &["--replicas", "3", "--calls", "3000", "--concurrency", "8"]).await;
-    eprintln!("round robin: join {} ms, first call {} ms, {:?}", even["join_ms"], even["first_call_ms"], even["per_node"]);
+    let even = call(
+        tag,
+        &seed,
+        &["--replicas", "3", "--calls", "3000", "--concurrency", "8"],
+    )
+    .await;
+    eprintln!(
+        "round robin: join {} ms, first call {} ms, {:?}",
+        even["join_ms"], even["first_call_ms"], even["per_node"]
+    );
     assert_eq!(even["ok"], 3000, "{even}");
     for node in ["r1", "r2", "r3"] {
         let n = count(&even, node);
-        assert!((950..=1050).contains(&n), "{node} got {n} of 3000: {}", even["per_node"]);
+        assert!(
+            (950..=1050).contains(&n),
+            "{node} got {n} of 3000: {}",
+            even["per_node"]
+        );
     }
 
-    let before = call(tag, &seed, &["--replicas", "3", "--calls", "600", "--keys", "200", "--concurrency", "4"]).await;
-    assert_eq!((before["ok"].as_u64(), before["key_moves"].as_u64()), (Some(600), Some(0)), "{before}");
-    let used: std::collections::BTreeSet<_> = before["keys"].as_object().unwrap().values().map(|v| v.as_str()).collect();
+    let before = call(
+        tag,
+        &seed,
+        &[
+            "--replicas",
+            "3",
+            "--calls",
+            "600",
+            "--keys",
+            "200",
+            "--concurrency",
+            "4",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (before["ok"].as_u64(), before["key_moves"].as_u64()),
+        (Some(600), Some(0)),
+        "{before}"
+    );
+    let used: std::collections::BTreeSet<_> = before["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str())
+        .collect();
     assert_eq!(used.len(), 3, "keys spread over every replica");
 
     replicas.push(replica(tag, &seed, "r4").await);
@@ -82,8 +120,20 @@ async fn replicas_die_join_and_drain_under_load() {
     let mut caller = Caller::start(
         LABCALL,
         &[
-            "--tag", tag, "--nodes", &seed_addr, "--replicas", "3", "--duration-ms", "9000",
-            "--concurrency", "32", "--sleep-ms", "2", "--timeout-ms", "3000",
+            "--tag",
+            tag,
+            "--nodes",
+            &seed_addr,
+            "--replicas",
+            "3",
+            "--duration-ms",
+            "9000",
+            "--concurrency",
+            "32",
+            "--sleep-ms",
+            "2",
+            "--timeout-ms",
+            "3000",
         ],
     );
     caller.calling().await;
@@ -99,7 +149,10 @@ async fn replicas_die_join_and_drain_under_load() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let drain_start = Instant::now();
     let drained_at = unix_ms();
-    let status = r1.terminate(Duration::from_secs(15)).await.expect("r1 exits after draining");
+    let status = r1
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("r1 exits after draining");
     let drain = drain_start.elapsed();
     assert!(status.success(), "drained node exits cleanly: {status:?}");
 
@@ -122,12 +175,26 @@ async fn replicas_die_join_and_drain_under_load() {
     // `unavailable`, and nothing hangs to its deadline.
     let failed = errors(&report);
     assert!(failed <= 32, "{failed} calls failed: {}", report["errors"]);
-    assert!(report["errors"].as_object().unwrap().keys().all(|k| k == "unavailable"), "{}", report["errors"]);
-    assert!(report["max_latency_ms"].as_u64().unwrap() < 3000, "a call hung: {}", report["max_latency_ms"]);
+    assert!(
+        report["errors"].as_object().unwrap().keys().all(|k| k == "unavailable"),
+        "{}",
+        report["errors"]
+    );
+    assert!(
+        report["max_latency_ms"].as_u64().unwrap() < 3000,
+        "a call hung: {}",
+        report["max_latency_ms"]
+    );
     // Recovered within 2 s: no error after that, and every bucket after it answered.
     for (t, ok, err) in &buckets {
         if *t >= killed_at + 2000 {
-            assert_eq!(*err, 0, "errors at +{} ms after the kill (the drain at +{} ms must lose none)", t - killed_at, drained_at - killed_at);
+            assert_eq!(
+                *err,
+                0,
+                "errors at +{} ms after the kill (the drain at +{} ms must lose none)",
+                t - killed_at,
+                drained_at - killed_at
+            );
         }
         if *t >= killed_at + 2000 && *t + 200 < *buckets.last().map(|b| &b.0).unwrap() {
             assert!(*ok > 0, "no throughput at +{} ms after the kill", t - killed_at);
@@ -135,7 +202,11 @@ async fn replicas_die_join_and_drain_under_load() {
     }
     // The new replica got traffic within 3 s of starting.
     let r4_first = report["first_seen"]["r4"].as_u64().expect("r4 answered calls");
-    assert!(r4_first <= r4_up + 3000, "r4 first answered {} ms after it started", r4_first - r4_up);
+    assert!(
+        r4_first <= r4_up + 3000,
+        "r4 first answered {} ms after it started",
+        r4_first - r4_up
+    );
     assert!(count(&report, "r2") > 0 && count(&report, "r1") > 0 && count(&report, "r3") > 0);
 }
 
@@ -158,7 +229,10 @@ async fn a_replica_with_another_method_set_is_never_called() {
     let seed_addr = seed.addr.to_string();
     let _v2 = Node::start(LABNODE, &["--tag", tag, "--nodes", &seed_addr, "--name", "v2", "--v2"]).await;
     let only_v2 = call(tag, &seed, &["--wait-ms", "1500"]).await;
-    assert!(only_v2["wait_error"].as_str().unwrap_or_default().contains("lab"), "{only_v2}");
+    assert!(
+        only_v2["wait_error"].as_str().unwrap_or_default().contains("lab"),
+        "{only_v2}"
+    );
 
     let _v1 = replica(tag, &seed, "v1").await;
     let mixed = call(tag, &seed, &["--calls", "50", "--concurrency", "4"]).await;

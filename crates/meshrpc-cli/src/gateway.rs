@@ -31,22 +31,37 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut listen: std::net::SocketAddr = tokio::net::lookup_host(&args.listen).await?.next().ok_or("no address to listen on")?;
+    let mut listen: std::net::SocketAddr = tokio::net::lookup_host(&args.listen)
+        .await?
+        .next()
+        .ok_or("no address to listen on")?;
     if let Some(port) = args.http_port {
         listen.set_port(port);
     }
     let timeout = std::time::Duration::from_secs(args.client_timeout);
-    let cluster = Cluster::builder("gateway").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
+    let cluster = Cluster::builder("gateway")
+        .tag(args.tag)
+        .seeds(&args.nodes)
+        .listen(args.listen_addr)
+        .start()
+        .await?;
     let node = cluster.clone();
     tokio::spawn(async move { node.serve_until_signal().await });
 
-    let limits = HttpLimits { max_body: args.max_body, body_timeout: timeout, ..HttpLimits::default() };
+    let limits = HttpLimits {
+        max_body: args.max_body,
+        body_timeout: timeout,
+        ..HttpLimits::default()
+    };
     let gateway = Gateway::new(cluster.clone()).limits(limits).require(args.require);
     let app = gateway.observe(gateway.router());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     println!("mesh on {}", cluster.local_addr().expect("listening"));
-    let config = ServerConfig { header_timeout: timeout, ..ServerConfig::default() };
+    let config = ServerConfig {
+        header_timeout: timeout,
+        ..ServerConfig::default()
+    };
     meshrpc::serve_http(listener, app, config, meshrpc::cluster::wait_for_signal()).await;
     cluster.shutdown().await;
     Ok(())

@@ -2,8 +2,8 @@
 //! at the span of the offending tokens, with what to write instead.
 
 use syn::{
-    spanned::Spanned, visit::Visit, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType,
-    TraitItem, TraitItemFn, Type,
+    spanned::Spanned, visit::Visit, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType, TraitItem,
+    TraitItemFn, Type,
 };
 
 use crate::{snake_case, MethodDef, Options, ServiceDef};
@@ -23,7 +23,10 @@ impl Errors {
 pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceDef> {
     let mut errors = Errors(None);
     if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-        errors.push(&item.generics, "service traits cannot be generic: every node must agree on one set of concrete types");
+        errors.push(
+            &item.generics,
+            "service traits cannot be generic: every node must agree on one set of concrete types",
+        );
     }
     if let Some(unsafety) = &item.unsafety {
         errors.push(unsafety, "service traits cannot be `unsafe`");
@@ -49,20 +52,31 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
         Some(lit) => {
             let v = lit.value();
             if v.is_empty() || v.len() > 255 || v.contains('/') {
-                return Err(syn::Error::new(lit.span(), "a service name is 1 to 255 bytes without `/`"));
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "a service name is 1 to 255 bytes without `/`",
+                ));
             }
             v
         }
         None => snake_case(&item.ident.to_string()),
     };
-    Ok(ServiceDef { vis: item.vis.clone(), item, name, methods })
+    Ok(ServiceDef {
+        vis: item.vis.clone(),
+        item,
+        name,
+        methods,
+    })
 }
 
 fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let sig = &f.sig;
     let before = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
     if sig.asyncness.is_none() {
-        errors.push(sig.fn_token, "service methods must be `async fn`: every remote call waits on the network");
+        errors.push(
+            sig.fn_token,
+            "service methods must be `async fn`: every remote call waits on the network",
+        );
     }
     if let Some(c) = &sig.constness {
         errors.push(c, "service methods cannot be `const`");
@@ -96,7 +110,10 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
             Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                 args.push((pi.ident.clone(), (*pt.ty).clone()));
             }
-            other => errors.push(other, "name each argument with a plain identifier: the name is its JSON field"),
+            other => errors.push(
+                other,
+                "name each argument with a plain identifier: the name is its JSON field",
+            ),
         }
         check_arg_type(&pt.ty, errors);
     }
@@ -116,7 +133,12 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let ident = sig.ident.clone();
     let name = ident.to_string().trim_start_matches("r#").to_owned();
     match error {
-        Some(error) if after == before => Some(MethodDef { ident, name, args, error }),
+        Some(error) if after == before => Some(MethodDef {
+            ident,
+            name,
+            args,
+            error,
+        }),
         _ => None,
     }
 }
@@ -128,13 +150,22 @@ fn check_arg_type(ty: &Type, errors: &mut Errors) {
             self.0.push(r, "take arguments by value (`String` for `&str`, `Vec<T>` for `&[T]`): they are sent over the network and decoded into owned values");
         }
         fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-            self.0.push(t, "`impl Trait` arguments cannot cross the network: use a concrete `Serialize + Deserialize` type");
+            self.0.push(
+                t,
+                "`impl Trait` arguments cannot cross the network: use a concrete `Serialize + Deserialize` type",
+            );
         }
         fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
-            self.0.push(t, "trait objects cannot cross the network: use a concrete `Serialize + Deserialize` type");
+            self.0.push(
+                t,
+                "trait objects cannot cross the network: use a concrete `Serialize + Deserialize` type",
+            );
         }
         fn visit_type_bare_fn(&mut self, t: &'ast syn::TypeBareFn) {
-            self.0.push(t, "functions cannot cross the network: send data and call a method on the other side");
+            self.0.push(
+                t,
+                "functions cannot cross the network: send data and call a method on the other side",
+            );
         }
     }
     Finder(errors).visit_type(ty);
@@ -147,7 +178,9 @@ fn result_error(ty: &Type) -> Option<Type> {
     if last.ident != "Result" {
         return None;
     }
-    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
     let types: Vec<_> = args
         .args
         .iter()

@@ -95,12 +95,14 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
     let (vis, trait_ident, client) = (&def.vis, def.trait_ident(), def.client_ident());
     let service_name = &def.name;
     let trait_name = trait_ident.to_string();
-    let doc = format!(
-        "Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value."
-    );
+    let doc =
+        format!("Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value.");
     let method_specs = def.methods.iter().map(|m| {
         let name = &m.name;
-        let args = m.args.iter().map(|(n, _)| n.to_string().trim_start_matches("r#").to_owned());
+        let args = m
+            .args
+            .iter()
+            .map(|(n, _)| n.to_string().trim_start_matches("r#").to_owned());
         quote! { ::meshrpc::MethodSpec { name: #name, args: &[ #( #args ),* ] } }
     });
     let methods = def.item.items.iter().filter_map(|i| match i {

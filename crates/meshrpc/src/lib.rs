@@ -33,8 +33,8 @@ pub use cluster::{Cluster, ClusterBuilder, Policy};
 pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
-pub use meshrpc_macros::service;
 pub use gateway::Gateway;
+pub use meshrpc_macros::service;
 pub use server::{serve_http, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use wire::{connect, Connection};
@@ -60,7 +60,10 @@ pub mod __private {
     pub fn assert_error_type<E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>() {}
 
     pub fn unknown_method(service: &str, method: &str) -> BoxFuture<Result<Reply, Error>> {
-        let err = Error::UnknownMethod { service: service.into(), method: method.into() };
+        let err = Error::UnknownMethod {
+            service: service.into(),
+            method: method.into(),
+        };
         Box::pin(std::future::ready(Err(err)))
     }
 }

@@ -67,13 +67,29 @@ fn unix_ms() -> u64 {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let start = Instant::now();
-    let policy = if args.policy == "p2c" { Policy::LeastLoaded } else { Policy::RoundRobin };
-    let cluster = Cluster::builder("labcall").tag(&args.tag).seeds(&args.nodes).balance(policy).start().await.unwrap();
+    let policy = if args.policy == "p2c" {
+        Policy::LeastLoaded
+    } else {
+        Policy::RoundRobin
+    };
+    let cluster = Cluster::builder("labcall")
+        .tag(&args.tag)
+        .seeds(&args.nodes)
+        .balance(policy)
+        .start()
+        .await
+        .unwrap();
     let report = Arc::new(Mutex::new(Report::default()));
-    if let Err(e) = cluster.wait_for(&[LabClient::SPEC], Duration::from_millis(args.wait_ms)).await {
+    if let Err(e) = cluster
+        .wait_for(&[LabClient::SPEC], Duration::from_millis(args.wait_ms))
+        .await
+    {
         report.lock().unwrap().wait_error = Some(e.to_string());
         println!("{}", serde_json::to_string(&*report.lock().unwrap()).unwrap());
         return;

@@ -2,7 +2,11 @@
 //! whatever answers them (a connection, a cluster's balanced replicas, or the local
 //! registry) and applies per-call options.
 
-use std::{borrow::Cow, sync::Arc, time::{Duration, Instant}};
+use std::{
+    borrow::Cow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -34,14 +38,19 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Channel")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
 impl Channel {
     /// A channel over anything that answers calls.
     pub fn new(target: impl Dispatch) -> Self {
-        Channel { target: Arc::new(target), options: CallOptions::default() }
+        Channel {
+            target: Arc::new(target),
+            options: CallOptions::default(),
+        }
     }
 
     /// The same channel with a different timeout for each call.
@@ -126,7 +135,10 @@ impl Dispatch for Channel {
 
 impl<D: Dispatch> From<Arc<D>> for Channel {
     fn from(target: Arc<D>) -> Self {
-        Channel { target, options: CallOptions::default() }
+        Channel {
+            target,
+            options: CallOptions::default(),
+        }
     }
 }
 

@@ -36,7 +36,11 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(policy: Policy) -> Self {
-        Balancer { policy, next: AtomicUsize::new(0), rng: AtomicU64::new(0x853c_49e6_748f_ea9b) }
+        Balancer {
+            policy,
+            next: AtomicUsize::new(0),
+            rng: AtomicU64::new(0x853c_49e6_748f_ea9b),
+        }
     }
 
     pub fn policy(&self) -> Policy {
@@ -101,7 +105,11 @@ pub struct PeakEwma {
 impl PeakEwma {
     /// Starts at `initial` (a guess before any sample).
     pub fn new(initial: Duration, tau: Duration, now: Instant) -> Self {
-        PeakEwma { nanos: initial.as_nanos() as f64, at: now, tau }
+        PeakEwma {
+            nanos: initial.as_nanos() as f64,
+            at: now,
+            tau,
+        }
     }
 
     /// Records one observed round trip.

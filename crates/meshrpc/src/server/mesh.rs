@@ -114,7 +114,15 @@ fn on_frame(
     in_flight: &Arc<InFlight>,
 ) {
     match frame {
-        Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
+        Frame::Request {
+            id,
+            codec,
+            deadline,
+            trace_id,
+            service,
+            method,
+            payload,
+        } => {
             let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
                 return fail(outbox, id, Error::bad_request("service and method must be UTF-8"));
             };
@@ -160,7 +168,11 @@ fn on_frame(
 }
 
 fn fail(outbox: &mpsc::UnboundedSender<Frame>, id: u64, err: Error) {
-    let _ = outbox.send(Frame::Response { id, status: Status::Failed, payload: error_payload(&err) });
+    let _ = outbox.send(Frame::Response {
+        id,
+        status: Status::Failed,
+        payload: error_payload(&err),
+    });
 }
 
 pub(crate) fn error_payload(err: &Error) -> Bytes {

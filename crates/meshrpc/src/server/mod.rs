@@ -143,7 +143,14 @@ impl Server {
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
-        let Server { listener, registry, config, shutdown, extra_http, http_dispatch } = self;
+        let Server {
+            listener,
+            registry,
+            config,
+            shutdown,
+            extra_http,
+            http_dispatch,
+        } = self;
         let dispatch = http_dispatch.unwrap_or_else(|| registry.clone());
         let mut router = http::rpc_router(dispatch, config.http);
         for (name, r) in registry.http_routers() {
@@ -218,7 +225,10 @@ pub(crate) async fn http_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let service = TowerToHyperService::new(router);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -261,7 +271,10 @@ pub async fn serve_http(
     }
     drop(listener);
     stop.send_replace(true);
-    let _ = tokio::time::timeout(config.drain_timeout, async { while conns.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(config.drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// True if the connection starts with the mesh preface. Anything else is HTTP's to

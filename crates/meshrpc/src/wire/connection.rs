@@ -38,7 +38,10 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(3), max_frame: DEFAULT_MAX_FRAME }
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
     }
 }
 
@@ -77,10 +80,7 @@ pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<Connection,
 
 impl Connection {
     /// Opens a connection and starts its reader and writer tasks.
-    pub async fn connect(
-        addr: impl tokio::net::ToSocketAddrs,
-        opts: ConnectOptions,
-    ) -> Result<Connection, Error> {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs, opts: ConnectOptions) -> Result<Connection, Error> {
         let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::unavailable("connect timed out"))?
@@ -99,7 +99,13 @@ impl Connection {
             return Err(Error::protocol(format!("{peer} is not a meshrpc node")));
         }
         let peer_max = u32::from_be_bytes(hello[PREFACE.len()..].try_into().expect("4 bytes"));
-        Ok(Self::start(peer, read, write, opts.max_frame, peer_max.min(opts.max_frame)))
+        Ok(Self::start(
+            peer,
+            read,
+            write,
+            opts.max_frame,
+            peer_max.min(opts.max_frame),
+        ))
     }
 
     fn start<R, W>(peer: SocketAddr, read: R, write: W, max_in: u32, max_out: u32) -> Connection
@@ -181,7 +187,12 @@ impl Connection {
         }
         match pending.as_mut() {
             Some(pending) => pending.insert(id, tx),
-            None => return Err(Error::unavailable(format!("connection to {} is closed", self.inner.peer))),
+            None => {
+                return Err(Error::unavailable(format!(
+                    "connection to {} is closed",
+                    self.inner.peer
+                )))
+            }
         };
         Ok((id, rx))
     }
@@ -212,7 +223,10 @@ impl Connection {
             }
             Ok(Err(_)) => {
                 std::mem::forget(guard);
-                Err(Error::unavailable(format!("connection to {} closed mid-call", self.inner.peer)))
+                Err(Error::unavailable(format!(
+                    "connection to {} closed mid-call",
+                    self.inner.peer
+                )))
             }
             Err(e) => Err(e), // guard cancels
         }
@@ -243,13 +257,21 @@ impl Connection {
         let size = frame.encoded_len() as u64;
         if size > u64::from(self.inner.max_out) {
             self.inner.forget(id);
-            return Err(Error::TooLarge { size, limit: self.inner.max_out.into() });
+            return Err(Error::TooLarge {
+                size,
+                limit: self.inner.max_out.into(),
+            });
         }
         if let Err(e) = self.send(frame) {
             self.inner.forget(id);
             return Err(e);
         }
-        Ok(PendingCall { conn: self.clone(), id, rx, deadline: call.deadline })
+        Ok(PendingCall {
+            conn: self.clone(),
+            id,
+            rx,
+            deadline: call.deadline,
+        })
     }
 }
 
@@ -298,7 +320,11 @@ impl Drop for CancelOnDrop<'_> {
 impl Inner {
     /// Withdraws a pending call; true if it was still pending.
     fn forget(&self, id: u64) -> bool {
-        self.pending.lock().unwrap().as_mut().is_some_and(|p| p.remove(&id).is_some())
+        self.pending
+            .lock()
+            .unwrap()
+            .as_mut()
+            .is_some_and(|p| p.remove(&id).is_some())
     }
 
     fn complete(&self, id: u64, result: Result<Reply, Error>) {
@@ -358,9 +384,8 @@ impl Inner {
                 let result = match status {
                     Status::Ok => Ok(Reply::Ok(payload)),
                     Status::AppError => Ok(Reply::AppError(payload)),
-                    Status::Failed => Err(serde_json::from_slice(&payload).unwrap_or_else(|_| {
-                        Error::protocol(String::from_utf8_lossy(&payload).into_owned())
-                    })),
+                    Status::Failed => Err(serde_json::from_slice(&payload)
+                        .unwrap_or_else(|_| Error::protocol(String::from_utf8_lossy(&payload).into_owned()))),
                 };
                 self.complete(id, result);
             }
@@ -382,7 +407,11 @@ impl Inner {
             Frame::Request { id, .. } => {
                 let err = Error::protocol("this side of the connection serves no calls");
                 let payload = serde_json::to_vec(&err).unwrap_or_default();
-                let _ = self.outbox.send(Frame::Response { id, status: Status::Failed, payload: payload.into() });
+                let _ = self.outbox.send(Frame::Response {
+                    id,
+                    status: Status::Failed,
+                    payload: payload.into(),
+                });
             }
             Frame::Cancel { .. } => {}
         }

@@ -41,11 +41,21 @@ pub enum Frame {
         method: Bytes,
         payload: Bytes,
     },
-    Response { id: u64, status: Status, payload: Bytes },
+    Response {
+        id: u64,
+        status: Status,
+        payload: Bytes,
+    },
     /// The caller gave up on request `id`.
-    Cancel { id: u64 },
-    Ping { id: u64 },
-    Pong { id: u64 },
+    Cancel {
+        id: u64,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
     /// The sender drains: send no new requests on this connection.
     GoAway,
 }
@@ -62,9 +72,12 @@ impl Frame {
     pub fn encoded_len(&self) -> usize {
         HEADER
             + match self {
-                Frame::Request { service, method, payload, .. } => {
-                    1 + 8 + 8 + 1 + service.len() + 1 + method.len() + payload.len()
-                }
+                Frame::Request {
+                    service,
+                    method,
+                    payload,
+                    ..
+                } => 1 + 8 + 8 + 1 + service.len() + 1 + method.len() + payload.len(),
                 Frame::Response { payload, .. } => 1 + payload.len(),
                 _ => 0,
             }
@@ -75,7 +88,15 @@ impl Frame {
         out.reserve(self.encoded_len());
         out.put_u32((self.encoded_len() - 4) as u32);
         match self {
-            Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
+            Frame::Request {
+                id,
+                codec,
+                deadline,
+                trace_id,
+                service,
+                method,
+                payload,
+            } => {
                 out.put_u8(REQUEST);
                 out.put_u64(*id);
                 out.put_u8(codec.to_byte());
@@ -127,7 +148,10 @@ impl Frame {
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         if len > max_frame {
-            return Err(Error::TooLarge { size: len.into(), limit: max_frame.into() });
+            return Err(Error::TooLarge {
+                size: len.into(),
+                limit: max_frame.into(),
+            });
         }
         if (len as usize) < HEADER - 4 {
             return Err(Error::protocol(format!("frame length {len} is shorter than a header")));
@@ -156,7 +180,15 @@ impl Frame {
                 let trace_id = body.get_u64();
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
-                Frame::Request { id, codec, deadline, trace_id, service, method, payload: body }
+                Frame::Request {
+                    id,
+                    codec,
+                    deadline,
+                    trace_id,
+                    service,
+                    method,
+                    payload: body,
+                }
             }
             RESPONSE => {
                 if body.remaining() < 1 {
@@ -168,7 +200,11 @@ impl Frame {
                     2 => Status::Failed,
                     s => return Err(Error::protocol(format!("unknown response status {s}"))),
                 };
-                Frame::Response { id, status, payload: body }
+                Frame::Response {
+                    id,
+                    status,
+                    payload: body,
+                }
             }
             CANCEL => Frame::Cancel { id },
             PING => Frame::Ping { id },
@@ -207,7 +243,11 @@ mod tests {
     fn all_frames() -> Vec<Frame> {
         vec![
             request(),
-            Frame::Response { id: 7, status: Status::AppError, payload: Bytes::from_static(b"{}") },
+            Frame::Response {
+                id: 7,
+                status: Status::AppError,
+                payload: Bytes::from_static(b"{}"),
+            },
             Frame::Cancel { id: 9 },
             Frame::Ping { id: 1 },
             Frame::Pong { id: 1 },
@@ -239,7 +279,13 @@ mod tests {
     fn oversized_length_is_refused_before_buffering() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
         let err = Frame::decode(&mut buf, 1024).unwrap_err();
-        assert_eq!(err, Error::TooLarge { size: 0xffff_ffff, limit: 1024 });
+        assert_eq!(
+            err,
+            Error::TooLarge {
+                size: 0xffff_ffff,
+                limit: 1024
+            }
+        );
         assert!(buf.capacity() < 1024 * 1024, "no allocation for the claimed size");
     }
 
@@ -260,7 +306,10 @@ mod tests {
         bad_kind.put_u32(9);
         bad_kind.put_u8(99);
         bad_kind.put_u64(0);
-        assert!(matches!(Frame::decode(&mut bad_kind, 4096), Err(Error::Protocol { .. })));
+        assert!(matches!(
+            Frame::decode(&mut bad_kind, 4096),
+            Err(Error::Protocol { .. })
+        ));
     }
 
     #[test]

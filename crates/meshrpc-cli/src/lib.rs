@@ -1,0 +1,75 @@
+//! The `meshrpc` command: run a local mesh, a gateway, call services, inspect the
+//! cluster, and write generated code to files. The binary is a one-line `main` over
+//! [`run`], so integration tests can build the very same command.
+
+mod demo;
+mod gateway;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "meshrpc",
+    version,
+    about = "Automatic RPC and service mesh for Rust services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole local mesh: the example gateway on :8282 and greeter replicas.
+    ///
+    /// Example: meshrpc demo --replicas 3
+    Demo(demo::DemoArgs),
+    /// Run the generic API gateway: every service of the cluster behind one HTTP port.
+    ///
+    /// Example: meshrpc gateway --listen 0.0.0.0:8282 --nodes greeter
+    Gateway(gateway::GatewayArgs),
+    /// Run an example node in this process (used by `demo`).
+    #[command(subcommand, hide = true)]
+    Example(Example),
+}
+
+#[derive(Subcommand)]
+enum Example {
+    /// A greeter replica.
+    Greeter(greeter::node::NodeArgs),
+    /// The custom API gateway.
+    MeshApi(mesh_api::ApiArgs),
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Gateway(args) => {
+                meshrpc::logging::init("info");
+                gateway::run(args).await
+            }
+            Command::Example(Example::Greeter(args)) => {
+                meshrpc::logging::init("info");
+                Ok(greeter::node::run(args).await?)
+            }
+            Command::Example(Example::MeshApi(args)) => {
+                meshrpc::logging::init("info");
+                Ok(mesh_api::run(args).await?)
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -2,8 +2,14 @@
 //! cluster, and write generated code to files. The binary is a one-line `main` over
 //! [`run`], so integration tests can build the very same command.
 
+mod call;
 mod demo;
+mod expose;
 mod gateway;
+mod join;
+mod status;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +20,9 @@ use clap::{Parser, Subcommand};
     about = "Automatic RPC and service mesh for Rust services"
 )]
 struct Cli {
+    /// Project root that paths are relative to (as Go meshRPC's -R).
+    #[arg(short = 'R', long = "project-root", global = true, default_value = ".")]
+    root: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +37,22 @@ enum Command {
     ///
     /// Example: meshrpc gateway --listen 0.0.0.0:8282 --nodes greeter
     Gateway(gateway::GatewayArgs),
+    /// Call a method from the shell; prints the JSON result.
+    ///
+    /// Examples:
+    ///   meshrpc call greeter.greet '{"name":"Max"}' --nodes 127.0.0.1:11999
+    ///   meshrpc call --list
+    Call(call::CallArgs),
+    /// Show members, services and replica latency.
+    ///
+    /// Examples:
+    ///   meshrpc status --nodes 127.0.0.1:11999
+    ///   meshrpc status --json | jq .services
+    Status(status::StatusArgs),
+    /// Write a service trait's generated server and client to files.
+    ///
+    /// Example: meshrpc -R . expose -P greeter src/
+    Expose(expose::ExposeArgs),
     /// Run an example node in this process (used by `demo`).
     #[command(subcommand, hide = true)]
     Example(Example),
@@ -55,6 +80,9 @@ pub fn run() -> std::process::ExitCode {
                 meshrpc::logging::init("info");
                 gateway::run(args).await
             }
+            Command::Call(args) => call::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Expose(args) => expose::run(&cli.root, args),
             Command::Example(Example::Greeter(args)) => {
                 meshrpc::logging::init("info");
                 Ok(greeter::node::run(args).await?)

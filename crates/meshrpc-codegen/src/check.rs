@@ -48,7 +48,7 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
     if let Some(e) = errors.0 {
         return Err(e);
     }
-    let name = match options.name {
+    let name = match &options.name {
         Some(lit) => {
             let v = lit.value();
             if v.is_empty() || v.len() > 255 || v.contains('/') {
@@ -66,6 +66,7 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
         item,
         name,
         methods,
+        exposed: options.expose,
     })
 }
 

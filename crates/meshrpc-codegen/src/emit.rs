@@ -35,7 +35,7 @@ pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
 
 pub(crate) fn server(def: &ServiceDef) -> TokenStream {
     let (vis, trait_ident, server, client) = (&def.vis, def.trait_ident(), def.server_ident(), def.client_ident());
-    let doc = format!("Serves [`{trait_ident}`] on a meshrpc node: `server.publish({server}::new(my_impl))`.");
+    let doc = format!(" Serves [`{trait_ident}`] on a meshrpc node: `server.publish({server}::new(my_impl))`.");
     let arms = def.methods.iter().map(|m| {
         let (ident, name) = (&m.ident, &m.name);
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
@@ -96,7 +96,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
     let service_name = &def.name;
     let trait_name = trait_ident.to_string();
     let doc =
-        format!("Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value.");
+        format!(" Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value.");
     let method_specs = def.methods.iter().map(|m| {
         let name = &m.name;
         let args = m

@@ -6,6 +6,7 @@
 
 mod check;
 mod emit;
+pub mod expose;
 
 use proc_macro2::{Span, TokenStream};
 use syn::{Ident, ItemTrait, LitStr, Type, Visibility};
@@ -18,6 +19,8 @@ pub struct ServiceDef {
     pub name: String,
     pub vis: Visibility,
     pub methods: Vec<MethodDef>,
+    /// Server and client come from `meshrpc expose` files, not from the attribute.
+    pub exposed: bool,
 }
 
 /// One validated method.
@@ -31,10 +34,13 @@ pub struct MethodDef {
     pub error: Type,
 }
 
-/// Options given in the attribute: `#[meshrpc::service(name = "greeter")]`.
+/// Options given in the attribute: `#[meshrpc::service(name = "greeter", expose)]`.
 #[derive(Default)]
 pub struct Options {
     pub name: Option<LitStr>,
+    /// The server and client live in files written by `meshrpc expose`; the attribute
+    /// only prepares the trait.
+    pub expose: bool,
 }
 
 impl Options {
@@ -48,8 +54,11 @@ impl Options {
             if meta.path.is_ident("name") {
                 options.name = Some(meta.value()?.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("expose") {
+                options.expose = true;
+                Ok(())
             } else {
-                Err(meta.error("unknown option: meshrpc::service takes `name = \"...\"`"))
+                Err(meta.error("unknown option: meshrpc::service takes `name = \"...\"` and `expose`"))
             }
         });
         syn::parse::Parser::parse2(parser, attr)?;
@@ -87,11 +96,13 @@ impl ServiceDef {
         emit::client(self)
     }
 
-    /// Everything the attribute expands to.
+    /// Everything the attribute expands to (with `expose`: the trait alone).
     pub fn expand(&self) -> TokenStream {
         let mut out = self.trait_tokens();
-        out.extend(self.server_tokens());
-        out.extend(self.client_tokens());
+        if !self.exposed {
+            out.extend(self.server_tokens());
+            out.extend(self.client_tokens());
+        }
         out
     }
 

@@ -1,0 +1,106 @@
+//! `meshrpc call greeter.greet '{"name":"Max"}'`: one call from the shell.
+
+use std::{io::IsTerminal, time::Duration};
+
+use meshrpc::{Error, Reply};
+
+use crate::join::{join, JoinArgs};
+
+#[derive(clap::Args)]
+pub struct CallArgs {
+    /// `<service>.<method>`
+    #[arg(required_unless_present = "list")]
+    target: Option<String>,
+    /// Arguments as a JSON object keyed by parameter name.
+    #[arg(default_value = "{}")]
+    args: String,
+    /// Sticky-session key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Deadline of the call, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// List services and methods with their arguments instead.
+    #[arg(long)]
+    list: bool,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.list {
+        return list(&args.join).await;
+    }
+    let target = args.target.as_deref().unwrap_or_default();
+    let Some((service, method)) = target.split_once('.') else {
+        return Err(format!("`{target}`: name the call as <service>.<method>, e.g. greeter.greet").into());
+    };
+    let parsed: serde_json::Value =
+        serde_json::from_str(&args.args).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
+    if !parsed.is_object() {
+        return Err("arguments must be a JSON object keyed by parameter name, e.g. '{\"name\":\"Max\"}'".into());
+    }
+    let cluster = join(&args.join, &format!("service `{service}`"), |v| v.knows(service)).await?;
+    let mut channel = cluster.channel().with_timeout(Duration::from_secs_f64(args.timeout));
+    if let Some(key) = &args.key {
+        channel = channel.with_key(key.as_str());
+    }
+    let reply = channel
+        .call_raw(service.to_owned(), method.to_owned(), args.args.clone().into())
+        .await;
+    match reply {
+        Ok(Reply::Ok(bytes)) => {
+            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+            if std::io::stdout().is_terminal() {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{value}");
+            }
+            Ok(())
+        }
+        Ok(Reply::AppError(bytes)) => Err(format!(
+            "{service}.{method} returned an error: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+        .into()),
+        Err(e @ Error::UnknownMethod { .. }) => {
+            let known = methods_of(&cluster, service).join(", ");
+            Err(format!("{e} (it has: {known})").into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn methods_of(cluster: &meshrpc::Cluster, service: &str) -> Vec<String> {
+    let members = cluster.members();
+    let adv = members.iter().find_map(|m| m.services.get(service));
+    adv.map(|a| a.methods.iter().map(|(m, _)| m.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = join(args, "any service", |v| {
+        v.members.iter().any(|m| !m.services.is_empty())
+    })
+    .await?;
+    // One more gossip round or two, so the listing is complete.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for m in cluster.members() {
+        for (name, adv) in m.services {
+            seen.entry(name).or_insert(adv);
+        }
+    }
+    for (name, adv) in seen {
+        println!("{name}");
+        for (method, params) in adv.methods {
+            let example: Vec<String> = params.iter().map(|p| format!("\"{p}\":…")).collect();
+            println!(
+                "  {name}.{method}({})    '{{{}}}'",
+                params.join(", "),
+                example.join(",")
+            );
+        }
+    }
+    Ok(())
+}

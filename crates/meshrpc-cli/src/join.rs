@@ -1,0 +1,70 @@
+//! Joining the cluster as a client-only node, with progress on stderr.
+
+use std::time::{Duration, Instant};
+
+use meshrpc::Cluster;
+
+/// Where to join.
+#[derive(clap::Args, Clone)]
+pub struct JoinArgs {
+    /// Nodes to join through (comma separated; a missing port means 11999).
+    #[arg(
+        short = 'N',
+        long,
+        env = "MESHRPC_CLUSTER_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:11999"
+    )]
+    pub nodes: Vec<String>,
+    /// Cluster tag.
+    #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
+    pub tag: String,
+    /// How long to wait for the cluster, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub wait: f64,
+}
+
+/// Joins and waits until `ready` holds for the view (or the wait runs out).
+pub async fn join(
+    args: &JoinArgs,
+    what: &str,
+    ready: impl Fn(&meshrpc::cluster::View) -> bool,
+) -> Result<Cluster, Box<dyn std::error::Error>> {
+    let cluster = Cluster::builder("meshrpc-cli")
+        .tag(&args.tag)
+        .seeds(&args.nodes)
+        .start()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
+    let mut view = cluster.view();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        if ready(&view.borrow()) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let members = view.borrow().members.len();
+            return Err(format!(
+                "{what}: not found within {:.1} s joining {} (tag `{}`; {} node{} seen)",
+                args.wait,
+                args.nodes.join(","),
+                args.tag,
+                members.saturating_sub(1),
+                if members == 2 { "" } else { "s" }
+            )
+            .into());
+        }
+        if tty {
+            eprint!(
+                "\rjoining {} … {:.1} s",
+                args.nodes.join(","),
+                args.wait - (deadline - Instant::now()).as_secs_f64()
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+    }
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    Ok(cluster)
+}

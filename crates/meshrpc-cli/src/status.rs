@@ -1,0 +1,139 @@
+//! `meshrpc status`: members, services and replica latency, as a table or JSON.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::join::{join, JoinArgs};
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every two seconds until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+#[derive(Serialize)]
+struct MemberRow {
+    name: String,
+    id: String,
+    addr: Option<String>,
+    state: meshrpc::cluster::MemberState,
+    uptime_s: u64,
+    services: Vec<String>,
+    http: Vec<String>,
+    ping_us: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    tag: String,
+    members: Vec<MemberRow>,
+    services: Vec<meshrpc::cluster::ServiceStatus>,
+}
+
+pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = join(&args.join, "cluster", |v| v.members.len() > 1).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // let gossip settle
+    loop {
+        let status = collect(&cluster, &args.join.tag).await;
+        if args.json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            if args.watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_table(&status);
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = meshrpc::cluster::wait_for_signal() => return Ok(()),
+        }
+    }
+}
+
+async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let mut members = Vec::new();
+    for m in cluster.members().into_iter().filter(|m| !m.is_self) {
+        let ping_us = match m.addr {
+            Some(addr) => ping(addr).await,
+            None => None,
+        };
+        members.push(MemberRow {
+            name: m.name,
+            id: m.id,
+            addr: m.addr.map(|a| a.to_string()),
+            state: m.state,
+            uptime_s: now_ms.saturating_sub(m.started_ms) / 1000,
+            services: m.services.into_keys().collect(),
+            http: m.http,
+            ping_us,
+        });
+    }
+    Status {
+        tag: tag.to_owned(),
+        members,
+        services: cluster.services(),
+    }
+}
+
+async fn ping(addr: std::net::SocketAddr) -> Option<u64> {
+    let conn = meshrpc::connect(addr).await.ok()?;
+    let rtt = conn.ping(Duration::from_secs(1)).await.ok()?;
+    conn.close();
+    Some(rtt.as_micros() as u64)
+}
+
+fn print_table(s: &Status) {
+    println!("cluster tag: {}  ({} nodes)\n", s.tag, s.members.len());
+    println!(
+        "{:<14} {:<22} {:<9} {:>8} {:>9}  SERVICES",
+        "NODE", "ADDRESS", "STATE", "UPTIME", "PING"
+    );
+    for m in &s.members {
+        let state = serde_json::to_value(m.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mut services = m.services.clone();
+        services.extend(m.http.iter().map(|h| format!("{h} (http)")));
+        println!(
+            "{:<14} {:<22} {:<9} {:>7}s {:>9}  {}",
+            m.name,
+            m.addr.as_deref().unwrap_or("-"),
+            state,
+            m.uptime_s,
+            m.ping_us
+                .map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0)),
+            services.join(", ")
+        );
+    }
+    println!();
+    println!("{:<14} {:>8}  VERSIONS", "SERVICE", "REPLICAS");
+    for svc in &s.services {
+        let replicas: usize = svc.versions.values().map(Vec::len).sum();
+        let versions: Vec<String> = svc
+            .versions
+            .iter()
+            .map(|(fp, ids)| format!("{fp}×{}", ids.len()))
+            .collect();
+        let note = if svc.versions.len() > 1 {
+            "  (incompatible versions!)"
+        } else {
+            ""
+        };
+        println!("{:<14} {:>8}  {}{note}", svc.name, replicas, versions.join(" "));
+    }
+}

@@ -1,0 +1,489 @@
+//! meshrpc side by side with tonic, tarpc and the loopback floor, in one run, with every
+//! server in its own process on 127.0.0.1. Run: `bench/run.sh` (or
+//! `cargo run --release -p meshrpc-bench -- [--quick]`).
+
+mod systems;
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use systems::Client;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+struct Opts {
+    calls: u64,
+    warmup: u64,
+    secs: f64,
+    in_flight: usize,
+    soak_calls: u64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve") {
+        return serve(&args[2], &args[3], args.get(4).map(String::as_str));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let opts = if quick {
+        Opts {
+            calls: 2_000,
+            warmup: 200,
+            secs: 0.5,
+            in_flight: 64,
+            soak_calls: 20_000,
+        }
+    } else {
+        Opts {
+            calls: 20_000,
+            warmup: 2_000,
+            secs: 3.0,
+            in_flight: 64,
+            soak_calls: 1_000_000,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(opts));
+}
+
+fn serve(kind: &str, addr: &str, next: Option<&str>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        match kind {
+            "raw" => systems::serve_raw(addr).await,
+            "meshrpc" => systems::serve_meshrpc(addr, next).await,
+            "tonic" => systems::serve_tonic(addr).await,
+            "tarpc" => systems::serve_tarpc(addr).await,
+            "gateway-replica" => serve_gateway_replica(addr, next.unwrap()).await,
+            "gateway" => serve_gateway(addr, next.unwrap()).await,
+            other => panic!("unknown server kind {other}"),
+        }
+    });
+}
+
+async fn serve_gateway_replica(addr: &str, tag: &str) {
+    let cluster = meshrpc::Cluster::builder("bench-greeter")
+        .tag(tag)
+        .listen(addr)
+        .start()
+        .await
+        .unwrap();
+    cluster.publish(systems::GreeterServer::new(systems::Greet));
+    println!("listening on {}", cluster.local_addr().unwrap());
+    cluster.serve().await.unwrap();
+}
+
+async fn serve_gateway(seed: &str, tag: &str) {
+    let cluster = meshrpc::Cluster::builder("bench-gateway")
+        .tag(tag)
+        .seeds([seed])
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let node = cluster.clone();
+    tokio::spawn(async move { node.serve().await });
+    cluster
+        .wait_for(&[systems::GreeterClient::SPEC], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let gateway = meshrpc::Gateway::new(cluster);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("listening on {}", listener.local_addr().unwrap());
+    meshrpc::serve_http(
+        listener,
+        gateway.router(),
+        meshrpc::ServerConfig::default(),
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// A server process of the bench.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(kind: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("serve")
+            .arg(kind)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let addr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, addr }
+    }
+
+    /// (peak RSS, current RSS) in KiB, from /proc.
+    fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+#[derive(Clone, Default)]
+struct Row {
+    name: String,
+    /// Latency percentiles in µs: p50, p90, p99, max; one entry per pass.
+    latency: Vec<[f64; 4]>,
+    /// Calls per second with `in_flight` concurrent calls on one connection.
+    throughput: Vec<f64>,
+    rss_kib: u64,
+}
+
+impl Row {
+    fn p(&self, i: usize) -> f64 {
+        median(self.latency.iter().map(|l| l[i]).collect())
+    }
+    fn tput(&self) -> f64 {
+        median(self.throughput.clone())
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+async fn latency(client: &dyn Client, opts: &Opts) -> [f64; 4] {
+    for _ in 0..opts.warmup {
+        client.call().await;
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for _ in 0..opts.calls {
+        let t = Instant::now();
+        client.call().await;
+        h.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    [us(0.5), us(0.9), us(0.99), h.max() as f64 / 1000.0]
+}
+
+async fn throughput(client: Arc<dyn Client>, in_flight: usize, secs: f64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (client, done, stop) = (client.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    client.call().await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs one system: its server in a fresh process, latency then throughput.
+async fn measure(system: &str, opts: &Opts, row: &mut Row) {
+    let kind = match system {
+        "raw floor" => "raw",
+        "meshrpc json" | "meshrpc postcard" => "meshrpc",
+        other => other,
+    };
+    let server = Server::start(kind, &["127.0.0.1:0"]).await;
+    let addr = server.addr;
+    let (seq, conc): (Arc<dyn Client>, Arc<dyn Client>) = match system {
+        "raw floor" => (
+            Arc::new(systems::RawPingPong::connect(addr).await),
+            Arc::new(systems::RawMux::connect(addr).await),
+        ),
+        "meshrpc json" => {
+            let c: Arc<dyn Client> = Arc::new(systems::MeshrpcClient::connect(addr, meshrpc::Codec::Json).await);
+            (c.clone(), c)
+        }
+        "meshrpc postcard" => {
+            let c: Arc<dyn Client> = Arc::new(systems::MeshrpcClient::connect(addr, meshrpc::Codec::Postcard).await);
+            (c.clone(), c)
+        }
+        "tonic" => {
+            let c: Arc<dyn Client> = Arc::new(systems::TonicClient::connect(addr).await);
+            (c.clone(), c)
+        }
+        "tarpc" => {
+            let c: Arc<dyn Client> = Arc::new(systems::TarpcClient::connect(addr).await);
+            (c.clone(), c)
+        }
+        other => panic!("{other}"),
+    };
+    row.latency.push(latency(&*seq, opts).await);
+    row.throughput.push(throughput(conc, opts.in_flight, opts.secs).await);
+    row.rss_kib = row.rss_kib.max(server.rss().0);
+}
+
+async fn run(opts: Opts) {
+    let systems = ["raw floor", "meshrpc json", "meshrpc postcard", "tonic", "tarpc"];
+    let mut rows: Vec<Row> = systems
+        .iter()
+        .map(|s| Row {
+            name: s.to_string(),
+            ..Row::default()
+        })
+        .collect();
+    // Forward, then backward: drift between passes shows in the table.
+    for pass in 0..2 {
+        let order: Vec<usize> = if pass == 0 {
+            (0..systems.len()).collect()
+        } else {
+            (0..systems.len()).rev().collect()
+        };
+        for i in order {
+            eprintln!("pass {}: {}", pass + 1, systems[i]);
+            measure(systems[i], &opts, &mut rows[i]).await;
+        }
+    }
+
+    eprintln!("hop chain");
+    let (hop, local_hop_ns) = hop_chain(&opts).await;
+    eprintln!("gateway");
+    let gateway = gateway(&opts).await;
+    eprintln!("soak");
+    let soak = soak(&opts).await;
+
+    print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
+}
+
+/// A→B→C→D→E, each a process calling the next: 5 RPC hops per call (client→A included).
+async fn hop_chain(opts: &Opts) -> (Row, f64) {
+    let mut servers: Vec<Server> = Vec::new();
+    for _ in 0..5 {
+        let next = servers.last().map(|s| s.addr.to_string());
+        let mut args = vec!["127.0.0.1:0".to_string()];
+        args.extend(next);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        servers.push(Server::start("meshrpc", &args).await);
+    }
+    let head = servers.last().unwrap().addr;
+    let client = systems::HopChainClient(systems::HopClient::new(meshrpc::connect(head).await.unwrap()));
+    let mut row = Row {
+        name: "hop chain (5 hops)".into(),
+        ..Row::default()
+    };
+    row.latency.push(latency(&client, opts).await);
+    row.throughput
+        .push(throughput(Arc::new(client), opts.in_flight, opts.secs).await);
+
+    // The same chain in one process: the seed's "non-RPC call".
+    use systems::Hop;
+    let mut local: Option<Arc<dyn Hop>> = None;
+    for _ in 0..5 {
+        local = Some(Arc::new(systems::HopNode { next: local.take() }));
+    }
+    let local = local.unwrap();
+    let n = 200_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert_eq!(local.hop(4).await.unwrap(), 4);
+    }
+    (row, t.elapsed().as_nanos() as f64 / n as f64 / 5.0)
+}
+
+struct GatewayFigures {
+    p50_us: f64,
+    p99_us: f64,
+    rps_c1: f64,
+    rps_c32: f64,
+}
+
+/// wrk against the gateway (HTTP/1.1 keep-alive) in front of one replica.
+async fn gateway(opts: &Opts) -> Option<GatewayFigures> {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("wrk not installed: gateway figures skipped (bench/run.sh installs it)");
+        return None;
+    }
+    let tag = format!("bench-{}", std::process::id());
+    let replica = Server::start("gateway-replica", &["127.0.0.1:0", &tag]).await;
+    let seed = replica.addr.to_string();
+    let gw = Server::start("gateway", &[&seed, &tag]).await;
+    let script = std::env::temp_dir().join(format!("meshrpc-bench-{}.lua", std::process::id()));
+    std::fs::write(&script, "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"Max\"}'\n").unwrap();
+    let url = format!("http://{}/greeter/greet", gw.addr);
+    let secs = format!("{}s", opts.secs.ceil() as u64);
+    let wrk = |conns: &'static str| {
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c", conns, "-d", &secs, "--latency", "-s"])
+            .arg(&script)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let c1 = wrk("1");
+    let c32 = wrk("32");
+    let _ = std::fs::remove_file(&script);
+    if c1.contains("Non-2xx") || c32.contains("Non-2xx") {
+        eprintln!("gateway answered errors:\n{c1}\n{c32}");
+    }
+    let pct = |text: &str, p: &str| -> f64 {
+        let v = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0us");
+        parse_wrk_duration(v)
+    };
+    let rps = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("Requests/sec:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    drop((replica, gw));
+    Some(GatewayFigures {
+        p50_us: pct(&c1, "50%"),
+        p99_us: pct(&c1, "99%"),
+        rps_c1: rps(&c1),
+        rps_c32: rps(&c32),
+    })
+}
+
+fn parse_wrk_duration(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(0.0);
+    match unit {
+        "us" => n,
+        "ms" => n * 1000.0,
+        "s" => n * 1_000_000.0,
+        _ => n,
+    }
+}
+
+struct Soak {
+    calls: u64,
+    rss_kib: Vec<u64>,
+}
+
+/// Many calls against one meshrpc server, sampling its RSS: memory must stay flat.
+async fn soak(opts: &Opts) -> Soak {
+    let server = Server::start("meshrpc", &["127.0.0.1:0"]).await;
+    let client: Arc<dyn Client> = Arc::new(systems::MeshrpcClient::connect(server.addr, meshrpc::Codec::Json).await);
+    let per_task = opts.soak_calls / opts.in_flight as u64;
+    let mut rss = vec![server.rss().1];
+    for _ in 0..10 {
+        let tasks: Vec<_> = (0..opts.in_flight)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_task / 10 {
+                        c.call().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        rss.push(server.rss().1);
+    }
+    Soak {
+        calls: per_task / 10 * 10 * opts.in_flight as u64,
+        rss_kib: rss,
+    }
+}
+
+fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Option<GatewayFigures>, soak: Soak) {
+    let floor = &rows[0];
+    let tonic = rows.iter().find(|r| r.name == "tonic").unwrap();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("## meshrpc bench");
+    println!();
+    println!(
+        "{nproc} cores, Linux {}, {} sequential calls after {} warm-up; throughput: {} calls in flight on one connection for {} s; two passes (forward, then reverse order), median shown, both passes in brackets.",
+        kernel.trim(), opts.calls, opts.warmup, opts.in_flight, opts.secs
+    );
+    println!();
+    println!("| system | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ floor | p99 ÷ floor | calls/s @{} | ÷ tonic | server peak RSS |", opts.in_flight);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let passes: Vec<String> = r.latency.iter().map(|l| format!("{:.0}", l[0])).collect();
+        println!(
+            "| {} | {:.1} [{}] | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} MiB |",
+            r.name,
+            r.p(0),
+            passes.join(", "),
+            r.p(1),
+            r.p(2),
+            r.p(3),
+            r.p(0) / floor.p(0),
+            r.p(2) / floor.p(0),
+            r.tput(),
+            r.tput() / tonic.tput(),
+            r.rss_kib as f64 / 1024.0
+        );
+    }
+    println!();
+    let per_hop = hop.p(0) / 5.0;
+    println!(
+        "Hop chain A→B→C→D→E (5 processes, 5 RPC hops a call): p50 {:.1} µs, p99 {:.1} µs a call; **{:.1} µs per hop** = {:.2} × floor (Go meshRPC: 197.4 µs per hop); {:.0} chain calls/s at {} in flight. Same chain in one process (no RPC): {:.0} ns per hop.",
+        hop.p(0), hop.p(2), per_hop, per_hop / floor.p(0), hop.tput(), opts.in_flight, local_hop_ns
+    );
+    println!();
+    let direct = rows.iter().find(|r| r.name == "meshrpc json").unwrap();
+    match gw {
+        Some(g) => println!(
+            "Gateway (wrk, HTTP/1.1 keep-alive, POST /greeter/greet → one replica): 1 connection p50 {:.0} µs, p99 {:.0} µs, {:.0} req/s; 32 connections {:.0} req/s. p50 ÷ direct meshrpc call p50 = {:.2}.",
+            g.p50_us, g.p99_us, g.rps_c1, g.rps_c32, g.p50_us / direct.p(0)
+        ),
+        None => println!("Gateway: not measured (wrk missing)."),
+    }
+    println!();
+    let mib: Vec<String> = soak
+        .rss_kib
+        .iter()
+        .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+        .collect();
+    println!(
+        "Soak: {} calls at {} in flight; server RSS (MiB) every tenth: {}.",
+        soak.calls,
+        opts.in_flight,
+        mib.join(" → ")
+    );
+}

@@ -6,12 +6,13 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    task::Poll,
     time::Instant,
 };
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::AsyncReadExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, watch},
     task::AbortHandle,
@@ -20,7 +21,7 @@ use tokio::{
 use super::{service::Registry, ServerConfig};
 use crate::{
     call::{Call, Dispatch, Reply},
-    wire::{connection::write_frames, Frame, Status},
+    wire::{Frame, Status},
     Error,
 };
 
@@ -50,6 +51,11 @@ impl InFlight {
 }
 
 /// Serves a connection whose preface was already consumed.
+///
+/// One task reads frames, runs each handler and writes the answers. A handler that
+/// finishes when first polled (most do) is answered inline, with no task spawned and no
+/// thread hop; slower ones run as their own task and send their answer back through
+/// `outbox`. Every answer produced by one read goes out in one write.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -57,23 +63,31 @@ pub(crate) async fn serve(
     config: ServerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut read, write) = stream.into_split();
-    let (outbox, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(write, rx));
+    let (mut read, mut write) = stream.into_split();
+    let (outbox, mut answers) = mpsc::unbounded_channel();
     let in_flight = Arc::new(InFlight::default());
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut draining = *shutdown.borrow();
-    if draining {
-        let _ = outbox.send(Frame::GoAway);
-    }
+    let mut out = BytesMut::with_capacity(8 * 1024);
+    let mut batch = Vec::new();
+    let mut draining = false;
 
     let why: Option<Error> = 'conn: loop {
         loop {
             match Frame::decode(&mut buf, config.max_frame) {
-                Ok(Some(frame)) => on_frame(frame, peer, &registry, &config, &outbox, &in_flight),
+                Ok(Some(frame)) => {
+                    if let Some(answer) = on_frame(frame, peer, &registry, &config, &outbox, &in_flight).await {
+                        answer.encode(&mut out);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => break 'conn Some(e),
             }
+        }
+        if !out.is_empty() {
+            if let Err(e) = write.write_all(&out).await {
+                break Some(e.into());
+            }
+            out.clear();
         }
         tokio::select! {
             read = read.read_buf(&mut buf) => match read {
@@ -81,38 +95,37 @@ pub(crate) async fn serve(
                 Ok(_) => {}
                 Err(e) => break Some(e.into()),
             },
+            _ = answers.recv_many(&mut batch, 256) => {
+                for frame in batch.drain(..) {
+                    frame.encode(&mut out);
+                }
+            }
             _ = super::stopped(&mut shutdown), if !draining => {
                 draining = true;
-                let _ = outbox.send(Frame::GoAway);
+                Frame::GoAway.encode(&mut out);
             }
         }
     };
     match why {
         // The caller hung up or broke the protocol: nobody waits for these answers.
-        Some(e) => {
-            tracing::warn!(%peer, error = %e, "closing mesh connection");
-            in_flight.abort_all();
-        }
+        Some(e) => tracing::warn!(%peer, error = %e, "closing mesh connection"),
         // The caller hung up: after go-away that is the end of a clean drain.
-        None => {
-            if draining {
-                tracing::debug!(%peer, "drained mesh connection");
-            }
-            in_flight.abort_all();
-        }
+        None if draining => tracing::debug!(%peer, "drained mesh connection"),
+        None => {}
     }
-    drop(outbox);
-    let _ = writer.await;
+    in_flight.abort_all();
+    let _ = write.shutdown().await;
 }
 
-fn on_frame(
+/// Handles one frame; returns the frame to answer with now, if any.
+async fn on_frame(
     frame: Frame,
     peer: SocketAddr,
     registry: &Arc<Registry>,
     config: &ServerConfig,
     outbox: &mpsc::UnboundedSender<Frame>,
     in_flight: &Arc<InFlight>,
-) {
+) -> Option<Frame> {
     match frame {
         Frame::Request {
             id,
@@ -124,11 +137,11 @@ fn on_frame(
             payload,
         } => {
             let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
-                return fail(outbox, id, Error::bad_request("service and method must be UTF-8"));
+                return Some(failed(id, &Error::bad_request("service and method must be UTF-8")));
             };
             if in_flight.len() >= config.max_in_flight {
                 let message = format!("more than {} calls in flight on one connection", config.max_in_flight);
-                return fail(outbox, id, Error::Overloaded { message });
+                return Some(failed(id, &Error::Overloaded { message }));
             }
             let start = Instant::now();
             let call = Call {
@@ -141,7 +154,13 @@ fn on_frame(
                 payload,
             };
             let (service, method) = (call.service.clone(), call.method.clone());
-            let answer = registry.dispatch(call);
+            let mut answer = registry.dispatch(call);
+            // Poll once here: a handler that is ready at once costs no task and no wake-up.
+            let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
+            if let Poll::Ready(result) = first {
+                log_call(&service, &method, &result, start, peer);
+                return Some(response(id, result));
+            }
             let outbox = outbox.clone();
             let done = in_flight.clone();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
@@ -149,30 +168,36 @@ fn on_frame(
             let task = tokio::spawn(async move {
                 let result = answer.await;
                 log_call(&service, &method, &result, start, peer);
-                let (status, payload) = match result {
-                    Ok(Reply::Ok(b)) => (Status::Ok, b),
-                    Ok(Reply::AppError(b)) => (Status::AppError, b),
-                    Err(e) => (Status::Failed, error_payload(&e)),
-                };
-                let _ = outbox.send(Frame::Response { id, status, payload });
+                let _ = outbox.send(response(id, result));
                 done.finish(id);
             });
             tasks.insert(id, task.abort_handle());
+            None
         }
-        Frame::Cancel { id } => in_flight.abort(id),
-        Frame::Ping { id } => {
-            let _ = outbox.send(Frame::Pong { id });
+        Frame::Cancel { id } => {
+            in_flight.abort(id);
+            None
         }
-        Frame::Pong { .. } | Frame::Response { .. } | Frame::GoAway => {}
+        Frame::Ping { id } => Some(Frame::Pong { id }),
+        Frame::Pong { .. } | Frame::Response { .. } | Frame::GoAway => None,
     }
 }
 
-fn fail(outbox: &mpsc::UnboundedSender<Frame>, id: u64, err: Error) {
-    let _ = outbox.send(Frame::Response {
+fn response(id: u64, result: Result<Reply, Error>) -> Frame {
+    let (status, payload) = match result {
+        Ok(Reply::Ok(b)) => (Status::Ok, b),
+        Ok(Reply::AppError(b)) => (Status::AppError, b),
+        Err(e) => (Status::Failed, error_payload(&e)),
+    };
+    Frame::Response { id, status, payload }
+}
+
+fn failed(id: u64, err: &Error) -> Frame {
+    Frame::Response {
         id,
         status: Status::Failed,
-        payload: error_payload(&err),
-    });
+        payload: error_payload(err),
+    }
 }
 
 pub(crate) fn error_payload(err: &Error) -> Bytes {

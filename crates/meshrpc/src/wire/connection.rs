@@ -16,17 +16,24 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
-    sync::{mpsc, oneshot, watch},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    sync::{oneshot, watch},
 };
 
-use super::frame::{Frame, Status, DEFAULT_MAX_FRAME, PREFACE};
+use super::{
+    frame::{Frame, Status, DEFAULT_MAX_FRAME, PREFACE},
+    sender::Sender,
+};
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
     Error,
 };
 
+type Answer = oneshot::Receiver<Result<Reply, Error>>;
 type Pending = HashMap<u64, oneshot::Sender<Result<Reply, Error>>>;
 
 /// Connection limits and timeouts.
@@ -53,7 +60,7 @@ pub struct Connection {
 
 struct Inner {
     peer: SocketAddr,
-    outbox: mpsc::UnboundedSender<Frame>,
+    sender: Sender,
     /// `None` once the connection is closed: no call can be left waiting on it.
     pending: Mutex<Option<Pending>>,
     next_id: AtomicU64,
@@ -108,27 +115,23 @@ impl Connection {
         ))
     }
 
-    fn start<R, W>(peer: SocketAddr, read: R, write: W, max_in: u32, max_out: u32) -> Connection
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        let (outbox, rx) = mpsc::unbounded_channel();
+    fn start(peer: SocketAddr, read: OwnedReadHalf, write: OwnedWriteHalf, max_in: u32, max_out: u32) -> Connection {
         let inner = Arc::new(Inner {
             peer,
-            outbox,
+            sender: Sender::new(write),
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
             max_in,
             max_out,
             state: watch::channel(State::Open).0,
         });
-        let mut state = inner.state.subscribe();
+        let (writer, mut state) = (inner.clone(), inner.state.subscribe());
         tokio::spawn(async move {
             tokio::select! {
-                _ = write_frames(write, rx) => {}
+                _ = writer.sender.flush_loop() => writer.close(Error::unavailable(format!("connection to {} broke", writer.peer))),
                 _ = state.wait_for(|s| *s == State::Closed) => {}
             }
+            writer.sender.shutdown();
         });
         let reader = inner.clone();
         let mut state = inner.state.subscribe();
@@ -166,8 +169,8 @@ impl Connection {
     /// Round-trips a ping frame and returns the time it took.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
-        let (id, rx) = self.register()?;
-        self.send(Frame::Ping { id })?;
+        let (id, rx, alone) = self.register()?;
+        self.send(Frame::Ping { id }, alone)?;
         self.wait(id, rx, Some(start + timeout)).await?;
         Ok(start.elapsed())
     }
@@ -177,7 +180,8 @@ impl Connection {
         self.inner.close(Error::unavailable("connection closed locally"));
     }
 
-    fn register(&self) -> Result<(u64, oneshot::Receiver<Result<Reply, Error>>), Error> {
+    /// Registers a pending call; also says whether it is the only call in flight.
+    fn register(&self) -> Result<(u64, Answer, bool), Error> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let mut pending = self.inner.pending.lock().unwrap();
@@ -185,8 +189,11 @@ impl Connection {
         if self.state() == State::Draining {
             return Err(Error::unavailable(format!("{} is draining", self.inner.peer)));
         }
-        match pending.as_mut() {
-            Some(pending) => pending.insert(id, tx),
+        let alone = match pending.as_mut() {
+            Some(pending) => {
+                pending.insert(id, tx);
+                pending.len() == 1
+            }
             None => {
                 return Err(Error::unavailable(format!(
                     "connection to {} is closed",
@@ -194,22 +201,17 @@ impl Connection {
                 )))
             }
         };
-        Ok((id, rx))
+        Ok((id, rx, alone))
     }
 
-    fn send(&self, frame: Frame) -> Result<(), Error> {
+    fn send(&self, frame: Frame, direct: bool) -> Result<(), Error> {
         self.inner
-            .outbox
-            .send(frame)
-            .map_err(|_| Error::unavailable(format!("connection to {} is closed", self.inner.peer)))
+            .sender
+            .send(&frame, direct)
+            .map_err(|_| Error::unavailable(format!("connection to {} is broken", self.inner.peer)))
     }
 
-    async fn wait(
-        &self,
-        id: u64,
-        rx: oneshot::Receiver<Result<Reply, Error>>,
-        deadline: Option<Instant>,
-    ) -> Result<Reply, Error> {
+    async fn wait(&self, id: u64, rx: Answer, deadline: Option<Instant>) -> Result<Reply, Error> {
         // If the caller drops this future, the guard withdraws the call and tells the peer.
         let guard = CancelOnDrop { inner: &self.inner, id };
         let answer = match deadline {
@@ -244,7 +246,7 @@ impl Connection {
         if call.deadline.is_some_and(|d| d <= now) {
             return Err(Error::Timeout);
         }
-        let (id, rx) = self.register()?;
+        let (id, rx, alone) = self.register()?;
         let frame = Frame::Request {
             id,
             codec: call.codec,
@@ -262,7 +264,7 @@ impl Connection {
                 limit: self.inner.max_out.into(),
             });
         }
-        if let Err(e) = self.send(frame) {
+        if let Err(e) = self.send(frame, alone) {
             self.inner.forget(id);
             return Err(e);
         }
@@ -279,7 +281,7 @@ impl Connection {
 pub struct PendingCall {
     conn: Connection,
     id: u64,
-    rx: oneshot::Receiver<Result<Reply, Error>>,
+    rx: Answer,
     deadline: Option<Instant>,
 }
 
@@ -312,7 +314,7 @@ struct CancelOnDrop<'a> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.inner.forget(self.id) {
-            let _ = self.inner.outbox.send(Frame::Cancel { id: self.id });
+            let _ = self.inner.sender.send(&Frame::Cancel { id: self.id }, false);
         }
     }
 }
@@ -391,7 +393,7 @@ impl Inner {
             }
             Frame::Pong { id } => self.complete(id, Ok(Reply::Ok(Bytes::new()))),
             Frame::Ping { id } => {
-                let _ = self.outbox.send(Frame::Pong { id });
+                let _ = self.sender.send(&Frame::Pong { id }, false);
             }
             Frame::GoAway => {
                 tracing::debug!(peer = %self.peer, "peer is draining");
@@ -407,32 +409,16 @@ impl Inner {
             Frame::Request { id, .. } => {
                 let err = Error::protocol("this side of the connection serves no calls");
                 let payload = serde_json::to_vec(&err).unwrap_or_default();
-                let _ = self.outbox.send(Frame::Response {
-                    id,
-                    status: Status::Failed,
-                    payload: payload.into(),
-                });
+                let _ = self.sender.send(
+                    &Frame::Response {
+                        id,
+                        status: Status::Failed,
+                        payload: payload.into(),
+                    },
+                    false,
+                );
             }
             Frame::Cancel { .. } => {}
         }
     }
-}
-
-/// Drains the outbox into the socket: every frame already queued goes out in one write.
-pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::UnboundedReceiver<Frame>) {
-    let mut batch = Vec::with_capacity(64);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        for frame in batch.drain(..) {
-            frame.encode(&mut buf);
-        }
-        if write.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > 1 << 20 {
-            buf = BytesMut::with_capacity(16 * 1024); // give back memory after a large frame
-        }
-    }
-    let _ = write.shutdown().await;
 }

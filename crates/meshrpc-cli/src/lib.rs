@@ -7,6 +7,7 @@ mod demo;
 mod expose;
 mod gateway;
 mod join;
+mod probe;
 mod status;
 
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ enum Command {
     ///
     /// Example: meshrpc -R . expose -P greeter src/
     Expose(expose::ExposeArgs),
+    /// Exit 0 if an HTTP GET of the URL answers 2xx (container health checks).
+    ///
+    /// Example: meshrpc probe http://127.0.0.1:11999/__heartbeat__
+    Probe(probe::ProbeArgs),
     /// Run an example node in this process (used by `demo`).
     #[command(subcommand, hide = true)]
     Example(Example),
@@ -83,6 +88,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Call(args) => call::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
+            Command::Probe(args) => probe::run(args).await,
             Command::Example(Example::Greeter(args)) => {
                 meshrpc::logging::init("info");
                 Ok(greeter::node::run(args).await?)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the tests drive (curl, wrk) when missing.
+# Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip) when
+# missing. As root, the multi-host fault tests (network namespaces) run too; otherwise
+# they say they skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]} (Debian packages)"
   sudo=""
@@ -15,4 +19,5 @@ if ((${#missing[@]})); then
 fi
 
 export MESHRPC_REQUIRE_TOOLS=1
+[ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1
 cargo test --workspace "$@"

@@ -52,6 +52,8 @@ struct Report {
     per_node: BTreeMap<String, u64>,
     /// Unix ms of each node's first answer.
     first_seen: BTreeMap<String, u64>,
+    /// Answers per node per 100 ms bucket (unix ms).
+    node_buckets: BTreeMap<String, BTreeMap<u64, u64>>,
     keys: BTreeMap<String, String>,
     /// Calls whose sticky key landed on another node than the key's earlier calls.
     key_moves: u64,
@@ -140,6 +142,11 @@ async fn main() {
                             }
                             *r.per_node.entry(node.clone()).or_default() += 1;
                             r.first_seen.entry(node.clone()).or_insert(now);
+                            *r.node_buckets
+                                .entry(node.clone())
+                                .or_default()
+                                .entry(now / 100 * 100)
+                                .or_default() += 1;
                             if let Some(k) = key {
                                 if r.keys.insert(k, node.clone()).is_some_and(|before| before != node) {
                                     r.key_moves += 1;

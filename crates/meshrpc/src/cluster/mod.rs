@@ -534,9 +534,14 @@ impl Inner {
     }
 }
 
+/// How often connections to peers are pinged, and how long a ping may take: a peer that
+/// vanishes without closing its connections (a partition) is dropped from picks within
+/// about twice this.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// Background upkeep: forget peers that left, ping the rest.
 async fn maintain(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(KEEPALIVE);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
@@ -544,7 +549,7 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
         let live: Vec<SocketAddr> = view.members.iter().filter_map(|m| m.addr).collect();
         inner.peers.retain(&live);
         for peer in inner.peers.all() {
-            tokio::spawn(async move { peer.keepalive(Duration::from_secs(2)).await });
+            tokio::spawn(async move { peer.keepalive(KEEPALIVE).await });
         }
     }
 }

@@ -19,10 +19,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EWMA_TAU: Duration = Duration::from_secs(10);
 
 /// Every peer this node has talked to, by mesh address.
-#[derive(Default)]
 pub(crate) struct Peers {
     map: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     options: ConnectOptions,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        // Peers are on the same network: a connect that takes a second is not coming, and
+        // the call waiting on it should move to another replica.
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            ..ConnectOptions::default()
+        };
+        Peers {
+            map: Mutex::default(),
+            options,
+        }
+    }
 }
 
 impl Peers {

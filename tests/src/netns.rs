@@ -1,0 +1,130 @@
+//! Test hosts in Linux network namespaces: each node gets its own namespace and IP on a
+//! bridge, so nodes reach each other by real addresses, and links can be cut. The bridge
+//! lives in a namespace of its own: nothing here touches the machine's own network.
+//! Needs root (and iproute2); everything is removed on drop.
+
+use std::process::Command;
+
+use crate::harness::Node;
+
+/// A private network of test hosts on `10.213.<subnet>.0/24`.
+pub struct Net {
+    prefix: String,
+    subnet: u8,
+    hosts: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Net {
+    /// Why namespaces cannot be made here, if they cannot.
+    pub fn unavailable() -> Option<String> {
+        let probe = format!("mrpc-probe-{}", std::process::id());
+        match ip(&["netns", "add", &probe]) {
+            Ok(()) => {
+                let _ = ip(&["netns", "del", &probe]);
+                None
+            }
+            Err(e) => Some(e),
+        }
+    }
+
+    /// A switch (a bridge in its own namespace) for subnet `10.213.<subnet>.0/24`.
+    pub fn new(subnet: u8) -> Net {
+        let prefix = format!("mr{}s{subnet}", std::process::id() % 100_000);
+        let net = Net {
+            prefix,
+            subnet,
+            hosts: Vec::new(),
+        };
+        let sw = net.switch();
+        ip(&["netns", "add", &sw]).unwrap();
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]).unwrap();
+        ip(&["-n", &sw, "link", "set", "br0", "up"]).unwrap();
+        net
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// Adds host `n` (1…254) with address `10.213.<subnet>.<n>`; returns that address.
+    pub fn host(&mut self, n: u8) -> String {
+        let ns = format!("{}-h{n}", self.prefix);
+        let sw = self.switch();
+        let port = format!("p{n}");
+        ip(&["netns", "add", &ns]).unwrap();
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
+        ip(&[
+            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
+        ])
+        .unwrap();
+        let addr = format!("10.213.{}.{n}", self.subnet);
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]).unwrap();
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0"]).unwrap();
+        ip(&["-n", &sw, "link", "set", &port, "up"]).unwrap();
+        self.hosts.push(ns);
+        addr
+    }
+
+    /// Runs `bin args…` on host `n` and waits for its `listening on` line.
+    pub async fn start(&self, n: u8, bin: &str, args: &[&str]) -> Node {
+        let ns = format!("{}-h{n}", self.prefix);
+        let mut full = vec!["netns", "exec", ns.as_str(), bin];
+        full.extend_from_slice(args);
+        Node::start("ip", &full).await
+    }
+
+    /// The command line that runs `bin` on host `n` (for callers started by hand).
+    pub fn exec_args<'a>(&'a self, n: u8, bin: &'a str) -> (String, Vec<String>) {
+        (
+            "ip".into(),
+            vec![
+                "netns".into(),
+                "exec".into(),
+                format!("{}-h{n}", self.prefix),
+                bin.into(),
+            ],
+        )
+    }
+
+    /// Cuts host `n` off the network (its switch port goes down), or heals it.
+    pub fn link(&self, n: u8, up: bool) {
+        ip(&[
+            "-n",
+            &self.switch(),
+            "link",
+            "set",
+            &format!("p{n}"),
+            if up { "up" } else { "down" },
+        ])
+        .unwrap();
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch())) {
+            // Processes still inside die with their namespace's last reference anyway;
+            // make sure none lingers.
+            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}

@@ -226,3 +226,24 @@ pub fn unix_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// SIGTERM a child, as `docker stop` or Ctrl-C would, and wait up to `within` for its exit.
+pub async fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id()?;
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .ok()?;
+    tokio::time::timeout(within, child.wait()).await.ok()?.ok()
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -85,6 +85,8 @@ pub trait Lab {
 /// The lab's implementation.
 pub struct LabNode {
     pub name: String,
+    /// Extra time every `whoami` takes (a slow replica, for the balancer tests).
+    pub slow: Duration,
     started: AtomicU64,
     finished: AtomicU64,
     dropped: AtomicU64,
@@ -94,6 +96,7 @@ impl LabNode {
     pub fn new(name: impl Into<String>) -> Self {
         LabNode {
             name: name.into(),
+            slow: Duration::ZERO,
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -189,6 +192,9 @@ impl Lab for LabNode {
     }
 
     async fn whoami(&self) -> Result<String, LabError> {
+        if !self.slow.is_zero() {
+            tokio::time::sleep(self.slow).await;
+        }
         Ok(self.name.clone())
     }
 }

@@ -259,3 +259,35 @@ async fn udp_garbage_on_the_gossip_port_changes_nothing() {
     let report = call(tag, &seed, &["--calls", "20"]).await;
     assert_eq!(report["ok"], 20, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_loaded_sends_less_to_a_slow_replica() {
+    let tag = "p2c";
+    let seed = seed(tag).await;
+    let seed_addr = seed.addr.to_string();
+    let _slow = Node::start(
+        LABNODE,
+        &["--tag", tag, "--nodes", &seed_addr, "--name", "slow", "--slow-ms", "20"],
+    )
+    .await;
+    let _fast1 = replica(tag, &seed, "fast1").await;
+    let _fast2 = replica(tag, &seed, "fast2").await;
+    let args = ["--replicas", "3", "--calls", "900", "--concurrency", "6"];
+    let rr = call(tag, &seed, &args).await;
+    let mut p2c_args = args.to_vec();
+    p2c_args.extend(["--policy", "p2c"]);
+    let p2c = call(tag, &seed, &p2c_args).await;
+    eprintln!(
+        "slow replica got {} of 900 with round robin, {} with p2c",
+        count(&rr, "slow"),
+        count(&p2c, "slow")
+    );
+    assert_eq!(count(&rr, "slow"), 300, "round robin ignores load: {}", rr["per_node"]);
+    assert_eq!(p2c["ok"], 900);
+    // The slow replica answers 20× slower: peak-EWMA × in-flight steers calls away from it.
+    assert!(
+        count(&p2c, "slow") < 150,
+        "p2c sent {} of 900 to the slow replica",
+        count(&p2c, "slow")
+    );
+}

@@ -395,3 +395,57 @@ async fn oversized_http_bodies_get_413() {
     let ok = http("POST", &node.url("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await;
     assert_eq!(ok.status, 200);
 }
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_is_served_on_the_same_port() {
+    use http_body_util::{BodyExt, Full};
+    let node = lab().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let req = hyper::Request::post(node.url("/greeter/greet"))
+        .body(Full::new(bytes::Bytes::from_static(br#"{"name":"Max"}"#)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, hyper::Version::HTTP_2));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"data":"Hello, Max","errors":[]}"#);
+}
+
+#[tokio::test]
+async fn calls_over_the_in_flight_limit_are_refused_not_queued() {
+    let node = Node::start(LABNODE, &["--max-in-flight", "4"]).await;
+    let lab = lab_client(&node).await;
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let lab = lab.clone();
+            tokio::spawn(async move { lab.sleep(500).await })
+        })
+        .collect();
+    let (mut ok, mut overloaded) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(500) => ok += 1,
+            Err(LabError::Rpc(Error::Overloaded { .. })) => overloaded += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((ok, overloaded), (4, 6));
+    lab.nothing().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_greeter_example_client_runs_against_a_node() {
+    let node = lab().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_greeter-client-example"))
+        .args([&node.addr.to_string(), "Max"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout,
+        "local:  Hello, Max / Hello, Max again\nremote: Hello, Max / Hello, Max again\npostcard sent to Max\n"
+    );
+}

@@ -4,21 +4,13 @@
 
 use std::{process::Stdio, time::Duration};
 
-use meshrpc_tests::harness::{eventually, http};
+use meshrpc_tests::harness::{eventually, free_port, http, terminate};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
 
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts `meshrpc args…` with only environment variables for configuration.
 async fn start(args: &[&str], env: &[(&str, String)]) -> Child {
@@ -105,17 +97,9 @@ async fn nodes_configured_by_environment_form_the_stack() {
     assert_eq!((answer.status, answer.body.as_str()), (200, "\"Hello, Env\""));
 
     // SIGTERM, as `docker stop` and Kubernetes send it: the node drains and exits 0.
-    let g = &mut greeters[0];
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(g.id().unwrap().to_string())
-        .status()
+    let status = terminate(&mut greeters[0], Duration::from_secs(10))
         .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), g.wait())
-        .await
-        .expect("no exit after SIGTERM")
-        .unwrap();
+        .expect("no exit after SIGTERM");
     assert!(status.success(), "{status:?}");
     let answer = http(
         "GET",

@@ -9,15 +9,9 @@ use tokio::{
     process::Command,
 };
 
-const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
+use meshrpc_tests::harness::{free_port, terminate};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 
 /// `(command, expected output lines)` from every ```console block.
 fn readme_commands() -> Vec<(String, Vec<String>)> {
@@ -110,16 +104,9 @@ async fn readme_curl_commands_answer_as_documented() {
     }
 
     // Ctrl-C/SIGTERM stops the gateway and every replica, cleanly.
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(demo.id().unwrap().to_string())
-        .status()
+    let status = terminate(&mut demo, Duration::from_secs(20))
         .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), demo.wait())
-        .await
-        .expect("demo did not stop")
-        .unwrap();
+        .expect("demo did not stop");
     assert!(status.success(), "{status:?}");
     let printed = rest.await.unwrap();
     assert!(printed.iter().any(|l| l.contains(

@@ -22,6 +22,12 @@ struct Args {
     /// Publish `lab` with a different method set (an incompatible version).
     #[arg(long)]
     v2: bool,
+    /// Calls one connection may have in flight.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Every `whoami` takes this many extra milliseconds.
+    #[arg(long, default_value_t = 0)]
+    slow_ms: u64,
 }
 
 #[tokio::main]
@@ -31,6 +37,9 @@ async fn main() -> Result<(), meshrpc::Error> {
         .init();
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
+    if let Some(max) = args.max_in_flight {
+        config.max_in_flight = max;
+    }
     if let Some(max) = args.max_frame {
         config.max_frame = max;
         config.http.max_body = max as usize;
@@ -45,7 +54,9 @@ async fn main() -> Result<(), meshrpc::Error> {
     if args.v2 {
         cluster.publish(LabV2Server::new(LabV2Node(args.name)));
     } else {
-        cluster.publish(LabServer::new(LabNode::new(args.name)));
+        let mut lab = LabNode::new(args.name);
+        lab.slow = std::time::Duration::from_millis(args.slow_ms);
+        cluster.publish(LabServer::new(lab));
     }
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
     println!("listening on {}", cluster.local_addr().expect("listening"));

@@ -1,8 +1,13 @@
 //! Picking a replica. Pure logic, no I/O: the cluster hands in candidates (sorted by
-//! node id, with their current load) and gets back an index.
+//! node id, with their current load) and gets back an index. Three policies implement
+//! [`Balance`]: [`RoundRobin`], [`LeastLoaded`] (p2c over peak-EWMA) and [`Sticky`]
+//! (consistent hashing by key, over either of the others).
 
 use std::{
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -26,58 +31,101 @@ pub struct Candidate<'a> {
     pub load: f64,
 }
 
-/// A policy plus the little state it needs.
+/// A way to pick one replica among candidates (sorted by node id). Implementations
+/// are shared by every call to a service, so they keep their state in atomics.
+pub trait Balance: Send + Sync + 'static {
+    /// The index of the chosen candidate; `None` only when there are none.
+    fn pick(&self, candidates: &[Candidate<'_>], key: Option<&str>) -> Option<usize>;
+}
+
+/// Each replica in turn.
 #[derive(Debug, Default)]
-pub struct Balancer {
-    policy: Policy,
+pub struct RoundRobin {
     next: AtomicUsize,
+}
+
+impl Balance for RoundRobin {
+    fn pick(&self, candidates: &[Candidate<'_>], _key: Option<&str>) -> Option<usize> {
+        match candidates.len() {
+            0 => None,
+            n => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
+        }
+    }
+}
+
+/// Power of two choices over the candidates' load (peak-EWMA latency × in-flight
+/// calls): two random replicas, the less loaded wins.
+#[derive(Debug)]
+pub struct LeastLoaded {
     rng: AtomicU64,
 }
 
-impl Balancer {
-    pub fn new(policy: Policy) -> Self {
-        Balancer {
-            policy,
-            next: AtomicUsize::new(0),
+impl Default for LeastLoaded {
+    fn default() -> Self {
+        LeastLoaded {
             rng: AtomicU64::new(0x853c_49e6_748f_ea9b),
         }
     }
+}
 
-    pub fn policy(&self) -> Policy {
-        self.policy
-    }
-
-    /// Picks one candidate. With a key the pick is sticky: rendezvous hashing sends a key
-    /// to the candidate with the highest `hash(key, id)`, so when replicas join or leave
-    /// only the keys of the replicas that changed move.
-    pub fn pick(&self, candidates: &[Candidate<'_>], key: Option<&str>) -> Option<usize> {
-        match (candidates.len(), key) {
-            (0, _) => None,
-            (_, Some(key)) => candidates
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, c)| rendezvous(key, c.id))
-                .map(|(i, _)| i),
-            (1, None) => Some(0),
-            (n, None) => match self.policy {
-                Policy::RoundRobin => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
-                Policy::LeastLoaded => {
-                    let r = self.random();
-                    let a = (r % n as u64) as usize;
-                    // A second, distinct index.
-                    let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
-                    Some(if candidates[b].load < candidates[a].load { b } else { a })
-                }
-            },
-        }
-    }
-
+impl LeastLoaded {
     fn random(&self) -> u64 {
         // splitmix64 over an atomic counter: cheap, lock-free, good enough to pick two.
         let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+}
+
+impl Balance for LeastLoaded {
+    fn pick(&self, candidates: &[Candidate<'_>], _key: Option<&str>) -> Option<usize> {
+        match candidates.len() {
+            0 => None,
+            1 => Some(0),
+            n => {
+                let r = self.random();
+                let a = (r % n as u64) as usize;
+                // A second, distinct index.
+                let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+                Some(if candidates[b].load < candidates[a].load { b } else { a })
+            }
+        }
+    }
+}
+
+/// Sticky sessions: a call with a key goes to the candidate with the highest
+/// `hash(key, id)` (rendezvous hashing), so when replicas join or leave only the keys of
+/// the replicas that changed move. Calls without a key go to `B`.
+#[derive(Debug, Default)]
+pub struct Sticky<B> {
+    pub fallback: B,
+}
+
+impl<B: Balance> Balance for Sticky<B> {
+    fn pick(&self, candidates: &[Candidate<'_>], key: Option<&str>) -> Option<usize> {
+        match key {
+            Some(key) => candidates
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, c)| rendezvous(key, c.id))
+                .map(|(i, _)| i),
+            None => self.fallback.pick(candidates, None),
+        }
+    }
+}
+
+impl Policy {
+    /// The balancer for this policy; keyed calls always stick.
+    pub fn balancer(self) -> Arc<dyn Balance> {
+        match self {
+            Policy::RoundRobin => Arc::new(Sticky {
+                fallback: RoundRobin::default(),
+            }),
+            Policy::LeastLoaded => Arc::new(Sticky {
+                fallback: LeastLoaded::default(),
+            }),
+        }
     }
 }
 
@@ -147,7 +195,7 @@ mod tests {
     #[test]
     fn round_robin_is_even() {
         let ids: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
-        let b = Balancer::new(Policy::RoundRobin);
+        let b = Policy::RoundRobin.balancer();
         let mut counts = [0; 3];
         for _ in 0..3000 {
             counts[b.pick(&cands(&ids), None).unwrap()] += 1;
@@ -160,7 +208,7 @@ mod tests {
     fn sticky_keys_mostly_stay_when_a_replica_joins() {
         let three: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
         let four: Vec<String> = (0..4).map(|i| format!("node-{i}")).collect();
-        let b = Balancer::new(Policy::RoundRobin);
+        let b = Policy::RoundRobin.balancer();
         let mut kept = 0;
         let mut per_node = [0; 3];
         for k in 0..1000 {
@@ -181,7 +229,7 @@ mod tests {
         let ids: Vec<String> = (0..2).map(|i| format!("n{i}")).collect();
         let mut c = cands(&ids);
         c[1].load = 10.0;
-        let b = Balancer::new(Policy::LeastLoaded);
+        let b = LeastLoaded::default();
         // With two candidates p2c always compares both.
         assert!((0..100).all(|_| b.pick(&c, None) == Some(0)));
         let ids: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();

@@ -19,7 +19,7 @@ pub use balance::Policy;
 pub use membership::{Advertised, GossipConfig, Member, MemberState, View};
 
 use self::{
-    balance::{Balancer, Candidate},
+    balance::{Balance, Candidate},
     membership::Membership,
     peers::Peers,
 };
@@ -200,7 +200,7 @@ struct Inner {
     membership: Membership,
     peers: Peers,
     policy: Policy,
-    balancers: Mutex<HashMap<String, Arc<Balancer>>>,
+    balancers: Mutex<HashMap<String, Arc<dyn Balance>>>,
     server: Mutex<Option<Server>>,
     shutdown: Option<ShutdownHandle>,
     drain_grace: Duration,
@@ -417,12 +417,12 @@ pub async fn wait_for_signal() {
 }
 
 impl Inner {
-    fn balancer(&self, service: &str) -> Arc<Balancer> {
+    fn balancer(&self, service: &str) -> Arc<dyn Balance> {
         let mut map = self.balancers.lock().unwrap();
         match map.get(service) {
             Some(b) => b.clone(),
             None => {
-                let b = Arc::new(Balancer::new(self.policy));
+                let b = self.policy.balancer();
                 map.insert(service.to_owned(), b.clone());
                 b
             }

@@ -25,6 +25,10 @@ pub struct GatewayArgs {
     /// Seconds a client may take to send its headers or body.
     #[arg(long, default_value_t = 10)]
     client_timeout: u64,
+    /// Seconds a call through the gateway may take (RPC or proxied HTTP), unless the
+    /// request's `meshrpc-timeout-ms` header says otherwise.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
     /// Services /healthz requires to answer (comma separated).
     #[arg(long, value_delimiter = ',')]
     require: Vec<String>,
@@ -51,7 +55,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let limits = HttpLimits {
         max_body: args.max_body,
         body_timeout: timeout,
-        ..HttpLimits::default()
+        default_timeout: std::time::Duration::from_secs_f64(args.timeout),
     };
     let gateway = Gateway::new(cluster.clone()).limits(limits).require(args.require);
     let app = gateway.observe(gateway.router());

@@ -59,6 +59,45 @@ async fn main() -> Result<(), meshrpc::Error> {
         cluster.publish(LabServer::new(lab));
     }
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
+    cluster.publish_http("labhttp", http_router());
     println!("listening on {}", cluster.local_addr().expect("listening"));
     cluster.serve_until_signal().await
+}
+
+/// A plain HTTP router for the gateway's proxy tests: `/labhttp/echo` answers with what
+/// it received, `/labhttp/slow?ms=N` answers after N ms.
+fn http_router() -> axum::Router {
+    use axum::{
+        body::Bytes,
+        extract::RawQuery,
+        http::{HeaderMap, Method, Uri},
+        routing::{any, get},
+    };
+    axum::Router::new()
+        .route(
+            "/echo",
+            any(
+                |method: Method, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| async move {
+                    let header = headers
+                        .get("x-test")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    format!(
+                        "{method} {} {} {header} {}",
+                        uri.path(),
+                        query.unwrap_or_default(),
+                        body.len()
+                    )
+                },
+            ),
+        )
+        .route(
+            "/slow",
+            get(|RawQuery(query): RawQuery| async move {
+                let ms = query.and_then(|q| q.strip_prefix("ms=")?.parse().ok()).unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                "done"
+            }),
+        )
 }

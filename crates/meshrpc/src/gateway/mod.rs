@@ -191,7 +191,10 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return label(resp, &rest);
     }
     if view.knows_http(&service) {
-        let resp = shared.proxy.forward(&shared.cluster, &service, req).await;
+        let resp = shared
+            .proxy
+            .forward(&shared.cluster, &service, req, shared.limits.default_timeout)
+            .await;
         return label(resp, "http");
     }
     let (status, code, msg) = if view.knows(&service) {

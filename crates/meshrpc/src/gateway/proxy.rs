@@ -40,8 +40,15 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 
 impl Proxy {
-    /// Sends the request to a replica publishing the HTTP router `name`, round robin.
-    pub(crate) async fn forward(&self, cluster: &Cluster, name: &str, mut req: Request<Body>) -> Response<Body> {
+    /// Sends the request to a replica publishing the HTTP router `name`, round robin;
+    /// a replica that has not answered (headers) within `timeout` gets a 504.
+    pub(crate) async fn forward(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        mut req: Request<Body>,
+        timeout: std::time::Duration,
+    ) -> Response<Body> {
         let members = cluster.members();
         let replicas: Vec<_> = members
             .iter()
@@ -66,7 +73,14 @@ impl Proxy {
         for h in &HOP_BY_HOP {
             req.headers_mut().remove(h);
         }
-        match self.client.request(req).await {
+        let answer = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let msg = format!("replica {addr} did not answer within {timeout:?}");
+                return error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &msg, None);
+            }
+        };
+        match answer {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 for h in &HOP_BY_HOP {

@@ -60,7 +60,6 @@ pub struct Server {
     registry: Arc<Registry>,
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
-    extra_http: Option<axum::Router>,
     http_dispatch: Option<Arc<dyn crate::Dispatch>>,
 }
 
@@ -83,7 +82,6 @@ impl Server {
             registry: Arc::default(),
             config: ServerConfig::default(),
             shutdown: watch::channel(false).0,
-            extra_http: None,
             http_dispatch: None,
         })
     }
@@ -104,14 +102,6 @@ impl Server {
     pub fn publish_http(&self, name: &str, router: axum::Router) -> &Self {
         self.registry.publish_http(name, router);
         self
-    }
-
-    /// Merges extra routes into this node's HTTP side (the gateway uses this).
-    pub fn merge_http(&mut self, router: axum::Router) {
-        self.extra_http = Some(match self.extra_http.take() {
-            Some(r) => r.merge(router),
-            None => router,
-        });
     }
 
     /// Where `POST /{service}/{method}` on this port goes (default: the local services).
@@ -148,16 +138,12 @@ impl Server {
             registry,
             config,
             shutdown,
-            extra_http,
             http_dispatch,
         } = self;
         let dispatch = http_dispatch.unwrap_or_else(|| registry.clone());
         let mut router = http::rpc_router(dispatch, config.http);
         for (name, r) in registry.http_routers() {
             router = router.nest(&format!("/{name}"), r);
-        }
-        if let Some(extra) = extra_http {
-            router = extra.merge(router);
         }
         let mut stop = shutdown.subscribe();
         let mut conns = JoinSet::new();

@@ -252,7 +252,7 @@ async fn garbage_and_oversized_frames_do_not_hurt_the_server() {
     // closes the connection on garbage, and on a header claiming 1 GiB before buffering it.
     for bad in [&b"\x00\x00\x00\x09\x63garbage!"[..], b"\x40\x00\x00\x00\x01"] {
         let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-        raw.write_all(b"MESHRPC1").await.unwrap();
+        raw.write_all(b"MESHRPC1\x04test").await.unwrap(); // preface, caller name
         raw.write_all(bad).await.unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))

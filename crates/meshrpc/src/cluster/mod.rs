@@ -133,12 +133,13 @@ impl ClusterBuilder {
         )
         .await?;
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
+        let name = self.name;
         let inner = Arc::new(Inner {
-            name: self.name,
+            name: name.clone(),
             mesh_addr,
             registry,
             membership,
-            peers: Peers::default(),
+            peers: Peers::new(&name),
             policy: self.policy,
             balancers: Mutex::default(),
             shutdown: server.as_ref().map(Server::shutdown_handle),

@@ -24,12 +24,14 @@ pub(crate) struct Peers {
     options: ConnectOptions,
 }
 
-impl Default for Peers {
-    fn default() -> Self {
+impl Peers {
+    /// Connections opened as `caller` (the node's name, for peers' request logs).
+    pub(crate) fn new(caller: &str) -> Self {
         // Peers are on the same network: a connect that takes a second is not coming, and
         // the call waiting on it should move to another replica.
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
+            caller: Some(caller.into()),
             ..ConnectOptions::default()
         };
         Peers {
@@ -37,15 +39,13 @@ impl Default for Peers {
             options,
         }
     }
-}
 
-impl Peers {
     pub(crate) fn get(&self, addr: SocketAddr) -> Arc<Peer> {
         self.map
             .lock()
             .unwrap()
             .entry(addr)
-            .or_insert_with(|| Arc::new(Peer::new(addr, self.options)))
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.options.clone())))
             .clone()
     }
 
@@ -146,7 +146,7 @@ impl Peer {
         if let Some(c) = self.open_conn() {
             return Ok(c);
         }
-        match Connection::connect(self.addr, self.options).await {
+        match Connection::connect(self.addr, self.options.clone()).await {
             Ok(conn) => {
                 *self.conn.lock().unwrap() = Some(conn.clone());
                 self.health.lock().unwrap().down_until = None;

@@ -59,6 +59,7 @@ impl InFlight {
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    caller: String,
     registry: Arc<Registry>,
     config: ServerConfig,
     mut shutdown: watch::Receiver<bool>,
@@ -75,7 +76,7 @@ pub(crate) async fn serve(
         loop {
             match Frame::decode(&mut buf, config.max_frame) {
                 Ok(Some(frame)) => {
-                    if let Some(answer) = on_frame(frame, peer, &registry, &config, &outbox, &in_flight).await {
+                    if let Some(answer) = on_frame(frame, &caller, &registry, &config, &outbox, &in_flight).await {
                         answer.encode(&mut out);
                     }
                 }
@@ -120,7 +121,7 @@ pub(crate) async fn serve(
 /// Handles one frame; returns the frame to answer with now, if any.
 async fn on_frame(
     frame: Frame,
-    peer: SocketAddr,
+    caller: &str,
     registry: &Arc<Registry>,
     config: &ServerConfig,
     outbox: &mpsc::UnboundedSender<Frame>,
@@ -158,16 +159,17 @@ async fn on_frame(
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
-                log_call(&service, &method, &result, start, peer);
+                log_call(&service, &method, &result, start, caller);
                 return Some(response(id, result));
             }
             let outbox = outbox.clone();
             let done = in_flight.clone();
+            let caller = caller.to_owned();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut tasks = in_flight.tasks.lock().unwrap();
             let task = tokio::spawn(async move {
                 let result = answer.await;
-                log_call(&service, &method, &result, start, peer);
+                log_call(&service, &method, &result, start, &caller);
                 let _ = outbox.send(response(id, result));
                 done.finish(id);
             });
@@ -205,7 +207,7 @@ pub(crate) fn error_payload(err: &Error) -> Bytes {
 }
 
 /// One line per call, like the seed's GIN request log.
-pub(crate) fn log_call(service: &str, method: &str, result: &Result<Reply, Error>, start: Instant, caller: SocketAddr) {
+pub(crate) fn log_call(service: &str, method: &str, result: &Result<Reply, Error>, start: Instant, caller: &str) {
     let status = match result {
         Ok(Reply::Ok(_)) => "ok",
         Ok(Reply::AppError(_)) => "application",

@@ -190,11 +190,24 @@ async fn serve_connection(
     match tokio::time::timeout(config.header_timeout, sniff(&stream)).await {
         Ok(Ok(true)) => {
             let mut stream = stream;
-            let mut preface = [0u8; PREFACE.len()];
-            let mut hello = PREFACE.to_vec();
-            hello.extend_from_slice(&config.max_frame.to_be_bytes());
-            if stream.read_exact(&mut preface).await.is_ok() && stream.write_all(&hello).await.is_ok() {
-                mesh::serve(stream, peer, registry, config, shutdown).await;
+            let handshake = async {
+                let mut preface = [0u8; PREFACE.len() + 1];
+                stream.read_exact(&mut preface).await?;
+                let mut caller = vec![0u8; usize::from(preface[PREFACE.len()])];
+                stream.read_exact(&mut caller).await?;
+                let mut hello = PREFACE.to_vec();
+                hello.extend_from_slice(&config.max_frame.to_be_bytes());
+                stream.write_all(&hello).await?;
+                Ok::<_, std::io::Error>(String::from_utf8_lossy(&caller).into_owned())
+            };
+            // The caller's name goes in the request logs; an anonymous one by its address.
+            if let Ok(Ok(caller)) = tokio::time::timeout(config.header_timeout, handshake).await {
+                let caller = if caller.is_empty() {
+                    peer.to_string()
+                } else {
+                    format!("{caller}@{peer}")
+                };
+                mesh::serve(stream, peer, caller, registry, config, shutdown).await;
             }
         }
         Ok(Ok(false)) => http_connection(stream, router, config.header_timeout, shutdown).await,

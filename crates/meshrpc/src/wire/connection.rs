@@ -37,10 +37,12 @@ type Answer = oneshot::Receiver<Result<Reply, Error>>;
 type Pending = HashMap<u64, oneshot::Sender<Result<Reply, Error>>>;
 
 /// Connection limits and timeouts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub connect_timeout: Duration,
     pub max_frame: u32,
+    /// Who is calling, for the peer's request logs (a cluster sets its node name).
+    pub caller: Option<std::sync::Arc<str>>,
 }
 
 impl Default for ConnectOptions {
@@ -48,6 +50,7 @@ impl Default for ConnectOptions {
         Self {
             connect_timeout: Duration::from_secs(3),
             max_frame: DEFAULT_MAX_FRAME,
+            caller: None,
         }
     }
 }
@@ -95,7 +98,13 @@ impl Connection {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let (mut read, mut write) = stream.into_split();
-        write.write_all(PREFACE).await?;
+        // Preface, then who is calling (length-prefixed, at most 255 bytes).
+        let caller = opts.caller.as_deref().unwrap_or("").as_bytes();
+        let caller = &caller[..caller.len().min(255)];
+        let mut hello = PREFACE.to_vec();
+        hello.push(caller.len() as u8);
+        hello.extend_from_slice(caller);
+        write.write_all(&hello).await?;
         // The server answers with its preface and the largest frame it accepts; we never
         // send more than that, so an oversized call fails locally with a typed error.
         let mut hello = [0u8; PREFACE.len() + 4];

@@ -1,18 +1,57 @@
 //! # meshrpc
 //!
 //! Automatic RPC and service mesh for Rust services: a trait is the contract.
+//! `#[meshrpc::service]` on a trait generates `XServer<T>` (publish it on a node),
+//! `XClient` (implements the trait, so a remote value replaces a local one) and
+//! `XClient::SPEC`. Implementations put `#[meshrpc::async_trait]` on their `impl`, as
+//! with tonic. This example runs (it is a doctest):
 //!
-//! ```ignore
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub enum GreetError {
+//!     Rpc(meshrpc::Error),
+//! }
+//!
+//! // Transport failures reach callers as the service's own error type.
+//! impl From<meshrpc::Error> for GreetError {
+//!     fn from(e: meshrpc::Error) -> Self {
+//!         GreetError::Rpc(e)
+//!     }
+//! }
+//!
 //! #[meshrpc::service]
 //! pub trait Greeter {
 //!     async fn greet(&self, name: String) -> Result<String, GreetError>;
 //! }
+//!
+//! struct MyGreeter;
+//!
+//! #[meshrpc::async_trait]
+//! impl Greeter for MyGreeter {
+//!     async fn greet(&self, name: String) -> Result<String, GreetError> {
+//!         Ok(format!("Hello, {name}"))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A node serving it (mesh frames, HTTP/1.1 and h2c on one port)...
+//! let server = meshrpc::Server::bind("127.0.0.1:0").await?;
+//! server.publish(GreeterServer::new(MyGreeter));
+//! let addr = server.local_addr();
+//! tokio::spawn(server.serve());
+//!
+//! // ...and a client that is a `Greeter` too.
+//! let greeter = GreeterClient::new(meshrpc::connect(addr).await?);
+//! assert_eq!(greeter.greet("Max".into()).await.unwrap(), "Hello, Max");
+//! # Ok(())
+//! # }
 //! ```
 //!
-//! generates `GreeterServer<T>` (publish it on a node), `GreeterClient` (implements
-//! `Greeter`, so a remote value replaces a local one) and `GreeterClient::SPEC`.
-//! Implementations use `#[meshrpc::async_trait]` on their `impl` block, as with tonic.
-//! See the README for the whole walkthrough.
+//! For a mesh of nodes see [`Cluster`]; for an HTTP front door, [`Gateway`]. The README
+//! walks through the whole story.
 
 pub mod call;
 pub mod client;

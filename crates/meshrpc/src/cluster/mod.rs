@@ -1,5 +1,5 @@
 //! A cluster node: gossip membership, service discovery, balanced calls with failover,
-//! graceful drain. Built on the direct [`Server`](crate::Server) and
+//! graceful drain. Built on the direct [`Server`] and
 //! [`Connection`](crate::Connection).
 
 pub mod balance;

@@ -280,6 +280,8 @@ async fn run(opts: Opts) {
         }
     }
 
+    eprintln!("interleaved floor vs meshrpc");
+    let paired = interleaved(&opts).await;
     eprintln!("hop chain");
     let (hop, local_hop_ns) = hop_chain(&opts).await;
     eprintln!("gateway");
@@ -288,6 +290,76 @@ async fn run(opts: Opts) {
     let soak = soak(&opts).await;
 
     print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
+    print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
+}
+
+/// p50/p99 (µs) of the floor and of meshrpc (JSON, postcard), measured in alternating
+/// blocks of calls against servers running side by side, so drift of the machine hits
+/// all alike: the fairest ratio to the floor this machine gives.
+async fn interleaved(opts: &Opts) -> Vec<(&'static str, f64, f64)> {
+    let raw = Server::start("raw", &["127.0.0.1:0"]).await;
+    let mesh = Server::start("meshrpc", &["127.0.0.1:0"]).await;
+    let clients: Vec<(&'static str, Box<dyn Client>)> = vec![
+        ("raw floor", Box::new(systems::RawPingPong::connect(raw.addr).await)),
+        (
+            "meshrpc json",
+            Box::new(systems::MeshrpcClient::connect(mesh.addr, meshrpc::Codec::Json).await),
+        ),
+        (
+            "meshrpc postcard",
+            Box::new(systems::MeshrpcClient::connect(mesh.addr, meshrpc::Codec::Postcard).await),
+        ),
+    ];
+    let mut hists: Vec<Histogram<u64>> = clients
+        .iter()
+        .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap())
+        .collect();
+    for (_, c) in &clients {
+        for _ in 0..opts.warmup {
+            c.call().await;
+        }
+    }
+    let block = 500;
+    for _ in 0..(2 * opts.calls / block).max(1) {
+        for ((_, c), h) in clients.iter().zip(hists.iter_mut()) {
+            for _ in 0..block {
+                let t = Instant::now();
+                c.call().await;
+                h.record(t.elapsed().as_nanos() as u64).unwrap();
+            }
+        }
+    }
+    clients
+        .iter()
+        .zip(hists)
+        .map(|((name, _), h)| {
+            (
+                *name,
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+            )
+        })
+        .collect()
+}
+
+fn print_interleaved(paired: &[(&str, f64, f64)], calls: u64) {
+    let (floor50, floor99) = (paired[0].1, paired[0].2);
+    let parts: Vec<String> = paired
+        .iter()
+        .map(|(n, p50, p99)| {
+            format!(
+                "{n} p50 {p50:.1} µs ({:.2} × floor), p99 {p99:.1} µs ({:.2} × floor p99, {:.2} × floor p50)",
+                p50 / floor50,
+                p99 / floor99,
+                p99 / floor50
+            )
+        })
+        .collect();
+    println!();
+    println!(
+        "Interleaved (blocks of 500 sequential calls in turn against servers running side by side, {calls} calls each): {}.",
+        parts.join("; ")
+    );
 }
 
 /// A→B→C→D→E, each a process calling the next: 5 RPC hops per call (client→A included).

@@ -56,7 +56,12 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let outcome = tokio::select! {
         r = tokio::time::timeout(Duration::from_secs(30), ready) => match r {
             Ok(true) => Ok(()),
-            _ => Err("the gateway did not see a greeter within 30 s".into()),
+            Ok(false) => Err(format!(
+                "the gateway stopped before it was ready (see its error above; are ports {} and {} free?)",
+                args.http_port, args.mesh_port
+            )
+            .into()),
+            Err(_) => Err("the gateway did not see a greeter within 30 s".into()),
         },
         _ = meshrpc::cluster::wait_for_signal() => Err("interrupted".into()),
     };

@@ -1,8 +1,8 @@
 //! A persistent, multiplexed connection to one peer (the calling side).
 //!
-//! One reader task matches responses to pending calls by id; one writer task batches
-//! every queued frame into a single write. Callers never touch the socket, so many
-//! calls share one connection without locks around I/O.
+//! One reader task matches responses to pending calls by id. Sending goes through
+//! the sender: a lone caller writes its frame itself, concurrent callers'
+//! frames are batched by a writer task. Many calls share the one connection.
 
 use std::{
     collections::HashMap,

@@ -36,34 +36,16 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let opts = if quick {
-        Opts {
-            calls: 2_000,
-            warmup: 200,
-            secs: 0.5,
-            in_flight: 64,
-            soak_calls: 20_000,
-        }
+        Opts { calls: 2_000, warmup: 200, secs: 0.5, in_flight: 64, soak_calls: 20_000 }
     } else {
-        Opts {
-            calls: 20_000,
-            warmup: 2_000,
-            secs: 3.0,
-            in_flight: 64,
-            soak_calls: 1_000_000,
-        }
+        Opts { calls: 20_000, warmup: 2_000, secs: 3.0, in_flight: 64, soak_calls: 1_000_000 }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(run(opts));
 }
 
 fn serve(kind: &str, addr: &str, next: Option<&str>) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         match kind {
             "raw" => systems::serve_raw(addr).await,
@@ -78,41 +60,22 @@ fn serve(kind: &str, addr: &str, next: Option<&str>) {
 }
 
 async fn serve_gateway_replica(addr: &str, tag: &str) {
-    let cluster = meshrpc::Cluster::builder("bench-greeter")
-        .tag(tag)
-        .listen(addr)
-        .start()
-        .await
-        .unwrap();
+    let cluster = meshrpc::Cluster::builder("bench-greeter").tag(tag).listen(addr).start().await.unwrap();
     cluster.publish(systems::GreeterServer::new(systems::Greet));
     println!("listening on {}", cluster.local_addr().unwrap());
     cluster.serve().await.unwrap();
 }
 
 async fn serve_gateway(seed: &str, tag: &str) {
-    let cluster = meshrpc::Cluster::builder("bench-gateway")
-        .tag(tag)
-        .seeds([seed])
-        .listen("127.0.0.1:0")
-        .start()
-        .await
-        .unwrap();
+    let cluster =
+        meshrpc::Cluster::builder("bench-gateway").tag(tag).seeds([seed]).listen("127.0.0.1:0").start().await.unwrap();
     let node = cluster.clone();
     tokio::spawn(async move { node.serve().await });
-    cluster
-        .wait_for(&[systems::GreeterClient::SPEC], Duration::from_secs(20))
-        .await
-        .unwrap();
+    cluster.wait_for(&[systems::GreeterClient::SPEC], Duration::from_secs(20)).await.unwrap();
     let gateway = meshrpc::Gateway::new(cluster);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap());
-    meshrpc::serve_http(
-        listener,
-        gateway.router(),
-        meshrpc::ServerConfig::default(),
-        std::future::pending(),
-    )
-    .await;
+    meshrpc::serve_http(listener, gateway.router(), meshrpc::ServerConfig::default(), std::future::pending()).await;
 }
 
 /// A server process of the bench.
@@ -133,11 +96,7 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
         let addr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Server { child, addr }
@@ -147,10 +106,7 @@ impl Server {
     fn rss(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap_or_default();
         let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
+            status.lines().find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
@@ -231,10 +187,9 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
     let server = Server::start(kind, &["127.0.0.1:0"]).await;
     let addr = server.addr;
     let (seq, conc): (Arc<dyn Client>, Arc<dyn Client>) = match system {
-        "raw floor" => (
-            Arc::new(systems::RawPingPong::connect(addr).await),
-            Arc::new(systems::RawMux::connect(addr).await),
-        ),
+        "raw floor" => {
+            (Arc::new(systems::RawPingPong::connect(addr).await), Arc::new(systems::RawMux::connect(addr).await))
+        }
         "meshrpc json" => {
             let c: Arc<dyn Client> = Arc::new(systems::MeshrpcClient::connect(addr, meshrpc::Codec::Json).await);
             (c.clone(), c)
@@ -260,20 +215,11 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
 
 async fn run(opts: Opts) {
     let systems = ["raw floor", "meshrpc json", "meshrpc postcard", "tonic", "tarpc"];
-    let mut rows: Vec<Row> = systems
-        .iter()
-        .map(|s| Row {
-            name: s.to_string(),
-            ..Row::default()
-        })
-        .collect();
+    let mut rows: Vec<Row> = systems.iter().map(|s| Row { name: s.to_string(), ..Row::default() }).collect();
     // Forward, then backward: drift between passes shows in the table.
     for pass in 0..2 {
-        let order: Vec<usize> = if pass == 0 {
-            (0..systems.len()).collect()
-        } else {
-            (0..systems.len()).rev().collect()
-        };
+        let order: Vec<usize> =
+            if pass == 0 { (0..systems.len()).collect() } else { (0..systems.len()).rev().collect() };
         for i in order {
             eprintln!("pass {}: {}", pass + 1, systems[i]);
             measure(systems[i], &opts, &mut rows[i]).await;
@@ -301,19 +247,11 @@ async fn interleaved(opts: &Opts) -> Vec<(&'static str, f64, f64)> {
     let mesh = Server::start("meshrpc", &["127.0.0.1:0"]).await;
     let clients: Vec<(&'static str, Box<dyn Client>)> = vec![
         ("raw floor", Box::new(systems::RawPingPong::connect(raw.addr).await)),
-        (
-            "meshrpc json",
-            Box::new(systems::MeshrpcClient::connect(mesh.addr, meshrpc::Codec::Json).await),
-        ),
-        (
-            "meshrpc postcard",
-            Box::new(systems::MeshrpcClient::connect(mesh.addr, meshrpc::Codec::Postcard).await),
-        ),
+        ("meshrpc json", Box::new(systems::MeshrpcClient::connect(mesh.addr, meshrpc::Codec::Json).await)),
+        ("meshrpc postcard", Box::new(systems::MeshrpcClient::connect(mesh.addr, meshrpc::Codec::Postcard).await)),
     ];
-    let mut hists: Vec<Histogram<u64>> = clients
-        .iter()
-        .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap())
-        .collect();
+    let mut hists: Vec<Histogram<u64>> =
+        clients.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()).collect();
     for (_, c) in &clients {
         for _ in 0..opts.warmup {
             c.call().await;
@@ -333,11 +271,7 @@ async fn interleaved(opts: &Opts) -> Vec<(&'static str, f64, f64)> {
         .iter()
         .zip(hists)
         .map(|((name, _), h)| {
-            (
-                *name,
-                h.value_at_quantile(0.5) as f64 / 1000.0,
-                h.value_at_quantile(0.99) as f64 / 1000.0,
-            )
+            (*name, h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0)
         })
         .collect()
 }
@@ -374,13 +308,9 @@ async fn hop_chain(opts: &Opts) -> (Row, f64) {
     }
     let head = servers.last().unwrap().addr;
     let client = systems::HopChainClient(systems::HopClient::new(meshrpc::connect(head).await.unwrap()));
-    let mut row = Row {
-        name: "hop chain (5 hops)".into(),
-        ..Row::default()
-    };
+    let mut row = Row { name: "hop chain (5 hops)".into(), ..Row::default() };
     row.latency.push(latency(&client, opts).await);
-    row.throughput
-        .push(throughput(Arc::new(client), opts.in_flight, opts.secs).await);
+    row.throughput.push(throughput(Arc::new(client), opts.in_flight, opts.secs).await);
 
     // The same chain in one process: the seed's "non-RPC call".
     use systems::Hop;
@@ -448,12 +378,7 @@ async fn gateway(opts: &Opts) -> Option<GatewayFigures> {
             .unwrap_or(0.0)
     };
     drop((replica, gw));
-    Some(GatewayFigures {
-        p50_us: pct(&c1, "50%"),
-        p99_us: pct(&c1, "99%"),
-        rps_c1: rps(&c1),
-        rps_c32: rps(&c32),
-    })
+    Some(GatewayFigures { p50_us: pct(&c1, "50%"), p99_us: pct(&c1, "99%"), rps_c1: rps(&c1), rps_c32: rps(&c32) })
 }
 
 fn parse_wrk_duration(v: &str) -> f64 {
@@ -494,10 +419,7 @@ async fn soak(opts: &Opts) -> Soak {
         }
         rss.push(server.rss().1);
     }
-    Soak {
-        calls: per_task / 10 * 10 * opts.in_flight as u64,
-        rss_kib: rss,
-    }
+    Soak { calls: per_task / 10 * 10 * opts.in_flight as u64, rss_kib: rss }
 }
 
 fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Option<GatewayFigures>, soak: Soak) {
@@ -547,11 +469,7 @@ fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Opt
         None => println!("Gateway: not measured (wrk missing)."),
     }
     println!();
-    let mib: Vec<String> = soak
-        .rss_kib
-        .iter()
-        .map(|k| format!("{:.1}", *k as f64 / 1024.0))
-        .collect();
+    let mib: Vec<String> = soak.rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
     println!(
         "Soak: {} calls at {} in flight; server RSS (MiB) every tenth: {}.",
         soak.calls,

@@ -170,10 +170,7 @@ impl RawMux {
         s.set_nodelay(true).unwrap();
         let (mut r, mut w) = s.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, oneshot::Sender<()>)>();
-        let pending = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
-            u64,
-            oneshot::Sender<()>,
-        >::new()));
+        let pending = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u64, oneshot::Sender<()>>::new()));
         let p = pending.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -262,9 +259,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
             type Future = BoxFut<'static, Result<tonic::Response<HelloReply>, tonic::Status>>;
             fn call(&mut self, req: tonic::Request<HelloRequest>) -> Self::Future {
                 Box::pin(async move {
-                    Ok(tonic::Response::new(HelloReply {
-                        message: format!("Hello, {}", req.into_inner().name),
-                    }))
+                    Ok(tonic::Response::new(HelloReply { message: format!("Hello, {}", req.into_inner().name) }))
                 })
             }
         }
@@ -279,11 +274,7 @@ pub async fn serve_tonic(addr: &str) {
     let listener = TcpListener::bind(addr).await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap());
     let incoming = tokio_stream_of(listener);
-    tonic::transport::Server::builder()
-        .add_service(TonicGreeter)
-        .serve_with_incoming(incoming)
-        .await
-        .unwrap();
+    tonic::transport::Server::builder().add_service(TonicGreeter).serve_with_incoming(incoming).await.unwrap();
 }
 
 fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
@@ -317,10 +308,7 @@ impl Client for TonicClient {
             grpc.ready().await.unwrap();
             let path = tonic::codegen::http::uri::PathAndQuery::from_static("/bench.Greeter/Greet");
             let codec = tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default();
-            let r = grpc
-                .unary(tonic::Request::new(HelloRequest { name: NAME.into() }), path, codec)
-                .await
-                .unwrap();
+            let r = grpc.unary(tonic::Request::new(HelloRequest { name: NAME.into() }), path, codec).await.unwrap();
             debug_assert_eq!(r.into_inner().message, "Hello, Max");
         })
     }
@@ -344,9 +332,8 @@ impl World for TarpcGreeter {
 
 pub async fn serve_tarpc(addr: &str) {
     use tarpc::server::{BaseChannel, Channel};
-    let mut listener = tarpc::serde_transport::tcp::listen(addr, tarpc::tokio_serde::formats::Json::default)
-        .await
-        .unwrap();
+    let mut listener =
+        tarpc::serde_transport::tcp::listen(addr, tarpc::tokio_serde::formats::Json::default).await.unwrap();
     listener.config_mut().max_frame_length(usize::MAX);
     println!("listening on {}", listener.local_addr());
     listener

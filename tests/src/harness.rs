@@ -56,12 +56,7 @@ impl Node {
                 notify.notify_waiters();
             }
         });
-        Node {
-            child,
-            addr,
-            output,
-            more,
-        }
+        Node { child, addr, output, more }
     }
 
     /// Everything it printed after `listening on`.
@@ -71,13 +66,7 @@ impl Node {
 
     /// Waits (up to `within`) for a line starting with `prefix`; returns its remainder.
     pub async fn line(&self, prefix: &str, within: Duration) -> Option<String> {
-        let find = || {
-            self.output
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
-        };
+        let find = || self.output.lock().unwrap().iter().find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
         tokio::time::timeout(within, async {
             loop {
                 let more = self.more.notified();
@@ -104,12 +93,7 @@ impl Node {
     /// SIGTERM (graceful drain), then wait up to `within` for the exit.
     pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let pid = self.child.id()?;
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await
-            .ok()?;
+        Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.ok()?;
         tokio::time::timeout(within, self.child.wait()).await.ok()?.ok()
     }
 }
@@ -144,11 +128,7 @@ pub async fn http(method: &str, url: &str, body: impl Into<Bytes>, headers: &[(&
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    HttpAnswer {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        headers,
-    }
+    HttpAnswer { status, body: String::from_utf8_lossy(&body).into_owned(), headers }
 }
 
 /// Polls `f` until it returns `Some` or `within` passes.
@@ -197,11 +177,7 @@ impl Caller {
     /// Waits for the line `calling` (the caller joined and starts its calls).
     pub async fn calling(&mut self) {
         let line = tokio::time::timeout(Duration::from_secs(20), self.lines.recv()).await;
-        assert_eq!(
-            line.ok().flatten().as_deref(),
-            Some("calling"),
-            "caller did not start calling"
-        );
+        assert_eq!(line.ok().flatten().as_deref(), Some("calling"), "caller did not start calling");
     }
 
     /// The final JSON report (waits up to 60 s).
@@ -221,29 +197,17 @@ impl Caller {
 
 /// Milliseconds since the Unix epoch (the callers' reports use it).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// SIGTERM a child, as `docker stop` or Ctrl-C would, and wait up to `within` for its exit.
 pub async fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let pid = child.id()?;
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .await
-        .ok()?;
+    Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.ok()?;
     tokio::time::timeout(within, child.wait()).await.ok()?.ok()
 }
 
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

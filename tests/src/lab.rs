@@ -54,19 +54,7 @@ pub trait Lab {
         f: Vec<u32>,
         g: HashMap<String, Nested>,
         h: Shape,
-    ) -> Result<
-        (
-            u8,
-            i64,
-            f64,
-            bool,
-            Option<String>,
-            Vec<u32>,
-            HashMap<String, Nested>,
-            Shape,
-        ),
-        LabError,
-    >;
+    ) -> Result<(u8, i64, f64, bool, Option<String>, Vec<u32>, HashMap<String, Nested>, Shape), LabError>;
     async fn nothing(&self) -> Result<(), LabError>;
     async fn echo(&self, nested: Nested) -> Result<Nested, LabError>;
     /// Sleeps, counting starts, finishes and drops.
@@ -115,9 +103,7 @@ impl Drop for DropCounter<'_> {
 }
 
 fn left_ms() -> Option<u64> {
-    meshrpc::CallContext::current()?
-        .remaining()
-        .map(|d| d.as_millis() as u64)
+    meshrpc::CallContext::current()?.remaining().map(|d| d.as_millis() as u64)
 }
 
 #[meshrpc::async_trait]
@@ -132,19 +118,7 @@ impl Lab for LabNode {
         f: Vec<u32>,
         g: HashMap<String, Nested>,
         h: Shape,
-    ) -> Result<
-        (
-            u8,
-            i64,
-            f64,
-            bool,
-            Option<String>,
-            Vec<u32>,
-            HashMap<String, Nested>,
-            Shape,
-        ),
-        LabError,
-    > {
+    ) -> Result<(u8, i64, f64, bool, Option<String>, Vec<u32>, HashMap<String, Nested>, Shape), LabError> {
         Ok((a, b, c, d, e, f, g, h))
     }
 

@@ -19,11 +19,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -43,11 +39,7 @@ impl Net {
     /// A switch (a bridge in its own namespace) for subnet `10.213.<subnet>.0/24`.
     pub fn new(subnet: u8) -> Net {
         let prefix = format!("mr{}s{subnet}", std::process::id() % 100_000);
-        let net = Net {
-            prefix,
-            subnet,
-            hosts: Vec::new(),
-        };
+        let net = Net { prefix, subnet, hosts: Vec::new() };
         let sw = net.switch();
         ip(&["netns", "add", &sw]).unwrap();
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]).unwrap();
@@ -66,10 +58,7 @@ impl Net {
         let port = format!("p{n}");
         ip(&["netns", "add", &ns]).unwrap();
         ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
-        ip(&[
-            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
-        ])
-        .unwrap();
+        ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw]).unwrap();
         let addr = format!("10.213.{}.{n}", self.subnet);
         ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
         ip(&["-n", &ns, "link", "set", "eth0", "up"]).unwrap();
@@ -89,28 +78,12 @@ impl Net {
 
     /// The command line that runs `bin` on host `n` (for callers started by hand).
     pub fn exec_args<'a>(&'a self, n: u8, bin: &'a str) -> (String, Vec<String>) {
-        (
-            "ip".into(),
-            vec![
-                "netns".into(),
-                "exec".into(),
-                format!("{}-h{n}", self.prefix),
-                bin.into(),
-            ],
-        )
+        ("ip".into(), vec!["netns".into(), "exec".into(), format!("{}-h{n}", self.prefix), bin.into()])
     }
 
     /// Cuts host `n` off the network (its switch port goes down), or heals it.
     pub fn link(&self, n: u8, up: bool) {
-        ip(&[
-            "-n",
-            &self.switch(),
-            "link",
-            "set",
-            &format!("p{n}"),
-            if up { "up" } else { "down" },
-        ])
-        .unwrap();
+        ip(&["-n", &self.switch(), "link", "set", &format!("p{n}"), if up { "up" } else { "down" }]).unwrap();
     }
 }
 

@@ -12,11 +12,7 @@ const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
 
 /// The seed: a plain greeter node (it serves no `lab`).
 async fn seed(tag: &str) -> Node {
-    Node::start(
-        MESHRPC,
-        &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag],
-    )
-    .await
+    Node::start(MESHRPC, &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag]).await
 }
 
 async fn replica(tag: &str, seed: &Node, name: &str) -> Node {
@@ -36,12 +32,7 @@ fn count(v: &Value, node: &str) -> u64 {
 }
 
 fn errors(v: &Value) -> u64 {
-    v["errors"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum()
+    v["errors"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,12 +43,7 @@ async fn round_robin_spreads_evenly_and_sticky_keys_stay_put() {
     for name in ["r1", "r2", "r3"] {
         replicas.push(replica(tag, &seed, name).await);
     }
-    let even = call(
-        tag,
-        &seed,
-        &["--replicas", "3", "--calls", "3000", "--concurrency", "8"],
-    )
-    .await;
+    let even = call(tag, &seed, &["--replicas", "3", "--calls", "3000", "--concurrency", "8"]).await;
     eprintln!(
         "round robin: join {} ms, first call {} ms, {:?}",
         even["join_ms"], even["first_call_ms"], even["per_node"]
@@ -65,39 +51,13 @@ async fn round_robin_spreads_evenly_and_sticky_keys_stay_put() {
     assert_eq!(even["ok"], 3000, "{even}");
     for node in ["r1", "r2", "r3"] {
         let n = count(&even, node);
-        assert!(
-            (950..=1050).contains(&n),
-            "{node} got {n} of 3000: {}",
-            even["per_node"]
-        );
+        assert!((950..=1050).contains(&n), "{node} got {n} of 3000: {}", even["per_node"]);
     }
 
-    let before = call(
-        tag,
-        &seed,
-        &[
-            "--replicas",
-            "3",
-            "--calls",
-            "600",
-            "--keys",
-            "200",
-            "--concurrency",
-            "4",
-        ],
-    )
-    .await;
-    assert_eq!(
-        (before["ok"].as_u64(), before["key_moves"].as_u64()),
-        (Some(600), Some(0)),
-        "{before}"
-    );
-    let used: std::collections::BTreeSet<_> = before["keys"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_str())
-        .collect();
+    let before = call(tag, &seed, &["--replicas", "3", "--calls", "600", "--keys", "200", "--concurrency", "4"]).await;
+    assert_eq!((before["ok"].as_u64(), before["key_moves"].as_u64()), (Some(600), Some(0)), "{before}");
+    let used: std::collections::BTreeSet<_> =
+        before["keys"].as_object().unwrap().values().map(|v| v.as_str()).collect();
     assert_eq!(used.len(), 3, "keys spread over every replica");
 
     replicas.push(replica(tag, &seed, "r4").await);
@@ -149,10 +109,7 @@ async fn replicas_die_join_and_drain_under_load() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let drain_start = Instant::now();
     let drained_at = unix_ms();
-    let status = r1
-        .terminate(Duration::from_secs(15))
-        .await
-        .expect("r1 exits after draining");
+    let status = r1.terminate(Duration::from_secs(15)).await.expect("r1 exits after draining");
     let drain = drain_start.elapsed();
     assert!(status.success(), "drained node exits cleanly: {status:?}");
 
@@ -175,16 +132,8 @@ async fn replicas_die_join_and_drain_under_load() {
     // `unavailable`, and nothing hangs to its deadline.
     let failed = errors(&report);
     assert!(failed <= 32, "{failed} calls failed: {}", report["errors"]);
-    assert!(
-        report["errors"].as_object().unwrap().keys().all(|k| k == "unavailable"),
-        "{}",
-        report["errors"]
-    );
-    assert!(
-        report["max_latency_ms"].as_u64().unwrap() < 3000,
-        "a call hung: {}",
-        report["max_latency_ms"]
-    );
+    assert!(report["errors"].as_object().unwrap().keys().all(|k| k == "unavailable"), "{}", report["errors"]);
+    assert!(report["max_latency_ms"].as_u64().unwrap() < 3000, "a call hung: {}", report["max_latency_ms"]);
     // Recovered within 2 s: no error after that, and every bucket after it answered.
     for (t, ok, err) in &buckets {
         if *t >= killed_at + 2000 {
@@ -202,11 +151,7 @@ async fn replicas_die_join_and_drain_under_load() {
     }
     // The new replica got traffic within 3 s of starting.
     let r4_first = report["first_seen"]["r4"].as_u64().expect("r4 answered calls");
-    assert!(
-        r4_first <= r4_up + 3000,
-        "r4 first answered {} ms after it started",
-        r4_first - r4_up
-    );
+    assert!(r4_first <= r4_up + 3000, "r4 first answered {} ms after it started", r4_first - r4_up);
     assert!(count(&report, "r2") > 0 && count(&report, "r1") > 0 && count(&report, "r3") > 0);
 }
 
@@ -229,10 +174,7 @@ async fn a_replica_with_another_method_set_is_never_called() {
     let seed_addr = seed.addr.to_string();
     let _v2 = Node::start(LABNODE, &["--tag", tag, "--nodes", &seed_addr, "--name", "v2", "--v2"]).await;
     let only_v2 = call(tag, &seed, &["--wait-ms", "1500"]).await;
-    assert!(
-        only_v2["wait_error"].as_str().unwrap_or_default().contains("lab"),
-        "{only_v2}"
-    );
+    assert!(only_v2["wait_error"].as_str().unwrap_or_default().contains("lab"), "{only_v2}");
 
     let _v1 = replica(tag, &seed, "v1").await;
     let mixed = call(tag, &seed, &["--calls", "50", "--concurrency", "4"]).await;
@@ -265,11 +207,7 @@ async fn least_loaded_sends_less_to_a_slow_replica() {
     let tag = "p2c";
     let seed = seed(tag).await;
     let seed_addr = seed.addr.to_string();
-    let _slow = Node::start(
-        LABNODE,
-        &["--tag", tag, "--nodes", &seed_addr, "--name", "slow", "--slow-ms", "20"],
-    )
-    .await;
+    let _slow = Node::start(LABNODE, &["--tag", tag, "--nodes", &seed_addr, "--name", "slow", "--slow-ms", "20"]).await;
     let _fast1 = replica(tag, &seed, "fast1").await;
     let _fast2 = replica(tag, &seed, "fast2").await;
     let args = ["--replicas", "3", "--calls", "900", "--concurrency", "6"];
@@ -277,17 +215,9 @@ async fn least_loaded_sends_less_to_a_slow_replica() {
     let mut p2c_args = args.to_vec();
     p2c_args.extend(["--policy", "p2c"]);
     let p2c = call(tag, &seed, &p2c_args).await;
-    eprintln!(
-        "slow replica got {} of 900 with round robin, {} with p2c",
-        count(&rr, "slow"),
-        count(&p2c, "slow")
-    );
+    eprintln!("slow replica got {} of 900 with round robin, {} with p2c", count(&rr, "slow"), count(&p2c, "slow"));
     assert_eq!(count(&rr, "slow"), 300, "round robin ignores load: {}", rr["per_node"]);
     assert_eq!(p2c["ok"], 900);
     // The slow replica answers 20× slower: peak-EWMA × in-flight steers calls away from it.
-    assert!(
-        count(&p2c, "slow") < 150,
-        "p2c sent {} of 900 to the slow replica",
-        count(&p2c, "slow")
-    );
+    assert!(count(&p2c, "slow") < 150, "p2c sent {} of 900 to the slow replica", count(&p2c, "slow"));
 }

@@ -28,11 +28,7 @@ async fn lab_client(node: &Node) -> LabClient {
 fn nested() -> Nested {
     Nested {
         label: "root".into(),
-        children: vec![Nested {
-            label: "leaf".into(),
-            children: vec![],
-            shape: Some(Shape::Circle { radius: 1.5 }),
-        }],
+        children: vec![Nested { label: "leaf".into(), children: vec![], shape: Some(Shape::Circle { radius: 1.5 }) }],
         shape: Some(Shape::Poly(vec![(1, 2), (-3, 4)])),
     }
 }
@@ -49,21 +45,11 @@ async fn generated_client_is_the_trait_generic_and_dyn() {
     assert_eq!(generic(&greeter::MyGreeter::default()).await, "Hello, Max");
 
     let dynamic: Arc<dyn Greeter> = Arc::new(client.clone());
-    let card = Postcard {
-        picture_url: "p".into(),
-        address: "World".into(),
-        recipient: "Max".into(),
-        message: "Hi".into(),
-    };
+    let card =
+        Postcard { picture_url: "p".into(), address: "World".into(), recipient: "Max".into(), message: "Hi".into() };
     dynamic.send_postcard(card.clone()).await.unwrap();
     // The service's own error type comes back typed.
-    let err = dynamic
-        .send_postcard(Postcard {
-            recipient: String::new(),
-            ..card
-        })
-        .await
-        .unwrap_err();
+    let err = dynamic.send_postcard(Postcard { recipient: String::new(), ..card }).await.unwrap_err();
     assert_eq!(err, GreetError::NoRecipient);
 }
 
@@ -73,50 +59,18 @@ async fn every_supported_shape_round_trips_in_both_codecs() {
     for codec in [Codec::Json, Codec::Postcard] {
         let lab = lab_client(&node).await.with_codec(codec);
         let g: HashMap<String, Nested> = [("k".to_string(), nested())].into();
-        let sent = (
-            7u8,
-            -9_000_000_000i64,
-            2.5f64,
-            true,
-            Some("opt".to_string()),
-            vec![1u32, 2, 3],
-            g,
-            Shape::Dot,
-        );
+        let sent = (7u8, -9_000_000_000i64, 2.5f64, true, Some("opt".to_string()), vec![1u32, 2, 3], g, Shape::Dot);
         let got = lab
-            .many(
-                sent.0,
-                sent.1,
-                sent.2,
-                sent.3,
-                sent.4.clone(),
-                sent.5.clone(),
-                sent.6.clone(),
-                sent.7.clone(),
-            )
+            .many(sent.0, sent.1, sent.2, sent.3, sent.4.clone(), sent.5.clone(), sent.6.clone(), sent.7.clone())
             .await
             .unwrap();
         assert_eq!(got, sent, "{codec:?}");
-        let none = lab
-            .many(
-                0,
-                0,
-                0.0,
-                false,
-                None,
-                vec![],
-                HashMap::new(),
-                Shape::Circle { radius: 0.0 },
-            )
-            .await
-            .unwrap();
+        let none =
+            lab.many(0, 0, 0.0, false, None, vec![], HashMap::new(), Shape::Circle { radius: 0.0 }).await.unwrap();
         assert_eq!(none.4, None);
         lab.nothing().await.unwrap();
         assert_eq!(lab.echo(nested()).await.unwrap(), nested());
-        assert_eq!(
-            lab.refuse("no".into()).await.unwrap_err(),
-            LabError::Refused("no".into())
-        );
+        assert_eq!(lab.refuse("no".into()).await.unwrap_err(), LabError::Refused("no".into()));
     }
 }
 
@@ -145,11 +99,9 @@ async fn dropping_the_call_future_cancels_the_server_handler() {
         let lab = lab.clone();
         async move { lab.sleep(10_000).await }
     });
-    eventually(Duration::from_secs(5), || async {
-        (lab.stats().await.unwrap().started == 1).then_some(())
-    })
-    .await
-    .expect("handler started");
+    eventually(Duration::from_secs(5), || async { (lab.stats().await.unwrap().started == 1).then_some(()) })
+        .await
+        .expect("handler started");
     slow.abort(); // drops the client future
     let stats = eventually(Duration::from_secs(5), || async {
         let s = lab.stats().await.unwrap();
@@ -165,11 +117,7 @@ async fn a_short_deadline_times_out_in_time_and_stops_the_handler() {
     let node = lab().await;
     let lab = lab_client(&node).await;
     let start = Instant::now();
-    let err = lab
-        .with_timeout(Duration::from_millis(200))
-        .sleep(5_000)
-        .await
-        .unwrap_err();
+    let err = lab.with_timeout(Duration::from_millis(200)).sleep(5_000).await.unwrap_err();
     let took = start.elapsed();
     assert_eq!(err, LabError::Rpc(Error::Timeout));
     assert!(took < Duration::from_secs(2), "timeout took {took:?}");
@@ -205,27 +153,18 @@ async fn killing_the_server_fails_every_pending_call_quickly() {
             tokio::spawn(async move { lab.with_timeout(Duration::from_secs(20)).sleep(15_000).await })
         })
         .collect();
-    eventually(Duration::from_secs(5), || async {
-        (lab.stats().await.ok()?.started == 20).then_some(())
-    })
-    .await
-    .unwrap();
+    eventually(Duration::from_secs(5), || async { (lab.stats().await.ok()?.started == 20).then_some(()) })
+        .await
+        .unwrap();
     let start = Instant::now();
     node.kill().await;
     for call in pending {
         let err = call.await.unwrap().unwrap_err();
         assert!(matches!(err, LabError::Rpc(Error::Unavailable { .. })), "{err:?}");
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "pending calls hung for {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(5), "pending calls hung for {:?}", start.elapsed());
     // A new call on the dead connection fails at once too.
-    assert!(matches!(
-        lab.nothing().await,
-        Err(LabError::Rpc(Error::Unavailable { .. }))
-    ));
+    assert!(matches!(lab.nothing().await, Err(LabError::Rpc(Error::Unavailable { .. }))));
 }
 
 #[tokio::test]
@@ -238,15 +177,8 @@ async fn garbage_and_oversized_frames_do_not_hurt_the_server() {
     let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     raw.write_all(b"\x00\x01\x02garbage\r\n\r\n\xff\xfe").await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&answer));
 
     // After a valid preface the server says hello (its preface and frame limit), then
     // closes the connection on garbage, and on a header claiming 1 GiB before buffering it.
@@ -255,19 +187,12 @@ async fn garbage_and_oversized_frames_do_not_hurt_the_server() {
         raw.write_all(b"MESHRPC1\x04test").await.unwrap(); // preface, caller name
         raw.write_all(bad).await.unwrap();
         let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.unwrap().unwrap();
         assert_eq!(answer, b"MESHRPC1\x00\x01\x00\x00", "hello, then closed");
     }
 
     // A too-large call from a generated client is refused locally with a typed error.
-    let big = Nested {
-        label: "x".repeat(100_000),
-        children: vec![],
-        shape: None,
-    };
+    let big = Nested { label: "x".repeat(100_000), children: vec![], shape: None };
     let err = good.echo(big).await.unwrap_err();
     assert!(matches!(err, LabError::Rpc(Error::TooLarge { .. })), "{err:?}");
 
@@ -281,9 +206,7 @@ async fn a_panicking_handler_is_an_internal_error_and_the_node_lives() {
     let node = lab().await;
     let lab = lab_client(&node).await;
     let err = lab.panic().await.unwrap_err();
-    let LabError::Rpc(Error::Internal { message }) = err else {
-        panic!("{err:?}")
-    };
+    let LabError::Rpc(Error::Internal { message }) = err else { panic!("{err:?}") };
     assert!(message.contains("on purpose"), "{message}");
     lab.nothing().await.unwrap();
 }
@@ -297,10 +220,7 @@ async fn http_on_the_same_port_speaks_the_envelope() {
     };
 
     let ok = post("/greeter/greet", r#"{"name":"Max"}"#).await;
-    assert_eq!(
-        (ok.status, ok.body.as_str()),
-        (200, r#"{"data":"Hello, Max","errors":[]}"#)
-    );
+    assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"data":"Hello, Max","errors":[]}"#));
     assert_eq!(ok.headers["content-type"], "application/json");
 
     let unit = post("/lab/nothing", "").await;
@@ -312,13 +232,7 @@ async fn http_on_the_same_port_speaks_the_envelope() {
 
     let cases = [
         ("/greeter/greet", "{\"name\":", 400, "bad_request", "EOF"),
-        (
-            "/greeter/greet",
-            r#"{"name":42}"#,
-            400,
-            "bad_request",
-            "name: invalid type: integer `42`, expected a string",
-        ),
+        ("/greeter/greet", r#"{"name":42}"#, 400, "bad_request", "name: invalid type: integer `42`, expected a string"),
         ("/greeter/greet", r#"{}"#, 400, "bad_request", "missing field `name`"),
         (
             "/greeter/send_postcard",
@@ -327,27 +241,9 @@ async fn http_on_the_same_port_speaks_the_envelope() {
             "bad_request",
             "card.recipient: invalid type",
         ),
-        (
-            "/nobody/greet",
-            "{}",
-            404,
-            "unknown_service",
-            "unknown service `nobody`",
-        ),
-        (
-            "/greeter/shout",
-            "{}",
-            404,
-            "unknown_method",
-            "unknown method `shout` on service `greeter`",
-        ),
-        (
-            "/lab/refuse",
-            r#"{"reason":"nope"}"#,
-            422,
-            "application",
-            "the service returned an error",
-        ),
+        ("/nobody/greet", "{}", 404, "unknown_service", "unknown service `nobody`"),
+        ("/greeter/shout", "{}", 404, "unknown_method", "unknown method `shout` on service `greeter`"),
+        ("/lab/refuse", r#"{"reason":"nope"}"#, 422, "application", "the service returned an error"),
         ("/lab/panic", "", 500, "internal", "on purpose"),
     ];
     for (path, body, status, code, message) in cases {
@@ -362,27 +258,15 @@ async fn http_on_the_same_port_speaks_the_envelope() {
     let refused = post("/lab/refuse", r#"{"reason":"nope"}"#).await.json();
     assert_eq!(refused["errors"][0]["detail"], serde_json::json!({"Refused": "nope"}));
 
-    let slow = http(
-        "POST",
-        &node.url("/lab/sleep"),
-        r#"{"millis":3000}"#,
-        &[("meshrpc-timeout-ms", "100")],
-    )
-    .await;
-    assert_eq!(
-        (slow.status, slow.json()["errors"][0]["code"].as_str()),
-        (504, Some("timeout"))
-    );
+    let slow = http("POST", &node.url("/lab/sleep"), r#"{"millis":3000}"#, &[("meshrpc-timeout-ms", "100")]).await;
+    assert_eq!((slow.status, slow.json()["errors"][0]["code"].as_str()), (504, Some("timeout")));
 
     let get = http("GET", &node.url("/greeter/greet"), "", &[]).await;
     assert_eq!(get.status, 405);
     assert_eq!(get.json()["errors"][0]["code"], "method_not_allowed");
 
     let nowhere = http("GET", &node.url("/a/b/c"), "", &[]).await;
-    assert_eq!(
-        (nowhere.status, nowhere.json()["errors"][0]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((nowhere.status, nowhere.json()["errors"][0]["code"].as_str()), (404, Some("not_found")));
 }
 
 #[tokio::test]

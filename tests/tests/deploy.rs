@@ -37,12 +37,7 @@ async fn start(args: &[&str], env: &[(&str, String)]) -> Child {
 }
 
 async fn probe(url: &str) -> bool {
-    Command::new(MESHRPC)
-        .args(["probe", url])
-        .status()
-        .await
-        .unwrap()
-        .success()
+    Command::new(MESHRPC).args(["probe", url]).status().await.unwrap().success()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,11 +47,7 @@ async fn nodes_configured_by_environment_form_the_stack() {
     let tag = ("MESHRPC_CLUSTER_TAGNAME", "deploy-env".to_string());
     let _api = start(
         &["example", "mesh-api", "--http-host", "127.0.0.1"],
-        &[
-            ("MESHRPC_LISTEN_ADDR", mesh.clone()),
-            ("APP_HTTP_PORT", http_port.to_string()),
-            tag.clone(),
-        ],
+        &[("MESHRPC_LISTEN_ADDR", mesh.clone()), ("APP_HTTP_PORT", http_port.to_string()), tag.clone()],
     )
     .await;
     let healthz = format!("http://127.0.0.1:{http_port}/healthz");
@@ -76,38 +67,18 @@ async fn nodes_configured_by_environment_form_the_stack() {
             .await,
         );
     }
-    let ready = eventually(Duration::from_secs(10), || async {
-        probe(&healthz).await.then_some(())
-    })
-    .await;
+    let ready = eventually(Duration::from_secs(10), || async { probe(&healthz).await.then_some(()) }).await;
     assert!(ready.is_some(), "readiness probe never passed");
-    assert!(
-        probe(&format!("http://{mesh}/__heartbeat__")).await,
-        "liveness probe on the mesh port"
-    );
+    assert!(probe(&format!("http://{mesh}/__heartbeat__")).await, "liveness probe on the mesh port");
     assert!(!probe(&format!("http://127.0.0.1:{http_port}/no/such/thing")).await);
     assert!(!probe("http://127.0.0.1:9/__heartbeat__").await);
-    let answer = http(
-        "GET",
-        &format!("http://127.0.0.1:{http_port}/greeter/greet/Env"),
-        "",
-        &[],
-    )
-    .await;
+    let answer = http("GET", &format!("http://127.0.0.1:{http_port}/greeter/greet/Env"), "", &[]).await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "\"Hello, Env\""));
 
     // SIGTERM, as `docker stop` and Kubernetes send it: the node drains and exits 0.
-    let status = terminate(&mut greeters[0], Duration::from_secs(10))
-        .await
-        .expect("no exit after SIGTERM");
+    let status = terminate(&mut greeters[0], Duration::from_secs(10)).await.expect("no exit after SIGTERM");
     assert!(status.success(), "{status:?}");
-    let answer = http(
-        "GET",
-        &format!("http://127.0.0.1:{http_port}/greeter/greet/Still"),
-        "",
-        &[],
-    )
-    .await;
+    let answer = http("GET", &format!("http://127.0.0.1:{http_port}/greeter/greet/Still"), "", &[]).await;
     assert_eq!(answer.status, 200, "the other replica answers");
 }
 
@@ -119,23 +90,11 @@ async fn manifests_use_commands_the_binary_has() {
         texts += &std::fs::read_to_string(format!("{root}{f}")).unwrap();
     }
     for command in [["example", "greeter"], ["example", "mesh-api"]] {
-        assert!(
-            texts.contains(&format!("\"{}\", \"{}\"", command[0], command[1])),
-            "{command:?}"
-        );
-        let help = Command::new(MESHRPC)
-            .args(command)
-            .arg("--help")
-            .output()
-            .await
-            .unwrap();
+        assert!(texts.contains(&format!("\"{}\", \"{}\"", command[0], command[1])), "{command:?}");
+        let help = Command::new(MESHRPC).args(command).arg("--help").output().await.unwrap();
         assert!(help.status.success(), "{command:?} --help");
         let text = String::from_utf8_lossy(&help.stdout);
-        for var in [
-            "MESHRPC_CLUSTER_NODES",
-            "MESHRPC_CLUSTER_TAGNAME",
-            "MESHRPC_LISTEN_ADDR",
-        ] {
+        for var in ["MESHRPC_CLUSTER_NODES", "MESHRPC_CLUSTER_TAGNAME", "MESHRPC_LISTEN_ADDR"] {
             assert!(text.contains(var), "{command:?} does not read {var}");
         }
     }

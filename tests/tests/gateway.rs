@@ -32,25 +32,13 @@ async fn mesh(tag: &str) -> Mesh {
         ],
     )
     .await;
-    let mesh = gateway
-        .line("mesh on ", Duration::from_secs(10))
-        .await
-        .expect("mesh address");
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(
             Node::start(
                 MESHRPC,
-                &[
-                    "example",
-                    "greeter",
-                    "--nodes",
-                    &mesh,
-                    "--listen-addr",
-                    "127.0.0.1:0",
-                    "--tag",
-                    tag,
-                ],
+                &["example", "greeter", "--nodes", &mesh, "--listen-addr", "127.0.0.1:0", "--tag", tag],
             )
             .await,
         );
@@ -63,18 +51,21 @@ async fn mesh(tag: &str) -> Mesh {
     })
     .await;
     assert!(ready.is_some(), "gateway never saw 3 replicas");
-    Mesh {
-        gateway,
-        mesh,
-        replicas,
-    }
+    Mesh { gateway, mesh, replicas }
+}
+
+/// `meshrpc gateway` on free ports with `extra` flags, and the lab node behind it.
+async fn generic_gateway(tag: &str, extra: &[&str]) -> (Node, Node) {
+    let mut args = vec!["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag];
+    args.extend_from_slice(extra);
+    let gateway = Node::start(MESHRPC, &args).await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let lab = Node::start(LABNODE, &["--tag", tag, "--nodes", &mesh, "--name", "lab1"]).await;
+    (gateway, lab)
 }
 
 fn greets_served(node: &Node) -> usize {
-    node.output()
-        .iter()
-        .filter(|l| l.contains("meshrpc::request") && l.contains("method=\"greet\""))
-        .count()
+    node.output().iter().filter(|l| l.contains("meshrpc::request") && l.contains("method=\"greet\"")).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,31 +77,19 @@ async fn the_seed_walkthrough_works_through_the_gateway() {
     assert_eq!((greet.status, greet.body.as_str()), (200, "\"Hello, Max\""));
 
     let rpc = http("POST", &gw("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await;
-    assert_eq!(
-        (rpc.status, rpc.body.as_str()),
-        (200, r#"{"data":"Hello, Max","errors":[]}"#)
-    );
+    assert_eq!((rpc.status, rpc.body.as_str()), (200, r#"{"data":"Hello, Max","errors":[]}"#));
 
     let check = http("GET", &gw("/greeter/check"), "", &[]).await;
     assert_eq!(check.status, 200);
-    let time = check
-        .body
-        .strip_prefix("All ok! ")
-        .unwrap_or_else(|| panic!("{}", check.body));
-    assert!(
-        time.len() == 20 && time.ends_with('Z') && &time[10..11] == "T",
-        "not RFC 3339: {time}"
-    );
+    let time = check.body.strip_prefix("All ok! ").unwrap_or_else(|| panic!("{}", check.body));
+    assert!(time.len() == 20 && time.ends_with('Z') && &time[10..11] == "T", "not RFC 3339: {time}");
 
     let card = http("POST", &gw("/greeter/sendPostcard/Max/World/Hello"), "", &[]).await;
     assert_eq!((card.status, card.body.as_str()), (200, "\"Postcard sent to Max\""));
     let expected =
         r#"sending Postcard { picture_url: "", address: "World", recipient: "Max", message: "Hello" } to Max"#;
     let got = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
-        m.replicas
-            .iter()
-            .any(|r| r.output().iter().any(|l| l == expected))
-            .then_some(())
+        m.replicas.iter().any(|r| r.output().iter().any(|l| l == expected)).then_some(())
     })
     .await;
     assert!(got.is_some(), "no replica received the postcard struct");
@@ -122,43 +101,15 @@ async fn the_seed_walkthrough_works_through_the_gateway() {
     let served: Vec<usize> = m.replicas.iter().map(greets_served).collect();
     assert!(served.iter().all(|&n| n >= 5), "greets per replica: {served:?}");
     // Request logs name the calling node, as the seed's GIN lines named the client.
-    let log = m.replicas[0]
-        .output()
-        .into_iter()
-        .find(|l| l.contains("meshrpc::request"))
-        .unwrap();
-    let fields = [
-        "caller=mesh-api@127.0.0.1:",
-        "service=\"greeter\"",
-        "status=\"ok\"",
-        "micros=",
-    ];
+    let log = m.replicas[0].output().into_iter().find(|l| l.contains("meshrpc::request")).unwrap();
+    let fields = ["caller=mesh-api@127.0.0.1:", "service=\"greeter\"", "status=\"ok\"", "micros="];
     assert!(fields.iter().all(|f| log.contains(f)), "{log}");
     assert!(!m.mesh.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_precise_errors_and_the_gateway_lives() {
-    let tag = "bad-input";
-    let gateway = Node::start(
-        MESHRPC,
-        &[
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--tag",
-            tag,
-            "--max-body",
-            "2048",
-            "--client-timeout",
-            "1",
-        ],
-    )
-    .await;
-    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.unwrap();
-    let mut lab = Node::start(LABNODE, &["--tag", tag, "--nodes", &mesh, "--name", "lab1"]).await;
+    let (gateway, mut lab) = generic_gateway("bad-input", &["--max-body", "2048", "--client-timeout", "1"]).await;
     let url = |p: &str| gateway.url(p);
     let known = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
         (http("POST", &url("/lab/nothing"), "", &[]).await.status == 200).then_some(())
@@ -167,48 +118,12 @@ async fn bad_input_gets_precise_errors_and_the_gateway_lives() {
     assert!(known.is_some(), "gateway never routed to lab");
 
     let cases: [(&str, String, u16, &str, &str); 6] = [
-        (
-            "/greeter/greet",
-            "{\"name\":".into(),
-            400,
-            "bad_request",
-            "EOF while parsing",
-        ),
-        (
-            "/greeter/greet",
-            r#"{"name":["Max"]}"#.into(),
-            400,
-            "bad_request",
-            "name: invalid type: sequence",
-        ),
-        (
-            "/billing/charge",
-            "{}".into(),
-            404,
-            "unknown_service",
-            "unknown service `billing`",
-        ),
-        (
-            "/greeter/shout",
-            "{}".into(),
-            404,
-            "unknown_method",
-            "unknown method `shout` on service `greeter`",
-        ),
-        (
-            "/greeter/greet",
-            format!(r#"{{"name":"{}"}}"#, "x".repeat(4096)),
-            413,
-            "too_large",
-            "limit 2048",
-        ),
-        (
-            "/lab/refuse",
-            r#"{"reason":"no"}"#.into(),
-            422,
-            "application",
-            "the service returned an error",
-        ),
+        ("/greeter/greet", "{\"name\":".into(), 400, "bad_request", "EOF while parsing"),
+        ("/greeter/greet", r#"{"name":["Max"]}"#.into(), 400, "bad_request", "name: invalid type: sequence"),
+        ("/billing/charge", "{}".into(), 404, "unknown_service", "unknown service `billing`"),
+        ("/greeter/shout", "{}".into(), 404, "unknown_method", "unknown method `shout` on service `greeter`"),
+        ("/greeter/greet", format!(r#"{{"name":"{}"}}"#, "x".repeat(4096)), 413, "too_large", "limit 2048"),
+        ("/lab/refuse", r#"{"reason":"no"}"#.into(), 422, "application", "the service returned an error"),
     ];
     for (path, body, status, code, message) in cases {
         let a = http("POST", &url(path), body, &[]).await;
@@ -220,25 +135,18 @@ async fn bad_input_gets_precise_errors_and_the_gateway_lives() {
 
     // A client that sends half its headers and stalls is cut off after the timeout.
     let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    slow.write_all(b"POST /greeter/greet HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"POST /greeter/greet HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "slow headers: connection not closed within 5 s");
 
     // A client that stalls in its body gets 408 with a JSON body.
     let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    slow.write_all(b"POST /greeter/greet HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"name\":")
-        .await
-        .unwrap();
+    slow.write_all(b"POST /greeter/greet HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"name\":").await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);
-    assert!(
-        text.starts_with("HTTP/1.1 408") && text.contains("body_timeout"),
-        "{text}"
-    );
+    assert!(text.starts_with("HTTP/1.1 408") && text.contains("body_timeout"), "{text}");
 
     // A backend that dies mid-request: 503 with a JSON body, promptly.
     let slow_call = tokio::spawn({
@@ -247,10 +155,7 @@ async fn bad_input_gets_precise_errors_and_the_gateway_lives() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     lab.kill().await;
-    let died = tokio::time::timeout(Duration::from_secs(5), slow_call)
-        .await
-        .expect("hung")
-        .unwrap();
+    let died = tokio::time::timeout(Duration::from_secs(5), slow_call).await.expect("hung").unwrap();
     assert_eq!(died.status, 503, "{}", died.body);
     assert_eq!(died.json()["errors"][0]["code"], "unavailable");
 
@@ -264,17 +169,9 @@ async fn bad_input_gets_precise_errors_and_the_gateway_lives() {
 async fn metrics_are_prometheus_text_and_count_requests() {
     let m = mesh("metrics").await;
     for _ in 0..7 {
-        assert_eq!(
-            http("POST", &m.gateway.url("/greeter/greet"), r#"{"name":"M"}"#, &[])
-                .await
-                .status,
-            200
-        );
+        assert_eq!(http("POST", &m.gateway.url("/greeter/greet"), r#"{"name":"M"}"#, &[]).await.status, 200);
     }
-    assert_eq!(
-        http("POST", &m.gateway.url("/greeter/greet"), "nope", &[]).await.status,
-        400
-    );
+    assert_eq!(http("POST", &m.gateway.url("/greeter/greet"), "nope", &[]).await.status, 400);
     let text = http("GET", &m.gateway.url("/metrics"), "", &[]).await.body;
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
@@ -295,10 +192,7 @@ async fn metrics_are_prometheus_text_and_count_requests() {
     };
     assert_eq!(count("200"), Some(7.0), "{text}");
     assert_eq!(count("400"), Some(1.0), "{text}");
-    assert!(scrape
-        .samples
-        .iter()
-        .any(|s| s.metric.starts_with("meshrpc_gateway_request_duration_seconds")));
+    assert!(scrape.samples.iter().any(|s| s.metric.starts_with("meshrpc_gateway_request_duration_seconds")));
 }
 
 /// Load with a real external tool. `./test.sh` installs wrk and sets
@@ -306,10 +200,7 @@ async fn metrics_are_prometheus_text_and_count_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrk_load_through_the_gateway_has_no_errors() {
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(),
-            "wrk is required but not installed"
-        );
+        assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "wrk is required but not installed");
         eprintln!("SKIPPED: wrk is not installed (./test.sh installs it)");
         return;
     }
@@ -318,11 +209,7 @@ async fn wrk_load_through_the_gateway_has_no_errors() {
     std::fs::write(&script, "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"Max\"}'\n").unwrap();
     for (what, url, extra) in [
         ("GET /greeter/greet/Max", m.gateway.url("/greeter/greet/Max"), vec![]),
-        (
-            "POST /greeter/greet",
-            m.gateway.url("/greeter/greet"),
-            vec!["-s".to_owned(), script.display().to_string()],
-        ),
+        ("POST /greeter/greet", m.gateway.url("/greeter/greet"), vec!["-s".to_owned(), script.display().to_string()]),
     ] {
         let out = tokio::process::Command::new("wrk")
             .args(["-t2", "-c32", "-d3s", "--latency", "--timeout", "5s"])
@@ -332,19 +219,9 @@ async fn wrk_load_through_the_gateway_has_no_errors() {
             .await
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let pick = |prefix: &str| {
-            text.lines()
-                .find(|l| l.trim_start().starts_with(prefix))
-                .unwrap_or("")
-                .trim()
-                .to_owned()
-        };
-        eprintln!(
-            "wrk {what}: {} | {} | {}",
-            pick("Requests/sec"),
-            pick("50%"),
-            pick("99%")
-        );
+        let pick =
+            |prefix: &str| text.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or("").trim().to_owned();
+        eprintln!("wrk {what}: {} | {} | {}", pick("Requests/sec"), pick("50%"), pick("99%"));
         assert!(out.status.success(), "{text}");
         assert!(!text.contains("Non-2xx"), "{text}");
         assert!(!text.contains("Socket errors"), "{text}");
@@ -356,24 +233,7 @@ async fn wrk_load_through_the_gateway_has_no_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn meshed_http_handlers_get_the_whole_request_and_slow_ones_time_out() {
-    let tag = "proxy";
-    let gateway = Node::start(
-        MESHRPC,
-        &[
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--tag",
-            tag,
-            "--timeout",
-            "1",
-        ],
-    )
-    .await;
-    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.unwrap();
-    let _lab = Node::start(LABNODE, &["--tag", tag, "--nodes", &mesh, "--name", "lab1"]).await;
+    let (gateway, _lab) = generic_gateway("proxy", &["--timeout", "1"]).await;
     let echo = gateway.url("/labhttp/echo?x=1&y=two");
     let seen = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
         let a = http("PUT", &echo, vec![7u8; 100_000], &[("x-test", "kept")]).await;
@@ -389,8 +249,5 @@ async fn meshed_http_handlers_get_the_whole_request_and_slow_ones_time_out() {
     assert_eq!(slow.status, 504, "{}", slow.body);
     assert_eq!(slow.json()["errors"][0]["code"], "timeout");
     assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
-    assert_eq!(
-        http("GET", &gateway.url("/labhttp/slow?ms=10"), "", &[]).await.body,
-        "done"
-    );
+    assert_eq!(http("GET", &gateway.url("/labhttp/slow?ms=10"), "", &[]).await.body, "done");
 }

@@ -19,16 +19,15 @@ const CALLER: u8 = 100;
 /// Scenarios run one at a time: their timing claims need the machine's two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn unavailable() -> bool {
+/// Waits for its turn; `None` (the test says it skipped) where namespaces cannot be made.
+async fn scenario() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    let turn = ONE_AT_A_TIME.lock().await;
     match Net::unavailable() {
-        None => false,
+        None => Some(turn),
         Some(why) => {
-            assert!(
-                std::env::var("MESHRPC_REQUIRE_NETNS").is_err(),
-                "network namespaces required: {why}"
-            );
+            assert!(std::env::var("MESHRPC_REQUIRE_NETNS").is_err(), "network namespaces required: {why}");
             eprintln!("SKIPPED: cannot create network namespaces here ({why}); run as root");
-            true
+            None
         }
     }
 }
@@ -53,13 +52,7 @@ impl Mesh {
         net.host(CALLER + 1);
         let tag = format!("netns{subnet}");
         let seed_addr = format!("{seed_ip}:11999");
-        let mut mesh = Mesh {
-            net,
-            tag,
-            seed: None,
-            seed_addr,
-            replicas: Vec::new(),
-        };
+        let mut mesh = Mesh { net, tag, seed: None, seed_addr, replicas: Vec::new() };
         mesh.start_seed().await;
         for h in 2..2 + n {
             mesh.start_replica(h).await;
@@ -68,30 +61,14 @@ impl Mesh {
     }
 
     async fn start_seed(&mut self) {
-        let args = [
-            "example",
-            "greeter",
-            "--listen-addr",
-            &self.seed_addr,
-            "--tag",
-            &self.tag,
-        ];
+        let args = ["example", "greeter", "--listen-addr", &self.seed_addr, "--tag", &self.tag];
         self.seed = Some(self.net.start(1, MESHRPC, &args).await);
     }
 
     async fn start_replica(&mut self, h: u8) -> u64 {
         let listen = format!("10.213.{}.{h}:11999", self.seed_addr.split('.').nth(2).unwrap());
         let name = format!("r{h}");
-        let args = [
-            "--listen",
-            &listen,
-            "--nodes",
-            &self.seed_addr,
-            "--tag",
-            &self.tag,
-            "--name",
-            &name,
-        ];
+        let args = ["--listen", &listen, "--nodes", &self.seed_addr, "--tag", &self.tag, "--name", &name];
         let node = self.net.start(h, LABNODE, &args).await;
         self.replicas.push((h, node));
         unix_ms()
@@ -131,12 +108,7 @@ impl Mesh {
 }
 
 fn errors(v: &Value) -> u64 {
-    v["errors"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum()
+    v["errors"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum()
 }
 
 /// `(bucket unix ms, ok, errors)`
@@ -150,20 +122,12 @@ fn buckets(v: &Value) -> Vec<(u64, u64, u64)> {
 }
 
 fn answered_after(v: &Value, node: &str, t: u64) -> Option<u64> {
-    v["node_buckets"][node]
-        .as_object()?
-        .keys()
-        .map(|k| k.parse::<u64>().unwrap())
-        .filter(|b| *b >= t)
-        .min()
+    v["node_buckets"][node].as_object()?.keys().map(|k| k.parse::<u64>().unwrap()).filter(|b| *b >= t).min()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_out_from_one_to_five_replicas_under_load() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if unavailable() {
-        return;
-    }
+    let Some(_turn) = scenario().await else { return };
     let mut mesh = Mesh::new(11, 1).await;
     let caller = mesh.load(1, 8000).await;
     let mut started = Vec::new();
@@ -183,30 +147,19 @@ async fn scale_out_from_one_to_five_replicas_under_load() {
         errors(&report)
     );
     assert_eq!(errors(&report), 0, "{}", report["errors"]);
-    assert!(
-        waits.iter().all(|w| *w <= 3000),
-        "a new replica waited too long for traffic: {waits:?}"
-    );
+    assert!(waits.iter().all(|w| *w <= 3000), "a new replica waited too long for traffic: {waits:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_a_replica_under_load() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if unavailable() {
-        return;
-    }
+    let Some(_turn) = scenario().await else { return };
     let mut mesh = Mesh::new(12, 3).await;
     let caller = mesh.load(3, 6000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed = unix_ms();
     mesh.replica(3).kill().await;
     let report = caller.report().await;
-    let last_error = buckets(&report)
-        .iter()
-        .filter(|b| b.2 > 0)
-        .map(|b| b.0 + 100)
-        .max()
-        .unwrap_or(killed);
+    let last_error = buckets(&report).iter().filter(|b| b.2 > 0).map(|b| b.0 + 100).max().unwrap_or(killed);
     eprintln!(
         "netns kill -9: ok {}, failed {} (≤ 32 in flight), max latency {} ms, errors stopped {} ms after the kill",
         report["ok"],
@@ -215,49 +168,28 @@ async fn kill_a_replica_under_load() {
         last_error.saturating_sub(killed)
     );
     assert!(errors(&report) <= 32, "{}", report["errors"]);
-    assert!(
-        report["max_latency_ms"].as_u64().unwrap() < 3000,
-        "a call hung to its deadline"
-    );
-    assert!(
-        last_error <= killed + 2000,
-        "errors went on for {} ms",
-        last_error - killed
-    );
+    assert!(report["max_latency_ms"].as_u64().unwrap() < 3000, "a call hung to its deadline");
+    assert!(last_error <= killed + 2000, "errors went on for {} ms", last_error - killed);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_a_replica_under_load() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if unavailable() {
-        return;
-    }
+    let Some(_turn) = scenario().await else { return };
     let mut mesh = Mesh::new(13, 3).await;
     let caller = mesh.load(3, 5000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let start = Instant::now();
-    let status = mesh
-        .replica(3)
-        .terminate(Duration::from_secs(15))
-        .await
-        .expect("drained replica exits");
+    let status = mesh.replica(3).terminate(Duration::from_secs(15)).await.expect("drained replica exits");
     let drain = start.elapsed();
     let report = caller.report().await;
-    eprintln!(
-        "netns SIGTERM drain: ok {}, failed {}, drain took {drain:?}",
-        report["ok"],
-        errors(&report)
-    );
+    eprintln!("netns SIGTERM drain: ok {}, failed {}, drain took {drain:?}", report["ok"], errors(&report));
     assert!(status.success());
     assert_eq!(errors(&report), 0, "{}", report["errors"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn partition_a_replica_then_heal() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if unavailable() {
-        return;
-    }
+    let Some(_turn) = scenario().await else { return };
     let mesh = Mesh::new(14, 3).await;
     let caller = mesh.load(3, 14_000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -267,12 +199,7 @@ async fn partition_a_replica_then_heal() {
     let healed = unix_ms();
     mesh.net.link(3, true);
     let report = caller.report().await;
-    let last_error = buckets(&report)
-        .iter()
-        .filter(|b| b.2 > 0)
-        .map(|b| b.0 + 100)
-        .max()
-        .unwrap_or(cut);
+    let last_error = buckets(&report).iter().filter(|b| b.2 > 0).map(|b| b.0 + 100).max().unwrap_or(cut);
     let back = answered_after(&report, "r3", healed);
     eprintln!(
         "netns partition: ok {}, failed {} {}, routed around {} ms after the cut, r3 answering again {:?} ms after healing",
@@ -281,25 +208,14 @@ async fn partition_a_replica_then_heal() {
     // Calls caught on the cut link fail when keepalive gives up on it (documented bound:
     // 2 × KEEPALIVE plus a ping timeout ≈ 3 s); none after that.
     assert!(errors(&report) <= 64, "{}", report["errors"]);
-    assert!(
-        last_error <= cut + 3500,
-        "calls still failed {} ms after the cut",
-        last_error - cut
-    );
+    assert!(last_error <= cut + 3500, "calls still failed {} ms after the cut", last_error - cut);
     let back = back.expect("r3 never answered again after the link came back");
-    assert!(
-        back <= healed + 8000,
-        "r3 rejoined only {} ms after healing",
-        back - healed
-    );
+    assert!(back <= healed + 8000, "r3 rejoined only {} ms after healing", back - healed);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_the_seed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if unavailable() {
-        return;
-    }
+    let Some(_turn) = scenario().await else { return };
     let mut mesh = Mesh::new(15, 3).await;
     let caller = mesh.load(3, 7000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -310,22 +226,12 @@ async fn restart_the_seed() {
     // The restarted seed knows nobody; the others still gossip to it and it learns them.
     let (bin, mut args) = mesh.net.exec_args(CALLER + 1, MESHRPC);
     let seed_addr = mesh.seed_addr.clone();
-    args.extend(
-        [
-            "status", "--json", "--nodes", &seed_addr, "--tag", &mesh.tag, "--wait", "2",
-        ]
-        .map(String::from),
-    );
+    args.extend(["status", "--json", "--nodes", &seed_addr, "--tag", &mesh.tag, "--wait", "2"].map(String::from));
     let mut rejoined = None;
     while restarted.elapsed() < Duration::from_secs(15) {
         let out = tokio::process::Command::new(&bin).args(&args).output().await.unwrap();
         if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
-            let names: Vec<&str> = v["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|m| m["name"].as_str())
-                .collect();
+            let names: Vec<&str> = v["members"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
             if ["r2", "r3", "r4"].iter().all(|r| names.contains(r)) {
                 rejoined = Some(restarted.elapsed());
                 break;

@@ -39,10 +39,7 @@ fn digits_as_zero(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_curl_commands_answer_as_documented() {
     if std::process::Command::new("curl").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(),
-            "curl is required but not installed"
-        );
+        assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "curl is required but not installed");
         eprintln!("SKIPPED: curl is not installed (./test.sh installs it)");
         return;
     }
@@ -51,13 +48,7 @@ async fn readme_curl_commands_answer_as_documented() {
 
     let (http, mesh) = (free_port(), free_port());
     let mut demo = Command::new(MESHRPC)
-        .args([
-            "demo",
-            "--http-port",
-            &http.to_string(),
-            "--mesh-port",
-            &mesh.to_string(),
-        ])
+        .args(["demo", "--http-port", &http.to_string(), "--mesh-port", &mesh.to_string()])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -84,29 +75,15 @@ async fn readme_curl_commands_answer_as_documented() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for (cmd, expected) in commands {
-        assert!(
-            cmd.starts_with("curl "),
-            "README console blocks hold curl commands: {cmd}"
-        );
+        assert!(cmd.starts_with("curl "), "README console blocks hold curl commands: {cmd}");
         let cmd = cmd.replace("localhost:8282", &format!("localhost:{http}"));
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{cmd} -sS"))
-            .output()
-            .await
-            .unwrap();
+        let out = Command::new("sh").arg("-c").arg(format!("{cmd} -sS")).output().await.unwrap();
         let got = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            digits_as_zero(got.trim_end()),
-            digits_as_zero(&expected.join("\n")),
-            "`{cmd}` printed:\n{got}"
-        );
+        assert_eq!(digits_as_zero(got.trim_end()), digits_as_zero(&expected.join("\n")), "`{cmd}` printed:\n{got}");
     }
 
     // Ctrl-C/SIGTERM stops the gateway and every replica, cleanly.
-    let status = terminate(&mut demo, Duration::from_secs(20))
-        .await
-        .expect("demo did not stop");
+    let status = terminate(&mut demo, Duration::from_secs(20)).await.expect("demo did not stop");
     assert!(status.success(), "{status:?}");
     let printed = rest.await.unwrap();
     assert!(printed.iter().any(|l| l.contains(

@@ -45,9 +45,7 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(key) = &args.key {
         channel = channel.with_key(key.as_str());
     }
-    let reply = channel
-        .call_raw(service.to_owned(), method.to_owned(), args.args.clone().into())
-        .await;
+    let reply = channel.call_raw(service.to_owned(), method.to_owned(), args.args.clone().into()).await;
     match reply {
         Ok(Reply::Ok(bytes)) => {
             let value: serde_json::Value = serde_json::from_slice(&bytes)?;
@@ -58,11 +56,9 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Ok(Reply::AppError(bytes)) => Err(format!(
-            "{service}.{method} returned an error: {}",
-            String::from_utf8_lossy(&bytes)
-        )
-        .into()),
+        Ok(Reply::AppError(bytes)) => {
+            Err(format!("{service}.{method} returned an error: {}", String::from_utf8_lossy(&bytes)).into())
+        }
         Err(e @ Error::UnknownMethod { .. }) => {
             let known = methods_of(&cluster, service).join(", ");
             Err(format!("{e} (it has: {known})").into())
@@ -74,15 +70,11 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn methods_of(cluster: &meshrpc::Cluster, service: &str) -> Vec<String> {
     let members = cluster.members();
     let adv = members.iter().find_map(|m| m.services.get(service));
-    adv.map(|a| a.methods.iter().map(|(m, _)| m.clone()).collect())
-        .unwrap_or_default()
+    adv.map(|a| a.methods.iter().map(|(m, _)| m.clone()).collect()).unwrap_or_default()
 }
 
 async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let cluster = join(args, "any service", |v| {
-        v.members.iter().any(|m| !m.services.is_empty())
-    })
-    .await?;
+    let cluster = join(args, "any service", |v| v.members.iter().any(|m| !m.services.is_empty())).await?;
     // One more gossip round or two, so the listing is complete.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut seen = std::collections::BTreeMap::new();
@@ -95,11 +87,7 @@ async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("{name}");
         for (method, params) in adv.methods {
             let example: Vec<String> = params.iter().map(|p| format!("\"{p}\":…")).collect();
-            println!(
-                "  {name}.{method}({})    '{{{}}}'",
-                params.join(", "),
-                example.join(",")
-            );
+            println!("  {name}.{method}({})    '{{{}}}'", params.join(", "), example.join(","));
         }
     }
     Ok(())

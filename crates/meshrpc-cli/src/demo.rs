@@ -44,14 +44,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     children.push(gateway);
     for i in 1..=args.replicas {
         let name = format!("greeter-{i}");
-        children.push(
-            spawn(
-                &me,
-                &["example", "greeter", "--nodes", &seed, "--listen-addr", "127.0.0.1:0"],
-                &name,
-            )?
-            .0,
-        );
+        children.push(spawn(&me, &["example", "greeter", "--nodes", &seed, "--listen-addr", "127.0.0.1:0"], &name)?.0);
     }
     let outcome = tokio::select! {
         r = tokio::time::timeout(Duration::from_secs(30), ready) => match r {
@@ -68,10 +61,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if outcome.is_ok() {
         let base = format!("http://localhost:{}", args.http_port);
         println!();
-        println!(
-            "meshrpc demo: gateway on {base}, mesh on {seed}, {} greeter replicas",
-            args.replicas
-        );
+        println!("meshrpc demo: gateway on {base}, mesh on {seed}, {} greeter replicas", args.replicas);
         println!("try:");
         println!("  curl {base}/greeter/greet/Max");
         println!("  curl -d '{{\"name\":\"Max\"}}' {base}/greeter/greet");
@@ -127,10 +117,7 @@ async fn stop_all(children: Vec<Child>) {
         }
     }
     for mut child in children {
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
             let _ = child.kill().await;
         }
     }

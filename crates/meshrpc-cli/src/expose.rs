@@ -56,20 +56,10 @@ pub fn run(root: &Path, args: ExposeArgs) -> Result<(), Box<dyn std::error::Erro
             "note: mark the trait `#[meshrpc::service(expose)]` so these files replace the attribute's expansion"
         );
     }
-    let prefix = args
-        .prefix
-        .as_deref()
-        .map(|p| format!("{}_", meshrpc_codegen::snake_case(p)))
-        .unwrap_or_default();
+    let prefix = args.prefix.as_deref().map(|p| format!("{}_", meshrpc_codegen::snake_case(p))).unwrap_or_default();
     let plan = [
-        Planned {
-            path: dir.join(format!("{prefix}handler_gen.rs")),
-            text: handler_file(&service.def, &args.package),
-        },
-        Planned {
-            path: dir.join(format!("{prefix}client_gen.rs")),
-            text: client_file(&service.def, &args.package),
-        },
+        Planned { path: dir.join(format!("{prefix}handler_gen.rs")), text: handler_file(&service.def, &args.package) },
+        Planned { path: dir.join(format!("{prefix}client_gen.rs")), text: client_file(&service.def, &args.package) },
     ];
 
     println!("Actions to be committed");

@@ -35,20 +35,13 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut listen: std::net::SocketAddr = tokio::net::lookup_host(&args.listen)
-        .await?
-        .next()
-        .ok_or("no address to listen on")?;
+    let mut listen: std::net::SocketAddr =
+        tokio::net::lookup_host(&args.listen).await?.next().ok_or("no address to listen on")?;
     if let Some(port) = args.http_port {
         listen.set_port(port);
     }
     let timeout = std::time::Duration::from_secs(args.client_timeout);
-    let cluster = Cluster::builder("gateway")
-        .tag(args.tag)
-        .seeds(&args.nodes)
-        .listen(args.listen_addr)
-        .start()
-        .await?;
+    let cluster = Cluster::builder("gateway").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
     let node = cluster.clone();
     tokio::spawn(async move { node.serve_until_signal().await });
 
@@ -62,10 +55,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     println!("mesh on {}", cluster.local_addr().expect("listening"));
-    let config = ServerConfig {
-        header_timeout: timeout,
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig { header_timeout: timeout, ..ServerConfig::default() };
     meshrpc::serve_http(listener, app, config, meshrpc::cluster::wait_for_signal()).await;
     cluster.shutdown().await;
     Ok(())

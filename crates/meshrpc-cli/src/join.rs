@@ -8,13 +8,7 @@ use meshrpc::Cluster;
 #[derive(clap::Args, Clone)]
 pub struct JoinArgs {
     /// Nodes to join through (comma separated; a missing port means 11999).
-    #[arg(
-        short = 'N',
-        long,
-        env = "MESHRPC_CLUSTER_NODES",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:11999"
-    )]
+    #[arg(short = 'N', long, env = "MESHRPC_CLUSTER_NODES", value_delimiter = ',', default_value = "127.0.0.1:11999")]
     pub nodes: Vec<String>,
     /// Cluster tag.
     #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
@@ -30,11 +24,7 @@ pub async fn join(
     what: &str,
     ready: impl Fn(&meshrpc::cluster::View) -> bool,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let cluster = Cluster::builder("meshrpc-cli")
-        .tag(&args.tag)
-        .seeds(&args.nodes)
-        .start()
-        .await?;
+    let cluster = Cluster::builder("meshrpc-cli").tag(&args.tag).seeds(&args.nodes).start().await?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
     let mut view = cluster.view();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

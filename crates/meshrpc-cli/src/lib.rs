@@ -15,11 +15,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "meshrpc",
-    version,
-    about = "Automatic RPC and service mesh for Rust services"
-)]
+#[command(name = "meshrpc", version, about = "Automatic RPC and service mesh for Rust services")]
 struct Cli {
     /// Project root that paths are relative to (as Go meshRPC's -R).
     #[arg(short = 'R', long = "project-root", global = true, default_value = ".")]
@@ -74,10 +70,7 @@ enum Example {
 /// Parses the command line and runs the command.
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,

@@ -19,9 +19,7 @@ pub struct ProbeArgs {
 
 pub async fn run(args: ProbeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let rest = args.url.strip_prefix("http://").ok_or("probe takes an http:// URL")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
     let status = tokio::time::timeout(Duration::from_secs_f64(args.timeout), async {
         let mut s = TcpStream::connect(authority).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");

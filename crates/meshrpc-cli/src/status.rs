@@ -61,10 +61,7 @@ pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let mut members = Vec::new();
     for m in cluster.members().into_iter().filter(|m| !m.is_self) {
         let ping_us = match m.addr {
@@ -82,11 +79,7 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
             ping_us,
         });
     }
-    Status {
-        tag: tag.to_owned(),
-        members,
-        services: cluster.services(),
-    }
+    Status { tag: tag.to_owned(), members, services: cluster.services() }
 }
 
 async fn ping(addr: std::net::SocketAddr) -> Option<u64> {
@@ -98,15 +91,9 @@ async fn ping(addr: std::net::SocketAddr) -> Option<u64> {
 
 fn print_table(s: &Status) {
     println!("cluster tag: {}  ({} nodes)\n", s.tag, s.members.len());
-    println!(
-        "{:<14} {:<22} {:<9} {:>8} {:>9}  SERVICES",
-        "NODE", "ADDRESS", "STATE", "UPTIME", "PING"
-    );
+    println!("{:<14} {:<22} {:<9} {:>8} {:>9}  SERVICES", "NODE", "ADDRESS", "STATE", "UPTIME", "PING");
     for m in &s.members {
-        let state = serde_json::to_value(m.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let state = serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let mut services = m.services.clone();
         services.extend(m.http.iter().map(|h| format!("{h} (http)")));
         println!(
@@ -115,8 +102,7 @@ fn print_table(s: &Status) {
             m.addr.as_deref().unwrap_or("-"),
             state,
             m.uptime_s,
-            m.ping_us
-                .map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0)),
+            m.ping_us.map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0)),
             services.join(", ")
         );
     }
@@ -124,16 +110,8 @@ fn print_table(s: &Status) {
     println!("{:<14} {:>8}  VERSIONS", "SERVICE", "REPLICAS");
     for svc in &s.services {
         let replicas: usize = svc.versions.values().map(Vec::len).sum();
-        let versions: Vec<String> = svc
-            .versions
-            .iter()
-            .map(|(fp, ids)| format!("{fp}×{}", ids.len()))
-            .collect();
-        let note = if svc.versions.len() > 1 {
-            "  (incompatible versions!)"
-        } else {
-            ""
-        };
+        let versions: Vec<String> = svc.versions.iter().map(|(fp, ids)| format!("{fp}×{}", ids.len())).collect();
+        let note = if svc.versions.len() > 1 { "  (incompatible versions!)" } else { "" };
         println!("{:<14} {:>8}  {}{note}", svc.name, replicas, versions.join(" "));
     }
 }

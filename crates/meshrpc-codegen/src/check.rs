@@ -39,10 +39,8 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
                     methods.push(m);
                 }
             }
-            other => errors.push(
-                other,
-                "service traits hold only `async fn` methods: move constants and types outside the trait",
-            ),
+            other => errors
+                .push(other, "service traits hold only `async fn` methods: move constants and types outside the trait"),
         }
     }
     if let Some(e) = errors.0 {
@@ -52,32 +50,20 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
         Some(lit) => {
             let v = lit.value();
             if v.is_empty() || v.len() > 255 || v.contains('/') {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    "a service name is 1 to 255 bytes without `/`",
-                ));
+                return Err(syn::Error::new(lit.span(), "a service name is 1 to 255 bytes without `/`"));
             }
             v
         }
         None => snake_case(&item.ident.to_string()),
     };
-    Ok(ServiceDef {
-        vis: item.vis.clone(),
-        item,
-        name,
-        methods,
-        exposed: options.expose,
-    })
+    Ok(ServiceDef { vis: item.vis.clone(), item, name, methods, exposed: options.expose })
 }
 
 fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let sig = &f.sig;
     let before = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
     if sig.asyncness.is_none() {
-        errors.push(
-            sig.fn_token,
-            "service methods must be `async fn`: every remote call waits on the network",
-        );
+        errors.push(sig.fn_token, "service methods must be `async fn`: every remote call waits on the network");
     }
     if let Some(c) = &sig.constness {
         errors.push(c, "service methods cannot be `const`");
@@ -111,10 +97,7 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
             Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                 args.push((pi.ident.clone(), (*pt.ty).clone()));
             }
-            other => errors.push(
-                other,
-                "name each argument with a plain identifier: the name is its JSON field",
-            ),
+            other => errors.push(other, "name each argument with a plain identifier: the name is its JSON field"),
         }
         check_arg_type(&pt.ty, errors);
     }
@@ -134,12 +117,7 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let ident = sig.ident.clone();
     let name = ident.to_string().trim_start_matches("r#").to_owned();
     match error {
-        Some(error) if after == before => Some(MethodDef {
-            ident,
-            name,
-            args,
-            error,
-        }),
+        Some(error) if after == before => Some(MethodDef { ident, name, args, error }),
         _ => None,
     }
 }
@@ -157,16 +135,10 @@ fn check_arg_type(ty: &Type, errors: &mut Errors) {
             );
         }
         fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
-            self.0.push(
-                t,
-                "trait objects cannot cross the network: use a concrete `Serialize + Deserialize` type",
-            );
+            self.0.push(t, "trait objects cannot cross the network: use a concrete `Serialize + Deserialize` type");
         }
         fn visit_type_bare_fn(&mut self, t: &'ast syn::TypeBareFn) {
-            self.0.push(
-                t,
-                "functions cannot cross the network: send data and call a method on the other side",
-            );
+            self.0.push(t, "functions cannot cross the network: send data and call a method on the other side");
         }
     }
     Finder(errors).visit_type(ty);

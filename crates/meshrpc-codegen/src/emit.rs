@@ -99,10 +99,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
         format!(" Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value.");
     let method_specs = def.methods.iter().map(|m| {
         let name = &m.name;
-        let args = m
-            .args
-            .iter()
-            .map(|(n, _)| n.to_string().trim_start_matches("r#").to_owned());
+        let args = m.args.iter().map(|(n, _)| n.to_string().trim_start_matches("r#").to_owned());
         quote! { ::meshrpc::MethodSpec { name: #name, args: &[ #( #args ),* ] } }
     });
     let methods = def.item.items.iter().filter_map(|i| match i {
@@ -114,11 +111,8 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
         let name = &m.name;
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let types = m.args.iter().map(|(_, t)| t);
-        let (lifetime, args_ty) = if names.is_empty() {
-            (quote!(), quote!(__Args))
-        } else {
-            (quote!(<'__a>), quote!(__Args<'_>))
-        };
+        let (lifetime, args_ty) =
+            if names.is_empty() { (quote!(), quote!(__Args)) } else { (quote!(<'__a>), quote!(__Args<'_>)) };
         quote! {
             #sig {
                 #[derive(::meshrpc::__private::serde::Serialize)]

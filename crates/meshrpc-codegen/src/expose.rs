@@ -39,10 +39,7 @@ fn collect(items: &[Item], found: &mut Vec<Found>) -> syn::Result<()> {
                     let marked_expose = options.expose;
                     let mut bare: ItemTrait = t.clone();
                     bare.attrs.retain(|a| !is_service_attr(a));
-                    found.push(Found {
-                        def: ServiceDef::new(options, bare)?,
-                        marked_expose,
-                    });
+                    found.push(Found { def: ServiceDef::new(options, bare)?, marked_expose });
                 }
             }
             Item::Mod(m) => {
@@ -71,20 +68,11 @@ pub fn select(found: Vec<Found>, prefix: Option<&str>) -> Result<Found, String> 
             found
                 .into_iter()
                 .find(|f| want.contains(&f.def.trait_ident().to_string()))
-                .ok_or_else(|| {
-                    format!(
-                        "no service trait named {}Service or {p} (found: {})",
-                        p,
-                        names.join(", ")
-                    )
-                })
+                .ok_or_else(|| format!("no service trait named {}Service or {p} (found: {})", p, names.join(", ")))
         }
         None if found.len() == 1 => Ok(found.into_iter().next().expect("one")),
         None if found.is_empty() => Err("no trait marked #[meshrpc::service] found".into()),
-        None => Err(format!(
-            "several service traits ({}): choose one with -M <prefix>",
-            names.join(", ")
-        )),
+        None => Err(format!("several service traits ({}): choose one with -M <prefix>", names.join(", "))),
     }
 }
 
@@ -129,18 +117,10 @@ mod tests {
         let found = find_services(SRC).unwrap();
         assert_eq!(found.len(), 2);
         assert!(found[0].marked_expose && !found[1].marked_expose);
-        let Err(why) = select(find_services(SRC).unwrap(), None) else {
-            panic!("two traits, no prefix")
-        };
+        let Err(why) = select(find_services(SRC).unwrap(), None) else { panic!("two traits, no prefix") };
         assert!(why.contains("FooService, Bar"), "{why}");
-        assert_eq!(
-            select(find_services(SRC).unwrap(), Some("Foo")).unwrap().def.name,
-            "foo_service"
-        );
-        assert_eq!(
-            select(find_services(SRC).unwrap(), Some("Bar")).unwrap().def.name,
-            "bar"
-        );
+        assert_eq!(select(find_services(SRC).unwrap(), Some("Foo")).unwrap().def.name, "foo_service");
+        assert_eq!(select(find_services(SRC).unwrap(), Some("Bar")).unwrap().def.name, "bar");
         assert!(select(find_services(SRC).unwrap(), Some("Baz")).is_err());
     }
 

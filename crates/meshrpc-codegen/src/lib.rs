@@ -167,10 +167,7 @@ mod tests {
         assert_eq!(def.name, "greeter");
         assert_eq!(def.methods[1].name, "type");
         let text = def.expand().to_string();
-        assert!(
-            text.contains("GreeterServer") && text.contains("GreeterClient"),
-            "{text}"
-        );
+        assert!(text.contains("GreeterServer") && text.contains("GreeterClient"), "{text}");
     }
 
     #[test]

@@ -39,9 +39,7 @@ impl Codec {
             Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
             Codec::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
         };
-        out.map(Bytes::from).map_err(|e| Error::Internal {
-            message: format!("encode: {e}"),
-        })
+        out.map(Bytes::from).map_err(|e| Error::Internal { message: format!("encode: {e}") })
     }
 
     /// Decodes a value; errors name the offending field (`card.address: invalid type…`).
@@ -91,10 +89,7 @@ mod tests {
 
     #[test]
     fn both_codecs_round_trip() {
-        let v = Args {
-            name: "Max".into(),
-            age: 7,
-        };
+        let v = Args { name: "Max".into(), age: 7 };
         for codec in [Codec::Json, Codec::Postcard] {
             let bytes = codec.encode(&v).unwrap();
             assert_eq!(codec.decode::<Args>(&bytes).unwrap(), v);
@@ -103,12 +98,8 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        let err = Codec::Json
-            .decode::<Args>(br#"{"name":"Max","age":"old"}"#)
-            .unwrap_err();
-        let Error::BadRequest { message } = err else {
-            panic!("{err:?}")
-        };
+        let err = Codec::Json.decode::<Args>(br#"{"name":"Max","age":"old"}"#).unwrap_err();
+        let Error::BadRequest { message } = err else { panic!("{err:?}") };
         assert!(message.starts_with("age: invalid type: string"), "{message}");
         let err = Codec::Json.decode::<Args>(br#"{"name":"Max"}"#).unwrap_err();
         assert!(err.to_string().contains("missing field `age`"), "{err}");

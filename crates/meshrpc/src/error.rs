@@ -48,19 +48,13 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Error::BadRequest {
-            message: message.into(),
-        }
+        Error::BadRequest { message: message.into() }
     }
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
-        Error::Unavailable {
-            message: message.into(),
-        }
+        Error::Unavailable { message: message.into() }
     }
     pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Error::Protocol {
-            message: message.into(),
-        }
+        Error::Protocol { message: message.into() }
     }
 
     /// Stable short name of the variant, used in JSON error bodies and logs.

@@ -99,10 +99,7 @@ pub mod __private {
     pub fn assert_error_type<E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>() {}
 
     pub fn unknown_method(service: &str, method: &str) -> BoxFuture<Result<Reply, Error>> {
-        let err = Error::UnknownMethod {
-            service: service.into(),
-            method: method.into(),
-        };
+        let err = Error::UnknownMethod { service: service.into(), method: method.into() };
         Box::pin(std::future::ready(Err(err)))
     }
 }

@@ -61,21 +61,12 @@ mod tests {
     const A: ServiceSpec = ServiceSpec {
         name: "greeter",
         trait_name: "Greeter",
-        methods: &[MethodSpec {
-            name: "greet",
-            args: &["name"],
-        }],
+        methods: &[MethodSpec { name: "greet", args: &["name"] }],
     };
 
     #[test]
     fn fingerprint_changes_with_the_method_set() {
-        let b = ServiceSpec {
-            methods: &[MethodSpec {
-                name: "greet",
-                args: &["nom"],
-            }],
-            ..A
-        };
+        let b = ServiceSpec { methods: &[MethodSpec { name: "greet", args: &["nom"] }], ..A };
         assert_eq!(A.fingerprint(), A.fingerprint());
         assert_ne!(A.fingerprint(), b.fingerprint());
         assert_eq!(A.routes().collect::<Vec<_>>(), ["/greeter/greet"]);

@@ -14,21 +14,11 @@ async fn generated_files_serve_and_call_over_tcp() {
     let client = GreeterClient::new(meshrpc::connect(addr).await.unwrap());
     assert_eq!(client.greet("Max".into()).await.unwrap(), "Hello, Max");
     let dynamic: Arc<dyn Greeter> = Arc::new(client);
-    let card = Postcard {
-        picture_url: String::new(),
-        address: "W".into(),
-        recipient: String::new(),
-        message: "m".into(),
-    };
+    let card =
+        Postcard { picture_url: String::new(), address: "W".into(), recipient: String::new(), message: "m".into() };
     assert_eq!(dynamic.send_postcard(card).await.unwrap_err(), GreetError::NoRecipient);
     // Same name and methods as the attribute-generated greeter: the two interoperate.
-    assert_eq!(
-        GreeterClient::SPEC.fingerprint(),
-        greeter::GreeterClient::SPEC.fingerprint()
-    );
+    assert_eq!(GreeterClient::SPEC.fingerprint(), greeter::GreeterClient::SPEC.fingerprint());
     let from_macro = greeter::GreeterClient::new(meshrpc::connect(addr).await.unwrap());
-    assert_eq!(
-        greeter::Greeter::greet(&from_macro, "Ann".into()).await.unwrap(),
-        "Hello, Ann"
-    );
+    assert_eq!(greeter::Greeter::greet(&from_macro, "Ann".into()).await.unwrap(), "Hello, Ann");
 }

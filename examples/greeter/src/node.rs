@@ -27,12 +27,7 @@ pub fn legacy_router() -> Router {
 
 /// Runs a greeter node until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: NodeArgs) -> Result<(), meshrpc::Error> {
-    let cluster = Cluster::builder("greeter")
-        .tag(args.tag)
-        .seeds(&args.nodes)
-        .listen(args.listen_addr)
-        .start()
-        .await?;
+    let cluster = Cluster::builder("greeter").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
     cluster.publish(GreeterServer::new(MyGreeter::default()));
     cluster.publish_http("greeter", legacy_router());
     println!("listening on {}", cluster.local_addr().expect("a listening node"));

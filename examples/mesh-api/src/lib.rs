@@ -52,29 +52,18 @@ pub fn routes<G: Greeter + Clone>(svc: G) -> Router {
         // curl -X POST http://localhost:8282/greeter/sendPostcard/Max/World/Hello
         .route(
             "/greeter/sendPostcard/{recipient}/{address}/{message}",
-            post(
-                move |Path((recipient, address, message)): Path<(String, String, String)>| async move {
-                    let card = Postcard {
-                        picture_url: String::new(),
-                        address,
-                        recipient: recipient.clone(),
-                        message,
-                    };
-                    svc.send_postcard(card).await.map_err(failed)?;
-                    Ok::<_, ApiError>(Json(format!("Postcard sent to {recipient}")))
-                },
-            ),
+            post(move |Path((recipient, address, message)): Path<(String, String, String)>| async move {
+                let card = Postcard { picture_url: String::new(), address, recipient: recipient.clone(), message };
+                svc.send_postcard(card).await.map_err(failed)?;
+                Ok::<_, ApiError>(Json(format!("Postcard sent to {recipient}")))
+            }),
         )
 }
 
 /// Joins the cluster, serves the API until SIGTERM or Ctrl-C.
 pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
-    let cluster = Cluster::builder("mesh-api")
-        .tag(args.tag)
-        .seeds(&args.nodes)
-        .listen(args.listen_addr)
-        .start()
-        .await?;
+    let cluster =
+        Cluster::builder("mesh-api").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
     let node = cluster.clone();
     tokio::spawn(async move { node.serve_until_signal().await });
 
@@ -93,13 +82,7 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
             Err(e) => tracing::warn!(error = %e, "greeter not reachable"),
         }
     });
-    meshrpc::serve_http(
-        listener,
-        app,
-        ServerConfig::default(),
-        meshrpc::cluster::wait_for_signal(),
-    )
-    .await;
+    meshrpc::serve_http(listener, app, ServerConfig::default(), meshrpc::cluster::wait_for_signal()).await;
     cluster.shutdown().await;
     Ok(())
 }

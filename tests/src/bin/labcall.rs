@@ -75,23 +75,10 @@ async fn main() {
         .init();
     let args = Args::parse();
     let start = Instant::now();
-    let policy = if args.policy == "p2c" {
-        Policy::LeastLoaded
-    } else {
-        Policy::RoundRobin
-    };
-    let cluster = Cluster::builder("labcall")
-        .tag(&args.tag)
-        .seeds(&args.nodes)
-        .balance(policy)
-        .start()
-        .await
-        .unwrap();
+    let policy = if args.policy == "p2c" { Policy::LeastLoaded } else { Policy::RoundRobin };
+    let cluster = Cluster::builder("labcall").tag(&args.tag).seeds(&args.nodes).balance(policy).start().await.unwrap();
     let report = Arc::new(Mutex::new(Report::default()));
-    if let Err(e) = cluster
-        .wait_for(&[LabClient::SPEC], Duration::from_millis(args.wait_ms))
-        .await
-    {
+    if let Err(e) = cluster.wait_for(&[LabClient::SPEC], Duration::from_millis(args.wait_ms)).await {
         report.lock().unwrap().wait_error = Some(e.to_string());
         println!("{}", serde_json::to_string(&*report.lock().unwrap()).unwrap());
         return;
@@ -142,11 +129,7 @@ async fn main() {
                             }
                             *r.per_node.entry(node.clone()).or_default() += 1;
                             r.first_seen.entry(node.clone()).or_insert(now);
-                            *r.node_buckets
-                                .entry(node.clone())
-                                .or_default()
-                                .entry(now / 100 * 100)
-                                .or_default() += 1;
+                            *r.node_buckets.entry(node.clone()).or_default().entry(now / 100 * 100).or_default() += 1;
                             if let Some(k) = key {
                                 if r.keys.insert(k, node.clone()).is_some_and(|before| before != node) {
                                     r.key_moves += 1;

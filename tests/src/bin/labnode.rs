@@ -32,9 +32,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .init();
+    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
     if let Some(max) = args.max_in_flight {
@@ -76,21 +74,10 @@ fn http_router() -> axum::Router {
     axum::Router::new()
         .route(
             "/echo",
-            any(
-                |method: Method, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| async move {
-                    let header = headers
-                        .get("x-test")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    format!(
-                        "{method} {} {} {header} {}",
-                        uri.path(),
-                        query.unwrap_or_default(),
-                        body.len()
-                    )
-                },
-            ),
+            any(|method: Method, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| async move {
+                let header = headers.get("x-test").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                format!("{method} {} {} {header} {}", uri.path(), query.unwrap_or_default(), body.len())
+            }),
         )
         .route(
             "/slow",

@@ -38,19 +38,14 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+        f.debug_struct("Channel").field("options", &self.options).finish_non_exhaustive()
     }
 }
 
 impl Channel {
     /// A channel over anything that answers calls.
     pub fn new(target: impl Dispatch) -> Self {
-        Channel {
-            target: Arc::new(target),
-            options: CallOptions::default(),
-        }
+        Channel { target: Arc::new(target), options: CallOptions::default() }
     }
 
     /// The same channel with a different timeout for each call.
@@ -135,10 +130,7 @@ impl Dispatch for Channel {
 
 impl<D: Dispatch> From<Arc<D>> for Channel {
     fn from(target: Arc<D>) -> Self {
-        Channel {
-            target,
-            options: CallOptions::default(),
-        }
+        Channel { target, options: CallOptions::default() }
     }
 }
 

@@ -62,9 +62,7 @@ pub struct LeastLoaded {
 
 impl Default for LeastLoaded {
     fn default() -> Self {
-        LeastLoaded {
-            rng: AtomicU64::new(0x853c_49e6_748f_ea9b),
-        }
+        LeastLoaded { rng: AtomicU64::new(0x853c_49e6_748f_ea9b) }
     }
 }
 
@@ -105,11 +103,7 @@ pub struct Sticky<B> {
 impl<B: Balance> Balance for Sticky<B> {
     fn pick(&self, candidates: &[Candidate<'_>], key: Option<&str>) -> Option<usize> {
         match key {
-            Some(key) => candidates
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, c)| rendezvous(key, c.id))
-                .map(|(i, _)| i),
+            Some(key) => candidates.iter().enumerate().max_by_key(|(_, c)| rendezvous(key, c.id)).map(|(i, _)| i),
             None => self.fallback.pick(candidates, None),
         }
     }
@@ -119,12 +113,8 @@ impl Policy {
     /// The balancer for this policy; keyed calls always stick.
     pub fn balancer(self) -> Arc<dyn Balance> {
         match self {
-            Policy::RoundRobin => Arc::new(Sticky {
-                fallback: RoundRobin::default(),
-            }),
-            Policy::LeastLoaded => Arc::new(Sticky {
-                fallback: LeastLoaded::default(),
-            }),
+            Policy::RoundRobin => Arc::new(Sticky { fallback: RoundRobin::default() }),
+            Policy::LeastLoaded => Arc::new(Sticky { fallback: LeastLoaded::default() }),
         }
     }
 }
@@ -153,11 +143,7 @@ pub struct PeakEwma {
 impl PeakEwma {
     /// Starts at `initial` (a guess before any sample).
     pub fn new(initial: Duration, tau: Duration, now: Instant) -> Self {
-        PeakEwma {
-            nanos: initial.as_nanos() as f64,
-            at: now,
-            tau,
-        }
+        PeakEwma { nanos: initial.as_nanos() as f64, at: now, tau }
     }
 
     /// Records one observed round trip.

@@ -102,10 +102,7 @@ impl Member {
     pub fn serves(&self, service: &str, fingerprint: Option<&str>) -> bool {
         self.state == MemberState::Serving
             && self.addr.is_some()
-            && self
-                .services
-                .get(service)
-                .is_some_and(|s| fingerprint.is_none_or(|want| want == s.fingerprint))
+            && self.services.get(service).is_some_and(|s| fingerprint.is_none_or(|want| want == s.fingerprint))
     }
 }
 
@@ -165,9 +162,7 @@ impl View {
 
     /// True if some member serves `name` or publishes an HTTP router under it.
     pub fn knows_http(&self, name: &str) -> bool {
-        self.members
-            .iter()
-            .any(|m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name))
+        self.members.iter().any(|m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name))
     }
 }
 
@@ -181,10 +176,7 @@ pub struct GossipConfig {
 
 impl Default for GossipConfig {
     fn default() -> Self {
-        GossipConfig {
-            interval: Duration::from_millis(100),
-            phi_threshold: 8.0,
-        }
+        GossipConfig { interval: Duration::from_millis(100), phi_threshold: 8.0 }
     }
 }
 
@@ -207,11 +199,7 @@ impl Membership {
         config: &GossipConfig,
     ) -> Result<Membership, Error> {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let node_id = format!(
-            "{name}-{}-{:x}",
-            gossip_addr.port(),
-            started.as_nanos() as u64 & 0xff_ffff
-        );
+        let node_id = format!("{name}-{}-{:x}", gossip_addr.port(), started.as_nanos() as u64 & 0xff_ffff);
         let id = ChitchatId::new(node_id, started.as_millis() as u64, gossip_addr);
         let chitchat_config = ChitchatConfig {
             chitchat_id: id.clone(),
@@ -249,9 +237,7 @@ impl Membership {
         let mut live = chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(async move {
             loop {
-                let next = View {
-                    members: members(&live.borrow_and_update(), &id),
-                };
+                let next = View { members: members(&live.borrow_and_update(), &id) };
                 tx.send_if_modified(|current| {
                     let changed = **current != next;
                     if changed {
@@ -279,8 +265,7 @@ impl Membership {
 
     /// Advertises a published service.
     pub async fn advertise_service(&self, spec: &ServiceSpec) {
-        self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec))
-            .await;
+        self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec)).await;
     }
 
     /// Advertises a published HTTP router.
@@ -311,9 +296,7 @@ impl Membership {
 }
 
 fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId) -> Vec<Member> {
-    live.iter()
-        .map(|(id, state)| Member::from_state(&id.node_id, state.key_values(), id == me))
-        .collect()
+    live.iter().map(|(id, state)| Member::from_state(&id.node_id, state.key_values(), id == me)).collect()
 }
 
 #[cfg(test)]
@@ -341,17 +324,9 @@ mod tests {
         let methods = &m.services["greeter"].methods;
         assert_eq!(methods[1], ("send_postcard".to_string(), vec!["card".to_string()]));
         assert_eq!(methods[2], ("ping".to_string(), vec![]));
-        assert!(
-            !m.serves("greeter", Some("other-version")),
-            "incompatible replica is not a replica"
-        );
-        let draining = Member {
-            state: MemberState::Draining,
-            ..m.clone()
-        };
-        let view = View {
-            members: vec![m, draining],
-        };
+        assert!(!m.serves("greeter", Some("other-version")), "incompatible replica is not a replica");
+        let draining = Member { state: MemberState::Draining, ..m.clone() };
+        let view = View { members: vec![m, draining] };
         assert_eq!(view.replicas("greeter", None).count(), 1);
         assert!(view.knows("greeter") && !view.knows("billing"));
     }

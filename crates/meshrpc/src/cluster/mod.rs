@@ -59,8 +59,7 @@ impl ClusterBuilder {
     /// Seed nodes to join through: `host[:port]`; a missing port means 11999. DNS names
     /// are re-resolved periodically, so one name can stand for every replica.
     pub fn seeds<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, seeds: I) -> Self {
-        self.seeds
-            .extend(seeds.into_iter().filter_map(|s| parse_seed(s.as_ref())));
+        self.seeds.extend(seeds.into_iter().filter_map(|s| parse_seed(s.as_ref())));
         self
     }
 
@@ -107,11 +106,7 @@ impl ClusterBuilder {
             Some(listen) => {
                 let server = Server::bind(listen.as_str()).await?.with_config(self.server);
                 let bound = server.local_addr();
-                let ip = if bound.ip().is_unspecified() {
-                    self.advertise_ip_guess()
-                } else {
-                    bound.ip()
-                };
+                let ip = if bound.ip().is_unspecified() { self.advertise_ip_guess() } else { bound.ip() };
                 (Some(server), bound, Some(SocketAddr::new(ip, bound.port())))
             }
             None => {
@@ -181,11 +176,7 @@ fn parse_seed(s: &str) -> Option<String> {
         }
         None => false,
     };
-    Some(if has_port {
-        s.to_owned()
-    } else {
-        format!("{s}:{DEFAULT_PORT}")
-    })
+    Some(if has_port { s.to_owned() } else { format!("{s}:{DEFAULT_PORT}") })
 }
 
 /// A node of the mesh. Cheap to clone.
@@ -263,18 +254,12 @@ impl Cluster {
     /// A channel to `spec`'s service, balanced over its compatible replicas. Pass it to
     /// a generated client: `GreeterClient::new(cluster.client(GreeterClient::SPEC))`.
     pub fn client(&self, spec: &'static ServiceSpec) -> Channel {
-        Channel::new(ClusterDispatch {
-            inner: self.inner.clone(),
-            fingerprint: Some(spec.fingerprint()),
-        })
+        Channel::new(ClusterDispatch { inner: self.inner.clone(), fingerprint: Some(spec.fingerprint()) })
     }
 
     /// A channel to any service by name, without a version check (gateway, CLI).
     pub fn channel(&self) -> Channel {
-        Channel::new(ClusterDispatch {
-            inner: self.inner.clone(),
-            fingerprint: None,
-        })
+        Channel::new(ClusterDispatch { inner: self.inner.clone(), fingerprint: None })
     }
 
     /// The live members.
@@ -293,14 +278,10 @@ impl Cluster {
         let mut out: std::collections::BTreeMap<String, ServiceStatus> = Default::default();
         for m in view.members.iter().filter(|m| m.state == MemberState::Serving) {
             for (name, adv) in &m.services {
-                let s = out.entry(name.clone()).or_insert_with(|| ServiceStatus {
-                    name: name.clone(),
-                    versions: Default::default(),
-                });
-                s.versions
-                    .entry(adv.fingerprint.clone())
-                    .or_default()
-                    .push(m.id.clone());
+                let s = out
+                    .entry(name.clone())
+                    .or_insert_with(|| ServiceStatus { name: name.clone(), versions: Default::default() });
+                s.versions.entry(adv.fingerprint.clone()).or_default().push(m.id.clone());
             }
         }
         out.into_values().collect()
@@ -331,9 +312,7 @@ impl Cluster {
             let mut still = Vec::new();
             for spec in missing {
                 let fp = spec.fingerprint();
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_secs(1));
+                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
                 if self.inner.ping(spec.name, Some(&fp), left).await.is_err() {
                     still.push(spec);
                 }
@@ -359,15 +338,10 @@ impl Cluster {
     pub async fn serve(&self) -> Result<(), Error> {
         let server = self.inner.server.lock().unwrap().take();
         let Some(mut server) = server else {
-            return Err(Error::Internal {
-                message: "serve called twice or on a client-only node".into(),
-            });
+            return Err(Error::Internal { message: "serve called twice or on a client-only node".into() });
         };
         // Plain HTTP on any node reaches any service: local first, else the mesh.
-        server.set_http_dispatch(Arc::new(PreferLocal {
-            registry: self.inner.registry.clone(),
-            mesh: self.channel(),
-        }));
+        server.set_http_dispatch(Arc::new(PreferLocal { registry: self.inner.registry.clone(), mesh: self.channel() }));
         for spec in self.inner.registry.specs() {
             self.inner.membership.advertise_service(spec).await;
         }
@@ -432,9 +406,7 @@ impl Inner {
 
     async fn ping(&self, service: &str, fingerprint: Option<&str>, timeout: Duration) -> Result<Duration, Error> {
         let view = self.membership.view();
-        let mut last = Error::UnknownService {
-            service: service.to_owned(),
-        };
+        let mut last = Error::UnknownService { service: service.to_owned() };
         for m in view.replicas(service, fingerprint) {
             if m.is_self {
                 return Ok(Duration::ZERO);
@@ -459,20 +431,12 @@ impl Inner {
             let replicas: Vec<(&Member, Option<Arc<peers::Peer>>)> = view
                 .replicas(&call.service, fingerprint.as_deref())
                 .filter(|m| !tried.contains(&m.addr.expect("replicas have addresses")))
-                .map(|m| {
-                    (
-                        m,
-                        (!m.is_self).then(|| self.peers.get(m.addr.expect("replicas have addresses"))),
-                    )
-                })
+                .map(|m| (m, (!m.is_self).then(|| self.peers.get(m.addr.expect("replicas have addresses")))))
                 .filter(|(_, p)| p.as_ref().is_none_or(|p| p.usable()))
                 .collect();
             let candidates: Vec<Candidate> = replicas
                 .iter()
-                .map(|(m, p)| Candidate {
-                    id: &m.id,
-                    load: p.as_ref().map_or(0.0, |p| p.load()),
-                })
+                .map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(0.0, |p| p.load()) })
                 .collect();
             let Some(i) = balancer.pick(&candidates, call.key.as_deref()) else {
                 return Err(
@@ -516,22 +480,15 @@ impl Inner {
 
     fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {
         if !view.knows(service) {
-            return Error::UnknownService {
-                service: service.to_owned(),
-            };
+            return Error::UnknownService { service: service.to_owned() };
         }
-        let incompatible = view
-            .members
-            .iter()
-            .filter(|m| m.services.contains_key(service) && !m.serves(service, fingerprint))
-            .count();
-        Error::unavailable(
-            if view.replicas(service, fingerprint).next().is_none() && incompatible > 0 {
-                format!("no compatible replica of `{service}`: {incompatible} serve another version of its methods")
-            } else {
-                format!("no reachable replica of `{service}`")
-            },
-        )
+        let incompatible =
+            view.members.iter().filter(|m| m.services.contains_key(service) && !m.serves(service, fingerprint)).count();
+        Error::unavailable(if view.replicas(service, fingerprint).next().is_none() && incompatible > 0 {
+            format!("no compatible replica of `{service}`: {incompatible} serve another version of its methods")
+        } else {
+            format!("no reachable replica of `{service}`")
+        })
     }
 }
 

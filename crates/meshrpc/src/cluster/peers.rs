@@ -34,19 +34,11 @@ impl Peers {
             caller: Some(caller.into()),
             ..ConnectOptions::default()
         };
-        Peers {
-            map: Mutex::default(),
-            options,
-        }
+        Peers { map: Mutex::default(), options }
     }
 
     pub(crate) fn get(&self, addr: SocketAddr) -> Arc<Peer> {
-        self.map
-            .lock()
-            .unwrap()
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Peer::new(addr, self.options.clone())))
-            .clone()
+        self.map.lock().unwrap().entry(addr).or_insert_with(|| Arc::new(Peer::new(addr, self.options.clone()))).clone()
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
@@ -100,13 +92,7 @@ impl Peer {
 
     /// False while in backoff after a failure, or while its connection drains.
     pub(crate) fn usable(&self) -> bool {
-        if self
-            .health
-            .lock()
-            .unwrap()
-            .down_until
-            .is_some_and(|t| t > Instant::now())
-        {
+        if self.health.lock().unwrap().down_until.is_some_and(|t| t > Instant::now()) {
             return false;
         }
         !matches!(self.open_conn().map(|c| c.state()), Some(State::Draining))
@@ -129,12 +115,7 @@ impl Peer {
     }
 
     pub(crate) fn open_conn(&self) -> Option<Connection> {
-        self.conn
-            .lock()
-            .unwrap()
-            .as_ref()
-            .filter(|c| c.state() != State::Closed)
-            .cloned()
+        self.conn.lock().unwrap().as_ref().filter(|c| c.state() != State::Closed).cloned()
     }
 
     /// The open connection, or a new one.
@@ -172,9 +153,7 @@ impl Peer {
     pub(crate) fn mark_down(&self) {
         let mut h = self.health.lock().unwrap();
         h.failures = h.failures.saturating_add(1);
-        let backoff = BACKOFF_MIN
-            .saturating_mul(1 << h.failures.min(5).saturating_sub(1))
-            .min(BACKOFF_MAX);
+        let backoff = BACKOFF_MIN.saturating_mul(1 << h.failures.min(5).saturating_sub(1)).min(BACKOFF_MAX);
         h.down_until = Some(Instant::now() + backoff);
     }
 

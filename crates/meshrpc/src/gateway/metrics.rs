@@ -44,19 +44,10 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
-        registry.register(
-            "requests",
-            "Requests answered, by service, method and HTTP status",
-            requests.clone(),
-        );
+        registry.register("requests", "Requests answered, by service, method and HTTP status", requests.clone());
         registry.register("request_duration_seconds", "Time to answer a request", latency.clone());
         registry.register("in_flight", "Requests being answered now", in_flight.clone());
-        Metrics {
-            registry,
-            requests,
-            latency,
-            in_flight,
-        }
+        Metrics { registry, requests, latency, in_flight }
     }
 }
 
@@ -68,19 +59,8 @@ impl Metrics {
     pub(crate) fn finished(&self, service: &str, method: &str, status: u16, seconds: f64) {
         self.in_flight.dec();
         let (service, method) = (service.to_owned(), method.to_owned());
-        self.latency
-            .get_or_create(&RouteLabels {
-                service: service.clone(),
-                method: method.clone(),
-            })
-            .observe(seconds);
-        self.requests
-            .get_or_create(&RequestLabels {
-                service,
-                method,
-                status,
-            })
-            .inc();
+        self.latency.get_or_create(&RouteLabels { service: service.clone(), method: method.clone() }).observe(seconds);
+        self.requests.get_or_create(&RequestLabels { service, method, status }).inc();
     }
 
     /// The exposition text.

@@ -78,11 +78,7 @@ impl Gateway {
     /// Services `/healthz` requires to answer before it reports ready.
     pub fn require<I: IntoIterator<Item = S>, S: Into<String>>(self, services: I) -> Self {
         let s = &self.shared;
-        Self::with(
-            s.cluster.clone(),
-            s.limits,
-            services.into_iter().map(Into::into).collect(),
-        )
+        Self::with(s.cluster.clone(), s.limits, services.into_iter().map(Into::into).collect())
     }
 
     /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, and
@@ -118,14 +114,7 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
     let resp = next.run(req).await;
     let (service, route) = match (resp.extensions().get::<Answered>(), matched) {
         (Some(a), _) => (a.service.clone(), a.method.clone()),
-        (None, Some(m)) => (
-            m.trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-            m,
-        ),
+        (None, Some(m)) => (m.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned(), m),
         (None, None) => ("none".to_owned(), "none".to_owned()),
     };
     let status = resp.status().as_u16();
@@ -165,15 +154,9 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let service = segments.next().unwrap_or_default().to_owned();
     let rest = segments.next().unwrap_or_default().to_owned();
     let view = shared.cluster.view().borrow().clone();
-    let is_method = view
-        .members
-        .iter()
-        .any(|m| m.services.get(&service).is_some_and(|s| s.has_method(&rest)));
+    let is_method = view.members.iter().any(|m| m.services.get(&service).is_some_and(|s| s.has_method(&rest)));
     let label = |mut resp: Response, method: &str| {
-        resp.extensions_mut().insert(Answered {
-            service: service.clone(),
-            method: method.to_owned(),
-        });
+        resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });
         resp
     };
     if is_method {
@@ -191,30 +174,15 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return label(resp, &rest);
     }
     if view.knows_http(&service) {
-        let resp = shared
-            .proxy
-            .forward(&shared.cluster, &service, req, shared.limits.default_timeout)
-            .await;
+        let resp = shared.proxy.forward(&shared.cluster, &service, req, shared.limits.default_timeout).await;
         return label(resp, "http");
     }
     let (status, code, msg) = if view.knows(&service) {
-        (
-            StatusCode::NOT_FOUND,
-            "unknown_method",
-            format!("unknown method `{rest}` on service `{service}`"),
-        )
+        (StatusCode::NOT_FOUND, "unknown_method", format!("unknown method `{rest}` on service `{service}`"))
     } else if req.method() == Method::POST && !rest.is_empty() && !rest.contains('/') {
-        (
-            StatusCode::NOT_FOUND,
-            "unknown_service",
-            format!("unknown service `{service}`"),
-        )
+        (StatusCode::NOT_FOUND, "unknown_service", format!("unknown service `{service}`"))
     } else {
-        (
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route for {} {path}", req.method()),
-        )
+        (StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", req.method()))
     };
     error_response(status, code, &msg, None)
 }

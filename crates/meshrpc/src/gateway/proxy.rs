@@ -24,20 +24,12 @@ impl Default for Proxy {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
-        Proxy {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            next: AtomicUsize::new(0),
-        }
+        Proxy { client: Client::builder(TokioExecutor::new()).build(connector), next: AtomicUsize::new(0) }
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+const HOP_BY_HOP: [HeaderName; 5] =
+    [header::CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE];
 
 impl Proxy {
     /// Sends the request to a replica publishing the HTTP router `name`, round robin;
@@ -61,12 +53,7 @@ impl Proxy {
         }
         let addr = replicas[self.next.fetch_add(1, Ordering::Relaxed) % replicas.len()];
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        *req.uri_mut() = match Uri::builder()
-            .scheme("http")
-            .authority(addr.to_string())
-            .path_and_query(path)
-            .build()
-        {
+        *req.uri_mut() = match Uri::builder().scheme("http").authority(addr.to_string()).path_and_query(path).build() {
             Ok(uri) => uri,
             Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string(), None),
         };

@@ -68,12 +68,7 @@ pub fn rpc_router(dispatch: Arc<dyn Dispatch>, limits: HttpLimits) -> Router {
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        &format!("no route for {method} {}", uri.path()),
-        None,
-    )
+    error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {method} {}", uri.path()), None)
 }
 
 async fn rpc(
@@ -83,16 +78,7 @@ async fn rpc(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    rpc_call(
-        &*state.dispatch,
-        &state.limits,
-        service,
-        method,
-        &http_method,
-        &headers,
-        body,
-    )
-    .await
+    rpc_call(&*state.dispatch, &state.limits, service, method, &http_method, &headers, body).await
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the
@@ -113,8 +99,7 @@ pub async fn rpc_call(
             &format!("RPC routes take POST with a JSON body, not {http_method}"),
             None,
         );
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
     let payload = match read_body(body, headers, limits).await {
@@ -153,15 +138,10 @@ pub fn sticky_key(headers: &HeaderMap) -> Option<Arc<str>> {
 
 async fn read_body(body: Body, headers: &HeaderMap, limits: &HttpLimits) -> Result<Bytes, Response> {
     let too_large = |size: u64| {
-        let err = Error::TooLarge {
-            size,
-            limit: limits.max_body as u64,
-        };
+        let err = Error::TooLarge { size, limit: limits.max_body as u64 };
         error_response(StatusCode::PAYLOAD_TOO_LARGE, err.code(), &err.to_string(), None)
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > limits.max_body as u64) {
         return Err(too_large(n));
     }
@@ -169,12 +149,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limits: &HttpLimits) -> Resu
     match tokio::time::timeout(limits.body_timeout, collect).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large(limits.max_body as u64 + 1)),
-        Ok(Err(e)) => Err(error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            &format!("reading body: {e}"),
-            None,
-        )),
+        Ok(Err(e)) => Err(error_response(StatusCode::BAD_REQUEST, "bad_request", &format!("reading body: {e}"), None)),
         Err(_) => Err(error_response(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
@@ -225,10 +200,5 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, detail: Opt
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

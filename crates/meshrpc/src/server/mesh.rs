@@ -128,15 +128,7 @@ async fn on_frame(
     in_flight: &Arc<InFlight>,
 ) -> Option<Frame> {
     match frame {
-        Frame::Request {
-            id,
-            codec,
-            deadline,
-            trace_id,
-            service,
-            method,
-            payload,
-        } => {
+        Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
             let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
                 return Some(failed(id, &Error::bad_request("service and method must be UTF-8")));
             };
@@ -195,11 +187,7 @@ fn response(id: u64, result: Result<Reply, Error>) -> Frame {
 }
 
 fn failed(id: u64, err: &Error) -> Frame {
-    Frame::Response {
-        id,
-        status: Status::Failed,
-        payload: error_payload(err),
-    }
+    Frame::Response { id, status: Status::Failed, payload: error_payload(err) }
 }
 
 pub(crate) fn error_payload(err: &Error) -> Bytes {

@@ -133,13 +133,7 @@ impl Server {
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
-        let Server {
-            listener,
-            registry,
-            config,
-            shutdown,
-            http_dispatch,
-        } = self;
+        let Server { listener, registry, config, shutdown, http_dispatch } = self;
         let dispatch = http_dispatch.unwrap_or_else(|| registry.clone());
         let mut router = http::rpc_router(dispatch, config.http);
         for (name, r) in registry.http_routers() {
@@ -167,10 +161,8 @@ impl Server {
             }
         }
         drop(listener);
-        let drained = tokio::time::timeout(config.drain_timeout, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(config.drain_timeout, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(left = conns.len(), "drain timeout: closing remaining connections");
             conns.shutdown().await;
@@ -202,11 +194,7 @@ async fn serve_connection(
             };
             // The caller's name goes in the request logs; an anonymous one by its address.
             if let Ok(Ok(caller)) = tokio::time::timeout(config.header_timeout, handshake).await {
-                let caller = if caller.is_empty() {
-                    peer.to_string()
-                } else {
-                    format!("{caller}@{peer}")
-                };
+                let caller = if caller.is_empty() { peer.to_string() } else { format!("{caller}@{peer}") };
                 mesh::serve(stream, peer, caller, registry, config, shutdown).await;
             }
         }
@@ -224,10 +212,7 @@ pub(crate) async fn http_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let service = TowerToHyperService::new(router);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -270,10 +255,7 @@ pub async fn serve_http(
     }
     drop(listener);
     stop.send_replace(true);
-    let _ = tokio::time::timeout(config.drain_timeout, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(config.drain_timeout, async { while conns.join_next().await.is_some() {} }).await;
 }
 
 /// True if the connection starts with the mesh preface. Anything else is HTTP's to

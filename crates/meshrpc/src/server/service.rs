@@ -69,32 +69,22 @@ impl Registry {
 impl Dispatch for Registry {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
-            let err = Error::UnknownService {
-                service: call.service.into_owned(),
-            };
+            let err = Error::UnknownService { service: call.service.into_owned() };
             return Box::pin(std::future::ready(Err(err)));
         };
         if service.spec().method(&call.method).is_none() {
-            let err = Error::UnknownMethod {
-                service: call.service.into_owned(),
-                method: call.method.into_owned(),
-            };
+            let err = Error::UnknownMethod { service: call.service.into_owned(), method: call.method.into_owned() };
             return Box::pin(std::future::ready(Err(err)));
         }
         let handler = service.call(&call.method, call.codec, call.payload);
-        let ctx = CallContext {
-            deadline: call.deadline,
-            trace_id: call.trace_id,
-        };
+        let ctx = CallContext { deadline: call.deadline, trace_id: call.trace_id };
         Box::pin(async move {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
             let guarded = CatchUnwind(AssertUnwindSafe(ctx.scope(handler)));
             let outcome = match call.deadline {
                 Some(d) if d <= Instant::now() => return Err(Error::Timeout),
-                Some(d) => tokio::time::timeout_at(d.into(), guarded)
-                    .await
-                    .map_err(|_| Error::Timeout)?,
+                Some(d) => tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?,
                 None => guarded.await,
             };
             outcome.unwrap_or_else(|panic| {

@@ -47,11 +47,7 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(3),
-            max_frame: DEFAULT_MAX_FRAME,
-            caller: None,
-        }
+        Self { connect_timeout: Duration::from_secs(3), max_frame: DEFAULT_MAX_FRAME, caller: None }
     }
 }
 
@@ -115,13 +111,7 @@ impl Connection {
             return Err(Error::protocol(format!("{peer} is not a meshrpc node")));
         }
         let peer_max = u32::from_be_bytes(hello[PREFACE.len()..].try_into().expect("4 bytes"));
-        Ok(Self::start(
-            peer,
-            read,
-            write,
-            opts.max_frame,
-            peer_max.min(opts.max_frame),
-        ))
+        Ok(Self::start(peer, read, write, opts.max_frame, peer_max.min(opts.max_frame)))
     }
 
     fn start(peer: SocketAddr, read: OwnedReadHalf, write: OwnedWriteHalf, max_in: u32, max_out: u32) -> Connection {
@@ -203,12 +193,7 @@ impl Connection {
                 pending.insert(id, tx);
                 pending.len() == 1
             }
-            None => {
-                return Err(Error::unavailable(format!(
-                    "connection to {} is closed",
-                    self.inner.peer
-                )))
-            }
+            None => return Err(Error::unavailable(format!("connection to {} is closed", self.inner.peer))),
         };
         Ok((id, rx, alone))
     }
@@ -234,10 +219,7 @@ impl Connection {
             }
             Ok(Err(_)) => {
                 std::mem::forget(guard);
-                Err(Error::unavailable(format!(
-                    "connection to {} closed mid-call",
-                    self.inner.peer
-                )))
+                Err(Error::unavailable(format!("connection to {} closed mid-call", self.inner.peer)))
             }
             Err(e) => Err(e), // guard cancels
         }
@@ -268,21 +250,13 @@ impl Connection {
         let size = frame.encoded_len() as u64;
         if size > u64::from(self.inner.max_out) {
             self.inner.forget(id);
-            return Err(Error::TooLarge {
-                size,
-                limit: self.inner.max_out.into(),
-            });
+            return Err(Error::TooLarge { size, limit: self.inner.max_out.into() });
         }
         if let Err(e) = self.send(frame, alone) {
             self.inner.forget(id);
             return Err(e);
         }
-        Ok(PendingCall {
-            conn: self.clone(),
-            id,
-            rx,
-            deadline: call.deadline,
-        })
+        Ok(PendingCall { conn: self.clone(), id, rx, deadline: call.deadline })
     }
 }
 
@@ -331,11 +305,7 @@ impl Drop for CancelOnDrop<'_> {
 impl Inner {
     /// Withdraws a pending call; true if it was still pending.
     fn forget(&self, id: u64) -> bool {
-        self.pending
-            .lock()
-            .unwrap()
-            .as_mut()
-            .is_some_and(|p| p.remove(&id).is_some())
+        self.pending.lock().unwrap().as_mut().is_some_and(|p| p.remove(&id).is_some())
     }
 
     fn complete(&self, id: u64, result: Result<Reply, Error>) {
@@ -418,14 +388,8 @@ impl Inner {
             Frame::Request { id, .. } => {
                 let err = Error::protocol("this side of the connection serves no calls");
                 let payload = serde_json::to_vec(&err).unwrap_or_default();
-                let _ = self.sender.send(
-                    &Frame::Response {
-                        id,
-                        status: Status::Failed,
-                        payload: payload.into(),
-                    },
-                    false,
-                );
+                let _ =
+                    self.sender.send(&Frame::Response { id, status: Status::Failed, payload: payload.into() }, false);
             }
             Frame::Cancel { .. } => {}
         }

@@ -72,12 +72,9 @@ impl Frame {
     pub fn encoded_len(&self) -> usize {
         HEADER
             + match self {
-                Frame::Request {
-                    service,
-                    method,
-                    payload,
-                    ..
-                } => 1 + 8 + 8 + 1 + service.len() + 1 + method.len() + payload.len(),
+                Frame::Request { service, method, payload, .. } => {
+                    1 + 8 + 8 + 1 + service.len() + 1 + method.len() + payload.len()
+                }
                 Frame::Response { payload, .. } => 1 + payload.len(),
                 _ => 0,
             }
@@ -88,15 +85,7 @@ impl Frame {
         out.reserve(self.encoded_len());
         out.put_u32((self.encoded_len() - 4) as u32);
         match self {
-            Frame::Request {
-                id,
-                codec,
-                deadline,
-                trace_id,
-                service,
-                method,
-                payload,
-            } => {
+            Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
                 out.put_u8(REQUEST);
                 out.put_u64(*id);
                 out.put_u8(codec.to_byte());
@@ -148,10 +137,7 @@ impl Frame {
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         if len > max_frame {
-            return Err(Error::TooLarge {
-                size: len.into(),
-                limit: max_frame.into(),
-            });
+            return Err(Error::TooLarge { size: len.into(), limit: max_frame.into() });
         }
         if (len as usize) < HEADER - 4 {
             return Err(Error::protocol(format!("frame length {len} is shorter than a header")));
@@ -180,15 +166,7 @@ impl Frame {
                 let trace_id = body.get_u64();
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
-                Frame::Request {
-                    id,
-                    codec,
-                    deadline,
-                    trace_id,
-                    service,
-                    method,
-                    payload: body,
-                }
+                Frame::Request { id, codec, deadline, trace_id, service, method, payload: body }
             }
             RESPONSE => {
                 if body.remaining() < 1 {
@@ -200,11 +178,7 @@ impl Frame {
                     2 => Status::Failed,
                     s => return Err(Error::protocol(format!("unknown response status {s}"))),
                 };
-                Frame::Response {
-                    id,
-                    status,
-                    payload: body,
-                }
+                Frame::Response { id, status, payload: body }
             }
             CANCEL => Frame::Cancel { id },
             PING => Frame::Ping { id },
@@ -243,11 +217,7 @@ mod tests {
     fn all_frames() -> Vec<Frame> {
         vec![
             request(),
-            Frame::Response {
-                id: 7,
-                status: Status::AppError,
-                payload: Bytes::from_static(b"{}"),
-            },
+            Frame::Response { id: 7, status: Status::AppError, payload: Bytes::from_static(b"{}") },
             Frame::Cancel { id: 9 },
             Frame::Ping { id: 1 },
             Frame::Pong { id: 1 },
@@ -279,13 +249,7 @@ mod tests {
     fn oversized_length_is_refused_before_buffering() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
         let err = Frame::decode(&mut buf, 1024).unwrap_err();
-        assert_eq!(
-            err,
-            Error::TooLarge {
-                size: 0xffff_ffff,
-                limit: 1024
-            }
-        );
+        assert_eq!(err, Error::TooLarge { size: 0xffff_ffff, limit: 1024 });
         assert!(buf.capacity() < 1024 * 1024, "no allocation for the claimed size");
     }
 
@@ -306,10 +270,7 @@ mod tests {
         bad_kind.put_u32(9);
         bad_kind.put_u8(99);
         bad_kind.put_u64(0);
-        assert!(matches!(
-            Frame::decode(&mut bad_kind, 4096),
-            Err(Error::Protocol { .. })
-        ));
+        assert!(matches!(Frame::decode(&mut bad_kind, 4096), Err(Error::Protocol { .. })));
     }
 
     #[test]
@@ -320,9 +281,7 @@ mod tests {
         }
         let mut buf = BytesMut::new();
         f.encode(&mut buf);
-        let Some(Frame::Request { deadline, .. }) = Frame::decode(&mut buf, 1 << 20).unwrap() else {
-            panic!()
-        };
+        let Some(Frame::Request { deadline, .. }) = Frame::decode(&mut buf, 1 << 20).unwrap() else { panic!() };
         assert_eq!(deadline, Some(Duration::from_micros(1)));
     }
 }

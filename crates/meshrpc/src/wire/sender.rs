@@ -32,11 +32,7 @@ pub(crate) struct Broken;
 
 impl Sender {
     pub(crate) fn new(half: OwnedWriteHalf) -> Sender {
-        Sender {
-            half,
-            queue: Mutex::default(),
-            wake: Notify::new(),
-        }
+        Sender { half, queue: Mutex::default(), wake: Notify::new() }
     }
 
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued

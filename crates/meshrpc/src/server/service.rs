@@ -2,13 +2,11 @@
 //! whatever door it came in by (mesh frame, HTTP, in-process channel).
 
 use std::{
-    collections::HashMap,
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, RwLock},
     task::{Context, Poll},
-    time::Instant,
 };
 
 use bytes::Bytes;
@@ -31,14 +29,16 @@ pub trait Service: Send + Sync + 'static {
 /// The services and HTTP routers published on one node.
 #[derive(Default)]
 pub struct Registry {
-    services: RwLock<HashMap<String, Arc<dyn Service>>>,
+    /// A node publishes a handful of services: a scan beats hashing the name per call.
+    services: RwLock<Vec<Arc<dyn Service>>>,
     http: RwLock<Vec<(String, axum::Router)>>,
 }
 
 impl Registry {
     pub(crate) fn publish(&self, service: Arc<dyn Service>) {
-        let name = service.spec().name.to_owned();
-        self.services.write().unwrap().insert(name, service);
+        let mut services = self.services.write().unwrap();
+        services.retain(|s| s.spec().name != service.spec().name);
+        services.push(service);
     }
 
     pub(crate) fn publish_http(&self, name: &str, router: axum::Router) {
@@ -47,7 +47,7 @@ impl Registry {
 
     /// Specs of every published service.
     pub fn specs(&self) -> Vec<&'static ServiceSpec> {
-        let mut specs: Vec<_> = self.services.read().unwrap().values().map(|s| s.spec()).collect();
+        let mut specs: Vec<_> = self.services.read().unwrap().iter().map(|s| s.spec()).collect();
         specs.sort_by_key(|s| s.name);
         specs
     }
@@ -62,7 +62,7 @@ impl Registry {
     }
 
     fn find(&self, service: &str) -> Option<Arc<dyn Service>> {
-        self.services.read().unwrap().get(service).cloned()
+        self.services.read().unwrap().iter().find(|s| s.spec().name == service).cloned()
     }
 }
 
@@ -82,8 +82,8 @@ impl Dispatch for Registry {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
             let guarded = CatchUnwind(AssertUnwindSafe(ctx.scope(handler)));
+            // An already-expired deadline stops the handler at its first await.
             let outcome = match call.deadline {
-                Some(d) if d <= Instant::now() => return Err(Error::Timeout),
                 Some(d) => tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?,
                 None => guarded.await,
             };

@@ -16,7 +16,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
@@ -60,6 +60,12 @@ pub struct Connection {
 struct Inner {
     peer: SocketAddr,
     sender: Sender,
+    /// The socket's read side, shared: the reader task reads it, and so does a lone
+    /// caller waiting for its answer (it then needs no hand-off from another task,
+    /// which costs a cross-thread wake-up on a multi-threaded runtime).
+    read: OwnedReadHalf,
+    /// Bytes read and not yet decoded; whoever holds it reads and dispatches.
+    inbox: Mutex<BytesMut>,
     /// `None` once the connection is closed: no call can be left waiting on it.
     pending: Mutex<Option<Pending>>,
     next_id: AtomicU64,
@@ -118,6 +124,8 @@ impl Connection {
         let inner = Arc::new(Inner {
             peer,
             sender: Sender::new(write),
+            read,
+            inbox: Mutex::new(BytesMut::with_capacity(8 * 1024)),
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
             max_in,
@@ -136,7 +144,7 @@ impl Connection {
         let mut state = inner.state.subscribe();
         tokio::spawn(async move {
             let why = tokio::select! {
-                why = reader.read_loop(read) => why,
+                why = reader.read_loop() => why,
                 _ = state.wait_for(|s| *s == State::Closed) => return,
             };
             reader.close(why);
@@ -170,7 +178,7 @@ impl Connection {
         let start = Instant::now();
         let (id, rx, alone) = self.register()?;
         self.send(Frame::Ping { id }, alone)?;
-        self.wait(id, rx, Some(start + timeout)).await?;
+        self.wait(id, rx, Some(start + timeout), alone).await?;
         Ok(start.elapsed())
     }
 
@@ -205,12 +213,34 @@ impl Connection {
             .map_err(|_| Error::unavailable(format!("connection to {} is broken", self.inner.peer)))
     }
 
-    async fn wait(&self, id: u64, rx: Answer, deadline: Option<Instant>) -> Result<Reply, Error> {
+    async fn wait(&self, id: u64, rx: Answer, deadline: Option<Instant>, alone: bool) -> Result<Reply, Error> {
         // If the caller drops this future, the guard withdraws the call and tells the peer.
         let guard = CancelOnDrop { inner: &self.inner, id };
+        let received = async {
+            let mut rx = rx;
+            if !alone {
+                return rx.await;
+            }
+            // The only call in flight reads the socket too: whichever of it and the reader
+            // task gets there first decodes the answer.
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut rx => return answer,
+                    ready = self.inner.read.readable() => match ready {
+                        Ok(()) => {
+                            if let Err(why) = self.inner.pump() {
+                                self.inner.close(why);
+                            }
+                        }
+                        Err(_) => return rx.await, // the reader task reports the error
+                    },
+                }
+            }
+        };
         let answer = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| Error::Timeout),
-            None => Ok(rx.await),
+            Some(d) => tokio::time::timeout_at(d.into(), received).await.map_err(|_| Error::Timeout),
+            None => Ok(received.await),
         };
         match answer {
             Ok(Ok(reply)) => {
@@ -256,7 +286,7 @@ impl Connection {
             self.inner.forget(id);
             return Err(e);
         }
-        Ok(PendingCall { conn: self.clone(), id, rx, deadline: call.deadline })
+        Ok(PendingCall { conn: self.clone(), id, rx, deadline: call.deadline, alone })
     }
 }
 
@@ -266,12 +296,13 @@ pub struct PendingCall {
     id: u64,
     rx: Answer,
     deadline: Option<Instant>,
+    alone: bool,
 }
 
 impl PendingCall {
     /// Waits for the answer, the deadline, or the connection's end.
     pub async fn answer(self) -> Result<Reply, Error> {
-        self.conn.wait(self.id, self.rx, self.deadline).await
+        self.conn.wait(self.id, self.rx, self.deadline, self.alone).await
     }
 }
 
@@ -341,20 +372,40 @@ impl Inner {
         self.state.send_replace(State::Closed);
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(&self, mut read: R) -> Error {
-        let mut buf = BytesMut::with_capacity(8 * 1024);
+    /// The reader task: waits for bytes and dispatches the frames they complete.
+    async fn read_loop(&self) -> Error {
         loop {
-            loop {
-                match Frame::decode(&mut buf, self.max_in) {
-                    Ok(Some(frame)) => self.on_frame(frame),
-                    Ok(None) => break,
-                    Err(e) => return Error::unavailable(format!("{}: {e}", self.peer)),
-                }
+            if let Err(e) = self.read.readable().await {
+                return Error::unavailable(format!("connection to {}: {e}", self.peer));
             }
-            match read.read_buf(&mut buf).await {
-                Ok(0) => return Error::unavailable(format!("connection to {} closed", self.peer)),
-                Ok(_) => {}
-                Err(e) => return Error::unavailable(format!("connection to {}: {e}", self.peer)),
+            match self.pump() {
+                // Yield either way: a caller woken by the same readiness may be about to
+                // take its own answer, and a caller pumping right now should finish first.
+                Ok(_) => tokio::task::yield_now().await,
+                Err(why) => return why,
+            }
+        }
+    }
+
+    /// Reads whatever the socket holds without waiting and dispatches every complete
+    /// frame. Returns `false` without reading if another task is at it.
+    fn pump(&self) -> Result<bool, Error> {
+        let Ok(mut buf) = self.inbox.try_lock() else { return Ok(false) };
+        loop {
+            match self.read.try_read_buf(&mut *buf) {
+                Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
+                Ok(_) => loop {
+                    match Frame::decode(&mut buf, self.max_in) {
+                        Ok(Some(frame)) => self.on_frame(frame),
+                        Ok(None) => break,
+                        Err(e) => return Err(Error::unavailable(format!("{}: {e}", self.peer))),
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(Error::unavailable(format!("connection to {}: {e}", self.peer))),
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
             }
         }
     }

@@ -104,7 +104,7 @@ impl ClusterBuilder {
     pub async fn start(self) -> Result<Cluster, Error> {
         let (server, gossip_bind, mesh_addr) = match &self.listen {
             Some(listen) => {
-                let server = Server::bind(listen.as_str()).await?.with_config(self.server);
+                let server = bind_tcp_and_udp(listen).await?.with_config(self.server);
                 let bound = server.local_addr();
                 let ip = if bound.ip().is_unspecified() { self.advertise_ip_guess() } else { bound.ip() };
                 (Some(server), bound, Some(SocketAddr::new(ip, bound.port())))
@@ -163,6 +163,23 @@ impl ClusterBuilder {
             })
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     }
+}
+
+/// Binds the mesh port so that the same port number is also free for UDP gossip. With
+/// port 0 the kernel picks a TCP port whose UDP twin may be taken: pick again.
+async fn bind_tcp_and_udp(listen: &str) -> Result<Server, Error> {
+    for _ in 0..32 {
+        let server = Server::bind(listen).await?;
+        match UdpSocket::bind(server.local_addr()) {
+            // Released at once: the gossip layer binds it right after.
+            Ok(_) => return Ok(server),
+            Err(e) if !listen.ends_with(":0") => {
+                return Err(Error::unavailable(format!("UDP {} for gossip: {e}", server.local_addr())));
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(Error::unavailable(format!("no port free for both TCP and UDP on {listen}")))
 }
 
 fn parse_seed(s: &str) -> Option<String> {

@@ -11,17 +11,12 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::{mpsc, watch},
-    task::AbortHandle,
-};
+use tokio::{io::AsyncReadExt, net::TcpStream, sync::watch, task::AbortHandle};
 
 use super::{service::Registry, ServerConfig};
 use crate::{
     call::{Call, Dispatch, Reply},
-    wire::{Frame, Status},
+    wire::{sender::Sender, Frame, Status},
     Error,
 };
 
@@ -52,10 +47,11 @@ impl InFlight {
 
 /// Serves a connection whose preface was already consumed.
 ///
-/// One task reads frames, runs each handler and writes the answers. A handler that
-/// finishes when first polled (most do) is answered inline, with no task spawned and no
-/// thread hop; slower ones run as their own task and send their answer back through
-/// `outbox`. Every answer produced by one read goes out in one write.
+/// One task reads frames and runs each handler. A handler that finishes when first
+/// polled is answered inline (no task, no thread hop), and every answer produced by one
+/// read goes out in one write. A slower handler runs as its own task and writes its own
+/// answer through the shared sender: straight to the socket when it is the only call in
+/// flight, else queued for one batched write.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -64,19 +60,22 @@ pub(crate) async fn serve(
     config: ServerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut read, mut write) = stream.into_split();
-    let (outbox, mut answers) = mpsc::unbounded_channel();
+    let (mut read, write) = stream.into_split();
+    let sender = Arc::new(Sender::new(write));
+    let flusher = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.flush_loop().await }
+    });
     let in_flight = Arc::new(InFlight::default());
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::with_capacity(8 * 1024);
-    let mut batch = Vec::new();
     let mut draining = false;
 
     let why: Option<Error> = 'conn: loop {
         loop {
             match Frame::decode(&mut buf, config.max_frame) {
                 Ok(Some(frame)) => {
-                    if let Some(answer) = on_frame(frame, &caller, &registry, &config, &outbox, &in_flight).await {
+                    if let Some(answer) = on_frame(frame, &caller, &registry, &config, &sender, &in_flight).await {
                         answer.encode(&mut out);
                     }
                 }
@@ -85,8 +84,8 @@ pub(crate) async fn serve(
             }
         }
         if !out.is_empty() {
-            if let Err(e) = write.write_all(&out).await {
-                break Some(e.into());
+            if sender.send_encoded(&out, true).is_err() {
+                break Some(Error::unavailable(format!("connection to {peer} broke")));
             }
             out.clear();
         }
@@ -96,11 +95,6 @@ pub(crate) async fn serve(
                 Ok(_) => {}
                 Err(e) => break Some(e.into()),
             },
-            _ = answers.recv_many(&mut batch, 256) => {
-                for frame in batch.drain(..) {
-                    frame.encode(&mut out);
-                }
-            }
             _ = super::stopped(&mut shutdown), if !draining => {
                 draining = true;
                 Frame::GoAway.encode(&mut out);
@@ -115,7 +109,10 @@ pub(crate) async fn serve(
         None => {}
     }
     in_flight.abort_all();
-    let _ = write.shutdown().await;
+    // Let queued answers out before closing our side (a peer that reads nothing gets 1 s).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sender.flushed()).await;
+    flusher.abort();
+    sender.shutdown();
 }
 
 /// Handles one frame; returns the frame to answer with now, if any.
@@ -124,7 +121,7 @@ async fn on_frame(
     caller: &str,
     registry: &Arc<Registry>,
     config: &ServerConfig,
-    outbox: &mpsc::UnboundedSender<Frame>,
+    sender: &Arc<Sender>,
     in_flight: &Arc<InFlight>,
 ) -> Option<Frame> {
     match frame {
@@ -154,7 +151,7 @@ async fn on_frame(
                 log_call(&service, &method, &result, start, caller);
                 return Some(response(id, result));
             }
-            let outbox = outbox.clone();
+            let sender = sender.clone();
             let done = in_flight.clone();
             let caller = caller.to_owned();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
@@ -162,7 +159,10 @@ async fn on_frame(
             let task = tokio::spawn(async move {
                 let result = answer.await;
                 log_call(&service, &method, &result, start, &caller);
-                let _ = outbox.send(response(id, result));
+                // Write it ourselves when it is the only call in flight: no hop back to
+                // the connection task.
+                let alone = done.len() <= 1;
+                let _ = sender.send(&response(id, result), alone);
                 done.finish(id);
             });
             tasks.insert(id, task.abort_handle());

@@ -3,7 +3,7 @@
 
 pub mod connection;
 pub mod frame;
-mod sender;
+pub(crate) mod sender;
 
 pub use connection::{connect, ConnectOptions, Connection, PendingCall, State};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME, PREFACE};

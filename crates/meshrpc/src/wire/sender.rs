@@ -38,11 +38,33 @@ impl Sender {
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
     /// for the writer task.
     pub(crate) fn send(&self, frame: &Frame, direct: bool) -> Result<(), Broken> {
+        self.send_with(direct, |bytes| frame.encode(bytes))
+    }
+
+    /// Sends frames already encoded, as [`send`](Self::send) does.
+    pub(crate) fn send_encoded(&self, frames: &[u8], direct: bool) -> Result<(), Broken> {
+        self.send_with(direct, |bytes| bytes.extend_from_slice(frames))
+    }
+
+    /// Resolves once everything queued has been written (or the socket broke).
+    pub(crate) async fn flushed(&self) {
+        loop {
+            {
+                let q = self.queue.lock().unwrap();
+                if q.broken || (!q.flushing && q.bytes.is_empty()) {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    fn send_with(&self, direct: bool, encode: impl FnOnce(&mut BytesMut)) -> Result<(), Broken> {
         let mut q = self.queue.lock().unwrap();
         if q.broken {
             return Err(Broken);
         }
-        frame.encode(&mut q.bytes);
+        encode(&mut q.bytes);
         if q.flushing {
             return Ok(());
         }

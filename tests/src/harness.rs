@@ -25,16 +25,22 @@ pub struct Node {
     more: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// Starts `bin args…` with stdout piped (stderr shows in the test output); the process
+/// dies with its handle.
+fn spawn_piped(bin: &str, args: &[&str]) -> Child {
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"))
+}
+
 impl Node {
     /// Starts `bin args…` and waits (up to 20 s) for its `listening on ADDR` line.
     pub async fn start(bin: &str, args: &[&str]) -> Node {
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let mut child = spawn_piped(bin, args);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let addr = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap() {
@@ -157,13 +163,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn start(bin: &str, args: &[&str]) -> Caller {
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let mut child = spawn_piped(bin, args);
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -134,6 +134,7 @@ async fn on_frame(
                 return Some(failed(id, &Error::Overloaded { message }));
             }
             let start = Instant::now();
+            let log = RequestLog::begin(service, method, caller, start);
             let call = Call {
                 service: Cow::Owned(service.to_owned()),
                 method: Cow::Owned(method.to_owned()),
@@ -143,22 +144,20 @@ async fn on_frame(
                 key: None,
                 payload,
             };
-            let (service, method) = (call.service.clone(), call.method.clone());
             let mut answer = registry.dispatch(call);
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
-                log_call(&service, &method, &result, start, caller);
+                RequestLog::end(log, &result);
                 return Some(response(id, result));
             }
             let sender = sender.clone();
             let done = in_flight.clone();
-            let caller = caller.to_owned();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut tasks = in_flight.tasks.lock().unwrap();
             let task = tokio::spawn(async move {
                 let result = answer.await;
-                log_call(&service, &method, &result, start, &caller);
+                RequestLog::end(log, &result);
                 // Write it ourselves when it is the only call in flight: no hop back to
                 // the connection task.
                 let alone = done.len() <= 1;
@@ -194,16 +193,37 @@ pub(crate) fn error_payload(err: &Error) -> Bytes {
     serde_json::to_vec(err).unwrap_or_default().into()
 }
 
-/// One line per call, like the seed's GIN request log.
-pub(crate) fn log_call(service: &str, method: &str, result: &Result<Reply, Error>, start: Instant, caller: &str) {
-    let status = match result {
-        Ok(Reply::Ok(_)) => "ok",
-        Ok(Reply::AppError(_)) => "application",
-        Err(e) => e.code(),
-    };
-    tracing::info!(
-        target: "meshrpc::request",
-        %caller, service, method, status, micros = start.elapsed().as_micros() as u64,
-        "call"
-    );
+/// One line per call, like the seed's GIN request log. Built only when the
+/// `meshrpc::request` target logs at info, so a quiet node copies no names per call.
+pub(crate) struct RequestLog {
+    service: String,
+    method: String,
+    caller: String,
+    start: Instant,
+}
+
+impl RequestLog {
+    pub(crate) fn begin(service: &str, method: &str, caller: &str, start: Instant) -> Option<RequestLog> {
+        tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO).then(|| RequestLog {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            caller: caller.to_owned(),
+            start,
+        })
+    }
+
+    pub(crate) fn end(log: Option<RequestLog>, result: &Result<Reply, Error>) {
+        let Some(log) = log else { return };
+        let status = match result {
+            Ok(Reply::Ok(_)) => "ok",
+            Ok(Reply::AppError(_)) => "application",
+            Err(e) => e.code(),
+        };
+        tracing::info!(
+            target: "meshrpc::request",
+            caller = %log.caller, service = log.service, method = log.method, status,
+            micros = log.start.elapsed().as_micros() as u64,
+            "call"
+        );
+    }
 }

@@ -180,16 +180,25 @@ async fn garbage_and_oversized_frames_do_not_hurt_the_server() {
     tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&answer));
 
-    // After a valid preface the server says hello (its preface and frame limit), then
-    // closes the connection on garbage, and on a header claiming 1 GiB before buffering it.
+    // After a valid hello (wire versions 2..=2, no features, 1 MiB frames, caller name)
+    // the server answers (version 2, no features, its frame limit), then closes the
+    // connection on garbage, and on a header claiming 1 GiB before buffering it.
     for bad in [&b"\x00\x00\x00\x09\x63garbage!"[..], b"\x40\x00\x00\x00\x01"] {
         let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-        raw.write_all(b"MESHRPC1\x04test").await.unwrap(); // preface, caller name
+        raw.write_all(b"MESHRPC22\x00\x00\x00\x00\x00\x10\x00\x00\x04test").await.unwrap();
         raw.write_all(bad).await.unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.unwrap().unwrap();
-        assert_eq!(answer, b"MESHRPC1\x00\x01\x00\x00", "hello, then closed");
+        assert_eq!(answer, b"MESHRPC2\x00\x00\x00\x00\x00\x01\x00\x00", "hello, then closed");
     }
+    // A caller of wire version 1 is refused with the versions the node speaks, and a reason.
+    let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    raw.write_all(b"MESHRPC1\x04test").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("MESHRPC022"), "{answer:?}");
+    assert!(answer.contains("no common wire version: the caller speaks 1..=1, this node 2..=2"), "{answer:?}");
 
     // A too-large call from a generated client is refused locally with a typed error.
     let big = Nested { label: "x".repeat(100_000), children: vec![], shape: None };

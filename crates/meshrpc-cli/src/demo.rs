@@ -56,7 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             .into()),
             Err(_) => Err("the gateway did not see a greeter within 30 s".into()),
         },
-        _ = meshrpc::cluster::wait_for_signal() => Err("interrupted".into()),
+        _ = meshrpc::wait_for_signal() => Err("interrupted".into()),
     };
     if outcome.is_ok() {
         let base = format!("http://localhost:{}", args.http_port);
@@ -70,7 +70,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("  curl {base}/metrics");
         println!("scale out: meshrpc example greeter --nodes {seed} --listen-addr 127.0.0.1:0");
         println!("Ctrl-C stops everything.");
-        meshrpc::cluster::wait_for_signal().await;
+        meshrpc::wait_for_signal().await;
     }
     println!("stopping...");
     stop_all(children).await;

@@ -1,6 +1,6 @@
 //! `meshrpc gateway`: the generic API gateway, itself a cluster node.
 
-use meshrpc::{server::HttpLimits, Cluster, Gateway, ServerConfig};
+use meshrpc::{Cluster, Gateway, HttpLimits, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
@@ -45,18 +45,18 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node = cluster.clone();
     tokio::spawn(async move { node.serve_until_signal().await });
 
-    let limits = HttpLimits {
-        max_body: args.max_body,
-        body_timeout: timeout,
-        default_timeout: std::time::Duration::from_secs_f64(args.timeout),
-    };
+    let mut limits = HttpLimits::default();
+    limits.max_body = args.max_body;
+    limits.body_timeout = timeout;
+    limits.default_timeout = std::time::Duration::from_secs_f64(args.timeout);
     let gateway = Gateway::new(cluster.clone()).limits(limits).require(args.require);
     let app = gateway.observe(gateway.router());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     println!("mesh on {}", cluster.local_addr().expect("listening"));
-    let config = ServerConfig { header_timeout: timeout, ..ServerConfig::default() };
-    meshrpc::serve_http(listener, app, config, meshrpc::cluster::wait_for_signal()).await;
+    let mut config = ServerConfig::default();
+    config.header_timeout = timeout;
+    meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await;
     cluster.shutdown().await;
     Ok(())
 }

@@ -22,18 +22,17 @@ pub struct JoinArgs {
 pub async fn join(
     args: &JoinArgs,
     what: &str,
-    ready: impl Fn(&meshrpc::cluster::View) -> bool,
+    ready: impl Fn(&meshrpc::View) -> bool,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
     let cluster = Cluster::builder("meshrpc-cli").tag(&args.tag).seeds(&args.nodes).start().await?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
-    let mut view = cluster.view();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
-        if ready(&view.borrow()) {
+        if tokio::time::timeout(Duration::from_millis(100), cluster.wait_view(&ready)).await.is_ok() {
             break;
         }
         if Instant::now() >= deadline {
-            let members = view.borrow().members.len();
+            let members = cluster.view().members.len();
             return Err(format!(
                 "{what}: not found within {:.1} s joining {} (tag `{}`; {} node{} seen)",
                 args.wait,
@@ -51,7 +50,6 @@ pub async fn join(
                 args.wait - (deadline - Instant::now()).as_secs_f64()
             );
         }
-        let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
     }
     if tty {
         eprint!("\r\x1b[K");

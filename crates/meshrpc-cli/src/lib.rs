@@ -75,7 +75,7 @@ pub fn run() -> std::process::ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Gateway(args) => {
-                meshrpc::logging::init("info");
+                meshrpc::init_logging("info");
                 gateway::run(args).await
             }
             Command::Call(args) => call::run(args).await,
@@ -83,11 +83,11 @@ pub fn run() -> std::process::ExitCode {
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
             Command::Example(Example::Greeter(args)) => {
-                meshrpc::logging::init("info");
+                meshrpc::init_logging("info");
                 Ok(greeter::node::run(args).await?)
             }
             Command::Example(Example::MeshApi(args)) => {
-                meshrpc::logging::init("info");
+                meshrpc::init_logging("info");
                 Ok(mesh_api::run(args).await?)
             }
         }

@@ -23,7 +23,7 @@ struct MemberRow {
     name: String,
     id: String,
     addr: Option<String>,
-    state: meshrpc::cluster::MemberState,
+    state: meshrpc::MemberState,
     uptime_s: u64,
     services: Vec<String>,
     http: Vec<String>,
@@ -34,7 +34,7 @@ struct MemberRow {
 struct Status {
     tag: String,
     members: Vec<MemberRow>,
-    services: Vec<meshrpc::cluster::ServiceStatus>,
+    services: Vec<meshrpc::ServiceStatus>,
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -55,7 +55,7 @@ pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = meshrpc::cluster::wait_for_signal() => return Ok(()),
+            _ = meshrpc::wait_for_signal() => return Ok(()),
         }
     }
 }

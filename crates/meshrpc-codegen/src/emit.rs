@@ -80,7 +80,7 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
                 method: &str,
                 codec: ::meshrpc::Codec,
                 payload: ::meshrpc::__private::Bytes,
-            ) -> ::meshrpc::call::BoxFuture<::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>> {
+            ) -> ::meshrpc::BoxFuture<::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>> {
                 let service = ::std::sync::Arc::clone(&self.inner);
                 match method {
                     #( #arms )*

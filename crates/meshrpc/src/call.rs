@@ -14,11 +14,15 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// One call: target, encoded arguments and what travels with them.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// The service name.
     pub service: Cow<'static, str>,
+    /// The method name.
     pub method: Cow<'static, str>,
+    /// How `payload` is encoded (and the answer will be).
     pub codec: Codec,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
+    /// Shared by every hop of one request.
     pub trace_id: u64,
     /// Sticky-session key: calls with the same key go to the same replica.
     pub key: Option<Arc<str>>,
@@ -38,6 +42,7 @@ pub enum Reply {
 /// Anything that answers calls: a connection to a peer, the local registry of published
 /// services, or a cluster channel balancing over replicas.
 pub trait Dispatch: Send + Sync + 'static {
+    /// Answers one call.
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>>;
 }
 

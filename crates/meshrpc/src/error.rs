@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 /// reaches the caller as the user's own error type and is never swallowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
+#[allow(missing_docs)] // fields are named for what they hold
 pub enum Error {
     /// The arguments could not be decoded (malformed JSON, wrong types, missing fields).
     #[error("bad request: {message}")]
@@ -57,6 +59,16 @@ impl Error {
         Error::Protocol { message: message.into() }
     }
 
+    /// The same error with `what` in front of its message ("connect: connection refused").
+    pub(crate) fn context(self, what: &str) -> Self {
+        match self {
+            Error::Unavailable { message } => Error::unavailable(format!("{what}: {message}")),
+            Error::Protocol { message } => Error::protocol(format!("{what}: {message}")),
+            Error::Internal { message } => Error::Internal { message: format!("{what}: {message}") },
+            e => e,
+        }
+    }
+
     /// Stable short name of the variant, used in JSON error bodies and logs.
     pub fn code(&self) -> &'static str {
         match self {
@@ -96,8 +108,45 @@ impl Error {
     }
 }
 
+/// An I/O error becomes what it means for a call: the peer could not be reached or went
+/// away (`Unavailable`, saying which: refused, reset, ...), a timeout, or a local failure
+/// (`Internal`: out of file descriptors, address in use, permission denied).
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
-        Error::unavailable(err.to_string())
+        use std::io::ErrorKind::*;
+        let what = match err.kind() {
+            ConnectionRefused => "connection refused",
+            ConnectionReset => "connection reset by peer",
+            ConnectionAborted => "connection aborted",
+            NotConnected => "not connected",
+            BrokenPipe => "connection closed by peer (broken pipe)",
+            UnexpectedEof => "connection closed by peer",
+            HostUnreachable => "host unreachable",
+            NetworkUnreachable => "network unreachable",
+            NetworkDown => "network down",
+            AddrNotAvailable => "address not available",
+            TimedOut => return Error::Timeout,
+            _ => return Error::Internal { message: format!("I/O: {err}") },
+        };
+        Error::unavailable(format!("{what} ({err})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_what_they_mean() {
+        use std::io::{Error as Io, ErrorKind};
+        let refused = Error::from(Io::from(ErrorKind::ConnectionRefused));
+        assert!(matches!(&refused, Error::Unavailable { message } if message.starts_with("connection refused")));
+        let reset = Error::from(Io::from(ErrorKind::ConnectionReset));
+        assert!(matches!(&reset, Error::Unavailable { message } if message.starts_with("connection reset")));
+        assert_eq!(Error::from(Io::from(ErrorKind::TimedOut)), Error::Timeout);
+        let in_use = Error::from(Io::from(ErrorKind::AddrInUse));
+        assert!(matches!(in_use, Error::Internal { .. }), "a bind failure is ours, not the peer's");
+        let ctx = refused.context("connect");
+        assert!(ctx.to_string().starts_with("unavailable: connect: connection refused"), "{ctx}");
     }
 }

@@ -37,7 +37,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // A node serving it (mesh frames, HTTP/1.1 and h2c on one port)...
+//! // A node serving it (mesh frames on one port)...
 //! let server = meshrpc::Server::bind("127.0.0.1:0").await?;
 //! server.publish(GreeterServer::new(MyGreeter));
 //! let addr = server.local_addr();
@@ -50,33 +50,69 @@
 //! # }
 //! ```
 //!
-//! For a mesh of nodes see [`Cluster`]; for an HTTP front door, [`Gateway`]. The README
-//! walks through the whole story.
+//! For a mesh of nodes see `Cluster` (feature `cluster`); for an HTTP front door,
+//! `Gateway` (feature `gateway`). The README walks through the whole story and
+//! `docs/architecture.md` maps the code.
+//!
+//! ## Cargo features
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | (none) | | a client ([`connect`], [`Channel`]) and a server ([`Server`]) speaking mesh frames |
+//! | `http` | yes | JSON over HTTP/1.1 and h2c on a node's port, published axum routers, `serve_http` |
+//! | `cluster` | yes | `Cluster`: gossip membership, balancing, failover, drain (implies `http`) |
+//! | `gateway` | yes | `Gateway`: the HTTP front door with `/healthz` and `/metrics` (implies `cluster`) |
+//! | `logging` | yes | `init_logging`, a `tracing` subscriber for binaries |
 
-pub mod call;
-pub mod client;
-pub mod cluster;
-pub mod codec;
-pub mod context;
-pub mod error;
-pub mod gateway;
-pub mod logging;
-pub mod server;
-pub mod spec;
-pub mod wire;
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod call;
+mod client;
+mod codec;
+mod context;
+mod error;
+mod request_log;
+mod server;
+mod spec;
+mod transport;
+
+pub mod proto;
+
+#[cfg(feature = "cluster")]
+mod cluster;
+#[cfg(feature = "gateway")]
+mod gateway;
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "logging")]
+mod logging;
 
 pub use async_trait::async_trait;
-pub use call::{Call, Dispatch, Reply};
-pub use client::{CallOptions, Channel};
-pub use cluster::{Cluster, ClusterBuilder, Policy};
+pub use call::{BoxFuture, Call, Dispatch, Reply};
+pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
+#[cfg(feature = "cluster")]
+pub use cluster::{
+    wait_for_signal, Advertised, Balance, Candidate, Cluster, ClusterBuilder, GossipConfig, HttpReplica, LeastLoaded,
+    Member, MemberState, Policy, RoundRobin, ServiceStatus, Sticky, View, DEFAULT_PORT, KEEPALIVE,
+};
 pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
-pub use gateway::Gateway;
+#[cfg(feature = "gateway")]
+pub use gateway::{Gateway, Metrics};
+#[cfg(feature = "http")]
+pub use http::{
+    envelope, error_response, rpc_call, rpc_router, serve_http, sticky_key, HttpLimits, KEY_HEADER, TIMEOUT_HEADER,
+};
+#[cfg(feature = "logging")]
+pub use logging::init as init_logging;
 pub use meshrpc_macros::service;
-pub use server::{serve_http, Server, ServerConfig, Service, ShutdownHandle};
+pub use proto::ConnState;
+pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
-pub use wire::{connect, Connection};
+pub use transport::{connect, ConnectOptions, Connection, Link, PendingCall, Ready, StreamLink};
 
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]
@@ -85,7 +121,8 @@ pub mod __private {
     pub use bytes::Bytes;
     pub use serde;
 
-    use crate::{call::BoxFuture, Codec, Error, Reply};
+    pub use crate::call::BoxFuture;
+    use crate::{Codec, Error, Reply};
 
     /// Encodes a handler's result in the codec it was called with.
     pub fn reply<T: serde::Serialize, E: serde::Serialize>(codec: Codec, result: Result<T, E>) -> Result<Reply, Error> {
@@ -98,6 +135,7 @@ pub mod __private {
     /// A service's error type must carry transport failures and cross the network.
     pub fn assert_error_type<E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>() {}
 
+    /// The answer to a method the service does not have.
     pub fn unknown_method(service: &str, method: &str) -> BoxFuture<Result<Reply, Error>> {
         let err = Error::UnknownMethod { service: service.into(), method: method.into() };
         Box::pin(std::future::ready(Err(err)))

@@ -29,7 +29,7 @@ impl<T: Greeter + ?::core::marker::Sized> ::meshrpc::Service for GreeterServer<T
         method: &str,
         codec: ::meshrpc::Codec,
         payload: ::meshrpc::__private::Bytes,
-    ) -> ::meshrpc::call::BoxFuture<
+    ) -> ::meshrpc::BoxFuture<
         ::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>,
     > {
         let service = ::std::sync::Arc::clone(&self.inner);

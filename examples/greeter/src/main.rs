@@ -11,6 +11,6 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
-    meshrpc::logging::init("info");
+    meshrpc::init_logging("info");
     greeter::node::run(Cli::parse().node).await
 }

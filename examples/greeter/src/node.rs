@@ -29,7 +29,7 @@ pub fn legacy_router() -> Router {
 pub async fn run(args: NodeArgs) -> Result<(), meshrpc::Error> {
     let cluster = Cluster::builder("greeter").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
     cluster.publish(GreeterServer::new(MyGreeter::default()));
-    cluster.publish_http("greeter", legacy_router());
+    cluster.publish_http("greeter", legacy_router())?;
     println!("listening on {}", cluster.local_addr().expect("a listening node"));
     cluster.serve_until_signal().await
 }

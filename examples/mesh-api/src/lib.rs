@@ -82,7 +82,7 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
             Err(e) => tracing::warn!(error = %e, "greeter not reachable"),
         }
     });
-    meshrpc::serve_http(listener, app, ServerConfig::default(), meshrpc::cluster::wait_for_signal()).await;
+    meshrpc::serve_http(listener, app, ServerConfig::default(), meshrpc::wait_for_signal()).await;
     cluster.shutdown().await;
     Ok(())
 }

@@ -83,8 +83,8 @@ async fn main() {
         println!("{}", serde_json::to_string(&*report.lock().unwrap()).unwrap());
         return;
     }
-    let mut view = cluster.view();
-    let enough = view.wait_for(|v| v.replicas("lab", Some(&LabClient::SPEC.fingerprint())).count() >= args.replicas);
+    let fingerprint = LabClient::SPEC.fingerprint();
+    let enough = cluster.wait_view(|v| v.replicas("lab", Some(&fingerprint)).count() >= args.replicas);
     let _ = tokio::time::timeout(Duration::from_millis(args.wait_ms), enough).await;
     report.lock().unwrap().join_ms = start.elapsed().as_millis() as u64;
     println!("calling");

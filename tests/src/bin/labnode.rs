@@ -57,7 +57,7 @@ async fn main() -> Result<(), meshrpc::Error> {
         cluster.publish(LabServer::new(lab));
     }
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
-    cluster.publish_http("labhttp", http_router());
+    cluster.publish_http("labhttp", http_router())?;
     println!("listening on {}", cluster.local_addr().expect("listening"));
     cluster.serve_until_signal().await
 }

@@ -24,6 +24,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct CallOptions {
     /// `None`: [`DEFAULT_TIMEOUT`].
     pub timeout: Option<Duration>,
+    /// How arguments and answers are encoded.
     pub codec: Codec,
     /// Sticky-session key.
     pub key: Option<Arc<str>>,
@@ -70,6 +71,7 @@ impl Channel {
         c
     }
 
+    /// The options every call through this channel gets.
     pub fn options(&self) -> &CallOptions {
         &self.options
     }
@@ -134,8 +136,8 @@ impl<D: Dispatch> From<Arc<D>> for Channel {
     }
 }
 
-impl From<crate::wire::Connection> for Channel {
-    fn from(conn: crate::wire::Connection) -> Self {
+impl From<crate::Connection> for Channel {
+    fn from(conn: crate::Connection) -> Self {
         Channel::new(conn)
     }
 }

@@ -97,6 +97,7 @@ impl Balance for LeastLoaded {
 /// the replicas that changed move. Calls without a key go to `B`.
 #[derive(Debug, Default)]
 pub struct Sticky<B> {
+    /// The policy for calls without a key.
     pub fallback: B,
 }
 
@@ -134,7 +135,7 @@ fn rendezvous(key: &str, id: &str) -> u64 {
 /// Peak-EWMA latency (as in Finagle and linkerd): jumps up to a slower sample at once,
 /// decays towards faster ones with time constant `tau`. Costs are what callers feel.
 #[derive(Debug, Clone, Copy)]
-pub struct PeakEwma {
+pub(crate) struct PeakEwma {
     nanos: f64,
     at: Instant,
     tau: Duration,
@@ -142,12 +143,12 @@ pub struct PeakEwma {
 
 impl PeakEwma {
     /// Starts at `initial` (a guess before any sample).
-    pub fn new(initial: Duration, tau: Duration, now: Instant) -> Self {
+    pub(crate) fn new(initial: Duration, tau: Duration, now: Instant) -> Self {
         PeakEwma { nanos: initial.as_nanos() as f64, at: now, tau }
     }
 
     /// Records one observed round trip.
-    pub fn observe(&mut self, rtt: Duration, now: Instant) {
+    pub(crate) fn observe(&mut self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
         if sample > self.nanos {
             self.nanos = sample;
@@ -160,12 +161,13 @@ impl PeakEwma {
     }
 
     /// Current estimate in nanoseconds.
-    pub fn nanos(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn nanos(&self) -> f64 {
         self.nanos
     }
 
     /// Load of a replica with `in_flight` calls outstanding.
-    pub fn load(&self, in_flight: usize) -> f64 {
+    pub(crate) fn load(&self, in_flight: usize) -> f64 {
         self.nanos * (in_flight as f64 + 1.0)
     }
 }

@@ -30,6 +30,7 @@ const PREFIX_HTTP: &str = "http:";
 pub enum MemberState {
     /// Joined, not yet accepting calls.
     Starting,
+    /// Takes calls.
     Serving,
     /// Finishing in-flight calls before it leaves: pick it no more.
     Draining,
@@ -44,6 +45,7 @@ pub struct Member {
     pub name: String,
     /// Mesh (and HTTP) address; `None` for client-only nodes.
     pub addr: Option<SocketAddr>,
+    /// Starting, serving or draining.
     pub state: MemberState,
     /// Published services by name.
     pub services: BTreeMap<String, Advertised>,
@@ -109,6 +111,7 @@ impl Member {
 /// A published service as gossiped: its fingerprint and methods with argument names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Advertised {
+    /// Fingerprint of the method set (see `ServiceSpec::fingerprint`).
     pub fingerprint: String,
     /// `(method, argument names)`
     pub methods: Vec<(String, Vec<String>)>,
@@ -146,6 +149,7 @@ impl Advertised {
 /// The live members, sorted by id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct View {
+    /// The members, sorted by id.
     pub members: Vec<Member>,
 }
 
@@ -168,7 +172,9 @@ impl View {
 
 /// Gossip settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GossipConfig {
+    /// How often a node gossips with a peer.
     pub interval: Duration,
     /// Phi-accrual threshold above which a silent node is declared dead.
     pub phi_threshold: f64,
@@ -181,7 +187,7 @@ impl Default for GossipConfig {
 }
 
 /// This node's membership: gossip running in the background and the latest view.
-pub struct Membership {
+pub(crate) struct Membership {
     handle: ChitchatHandle,
     view: watch::Receiver<Arc<View>>,
 }
@@ -189,7 +195,7 @@ pub struct Membership {
 impl Membership {
     /// Joins (or founds) the cluster named `tag`, gossiping on UDP `gossip_bind`;
     /// peers reach it at `gossip_addr`.
-    pub async fn join(
+    pub(crate) async fn join(
         name: &str,
         tag: &str,
         gossip_bind: SocketAddr,
@@ -254,27 +260,27 @@ impl Membership {
     }
 
     /// The latest view.
-    pub fn view(&self) -> Arc<View> {
+    pub(crate) fn view(&self) -> Arc<View> {
         self.view.borrow().clone()
     }
 
     /// A receiver that wakes on every change of the view.
-    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+    pub(crate) fn watch(&self) -> watch::Receiver<Arc<View>> {
         self.view.clone()
     }
 
     /// Advertises a published service.
-    pub async fn advertise_service(&self, spec: &ServiceSpec) {
+    pub(crate) async fn advertise_service(&self, spec: &ServiceSpec) {
         self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec)).await;
     }
 
     /// Advertises a published HTTP router.
-    pub async fn advertise_http(&self, name: &str) {
+    pub(crate) async fn advertise_http(&self, name: &str) {
         self.set(format!("{PREFIX_HTTP}{name}"), String::new()).await;
     }
 
     /// Advertises the node's state.
-    pub async fn set_state(&self, state: MemberState) {
+    pub(crate) async fn set_state(&self, state: MemberState) {
         let v = match state {
             MemberState::Starting => "starting",
             MemberState::Serving => "serving",
@@ -287,11 +293,6 @@ impl Membership {
         let chitchat = self.handle.chitchat();
         let mut c = chitchat.lock().await;
         c.self_node_state().set(key, value);
-    }
-
-    /// Stops gossiping (peers see the node die).
-    pub async fn leave(self) {
-        let _ = self.handle.shutdown().await;
     }
 }
 

@@ -9,10 +9,7 @@ use std::{
 };
 
 use super::balance::PeakEwma;
-use crate::{
-    wire::{ConnectOptions, Connection, State},
-    Error,
-};
+use crate::{ConnState as State, ConnectOptions, Connection, Error};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);

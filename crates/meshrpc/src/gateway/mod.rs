@@ -22,10 +22,7 @@ use axum::{
 
 pub use metrics::Metrics;
 
-use crate::{
-    server::http::{error_response, rpc_call, HttpLimits},
-    Channel, Cluster,
-};
+use crate::{error_response, rpc_call, Channel, Cluster, HttpLimits};
 
 /// Labels a response for metrics and logs: which service and method answered.
 #[derive(Clone, Debug)]
@@ -153,7 +150,7 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let service = segments.next().unwrap_or_default().to_owned();
     let rest = segments.next().unwrap_or_default().to_owned();
-    let view = shared.cluster.view().borrow().clone();
+    let view = shared.cluster.view();
     let is_method = view.members.iter().any(|m| m.services.get(&service).is_some_and(|s| s.has_method(&rest)));
     let label = |mut resp: Response, method: &str| {
         resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });

@@ -1,43 +1,43 @@
-//! A node's server: one port for mesh frames, HTTP/1.1 and h2c, told apart by the
-//! first bytes of each connection.
+//! A node's server: the registry of published services and the dispatch of every call
+//! to them, whatever door it came in by. The port serves mesh frames; with the `http`
+//! feature it answers HTTP/1.1 and h2c too (see [`Server::with_http`]).
 
-pub mod http;
-mod mesh;
 mod service;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-    task::JoinSet,
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
 
-pub use self::http::HttpLimits;
+use tokio::{net::TcpListener, sync::watch};
+
 pub use service::{Registry, Service};
 
 use crate::{
     client::Channel,
-    wire::{DEFAULT_MAX_FRAME, PREFACE},
+    proto::DEFAULT_MAX_FRAME,
+    transport::{serve_mesh, serve_port, Door, Link, MeshLimits, Port},
     Error,
 };
 
 /// Server limits and timeouts.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Largest accepted mesh frame.
     pub max_frame: u32,
     /// Calls one mesh connection may have in flight; more are refused with `Overloaded`.
     pub max_in_flight: usize,
-    /// HTTP request limits.
-    pub http: HttpLimits,
-    /// How long a new connection may take to send its first bytes or HTTP headers.
+    /// HTTP request limits (feature `http`).
+    #[cfg(feature = "http")]
+    pub http: crate::http::HttpLimits,
+    /// How long a new connection may take to send its first bytes, mesh handshake or
+    /// HTTP headers.
     pub header_timeout: Duration,
+    /// A mesh connection that sends nothing for this long while no call of it runs is
+    /// closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
     /// How long a shutdown waits for in-flight calls.
     pub drain_timeout: Duration,
 }
@@ -47,9 +47,22 @@ impl Default for ServerConfig {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             max_in_flight: 4096,
-            http: HttpLimits::default(),
+            #[cfg(feature = "http")]
+            http: crate::http::HttpLimits::default(),
             header_timeout: Duration::from_secs(10),
+            idle_timeout: None,
             drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    fn mesh_limits(&self) -> MeshLimits {
+        MeshLimits {
+            max_frame: self.max_frame,
+            max_in_flight: self.max_in_flight,
+            handshake_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
         }
     }
 }
@@ -60,29 +73,36 @@ pub struct Server {
     registry: Arc<Registry>,
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
-    http_dispatch: Option<Arc<dyn crate::Dispatch>>,
+    door: OnceLock<Arc<dyn Door>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.local_addr()).field("config", &self.config).finish()
+    }
 }
 
 /// Stops a running server gracefully: go-away to mesh peers, in-flight calls finish.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ShutdownHandle(watch::Sender<bool>);
 
 impl ShutdownHandle {
+    /// Starts the drain; `serve` returns when it is done.
     pub fn shutdown(&self) {
         self.0.send_replace(true);
     }
 }
 
 impl Server {
-    /// Binds the port (mesh and HTTP alike).
+    /// Binds the port.
     pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> Result<Server, Error> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
         Ok(Server {
             listener,
             registry: Arc::default(),
             config: ServerConfig::default(),
             shutdown: watch::channel(false).0,
-            http_dispatch: None,
+            door: OnceLock::new(),
         })
     }
 
@@ -92,21 +112,22 @@ impl Server {
         self
     }
 
+    /// The limits and timeouts.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     /// Publishes a service (a generated `XServer`).
     pub fn publish(&self, service: impl Service) -> &Self {
         self.registry.publish(Arc::new(service));
         self
     }
 
-    /// Publishes a plain HTTP router under `/{name}/…`.
-    pub fn publish_http(&self, name: &str, router: axum::Router) -> &Self {
-        self.registry.publish_http(name, router);
-        self
-    }
-
-    /// Where `POST /{service}/{method}` on this port goes (default: the local services).
-    pub fn set_http_dispatch(&mut self, dispatch: Arc<dyn crate::Dispatch>) {
-        self.http_dispatch = Some(dispatch);
+    /// What answers connections that are not mesh callers (without one they are closed):
+    /// the one installed, else the one `init` makes.
+    #[allow(dead_code)] // used by the `http` feature
+    pub(crate) fn door_or_init<D: Door>(&self, init: impl FnOnce() -> Arc<D>) -> Arc<dyn Door> {
+        self.door.get_or_init(|| init()).clone()
     }
 
     /// The published services.
@@ -130,155 +151,25 @@ impl Server {
         ShutdownHandle(self.shutdown.clone())
     }
 
+    /// Serves one mesh connection that was accepted elsewhere (over TLS, an in-process
+    /// duplex...): the handshake, then calls to the published services, until it closes or
+    /// this server shuts down. Returns when the connection is over.
+    pub fn serve_link(&self, link: impl Link) -> impl std::future::Future<Output = ()> + Send + 'static {
+        serve_mesh(
+            Arc::new(link),
+            bytes::BytesMut::new(),
+            self.registry.clone(),
+            self.config.mesh_limits(),
+            self.shutdown.subscribe(),
+        )
+    }
+
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
-        let Server { listener, registry, config, shutdown, http_dispatch } = self;
-        let dispatch = http_dispatch.unwrap_or_else(|| registry.clone());
-        let mut router = http::rpc_router(dispatch, config.http);
-        for (name, r) in registry.http_routers() {
-            router = router.nest(&format!("/{name}"), r);
-        }
-        let mut stop = shutdown.subscribe();
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_connection(stream, peer, registry.clone(), router.clone(), config, shutdown.subscribe()));
-                }
-                _ = stopped(&mut stop) => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
-        }
-        drop(listener);
-        let drained =
-            tokio::time::timeout(config.drain_timeout, async { while conns.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(left = conns.len(), "drain timeout: closing remaining connections");
-            conns.shutdown().await;
-        }
+        let Server { listener, registry, config, shutdown, door } = self;
+        let port = Port { dispatch: registry, door: door.into_inner(), mesh: config.mesh_limits() };
+        serve_port(listener, port, shutdown.subscribe(), config.drain_timeout).await;
         Ok(())
     }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    registry: Arc<Registry>,
-    router: axum::Router,
-    config: ServerConfig,
-    shutdown: watch::Receiver<bool>,
-) {
-    match tokio::time::timeout(config.header_timeout, sniff(&stream)).await {
-        Ok(Ok(true)) => {
-            let mut stream = stream;
-            let handshake = async {
-                let mut preface = [0u8; PREFACE.len() + 1];
-                stream.read_exact(&mut preface).await?;
-                let mut caller = vec![0u8; usize::from(preface[PREFACE.len()])];
-                stream.read_exact(&mut caller).await?;
-                let mut hello = PREFACE.to_vec();
-                hello.extend_from_slice(&config.max_frame.to_be_bytes());
-                stream.write_all(&hello).await?;
-                Ok::<_, std::io::Error>(String::from_utf8_lossy(&caller).into_owned())
-            };
-            // The caller's name goes in the request logs; an anonymous one by its address.
-            if let Ok(Ok(caller)) = tokio::time::timeout(config.header_timeout, handshake).await {
-                let caller = if caller.is_empty() { peer.to_string() } else { format!("{caller}@{peer}") };
-                mesh::serve(stream, peer, caller, registry, config, shutdown).await;
-            }
-        }
-        Ok(Ok(false)) => http_connection(stream, router, config.header_timeout, shutdown).await,
-        Ok(Err(_)) | Err(_) => {} // closed or silent: nothing to answer
-    }
-}
-
-/// Serves HTTP/1.1 or h2c on one connection, with a header timeout for slow clients and
-/// a graceful close on shutdown.
-pub(crate) async fn http_connection(
-    stream: TcpStream,
-    router: axum::Router,
-    header_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let service = TowerToHyperService::new(router);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-/// Serves an axum router over HTTP/1.1 and h2c until `shutdown` fires, then lets open
-/// requests finish (up to `drain_timeout`). The gateway's front door.
-pub async fn serve_http(
-    listener: TcpListener,
-    router: axum::Router,
-    config: ServerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let (stop, _) = watch::channel(false);
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(http_connection(stream, router.clone(), config.header_timeout, stop.subscribe()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    stop.send_replace(true);
-    let _ = tokio::time::timeout(config.drain_timeout, async { while conns.join_next().await.is_some() {} }).await;
-}
-
-/// True if the connection starts with the mesh preface. Anything else is HTTP's to
-/// answer (including garbage, which gets a 400 from the HTTP parser).
-async fn sniff(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if buf[..n] != PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == PREFACE.len() {
-            return Ok(true);
-        }
-        // A partial preface: wait briefly for the rest rather than spin on peek.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Resolves once shutdown was requested (or the server is gone).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

@@ -31,7 +31,12 @@ pub trait Service: Send + Sync + 'static {
 pub struct Registry {
     /// A node publishes a handful of services: a scan beats hashing the name per call.
     services: RwLock<Vec<Arc<dyn Service>>>,
-    http: RwLock<Vec<(String, axum::Router)>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.specs().iter().map(|s| s.name)).finish()
+    }
 }
 
 impl Registry {
@@ -41,10 +46,6 @@ impl Registry {
         services.push(service);
     }
 
-    pub(crate) fn publish_http(&self, name: &str, router: axum::Router) {
-        self.http.write().unwrap().push((name.to_owned(), router));
-    }
-
     /// Specs of every published service.
     pub fn specs(&self) -> Vec<&'static ServiceSpec> {
         let mut specs: Vec<_> = self.services.read().unwrap().iter().map(|s| s.spec()).collect();
@@ -52,13 +53,9 @@ impl Registry {
         specs
     }
 
-    /// Names of the published HTTP routers.
-    pub fn http_names(&self) -> Vec<String> {
-        self.http.read().unwrap().iter().map(|(n, _)| n.clone()).collect()
-    }
-
-    pub(crate) fn http_routers(&self) -> Vec<(String, axum::Router)> {
-        self.http.read().unwrap().clone()
+    /// True when a service of this name is published here.
+    pub fn serves(&self, service: &str) -> bool {
+        self.services.read().unwrap().iter().any(|s| s.spec().name == service)
     }
 
     fn find(&self, service: &str) -> Option<Arc<dyn Service>> {
@@ -81,7 +78,7 @@ impl Dispatch for Registry {
         Box::pin(async move {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
-            let guarded = CatchUnwind(AssertUnwindSafe(ctx.scope(handler)));
+            let guarded = CatchUnwind { inner: ctx.scope(handler) };
             // An already-expired deadline stops the handler at its first await.
             let outcome = match call.deadline {
                 Some(d) => tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?,
@@ -99,15 +96,19 @@ impl Dispatch for Registry {
     }
 }
 
-/// Turns a panic inside a handler into an error answer instead of a lost call.
-struct CatchUnwind<F>(AssertUnwindSafe<F>);
+pin_project_lite::pin_project! {
+    /// Turns a panic inside a handler into an error answer instead of a lost call.
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: structural pinning of the only field; it is never moved out.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0 .0) };
+        let inner = self.project().inner;
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),

@@ -1,4 +1,4 @@
-//! Frames: the sans-IO core of the wire protocol (see `docs/wire.md`).
+//! Frames (see `docs/wire.md`).
 //!
 //! Every frame is `u32 length | u8 kind | u64 id | body`, big-endian, where `length`
 //! counts everything after itself. Decoding checks the length against a limit before
@@ -10,8 +10,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{Codec, Error};
 
-/// Sent once by the connecting side; lets one port tell mesh traffic from HTTP.
-pub const PREFACE: &[u8; 8] = b"MESHRPC1";
 /// Default limit on one frame (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 
@@ -30,7 +28,9 @@ pub enum Status {
 
 /// One unit on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are described in docs/wire.md
 pub enum Frame {
+    /// A call.
     Request {
         id: u64,
         codec: Codec,
@@ -41,21 +41,14 @@ pub enum Frame {
         method: Bytes,
         payload: Bytes,
     },
-    Response {
-        id: u64,
-        status: Status,
-        payload: Bytes,
-    },
+    /// The answer to request `id`.
+    Response { id: u64, status: Status, payload: Bytes },
     /// The caller gave up on request `id`.
-    Cancel {
-        id: u64,
-    },
-    Ping {
-        id: u64,
-    },
-    Pong {
-        id: u64,
-    },
+    Cancel { id: u64 },
+    /// Asks for a pong (keepalive, latency).
+    Ping { id: u64 },
+    /// Answers ping `id`.
+    Pong { id: u64 },
     /// The sender drains: send no new requests on this connection.
     GoAway,
 }

@@ -5,17 +5,23 @@
 //! frames queue and a writer task flushes them in one write per wake-up: fewer syscalls
 //! under load. Once anything is queued, later frames queue behind it, so order is kept.
 
-use std::{io::ErrorKind, sync::Mutex};
+use std::{
+    io::ErrorKind,
+    sync::{Arc, Mutex},
+};
 
 use bytes::{Buf, BytesMut};
-use tokio::{net::tcp::OwnedWriteHalf, sync::Notify};
+use tokio::sync::Notify;
 
-use super::Frame;
+use super::Link;
+use crate::proto::Frame;
 
 pub(crate) struct Sender {
-    half: OwnedWriteHalf,
+    link: Arc<dyn Link>,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Woken when the queue empties or the link breaks.
+    idle: Notify,
 }
 
 #[derive(Default)]
@@ -31,8 +37,8 @@ struct Queue {
 pub(crate) struct Broken;
 
 impl Sender {
-    pub(crate) fn new(half: OwnedWriteHalf) -> Sender {
-        Sender { half, queue: Mutex::default(), wake: Notify::new() }
+    pub(crate) fn new(link: Arc<dyn Link>) -> Sender {
+        Sender { link, queue: Mutex::default(), wake: Notify::new(), idle: Notify::new() }
     }
 
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
@@ -49,13 +55,16 @@ impl Sender {
     /// Resolves once everything queued has been written (or the socket broke).
     pub(crate) async fn flushed(&self) {
         loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
             {
                 let q = self.queue.lock().unwrap();
                 if q.broken || (!q.flushing && q.bytes.is_empty()) {
                     return;
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            idle.await;
         }
     }
 
@@ -73,7 +82,7 @@ impl Sender {
             self.wake.notify_one();
             return Ok(());
         }
-        match self.half.try_write(&q.bytes) {
+        match self.link.try_write(&q.bytes) {
             Ok(n) if n == q.bytes.len() => q.bytes.clear(),
             Ok(n) => {
                 q.bytes.advance(n);
@@ -86,6 +95,7 @@ impl Sender {
             }
             Err(_) => {
                 q.broken = true;
+                self.idle.notify_waiters();
                 return Err(Broken);
             }
         }
@@ -103,22 +113,19 @@ impl Sender {
                     let mut q = self.queue.lock().unwrap();
                     if q.bytes.is_empty() {
                         q.flushing = false;
+                        self.idle.notify_waiters();
                         break;
                     }
                     std::mem::swap(&mut q.bytes, &mut chunk);
                 }
                 while !chunk.is_empty() {
-                    if self.half.writable().await.is_err() {
-                        self.queue.lock().unwrap().broken = true;
-                        return;
+                    if self.link.writable().await.is_err() {
+                        return self.broke();
                     }
-                    match self.half.try_write(&chunk) {
+                    match self.link.try_write(&chunk) {
                         Ok(n) => chunk.advance(n),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(_) => {
-                            self.queue.lock().unwrap().broken = true;
-                            return;
-                        }
+                        Err(_) => return self.broke(),
                     }
                 }
                 chunk.clear();
@@ -129,8 +136,13 @@ impl Sender {
         }
     }
 
-    /// Half-closes the socket: the peer reads end-of-stream.
+    fn broke(&self) {
+        self.queue.lock().unwrap().broken = true;
+        self.idle.notify_waiters();
+    }
+
+    /// Half-closes the link: the peer reads end-of-stream.
     pub(crate) fn shutdown(&self) {
-        let _ = socket2::SockRef::from(self.half.as_ref()).shutdown(std::net::Shutdown::Write);
+        self.link.shutdown();
     }
 }

@@ -1,4 +1,4 @@
-//! The HTTP side of a node (and of the gateway): `POST /{service}/{method}` with a
+//! RPC over HTTP on a node (and at the gateway): `POST /{service}/{method}` with a
 //! JSON body, answered in the seed's envelope `{"data": …, "errors": […]}`.
 
 use std::{
@@ -31,6 +31,7 @@ pub const KEY_HEADER: &str = "meshrpc-key";
 
 /// Limits applied to HTTP callers.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct HttpLimits {
     /// Largest accepted request body.
     pub max_body: usize,

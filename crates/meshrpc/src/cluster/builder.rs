@@ -1,0 +1,190 @@
+//! Configuring and starting a node: seeds, the port (TCP for calls and HTTP, UDP for
+//! gossip, one number), the advertised address.
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs, UdpSocket},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::{maintain, membership::Membership, peers::Peers, Cluster, GossipConfig, Inner, Policy, DEFAULT_PORT};
+use crate::{Error, Server, ServerConfig};
+
+/// Configures and starts a cluster node.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub(super) name: String,
+    pub(super) tag: String,
+    pub(super) seeds: Vec<String>,
+    pub(super) listen: Option<String>,
+    pub(super) advertise: Option<std::net::IpAddr>,
+    pub(super) policy: Policy,
+    pub(super) gossip: GossipConfig,
+    pub(super) server: ServerConfig,
+    pub(super) drain_grace: Duration,
+}
+
+impl ClusterBuilder {
+    /// The namespace: nodes with different tags do not see each other
+    /// (`MESHRPC_CLUSTER_TAGNAME`). Default `meshrpc`.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = tag.into();
+        self
+    }
+
+    /// Seed nodes to join through: `host[:port]`; a missing port means 11999. DNS names
+    /// are re-resolved periodically, so one name can stand for every replica.
+    pub fn seeds<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, seeds: I) -> Self {
+        self.seeds.extend(seeds.into_iter().filter_map(|s| parse_seed(s.as_ref())));
+        self
+    }
+
+    /// Adds seeds from `MESHRPC_CLUSTER_NODES` (comma separated).
+    pub fn seeds_from_env(self) -> Self {
+        let env = std::env::var("MESHRPC_CLUSTER_NODES").unwrap_or_default();
+        self.seeds(env.split(','))
+    }
+
+    /// Address to serve on (mesh, HTTP and UDP gossip share the port). Without it the
+    /// node is client-only: it calls others and serves nothing.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// The IP peers reach this node by, when it listens on `0.0.0.0`
+    /// (default: `MESHRPC_ADVERTISE_IP`, else the local address routing to the first seed).
+    pub fn advertise_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.advertise = Some(ip);
+        self
+    }
+
+    /// How calls spread over replicas (sticky keys always stick).
+    pub fn balance(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Gossip interval and failure detection.
+    pub fn gossip(mut self, config: GossipConfig) -> Self {
+        self.gossip = config;
+        self
+    }
+
+    /// Limits and timeouts of this node's port.
+    pub fn server_config(mut self, config: ServerConfig) -> Self {
+        self.server = config;
+        self
+    }
+
+    /// Binds the port, starts gossip and returns the node (serving starts with
+    /// [`Cluster::serve`]).
+    pub async fn start(self) -> Result<Cluster, Error> {
+        let (server, gossip_bind, mesh_addr) = match &self.listen {
+            Some(listen) => {
+                let server = bind_tcp_and_udp(listen).await?.with_config(self.server).with_http();
+                let bound = server.local_addr();
+                let ip = if bound.ip().is_unspecified() { self.advertise_ip_guess() } else { bound.ip() };
+                (Some(server), bound, Some(SocketAddr::new(ip, bound.port())))
+            }
+            None => {
+                // A client-only node still gossips (to learn the view) on a free UDP port.
+                let ip = self.advertise.unwrap_or_else(|| self.advertise_ip_guess());
+                let port = UdpSocket::bind((ip, 0))?.local_addr()?.port();
+                (None, SocketAddr::new(ip, port), None)
+            }
+        };
+        let gossip_advertise = SocketAddr::new(mesh_addr.map_or(gossip_bind.ip(), |a| a.ip()), gossip_bind.port());
+        let membership = Membership::join(
+            &self.name,
+            &self.tag,
+            gossip_bind,
+            gossip_advertise,
+            mesh_addr,
+            self.seeds.clone(),
+            &self.gossip,
+        )
+        .await?;
+        let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
+        let http = server.as_ref().map(Server::http_door);
+        let name = self.name;
+        let inner = Arc::new(Inner {
+            name: name.clone(),
+            mesh_addr,
+            registry,
+            http,
+            membership,
+            peers: Peers::new(&name),
+            policy: self.policy,
+            balancers: Mutex::default(),
+            shutdown: server.as_ref().map(Server::shutdown_handle),
+            server: Mutex::new(server),
+            drain_grace: self.drain_grace.max(self.gossip.interval * 3),
+            started: Instant::now(),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&inner)));
+        Ok(Cluster { inner })
+    }
+
+    fn advertise_ip_guess(&self) -> std::net::IpAddr {
+        if let Some(ip) = self.advertise {
+            return ip;
+        }
+        if let Some(ip) = std::env::var("MESHRPC_ADVERTISE_IP").ok().and_then(|v| v.parse().ok()) {
+            return ip;
+        }
+        // The source address the kernel would use towards the first seed; no packet is sent.
+        let towards = self.seeds.iter().find_map(|s| s.to_socket_addrs().ok()?.next());
+        towards
+            .and_then(|seed| {
+                let probe = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+                probe.connect(seed).ok()?;
+                Some(probe.local_addr().ok()?.ip())
+            })
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+}
+
+/// Binds the mesh port so that the same port number is also free for UDP gossip. With
+/// port 0 the kernel picks a TCP port whose UDP twin may be taken: pick again.
+async fn bind_tcp_and_udp(listen: &str) -> Result<Server, Error> {
+    for _ in 0..32 {
+        let server = Server::bind(listen).await?;
+        match UdpSocket::bind(server.local_addr()) {
+            // Released at once: the gossip layer binds it right after.
+            Ok(_) => return Ok(server),
+            Err(e) if !listen.ends_with(":0") => {
+                return Err(Error::unavailable(format!("UDP {} for gossip: {e}", server.local_addr())));
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(Error::unavailable(format!("no port free for both TCP and UDP on {listen}")))
+}
+
+fn parse_seed(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let has_port = match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    Some(if has_port { s.to_owned() } else { format!("{s}:{DEFAULT_PORT}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_get_the_default_port() {
+        assert_eq!(parse_seed("greeter"), Some("greeter:11999".into()));
+        assert_eq!(parse_seed(" 10.0.0.1:7000 "), Some("10.0.0.1:7000".into()));
+        assert_eq!(parse_seed("[::1]:7000"), Some("[::1]:7000".into()));
+        assert_eq!(parse_seed(""), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! Where a call goes: the one replica picker (for mesh calls and proxied HTTP alike),
+//! failover to another replica when [`may_retry`] allows, and pings.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    balance::{Balance, Candidate},
+    failover::{may_retry, Reached},
+    peers::Peer,
+    Cluster, Inner, Member, MemberState, View,
+};
+use crate::{
+    call::{BoxFuture, Call, Dispatch, Reply},
+    server::Registry,
+    Channel, Error,
+};
+
+/// Calls that provably never reached a replica are tried on up to this many replicas.
+const MAX_ATTEMPTS: usize = 3;
+
+impl Inner {
+    pub(super) fn balancer(&self, service: &str) -> Arc<dyn Balance> {
+        let mut map = self.balancers.lock().unwrap();
+        match map.get(service) {
+            Some(b) => b.clone(),
+            None => {
+                let b = self.policy.balancer();
+                map.insert(service.to_owned(), b.clone());
+                b
+            }
+        }
+    }
+
+    pub(super) async fn ping(
+        &self,
+        service: &str,
+        fingerprint: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Duration, Error> {
+        let view = self.membership.view();
+        let mut last = Error::UnknownService { service: service.to_owned() };
+        for m in view.replicas(service, fingerprint) {
+            if m.is_self {
+                return Ok(Duration::ZERO);
+            }
+            let peer = self.peers.get(m.addr.expect("replicas have addresses"));
+            let attempt = async { peer.connection().await?.ping(timeout).await };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(rtt)) => return Ok(rtt),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = Error::Timeout,
+            }
+        }
+        Err(last)
+    }
+
+    /// Picks a replica among `members`, skipping those already tried and peers that are
+    /// down or draining; `None` for the local node. This is the one picker: RPC calls and
+    /// proxied HTTP both go through it.
+    fn pick<'v>(
+        &self,
+        balancer: &dyn Balance,
+        members: impl Iterator<Item = &'v Member>,
+        tried: &[SocketAddr],
+        key: Option<&str>,
+    ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
+        let replicas: Vec<(&Member, Option<Arc<Peer>>)> = members
+            .filter_map(|m| Some((m, m.addr?)))
+            .filter(|(_, addr)| !tried.contains(addr))
+            .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))
+            .filter(|(_, p)| p.as_ref().is_none_or(|p| p.usable()))
+            .collect();
+        let candidates: Vec<Candidate<'_>> =
+            replicas.iter().map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(0.0, |p| p.load()) }).collect();
+        let i = balancer.pick(&candidates, key)?;
+        replicas.into_iter().nth(i)
+    }
+
+    pub(super) async fn call(self: Arc<Self>, call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {
+        let balancer = self.balancer(&call.service);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let view = self.membership.view();
+            let replicas = view.replicas(&call.service, fingerprint.as_deref());
+            let Some((member, peer)) = self.pick(&*balancer, replicas, &tried, call.key.as_deref()) else {
+                return Err(
+                    last_error.unwrap_or_else(|| self.nobody_serves(&view, &call.service, fingerprint.as_deref()))
+                );
+            };
+            let Some(peer) = peer else {
+                return self.registry.dispatch(call).await; // this node is the replica
+            };
+            tried.push(peer.addr);
+            let sent = match peer.connection().await {
+                Ok(conn) => conn.send_call(call.clone()),
+                Err(e) => Err(e),
+            };
+            let pending = match sent {
+                Ok(p) => p,
+                Err(e) if may_retry(&e, Reached::NotSent) => {
+                    tracing::debug!(replica = %member.id, error = %e, "call not sent: trying another replica");
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let start = Instant::now();
+            match pending.answer().await {
+                Ok(reply) => {
+                    peer.observe(start.elapsed());
+                    return Ok(reply);
+                }
+                Err(e) if may_retry(&e, Reached::Sent) => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::unavailable("no attempt made")))
+    }
+
+    fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {
+        if !view.knows(service) {
+            return Error::UnknownService { service: service.to_owned() };
+        }
+        let incompatible =
+            view.members.iter().filter(|m| m.services.contains_key(service) && !m.serves(service, fingerprint)).count();
+        Error::unavailable(if view.replicas(service, fingerprint).next().is_none() && incompatible > 0 {
+            format!("no compatible replica of `{service}`: {incompatible} serve another version of its methods")
+        } else {
+            format!("no reachable replica of `{service}`")
+        })
+    }
+}
+
+/// The cluster's balanced, failover-aware dispatch.
+pub(super) struct ClusterDispatch {
+    pub(super) inner: Arc<Inner>,
+    pub(super) fingerprint: Option<String>,
+}
+
+impl Dispatch for ClusterDispatch {
+    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
+        Box::pin(self.inner.clone().call(call, self.fingerprint.clone()))
+    }
+}
+
+/// HTTP on a node: its own services locally, anything else through the mesh.
+pub(super) struct PreferLocal {
+    pub(super) registry: Arc<Registry>,
+    pub(super) mesh: Channel,
+}
+
+impl Dispatch for PreferLocal {
+    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
+        if self.registry.serves(&call.service) {
+            self.registry.dispatch(call)
+        } else {
+            self.mesh.dispatch(call)
+        }
+    }
+}
+
+/// A replica picked to answer a proxied HTTP request; tell it how the request went.
+pub struct HttpReplica {
+    /// The replica's address (mesh port, where its HTTP routers answer).
+    pub addr: SocketAddr,
+    peer: Arc<Peer>,
+    start: Instant,
+}
+
+impl std::fmt::Debug for HttpReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpReplica").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl HttpReplica {
+    /// The replica answered: its latency feeds the load-aware policies.
+    pub fn succeeded(&self) {
+        self.peer.observe(self.start.elapsed());
+    }
+
+    /// The replica could not be reached: it is not picked again until its backoff passes,
+    /// as for mesh calls.
+    pub fn failed(&self) {
+        self.peer.mark_down();
+    }
+}
+
+impl Cluster {
+    /// Picks a replica publishing the HTTP router `name` through the same picker as mesh
+    /// calls (backoff of failed peers, draining, the balancing policy, sticky `key`),
+    /// skipping the addresses in `tried`. The replica is known reachable: its mesh
+    /// connection is up (a replica that cannot be reached is marked down, as for calls,
+    /// and another one is picked), so a request body is never spent on a dead replica.
+    pub async fn pick_http(&self, name: &str, key: Option<&str>, tried: &[SocketAddr]) -> Result<HttpReplica, Error> {
+        let inner = &self.inner;
+        let balancer = inner.balancer(&format!("http:{name}"));
+        let mut tried = tried.to_vec();
+        let mut last_error = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let view = inner.membership.view();
+            let members =
+                view.members.iter().filter(|m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name));
+            let Some((member, peer)) = inner.pick(&*balancer, members, &tried, key) else { break };
+            let addr = member.addr.expect("picked members have addresses");
+            let peer = peer.unwrap_or_else(|| inner.peers.get(addr));
+            if !member.is_self {
+                if let Err(e) = peer.connection().await {
+                    tracing::debug!(replica = %member.id, error = %e, "HTTP replica unreachable: picking another");
+                    tried.push(addr);
+                    last_error = Some(e);
+                    continue;
+                }
+            }
+            return Ok(HttpReplica { addr, peer, start: Instant::now() });
+        }
+        Err(last_error.unwrap_or_else(|| Error::unavailable(format!("no reachable replica serves HTTP for `{name}`"))))
+    }
+}

@@ -1,0 +1,22 @@
+//! The wire protocol without I/O: frames, the handshake (both sides, once) and the state
+//! of a connection on either side (ids, pending calls, limits, drain, idle time).
+//!
+//! Nothing here reads a socket, spawns a task or reads a clock: callers pass in the
+//! bytes they received and the current [`Instant`](std::time::Instant), and get back
+//! frames to write and calls to deliver or complete. `transport` is the tokio shell that
+//! drives it; the tests here drive two states against each other byte by byte.
+
+mod caller;
+mod frame;
+mod handshake;
+mod responder;
+
+pub use caller::{CallerState, ConnState, Incoming};
+pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
+pub use handshake::{
+    sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, VERSION,
+};
+pub use responder::{response, Inbound, ResponderState};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! The serving side of a connection: which calls run, how many may, whether the node
+//! drains, and when a silent caller has been idle too long.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+
+use super::{Frame, Status};
+use crate::{
+    call::{Call, Reply},
+    Error,
+};
+
+/// What a received frame asks of the shell.
+#[derive(Debug)]
+pub enum Inbound<H> {
+    /// Run this call and answer request `id` with [`response`].
+    Call {
+        /// The request id to answer.
+        id: u64,
+        /// The call, its deadline made absolute.
+        call: Call,
+    },
+    /// Write this frame back (a pong, or a call refused before it ran).
+    Send(Frame),
+    /// The caller cancelled a running call: stop its handler.
+    Abort(H),
+    /// Nothing to do.
+    Nothing,
+}
+
+/// The node's state of one connection. `H` is whatever the shell stops a running
+/// handler with (an abort handle, say).
+#[derive(Debug)]
+pub struct ResponderState<H> {
+    running: HashMap<u64, H>,
+    max_in_flight: usize,
+    draining: bool,
+    idle_timeout: Option<Duration>,
+    last_heard: Instant,
+}
+
+impl<H> ResponderState<H> {
+    /// A new connection: at most `max_in_flight` running calls; closed when nothing is
+    /// received for `idle_timeout` while no call runs (`None`: never).
+    pub fn new(max_in_flight: usize, idle_timeout: Option<Duration>, now: Instant) -> Self {
+        ResponderState { running: HashMap::new(), max_in_flight, draining: false, idle_timeout, last_heard: now }
+    }
+
+    /// Handles one frame from the caller.
+    pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound<H> {
+        self.last_heard = now;
+        match frame {
+            Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
+                let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
+                    return Inbound::Send(response(id, Err(Error::bad_request("service and method must be UTF-8"))));
+                };
+                if self.running.len() >= self.max_in_flight {
+                    let message = format!("more than {} calls in flight on one connection", self.max_in_flight);
+                    return Inbound::Send(response(id, Err(Error::Overloaded { message })));
+                }
+                let call = Call {
+                    service: Cow::Owned(service.to_owned()),
+                    method: Cow::Owned(method.to_owned()),
+                    codec,
+                    deadline: deadline.map(|d| now + d),
+                    trace_id,
+                    key: None,
+                    payload,
+                };
+                Inbound::Call { id, call }
+            }
+            Frame::Cancel { id } => self.running.remove(&id).map_or(Inbound::Nothing, Inbound::Abort),
+            Frame::Ping { id } => Inbound::Send(Frame::Pong { id }),
+            Frame::Pong { .. } | Frame::Response { .. } | Frame::GoAway => Inbound::Nothing,
+        }
+    }
+
+    /// Records bytes received (a partial frame counts as life too).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// A call that did not finish at once now runs under `handle`.
+    pub fn started(&mut self, id: u64, handle: H) {
+        self.running.insert(id, handle);
+    }
+
+    /// A running call answered.
+    pub fn finished(&mut self, id: u64) {
+        self.running.remove(&id);
+    }
+
+    /// Calls running.
+    pub fn in_flight(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts draining: returns the go-away to send, once.
+    pub fn go_away(&mut self) -> Option<Frame> {
+        (!std::mem::replace(&mut self.draining, true)).then_some(Frame::GoAway)
+    }
+
+    /// True once go-away was sent.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// When the connection counts as idle if nothing more arrives (`None`: not while calls
+    /// run, or no idle timeout).
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.idle_timeout?;
+        self.running.is_empty().then(|| self.last_heard + timeout)
+    }
+
+    /// The connection is over: returns the handles of every running call, to stop them.
+    pub fn close(&mut self) -> Vec<H> {
+        self.running.drain().map(|(_, h)| h).collect()
+    }
+}
+
+/// The response frame for a call's outcome.
+pub fn response(id: u64, result: Result<Reply, Error>) -> Frame {
+    let (status, payload) = match result {
+        Ok(Reply::Ok(b)) => (Status::Ok, b),
+        Ok(Reply::AppError(b)) => (Status::AppError, b),
+        Err(e) => (Status::Failed, Bytes::from(serde_json::to_vec(&e).unwrap_or_default())),
+    };
+    Frame::Response { id, status, payload }
+}

@@ -1,0 +1,291 @@
+//! Two connection states driven against each other through bytes, with no sockets:
+//! everything is delivered one byte at a time, or split at every offset.
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::*;
+use crate::{
+    call::{Call, Reply},
+    Codec, Error,
+};
+
+fn handshake(caller_max: u32, node_max: u32) -> (Negotiated, Negotiated) {
+    let caller = CallerHandshake::new("billing", caller_max);
+    let node = NodeHandshake::new(node_max);
+    let mut hello = BytesMut::new();
+    caller.hello(&mut hello);
+    // The node sees the hello one byte at a time and answers only once it is whole.
+    let (mut inbox, mut answer) = (BytesMut::new(), BytesMut::new());
+    let mut at_node = None;
+    for b in hello.iter() {
+        assert!(at_node.is_none(), "answered before the hello was whole");
+        inbox.put_u8(*b);
+        at_node = node.receive(&mut inbox, &mut answer).unwrap();
+    }
+    let at_node = at_node.expect("a whole hello is answered");
+    assert!(inbox.is_empty());
+    let mut inbox = BytesMut::new();
+    let mut at_caller = None;
+    for b in answer.iter() {
+        assert!(at_caller.is_none());
+        inbox.put_u8(*b);
+        at_caller = caller.receive(&mut inbox).unwrap();
+    }
+    (at_caller.expect("a whole answer is taken"), at_node)
+}
+
+#[test]
+fn handshake_byte_by_byte_settles_version_and_limits_both_ways() {
+    let (caller, node) = handshake(1000, 2000);
+    assert_eq!((caller.version, node.version), (VERSION, VERSION));
+    assert_eq!((caller.max_in, caller.max_out), (1000, 2000));
+    assert_eq!((node.max_in, node.max_out), (2000, 1000));
+    assert_eq!(node.peer_name, "billing");
+    assert_eq!(caller.features, Features::NONE);
+}
+
+#[test]
+fn a_version_one_caller_is_refused_naming_both_versions() {
+    let node = NodeHandshake::new(1024);
+    let (mut inbox, mut answer) = (BytesMut::from(&b"MESHRPC1\x07billing"[..]), BytesMut::new());
+    let err = node.receive(&mut inbox, &mut answer).unwrap_err();
+    assert!(err.to_string().contains("caller speaks 1..=1, this node 2..=2"), "{err}");
+    // A newer caller reading that refusal names both sides too.
+    let caller = CallerHandshake::new("", 1024);
+    let err = caller.receive(&mut answer).unwrap_err();
+    assert!(err.to_string().contains("it speaks wire versions 2..=2, we speak 2..=2"), "{err}");
+}
+
+#[test]
+fn a_future_caller_gets_the_highest_common_version() {
+    let node = NodeHandshake::new(1024);
+    let mut hello = BytesMut::from(&b"MESHRPC9"[..]);
+    hello.put_u8(b'2');
+    hello.put_u32(0xffff_0000); // features this build does not know
+    hello.put_u32(4096);
+    hello.put_u8(0);
+    let mut answer = BytesMut::new();
+    let got = node.receive(&mut hello, &mut answer).unwrap().unwrap();
+    assert_eq!(got.version, 2);
+    assert_eq!(got.features, Features::NONE, "only features both sides have");
+    assert_eq!(&answer[..8], b"MESHRPC2");
+}
+
+#[test]
+fn http_on_the_mesh_handshake_is_refused_and_sniffing_tells_them_apart() {
+    assert_eq!(sniff(b"MESH"), Sniffed::NeedMore);
+    assert_eq!(sniff(b"MESHRPC2"), Sniffed::Mesh);
+    assert_eq!(sniff(b"GET / HTTP/1.1"), Sniffed::Other);
+    assert_eq!(sniff(b"PRI * HTTP/2.0"), Sniffed::Other);
+    let caller = CallerHandshake::new("", 1024);
+    let mut http = BytesMut::from(&b"HTTP/1.1 400 Bad Request\r\n"[..]);
+    assert!(caller.receive(&mut http).unwrap_err().to_string().contains("not a meshrpc node"));
+}
+
+fn call(method: &'static str, payload: &'static [u8], deadline: Option<Instant>) -> Call {
+    Call {
+        service: "greeter".into(),
+        method: method.into(),
+        codec: Codec::Json,
+        deadline,
+        trace_id: 7,
+        key: None,
+        payload: Bytes::from_static(payload),
+    }
+}
+
+/// Feeds `wire` to a decoder in the given chunks and returns the frames.
+fn decode_in_chunks(wire: &[u8], cuts: &[usize], max: u32) -> Vec<Frame> {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut from = 0;
+    for &to in cuts.iter().chain(std::iter::once(&wire.len())) {
+        buf.put_slice(&wire[from..to]);
+        from = to;
+        while let Some(f) = Frame::decode(&mut buf, max).unwrap() {
+            frames.push(f);
+        }
+    }
+    assert!(buf.is_empty());
+    frames
+}
+
+#[test]
+fn calls_and_answers_cross_split_at_every_offset() {
+    let (caller_limits, node_limits) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::<&str>::new(caller_limits);
+    let (a, f1, alone) = caller
+        .start_call(call("greet", br#"{"name":"Max"}"#, Some(now + Duration::from_secs(2))), now, "first")
+        .unwrap();
+    assert!(alone);
+    let (b, f2, alone) = caller.start_call(call("greet", br#"{"name":"Eve"}"#, None), now, "second").unwrap();
+    assert!(!alone);
+    let (p, f3, _) = caller.start_ping("ping").unwrap();
+    let mut wire = BytesMut::new();
+    for f in [&f1, &f2, &f3] {
+        f.encode(&mut wire);
+    }
+    for cut in 0..=wire.len() {
+        let frames = decode_in_chunks(&wire, &[cut], node_limits.max_in);
+        assert_eq!(frames, vec![f1.clone(), f2.clone(), f3.clone()], "split at {cut}");
+    }
+
+    // The node runs them: the deadline arrives relative to its own clock.
+    let later = now + Duration::from_millis(5);
+    let mut node = ResponderState::<u64>::new(16, None, later);
+    let mut answers = BytesMut::new();
+    for f in decode_in_chunks(&wire, &(1..wire.len()).collect::<Vec<_>>(), node_limits.max_in) {
+        match node.on_frame(f, later) {
+            Inbound::Call { id, call } => {
+                assert_eq!(call.service, "greeter");
+                if id == a {
+                    assert_eq!(call.deadline, Some(later + Duration::from_secs(2)));
+                    response(id, Ok(Reply::Ok(Bytes::from_static(b"\"Hello, Max\"")))).encode(&mut answers);
+                } else {
+                    assert_eq!(call.deadline, None);
+                    response(id, Err(Error::Internal { message: "boom".into() })).encode(&mut answers);
+                }
+            }
+            Inbound::Send(f) => f.encode(&mut answers),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Answers come back byte by byte, in any order the node wrote them.
+    let mut got = Vec::new();
+    for f in decode_in_chunks(&answers, &(1..answers.len()).collect::<Vec<_>>(), caller.limits().max_in) {
+        match caller.on_frame(f) {
+            Incoming::Answer(w, r) => got.push((w, r)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("first", Ok(Reply::Ok(Bytes::from_static(b"\"Hello, Max\"")))),
+            ("second", Err(Error::Internal { message: "boom".into() })),
+            ("ping", Ok(Reply::Ok(Bytes::new()))),
+        ]
+    );
+    assert_eq!(caller.in_flight(), 0);
+    let _ = (b, p);
+}
+
+#[test]
+fn limits_are_checked_before_anything_is_sent() {
+    let (limits, _) = handshake(1 << 20, 64);
+    let now = Instant::now();
+    let mut caller = CallerState::<()>::new(limits);
+    let big = call("greet", &[b'x'; 100], None);
+    assert!(matches!(caller.start_call(big, now, ()), Err(Error::TooLarge { limit: 64, .. })));
+    let late = call("greet", b"{}", Some(now));
+    assert_eq!(caller.start_call(late, now, ()).unwrap_err(), Error::Timeout);
+    assert_eq!(caller.in_flight(), 0, "refused calls leave nothing pending");
+    // A frame over the node's limit is refused by its decoder before it is buffered.
+    let mut wire = BytesMut::new();
+    Frame::Response { id: 1, status: Status::Ok, payload: Bytes::from_static(&[0; 100]) }.encode(&mut wire);
+    assert!(matches!(Frame::decode(&mut wire, 64), Err(Error::TooLarge { .. })));
+}
+
+#[test]
+fn cancel_aborts_the_running_handler_and_late_answers_are_dropped() {
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::new(limits);
+    let (id, request, _) = caller.start_call(call("slow", b"{}", None), now, "w").unwrap();
+    let mut node = ResponderState::new(16, None, now);
+    let Inbound::Call { id: got, .. } = node.on_frame(request, now) else { panic!() };
+    node.started(got, "abort-handle");
+    let cancel = caller.cancel(id).expect("still pending");
+    assert!(caller.cancel(id).is_none(), "cancelled once");
+    assert!(matches!(node.on_frame(cancel, now), Inbound::Abort("abort-handle")));
+    assert_eq!(node.in_flight(), 0);
+    // An answer racing the cancel finds nobody waiting.
+    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new())))), Incoming::Nothing));
+}
+
+#[test]
+fn more_calls_than_the_limit_are_refused_as_overloaded() {
+    let now = Instant::now();
+    let mut node = ResponderState::new(1, None, now);
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let mut caller = CallerState::new(limits);
+    let (_, first, _) = caller.start_call(call("slow", b"{}", None), now, 1).unwrap();
+    let (second_id, second, _) = caller.start_call(call("slow", b"{}", None), now, 2).unwrap();
+    let Inbound::Call { id, .. } = node.on_frame(first, now) else { panic!() };
+    node.started(id, ());
+    let Inbound::Send(refusal) = node.on_frame(second, now) else { panic!() };
+    match caller.on_frame(refusal) {
+        Incoming::Answer(2, Err(Error::Overloaded { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(caller.in_flight(), 1);
+    let _ = second_id;
+}
+
+#[test]
+fn go_away_drains_then_the_caller_hangs_up_after_its_last_answer() {
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::new(limits);
+    let (id, _, _) = caller.start_call(call("greet", b"{}", None), now, "w").unwrap();
+    let mut node = ResponderState::<()>::new(16, None, now);
+    let go_away = node.go_away().expect("sent once");
+    assert!(node.go_away().is_none());
+    assert!(matches!(caller.on_frame(go_away), Incoming::Nothing));
+    assert_eq!(caller.state(), ConnState::Draining);
+    assert!(!caller.drained(), "a call is still out");
+    assert!(matches!(caller.start_call(call("greet", b"{}", None), now, "x"), Err(Error::Unavailable { .. })));
+    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new())))), Incoming::Answer("w", Ok(_))));
+    assert!(caller.drained());
+    assert!(caller.close().is_empty());
+    assert_eq!(caller.state(), ConnState::Closed);
+}
+
+#[test]
+fn closing_hands_back_every_waiter() {
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::new(limits);
+    for w in 0..3 {
+        caller.start_call(call("greet", b"{}", None), now, w).unwrap();
+    }
+    let mut waiters = caller.close();
+    waiters.sort();
+    assert_eq!(waiters, vec![0, 1, 2]);
+    assert!(matches!(caller.start_ping(9), Err(Error::Unavailable { .. })));
+}
+
+#[test]
+fn an_idle_connection_has_a_deadline_only_while_no_call_runs() {
+    let t0 = Instant::now();
+    let mut node = ResponderState::new(16, Some(Duration::from_secs(10)), t0);
+    assert_eq!(node.idle_deadline(), Some(t0 + Duration::from_secs(10)));
+    let t1 = t0 + Duration::from_secs(3);
+    node.heard(t1);
+    assert_eq!(node.idle_deadline(), Some(t1 + Duration::from_secs(10)));
+    node.started(1, ());
+    assert_eq!(node.idle_deadline(), None, "a running call is not idleness");
+    node.finished(1);
+    assert!(node.idle_deadline().is_some());
+    assert_eq!(ResponderState::<()>::new(1, None, t0).idle_deadline(), None);
+}
+
+#[test]
+fn a_caller_answers_pings_and_refuses_requests() {
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let mut caller = CallerState::<()>::new(limits);
+    assert!(matches!(caller.on_frame(Frame::Ping { id: 4 }), Incoming::Send(Frame::Pong { id: 4 })));
+    let req = Frame::Request {
+        id: 5,
+        codec: Codec::Json,
+        deadline: None,
+        trace_id: 0,
+        service: Bytes::new(),
+        method: Bytes::new(),
+        payload: Bytes::new(),
+    };
+    assert!(matches!(caller.on_frame(req), Incoming::Send(Frame::Response { id: 5, status: Status::Failed, .. })));
+}

@@ -1,0 +1,413 @@
+//! A persistent, multiplexed connection to one node (the calling side): the tokio shell
+//! around [`CallerState`].
+//!
+//! One reader task matches responses to pending calls by id. Sending goes through the
+//! sender: a lone caller writes its frame itself, concurrent callers' frames are batched
+//! by a writer task. Many calls share the one connection.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use tokio::{
+    net::TcpStream,
+    sync::{oneshot, watch},
+};
+
+use super::{
+    link::{read_some, write_all, Link},
+    sender::Sender,
+};
+use crate::{
+    call::{BoxFuture, Call, Dispatch, Reply},
+    proto::{CallerHandshake, CallerState, ConnState, Frame, Incoming, DEFAULT_MAX_FRAME},
+    Error,
+};
+
+type Waiter = oneshot::Sender<Result<Reply, Error>>;
+type Answer = oneshot::Receiver<Result<Reply, Error>>;
+
+/// Connection limits and timeouts.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// How long connecting and the handshake may take.
+    pub connect_timeout: Duration,
+    /// Largest frame accepted from the node.
+    pub max_frame: u32,
+    /// Who is calling, for the peer's request logs (a cluster sets its node name).
+    pub caller: Option<Arc<str>>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(3), max_frame: DEFAULT_MAX_FRAME, caller: None }
+    }
+}
+
+impl ConnectOptions {
+    /// The same options with another connect and handshake timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The same options naming the caller in the node's request logs.
+    pub fn caller(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.caller = Some(name.into());
+        self
+    }
+
+    /// The same options with another limit on frames from the node.
+    pub fn max_frame(mut self, bytes: u32) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+}
+
+/// A live connection to a meshrpc node. Cheap to clone; all clones share the link.
+///
+/// It does not reconnect: once closed, every call fails with `unavailable`
+/// ("connection … is closed") and a new one must be made. A [`Cluster`](crate::Cluster)
+/// reconnects for you.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("peer", &self.inner.peer).field("state", &self.state()).finish()
+    }
+}
+
+struct Inner {
+    peer: SocketAddr,
+    sender: Sender,
+    /// The link, shared: the reader task reads it, and so does a lone caller waiting for
+    /// its answer (it then needs no hand-off from another task, which costs a
+    /// cross-thread wake-up on a multi-threaded runtime).
+    link: Arc<dyn Link>,
+    /// Bytes read and not yet decoded; whoever holds it reads and dispatches.
+    inbox: Mutex<BytesMut>,
+    proto: Mutex<CallerState<Waiter>>,
+    max_in: u32,
+    state: watch::Sender<ConnState>,
+}
+
+/// Connects to a node's mesh port with default options.
+pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<Connection, Error> {
+    Connection::connect(addr, ConnectOptions::default()).await
+}
+
+impl Connection {
+    /// Opens a TCP connection, shakes hands and starts the reader and writer tasks.
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs, opts: ConnectOptions) -> Result<Connection, Error> {
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::unavailable("connect timed out"))?
+            .map_err(|e| Error::from(e).context("connect"))?;
+        stream.set_nodelay(true)?;
+        Connection::over(Arc::new(stream), opts).await
+    }
+
+    /// Shakes hands over an already connected link (TCP, TLS, an in-process duplex) and
+    /// starts the reader and writer tasks.
+    pub async fn over(link: Arc<dyn Link>, opts: ConnectOptions) -> Result<Connection, Error> {
+        let peer = link.peer_addr();
+        let handshake = CallerHandshake::new(opts.caller.as_deref().unwrap_or(""), opts.max_frame);
+        let mut inbox = BytesMut::with_capacity(8 * 1024);
+        let shake = async {
+            let mut hello = BytesMut::new();
+            handshake.hello(&mut hello);
+            write_all(&*link, &hello).await?;
+            loop {
+                if let Some(done) = handshake.receive(&mut inbox)? {
+                    return Ok::<_, Error>(done);
+                }
+                if read_some(&*link, &mut inbox).await? == 0 {
+                    return Err(Error::unavailable(format!("{peer} closed the connection during the handshake")));
+                }
+            }
+        };
+        let limits = tokio::time::timeout(opts.connect_timeout, shake)
+            .await
+            .map_err(|_| Error::unavailable(format!("no handshake from {peer}")))?
+            .map_err(|e| match e {
+                Error::Protocol { message } => Error::protocol(format!("{peer}: {message}")),
+                e => e,
+            })?;
+        let max_in = limits.max_in;
+        let inner = Arc::new(Inner {
+            peer,
+            sender: Sender::new(link.clone()),
+            link,
+            inbox: Mutex::new(inbox),
+            proto: Mutex::new(CallerState::new(limits)),
+            max_in,
+            state: watch::channel(ConnState::Open).0,
+        });
+        inner.start();
+        Ok(Connection { inner })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// Open, draining (the peer sent go-away) or closed.
+    pub fn state(&self) -> ConnState {
+        *self.inner.state.borrow()
+    }
+
+    /// Calls in flight on this connection (the load the p2c balancer sees).
+    pub fn in_flight(&self) -> usize {
+        self.inner.proto.lock().unwrap().in_flight()
+    }
+
+    /// Resolves when the connection stops taking new calls (go-away or closed).
+    pub async fn unusable(&self) {
+        let mut rx = self.inner.state.subscribe();
+        let _ = rx.wait_for(|s| *s != ConnState::Open).await;
+    }
+
+    /// Round-trips a ping frame and returns the time it took.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+        let start = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let started = self.inner.proto.lock().unwrap().start_ping(tx);
+        let (id, frame, alone) = started.map_err(|e| self.inner.about_peer(e))?;
+        self.inner.send(&frame, alone, id)?;
+        self.inner.wait(id, rx, Some(start + timeout), alone).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Closes the connection; pending calls fail with `Unavailable`.
+    pub fn close(&self) {
+        self.inner.close(Error::unavailable("connection closed locally"));
+    }
+
+    /// Sends a call and returns the pending answer. An error here means the call
+    /// provably never left this process, so it is safe to try another replica.
+    pub fn send_call(&self, call: Call) -> Result<PendingCall, Error> {
+        let deadline = call.deadline;
+        let (tx, rx) = oneshot::channel();
+        let started = self.inner.proto.lock().unwrap().start_call(call, Instant::now(), tx);
+        let (id, frame, alone) = started.map_err(|e| self.inner.about_peer(e))?;
+        self.inner.send(&frame, alone, id)?;
+        Ok(PendingCall { conn: self.clone(), id, rx, deadline, alone })
+    }
+}
+
+/// A call on the wire, waiting for its answer. Dropping it cancels the call.
+pub struct PendingCall {
+    conn: Connection,
+    id: u64,
+    rx: Answer,
+    deadline: Option<Instant>,
+    alone: bool,
+}
+
+impl std::fmt::Debug for PendingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCall").field("id", &self.id).field("peer", &self.conn.inner.peer).finish()
+    }
+}
+
+impl PendingCall {
+    /// Waits for the answer, the deadline, or the connection's end.
+    pub async fn answer(self) -> Result<Reply, Error> {
+        self.conn.inner.wait(self.id, self.rx, self.deadline, self.alone).await
+    }
+}
+
+impl Dispatch for Connection {
+    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
+        let pending = self.send_call(call);
+        Box::pin(async move { pending?.answer().await })
+    }
+}
+
+/// Withdraws a call whose caller stopped waiting, and tells the peer.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let cancel = self.inner.proto.lock().unwrap().cancel(self.id);
+        if let Some(frame) = cancel {
+            let _ = self.inner.sender.send(&frame, false);
+        }
+        self.inner.close_if_drained();
+    }
+}
+
+impl Inner {
+    fn start(self: &Arc<Self>) {
+        let (writer, mut state) = (self.clone(), self.state.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = writer.sender.flush_loop() => writer.close(Error::unavailable(format!("connection to {} broke", writer.peer))),
+                _ = state.wait_for(|s| *s == ConnState::Closed) => {}
+            }
+            writer.sender.shutdown();
+        });
+        let reader = self.clone();
+        let mut state = self.state.subscribe();
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                why = reader.read_loop() => why,
+                _ = state.wait_for(|s| *s == ConnState::Closed) => return,
+            };
+            reader.close(why);
+        });
+    }
+
+    /// Adds the peer to an error about this connection.
+    fn about_peer(&self, e: Error) -> Error {
+        match e {
+            Error::Unavailable { message } => Error::unavailable(format!("{}: {message}", self.peer)),
+            e => e,
+        }
+    }
+
+    fn send(&self, frame: &Frame, direct: bool, id: u64) -> Result<(), Error> {
+        self.sender.send(frame, direct).map_err(|_| {
+            self.proto.lock().unwrap().cancel(id);
+            Error::unavailable(format!("connection to {} is broken", self.peer))
+        })
+    }
+
+    async fn wait(&self, id: u64, rx: Answer, deadline: Option<Instant>, alone: bool) -> Result<Reply, Error> {
+        // If the caller drops this future, the guard withdraws the call and tells the peer.
+        let guard = CancelOnDrop { inner: self, id };
+        let received = async {
+            let mut rx = rx;
+            if !alone {
+                return rx.await;
+            }
+            // The only call in flight reads the link too: whichever of it and the reader
+            // task gets there first decodes the answer.
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut rx => return answer,
+                    ready = self.link.readable() => match ready {
+                        Ok(()) => {
+                            if let Err(why) = self.pump() {
+                                self.close(why);
+                            }
+                        }
+                        Err(_) => return rx.await, // the reader task reports the error
+                    },
+                }
+            }
+        };
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), received).await.map_err(|_| Error::Timeout),
+            None => Ok(received.await),
+        };
+        match answer {
+            Ok(Ok(reply)) => {
+                std::mem::forget(guard);
+                reply
+            }
+            Ok(Err(_)) => {
+                std::mem::forget(guard);
+                Err(Error::unavailable(format!("connection to {} closed mid-call", self.peer)))
+            }
+            Err(e) => Err(e), // the guard cancels
+        }
+    }
+
+    /// After go-away, the side that called hangs up once its last answer is in: the
+    /// draining node then knows no request is still on its way.
+    fn close_if_drained(&self) {
+        if self.proto.lock().unwrap().drained() {
+            self.close(Error::unavailable(format!("{} drained", self.peer)));
+        }
+    }
+
+    fn close(&self, why: Error) {
+        let waiters = self.proto.lock().unwrap().close();
+        if !waiters.is_empty() {
+            tracing::debug!(peer = %self.peer, %why, failed = waiters.len(), "connection closed");
+        }
+        for tx in waiters {
+            let _ = tx.send(Err(why.clone()));
+        }
+        self.state.send_replace(ConnState::Closed);
+    }
+
+    /// The reader task: waits for bytes and dispatches the frames they complete.
+    async fn read_loop(&self) -> Error {
+        loop {
+            if let Err(e) = self.link.readable().await {
+                return Error::from(e).context(&format!("connection to {}", self.peer));
+            }
+            match self.pump() {
+                // Yield either way: a caller woken by the same readiness may be about to
+                // take its own answer, and a caller pumping right now should finish first.
+                Ok(_) => tokio::task::yield_now().await,
+                Err(why) => return why,
+            }
+        }
+    }
+
+    /// Reads whatever the link holds without waiting and dispatches every complete
+    /// frame. Returns `false` without reading if another task is at it.
+    fn pump(&self) -> Result<bool, Error> {
+        let Ok(mut buf) = self.inbox.try_lock() else { return Ok(false) };
+        loop {
+            // Frames left from the handshake or an earlier read come first.
+            loop {
+                match Frame::decode(&mut buf, self.max_in) {
+                    Ok(Some(frame)) => self.on_frame(frame),
+                    Ok(None) => break,
+                    Err(e) => return Err(Error::unavailable(format!("{}: {e}", self.peer))),
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            match self.link.try_read_buf(&mut buf) {
+                Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(Error::from(e).context(&format!("connection to {}", self.peer))),
+            }
+        }
+    }
+
+    fn on_frame(&self, frame: Frame) {
+        let going_away = matches!(frame, Frame::GoAway);
+        let incoming = self.proto.lock().unwrap().on_frame(frame);
+        match incoming {
+            Incoming::Answer(tx, result) => {
+                let _ = tx.send(result);
+                self.close_if_drained();
+            }
+            Incoming::Send(frame) => {
+                let _ = self.sender.send(&frame, false);
+            }
+            Incoming::Nothing if going_away => {
+                tracing::debug!(peer = %self.peer, "peer is draining");
+                self.state.send_if_modified(|s| {
+                    let open = *s == ConnState::Open;
+                    if open {
+                        *s = ConnState::Draining;
+                    }
+                    open
+                });
+                self.close_if_drained();
+            }
+            Incoming::Nothing => {}
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The one seam between the protocol and the bytes: a [`Link`] is a connected byte
+//! stream that several tasks may read and write through a shared reference, waiting on
+//! readiness (never on a timer). TCP is one directly; any `AsyncRead + AsyncWrite` (TLS,
+//! an in-process duplex) becomes one through [`StreamLink`].
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use bytes::{Buf, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    sync::{watch, Notify},
+};
+
+/// A future borrowed from a link.
+pub type Ready<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
+
+/// A connected byte stream shared by the tasks of one connection.
+pub trait Link: Send + Sync + 'static {
+    /// Resolves when a read may make progress (data, end of stream or an error).
+    fn readable(&self) -> Ready<'_>;
+    /// Reads what is there without waiting: `WouldBlock` when nothing is, `Ok(0)` at the end.
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Resolves when a write may make progress.
+    fn writable(&self) -> Ready<'_>;
+    /// Writes what fits without waiting: `WouldBlock` when nothing does.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Closes the sending direction once written data is out: the peer reads end of stream.
+    fn shutdown(&self);
+    /// The other end.
+    fn peer_addr(&self) -> SocketAddr;
+}
+
+impl Link for TcpStream {
+    fn readable(&self) -> Ready<'_> {
+        Box::pin(TcpStream::readable(self))
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+    fn writable(&self) -> Ready<'_> {
+        Box::pin(TcpStream::writable(self))
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+    fn shutdown(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        TcpStream::peer_addr(self).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+/// Bytes a [`StreamLink`] holds in each direction before it stops reading or refuses writes.
+const STREAM_BUFFER: usize = 256 * 1024;
+
+/// Any `AsyncRead + AsyncWrite` as a [`Link`]: two small tasks move its bytes to and from
+/// bounded buffers that the connection's tasks share. One extra hop per direction, so TCP
+/// does without it. Dropping the link stops both tasks and closes the stream.
+pub struct StreamLink {
+    shared: Arc<Shared>,
+    /// Dropped with the link: the pump tasks see it and end.
+    _alive: watch::Sender<()>,
+}
+
+struct Shared {
+    peer: SocketAddr,
+    inbound: Mutex<Inbound>,
+    outbound: Mutex<Outbound>,
+    /// Woken when bytes (or the end) arrive, and when the writer made room.
+    arrived: Notify,
+    room: Notify,
+    /// Wakes the pump tasks: there is room to read into, or bytes to write.
+    to_reader: Notify,
+    to_writer: Notify,
+}
+
+#[derive(Default)]
+struct Inbound {
+    bytes: BytesMut,
+    ended: bool,
+    error: Option<io::ErrorKind>,
+}
+
+#[derive(Default)]
+struct Outbound {
+    bytes: BytesMut,
+    shutdown: bool,
+    error: Option<io::ErrorKind>,
+}
+
+impl StreamLink {
+    /// Wraps `stream`, whose other end is `peer` (for logs). Spawns its two pump tasks.
+    pub fn new<S>(stream: S, peer: SocketAddr) -> StreamLink
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            peer,
+            inbound: Mutex::default(),
+            outbound: Mutex::default(),
+            arrived: Notify::new(),
+            room: Notify::new(),
+            to_reader: Notify::new(),
+            to_writer: Notify::new(),
+        });
+        let (alive, gone) = watch::channel(());
+        let (read, write) = tokio::io::split(stream);
+        tokio::spawn(pump_in(shared.clone(), read, gone.clone()));
+        tokio::spawn(pump_out(shared.clone(), write, gone));
+        StreamLink { shared, _alive: alive }
+    }
+}
+
+impl Shared {
+    /// Waits on `notify` until `ready` holds, without missing a wake-up in between.
+    async fn wait(&self, notify: &Notify, ready: impl Fn(&Shared) -> bool) {
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if ready(self) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+async fn pump_in<R: AsyncRead + Unpin>(link: Arc<Shared>, mut read: R, mut gone: watch::Receiver<()>) {
+    let mut chunk = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let got = tokio::select! {
+            got = async {
+                link.wait(&link.to_reader, |l| l.inbound.lock().unwrap().bytes.len() < STREAM_BUFFER).await;
+                chunk.reserve(16 * 1024);
+                read.read_buf(&mut chunk).await
+            } => got,
+            _ = gone.changed() => return,
+        };
+        {
+            let mut inb = link.inbound.lock().unwrap();
+            match &got {
+                Ok(0) => inb.ended = true,
+                Ok(_) => inb.bytes.extend_from_slice(&chunk.split()),
+                Err(e) => inb.error = Some(e.kind()),
+            }
+        }
+        link.arrived.notify_waiters();
+        if !matches!(got, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+async fn pump_out<W: AsyncWrite + Unpin>(link: Arc<Shared>, mut write: W, mut gone: watch::Receiver<()>) {
+    let mut chunk = BytesMut::new();
+    loop {
+        let woke = tokio::select! {
+            _ = link.wait(&link.to_writer, |l| {
+                let out = l.outbound.lock().unwrap();
+                !out.bytes.is_empty() || out.shutdown
+            }) => true,
+            _ = gone.changed() => false,
+        };
+        let shutdown = {
+            let mut out = link.outbound.lock().unwrap();
+            std::mem::swap(&mut out.bytes, &mut chunk);
+            out.shutdown || !woke
+        };
+        let result = async {
+            write.write_all(&chunk).await?;
+            write.flush().await?;
+            if shutdown {
+                write.shutdown().await?;
+            }
+            Ok::<_, io::Error>(())
+        };
+        // Whatever was queued still goes out after the link is dropped, within a bound.
+        let result = match tokio::time::timeout(std::time::Duration::from_secs(5), result).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        };
+        chunk.clear();
+        if let Err(e) = &result {
+            link.outbound.lock().unwrap().error = Some(e.kind());
+        }
+        link.room.notify_waiters();
+        if result.is_err() || shutdown {
+            return;
+        }
+    }
+}
+
+impl Link for StreamLink {
+    fn readable(&self) -> Ready<'_> {
+        Box::pin(async move {
+            self.shared
+                .wait(&self.shared.arrived, |l| {
+                    let inb = l.inbound.lock().unwrap();
+                    !inb.bytes.is_empty() || inb.ended || inb.error.is_some()
+                })
+                .await;
+            Ok(())
+        })
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut inb = self.shared.inbound.lock().unwrap();
+        if !inb.bytes.is_empty() {
+            let n = inb.bytes.len();
+            buf.extend_from_slice(&inb.bytes);
+            inb.bytes.clear();
+            drop(inb);
+            self.shared.to_reader.notify_one();
+            return Ok(n);
+        }
+        match (inb.error, inb.ended) {
+            (Some(kind), _) => Err(kind.into()),
+            (None, true) => Ok(0),
+            (None, false) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn writable(&self) -> Ready<'_> {
+        Box::pin(async move {
+            self.shared
+                .wait(&self.shared.room, |l| {
+                    let out = l.outbound.lock().unwrap();
+                    out.bytes.len() < STREAM_BUFFER || out.error.is_some()
+                })
+                .await;
+            Ok(())
+        })
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut out = self.shared.outbound.lock().unwrap();
+        if let Some(kind) = out.error {
+            return Err(kind.into());
+        }
+        if out.shutdown {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let n = buf.len().min(STREAM_BUFFER.saturating_sub(out.bytes.len()));
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        out.bytes.extend_from_slice(&buf[..n]);
+        drop(out);
+        self.shared.to_writer.notify_one();
+        Ok(n)
+    }
+
+    fn shutdown(&self) {
+        self.shared.outbound.lock().unwrap().shutdown = true;
+        self.shared.to_writer.notify_one();
+    }
+
+    fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+}
+
+impl<L: Link + ?Sized> Link for Arc<L> {
+    fn readable(&self) -> Ready<'_> {
+        (**self).readable()
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        (**self).try_read_buf(buf)
+    }
+    fn writable(&self) -> Ready<'_> {
+        (**self).writable()
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        (**self).try_write(buf)
+    }
+    fn shutdown(&self) {
+        (**self).shutdown()
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        (**self).peer_addr()
+    }
+}
+
+/// Reads at least one byte into `buf`, waiting on readiness. `Ok(0)`: end of stream.
+pub(crate) async fn read_some(link: &dyn Link, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        link.readable().await?;
+        match link.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Writes all of `buf`, waiting on readiness.
+pub(crate) async fn write_all(link: &dyn Link, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        link.writable().await?;
+        match link.try_write(buf) {
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

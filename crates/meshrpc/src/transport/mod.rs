@@ -1,0 +1,20 @@
+//! The tokio shell: drives `proto` over a [`Link`] (TCP today; anything that is
+//! `AsyncRead + AsyncWrite` through [`StreamLink`]), and the one accept loop of the crate.
+//! It waits on readiness, never on a timer.
+
+mod accept;
+mod connection;
+mod link;
+mod sender;
+mod serve;
+
+#[cfg_attr(not(feature = "http"), allow(unused_imports))]
+pub(crate) use accept::{accept_loop, serve_port, Door, Port, Rewind};
+pub use connection::{connect, ConnectOptions, Connection, PendingCall};
+pub use link::{Link, Ready, StreamLink};
+pub(crate) use serve::{serve_mesh, MeshLimits};
+
+/// Resolves once shutdown was requested (or the one who could request it is gone).
+pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

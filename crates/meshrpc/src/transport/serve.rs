@@ -1,0 +1,197 @@
+//! Serving one incoming mesh connection: the tokio shell around [`ResponderState`].
+//!
+//! One task reads frames and runs each call. A handler that finishes when first polled is
+//! answered inline (no task, no thread hop), and every answer produced by one read goes
+//! out in one write. A slower handler runs as its own task and writes its own answer
+//! through the shared sender: straight to the link when it is the only call in flight,
+//! else queued for one batched write.
+
+use std::{
+    sync::{Arc, Mutex},
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use tokio::{sync::watch, task::AbortHandle};
+
+use super::{
+    link::{read_some, write_all, Link},
+    sender::Sender,
+    stopped,
+};
+use crate::{
+    call::Dispatch,
+    proto::{response, Frame, Inbound, NodeHandshake, ResponderState},
+    request_log::RequestLog,
+    Error,
+};
+
+/// Limits of one served mesh connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MeshLimits {
+    pub(crate) max_frame: u32,
+    pub(crate) max_in_flight: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Serves a mesh connection whose first bytes (`inbox`) were already read.
+pub(crate) async fn serve_mesh(
+    link: Arc<dyn Link>,
+    mut inbox: BytesMut,
+    dispatch: Arc<dyn Dispatch>,
+    limits: MeshLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = link.peer_addr();
+    let handshake = NodeHandshake::new(limits.max_frame);
+    let mut out = BytesMut::new();
+    let shake = async {
+        loop {
+            match handshake.receive(&mut inbox, &mut out) {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            match read_some(&*link, &mut inbox).await {
+                Ok(0) => return Err(Error::unavailable("closed during the handshake")),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let hello = match tokio::time::timeout(limits.handshake_timeout, shake).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            if !out.is_empty() {
+                tracing::warn!(%peer, error = %e, "mesh handshake refused");
+                let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&*link, &out)).await;
+                link.shutdown();
+            }
+            return;
+        }
+        Err(_) => return, // silent: nothing to answer
+    };
+    // The caller's name goes in the request logs; an anonymous one by its address.
+    let caller: Arc<str> =
+        if hello.peer_name.is_empty() { peer.to_string().into() } else { format!("{}@{peer}", hello.peer_name).into() };
+    let sender = Arc::new(Sender::new(link.clone()));
+    if sender.send_encoded(&out, true).is_err() {
+        return;
+    }
+    out.clear();
+    let flusher = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.flush_loop().await }
+    });
+    let state = Arc::new(Mutex::new(ResponderState::<AbortHandle>::new(
+        limits.max_in_flight,
+        limits.idle_timeout,
+        Instant::now(),
+    )));
+    let max_in = hello.max_in;
+
+    let why: Option<Error> = 'conn: loop {
+        loop {
+            match Frame::decode(&mut inbox, max_in) {
+                Ok(Some(frame)) => {
+                    let inbound = state.lock().unwrap().on_frame(frame, Instant::now());
+                    if let Some(answer) = on_inbound(inbound, &caller, &*dispatch, &sender, &state).await {
+                        answer.encode(&mut out);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'conn Some(e),
+            }
+        }
+        if !out.is_empty() {
+            if sender.send_encoded(&out, true).is_err() {
+                break Some(Error::unavailable(format!("connection to {peer} broke")));
+            }
+            out.clear();
+        }
+        let idle = state.lock().unwrap().idle_deadline();
+        let draining = state.lock().unwrap().draining();
+        tokio::select! {
+            read = read_some(&*link, &mut inbox) => match read {
+                Ok(0) => break None,
+                Ok(_) => state.lock().unwrap().heard(Instant::now()),
+                Err(e) => break Some(e.into()),
+            },
+            _ = stopped(&mut shutdown), if !draining => {
+                if let Some(go_away) = state.lock().unwrap().go_away() {
+                    go_away.encode(&mut out);
+                }
+            }
+            _ = sleep_until(idle), if idle.is_some() => {
+                break Some(Error::unavailable(format!("idle for {:?}", limits.idle_timeout.unwrap_or_default())));
+            }
+        }
+    };
+    let draining = state.lock().unwrap().draining();
+    match why {
+        // The caller hung up or broke the protocol: nobody waits for these answers.
+        Some(e) => tracing::warn!(%peer, error = %e, "closing mesh connection"),
+        // The caller hung up: after go-away that is the end of a clean drain.
+        None if draining => tracing::debug!(%peer, "drained mesh connection"),
+        None => {}
+    }
+    for task in state.lock().unwrap().close() {
+        task.abort();
+    }
+    // Let queued answers out before closing our side (a peer that reads nothing gets 1 s).
+    let _ = tokio::time::timeout(Duration::from_secs(1), sender.flushed()).await;
+    flusher.abort();
+    sender.shutdown();
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Acts on one decoded frame; returns the frame to answer with now, if any.
+async fn on_inbound(
+    inbound: Inbound<AbortHandle>,
+    caller: &Arc<str>,
+    dispatch: &dyn Dispatch,
+    sender: &Arc<Sender>,
+    state: &Arc<Mutex<ResponderState<AbortHandle>>>,
+) -> Option<Frame> {
+    match inbound {
+        Inbound::Call { id, call } => {
+            let log = RequestLog::begin(&call.service, &call.method, caller, Instant::now());
+            let mut answer = dispatch.dispatch(call);
+            // Poll once here: a handler that is ready at once costs no task and no wake-up.
+            let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
+            if let Poll::Ready(result) = first {
+                RequestLog::end(log, &result);
+                return Some(response(id, result));
+            }
+            let sender = sender.clone();
+            let done = state.clone();
+            // Hold the lock across spawn so the task cannot finish before it is recorded.
+            let mut running = state.lock().unwrap();
+            let task = tokio::spawn(async move {
+                let result = answer.await;
+                RequestLog::end(log, &result);
+                // Write it ourselves when it is the only call in flight: no hop back to
+                // the connection task.
+                let alone = done.lock().unwrap().in_flight() <= 1;
+                let _ = sender.send(&response(id, result), alone);
+                done.lock().unwrap().finished(id);
+            });
+            running.started(id, task.abort_handle());
+            None
+        }
+        Inbound::Send(frame) => Some(frame),
+        Inbound::Abort(task) => {
+            task.abort();
+            None
+        }
+        Inbound::Nothing => None,
+    }
+}

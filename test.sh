@@ -18,6 +18,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# `--heavy` (CI passes it) adds the heavy tier: Docker, a browser, Prometheus, large
+# meshes, soaks. Tests of that tier run only when MESHRPC_HEAVY is set.
+args=()
+for a in "$@"; do
+  if [ "$a" = "--heavy" ]; then export MESHRPC_HEAVY=1; else args+=("$a"); fi
+done
+set -- "${args[@]+"${args[@]}"}"
+
 export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1
 # The bench is not a test: it builds under clippy in CI and runs with bench/run.sh.

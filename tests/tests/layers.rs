@@ -157,3 +157,76 @@ async fn proxied_http_avoids_a_killed_replica_after_its_first_failure() {
         assert_eq!(http("GET", &echo, "", &[]).await.status, 200);
     }
 }
+
+/// A server layer: calls without the token are refused before any handler runs.
+#[derive(Clone)]
+struct RequireToken<S>(S);
+
+impl<S> tower_service::Service<meshrpc::Call> for RequireToken<S>
+where
+    S: tower_service::Service<
+        meshrpc::Call,
+        Response = meshrpc::Reply,
+        Error = meshrpc::Error,
+        Future = meshrpc::BoxFuture<Result<meshrpc::Reply, meshrpc::Error>>,
+    >,
+{
+    type Response = meshrpc::Reply;
+    type Error = meshrpc::Error;
+    type Future = meshrpc::BoxFuture<Result<meshrpc::Reply, meshrpc::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), meshrpc::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: meshrpc::Call) -> Self::Future {
+        if call.metadata.get("authorization") != Some("Bearer s3cret") {
+            let refused =
+                meshrpc::Error::PermissionDenied { message: format!("{}.{} needs a token", call.service, call.method) };
+            return Box::pin(std::future::ready(Err(refused)));
+        }
+        self.0.call(call)
+    }
+}
+
+/// A client layer: every call carries the token.
+#[derive(Clone)]
+struct AddToken<S>(S);
+
+impl<S> tower_service::Service<meshrpc::Call> for AddToken<S>
+where
+    S: tower_service::Service<meshrpc::Call, Response = meshrpc::Reply, Error = meshrpc::Error>,
+{
+    type Response = meshrpc::Reply;
+    type Error = meshrpc::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), meshrpc::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut call: meshrpc::Call) -> S::Future {
+        call.metadata.insert("Authorization", "Bearer s3cret");
+        self.0.call(call)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_layer_refuses_calls_a_client_layer_did_not_sign() {
+    let server = Server::bind("127.0.0.1:0").await.unwrap().layer(tower_layer::layer_fn(RequireToken)).with_http();
+    server.publish(ProbeServer::new(Prober));
+    let addr = server.local_addr();
+    tokio::spawn(server.serve());
+    let channel = meshrpc::Channel::from(meshrpc::connect(addr).await.unwrap());
+
+    // Without the client layer: refused, typed, before the handler.
+    let err = ProbeClient::new(channel.clone()).echo("hi".into()).await.unwrap_err();
+    assert_eq!(err, ProbeError("permission denied: probe.echo needs a token".into()));
+    // With it: the metadata crosses the wire and the call goes through.
+    let signed = ProbeClient::new(channel.layer(tower_layer::layer_fn(AddToken)));
+    assert_eq!(signed.echo("hi".into()).await.unwrap(), "hi");
+    // The server layer guards the HTTP door of the same port too: 403 in the envelope.
+    let refused = http("POST", &format!("http://{addr}/probe/echo"), r#"{"text":"hi"}"#, &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["errors"][0]["code"], "permission_denied");
+}

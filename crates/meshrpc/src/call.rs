@@ -6,7 +6,7 @@ use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 
-use crate::{Codec, Error};
+use crate::{codec::Codec, error::Error};
 
 /// A boxed, sendable future: the currency between layers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -26,8 +26,85 @@ pub struct Call {
     pub trace_id: u64,
     /// Sticky-session key: calls with the same key go to the same replica.
     pub key: Option<Arc<str>>,
+    /// Name/value pairs that travel with the call (set by client layers, read by server
+    /// layers: an auth token, a tenant).
+    pub metadata: Metadata,
     /// Encoded arguments.
     pub payload: Bytes,
+}
+
+impl Call {
+    /// A call of `service.method` with encoded arguments, JSON, no deadline, a new trace.
+    pub fn new(service: impl Into<Cow<'static, str>>, method: impl Into<Cow<'static, str>>, payload: Bytes) -> Call {
+        Call {
+            service: service.into(),
+            method: method.into(),
+            codec: Codec::Json,
+            deadline: None,
+            trace_id: crate::context::new_trace_id(),
+            key: None,
+            metadata: Metadata::default(),
+            payload,
+        }
+    }
+}
+
+/// Name/value pairs carried with a call, in order. Names are lower-case (they are
+/// lower-cased on insert); at most [`Metadata::MAX_ENTRIES`] entries, names of at most
+/// 255 bytes and values of at most 65,535 bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata(Vec<(String, String)>);
+
+impl Metadata {
+    /// Most entries one call carries.
+    pub const MAX_ENTRIES: usize = 64;
+
+    /// Sets `name` to `value`, replacing an earlier value of the same name.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into().to_ascii_lowercase();
+        let value = value.into();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The value of `name` (any case), if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The entries, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Checks the bounds the wire puts on metadata.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.0.len() > Self::MAX_ENTRIES {
+            return Err(Error::bad_request(format!("more than {} metadata entries", Self::MAX_ENTRIES)));
+        }
+        match self.0.iter().find(|(n, v)| n.is_empty() || n.len() > 255 || v.len() > usize::from(u16::MAX)) {
+            Some((n, _)) => {
+                Err(Error::bad_request(format!("metadata `{n}`: names take 1 to 255 bytes, values at most 65535")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn push_raw(&mut self, name: String, value: String) {
+        self.0.push((name, value));
+    }
 }
 
 /// A successful exchange: the handler answered, with its `Ok` or its `Err`.

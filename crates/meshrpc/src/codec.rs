@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// How a call's arguments and results are encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]

@@ -8,6 +8,22 @@ tokio::task_local! {
 }
 
 /// What travels with a call besides its arguments.
+///
+/// A handler runs inside its call's context, so the calls it makes inherit the deadline
+/// and trace id. A task it spawns starts without it (tokio task-locals do not cross
+/// `tokio::spawn`); carry it along with [`scope`](Self::scope):
+///
+/// ```
+/// # async fn handler() {
+/// let ctx = meshrpc::CallContext::current();
+/// let work = async { meshrpc::CallContext::current().map(|c| c.trace_id) };
+/// let seen = match ctx {
+///     Some(ctx) => tokio::spawn(ctx.scope(work)).await.unwrap(), // same deadline and trace
+///     None => tokio::spawn(work).await.unwrap(),                  // not inside a call
+/// };
+/// # let _ = seen;
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallContext {
     /// When the caller stops waiting.

@@ -38,6 +38,10 @@ pub enum Error {
     /// The peer broke the wire protocol or sent an undecodable answer.
     #[error("protocol error: {message}")]
     Protocol { message: String },
+    /// The caller may not make this call (refused by a server layer or a policy before
+    /// the handler ran).
+    #[error("permission denied: {message}")]
+    PermissionDenied { message: String },
     /// The handler failed without an answer (it panicked).
     #[error("internal error: {message}")]
     Internal { message: String },
@@ -82,6 +86,7 @@ impl Error {
             Error::TooLarge { .. } => "too_large",
             Error::Protocol { .. } => "protocol",
             Error::Internal { .. } => "internal",
+            Error::PermissionDenied { .. } => "permission_denied",
             Error::Application { .. } => "application",
         }
     }
@@ -91,6 +96,7 @@ impl Error {
         match self {
             Error::BadRequest { .. } => 400,
             Error::UnknownService { .. } | Error::UnknownMethod { .. } => 404,
+            Error::PermissionDenied { .. } => 403,
             Error::TooLarge { .. } => 413,
             Error::Application { .. } => 422,
             Error::Cancelled => 499,
@@ -99,12 +105,6 @@ impl Error {
             Error::Unavailable { .. } | Error::Overloaded { .. } => 503,
             Error::Timeout => 504,
         }
-    }
-
-    /// True when the call provably never reached a service handler, so it is
-    /// safe to try another replica.
-    pub fn is_retryable_elsewhere(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Overloaded { .. })
     }
 }
 

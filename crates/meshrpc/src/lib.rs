@@ -73,6 +73,8 @@ mod client;
 mod codec;
 mod context;
 mod error;
+mod limits;
+mod middleware;
 mod request_log;
 mod server;
 mod spec;
@@ -90,7 +92,7 @@ mod http;
 mod logging;
 
 pub use async_trait::async_trait;
-pub use call::{BoxFuture, Call, Dispatch, Reply};
+pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
@@ -103,12 +105,12 @@ pub use error::Error;
 #[cfg(feature = "gateway")]
 pub use gateway::{Gateway, Metrics};
 #[cfg(feature = "http")]
-pub use http::{
-    envelope, error_response, rpc_call, rpc_router, serve_http, sticky_key, HttpLimits, KEY_HEADER, TIMEOUT_HEADER,
-};
+pub use http::{envelope, error_response, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+pub use limits::HttpLimits;
 #[cfg(feature = "logging")]
 pub use logging::init as init_logging;
 pub use meshrpc_macros::service;
+pub use middleware::DispatchService;
 pub use proto::ConnState;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};

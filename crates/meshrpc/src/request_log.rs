@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::{call::Reply, Error};
+use crate::{call::Reply, error::Error};
 
 /// A call being logged. Built only when the `meshrpc::request` target logs at info, so a
 /// quiet node copies no names per call.
@@ -23,6 +23,12 @@ impl RequestLog {
         })
     }
 
+    /// Logs the call when it ends: with its result, or as `cancelled` if it is dropped
+    /// first (the caller cancelled it, or its connection closed).
+    pub(crate) fn until_done(log: Option<RequestLog>) -> Running {
+        Running(log)
+    }
+
     pub(crate) fn end(log: Option<RequestLog>, result: &Result<Reply, Error>) {
         let Some(log) = log else { return };
         let status = match result {
@@ -36,5 +42,20 @@ impl RequestLog {
             micros = log.start.elapsed().as_micros() as u64,
             "call"
         );
+    }
+}
+
+/// A call that is logged when it ends (see [`RequestLog::until_done`]).
+pub(crate) struct Running(Option<RequestLog>);
+
+impl Running {
+    pub(crate) fn end(mut self, result: &Result<Reply, Error>) {
+        RequestLog::end(self.0.take(), result);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RequestLog::end(self.0.take(), &Err(Error::Cancelled));
     }
 }

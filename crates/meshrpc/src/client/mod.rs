@@ -12,8 +12,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     call::{Call, Dispatch, Reply},
+    codec::Codec,
     context::{new_trace_id, CallContext},
-    Codec, Error,
+    error::Error,
 };
 
 /// Timeout of a call when nothing else sets one.
@@ -71,6 +72,17 @@ impl Channel {
         c
     }
 
+    /// The same channel with every call going through `layer` first (tower middleware:
+    /// add metadata, log, count). Layers added later run first.
+    pub fn layer<L>(&self, layer: L) -> Channel
+    where
+        L: tower_layer::Layer<crate::middleware::DispatchService>,
+        L::Service: tower_service::Service<Call, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as tower_service::Service<Call>>::Future: Send + 'static,
+    {
+        Channel { target: crate::middleware::wrap(self.target.clone(), &layer), options: self.options.clone() }
+    }
+
     /// The options every call through this channel gets.
     pub fn options(&self) -> &CallOptions {
         &self.options
@@ -97,6 +109,7 @@ impl Channel {
             deadline: Some(deadline),
             trace_id: ctx.map_or_else(new_trace_id, |c| c.trace_id),
             key: self.options.key.clone(),
+            metadata: Default::default(),
             payload,
         };
         self.target.dispatch(call).await
@@ -136,8 +149,14 @@ impl<D: Dispatch> From<Arc<D>> for Channel {
     }
 }
 
-impl From<crate::Connection> for Channel {
-    fn from(conn: crate::Connection) -> Self {
+impl From<crate::transport::Connection> for Channel {
+    fn from(conn: crate::transport::Connection) -> Self {
         Channel::new(conn)
+    }
+}
+
+impl From<Arc<dyn Dispatch>> for Channel {
+    fn from(target: Arc<dyn Dispatch>) -> Self {
+        Channel { target, options: CallOptions::default() }
     }
 }

@@ -8,7 +8,14 @@ use std::{
 };
 
 use super::{maintain, membership::Membership, peers::Peers, Cluster, GossipConfig, Inner, Policy, DEFAULT_PORT};
-use crate::{Error, Server, ServerConfig};
+use crate::{
+    call::{Call, Dispatch, Reply},
+    error::Error,
+    middleware::DispatchService,
+    middleware::DynLayer,
+    server::Server,
+    server::ServerConfig,
+};
 
 /// Configures and starts a cluster node.
 #[derive(Debug, Clone)]
@@ -22,6 +29,7 @@ pub struct ClusterBuilder {
     pub(super) gossip: GossipConfig,
     pub(super) server: ServerConfig,
     pub(super) drain_grace: Duration,
+    pub(super) layers: Vec<DynLayer>,
 }
 
 impl ClusterBuilder {
@@ -71,6 +79,18 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every call this node serves goes through `layer` first (tower middleware, as
+    /// [`Server::layer`]).
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower_layer::Layer<DispatchService> + Send + Sync + 'static,
+        L::Service: tower_service::Service<Call, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as tower_service::Service<Call>>::Future: Send + 'static,
+    {
+        self.layers.push(DynLayer::new(layer));
+        self
+    }
+
     /// Limits and timeouts of this node's port.
     pub fn server_config(mut self, config: ServerConfig) -> Self {
         self.server = config;
@@ -82,7 +102,10 @@ impl ClusterBuilder {
     pub async fn start(self) -> Result<Cluster, Error> {
         let (server, gossip_bind, mesh_addr) = match &self.listen {
             Some(listen) => {
-                let server = bind_tcp_and_udp(listen).await?.with_config(self.server).with_http();
+                let mut server = bind_tcp_and_udp(listen).await?.with_config(self.server).with_http();
+                for layer in &self.layers {
+                    server.set_dispatch(layer.apply(server.dispatch()));
+                }
                 let bound = server.local_addr();
                 let ip = if bound.ip().is_unspecified() { self.advertise_ip_guess() } else { bound.ip() };
                 (Some(server), bound, Some(SocketAddr::new(ip, bound.port())))
@@ -106,12 +129,14 @@ impl ClusterBuilder {
         )
         .await?;
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
+        let local = server.as_ref().map_or_else(|| registry.clone() as Arc<dyn Dispatch>, Server::dispatch);
         let http = server.as_ref().map(Server::http_door);
         let name = self.name;
         let inner = Arc::new(Inner {
             name: name.clone(),
             mesh_addr,
             registry,
+            local,
             http,
             membership,
             peers: Peers::new(&name),

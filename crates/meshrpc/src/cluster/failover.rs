@@ -1,7 +1,7 @@
 //! Whether a failed call may go to another replica: one pure function, decided from the
 //! error and how far the call got.
 
-use crate::Error;
+use crate::error::Error;
 
 /// How far a call got before it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use chitchat::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::{Error, ServiceSpec};
+use crate::{error::Error, spec::ServiceSpec};
 
 const KEY_NAME: &str = "name";
 const KEY_ADDR: &str = "addr";

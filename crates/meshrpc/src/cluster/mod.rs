@@ -31,7 +31,8 @@ use self::{
     route::{ClusterDispatch, PreferLocal},
 };
 use crate::{
-    http::HttpDoor, server::Registry, Channel, Error, Server, ServerConfig, Service, ServiceSpec, ShutdownHandle,
+    call::Dispatch, client::Channel, error::Error, http::HttpDoor, server::Registry, server::Server,
+    server::ServerConfig, server::Service, server::ShutdownHandle, spec::ServiceSpec,
 };
 
 /// Mesh port used when a seed names no port (as in Go meshRPC).
@@ -47,6 +48,8 @@ struct Inner {
     name: String,
     mesh_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
+    /// The registry behind this node's server layers: where calls to itself go.
+    local: Arc<dyn Dispatch>,
     /// The HTTP side of this node's port (`None` on client-only nodes).
     http: Option<Arc<HttpDoor>>,
     membership: Membership,
@@ -81,6 +84,7 @@ impl Cluster {
             gossip: GossipConfig::default(),
             server: ServerConfig::default(),
             drain_grace: Duration::from_millis(500),
+            layers: Vec::new(),
         }
     }
 
@@ -213,7 +217,11 @@ impl Cluster {
             return Err(Error::Internal { message: "serve called twice or on a client-only node".into() });
         };
         // Plain HTTP on any node reaches any service: local first, else the mesh.
-        http.set_dispatch(Arc::new(PreferLocal { registry: self.inner.registry.clone(), mesh: self.channel() }));
+        http.set_dispatch(Arc::new(PreferLocal {
+            registry: self.inner.registry.clone(),
+            local: self.inner.local.clone(),
+            mesh: self.channel(),
+        }));
         for spec in self.inner.registry.specs() {
             self.inner.membership.advertise_service(spec).await;
         }

@@ -9,7 +9,11 @@ use std::{
 };
 
 use super::balance::PeakEwma;
-use crate::{ConnState as State, ConnectOptions, Connection, Error};
+use crate::{
+    error::Error,
+    proto::ConnState as State,
+    transport::{ConnectOptions, Connection},
+};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);

@@ -15,8 +15,9 @@ use super::{
 };
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
+    client::Channel,
+    error::Error,
     server::Registry,
-    Channel, Error,
 };
 
 /// Calls that provably never reached a replica are tried on up to this many replicas.
@@ -93,7 +94,7 @@ impl Inner {
                 );
             };
             let Some(peer) = peer else {
-                return self.registry.dispatch(call).await; // this node is the replica
+                return self.local.dispatch(call).await; // this node is the replica
             };
             tried.push(peer.addr);
             let sent = match peer.connection().await {
@@ -151,13 +152,14 @@ impl Dispatch for ClusterDispatch {
 /// HTTP on a node: its own services locally, anything else through the mesh.
 pub(super) struct PreferLocal {
     pub(super) registry: Arc<Registry>,
+    pub(super) local: Arc<dyn Dispatch>,
     pub(super) mesh: Channel,
 }
 
 impl Dispatch for PreferLocal {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         if self.registry.serves(&call.service) {
-            self.registry.dispatch(call)
+            self.local.dispatch(call)
         } else {
             self.mesh.dispatch(call)
         }

@@ -1,7 +1,7 @@
 //! Draining on SIGTERM or Ctrl-C: a helper for binaries, called explicitly.
 
 use super::Cluster;
-use crate::Error;
+use crate::error::Error;
 
 impl Cluster {
     /// Serves until SIGTERM or Ctrl-C, then drains.

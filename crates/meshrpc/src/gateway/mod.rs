@@ -22,7 +22,7 @@ use axum::{
 
 pub use metrics::Metrics;
 
-use crate::{error_response, rpc_call, Channel, Cluster, HttpLimits};
+use crate::{client::Channel, cluster::Cluster, http::error_response, http::rpc_call, limits::HttpLimits};
 
 /// Labels a response for metrics and logs: which service and method answered.
 #[derive(Clone, Debug)]

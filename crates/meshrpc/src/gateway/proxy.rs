@@ -10,7 +10,7 @@ use axum::{
 };
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::{error_response, sticky_key, Cluster};
+use crate::{cluster::Cluster, http::error_response, http::sticky_key};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 

@@ -19,12 +19,14 @@ use tokio::{
     sync::watch,
 };
 
-pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, HttpLimits, KEY_HEADER, TIMEOUT_HEADER};
+pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
 
 use crate::{
     call::{BoxFuture, Dispatch},
+    limits::HttpLimits,
+    server::Server,
+    server::ServerConfig,
     transport::{accept_loop, stopped, Door, Rewind},
-    Server, ServerConfig,
 };
 
 /// The HTTP side of a node's port: the RPC routes and the published routers, looked up
@@ -64,6 +66,7 @@ impl HttpDoor {
     }
 
     /// Names of the published routers.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn names(&self) -> Vec<String> {
         self.routers.read().unwrap().iter().map(|(n, _)| n.clone()).collect()
     }
@@ -82,6 +85,10 @@ impl HttpDoor {
 }
 
 impl Door for HttpDoor {
+    fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>) {
+        HttpDoor::set_dispatch(self, dispatch)
+    }
+
     fn serve(self: Arc<Self>, io: Rewind, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
         let timeout = self.header_timeout;
         let service = tower::service_fn(move |req| {
@@ -113,7 +120,7 @@ impl Server {
     }
 
     pub(crate) fn http_door(&self) -> Arc<HttpDoor> {
-        let door = self.door_or_init(|| HttpDoor::new(self.registry().clone(), self.config()));
+        let door = self.door_or_init(|| HttpDoor::new(self.dispatch(), self.config()));
         door.as_any().downcast::<HttpDoor>().expect("the only door of a server is HTTP")
     }
 }

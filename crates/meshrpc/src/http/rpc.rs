@@ -20,36 +20,16 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::{
     call::{Call, Dispatch, Reply},
+    codec::Codec,
     context::new_trace_id,
-    Codec, Error,
+    error::Error,
+    limits::HttpLimits,
 };
 
 /// Header carrying a per-request timeout in milliseconds.
 pub const TIMEOUT_HEADER: &str = "meshrpc-timeout-ms";
 /// Header carrying the sticky-session key (calls with one key stay on one replica).
 pub const KEY_HEADER: &str = "meshrpc-key";
-
-/// Limits applied to HTTP callers.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct HttpLimits {
-    /// Largest accepted request body.
-    pub max_body: usize,
-    /// How long a client may take to send its body.
-    pub body_timeout: Duration,
-    /// Timeout of a call when the request names none.
-    pub default_timeout: Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            max_body: 4 * 1024 * 1024,
-            body_timeout: Duration::from_secs(10),
-            default_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 #[derive(Clone)]
 struct RpcState {
@@ -118,6 +98,7 @@ pub async fn rpc_call(
         deadline: Some(Instant::now() + timeout),
         trace_id: new_trace_id(),
         key: sticky_key(headers),
+        metadata: Default::default(),
         payload,
     };
     envelope(dispatch.dispatch(call).await)

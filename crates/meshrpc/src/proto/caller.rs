@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{Frame, Negotiated, Status};
 use crate::{
     call::{Call, Reply},
-    Error,
+    error::Error,
 };
 
 /// Where a connection is in its life; only ever moves forward.
@@ -86,6 +86,12 @@ impl<W> CallerState<W> {
         if call.deadline.is_some_and(|d| d <= now) {
             return Err(Error::Timeout);
         }
+        if !call.metadata.is_empty() {
+            call.metadata.check()?;
+            if !self.limits.features.contains(super::Features::METADATA) {
+                return Err(Error::protocol("the peer does not take call metadata (wire feature METADATA)"));
+            }
+        }
         let mut frame = Frame::Request {
             id: 0,
             codec: call.codec,
@@ -93,6 +99,7 @@ impl<W> CallerState<W> {
             trace_id: call.trace_id,
             service: bytes_of(call.service),
             method: bytes_of(call.method),
+            metadata: call.metadata,
             payload: call.payload,
         };
         let size = frame.encoded_len() as u64;

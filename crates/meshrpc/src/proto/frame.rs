@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::{Codec, Error};
+use crate::{call::Metadata, codec::Codec, error::Error};
 
 /// Default limit on one frame (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -39,6 +39,8 @@ pub enum Frame {
         trace_id: u64,
         service: Bytes,
         method: Bytes,
+        /// Sent as a `REQUEST_META` frame when not empty (feature `METADATA`).
+        metadata: Metadata,
         payload: Bytes,
     },
     /// The answer to request `id`.
@@ -59,14 +61,21 @@ const CANCEL: u8 = 3;
 const PING: u8 = 4;
 const PONG: u8 = 5;
 const GOAWAY: u8 = 6;
+// 7 and 8 are reserved for streams.
+const REQUEST_META: u8 = 9;
 
 impl Frame {
     /// Encoded size in bytes, including the length prefix.
     pub fn encoded_len(&self) -> usize {
         HEADER
             + match self {
-                Frame::Request { service, method, payload, .. } => {
-                    1 + 8 + 8 + 1 + service.len() + 1 + method.len() + payload.len()
+                Frame::Request { service, method, metadata, payload, .. } => {
+                    let meta: usize = if metadata.is_empty() {
+                        0
+                    } else {
+                        1 + metadata.iter().map(|(n, v)| 1 + n.len() + 2 + v.len()).sum::<usize>()
+                    };
+                    1 + 8 + 8 + 1 + service.len() + 1 + method.len() + meta + payload.len()
                 }
                 Frame::Response { payload, .. } => 1 + payload.len(),
                 _ => 0,
@@ -78,8 +87,8 @@ impl Frame {
         out.reserve(self.encoded_len());
         out.put_u32((self.encoded_len() - 4) as u32);
         match self {
-            Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
-                out.put_u8(REQUEST);
+            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, payload } => {
+                out.put_u8(if metadata.is_empty() { REQUEST } else { REQUEST_META });
                 out.put_u64(*id);
                 out.put_u8(codec.to_byte());
                 // 0 means "no deadline"; a real deadline is at least 1 µs.
@@ -89,6 +98,15 @@ impl Frame {
                 out.put_slice(service);
                 out.put_u8(method.len() as u8);
                 out.put_slice(method);
+                if !metadata.is_empty() {
+                    out.put_u8(metadata.len() as u8);
+                    for (name, value) in metadata.iter() {
+                        out.put_u8(name.len() as u8);
+                        out.put_slice(name.as_bytes());
+                        out.put_u16(value.len() as u16);
+                        out.put_slice(value.as_bytes());
+                    }
+                }
                 out.put_slice(payload);
             }
             Frame::Response { id, status, payload } => {
@@ -144,7 +162,7 @@ impl Frame {
         let kind = body.get_u8();
         let id = body.get_u64();
         let frame = match kind {
-            REQUEST => {
+            REQUEST | REQUEST_META => {
                 let short = || Error::protocol("truncated request frame");
                 if body.remaining() < 1 + 8 + 8 + 1 {
                     return Err(short());
@@ -159,7 +177,8 @@ impl Frame {
                 let trace_id = body.get_u64();
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
-                Frame::Request { id, codec, deadline, trace_id, service, method, payload: body }
+                let metadata = if kind == REQUEST_META { take_metadata(&mut body)? } else { Metadata::default() };
+                Frame::Request { id, codec, deadline, trace_id, service, method, metadata, payload: body }
             }
             RESPONSE => {
                 if body.remaining() < 1 {
@@ -183,6 +202,26 @@ impl Frame {
     }
 }
 
+fn take_metadata(body: &mut Bytes) -> Result<Metadata, Error> {
+    let bad = || Error::protocol("truncated or non-UTF-8 metadata");
+    let mut metadata = Metadata::default();
+    let count = if body.remaining() >= 1 { body.get_u8() } else { return Err(bad()) };
+    for _ in 0..count {
+        let name = take_name(body).ok_or_else(bad)?;
+        if body.remaining() < 2 {
+            return Err(bad());
+        }
+        let len = usize::from(body.get_u16());
+        if body.remaining() < len {
+            return Err(bad());
+        }
+        let value = body.split_to(len);
+        let text = |b: Bytes| String::from_utf8(b.to_vec()).map_err(|_| bad());
+        metadata.push_raw(text(name)?, text(value)?);
+    }
+    Ok(metadata)
+}
+
 fn take_name(body: &mut Bytes) -> Option<Bytes> {
     if body.remaining() < 1 {
         return None;
@@ -203,13 +242,20 @@ mod tests {
             trace_id: 42,
             service: Bytes::from_static(b"greeter"),
             method: Bytes::from_static(b"greet"),
+            metadata: Metadata::default(),
             payload: Bytes::from_static(b"\x03Max"),
         }
     }
 
     fn all_frames() -> Vec<Frame> {
+        let mut with_metadata = request();
+        if let Frame::Request { metadata, .. } = &mut with_metadata {
+            metadata.insert("Authorization", "Bearer x");
+            metadata.insert("tenant", "");
+        }
         vec![
             request(),
+            with_metadata,
             Frame::Response { id: 7, status: Status::AppError, payload: Bytes::from_static(b"{}") },
             Frame::Cancel { id: 9 },
             Frame::Ping { id: 1 },

@@ -8,7 +8,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::Error;
+use crate::error::Error;
 
 /// First seven bytes of every mesh connection: what tells mesh traffic from HTTP.
 pub const MAGIC: &[u8; 7] = b"MESHRPC";
@@ -24,14 +24,16 @@ const REFUSED: u8 = b'0';
 const MAX_NAME: usize = 255;
 
 /// Optional protocol features, negotiated once per connection: both sides use a feature
-/// only when both offered it. Bits are assigned in docs/wire.md; none is defined yet, so
-/// later features (streams, 128-bit trace context...) can be added without a new version.
+/// only when both offered it. Bits are assigned in docs/wire.md, so later features
+/// (streams, 128-bit trace context...) are added without a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Features(u32);
 
 impl Features {
     /// No optional feature.
     pub const NONE: Features = Features(0);
+    /// Requests may carry metadata (`REQUEST_META` frames).
+    pub const METADATA: Features = Features(1);
 
     /// The raw bits, as sent on the wire.
     pub fn bits(self) -> u32 {
@@ -55,7 +57,7 @@ impl Features {
 }
 
 /// The features this build implements.
-const SUPPORTED: Features = Features::NONE;
+const SUPPORTED: Features = Features::METADATA;
 
 /// What a handshake settled for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //!
 //! Nothing here reads a socket, spawns a task or reads a clock: callers pass in the
 //! bytes they received and the current [`Instant`](std::time::Instant), and get back
-//! frames to write and calls to deliver or complete. `transport` is the tokio shell that
+//! frames to write and calls to deliver or complete. `transport` is the async shell that
 //! drives it; the tests here drive two states against each other byte by byte.
 
 mod caller;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{Frame, Status};
 use crate::{
     call::{Call, Reply},
-    Error,
+    error::Error,
 };
 
 /// What a received frame asks of the shell.
@@ -55,7 +55,7 @@ impl<H> ResponderState<H> {
     pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound<H> {
         self.last_heard = now;
         match frame {
-            Frame::Request { id, codec, deadline, trace_id, service, method, payload } => {
+            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, payload } => {
                 let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
                     return Inbound::Send(response(id, Err(Error::bad_request("service and method must be UTF-8"))));
                 };
@@ -70,6 +70,7 @@ impl<H> ResponderState<H> {
                     deadline: deadline.map(|d| now + d),
                     trace_id,
                     key: None,
+                    metadata,
                     payload,
                 };
                 Inbound::Call { id, call }

@@ -8,7 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::*;
 use crate::{
     call::{Call, Reply},
-    Codec, Error,
+    codec::Codec,
+    error::Error,
 };
 
 fn handshake(caller_max: u32, node_max: u32) -> (Negotiated, Negotiated) {
@@ -43,7 +44,7 @@ fn handshake_byte_by_byte_settles_version_and_limits_both_ways() {
     assert_eq!((caller.max_in, caller.max_out), (1000, 2000));
     assert_eq!((node.max_in, node.max_out), (2000, 1000));
     assert_eq!(node.peer_name, "billing");
-    assert_eq!(caller.features, Features::NONE);
+    assert_eq!((caller.features, node.features), (Features::METADATA, Features::METADATA));
 }
 
 #[test]
@@ -92,6 +93,7 @@ fn call(method: &'static str, payload: &'static [u8], deadline: Option<Instant>)
         deadline,
         trace_id: 7,
         key: None,
+        metadata: Default::default(),
         payload: Bytes::from_static(payload),
     }
 }
@@ -285,7 +287,34 @@ fn a_caller_answers_pings_and_refuses_requests() {
         trace_id: 0,
         service: Bytes::new(),
         method: Bytes::new(),
+        metadata: Default::default(),
         payload: Bytes::new(),
     };
     assert!(matches!(caller.on_frame(req), Incoming::Send(Frame::Response { id: 5, status: Status::Failed, .. })));
+}
+
+#[test]
+fn metadata_crosses_when_both_sides_offered_it_and_is_refused_otherwise() {
+    let (limits, node_limits) = handshake(1 << 20, 1 << 20);
+    assert!(limits.features.contains(Features::METADATA));
+    let now = Instant::now();
+    let mut caller = CallerState::new(limits.clone());
+    let mut with_token = call("greet", b"{}", None);
+    with_token.metadata.insert("Authorization", "Bearer s3cret");
+    let (_, frame, _) = caller.start_call(with_token.clone(), now, ()).unwrap();
+    let mut wire = BytesMut::new();
+    frame.encode(&mut wire);
+    let mut node = ResponderState::<()>::new(4, None, now);
+    let decoded = decode_in_chunks(&wire, &(1..wire.len()).collect::<Vec<_>>(), node_limits.max_in);
+    let Inbound::Call { call: got, .. } = node.on_frame(decoded.into_iter().next().unwrap(), now) else { panic!() };
+    assert_eq!(got.metadata.get("authorization"), Some("Bearer s3cret"));
+
+    // A peer that did not offer the feature never gets a metadata frame.
+    let mut old = CallerState::new(Negotiated { features: Features::NONE, ..limits });
+    let err = old.start_call(with_token, now, ()).unwrap_err();
+    assert!(err.to_string().contains("does not take call metadata"), "{err}");
+    // Bounds are checked before sending.
+    let mut huge = call("greet", b"{}", None);
+    huge.metadata.insert("big", "x".repeat(70_000));
+    assert!(matches!(caller.start_call(huge, now, ()), Err(Error::BadRequest { .. })));
 }

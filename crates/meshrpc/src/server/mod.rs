@@ -15,10 +15,12 @@ use tokio::{net::TcpListener, sync::watch};
 pub use service::{Registry, Service};
 
 use crate::{
+    call::{Call, Dispatch, Reply},
     client::Channel,
+    error::Error,
+    limits::HttpLimits,
     proto::DEFAULT_MAX_FRAME,
     transport::{serve_mesh, serve_port, Door, Link, MeshLimits, Port},
-    Error,
 };
 
 /// Server limits and timeouts.
@@ -29,9 +31,8 @@ pub struct ServerConfig {
     pub max_frame: u32,
     /// Calls one mesh connection may have in flight; more are refused with `Overloaded`.
     pub max_in_flight: usize,
-    /// HTTP request limits (feature `http`).
-    #[cfg(feature = "http")]
-    pub http: crate::http::HttpLimits,
+    /// HTTP request limits (enforced with the `http` feature).
+    pub http: HttpLimits,
     /// How long a new connection may take to send its first bytes, mesh handshake or
     /// HTTP headers.
     pub header_timeout: Duration,
@@ -47,8 +48,7 @@ impl Default for ServerConfig {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             max_in_flight: 4096,
-            #[cfg(feature = "http")]
-            http: crate::http::HttpLimits::default(),
+            http: HttpLimits::default(),
             header_timeout: Duration::from_secs(10),
             idle_timeout: None,
             drain_timeout: Duration::from_secs(30),
@@ -71,6 +71,8 @@ impl ServerConfig {
 pub struct Server {
     listener: TcpListener,
     registry: Arc<Registry>,
+    /// The registry behind the server layers: what every incoming call goes through.
+    dispatch: Arc<dyn Dispatch>,
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
     door: OnceLock<Arc<dyn Door>>,
@@ -97,9 +99,11 @@ impl Server {
     /// Binds the port.
     pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
+        let registry = Arc::<Registry>::default();
         Ok(Server {
             listener,
-            registry: Arc::default(),
+            dispatch: registry.clone(),
+            registry,
             config: ServerConfig::default(),
             shutdown: watch::channel(false).0,
             door: OnceLock::new(),
@@ -115,6 +119,31 @@ impl Server {
     /// The limits and timeouts.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// Every incoming call — mesh, HTTP or a cluster's own — goes through `layer` before
+    /// it reaches a service (tower middleware: authorize, log, count). Layers added later
+    /// run first. A layer that answers `Err` stops the call before any handler runs.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower_layer::Layer<crate::middleware::DispatchService>,
+        L::Service: tower_service::Service<Call, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as tower_service::Service<Call>>::Future: Send + 'static,
+    {
+        self.set_dispatch(crate::middleware::wrap(self.dispatch.clone(), &layer));
+        self
+    }
+
+    pub(crate) fn set_dispatch(&mut self, dispatch: Arc<dyn Dispatch>) {
+        if let Some(door) = self.door.get() {
+            door.set_dispatch(dispatch.clone());
+        }
+        self.dispatch = dispatch;
+    }
+
+    /// What incoming calls go through: the server layers, then the published services.
+    pub fn dispatch(&self) -> Arc<dyn Dispatch> {
+        self.dispatch.clone()
     }
 
     /// Publishes a service (a generated `XServer`).
@@ -140,10 +169,10 @@ impl Server {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
-    /// An in-process channel to the published services: the same dispatch, deadlines and
-    /// errors as a remote call, without the network.
+    /// An in-process channel to the published services: the same dispatch, layers,
+    /// deadlines and errors as a remote call, without the network.
     pub fn local_channel(&self) -> Channel {
-        Channel::new(self.registry.clone())
+        Channel::from(self.dispatch.clone())
     }
 
     /// A handle that stops `serve` gracefully.
@@ -158,7 +187,7 @@ impl Server {
         serve_mesh(
             Arc::new(link),
             bytes::BytesMut::new(),
-            self.registry.clone(),
+            self.dispatch.clone(),
             self.config.mesh_limits(),
             self.shutdown.subscribe(),
         )
@@ -167,8 +196,8 @@ impl Server {
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
-        let Server { listener, registry, config, shutdown, door } = self;
-        let port = Port { dispatch: registry, door: door.into_inner(), mesh: config.mesh_limits() };
+        let Server { listener, dispatch, config, shutdown, door, .. } = self;
+        let port = Port { dispatch, door: door.into_inner(), mesh: config.mesh_limits() };
         serve_port(listener, port, shutdown.subscribe(), config.drain_timeout).await;
         Ok(())
     }

@@ -13,8 +13,10 @@ use bytes::Bytes;
 
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
+    codec::Codec,
     context::CallContext,
-    Codec, Error, ServiceSpec,
+    error::Error,
+    spec::ServiceSpec,
 };
 
 /// A service a node can publish. Generated as `XServer<T>` by `#[meshrpc::service]`;

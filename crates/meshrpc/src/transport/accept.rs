@@ -29,6 +29,8 @@ use crate::{
 pub(crate) trait Door: Send + Sync + 'static {
     /// Serves one connection until it ends or `shutdown` fires (then closes gracefully).
     fn serve(self: Arc<Self>, io: Rewind, shutdown: watch::Receiver<bool>) -> BoxFuture<()>;
+    /// Where the calls the door takes go (the server's layers and services).
+    fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>);
     /// For the layer that installed the door, to find it again.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;

@@ -23,8 +23,8 @@ use super::{
 };
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
+    error::Error,
     proto::{CallerHandshake, CallerState, ConnState, Frame, Incoming, DEFAULT_MAX_FRAME},
-    Error,
 };
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;

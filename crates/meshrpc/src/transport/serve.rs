@@ -22,9 +22,9 @@ use super::{
 };
 use crate::{
     call::Dispatch,
+    error::Error,
     proto::{response, Frame, Inbound, NodeHandshake, ResponderState},
     request_log::RequestLog,
-    Error,
 };
 
 /// Limits of one served mesh connection.
@@ -175,9 +175,10 @@ async fn on_inbound(
             let done = state.clone();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut running = state.lock().unwrap();
+            let log = RequestLog::until_done(log);
             let task = tokio::spawn(async move {
                 let result = answer.await;
-                RequestLog::end(log, &result);
+                log.end(&result);
                 // Write it ourselves when it is the only call in flight: no hop back to
                 // the connection task.
                 let alone = done.lock().unwrap().in_flight() <= 1;

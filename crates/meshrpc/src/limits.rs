@@ -1,0 +1,25 @@
+//! Limits a node applies to HTTP callers (plain data; the `http` feature enforces them).
+
+use std::time::Duration;
+
+/// Limits applied to HTTP callers.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct HttpLimits {
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// How long a client may take to send its body.
+    pub body_timeout: Duration,
+    /// Timeout of a call when the request names none.
+    pub default_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body: 4 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(30),
+        }
+    }
+}

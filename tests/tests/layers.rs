@@ -2,7 +2,7 @@
 //! router published while serving, the call context across `tokio::spawn`, and proxied
 //! HTTP going through the one replica picker.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use meshrpc::{CallContext, Cluster, ConnectOptions, Connection, Server, StreamLink};
 use meshrpc_tests::harness::{eventually, http, Node};
@@ -65,9 +65,7 @@ async fn a_connection_runs_over_any_async_byte_stream() {
     let (addr, server) = probe_server().await;
     let (near, far) = tokio::io::duplex(16 * 1024);
     tokio::spawn(server.serve_link(StreamLink::new(far, addr)));
-    let conn = Connection::over(Arc::new(StreamLink::new(near, addr)), ConnectOptions::default().caller("duplex"))
-        .await
-        .unwrap();
+    let conn = Connection::over(StreamLink::new(near, addr), ConnectOptions::default().caller("duplex")).await.unwrap();
     let probe = ProbeClient::new(conn.clone());
     assert_eq!(probe.echo("over a duplex".into()).await.unwrap(), "over a duplex");
     // Many calls at once, larger than the duplex buffer in total, share the stream.

@@ -111,7 +111,6 @@ pub use limits::HttpLimits;
 pub use logging::init as init_logging;
 pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
-pub use proto::ConnState;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use transport::{connect, ConnectOptions, Connection, Link, PendingCall, Ready, StreamLink};

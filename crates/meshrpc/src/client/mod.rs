@@ -22,6 +22,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-call options carried by a channel.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// `None`: [`DEFAULT_TIMEOUT`].
     pub timeout: Option<Duration>,

@@ -111,12 +111,13 @@ impl Connection {
             .map_err(|_| Error::unavailable("connect timed out"))?
             .map_err(|e| Error::from(e).context("connect"))?;
         stream.set_nodelay(true)?;
-        Connection::over(Arc::new(stream), opts).await
+        Connection::over(stream, opts).await
     }
 
     /// Shakes hands over an already connected link (TCP, TLS, an in-process duplex) and
     /// starts the reader and writer tasks.
-    pub async fn over(link: Arc<dyn Link>, opts: ConnectOptions) -> Result<Connection, Error> {
+    pub async fn over(link: impl Link, opts: ConnectOptions) -> Result<Connection, Error> {
+        let link: Arc<dyn Link> = Arc::new(link);
         let peer = link.peer_addr();
         let handshake = CallerHandshake::new(opts.caller.as_deref().unwrap_or(""), opts.max_frame);
         let mut inbox = BytesMut::with_capacity(8 * 1024);
@@ -387,11 +388,17 @@ impl Inner {
 
     fn on_frame(&self, frame: Frame) {
         let going_away = matches!(frame, Frame::GoAway);
-        let incoming = self.proto.lock().unwrap().on_frame(frame);
+        let (incoming, drained) = {
+            let mut proto = self.proto.lock().unwrap();
+            let incoming = proto.on_frame(frame);
+            (incoming, proto.drained())
+        };
         match incoming {
             Incoming::Answer(tx, result) => {
                 let _ = tx.send(result);
-                self.close_if_drained();
+                if drained {
+                    self.close(Error::unavailable(format!("{} drained", self.peer)));
+                }
             }
             Incoming::Send(frame) => {
                 let _ = self.sender.send(&frame, false);

@@ -91,13 +91,16 @@ pub(crate) async fn serve_mesh(
         Instant::now(),
     )));
     let max_in = hello.max_in;
+    // Mirrors the state's drain flag, read every turn without the lock.
+    let mut draining = false;
 
     let why: Option<Error> = 'conn: loop {
         loop {
             match Frame::decode(&mut inbox, max_in) {
                 Ok(Some(frame)) => {
-                    let inbound = state.lock().unwrap().on_frame(frame, Instant::now());
-                    if let Some(answer) = on_inbound(inbound, &caller, &*dispatch, &sender, &state).await {
+                    let now = Instant::now();
+                    let inbound = state.lock().unwrap().on_frame(frame, now);
+                    if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &sender, &state).await {
                         answer.encode(&mut out);
                     }
                 }
@@ -111,25 +114,26 @@ pub(crate) async fn serve_mesh(
             }
             out.clear();
         }
-        let idle = state.lock().unwrap().idle_deadline();
-        let draining = state.lock().unwrap().draining();
+        // Without an idle timeout there is no deadline to read (and no lock to take).
+        let idle = if limits.idle_timeout.is_some() { state.lock().unwrap().idle_deadline() } else { None };
         tokio::select! {
             read = read_some(&*link, &mut inbox) => match read {
                 Ok(0) => break None,
-                Ok(_) => state.lock().unwrap().heard(Instant::now()),
+                Ok(_) if limits.idle_timeout.is_some() => state.lock().unwrap().heard(Instant::now()),
+                Ok(_) => {}
                 Err(e) => break Some(e.into()),
             },
             _ = stopped(&mut shutdown), if !draining => {
                 if let Some(go_away) = state.lock().unwrap().go_away() {
                     go_away.encode(&mut out);
                 }
+                draining = true;
             }
             _ = sleep_until(idle), if idle.is_some() => {
                 break Some(Error::unavailable(format!("idle for {:?}", limits.idle_timeout.unwrap_or_default())));
             }
         }
     };
-    let draining = state.lock().unwrap().draining();
     match why {
         // The caller hung up or broke the protocol: nobody waits for these answers.
         Some(e) => tracing::warn!(%peer, error = %e, "closing mesh connection"),
@@ -156,6 +160,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// Acts on one decoded frame; returns the frame to answer with now, if any.
 async fn on_inbound(
     inbound: Inbound<AbortHandle>,
+    now: Instant,
     caller: &Arc<str>,
     dispatch: &dyn Dispatch,
     sender: &Arc<Sender>,
@@ -163,7 +168,7 @@ async fn on_inbound(
 ) -> Option<Frame> {
     match inbound {
         Inbound::Call { id, call } => {
-            let log = RequestLog::begin(&call.service, &call.method, caller, Instant::now());
+            let log = RequestLog::begin(&call.service, &call.method, caller, now);
             let mut answer = dispatch.dispatch(call);
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;

@@ -45,46 +45,46 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
                 #[derive(::meshrpc::__private::serde::Deserialize)]
                 #[serde(crate = "::meshrpc::__private::serde")]
                 struct __Args { #( #names: #types, )* }
-                let __Args { #( #names, )* } = codec.decode_args::<__Args>(&payload)?;
-                ::meshrpc::__private::reply(codec, service.#ident( #( #names ),* ).await)
+                let __Args { #( #names, )* } = __meshrpc_codec.decode_args::<__Args>(&__meshrpc_payload)?;
+                ::meshrpc::__private::reply(__meshrpc_codec, __meshrpc_service.#ident( #( #names ),* ).await)
             }),
         }
     });
     quote! {
         #[doc = #doc]
-        #vis struct #server<T: ?::core::marker::Sized> {
-            inner: ::std::sync::Arc<T>,
+        #vis struct #server<__MeshrpcImpl: ?::core::marker::Sized> {
+            inner: ::std::sync::Arc<__MeshrpcImpl>,
         }
 
-        impl<T: #trait_ident> #server<T> {
+        impl<__MeshrpcImpl: #trait_ident> #server<__MeshrpcImpl> {
             /// Wraps an implementation.
-            pub fn new(service: T) -> Self {
+            pub fn new(service: __MeshrpcImpl) -> Self {
                 Self { inner: ::std::sync::Arc::new(service) }
             }
         }
 
-        impl<T: #trait_ident + ?::core::marker::Sized> #server<T> {
+        impl<__MeshrpcImpl: #trait_ident + ?::core::marker::Sized> #server<__MeshrpcImpl> {
             /// Wraps a shared implementation (also `Arc<dyn Trait>`).
-            pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+            pub fn from_arc(service: ::std::sync::Arc<__MeshrpcImpl>) -> Self {
                 Self { inner: service }
             }
         }
 
-        impl<T: #trait_ident + ?::core::marker::Sized> ::meshrpc::Service for #server<T> {
+        impl<__MeshrpcImpl: #trait_ident + ?::core::marker::Sized> ::meshrpc::Service for #server<__MeshrpcImpl> {
             fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
                 #client::SPEC
             }
 
             fn call(
                 &self,
-                method: &str,
-                codec: ::meshrpc::Codec,
-                payload: ::meshrpc::__private::Bytes,
+                __meshrpc_method: &str,
+                __meshrpc_codec: ::meshrpc::Codec,
+                __meshrpc_payload: ::meshrpc::__private::Bytes,
             ) -> ::meshrpc::BoxFuture<::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>> {
-                let service = ::std::sync::Arc::clone(&self.inner);
-                match method {
+                let __meshrpc_service = ::std::sync::Arc::clone(&self.inner);
+                match __meshrpc_method {
                     #( #arms )*
-                    _ => ::meshrpc::__private::unknown_method(#client::SPEC.name, method),
+                    _ => ::meshrpc::__private::unknown_method(#client::SPEC.name, __meshrpc_method),
                 }
             }
         }
@@ -118,8 +118,8 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
                 #[derive(::meshrpc::__private::serde::Serialize)]
                 #[serde(crate = "::meshrpc::__private::serde")]
                 struct __Args #lifetime { #( #names: &'__a #types, )* }
-                let args: #args_ty = __Args { #( #names: &#names, )* };
-                self.channel.call(#service_name, #name, &args).await
+                let __meshrpc_args: #args_ty = __Args { #( #names: &#names, )* };
+                self.channel.call(#service_name, #name, &__meshrpc_args).await
             }
         }
     });

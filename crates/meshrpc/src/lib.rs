@@ -113,7 +113,7 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
-pub use transport::{connect, ConnectOptions, Connection, Link, PendingCall, Ready, StreamLink};
+pub use transport::{connect, ConnectOptions, Connection, Link, PendingCall, Reading, Ready, StreamLink, TcpLink};
 
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]

@@ -61,8 +61,8 @@ impl Greeter for GreeterClient {
         struct __Args<'__a> {
             name: &'__a String,
         }
-        let args: __Args<'_> = __Args { name: &name };
-        self.channel.call("greeter", "greet", &args).await
+        let __meshrpc_args: __Args<'_> = __Args { name: &name };
+        self.channel.call("greeter", "greet", &__meshrpc_args).await
     }
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError> {
         #[derive(::meshrpc::__private::serde::Serialize)]
@@ -70,7 +70,7 @@ impl Greeter for GreeterClient {
         struct __Args<'__a> {
             card: &'__a Postcard,
         }
-        let args: __Args<'_> = __Args { card: &card };
-        self.channel.call("greeter", "send_postcard", &args).await
+        let __meshrpc_args: __Args<'_> = __Args { card: &card };
+        self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
     }
 }

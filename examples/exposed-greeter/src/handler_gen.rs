@@ -3,37 +3,38 @@
 // `include!("...");` and mark the trait `#[meshrpc::service(expose)]`.
 
 /// Serves [`Greeter`] on a meshrpc node: `server.publish(GreeterServer::new(my_impl))`.
-pub struct GreeterServer<T: ?::core::marker::Sized> {
-    inner: ::std::sync::Arc<T>,
+pub struct GreeterServer<__MeshrpcImpl: ?::core::marker::Sized> {
+    inner: ::std::sync::Arc<__MeshrpcImpl>,
 }
-impl<T: Greeter> GreeterServer<T> {
+impl<__MeshrpcImpl: Greeter> GreeterServer<__MeshrpcImpl> {
     /// Wraps an implementation.
-    pub fn new(service: T) -> Self {
+    pub fn new(service: __MeshrpcImpl) -> Self {
         Self {
             inner: ::std::sync::Arc::new(service),
         }
     }
 }
-impl<T: Greeter + ?::core::marker::Sized> GreeterServer<T> {
+impl<__MeshrpcImpl: Greeter + ?::core::marker::Sized> GreeterServer<__MeshrpcImpl> {
     /// Wraps a shared implementation (also `Arc<dyn Trait>`).
-    pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+    pub fn from_arc(service: ::std::sync::Arc<__MeshrpcImpl>) -> Self {
         Self { inner: service }
     }
 }
-impl<T: Greeter + ?::core::marker::Sized> ::meshrpc::Service for GreeterServer<T> {
+impl<__MeshrpcImpl: Greeter + ?::core::marker::Sized> ::meshrpc::Service
+for GreeterServer<__MeshrpcImpl> {
     fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
         GreeterClient::SPEC
     }
     fn call(
         &self,
-        method: &str,
-        codec: ::meshrpc::Codec,
-        payload: ::meshrpc::__private::Bytes,
+        __meshrpc_method: &str,
+        __meshrpc_codec: ::meshrpc::Codec,
+        __meshrpc_payload: ::meshrpc::__private::Bytes,
     ) -> ::meshrpc::BoxFuture<
         ::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>,
     > {
-        let service = ::std::sync::Arc::clone(&self.inner);
-        match method {
+        let __meshrpc_service = ::std::sync::Arc::clone(&self.inner);
+        match __meshrpc_method {
             "greet" => {
                 ::std::boxed::Box::pin(async move {
                     #[derive(::meshrpc::__private::serde::Deserialize)]
@@ -41,8 +42,12 @@ impl<T: Greeter + ?::core::marker::Sized> ::meshrpc::Service for GreeterServer<T
                     struct __Args {
                         name: String,
                     }
-                    let __Args { name } = codec.decode_args::<__Args>(&payload)?;
-                    ::meshrpc::__private::reply(codec, service.greet(name).await)
+                    let __Args { name } = __meshrpc_codec
+                        .decode_args::<__Args>(&__meshrpc_payload)?;
+                    ::meshrpc::__private::reply(
+                        __meshrpc_codec,
+                        __meshrpc_service.greet(name).await,
+                    )
                 })
             }
             "send_postcard" => {
@@ -52,11 +57,20 @@ impl<T: Greeter + ?::core::marker::Sized> ::meshrpc::Service for GreeterServer<T
                     struct __Args {
                         card: Postcard,
                     }
-                    let __Args { card } = codec.decode_args::<__Args>(&payload)?;
-                    ::meshrpc::__private::reply(codec, service.send_postcard(card).await)
+                    let __Args { card } = __meshrpc_codec
+                        .decode_args::<__Args>(&__meshrpc_payload)?;
+                    ::meshrpc::__private::reply(
+                        __meshrpc_codec,
+                        __meshrpc_service.send_postcard(card).await,
+                    )
                 })
             }
-            _ => ::meshrpc::__private::unknown_method(GreeterClient::SPEC.name, method),
+            _ => {
+                ::meshrpc::__private::unknown_method(
+                    GreeterClient::SPEC.name,
+                    __meshrpc_method,
+                )
+            }
         }
     }
 }

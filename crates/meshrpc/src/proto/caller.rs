@@ -64,7 +64,8 @@ impl<W> CallerState<W> {
         self.pending.len()
     }
 
-    fn register(&mut self, waiter: W) -> Result<(u64, bool), Error> {
+    /// Adds a waiting call: returns its id and whether it is the only call in flight.
+    pub fn register(&mut self, waiter: W) -> Result<(u64, bool), Error> {
         match self.state {
             ConnState::Open => {}
             ConnState::Draining => return Err(Error::unavailable("the peer is draining")),
@@ -78,38 +79,13 @@ impl<W> CallerState<W> {
 
     /// Starts a call: checks it against the limits and returns its id, the frame to send,
     /// and whether it is the only call in flight. An error means nothing was sent, so the
-    /// call may go to another replica.
+    /// call may go to another replica. (A shell that shares this state between tasks can
+    /// build the frame with [`request`] outside its lock and [`register`](Self::register)
+    /// under it.)
     pub fn start_call(&mut self, call: Call, now: Instant, waiter: W) -> Result<(u64, Frame, bool), Error> {
-        if call.service.len() > 255 || call.method.len() > 255 {
-            return Err(Error::bad_request("service and method names are at most 255 bytes"));
-        }
-        if call.deadline.is_some_and(|d| d <= now) {
-            return Err(Error::Timeout);
-        }
-        if !call.metadata.is_empty() {
-            call.metadata.check()?;
-            if !self.limits.features.contains(super::Features::METADATA) {
-                return Err(Error::protocol("the peer does not take call metadata (wire feature METADATA)"));
-            }
-        }
-        let mut frame = Frame::Request {
-            id: 0,
-            codec: call.codec,
-            deadline: call.deadline.map(|d| d - now),
-            trace_id: call.trace_id,
-            service: bytes_of(call.service),
-            method: bytes_of(call.method),
-            metadata: call.metadata,
-            payload: call.payload,
-        };
-        let size = frame.encoded_len() as u64;
-        if size > u64::from(self.limits.max_out) {
-            return Err(Error::TooLarge { size, limit: self.limits.max_out.into() });
-        }
+        let mut frame = request(call, now, &self.limits)?;
         let (id, alone) = self.register(waiter)?;
-        if let Frame::Request { id: slot, .. } = &mut frame {
-            *slot = id;
-        }
+        frame.set_request_id(id);
         Ok((id, frame, alone))
     }
 
@@ -167,6 +143,38 @@ impl<W> CallerState<W> {
         self.state = ConnState::Closed;
         self.pending.drain().map(|(_, w)| w).collect()
     }
+}
+
+/// The request frame for `call` (id 0 until registered), checked against what the
+/// handshake settled: names, deadline, metadata, size. An error means nothing may be sent.
+pub fn request(call: Call, now: Instant, limits: &Negotiated) -> Result<Frame, Error> {
+    if call.service.len() > 255 || call.method.len() > 255 {
+        return Err(Error::bad_request("service and method names are at most 255 bytes"));
+    }
+    if call.deadline.is_some_and(|d| d <= now) {
+        return Err(Error::Timeout);
+    }
+    if !call.metadata.is_empty() {
+        call.metadata.check()?;
+        if !limits.features.contains(super::Features::METADATA) {
+            return Err(Error::protocol("the peer does not take call metadata (wire feature METADATA)"));
+        }
+    }
+    let frame = Frame::Request {
+        id: 0,
+        codec: call.codec,
+        deadline: call.deadline.map(|d| d - now),
+        trace_id: call.trace_id,
+        service: bytes_of(call.service),
+        method: bytes_of(call.method),
+        metadata: call.metadata,
+        payload: call.payload,
+    };
+    let size = frame.encoded_len() as u64;
+    if size > u64::from(limits.max_out) {
+        return Err(Error::TooLarge { size, limit: limits.max_out.into() });
+    }
+    Ok(frame)
 }
 
 fn bytes_of(s: std::borrow::Cow<'static, str>) -> Bytes {

@@ -65,6 +65,13 @@ const GOAWAY: u8 = 6;
 const REQUEST_META: u8 = 9;
 
 impl Frame {
+    /// Sets the id of a request frame (other kinds are left as they are).
+    pub fn set_request_id(&mut self, new: u64) {
+        if let Frame::Request { id, .. } = self {
+            *id = new;
+        }
+    }
+
     /// Encoded size in bytes, including the length prefix.
     pub fn encoded_len(&self) -> usize {
         HEADER

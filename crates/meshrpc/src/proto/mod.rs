@@ -11,7 +11,7 @@ mod frame;
 mod handshake;
 mod responder;
 
-pub use caller::{CallerState, ConnState, Incoming};
+pub use caller::{request, CallerState, ConnState, Incoming};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
     sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, VERSION,

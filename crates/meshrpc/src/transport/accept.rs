@@ -12,13 +12,13 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
 };
 
-use super::{link::read_some, serve_mesh, stopped, MeshLimits};
+use super::{serve_mesh, stopped, MeshLimits, TcpLink};
 use crate::{
     call::{BoxFuture, Dispatch},
     proto::{sniff, Sniffed},
@@ -88,7 +88,7 @@ pub(crate) async fn serve_port(listener: TcpListener, port: Port, shutdown: watc
     .await
 }
 
-async fn serve_connection(stream: TcpStream, port: Port, shutdown: watch::Receiver<bool>) {
+async fn serve_connection(mut stream: TcpStream, port: Port, shutdown: watch::Receiver<bool>) {
     let mut first = BytesMut::with_capacity(1024);
     // Read (not peek) until the bytes tell: waiting on readiness, a partial preface costs
     // nothing while it stays partial.
@@ -98,7 +98,7 @@ async fn serve_connection(stream: TcpStream, port: Port, shutdown: watch::Receiv
                 Sniffed::NeedMore => {}
                 told => return Some(told),
             }
-            match read_some(&stream, &mut first).await {
+            match stream.read_buf(&mut first).await {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
@@ -106,7 +106,9 @@ async fn serve_connection(stream: TcpStream, port: Port, shutdown: watch::Receiv
     })
     .await;
     match told {
-        Ok(Some(Sniffed::Mesh)) => serve_mesh(Arc::new(stream), first, port.dispatch, port.mesh, shutdown).await,
+        Ok(Some(Sniffed::Mesh)) => {
+            serve_mesh(Arc::new(TcpLink::new(stream)), first, port.dispatch, port.mesh, shutdown).await
+        }
         Ok(Some(_)) => {
             if let Some(door) = port.door {
                 door.serve(Rewind::new(first.freeze(), stream), shutdown).await;

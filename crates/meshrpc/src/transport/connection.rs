@@ -18,13 +18,13 @@ use tokio::{
 };
 
 use super::{
-    link::{read_some, write_all, Link},
+    link::{read_some, write_all, Link, TcpLink},
     sender::Sender,
 };
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
     error::Error,
-    proto::{CallerHandshake, CallerState, ConnState, Frame, Incoming, DEFAULT_MAX_FRAME},
+    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Incoming, Negotiated, DEFAULT_MAX_FRAME},
 };
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;
@@ -94,7 +94,8 @@ struct Inner {
     /// Bytes read and not yet decoded; whoever holds it reads and dispatches.
     inbox: Mutex<BytesMut>,
     proto: Mutex<CallerState<Waiter>>,
-    max_in: u32,
+    /// What the handshake settled (a copy, read without the lock).
+    limits: Negotiated,
     state: watch::Sender<ConnState>,
 }
 
@@ -111,7 +112,7 @@ impl Connection {
             .map_err(|_| Error::unavailable("connect timed out"))?
             .map_err(|e| Error::from(e).context("connect"))?;
         stream.set_nodelay(true)?;
-        Connection::over(stream, opts).await
+        Connection::over(TcpLink::new(stream), opts).await
     }
 
     /// Shakes hands over an already connected link (TCP, TLS, an in-process duplex) and
@@ -141,14 +142,13 @@ impl Connection {
                 Error::Protocol { message } => Error::protocol(format!("{peer}: {message}")),
                 e => e,
             })?;
-        let max_in = limits.max_in;
         let inner = Arc::new(Inner {
             peer,
             sender: Sender::new(link.clone()),
             link,
             inbox: Mutex::new(inbox),
-            proto: Mutex::new(CallerState::new(limits)),
-            max_in,
+            proto: Mutex::new(CallerState::new(limits.clone())),
+            limits,
             state: watch::channel(ConnState::Open).0,
         });
         inner.start();
@@ -196,9 +196,12 @@ impl Connection {
     /// provably never left this process, so it is safe to try another replica.
     pub fn send_call(&self, call: Call) -> Result<PendingCall, Error> {
         let deadline = call.deadline;
+        // Built outside the lock: many callers share it.
+        let mut frame = request(call, Instant::now(), &self.inner.limits)?;
         let (tx, rx) = oneshot::channel();
-        let started = self.inner.proto.lock().unwrap().start_call(call, Instant::now(), tx);
-        let (id, frame, alone) = started.map_err(|e| self.inner.about_peer(e))?;
+        let registered = self.inner.proto.lock().unwrap().register(tx);
+        let (id, alone) = registered.map_err(|e| self.inner.about_peer(e))?;
+        frame.set_request_id(id);
         self.inner.send(&frame, alone, id)?;
         Ok(PendingCall { conn: self.clone(), id, rx, deadline, alone })
     }
@@ -368,7 +371,7 @@ impl Inner {
         loop {
             // Frames left from the handshake or an earlier read come first.
             loop {
-                match Frame::decode(&mut buf, self.max_in) {
+                match Frame::decode(&mut buf, self.limits.max_in) {
                     Ok(Some(frame)) => self.on_frame(frame),
                     Ok(None) => break,
                     Err(e) => return Err(Error::unavailable(format!("{}: {e}", self.peer))),

@@ -1,7 +1,7 @@
 //! The one seam between the protocol and the bytes: a [`Link`] is a connected byte
 //! stream that several tasks may read and write through a shared reference, waiting on
-//! readiness (never on a timer). TCP is one directly; any `AsyncRead + AsyncWrite` (TLS,
-//! an in-process duplex) becomes one through [`StreamLink`].
+//! readiness (never on a timer). TCP is one through [`TcpLink`]; any
+//! `AsyncRead + AsyncWrite` (TLS, an in-process duplex) becomes one through [`StreamLink`].
 
 use std::{
     future::Future,
@@ -9,17 +9,24 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
+    task::Poll,
 };
 
 use bytes::{Buf, BytesMut};
 use tokio::{
+    io::ReadBuf,
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
     sync::{watch, Notify},
 };
 
 /// A future borrowed from a link.
 pub type Ready<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
+/// A read borrowed from a link: how many bytes it added (`0`: end of stream).
+pub type Reading<'a> = Pin<Box<dyn Future<Output = io::Result<usize>> + Send + 'a>>;
 
 /// A connected byte stream shared by the tasks of one connection.
 pub trait Link: Send + Sync + 'static {
@@ -29,6 +36,12 @@ pub trait Link: Send + Sync + 'static {
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
     /// Resolves when a write may make progress.
     fn writable(&self) -> Ready<'_>;
+    /// Reads at least one byte into `buf`, waiting for them (`Ok(0)`: end of stream). For
+    /// a link with one reader; the default waits with `readable` and takes with
+    /// `try_read_buf`.
+    fn read_buf<'a>(&'a self, buf: &'a mut BytesMut) -> Reading<'a> {
+        Box::pin(read_some(self, buf))
+    }
     /// Writes what fits without waiting: `WouldBlock` when nothing does.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     /// Closes the sending direction once written data is out: the peer reads end of stream.
@@ -37,26 +50,72 @@ pub trait Link: Send + Sync + 'static {
     fn peer_addr(&self) -> SocketAddr;
 }
 
-impl Link for TcpStream {
-    fn readable(&self) -> Ready<'_> {
-        Box::pin(TcpStream::readable(self))
+/// A TCP connection as a [`Link`].
+pub struct TcpLink {
+    /// Reads by the one reader of a served connection go through `AsyncRead`, which
+    /// notices a short read and waits for the next readiness without another syscall.
+    read: Mutex<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+    peer: SocketAddr,
+}
+
+impl TcpLink {
+    /// Wraps a connected stream.
+    pub fn new(stream: TcpStream) -> TcpLink {
+        let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (read, write) = stream.into_split();
+        TcpLink { read: Mutex::new(read), write, peer }
     }
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        TcpStream::try_read_buf(self, buf)
-    }
-    fn writable(&self) -> Ready<'_> {
-        Box::pin(TcpStream::writable(self))
-    }
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, buf)
-    }
-    fn shutdown(&self) {
-        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
-    }
-    fn peer_addr(&self) -> SocketAddr {
-        TcpStream::peer_addr(self).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+
+    fn stream(&self) -> &TcpStream {
+        self.write.as_ref()
     }
 }
+
+impl std::fmt::Debug for TcpLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLink").field("peer", &self.peer).finish()
+    }
+}
+
+impl Link for TcpLink {
+    fn readable(&self) -> Ready<'_> {
+        Box::pin(self.stream().readable())
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.stream().try_read_buf(buf)
+    }
+    fn read_buf<'a>(&'a self, buf: &'a mut BytesMut) -> Reading<'a> {
+        Box::pin(std::future::poll_fn(move |cx| {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            let mut half = self.read.lock().unwrap();
+            match std::pin::Pin::new(&mut *half).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(read.filled());
+                    Poll::Ready(Ok(read.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        }))
+    }
+    fn writable(&self) -> Ready<'_> {
+        Box::pin(self.stream().writable())
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.stream().try_write(buf)
+    }
+    fn shutdown(&self) {
+        let _ = socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write);
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+/// Most bytes one `TcpLink::read_buf` takes.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Bytes a [`StreamLink`] holds in each direction before it stops reading or refuses writes.
 const STREAM_BUFFER: usize = 256 * 1024;
@@ -279,6 +338,9 @@ impl<L: Link + ?Sized> Link for Arc<L> {
     fn writable(&self) -> Ready<'_> {
         (**self).writable()
     }
+    fn read_buf<'a>(&'a self, buf: &'a mut BytesMut) -> Reading<'a> {
+        (**self).read_buf(buf)
+    }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         (**self).try_write(buf)
     }
@@ -291,7 +353,7 @@ impl<L: Link + ?Sized> Link for Arc<L> {
 }
 
 /// Reads at least one byte into `buf`, waiting on readiness. `Ok(0)`: end of stream.
-pub(crate) async fn read_some(link: &dyn Link, buf: &mut BytesMut) -> io::Result<usize> {
+pub(crate) async fn read_some<L: Link + ?Sized>(link: &L, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         link.readable().await?;
         match link.try_read_buf(buf) {

@@ -11,7 +11,7 @@ mod serve;
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use accept::{accept_loop, serve_port, Door, Port, Rewind};
 pub use connection::{connect, ConnectOptions, Connection, PendingCall};
-pub use link::{Link, Ready, StreamLink};
+pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 pub(crate) use serve::{serve_mesh, MeshLimits};
 
 /// Resolves once shutdown was requested (or the one who could request it is gone).

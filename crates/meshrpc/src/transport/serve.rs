@@ -27,6 +27,9 @@ use crate::{
     request_log::RequestLog,
 };
 
+/// Bytes a read makes room for.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Limits of one served mesh connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MeshLimits {
@@ -46,7 +49,7 @@ pub(crate) async fn serve_mesh(
 ) {
     let peer = link.peer_addr();
     let handshake = NodeHandshake::new(limits.max_frame);
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
     let shake = async {
         loop {
             match handshake.receive(&mut inbox, &mut out) {
@@ -114,10 +117,14 @@ pub(crate) async fn serve_mesh(
             }
             out.clear();
         }
+        // Room for a good read: a batch of pipelined requests in one syscall.
+        if inbox.capacity() - inbox.len() < 1024 {
+            inbox.reserve(READ_CHUNK);
+        }
         // Without an idle timeout there is no deadline to read (and no lock to take).
         let idle = if limits.idle_timeout.is_some() { state.lock().unwrap().idle_deadline() } else { None };
         tokio::select! {
-            read = read_some(&*link, &mut inbox) => match read {
+            read = link.read_buf(&mut inbox) => match read {
                 Ok(0) => break None,
                 Ok(_) if limits.idle_timeout.is_some() => state.lock().unwrap().heard(Instant::now()),
                 Ok(_) => {}

@@ -7,6 +7,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::Error;
 
+mod finite;
+
 /// How a call's arguments and results are encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Codec {
@@ -33,10 +35,17 @@ impl Codec {
         }
     }
 
-    /// Encodes a value.
+    /// Encodes a value. A value JSON cannot carry (a NaN or infinite float, which
+    /// serde_json would write as `null`) is an error, never a different value.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, Error> {
         let out = match self {
-            Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()).and_then(|json| {
+                // Only a `null` in the output can be a float that was lost.
+                if json.windows(4).any(|w| w == b"null") {
+                    finite::check(value).map_err(|e| e.to_string())?;
+                }
+                Ok(json)
+            }),
             Codec::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
         };
         out.map(Bytes::from).map_err(|e| Error::Internal { message: format!("encode: {e}") })
@@ -54,7 +63,8 @@ impl Codec {
                 let value = serde_path_to_error::deserialize(de).map_err(|e| {
                     let path = e.path().to_string();
                     let inner = e.into_inner();
-                    if path == "." || path.is_empty() {
+                    // `?` is serde_path_to_error's "somewhere": say nothing rather than that.
+                    if path == "." || path == "?" || path.is_empty() {
                         Error::bad_request(inner.to_string())
                     } else {
                         Error::bad_request(format!("{path}: {inner}"))
@@ -103,6 +113,32 @@ mod tests {
         assert!(message.starts_with("age: invalid type: string"), "{message}");
         let err = Codec::Json.decode::<Args>(br#"{"name":"Max"}"#).unwrap_err();
         assert!(err.to_string().contains("missing field `age`"), "{err}");
+    }
+
+    #[test]
+    fn json_never_turns_a_float_into_null() {
+        #[derive(Serialize)]
+        struct Reading {
+            value: Option<f64>,
+        }
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = Codec::Json.encode(&v).unwrap_err();
+            assert!(err.to_string().contains("has no JSON form"), "{err}");
+            assert!(Codec::Json.encode(&Reading { value: Some(v) }).is_err());
+            assert!(Codec::Json.encode(&vec![(1u8, v as f32)]).is_err());
+            // postcard carries them as they are.
+            assert!(
+                Codec::Postcard.decode::<f64>(&Codec::Postcard.encode(&v).unwrap()).unwrap().is_nan() == v.is_nan()
+            );
+        }
+        assert_eq!(&Codec::Json.encode(&Reading { value: None }).unwrap()[..], br#"{"value":null}"#);
+        assert_eq!(&Codec::Json.encode(&1.5f64).unwrap()[..], b"1.5");
+    }
+
+    #[test]
+    fn malformed_json_says_what_without_a_placeholder_path() {
+        let err = Codec::Json.decode::<Args>(br#"{"name":"Max""#).unwrap_err();
+        assert!(err.to_string().starts_with("bad request: EOF while parsing"), "{err}");
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub trait Lab {
     async fn panic(&self) -> Result<(), LabError>;
     /// The node's name: tells which replica answered.
     async fn whoami(&self) -> Result<String, LabError>;
+    /// `a / b`: infinite or NaN for some inputs, which JSON cannot carry.
+    async fn ratio(&self, a: f64, b: f64) -> Result<f64, LabError>;
+    /// A string of `len` bytes: an answer as large as asked.
+    async fn blob(&self, len: u64) -> Result<String, LabError>;
 }
 
 /// The lab's implementation.
@@ -170,6 +174,14 @@ impl Lab for LabNode {
             tokio::time::sleep(self.slow).await;
         }
         Ok(self.name.clone())
+    }
+
+    async fn ratio(&self, a: f64, b: f64) -> Result<f64, LabError> {
+        Ok(a / b)
+    }
+
+    async fn blob(&self, len: u64) -> Result<String, LabError> {
+        Ok("x".repeat(len as usize))
     }
 }
 

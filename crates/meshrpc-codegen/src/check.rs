@@ -31,6 +31,22 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
     if let Some(unsafety) = &item.unsafety {
         errors.push(unsafety, "service traits cannot be `unsafe`");
     }
+    for bound in &item.supertraits {
+        let allowed = match bound {
+            syn::TypeParamBound::Trait(t) => {
+                t.path.segments.last().is_some_and(|s| s.ident == "Send" || s.ident == "Sync")
+                    && t.path.segments.last().is_some_and(|s| s.arguments.is_none())
+            }
+            syn::TypeParamBound::Lifetime(l) => l.ident == "static",
+            _ => false,
+        };
+        if !allowed {
+            errors.push(
+                bound,
+                "a service trait's supertraits can only be `Send`, `Sync` or `'static`: the generated client implements this trait alone, so it cannot provide another one; call the other trait's methods through its own service",
+            );
+        }
+    }
     let mut methods = Vec::new();
     for trait_item in &item.items {
         match trait_item {
@@ -77,7 +93,10 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     if let Some(v) = &sig.variadic {
         errors.push(v, "service methods cannot be variadic");
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+    let only_lifetimes = sig.generics.params.iter().all(|p| matches!(p, syn::GenericParam::Lifetime(_)));
+    if !sig.generics.params.is_empty() && only_lifetimes && sig.generics.where_clause.is_none() {
+        errors.push(&sig.generics, "service methods cannot take lifetime parameters: arguments arrive as owned values decoded from the network; take them by value (`String`, `Vec<T>`) and drop the lifetimes");
+    } else if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(&sig.generics, "service methods cannot be generic: use concrete argument types (a generic call cannot be decoded on the other side)");
     }
     let mut inputs = sig.inputs.iter();
@@ -102,8 +121,17 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
         check_arg_type(&pt.ty, errors);
     }
     let mut error = None;
+    let mut value = None;
+    let mut returns = None;
     match &sig.output {
-        ReturnType::Type(_, ty) if result_error(ty).is_some() => error = result_error(ty),
+        ReturnType::Type(_, ty) if result_error(ty).is_some() => {
+            returns = Some((**ty).clone());
+            error = result_error(ty);
+            value = result_value(ty);
+            if let Some(value) = &value {
+                check_return_type(value, errors);
+            }
+        }
         ReturnType::Type(_, ty) => errors.push(
             ty,
             "return `Result<T, E>` with `E: From<meshrpc::Error>`: every remote call can fail, and the failure must reach the caller",
@@ -116,8 +144,10 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let after = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
     let ident = sig.ident.clone();
     let name = ident.to_string().trim_start_matches("r#").to_owned();
-    match error {
-        Some(error) if after == before => Some(MethodDef { ident, name, args, error }),
+    match (error, value, returns) {
+        (Some(error), Some(value), Some(returns)) if after == before => {
+            Some(MethodDef { ident, name, args, returns, value, error })
+        }
         _ => None,
     }
 }
@@ -144,8 +174,38 @@ fn check_arg_type(ty: &Type, errors: &mut Errors) {
     Finder(errors).visit_type(ty);
 }
 
+/// A returned value crosses the network: no `impl Trait` (a stream, an iterator), no
+/// borrowed data.
+fn check_return_type(ty: &Type, errors: &mut Errors) {
+    struct Finder<'a>(&'a mut Errors);
+    impl<'ast> Visit<'ast> for Finder<'_> {
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            self.0.push(t, "`impl Trait` cannot be returned over the network (streaming methods are not supported yet): return a concrete `Serialize + Deserialize` type such as `Vec<T>`");
+        }
+        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+            self.0.push(r, "return owned values (`String` for `&str`, `Vec<T>` for `&[T]`): the answer is decoded on the other side");
+        }
+        fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
+            self.0.push(
+                t,
+                "trait objects cannot be returned over the network: use a concrete `Serialize + Deserialize` type",
+            );
+        }
+    }
+    Finder(errors).visit_type(ty);
+}
+
+/// The `T` of a `Result<T, E>` type, if that is what `ty` is.
+fn result_value(ty: &Type) -> Option<Type> {
+    result_types(ty).map(|(t, _)| t)
+}
+
 /// The `E` of a `Result<T, E>` type, if that is what `ty` is.
 fn result_error(ty: &Type) -> Option<Type> {
+    result_types(ty).map(|(_, e)| e)
+}
+
+fn result_types(ty: &Type) -> Option<(Type, Type)> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
     if last.ident != "Result" {
@@ -162,5 +222,5 @@ fn result_error(ty: &Type) -> Option<Type> {
             _ => None,
         })
         .collect();
-    (types.len() == 2).then(|| types[1].clone())
+    (types.len() == 2).then(|| (types[0].clone(), types[1].clone()))
 }

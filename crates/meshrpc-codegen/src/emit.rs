@@ -16,12 +16,20 @@ pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
         item.colon_token = Some(Default::default());
     }
     let item = item.into_token_stream();
-    // Checked here so a missing bound is reported at the error type, not at the attribute.
+    // The generated server and client use these types at their spans, so a missing bound
+    // is reported there once. Code written by `meshrpc expose` has no such spans: for it
+    // the trait checks the types itself.
+    if !def.exposed {
+        return quote! {
+            #[::meshrpc::__private::async_trait]
+            #item
+        };
+    }
     let checks = def.methods.iter().map(|m| {
-        let e = &m.error;
-        quote_spanned! {e.span()=>
-            ::meshrpc::__private::assert_error_type::<#e>();
-        }
+        let (t, e) = (&m.value, &m.error);
+        let check_t = quote_spanned! {t.span()=> ::meshrpc::__private::assert_value_type::<#t>(); };
+        let check_e = quote_spanned! {e.span()=> ::meshrpc::__private::assert_error_type::<#e>(); };
+        quote! { #check_t #check_e }
     });
     quote! {
         #[::meshrpc::__private::async_trait]
@@ -40,13 +48,20 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
         let (ident, name) = (&m.ident, &m.name);
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let types = m.args.iter().map(|(_, t)| t);
+        let qualified = format!("{}.{}", def.name, m.name);
+        // Spanned at the return type: a value or error type that cannot be encoded is
+        // reported there, not at the attribute.
+        let reply = quote_spanned! {m.returns.span()=>
+            ::meshrpc::__private::reply(__meshrpc_codec, #qualified, __meshrpc_result)
+        };
         quote! {
             #name => ::std::boxed::Box::pin(async move {
                 #[derive(::meshrpc::__private::serde::Deserialize)]
                 #[serde(crate = "::meshrpc::__private::serde")]
                 struct __Args { #( #names: #types, )* }
                 let __Args { #( #names, )* } = __meshrpc_codec.decode_args::<__Args>(&__meshrpc_payload)?;
-                ::meshrpc::__private::reply(__meshrpc_codec, __meshrpc_service.#ident( #( #names ),* ).await)
+                let __meshrpc_result = __meshrpc_service.#ident( #( #names ),* ).await;
+                #reply
             }),
         }
     });
@@ -113,13 +128,16 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
         let types = m.args.iter().map(|(_, t)| t);
         let (lifetime, args_ty) =
             if names.is_empty() { (quote!(), quote!(__Args)) } else { (quote!(<'__a>), quote!(__Args<'_>)) };
+        let call = quote_spanned! {m.returns.span()=>
+            self.channel.call(#service_name, #name, &__meshrpc_args).await
+        };
         quote! {
             #sig {
                 #[derive(::meshrpc::__private::serde::Serialize)]
                 #[serde(crate = "::meshrpc::__private::serde")]
                 struct __Args #lifetime { #( #names: &'__a #types, )* }
                 let __meshrpc_args: #args_ty = __Args { #( #names: &#names, )* };
-                self.channel.call(#service_name, #name, &__meshrpc_args).await
+                #call
             }
         }
     });

@@ -30,6 +30,10 @@ pub struct MethodDef {
     pub name: String,
     /// Argument names (JSON keys) and types, in order.
     pub args: Vec<(Ident, Type)>,
+    /// The whole `Result<T, E>` as written (errors about `T` or `E` point at it).
+    pub returns: Type,
+    /// The `T` of `Result<T, E>`.
+    pub value: Type,
     /// The `E` of `Result<T, E>`.
     pub error: Type,
 }

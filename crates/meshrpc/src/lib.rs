@@ -125,13 +125,22 @@ pub mod __private {
     pub use crate::call::BoxFuture;
     use crate::{Codec, Error, Reply};
 
-    /// Encodes a handler's result in the codec it was called with.
-    pub fn reply<T: serde::Serialize, E: serde::Serialize>(codec: Codec, result: Result<T, E>) -> Result<Reply, Error> {
-        match result {
+    /// Encodes a handler's result in the codec it was called with; a value the codec
+    /// cannot carry fails the call (`internal`, naming `method`).
+    pub fn reply<T: serde::Serialize, E: serde::Serialize>(
+        codec: Codec,
+        method: &str,
+        result: Result<T, E>,
+    ) -> Result<Reply, Error> {
+        let encoded = match result {
             Ok(v) => codec.encode(&v).map(Reply::Ok),
             Err(e) => codec.encode(&e).map(Reply::AppError),
-        }
+        };
+        encoded.map_err(|e| e.context(&format!("the answer of {method}")))
     }
+
+    /// An answer must cross the network.
+    pub fn assert_value_type<T: serde::Serialize + serde::de::DeserializeOwned>() {}
 
     /// A service's error type must carry transport failures and cross the network.
     pub fn assert_error_type<E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>() {}

@@ -72,3 +72,33 @@ async fn argument_names_that_generated_code_uses_inside_still_work() {
     let spec = ClashClient::SPEC.method("all").unwrap();
     assert_eq!(spec.args, ["service", "codec", "payload", "method", "args", "channel", "inner", "t"]);
 }
+
+/// Default method bodies are allowed: the node runs the default unless its
+/// implementation overrides it; the client always calls the node.
+#[meshrpc::service]
+pub trait Defaults {
+    async fn plain(&self) -> Result<u8, Fail>;
+    async fn with_default(&self, x: u8) -> Result<u8, Fail> {
+        Ok(x + 100)
+    }
+}
+
+struct OnlyPlain;
+
+#[meshrpc::async_trait]
+impl Defaults for OnlyPlain {
+    async fn plain(&self) -> Result<u8, Fail> {
+        Ok(1)
+    }
+}
+
+#[tokio::test]
+async fn a_default_method_body_runs_on_the_node() {
+    let server = meshrpc::Server::bind("127.0.0.1:0").await.unwrap();
+    server.publish(DefaultsServer::new(OnlyPlain));
+    let addr = server.local_addr();
+    tokio::spawn(server.serve());
+    let remote = DefaultsClient::new(meshrpc::connect(addr).await.unwrap());
+    assert_eq!(remote.plain().await.unwrap(), 1);
+    assert_eq!(remote.with_default(5).await.unwrap(), 105);
+}

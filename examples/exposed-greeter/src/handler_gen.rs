@@ -44,9 +44,11 @@ for GreeterServer<__MeshrpcImpl> {
                     }
                     let __Args { name } = __meshrpc_codec
                         .decode_args::<__Args>(&__meshrpc_payload)?;
+                    let __meshrpc_result = __meshrpc_service.greet(name).await;
                     ::meshrpc::__private::reply(
                         __meshrpc_codec,
-                        __meshrpc_service.greet(name).await,
+                        "greeter.greet",
+                        __meshrpc_result,
                     )
                 })
             }
@@ -59,9 +61,11 @@ for GreeterServer<__MeshrpcImpl> {
                     }
                     let __Args { card } = __meshrpc_codec
                         .decode_args::<__Args>(&__meshrpc_payload)?;
+                    let __meshrpc_result = __meshrpc_service.send_postcard(card).await;
                     ::meshrpc::__private::reply(
                         __meshrpc_codec,
-                        __meshrpc_service.send_postcard(card).await,
+                        "greeter.send_postcard",
+                        __meshrpc_result,
                     )
                 })
             }

@@ -3,5 +3,6 @@
 //! talk to them over real sockets.
 
 pub mod harness;
+pub mod hostile;
 pub mod lab;
 pub mod netns;

@@ -78,6 +78,7 @@ mod middleware;
 mod request_log;
 mod server;
 mod spec;
+mod throttle;
 mod transport;
 
 pub mod proto;
@@ -113,7 +114,9 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
-pub use transport::{connect, ConnectOptions, Connection, Link, PendingCall, Reading, Ready, StreamLink, TcpLink};
+pub use transport::{
+    connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
+};
 
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]

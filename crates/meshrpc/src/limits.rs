@@ -12,6 +12,9 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Timeout of a call when the request names none.
     pub default_timeout: Duration,
+    /// A client connection that sends nothing for this long is closed (60 s). A request
+    /// being answered keeps it open only while it stays under this.
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -20,6 +23,7 @@ impl Default for HttpLimits {
             max_body: 4 * 1024 * 1024,
             body_timeout: Duration::from_secs(10),
             default_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -28,11 +28,28 @@ struct Args {
     /// Every `whoami` takes this many extra milliseconds.
     #[arg(long, default_value_t = 0)]
     slow_ms: u64,
+    /// Limits of the node's port (ServerConfig), for the hardening tests.
+    #[arg(long)]
+    idle_ms: Option<u64>,
+    #[arg(long)]
+    header_timeout_ms: Option<u64>,
+    #[arg(long)]
+    frame_timeout_ms: Option<u64>,
+    #[arg(long)]
+    max_partial_bytes: Option<usize>,
+    #[arg(long)]
+    max_queued: Option<usize>,
+    #[arg(long)]
+    stuck_ms: Option<u64>,
+    #[arg(long)]
+    max_connections: Option<usize>,
+    #[arg(long)]
+    http_idle_ms: Option<u64>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    meshrpc::init_logging("warn");
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
     if let Some(max) = args.max_in_flight {
@@ -41,6 +58,31 @@ async fn main() -> Result<(), meshrpc::Error> {
     if let Some(max) = args.max_frame {
         config.max_frame = max;
         config.http.max_body = max as usize;
+    }
+    let ms = std::time::Duration::from_millis;
+    if let Some(v) = args.idle_ms {
+        config.idle_timeout = Some(ms(v));
+    }
+    if let Some(v) = args.header_timeout_ms {
+        config.header_timeout = ms(v);
+    }
+    if let Some(v) = args.frame_timeout_ms {
+        config.frame_timeout = ms(v);
+    }
+    if let Some(v) = args.max_partial_bytes {
+        config.max_partial_bytes = v;
+    }
+    if let Some(v) = args.max_queued {
+        config.max_queued = v;
+    }
+    if let Some(v) = args.stuck_ms {
+        config.stuck_timeout = ms(v);
+    }
+    if let Some(v) = args.max_connections {
+        config.max_connections = v;
+    }
+    if let Some(v) = args.http_idle_ms {
+        config.http.idle_timeout = ms(v);
     }
     let cluster = Cluster::builder(args.name.clone())
         .tag(args.tag)

@@ -33,6 +33,7 @@ impl Peers {
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
             caller: Some(caller.into()),
+            keepalive: None, // the cluster pings its peers itself (`KEEPALIVE`)
             ..ConnectOptions::default()
         };
         Peers { map: Mutex::default(), options }

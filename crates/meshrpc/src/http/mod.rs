@@ -1,6 +1,7 @@
 //! JSON over HTTP/1.1 and h2c (feature `http`): `POST /{service}/{method}` on every node's
 //! port, published axum routers under `/{name}/…`, and [`serve_http`] for front doors.
 
+mod connection;
 mod rpc;
 
 use std::{
@@ -9,16 +10,9 @@ use std::{
 };
 
 use axum::Router;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
-    sync::watch,
-};
+use tokio::sync::watch;
 
+pub use connection::serve_http;
 pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
 
 use crate::{
@@ -26,7 +20,7 @@ use crate::{
     limits::HttpLimits,
     server::Server,
     server::ServerConfig,
-    transport::{accept_loop, stopped, Door, Rewind},
+    transport::{Door, PortCounters, Rewind},
 };
 
 /// The HTTP side of a node's port: the RPC routes and the published routers, looked up
@@ -34,6 +28,7 @@ use crate::{
 pub(crate) struct HttpDoor {
     limits: HttpLimits,
     header_timeout: Duration,
+    counters: Arc<PortCounters>,
     dispatch: RwLock<Arc<dyn Dispatch>>,
     routers: RwLock<Vec<(String, Router)>>,
     /// The routes built from the above; dropped when they change.
@@ -41,10 +36,15 @@ pub(crate) struct HttpDoor {
 }
 
 impl HttpDoor {
-    pub(crate) fn new(dispatch: Arc<dyn Dispatch>, config: &ServerConfig) -> Arc<HttpDoor> {
+    pub(crate) fn new(
+        dispatch: Arc<dyn Dispatch>,
+        config: &ServerConfig,
+        counters: Arc<PortCounters>,
+    ) -> Arc<HttpDoor> {
         Arc::new(HttpDoor {
             limits: config.http,
             header_timeout: config.header_timeout,
+            counters,
             dispatch: RwLock::new(dispatch),
             routers: RwLock::default(),
             app: RwLock::default(),
@@ -75,7 +75,9 @@ impl HttpDoor {
         if let Some(app) = self.app.read().unwrap().as_ref() {
             return app.clone();
         }
-        let mut app = rpc_router(self.dispatch.read().unwrap().clone(), self.limits);
+        let counters = self.counters.clone();
+        let metrics = axum::routing::get(move || std::future::ready(connection::render_counters(&counters)));
+        let mut app = rpc_router(self.dispatch.read().unwrap().clone(), self.limits).route("/metrics", metrics);
         for (name, router) in self.routers.read().unwrap().iter() {
             app = app.nest(&format!("/{name}"), router.clone());
         }
@@ -90,12 +92,12 @@ impl Door for HttpDoor {
     }
 
     fn serve(self: Arc<Self>, io: Rewind, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
-        let timeout = self.header_timeout;
+        let (header_timeout, idle_timeout) = (self.header_timeout, self.limits.idle_timeout);
         let service = tower::service_fn(move |req| {
             use tower::ServiceExt;
             self.app().oneshot(req)
         });
-        Box::pin(http_connection(io, service, timeout, shutdown))
+        Box::pin(connection::http_connection(io, service, header_timeout, idle_timeout, shutdown))
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
@@ -120,56 +122,7 @@ impl Server {
     }
 
     pub(crate) fn http_door(&self) -> Arc<HttpDoor> {
-        let door = self.door_or_init(|| HttpDoor::new(self.dispatch(), self.config()));
+        let door = self.door_or_init(|| HttpDoor::new(self.dispatch(), self.config(), self.counters()));
         door.as_any().downcast::<HttpDoor>().expect("the only door of a server is HTTP")
     }
-}
-
-/// Serves HTTP/1.1 or h2c on one connection, with a header timeout for slow clients and a
-/// graceful close on shutdown.
-async fn http_connection<I, S>(io: I, service: S, header_timeout: Duration, mut shutdown: watch::Receiver<bool>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-/// Serves an axum router over HTTP/1.1 and h2c until `shutdown` fires, then lets open
-/// requests finish (up to `drain_timeout`). The gateway's front door.
-pub async fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    config: ServerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let (stop, stopping) = watch::channel(false);
-    let conn_stop = stopping.clone();
-    let serving = accept_loop(listener, stopping, config.drain_timeout, move |stream, _| {
-        Box::pin(http_connection(stream, router.clone(), config.header_timeout, conn_stop.clone()))
-    });
-    tokio::pin!(serving);
-    tokio::select! {
-        _ = &mut serving => return,
-        _ = shutdown => { stop.send_replace(true); }
-    }
-    serving.await;
 }

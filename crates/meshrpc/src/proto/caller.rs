@@ -69,7 +69,9 @@ impl<W> CallerState<W> {
         match self.state {
             ConnState::Open => {}
             ConnState::Draining => return Err(Error::unavailable("the peer is draining")),
-            ConnState::Closed => return Err(Error::unavailable("the connection is closed")),
+            ConnState::Closed => return Err(Error::unavailable(
+                "the connection is closed (a Connection does not reconnect: connect again, or call through a Cluster)",
+            )),
         }
         let id = self.next_id;
         self.next_id += 1;

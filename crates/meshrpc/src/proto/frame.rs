@@ -160,8 +160,9 @@ impl Frame {
         if (len as usize) < HEADER - 4 {
             return Err(Error::protocol(format!("frame length {len} is shorter than a header")));
         }
+        // Nothing is reserved for the rest: a peer that announces a large frame gets
+        // memory only as its bytes arrive.
         if buf.len() < 4 + len as usize {
-            buf.reserve(4 + len as usize - buf.len());
             return Ok(None);
         }
         buf.advance(4);
@@ -289,6 +290,15 @@ mod tests {
         }
         assert_eq!(out, all_frames());
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_announced_frame_reserves_nothing_before_its_bytes_arrive() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_u32(15 * 1024 * 1024);
+        buf.put_u8(2);
+        assert_eq!(Frame::decode(&mut buf, DEFAULT_MAX_FRAME).unwrap(), None);
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
     }
 
     #[test]

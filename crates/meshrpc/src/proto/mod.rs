@@ -16,7 +16,7 @@ pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
     sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, VERSION,
 };
-pub use responder::{response, Inbound, ResponderState};
+pub use responder::{response, response_within, Expired, Inbound, ResponderState};
 
 #[cfg(test)]
 mod tests;

@@ -42,13 +42,69 @@ pub struct ResponderState<H> {
     draining: bool,
     idle_timeout: Option<Duration>,
     last_heard: Instant,
+    frame_timeout: Option<Duration>,
+    /// When the frame that is not yet whole began to arrive.
+    partial_since: Option<Instant>,
+}
+
+/// Why a connection's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing arrived for this long while no call ran.
+    Idle(Duration),
+    /// A frame began and was not whole within this long.
+    SlowFrame(Duration),
+}
+
+impl std::fmt::Display for Expired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expired::Idle(d) => write!(f, "idle for {d:?}"),
+            Expired::SlowFrame(d) => write!(f, "a frame took longer than {d:?} to arrive"),
+        }
+    }
 }
 
 impl<H> ResponderState<H> {
     /// A new connection: at most `max_in_flight` running calls; closed when nothing is
     /// received for `idle_timeout` while no call runs (`None`: never).
     pub fn new(max_in_flight: usize, idle_timeout: Option<Duration>, now: Instant) -> Self {
-        ResponderState { running: HashMap::new(), max_in_flight, draining: false, idle_timeout, last_heard: now }
+        ResponderState {
+            running: HashMap::new(),
+            max_in_flight,
+            draining: false,
+            idle_timeout,
+            last_heard: now,
+            frame_timeout: None,
+            partial_since: None,
+        }
+    }
+
+    /// A frame that began to arrive must be whole within `timeout`: a peer cannot pin a
+    /// partial frame's memory for longer.
+    pub fn with_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = Some(timeout);
+        self
+    }
+
+    /// Records what is buffered after every whole frame was taken: `pending` bytes of a
+    /// frame not yet whole (0: none).
+    pub fn partial(&mut self, now: Instant, pending: usize) {
+        match (pending, self.partial_since) {
+            (0, _) => self.partial_since = None,
+            (_, None) => self.partial_since = Some(now),
+            (_, Some(_)) => {}
+        }
+    }
+
+    /// The soonest moment the connection must be closed if nothing changes, and why: a
+    /// partial frame's time budget, else idleness while no call runs.
+    pub fn deadline(&self) -> Option<(Instant, Expired)> {
+        if let (Some(since), Some(timeout)) = (self.partial_since, self.frame_timeout) {
+            return Some((since + timeout, Expired::SlowFrame(timeout)));
+        }
+        let timeout = self.idle_timeout?;
+        self.running.is_empty().then(|| (self.last_heard + timeout, Expired::Idle(timeout)))
     }
 
     /// Handles one frame from the caller.
@@ -111,17 +167,21 @@ impl<H> ResponderState<H> {
         self.draining
     }
 
-    /// When the connection counts as idle if nothing more arrives (`None`: not while calls
-    /// run, or no idle timeout).
-    pub fn idle_deadline(&self) -> Option<Instant> {
-        let timeout = self.idle_timeout?;
-        self.running.is_empty().then(|| self.last_heard + timeout)
-    }
-
     /// The connection is over: returns the handles of every running call, to stop them.
     pub fn close(&mut self) -> Vec<H> {
         self.running.drain().map(|(_, h)| h).collect()
     }
+}
+
+/// The response frame for a call's outcome, refused as `too_large` for that call alone when
+/// it would exceed `max_out`, the largest frame the caller accepts (then `true`).
+pub fn response_within(id: u64, result: Result<Reply, Error>, max_out: u32) -> (Frame, bool) {
+    let frame = response(id, result);
+    let size = frame.encoded_len() as u64;
+    if size > u64::from(max_out) {
+        return (response(id, Err(Error::TooLarge { size, limit: max_out.into() })), true);
+    }
+    (frame, false)
 }
 
 /// The response frame for a call's outcome.

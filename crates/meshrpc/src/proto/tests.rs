@@ -263,16 +263,44 @@ fn closing_hands_back_every_waiter() {
 #[test]
 fn an_idle_connection_has_a_deadline_only_while_no_call_runs() {
     let t0 = Instant::now();
-    let mut node = ResponderState::new(16, Some(Duration::from_secs(10)), t0);
-    assert_eq!(node.idle_deadline(), Some(t0 + Duration::from_secs(10)));
+    let idle = Duration::from_secs(10);
+    let mut node = ResponderState::new(16, Some(idle), t0);
+    assert_eq!(node.deadline(), Some((t0 + idle, Expired::Idle(idle))));
     let t1 = t0 + Duration::from_secs(3);
     node.heard(t1);
-    assert_eq!(node.idle_deadline(), Some(t1 + Duration::from_secs(10)));
+    assert_eq!(node.deadline(), Some((t1 + idle, Expired::Idle(idle))));
     node.started(1, ());
-    assert_eq!(node.idle_deadline(), None, "a running call is not idleness");
+    assert_eq!(node.deadline(), None, "a running call is not idleness");
     node.finished(1);
-    assert!(node.idle_deadline().is_some());
-    assert_eq!(ResponderState::<()>::new(1, None, t0).idle_deadline(), None);
+    assert!(node.deadline().is_some());
+    assert_eq!(ResponderState::<()>::new(1, None, t0).deadline(), None);
+}
+
+#[test]
+fn a_partial_frame_has_a_time_budget_from_its_first_byte() {
+    let t0 = Instant::now();
+    let (idle, slow) = (Duration::from_secs(10), Duration::from_secs(2));
+    let mut node = ResponderState::<()>::new(16, Some(idle), t0).with_frame_timeout(slow);
+    node.partial(t0, 100);
+    // More bytes of the same frame do not extend its budget.
+    node.heard(t0 + Duration::from_secs(1));
+    node.partial(t0 + Duration::from_secs(1), 5000);
+    assert_eq!(node.deadline(), Some((t0 + slow, Expired::SlowFrame(slow))));
+    // Once whole, the connection is back on its idle timer.
+    let t2 = t0 + Duration::from_millis(1500);
+    node.heard(t2);
+    node.partial(t2, 0);
+    assert_eq!(node.deadline(), Some((t2 + idle, Expired::Idle(idle))));
+}
+
+#[test]
+fn an_answer_larger_than_the_caller_takes_fails_that_call_alone() {
+    let big = Reply::Ok(Bytes::from(vec![b'x'; 1000]));
+    let (Frame::Response { id, status, payload }, true) = response_within(9, Ok(big.clone()), 100) else { panic!() };
+    assert_eq!((id, status), (9, Status::Failed));
+    let err: Error = serde_json::from_slice(&payload).unwrap();
+    assert!(matches!(err, Error::TooLarge { limit: 100, .. }), "{err:?}");
+    assert_eq!(response_within(9, Ok(big.clone()), 2000), (response(9, Ok(big)), false));
 }
 
 #[test]

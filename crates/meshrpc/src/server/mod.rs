@@ -20,26 +20,41 @@ use crate::{
     error::Error,
     limits::HttpLimits,
     proto::DEFAULT_MAX_FRAME,
-    transport::{serve_mesh, serve_port, Door, Link, MeshLimits, Port},
+    transport::{serve_mesh, serve_port, Door, FrameBudget, Guard, Link, MeshLimits, Port, PortCounters},
 };
 
-/// Server limits and timeouts.
+/// Server limits and timeouts: everything a peer can make a node hold is bounded here
+/// (README, "Limits").
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Largest accepted mesh frame.
+    /// Largest accepted mesh frame (16 MiB).
     pub max_frame: u32,
-    /// Calls one mesh connection may have in flight; more are refused with `Overloaded`.
+    /// Calls one mesh connection may have in flight; more are refused with `Overloaded`
+    /// (4096).
     pub max_in_flight: usize,
     /// HTTP request limits (enforced with the `http` feature).
     pub http: HttpLimits,
     /// How long a new connection may take to send its first bytes, mesh handshake or
-    /// HTTP headers.
+    /// HTTP headers (5 s).
     pub header_timeout: Duration,
     /// A mesh connection that sends nothing for this long while no call of it runs is
-    /// closed (`None`: never).
+    /// closed (10 s; callers ping every few seconds). `None`: never.
     pub idle_timeout: Option<Duration>,
-    /// How long a shutdown waits for in-flight calls.
+    /// A frame that began to arrive must be whole within this (30 s).
+    pub frame_timeout: Duration,
+    /// Bytes held in frames not yet whole, across all connections; past it the
+    /// connection that asks for more is closed (64 MiB).
+    pub max_partial_bytes: usize,
+    /// Answers queued for one caller beyond this stop the reading of its requests until
+    /// it reads (256 KiB).
+    pub max_queued: usize,
+    /// How long a caller may leave its answers unread before it is closed (10 s).
+    pub stuck_timeout: Duration,
+    /// Connections served at once (mesh and HTTP); past it new ones get only a liveness
+    /// answer or a refusal (1024).
+    pub max_connections: usize,
+    /// How long a shutdown waits for in-flight calls (30 s).
     pub drain_timeout: Duration,
 }
 
@@ -49,8 +64,13 @@ impl Default for ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_in_flight: 4096,
             http: HttpLimits::default(),
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: None,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(10)),
+            frame_timeout: Duration::from_secs(30),
+            max_partial_bytes: 64 * 1024 * 1024,
+            max_queued: 256 * 1024,
+            stuck_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -63,6 +83,9 @@ impl ServerConfig {
             max_in_flight: self.max_in_flight,
             handshake_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
+            frame_timeout: self.frame_timeout,
+            max_queued: self.max_queued,
+            stuck_timeout: self.stuck_timeout,
         }
     }
 }
@@ -76,6 +99,9 @@ pub struct Server {
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
     door: OnceLock<Arc<dyn Door>>,
+    counters: Arc<PortCounters>,
+    /// Made from the config when serving starts: one per node.
+    guard: OnceLock<Arc<Guard>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -98,6 +124,7 @@ impl ShutdownHandle {
 impl Server {
     /// Binds the port.
     pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> Result<Server, Error> {
+        raise_fd_limit();
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
         let registry = Arc::<Registry>::default();
         Ok(Server {
@@ -107,7 +134,22 @@ impl Server {
             config: ServerConfig::default(),
             shutdown: watch::channel(false).0,
             door: OnceLock::new(),
+            counters: Arc::default(),
+            guard: OnceLock::new(),
         })
+    }
+
+    /// What this node's port counted: refused connections, connections closed for
+    /// misbehaving, oversized answers.
+    pub fn counters(&self) -> Arc<PortCounters> {
+        self.counters.clone()
+    }
+
+    fn guard(&self) -> Arc<Guard> {
+        let make = || {
+            Arc::new(Guard { counters: self.counters.clone(), budget: FrameBudget::new(self.config.max_partial_bytes) })
+        };
+        self.guard.get_or_init(make).clone()
     }
 
     /// Replaces the limits and timeouts.
@@ -189,6 +231,7 @@ impl Server {
             bytes::BytesMut::new(),
             self.dispatch.clone(),
             self.config.mesh_limits(),
+            self.guard(),
             self.shutdown.subscribe(),
         )
     }
@@ -196,9 +239,29 @@ impl Server {
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
+        let guard = self.guard();
         let Server { listener, dispatch, config, shutdown, door, .. } = self;
-        let port = Port { dispatch, door: door.into_inner(), mesh: config.mesh_limits() };
+        let port = Port {
+            dispatch,
+            door: door.into_inner(),
+            mesh: config.mesh_limits(),
+            guard,
+            max_connections: config.max_connections,
+        };
         serve_port(listener, port, shutdown.subscribe(), config.drain_timeout).await;
         Ok(())
     }
+}
+
+/// A node holds a descriptor per connection: the soft limit (often 1024) is raised to the
+/// hard one, once per process, so `max_connections` and not the limit decides.
+fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(unix)]
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+        }
+    });
 }

@@ -12,16 +12,20 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
 };
 
-use super::{serve_mesh, stopped, MeshLimits, TcpLink};
+use super::{
+    guard::{Guard, PortCounters},
+    serve_mesh, stopped, MeshLimits, TcpLink,
+};
 use crate::{
     call::{BoxFuture, Dispatch},
     proto::{sniff, Sniffed},
+    throttle::Throttle,
 };
 
 /// What answers the connections of a port that are not mesh callers (HTTP, with the
@@ -36,21 +40,45 @@ pub(crate) trait Door: Send + Sync + 'static {
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
+/// How many connections a listener serves at once, and what it counts.
+#[derive(Clone, Debug)]
+pub(crate) struct Cap {
+    pub(crate) max_connections: usize,
+    pub(crate) counters: Arc<PortCounters>,
+}
+
+/// Connections over the cap still answered (`/ping`, a 503), each for a moment.
+const OVER_CAP: usize = 64;
+static CAP_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+
 /// Accepts connections until `shutdown` fires, serving each with `serve`; then waits up to
-/// `drain` for them to finish, and stops the rest.
+/// `drain` for them to finish, and stops the rest. Past `cap.max_connections` a new
+/// connection gets a liveness answer or a refusal, never a handler.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    cap: Cap,
     mut serve: impl FnMut(TcpStream, SocketAddr) -> BoxFuture<()>,
 ) {
     let mut conns = JoinSet::new();
+    let mut over = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok((stream, peer)) if conns.len() < cap.max_connections => {
                     let _ = stream.set_nodelay(true);
                     conns.spawn(serve(stream, peer));
+                }
+                Ok((stream, peer)) => {
+                    PortCounters::add(&cap.counters.refused_connections);
+                    CAP_WARNING.log(|left_out| tracing::warn!(
+                        %peer, max_connections = cap.max_connections, also_refused = left_out,
+                        "connection cap reached: refusing new connections"
+                    ));
+                    if over.len() < OVER_CAP {
+                        over.spawn(over_capacity(stream));
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -60,14 +88,55 @@ pub(crate) async fn accept_loop(
             },
             _ = stopped(&mut shutdown) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = over.join_next(), if !over.is_empty() => {}
         }
     }
     drop(listener);
+    over.shutdown().await;
     let drained = tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(left = conns.len(), "drain timeout: closing remaining connections");
         conns.shutdown().await;
     }
+}
+
+/// A connection past the cap: liveness probes (`GET /ping`, `GET /__heartbeat__`) still get
+/// their 204, other HTTP requests a 503 saying why, anything else is closed.
+async fn over_capacity(mut stream: TcpStream) {
+    let mut first = BytesMut::with_capacity(256);
+    let read = tokio::time::timeout(Duration::from_secs(1), async {
+        while first.len() < 256 && !first.windows(4).any(|w| w == b"\r\n\r\n") {
+            if stream.read_buf(&mut first).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    });
+    if read.await.ok().flatten().is_none() && first.is_empty() {
+        return;
+    }
+    let probe = [&b"GET /ping "[..], b"GET /__heartbeat__ "].iter().any(|p| first.starts_with(p));
+    let answer = if probe {
+        "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
+    } else if first.iter().take_while(|b| b.is_ascii_uppercase()).count() > 2 {
+        let body = r#"{"data":null,"errors":[{"code":"overloaded","message":"overloaded: the node serves its maximum of connections"}]}"#;
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        return;
+    };
+    // Answer, then read what is left of the request before closing: closing with unread
+    // bytes would reset the connection and lose the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut rest = [0u8; 4096];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// How a mesh port serves its connections.
@@ -76,12 +145,15 @@ pub(crate) struct Port {
     pub(crate) dispatch: Arc<dyn Dispatch>,
     pub(crate) door: Option<Arc<dyn Door>>,
     pub(crate) mesh: MeshLimits,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) max_connections: usize,
 }
 
 /// Serves a mesh port: each connection's first bytes tell a mesh caller from anything else.
 pub(crate) async fn serve_port(listener: TcpListener, port: Port, shutdown: watch::Receiver<bool>, drain: Duration) {
     let stop = shutdown.clone();
-    accept_loop(listener, shutdown, drain, move |stream, _| {
+    let cap = Cap { max_connections: port.max_connections, counters: port.guard.counters.clone() };
+    accept_loop(listener, shutdown, drain, cap, move |stream, _| {
         let (port, stop) = (port.clone(), stop.clone());
         Box::pin(async move { serve_connection(stream, port, stop).await })
     })
@@ -107,7 +179,8 @@ async fn serve_connection(mut stream: TcpStream, port: Port, shutdown: watch::Re
     .await;
     match told {
         Ok(Some(Sniffed::Mesh)) => {
-            serve_mesh(Arc::new(TcpLink::new(stream)), first, port.dispatch, port.mesh, shutdown).await
+            let link = Arc::new(TcpLink::new(stream));
+            serve_mesh(link, first, port.dispatch, port.mesh, port.guard, shutdown).await
         }
         Ok(Some(_)) => {
             if let Some(door) = port.door {

@@ -40,11 +40,19 @@ pub struct ConnectOptions {
     pub max_frame: u32,
     /// Who is calling, for the peer's request logs (a cluster sets its node name).
     pub caller: Option<Arc<str>>,
+    /// How often an open connection pings the node (3 s; nodes close mesh connections
+    /// silent for 10 s). `None`: never (the caller pings by itself).
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(3), max_frame: DEFAULT_MAX_FRAME, caller: None }
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            max_frame: DEFAULT_MAX_FRAME,
+            caller: None,
+            keepalive: Some(Duration::from_secs(3)),
+        }
     }
 }
 
@@ -61,6 +69,12 @@ impl ConnectOptions {
         self
     }
 
+    /// The same options with another keepalive period (`None`: no pings).
+    pub fn keepalive(mut self, every: Option<Duration>) -> Self {
+        self.keepalive = every;
+        self
+    }
+
     /// The same options with another limit on frames from the node.
     pub fn max_frame(mut self, bytes: u32) -> Self {
         self.max_frame = bytes;
@@ -68,19 +82,32 @@ impl ConnectOptions {
     }
 }
 
-/// A live connection to a meshrpc node. Cheap to clone; all clones share the link.
+/// A live connection to a meshrpc node. Cheap to clone; all clones share the link, and
+/// dropping the last one closes it. While open it pings the node every few seconds
+/// ([`ConnectOptions::keepalive`]), so the node does not take it for idle and a dead node
+/// is noticed.
 ///
 /// It does not reconnect: once closed, every call fails with `unavailable`
-/// ("connection … is closed") and a new one must be made. A [`Cluster`](crate::Cluster)
-/// reconnects for you.
+/// ("connection … is closed") and a new one must be made. A `Cluster` reconnects for you.
 #[derive(Clone)]
 pub struct Connection {
+    handle: Arc<Handle>,
+}
+
+/// The users' share of a connection: when the last `Connection` goes, so does the link.
+struct Handle {
     inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.close(Error::unavailable(format!("connection to {} dropped", self.inner.peer)));
+    }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("peer", &self.inner.peer).field("state", &self.state()).finish()
+        f.debug_struct("Connection").field("peer", &self.inner().peer).field("state", &self.state()).finish()
     }
 }
 
@@ -152,27 +179,35 @@ impl Connection {
             state: watch::channel(ConnState::Open).0,
         });
         inner.start();
-        Ok(Connection { inner })
+        let conn = Connection { handle: Arc::new(Handle { inner }) };
+        if let Some(every) = opts.keepalive {
+            tokio::spawn(keepalive(Arc::downgrade(&conn.handle), every));
+        }
+        Ok(conn)
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.inner.peer
+        self.inner().peer
     }
 
     /// Open, draining (the peer sent go-away) or closed.
     pub fn state(&self) -> ConnState {
-        *self.inner.state.borrow()
+        *self.inner().state.borrow()
     }
 
     /// Calls in flight on this connection (the load the p2c balancer sees).
     pub fn in_flight(&self) -> usize {
-        self.inner.proto.lock().unwrap().in_flight()
+        self.inner().proto.lock().unwrap().in_flight()
     }
 
     /// Resolves when the connection stops taking new calls (go-away or closed).
     pub async fn unusable(&self) {
-        let mut rx = self.inner.state.subscribe();
+        let mut rx = self.inner().state.subscribe();
         let _ = rx.wait_for(|s| *s != ConnState::Open).await;
     }
 
@@ -180,16 +215,16 @@ impl Connection {
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let started = self.inner.proto.lock().unwrap().start_ping(tx);
-        let (id, frame, alone) = started.map_err(|e| self.inner.about_peer(e))?;
-        self.inner.send(&frame, alone, id)?;
-        self.inner.wait(id, rx, Some(start + timeout), alone).await?;
+        let started = self.inner().proto.lock().unwrap().start_ping(tx);
+        let (id, frame, alone) = started.map_err(|e| self.inner().about_peer(e))?;
+        self.inner().send(&frame, alone, id)?;
+        self.inner().wait(id, rx, Some(start + timeout), alone).await?;
         Ok(start.elapsed())
     }
 
     /// Closes the connection; pending calls fail with `Unavailable`.
     pub fn close(&self) {
-        self.inner.close(Error::unavailable("connection closed locally"));
+        self.inner().close(Error::unavailable("connection closed locally"));
     }
 
     /// Sends a call and returns the pending answer. An error here means the call
@@ -197,13 +232,38 @@ impl Connection {
     pub fn send_call(&self, call: Call) -> Result<PendingCall, Error> {
         let deadline = call.deadline;
         // Built outside the lock: many callers share it.
-        let mut frame = request(call, Instant::now(), &self.inner.limits)?;
+        let mut frame = request(call, Instant::now(), &self.inner().limits)?;
         let (tx, rx) = oneshot::channel();
-        let registered = self.inner.proto.lock().unwrap().register(tx);
-        let (id, alone) = registered.map_err(|e| self.inner.about_peer(e))?;
+        let registered = self.inner().proto.lock().unwrap().register(tx);
+        let (id, alone) = registered.map_err(|e| self.inner().about_peer(e))?;
         frame.set_request_id(id);
-        self.inner.send(&frame, alone, id)?;
+        self.inner().send(&frame, alone, id)?;
         Ok(PendingCall { conn: self.clone(), id, rx, deadline, alone })
+    }
+}
+
+/// Pings the node every `every` while the connection is open and has users; one that
+/// does not answer within three periods is dead, and the connection is closed.
+async fn keepalive(handle: std::sync::Weak<Handle>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(handle) = handle.upgrade() else { return };
+        let conn = Connection { handle };
+        if conn.state() == ConnState::Closed {
+            return;
+        }
+        if let Err(Error::Timeout) = conn.ping(every * 3).await {
+            if conn.state() == ConnState::Open {
+                conn.inner().close(Error::unavailable(format!(
+                    "{} did not answer pings for {:?}",
+                    conn.peer_addr(),
+                    every * 3
+                )));
+            }
+            return;
+        }
     }
 }
 
@@ -218,14 +278,14 @@ pub struct PendingCall {
 
 impl std::fmt::Debug for PendingCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingCall").field("id", &self.id).field("peer", &self.conn.inner.peer).finish()
+        f.debug_struct("PendingCall").field("id", &self.id).field("peer", &self.conn.inner().peer).finish()
     }
 }
 
 impl PendingCall {
     /// Waits for the answer, the deadline, or the connection's end.
     pub async fn answer(self) -> Result<Reply, Error> {
-        self.conn.inner.wait(self.id, self.rx, self.deadline, self.alone).await
+        self.conn.inner().wait(self.id, self.rx, self.deadline, self.alone).await
     }
 }
 

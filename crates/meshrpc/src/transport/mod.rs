@@ -4,13 +4,18 @@
 
 mod accept;
 mod connection;
+mod guard;
 mod link;
 mod sender;
 mod serve;
 
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
-pub(crate) use accept::{accept_loop, serve_port, Door, Port, Rewind};
+pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port, Rewind};
 pub use connection::{connect, ConnectOptions, Connection, PendingCall};
+pub use guard::PortCounters;
+#[cfg_attr(not(feature = "logging"), allow(unused_imports))]
+pub(crate) use guard::GOSSIP_GARBAGE;
+pub(crate) use guard::{FrameBudget, Guard};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 pub(crate) use serve::{serve_mesh, MeshLimits};
 

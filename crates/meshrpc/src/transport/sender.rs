@@ -20,13 +20,15 @@ pub(crate) struct Sender {
     link: Arc<dyn Link>,
     queue: Mutex<Queue>,
     wake: Notify,
-    /// Woken when the queue empties or the link breaks.
-    idle: Notify,
+    /// Woken when the writer made progress: wrote a chunk, emptied the queue, or broke.
+    progress: Notify,
 }
 
 #[derive(Default)]
 struct Queue {
     bytes: BytesMut,
+    /// Bytes the writer task took and is writing.
+    writing: usize,
     /// The writer task owns the socket until the queue is empty.
     flushing: bool,
     broken: bool,
@@ -38,7 +40,7 @@ pub(crate) struct Broken;
 
 impl Sender {
     pub(crate) fn new(link: Arc<dyn Link>) -> Sender {
-        Sender { link, queue: Mutex::default(), wake: Notify::new(), idle: Notify::new() }
+        Sender { link, queue: Mutex::default(), wake: Notify::new(), progress: Notify::new() }
     }
 
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
@@ -54,17 +56,29 @@ impl Sender {
 
     /// Resolves once everything queued has been written (or the socket broke).
     pub(crate) async fn flushed(&self) {
+        self.until(|q| q.broken || (!q.flushing && q.bytes.is_empty())).await
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn queued(&self) -> usize {
+        let q = self.queue.lock().unwrap();
+        q.bytes.len() + q.writing
+    }
+
+    /// Resolves once at most `limit` bytes wait to be written (or the socket broke).
+    pub(crate) async fn room(&self, limit: usize) {
+        self.until(|q| q.broken || q.bytes.len() + q.writing <= limit).await
+    }
+
+    async fn until(&self, done: impl Fn(&Queue) -> bool) {
         loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            {
-                let q = self.queue.lock().unwrap();
-                if q.broken || (!q.flushing && q.bytes.is_empty()) {
-                    return;
-                }
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if done(&self.queue.lock().unwrap()) {
+                return;
             }
-            idle.await;
+            progress.await;
         }
     }
 
@@ -95,7 +109,7 @@ impl Sender {
             }
             Err(_) => {
                 q.broken = true;
-                self.idle.notify_waiters();
+                self.progress.notify_waiters();
                 return Err(Broken);
             }
         }
@@ -113,10 +127,11 @@ impl Sender {
                     let mut q = self.queue.lock().unwrap();
                     if q.bytes.is_empty() {
                         q.flushing = false;
-                        self.idle.notify_waiters();
+                        self.progress.notify_waiters();
                         break;
                     }
                     std::mem::swap(&mut q.bytes, &mut chunk);
+                    q.writing = chunk.len();
                 }
                 while !chunk.is_empty() {
                     if self.link.writable().await.is_err() {
@@ -129,6 +144,8 @@ impl Sender {
                     }
                 }
                 chunk.clear();
+                self.queue.lock().unwrap().writing = 0;
+                self.progress.notify_waiters();
                 if chunk.capacity() > 1 << 20 {
                     chunk = BytesMut::with_capacity(16 * 1024); // give back memory after a large frame
                 }
@@ -138,7 +155,7 @@ impl Sender {
 
     fn broke(&self) {
         self.queue.lock().unwrap().broken = true;
-        self.idle.notify_waiters();
+        self.progress.notify_waiters();
     }
 
     /// Half-closes the link: the peer reads end-of-stream.

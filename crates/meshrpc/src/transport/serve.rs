@@ -16,19 +16,22 @@ use bytes::BytesMut;
 use tokio::{sync::watch, task::AbortHandle};
 
 use super::{
+    guard::{Guard, PortCounters},
     link::{read_some, write_all, Link},
     sender::Sender,
     stopped,
 };
 use crate::{
-    call::Dispatch,
+    call::{Dispatch, Reply},
     error::Error,
-    proto::{response, Frame, Inbound, NodeHandshake, ResponderState},
+    proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState},
     request_log::RequestLog,
 };
 
 /// Bytes a read makes room for.
 const READ_CHUNK: usize = 8 * 1024;
+/// An emptied buffer larger than this is given back rather than kept.
+const KEEP_BUFFER: usize = 1024 * 1024;
 
 /// Limits of one served mesh connection.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,11 @@ pub(crate) struct MeshLimits {
     pub(crate) max_in_flight: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) frame_timeout: Duration,
+    /// Answers queued for a caller beyond this stop the reading of its requests.
+    pub(crate) max_queued: usize,
+    /// How long a caller may leave its answers unread before it is closed.
+    pub(crate) stuck_timeout: Duration,
 }
 
 /// Serves a mesh connection whose first bytes (`inbox`) were already read.
@@ -45,6 +53,7 @@ pub(crate) async fn serve_mesh(
     mut inbox: BytesMut,
     dispatch: Arc<dyn Dispatch>,
     limits: MeshLimits,
+    guard: Arc<Guard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = link.peer_addr();
@@ -68,6 +77,7 @@ pub(crate) async fn serve_mesh(
         Ok(Ok(hello)) => hello,
         Ok(Err(e)) => {
             if !out.is_empty() {
+                PortCounters::add(&guard.counters.refused_handshakes);
                 tracing::warn!(%peer, error = %e, "mesh handshake refused");
                 let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&*link, &out)).await;
                 link.shutdown();
@@ -88,22 +98,32 @@ pub(crate) async fn serve_mesh(
         let sender = sender.clone();
         async move { sender.flush_loop().await }
     });
-    let state = Arc::new(Mutex::new(ResponderState::<AbortHandle>::new(
-        limits.max_in_flight,
-        limits.idle_timeout,
-        Instant::now(),
-    )));
+    let state = Arc::new(Mutex::new(
+        ResponderState::<AbortHandle>::new(limits.max_in_flight, limits.idle_timeout, Instant::now())
+            .with_frame_timeout(limits.frame_timeout),
+    ));
+    let answers = Answers { max_out: hello.max_out, max_queued: limits.max_queued, counters: guard.counters.clone() };
     let max_in = hello.max_in;
     // Mirrors the state's drain flag, read every turn without the lock.
     let mut draining = false;
+    // This connection's share of the node's partial-frame budget.
+    let mut held = 0;
+    let mut heard = None;
 
     let why: Option<Error> = 'conn: loop {
+        // Frames already read wait while this many bytes of answers are pending.
+        let mut backlog = false;
         loop {
+            if out.len() > limits.max_queued {
+                backlog = true;
+                break;
+            }
             match Frame::decode(&mut inbox, max_in) {
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     let inbound = state.lock().unwrap().on_frame(frame, now);
-                    if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &sender, &state).await {
+                    if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &sender, &state, &answers).await
+                    {
                         answer.encode(&mut out);
                     }
                 }
@@ -117,17 +137,49 @@ pub(crate) async fn serve_mesh(
             }
             out.clear();
         }
-        // Room for a good read: a batch of pipelined requests in one syscall.
+        // Backpressure: while the caller leaves answers unread, read none of its requests
+        // (TCP then slows it down); one that stays stuck is closed.
+        if sender.queued() > limits.max_queued {
+            let room = sender.room(limits.max_queued / 2);
+            if tokio::time::timeout(limits.stuck_timeout, room).await.is_err() {
+                PortCounters::add(&guard.counters.stuck_closed);
+                break Some(Error::unavailable(format!(
+                    "the caller left {} bytes of answers unread for {:?}",
+                    sender.queued(),
+                    limits.stuck_timeout
+                )));
+            }
+        }
+        if backlog {
+            continue; // answer the requests already read before reading more
+        }
+        // Bytes left after every whole frame was taken belong to one frame not yet whole.
+        if !guard.budget.update(held, inbox.len()) {
+            PortCounters::add(&guard.counters.shed_partial_frames);
+            break Some(Error::Overloaded {
+                message: format!("the node's budget for partial frames is spent ({} bytes held here)", inbox.len()),
+            });
+        }
+        held = inbox.len();
+        if inbox.is_empty() && inbox.capacity() > KEEP_BUFFER {
+            inbox = BytesMut::new(); // give back what a large frame took
+        }
         if inbox.capacity() - inbox.len() < 1024 {
             inbox.reserve(READ_CHUNK);
         }
-        // Without an idle timeout there is no deadline to read (and no lock to take).
-        let idle = if limits.idle_timeout.is_some() { state.lock().unwrap().idle_deadline() } else { None };
+        let deadline = {
+            let now = Instant::now();
+            let mut state = state.lock().unwrap();
+            if let Some(at) = heard.take() {
+                state.heard(at);
+            }
+            state.partial(now, inbox.len());
+            state.deadline()
+        };
         tokio::select! {
             read = link.read_buf(&mut inbox) => match read {
                 Ok(0) => break None,
-                Ok(_) if limits.idle_timeout.is_some() => state.lock().unwrap().heard(Instant::now()),
-                Ok(_) => {}
+                Ok(_) => heard = Some(Instant::now()),
                 Err(e) => break Some(e.into()),
             },
             _ = stopped(&mut shutdown), if !draining => {
@@ -136,13 +188,20 @@ pub(crate) async fn serve_mesh(
                 }
                 draining = true;
             }
-            _ = sleep_until(idle), if idle.is_some() => {
-                break Some(Error::unavailable(format!("idle for {:?}", limits.idle_timeout.unwrap_or_default())));
+            _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
+                let expired = deadline.expect("a deadline passed").1;
+                PortCounters::add(match expired {
+                    Expired::Idle(_) => &guard.counters.idle_closed,
+                    Expired::SlowFrame(_) => &guard.counters.slow_frames,
+                });
+                break Some(Error::unavailable(expired.to_string()));
             }
         }
     };
+    guard.budget.update(held, 0);
     match why {
-        // The caller hung up or broke the protocol: nobody waits for these answers.
+        // An idle caller is closed quietly; one that broke the protocol is worth a warning.
+        Some(e @ Error::Unavailable { .. }) => tracing::debug!(%peer, error = %e, "closing mesh connection"),
         Some(e) => tracing::warn!(%peer, error = %e, "closing mesh connection"),
         // The caller hung up: after go-away that is the end of a clean drain.
         None if draining => tracing::debug!(%peer, "drained mesh connection"),
@@ -164,6 +223,24 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// How answers go back to one caller.
+struct Answers {
+    /// The largest frame the caller accepts.
+    max_out: u32,
+    max_queued: usize,
+    counters: Arc<PortCounters>,
+}
+
+impl Answers {
+    fn frame(&self, id: u64, result: Result<Reply, Error>) -> Frame {
+        let (frame, refused) = response_within(id, result, self.max_out);
+        if refused {
+            PortCounters::add(&self.counters.oversized_answers);
+        }
+        frame
+    }
+}
+
 /// Acts on one decoded frame; returns the frame to answer with now, if any.
 async fn on_inbound(
     inbound: Inbound<AbortHandle>,
@@ -172,6 +249,7 @@ async fn on_inbound(
     dispatch: &dyn Dispatch,
     sender: &Arc<Sender>,
     state: &Arc<Mutex<ResponderState<AbortHandle>>>,
+    answers: &Answers,
 ) -> Option<Frame> {
     match inbound {
         Inbound::Call { id, call } => {
@@ -181,20 +259,25 @@ async fn on_inbound(
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
                 RequestLog::end(log, &result);
-                return Some(response(id, result));
+                return Some(answers.frame(id, result));
             }
             let sender = sender.clone();
             let done = state.clone();
+            let (max_out, max_queued, counters) = (answers.max_out, answers.max_queued, answers.counters.clone());
+            let log = RequestLog::until_done(log);
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut running = state.lock().unwrap();
-            let log = RequestLog::until_done(log);
             let task = tokio::spawn(async move {
                 let result = answer.await;
                 log.end(&result);
+                let frame = Answers { max_out, max_queued, counters }.frame(id, result);
+                // An answer waits for room like the connection's own: a caller that
+                // reads nothing holds at most its queue and its running calls' answers.
+                sender.room(max_queued).await;
                 // Write it ourselves when it is the only call in flight: no hop back to
                 // the connection task.
                 let alone = done.lock().unwrap().in_flight() <= 1;
-                let _ = sender.send(&response(id, result), alone);
+                let _ = sender.send(&frame, alone);
                 done.lock().unwrap().finished(id);
             });
             running.started(id, task.abort_handle());

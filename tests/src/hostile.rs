@@ -1,0 +1,97 @@
+//! What the hardening tests do to a node: raw mesh connections that misbehave, and
+//! readings of the node process (memory, descriptors, CPU time, its `/metrics`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use meshrpc::{
+    proto::{CallerHandshake, Frame, DEFAULT_MAX_FRAME},
+    Codec, Metadata,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::harness::http;
+
+/// A TCP connection that completed the mesh handshake and speaks raw frames.
+pub async fn handshaken(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let shake = CallerHandshake::new("hostile", DEFAULT_MAX_FRAME);
+    let mut hello = BytesMut::new();
+    shake.hello(&mut hello);
+    stream.write_all(&hello).await.unwrap();
+    let mut answer = BytesMut::new();
+    loop {
+        if shake.receive(&mut answer).unwrap().is_some() {
+            return stream;
+        }
+        assert!(stream.read_buf(&mut answer).await.unwrap() > 0, "closed during the handshake");
+    }
+}
+
+/// The bytes of one JSON request frame.
+pub fn request(id: u64, service: &'static str, method: &'static str, json: &'static str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    Frame::Request {
+        id,
+        codec: Codec::Json,
+        deadline: Some(Duration::from_secs(30)),
+        trace_id: id,
+        service: Bytes::from_static(service.as_bytes()),
+        method: Bytes::from_static(method.as_bytes()),
+        metadata: Metadata::default(),
+        payload: Bytes::from_static(json.as_bytes()),
+    }
+    .encode(&mut out);
+    out.to_vec()
+}
+
+/// True once the node closed `stream` (end of stream or reset), waiting up to `within`;
+/// anything it sends meanwhile is read and dropped.
+pub async fn closed_by_node(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut sink = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A line of `/proc/PID/status`, in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// CPU time a process used so far (user + system), in clock ticks (1/100 s here).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A counter from a node's `/metrics` (`name_total`).
+pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = http("GET", &format!("http://{addr}/metrics"), "", &[]).await.body;
+    let line = format!("{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -1,6 +1,6 @@
 //! JSON has no NaN or infinity: serde_json writes them as `null`, which would answer a
 //! different value than the method returned. This walk finds such a float so encoding
-//! can fail instead. It runs only when the encoded JSON holds a `null`.
+//! can fail instead.
 
 use serde::ser::{self, Serialize};
 

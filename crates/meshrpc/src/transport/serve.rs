@@ -30,6 +30,8 @@ use crate::{
 
 /// Bytes a read makes room for.
 const READ_CHUNK: usize = 8 * 1024;
+/// Bytes of answers one connection produces before it lets other tasks run.
+const FAIR_SHARE: usize = 64 * 1024;
 /// An emptied buffer larger than this is given back rather than kept.
 const KEEP_BUFFER: usize = 1024 * 1024;
 
@@ -111,15 +113,19 @@ pub(crate) async fn serve_mesh(
     let mut heard = None;
 
     let why: Option<Error> = 'conn: loop {
-        // Frames already read wait while this many bytes of answers are pending.
+        // Requests already read wait while a turn's share of answers is pending: a caller
+        // whose cheap requests ask for large answers gets a turn, not the worker thread.
         let mut backlog = false;
         loop {
-            if out.len() > limits.max_queued {
+            if out.len() >= FAIR_SHARE.min(limits.max_queued) {
                 backlog = true;
                 break;
             }
             match Frame::decode(&mut inbox, max_in) {
                 Ok(Some(frame)) => {
+                    // Each frame spends from the task's cooperative budget, so a long
+                    // pipeline of cheap requests yields to other tasks too.
+                    tokio::task::consume_budget().await;
                     let now = Instant::now();
                     let inbound = state.lock().unwrap().on_frame(frame, now);
                     if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &sender, &state, &answers).await
@@ -151,7 +157,8 @@ pub(crate) async fn serve_mesh(
             }
         }
         if backlog {
-            continue; // answer the requests already read before reading more
+            tokio::task::yield_now().await; // the node's other connections, then the rest
+            continue;
         }
         // Bytes left after every whole frame was taken belong to one frame not yet whole.
         if !guard.budget.update(held, inbox.len()) {

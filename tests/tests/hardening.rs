@@ -60,6 +60,7 @@ async fn a_caller_that_never_reads_its_answers_is_held_back_then_closed() {
     .await;
     assert!(reset.is_ok(), "the node let go of the connection");
     let grew = status_kib(pid(&node), "VmHWM").saturating_sub(rss_before);
+    eprintln!("never-reading caller: {written} bytes of requests written; node peak RSS +{grew} KiB");
     // Bound: twice the answer queue (64 KiB) plus the answers of requests being answered.
     assert!(grew < 48 * 1024, "peak RSS grew by {grew} KiB (before the fix: ~320 MiB)");
     answers(&node).await;
@@ -88,9 +89,12 @@ async fn partial_frames_are_budgeted_and_timed_out() {
     }
     assert_eq!(closed, 40, "every silent partial frame is closed by its budget or its deadline");
     let grew = status_kib(pid(&node), "VmHWM").saturating_sub(rss_before);
-    assert!(grew < 48 * 1024, "peak RSS grew by {grew} KiB (before the fix: 610 MiB)");
     let shed = metric(node.addr, "meshrpc_partial_frames_shed").await;
     let slow = metric(node.addr, "meshrpc_slow_frames").await;
+    eprintln!(
+        "40 partial 15 MiB frames: node peak RSS +{grew} KiB; {shed} shed by the budget, {slow} past their deadline"
+    );
+    assert!(grew < 48 * 1024, "peak RSS grew by {grew} KiB (before the fix: 610 MiB)");
     assert!(shed >= 30, "{shed} shed by the 8 MiB budget");
     assert!(slow >= 1, "the ones within the budget missed their 2 s deadline ({slow})");
     answers(&node).await;
@@ -114,6 +118,7 @@ async fn silent_connections_are_reaped_and_a_direct_client_is_kept_alive() {
         h2.push(s);
     }
     let fds = fd_count(pid(&node));
+    let started = Instant::now();
     for (what, conns, within) in [("half preface", &mut half, 4), ("idle mesh", &mut idle, 8), ("idle h2c", &mut h2, 8)]
     {
         let mut closed = 0;
@@ -124,6 +129,12 @@ async fn silent_connections_are_reaped_and_a_direct_client_is_kept_alive() {
         }
         assert_eq!(closed, 20, "{what}: {closed} of 20 closed");
     }
+    eprintln!(
+        "60 silent connections: all closed after {:?}; node fds {} then {}",
+        started.elapsed(),
+        fds,
+        fd_count(pid(&node))
+    );
     assert!(fd_count(pid(&node)) + 50 <= fds, "descriptors given back: {} then {}", fds, fd_count(pid(&node)));
     assert!(metric(node.addr, "meshrpc_idle_connections_closed").await >= 20);
     // The direct client stayed silent longer than the idle timeout, but its keepalive
@@ -177,6 +188,7 @@ async fn a_trickled_preface_costs_no_cpu_while_it_waits() {
     let before = cpu_ticks(pid(&node));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid(&node)) - before;
+    eprintln!("500 connections holding 7 of 8 preface bytes: {used} CPU ticks (1/100 s) in 2 s");
     // 2 s is 200 ticks of one core; polling every 1 ms used 53–74 % with 2000 of them.
     assert!(used <= 10, "{used} ticks of CPU in 2 s for 500 waiting connections");
     answers(&node).await;
@@ -207,6 +219,10 @@ async fn garbage_datagrams_on_the_gossip_port_are_counted_not_logged_one_by_one(
     .await;
     assert!(counted.is_some(), "counted: {}", metric(node.addr, "meshrpc_gossip_garbage").await);
     let lines = node.output().iter().filter(|l| l.contains("gossip") || l.contains("chitchat")).count();
+    eprintln!(
+        "2000 garbage datagrams: {} counted, {lines} log lines",
+        metric(node.addr, "meshrpc_gossip_garbage").await
+    );
     assert!(lines <= 2, "{lines} log lines for 2000 datagrams:\n{}", node.output().join("\n"));
     answers(&node).await;
 }

@@ -161,7 +161,8 @@ pub(crate) async fn serve_mesh(
             continue;
         }
         // Bytes left after every whole frame was taken belong to one frame not yet whole.
-        if !guard.budget.update(held, inbox.len()) {
+        // (The budget is shared by every connection: touched only when this share moves.)
+        if held != inbox.len() && !guard.budget.update(held, inbox.len()) {
             PortCounters::add(&guard.counters.shed_partial_frames);
             break Some(Error::Overloaded {
                 message: format!("the node's budget for partial frames is spent ({} bytes held here)", inbox.len()),

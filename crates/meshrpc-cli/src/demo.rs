@@ -58,6 +58,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         _ = meshrpc::wait_for_signal() => Err("interrupted".into()),
     };
+    drop(gateway_lines); // start-up is over: the relay keeps no more lines
     if outcome.is_ok() {
         let base = format!("http://localhost:{}", args.http_port);
         println!();
@@ -77,9 +78,14 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     outcome
 }
 
-type Lines = tokio::sync::mpsc::UnboundedReceiver<String>;
+type Lines = tokio::sync::mpsc::Receiver<String>;
 
-/// Starts `me args…`, prefixing its output with `name`.
+/// Lines kept for whoever waits on a child's start-up; past it they are only printed.
+const KEPT_LINES: usize = 256;
+
+/// Starts `me args…`, prefixing its output with `name`. Its lines are also handed to
+/// the returned receiver while it is kept and has room (never queued without bound: a
+/// busy gateway prints a line per request).
 fn spawn(me: &std::path::Path, args: &[&str], name: &str) -> std::io::Result<(Child, Lines)> {
     let mut child = Command::new(me)
         .args(args)
@@ -89,12 +95,12 @@ fn spawn(me: &std::path::Path, args: &[&str], name: &str) -> std::io::Result<(Ch
         .kill_on_drop(true)
         .spawn()?;
     let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, lines) = tokio::sync::mpsc::channel(KEPT_LINES);
     let name = name.to_owned();
     tokio::spawn(async move {
         while let Ok(Some(line)) = out.next_line().await {
             println!("[{name}] {line}");
-            let _ = tx.send(line);
+            let _ = tx.try_send(line);
         }
     });
     Ok((child, lines))

@@ -14,9 +14,7 @@ const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_keeps_no_output_while_its_gateway_is_under_load() {
-    if std::process::Command::new("wrk").arg("--version").output().is_err() {
-        assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "wrk is required but not installed");
-        eprintln!("SKIPPED: wrk is not installed (./test.sh installs it)");
+    if !meshrpc_tests::harness::tool("wrk") {
         return;
     }
     let (http_port, mesh_port) = (free_port(), free_port());

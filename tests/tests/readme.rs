@@ -38,9 +38,7 @@ fn digits_as_zero(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_curl_commands_answer_as_documented() {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
-        assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "curl is required but not installed");
-        eprintln!("SKIPPED: curl is not installed (./test.sh installs it)");
+    if !meshrpc_tests::harness::tool("curl") {
         return;
     }
     let commands = readme_commands();

@@ -88,7 +88,7 @@ impl FrameBudget {
     }
 
     /// Bytes held now.
-    #[allow(dead_code)] // read by tests
+    #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }

@@ -19,6 +19,14 @@ pub struct GatewayArgs {
     /// Cluster tag.
     #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
     tag: String,
+    /// Mutual TLS: a directory with ca.pem, node.pem, node.key and gossip.key
+    /// (`meshrpc cert issue`; docs/security.md).
+    #[arg(long, env = "MESHRPC_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Authorization policy (TOML, docs/security.md; needs --tls-dir). Reloaded when it
+    /// changes and on SIGHUP.
+    #[arg(long, env = "MESHRPC_POLICY")]
+    policy: Option<std::path::PathBuf>,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_body: usize,
@@ -41,7 +49,14 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
         listen.set_port(port);
     }
     let timeout = std::time::Duration::from_secs(args.client_timeout);
-    let cluster = Cluster::builder("gateway").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
+    let cluster = Cluster::builder("gateway")
+        .tag(args.tag)
+        .seeds(&args.nodes)
+        .listen(args.listen_addr)
+        .tls_dir(args.tls_dir)
+        .policy_file(args.policy)
+        .start()
+        .await?;
     let node = cluster.clone();
     tokio::spawn(async move { node.serve_until_signal().await });
 

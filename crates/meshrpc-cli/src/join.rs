@@ -13,6 +13,10 @@ pub struct JoinArgs {
     /// Cluster tag.
     #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
     pub tag: String,
+    /// Mutual TLS: a directory with ca.pem, node.pem, node.key and gossip.key
+    /// (`meshrpc cert issue`; docs/security.md).
+    #[arg(long, env = "MESHRPC_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     /// How long to wait for the cluster, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub wait: f64,
@@ -24,7 +28,8 @@ pub async fn join(
     what: &str,
     ready: impl Fn(&meshrpc::View) -> bool,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let cluster = Cluster::builder("meshrpc-cli").tag(&args.tag).seeds(&args.nodes).start().await?;
+    let cluster =
+        Cluster::builder("meshrpc-cli").tag(&args.tag).seeds(&args.nodes).tls_dir(args.tls_dir.clone()).start().await?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
@@ -34,12 +39,17 @@ pub async fn join(
         if Instant::now() >= deadline {
             let members = cluster.view().members.len();
             return Err(format!(
-                "{what}: not found within {:.1} s joining {} (tag `{}`; {} node{} seen)",
+                "{what}: not found within {:.1} s joining {} (tag `{}`; {} node{} seen{})",
                 args.wait,
                 args.nodes.join(","),
                 args.tag,
                 members.saturating_sub(1),
-                if members == 2 { "" } else { "s" }
+                if members == 2 { "" } else { "s" },
+                match (members, &args.tls_dir) {
+                    (1, None) => ": check the address and tag; a mutual-TLS cluster also needs --tls-dir",
+                    (1, Some(_)) => ": check the address and tag, and that the credentials are this cluster's",
+                    _ => "",
+                }
             )
             .into());
         }

@@ -3,6 +3,7 @@
 //! [`run`], so integration tests can build the very same command.
 
 mod call;
+mod cert;
 mod demo;
 mod expose;
 mod gateway;
@@ -54,6 +55,18 @@ enum Command {
     ///
     /// Example: meshrpc probe http://127.0.0.1:11999/__heartbeat__
     Probe(probe::ProbeArgs),
+    /// The cluster CA (mutual TLS, docs/security.md).
+    ///
+    /// Example: meshrpc ca init --dir ./ca --tag prod
+    #[command(subcommand)]
+    Ca(cert::CaCommand),
+    /// Node certificates: issue, show.
+    ///
+    /// Examples:
+    ///   meshrpc cert issue --ca ./ca --node greeter-1 --service greeter --out ./greeter-1
+    ///   meshrpc cert show ./greeter-1/node.pem
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Run an example node in this process (used by `demo`).
     #[command(subcommand, hide = true)]
     Example(Example),
@@ -82,6 +95,8 @@ pub fn run() -> std::process::ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
+            Command::Ca(command) => cert::ca(command),
+            Command::Cert(command) => cert::cert(command),
             Command::Example(Example::Greeter(args)) => {
                 meshrpc::init_logging("info");
                 Ok(greeter::node::run(args).await?)

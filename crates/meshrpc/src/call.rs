@@ -6,7 +6,7 @@ use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 
-use crate::{codec::Codec, error::Error};
+use crate::{codec::Codec, error::Error, identity::Identity};
 
 /// A boxed, sendable future: the currency between layers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -31,6 +31,10 @@ pub struct Call {
     pub metadata: Metadata,
     /// Encoded arguments.
     pub payload: Bytes,
+    /// Who sent the call, as verified by the node it arrived at: the caller's certificate
+    /// (mutual TLS), or a bearer token's subject vouched for by a gateway. `None` for calls
+    /// made in-process and over plaintext. Set by the node, never taken from the wire.
+    pub peer: Option<Arc<Identity>>,
 }
 
 impl Call {
@@ -45,6 +49,7 @@ impl Call {
             key: None,
             metadata: Metadata::default(),
             payload,
+            peer: None,
         }
     }
 }

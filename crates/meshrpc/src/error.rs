@@ -38,6 +38,10 @@ pub enum Error {
     /// The peer broke the wire protocol or sent an undecodable answer.
     #[error("protocol error: {message}")]
     Protocol { message: String },
+    /// A TLS handshake failed or was refused: a plaintext caller of a mutual-TLS node, a
+    /// certificate from another CA, expired or for another cluster (feature `tls`).
+    #[error("tls: {message}")]
+    Tls { message: String },
     /// The caller may not make this call (refused by a server layer or a policy before
     /// the handler ran).
     #[error("permission denied: {message}")]
@@ -68,6 +72,7 @@ impl Error {
         match self {
             Error::Unavailable { message } => Error::unavailable(format!("{what}: {message}")),
             Error::Protocol { message } => Error::protocol(format!("{what}: {message}")),
+            Error::Tls { message } => Error::Tls { message: format!("{what}: {message}") },
             Error::Internal { message } => Error::Internal { message: format!("{what}: {message}") },
             e => e,
         }
@@ -87,6 +92,7 @@ impl Error {
             Error::Protocol { .. } => "protocol",
             Error::Internal { .. } => "internal",
             Error::PermissionDenied { .. } => "permission_denied",
+            Error::Tls { .. } => "tls",
             Error::Application { .. } => "application",
         }
     }
@@ -101,7 +107,7 @@ impl Error {
             Error::Application { .. } => 422,
             Error::Cancelled => 499,
             Error::Internal { .. } => 500,
-            Error::Protocol { .. } => 502,
+            Error::Protocol { .. } | Error::Tls { .. } => 502,
             Error::Unavailable { .. } | Error::Overloaded { .. } => 503,
             Error::Timeout => 504,
         }

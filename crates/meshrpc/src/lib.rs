@@ -63,6 +63,7 @@
 //! | `cluster` | yes | `Cluster`: gossip membership, balancing, failover, drain (implies `http`) |
 //! | `gateway` | yes | `Gateway`: the HTTP front door with `/healthz` and `/metrics` (implies `cluster`) |
 //! | `logging` | yes | `init_logging`, a `tracing` subscriber for binaries |
+//! | `tls` | yes | mutual TLS on the mesh port ([`TlsConfig`]), sealed gossip, the authorization policy ([`Access`]), HTTPS and bearer tokens at the gateway |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
@@ -73,6 +74,7 @@ mod client;
 mod codec;
 mod context;
 mod error;
+mod identity;
 mod limits;
 mod middleware;
 mod request_log;
@@ -83,6 +85,8 @@ mod transport;
 
 pub mod proto;
 
+#[cfg(feature = "tls")]
+mod access;
 #[cfg(feature = "cluster")]
 mod cluster;
 #[cfg(feature = "gateway")]
@@ -92,6 +96,8 @@ mod http;
 #[cfg(feature = "logging")]
 mod logging;
 
+#[cfg(feature = "tls")]
+pub use access::{Access, AccessPolicy, PolicyError};
 pub use async_trait::async_trait;
 pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
@@ -100,13 +106,18 @@ pub use cluster::{
     wait_for_signal, Advertised, Balance, Candidate, Cluster, ClusterBuilder, GossipConfig, HttpReplica, LeastLoaded,
     Member, MemberState, Policy, RoundRobin, ServiceStatus, Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
+#[cfg(all(feature = "cluster", feature = "tls"))]
+pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
 pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
 #[cfg(feature = "gateway")]
 pub use gateway::{Gateway, Metrics};
+#[cfg(all(feature = "http", feature = "tls"))]
+pub use http::rpc_router_with_policy;
 #[cfg(feature = "http")]
 pub use http::{envelope, error_response, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+pub use identity::{Identity, IdentityKind};
 pub use limits::HttpLimits;
 #[cfg(feature = "logging")]
 pub use logging::init as init_logging;
@@ -114,9 +125,19 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
+#[cfg(feature = "tls")]
+pub use transport::TlsConfig;
 pub use transport::{
     connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
 };
+
+/// Node credentials (feature `tls`): the files of a credentials directory and the form
+/// of node certificates (docs/security.md).
+#[cfg(feature = "tls")]
+pub mod tls {
+    pub use crate::identity::{NODE_DNS_NAME, URI_SCHEME};
+    pub use crate::transport::{fingerprint, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};
+}
 
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]

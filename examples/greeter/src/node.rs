@@ -17,6 +17,14 @@ pub struct NodeArgs {
     pub tag: String,
     /// Mesh address (also HTTP and UDP gossip). Port 0 picks a free port.
     #[arg(long, env = "MESHRPC_LISTEN_ADDR", default_value = "0.0.0.0:0")]
+    /// Mutual TLS: a directory with ca.pem, node.pem, node.key and gossip.key
+    /// (`meshrpc cert issue`; docs/security.md).
+    #[arg(long, env = "MESHRPC_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// Authorization policy (TOML, docs/security.md; needs --tls-dir). Reloaded when it
+    /// changes and on SIGHUP.
+    #[arg(long, env = "MESHRPC_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
     pub listen_addr: String,
 }
 
@@ -27,7 +35,14 @@ pub fn legacy_router() -> Router {
 
 /// Runs a greeter node until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: NodeArgs) -> Result<(), meshrpc::Error> {
-    let cluster = Cluster::builder("greeter").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
+    let cluster = Cluster::builder("greeter")
+        .tag(args.tag)
+        .seeds(&args.nodes)
+        .listen(args.listen_addr)
+        .tls_dir(args.tls_dir)
+        .policy_file(args.policy)
+        .start()
+        .await?;
     cluster.publish(GreeterServer::new(MyGreeter::default()));
     cluster.publish_http("greeter", legacy_router())?;
     println!("listening on {}", cluster.local_addr().expect("a listening node"));

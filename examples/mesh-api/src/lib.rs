@@ -25,6 +25,14 @@ pub struct ApiArgs {
     /// Mesh address other nodes join through.
     #[arg(long, env = "MESHRPC_LISTEN_ADDR", default_value = "0.0.0.0:11999")]
     pub listen_addr: String,
+    /// Mutual TLS: a directory with ca.pem, node.pem, node.key and gossip.key
+    /// (`meshrpc cert issue`; docs/security.md).
+    #[arg(long, env = "MESHRPC_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// Authorization policy (TOML, docs/security.md; needs --tls-dir). Reloaded when it
+    /// changes and on SIGHUP.
+    #[arg(long, env = "MESHRPC_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
     /// HTTP host of the API.
     #[arg(long = "http-host", env = "APP_HTTP_HOST", default_value = "0.0.0.0")]
     pub http_host: String,
@@ -62,8 +70,14 @@ pub fn routes<G: Greeter + Clone>(svc: G) -> Router {
 
 /// Joins the cluster, serves the API until SIGTERM or Ctrl-C.
 pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
-    let cluster =
-        Cluster::builder("mesh-api").tag(args.tag).seeds(&args.nodes).listen(args.listen_addr).start().await?;
+    let cluster = Cluster::builder("mesh-api")
+        .tag(args.tag)
+        .seeds(&args.nodes)
+        .listen(args.listen_addr)
+        .tls_dir(args.tls_dir)
+        .policy_file(args.policy)
+        .start()
+        .await?;
     let node = cluster.clone();
     tokio::spawn(async move { node.serve_until_signal().await });
 

@@ -14,6 +14,9 @@ use serde::Serialize;
 
 #[derive(Parser)]
 struct Args {
+    /// Mutual TLS credentials (`ca.pem`, `node.pem`, `node.key`, `gossip.key`).
+    #[arg(long, env = "MESHRPC_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
     #[arg(long, default_value = "test")]
@@ -76,7 +79,14 @@ async fn main() {
     let args = Args::parse();
     let start = Instant::now();
     let policy = if args.policy == "p2c" { Policy::LeastLoaded } else { Policy::RoundRobin };
-    let cluster = Cluster::builder("labcall").tag(&args.tag).seeds(&args.nodes).balance(policy).start().await.unwrap();
+    let cluster = Cluster::builder("labcall")
+        .tag(&args.tag)
+        .seeds(&args.nodes)
+        .balance(policy)
+        .tls_dir(args.tls_dir)
+        .start()
+        .await
+        .unwrap();
     let report = Arc::new(Mutex::new(Report::default()));
     if let Err(e) = cluster.wait_for(&[LabClient::SPEC], Duration::from_millis(args.wait_ms)).await {
         report.lock().unwrap().wait_error = Some(e.to_string());

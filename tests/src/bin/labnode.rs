@@ -9,6 +9,12 @@ use meshrpc_tests::lab::{LabNode, LabServer, LabV2Node, LabV2Server};
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Mutual TLS credentials (`ca.pem`, `node.pem`, `node.key`, `gossip.key`).
+    #[arg(long, env = "MESHRPC_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Authorization policy file.
+    #[arg(long, env = "MESHRPC_POLICY")]
+    policy: Option<std::path::PathBuf>,
     /// Node name (answered by `Lab::whoami`).
     #[arg(long, default_value = "lab")]
     name: String,
@@ -89,6 +95,8 @@ async fn main() -> Result<(), meshrpc::Error> {
         .seeds(&args.nodes)
         .listen(args.listen)
         .server_config(config)
+        .tls_dir(args.tls_dir)
+        .policy_file(args.policy)
         .start()
         .await?;
     if args.v2 {

@@ -112,6 +112,7 @@ impl Channel {
             key: self.options.key.clone(),
             metadata: Default::default(),
             payload,
+            peer: None,
         };
         self.target.dispatch(call).await
     }

@@ -30,6 +30,8 @@ pub struct ClusterBuilder {
     pub(super) server: ServerConfig,
     pub(super) drain_grace: Duration,
     pub(super) layers: Vec<DynLayer>,
+    #[cfg(feature = "tls")]
+    pub(super) credentials: super::security::Credentials,
 }
 
 impl ClusterBuilder {
@@ -91,6 +93,41 @@ impl ClusterBuilder {
         self
     }
 
+    /// Mutual TLS with these credentials (feature `tls`): the port takes only callers
+    /// holding a certificate of the cluster CA, this node calls peers over TLS and picks
+    /// a replica only if its certificate carries the service, and gossip is sealed with
+    /// the cluster's gossip key.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::transport::TlsConfig) -> Self {
+        self.credentials.tls = Some(tls);
+        self
+    }
+
+    /// As [`tls`](Self::tls), reading `ca.pem`, `node.pem`, `node.key` and `gossip.key`
+    /// from `dir` when the node starts (`None`: plaintext). Flag `--tls-dir`, env
+    /// `MESHRPC_TLS_DIR` in the `meshrpc` command and the examples.
+    #[cfg(feature = "tls")]
+    pub fn tls_dir(mut self, dir: impl Into<Option<std::path::PathBuf>>) -> Self {
+        self.credentials.tls_dir = dir.into();
+        self
+    }
+
+    /// Every call from the network must be allowed by this policy (needs TLS).
+    #[cfg(feature = "tls")]
+    pub fn access(mut self, access: Arc<crate::access::Access>) -> Self {
+        self.credentials.access = Some(access);
+        self
+    }
+
+    /// As [`access`](Self::access), reading the policy file when the node starts (and
+    /// again whenever it changes, or on SIGHUP). `None`: no policy. A malformed file keeps
+    /// the node from starting; the error names the line.
+    #[cfg(feature = "tls")]
+    pub fn policy_file(mut self, path: impl Into<Option<std::path::PathBuf>>) -> Self {
+        self.credentials.policy_file = path.into();
+        self
+    }
+
     /// Limits and timeouts of this node's port.
     pub fn server_config(mut self, config: ServerConfig) -> Self {
         self.server = config;
@@ -100,9 +137,23 @@ impl ClusterBuilder {
     /// Binds the port, starts gossip and returns the node (serving starts with
     /// [`Cluster::serve`]).
     pub async fn start(self) -> Result<Cluster, Error> {
+        #[cfg(feature = "tls")]
+        let (tls, access) = self.credentials.clone().load()?;
         let (server, gossip_bind, mesh_addr) = match &self.listen {
             Some(listen) => {
-                let mut server = bind_tcp_and_udp(listen).await?.with_config(self.server).with_http();
+                let server = bind_tcp_and_udp(listen).await?.with_config(self.server);
+                #[cfg(feature = "tls")]
+                let server = match (&tls, &access) {
+                    (Some(tls), access) => {
+                        let server = server.with_tls(tls.clone());
+                        match access {
+                            Some(access) => server.with_access(access.clone()),
+                            None => server,
+                        }
+                    }
+                    (None, _) => server,
+                };
+                let mut server = server.with_http();
                 for layer in &self.layers {
                     server.set_dispatch(layer.apply(server.dispatch()));
                 }
@@ -117,15 +168,19 @@ impl ClusterBuilder {
                 (None, SocketAddr::new(ip, port), None)
             }
         };
+        #[cfg(feature = "tls")]
+        let security = super::security::gossiped(tls.as_ref());
+        #[cfg(not(feature = "tls"))]
+        let security = super::membership::Security::default();
         let gossip_advertise = SocketAddr::new(mesh_addr.map_or(gossip_bind.ip(), |a| a.ip()), gossip_bind.port());
         let membership = Membership::join(
             &self.name,
             &self.tag,
-            gossip_bind,
-            gossip_advertise,
+            (gossip_bind, gossip_advertise),
             mesh_addr,
             self.seeds.clone(),
             &self.gossip,
+            &security,
         )
         .await?;
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
@@ -139,6 +194,9 @@ impl ClusterBuilder {
             local,
             http,
             membership,
+            #[cfg(feature = "tls")]
+            peers: Peers::new(&name, tls.clone()),
+            #[cfg(not(feature = "tls"))]
             peers: Peers::new(&name),
             policy: self.policy,
             balancers: Mutex::default(),
@@ -146,8 +204,18 @@ impl ClusterBuilder {
             server: Mutex::new(server),
             drain_grace: self.drain_grace.max(self.gossip.interval * 3),
             started: Instant::now(),
+            #[cfg(feature = "tls")]
+            tls,
+            #[cfg(feature = "tls")]
+            access,
+            #[cfg(feature = "tls")]
+            unproven: Default::default(),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
+        #[cfg(feature = "tls")]
+        if inner.tls.is_some() || inner.access.is_some() {
+            tokio::spawn(super::security::watch(Arc::downgrade(&inner)));
+        }
         Ok(Cluster { inner })
     }
 

@@ -19,7 +19,10 @@ pub(crate) fn may_retry(error: &Error, reached: Reached) -> bool {
         // Nothing left this node: a broken or refusing peer is worth avoiding, but a call
         // that is itself wrong (too large, past its deadline) fails the same anywhere.
         Reached::NotSent => {
-            matches!(error, Error::Unavailable { .. } | Error::Overloaded { .. } | Error::Protocol { .. })
+            matches!(
+                error,
+                Error::Unavailable { .. } | Error::Overloaded { .. } | Error::Protocol { .. } | Error::Tls { .. }
+            )
         }
         // The replica refused it before its handler ran.
         Reached::Sent => matches!(error, Error::Overloaded { .. }),
@@ -42,6 +45,7 @@ mod tests {
             (&unavailable, Reached::NotSent, true),
             (&overloaded, Reached::NotSent, true),
             (&protocol, Reached::NotSent, true),
+            (&Error::Tls { message: "expired".into() }, Reached::NotSent, true),
             (&too_large, Reached::NotSent, false),
             (&Error::Timeout, Reached::NotSent, false),
             (&Error::bad_request("name too long"), Reached::NotSent, false),

@@ -21,6 +21,17 @@ const KEY_NAME: &str = "name";
 const KEY_ADDR: &str = "addr";
 const KEY_STATE: &str = "state";
 const KEY_STARTED: &str = "started";
+/// `<sha256 of the certificate> <not-after, Unix seconds>`.
+const KEY_CERT: &str = "cert";
+
+/// What a node gossips about its credentials, and how its gossip is sealed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Security {
+    /// The `cert` value (see [`KEY_CERT`]).
+    pub(crate) cert: Option<String>,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) gossip_key: Option<[u8; 32]>,
+}
 const PREFIX_SERVICE: &str = "svc:";
 const PREFIX_HTTP: &str = "http:";
 
@@ -53,6 +64,10 @@ pub struct Member {
     pub http: Vec<String>,
     /// When the node started (Unix ms).
     pub started_ms: u64,
+    /// SHA-256 of the node's certificate, as it gossips it (mutual TLS).
+    pub cert_fingerprint: Option<String>,
+    /// When that certificate expires (Unix seconds).
+    pub cert_not_after: Option<u64>,
     /// This is the local node.
     pub is_self: bool,
 }
@@ -72,6 +87,8 @@ impl Member {
             services: BTreeMap::new(),
             http: Vec::new(),
             started_ms: 0,
+            cert_fingerprint: None,
+            cert_not_after: None,
             is_self,
         };
         for (k, v) in kv {
@@ -80,6 +97,11 @@ impl Member {
                 KEY_NAME => m.name = v.to_owned(),
                 KEY_ADDR => m.addr = v.parse().ok(),
                 KEY_STARTED => m.started_ms = v.parse().unwrap_or(0),
+                KEY_CERT => {
+                    let mut parts = v.split(' ');
+                    m.cert_fingerprint = parts.next().map(str::to_owned);
+                    m.cert_not_after = parts.next().and_then(|t| t.parse().ok());
+                }
                 KEY_STATE => {
                     m.state = match v {
                         "serving" => MemberState::Serving,
@@ -198,11 +220,11 @@ impl Membership {
     pub(crate) async fn join(
         name: &str,
         tag: &str,
-        gossip_bind: SocketAddr,
-        gossip_addr: SocketAddr,
+        (gossip_bind, gossip_addr): (SocketAddr, SocketAddr),
         mesh_addr: Option<SocketAddr>,
         seeds: Vec<String>,
         config: &GossipConfig,
+        security: &Security,
     ) -> Result<Membership, Error> {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let node_id = format!("{name}-{}-{:x}", gossip_addr.port(), started.as_nanos() as u64 & 0xff_ffff);
@@ -234,9 +256,15 @@ impl Membership {
         if let Some(addr) = mesh_addr {
             kv.push((KEY_ADDR.to_owned(), addr.to_string()));
         }
-        let handle = spawn_chitchat(chitchat_config, kv, &UdpTransport)
-            .await
-            .map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?;
+        if let Some(cert) = &security.cert {
+            kv.push((KEY_CERT.to_owned(), cert.clone()));
+        }
+        let spawned = match security.gossip_key {
+            #[cfg(feature = "tls")]
+            Some(key) => spawn_chitchat(chitchat_config, kv, &super::sealed::SealedTransport::new(key)).await,
+            _ => spawn_chitchat(chitchat_config, kv, &UdpTransport).await,
+        };
+        let handle = spawned.map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?;
 
         let chitchat = handle.chitchat();
         let (tx, view) = watch::channel(Arc::new(View::default()));
@@ -287,6 +315,12 @@ impl Membership {
             MemberState::Draining => "draining",
         };
         self.set(KEY_STATE.to_owned(), v.to_owned()).await;
+    }
+
+    /// Gossips this node's current certificate (after a rotation).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) async fn advertise_cert(&self, value: String) {
+        self.set(KEY_CERT.to_owned(), value).await;
     }
 
     async fn set(&self, key: String, value: String) {

@@ -8,6 +8,10 @@ mod failover;
 mod membership;
 mod peers;
 mod route;
+#[cfg(feature = "tls")]
+mod sealed;
+#[cfg(feature = "tls")]
+mod security;
 mod signal;
 
 use std::{
@@ -23,6 +27,8 @@ pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
 pub use membership::{Advertised, GossipConfig, Member, MemberState, View};
 pub use route::HttpReplica;
+#[cfg(feature = "tls")]
+pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
 
 use self::{
@@ -60,6 +66,12 @@ struct Inner {
     shutdown: Option<ShutdownHandle>,
     drain_grace: Duration,
     started: Instant,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::TlsConfig>,
+    #[cfg(feature = "tls")]
+    access: Option<Arc<crate::access::Access>>,
+    #[cfg(feature = "tls")]
+    unproven: security::Unproven,
 }
 
 /// A service as the cluster sees it.
@@ -85,6 +97,8 @@ impl Cluster {
             server: ServerConfig::default(),
             drain_grace: Duration::from_millis(500),
             layers: Vec::new(),
+            #[cfg(feature = "tls")]
+            credentials: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use std::{
 use super::balance::PeakEwma;
 use crate::{
     error::Error,
+    identity::Identity,
     proto::ConnState as State,
     transport::{ConnectOptions, Connection},
 };
@@ -27,13 +28,15 @@ pub(crate) struct Peers {
 
 impl Peers {
     /// Connections opened as `caller` (the node's name, for peers' request logs).
-    pub(crate) fn new(caller: &str) -> Self {
+    pub(crate) fn new(caller: &str, #[cfg(feature = "tls")] tls: Option<crate::transport::TlsConfig>) -> Self {
         // Peers are on the same network: a connect that takes a second is not coming, and
         // the call waiting on it should move to another replica.
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
             caller: Some(caller.into()),
             keepalive: None, // the cluster pings its peers itself (`KEEPALIVE`)
+            #[cfg(feature = "tls")]
+            tls,
             ..ConnectOptions::default()
         };
         Peers { map: Mutex::default(), options }
@@ -67,6 +70,8 @@ pub(crate) struct Peer {
     /// Serializes connection attempts so a burst of calls opens one connection.
     connecting: tokio::sync::Mutex<()>,
     health: Mutex<Health>,
+    /// Who the peer proved to be when last connected (mutual TLS).
+    identity: Mutex<Option<Arc<Identity>>>,
 }
 
 struct Health {
@@ -83,6 +88,7 @@ impl Peer {
             options,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            identity: Mutex::new(None),
             health: Mutex::new(Health {
                 down_until: None,
                 failures: 0,
@@ -132,6 +138,7 @@ impl Peer {
         match Connection::connect(self.addr, self.options.clone()).await {
             Ok(conn) => {
                 *self.conn.lock().unwrap() = Some(conn.clone());
+                self.identity.lock().unwrap().clone_from(&conn.peer_identity().cloned());
                 self.health.lock().unwrap().down_until = None;
                 // Stop picking this peer the moment its connection breaks, long before
                 // gossip declares it dead.
@@ -149,6 +156,12 @@ impl Peer {
                 Err(e)
             }
         }
+    }
+
+    /// False when the peer proved an identity (mutual TLS) that does not carry `service`:
+    /// it must never be called for it. Unknown (never connected, plaintext): true.
+    pub(crate) fn may_serve(&self, service: &str) -> bool {
+        self.identity.lock().unwrap().as_ref().is_none_or(|id| id.proves(service))
     }
 
     /// Keeps the peer out of picks for a backoff that grows with each failure.

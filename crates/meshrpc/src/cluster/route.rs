@@ -18,6 +18,7 @@ use crate::{
     client::Channel,
     error::Error,
     server::Registry,
+    transport::Connection,
 };
 
 /// Calls that provably never reached a replica are tried on up to this many replicas.
@@ -49,7 +50,13 @@ impl Inner {
                 return Ok(Duration::ZERO);
             }
             let peer = self.peers.get(m.addr.expect("replicas have addresses"));
-            let attempt = async { peer.connection().await?.ping(timeout).await };
+            let attempt = async {
+                let conn = peer.connection().await?;
+                match self.unproven(m, &conn, service) {
+                    Some(e) => Err(e),
+                    None => conn.ping(timeout).await,
+                }
+            };
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(Ok(rtt)) => return Ok(rtt),
                 Ok(Err(e)) => last = e,
@@ -65,6 +72,7 @@ impl Inner {
     fn pick<'v>(
         &self,
         balancer: &dyn Balance,
+        service: &str,
         members: impl Iterator<Item = &'v Member>,
         tried: &[SocketAddr],
         key: Option<&str>,
@@ -73,7 +81,8 @@ impl Inner {
             .filter_map(|m| Some((m, m.addr?)))
             .filter(|(_, addr)| !tried.contains(addr))
             .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))
-            .filter(|(_, p)| p.as_ref().is_none_or(|p| p.usable()))
+            // First of all, the certificate must prove the service (mutual TLS).
+            .filter(|(_, p)| p.as_ref().is_none_or(|p| p.may_serve(service) && p.usable()))
             .collect();
         let candidates: Vec<Candidate<'_>> =
             replicas.iter().map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(0.0, |p| p.load()) }).collect();
@@ -88,7 +97,8 @@ impl Inner {
         for _ in 0..MAX_ATTEMPTS {
             let view = self.membership.view();
             let replicas = view.replicas(&call.service, fingerprint.as_deref());
-            let Some((member, peer)) = self.pick(&*balancer, replicas, &tried, call.key.as_deref()) else {
+            let Some((member, peer)) = self.pick(&*balancer, &call.service, replicas, &tried, call.key.as_deref())
+            else {
                 return Err(
                     last_error.unwrap_or_else(|| self.nobody_serves(&view, &call.service, fingerprint.as_deref()))
                 );
@@ -98,7 +108,10 @@ impl Inner {
             };
             tried.push(peer.addr);
             let sent = match peer.connection().await {
-                Ok(conn) => conn.send_call(call.clone()),
+                Ok(conn) => match self.unproven(member, &conn, &call.service) {
+                    Some(e) => Err(e),
+                    None => conn.send_call(call.clone()),
+                },
                 Err(e) => Err(e),
             };
             let pending = match sent {
@@ -121,6 +134,20 @@ impl Inner {
             }
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable("no attempt made")))
+    }
+
+    /// The error for a replica whose certificate does not carry `service` (reported);
+    /// `None` when it does, or without TLS.
+    fn unproven(&self, member: &Member, conn: &Connection, service: &str) -> Option<Error> {
+        let identity = conn.peer_identity()?;
+        if identity.proves(service) {
+            return None;
+        }
+        #[cfg(feature = "tls")]
+        self.unproven.report(&member.id, &identity.to_string(), service);
+        Some(Error::Tls {
+            message: format!("replica {} ({identity}) has no certificate for `{service}`: not called", member.id),
+        })
     }
 
     fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {
@@ -208,11 +235,13 @@ impl Cluster {
             let view = inner.membership.view();
             let members =
                 view.members.iter().filter(|m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name));
-            let Some((member, peer)) = inner.pick(&*balancer, members, &tried, key) else { break };
+            let Some((member, peer)) = inner.pick(&*balancer, name, members, &tried, key) else { break };
             let addr = member.addr.expect("picked members have addresses");
             let peer = peer.unwrap_or_else(|| inner.peers.get(addr));
             if !member.is_self {
-                if let Err(e) = peer.connection().await {
+                let connected = peer.connection().await;
+                let proven = connected.and_then(|conn| inner.unproven(member, &conn, name).map_or(Ok(()), Err));
+                if let Err(e) = proven {
                     tracing::debug!(replica = %member.id, error = %e, "HTTP replica unreachable: picking another");
                     tried.push(addr);
                     last_error = Some(e);

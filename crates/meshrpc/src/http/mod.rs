@@ -13,10 +13,13 @@ use axum::Router;
 use tokio::sync::watch;
 
 pub use connection::serve_http;
+#[cfg(feature = "tls")]
+pub use rpc::rpc_router_with_policy;
 pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
 
 use crate::{
     call::{BoxFuture, Dispatch},
+    identity::Admission,
     limits::HttpLimits,
     server::Server,
     server::ServerConfig,
@@ -30,6 +33,9 @@ pub(crate) struct HttpDoor {
     header_timeout: Duration,
     counters: Arc<PortCounters>,
     dispatch: RwLock<Arc<dyn Dispatch>>,
+    /// The policy RPC calls pass (feature `tls`).
+    #[cfg(feature = "tls")]
+    access: RwLock<Option<Arc<crate::access::Access>>>,
     routers: RwLock<Vec<(String, Router)>>,
     /// The routes built from the above; dropped when they change.
     app: RwLock<Option<Router>>,
@@ -46,6 +52,8 @@ impl HttpDoor {
             header_timeout: config.header_timeout,
             counters,
             dispatch: RwLock::new(dispatch),
+            #[cfg(feature = "tls")]
+            access: RwLock::default(),
             routers: RwLock::default(),
             app: RwLock::default(),
         })
@@ -54,6 +62,13 @@ impl HttpDoor {
     /// Where `POST /{service}/{method}` goes.
     pub(crate) fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>) {
         *self.dispatch.write().unwrap() = dispatch;
+        *self.app.write().unwrap() = None;
+    }
+
+    /// The policy RPC calls over HTTP pass.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_access(&self, access: Option<Arc<crate::access::Access>>) {
+        *self.access.write().unwrap() = access;
         *self.app.write().unwrap() = None;
     }
 
@@ -77,7 +92,13 @@ impl HttpDoor {
         }
         let counters = self.counters.clone();
         let metrics = axum::routing::get(move || std::future::ready(connection::render_counters(&counters)));
-        let mut app = rpc_router(self.dispatch.read().unwrap().clone(), self.limits).route("/metrics", metrics);
+        let dispatch = self.dispatch.read().unwrap().clone();
+        let admission = Admission {
+            peer: None,
+            #[cfg(feature = "tls")]
+            access: self.access.read().unwrap().clone(),
+        };
+        let mut app = rpc::router(dispatch, self.limits, admission).route("/metrics", metrics);
         for (name, router) in self.routers.read().unwrap().iter() {
             app = app.nest(&format!("/{name}"), router.clone());
         }
@@ -91,10 +112,14 @@ impl Door for HttpDoor {
         HttpDoor::set_dispatch(self, dispatch)
     }
 
-    fn serve(self: Arc<Self>, io: Rewind, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
+    fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
         let (header_timeout, idle_timeout) = (self.header_timeout, self.limits.idle_timeout);
-        let service = tower::service_fn(move |req| {
+        let service = tower::service_fn(move |mut req: axum::http::Request<_>| {
             use tower::ServiceExt;
+            // The connection's verified caller makes this request's calls.
+            if let Some(peer) = &admission.peer {
+                req.extensions_mut().insert(peer.clone());
+            }
             self.app().oneshot(req)
         });
         Box::pin(connection::http_connection(io, service, header_timeout, idle_timeout, shutdown))
@@ -122,7 +147,12 @@ impl Server {
     }
 
     pub(crate) fn http_door(&self) -> Arc<HttpDoor> {
-        let door = self.door_or_init(|| HttpDoor::new(self.dispatch(), self.config(), self.counters()));
+        let door = self.door_or_init(|| {
+            let door = HttpDoor::new(self.dispatch(), self.config(), self.counters());
+            #[cfg(feature = "tls")]
+            door.set_access(self.access());
+            door
+        });
         door.as_any().downcast::<HttpDoor>().expect("the only door of a server is HTTP")
     }
 }

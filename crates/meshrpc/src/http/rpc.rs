@@ -9,7 +9,7 @@ use std::{
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{Extension, Path, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{any, get},
@@ -23,6 +23,7 @@ use crate::{
     codec::Codec,
     context::new_trace_id,
     error::Error,
+    identity::{Admission, Identity},
     limits::HttpLimits,
 };
 
@@ -35,17 +36,33 @@ pub const KEY_HEADER: &str = "meshrpc-key";
 struct RpcState {
     dispatch: Arc<dyn Dispatch>,
     limits: HttpLimits,
+    admission: Admission,
 }
 
 /// Routes every `POST /{service}/{method}` to `dispatch`, plus `/ping` and
 /// `/__heartbeat__` (204) and a JSON 404 for anything else.
+///
+/// A request carrying an `Arc<meshrpc::Identity>` extension (put there by an auth layer
+/// of your own, or by a node's mutual-TLS port) makes calls as that caller: it is the
+/// call's [`peer`](Call::peer).
 pub fn rpc_router(dispatch: Arc<dyn Dispatch>, limits: HttpLimits) -> Router {
+    router(dispatch, limits, Admission::default())
+}
+
+/// As [`rpc_router`], and every call must be allowed by `access` for its caller (the
+/// request's `Arc<Identity>` extension) first: else `403 permission_denied`.
+#[cfg(feature = "tls")]
+pub fn rpc_router_with_policy(dispatch: Arc<dyn Dispatch>, limits: HttpLimits, access: Arc<crate::Access>) -> Router {
+    router(dispatch, limits, Admission { peer: None, access: Some(access) })
+}
+
+pub(crate) fn router(dispatch: Arc<dyn Dispatch>, limits: HttpLimits, admission: Admission) -> Router {
     Router::new()
         .route("/ping", get(|| async { StatusCode::NO_CONTENT }))
         .route("/__heartbeat__", get(|| async { StatusCode::NO_CONTENT }))
         .route("/{service}/{method}", any(rpc))
         .fallback(not_found)
-        .with_state(RpcState { dispatch, limits })
+        .with_state(RpcState { dispatch, limits, admission })
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
@@ -55,11 +72,14 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 async fn rpc(
     State(state): State<RpcState>,
     Path((service, method)): Path<(String, String)>,
+    peer: Option<Extension<Arc<Identity>>>,
     http_method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    rpc_call(&*state.dispatch, &state.limits, service, method, &http_method, &headers, body).await
+    let mut admission = state.admission;
+    admission.peer = peer.map(|p| p.0);
+    admitted_call(&*state.dispatch, &state.limits, &admission, service, method, &http_method, &headers, body).await
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the
@@ -67,6 +87,20 @@ async fn rpc(
 pub async fn rpc_call(
     dispatch: &dyn Dispatch,
     limits: &HttpLimits,
+    service: String,
+    method: String,
+    http_method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    admitted_call(dispatch, limits, &Admission::default(), service, method, http_method, headers, body).await
+}
+
+#[allow(clippy::too_many_arguments)] // the parts of a request, taken apart by axum
+pub(crate) async fn admitted_call(
+    dispatch: &dyn Dispatch,
+    limits: &HttpLimits,
+    admission: &Admission,
     service: String,
     method: String,
     http_method: &Method,
@@ -91,7 +125,7 @@ pub async fn rpc_call(
         .get(TIMEOUT_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map_or(limits.default_timeout, Duration::from_millis);
-    let call = Call {
+    let mut call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
         codec: Codec::Json,
@@ -99,8 +133,12 @@ pub async fn rpc_call(
         trace_id: new_trace_id(),
         key: sticky_key(headers),
         metadata: Default::default(),
+        peer: None,
         payload,
     };
+    if let Err(denied) = admission.admit(&mut call) {
+        return envelope(Err(denied));
+    }
     envelope(dispatch.dispatch(call).await)
 }
 

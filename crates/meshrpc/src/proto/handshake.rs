@@ -145,6 +145,9 @@ impl CallerHandshake {
             }
             let (lo, hi) = (buf[PREFACE_LEN], buf[PREFACE_LEN + 1]);
             let reason = String::from_utf8_lossy(&buf[PREFACE_LEN + 3..][..usize::from(buf[PREFACE_LEN + 2])]);
+            if let Some(why) = reason.strip_prefix(TLS_REQUIRED) {
+                return Err(Error::Tls { message: format!("the node refused a plaintext caller: {why}") });
+            }
             return Err(Error::protocol(format!(
                 "the node refused the handshake: {reason} (it speaks wire versions {}..={}, we speak {MIN_VERSION}..={VERSION})",
                 lo.wrapping_sub(b'0'),
@@ -229,13 +232,27 @@ impl NodeHandshake {
     }
 
     fn refuse(&self, out: &mut BytesMut, reason: String) -> Error {
-        let text = &reason.as_bytes()[..reason.len().min(MAX_NAME)];
-        out.put_slice(MAGIC);
-        out.put_u8(REFUSED);
-        out.put_u8(version_digit(MIN_VERSION));
-        out.put_u8(version_digit(VERSION));
-        out.put_u8(text.len() as u8);
-        out.put_slice(text);
+        refusal(&reason, out);
         Error::protocol(reason)
     }
+}
+
+/// Reasons that start with this refuse a plaintext caller of a node that accepts only
+/// mutual TLS; the caller reports them as [`Error::Tls`].
+pub const TLS_REQUIRED: &str = "tls: ";
+
+/// Writes a refusal (`MESHRPC0`, the versions this side speaks, a reason of at most 255
+/// bytes) to `out`.
+pub fn refusal(reason: &str, out: &mut BytesMut) {
+    let mut end = reason.len().min(MAX_NAME);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &reason.as_bytes()[..end];
+    out.put_slice(MAGIC);
+    out.put_u8(REFUSED);
+    out.put_u8(version_digit(MIN_VERSION));
+    out.put_u8(version_digit(VERSION));
+    out.put_u8(text.len() as u8);
+    out.put_slice(text);
 }

@@ -14,7 +14,8 @@ mod responder;
 pub use caller::{request, CallerState, ConnState, Incoming};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
-    sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, VERSION,
+    refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, TLS_REQUIRED,
+    VERSION,
 };
 pub use responder::{response, response_within, Expired, Inbound, ResponderState};
 

@@ -127,6 +127,7 @@ impl<H> ResponderState<H> {
                     trace_id,
                     key: None,
                     metadata,
+                    peer: None,
                     payload,
                 };
                 Inbound::Call { id, call }

@@ -95,6 +95,7 @@ fn call(method: &'static str, payload: &'static [u8], deadline: Option<Instant>)
         key: None,
         metadata: Default::default(),
         payload: Bytes::from_static(payload),
+        peer: None,
     }
 }
 

@@ -102,6 +102,18 @@ pub struct Server {
     counters: Arc<PortCounters>,
     /// Made from the config when serving starts: one per node.
     guard: OnceLock<Arc<Guard>>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::TlsConfig>,
+    #[cfg(feature = "tls")]
+    access: Option<Arc<crate::access::Access>>,
+}
+
+impl Server {
+    /// The policy calls from the network pass (feature `tls`).
+    #[cfg(all(feature = "tls", feature = "http"))]
+    pub(crate) fn access(&self) -> Option<Arc<crate::access::Access>> {
+        self.access.clone()
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -136,6 +148,10 @@ impl Server {
             door: OnceLock::new(),
             counters: Arc::default(),
             guard: OnceLock::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            access: None,
         })
     }
 
@@ -155,6 +171,29 @@ impl Server {
     /// Replaces the limits and timeouts.
     pub fn with_config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Serves mutual TLS only (feature `tls`): callers must hold a certificate of the
+    /// cluster CA in `tls`; plaintext callers are refused with an error saying so.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: crate::transport::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Every call arriving from the network (mesh or HTTP) must be allowed by `access`
+    /// for its verified caller, else it fails with `permission_denied` before any layer
+    /// or handler runs (feature `tls`). In-process calls are not checked.
+    #[cfg(feature = "tls")]
+    pub fn with_access(mut self, access: Arc<crate::access::Access>) -> Self {
+        #[cfg(feature = "http")]
+        if let Some(door) = self.door.get() {
+            if let Ok(http) = door.clone().as_any().downcast::<crate::http::HttpDoor>() {
+                http.set_access(Some(access.clone()));
+            }
+        }
+        self.access = Some(access);
         self
     }
 
@@ -232,6 +271,7 @@ impl Server {
             self.dispatch.clone(),
             self.config.mesh_limits(),
             self.guard(),
+            crate::identity::Admission::default(),
             self.shutdown.subscribe(),
         )
     }
@@ -247,6 +287,10 @@ impl Server {
             mesh: config.mesh_limits(),
             guard,
             max_connections: config.max_connections,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            #[cfg(feature = "tls")]
+            access: self.access,
         };
         serve_port(listener, port, shutdown.subscribe(), config.drain_timeout).await;
         Ok(())

@@ -20,10 +20,11 @@ use tokio::{
 
 use super::{
     guard::{Guard, PortCounters},
-    serve_mesh, stopped, MeshLimits, TcpLink,
+    serve_mesh, stopped, Link, MeshLimits, TcpLink,
 };
 use crate::{
     call::{BoxFuture, Dispatch},
+    identity::Admission,
     proto::{sniff, Sniffed},
     throttle::Throttle,
 };
@@ -32,7 +33,8 @@ use crate::{
 /// `http` feature).
 pub(crate) trait Door: Send + Sync + 'static {
     /// Serves one connection until it ends or `shutdown` fires (then closes gracefully).
-    fn serve(self: Arc<Self>, io: Rewind, shutdown: watch::Receiver<bool>) -> BoxFuture<()>;
+    /// Its calls are stamped with (and checked against) `admission`.
+    fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()>;
     /// Where the calls the door takes go (the server's layers and services).
     fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>);
     /// For the layer that installed the door, to find it again.
@@ -127,16 +129,7 @@ async fn over_capacity(mut stream: TcpStream) {
     } else {
         return;
     };
-    // Answer, then read what is left of the request before closing: closing with unread
-    // bytes would reset the connection and lose the answer.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut rest = [0u8; 4096];
-        while stream.read(&mut rest).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
+    answer_and_close(stream, answer.as_bytes()).await;
 }
 
 /// How a mesh port serves its connections.
@@ -147,6 +140,12 @@ pub(crate) struct Port {
     pub(crate) mesh: MeshLimits,
     pub(crate) guard: Arc<Guard>,
     pub(crate) max_connections: usize,
+    /// Mutual TLS: only callers holding a certificate of the cluster CA get past it.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::TlsConfig>,
+    /// The policy every call from this port passes.
+    #[cfg(feature = "tls")]
+    pub(crate) access: Option<Arc<crate::access::Access>>,
 }
 
 /// Serves a mesh port: each connection's first bytes tell a mesh caller from anything else.
@@ -160,7 +159,16 @@ pub(crate) async fn serve_port(listener: TcpListener, port: Port, shutdown: watc
     .await
 }
 
-async fn serve_connection(mut stream: TcpStream, port: Port, shutdown: watch::Receiver<bool>) {
+async fn serve_connection(stream: TcpStream, port: Port, shutdown: watch::Receiver<bool>) {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = port.tls.clone() {
+        return serve_tls_connection(stream, tls, port, shutdown).await;
+    }
+    serve_stream(PortStream::Tcp(stream), Admission::default(), port, shutdown).await
+}
+
+/// Tells a mesh caller from anything else by the first bytes, then serves it.
+async fn serve_stream(mut stream: PortStream, admission: Admission, port: Port, shutdown: watch::Receiver<bool>) {
     let mut first = BytesMut::with_capacity(1024);
     // Read (not peek) until the bytes tell: waiting on readiness, a partial preface costs
     // nothing while it stays partial.
@@ -179,26 +187,142 @@ async fn serve_connection(mut stream: TcpStream, port: Port, shutdown: watch::Re
     .await;
     match told {
         Ok(Some(Sniffed::Mesh)) => {
-            let link = Arc::new(TcpLink::new(stream));
-            serve_mesh(link, first, port.dispatch, port.mesh, port.guard, shutdown).await
+            let link: Arc<dyn Link> = match stream {
+                PortStream::Tcp(tcp) => Arc::new(TcpLink::new(tcp)),
+                #[cfg(feature = "tls")]
+                PortStream::Tls(tls) => {
+                    let peer = tls.get_ref().0.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                    Arc::new(super::StreamLink::new(tls, peer))
+                }
+            };
+            serve_mesh(link, first, port.dispatch, port.mesh, port.guard, admission, shutdown).await
         }
         Ok(Some(_)) => {
             if let Some(door) = port.door {
-                door.serve(Rewind::new(first.freeze(), stream), shutdown).await;
+                door.serve(Rewind::new(first.freeze(), stream), admission, shutdown).await;
             }
         }
         Ok(None) | Err(_) => {} // closed or silent: nothing to answer
     }
 }
 
-/// A TCP stream whose first bytes were already read: they are read again first.
+/// A mutual-TLS port: a ClientHello gets the handshake (the caller must present a
+/// certificate of the cluster CA); a plaintext mesh caller or HTTP client gets told, in
+/// its own protocol, that this port takes mutual TLS only.
+#[cfg(feature = "tls")]
+async fn serve_tls_connection(stream: TcpStream, tls: super::TlsConfig, port: Port, shutdown: watch::Receiver<bool>) {
+    use crate::proto::{refusal, TLS_REQUIRED};
+    const HANDSHAKE: u8 = 0x16; // a TLS record carrying a ClientHello
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |p| p.to_string());
+    let refused = |why: &dyn std::fmt::Display| {
+        PortCounters::add(&port.guard.counters.refused_tls);
+        TLS_REFUSALS.log(|also| tracing::warn!(%peer, reason = %why, also_refused = also, "TLS handshake refused"));
+    };
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(port.mesh.handshake_timeout, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1..)) if first[0] == HANDSHAKE => {}
+        Ok(Ok(1..)) => {
+            refused(&"a plaintext client on the mutual-TLS port");
+            let answer = if first[0] == crate::proto::MAGIC[0] {
+                let mut out = BytesMut::new();
+                refusal(&format!("{TLS_REQUIRED}this node accepts only mutual-TLS callers (set --tls-dir)"), &mut out);
+                out.to_vec()
+            } else if first[0].is_ascii_uppercase() {
+                let body = r#"{"data":null,"errors":[{"code":"tls","message":"tls: this port accepts only mutual-TLS clients holding a cluster certificate"}]}"#;
+                format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            } else {
+                Vec::new()
+            };
+            answer_and_close(stream, &answer).await;
+            return;
+        }
+        Ok(_) => return, // closed
+        Err(_) => return refused(&"no ClientHello within the handshake timeout"),
+    }
+    let shake = tokio::time::timeout(port.mesh.handshake_timeout, tls.accept(stream)).await;
+    let (stream, identity) = match shake {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return refused(&e),
+        Err(_) => return refused(&"the TLS handshake did not finish within the handshake timeout"),
+    };
+    let admission = Admission { peer: Some(identity), access: port.access.clone() };
+    serve_stream(PortStream::Tls(Box::new(stream)), admission, port, shutdown).await
+}
+
+#[cfg(feature = "tls")]
+static TLS_REFUSALS: Throttle = Throttle::new(Duration::from_secs(5));
+
+/// Writes `answer`, then reads what is left of the request before closing: closing with
+/// unread bytes would reset the connection and lose the answer.
+async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut rest = [0u8; 4096];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// A connection's bytes as the port serves them: plain TCP, or TLS over TCP.
+pub(crate) enum PortStream {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! each_stream {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            PortStream::Tcp($s) => $e,
+            #[cfg(feature = "tls")]
+            PortStream::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for PortStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for PortStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        each_stream!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_stream!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        each_stream!(self, s => s.is_write_vectored())
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
 pub(crate) struct Rewind {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: PortStream,
 }
 
 impl Rewind {
-    pub(crate) fn new(prefix: Bytes, stream: TcpStream) -> Rewind {
+    pub(crate) fn new(prefix: Bytes, stream: PortStream) -> Rewind {
         Rewind { prefix, stream }
     }
 }

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
     error::Error,
+    identity::Identity,
     proto::{request, CallerHandshake, CallerState, ConnState, Frame, Incoming, Negotiated, DEFAULT_MAX_FRAME},
 };
 
@@ -43,6 +44,9 @@ pub struct ConnectOptions {
     /// How often an open connection pings the node (3 s; nodes close mesh connections
     /// silent for 10 s). `None`: never (the caller pings by itself).
     pub keepalive: Option<Duration>,
+    /// Mutual TLS with the node (feature `tls`): the caller's credentials.
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::TlsConfig>,
 }
 
 impl Default for ConnectOptions {
@@ -52,6 +56,8 @@ impl Default for ConnectOptions {
             max_frame: DEFAULT_MAX_FRAME,
             caller: None,
             keepalive: Some(Duration::from_secs(3)),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -72,6 +78,13 @@ impl ConnectOptions {
     /// The same options with another keepalive period (`None`: no pings).
     pub fn keepalive(mut self, every: Option<Duration>) -> Self {
         self.keepalive = every;
+        self
+    }
+
+    /// The same options over mutual TLS with `tls`'s credentials (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -123,6 +136,8 @@ struct Inner {
     proto: Mutex<CallerState<Waiter>>,
     /// What the handshake settled (a copy, read without the lock).
     limits: Negotiated,
+    /// Who the node proved to be in the TLS handshake.
+    identity: Option<Arc<Identity>>,
     state: watch::Sender<ConnState>,
 }
 
@@ -139,13 +154,29 @@ impl Connection {
             .map_err(|_| Error::unavailable("connect timed out"))?
             .map_err(|e| Error::from(e).context("connect"))?;
         stream.set_nodelay(true)?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = opts.tls.clone() {
+            let peer = stream.peer_addr()?;
+            let (stream, identity) = tokio::time::timeout(opts.connect_timeout, tls.connect(stream))
+                .await
+                .map_err(|_| Error::Tls { message: format!("no TLS handshake from {peer}") })?
+                .map_err(|e| e.context(&peer.to_string()))?;
+            return Connection::shake(Arc::new(super::StreamLink::new(stream, peer)), opts, Some(identity)).await;
+        }
         Connection::over(TcpLink::new(stream), opts).await
     }
 
     /// Shakes hands over an already connected link (TCP, TLS, an in-process duplex) and
     /// starts the reader and writer tasks.
     pub async fn over(link: impl Link, opts: ConnectOptions) -> Result<Connection, Error> {
-        let link: Arc<dyn Link> = Arc::new(link);
+        Connection::shake(Arc::new(link), opts, None).await
+    }
+
+    async fn shake(
+        link: Arc<dyn Link>,
+        opts: ConnectOptions,
+        identity: Option<Arc<Identity>>,
+    ) -> Result<Connection, Error> {
         let peer = link.peer_addr();
         let handshake = CallerHandshake::new(opts.caller.as_deref().unwrap_or(""), opts.max_frame);
         let mut inbox = BytesMut::with_capacity(8 * 1024);
@@ -176,6 +207,7 @@ impl Connection {
             inbox: Mutex::new(inbox),
             proto: Mutex::new(CallerState::new(limits.clone())),
             limits,
+            identity,
             state: watch::channel(ConnState::Open).0,
         });
         inner.start();
@@ -193,6 +225,11 @@ impl Connection {
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner().peer
+    }
+
+    /// Who the node proved to be in the TLS handshake (`None` over plaintext).
+    pub fn peer_identity(&self) -> Option<&Arc<Identity>> {
+        self.inner().identity.as_ref()
     }
 
     /// Open, draining (the peer sent go-away) or closed.

@@ -20,7 +20,20 @@ pub struct PortCounters {
     pub oversized_answers: AtomicU64,
     /// Mesh handshakes refused (wrong preface or version, garbage).
     pub refused_handshakes: AtomicU64,
+    /// TLS handshakes refused on a mutual-TLS port (plaintext, another CA, an expired
+    /// certificate, another cluster's, silence after the ClientHello).
+    pub refused_tls: AtomicU64,
+    /// Calls denied by the authorization policy.
+    pub denied_calls: AtomicU64,
 }
+
+/// Gossip datagrams dropped in this process: not sealed with the cluster's gossip key
+/// (random or forged), or sealed but replayed or too old.
+pub(crate) static GOSSIP_FORGED: AtomicU64 = AtomicU64::new(0);
+/// See [`GOSSIP_FORGED`].
+pub(crate) static GOSSIP_REPLAYED: AtomicU64 = AtomicU64::new(0);
+/// Replicas seen gossiping a service their certificate does not carry (never called).
+pub(crate) static UNPROVEN_REPLICAS: AtomicU64 = AtomicU64::new(0);
 
 /// UDP datagrams on a gossip port that were not gossip, in this process. Counted by the
 /// log setup of `init_logging` (chitchat decodes datagrams where meshrpc cannot see them,
@@ -33,7 +46,7 @@ impl PortCounters {
     }
 
     /// The counters as `(name, help, value)`, named as in `/metrics`.
-    pub fn values(&self) -> [(&'static str, &'static str, u64); 8] {
+    pub fn values(&self) -> [(&'static str, &'static str, u64); 13] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("meshrpc_connections_refused", "Connections refused at the connection cap", v(&self.refused_connections)),
@@ -56,6 +69,19 @@ impl PortCounters {
             ("meshrpc_oversized_answers", "Answers refused as too large for their caller", v(&self.oversized_answers)),
             ("meshrpc_handshakes_refused", "Mesh handshakes refused", v(&self.refused_handshakes)),
             ("meshrpc_gossip_garbage", "UDP datagrams on the gossip port that were not gossip", v(&GOSSIP_GARBAGE)),
+            ("meshrpc_tls_handshakes_refused", "TLS handshakes refused on the mesh port", v(&self.refused_tls)),
+            ("meshrpc_calls_denied", "Calls denied by the authorization policy", v(&self.denied_calls)),
+            (
+                "meshrpc_gossip_forged",
+                "Gossip datagrams dropped: not sealed with the cluster's gossip key",
+                v(&GOSSIP_FORGED),
+            ),
+            ("meshrpc_gossip_replayed", "Sealed gossip datagrams dropped as replayed or too old", v(&GOSSIP_REPLAYED)),
+            (
+                "meshrpc_unproven_replicas",
+                "Replicas seen gossiping a service their certificate does not carry",
+                v(&UNPROVEN_REPLICAS),
+            ),
         ]
     }
 }

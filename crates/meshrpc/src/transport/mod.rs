@@ -8,6 +8,8 @@ mod guard;
 mod link;
 mod sender;
 mod serve;
+#[cfg(feature = "tls")]
+mod tls;
 
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port, Rewind};
@@ -16,8 +18,12 @@ pub use guard::PortCounters;
 #[cfg_attr(not(feature = "logging"), allow(unused_imports))]
 pub(crate) use guard::GOSSIP_GARBAGE;
 pub(crate) use guard::{FrameBudget, Guard};
+#[cfg_attr(not(all(feature = "cluster", feature = "tls")), allow(unused_imports))]
+pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_REPLAYED, UNPROVEN_REPLICAS};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 pub(crate) use serve::{serve_mesh, MeshLimits};
+#[cfg(feature = "tls")]
+pub use tls::{fingerprint, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};
 
 /// Resolves once shutdown was requested (or the one who could request it is gone).
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     call::{Dispatch, Reply},
     error::Error,
+    identity::Admission,
     proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState},
     request_log::RequestLog,
 };
@@ -56,6 +57,7 @@ pub(crate) async fn serve_mesh(
     dispatch: Arc<dyn Dispatch>,
     limits: MeshLimits,
     guard: Arc<Guard>,
+    admission: Admission,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = link.peer_addr();
@@ -89,8 +91,9 @@ pub(crate) async fn serve_mesh(
         Err(_) => return, // silent: nothing to answer
     };
     // The caller's name goes in the request logs; an anonymous one by its address.
-    let caller: Arc<str> =
+    let name: Arc<str> =
         if hello.peer_name.is_empty() { peer.to_string().into() } else { format!("{}@{peer}", hello.peer_name).into() };
+    let caller = Caller { name, admission };
     let sender = Arc::new(Sender::new(link.clone()));
     if sender.send_encoded(&out, true).is_err() {
         return;
@@ -105,6 +108,7 @@ pub(crate) async fn serve_mesh(
             .with_frame_timeout(limits.frame_timeout),
     ));
     let answers = Answers { max_out: hello.max_out, max_queued: limits.max_queued, counters: guard.counters.clone() };
+
     let max_in = hello.max_in;
     // Mirrors the state's drain flag, read every turn without the lock.
     let mut draining = false;
@@ -231,6 +235,12 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Who is calling: a name for the request logs, the identity and policy for each call.
+struct Caller {
+    name: Arc<str>,
+    admission: Admission,
+}
+
 /// How answers go back to one caller.
 struct Answers {
     /// The largest frame the caller accepts.
@@ -253,15 +263,19 @@ impl Answers {
 async fn on_inbound(
     inbound: Inbound<AbortHandle>,
     now: Instant,
-    caller: &Arc<str>,
+    caller: &Caller,
     dispatch: &dyn Dispatch,
     sender: &Arc<Sender>,
     state: &Arc<Mutex<ResponderState<AbortHandle>>>,
     answers: &Answers,
 ) -> Option<Frame> {
     match inbound {
-        Inbound::Call { id, call } => {
-            let log = RequestLog::begin(&call.service, &call.method, caller, now);
+        Inbound::Call { id, mut call } => {
+            if let Err(denied) = caller.admission.admit(&mut call) {
+                PortCounters::add(&answers.counters.denied_calls);
+                return Some(answers.frame(id, Err(denied)));
+            }
+            let log = RequestLog::begin(&call.service, &call.method, &caller.name, now);
             let mut answer = dispatch.dispatch(call);
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;

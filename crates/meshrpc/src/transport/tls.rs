@@ -1,0 +1,322 @@
+//! Mutual TLS on the mesh port (feature `tls`): a node's credentials, read from a
+//! directory (`ca.pem`, `node.pem`, `node.key`, `gossip.key`) and re-read when the files
+//! change, and the handshakes of both sides. TLS 1.3 only, rustls with the `ring`
+//! provider (it builds with a C compiler alone, where `aws-lc-rs` also needs cmake).
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use rustls::{
+    client::ResolvesClientCert,
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
+    ClientConfig, RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{error::Error, identity::Identity, identity::NODE_DNS_NAME};
+
+/// Files of a credentials directory.
+pub const CA_FILE: &str = "ca.pem";
+/// The node's certificate (PEM).
+pub const CERT_FILE: &str = "node.pem";
+/// The node's private key (PEM).
+pub const KEY_FILE: &str = "node.key";
+/// The cluster's gossip key (64 hex digits).
+pub const GOSSIP_KEY_FILE: &str = "gossip.key";
+
+/// How often, at most, a handshake looks for new certificate files.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A node's TLS credentials: the cluster CA it trusts, its own certificate and key
+/// (reloaded when the files change: rotation without dropping a connection), and the
+/// gossip key. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsConfig {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tag: String,
+    own: Arc<OwnCert>,
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    gossip_key: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig").field("dir", &self.inner.dir).field("identity", &self.identity()).finish()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(message: impl Into<String>) -> Error {
+    Error::Tls { message: message.into() }
+}
+
+impl TlsConfig {
+    /// Reads `ca.pem`, `node.pem`, `node.key` (and `gossip.key`, if present) from `dir`.
+    pub fn from_dir(dir: impl Into<PathBuf>) -> Result<TlsConfig, Error> {
+        let dir = dir.into();
+        let ca_path = dir.join(CA_FILE);
+        let mut roots = RootCertStore::empty();
+        let cas = CertificateDer::pem_file_iter(&ca_path)
+            .map_err(|e| tls_error(format!("{}: {e}", ca_path.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_error(format!("{}: {e}", ca_path.display())))?;
+        if cas.is_empty() {
+            return Err(tls_error(format!("{}: no certificate", ca_path.display())));
+        }
+        for ca in cas {
+            roots.add(ca).map_err(|e| tls_error(format!("{}: {e}", ca_path.display())))?;
+        }
+        let roots = Arc::new(roots);
+        let own = Arc::new(OwnCert::load(&dir)?);
+        let tag = own.current().identity.tag.clone();
+        let versions = &[&rustls::version::TLS13];
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| tls_error(format!("client verifier: {e}")))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| tls_error(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(own.clone());
+        // HTTP clients on the mesh port may ask for h2; mesh callers ask for nothing.
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| tls_error(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(own.clone());
+        let gossip_key = read_gossip_key(&dir.join(GOSSIP_KEY_FILE))?;
+        Ok(TlsConfig {
+            inner: Arc::new(Inner { dir, tag, own, server: Arc::new(server), client: Arc::new(client), gossip_key }),
+        })
+    }
+
+    /// The credentials in `MESHRPC_TLS_DIR`, if set.
+    pub fn from_env() -> Result<Option<TlsConfig>, Error> {
+        match std::env::var_os("MESHRPC_TLS_DIR") {
+            Some(dir) if !dir.is_empty() => TlsConfig::from_dir(PathBuf::from(dir)).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// This node's identity (from its current certificate).
+    pub fn identity(&self) -> Arc<Identity> {
+        self.inner.own.current().identity.clone()
+    }
+
+    /// SHA-256 of this node's current certificate, hex.
+    pub fn fingerprint(&self) -> String {
+        self.inner.own.current().fingerprint.clone()
+    }
+
+    /// The directory the credentials come from.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The key gossip datagrams are sealed with (`gossip.key`), if the directory has one.
+    pub fn gossip_key(&self) -> Option<[u8; 32]> {
+        self.inner.gossip_key
+    }
+
+    /// Re-reads the certificate and key now (SIGHUP); on an error the old ones stay.
+    pub fn reload(&self) -> Result<bool, Error> {
+        self.inner.own.reload(&self.inner.dir)
+    }
+
+    /// The server side of a handshake; the client must present a certificate of the
+    /// cluster CA naming this cluster's tag.
+    pub(crate) async fn accept<S>(&self, io: S) -> Result<(tokio_rustls::server::TlsStream<S>, Arc<Identity>), Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = tokio_rustls::TlsAcceptor::from(self.inner.server.clone())
+            .accept(io)
+            .await
+            .map_err(|e| tls_error(format!("handshake: {e}")))?;
+        let identity = self.peer_identity(stream.get_ref().1.peer_certificates())?;
+        Ok((stream, identity))
+    }
+
+    /// The client side of a handshake with a node of this cluster.
+    pub(crate) async fn connect<S>(&self, io: S) -> Result<(tokio_rustls::client::TlsStream<S>, Arc<Identity>), Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(NODE_DNS_NAME).expect("a valid DNS name");
+        let stream =
+            tokio_rustls::TlsConnector::from(self.inner.client.clone()).connect(name, io).await.map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    " (the node closed the connection: does it run without TLS, or refuse this certificate?)"
+                } else {
+                    ""
+                };
+                tls_error(format!("handshake: {e}{hint}"))
+            })?;
+        let identity = self.peer_identity(stream.get_ref().1.peer_certificates())?;
+        Ok((stream, identity))
+    }
+
+    fn peer_identity(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<Arc<Identity>, Error> {
+        let cert = certs.and_then(|c| c.first()).ok_or_else(|| tls_error("the peer presented no certificate"))?;
+        let identity = identity_of(cert).map_err(tls_error)?;
+        if identity.tag != self.inner.tag {
+            return Err(tls_error(format!(
+                "the peer's certificate is for cluster `{}`, this node's for `{}`",
+                identity.tag, self.inner.tag
+            )));
+        }
+        Ok(Arc::new(identity))
+    }
+}
+
+/// The identity a node certificate (DER) carries, and its expiry.
+pub fn identity_of(cert: &[u8]) -> Result<Identity, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let not_after = cert.validity().not_after.timestamp();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+    let san = cert.subject_alternative_name().map_err(|e| format!("unreadable SANs: {e}"))?;
+    let uris = san.iter().flat_map(|san| san.value.general_names.iter()).filter_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    Identity::from_uris(uris, Some(not_after))
+}
+
+fn read_gossip_key(path: &Path) -> Result<Option<[u8; 32]>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(tls_error(format!("{}: {e}", path.display()))),
+    };
+    let hex = text.trim();
+    let bad = || tls_error(format!("{}: expected 64 hex digits", path.display()));
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(Some(key))
+}
+
+/// The node's own certificate and key, re-read when the files change.
+struct OwnCert {
+    dir: PathBuf,
+    loaded: RwLock<Arc<Loaded>>,
+    checked: Mutex<Instant>,
+}
+
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    identity: Arc<Identity>,
+    fingerprint: String,
+    stamp: Stamp,
+}
+
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
+fn stamp(dir: &Path) -> Stamp {
+    let m = |f: &str| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok();
+    (m(CERT_FILE), m(KEY_FILE))
+}
+
+impl fmt::Debug for OwnCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnCert").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl OwnCert {
+    fn load(dir: &Path) -> Result<OwnCert, Error> {
+        Ok(OwnCert {
+            dir: dir.to_owned(),
+            loaded: RwLock::new(Arc::new(read_own(dir)?)),
+            checked: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The current certificate; looks at the files' times at most once per [`RECHECK`].
+    fn current(&self) -> Arc<Loaded> {
+        let due = {
+            let mut checked = self.checked.lock().unwrap();
+            let due = checked.elapsed() >= RECHECK;
+            if due {
+                *checked = Instant::now();
+            }
+            due
+        };
+        if due && stamp(&self.dir) != self.loaded.read().unwrap().stamp {
+            if let Err(e) = self.reload(&self.dir) {
+                tracing::error!(error = %e, "certificate reload failed: the previous certificate stays in use");
+            }
+        }
+        self.loaded.read().unwrap().clone()
+    }
+
+    fn reload(&self, dir: &Path) -> Result<bool, Error> {
+        let fresh = read_own(dir)?;
+        let mut loaded = self.loaded.write().unwrap();
+        let changed = fresh.fingerprint != loaded.fingerprint;
+        if changed {
+            tracing::info!(node = %fresh.identity.node, fingerprint = %fresh.fingerprint, "certificate reloaded");
+        }
+        *loaded = Arc::new(fresh);
+        Ok(changed)
+    }
+}
+
+fn read_own(dir: &Path) -> Result<Loaded, Error> {
+    let stamp = stamp(dir);
+    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    let chain = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| tls_error(format!("{}: {e}", cert_path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(format!("{}: {e}", cert_path.display())))?;
+    let first = chain.first().ok_or_else(|| tls_error(format!("{}: no certificate", cert_path.display())))?;
+    let identity = identity_of(first).map_err(|e| tls_error(format!("{}: {e}", cert_path.display())))?;
+    let fingerprint = fingerprint(first);
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_error(format!("{}: {e}", key_path.display())))?;
+    let signer =
+        provider().key_provider.load_private_key(key).map_err(|e| tls_error(format!("{}: {e}", key_path.display())))?;
+    let key = Arc::new(CertifiedKey::new(chain, signer));
+    key.keys_match()
+        .map_err(|e| tls_error(format!("{} does not match {}: {e}", key_path.display(), cert_path.display())))?;
+    Ok(Loaded { key, identity: Arc::new(identity), fingerprint, stamp })
+}
+
+/// SHA-256 of a certificate (DER), hex: how logs, gossip and `meshrpc cert show` name it.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ResolvesServerCert for OwnCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().key.clone())
+    }
+}
+
+impl ResolvesClientCert for OwnCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

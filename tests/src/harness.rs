@@ -40,7 +40,24 @@ fn spawn_piped(bin: &str, args: &[&str]) -> Child {
 impl Node {
     /// Starts `bin args…` and waits (up to 20 s) for its `listening on ADDR` line.
     pub async fn start(bin: &str, args: &[&str]) -> Node {
-        let mut child = spawn_piped(bin, args);
+        Node::spawn(spawn_piped(bin, args), bin).await
+    }
+
+    /// As [`start`](Self::start), and its log (stderr) lines go to [`output`](Self::output)
+    /// too, for tests that assert on what the node logged.
+    pub async fn start_logged(bin: &str, args: &[&str]) -> Node {
+        let child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        Node::spawn(child, bin).await
+    }
+
+    async fn spawn(mut child: Child, bin: &str) -> Node {
+        let stderr = child.stderr.take();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let addr = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap() {
@@ -62,7 +79,23 @@ impl Node {
                 notify.notify_waiters();
             }
         });
+        if let Some(stderr) = stderr {
+            let (out, notify) = (output.clone(), more.clone());
+            let mut lines = BufReader::new(stderr).lines();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("{line}");
+                    out.lock().unwrap().push(line);
+                    notify.notify_waiters();
+                }
+            });
+        }
         Node { child, addr, output, more }
+    }
+
+    /// Waits (up to `within`) for a line containing `text`.
+    pub async fn logged(&self, text: &str, within: Duration) -> Option<String> {
+        self.wait_line(within, |l| l.contains(text).then(|| l.to_owned())).await
     }
 
     /// Everything it printed after `listening on`.
@@ -72,7 +105,11 @@ impl Node {
 
     /// Waits (up to `within`) for a line starting with `prefix`; returns its remainder.
     pub async fn line(&self, prefix: &str, within: Duration) -> Option<String> {
-        let find = || self.output.lock().unwrap().iter().find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
+        self.wait_line(within, |l| l.strip_prefix(prefix).map(str::to_owned)).await
+    }
+
+    async fn wait_line(&self, within: Duration, pick: impl Fn(&str) -> Option<String>) -> Option<String> {
+        let find = || self.output.lock().unwrap().iter().find_map(|l| pick(l));
         tokio::time::timeout(within, async {
             loop {
                 let more = self.more.notified();

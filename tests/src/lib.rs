@@ -6,3 +6,4 @@ pub mod harness;
 pub mod hostile;
 pub mod lab;
 pub mod netns;
+pub mod tls;

@@ -19,6 +19,10 @@ pub struct GatewayArgs {
     /// Cluster tag.
     #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "example")]
     tag: String,
+    /// Admin port (plaintext, read-only: /ping, /healthz, /ready, /metrics), for probes
+    /// and scrapers when the mesh port takes mutual TLS only.
+    #[arg(long, env = "MESHRPC_ADMIN_ADDR")]
+    admin_addr: Option<String>,
     /// Mutual TLS: a directory with ca.pem, node.pem, node.key and gossip.key
     /// (`meshrpc cert issue`; docs/security.md).
     #[arg(long, env = "MESHRPC_TLS_DIR")]
@@ -55,6 +59,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
         .listen(args.listen_addr)
         .tls_dir(args.tls_dir)
         .policy_file(args.policy)
+        .admin_addr(args.admin_addr)
         .start()
         .await?;
     let node = cluster.clone();

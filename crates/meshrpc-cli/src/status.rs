@@ -28,6 +28,9 @@ struct MemberRow {
     services: Vec<String>,
     http: Vec<String>,
     ping_us: Option<u64>,
+    /// SHA-256 of its certificate and when it expires (Unix s), with mutual TLS.
+    cert_fingerprint: Option<String>,
+    cert_not_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +38,8 @@ struct Status {
     tag: String,
     members: Vec<MemberRow>,
     services: Vec<meshrpc::ServiceStatus>,
+    /// Replicas gossiping a service their certificate does not carry (never called).
+    unproven: Vec<meshrpc::UnprovenReplica>,
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -65,7 +70,7 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
     let mut members = Vec::new();
     for m in cluster.members().into_iter().filter(|m| !m.is_self) {
         let ping_us = match m.addr {
-            Some(addr) => ping(addr).await,
+            Some(_) => cluster.ping_member(&m, Duration::from_secs(1)).await.ok().map(|rtt| rtt.as_micros() as u64),
             None => None,
         };
         members.push(MemberRow {
@@ -77,34 +82,38 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
             services: m.services.into_keys().collect(),
             http: m.http,
             ping_us,
+            cert_fingerprint: m.cert_fingerprint,
+            cert_not_after: m.cert_not_after,
         });
     }
-    Status { tag: tag.to_owned(), members, services: cluster.services() }
-}
-
-async fn ping(addr: std::net::SocketAddr) -> Option<u64> {
-    let conn = meshrpc::connect(addr).await.ok()?;
-    let rtt = conn.ping(Duration::from_secs(1)).await.ok()?;
-    conn.close();
-    Some(rtt.as_micros() as u64)
+    Status { tag: tag.to_owned(), members, services: cluster.services(), unproven: cluster.unproven_replicas() }
 }
 
 fn print_table(s: &Status) {
     println!("cluster tag: {}  ({} nodes)\n", s.tag, s.members.len());
-    println!("{:<14} {:<22} {:<9} {:>8} {:>9}  SERVICES", "NODE", "ADDRESS", "STATE", "UPTIME", "PING");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    println!("{:<14} {:<22} {:<9} {:>8} {:>9} {:>9}  SERVICES", "NODE", "ADDRESS", "STATE", "UPTIME", "PING", "CERT");
     for m in &s.members {
         let state = serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let mut services = m.services.clone();
         services.extend(m.http.iter().map(|h| format!("{h} (http)")));
+        let cert = m.cert_not_after.map_or("-".into(), |t| match t.checked_sub(now) {
+            Some(left) if left > 0 => crate::cert::human(Duration::from_secs(left)),
+            _ => "EXPIRED".into(),
+        });
         println!(
-            "{:<14} {:<22} {:<9} {:>7}s {:>9}  {}",
+            "{:<14} {:<22} {:<9} {:>7}s {:>9} {:>9}  {}",
             m.name,
             m.addr.as_deref().unwrap_or("-"),
             state,
             m.uptime_s,
             m.ping_us.map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0)),
+            cert,
             services.join(", ")
         );
+    }
+    for u in &s.unproven {
+        println!("UNPROVEN: {} gossips `{}` without a certificate for it (never called)", u.node, u.service);
     }
     println!();
     println!("{:<14} {:>8}  VERSIONS", "SERVICE", "REPLICAS");

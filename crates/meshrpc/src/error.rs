@@ -120,6 +120,10 @@ impl Error {
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
         use std::io::ErrorKind::*;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls_cause(&err) {
+            return Error::Tls { message: tls.to_string() };
+        }
         let what = match err.kind() {
             ConnectionRefused => "connection refused",
             ConnectionReset => "connection reset by peer",
@@ -136,6 +140,17 @@ impl From<std::io::Error> for Error {
         };
         Error::unavailable(format!("{what} ({err})"))
     }
+}
+
+/// The TLS error behind an I/O error (a handshake failure, an alert from the peer), also
+/// through a [`StreamLink`](crate::StreamLink) that passed it on.
+#[cfg(feature = "tls")]
+fn tls_cause(err: &std::io::Error) -> Option<&rustls::Error> {
+    let inner = err.get_ref()?;
+    if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    tls_cause(&inner.downcast_ref::<crate::transport::Failure>()?.0)
 }
 
 #[cfg(test)]

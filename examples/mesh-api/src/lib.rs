@@ -25,6 +25,10 @@ pub struct ApiArgs {
     /// Mesh address other nodes join through.
     #[arg(long, env = "MESHRPC_LISTEN_ADDR", default_value = "0.0.0.0:11999")]
     pub listen_addr: String,
+    /// Admin port (plaintext, read-only: /ping, /healthz, /ready, /metrics), for probes
+    /// and scrapers when the mesh port takes mutual TLS only.
+    #[arg(long, env = "MESHRPC_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
     /// Mutual TLS: a directory with ca.pem, node.pem, node.key and gossip.key
     /// (`meshrpc cert issue`; docs/security.md).
     #[arg(long, env = "MESHRPC_TLS_DIR")]
@@ -76,6 +80,7 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
         .listen(args.listen_addr)
         .tls_dir(args.tls_dir)
         .policy_file(args.policy)
+        .admin_addr(args.admin_addr)
         .start()
         .await?;
     let node = cluster.clone();

@@ -53,6 +53,8 @@ struct Report {
     ok: u64,
     errors: BTreeMap<String, u64>,
     per_node: BTreeMap<String, u64>,
+    /// Replicas refused for gossiping a service their certificate does not carry.
+    unproven: Vec<String>,
     /// Unix ms of each node's first answer.
     first_seen: BTreeMap<String, u64>,
     /// Answers per node per 100 ms bucket (unix ms).
@@ -162,5 +164,7 @@ async fn main() {
     for w in workers {
         w.await.unwrap();
     }
+    report.lock().unwrap().unproven =
+        cluster.unproven_replicas().into_iter().map(|u| format!("{}/{}", u.node, u.service)).collect();
     println!("{}", serde_json::to_string(&*report.lock().unwrap()).unwrap());
 }

@@ -9,6 +9,10 @@ use meshrpc_tests::lab::{LabNode, LabServer, LabV2Node, LabV2Server};
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Admin port (plaintext, read-only: /ping, /healthz, /ready, /metrics), for probes
+    /// and scrapers when the mesh port takes mutual TLS only.
+    #[arg(long, env = "MESHRPC_ADMIN_ADDR")]
+    admin_addr: Option<String>,
     /// Mutual TLS credentials (`ca.pem`, `node.pem`, `node.key`, `gossip.key`).
     #[arg(long, env = "MESHRPC_TLS_DIR")]
     tls_dir: Option<std::path::PathBuf>,
@@ -97,6 +101,7 @@ async fn main() -> Result<(), meshrpc::Error> {
         .server_config(config)
         .tls_dir(args.tls_dir)
         .policy_file(args.policy)
+        .admin_addr(args.admin_addr)
         .start()
         .await?;
     if args.v2 {
@@ -109,6 +114,9 @@ async fn main() -> Result<(), meshrpc::Error> {
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
     cluster.publish_http("labhttp", http_router())?;
     println!("listening on {}", cluster.local_addr().expect("listening"));
+    if let Some(admin) = cluster.admin_addr() {
+        println!("admin on {admin}");
+    }
     cluster.serve_until_signal().await
 }
 

@@ -30,6 +30,7 @@ pub struct ClusterBuilder {
     pub(super) server: ServerConfig,
     pub(super) drain_grace: Duration,
     pub(super) layers: Vec<DynLayer>,
+    pub(super) admin: Option<String>,
     #[cfg(feature = "tls")]
     pub(super) credentials: super::security::Credentials,
 }
@@ -128,6 +129,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Also serve the admin port on `addr` (`None`: none): plaintext and read-only —
+    /// `/ping`, `/__heartbeat__`, `/healthz`, `/ready`, `/metrics` — for probes and
+    /// scrapers, which cannot pass the mesh port's mutual TLS. Flag `--admin-addr`, env
+    /// `MESHRPC_ADMIN_ADDR`.
+    pub fn admin_addr(mut self, addr: impl Into<Option<String>>) -> Self {
+        self.admin = addr.into();
+        self
+    }
+
     /// Limits and timeouts of this node's port.
     pub fn server_config(mut self, config: ServerConfig) -> Self {
         self.server = config;
@@ -183,6 +193,12 @@ impl ClusterBuilder {
             &security,
         )
         .await?;
+        let admin = match (&self.admin, &server) {
+            (Some(addr), Some(_)) => Some(super::admin::Admin::bind(addr).await?),
+            (Some(_), None) => return Err(Error::bad_request("a client-only node has no admin port")),
+            (None, _) => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|a| a.local_addr());
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
         let local = server.as_ref().map_or_else(|| registry.clone() as Arc<dyn Dispatch>, Server::dispatch);
         let http = server.as_ref().map(Server::http_door);
@@ -204,6 +220,8 @@ impl ClusterBuilder {
             server: Mutex::new(server),
             drain_grace: self.drain_grace.max(self.gossip.interval * 3),
             started: Instant::now(),
+            admin: Mutex::new(admin),
+            admin_addr,
             #[cfg(feature = "tls")]
             tls,
             #[cfg(feature = "tls")]

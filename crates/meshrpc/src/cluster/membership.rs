@@ -212,6 +212,8 @@ impl Default for GossipConfig {
 pub(crate) struct Membership {
     handle: ChitchatHandle,
     view: watch::Receiver<Arc<View>>,
+    /// This node's own state, as last advertised.
+    state: std::sync::Mutex<MemberState>,
 }
 
 impl Membership {
@@ -284,7 +286,7 @@ impl Membership {
                 }
             }
         });
-        Ok(Membership { handle, view })
+        Ok(Membership { handle, view, state: std::sync::Mutex::new(MemberState::Starting) })
     }
 
     /// The latest view.
@@ -307,8 +309,14 @@ impl Membership {
         self.set(format!("{PREFIX_HTTP}{name}"), String::new()).await;
     }
 
+    /// This node's state, as last advertised.
+    pub(crate) fn state(&self) -> MemberState {
+        *self.state.lock().unwrap()
+    }
+
     /// Advertises the node's state.
     pub(crate) async fn set_state(&self, state: MemberState) {
+        *self.state.lock().unwrap() = state;
         let v = match state {
             MemberState::Starting => "starting",
             MemberState::Serving => "serving",

@@ -2,6 +2,7 @@
 //! picker for calls and proxied HTTP, failover, graceful drain. Built on the direct
 //! [`Server`] and [`Connection`](crate::Connection).
 
+mod admin;
 mod balance;
 mod builder;
 mod failover;
@@ -66,6 +67,9 @@ struct Inner {
     shutdown: Option<ShutdownHandle>,
     drain_grace: Duration,
     started: Instant,
+    /// The admin port, bound at start and served with the node.
+    admin: Mutex<Option<admin::Admin>>,
+    admin_addr: Option<SocketAddr>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::TlsConfig>,
     #[cfg(feature = "tls")]
@@ -97,6 +101,7 @@ impl Cluster {
             server: ServerConfig::default(),
             drain_grace: Duration::from_millis(500),
             layers: Vec::new(),
+            admin: None,
             #[cfg(feature = "tls")]
             credentials: Default::default(),
         }
@@ -105,6 +110,19 @@ impl Cluster {
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The admin port's address, if it has one ([`ClusterBuilder::admin_addr`]).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
+    }
+
+    /// Resolves once the node was asked to shut down.
+    pub(crate) async fn stopped(&self) {
+        match &self.inner.shutdown {
+            Some(handle) => handle.requested().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// The mesh address peers reach this node by (`None` for client-only nodes).
@@ -236,6 +254,10 @@ impl Cluster {
             local: self.inner.local.clone(),
             mesh: self.channel(),
         }));
+        let admin = self.inner.admin.lock().unwrap().take();
+        if let Some(admin) = admin {
+            tokio::spawn(admin.serve(self.clone(), server.counters()));
+        }
         for spec in self.inner.registry.specs() {
             self.inner.membership.advertise_service(spec).await;
         }

@@ -221,6 +221,21 @@ impl HttpReplica {
 }
 
 impl Cluster {
+    /// Pings a member over this node's connection to it (mutual TLS when on), and checks
+    /// its certificate against what it gossips: services it may not serve are reported
+    /// ([`unproven_replicas`](Cluster::unproven_replicas)).
+    pub async fn ping_member(&self, member: &Member, timeout: Duration) -> Result<Duration, Error> {
+        let addr = member.addr.ok_or_else(|| Error::unavailable(format!("{} has no mesh address", member.id)))?;
+        let attempt = async {
+            let conn = self.inner.peers.get(addr).connection().await?;
+            for service in member.services.keys().chain(member.http.iter()) {
+                let _ = self.inner.unproven(member, &conn, service);
+            }
+            conn.ping(timeout).await
+        };
+        tokio::time::timeout(timeout, attempt).await.map_err(|_| Error::Timeout)?
+    }
+
     /// Picks a replica publishing the HTTP router `name` through the same picker as mesh
     /// calls (backoff of failed peers, draining, the balancing policy, sticky `key`),
     /// skipping the addresses in `tried`. The replica is known reachable: its mesh

@@ -136,7 +136,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 }
 
 /// A port's counters in the Prometheus text format.
-pub(super) fn render_counters(counters: &PortCounters) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+pub(crate) fn render_counters(counters: &PortCounters) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut out = String::new();
     for (name, help, value) in counters.values() {
         out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total {value}\n"));

@@ -12,6 +12,7 @@ use std::{
 use axum::Router;
 use tokio::sync::watch;
 
+pub(crate) use connection::render_counters;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;

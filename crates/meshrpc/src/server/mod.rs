@@ -131,6 +131,11 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         self.0.send_replace(true);
     }
+
+    /// Resolves once shutdown was requested.
+    pub async fn requested(&self) {
+        crate::transport::stopped(&mut self.0.subscribe()).await
+    }
 }
 
 impl Server {

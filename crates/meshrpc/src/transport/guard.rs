@@ -23,9 +23,10 @@ pub struct PortCounters {
     /// TLS handshakes refused on a mutual-TLS port (plaintext, another CA, an expired
     /// certificate, another cluster's, silence after the ClientHello).
     pub refused_tls: AtomicU64,
-    /// Calls denied by the authorization policy.
-    pub denied_calls: AtomicU64,
 }
+
+/// Calls denied by the authorization policy in this process (mesh and HTTP alike).
+pub(crate) static CALLS_DENIED: AtomicU64 = AtomicU64::new(0);
 
 /// Gossip datagrams dropped in this process: not sealed with the cluster's gossip key
 /// (random or forged), or sealed but replayed or too old.
@@ -70,7 +71,7 @@ impl PortCounters {
             ("meshrpc_handshakes_refused", "Mesh handshakes refused", v(&self.refused_handshakes)),
             ("meshrpc_gossip_garbage", "UDP datagrams on the gossip port that were not gossip", v(&GOSSIP_GARBAGE)),
             ("meshrpc_tls_handshakes_refused", "TLS handshakes refused on the mesh port", v(&self.refused_tls)),
-            ("meshrpc_calls_denied", "Calls denied by the authorization policy", v(&self.denied_calls)),
+            ("meshrpc_calls_denied", "Calls denied by the authorization policy", v(&CALLS_DENIED)),
             (
                 "meshrpc_gossip_forged",
                 "Gossip datagrams dropped: not sealed with the cluster's gossip key",

@@ -117,6 +117,25 @@ impl Link for TcpLink {
 /// Most bytes one `TcpLink::read_buf` takes.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The error that broke a [`StreamLink`]'s stream, handed to every later read or write
+/// (as an `io::Error` whose inner error is this, so its cause — a TLS alert — survives).
+#[derive(Debug, Clone)]
+pub(crate) struct Failure(pub(crate) Arc<io::Error>);
+
+impl Failure {
+    fn to_io(&self) -> io::Error {
+        io::Error::new(self.0.kind(), self.clone())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Failure {}
+
 /// Bytes a [`StreamLink`] holds in each direction before it stops reading or refuses writes.
 const STREAM_BUFFER: usize = 256 * 1024;
 
@@ -145,14 +164,14 @@ struct Shared {
 struct Inbound {
     bytes: BytesMut,
     ended: bool,
-    error: Option<io::ErrorKind>,
+    error: Option<Failure>,
 }
 
 #[derive(Default)]
 struct Outbound {
     bytes: BytesMut,
     shutdown: bool,
-    error: Option<io::ErrorKind>,
+    error: Option<Failure>,
 }
 
 impl StreamLink {
@@ -204,16 +223,25 @@ async fn pump_in<R: AsyncRead + Unpin>(link: Arc<Shared>, mut read: R, mut gone:
             } => got,
             _ = gone.changed() => return,
         };
-        {
+        let more = {
             let mut inb = link.inbound.lock().unwrap();
-            match &got {
-                Ok(0) => inb.ended = true,
-                Ok(_) => inb.bytes.extend_from_slice(&chunk.split()),
-                Err(e) => inb.error = Some(e.kind()),
+            match got {
+                Ok(0) => {
+                    inb.ended = true;
+                    false
+                }
+                Ok(_) => {
+                    inb.bytes.extend_from_slice(&chunk.split());
+                    true
+                }
+                Err(e) => {
+                    inb.error = Some(Failure(Arc::new(e)));
+                    false
+                }
             }
-        }
+        };
         link.arrived.notify_waiters();
-        if !matches!(got, Ok(n) if n > 0) {
+        if !more {
             return;
         }
     }
@@ -248,11 +276,12 @@ async fn pump_out<W: AsyncWrite + Unpin>(link: Arc<Shared>, mut write: W, mut go
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         };
         chunk.clear();
-        if let Err(e) = &result {
-            link.outbound.lock().unwrap().error = Some(e.kind());
+        let failed = result.is_err();
+        if let Err(e) = result {
+            link.outbound.lock().unwrap().error = Some(Failure(Arc::new(e)));
         }
         link.room.notify_waiters();
-        if result.is_err() || shutdown {
+        if failed || shutdown {
             return;
         }
     }
@@ -281,8 +310,8 @@ impl Link for StreamLink {
             self.shared.to_reader.notify_one();
             return Ok(n);
         }
-        match (inb.error, inb.ended) {
-            (Some(kind), _) => Err(kind.into()),
+        match (&inb.error, inb.ended) {
+            (Some(failure), _) => Err(failure.to_io()),
             (None, true) => Ok(0),
             (None, false) => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -302,8 +331,8 @@ impl Link for StreamLink {
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         let mut out = self.shared.outbound.lock().unwrap();
-        if let Some(kind) = out.error {
-            return Err(kind.into());
+        if let Some(failure) = &out.error {
+            return Err(failure.to_io());
         }
         if out.shutdown {
             return Err(io::ErrorKind::BrokenPipe.into());

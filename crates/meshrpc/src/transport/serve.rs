@@ -272,7 +272,6 @@ async fn on_inbound(
     match inbound {
         Inbound::Call { id, mut call } => {
             if let Err(denied) = caller.admission.admit(&mut call) {
-                PortCounters::add(&answers.counters.denied_calls);
                 return Some(answers.frame(id, Err(denied)));
             }
             let log = RequestLog::begin(&call.service, &call.method, &caller.name, now);

@@ -1,0 +1,382 @@
+//! Issue 11: the zero-trust mesh, driven as users drive it — credentials made with the
+//! `meshrpc` command, real node processes with mutual TLS on loopback, strangers and
+//! rogues knocking.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use meshrpc::{Call, ConnectOptions, Connection, Error, TlsConfig};
+use meshrpc_tests::{
+    harness::{http, Caller, Node},
+    tls::{client_config, https, Pki},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
+
+async fn meshrpc(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(30), tokio::process::Command::new(MESHRPC).args(args).output())
+        .await
+        .expect("meshrpc hung")
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// A labnode with TLS credentials `dir` (and more flags), its log captured.
+async fn tls_node(tag: &str, name: &str, dir: &Path, extra: &[&str]) -> Node {
+    let mut args =
+        vec!["--tag", tag, "--name", name, "--tls-dir", dir.to_str().unwrap(), "--admin-addr", "127.0.0.1:0"];
+    args.extend(extra);
+    Node::start_logged(LABNODE, &args).await
+}
+
+async fn admin(node: &Node) -> SocketAddr {
+    node.line("admin on ", Duration::from_secs(5)).await.expect("admin address").parse().unwrap()
+}
+
+/// A counter from the node's admin `/metrics`.
+async fn counter(admin: SocketAddr, name: &str) -> u64 {
+    let text = http("GET", &format!("http://{admin}/metrics"), "", &[]).await.body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+async fn mesh_call(conn: &Connection, service: &'static str, method: &'static str) -> Result<String, Error> {
+    let pending = conn.send_call(Call::new(service, method, bytes::Bytes::from_static(b"{}")))?;
+    match pending.answer().await? {
+        meshrpc::Reply::Ok(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
+        meshrpc::Reply::AppError(e) => Ok(format!("app error {}", String::from_utf8_lossy(&e))),
+    }
+}
+
+async fn connect_with(addr: SocketAddr, dir: &Path) -> Result<Connection, Error> {
+    let tls = TlsConfig::from_dir(dir)?;
+    Connection::connect(addr, ConnectOptions::default().tls(tls)).await
+}
+
+#[tokio::test]
+async fn certificates_say_who_what_and_until_when() {
+    let pki = Pki::new(MESHRPC, "show", "shop");
+    let dir = pki.issue("g1", "greeter-1", &["greeter", "billing"], &[]);
+    let (code, out, err) = meshrpc(&["cert", "show", dir.join("node.pem").to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node      greeter-1"), "{out}");
+    assert!(out.contains("cluster   shop"), "{out}");
+    assert!(out.contains("services  greeter, billing"), "{out}");
+    assert!(out.contains("expiry    in 364d") || out.contains("expiry    in 365d"), "{out}");
+    let expired = pki.issue("old", "old", &["greeter"], &["--valid-from", "2020-01-01T00:00:00Z", "--days", "1"]);
+    let (_, out, _) = meshrpc(&["cert", "show", "--json", expired.join("node.pem").to_str().unwrap()]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["expired"], true, "{v}");
+    assert_eq!(v["not_after"], "2020-01-02T00:00:00Z", "{v}");
+    // The files a node reads, the secrets private.
+    for f in ["ca.pem", "node.pem", "node.key", "gossip.key"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("node.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "node.key is readable by others: {mode:o}");
+    }
+    // A second CA in the same place is refused, not overwritten.
+    let (code, _, err) = meshrpc(&["ca", "init", "--dir", pki.ca().to_str().unwrap()]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("not overwriting"), "{err}");
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_the_cluster_and_refuses_strangers() {
+    let pki = Pki::new(MESHRPC, "mtls", "sec1");
+    let node_dir = pki.issue("lab1", "lab1", &["lab", "greeter", "labhttp"], &[]);
+    let cli = pki.issue("cli", "cli", &[], &[]);
+    let expired = pki.issue("expired", "cli", &[], &["--valid-from", "2020-01-01T00:00:00Z", "--days", "1"]);
+    let future = pki.issue("future", "cli", &[], &["--valid-from", "2099-01-01T00:00:00Z"]);
+    let foreign = Pki::new(MESHRPC, "mtls-foreign", "sec1").issue("x", "cli", &[], &[]);
+    let node = tls_node("sec1", "lab1", &node_dir, &["--header-timeout-ms", "1000"]).await;
+    let admin = admin(&node).await;
+
+    // A member of the cluster calls, over the mesh and over HTTPS.
+    let conn = connect_with(node.addr, &cli).await.expect("a cluster certificate is admitted");
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap(), "\"lab1\"");
+    assert_eq!(conn.peer_identity().unwrap().node, "lab1");
+    let config = client_config(&cli.join("ca.pem"), Some(&cli));
+    let answer = https(config, node.addr, "meshrpc", "POST", "/greeter/greet", r#"{"name":"tls"}"#, &[]).await.unwrap();
+    assert_eq!((answer.status, answer.json()["data"].as_str()), (200, Some("Hello, tls")), "{answer:?}");
+    let (code, out, err) = meshrpc(&[
+        "call",
+        "greeter.greet",
+        r#"{"name":"Max"}"#,
+        "-N",
+        &node.addr.to_string(),
+        "-T",
+        "sec1",
+        "--tls-dir",
+        cli.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!((code, out.trim()), (0, "\"Hello, Max\""), "{err}");
+
+    // Strangers: each refused with a TLS error naming why, counted, logged.
+    let refused_before = counter(admin, "meshrpc_tls_handshakes_refused").await;
+    let plain = meshrpc::connect(node.addr).await.unwrap_err();
+    assert!(matches!(&plain, Error::Tls { message } if message.contains("plaintext")), "{plain:?}");
+    let plain_http = http("POST", &node.url("/greeter/greet"), r#"{"name":"x"}"#, &[]).await;
+    assert_eq!(
+        (plain_http.status, plain_http.json()["errors"][0]["code"].as_str()),
+        (400, Some("tls")),
+        "{plain_http:?}"
+    );
+    for (what, dir) in [("foreign CA", &foreign), ("expired", &expired), ("not yet valid", &future)] {
+        let conn = connect_with(node.addr, dir).await;
+        let e = match conn {
+            // TLS 1.3: the client may finish first; the refusal then arrives on first use.
+            Ok(conn) => mesh_call(&conn, "lab", "whoami").await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(matches!(e, Error::Tls { .. }), "{what}: {e:?}");
+    }
+    let no_cert = client_config(&cli.join("ca.pem"), None);
+    let anonymous = https(no_cert, node.addr, "meshrpc", "POST", "/greeter/greet", "{}", &[]).await;
+    assert!(anonymous.is_err() || anonymous.as_ref().unwrap().status >= 400, "{anonymous:?}");
+
+    // A ClientHello's first bytes, then silence: closed at the handshake timeout.
+    let mut silent = TcpStream::connect(node.addr).await.unwrap();
+    silent.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a silent ClientHello was not closed: {closed:?}");
+    // Garbage instead of a ClientHello: closed at once.
+    let mut garbage = TcpStream::connect(node.addr).await.unwrap();
+    garbage.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), garbage.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "garbage was not closed: {closed:?}");
+
+    let refused = counter(admin, "meshrpc_tls_handshakes_refused").await - refused_before;
+    assert!(refused >= 7, "refusals counted: {refused}");
+    assert!(node.logged("TLS handshake refused", Duration::from_secs(5)).await.is_some());
+    // ...and the node kept serving the cluster throughout, on the connection it had.
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap(), "\"lab1\"");
+}
+
+#[tokio::test]
+async fn a_replica_must_prove_its_service() {
+    let pki = Pki::new(MESHRPC, "rogue", "sec2");
+    let good = pki.issue("good", "good", &["lab", "greeter", "labhttp"], &[]);
+    // Valid credentials and gossip key, but a certificate for `greeter` only: it gossips
+    // `lab` too (labnode publishes it), and must never be called for it.
+    let rogue = pki.issue("rogue", "rogue", &["greeter"], &[]);
+    let cli = pki.issue("cli", "cli", &[], &[]);
+    let good_node = tls_node("sec2", "good", &good, &[]).await;
+    let seed = good_node.addr.to_string();
+    let rogue_node = tls_node("sec2", "rogue", &rogue, &["--nodes", &seed]).await;
+    // No credentials at all: its gossip is not sealed, so nobody even hears of it.
+    let stranger = Node::start(LABNODE, &["--tag", "sec2", "--name", "stranger", "--nodes", &seed]).await;
+    let mut caller = Caller::start(
+        LABCALL,
+        &[
+            "--nodes",
+            &seed,
+            "--tag",
+            "sec2",
+            "--tls-dir",
+            cli.to_str().unwrap(),
+            "--calls",
+            "1000",
+            "--concurrency",
+            "8",
+            "--replicas",
+            "2",
+        ],
+    );
+    caller.calling().await;
+    let report = caller.report().await;
+    assert_eq!(report["ok"], 1000, "{report}");
+    assert_eq!(report["per_node"]["good"], 1000, "{report}");
+    assert!(report["per_node"].get("rogue").is_none() && report["per_node"].get("stranger").is_none(), "{report}");
+    let unproven: Vec<&str> = report["unproven"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(unproven.iter().any(|u| u.starts_with("rogue") && u.ends_with("/lab")), "{report}");
+    // The stranger's datagrams were dropped and counted by the members it gossiped to.
+    let _ = stranger;
+    let forged = counter(admin(&good_node).await, "meshrpc_gossip_forged").await
+        + counter(admin(&rogue_node).await, "meshrpc_gossip_forged").await;
+    assert!(forged > 0, "no forged gossip counted");
+}
+
+const POLICY: &str = r#"
+[[allow]]
+from = "cli"
+to = "greeter.*"
+
+[[allow]]
+from = "service:billing"
+to = ["lab.whoami"]
+"#;
+
+#[tokio::test]
+async fn the_policy_allows_what_it_names_denies_the_rest_and_reloads() {
+    let pki = Pki::new(MESHRPC, "policy", "sec3");
+    let node_dir = pki.issue("lab1", "lab1", &["lab", "greeter", "labhttp"], &[]);
+    let cli = pki.issue("cli", "cli", &[], &[]);
+    let billing = pki.issue("billing", "b1", &["billing"], &[]);
+    let policy = pki.root.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+
+    // A malformed policy keeps the node from starting, naming the line.
+    let bad = pki.root.join("bad.toml");
+    std::fs::write(&bad, "[[allow]]\nfrom = \"cli\"\nto = \"greeter\"\n").unwrap();
+    let out = tokio::process::Command::new(LABNODE)
+        .args(["--tag", "sec3", "--tls-dir", node_dir.to_str().unwrap(), "--policy", bad.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a malformed policy");
+    assert!(err.contains("bad.toml:3:"), "{err}");
+
+    let node = tls_node("sec3", "lab1", &node_dir, &["--policy", policy.to_str().unwrap()]).await;
+    let admin = admin(&node).await;
+    let conn = connect_with(node.addr, &cli).await.unwrap();
+    assert_eq!(mesh_call(&conn, "greeter", "greet").await.unwrap_err().code(), "bad_request"); // allowed: reached the handler
+    let denied = mesh_call(&conn, "lab", "whoami").await.unwrap_err();
+    assert!(matches!(&denied, Error::PermissionDenied { message } if message.contains("node:cli")), "{denied:?}");
+    let billing_conn = connect_with(node.addr, &billing).await.unwrap();
+    assert_eq!(mesh_call(&billing_conn, "lab", "whoami").await.unwrap(), "\"lab1\"");
+    assert_eq!(mesh_call(&billing_conn, "greeter", "greet").await.unwrap_err().code(), "permission_denied");
+    // Over HTTPS: 403 with the usual JSON body.
+    let config = client_config(&cli.join("ca.pem"), Some(&cli));
+    let answer = https(config.clone(), node.addr, "meshrpc", "POST", "/lab/whoami", "{}", &[]).await.unwrap();
+    assert_eq!((answer.status, answer.json()["errors"][0]["code"].as_str()), (403, Some("permission_denied")));
+    assert!(counter(admin, "meshrpc_calls_denied").await >= 3);
+    assert!(node.logged("call denied by policy", Duration::from_secs(5)).await.is_some());
+
+    // The file changes: the new policy is in force on the same connection.
+    std::fs::write(&policy, format!("{POLICY}\n[[allow]]\nfrom = \"cli\"\nto = \"lab.*\"\n")).unwrap();
+    let start = Instant::now();
+    while mesh_call(&conn, "lab", "whoami").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the changed policy was not loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken edit: logged, and the policy in force stays.
+    std::fs::write(&policy, "[[allow]]\nfrom = 7\n").unwrap();
+    assert!(node.logged("policy reload failed", Duration::from_secs(10)).await.is_some());
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap(), "\"lab1\"");
+}
+
+#[tokio::test]
+async fn gossip_is_sealed_against_forgery_and_replay() {
+    let pki = Pki::new(MESHRPC, "gossip", "sec4");
+    let dir = pki.issue("lab1", "lab1", &["lab"], &[]);
+    // The node gossips to a "seed" that is this test: it catches one sealed datagram.
+    let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let seed = catcher.local_addr().unwrap().to_string();
+    let node = tls_node("sec4", "lab1", &dir, &["--nodes", &seed]).await;
+    let admin = admin(&node).await;
+    let mut sealed = vec![0u8; 65_536];
+    let (len, _) =
+        tokio::time::timeout(Duration::from_secs(10), catcher.recv_from(&mut sealed)).await.unwrap().unwrap();
+    sealed.truncate(len);
+    assert!(!String::from_utf8_lossy(&sealed).contains("meshrpc/sec4"), "gossip went out in clear text");
+
+    let forged_before = counter(admin, "meshrpc_gossip_forged").await;
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..20u8 {
+        attacker.send_to(&[i; 200], node.addr).await.unwrap();
+    }
+    let mut flipped = sealed.clone();
+    flipped[len / 2] ^= 0x40;
+    attacker.send_to(&flipped, node.addr).await.unwrap();
+    // Replayed: the first copy is news to the node, the second a replay.
+    attacker.send_to(&sealed, node.addr).await.unwrap();
+    attacker.send_to(&sealed, node.addr).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let forged = counter(admin, "meshrpc_gossip_forged").await - forged_before;
+        let replayed = counter(admin, "meshrpc_gossip_replayed").await;
+        if forged >= 21 && replayed >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "forged {forged}, replayed {replayed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node still answers its admin port and its members.
+    assert_eq!(http("GET", &format!("http://{admin}/ready"), "", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn certificates_rotate_under_load_without_a_failed_call() {
+    let pki = Pki::new(MESHRPC, "rotate", "sec5");
+    let dirs: Vec<_> = ["lab1", "lab2"].iter().map(|n| pki.issue(n, n, &["lab"], &[])).collect();
+    let cli = pki.issue("cli", "cli", &[], &[]);
+    let a = tls_node("sec5", "lab1", &dirs[0], &[]).await;
+    let seed = a.addr.to_string();
+    let b = tls_node("sec5", "lab2", &dirs[1], &["--nodes", &seed]).await;
+    let mut caller = Caller::start(
+        LABCALL,
+        &[
+            "--nodes",
+            &seed,
+            "--tag",
+            "sec5",
+            "--tls-dir",
+            cli.to_str().unwrap(),
+            "--duration-ms",
+            "4000",
+            "--concurrency",
+            "4",
+            "--replicas",
+            "2",
+        ],
+    );
+    caller.calling().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = std::fs::read_to_string(dirs[0].join("node.pem")).unwrap();
+    for (name, dir) in [("lab1", &dirs[0]), ("lab2", &dirs[1]), ("cli", &cli)] {
+        pki.issue(
+            dir.file_name().unwrap().to_str().unwrap(),
+            name,
+            if name == "cli" { &[] } else { &["lab"] },
+            &["--days", "30"],
+        );
+    }
+    assert_ne!(before, std::fs::read_to_string(dirs[0].join("node.pem")).unwrap());
+    let report = caller.report().await;
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 100, "{report}");
+    // New connections present the new certificate: a fresh caller sees 30 days left.
+    let conn = connect_with(a.addr, &cli).await.unwrap();
+    let left = conn.peer_identity().unwrap().expires_in(std::time::SystemTime::now()).unwrap();
+    assert!(left < Duration::from_secs(31 * 86_400), "still the old certificate: {left:?}");
+    // And the cluster gossips it (meshrpc status shows each node's expiry).
+    let (code, out, err) =
+        meshrpc(&["status", "--json", "-N", &seed, "-T", "sec5", "--tls-dir", cli.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let members = status["members"].as_array().unwrap();
+    let lab1 = members.iter().find(|m| m["name"] == "lab1").expect("lab1 in status");
+    let not_after = lab1["cert_not_after"].as_u64().expect("an expiry");
+    let now = meshrpc_tests::harness::unix_ms() / 1000;
+    assert!(not_after > now && not_after < now + 31 * 86_400, "{lab1}");
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_node_warns_before_its_certificate_expires() {
+    let pki = Pki::new(MESHRPC, "expiry", "sec6");
+    let dir = pki.issue("lab1", "lab1", &["lab"], &["--days", "2"]);
+    let node = tls_node("sec6", "lab1", &dir, &[]).await;
+    let line = node.logged("certificate expires soon", Duration::from_secs(10)).await;
+    assert!(line.is_some_and(|l| l.contains("expires_in_secs")), "no expiry warning");
+}

@@ -17,6 +17,7 @@ pub struct NodeArgs {
     pub tag: String,
     /// Mesh address (also HTTP and UDP gossip). Port 0 picks a free port.
     #[arg(long, env = "MESHRPC_LISTEN_ADDR", default_value = "0.0.0.0:0")]
+    pub listen_addr: String,
     /// Admin port (plaintext, read-only: /ping, /healthz, /ready, /metrics), for probes
     /// and scrapers when the mesh port takes mutual TLS only.
     #[arg(long, env = "MESHRPC_ADMIN_ADDR")]
@@ -29,7 +30,6 @@ pub struct NodeArgs {
     /// changes and on SIGHUP.
     #[arg(long, env = "MESHRPC_POLICY")]
     pub policy: Option<std::path::PathBuf>,
-    pub listen_addr: String,
 }
 
 /// The seed's legacy handler: `All ok! <RFC 3339 time>`.

@@ -57,6 +57,11 @@ impl Pki {
 
 /// A rustls client trusting `ca_pem`, presenting the certificate in `client` if given.
 pub fn client_config(ca_pem: &Path, client: Option<&Path>) -> Arc<rustls::ClientConfig> {
+    client_config_alpn(ca_pem, client, b"http/1.1")
+}
+
+/// As [`client_config`], asking for `alpn` (`h2` for HTTP/2).
+pub fn client_config_alpn(ca_pem: &Path, client: Option<&Path>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
@@ -74,7 +79,7 @@ pub fn client_config(ca_pem: &Path, client: Option<&Path>) -> Arc<rustls::Client
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(config)
 }
 
@@ -93,18 +98,34 @@ pub async fn https(
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let server = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(config).connect(server, tcp).await.map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder().method(method).uri(path).header("host", name);
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let mut req = hyper::Request::builder().method(method);
+        if h2 {
+            req = req.uri(format!("https://{name}{path}"));
+        } else {
+            req = req.uri(path).header("host", name);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = if h2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            send.send_request(req).await.map_err(|e| e.to_string())?
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            send.send_request(req).await.map_err(|e| e.to_string())?
+        };
+        let version = resp.version();
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
+        let mut headers = resp.headers().clone();
+        // The protocol spoken, for tests of ALPN.
+        headers.insert("x-test-version", format!("{version:?}").parse().unwrap());
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(HttpAnswer { status, body: String::from_utf8_lossy(&body).into_owned(), headers })
     };

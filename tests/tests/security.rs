@@ -11,7 +11,7 @@ use std::{
 use meshrpc::{Call, ConnectOptions, Connection, Error, TlsConfig};
 use meshrpc_tests::{
     harness::{http, Caller, Node},
-    tls::{client_config, https, Pki},
+    tls::{client_config, client_config_alpn, https, Pki},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -379,4 +379,209 @@ async fn a_node_warns_before_its_certificate_expires() {
     let node = tls_node("sec6", "lab1", &dir, &[]).await;
     let line = node.logged("certificate expires soon", Duration::from_secs(10)).await;
     assert!(line.is_some_and(|l| l.contains("expires_in_secs")), "no expiry warning");
+}
+
+/// A JWT for `sub`, expiring at `exp` (Unix s), signed with `alg` and `key`.
+fn jwt(sub: &str, exp: u64, alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey) -> String {
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
+}
+
+const GATEWAY_POLICY: &str = r#"
+[[allow]]
+from = "user:alice"
+to = "greeter.*"
+
+[[allow]]
+from = "user:bob"
+to = "lab.whoami"
+
+[[allow]]
+from = "gw"
+to = "*"
+"#;
+
+#[tokio::test]
+async fn the_gateway_serves_https_and_authorizes_bearer_tokens() {
+    let pki = Pki::new(MESHRPC, "gateway", "sec7");
+    let lab = pki.issue("lab1", "lab1", &["lab", "greeter", "labhttp"], &[]);
+    let gw = pki.issue("gw", "gw", &[], &[]);
+    let policy = pki.root.join("policy.toml");
+    std::fs::write(&policy, GATEWAY_POLICY).unwrap();
+    let keys = pki.root.join("keys");
+    let alice_key = "alice-key-0123456789abcdef";
+    std::fs::write(&keys, format!("# subject:token\nalice:{alice_key}\n")).unwrap();
+    let secret = pki.root.join("secret");
+    std::fs::write(&secret, "an HS256 secret of at least thirty-two bytes").unwrap();
+    let node = tls_node("sec7", "lab1", &lab, &["--policy", policy.to_str().unwrap()]).await;
+    let seed = node.addr.to_string();
+    let (dir, policy) = (gw.to_str().unwrap(), policy.to_str().unwrap());
+    let (cert, key) = (gw.join("node.pem"), gw.join("node.key"));
+    let common = ["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--nodes", &seed, "-T", "sec7"];
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([
+        "--tls-dir",
+        dir,
+        "--policy",
+        policy,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    args.extend(["--api-keys", keys.to_str().unwrap(), "--jwt-hs256-secret", secret.to_str().unwrap()]);
+    let gateway = Node::start_logged(MESHRPC, &args).await;
+    let ca = gw.join("ca.pem");
+    let h1 = client_config(&ca, None);
+    let call = |path: &'static str, token: Option<String>| {
+        let config = h1.clone();
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            https(config, gateway.addr, "meshrpc", "POST", path, r#"{"name":"Ann"}"#, &headers).await.unwrap()
+        }
+    };
+    // Health stays open; the gateway sees the replica.
+    let health = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        let h = https(h1.clone(), gateway.addr, "meshrpc", "GET", "/healthz", "", &[]).await.ok()?;
+        (h.status == 200 && h.json()["members"].as_u64() >= Some(2)).then_some(h)
+    })
+    .await;
+    assert!(health.is_some(), "the gateway never saw the cluster");
+
+    let anonymous = call("/greeter/greet", None).await;
+    assert_eq!((anonymous.status, anonymous.json()["errors"][0]["code"].as_str()), (401, Some("unauthenticated")));
+    assert_eq!(anonymous.headers.get("www-authenticate").unwrap(), "Bearer");
+    assert_eq!(call("/greeter/greet", Some("not-a-key".into())).await.status, 401);
+    let hs = jsonwebtoken::EncodingKey::from_secret(b"an HS256 secret of at least thirty-two bytes");
+    let expired = call("/greeter/greet", Some(jwt("bob", 1_000_000_000, jsonwebtoken::Algorithm::HS256, &hs))).await;
+    assert_eq!(expired.status, 401);
+    assert!(expired.json()["errors"][0]["message"].as_str().unwrap().contains("Expired"), "{expired:?}");
+
+    // alice (API key) may greet, not ask lab; bob (JWT) the other way round.
+    let greeted = call("/greeter/greet", Some(alice_key.into())).await;
+    assert_eq!((greeted.status, greeted.json()["data"].as_str()), (200, Some("Hello, Ann")), "{greeted:?}");
+    let denied = call("/lab/whoami", Some(alice_key.into())).await;
+    assert_eq!((denied.status, denied.json()["errors"][0]["code"].as_str()), (403, Some("permission_denied")));
+    let bob = jwt("bob", 4_102_444_800, jsonwebtoken::Algorithm::HS256, &hs);
+    assert_eq!(call("/lab/whoami", Some(bob.clone())).await.json()["data"], "lab1");
+    assert_eq!(call("/greeter/greet", Some(bob.clone())).await.status, 403);
+    // HTTP/2 by ALPN, same answers.
+    let h2 = client_config_alpn(&ca, None, b"h2");
+    let auth = format!("Bearer {bob}");
+    let over_h2 =
+        https(h2, gateway.addr, "meshrpc", "POST", "/lab/whoami", "{}", &[("authorization", &auth)]).await.unwrap();
+    assert_eq!(over_h2.headers.get("x-test-version").unwrap(), "HTTP/2.0");
+    assert_eq!(over_h2.json()["data"], "lab1");
+    // Plain HTTP on the HTTPS port: refused at once (a TLS alert, then closed), not hung.
+    let mut plain = TcpStream::connect(gateway.addr).await.unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "plain HTTP on the HTTPS port hung");
+    assert!(!got.starts_with(b"HTTP/1.1 200"), "plain HTTP answered on the HTTPS port");
+
+    // RS256: a second gateway verifies with a public key.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    let mut args: Vec<&str> = common.to_vec();
+    let public = format!("{fixtures}/jwt-rs256-public.pem");
+    args.extend([
+        "--tls-dir",
+        dir,
+        "--policy",
+        policy,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    args.extend(["--jwt-rs256-key", &public]);
+    let rs_gateway = Node::start_logged(MESHRPC, &args).await;
+    let private = std::fs::read(format!("{fixtures}/jwt-rs256-private.pem")).unwrap();
+    let rs = jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap();
+    let alice = format!("Bearer {}", jwt("alice", 4_102_444_800, jsonwebtoken::Algorithm::RS256, &rs));
+    let answer = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        let config = client_config(&ca, None);
+        let a = https(
+            config,
+            rs_gateway.addr,
+            "meshrpc",
+            "POST",
+            "/greeter/greet",
+            r#"{"name":"Rs"}"#,
+            &[("authorization", &alice)],
+        )
+        .await
+        .ok()?;
+        (a.status == 200).then_some(a)
+    })
+    .await;
+    assert_eq!(answer.expect("RS256 token accepted").json()["data"], "Hello, Rs");
+    let forged = format!("Bearer {}", jwt("alice", 4_102_444_800, jsonwebtoken::Algorithm::HS256, &hs));
+    let refused = https(
+        client_config(&ca, None),
+        rs_gateway.addr,
+        "meshrpc",
+        "POST",
+        "/greeter/greet",
+        "{}",
+        &[("authorization", &forged)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 401);
+}
+
+#[tokio::test]
+async fn the_tls_demo_answers_curl_and_refuses_plaintext_callers() {
+    let (http_port, mesh_port) = (meshrpc_tests::harness::free_port(), meshrpc_tests::harness::free_port());
+    let mut demo = tokio::process::Command::new(MESHRPC)
+        .args([
+            "demo",
+            "--tls",
+            "--replicas",
+            "2",
+            "--http-port",
+            &http_port.to_string(),
+            "--mesh-port",
+            &mesh_port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(demo.stdout.take().unwrap());
+    let cli = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await.unwrap() == 0 {
+                panic!("the demo exited");
+            }
+            if let Some(i) = line.find("--tls-dir ") {
+                return line[i + "--tls-dir ".len()..].trim().to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the demo printed how to call it over TLS");
+    tokio::spawn(async move {
+        let mut sink = String::new();
+        while tokio::io::AsyncBufReadExt::read_line(&mut out, &mut sink).await.is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    // curl through the gateway: the gateway calls the greeters over mutual TLS.
+    let greet = http("GET", &format!("http://127.0.0.1:{http_port}/greeter/greet/Max"), "", &[]).await;
+    assert_eq!((greet.status, greet.body.as_str()), (200, "\"Hello, Max\""), "{greet:?}");
+    let check = http("GET", &format!("http://127.0.0.1:{http_port}/greeter/check"), "", &[]).await;
+    assert!(check.body.starts_with("All ok!"), "{check:?}");
+    let seed = format!("127.0.0.1:{mesh_port}");
+    let (code, stdout, err) =
+        meshrpc(&["call", "greeter.greet", r#"{"name":"Max"}"#, "-N", &seed, "--tls-dir", &cli]).await;
+    assert_eq!((code, stdout.trim()), (0, "\"Hello, Max\""), "{err}");
+    let (code, _, err) = meshrpc(&["call", "greeter.greet", r#"{"name":"Max"}"#, "-N", &seed, "--wait", "1"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--tls-dir"), "{err}");
+    meshrpc_tests::harness::terminate(&mut demo, Duration::from_secs(20)).await;
 }

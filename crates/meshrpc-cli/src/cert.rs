@@ -65,22 +65,22 @@ pub enum CertCommand {
 pub struct IssueArgs {
     /// The CA directory (from `meshrpc ca init`).
     #[arg(long)]
-    ca: PathBuf,
+    pub ca: PathBuf,
     /// The node's name.
     #[arg(long)]
-    node: String,
+    pub node: String,
     /// Services the node may serve (comma separated; none for a caller-only node).
     #[arg(long, value_delimiter = ',')]
-    service: Vec<String>,
+    pub service: Vec<String>,
     /// Directory to write to (created).
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Validity in days.
     #[arg(long, default_value_t = 365)]
-    days: u32,
+    pub days: u32,
     /// Start of validity (RFC 3339), default now: for testing expired or future certs.
     #[arg(long)]
-    valid_from: Option<String>,
+    pub valid_from: Option<String>,
 }
 
 pub fn ca(command: CaCommand) -> Result<()> {
@@ -123,7 +123,7 @@ pub fn cert(command: CertCommand) -> Result<()> {
     }
 }
 
-fn issue(args: IssueArgs) -> Result<()> {
+pub fn issue(args: IssueArgs) -> Result<()> {
     let ca_pem =
         fs::read_to_string(args.ca.join(CA_FILE)).map_err(|e| format!("{}: {e}", args.ca.join(CA_FILE).display()))?;
     let ca_key = KeyPair::from_pem(&fs::read_to_string(args.ca.join(CA_KEY_FILE))?)?;

@@ -20,31 +20,73 @@ pub struct DemoArgs {
     /// Mesh port of the gateway (the replicas join through it).
     #[arg(long, default_value_t = 11999)]
     mesh_port: u16,
+    /// Mutual TLS between all nodes: a fresh CA and certificates in a temporary
+    /// directory, sealed gossip, and the policy `mesh-api → greeter.*`.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// The policy of the TLS demo: the API gateway (and you, with the `cli` certificate) may
+/// call the greeter; nobody else may call anything.
+const DEMO_POLICY: &str = "# meshrpc demo --tls: who may call what (docs/security.md)
+[[allow]]
+from = [\"mesh-api\", \"cli\"]
+to = \"greeter.*\"
+";
+
+/// Credentials for the TLS demo, in a fresh directory: one per node, one for the CLI.
+fn demo_credentials(replicas: usize) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    use crate::cert::{ca, issue, CaCommand, IssueArgs};
+    let root = std::env::temp_dir().join(format!("meshrpc-demo-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    ca(CaCommand::Init { dir: root.join("ca"), tag: "example".into(), days: 30 })?;
+    let node = |node: &str, services: &[&str], out: &str| {
+        issue(IssueArgs {
+            ca: root.join("ca"),
+            node: node.into(),
+            service: services.iter().map(|s| s.to_string()).collect(),
+            out: root.join(out),
+            days: 30,
+            valid_from: None,
+        })
+    };
+    node("mesh-api", &[], "mesh-api")?;
+    node("cli", &[], "cli")?;
+    for i in 1..=replicas {
+        node(&format!("greeter-{i}"), &["greeter"], &format!("greeter-{i}"))?;
+    }
+    std::fs::write(root.join("policy.toml"), DEMO_POLICY)?;
+    Ok(root)
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let me = std::env::current_exe()?;
     let seed = format!("127.0.0.1:{}", args.mesh_port);
+    let credentials = if args.tls { Some(demo_credentials(args.replicas)?) } else { None };
+    // With --tls each node gets its own directory; the greeters also the policy.
+    let tls_flags = |node: &str, policy: bool| -> Vec<String> {
+        let Some(root) = &credentials else { return Vec::new() };
+        let mut flags = vec!["--tls-dir".to_owned(), root.join(node).display().to_string()];
+        if policy {
+            flags.extend(["--policy".to_owned(), root.join("policy.toml").display().to_string()]);
+        }
+        flags
+    };
     let mut children = Vec::new();
-    let (gateway, mut gateway_lines) = spawn(
-        &me,
-        &[
-            "example",
-            "mesh-api",
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            &args.http_port.to_string(),
-            "--listen-addr",
-            &seed,
-        ],
-        "mesh-api",
-    )?;
+    let http_port = args.http_port.to_string();
+    let mut gateway_args = vec!["example", "mesh-api", "--http-host", "127.0.0.1", "--http-port", &http_port];
+    gateway_args.extend(["--listen-addr", &seed]);
+    let gateway_tls = tls_flags("mesh-api", false);
+    gateway_args.extend(gateway_tls.iter().map(String::as_str));
+    let (gateway, mut gateway_lines) = spawn(&me, &gateway_args, "mesh-api")?;
     let ready = wait_for_line(&mut gateway_lines, "ready");
     children.push(gateway);
     for i in 1..=args.replicas {
         let name = format!("greeter-{i}");
-        children.push(spawn(&me, &["example", "greeter", "--nodes", &seed, "--listen-addr", "127.0.0.1:0"], &name)?.0);
+        let mut greeter_args = vec!["example", "greeter", "--nodes", &seed, "--listen-addr", "127.0.0.1:0"];
+        let greeter_tls = tls_flags(&name, true);
+        greeter_args.extend(greeter_tls.iter().map(String::as_str));
+        children.push(spawn(&me, &greeter_args, &name)?.0);
     }
     let outcome = tokio::select! {
         r = tokio::time::timeout(Duration::from_secs(30), ready) => match r {
@@ -69,12 +111,29 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("  curl {base}/greeter/check");
         println!("  curl -X POST {base}/greeter/sendPostcard/Max/World/Hello");
         println!("  curl {base}/metrics");
-        println!("scale out: meshrpc example greeter --nodes {seed} --listen-addr 127.0.0.1:0");
+        match &credentials {
+            None => println!("scale out: meshrpc example greeter --nodes {seed} --listen-addr 127.0.0.1:0"),
+            Some(root) => {
+                let cli = root.join("cli");
+                println!("mutual TLS is on: credentials and the policy are in {}", root.display());
+                println!(
+                    "  meshrpc call greeter.greet '{{\"name\":\"Max\"}}' --nodes {seed} --tls-dir {}",
+                    cli.display()
+                );
+                println!("  meshrpc status --nodes {seed} --tls-dir {}", cli.display());
+                println!(
+                    "  meshrpc call greeter.greet '{{\"name\":\"Max\"}}' --nodes {seed}   # refused: no certificate"
+                );
+            }
+        }
         println!("Ctrl-C stops everything.");
         meshrpc::wait_for_signal().await;
     }
     println!("stopping...");
     stop_all(children).await;
+    if let Some(root) = credentials {
+        let _ = std::fs::remove_dir_all(root);
+    }
     outcome
 }
 

@@ -31,6 +31,24 @@ pub struct GatewayArgs {
     /// changes and on SIGHUP.
     #[arg(long, env = "MESHRPC_POLICY")]
     policy: Option<std::path::PathBuf>,
+    /// HTTPS: the gateway's certificate chain (PEM), with --tls-key. HTTP/1.1 and HTTP/2.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// HTTPS: the private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require a bearer token: static API keys, one `subject:token` per line.
+    #[arg(long, env = "MESHRPC_API_KEYS")]
+    api_keys: Option<std::path::PathBuf>,
+    /// Require a bearer token: JWTs signed with HS256 and the secret in this file.
+    #[arg(long)]
+    jwt_hs256_secret: Option<std::path::PathBuf>,
+    /// Require a bearer token: JWTs signed with RS256, checked with this PEM public key.
+    #[arg(long, conflicts_with = "jwt_hs256_secret")]
+    jwt_rs256_key: Option<std::path::PathBuf>,
+    /// Accepted JWT issuers (`iss`; comma separated).
+    #[arg(long, value_delimiter = ',')]
+    jwt_issuer: Vec<String>,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_body: usize,
@@ -69,14 +87,65 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     limits.max_body = args.max_body;
     limits.body_timeout = timeout;
     limits.default_timeout = std::time::Duration::from_secs_f64(args.timeout);
-    let gateway = Gateway::new(cluster.clone()).limits(limits).require(args.require);
-    let app = gateway.observe(gateway.router());
+    let mut gateway = Gateway::new(cluster.clone()).limits(limits).require(args.require);
+    // The node's policy also rules outside callers (`user:<token subject>`).
+    if let Some(access) = cluster.access() {
+        gateway = gateway.access(access.clone());
+    }
+    let mut routes = gateway.router();
+    if let Some(auth) = bearer_auth(&args.api_keys, &args.jwt_hs256_secret, &args.jwt_rs256_key, &args.jwt_issuer)? {
+        routes = gateway.authenticate(routes, auth);
+    }
+    let app = gateway.observe(routes);
+    let https = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(meshrpc::https_config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     println!("mesh on {}", cluster.local_addr().expect("listening"));
+    if let Some(admin) = cluster.admin_addr() {
+        println!("admin on {admin}");
+    }
     let mut config = ServerConfig::default();
     config.header_timeout = timeout;
-    meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await;
+    match https {
+        Some(tls) => meshrpc::serve_https(listener, app, config, tls, meshrpc::wait_for_signal()).await,
+        None => meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await,
+    }
     cluster.shutdown().await;
     Ok(())
+}
+
+/// The bearer-token check the flags ask for, if any.
+fn bearer_auth(
+    api_keys: &Option<std::path::PathBuf>,
+    hs256: &Option<std::path::PathBuf>,
+    rs256: &Option<std::path::PathBuf>,
+    issuers: &[String],
+) -> Result<Option<meshrpc::BearerAuth>, Box<dyn std::error::Error>> {
+    if api_keys.is_none() && hs256.is_none() && rs256.is_none() {
+        return Ok(None);
+    }
+    let mut auth = meshrpc::BearerAuth::new();
+    if let Some(path) = api_keys {
+        auth = auth.api_keys_file(path)?;
+    }
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    if let Some(path) = hs256 {
+        let secret = read(path)?;
+        let secret = secret.trim_ascii();
+        if secret.len() < 32 {
+            return Err(format!("{}: an HS256 secret needs at least 32 bytes", path.display()).into());
+        }
+        auth = auth.jwt_hs256(secret);
+    }
+    if let Some(path) = rs256 {
+        auth = auth.jwt_rs256(&read(path)?)?;
+    }
+    if !issuers.is_empty() {
+        let issuers: Vec<&str> = issuers.iter().map(String::as_str).collect();
+        auth = auth.jwt_issuer(&issuers);
+    }
+    Ok(Some(auth))
 }

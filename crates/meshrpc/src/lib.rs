@@ -111,12 +111,14 @@ pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
 pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
+#[cfg(all(feature = "gateway", feature = "tls"))]
+pub use gateway::BearerAuth;
 #[cfg(feature = "gateway")]
 pub use gateway::{Gateway, Metrics};
-#[cfg(all(feature = "http", feature = "tls"))]
-pub use http::rpc_router_with_policy;
 #[cfg(feature = "http")]
 pub use http::{envelope, error_response, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+#[cfg(all(feature = "http", feature = "tls"))]
+pub use http::{rpc_router_with_policy, serve_https};
 pub use identity::{Identity, IdentityKind};
 pub use limits::HttpLimits;
 #[cfg(feature = "logging")]
@@ -125,11 +127,11 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
-#[cfg(feature = "tls")]
-pub use transport::TlsConfig;
 pub use transport::{
     connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
 };
+#[cfg(feature = "tls")]
+pub use transport::{https_config, TlsConfig};
 
 /// Node credentials (feature `tls`): the files of a credentials directory and the form
 /// of node certificates (docs/security.md).

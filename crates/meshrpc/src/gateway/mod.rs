@@ -3,6 +3,10 @@
 //! plus `/healthz`, `/metrics` and request logs. Merge [`Gateway::router`] into your
 //! own router to build a custom gateway.
 
+#[cfg(feature = "tls")]
+mod auth;
+#[cfg(feature = "tls")]
+mod connector;
 mod metrics;
 mod proxy;
 
@@ -20,9 +24,17 @@ use axum::{
     Router,
 };
 
+#[cfg(feature = "tls")]
+pub use auth::BearerAuth;
 pub use metrics::Metrics;
 
-use crate::{client::Channel, cluster::Cluster, http::error_response, http::rpc_call, limits::HttpLimits};
+use crate::{
+    client::Channel,
+    cluster::Cluster,
+    http::{admitted_call, envelope, error_response},
+    identity::{Admission, Identity},
+    limits::HttpLimits,
+};
 
 /// Labels a response for metrics and logs: which service and method answered.
 #[derive(Clone, Debug)]
@@ -40,42 +52,60 @@ pub struct Gateway {
 struct Shared {
     cluster: Cluster,
     channel: Channel,
-    limits: HttpLimits,
-    require: Vec<String>,
+    settings: Settings,
     metrics: Metrics,
     proxy: proxy::Proxy,
+}
+
+#[derive(Clone, Default)]
+struct Settings {
+    limits: HttpLimits,
+    require: Vec<String>,
+    admission: Admission,
 }
 
 impl Gateway {
     /// A gateway in front of `cluster`.
     pub fn new(cluster: Cluster) -> Self {
-        Self::with(cluster, HttpLimits::default(), Vec::new())
+        Self::with(cluster, Settings::default())
     }
 
-    fn with(cluster: Cluster, limits: HttpLimits, require: Vec<String>) -> Self {
+    fn with(cluster: Cluster, settings: Settings) -> Self {
         let channel = cluster.channel();
-        Gateway {
-            shared: Arc::new(Shared {
-                cluster,
-                channel,
-                limits,
-                require,
-                metrics: Metrics::default(),
-                proxy: proxy::Proxy::default(),
-            }),
-        }
+        let proxy = proxy::Proxy::new(&cluster);
+        Gateway { shared: Arc::new(Shared { cluster, channel, settings, metrics: Metrics::default(), proxy }) }
+    }
+
+    fn change(self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.shared.settings.clone();
+        f(&mut settings);
+        Self::with(self.shared.cluster.clone(), settings)
     }
 
     /// Body size and timeouts for callers.
     pub fn limits(self, limits: HttpLimits) -> Self {
-        let s = &self.shared;
-        Self::with(s.cluster.clone(), limits, s.require.clone())
+        self.change(|s| s.limits = limits)
     }
 
     /// Services `/healthz` requires to answer before it reports ready.
     pub fn require<I: IntoIterator<Item = S>, S: Into<String>>(self, services: I) -> Self {
-        let s = &self.shared;
-        Self::with(s.cluster.clone(), s.limits, services.into_iter().map(Into::into).collect())
+        self.change(|s| s.require = services.into_iter().map(Into::into).collect())
+    }
+
+    /// Outside callers must be allowed by `access` (feature `tls`): their identity is the
+    /// request's `Arc<Identity>` extension — a bearer token's subject with
+    /// [`BearerAuth`], or whatever your own auth layer puts there. Denied: `403
+    /// permission_denied`. A proxied HTTP router `r` is checked as the method `r.http`.
+    #[cfg(feature = "tls")]
+    pub fn access(self, access: Arc<crate::access::Access>) -> Self {
+        self.change(|s| s.admission.access = Some(access))
+    }
+
+    /// Requires a bearer token (API key or JWT) on every route but the health ones, and
+    /// makes calls as its subject (feature `tls`). Apply it outermost.
+    #[cfg(feature = "tls")]
+    pub fn authenticate(&self, router: Router, auth: BearerAuth) -> Router {
+        router.layer(axum::middleware::from_fn_with_state(auth, BearerAuth::layer))
     }
 
     /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, and
@@ -128,14 +158,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let mut missing = Vec::new();
-    for service in &shared.require {
+    for service in &shared.settings.require {
         if shared.cluster.ping(service, Duration::from_secs(1)).await.is_err() {
             missing.push(service.clone());
         }
     }
     let members = shared.cluster.members().len();
     if missing.is_empty() {
-        let body = serde_json::json!({ "status": "ok", "members": members, "required": shared.require });
+        let body = serde_json::json!({ "status": "ok", "members": members, "required": shared.settings.require });
         (StatusCode::OK, axum::Json(body)).into_response()
     } else {
         let msg = format!("required services not answering: {}", missing.join(", "));
@@ -156,11 +186,14 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });
         resp
     };
+    let mut admission = shared.settings.admission.clone();
+    admission.peer = req.extensions().get::<Arc<Identity>>().cloned();
     if is_method {
         let (parts, body) = req.into_parts();
-        let resp = rpc_call(
+        let resp = admitted_call(
             &shared.channel,
-            &shared.limits,
+            &shared.settings.limits,
+            &admission,
             service.clone(),
             rest.clone(),
             &parts.method,
@@ -171,7 +204,11 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return label(resp, &rest);
     }
     if view.knows_http(&service) {
-        let resp = shared.proxy.forward(&shared.cluster, &service, req, shared.limits.default_timeout).await;
+        let mut check = crate::call::Call::new(service.clone(), "http", Default::default());
+        if let Err(denied) = admission.admit(&mut check) {
+            return label(envelope(Err(denied)), "http");
+        }
+        let resp = shared.proxy.forward(&shared.cluster, &service, req, shared.settings.limits.default_timeout).await;
         return label(resp, "http");
     }
     let (status, code, msg) = if view.knows(&service) {

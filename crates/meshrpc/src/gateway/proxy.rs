@@ -12,20 +12,28 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 use crate::{cluster::Cluster, http::error_response, http::sticky_key};
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+#[cfg(feature = "tls")]
+type Connector = super::connector::ReplicaConnector;
+#[cfg(not(feature = "tls"))]
+type Connector = hyper_util::client::legacy::connect::HttpConnector;
 
 pub(crate) struct Proxy {
-    client: HttpClient,
+    client: Client<Connector, Body>,
 }
 
 /// Replicas a bodiless request may try when the first ones cannot be reached.
 const MAX_ATTEMPTS: usize = 3;
 
-impl Default for Proxy {
-    fn default() -> Self {
+impl Proxy {
+    /// A proxy reaching replicas as `cluster` does (over mutual TLS when it does).
+    pub(crate) fn new(cluster: &Cluster) -> Self {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        #[cfg(feature = "tls")]
+        let connector = super::connector::ReplicaConnector::new(connector, cluster.tls().cloned());
+        #[cfg(not(feature = "tls"))]
+        let _ = cluster;
         Proxy { client: Client::builder(TokioExecutor::new()).build(connector) }
     }
 }

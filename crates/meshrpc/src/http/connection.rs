@@ -153,12 +153,54 @@ pub async fn serve_http(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_router(listener, router, config, None, shutdown).await
+}
+
+/// As [`serve_http`], over TLS (feature `tls`): HTTP/1.1 and HTTP/2 by ALPN. The TLS
+/// handshake must finish within `config.header_timeout`. See [`https_config`](crate::https_config).
+#[cfg(feature = "tls")]
+pub async fn serve_https(
+    listener: TcpListener,
+    router: Router,
+    config: ServerConfig,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    serve_router(listener, router, config, Some(tls), shutdown).await
+}
+
+#[cfg(not(feature = "tls"))]
+type TlsServer = std::convert::Infallible;
+#[cfg(feature = "tls")]
+type TlsServer = Arc<rustls::ServerConfig>;
+
+async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    config: ServerConfig,
+    tls: Option<TlsServer>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let (stop, stopping) = watch::channel(false);
     let conn_stop = stopping.clone();
     let cap = Cap { max_connections: config.max_connections, counters: Arc::default() };
     let (header_timeout, idle_timeout) = (config.header_timeout, config.http.idle_timeout);
     let serving = accept_loop(listener, stopping, config.drain_timeout, cap, move |stream, _| {
-        Box::pin(http_connection(stream, router.clone(), header_timeout, idle_timeout, conn_stop.clone()))
+        let (router, conn_stop) = (router.clone(), conn_stop.clone());
+        match tls.clone() {
+            None => Box::pin(http_connection(stream, router, header_timeout, idle_timeout, conn_stop)),
+            #[cfg(feature = "tls")]
+            Some(tls) => Box::pin(async move {
+                let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                match tokio::time::timeout(header_timeout, accept).await {
+                    Ok(Ok(stream)) => http_connection(stream, router, header_timeout, idle_timeout, conn_stop).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
+                    Err(_) => tracing::debug!("HTTPS handshake timed out"),
+                }
+            }),
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match never {},
+        }
     });
     tokio::pin!(serving);
     tokio::select! {

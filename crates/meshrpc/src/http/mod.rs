@@ -15,6 +15,9 @@ use tokio::sync::watch;
 pub(crate) use connection::render_counters;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
+pub use connection::serve_https;
+pub(crate) use rpc::admitted_call;
+#[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
 pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
 

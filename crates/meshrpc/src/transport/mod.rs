@@ -27,7 +27,7 @@ pub(crate) use link::Failure;
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 pub(crate) use serve::{serve_mesh, MeshLimits};
 #[cfg(feature = "tls")]
-pub use tls::{fingerprint, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};
+pub use tls::{fingerprint, https_config, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};
 
 /// Resolves once shutdown was requested (or the one who could request it is gone).
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {

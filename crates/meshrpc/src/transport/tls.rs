@@ -184,6 +184,28 @@ impl TlsConfig {
     }
 }
 
+/// A TLS server configuration for a public HTTPS front door (`serve_https`) from PEM
+/// files: a certificate chain and its key — a public certificate, not a cluster one.
+/// TLS 1.2 and 1.3; ALPN `h2`, `http/1.1`.
+pub fn https_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_error(format!("{}: {e}", cert.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(tls_error(format!("{}: no certificate", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error(format!("{}: {e}", key.display())))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_error(format!("{}: {e}", key.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The identity a node certificate (DER) carries, and its expiry.
 pub fn identity_of(cert: &[u8]) -> Result<Identity, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert).map_err(|e| format!("unreadable certificate: {e}"))?;

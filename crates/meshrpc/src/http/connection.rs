@@ -169,8 +169,10 @@ pub async fn serve_https(
     serve_router(listener, router, config, Some(tls), shutdown).await
 }
 
+/// Without the `tls` feature there is no TLS configuration to pass.
 #[cfg(not(feature = "tls"))]
-type TlsServer = std::convert::Infallible;
+#[derive(Clone)]
+enum TlsServer {}
 #[cfg(feature = "tls")]
 type TlsServer = Arc<rustls::ServerConfig>;
 

@@ -12,10 +12,12 @@ use std::{
 use axum::Router;
 use tokio::sync::watch;
 
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use connection::render_counters;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use connection::serve_https;
+#[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
 pub(crate) use rpc::admitted_call;
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;

@@ -2,6 +2,7 @@
 //! server in its own process on 127.0.0.1. Run: `bench/run.sh` (or
 //! `cargo run --release -p meshrpc-bench -- [--quick]`).
 
+mod pki;
 mod systems;
 
 use std::{
@@ -50,6 +51,7 @@ fn serve(kind: &str, addr: &str, next: Option<&str>) {
         match kind {
             "raw" => systems::serve_raw(addr).await,
             "meshrpc" => systems::serve_meshrpc(addr, next).await,
+            "meshrpc-tls" => systems::serve_meshrpc_tls(addr, next.unwrap()).await,
             "tonic" => systems::serve_tonic(addr).await,
             "tarpc" => systems::serve_tarpc(addr).await,
             "gateway-replica" => serve_gateway_replica(addr, next.unwrap()).await,
@@ -182,9 +184,13 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
     let kind = match system {
         "raw floor" => "raw",
         "meshrpc json" | "meshrpc postcard" => "meshrpc",
+        "meshrpc mtls" => "meshrpc-tls",
         other => other,
     };
-    let server = Server::start(kind, &["127.0.0.1:0"]).await;
+    let credentials = credentials();
+    let server_dir = credentials.0.display().to_string();
+    let args: &[&str] = if kind == "meshrpc-tls" { &["127.0.0.1:0", &server_dir] } else { &["127.0.0.1:0"] };
+    let server = Server::start(kind, args).await;
     let addr = server.addr;
     // One connection per server while latency is measured: a tokio server with a second
     // (idle) connection answers measurably slower here, so every system gets one.
@@ -192,6 +198,7 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
         "raw floor" => Arc::new(systems::RawPingPong::connect(addr).await),
         "meshrpc json" => Arc::new(systems::MeshrpcClient::connect(addr, meshrpc::Codec::Json).await),
         "meshrpc postcard" => Arc::new(systems::MeshrpcClient::connect(addr, meshrpc::Codec::Postcard).await),
+        "meshrpc mtls" => Arc::new(systems::MeshrpcClient::connect_tls(addr, &credentials.1).await),
         "tonic" => Arc::new(systems::TonicClient::connect(addr).await),
         "tarpc" => Arc::new(systems::TarpcClient::connect(addr).await),
         other => panic!("{other}"),
@@ -210,7 +217,7 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
 }
 
 async fn run(opts: Opts) {
-    let systems = ["raw floor", "meshrpc json", "meshrpc postcard", "tonic", "tarpc"];
+    let systems = ["raw floor", "meshrpc json", "meshrpc postcard", "meshrpc mtls", "tonic", "tarpc"];
     let mut rows: Vec<Row> = systems.iter().map(|s| Row { name: s.to_string(), ..Row::default() }).collect();
     // Forward, then backward: drift between passes shows in the table.
     for pass in 0..2 {
@@ -224,6 +231,8 @@ async fn run(opts: Opts) {
 
     eprintln!("interleaved floor vs meshrpc");
     let paired = interleaved(&opts).await;
+    eprintln!("TLS handshakes");
+    let handshakes = handshakes().await;
     eprintln!("hop chain");
     let (hop, local_hop_ns) = hop_chain(&opts).await;
     eprintln!("gateway");
@@ -233,6 +242,56 @@ async fn run(opts: Opts) {
 
     print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
     print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
+    print_mtls(&rows, &paired, handshakes);
+}
+
+/// The mTLS credentials of this run (made once).
+fn credentials() -> (std::path::PathBuf, std::path::PathBuf) {
+    static MADE: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| pki::make(&std::env::temp_dir().join(format!("meshrpc-bench-pki-{}", std::process::id()))))
+        .clone()
+}
+
+/// Median time (µs) to open a connection to a new peer, handshake included: plaintext,
+/// then mutual TLS (TCP, TLS 1.3, then the mesh handshake).
+async fn handshakes() -> (f64, f64) {
+    let (server_dir, client_dir) = credentials();
+    let plain = Server::start("meshrpc", &["127.0.0.1:0"]).await;
+    let tls = Server::start("meshrpc-tls", &["127.0.0.1:0", &server_dir.display().to_string()]).await;
+    let config = meshrpc::TlsConfig::from_dir(&client_dir).unwrap();
+    let (mut p, mut t) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let start = Instant::now();
+        let conn = meshrpc::connect(plain.addr).await.unwrap();
+        p.push(start.elapsed().as_secs_f64() * 1e6);
+        drop(conn);
+        let start = Instant::now();
+        let conn = meshrpc::Connection::connect(tls.addr, meshrpc::ConnectOptions::default().tls(config.clone()))
+            .await
+            .unwrap();
+        t.push(start.elapsed().as_secs_f64() * 1e6);
+        drop(conn);
+    }
+    (median(p), median(t))
+}
+
+fn print_mtls(rows: &[Row], paired: &[(&str, f64, f64)], (plain_connect, tls_connect): (f64, f64)) {
+    let json = rows.iter().find(|r| r.name == "meshrpc json").unwrap();
+    let mtls = rows.iter().find(|r| r.name == "meshrpc mtls").unwrap();
+    let find = |n: &str| paired.iter().find(|p| p.0 == n).map(|p| p.1).unwrap_or(f64::NAN);
+    let (pj, pt) = (find("meshrpc json"), find("meshrpc mtls"));
+    println!();
+    println!(
+        "mTLS (JSON codec): passes p50 {:.1} µs = {:.2} × plaintext ({:.1} µs); interleaved p50 {pt:.1} µs = {:.2} × plaintext ({pj:.1} µs) [target ≤ 1.15]; {:.0} calls/s @{} = {:.2} × plaintext ({:.0}) [target ≥ 0.8]. New peer (connect + handshakes): plaintext {plain_connect:.0} µs, mutual TLS {tls_connect:.0} µs.",
+        mtls.p(0),
+        mtls.p(0) / json.p(0),
+        json.p(0),
+        pt / pj,
+        mtls.tput(),
+        64,
+        mtls.tput() / json.tput(),
+        json.tput()
+    );
 }
 
 /// p50/p99 (µs) of the floor and of meshrpc (JSON, postcard), measured in alternating
@@ -243,10 +302,13 @@ async fn interleaved(opts: &Opts) -> Vec<(&'static str, f64, f64)> {
     let raw = Server::start("raw", &["127.0.0.1:0"]).await;
     let json = Server::start("meshrpc", &["127.0.0.1:0"]).await;
     let postcard = Server::start("meshrpc", &["127.0.0.1:0"]).await;
+    let (server_dir, client_dir) = credentials();
+    let mtls = Server::start("meshrpc-tls", &["127.0.0.1:0", &server_dir.display().to_string()]).await;
     let clients: Vec<(&'static str, Box<dyn Client>)> = vec![
         ("raw floor", Box::new(systems::RawPingPong::connect(raw.addr).await)),
         ("meshrpc json", Box::new(systems::MeshrpcClient::connect(json.addr, meshrpc::Codec::Json).await)),
         ("meshrpc postcard", Box::new(systems::MeshrpcClient::connect(postcard.addr, meshrpc::Codec::Postcard).await)),
+        ("meshrpc mtls", Box::new(systems::MeshrpcClient::connect_tls(mtls.addr, &client_dir).await)),
     ];
     let mut hists: Vec<Histogram<u64>> =
         clients.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()).collect();

@@ -63,6 +63,15 @@ impl Hop for HopNode {
     }
 }
 
+/// A meshrpc node taking mutual TLS only, with the credentials in `dir`.
+pub async fn serve_meshrpc_tls(addr: &str, dir: &str) {
+    let tls = meshrpc::TlsConfig::from_dir(dir).unwrap();
+    let server = meshrpc::Server::bind(addr).await.unwrap().with_tls(tls);
+    server.publish(GreeterServer::new(Greet));
+    println!("listening on {}", server.local_addr());
+    server.serve().await.unwrap();
+}
+
 pub async fn serve_meshrpc(addr: &str, next: Option<&str>) {
     let server = meshrpc::Server::bind(addr).await.unwrap();
     server.publish(GreeterServer::new(Greet));
@@ -80,6 +89,13 @@ pub struct MeshrpcClient(GreeterClient);
 impl MeshrpcClient {
     pub async fn connect(addr: SocketAddr, codec: meshrpc::Codec) -> Self {
         MeshrpcClient(GreeterClient::new(meshrpc::connect(addr).await.unwrap()).with_codec(codec))
+    }
+
+    /// Over mutual TLS, with the client credentials in `dir`.
+    pub async fn connect_tls(addr: SocketAddr, dir: &std::path::Path) -> Self {
+        let options = meshrpc::ConnectOptions::default().tls(meshrpc::TlsConfig::from_dir(dir).unwrap());
+        let conn = meshrpc::Connection::connect(addr, options).await.unwrap();
+        MeshrpcClient(GreeterClient::new(conn))
     }
 }
 

@@ -167,7 +167,18 @@ async fn mutual_tls_admits_the_cluster_and_refuses_strangers() {
     let refused = counter(admin, "meshrpc_tls_handshakes_refused").await - refused_before;
     assert!(refused >= 7, "refusals counted: {refused}");
     assert!(node.logged("TLS handshake refused", Duration::from_secs(5)).await.is_some());
-    // ...and the node kept serving the cluster throughout, on the connection it had.
+    // ...and the node kept serving the cluster throughout, on the connection it had:
+    // large answers (many TLS records each) and many calls at once.
+    let calls: Vec<_> = (0..32u64)
+        .map(|i| {
+            let payload = bytes::Bytes::from(format!(r#"{{"len":{}}}"#, 100_000 + i * 50_000));
+            conn.send_call(Call::new("lab", "blob", payload)).unwrap()
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let meshrpc::Reply::Ok(blob) = call.answer().await.unwrap() else { panic!("an application error") };
+        assert_eq!(blob.len(), 100_000 + i * 50_000 + 2, "answer {i}"); // a JSON string: quoted
+    }
     assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap(), "\"lab1\"");
 }
 

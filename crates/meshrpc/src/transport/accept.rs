@@ -191,8 +191,8 @@ async fn serve_stream(mut stream: PortStream, admission: Admission, port: Port, 
                 PortStream::Tcp(tcp) => Arc::new(TcpLink::new(tcp)),
                 #[cfg(feature = "tls")]
                 PortStream::Tls(tls) => {
-                    let peer = tls.get_ref().0.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                    Arc::new(super::StreamLink::new(tls, peer))
+                    let (tcp, session) = tls.into_inner();
+                    Arc::new(super::tls_link::TlsLink::new(tcp, rustls::Connection::Server(session)))
                 }
             };
             serve_mesh(link, first, port.dispatch, port.mesh, port.guard, admission, shutdown).await

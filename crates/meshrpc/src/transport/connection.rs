@@ -161,7 +161,9 @@ impl Connection {
                 .await
                 .map_err(|_| Error::Tls { message: format!("no TLS handshake from {peer}") })?
                 .map_err(|e| e.context(&peer.to_string()))?;
-            return Connection::shake(Arc::new(super::StreamLink::new(stream, peer)), opts, Some(identity)).await;
+            let (tcp, session) = stream.into_inner();
+            let link = super::tls_link::TlsLink::new(tcp, rustls::Connection::Client(session));
+            return Connection::shake(Arc::new(link), opts, Some(identity)).await;
         }
         Connection::over(TcpLink::new(stream), opts).await
     }

@@ -123,7 +123,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct Failure(pub(crate) Arc<io::Error>);
 
 impl Failure {
-    fn to_io(&self) -> io::Error {
+    pub(crate) fn to_io(&self) -> io::Error {
         io::Error::new(self.0.kind(), self.clone())
     }
 }

@@ -10,6 +10,8 @@ mod sender;
 mod serve;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(feature = "tls")]
+mod tls_link;
 
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port, Rewind};

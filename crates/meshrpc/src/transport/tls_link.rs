@@ -9,24 +9,39 @@
 
 use std::{
     io::{self, Read, Write},
+    mem::MaybeUninit,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::Poll,
 };
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, ReadBuf},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+};
 
-use super::link::{Failure, Link, Ready};
+use super::link::{Failure, Link, Reading, Ready};
 
 /// Plaintext one write encrypts at most (it then waits for the socket like TCP does).
 const MAX_PLAIN_WRITE: usize = 64 * 1024;
 
 /// A TLS session over TCP, after its handshake.
 pub(crate) struct TlsLink {
-    tcp: TcpStream,
+    /// The one reader of a connection reads through `AsyncRead`, which notices a short
+    /// read and waits for the next readiness without another syscall (as `TcpLink`).
+    read: Mutex<OwnedReadHalf>,
+    write: OwnedWriteHalf,
     peer: SocketAddr,
     state: Mutex<State>,
 }
+
+/// Most ciphertext one `read_buf` takes from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 struct State {
     conn: rustls::Connection,
@@ -58,13 +73,54 @@ impl TlsLink {
             Err(e) => (0, Some(Failure(Arc::new(io::Error::new(io::ErrorKind::InvalidData, e))))),
         };
         let state = State { conn, plain, out: Vec::new(), sent: 0, ended: false, failed };
-        TlsLink { tcp, peer, state: Mutex::new(state) }
+        let (read, write) = tcp.into_split();
+        TlsLink { read: Mutex::new(read), write, peer, state: Mutex::new(state) }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self.write.as_ref()
+    }
+
+    /// Decrypts `ciphertext` and appends the plaintext to `buf`; how many bytes it added.
+    fn take(&self, st: &mut State, mut ciphertext: &[u8], buf: &mut BytesMut) -> io::Result<usize> {
+        let mut added = 0;
+        while !ciphertext.is_empty() {
+            if let Err(e) = st.conn.read_tls(&mut ciphertext) {
+                return Err(Self::fail(st, e));
+            }
+            self.process(st)?;
+            added += st.drain(buf);
+        }
+        Ok(added)
+    }
+
+    /// Lets rustls act on what it read; answers what it wants answered.
+    fn process(&self, st: &mut State) -> io::Result<()> {
+        match st.conn.process_new_packets() {
+            Ok(io) => {
+                st.plain = io.plaintext_bytes_to_read();
+                st.ended = io.peer_has_closed() && st.plain == 0;
+            }
+            Err(e) => {
+                // Tell the peer why (an alert), then stay broken.
+                st.queue();
+                let _ = self.flush(st);
+                return Err(Self::fail(st, io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
+        }
+        if st.conn.wants_write() {
+            st.queue();
+            if let Err(e) = self.flush(st) {
+                return Err(Self::fail(st, e));
+            }
+        }
+        Ok(())
     }
 
     /// Hands queued ciphertext to the socket; `true` when none is left.
     fn flush(&self, st: &mut State) -> io::Result<bool> {
         while st.sent < st.out.len() {
-            match self.tcp.try_write(&st.out[st.sent..]) {
+            match self.tcp().try_write(&st.out[st.sent..]) {
                 Ok(n) => st.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
@@ -96,6 +152,19 @@ impl State {
     fn pending(&self) -> bool {
         self.sent < self.out.len()
     }
+
+    /// Moves decrypted bytes to `buf`.
+    fn drain(&mut self, buf: &mut BytesMut) -> usize {
+        if self.plain == 0 {
+            return 0;
+        }
+        let start = buf.len();
+        buf.resize(start + self.plain, 0);
+        let n = self.conn.reader().read(&mut buf[start..]).unwrap_or(0);
+        buf.truncate(start + n);
+        self.plain -= n.min(self.plain);
+        n
+    }
 }
 
 impl Link for TlsLink {
@@ -110,11 +179,11 @@ impl Link for TlsLink {
                     st.pending()
                 };
                 if !pending {
-                    return self.tcp.readable().await;
+                    return self.tcp().readable().await;
                 }
                 tokio::select! {
-                    r = self.tcp.readable() => return r,
-                    w = self.tcp.writable() => {
+                    r = self.tcp().readable() => return r,
+                    w = self.tcp().writable() => {
                         w?;
                         let mut st = self.state.lock().unwrap();
                         if let Err(e) = self.flush(&mut st) {
@@ -133,17 +202,12 @@ impl Link for TlsLink {
                 return Err(f.to_io());
             }
             if st.plain > 0 {
-                let start = buf.len();
-                buf.resize(start + st.plain, 0);
-                let n = st.conn.reader().read(&mut buf[start..]).unwrap_or(0);
-                buf.truncate(start + n);
-                st.plain -= n.min(st.plain);
-                return Ok(n);
+                return Ok(st.drain(buf));
             }
             if st.ended {
                 return Ok(0);
             }
-            match st.conn.read_tls(&mut Socket(&self.tcp)) {
+            match st.conn.read_tls(&mut Socket(self.tcp())) {
                 Ok(0) => {
                     st.ended = true;
                     return Ok(0);
@@ -152,29 +216,52 @@ impl Link for TlsLink {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                 Err(e) => return Err(Self::fail(&mut st, e)),
             }
-            match st.conn.process_new_packets() {
-                Ok(io) => {
-                    st.plain = io.plaintext_bytes_to_read();
-                    st.ended = io.peer_has_closed() && st.plain == 0;
-                }
-                Err(e) => {
-                    // Tell the peer why (an alert), then stay broken.
-                    st.queue();
-                    let _ = self.flush(&mut st);
-                    return Err(Self::fail(&mut st, io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
-            }
-            if st.conn.wants_write() {
-                st.queue();
-                if let Err(e) = self.flush(&mut st) {
-                    return Err(Self::fail(&mut st, e));
-                }
-            }
+            self.process(&mut st)?;
         }
     }
 
+    fn read_buf<'a>(&'a self, buf: &'a mut BytesMut) -> Reading<'a> {
+        Box::pin(std::future::poll_fn(move |cx| loop {
+            {
+                let mut st = self.state.lock().unwrap();
+                if let Some(f) = &st.failed {
+                    return Poll::Ready(Err(f.to_io()));
+                }
+                if st.plain > 0 {
+                    return Poll::Ready(Ok(st.drain(buf)));
+                }
+                if st.ended {
+                    return Poll::Ready(Ok(0));
+                }
+                // Ciphertext a write left behind goes out while we wait to read.
+                if st.pending() && self.tcp().poll_write_ready(cx).is_ready() {
+                    if let Err(e) = self.flush(&mut st) {
+                        return Poll::Ready(Err(Self::fail(&mut st, e)));
+                    }
+                    continue;
+                }
+            }
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            let polled = Pin::new(&mut *self.read.lock().unwrap()).poll_read(cx, &mut read);
+            let mut st = self.state.lock().unwrap();
+            match polled {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    st.ended = true;
+                    return Poll::Ready(Ok(0));
+                }
+                Poll::Ready(Ok(())) => match self.take(&mut st, read.filled(), buf) {
+                    Ok(0) => continue, // a record not yet whole
+                    done => return Poll::Ready(done),
+                },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Self::fail(&mut st, e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }))
+    }
+
     fn writable(&self) -> Ready<'_> {
-        Box::pin(self.tcp.writable())
+        Box::pin(self.tcp().writable())
     }
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
@@ -202,7 +289,7 @@ impl Link for TlsLink {
         st.conn.send_close_notify();
         st.queue();
         if matches!(self.flush(&mut st), Ok(true)) {
-            let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+            let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write);
         }
         // Otherwise the socket closes with the link: the peer sees the end either way.
     }

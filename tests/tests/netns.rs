@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use meshrpc_tests::{
     harness::{unix_ms, Caller, Node},
     netns::Net,
+    tls::Pki,
 };
 use serde_json::Value;
 
@@ -32,17 +33,46 @@ async fn scenario() -> Option<tokio::sync::MutexGuard<'static, ()>> {
     }
 }
 
+/// Plaintext, or every node (and the caller) with its own certificate: mutual TLS and
+/// sealed gossip. The TLS runs belong to the heavy tier.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Tls,
+}
+
+/// Whether this mode runs in this tier (the TLS matrix is heavy: `./test.sh --heavy`).
+fn runs(mode: Mode) -> bool {
+    if mode == Mode::Tls && std::env::var("MESHRPC_HEAVY").is_err() {
+        eprintln!("SKIPPED: the TLS matrix of the netns suite runs in the heavy tier (./test.sh --heavy)");
+        return false;
+    }
+    true
+}
+
 struct Mesh {
     net: Net,
     tag: String,
     seed: Option<Node>,
     seed_addr: String,
     replicas: Vec<(u8, Node)>,
+    pki: Option<Pki>,
 }
 
 impl Mesh {
+    /// `--tls-dir` for a node named `name`, with a certificate for `services` (TLS mode).
+    fn tls_args(&self, name: &str, services: &[&str]) -> Vec<String> {
+        match &self.pki {
+            None => Vec::new(),
+            Some(pki) => {
+                let dir = pki.issue(name, name, services, &[]);
+                vec!["--tls-dir".into(), dir.display().to_string()]
+            }
+        }
+    }
+
     /// A seed (a greeter node, serving no `lab`) on host 1 and `n` lab replicas on hosts 2….
-    async fn new(subnet: u8, n: u8) -> Mesh {
+    async fn new(subnet: u8, n: u8, mode: Mode) -> Mesh {
         let mut net = Net::new(subnet);
         let seed_ip = net.host(1);
         for h in 2..2 + 5 {
@@ -52,7 +82,8 @@ impl Mesh {
         net.host(CALLER + 1);
         let tag = format!("netns{subnet}");
         let seed_addr = format!("{seed_ip}:11999");
-        let mut mesh = Mesh { net, tag, seed: None, seed_addr, replicas: Vec::new() };
+        let pki = (mode == Mode::Tls).then(|| Pki::new(MESHRPC, &tag, &tag));
+        let mut mesh = Mesh { net, tag, seed: None, seed_addr, replicas: Vec::new(), pki };
         mesh.start_seed().await;
         for h in 2..2 + n {
             mesh.start_replica(h).await;
@@ -61,14 +92,18 @@ impl Mesh {
     }
 
     async fn start_seed(&mut self) {
-        let args = ["example", "greeter", "--listen-addr", &self.seed_addr, "--tag", &self.tag];
+        let tls = self.tls_args("seed", &["greeter"]);
+        let mut args = vec!["example", "greeter", "--listen-addr", &self.seed_addr, "--tag", &self.tag];
+        args.extend(tls.iter().map(String::as_str));
         self.seed = Some(self.net.start(1, MESHRPC, &args).await);
     }
 
     async fn start_replica(&mut self, h: u8) -> u64 {
         let listen = format!("10.213.{}.{h}:11999", self.seed_addr.split('.').nth(2).unwrap());
         let name = format!("r{h}");
-        let args = ["--listen", &listen, "--nodes", &self.seed_addr, "--tag", &self.tag, "--name", &name];
+        let tls = self.tls_args(&name, &["lab", "greeter", "labhttp"]);
+        let mut args = vec!["--listen", &listen, "--nodes", &self.seed_addr, "--tag", &self.tag, "--name", &name];
+        args.extend(tls.iter().map(String::as_str));
         let node = self.net.start(h, LABNODE, &args).await;
         self.replicas.push((h, node));
         unix_ms()
@@ -100,10 +135,20 @@ impl Mesh {
             "3000",
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.tls_args("caller", &[]));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut caller = Caller::start(&bin, &args);
         caller.calling().await;
         caller
+    }
+}
+
+/// TLS runs use their own subnets (and tags), so the two modes never meet.
+fn tls_subnet(mode: Mode) -> u8 {
+    if mode == Mode::Tls {
+        20
+    } else {
+        0
     }
 }
 
@@ -127,8 +172,20 @@ fn answered_after(v: &Value, node: &str, t: u64) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_out_from_one_to_five_replicas_under_load() {
+    scale_out_from_one_to_five_replicas_under_load_in(Mode::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_out_from_one_to_five_replicas_under_load_over_mtls() {
+    scale_out_from_one_to_five_replicas_under_load_in(Mode::Tls).await
+}
+
+async fn scale_out_from_one_to_five_replicas_under_load_in(mode: Mode) {
+    if !runs(mode) {
+        return;
+    }
     let Some(_turn) = scenario().await else { return };
-    let mut mesh = Mesh::new(11, 1).await;
+    let mut mesh = Mesh::new(11 + tls_subnet(mode), 1, mode).await;
     let caller = mesh.load(1, 8000).await;
     let mut started = Vec::new();
     for h in 3..=6 {
@@ -152,8 +209,20 @@ async fn scale_out_from_one_to_five_replicas_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_a_replica_under_load() {
+    kill_a_replica_under_load_in(Mode::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_a_replica_under_load_over_mtls() {
+    kill_a_replica_under_load_in(Mode::Tls).await
+}
+
+async fn kill_a_replica_under_load_in(mode: Mode) {
+    if !runs(mode) {
+        return;
+    }
     let Some(_turn) = scenario().await else { return };
-    let mut mesh = Mesh::new(12, 3).await;
+    let mut mesh = Mesh::new(12 + tls_subnet(mode), 3, mode).await;
     let caller = mesh.load(3, 6000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed = unix_ms();
@@ -174,8 +243,20 @@ async fn kill_a_replica_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_a_replica_under_load() {
+    drain_a_replica_under_load_in(Mode::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_a_replica_under_load_over_mtls() {
+    drain_a_replica_under_load_in(Mode::Tls).await
+}
+
+async fn drain_a_replica_under_load_in(mode: Mode) {
+    if !runs(mode) {
+        return;
+    }
     let Some(_turn) = scenario().await else { return };
-    let mut mesh = Mesh::new(13, 3).await;
+    let mut mesh = Mesh::new(13 + tls_subnet(mode), 3, mode).await;
     let caller = mesh.load(3, 5000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let start = Instant::now();
@@ -189,8 +270,20 @@ async fn drain_a_replica_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn partition_a_replica_then_heal() {
+    partition_a_replica_then_heal_in(Mode::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partition_a_replica_then_heal_over_mtls() {
+    partition_a_replica_then_heal_in(Mode::Tls).await
+}
+
+async fn partition_a_replica_then_heal_in(mode: Mode) {
+    if !runs(mode) {
+        return;
+    }
     let Some(_turn) = scenario().await else { return };
-    let mesh = Mesh::new(14, 3).await;
+    let mesh = Mesh::new(14 + tls_subnet(mode), 3, mode).await;
     let caller = mesh.load(3, 14_000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cut = unix_ms();
@@ -215,8 +308,20 @@ async fn partition_a_replica_then_heal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_the_seed() {
+    restart_the_seed_in(Mode::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_the_seed_over_mtls() {
+    restart_the_seed_in(Mode::Tls).await
+}
+
+async fn restart_the_seed_in(mode: Mode) {
+    if !runs(mode) {
+        return;
+    }
     let Some(_turn) = scenario().await else { return };
-    let mut mesh = Mesh::new(15, 3).await;
+    let mut mesh = Mesh::new(15 + tls_subnet(mode), 3, mode).await;
     let caller = mesh.load(3, 7000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     mesh.seed.as_mut().unwrap().kill().await;
@@ -227,6 +332,7 @@ async fn restart_the_seed() {
     let (bin, mut args) = mesh.net.exec_args(CALLER + 1, MESHRPC);
     let seed_addr = mesh.seed_addr.clone();
     args.extend(["status", "--json", "--nodes", &seed_addr, "--tag", &mesh.tag, "--wait", "2"].map(String::from));
+    args.extend(mesh.tls_args("status", &[]));
     let mut rejoined = None;
     while restarted.elapsed() < Duration::from_secs(15) {
         let out = tokio::process::Command::new(&bin).args(&args).output().await.unwrap();

@@ -27,9 +27,10 @@ pub struct Node {
 
 /// Starts `bin args…` with stdout piped (stderr shows in the test output); the process
 /// dies with its handle.
-fn spawn_piped(bin: &str, args: &[&str]) -> Child {
+fn spawn_piped(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -40,14 +41,25 @@ fn spawn_piped(bin: &str, args: &[&str]) -> Child {
 impl Node {
     /// Starts `bin args…` and waits (up to 20 s) for its `listening on ADDR` line.
     pub async fn start(bin: &str, args: &[&str]) -> Node {
-        Node::spawn(spawn_piped(bin, args), bin).await
+        Node::spawn(spawn_piped(bin, args, &[]), bin).await
+    }
+
+    /// As [`start`](Self::start), with more environment (`MESHRPC_REQUEST_LOG=on`, …).
+    pub async fn start_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
+        Node::spawn(spawn_piped(bin, args, env), bin).await
     }
 
     /// As [`start`](Self::start), and its log (stderr) lines go to [`output`](Self::output)
     /// too, for tests that assert on what the node logged.
     pub async fn start_logged(bin: &str, args: &[&str]) -> Node {
+        Node::start_logged_env(bin, args, &[]).await
+    }
+
+    /// As [`start_logged`](Self::start_logged), with more environment.
+    pub async fn start_logged_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -200,7 +212,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn start(bin: &str, args: &[&str]) -> Caller {
-        let mut child = spawn_piped(bin, args);
+        let mut child = spawn_piped(bin, args, &[]);
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -36,9 +36,11 @@ async fn mesh(tag: &str) -> Mesh {
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(
-            Node::start(
+            // Request lines are off by default: these tests read them.
+            Node::start_env(
                 MESHRPC,
                 &["example", "greeter", "--nodes", &mesh, "--listen-addr", "127.0.0.1:0", "--tag", tag],
+                &[("MESHRPC_REQUEST_LOG", "on")],
             )
             .await,
         );

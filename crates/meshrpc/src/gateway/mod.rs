@@ -147,7 +147,11 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
     let status = resp.status().as_u16();
     let took = start.elapsed();
     shared.metrics.finished(&service, &route, status, took.as_secs_f64());
-    tracing::info!(target: "meshrpc::gateway", %method, %path, status, micros = took.as_micros() as u64, "request");
+    // A line per request only when asked (`MESHRPC_REQUEST_LOG`); the RPC calls are in
+    // the summary either way, and everything in `/metrics`.
+    if crate::request_log::line_picked() {
+        tracing::info!(target: "meshrpc::gateway", %method, %path, status, micros = took.as_micros() as u64, "request");
+    }
     resp
 }
 

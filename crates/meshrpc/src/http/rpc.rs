@@ -25,6 +25,7 @@ use crate::{
     error::Error,
     identity::{Admission, Identity},
     limits::HttpLimits,
+    request_log::RequestLog,
 };
 
 /// Header carrying a per-request timeout in milliseconds.
@@ -139,7 +140,11 @@ pub(crate) async fn admitted_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
-    envelope(dispatch.dispatch(call).await)
+    let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
+    let log = RequestLog::begin(&call.service, &call.method, &caller, Instant::now()).until_done();
+    let result = dispatch.dispatch(call).await;
+    log.end(&result);
+    envelope(result)
 }
 
 /// The sticky-session key: the `meshrpc-key` header, else the `meshrpc-key` cookie.

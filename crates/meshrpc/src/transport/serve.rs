@@ -279,13 +279,13 @@ async fn on_inbound(
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
-                RequestLog::end(log, &result);
+                log.end(&result);
                 return Some(answers.frame(id, result));
             }
             let sender = sender.clone();
             let done = state.clone();
             let (max_out, max_queued, counters) = (answers.max_out, answers.max_queued, answers.counters.clone());
-            let log = RequestLog::until_done(log);
+            let log = log.until_done();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut running = state.lock().unwrap();
             let task = tokio::spawn(async move {

@@ -8,6 +8,7 @@ mod demo;
 mod expose;
 mod gateway;
 mod join;
+mod memory;
 mod probe;
 mod status;
 
@@ -83,6 +84,7 @@ enum Example {
 /// Parses the command line and runs the command.
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
+    memory::give_back_periodically();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
         match cli.command {

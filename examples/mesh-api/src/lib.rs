@@ -101,7 +101,11 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
             Err(e) => tracing::warn!(error = %e, "greeter not reachable"),
         }
     });
-    meshrpc::serve_http(listener, app, ServerConfig::default(), meshrpc::wait_for_signal()).await;
+    // A front door takes more clients than a node takes peers: an idle keep-alive client
+    // costs about 5 KiB here.
+    let mut config = ServerConfig::default();
+    config.max_connections = 10_000;
+    meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await;
     cluster.shutdown().await;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! port, published axum routers under `/{name}/…`, and [`serve_http`] for front doors.
 
 mod connection;
+mod keepalive;
 mod rpc;
 
 use std::{
@@ -128,7 +129,7 @@ impl Door for HttpDoor {
             }
             self.app().oneshot(req)
         });
-        Box::pin(connection::http_connection(io, service, header_timeout, idle_timeout, shutdown))
+        Box::pin(keepalive::http_connection(io, service, header_timeout, idle_timeout, shutdown))
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {

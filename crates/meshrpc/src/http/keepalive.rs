@@ -1,0 +1,351 @@
+//! One HTTP connection (HTTP/1.1 or h2c), served so that an idle keep-alive connection
+//! costs little more than its socket: after [`PARK_AFTER`] with no request and no bytes
+//! moving, an HTTP/1 connection hands hyper's state back (its 8 KiB read and 8 KiB write
+//! buffers) and waits for the next request with nothing but the socket; the next bytes
+//! start a fresh hyper connection over the same socket, invisibly to the client.
+//!
+//! Also: a header timeout for slow clients, an idle timeout for silent ones, a graceful
+//! close on shutdown.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    sync::watch,
+};
+
+use crate::transport::stopped;
+
+/// An HTTP/1 connection this quiet (no request running, no bytes either way) parks.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
+/// The HTTP/2 connection preface (h2c with prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+type Response = axum::response::Response;
+type Request = axum::http::Request<Incoming>;
+
+/// Serves HTTP/1.1 or h2c on one connection until it ends, it stays silent for
+/// `idle_timeout`, or `shutdown` fires (then it closes gracefully).
+pub(crate) async fn http_connection<I, S>(
+    io: I,
+    service: S,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Activity::new();
+    let mut io = Watched { io, activity: activity.clone() };
+    let mut prefix = BytesMut::new();
+    loop {
+        // Parked (or new): nothing but the socket until the next request's first bytes.
+        if prefix.is_empty() {
+            let quiet_until = activity.last() + idle_timeout;
+            tokio::select! {
+                read = io.read_buf(&mut prefix) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = stopped(&mut shutdown) => return,
+                _ = tokio::time::sleep_until(quiet_until.into()) => return,
+            }
+        }
+        // Enough bytes to tell h2c's preface from HTTP/1.
+        let tell = async {
+            while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {
+                if io.read_buf(&mut prefix).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Ok::<_, io::Error>(())
+        };
+        match tokio::time::timeout(header_timeout, tell).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        let rewound = Rewound { prefix: std::mem::take(&mut prefix).freeze(), io };
+        if rewound.prefix.starts_with(H2_PREFACE) {
+            return serve_h2(rewound, service, idle_timeout, &activity, shutdown).await;
+        }
+        match serve_h1(rewound, service.clone(), header_timeout, idle_timeout, &activity, &mut shutdown).await {
+            // Parked: go on with the socket and what hyper had read past the last request.
+            Some((back, read_buf)) => {
+                io = back;
+                prefix.extend_from_slice(&read_buf);
+            }
+            None => return,
+        }
+    }
+}
+
+/// Serves HTTP/1 until the connection ends (`None`) or parks: then the socket comes back,
+/// with bytes hyper read and did not use.
+async fn serve_h1<I, S>(
+    io: Rewound<Watched<I>>,
+    service: S,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    activity: &Activity,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(Watched<I>, Bytes)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+{
+    let running = Arc::new(AtomicUsize::new(0));
+    let counted = Counted { inner: service, running: running.clone() };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let mut conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(counted));
+    let mut parking = false;
+    let mut closing: Option<Instant> = None;
+    loop {
+        let quiet = activity.last() + PARK_AFTER;
+        let idle = activity.last() + idle_timeout;
+        tokio::select! {
+            done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if done.is_err() || !parking {
+                    // The client left, broke the protocol, or we are shutting down.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        let mut io = conn.into_parts().io.into_inner();
+                        tokio::io::AsyncWriteExt::shutdown(&mut io).await
+                    }).await;
+                    return None;
+                }
+                let parts = conn.into_parts();
+                let Rewound { prefix, io } = parts.io.into_inner();
+                // What the rewind still held, then what hyper read past the request.
+                let mut rest = BytesMut::from(&prefix[..]);
+                rest.extend_from_slice(&parts.read_buf);
+                return Some((io, rest.freeze()));
+            }
+            _ = stopped(shutdown), if closing.is_none() => {
+                Pin::new(&mut conn).graceful_shutdown();
+                // A request still being answered gets the time a call has.
+                closing = Some(Instant::now() + Duration::from_secs(30));
+            }
+            _ = tokio::time::sleep_until(quiet.into()), if !parking && closing.is_none() => {
+                if running.load(Ordering::Acquire) == 0 && activity.last() + PARK_AFTER <= Instant::now() {
+                    // Idle between requests: hyper ends the connection without a word
+                    // (nothing is in flight) and hands the socket back.
+                    Pin::new(&mut conn).graceful_shutdown();
+                    parking = true;
+                }
+            }
+            _ = tokio::time::sleep_until(idle.into()), if closing.is_none() => {
+                if running.load(Ordering::Acquire) == 0 && activity.last() + idle_timeout <= Instant::now() {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    closing = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            _ = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now).into()), if closing.is_some() => return None,
+        }
+    }
+}
+
+async fn serve_h2<I, S>(
+    io: Rewound<Watched<I>>,
+    service: S,
+    idle_timeout: Duration,
+    activity: &Activity,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let grace = loop {
+        let quiet_until = activity.last() + idle_timeout;
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stopped(&mut shutdown) => break Duration::from_secs(30),
+            _ = tokio::time::sleep_until(quiet_until.into()) => {
+                if activity.last() + idle_timeout <= Instant::now() {
+                    break Duration::from_secs(1);
+                }
+            }
+        }
+    };
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(grace, conn).await;
+}
+
+/// Counts the requests being answered (a connection with one running never parks), and
+/// boxes their futures (hyper hands the connection back only for `Unpin` ones).
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    running: Arc<AtomicUsize>,
+}
+
+impl<S> tower::Service<Request> for Counted<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let running = Running::start(&self.running);
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let resp = answer.await;
+            drop(running);
+            resp
+        })
+    }
+}
+
+/// One request being answered, until dropped.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::AcqRel);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When a connection last moved bytes, either way.
+#[derive(Clone)]
+struct Activity {
+    base: Instant,
+    nanos: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { base: Instant::now(), nanos: Arc::default() }
+    }
+
+    fn now(&self) {
+        self.nanos.store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// An IO that notes when bytes move.
+struct Watched<I> {
+    io: I,
+    activity: Activity,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.now();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.now();
+        }
+        polled
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.now();
+        }
+        polled
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// An IO whose first bytes were already read: they are read again first.
+struct Rewound<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

@@ -1,0 +1,156 @@
+//! Issue 21: the front door under load — idle keep-alive connections cost little, the
+//! memory of a burst is given back, and a well-behaved client sees nothing of it.
+
+use std::time::{Duration, Instant};
+
+use meshrpc_tests::{
+    harness::{http, Node},
+    hostile::status_kib,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+
+const GREET: &[u8] =
+    b"POST /greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 14\r\n\r\n{\"name\":\"Max\"}";
+
+/// `meshrpc gateway` with one replica behind it, answering.
+async fn gateway(tag: &str) -> (Node, Node) {
+    let args = ["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag];
+    let gateway = Node::start(MESHRPC, &args).await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let lab = Node::start(LABNODE, &["--tag", tag, "--nodes", &mesh]).await;
+    let url = gateway.url("/greeter/greet");
+    let ready = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        (http("POST", &url, r#"{"name":"x"}"#, &[]).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the gateway never answered");
+    (gateway, lab)
+}
+
+/// Sends one request on `conn` and reads its whole answer (a JSON envelope).
+async fn ask(conn: &mut TcpStream) -> String {
+    conn.write_all(GREET).await.unwrap();
+    answers(conn, 1).await
+}
+
+/// Reads `n` whole answers.
+async fn answers(conn: &mut TcpStream, n: usize) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while String::from_utf8_lossy(&got).matches("\"errors\":[]}").count() < n {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_parks_and_serves_again() {
+    let (gateway, _lab) = gateway("door1").await;
+    let mut conn = TcpStream::connect(gateway.addr).await.unwrap();
+    assert!(ask(&mut conn).await.starts_with("HTTP/1.1 200"));
+    // Past the park delay the connection holds no HTTP state; the next request, and a
+    // pipelined pair, are answered on the same socket as before.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(ask(&mut conn).await.contains("Hello, Max"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    conn.write_all(&[GREET, GREET].concat()).await.unwrap();
+    let second = answers(&mut conn, 2).await;
+    assert_eq!(second.matches("Hello, Max").count(), 2, "{second}");
+    assert!(!second.to_ascii_lowercase().contains("connection: close"), "{second}");
+}
+
+/// The fd limit this process may use (raised to the hard limit), if it allows `need`.
+fn fds_for(need: u64) -> bool {
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    if soft < need {
+        let _ = rlimit::Resource::NOFILE.set(hard.min(need * 2), hard);
+    }
+    let (soft, _) = rlimit::Resource::NOFILE.get().unwrap();
+    if soft < need {
+        assert!(std::env::var("CI").is_err(), "needs {need} file descriptors, the limit is {soft}");
+        eprintln!("SKIPPED: needs {need} file descriptors, the hard limit is {soft}");
+        return false;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_thousand_keep_alive_clients_come_and_go_and_the_memory_comes_back() {
+    const CLIENTS: usize = 5_000;
+    if !fds_for(CLIENTS as u64 + 500) {
+        return;
+    }
+    let (gateway, _lab) = gateway("door2").await;
+    let pid = gateway.child.id().unwrap();
+    // Warm: the first requests allocate what every later one reuses.
+    let mut warm = TcpStream::connect(gateway.addr).await.unwrap();
+    for _ in 0..100 {
+        ask(&mut warm).await;
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let base = status_kib(pid, "VmRSS");
+
+    // A well-behaved client keeps calling throughout.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let addr = gateway.addr;
+    let steady = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        while !*stopped.borrow_and_update() {
+            match tokio::time::timeout(Duration::from_secs(5), ask(&mut conn)).await {
+                Ok(answer) if answer.starts_with("HTTP/1.1 200") => ok += 1,
+                _ => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    });
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+    for c in clients.iter_mut() {
+        c.write_all(GREET).await.unwrap(); // a small write: the socket takes it at once
+    }
+    for c in clients.iter_mut() {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    }
+    // Held open, past the park delay and a trim of the allocator (the process gives freed
+    // memory back every 5 s), well within the keep-alive timeout (60 s): what each costs.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let held = status_kib(pid, "VmRSS");
+    let peak = status_kib(pid, "VmHWM");
+    let per_client = held.saturating_sub(base) as f64 / CLIENTS as f64;
+    drop(clients);
+
+    // Gone: the memory comes back (the allocator is asked every few seconds).
+    let start = Instant::now();
+    let bound = base + (peak - base) / 10;
+    let mut after = status_kib(pid, "VmRSS");
+    while after > bound && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = status_kib(pid, "VmRSS");
+    }
+    stop.send_replace(true);
+    let (ok, failed) = steady.await.unwrap();
+    eprintln!(
+        "front door, {CLIENTS} keep-alive clients: base {base} KiB, held {held} KiB ({per_client:.1} KiB each), peak {peak} KiB, {after} KiB {:.1} s after they left; steady client {ok} ok, {failed} failed",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(per_client <= 10.0, "{per_client:.1} KiB per idle keep-alive client");
+    assert!(after <= bound, "RSS {after} KiB 30 s after the clients left (base {base}, peak {peak})");
+    assert_eq!(failed, 0, "the steady client saw failures");
+    assert!(ok > 10, "the steady client made {ok} calls");
+}

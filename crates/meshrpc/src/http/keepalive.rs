@@ -56,10 +56,13 @@ pub(crate) async fn http_connection<I, S>(
     let activity = Activity::new();
     let mut io = Watched { io, activity: activity.clone() };
     let mut prefix = BytesMut::new();
+    // A new connection must start its request within the header timeout (decisions.md:
+    // a few seconds before a handshake completes); a kept-alive one has the idle timeout.
+    let mut wait = header_timeout;
     loop {
         // Parked (or new): nothing but the socket until the next request's first bytes.
         if prefix.is_empty() {
-            let quiet_until = activity.last() + idle_timeout;
+            let quiet_until = activity.last() + wait;
             tokio::select! {
                 read = io.read_buf(&mut prefix) => match read {
                     Ok(0) | Err(_) => return,
@@ -91,6 +94,7 @@ pub(crate) async fn http_connection<I, S>(
             Some((back, read_buf)) => {
                 io = back;
                 prefix.extend_from_slice(&read_buf);
+                wait = idle_timeout;
             }
             None => return,
         }

@@ -20,6 +20,8 @@ async fn the_demo_keeps_no_output_while_its_gateway_is_under_load() {
     let (http_port, mesh_port) = (free_port(), free_port());
     let mut demo = Command::new(MESHRPC)
         .args(["demo", "--http-port", &http_port.to_string(), "--mesh-port", &mesh_port.to_string()])
+        // A line per call from every node (off by default): the relay sees them all.
+        .env("MESHRPC_REQUEST_LOG", "on")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -9,7 +9,7 @@
 //! p99, errors, peak RSS, RSS 30 s after).
 
 use std::{
-    path::PathBuf,
+    path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -105,7 +105,7 @@ async fn start_gateway(meshrpc: &str) -> Target {
     Target { name: "meshrpc gateway", port, pids: vec![pid], _children: vec![gateway, replica] }
 }
 
-async fn start_nginx(dir: &PathBuf) -> Target {
+async fn start_nginx(dir: &Path) -> Target {
     let port = free_port();
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let conf = format!(
@@ -204,7 +204,7 @@ struct Level {
     after30_kib: u64,
 }
 
-async fn level(t: &Target, conns: usize, script: &PathBuf) -> Level {
+async fn level(t: &Target, conns: usize, script: &Path) -> Level {
     let url = format!("http://127.0.0.1:{}/greeter/greet", t.port);
     let wrk = Command::new("wrk")
         .args(["-t2", &format!("-c{conns}"), "-d10s", "--timeout", "5s", "--latency", "-s"])

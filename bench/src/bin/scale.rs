@@ -74,12 +74,16 @@ async fn members(http: &str) -> usize {
     let _ = conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
     let mut body = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_string(&mut body)).await;
-    body.split("\"members\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0)
+    body.split("\"members\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn call(http: &str) -> bool {
     let Ok(mut conn) = TcpStream::connect(http).await else { return false };
-    let req = b"POST /greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-length: 14\r\nconnection: close\r\n\r\n{\"name\":\"Max\"}";
+    let req =
+        b"POST /greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-length: 14\r\nconnection: close\r\n\r\n{\"name\":\"Max\"}";
     if conn.write_all(req).await.is_err() {
         return false;
     }
@@ -99,14 +103,18 @@ struct Row {
 
 async fn run(meshrpc: &str, n: usize) -> Row {
     let tag = format!("scale{n}");
-    let mut gateway = spawn(meshrpc, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", &tag]);
+    let mut gateway =
+        spawn(meshrpc, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", &tag]);
     let gateway_pid = gateway.id().unwrap();
     let found = lines(&mut gateway, &["listening on ", "mesh on "]).await;
     let (http, seed) = (found[0].clone(), found[1].clone());
     let start = Instant::now();
     let mut replicas = Vec::new();
     for _ in 0..n {
-        replicas.push(spawn(meshrpc, &["example", "greeter", "--nodes", &seed, "--listen-addr", "127.0.0.1:0", "--tag", &tag]));
+        replicas.push(spawn(
+            meshrpc,
+            &["example", "greeter", "--nodes", &seed, "--listen-addr", "127.0.0.1:0", "--tag", &tag],
+        ));
     }
     let mut converged = f64::NAN;
     while start.elapsed() < Duration::from_secs(120) {
@@ -172,7 +180,14 @@ async fn main() {
         let per = r.cpu_pct / (r.n + 1) as f64;
         println!(
             "| {} | {:.2} | {:.1} | {:.2} % ({:.2} × the first row) | {:.1} MiB | {:.0} | {} |",
-            r.n, r.converged_s, r.cpu_pct, per, per / base, r.rss_mib, r.datagrams, r.failed
+            r.n,
+            r.converged_s,
+            r.cpu_pct,
+            per,
+            per / base,
+            r.rss_mib,
+            r.datagrams,
+            r.failed
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{SocketAddr, ToSocketAddrs},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -15,6 +15,7 @@ use chitchat::{
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::thin::Thinned;
 use crate::{error::Error, spec::ServiceSpec};
 
 const KEY_NAME: &str = "name";
@@ -261,19 +262,33 @@ impl Membership {
         if let Some(cert) = &security.cert {
             kv.push((KEY_CERT.to_owned(), cert.clone()));
         }
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let seeds: Vec<SocketAddr> =
+            chitchat_config.seed_nodes.iter().filter_map(|s| s.to_socket_addrs().ok()).flatten().collect();
         let spawned = match security.gossip_key {
             #[cfg(feature = "tls")]
-            Some(key) => spawn_chitchat(chitchat_config, kv, &super::sealed::SealedTransport::new(key)).await,
-            _ => spawn_chitchat(chitchat_config, kv, &UdpTransport).await,
+            Some(key) => {
+                let transport = Thinned {
+                    inner: super::sealed::SealedTransport::new(key),
+                    live: live.clone(),
+                    seeds: seeds.clone(),
+                };
+                spawn_chitchat(chitchat_config, kv, &transport).await
+            }
+            _ => {
+                let transport = Thinned { inner: UdpTransport, live: live.clone(), seeds };
+                spawn_chitchat(chitchat_config, kv, &transport).await
+            }
         };
         let handle = spawned.map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?;
 
         let chitchat = handle.chitchat();
         let (tx, view) = watch::channel(Arc::new(View::default()));
-        let mut live = chitchat.lock().await.live_nodes_watcher();
+        let mut watched = chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(async move {
             loop {
-                let next = View { members: members(&live.borrow_and_update(), &id) };
+                let next = View { members: members(&watched.borrow_and_update(), &id) };
+                live.store(next.members.len(), std::sync::atomic::Ordering::Relaxed);
                 tx.send_if_modified(|current| {
                     let changed = **current != next;
                     if changed {
@@ -281,7 +296,7 @@ impl Membership {
                     }
                     changed
                 });
-                if live.changed().await.is_err() {
+                if watched.changed().await.is_err() {
                     return;
                 }
             }

@@ -14,6 +14,7 @@ mod sealed;
 #[cfg(feature = "tls")]
 mod security;
 mod signal;
+mod thin;
 
 use std::{
     collections::HashMap,

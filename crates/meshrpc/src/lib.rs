@@ -144,6 +144,8 @@ pub mod tls {
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(feature = "cluster")]
+    pub use crate::cluster::gossip_simulation;
     pub use async_trait::async_trait;
     pub use bytes::Bytes;
     pub use serde;

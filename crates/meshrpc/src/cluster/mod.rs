@@ -32,6 +32,8 @@ pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
+#[doc(hidden)]
+pub use thin::simulation as gossip_simulation;
 
 use self::{
     membership::Membership,

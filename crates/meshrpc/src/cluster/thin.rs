@@ -104,3 +104,28 @@ mod tests {
         assert_eq!(share(1000), 1200 / 42 + 1);
     }
 }
+
+/// For the gossip simulation (`bench/`): chitchat's configuration and transport as
+/// meshrpc sets them up. Not part of the API.
+#[doc(hidden)]
+pub mod simulation {
+    use std::{net::SocketAddr, sync::atomic::AtomicUsize, sync::Arc};
+
+    /// Up to this many live members every gossip round goes out.
+    pub const FULL_RATE_UP_TO: usize = super::FULL_RATE_UP_TO;
+
+    /// The configuration of a node `id` of cluster `tag` with default gossip settings.
+    pub fn config(id: chitchat::ChitchatId, tag: &str, seeds: Vec<String>) -> chitchat::ChitchatConfig {
+        let listen = id.gossip_advertise_addr;
+        crate::cluster::membership::chitchat_config(id, tag, listen, seeds, &Default::default())
+    }
+
+    /// `inner`, thinned as a node whose view counts `live` members.
+    pub fn transport<T: chitchat::transport::Transport>(
+        inner: T,
+        live: Arc<AtomicUsize>,
+        seeds: Vec<SocketAddr>,
+    ) -> impl chitchat::transport::Transport {
+        super::Thinned { inner, live, seeds }
+    }
+}

@@ -114,10 +114,18 @@ pub mod simulation {
     /// Up to this many live members every gossip round goes out.
     pub const FULL_RATE_UP_TO: usize = super::FULL_RATE_UP_TO;
 
-    /// The configuration of a node `id` of cluster `tag` with default gossip settings.
-    pub fn config(id: chitchat::ChitchatId, tag: &str, seeds: Vec<String>) -> chitchat::ChitchatConfig {
+    /// The configuration of a node `id` of cluster `tag`: meshrpc's, but for a round
+    /// every `interval` (the default is 100 ms; a simulation of many nodes on few cores
+    /// slows time down to keep up).
+    pub fn config(
+        id: chitchat::ChitchatId,
+        tag: &str,
+        seeds: Vec<String>,
+        interval: std::time::Duration,
+    ) -> chitchat::ChitchatConfig {
         let listen = id.gossip_advertise_addr;
-        crate::cluster::membership::chitchat_config(id, tag, listen, seeds, &Default::default())
+        let gossip = crate::cluster::GossipConfig { interval, ..Default::default() };
+        crate::cluster::membership::chitchat_config(id, tag, listen, seeds, &gossip)
     }
 
     /// `inner`, thinned as a node whose view counts `live` members.

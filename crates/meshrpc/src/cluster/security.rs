@@ -89,11 +89,19 @@ pub(super) struct Unproven {
 
 static UNPROVEN_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 
+/// Distinct (replica, service) pairs remembered for `meshrpc status`: a credentialed node
+/// chooses what it gossips, so the list is bounded; past it new pairs are not listed
+/// (they are still never called).
+pub(super) const MAX_UNPROVEN: usize = 1024;
+
 impl Unproven {
     /// Records (once per replica and service) and reports a replica that may not serve
     /// `service`.
     pub(super) fn report(&self, node_id: &str, certified_as: &str, service: &str) {
-        if self.seen.lock().unwrap().insert((node_id.to_owned(), service.to_owned())) {
+        let mut seen = self.seen.lock().unwrap();
+        let key = (node_id.to_owned(), service.to_owned());
+        if seen.len() < MAX_UNPROVEN && seen.insert(key) {
+            drop(seen);
             PortCounters::add(&UNPROVEN_REPLICAS);
             UNPROVEN_WARNING.log(|also| {
                 tracing::warn!(

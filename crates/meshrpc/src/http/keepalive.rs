@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -30,7 +30,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::transport::stopped;
+use crate::transport::{stopped, Rewind};
 
 /// An HTTP/1 connection this quiet (no request running, no bytes either way) parks.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
@@ -85,7 +85,7 @@ pub(crate) async fn http_connection<I, S>(
             Ok(Ok(())) => {}
             _ => return,
         }
-        let rewound = Rewound { prefix: std::mem::take(&mut prefix).freeze(), io };
+        let rewound = Rewind::new(std::mem::take(&mut prefix).freeze(), io);
         if rewound.prefix.starts_with(H2_PREFACE) {
             return serve_h2(rewound, service, idle_timeout, &activity, shutdown).await;
         }
@@ -104,7 +104,7 @@ pub(crate) async fn http_connection<I, S>(
 /// Serves HTTP/1 until the connection ends (`None`) or parks: then the socket comes back,
 /// with bytes hyper read and did not use.
 async fn serve_h1<I, S>(
-    io: Rewound<Watched<I>>,
+    io: Rewind<Watched<I>>,
     service: S,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -137,7 +137,7 @@ where
                     return None;
                 }
                 let parts = conn.into_parts();
-                let Rewound { prefix, io } = parts.io.into_inner();
+                let Rewind { prefix, stream: io } = parts.io.into_inner();
                 // What the rewind still held, then what hyper read past the request.
                 let mut rest = BytesMut::from(&prefix[..]);
                 rest.extend_from_slice(&parts.read_buf);
@@ -168,7 +168,7 @@ where
 }
 
 async fn serve_h2<I, S>(
-    io: Rewound<Watched<I>>,
+    io: Rewind<Watched<I>>,
     service: S,
     idle_timeout: Duration,
     activity: &Activity,
@@ -308,46 +308,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
             self.activity.now();
         }
         polled
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
-/// An IO whose first bytes were already read: they are read again first.
-struct Rewound<I> {
-    prefix: Bytes,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -119,6 +119,11 @@ impl Door for HttpDoor {
         HttpDoor::set_dispatch(self, dispatch)
     }
 
+    #[cfg(feature = "tls")]
+    fn set_access(&self, access: Option<Arc<crate::access::Access>>) {
+        HttpDoor::set_access(self, access)
+    }
+
     fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
         let (header_timeout, idle_timeout) = (self.header_timeout, self.limits.idle_timeout);
         let service = tower::service_fn(move |mut req: axum::http::Request<_>| {

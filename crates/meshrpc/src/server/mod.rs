@@ -110,7 +110,8 @@ pub struct Server {
 
 impl Server {
     /// The policy calls from the network pass (feature `tls`).
-    #[cfg(all(feature = "tls", feature = "http"))]
+    #[cfg(feature = "tls")]
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn access(&self) -> Option<Arc<crate::access::Access>> {
         self.access.clone()
     }
@@ -192,11 +193,8 @@ impl Server {
     /// or handler runs (feature `tls`). In-process calls are not checked.
     #[cfg(feature = "tls")]
     pub fn with_access(mut self, access: Arc<crate::access::Access>) -> Self {
-        #[cfg(feature = "http")]
         if let Some(door) = self.door.get() {
-            if let Ok(http) = door.clone().as_any().downcast::<crate::http::HttpDoor>() {
-                http.set_access(Some(access.clone()));
-            }
+            door.set_access(Some(access.clone()));
         }
         self.access = Some(access);
         self

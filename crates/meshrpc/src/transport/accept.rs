@@ -37,6 +37,9 @@ pub(crate) trait Door: Send + Sync + 'static {
     fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()>;
     /// Where the calls the door takes go (the server's layers and services).
     fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>);
+    /// The policy the calls the door takes must pass (feature `tls`).
+    #[cfg(feature = "tls")]
+    fn set_access(&self, access: Option<Arc<crate::access::Access>>);
     /// For the layer that installed the door, to find it again.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
@@ -316,18 +319,18 @@ impl AsyncWrite for PortStream {
 }
 
 /// A connection whose first bytes were already read: they are read again first.
-pub(crate) struct Rewind {
-    prefix: Bytes,
-    stream: PortStream,
+pub(crate) struct Rewind<S = PortStream> {
+    pub(crate) prefix: Bytes,
+    pub(crate) stream: S,
 }
 
-impl Rewind {
-    pub(crate) fn new(prefix: Bytes, stream: PortStream) -> Rewind {
+impl<S> Rewind<S> {
+    pub(crate) fn new(prefix: Bytes, stream: S) -> Rewind<S> {
         Rewind { prefix, stream }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
@@ -339,7 +342,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

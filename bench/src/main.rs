@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     process::Stdio,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -46,7 +46,12 @@ fn main() {
 }
 
 fn serve(kind: &str, addr: &str, next: Option<&str>) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // The multi-core view pins the server's runtime to 1 or 2 workers.
+    if let Some(workers) = std::env::var("BENCH_SERVER_WORKERS").ok().and_then(|w| w.parse().ok()) {
+        rt.worker_threads(workers);
+    }
+    let rt = rt.enable_all().build().unwrap();
     rt.block_on(async move {
         match kind {
             "raw" => systems::serve_raw(addr).await,
@@ -88,15 +93,16 @@ struct Server {
 
 impl Server {
     async fn start(kind: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg("serve")
-            .arg(kind)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        Server::start_with_workers(kind, args, None).await
+    }
+
+    async fn start_with_workers(kind: &str, args: &[&str], workers: Option<usize>) -> Server {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.arg("serve").arg(kind).args(args).env("RUST_LOG", "warn").stdout(Stdio::piped()).kill_on_drop(true);
+        if let Some(w) = workers {
+            command.env("BENCH_SERVER_WORKERS", w.to_string());
+        }
+        let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
         let addr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
@@ -121,6 +127,10 @@ struct Row {
     latency: Vec<[f64; 4]>,
     /// Calls per second with `in_flight` concurrent calls on one connection.
     throughput: Vec<f64>,
+    /// p99 (µs) of the calls of the throughput test, one entry per pass.
+    load_p99: Vec<f64>,
+    /// Server CPU (user, sys) µs per call during the throughput test, one entry per pass.
+    cpu_us: Vec<(f64, f64)>,
     rss_kib: u64,
 }
 
@@ -130,6 +140,12 @@ impl Row {
     }
     fn tput(&self) -> f64 {
         median(self.throughput.clone())
+    }
+    fn load_p99(&self) -> f64 {
+        median(self.load_p99.clone())
+    }
+    fn cpu(&self) -> (f64, f64) {
+        (median(self.cpu_us.iter().map(|c| c.0).collect()), median(self.cpu_us.iter().map(|c| c.1).collect()))
     }
 }
 
@@ -156,27 +172,73 @@ async fn latency(client: &dyn Client, opts: &Opts) -> [f64; 4] {
     [us(0.5), us(0.9), us(0.99), h.max() as f64 / 1000.0]
 }
 
-async fn throughput(client: Arc<dyn Client>, in_flight: usize, secs: f64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
+/// Calls per second and the p99 (µs) of those calls, with `in_flight` concurrent calls
+/// on each of `clients` (each its own connection), after half a second of the same load
+/// as warm-up.
+async fn throughput(clients: Vec<Arc<dyn Client>>, in_flight: usize, secs: f64) -> (f64, f64) {
+    let (calls_per_s, p99, _) = throughput_cpu(clients, in_flight, secs, None).await;
+    (calls_per_s, p99)
+}
+
+/// As `throughput`, plus the server's CPU time (user, sys) per call in µs, from
+/// `/proc/<pid>/stat` over the measured window.
+async fn throughput_cpu(
+    clients: Vec<Arc<dyn Client>>,
+    in_flight: usize,
+    secs: f64,
+    server_pid: Option<u32>,
+) -> (f64, f64, (f64, f64)) {
+    let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (client, done, stop) = (client.clone(), done.clone(), stop.clone());
+    let tasks: Vec<_> = clients
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(c, in_flight))
+        .map(|client| {
+            let (client, measuring, stop) = (client.clone(), measuring.clone(), stop.clone());
             tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
                 while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
                     client.call().await;
-                    done.fetch_add(1, Ordering::Relaxed);
+                    if measuring.load(Ordering::Relaxed) {
+                        h.record(t.elapsed().as_nanos() as u64).unwrap();
+                    }
                 }
+                h
             })
         })
         .collect();
+    tokio::time::sleep(Duration::from_millis(if secs < 1.0 { 100 } else { 500 })).await;
+    let cpu_before = server_pid.map(cpu_ticks);
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = server_pid.map(cpu_ticks);
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     for t in tasks {
-        t.await.unwrap();
+        all.add(t.await.unwrap()).unwrap();
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let cpu = match (cpu_before, cpu_after) {
+        // USER_HZ is 100 on Linux: a tick is 10 ms.
+        (Some(b), Some(a)) => {
+            let per_call = |ticks: u64| ticks as f64 * 10_000.0 / all.len().max(1) as f64;
+            (per_call(a.0 - b.0), per_call(a.1 - b.1))
+        }
+        _ => (f64::NAN, f64::NAN),
+    };
+    (all.len() as f64 / elapsed, all.value_at_quantile(0.99) as f64 / 1000.0, cpu)
+}
+
+/// (utime, stime) of a process in clock ticks.
+fn cpu_ticks(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
+    (field(11), field(12))
 }
 
 /// Runs one system: its server in a fresh process, latency then throughput.
@@ -212,23 +274,109 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
         }
         _ => client,
     };
-    row.throughput.push(throughput(conc, opts.in_flight, opts.secs).await);
+    let (tput, p99, cpu) = throughput_cpu(vec![conc], opts.in_flight, opts.secs, server.child.id()).await;
+    row.throughput.push(tput);
+    row.load_p99.push(p99);
+    row.cpu_us.push(cpu);
     row.rss_kib = row.rss_kib.max(server.rss().0);
+}
+
+const PASSES: usize = 3;
+
+/// This VM's loopback has two modes (decisions.md): a sequential floor near 17 µs and one
+/// near 60 µs, each lasting tens of seconds. Ratios are only compared within one mode.
+fn vm_mode(floor_p50_us: f64) -> &'static str {
+    if floor_p50_us < 35.0 {
+        "fast"
+    } else {
+        "slow"
+    }
+}
+
+/// Throughput with several connections, the server's runtime at 1 and 2 workers.
+struct Scaling {
+    system: &'static str,
+    workers: usize,
+    connections: usize,
+    calls_per_s: f64,
+    p99_us: f64,
+}
+
+async fn scaling(opts: &Opts) -> Vec<Scaling> {
+    let mut out = Vec::new();
+    for system in ["raw floor", "meshrpc postcard", "tonic", "tarpc"] {
+        let kind = match system {
+            "raw floor" => "raw",
+            "meshrpc postcard" => "meshrpc",
+            other => other,
+        };
+        for workers in [1, 2] {
+            let server = Server::start_with_workers(kind, &["127.0.0.1:0"], Some(workers)).await;
+            for connections in [4, 16] {
+                let mut clients: Vec<Arc<dyn Client>> = Vec::new();
+                for _ in 0..connections {
+                    clients.push(match system {
+                        "raw floor" => Arc::new(systems::RawMux::connect(server.addr).await),
+                        "meshrpc postcard" => {
+                            Arc::new(systems::MeshrpcClient::connect(server.addr, meshrpc::Codec::Postcard).await)
+                        }
+                        "tonic" => Arc::new(systems::TonicClient::connect(server.addr).await),
+                        _ => Arc::new(systems::TarpcClient::connect(server.addr).await),
+                    });
+                }
+                let (calls_per_s, p99_us) = throughput(clients, opts.in_flight, opts.secs / 1.5).await;
+                out.push(Scaling { system, workers, connections, calls_per_s, p99_us });
+            }
+        }
+    }
+    out
+}
+
+fn print_scaling(rows: &[Scaling], in_flight: usize) {
+    println!();
+    println!(
+        "Multi-core view: {in_flight} calls in flight on each of 4 or 16 connections (one client process with 2 workers), the server's runtime at 1 or 2 workers; calls/s (p99 µs), and ÷ the raw multiplexer in the same cell."
+    );
+    println!();
+    println!("| system | 1 worker, 4 conns | 1 worker, 16 conns | 2 workers, 4 conns | 2 workers, 16 conns |");
+    println!("|---|---|---|---|---|");
+    let floor = |w: usize, c: usize| {
+        rows.iter().find(|r| r.system == "raw floor" && r.workers == w && r.connections == c).map(|r| r.calls_per_s)
+    };
+    let mut systems: Vec<&str> = rows.iter().map(|r| r.system).collect();
+    systems.dedup();
+    for system in systems {
+        let cells: Vec<String> = [(1, 4), (1, 16), (2, 4), (2, 16)]
+            .iter()
+            .map(|&(w, c)| {
+                rows.iter()
+                    .find(|r| r.system == system && r.workers == w && r.connections == c)
+                    .map(|r| {
+                        let ratio = floor(w, c).map(|f| r.calls_per_s / f).unwrap_or(f64::NAN);
+                        format!("{:.0} ({:.0}) = {ratio:.2}", r.calls_per_s, r.p99_us)
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!("| {system} | {} |", cells.join(" | "));
+    }
 }
 
 async fn run(opts: Opts) {
     let systems = ["raw floor", "meshrpc json", "meshrpc postcard", "meshrpc mtls", "tonic", "tarpc"];
     let mut rows: Vec<Row> = systems.iter().map(|s| Row { name: s.to_string(), ..Row::default() }).collect();
-    // Forward, then backward: drift between passes shows in the table.
-    for pass in 0..2 {
+    // Forward, backward, forward: drift between passes shows in the table.
+    for pass in 0..PASSES {
         let order: Vec<usize> =
-            if pass == 0 { (0..systems.len()).collect() } else { (0..systems.len()).rev().collect() };
+            if pass % 2 == 0 { (0..systems.len()).collect() } else { (0..systems.len()).rev().collect() };
         for i in order {
             eprintln!("pass {}: {}", pass + 1, systems[i]);
             measure(systems[i], &opts, &mut rows[i]).await;
         }
     }
 
+    eprintln!("multi-core view");
+    let scaling = scaling(&opts).await;
     eprintln!("interleaved floor vs meshrpc");
     let paired = interleaved(&opts).await;
     eprintln!("TLS handshakes");
@@ -242,6 +390,7 @@ async fn run(opts: Opts) {
 
     print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
     print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
+    print_scaling(&scaling, opts.in_flight);
     print_mtls(&rows, &paired, handshakes);
 }
 
@@ -370,7 +519,7 @@ async fn hop_chain(opts: &Opts) -> (Row, f64) {
     let client = systems::HopChainClient(systems::HopClient::new(meshrpc::connect(head).await.unwrap()));
     let mut row = Row { name: "hop chain (5 hops)".into(), ..Row::default() };
     row.latency.push(latency(&client, opts).await);
-    row.throughput.push(throughput(Arc::new(client), opts.in_flight, opts.secs).await);
+    row.throughput.push(throughput(vec![Arc::new(client)], opts.in_flight, opts.secs).await.0);
 
     // The same chain in one process: the seed's "non-RPC call".
     use systems::Hop;
@@ -490,16 +639,25 @@ fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Opt
     println!("## meshrpc bench");
     println!();
     println!(
-        "{nproc} cores, Linux {}, {} sequential calls after {} warm-up; throughput: {} calls in flight on one connection for {} s; two passes (forward, then reverse order), median shown, both passes in brackets.",
+        "{nproc} cores, Linux {}, {} sequential calls after {} warm-up; throughput: {} calls in flight on one connection for {} s after 0.5 s of warm-up; {PASSES} passes (forward, reverse, forward), median shown, each pass's p50 in brackets.",
         kernel.trim(), opts.calls, opts.warmup, opts.in_flight, opts.secs
     );
     println!();
-    println!("| system | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ floor | p99 ÷ floor | calls/s @{} | ÷ tonic | server peak RSS |", opts.in_flight);
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let modes: Vec<String> = floor
+        .latency
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("pass {}: floor p50 {:.1} µs, {} mode", i + 1, l[0], vm_mode(l[0])))
+        .collect();
+    println!("VM loopback mode of each pass (from the floor's own p50): {}.", modes.join("; "));
+    println!();
+    let tarpc = rows.iter().find(|r| r.name == "tarpc").unwrap();
+    println!("| system | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ floor | p99 ÷ floor p99 | calls/s @{} | ÷ raw mux | ÷ tonic | ÷ tarpc | p99 under load µs | ÷ raw mux p99 | server CPU µs/call (user+sys) | ÷ echo server | server peak RSS |", opts.in_flight);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let passes: Vec<String> = r.latency.iter().map(|l| format!("{:.0}", l[0])).collect();
         println!(
-            "| {} | {:.1} [{}] | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} MiB |",
+            "| {} | {:.1} [{}] | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} + {:.1} = {:.1} | {:.2} | {:.1} MiB |",
             r.name,
             r.p(0),
             passes.join(", "),
@@ -507,9 +665,17 @@ fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Opt
             r.p(2),
             r.p(3),
             r.p(0) / floor.p(0),
-            r.p(2) / floor.p(0),
+            r.p(2) / floor.p(2),
             r.tput(),
+            r.tput() / floor.tput(),
             r.tput() / tonic.tput(),
+            r.tput() / tarpc.tput(),
+            r.load_p99(),
+            r.load_p99() / floor.load_p99(),
+            r.cpu().0,
+            r.cpu().1,
+            r.cpu().0 + r.cpu().1,
+            (r.cpu().0 + r.cpu().1) / (floor.cpu().0 + floor.cpu().1),
             r.rss_kib as f64 / 1024.0
         );
     }

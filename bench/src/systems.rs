@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::{Buf, BufMut, BytesMut};
-use futures::{future, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -346,35 +346,43 @@ impl World for TarpcGreeter {
     }
 }
 
+/// tarpc as its examples run it: one task per connection (`tokio::spawn` of the channel,
+/// each request spawned too), the bincode format, `TCP_NODELAY` on both ends.
 pub async fn serve_tarpc(addr: &str) {
     use tarpc::server::{BaseChannel, Channel};
-    let mut listener =
-        tarpc::serde_transport::tcp::listen(addr, tarpc::tokio_serde::formats::Json::default).await.unwrap();
-    listener.config_mut().max_frame_length(usize::MAX);
-    println!("listening on {}", listener.local_addr());
-    listener
-        .filter_map(|r| future::ready(r.ok()))
-        .map(BaseChannel::with_defaults)
-        .map(|channel| {
-            channel.execute(TarpcGreeter.serve()).for_each(|f| async move {
-                tokio::spawn(f);
-            })
-        })
-        .buffer_unordered(64)
-        .for_each(|_| async {})
-        .await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    println!("listening on {}", listener.local_addr().unwrap());
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let channel = BaseChannel::with_defaults(tarpc_transport(stream));
+        tokio::spawn(channel.execute(TarpcGreeter.serve()).for_each(|f| async move {
+            tokio::spawn(f);
+        }));
+    }
+}
+
+type TarpcTransport<Item, SinkItem> =
+    tarpc::serde_transport::Transport<TcpStream, Item, SinkItem, tarpc::tokio_serde::formats::Bincode<Item, SinkItem>>;
+
+fn tarpc_transport<Item, SinkItem>(stream: TcpStream) -> TarpcTransport<Item, SinkItem>
+where
+    Item: for<'de> Deserialize<'de>,
+    SinkItem: Serialize,
+{
+    let framed = tarpc::tokio_util::codec::Framed::new(stream, tarpc::tokio_util::codec::LengthDelimitedCodec::new());
+    tarpc::serde_transport::new(framed, tarpc::tokio_serde::formats::Bincode::default())
 }
 
 pub struct TarpcClient(WorldClient);
 
 impl TarpcClient {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let mut transport = tarpc::serde_transport::tcp::connect(addr, tarpc::tokio_serde::formats::Json::default);
-        transport.config_mut().max_frame_length(usize::MAX);
-        let transport = transport.await.unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
         let mut config = tarpc::client::Config::default();
         config.max_in_flight_requests = 4096;
-        TarpcClient(WorldClient::new(config, transport).spawn())
+        TarpcClient(WorldClient::new(config, tarpc_transport(stream)).spawn())
     }
 }
 

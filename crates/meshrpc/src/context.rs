@@ -54,6 +54,9 @@ pub(crate) fn new_trace_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     // Mix the process id and a counter: unique enough across a mesh, and cheap.
+    // The process id once: `getpid` is a system call in glibc.
+    static PID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(|| u64::from(std::process::id()));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    (u64::from(std::process::id()) << 40) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    (pid << 40) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

@@ -1,7 +1,16 @@
-//! The calling side of a connection: call ids, the calls waiting for an answer, the
-//! frame limit the peer set, and whether the peer is draining.
+//! The calling side of a connection: call ids, the calls waiting for an answer and
+//! their deadlines, the frame limit the peer set, and whether the peer is draining.
+//!
+//! Deadlines need no timer per call: the state keeps them in a heap and tells the
+//! shell the earliest one, so one timer per connection serves every call (a timer per
+//! call cost more than the rest of the call's bookkeeping together).
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    hash::{BuildHasherDefault, Hasher},
+    time::Instant,
+};
 
 use bytes::Bytes;
 
@@ -39,14 +48,62 @@ pub enum Incoming<W> {
 pub struct CallerState<W> {
     limits: Negotiated,
     next_id: u64,
-    pending: HashMap<u64, W>,
+    pending: HashMap<u64, Waiting<W>, BuildHasherDefault<IdHasher>>,
+    /// Deadlines of calls, soonest first; entries of calls already answered are
+    /// dropped lazily (and the heap rebuilt once they outnumber the live ones).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The deadline the shell's timer is set for, if any.
+    armed: Option<Instant>,
     state: ConnState,
+}
+
+#[derive(Debug)]
+struct Waiting<W> {
+    waiter: W,
+    deadline: Option<Instant>,
+}
+
+/// Call ids are a counter: they need no hashing beyond spreading their bits.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A call the state took: its id, whether it is the only call in flight, and whether
+/// its deadline is now the earliest (the shell's timer must be set sooner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// The call's request id.
+    pub id: u64,
+    /// No other call is in flight.
+    pub alone: bool,
+    /// Re-arm the timer: ask [`CallerState::next_deadline`].
+    pub rearm: bool,
 }
 
 impl<W> CallerState<W> {
     /// The state right after a handshake.
     pub fn new(limits: Negotiated) -> Self {
-        CallerState { limits, next_id: 1, pending: HashMap::new(), state: ConnState::Open }
+        CallerState {
+            limits,
+            next_id: 1,
+            pending: HashMap::default(),
+            deadlines: BinaryHeap::new(),
+            armed: None,
+            state: ConnState::Open,
+        }
     }
 
     /// What the handshake settled.
@@ -64,8 +121,8 @@ impl<W> CallerState<W> {
         self.pending.len()
     }
 
-    /// Adds a waiting call: returns its id and whether it is the only call in flight.
-    pub fn register(&mut self, waiter: W) -> Result<(u64, bool), Error> {
+    /// Adds a waiting call that times out at `deadline`.
+    pub fn register(&mut self, waiter: W, deadline: Option<Instant>) -> Result<Registered, Error> {
         match self.state {
             ConnState::Open => {}
             ConnState::Draining => return Err(Error::unavailable("the peer is draining")),
@@ -75,8 +132,54 @@ impl<W> CallerState<W> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.insert(id, waiter);
-        Ok((id, self.pending.len() == 1))
+        self.pending.insert(id, Waiting { waiter, deadline });
+        let mut rearm = false;
+        if let Some(d) = deadline {
+            if self.deadlines.len() > 2 * self.pending.len() + 64 {
+                self.deadlines = self.pending.iter().filter_map(|(id, w)| Some(Reverse((w.deadline?, *id)))).collect();
+            }
+            self.deadlines.push(Reverse((d, id)));
+            rearm = self.armed.is_none_or(|armed| d < armed);
+        }
+        Ok(Registered { id, alone: self.pending.len() == 1, rearm })
+    }
+
+    /// Deadlines held, answered calls' included (bounded by twice the calls in flight
+    /// plus 64).
+    pub fn deadlines_held(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// When the shell's timer should fire next (and remembers that it is set for then);
+    /// `None`: no call has a deadline.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((d, id))) = self.deadlines.peek().copied() {
+            if self.pending.get(&id).is_some_and(|w| w.deadline == Some(d)) {
+                self.armed = Some(d);
+                return Some(d);
+            }
+            self.deadlines.pop();
+        }
+        self.armed = None;
+        None
+    }
+
+    /// Withdraws every call whose deadline is at or before `now`: their waiters (to be
+    /// failed with `timeout`) and the cancel frames to send the peer.
+    pub fn expire(&mut self, now: Instant) -> Vec<(W, Frame)> {
+        let mut expired = Vec::new();
+        while let Some(Reverse((d, id))) = self.deadlines.peek().copied() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.pending.get(&id).is_some_and(|w| w.deadline == Some(d)) {
+                let w = self.pending.remove(&id).expect("checked above");
+                expired.push((w.waiter, Frame::Cancel { id }));
+            }
+        }
+        self.armed = None;
+        expired
     }
 
     /// Starts a call: checks it against the limits and returns its id, the frame to send,
@@ -85,16 +188,17 @@ impl<W> CallerState<W> {
     /// build the frame with [`request`] outside its lock and [`register`](Self::register)
     /// under it.)
     pub fn start_call(&mut self, call: Call, now: Instant, waiter: W) -> Result<(u64, Frame, bool), Error> {
+        let deadline = call.deadline;
         let mut frame = request(call, now, &self.limits)?;
-        let (id, alone) = self.register(waiter)?;
-        frame.set_request_id(id);
-        Ok((id, frame, alone))
+        let r = self.register(waiter, deadline)?;
+        frame.set_request_id(r.id);
+        Ok((r.id, frame, r.alone))
     }
 
     /// Starts a ping; its answer is an empty `Reply::Ok`.
-    pub fn start_ping(&mut self, waiter: W) -> Result<(u64, Frame, bool), Error> {
-        let (id, alone) = self.register(waiter)?;
-        Ok((id, Frame::Ping { id }, alone))
+    pub fn start_ping(&mut self, waiter: W, deadline: Option<Instant>) -> Result<(Registered, Frame), Error> {
+        let r = self.register(waiter, deadline)?;
+        Ok((r, Frame::Ping { id: r.id }))
     }
 
     /// Withdraws a call the caller gave up on; returns the cancel to send if it was still
@@ -113,7 +217,7 @@ impl<W> CallerState<W> {
     pub fn on_frame(&mut self, frame: Frame) -> Incoming<W> {
         match frame {
             Frame::Response { id, status, payload } => {
-                let Some(waiter) = self.pending.remove(&id) else { return Incoming::Nothing };
+                let Some(Waiting { waiter, .. }) = self.pending.remove(&id) else { return Incoming::Nothing };
                 let result = match status {
                     Status::Ok => Ok(Reply::Ok(payload)),
                     Status::AppError => Ok(Reply::AppError(payload)),
@@ -123,7 +227,7 @@ impl<W> CallerState<W> {
                 Incoming::Answer(waiter, result)
             }
             Frame::Pong { id } => match self.pending.remove(&id) {
-                Some(waiter) => Incoming::Answer(waiter, Ok(Reply::Ok(Bytes::new()))),
+                Some(w) => Incoming::Answer(w.waiter, Ok(Reply::Ok(Bytes::new()))),
                 None => Incoming::Nothing,
             },
             Frame::Ping { id } => Incoming::Send(Frame::Pong { id }),
@@ -143,7 +247,8 @@ impl<W> CallerState<W> {
     /// Closes the connection: returns every waiter, to be failed with the reason.
     pub fn close(&mut self) -> Vec<W> {
         self.state = ConnState::Closed;
-        self.pending.drain().map(|(_, w)| w).collect()
+        self.deadlines.clear();
+        self.pending.drain().map(|(_, w)| w.waiter).collect()
     }
 }
 

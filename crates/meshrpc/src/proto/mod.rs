@@ -11,7 +11,7 @@ mod frame;
 mod handshake;
 mod responder;
 
-pub use caller::{request, CallerState, ConnState, Incoming};
+pub use caller::{request, CallerState, ConnState, Incoming, Registered};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
     refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, TLS_REQUIRED,

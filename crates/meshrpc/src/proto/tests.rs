@@ -126,7 +126,8 @@ fn calls_and_answers_cross_split_at_every_offset() {
     assert!(alone);
     let (b, f2, alone) = caller.start_call(call("greet", br#"{"name":"Eve"}"#, None), now, "second").unwrap();
     assert!(!alone);
-    let (p, f3, _) = caller.start_ping("ping").unwrap();
+    let (p, f3) = caller.start_ping("ping", None).unwrap();
+    let p = p.id;
     let mut wire = BytesMut::new();
     for f in [&f1, &f2, &f3] {
         f.encode(&mut wire);
@@ -258,7 +259,7 @@ fn closing_hands_back_every_waiter() {
     let mut waiters = caller.close();
     waiters.sort();
     assert_eq!(waiters, vec![0, 1, 2]);
-    assert!(matches!(caller.start_ping(9), Err(Error::Unavailable { .. })));
+    assert!(matches!(caller.start_ping(9, None), Err(Error::Unavailable { .. })));
 }
 
 #[test]
@@ -346,4 +347,59 @@ fn metadata_crosses_when_both_sides_offered_it_and_is_refused_otherwise() {
     let mut huge = call("greet", b"{}", None);
     huge.metadata.insert("big", "x".repeat(70_000));
     assert!(matches!(caller.start_call(huge, now, ()), Err(Error::BadRequest { .. })));
+}
+
+#[test]
+fn one_timer_serves_every_deadline_and_expired_calls_are_cancelled() {
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let at = |ms| now + Duration::from_millis(ms);
+    let mut caller = CallerState::new(limits);
+    assert_eq!(caller.next_deadline(), None, "no call, no timer");
+
+    let a = caller.register("a", Some(at(300))).unwrap();
+    assert!(a.rearm && a.alone, "the first deadline arms the timer");
+    assert_eq!(caller.next_deadline(), Some(at(300)));
+    let b = caller.register("b", Some(at(500))).unwrap();
+    assert!(!b.rearm, "a later deadline needs no re-arming");
+    let c = caller.register("c", Some(at(100))).unwrap();
+    assert!(c.rearm, "a sooner one does");
+    let d = caller.register("d", None).unwrap();
+    assert!(!d.rearm, "no deadline, no timer");
+    assert_eq!(caller.next_deadline(), Some(at(100)));
+
+    // `c` is answered: the timer's next stop skips it.
+    assert!(matches!(caller.on_frame(response(c.id, Ok(Reply::Ok(Bytes::new())))), Incoming::Answer("c", _)));
+    assert_eq!(caller.next_deadline(), Some(at(300)));
+    assert!(caller.expire(at(299)).is_empty(), "nothing is due before its deadline");
+
+    // At 300 ms only `a` is due: its waiter is handed back with a cancel for the peer.
+    let expired = caller.expire(at(300));
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].0, "a");
+    assert!(matches!(expired[0].1, Frame::Cancel { id } if id == a.id));
+    assert!(matches!(caller.on_frame(response(a.id, Ok(Reply::Ok(Bytes::new())))), Incoming::Nothing));
+    assert_eq!(caller.in_flight(), 2);
+    assert_eq!(caller.next_deadline(), Some(at(500)));
+    let expired = caller.expire(at(10_000));
+    assert_eq!(expired.iter().map(|e| e.0).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(caller.next_deadline(), None, "`d` waits without a deadline");
+}
+
+#[test]
+fn deadlines_of_answered_calls_are_not_kept() {
+    // A million calls answered within their deadline leave the deadline heap bounded by
+    // the calls in flight, not by the calls made.
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::new(limits);
+    let slow = caller.register(0, Some(now + Duration::from_secs(30))).unwrap();
+    for i in 1..1_000_000u32 {
+        let r = caller.register(i, Some(now + Duration::from_secs(30))).unwrap();
+        assert!(matches!(caller.on_frame(response(r.id, Ok(Reply::Ok(Bytes::new())))), Incoming::Answer(..)));
+    }
+    assert!(caller.deadlines_held() <= 2 * caller.in_flight() + 65, "held {}", caller.deadlines_held());
+    assert_eq!(caller.next_deadline(), Some(now + Duration::from_secs(30)));
+    assert_eq!(caller.expire(now + Duration::from_secs(30)).len(), 1);
+    let _ = slow;
 }

@@ -14,7 +14,7 @@ use std::{
 use bytes::BytesMut;
 use tokio::{
     net::TcpStream,
-    sync::{oneshot, watch},
+    sync::{oneshot, watch, Notify},
 };
 
 use super::{
@@ -139,6 +139,8 @@ struct Inner {
     /// Who the node proved to be in the TLS handshake.
     identity: Option<Arc<Identity>>,
     state: watch::Sender<ConnState>,
+    /// A call's deadline is sooner than the one the deadline timer is set for.
+    rearm: Notify,
 }
 
 /// Connects to a node's mesh port with default options.
@@ -211,6 +213,7 @@ impl Connection {
             limits,
             identity,
             state: watch::channel(ConnState::Open).0,
+            rearm: Notify::new(),
         });
         inner.start();
         let conn = Connection { handle: Arc::new(Handle { inner }) };
@@ -254,10 +257,11 @@ impl Connection {
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let started = self.inner().proto.lock().unwrap().start_ping(tx);
-        let (id, frame, alone) = started.map_err(|e| self.inner().about_peer(e))?;
-        self.inner().send(&frame, alone, id)?;
-        self.inner().wait(id, rx, Some(start + timeout), alone).await?;
+        let started = self.inner().proto.lock().unwrap().start_ping(tx, Some(start + timeout));
+        let (registered, frame) = started.map_err(|e| self.inner().about_peer(e))?;
+        self.inner().registered(registered);
+        self.inner().send(&frame, registered.alone, registered.id)?;
+        self.inner().wait(registered.id, rx, registered.alone).await?;
         Ok(start.elapsed())
     }
 
@@ -273,11 +277,12 @@ impl Connection {
         // Built outside the lock: many callers share it.
         let mut frame = request(call, Instant::now(), &self.inner().limits)?;
         let (tx, rx) = oneshot::channel();
-        let registered = self.inner().proto.lock().unwrap().register(tx);
-        let (id, alone) = registered.map_err(|e| self.inner().about_peer(e))?;
-        frame.set_request_id(id);
-        self.inner().send(&frame, alone, id)?;
-        Ok(PendingCall { conn: self.clone(), id, rx, deadline, alone })
+        let registered = self.inner().proto.lock().unwrap().register(tx, deadline);
+        let registered = registered.map_err(|e| self.inner().about_peer(e))?;
+        self.inner().registered(registered);
+        frame.set_request_id(registered.id);
+        self.inner().send(&frame, registered.alone, registered.id)?;
+        Ok(PendingCall { conn: self.clone(), id: registered.id, rx, alone: registered.alone })
     }
 }
 
@@ -311,7 +316,6 @@ pub struct PendingCall {
     conn: Connection,
     id: u64,
     rx: Answer,
-    deadline: Option<Instant>,
     alone: bool,
 }
 
@@ -324,7 +328,7 @@ impl std::fmt::Debug for PendingCall {
 impl PendingCall {
     /// Waits for the answer, the deadline, or the connection's end.
     pub async fn answer(self) -> Result<Reply, Error> {
-        self.conn.inner().wait(self.id, self.rx, self.deadline, self.alone).await
+        self.conn.inner().wait(self.id, self.rx, self.alone).await
     }
 }
 
@@ -370,6 +374,48 @@ impl Inner {
             };
             reader.close(why);
         });
+        let timer = self.clone();
+        let mut state = self.state.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = timer.deadline_loop() => {}
+                _ = state.wait_for(|s| *s == ConnState::Closed) => {}
+            }
+        });
+    }
+
+    /// After a call is registered: wakes the deadline timer if this call's is sooner.
+    fn registered(&self, r: crate::proto::Registered) {
+        if r.rearm {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// The one timer of the connection: sleeps until the soonest deadline of a call in
+    /// flight, then fails every call past its deadline with `timeout` and tells the peer.
+    async fn deadline_loop(&self) {
+        loop {
+            let rearm = self.rearm.notified();
+            tokio::pin!(rearm);
+            rearm.as_mut().enable();
+            let next = self.proto.lock().unwrap().next_deadline();
+            match next {
+                Some(at) => tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => self.expire(),
+                    _ = rearm => {}
+                },
+                None => rearm.await,
+            }
+        }
+    }
+
+    fn expire(&self) {
+        let expired = self.proto.lock().unwrap().expire(Instant::now());
+        for (tx, cancel) in expired {
+            let _ = tx.send(Err(Error::Timeout));
+            let _ = self.sender.send(&cancel, false);
+        }
+        self.close_if_drained();
     }
 
     /// Adds the peer to an error about this connection.
@@ -387,7 +433,8 @@ impl Inner {
         })
     }
 
-    async fn wait(&self, id: u64, rx: Answer, deadline: Option<Instant>, alone: bool) -> Result<Reply, Error> {
+    /// Waits for the answer; the deadline timer answers `timeout` when it is due.
+    async fn wait(&self, id: u64, rx: Answer, alone: bool) -> Result<Reply, Error> {
         // If the caller drops this future, the guard withdraws the call and tells the peer.
         let guard = CancelOnDrop { inner: self, id };
         let received = async {
@@ -412,20 +459,11 @@ impl Inner {
                 }
             }
         };
-        let answer = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), received).await.map_err(|_| Error::Timeout),
-            None => Ok(received.await),
-        };
+        let answer = received.await;
+        std::mem::forget(guard);
         match answer {
-            Ok(Ok(reply)) => {
-                std::mem::forget(guard);
-                reply
-            }
-            Ok(Err(_)) => {
-                std::mem::forget(guard);
-                Err(Error::unavailable(format!("connection to {} closed mid-call", self.peer)))
-            }
-            Err(e) => Err(e), // the guard cancels
+            Ok(reply) => reply,
+            Err(_) => Err(Error::unavailable(format!("connection to {} closed mid-call", self.peer))),
         }
     }
 

@@ -83,7 +83,23 @@ impl Link for TcpLink {
         Box::pin(self.stream().readable())
     }
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        self.stream().try_read_buf(buf)
+        // Through `AsyncRead` with a waker that does nothing: a short read clears the
+        // socket's readiness, so the caller's next try answers `WouldBlock` without a
+        // syscall (`TcpStream::try_read_buf` would ask the kernel again, for `EAGAIN`).
+        // The one reader of a calling connection uses this; a served connection reads
+        // with `read_buf` alone (the two must not wait on one socket at once).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        let mut half = self.read.lock().unwrap();
+        match std::pin::Pin::new(&mut *half).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Ok(read.filled().len())
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
     fn read_buf<'a>(&'a self, buf: &'a mut BytesMut) -> Reading<'a> {
         Box::pin(std::future::poll_fn(move |cx| {

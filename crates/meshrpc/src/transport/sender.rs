@@ -122,6 +122,10 @@ impl Sender {
         let mut chunk = BytesMut::with_capacity(16 * 1024);
         loop {
             self.wake.notified().await;
+            // Let the callers this worker is about to run queue their frames first: one
+            // write for all of them instead of one each (lone callers write directly and
+            // never wait for this).
+            tokio::task::yield_now().await;
             loop {
                 {
                     let mut q = self.queue.lock().unwrap();

@@ -81,10 +81,17 @@ impl Dispatch for Registry {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
             let guarded = CatchUnwind { inner: ctx.scope(handler) };
-            // An already-expired deadline stops the handler at its first await.
-            let outcome = match call.deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?,
-                None => guarded.await,
+            let mut guarded = std::pin::pin!(guarded);
+            // A handler that answers on its first poll needs no timer (most do); one that
+            // waits is dropped when the deadline passes. An already-expired deadline stops
+            // the handler at its first await.
+            let first = std::future::poll_fn(|cx| Poll::Ready(guarded.as_mut().poll(cx))).await;
+            let outcome = match (first, call.deadline) {
+                (Poll::Ready(outcome), _) => outcome,
+                (Poll::Pending, Some(d)) => {
+                    tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?
+                }
+                (Poll::Pending, None) => guarded.await,
             };
             outcome.unwrap_or_else(|panic| {
                 let message = panic

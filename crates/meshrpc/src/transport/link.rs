@@ -14,7 +14,6 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::ReadBuf,
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -70,6 +69,17 @@ impl TcpLink {
     fn stream(&self) -> &TcpStream {
         self.write.as_ref()
     }
+
+    /// One read straight into `buf`'s spare room, through `AsyncRead`.
+    fn poll_read_into(&self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        let mut half = self.read.lock().unwrap();
+        let read = half.read_buf(buf);
+        tokio::pin!(read);
+        read.poll(cx)
+    }
 }
 
 impl std::fmt::Debug for TcpLink {
@@ -89,32 +99,13 @@ impl Link for TcpLink {
         // The one reader of a calling connection uses this; a served connection reads
         // with `read_buf` alone (the two must not wait on one socket at once).
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut read = ReadBuf::uninit(&mut chunk);
-        let mut half = self.read.lock().unwrap();
-        match std::pin::Pin::new(&mut *half).poll_read(&mut cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                buf.extend_from_slice(read.filled());
-                Ok(read.filled().len())
-            }
-            Poll::Ready(Err(e)) => Err(e),
+        match self.poll_read_into(&mut cx, buf) {
+            Poll::Ready(read) => read,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
     fn read_buf<'a>(&'a self, buf: &'a mut BytesMut) -> Reading<'a> {
-        Box::pin(std::future::poll_fn(move |cx| {
-            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut read = ReadBuf::uninit(&mut chunk);
-            let mut half = self.read.lock().unwrap();
-            match std::pin::Pin::new(&mut *half).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => {
-                    buf.extend_from_slice(read.filled());
-                    Poll::Ready(Ok(read.filled().len()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        }))
+        Box::pin(std::future::poll_fn(move |cx| self.poll_read_into(cx, buf)))
     }
     fn writable(&self) -> Ready<'_> {
         Box::pin(self.stream().writable())

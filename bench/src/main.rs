@@ -36,7 +36,8 @@ fn main() {
         return serve(&args[2], &args[3], args.get(4).map(String::as_str));
     }
     if args.get(1).map(String::as_str) == Some("load") {
-        return load(&args[2], args[3].parse().unwrap(), args.get(4).map_or(10.0, |s| s.parse().unwrap()));
+        let secs = args.get(4).map_or(10.0, |s| s.parse().unwrap());
+        return load(&args[2], args[3].parse().unwrap(), secs, args.get(5).map_or(64, |s| s.parse().unwrap()));
     }
     let quick = args.iter().any(|a| a == "--quick");
     let opts = if quick {
@@ -48,19 +49,21 @@ fn main() {
     rt.block_on(run(opts));
 }
 
-/// `meshrpc-bench load SYSTEM ADDR [SECS]`: the throughput test alone against a server
-/// started with `meshrpc-bench serve`, for profiling either side (`perf record -p`).
-fn load(system: &str, addr: SocketAddr, secs: f64) {
+/// `meshrpc-bench load SYSTEM ADDR [SECS] [IN_FLIGHT]`: the throughput test alone against
+/// a server started with `meshrpc-bench serve`, for profiling either side (`perf record
+/// -p`); in flight 1 is the sequential test.
+fn load(system: &str, addr: SocketAddr, secs: f64, in_flight: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let client: Arc<dyn Client> = match system {
+            "raw" if in_flight == 1 => Arc::new(systems::RawPingPong::connect(addr).await),
             "raw" => Arc::new(systems::RawMux::connect(addr).await),
             "meshrpc" => Arc::new(systems::MeshrpcClient::connect(addr, meshrpc::Codec::Postcard).await),
             "tonic" => Arc::new(systems::TonicClient::connect(addr).await),
             "tarpc" => Arc::new(systems::TarpcClient::connect(addr).await),
             other => panic!("unknown system {other}"),
         };
-        let (calls_per_s, p99) = throughput(vec![client], 64, secs).await;
+        let (calls_per_s, p99) = throughput(vec![client], in_flight, secs).await;
         println!("{system}: {calls_per_s:.0} calls/s, p99 {p99:.0} µs");
     });
 }

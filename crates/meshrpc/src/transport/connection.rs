@@ -492,11 +492,10 @@ impl Inner {
             if let Err(e) = self.link.readable().await {
                 return Error::from(e).context(&format!("connection to {}", self.peer));
             }
-            match self.pump() {
-                // Yield either way: a caller woken by the same readiness may be about to
-                // take its own answer, and a caller pumping right now should finish first.
-                Ok(_) => tokio::task::yield_now().await,
-                Err(why) => return why,
+            // No yield after a pump: a yielding task wakes an idle worker to steal it, a
+            // futex wake-up per read that cost more than the race it gave a lone caller.
+            if let Err(why) = self.pump() {
+                return why;
             }
         }
     }

@@ -154,6 +154,8 @@ struct Row {
     load_p99: Vec<f64>,
     /// Server CPU (user, sys) µs per call during the throughput test, one entry per pass.
     cpu_us: Vec<(f64, f64)>,
+    /// Server CPU µs per call during the sequential test, one entry per pass.
+    seq_cpu_us: Vec<f64>,
     rss_kib: u64,
 }
 
@@ -166,6 +168,9 @@ impl Row {
     }
     fn load_p99(&self) -> f64 {
         median(self.load_p99.clone())
+    }
+    fn seq_cpu(&self) -> f64 {
+        median(self.seq_cpu_us.clone())
     }
     fn cpu(&self) -> (f64, f64) {
         (median(self.cpu_us.iter().map(|c| c.0).collect()), median(self.cpu_us.iter().map(|c| c.1).collect()))
@@ -254,6 +259,17 @@ async fn throughput_cpu(
     (all.len() as f64 / elapsed, all.value_at_quantile(0.99) as f64 / 1000.0, cpu)
 }
 
+/// CPU time of a process so far in ns, summed over its threads (`schedstat`: finer than
+/// the 10 ms ticks of `stat`, which a sequential test of 20,000 calls would blur).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// (utime, stime) of a process in clock ticks.
 fn cpu_ticks(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -288,7 +304,10 @@ async fn measure(system: &str, opts: &Opts, row: &mut Row) {
         "tarpc" => Arc::new(systems::TarpcClient::connect(addr).await),
         other => panic!("{other}"),
     };
+    let pid = server.child.id().unwrap_or(0);
+    let before = cpu_ns(pid);
     row.latency.push(latency(&*client, opts).await);
+    row.seq_cpu_us.push((cpu_ns(pid) - before) as f64 / 1000.0 / (opts.calls + opts.warmup) as f64);
     // The floor's throughput ceiling is a multiplexed socket; the others reuse their client.
     let conc: Arc<dyn Client> = match system {
         "raw floor" => {
@@ -675,12 +694,12 @@ fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Opt
     println!("VM loopback mode of each pass (from the floor's own p50): {}.", modes.join("; "));
     println!();
     let tarpc = rows.iter().find(|r| r.name == "tarpc").unwrap();
-    println!("| system | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ floor | p99 ÷ floor p99 | calls/s @{} | ÷ raw mux | ÷ tonic | ÷ tarpc | p99 under load µs | ÷ raw mux p99 | server CPU µs/call (user+sys) | ÷ echo server | server peak RSS |", opts.in_flight);
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| system | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ floor | p99 ÷ floor p99 | calls/s @{} | ÷ raw mux | ÷ tonic | ÷ tarpc | p99 under load µs | ÷ raw mux p99 | server CPU µs/call @{} (user+sys) | ÷ echo server | server CPU µs/call, sequential | ÷ echo server | server peak RSS |", opts.in_flight, opts.in_flight);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let passes: Vec<String> = r.latency.iter().map(|l| format!("{:.0}", l[0])).collect();
         println!(
-            "| {} | {:.1} [{}] | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} + {:.1} = {:.1} | {:.2} | {:.1} MiB |",
+            "| {} | {:.1} [{}] | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} + {:.1} = {:.1} | {:.2} | {:.1} | {:.2} | {:.1} MiB |",
             r.name,
             r.p(0),
             passes.join(", "),
@@ -699,6 +718,8 @@ fn print_report(opts: &Opts, rows: &[Row], hop: &Row, local_hop_ns: f64, gw: Opt
             r.cpu().1,
             r.cpu().0 + r.cpu().1,
             (r.cpu().0 + r.cpu().1) / (floor.cpu().0 + floor.cpu().1),
+            r.seq_cpu(),
+            r.seq_cpu() / floor.seq_cpu(),
             r.rss_kib as f64 / 1024.0
         );
     }

@@ -115,6 +115,13 @@ pub(crate) async fn serve_mesh(
     // This connection's share of the node's partial-frame budget.
     let mut held = 0;
     let mut heard = None;
+    // One timer for the idle and slow-frame deadlines, moved only when a deadline comes
+    // sooner than the one it is set for; when it fires at a deadline that activity has
+    // since pushed back, it is set again (a new timer each turn cost a timer-wheel
+    // insert and removal per call).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     let why: Option<Error> = 'conn: loop {
         // Requests already read wait while a turn's share of answers is pending: a caller
@@ -188,6 +195,12 @@ pub(crate) async fn serve_mesh(
             state.partial(now, inbox.len());
             state.deadline()
         };
+        if let Some((at, _)) = deadline {
+            if armed.is_none_or(|armed| at < armed) {
+                timer.as_mut().reset(at.into());
+                armed = Some(at);
+            }
+        }
         tokio::select! {
             read = link.read_buf(&mut inbox) => match read {
                 Ok(0) => break None,
@@ -200,13 +213,18 @@ pub(crate) async fn serve_mesh(
                 }
                 draining = true;
             }
-            _ = sleep_until(deadline.map(|d| d.0)), if deadline.is_some() => {
-                let expired = deadline.expect("a deadline passed").1;
-                PortCounters::add(match expired {
-                    Expired::Idle(_) => &guard.counters.idle_closed,
-                    Expired::SlowFrame(_) => &guard.counters.slow_frames,
-                });
-                break Some(Error::unavailable(expired.to_string()));
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
+                match deadline {
+                    Some((at, expired)) if at <= Instant::now() => {
+                        PortCounters::add(match expired {
+                            Expired::Idle(_) => &guard.counters.idle_closed,
+                            Expired::SlowFrame(_) => &guard.counters.slow_frames,
+                        });
+                        break Some(Error::unavailable(expired.to_string()));
+                    }
+                    _ => {} // pushed back by activity: set again next turn
+                }
             }
         }
     };
@@ -226,13 +244,6 @@ pub(crate) async fn serve_mesh(
     let _ = tokio::time::timeout(Duration::from_secs(1), sender.flushed()).await;
     flusher.abort();
     sender.shutdown();
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Who is calling: a name for the request logs, the identity and policy for each call.

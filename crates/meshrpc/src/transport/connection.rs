@@ -7,7 +7,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -141,6 +144,10 @@ struct Inner {
     state: watch::Sender<ConnState>,
     /// A call's deadline is sooner than the one the deadline timer is set for.
     rearm: Notify,
+    /// Lone callers reading the link themselves (see [`LoneReader`]).
+    lone_readers: AtomicUsize,
+    /// Wakes the reader task when the last lone caller is done.
+    reader_resume: Notify,
 }
 
 /// Connects to a node's mesh port with default options.
@@ -214,6 +221,8 @@ impl Connection {
             identity,
             state: watch::channel(ConnState::Open).0,
             rearm: Notify::new(),
+            lone_readers: AtomicUsize::new(0),
+            reader_resume: Notify::new(),
         });
         inner.start();
         let conn = Connection { handle: Arc::new(Handle { inner }) };
@@ -339,6 +348,27 @@ impl Dispatch for Connection {
     }
 }
 
+/// A lone caller reading the link for itself: while any is, the reader task waits off
+/// the socket; when the last is done (answered, failed or dropped), the reader resumes.
+struct LoneReader<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> LoneReader<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.lone_readers.fetch_add(1, Ordering::AcqRel);
+        LoneReader { inner }
+    }
+}
+
+impl Drop for LoneReader<'_> {
+    fn drop(&mut self) {
+        if self.inner.lone_readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.reader_resume.notify_one();
+        }
+    }
+}
+
 /// Withdraws a call whose caller stopped waiting, and tells the peer.
 struct CancelOnDrop<'a> {
     inner: &'a Inner,
@@ -442,8 +472,11 @@ impl Inner {
             if !alone {
                 return rx.await;
             }
-            // The only call in flight reads the link too: whichever of it and the reader
-            // task gets there first decodes the answer.
+            // The only call in flight reads the link itself, and the reader task stays
+            // off the socket meanwhile (two tasks woken by one readiness cost a second
+            // thread's wake-up per call). Frames for calls made meanwhile are dispatched
+            // here too; the reader takes over when this call is done.
+            let lone = LoneReader::new(self);
             loop {
                 tokio::select! {
                     biased;
@@ -454,7 +487,10 @@ impl Inner {
                                 self.close(why);
                             }
                         }
-                        Err(_) => return rx.await, // the reader task reports the error
+                        Err(_) => {
+                            drop(lone); // the reader task reports the error
+                            return rx.await;
+                        }
                     },
                 }
             }
@@ -489,6 +525,15 @@ impl Inner {
     /// The reader task: waits for bytes and dispatches the frames they complete.
     async fn read_loop(&self) -> Error {
         loop {
+            if self.lone_readers.load(Ordering::Acquire) > 0 {
+                let resume = self.reader_resume.notified();
+                tokio::pin!(resume);
+                resume.as_mut().enable();
+                if self.lone_readers.load(Ordering::Acquire) > 0 {
+                    resume.await;
+                }
+                continue;
+            }
             if let Err(e) = self.link.readable().await {
                 return Error::from(e).context(&format!("connection to {}", self.peer));
             }

@@ -3,5 +3,5 @@
 # test suite (a few minutes). `bench/gossip-sim.sh 100 250` runs those sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p meshrpc-bench
-exec target/release/gossip-sim "$@"
+cargo build --release -q -p meshrpc-gossip-sim
+exec target/release/meshrpc-gossip-sim "$@"

@@ -16,14 +16,17 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use async_trait::async_trait;
+// tokio's clock, as chitchat's own: under a paused clock (the gossip simulation) a node's
+// joining period is measured in the same virtual time as its rounds.
 use chitchat::{
     transport::{RecvOutcome, SendOutcome, Socket, Transport},
     ChitchatEnvelope, ChitchatMessage,
 };
+use tokio::time::Instant;
 
 /// Up to this many live members every round goes out (the gossip of small meshes is
 /// unchanged).

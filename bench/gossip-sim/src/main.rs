@@ -1,12 +1,16 @@
 //! Membership of 100 … 1,000 nodes, simulated (issue 22): that many chitchat instances in
 //! this one process, configured and thinned as meshrpc runs them, over chitchat's
-//! in-memory transport (every message is still encoded and decoded). Prints, per size:
-//! the rounds until every node sees every other, the largest digest (a `Syn`), and the
-//! bytes, messages and CPU per node per round once idle, with what they come to at
-//! meshrpc's 100 ms rounds. Two cores cannot run 1,000 nodes' rounds in real time, so
-//! the simulation slows time down (a round every [`ROUND`]) and counts per round.
-//! Bounded: at most 120 rounds to converge, a 10-round window. Run by
-//! `bench/gossip-sim.sh`.
+//! in-memory transport (every message is still encoded and decoded).
+//!
+//! **Virtual time.** The nodes run on one current-thread tokio runtime whose clock is
+//! paused: it moves to the next timer only once every node has finished what the last
+//! one started. chitchat and meshrpc's thinning read tokio's clock, so rounds, failure
+//! detection and the joining period all happen in simulated time at meshrpc's real
+//! settings (a round every 100 ms) however long the machine takes to compute them — a
+//! discrete-event simulation with chitchat itself as the model. Costs are counted per
+//! simulated second: bytes and messages from the transport, CPU from the process's real
+//! CPU time. Bounded: 60 simulated seconds to converge, a 10-second idle window, and a
+//! real-time limit per size. Run by `bench/gossip-sim.sh`.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -14,7 +18,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -25,10 +29,17 @@ use chitchat::{
 };
 use meshrpc::__private::gossip_simulation as sim;
 
+use tokio::time::Instant;
+
 const SIZES: [usize; 4] = [100, 250, 500, 1_000];
-/// One simulated gossip round (meshrpc's is 100 ms).
-const ROUND: Duration = Duration::from_secs(1);
-const REAL_ROUND: Duration = Duration::from_millis(100);
+/// meshrpc's gossip round.
+const ROUND: Duration = Duration::from_millis(100);
+/// Simulated time allowed to converge.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+/// Simulated idle time measured once converged (after every node's joining period).
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Real time one size may take before it is given up.
+const REAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 
 /// Counts what the transport carries, and the largest `Syn` (its digest).
 #[derive(Default)]
@@ -78,17 +89,24 @@ impl Socket for MeteredSocket {
     }
 }
 
+/// CPU time of this process so far, from every thread's `schedstat` (ns).
 fn cpu_seconds() -> f64 {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = text.rsplit_once(')').map_or("", |(_, r)| r);
-    // After the command: utime and stime are fields 11 and 12 (ticks of 1/100 s).
-    let field = |i: usize| after.split_whitespace().nth(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field(11) + field(12)) as f64 / 100.0
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 struct Row {
     n: usize,
-    converged_s: f64,
+    /// Simulated seconds until every node saw every other as live (`None`: not within
+    /// [`CONVERGE_WITHIN`]).
+    converged_s: Option<f64>,
+    /// Real seconds the size took to simulate.
+    real_s: f64,
     largest_syn: u64,
     bytes_per_node_s: f64,
     messages_per_node_s: f64,
@@ -131,24 +149,24 @@ async fn run(n: usize) -> Row {
         });
         nodes.push((handle, live));
     }
-    let mut converged_s = f64::NAN;
-    while start.elapsed() < ROUND * 120 {
+    let real_start = std::time::Instant::now();
+    let mut converged_s = None;
+    while start.elapsed() < CONVERGE_WITHIN && real_start.elapsed() < REAL_LIMIT {
         if nodes.iter().all(|(_, live)| live.load(Ordering::Relaxed) >= n) {
-            converged_s = start.elapsed().as_secs_f64();
+            converged_s = Some(start.elapsed().as_secs_f64());
             break;
         }
-        tokio::time::sleep(ROUND / 10).await;
+        tokio::time::sleep(ROUND / 2).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await; // past every node's joining rounds
+    // Past every node's joining period, when rounds are thinned.
+    tokio::time::sleep_until(start + Duration::from_secs(4)).await;
     let (bytes0, messages0, cpu0) =
         (meter.bytes.load(Ordering::Relaxed), meter.messages.load(Ordering::Relaxed), cpu_seconds());
     meter.largest_syn.store(0, Ordering::Relaxed);
     let t0 = Instant::now();
-    tokio::time::sleep(ROUND * 10).await;
-    // Per node per round, then at meshrpc's real rate.
-    let rounds = t0.elapsed().as_secs_f64() / ROUND.as_secs_f64();
-    let real = ROUND.as_secs_f64() / REAL_ROUND.as_secs_f64();
-    let per_node = |v: f64| v / rounds / n as f64 * real / ROUND.as_secs_f64();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let per_node = |v: f64| v / secs / n as f64;
     let rss_kib = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
@@ -156,7 +174,8 @@ async fn run(n: usize) -> Row {
         .unwrap_or(0);
     let row = Row {
         n,
-        converged_s: converged_s / ROUND.as_secs_f64(),
+        converged_s,
+        real_s: real_start.elapsed().as_secs_f64(),
         largest_syn: meter.largest_syn.load(Ordering::Relaxed),
         bytes_per_node_s: per_node((meter.bytes.load(Ordering::Relaxed) - bytes0) as f64),
         messages_per_node_s: per_node((meter.messages.load(Ordering::Relaxed) - messages0) as f64),
@@ -169,32 +188,46 @@ async fn run(n: usize) -> Row {
     row
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { SIZES.to_vec() } else { sizes };
     let mut rows = Vec::new();
     for n in sizes {
         eprintln!("{n} nodes");
-        let row = run(n).await;
+        // A fresh paused runtime per size: simulated time starts at zero.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let row = rt.block_on(run(n));
+        drop(rt);
         eprintln!(
-            "{n} nodes: converged in {:.0} rounds, largest digest {} B, {:.0} B/s, {:.1} messages/s, {:.3} % CPU per node",
-            row.converged_s, row.largest_syn, row.bytes_per_node_s, row.messages_per_node_s, row.cpu_pct_per_node
+            "{n} nodes: converged in {} s, largest digest {} B, {:.0} B/s, {:.1} messages/s, {:.3} % CPU per node ({:.0} s real)",
+            row.converged_s.map_or("—".to_owned(), |s| format!("{s:.1}")),
+            row.largest_syn,
+            row.bytes_per_node_s,
+            row.messages_per_node_s,
+            row.cpu_pct_per_node,
+            row.real_s
         );
         rows.push(row);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("## Membership, simulated (bench/gossip-sim.sh)\n");
     println!(
-        "{cores} cores; N chitchat nodes in one process as meshrpc configures them (thinned past {} live members), in-memory transport that still encodes every message; time slowed to a round per {:?}, costs per round scaled to meshrpc's {:?} rounds; idle window 10 rounds after convergence.\n",
-        sim::FULL_RATE_UP_TO, ROUND, REAL_ROUND
+        "{cores} cores (the simulation uses one); N chitchat nodes in one process as meshrpc configures them (rounds every {:?}, thinned past {} live members), all started at once, over an in-memory transport that still encodes every message; on virtual time (tokio's paused clock); idle window {:?} from 4 s after the start.\n",
+        ROUND, sim::FULL_RATE_UP_TO, IDLE_WINDOW
     );
-    println!("| nodes | converged (rounds) | largest digest (Syn, bytes) | bytes per node per s | messages per node per s | CPU per node (% of a core) | process RSS |");
-    println!("|--:|--:|--:|--:|--:|--:|--:|");
+    println!("| nodes | converged (simulated s) | largest digest (Syn, bytes) | bytes per node per s | messages per node per s | CPU per node (% of a core) | process RSS | real time |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {} | {:.0} | {:.1} | {:.3} | {:.0} MiB |",
-            r.n, r.converged_s, r.largest_syn, r.bytes_per_node_s, r.messages_per_node_s, r.cpu_pct_per_node, r.rss_mib
+            "| {} | {} | {} | {:.0} | {:.1} | {:.3} | {:.0} MiB | {:.0} s |",
+            r.n,
+            r.converged_s.map_or(format!("> {}", CONVERGE_WITHIN.as_secs()), |s| format!("{s:.1}")),
+            r.largest_syn,
+            r.bytes_per_node_s,
+            r.messages_per_node_s,
+            r.cpu_pct_per_node,
+            r.rss_mib,
+            r.real_s
         );
     }
 }

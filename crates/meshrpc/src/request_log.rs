@@ -70,6 +70,10 @@ pub(crate) fn line_picked() -> bool {
     lines != Lines::Off && lines.picks(NTH.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The summary slot of the method a connection called last.
+#[derive(Default)]
+pub(crate) struct LastMethod(Option<(Box<str>, Box<str>, Arc<MethodStats>)>);
+
 /// A call being served: counted in its method's summary when it ends, and logged on
 /// its own line if `MESHRPC_REQUEST_LOG` picks it.
 pub(crate) struct RequestLog {
@@ -86,7 +90,27 @@ struct Line {
 
 impl RequestLog {
     pub(crate) fn begin(service: &str, method: &str, caller: &str, start: Instant) -> RequestLog {
-        let stats = summary().map(|s| s.stats(service, method));
+        Self::begin_cached(&mut LastMethod::default(), service, method, caller, start)
+    }
+
+    /// As [`begin`](Self::begin), remembering the method's summary slot in `last` (one
+    /// per connection: most connections call one method over and over, and the shared
+    /// map costs a lock and two string hashes).
+    pub(crate) fn begin_cached(
+        last: &mut LastMethod,
+        service: &str,
+        method: &str,
+        caller: &str,
+        start: Instant,
+    ) -> RequestLog {
+        let stats = summary().map(|summary| match &last.0 {
+            Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
+            _ => {
+                let stats = summary.stats(service, method);
+                last.0 = Some((service.into(), method.into(), stats.clone()));
+                stats
+            }
+        });
         let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO))
             .then(|| Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned() });
         RequestLog { stats, line, start }

@@ -26,7 +26,7 @@ use crate::{
     error::Error,
     identity::Admission,
     proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState},
-    request_log::RequestLog,
+    request_log::{LastMethod, RequestLog},
 };
 
 /// Bytes a read makes room for.
@@ -93,7 +93,7 @@ pub(crate) async fn serve_mesh(
     // The caller's name goes in the request logs; an anonymous one by its address.
     let name: Arc<str> =
         if hello.peer_name.is_empty() { peer.to_string().into() } else { format!("{}@{peer}", hello.peer_name).into() };
-    let caller = Caller { name, admission };
+    let caller = Caller { name, admission, last_method: Mutex::default() };
     let sender = Arc::new(Sender::new(link.clone()));
     if sender.send_encoded(&out, true).is_err() {
         return;
@@ -250,6 +250,8 @@ pub(crate) async fn serve_mesh(
 struct Caller {
     name: Arc<str>,
     admission: Admission,
+    /// The request-log slot of the method this caller called last.
+    last_method: Mutex<LastMethod>,
 }
 
 /// How answers go back to one caller.
@@ -285,7 +287,13 @@ async fn on_inbound(
             if let Err(denied) = caller.admission.admit(&mut call) {
                 return Some(answers.frame(id, Err(denied)));
             }
-            let log = RequestLog::begin(&call.service, &call.method, &caller.name, now);
+            let log = RequestLog::begin_cached(
+                &mut caller.last_method.lock().unwrap(),
+                &call.service,
+                &call.method,
+                &caller.name,
+                now,
+            );
             let mut answer = dispatch.dispatch(call);
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;

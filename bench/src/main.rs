@@ -2,20 +2,21 @@
 //! server in its own process on 127.0.0.1. Run: `bench/run.sh` (or
 //! `cargo run --release -p meshrpc-bench -- [--quick]`).
 
+mod measure;
 mod pki;
+mod scaling;
 mod systems;
 
 use std::{
     net::SocketAddr,
     process::Stdio,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use hdrhistogram::Histogram;
+use measure::{cpu_ns, latency, median, throughput, throughput_cpu};
+use scaling::{print_scaling, scaling};
 use systems::Client;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -177,109 +178,6 @@ impl Row {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-async fn latency(client: &dyn Client, opts: &Opts) -> [f64; 4] {
-    for _ in 0..opts.warmup {
-        client.call().await;
-    }
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-    for _ in 0..opts.calls {
-        let t = Instant::now();
-        client.call().await;
-        h.record(t.elapsed().as_nanos() as u64).unwrap();
-    }
-    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    [us(0.5), us(0.9), us(0.99), h.max() as f64 / 1000.0]
-}
-
-/// Calls per second and the p99 (µs) of those calls, with `in_flight` concurrent calls
-/// on each of `clients` (each its own connection), after half a second of the same load
-/// as warm-up.
-async fn throughput(clients: Vec<Arc<dyn Client>>, in_flight: usize, secs: f64) -> (f64, f64) {
-    let (calls_per_s, p99, _) = throughput_cpu(clients, in_flight, secs, None).await;
-    (calls_per_s, p99)
-}
-
-/// As `throughput`, plus the server's CPU time (user, sys) per call in µs, from
-/// `/proc/<pid>/stat` over the measured window.
-async fn throughput_cpu(
-    clients: Vec<Arc<dyn Client>>,
-    in_flight: usize,
-    secs: f64,
-    server_pid: Option<u32>,
-) -> (f64, f64, (f64, f64)) {
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = clients
-        .iter()
-        .flat_map(|c| std::iter::repeat_n(c, in_flight))
-        .map(|client| {
-            let (client, measuring, stop) = (client.clone(), measuring.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    client.call().await;
-                    if measuring.load(Ordering::Relaxed) {
-                        h.record(t.elapsed().as_nanos() as u64).unwrap();
-                    }
-                }
-                h
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(if secs < 1.0 { 100 } else { 500 })).await;
-    let cpu_before = server_pid.map(cpu_ticks);
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu_after = server_pid.map(cpu_ticks);
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-    for t in tasks {
-        all.add(t.await.unwrap()).unwrap();
-    }
-    let cpu = match (cpu_before, cpu_after) {
-        // USER_HZ is 100 on Linux: a tick is 10 ms.
-        (Some(b), Some(a)) => {
-            let per_call = |ticks: u64| ticks as f64 * 10_000.0 / all.len().max(1) as f64;
-            (per_call(a.0 - b.0), per_call(a.1 - b.1))
-        }
-        _ => (f64::NAN, f64::NAN),
-    };
-    (all.len() as f64 / elapsed, all.value_at_quantile(0.99) as f64 / 1000.0, cpu)
-}
-
-/// CPU time of a process so far in ns, summed over its threads (`schedstat`: finer than
-/// the 10 ms ticks of `stat`, which a sequential test of 20,000 calls would blur).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// (utime, stime) of a process in clock ticks.
-fn cpu_ticks(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
-    (field(11), field(12))
-}
-
 /// Runs one system: its server in a fresh process, latency then throughput.
 async fn measure(system: &str, opts: &Opts, row: &mut Row) {
     let kind = match system {
@@ -335,75 +233,6 @@ fn vm_mode(floor_p50_us: f64) -> &'static str {
         "fast (≈ 17 µs)"
     } else {
         "slow (≈ 60 µs)"
-    }
-}
-
-/// Throughput with several connections, the server's runtime at 1 and 2 workers.
-struct Scaling {
-    system: &'static str,
-    workers: usize,
-    connections: usize,
-    calls_per_s: f64,
-    p99_us: f64,
-}
-
-async fn scaling(opts: &Opts) -> Vec<Scaling> {
-    let mut out = Vec::new();
-    for system in ["raw floor", "meshrpc postcard", "tonic", "tarpc"] {
-        let kind = match system {
-            "raw floor" => "raw",
-            "meshrpc postcard" => "meshrpc",
-            other => other,
-        };
-        for workers in [1, 2] {
-            let server = Server::start_with_workers(kind, &["127.0.0.1:0"], Some(workers)).await;
-            for connections in [4, 16] {
-                let mut clients: Vec<Arc<dyn Client>> = Vec::new();
-                for _ in 0..connections {
-                    clients.push(match system {
-                        "raw floor" => Arc::new(systems::RawMux::connect(server.addr).await),
-                        "meshrpc postcard" => {
-                            Arc::new(systems::MeshrpcClient::connect(server.addr, meshrpc::Codec::Postcard).await)
-                        }
-                        "tonic" => Arc::new(systems::TonicClient::connect(server.addr).await),
-                        _ => Arc::new(systems::TarpcClient::connect(server.addr).await),
-                    });
-                }
-                let (calls_per_s, p99_us) = throughput(clients, opts.in_flight, opts.secs / 1.5).await;
-                out.push(Scaling { system, workers, connections, calls_per_s, p99_us });
-            }
-        }
-    }
-    out
-}
-
-fn print_scaling(rows: &[Scaling], in_flight: usize) {
-    println!();
-    println!(
-        "Multi-core view: {in_flight} calls in flight on each of 4 or 16 connections (one client process with 2 workers), the server's runtime at 1 or 2 workers; calls/s (p99 µs), and ÷ the raw multiplexer in the same cell."
-    );
-    println!();
-    println!("| system | 1 worker, 4 conns | 1 worker, 16 conns | 2 workers, 4 conns | 2 workers, 16 conns |");
-    println!("|---|---|---|---|---|");
-    let floor = |w: usize, c: usize| {
-        rows.iter().find(|r| r.system == "raw floor" && r.workers == w && r.connections == c).map(|r| r.calls_per_s)
-    };
-    let mut systems: Vec<&str> = rows.iter().map(|r| r.system).collect();
-    systems.dedup();
-    for system in systems {
-        let cells: Vec<String> = [(1, 4), (1, 16), (2, 4), (2, 16)]
-            .iter()
-            .map(|&(w, c)| {
-                rows.iter()
-                    .find(|r| r.system == system && r.workers == w && r.connections == c)
-                    .map(|r| {
-                        let ratio = floor(w, c).map(|f| r.calls_per_s / f).unwrap_or(f64::NAN);
-                        format!("{:.0} ({:.0}) = {ratio:.2}", r.calls_per_s, r.p99_us)
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
-        println!("| {system} | {} |", cells.join(" | "));
     }
 }
 

@@ -1,0 +1,172 @@
+//! How answers come back on a calling connection: the only call in flight reads its own
+//! answer (the reader task stays off the socket meanwhile); otherwise the reader task
+//! reads, dispatches every answer in what it read, and yields to the callers it woke.
+
+use std::sync::atomic::Ordering;
+
+use super::{Answer, Inner};
+use crate::{
+    call::Reply,
+    error::Error,
+    proto::{ConnState, Frame, Incoming},
+};
+
+/// A lone caller reading the link for itself: while any is, the reader task waits off
+/// the socket; when the last is done (answered, failed or dropped), the reader resumes.
+pub(super) struct LoneReader<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> LoneReader<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.lone_readers.fetch_add(1, Ordering::AcqRel);
+        LoneReader { inner }
+    }
+}
+
+impl Drop for LoneReader<'_> {
+    fn drop(&mut self) {
+        if self.inner.lone_readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.reader_resume.notify_one();
+        }
+    }
+}
+
+/// Withdraws a call whose caller stopped waiting, and tells the peer.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let cancel = self.inner.proto.lock().unwrap().cancel(self.id);
+        if let Some(frame) = cancel {
+            let _ = self.inner.sender.send(&frame, false);
+        }
+        self.inner.close_if_drained();
+    }
+}
+
+impl Inner {
+    /// Waits for the answer; the deadline timer answers `timeout` when it is due.
+    pub(super) async fn wait(&self, id: u64, rx: Answer, alone: bool) -> Result<Reply, Error> {
+        // If the caller drops this future, the guard withdraws the call and tells the peer.
+        let guard = CancelOnDrop { inner: self, id };
+        let received = async {
+            let mut rx = rx;
+            if !alone {
+                return rx.await;
+            }
+            // The only call in flight reads the link itself, and the reader task stays
+            // off the socket meanwhile (two tasks woken by one readiness cost a second
+            // thread's wake-up per call). Frames for calls made meanwhile are dispatched
+            // here too; the reader takes over when this call is done.
+            let lone = LoneReader::new(self);
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut rx => return answer,
+                    ready = self.link.readable() => match ready {
+                        Ok(()) => {
+                            if let Err(why) = self.pump() {
+                                self.close(why);
+                            }
+                        }
+                        Err(_) => {
+                            drop(lone); // the reader task reports the error
+                            return rx.await;
+                        }
+                    },
+                }
+            }
+        };
+        let answer = received.await;
+        std::mem::forget(guard);
+        match answer {
+            Ok(reply) => reply,
+            Err(_) => Err(Error::unavailable(format!("connection to {} closed mid-call", self.peer))),
+        }
+    }
+
+    /// The reader task: waits for bytes and dispatches the frames they complete.
+    pub(super) async fn read_loop(&self) -> Error {
+        loop {
+            if self.lone_readers.load(Ordering::Acquire) > 0 {
+                let resume = self.reader_resume.notified();
+                tokio::pin!(resume);
+                resume.as_mut().enable();
+                if self.lone_readers.load(Ordering::Acquire) > 0 {
+                    resume.await;
+                }
+                continue;
+            }
+            if let Err(e) = self.link.readable().await {
+                return Error::from(e).context(&format!("connection to {}", self.peer));
+            }
+            if let Err(why) = self.pump() {
+                return why;
+            }
+            // Let the callers just answered run before reading again: measured without
+            // it, 10 % more calls/s at 64 in flight but a p99 1.5–1.8 × higher.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Reads whatever the link holds without waiting and dispatches every complete
+    /// frame. Returns `false` without reading if another task is at it.
+    pub(super) fn pump(&self) -> Result<bool, Error> {
+        let Ok(mut buf) = self.inbox.try_lock() else { return Ok(false) };
+        loop {
+            // Frames left from the handshake or an earlier read come first.
+            loop {
+                match Frame::decode(&mut buf, self.limits.max_in) {
+                    Ok(Some(frame)) => self.on_frame(frame),
+                    Ok(None) => break,
+                    Err(e) => return Err(Error::unavailable(format!("{}: {e}", self.peer))),
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            match self.link.try_read_buf(&mut buf) {
+                Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(Error::from(e).context(&format!("connection to {}", self.peer))),
+            }
+        }
+    }
+
+    pub(super) fn on_frame(&self, frame: Frame) {
+        let going_away = matches!(frame, Frame::GoAway);
+        let (incoming, drained) = {
+            let mut proto = self.proto.lock().unwrap();
+            let incoming = proto.on_frame(frame);
+            (incoming, proto.drained())
+        };
+        match incoming {
+            Incoming::Answer(tx, result) => {
+                let _ = tx.send(result);
+                if drained {
+                    self.close(Error::unavailable(format!("{} drained", self.peer)));
+                }
+            }
+            Incoming::Send(frame) => {
+                let _ = self.sender.send(&frame, false);
+            }
+            Incoming::Nothing if going_away => {
+                tracing::debug!(peer = %self.peer, "peer is draining");
+                self.state.send_if_modified(|s| {
+                    let open = *s == ConnState::Open;
+                    if open {
+                        *s = ConnState::Draining;
+                    }
+                    open
+                });
+                self.close_if_drained();
+            }
+            Incoming::Nothing => {}
+        }
+    }
+}

@@ -89,14 +89,10 @@ struct Line {
 }
 
 impl RequestLog {
-    pub(crate) fn begin(service: &str, method: &str, caller: &str, start: Instant) -> RequestLog {
-        Self::begin_cached(&mut LastMethod::default(), service, method, caller, start)
-    }
-
-    /// As [`begin`](Self::begin), remembering the method's summary slot in `last` (one
+    /// Starts the log of a call, remembering the method's summary slot in `last` (one
     /// per connection: most connections call one method over and over, and the shared
     /// map costs a lock and two string hashes).
-    pub(crate) fn begin_cached(
+    pub(crate) fn begin(
         last: &mut LastMethod,
         service: &str,
         method: &str,

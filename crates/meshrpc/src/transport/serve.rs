@@ -287,7 +287,7 @@ async fn on_inbound(
             if let Err(denied) = caller.admission.admit(&mut call) {
                 return Some(answers.frame(id, Err(denied)));
             }
-            let log = RequestLog::begin_cached(
+            let log = RequestLog::begin(
                 &mut caller.last_method.lock().unwrap(),
                 &call.service,
                 &call.method,

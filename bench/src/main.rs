@@ -54,7 +54,12 @@ fn main() {
 /// a server started with `meshrpc-bench serve`, for profiling either side (`perf record
 /// -p`); in flight 1 is the sequential test.
 fn load(system: &str, addr: SocketAddr, secs: f64, in_flight: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // `BENCH_CLIENT_WORKERS=1`: a client whose calls and I/O stay on one thread.
+    if let Some(workers) = std::env::var("BENCH_CLIENT_WORKERS").ok().and_then(|w| w.parse().ok()) {
+        rt.worker_threads(workers);
+    }
+    let rt = rt.enable_all().build().unwrap();
     rt.block_on(async move {
         let client: Arc<dyn Client> = match system {
             "raw" if in_flight == 1 => Arc::new(systems::RawPingPong::connect(addr).await),

@@ -74,6 +74,19 @@ pub(crate) fn line_picked() -> bool {
 #[derive(Default)]
 pub(crate) struct LastMethod(Option<(Box<str>, Box<str>, Arc<MethodStats>)>);
 
+impl LastMethod {
+    fn stats(&mut self, summary: &Summary, service: &str, method: &str) -> Arc<MethodStats> {
+        match &self.0 {
+            Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
+            _ => {
+                let stats = summary.stats(service, method);
+                self.0 = Some((service.into(), method.into(), stats.clone()));
+                stats
+            }
+        }
+    }
+}
+
 /// A call being served: counted in its method's summary when it ends, and logged on
 /// its own line if `MESHRPC_REQUEST_LOG` picks it.
 pub(crate) struct RequestLog {
@@ -89,23 +102,19 @@ struct Line {
 }
 
 impl RequestLog {
-    /// Starts the log of a call, remembering the method's summary slot in `last` (one
-    /// per connection: most connections call one method over and over, and the shared
-    /// map costs a lock and two string hashes).
+    /// Starts the log of a call. A connection that serves many calls passes its `last`
+    /// slot: most connections call one method over and over, and the shared map costs a
+    /// lock and two string hashes.
     pub(crate) fn begin(
-        last: &mut LastMethod,
+        last: Option<&mut LastMethod>,
         service: &str,
         method: &str,
         caller: &str,
         start: Instant,
     ) -> RequestLog {
-        let stats = summary().map(|summary| match &last.0 {
-            Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
-            _ => {
-                let stats = summary.stats(service, method);
-                last.0 = Some((service.into(), method.into(), stats.clone()));
-                stats
-            }
+        let stats = summary().map(|summary| match last {
+            Some(last) => last.stats(summary, service, method),
+            None => summary.stats(service, method),
         });
         let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO))
             .then(|| Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned() });

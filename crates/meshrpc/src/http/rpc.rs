@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     identity::{Admission, Identity},
     limits::HttpLimits,
-    request_log::{LastMethod, RequestLog},
+    request_log::RequestLog,
 };
 
 /// Header carrying a per-request timeout in milliseconds.
@@ -141,8 +141,7 @@ pub(crate) async fn admitted_call(
         return envelope(Err(denied));
     }
     let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
-    let log = RequestLog::begin(&mut LastMethod::default(), &call.service, &call.method, &caller, Instant::now())
-        .until_done();
+    let log = RequestLog::begin(None, &call.service, &call.method, &caller, Instant::now()).until_done();
     let result = dispatch.dispatch(call).await;
     log.end(&result);
     envelope(result)

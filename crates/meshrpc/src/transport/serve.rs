@@ -288,7 +288,7 @@ async fn on_inbound(
                 return Some(answers.frame(id, Err(denied)));
             }
             let log = RequestLog::begin(
-                &mut caller.last_method.lock().unwrap(),
+                Some(&mut caller.last_method.lock().unwrap()),
                 &call.service,
                 &call.method,
                 &caller.name,

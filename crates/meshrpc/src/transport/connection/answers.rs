@@ -114,9 +114,9 @@ impl Inner {
     }
 
     /// Reads whatever the link holds without waiting and dispatches every complete
-    /// frame. Returns `false` without reading if another task is at it.
-    pub(super) fn pump(&self) -> Result<bool, Error> {
-        let Ok(mut buf) = self.inbox.try_lock() else { return Ok(false) };
+    /// frame; does nothing if another task is at it.
+    pub(super) fn pump(&self) -> Result<(), Error> {
+        let Ok(mut buf) = self.inbox.try_lock() else { return Ok(()) };
         loop {
             // Frames left from the handshake or an earlier read come first.
             loop {
@@ -132,7 +132,7 @@ impl Inner {
             match self.link.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(Error::from(e).context(&format!("connection to {}", self.peer))),
             }
         }

@@ -6,7 +6,12 @@ use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 
-use crate::{codec::Codec, error::Error, identity::Identity};
+use crate::{
+    codec::Codec,
+    error::Error,
+    identity::Identity,
+    stream::{Input, Items},
+};
 
 /// A boxed, sendable future: the currency between layers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -31,6 +36,9 @@ pub struct Call {
     pub metadata: Metadata,
     /// Encoded arguments.
     pub payload: Bytes,
+    /// The caller's stream of items, for a method that takes one (client and
+    /// bidirectional streams).
+    pub input: Option<Input>,
     /// Who sent the call, as verified by the node it arrived at: the caller's certificate
     /// (mutual TLS), or a bearer token's subject vouched for by a gateway. `None` for calls
     /// made in-process and over plaintext. Set by the node, never taken from the wire.
@@ -49,8 +57,15 @@ impl Call {
             key: None,
             metadata: Metadata::default(),
             payload,
+            input: None,
             peer: None,
         }
+    }
+
+    /// The same call with a stream of items for a method that takes one.
+    pub fn with_input(mut self, items: Items) -> Call {
+        self.input = Some(Input::new(items));
+        self
     }
 }
 
@@ -113,12 +128,25 @@ impl Metadata {
 }
 
 /// A successful exchange: the handler answered, with its `Ok` or its `Err`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Reply {
     /// Encoded `Ok` value.
     Ok(Bytes),
     /// Encoded application error (the trait's `E`).
     AppError(Bytes),
+    /// The `Ok` value is a stream: its encoded items (a streaming method's answer).
+    Stream(Items),
+}
+
+impl PartialEq for Reply {
+    /// Values compare by their bytes; streams are never equal (their items are not here
+    /// yet).
+    fn eq(&self, other: &Reply) -> bool {
+        match (self, other) {
+            (Reply::Ok(a), Reply::Ok(b)) | (Reply::AppError(a), Reply::AppError(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Anything that answers calls: a connection to a peer, the local registry of published

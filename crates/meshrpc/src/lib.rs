@@ -80,6 +80,7 @@ mod middleware;
 mod request_log;
 mod server;
 mod spec;
+mod stream;
 mod throttle;
 mod transport;
 
@@ -127,6 +128,7 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
+pub use stream::{Input, Items, Stream, StreamClosed, StreamSender};
 pub use transport::{
     connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
 };
@@ -151,7 +153,7 @@ pub mod __private {
     pub use serde;
 
     pub use crate::call::BoxFuture;
-    use crate::{Codec, Error, Reply};
+    use crate::{Codec, Error, Items, Reply};
 
     /// Encodes a handler's result in the codec it was called with; a value the codec
     /// cannot carry fails the call (`internal`, naming `method`).
@@ -172,6 +174,52 @@ pub mod __private {
 
     /// A service's error type must carry transport failures and cross the network.
     pub fn assert_error_type<E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>() {}
+
+    /// Encodes a streaming handler's result: its stream's items, or its error.
+    pub fn reply_stream<T, TE, E>(
+        codec: Codec,
+        method: &str,
+        result: Result<crate::Stream<T, TE>, E>,
+    ) -> Result<Reply, Error>
+    where
+        T: serde::Serialize + Send + 'static,
+        TE: serde::Serialize + Send + 'static,
+        E: serde::Serialize,
+    {
+        match result {
+            Ok(stream) => Ok(Reply::Stream(crate::stream::encode(codec, stream))),
+            Err(e) => codec.encode(&e).map(Reply::AppError).map_err(|e| e.context(&format!("the answer of {method}"))),
+        }
+    }
+
+    /// The caller's items of a method that takes a stream, typed; `bad_request` when the
+    /// call came without them.
+    pub fn take_items<T, E>(codec: Codec, method: &str, input: Option<Items>) -> Result<crate::Stream<T, E>, Error>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        E: serde::de::DeserializeOwned + From<Error> + Send + 'static,
+    {
+        match input {
+            Some(items) => Ok(crate::stream::decode(codec, items)),
+            None => Err(Error::bad_request(format!(
+                "{method} takes a stream of items: send them with the call (over HTTP: an NDJSON body whose first line holds the arguments)"
+            ))),
+        }
+    }
+
+    /// Refuses items sent to a method that takes none.
+    pub fn no_items(method: &str, input: &Option<Items>) -> Result<(), Error> {
+        match input {
+            Some(_) => Err(Error::bad_request(format!("{method} takes no stream of items"))),
+            None => Ok(()),
+        }
+    }
+
+    /// A stream's item type must cross the network, and its error type carry transport
+    /// failures.
+    pub fn assert_item_types<T: serde::Serialize + serde::de::DeserializeOwned, E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>(
+    ) {
+    }
 
     /// The answer to a method the service does not have.
     pub fn unknown_method(service: &str, method: &str) -> BoxFuture<Result<Reply, Error>> {

@@ -129,7 +129,8 @@ impl RequestLog {
 
     pub(crate) fn end(self, result: &Result<Reply, Error>) {
         let status = match result {
-            Ok(Reply::Ok(_)) => "ok",
+            // A stream is logged when it opens (its items are not calls).
+            Ok(Reply::Ok(_) | Reply::Stream(_)) => "ok",
             Ok(Reply::AppError(_)) => "application",
             Err(e) => e.code(),
         };

@@ -15,6 +15,7 @@ use crate::{
     codec::Codec,
     context::{new_trace_id, CallContext},
     error::Error,
+    stream::{self, Input, Items, Stream},
 };
 
 /// Timeout of a call when nothing else sets one.
@@ -30,6 +31,9 @@ pub struct CallOptions {
     pub codec: Codec,
     /// Sticky-session key.
     pub key: Option<Arc<str>>,
+    /// Streaming calls run without the timeout: the stream lasts until either side ends
+    /// it (else the timeout covers the whole stream).
+    pub unbounded_streams: bool,
 }
 
 /// A handle for making calls. Cheap to clone.
@@ -84,6 +88,16 @@ impl Channel {
         Channel { target: crate::middleware::wrap(self.target.clone(), &layer), options: self.options.clone() }
     }
 
+    /// The same channel whose streaming calls have no deadline of their own: a stream
+    /// lasts until either side ends it or the caller drops it (a deadline inherited from
+    /// the call being served still applies). Without this, the timeout covers the whole
+    /// stream.
+    pub fn without_stream_deadline(&self) -> Self {
+        let mut c = self.clone();
+        c.options.unbounded_streams = true;
+        c
+    }
+
     /// The options every call through this channel gets.
     pub fn options(&self) -> &CallOptions {
         &self.options
@@ -97,24 +111,59 @@ impl Channel {
         method: impl Into<Cow<'static, str>>,
         payload: bytes::Bytes,
     ) -> Result<Reply, Error> {
+        self.target.dispatch(self.new_call(service.into(), method.into(), payload, None, false)).await
+    }
+
+    /// Calls with pre-encoded arguments and items, expecting a stream (`streaming`: the
+    /// answer may be a stream, so [`without_stream_deadline`](Self::without_stream_deadline)
+    /// applies).
+    pub async fn call_raw_items(
+        &self,
+        service: impl Into<Cow<'static, str>>,
+        method: impl Into<Cow<'static, str>>,
+        payload: bytes::Bytes,
+        input: Option<Items>,
+        streaming: bool,
+    ) -> Result<Reply, Error> {
+        self.target.dispatch(self.new_call(service.into(), method.into(), payload, input, streaming)).await
+    }
+
+    fn new_call(
+        &self,
+        service: Cow<'static, str>,
+        method: Cow<'static, str>,
+        payload: bytes::Bytes,
+        input: Option<Items>,
+        streaming: bool,
+    ) -> Call {
         let ctx = CallContext::current();
-        let own = Instant::now() + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let deadline = match ctx.and_then(|c| c.deadline) {
-            Some(inherited) => inherited.min(own),
-            None => own,
+        let own = (!(streaming && self.options.unbounded_streams))
+            .then(|| Instant::now() + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT));
+        let deadline = match (ctx.and_then(|c| c.deadline), own) {
+            (Some(inherited), Some(own)) => Some(inherited.min(own)),
+            (inherited, own) => inherited.or(own),
         };
-        let call = Call {
-            service: service.into(),
-            method: method.into(),
+        Call {
+            service,
+            method,
             codec: self.options.codec,
-            deadline: Some(deadline),
+            deadline,
             trace_id: ctx.map_or_else(new_trace_id, |c| c.trace_id),
             key: self.options.key.clone(),
             metadata: Default::default(),
             payload,
+            input: input.map(Input::new),
             peer: None,
-        };
-        self.target.dispatch(call).await
+        }
+    }
+
+    /// Encodes a typed stream in this channel's codec, as a call's items.
+    pub fn items<I, IE>(&self, items: Stream<I, IE>) -> Items
+    where
+        I: Serialize + Send + 'static,
+        IE: Serialize + Send + 'static,
+    {
+        stream::encode(self.options.codec, items)
     }
 
     /// A typed call, as generated clients make it: transport failures become the
@@ -125,11 +174,51 @@ impl Channel {
         T: DeserializeOwned,
         E: DeserializeOwned + From<Error>,
     {
+        self.call_with(service, method, args, None).await
+    }
+
+    /// A typed call sending `input` (a method that takes a stream), answered with a value.
+    pub async fn call_with<A, T, E>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        args: &A,
+        input: Option<Items>,
+    ) -> Result<T, E>
+    where
+        A: Serialize,
+        T: DeserializeOwned,
+        E: DeserializeOwned + From<Error>,
+    {
         let codec = self.options.codec;
         let payload = codec.encode(args)?;
-        match self.call_raw(service, method, payload).await? {
+        match self.call_raw_items(service, method, payload, input, false).await? {
             Reply::Ok(bytes) => codec.decode(&bytes).map_err(|e| E::from(answer_error(e))),
             Reply::AppError(bytes) => Err(codec.decode::<E>(&bytes).map_err(answer_error)?),
+            Reply::Stream(_) => Err(E::from(Error::protocol("a stream where a value was expected"))),
+        }
+    }
+
+    /// A typed call answered with a stream (sending `input` for a bidirectional one).
+    pub async fn open<A, T, TE, E>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        args: &A,
+        input: Option<Items>,
+    ) -> Result<Stream<T, TE>, E>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        TE: DeserializeOwned + From<Error> + Send + 'static,
+        E: DeserializeOwned + From<Error>,
+    {
+        let codec = self.options.codec;
+        let payload = codec.encode(args)?;
+        match self.call_raw_items(service, method, payload, input, true).await? {
+            Reply::Stream(items) => Ok(stream::decode(codec, items)),
+            Reply::AppError(bytes) => Err(codec.decode::<E>(&bytes).map_err(answer_error)?),
+            Reply::Ok(_) => Err(E::from(Error::protocol("a value where a stream was expected"))),
         }
     }
 }

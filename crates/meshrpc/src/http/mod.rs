@@ -4,6 +4,7 @@
 mod connection;
 mod keepalive;
 mod rpc;
+mod streams;
 
 use std::{
     sync::{Arc, RwLock},

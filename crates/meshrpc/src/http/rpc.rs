@@ -26,7 +26,10 @@ use crate::{
     identity::{Admission, Identity},
     limits::HttpLimits,
     request_log::RequestLog,
+    stream::Input,
 };
+
+use super::streams;
 
 /// Header carrying a per-request timeout in milliseconds.
 pub const TIMEOUT_HEADER: &str = "meshrpc-timeout-ms";
@@ -118,23 +121,32 @@ pub(crate) async fn admitted_call(
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
-    let payload = match read_body(body, headers, limits).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
+    let (payload, input) = if streams::is_ndjson(headers) {
+        match streams::split_ndjson(body, limits).await {
+            Ok((args, items)) => (args, Some(Input::new(items))),
+            Err(e) => return envelope(Err(e)),
+        }
+    } else {
+        match read_body(body, headers, limits).await {
+            Ok(b) => (b, None),
+            Err(resp) => return resp,
+        }
     };
+    // `0`: no deadline (a long-lived stream).
     let timeout = headers
         .get(TIMEOUT_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map_or(limits.default_timeout, Duration::from_millis);
+        .map_or(Some(limits.default_timeout), |ms| (ms > 0).then(|| Duration::from_millis(ms)));
     let mut call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
         codec: Codec::Json,
-        deadline: Some(Instant::now() + timeout),
+        deadline: timeout.map(|t| Instant::now() + t),
         trace_id: new_trace_id(),
         key: sticky_key(headers),
         metadata: Default::default(),
         peer: None,
+        input,
         payload,
     };
     if let Err(denied) = admission.admit(&mut call) {
@@ -144,7 +156,10 @@ pub(crate) async fn admitted_call(
     let log = RequestLog::begin(None, &call.service, &call.method, &caller, Instant::now()).until_done();
     let result = dispatch.dispatch(call).await;
     log.end(&result);
-    envelope(result)
+    match result {
+        Ok(Reply::Stream(items)) => streams::response(items, streams::Format::of(headers)),
+        result => envelope(result),
+    }
 }
 
 /// The sticky-session key: the `meshrpc-key` header, else the `meshrpc-key` cookie.
@@ -188,6 +203,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limits: &HttpLimits) -> Resu
 /// bytes, never decoded and re-encoded.
 pub fn envelope(result: Result<Reply, Error>) -> Response {
     match result {
+        Ok(Reply::Stream(items)) => streams::response(items, streams::Format::Ndjson),
         Ok(Reply::Ok(data)) => {
             let mut out = BytesMut::with_capacity(data.len() + 24);
             out.put_slice(b"{\"data\":");

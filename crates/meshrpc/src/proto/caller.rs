@@ -14,7 +14,10 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{Frame, Negotiated, Status};
+use super::{
+    flow::{item_cost, RecvWindow, SendWindow},
+    Frame, Negotiated, Status,
+};
 use crate::{
     call::{Call, Reply},
     error::Error,
@@ -33,22 +36,46 @@ pub enum ConnState {
 
 /// What a received frame asks of the shell.
 #[derive(Debug)]
-pub enum Incoming<W> {
-    /// Hand this answer to the waiter of the call.
-    Answer(W, Result<Reply, Error>),
+pub enum Incoming<W, S> {
+    /// Hand this answer to the waiter of the call; the call is over (stop sending its
+    /// items, if it has a stream handle).
+    Answer(W, Option<S>, Result<Reply, Error>),
+    /// The answer is a stream: hand the waiter a reader of `S`'s items.
+    Opened(W, S),
+    /// An item of the answer's stream, and its cost (give it back with
+    /// [`CallerState::consumed`] once read).
+    Item(S, Bytes, u32),
+    /// The answer's stream ended: cleanly (`None`) or with an error. The call is over.
+    End(S, Option<Result<Reply, Error>>),
+    /// The node granted credit: a sender waiting for it may go on.
+    Credit(S),
     /// Write this frame back.
     Send(Frame),
+    /// The node broke the protocol: close the connection.
+    Violation(Error),
     /// Nothing to do.
     Nothing,
 }
 
+/// Whether an item may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Send it: its credit is spent.
+    Go,
+    /// Wait for a credit grant, then ask again.
+    Wait,
+    /// The call is over: stop sending.
+    Gone,
+}
+
 /// The caller's state of one connection. `W` is whatever the shell wakes a waiting
-/// caller with (a oneshot sender, say).
+/// caller with (a oneshot sender, say); `S` the shell's handle of a call's streams
+/// (where items go, and who waits for credit).
 #[derive(Debug)]
-pub struct CallerState<W> {
+pub struct CallerState<W, S> {
     limits: Negotiated,
     next_id: u64,
-    pending: HashMap<u64, Waiting<W>, BuildHasherDefault<IdHasher>>,
+    pending: HashMap<u64, Waiting<W, S>, BuildHasherDefault<IdHasher>>,
     /// Deadlines of calls, soonest first; entries of calls already answered are
     /// dropped lazily (and the heap rebuilt once they outnumber the live ones).
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -58,9 +85,23 @@ pub struct CallerState<W> {
 }
 
 #[derive(Debug)]
-struct Waiting<W> {
-    waiter: W,
+struct Waiting<W, S> {
+    /// Until the answer (or its stream's opening) arrives.
+    waiter: Option<W>,
+    /// The shell's handle, for a call with items either way.
+    stream: Option<S>,
     deadline: Option<Instant>,
+    /// Our items' credit, until we ended them.
+    send: Option<SendWindow>,
+    /// The answer's items, once its stream opened.
+    recv: Option<RecvWindow>,
+}
+
+impl<W, S> Waiting<W, S> {
+    fn new(waiter: W, deadline: Option<Instant>, stream: Option<S>) -> Self {
+        let send = stream.is_some().then(SendWindow::default);
+        Waiting { waiter: Some(waiter), stream, deadline, send, recv: None }
+    }
 }
 
 /// Call ids are a counter: they need no hashing beyond spreading their bits.
@@ -93,7 +134,7 @@ pub struct Registered {
     pub rearm: bool,
 }
 
-impl<W> CallerState<W> {
+impl<W, S: Clone> CallerState<W, S> {
     /// The state right after a handshake.
     pub fn new(limits: Negotiated) -> Self {
         CallerState {
@@ -121,8 +162,9 @@ impl<W> CallerState<W> {
         self.pending.len()
     }
 
-    /// Adds a waiting call that times out at `deadline`.
-    pub fn register(&mut self, waiter: W, deadline: Option<Instant>) -> Result<Registered, Error> {
+    /// Adds a waiting call that times out at `deadline`; `stream`: the call sends items
+    /// (its handle is told of credit and of the call's end).
+    pub fn register(&mut self, waiter: W, deadline: Option<Instant>, stream: Option<S>) -> Result<Registered, Error> {
         match self.state {
             ConnState::Open => {}
             ConnState::Draining => return Err(Error::unavailable("the peer is draining")),
@@ -132,7 +174,7 @@ impl<W> CallerState<W> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.insert(id, Waiting { waiter, deadline });
+        self.pending.insert(id, Waiting::new(waiter, deadline, stream));
         let mut rearm = false;
         if let Some(d) = deadline {
             if self.deadlines.len() > 2 * self.pending.len() + 64 {
@@ -164,9 +206,9 @@ impl<W> CallerState<W> {
         None
     }
 
-    /// Withdraws every call whose deadline is at or before `now`: their waiters (to be
-    /// failed with `timeout`) and the cancel frames to send the peer.
-    pub fn expire(&mut self, now: Instant) -> Vec<(W, Frame)> {
+    /// Withdraws every call whose deadline is at or before `now`: their waiters and
+    /// stream handles (to be failed with `timeout`) and the cancel frames to send the peer.
+    pub fn expire(&mut self, now: Instant) -> Vec<(Option<W>, Option<S>, Frame)> {
         let mut expired = Vec::new();
         while let Some(Reverse((d, id))) = self.deadlines.peek().copied() {
             if d > now {
@@ -175,7 +217,7 @@ impl<W> CallerState<W> {
             self.deadlines.pop();
             if self.pending.get(&id).is_some_and(|w| w.deadline == Some(d)) {
                 let w = self.pending.remove(&id).expect("checked above");
-                expired.push((w.waiter, Frame::Cancel { id }));
+                expired.push((w.waiter, w.stream, Frame::Cancel { id }));
             }
         }
         self.armed = None;
@@ -190,21 +232,49 @@ impl<W> CallerState<W> {
     pub fn start_call(&mut self, call: Call, now: Instant, waiter: W) -> Result<(u64, Frame, bool), Error> {
         let deadline = call.deadline;
         let mut frame = request(call, now, &self.limits)?;
-        let r = self.register(waiter, deadline)?;
+        let r = self.register(waiter, deadline, None)?;
         frame.set_request_id(r.id);
         Ok((r.id, frame, r.alone))
     }
 
     /// Starts a ping; its answer is an empty `Reply::Ok`.
     pub fn start_ping(&mut self, waiter: W, deadline: Option<Instant>) -> Result<(Registered, Frame), Error> {
-        let r = self.register(waiter, deadline)?;
+        let r = self.register(waiter, deadline, None)?;
         Ok((r, Frame::Ping { id: r.id }))
     }
 
     /// Withdraws a call the caller gave up on; returns the cancel to send if it was still
-    /// waiting.
-    pub fn cancel(&mut self, id: u64) -> Option<Frame> {
-        self.pending.remove(&id).map(|_| Frame::Cancel { id })
+    /// waiting (and its stream handle: its sending must stop).
+    pub fn cancel(&mut self, id: u64) -> Option<(Frame, Option<S>)> {
+        self.pending.remove(&id).map(|w| (Frame::Cancel { id }, w.stream))
+    }
+
+    /// May an item of `payload` bytes of call `id` go out now?
+    pub fn spend(&mut self, id: u64, payload: usize) -> Spend {
+        match self.pending.get_mut(&id).and_then(|w| w.send.as_mut()) {
+            None => Spend::Gone,
+            Some(window) => {
+                if window.spend(item_cost(payload)) {
+                    Spend::Go
+                } else {
+                    Spend::Wait
+                }
+            }
+        }
+    }
+
+    /// Our items of call `id` ended (its end frame is sent): no more credit is needed.
+    pub fn items_sent(&mut self, id: u64) {
+        if let Some(w) = self.pending.get_mut(&id) {
+            w.send = None;
+        }
+    }
+
+    /// The reader took an item of `cost` from call `id`'s answer: the credit frame to
+    /// send back, when it is time to.
+    pub fn consumed(&mut self, id: u64, cost: u32) -> Option<Frame> {
+        let window = self.pending.get_mut(&id)?.recv.as_mut()?;
+        window.consumed(cost).map(|bytes| Frame::Credit { id, bytes })
     }
 
     /// True once the peer drained and the last answer is in: the caller hangs up, so the
@@ -213,22 +283,56 @@ impl<W> CallerState<W> {
         self.state == ConnState::Draining && self.pending.is_empty()
     }
 
-    /// Handles one frame from the peer.
-    pub fn on_frame(&mut self, frame: Frame) -> Incoming<W> {
+    /// Handles one frame from the peer; `make` gives a stream handle when the answer to
+    /// a call without one turns out to be a stream.
+    pub fn on_frame(&mut self, frame: Frame, make: impl FnOnce() -> S) -> Incoming<W, S> {
         match frame {
-            Frame::Response { id, status, payload } => {
-                let Some(Waiting { waiter, .. }) = self.pending.remove(&id) else { return Incoming::Nothing };
-                let result = match status {
-                    Status::Ok => Ok(Reply::Ok(payload)),
-                    Status::AppError => Ok(Reply::AppError(payload)),
-                    Status::Failed => Err(serde_json::from_slice(&payload)
-                        .unwrap_or_else(|_| Error::protocol(String::from_utf8_lossy(&payload).into_owned()))),
+            Frame::Response { id, status: Status::Stream, .. } => {
+                let Some(w) = self.pending.get_mut(&id) else { return Incoming::Nothing };
+                let Some(waiter) = w.waiter.take() else {
+                    return Incoming::Violation(Error::protocol(format!("call {id} was answered twice")));
                 };
-                Incoming::Answer(waiter, result)
+                let stream = w.stream.get_or_insert_with(make).clone();
+                w.recv = Some(RecvWindow::default());
+                Incoming::Opened(waiter, stream)
             }
+            Frame::Response { id, status, payload } => {
+                let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };
+                let Some(waiter) = w.waiter else {
+                    return Incoming::Violation(Error::protocol(format!("call {id} was answered twice")));
+                };
+                Incoming::Answer(waiter, w.stream, outcome(status, payload))
+            }
+            Frame::Item { id, payload } => {
+                let Some(w) = self.pending.get_mut(&id) else { return Incoming::Nothing };
+                let (Some(window), Some(stream)) = (w.recv.as_mut(), &w.stream) else {
+                    return Incoming::Violation(Error::protocol(format!("an item for call {id}, which has no stream")));
+                };
+                let cost = item_cost(payload.len());
+                if let Err(e) = window.received(cost) {
+                    return Incoming::Violation(e);
+                }
+                Incoming::Item(stream.clone(), payload, cost)
+            }
+            Frame::End { id, status, payload } => {
+                let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };
+                match (w.recv, w.stream) {
+                    (Some(_), Some(stream)) => {
+                        Incoming::End(stream, (status != Status::Ok).then(|| outcome(status, payload)))
+                    }
+                    _ => Incoming::Violation(Error::protocol(format!("an end for call {id}, which has no stream"))),
+                }
+            }
+            Frame::Credit { id, bytes } => match self.pending.get_mut(&id) {
+                Some(Waiting { send: Some(window), stream: Some(stream), .. }) => {
+                    window.grant(bytes);
+                    Incoming::Credit(stream.clone())
+                }
+                _ => Incoming::Nothing, // credit for items already ended
+            },
             Frame::Pong { id } => match self.pending.remove(&id) {
-                Some(w) => Incoming::Answer(w.waiter, Ok(Reply::Ok(Bytes::new()))),
-                None => Incoming::Nothing,
+                Some(Waiting { waiter: Some(waiter), .. }) => Incoming::Answer(waiter, None, Ok(Reply::Ok(Bytes::new()))),
+                _ => Incoming::Nothing,
             },
             Frame::Ping { id } => Incoming::Send(Frame::Pong { id }),
             Frame::GoAway => {
@@ -244,11 +348,22 @@ impl<W> CallerState<W> {
         }
     }
 
-    /// Closes the connection: returns every waiter, to be failed with the reason.
-    pub fn close(&mut self) -> Vec<W> {
+    /// Closes the connection: returns every waiter and stream handle, to be failed with
+    /// the reason.
+    pub fn close(&mut self) -> Vec<(Option<W>, Option<S>)> {
         self.state = ConnState::Closed;
         self.deadlines.clear();
-        self.pending.drain().map(|(_, w)| w.waiter).collect()
+        self.pending.drain().map(|(_, w)| (w.waiter, w.stream)).collect()
+    }
+}
+
+/// What a response or end frame says: the value, the application error or the failure.
+fn outcome(status: Status, payload: Bytes) -> Result<Reply, Error> {
+    match status {
+        Status::Ok | Status::Stream => Ok(Reply::Ok(payload)),
+        Status::AppError => Ok(Reply::AppError(payload)),
+        Status::Failed => Err(serde_json::from_slice(&payload)
+            .unwrap_or_else(|_| Error::protocol(String::from_utf8_lossy(&payload).into_owned()))),
     }
 }
 
@@ -267,6 +382,10 @@ pub fn request(call: Call, now: Instant, limits: &Negotiated) -> Result<Frame, E
             return Err(Error::protocol("the peer does not take call metadata (wire feature METADATA)"));
         }
     }
+    let items = call.input.is_some();
+    if items && !limits.features.contains(super::Features::STREAMS) {
+        return Err(Error::protocol("the peer does not take streams of items (wire feature STREAMS)"));
+    }
     let frame = Frame::Request {
         id: 0,
         codec: call.codec,
@@ -275,6 +394,7 @@ pub fn request(call: Call, now: Instant, limits: &Negotiated) -> Result<Frame, E
         service: bytes_of(call.service),
         method: bytes_of(call.method),
         metadata: call.metadata,
+        items,
         payload: call.payload,
     };
     let size = frame.encoded_len() as u64;

@@ -24,6 +24,30 @@ pub enum Status {
     AppError,
     /// meshrpc failed the call; payload is the JSON of [`Error`].
     Failed,
+    /// (Response only) the handler's `Ok` value is a stream: its items follow as
+    /// [`Frame::Item`]s under the same id, closed by a [`Frame::End`]. Payload empty.
+    Stream,
+}
+
+impl Status {
+    fn to_byte(&self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::AppError => 1,
+            Status::Failed => 2,
+            Status::Stream => 3,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Status, Error> {
+        Ok(match b {
+            0 => Status::Ok,
+            1 => Status::AppError,
+            2 => Status::Failed,
+            3 => Status::Stream,
+            s => return Err(Error::protocol(format!("unknown status {s}"))),
+        })
+    }
 }
 
 /// One unit on the wire.
@@ -41,6 +65,9 @@ pub enum Frame {
         method: Bytes,
         /// Sent as a `REQUEST_META` frame when not empty (feature `METADATA`).
         metadata: Metadata,
+        /// The caller sends a stream of items after the request (kind 11, feature
+        /// `STREAMS`).
+        items: bool,
         payload: Bytes,
     },
     /// The answer to request `id`.
@@ -53,6 +80,14 @@ pub enum Frame {
     Pong { id: u64 },
     /// The sender drains: send no new requests on this connection.
     GoAway,
+    /// One item of call `id`'s stream (from the caller: its items; from the node: the
+    /// answer's), in the call's codec.
+    Item { id: u64, payload: Bytes },
+    /// The end of that stream: `Ok` (clean, empty payload), `AppError` (the item error,
+    /// encoded) or `Failed` (JSON of [`Error`]).
+    End { id: u64, status: Status, payload: Bytes },
+    /// The receiver of call `id`'s stream grants `bytes` more of credit to its sender.
+    Credit { id: u64, bytes: u32 },
 }
 
 const REQUEST: u8 = 1;
@@ -61,8 +96,11 @@ const CANCEL: u8 = 3;
 const PING: u8 = 4;
 const PONG: u8 = 5;
 const GOAWAY: u8 = 6;
-// 7 and 8 are reserved for streams.
+const ITEM: u8 = 7;
+const END: u8 = 8;
 const REQUEST_META: u8 = 9;
+const CREDIT: u8 = 10;
+const REQUEST_ITEMS: u8 = 11;
 
 impl Frame {
     /// Sets the id of a request frame (other kinds are left as they are).
@@ -72,19 +110,36 @@ impl Frame {
         }
     }
 
+    /// The call the frame belongs to (0 for go-away, which concerns the connection).
+    pub fn id(&self) -> u64 {
+        match self {
+            Frame::Request { id, .. }
+            | Frame::Response { id, .. }
+            | Frame::Cancel { id }
+            | Frame::Ping { id }
+            | Frame::Pong { id }
+            | Frame::Item { id, .. }
+            | Frame::End { id, .. }
+            | Frame::Credit { id, .. } => *id,
+            Frame::GoAway => 0,
+        }
+    }
+
     /// Encoded size in bytes, including the length prefix.
     pub fn encoded_len(&self) -> usize {
         HEADER
             + match self {
-                Frame::Request { service, method, metadata, payload, .. } => {
-                    let meta: usize = if metadata.is_empty() {
+                Frame::Request { service, method, metadata, payload, items, .. } => {
+                    let meta: usize = if metadata.is_empty() && !items {
                         0
                     } else {
                         1 + metadata.iter().map(|(n, v)| 1 + n.len() + 2 + v.len()).sum::<usize>()
                     };
                     1 + 8 + 8 + 1 + service.len() + 1 + method.len() + meta + payload.len()
                 }
-                Frame::Response { payload, .. } => 1 + payload.len(),
+                Frame::Response { payload, .. } | Frame::End { payload, .. } => 1 + payload.len(),
+                Frame::Item { payload, .. } => payload.len(),
+                Frame::Credit { .. } => 4,
                 _ => 0,
             }
     }
@@ -94,8 +149,13 @@ impl Frame {
         out.reserve(self.encoded_len());
         out.put_u32((self.encoded_len() - 4) as u32);
         match self {
-            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, payload } => {
-                out.put_u8(if metadata.is_empty() { REQUEST } else { REQUEST_META });
+            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload } => {
+                let with_meta = !metadata.is_empty() || *items;
+                out.put_u8(match (items, with_meta) {
+                    (true, _) => REQUEST_ITEMS,
+                    (false, true) => REQUEST_META,
+                    (false, false) => REQUEST,
+                });
                 out.put_u64(*id);
                 out.put_u8(codec.to_byte());
                 // 0 means "no deadline"; a real deadline is at least 1 µs.
@@ -105,7 +165,7 @@ impl Frame {
                 out.put_slice(service);
                 out.put_u8(method.len() as u8);
                 out.put_slice(method);
-                if !metadata.is_empty() {
+                if with_meta {
                     out.put_u8(metadata.len() as u8);
                     for (name, value) in metadata.iter() {
                         out.put_u8(name.len() as u8);
@@ -119,12 +179,24 @@ impl Frame {
             Frame::Response { id, status, payload } => {
                 out.put_u8(RESPONSE);
                 out.put_u64(*id);
-                out.put_u8(match status {
-                    Status::Ok => 0,
-                    Status::AppError => 1,
-                    Status::Failed => 2,
-                });
+                out.put_u8(status.to_byte());
                 out.put_slice(payload);
+            }
+            Frame::Item { id, payload } => {
+                out.put_u8(ITEM);
+                out.put_u64(*id);
+                out.put_slice(payload);
+            }
+            Frame::End { id, status, payload } => {
+                out.put_u8(END);
+                out.put_u64(*id);
+                out.put_u8(status.to_byte());
+                out.put_slice(payload);
+            }
+            Frame::Credit { id, bytes } => {
+                out.put_u8(CREDIT);
+                out.put_u64(*id);
+                out.put_u32(*bytes);
             }
             Frame::Cancel { id } => {
                 out.put_u8(CANCEL);
@@ -170,7 +242,7 @@ impl Frame {
         let kind = body.get_u8();
         let id = body.get_u64();
         let frame = match kind {
-            REQUEST | REQUEST_META => {
+            REQUEST | REQUEST_META | REQUEST_ITEMS => {
                 let short = || Error::protocol("truncated request frame");
                 if body.remaining() < 1 + 8 + 8 + 1 {
                     return Err(short());
@@ -185,20 +257,27 @@ impl Frame {
                 let trace_id = body.get_u64();
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
-                let metadata = if kind == REQUEST_META { take_metadata(&mut body)? } else { Metadata::default() };
-                Frame::Request { id, codec, deadline, trace_id, service, method, metadata, payload: body }
+                let metadata = if kind == REQUEST { Metadata::default() } else { take_metadata(&mut body)? };
+                let items = kind == REQUEST_ITEMS;
+                Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload: body }
             }
-            RESPONSE => {
+            RESPONSE | END => {
                 if body.remaining() < 1 {
-                    return Err(Error::protocol("truncated response frame"));
+                    return Err(Error::protocol("truncated response or end frame"));
                 }
-                let status = match body.get_u8() {
-                    0 => Status::Ok,
-                    1 => Status::AppError,
-                    2 => Status::Failed,
-                    s => return Err(Error::protocol(format!("unknown response status {s}"))),
-                };
-                Frame::Response { id, status, payload: body }
+                let status = Status::from_byte(body.get_u8())?;
+                match (kind, status) {
+                    (RESPONSE, status) => Frame::Response { id, status, payload: body },
+                    (_, Status::Stream) => return Err(Error::protocol("an end frame cannot open a stream")),
+                    (_, status) => Frame::End { id, status, payload: body },
+                }
+            }
+            ITEM => Frame::Item { id, payload: body },
+            CREDIT => {
+                if body.remaining() != 4 {
+                    return Err(Error::protocol("a credit frame carries 4 bytes"));
+                }
+                Frame::Credit { id, bytes: body.get_u32() }
             }
             CANCEL => Frame::Cancel { id },
             PING => Frame::Ping { id },
@@ -251,6 +330,7 @@ mod tests {
             service: Bytes::from_static(b"greeter"),
             method: Bytes::from_static(b"greet"),
             metadata: Metadata::default(),
+            items: false,
             payload: Bytes::from_static(b"\x03Max"),
         }
     }
@@ -261,9 +341,20 @@ mod tests {
             metadata.insert("Authorization", "Bearer x");
             metadata.insert("tenant", "");
         }
+        let mut with_items = request();
+        if let Frame::Request { items, .. } = &mut with_items {
+            *items = true;
+        }
         vec![
             request(),
             with_metadata,
+            with_items,
+            Frame::Response { id: 7, status: Status::Stream, payload: Bytes::new() },
+            Frame::Item { id: 7, payload: Bytes::from_static(b"{\"n\":1}") },
+            Frame::Item { id: 7, payload: Bytes::new() },
+            Frame::End { id: 7, status: Status::Ok, payload: Bytes::new() },
+            Frame::End { id: 7, status: Status::Failed, payload: Bytes::from_static(b"{\"code\":\"timeout\"}") },
+            Frame::Credit { id: 7, bytes: 65536 },
             Frame::Response { id: 7, status: Status::AppError, payload: Bytes::from_static(b"{}") },
             Frame::Cancel { id: 9 },
             Frame::Ping { id: 1 },

@@ -34,6 +34,9 @@ impl Features {
     pub const NONE: Features = Features(0);
     /// Requests may carry metadata (`REQUEST_META` frames).
     pub const METADATA: Features = Features(1);
+    /// Streaming methods: items, their end and flow-control credit (kinds 7, 8, 10, 11),
+    /// and the `Stream` response status.
+    pub const STREAMS: Features = Features(2);
 
     /// The raw bits, as sent on the wire.
     pub fn bits(self) -> u32 {
@@ -57,7 +60,7 @@ impl Features {
 }
 
 /// The features this build implements.
-const SUPPORTED: Features = Features::METADATA;
+const SUPPORTED: Features = Features(Features::METADATA.0 | Features::STREAMS.0);
 
 /// What a handshake settled for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,17 +7,19 @@
 //! drives it; the tests here drive two states against each other byte by byte.
 
 mod caller;
+mod flow;
 mod frame;
 mod handshake;
 mod responder;
 
-pub use caller::{request, CallerState, ConnState, Incoming, Registered};
+pub use caller::{request, CallerState, ConnState, Incoming, Registered, Spend};
+pub use flow::{item_cost, RecvWindow, SendWindow, STREAM_WINDOW};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
     refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, TLS_REQUIRED,
     VERSION,
 };
-pub use responder::{response, response_within, Expired, Inbound, ResponderState};
+pub use responder::{end, response, response_within, Expired, Inbound, ResponderState};
 
 #[cfg(test)]
 mod tests;

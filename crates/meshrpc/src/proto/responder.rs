@@ -9,7 +9,11 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{Frame, Status};
+use super::{
+    caller::Spend,
+    flow::{item_cost, RecvWindow, SendWindow},
+    Frame, Status,
+};
 use crate::{
     call::{Call, Reply},
     error::Error,
@@ -17,27 +21,38 @@ use crate::{
 
 /// What a received frame asks of the shell.
 #[derive(Debug)]
-pub enum Inbound<H> {
+pub enum Inbound<H, S> {
     /// Run this call and answer request `id` with [`response`].
     Call {
         /// The request id to answer.
         id: u64,
         /// The call, its deadline made absolute.
         call: Call,
+        /// The caller sends items: the handle they arrive at (the call then stays
+        /// registered until [`ResponderState::finished`]).
+        items: Option<S>,
     },
+    /// An item of the caller's stream, and its cost (give it back with
+    /// [`ResponderState::consumed`] once read).
+    Item(S, Bytes, u32),
+    /// The caller's items ended: cleanly (`None`) or with its error.
+    ItemsEnd(S, Option<Result<Reply, Error>>),
+    /// The caller granted credit: a sender waiting for it may go on.
+    Credit(S),
     /// Write this frame back (a pong, or a call refused before it ran).
     Send(Frame),
-    /// The caller cancelled a running call: stop its handler.
-    Abort(H),
+    /// Stop a running call's handler (the caller cancelled it, or broke its stream's
+    /// flow control: then send the frame that ends the call).
+    Abort(Option<H>, Option<S>, Option<Frame>),
     /// Nothing to do.
     Nothing,
 }
 
 /// The node's state of one connection. `H` is whatever the shell stops a running
-/// handler with (an abort handle, say).
+/// handler with (an abort handle, say); `S` the shell's handle of a call's streams.
 #[derive(Debug)]
-pub struct ResponderState<H> {
-    running: HashMap<u64, H>,
+pub struct ResponderState<H, S> {
+    running: HashMap<u64, Running<H, S>>,
     max_in_flight: usize,
     draining: bool,
     idle_timeout: Option<Duration>,
@@ -45,6 +60,23 @@ pub struct ResponderState<H> {
     frame_timeout: Option<Duration>,
     /// When the frame that is not yet whole began to arrive.
     partial_since: Option<Instant>,
+}
+
+/// A call that did not finish at once, or that has streams.
+#[derive(Debug)]
+struct Running<H, S> {
+    handle: Option<H>,
+    stream: Option<S>,
+    /// The caller's items, until they ended.
+    recv: Option<RecvWindow>,
+    /// The answer's items, once its stream opened.
+    send: Option<SendWindow>,
+}
+
+impl<H, S> Running<H, S> {
+    fn new() -> Self {
+        Running { handle: None, stream: None, recv: None, send: None }
+    }
 }
 
 /// Why a connection's deadline passed.
@@ -65,7 +97,7 @@ impl std::fmt::Display for Expired {
     }
 }
 
-impl<H> ResponderState<H> {
+impl<H, S: Clone> ResponderState<H, S> {
     /// A new connection: at most `max_in_flight` running calls; closed when nothing is
     /// received for `idle_timeout` while no call runs (`None`: never).
     pub fn new(max_in_flight: usize, idle_timeout: Option<Duration>, now: Instant) -> Self {
@@ -107,17 +139,21 @@ impl<H> ResponderState<H> {
         self.running.is_empty().then(|| (self.last_heard + timeout, Expired::Idle(timeout)))
     }
 
-    /// Handles one frame from the caller.
-    pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound<H> {
+    /// Handles one frame from the caller; `make` gives the handle of a call's streams when
+    /// its caller sends items.
+    pub fn on_frame(&mut self, frame: Frame, now: Instant, make: impl FnOnce() -> S) -> Inbound<H, S> {
         self.last_heard = now;
         match frame {
-            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, payload } => {
+            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload } => {
                 let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
                     return Inbound::Send(response(id, Err(Error::bad_request("service and method must be UTF-8"))));
                 };
                 if self.running.len() >= self.max_in_flight {
                     let message = format!("more than {} calls in flight on one connection", self.max_in_flight);
                     return Inbound::Send(response(id, Err(Error::Overloaded { message })));
+                }
+                if self.running.contains_key(&id) {
+                    return Inbound::Send(response(id, Err(Error::protocol(format!("request id {id} is in use")))));
                 }
                 let call = Call {
                     service: Cow::Owned(service.to_owned()),
@@ -127,15 +163,91 @@ impl<H> ResponderState<H> {
                     trace_id,
                     key: None,
                     metadata,
+                    input: None,
                     peer: None,
                     payload,
                 };
-                Inbound::Call { id, call }
+                let items = items.then(|| {
+                    let stream = make();
+                    let running = Running { stream: Some(stream.clone()), recv: Some(RecvWindow::default()), ..Running::new() };
+                    self.running.insert(id, running);
+                    stream
+                });
+                Inbound::Call { id, call, items }
             }
-            Frame::Cancel { id } => self.running.remove(&id).map_or(Inbound::Nothing, Inbound::Abort),
+            Frame::Item { id, payload } => {
+                let Some(r) = self.running.get_mut(&id) else { return Inbound::Nothing };
+                let (Some(window), Some(stream)) = (r.recv.as_mut(), &r.stream) else { return Inbound::Nothing };
+                let cost = item_cost(payload.len());
+                match window.received(cost) {
+                    Ok(()) => Inbound::Item(stream.clone(), payload, cost),
+                    Err(e) => {
+                        // This call alone pays: it ends, the connection and other calls live on.
+                        let r = self.running.remove(&id).expect("found above");
+                        let end = if r.send.is_some() { end(id, Err(e)) } else { response(id, Err(e)) };
+                        Inbound::Abort(r.handle, r.stream, Some(end))
+                    }
+                }
+            }
+            Frame::End { id, status, payload } => {
+                let Some(r) = self.running.get_mut(&id) else { return Inbound::Nothing };
+                let (Some(_), Some(stream)) = (r.recv.take(), &r.stream) else { return Inbound::Nothing };
+                let outcome = match status {
+                    Status::Ok | Status::Stream => None,
+                    Status::AppError => Some(Ok(Reply::AppError(payload))),
+                    Status::Failed => Some(Err(serde_json::from_slice(&payload)
+                        .unwrap_or_else(|_| Error::protocol(String::from_utf8_lossy(&payload).into_owned())))),
+                };
+                Inbound::ItemsEnd(stream.clone(), outcome)
+            }
+            Frame::Credit { id, bytes } => match self.running.get_mut(&id) {
+                Some(Running { send: Some(window), stream: Some(stream), .. }) => {
+                    window.grant(bytes);
+                    Inbound::Credit(stream.clone())
+                }
+                _ => Inbound::Nothing,
+            },
+            Frame::Cancel { id } => match self.running.remove(&id) {
+                Some(r) => Inbound::Abort(r.handle, r.stream, None),
+                None => Inbound::Nothing,
+            },
             Frame::Ping { id } => Inbound::Send(Frame::Pong { id }),
             Frame::Pong { .. } | Frame::Response { .. } | Frame::GoAway => Inbound::Nothing,
         }
+    }
+
+    /// The answer of call `id` is a stream: its items get credit, and `stream` is told when
+    /// more comes. Returns the handle to use (the call's own, if it has one already);
+    /// `None`: the call is gone (cancelled meanwhile). `inline`: the answer came on the
+    /// handler's first poll, so the call was not registered yet.
+    pub fn answer_stream(&mut self, id: u64, stream: S, inline: bool) -> Option<S> {
+        if inline {
+            self.running.entry(id).or_insert_with(Running::new);
+        }
+        let r = self.running.get_mut(&id)?;
+        r.send = Some(SendWindow::default());
+        Some(r.stream.get_or_insert(stream).clone())
+    }
+
+    /// May an item of `payload` bytes of call `id`'s answer go out now?
+    pub fn spend(&mut self, id: u64, payload: usize) -> Spend {
+        match self.running.get_mut(&id).and_then(|r| r.send.as_mut()) {
+            None => Spend::Gone,
+            Some(window) => {
+                if window.spend(item_cost(payload)) {
+                    Spend::Go
+                } else {
+                    Spend::Wait
+                }
+            }
+        }
+    }
+
+    /// The handler took an item of `cost` from call `id`'s items: the credit frame to send
+    /// back, when it is time to.
+    pub fn consumed(&mut self, id: u64, cost: u32) -> Option<Frame> {
+        let window = self.running.get_mut(&id)?.recv.as_mut()?;
+        window.consumed(cost).map(|bytes| Frame::Credit { id, bytes })
     }
 
     /// Records bytes received (a partial frame counts as life too).
@@ -145,7 +257,7 @@ impl<H> ResponderState<H> {
 
     /// A call that did not finish at once now runs under `handle`.
     pub fn started(&mut self, id: u64, handle: H) {
-        self.running.insert(id, handle);
+        self.running.entry(id).or_insert_with(Running::new).handle = Some(handle);
     }
 
     /// A running call answered.
@@ -170,7 +282,37 @@ impl<H> ResponderState<H> {
 
     /// The connection is over: returns the handles of every running call, to stop them.
     pub fn close(&mut self) -> Vec<H> {
-        self.running.drain().map(|(_, h)| h).collect()
+        self.running.drain().filter_map(|(_, r)| r.handle).collect()
+    }
+
+    /// Ends every call whose answer is a stream still open: their handles, to stop them,
+    /// and the end frames (failed with `why`) to send.
+    pub fn end_streams(&mut self, why: &Error) -> (Vec<H>, Vec<Frame>) {
+        let open: Vec<u64> = self.running.iter().filter(|(_, r)| r.send.is_some()).map(|(id, _)| *id).collect();
+        let mut handles = Vec::new();
+        let mut ends = Vec::new();
+        for id in open {
+            let r = self.running.remove(&id).expect("listed above");
+            handles.extend(r.handle);
+            ends.push(end(id, Err(why.clone())));
+        }
+        (handles, ends)
+    }
+}
+
+/// The end frame of call `id`'s answer stream: clean (`Ok(None)`), the item error or a
+/// failure.
+pub fn end(id: u64, outcome: Result<Option<Reply>, Error>) -> Frame {
+    match outcome {
+        Ok(None) => Frame::End { id, status: Status::Ok, payload: Bytes::new() },
+        Ok(Some(reply)) => match response(id, Ok(reply)) {
+            Frame::Response { status, payload, .. } => Frame::End { id, status, payload },
+            other => other,
+        },
+        Err(e) => match response(id, Err(e)) {
+            Frame::Response { status, payload, .. } => Frame::End { id, status, payload },
+            other => other,
+        },
     }
 }
 
@@ -190,6 +332,7 @@ pub fn response(id: u64, result: Result<Reply, Error>) -> Frame {
     let (status, payload) = match result {
         Ok(Reply::Ok(b)) => (Status::Ok, b),
         Ok(Reply::AppError(b)) => (Status::AppError, b),
+        Ok(Reply::Stream(_)) => (Status::Stream, Bytes::new()),
         Err(e) => (Status::Failed, Bytes::from(serde_json::to_vec(&e).unwrap_or_default())),
     };
     Frame::Response { id, status, payload }

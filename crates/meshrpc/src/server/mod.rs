@@ -86,6 +86,7 @@ impl ServerConfig {
             frame_timeout: self.frame_timeout,
             max_queued: self.max_queued,
             stuck_timeout: self.stuck_timeout,
+            drain_timeout: self.drain_timeout,
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     context::CallContext,
     error::Error,
     spec::ServiceSpec,
+    stream::Items,
 };
 
 /// A service a node can publish. Generated as `XServer<T>` by `#[meshrpc::service]`;
@@ -24,8 +25,9 @@ use crate::{
 pub trait Service: Send + Sync + 'static {
     /// What the service offers.
     fn spec(&self) -> &'static ServiceSpec;
-    /// Decodes the arguments, runs the method and encodes its result.
-    fn call(&self, method: &str, codec: Codec, payload: Bytes) -> BoxFuture<Result<Reply, Error>>;
+    /// Decodes the arguments (and the caller's items, for a method that takes a stream),
+    /// runs the method and encodes its result.
+    fn call(&self, method: &str, codec: Codec, payload: Bytes, input: Option<Items>) -> BoxFuture<Result<Reply, Error>>;
 }
 
 /// The services and HTTP routers published on one node.
@@ -75,7 +77,8 @@ impl Dispatch for Registry {
             let err = Error::UnknownMethod { service: call.service.into_owned(), method: call.method.into_owned() };
             return Box::pin(std::future::ready(Err(err)));
         }
-        let handler = service.call(&call.method, call.codec, call.payload);
+        let input = call.input.and_then(|i| i.take());
+        let handler = service.call(&call.method, call.codec, call.payload, input);
         let ctx = CallContext { deadline: call.deadline, trace_id: call.trace_id };
         Box::pin(async move {
             // The handler runs inside its call context, so calls it makes inherit the
@@ -93,14 +96,22 @@ impl Dispatch for Registry {
                 }
                 (Poll::Pending, None) => guarded.await,
             };
-            outcome.unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "handler panicked".into());
-                Err(Error::Internal { message })
-            })
+            match outcome {
+                // The deadline covers the whole stream.
+                Ok(Ok(Reply::Stream(items))) => Ok(Reply::Stream(match call.deadline {
+                    Some(d) => items.until(d),
+                    None => items,
+                })),
+                Ok(result) => result,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "handler panicked".into());
+                    Err(Error::Internal { message })
+                }
+            }
         })
     }
 }

@@ -8,6 +8,7 @@ mod guard;
 mod link;
 mod sender;
 mod serve;
+mod streams;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "tls")]

@@ -20,14 +20,18 @@ use super::{
     link::{read_some, write_all, Link},
     sender::Sender,
     stopped,
+    streams::{pump, ItemSink, Owner, StreamHandle},
 };
 use crate::{
     call::{Dispatch, Reply},
     error::Error,
     identity::Admission,
-    proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState},
+    proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState, Spend},
     request_log::{LastMethod, RequestLog},
+    stream::{Input, Items},
 };
+
+type State = ResponderState<AbortHandle, Arc<StreamHandle>>;
 
 /// Bytes a read makes room for.
 const READ_CHUNK: usize = 8 * 1024;
@@ -48,6 +52,8 @@ pub(crate) struct MeshLimits {
     pub(crate) max_queued: usize,
     /// How long a caller may leave its answers unread before it is closed.
     pub(crate) stuck_timeout: Duration,
+    /// How long a drain lets open streams run before ending them with `unavailable`.
+    pub(crate) drain_timeout: Duration,
 }
 
 /// Serves a mesh connection whose first bytes (`inbox`) were already read.
@@ -104,10 +110,13 @@ pub(crate) async fn serve_mesh(
         async move { sender.flush_loop().await }
     });
     let state = Arc::new(Mutex::new(
-        ResponderState::<AbortHandle>::new(limits.max_in_flight, limits.idle_timeout, Instant::now())
-            .with_frame_timeout(limits.frame_timeout),
+        State::new(limits.max_in_flight, limits.idle_timeout, Instant::now()).with_frame_timeout(limits.frame_timeout),
     ));
     let answers = Answers { max_out: hello.max_out, max_queued: limits.max_queued, counters: guard.counters.clone() };
+    let served = Arc::new(Served { state: state.clone(), sender: sender.clone(), max_queued: limits.max_queued });
+    // Open streams end with `unavailable` shortly before the drain's time is up, so their
+    // callers hear why rather than see the connection drop.
+    let mut drain_deadline: Option<Instant> = None;
 
     let max_in = hello.max_in;
     // Mirrors the state's drain flag, read every turn without the lock.
@@ -138,9 +147,8 @@ pub(crate) async fn serve_mesh(
                     // pipeline of cheap requests yields to other tasks too.
                     tokio::task::consume_budget().await;
                     let now = Instant::now();
-                    let inbound = state.lock().unwrap().on_frame(frame, now);
-                    if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &sender, &state, &answers).await
-                    {
+                    let inbound = state.lock().unwrap().on_frame(frame, now, StreamHandle::new);
+                    if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &served, &answers).await {
                         answer.encode(&mut out);
                     }
                 }
@@ -193,7 +201,11 @@ pub(crate) async fn serve_mesh(
                 state.heard(at);
             }
             state.partial(now, inbox.len());
-            state.deadline()
+            match (state.deadline(), drain_deadline) {
+                (Some((at, why)), Some(drain)) if at < drain => Some((at, Some(why))),
+                (_, Some(drain)) => Some((drain, None)),
+                (deadline, None) => deadline.map(|(at, why)| (at, Some(why))),
+            }
         };
         if let Some((at, _)) = deadline {
             if armed.is_none_or(|armed| at < armed) {
@@ -212,11 +224,25 @@ pub(crate) async fn serve_mesh(
                     go_away.encode(&mut out);
                 }
                 draining = true;
+                drain_deadline = Some(Instant::now() + limits.drain_timeout.mul_f64(0.9));
             }
             _ = &mut timer, if armed.is_some() => {
                 armed = None;
                 match deadline {
-                    Some((at, expired)) if at <= Instant::now() => {
+                    Some((at, None)) if at <= Instant::now() => {
+                        let why = Error::unavailable("the node drained: its streams ran past the drain timeout");
+                        let (tasks, ends) = state.lock().unwrap().end_streams(&why);
+                        for task in tasks {
+                            task.abort();
+                        }
+                        for end in ends {
+                            end.encode(&mut out);
+                        }
+                        let _ = sender.send_encoded(&out, false);
+                        out.clear();
+                        drain_deadline = None;
+                    }
+                    Some((at, Some(expired))) if at <= Instant::now() => {
                         PortCounters::add(match expired {
                             Expired::Idle(_) => &guard.counters.idle_closed,
                             Expired::SlowFrame(_) => &guard.counters.slow_frames,
@@ -272,20 +298,80 @@ impl Answers {
     }
 }
 
+/// One served connection, as its streams see it: where credit is kept and frames go.
+struct Served {
+    state: Arc<Mutex<State>>,
+    sender: Arc<Sender>,
+    max_queued: usize,
+}
+
+impl Owner for Served {
+    fn consumed(&self, id: u64, cost: u32) {
+        let credit = self.state.lock().unwrap().consumed(id, cost);
+        if let Some(frame) = credit {
+            let _ = self.sender.send(&frame, false);
+        }
+    }
+
+    /// A handler that drops the caller's items early needs no word to the caller: the
+    /// call's answer ends its sending.
+    fn abandoned(&self, _id: u64) {}
+}
+
+impl ItemSink for Served {
+    fn spend(&self, id: u64, payload: usize) -> Spend {
+        self.state.lock().unwrap().spend(id, payload)
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), Error> {
+        // Items wait like answers: a caller that reads nothing holds at most its queue.
+        self.sender.room(self.max_queued).await;
+        self.sender.send(&frame, false).map_err(|_| Error::unavailable("the caller's connection broke"))
+    }
+
+    fn items_sent(&self, id: u64) {
+        self.state.lock().unwrap().finished(id);
+    }
+}
+
+impl Served {
+    /// Answers call `id` with a stream: the opening response, then its items as the
+    /// caller grants credit. Runs in the call's task (the caller's cancel stops it).
+    async fn stream(self: Arc<Self>, id: u64, items: Items, inline: bool) {
+        let handle = self.state.lock().unwrap().answer_stream(id, StreamHandle::new(), inline);
+        let Some(handle) = handle else { return }; // cancelled meanwhile
+        let opening = Frame::Response { id, status: crate::proto::Status::Stream, payload: bytes::Bytes::new() };
+        if self.send(opening).await.is_err() {
+            return;
+        }
+        pump(self, handle, id, items).await;
+    }
+}
+
 /// Acts on one decoded frame; returns the frame to answer with now, if any.
 async fn on_inbound(
-    inbound: Inbound<AbortHandle>,
+    inbound: Inbound<AbortHandle, Arc<StreamHandle>>,
     now: Instant,
     caller: &Caller,
     dispatch: &dyn Dispatch,
-    sender: &Arc<Sender>,
-    state: &Arc<Mutex<ResponderState<AbortHandle>>>,
+    served: &Arc<Served>,
     answers: &Answers,
 ) -> Option<Frame> {
+    let (sender, state) = (&served.sender, &served.state);
     match inbound {
-        Inbound::Call { id, mut call } => {
+        Inbound::Call { id, mut call, items } => {
+            let with_items = items.is_some();
+            if let Some(items) = items {
+                call.input = Some(Input::new(items.reader(id, served.clone()).into_items()));
+            }
+            let finish = |answer: Frame| {
+                if with_items {
+                    state.lock().unwrap().finished(id);
+                }
+                Some(answer)
+            };
             if let Err(denied) = caller.admission.admit(&mut call) {
-                return Some(answers.frame(id, Err(denied)));
+                return finish(answers.frame(id, Err(denied)));
             }
             let log = RequestLog::begin(
                 Some(&mut caller.last_method.lock().unwrap()),
@@ -299,10 +385,14 @@ async fn on_inbound(
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
                 log.end(&result);
-                return Some(answers.frame(id, result));
+                let Ok(Reply::Stream(items)) = result else { return finish(answers.frame(id, result)) };
+                let task = tokio::spawn(served.clone().stream(id, items, true));
+                state.lock().unwrap().started(id, task.abort_handle());
+                return None;
             }
             let sender = sender.clone();
             let done = state.clone();
+            let served = served.clone();
             let (max_out, max_queued, counters) = (answers.max_out, answers.max_queued, answers.counters.clone());
             let log = log.until_done();
             // Hold the lock across spawn so the task cannot finish before it is recorded.
@@ -310,6 +400,9 @@ async fn on_inbound(
             let task = tokio::spawn(async move {
                 let result = answer.await;
                 log.end(&result);
+                if let Ok(Reply::Stream(items)) = result {
+                    return served.stream(id, items, false).await;
+                }
                 let frame = Answers { max_out, max_queued, counters }.frame(id, result);
                 // An answer waits for room like the connection's own: a caller that
                 // reads nothing holds at most its queue and its running calls' answers.
@@ -324,9 +417,26 @@ async fn on_inbound(
             None
         }
         Inbound::Send(frame) => Some(frame),
-        Inbound::Abort(task) => {
-            task.abort();
+        Inbound::Item(stream, payload, cost) => {
+            stream.item(payload, cost);
             None
+        }
+        Inbound::ItemsEnd(stream, outcome) => {
+            stream.end(outcome);
+            None
+        }
+        Inbound::Credit(stream) => {
+            stream.credit();
+            None
+        }
+        Inbound::Abort(task, stream, end) => {
+            if let Some(task) = task {
+                task.abort();
+            }
+            if let Some(stream) = stream {
+                stream.fail(Error::Cancelled);
+            }
+            end
         }
         Inbound::Nothing => None,
     }

@@ -9,7 +9,9 @@ use crate::{
     call::Reply,
     error::Error,
     proto::{ConnState, Frame, Incoming},
+    transport::streams::StreamHandle,
 };
+
 
 /// A lone caller reading the link for itself: while any is, the reader task waits off
 /// the socket; when the last is done (answered, failed or dropped), the reader resumes.
@@ -40,11 +42,7 @@ struct CancelOnDrop<'a> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        let cancel = self.inner.proto.lock().unwrap().cancel(self.id);
-        if let Some(frame) = cancel {
-            let _ = self.inner.sender.send(&frame, false);
-        }
-        self.inner.close_if_drained();
+        crate::transport::streams::Owner::abandoned(self.inner, self.id);
     }
 }
 
@@ -140,18 +138,37 @@ impl Inner {
 
     pub(super) fn on_frame(&self, frame: Frame) {
         let going_away = matches!(frame, Frame::GoAway);
+        let id = frame.id();
         let (incoming, drained) = {
             let mut proto = self.proto.lock().unwrap();
-            let incoming = proto.on_frame(frame);
+            let incoming = proto.on_frame(frame, StreamHandle::new);
             (incoming, proto.drained())
         };
         match incoming {
-            Incoming::Answer(tx, result) => {
+            Incoming::Answer(tx, stream, result) => {
+                if let Some(stream) = stream {
+                    stream.stop_sending();
+                }
                 let _ = tx.send(result);
                 if drained {
                     self.close(Error::unavailable(format!("{} drained", self.peer)));
                 }
             }
+            Incoming::Opened(tx, stream) => {
+                let Some(this) = self.this.upgrade() else { return };
+                let reader = stream.reader(id, this);
+                let _ = tx.send(Ok(Reply::Stream(reader.into_items())));
+            }
+            Incoming::Item(stream, payload, cost) => stream.item(payload, cost),
+            Incoming::End(stream, outcome) => {
+                stream.end(outcome);
+                stream.stop_sending();
+                if drained {
+                    self.close(Error::unavailable(format!("{} drained", self.peer)));
+                }
+            }
+            Incoming::Credit(stream) => stream.credit(),
+            Incoming::Violation(why) => self.close(Error::protocol(format!("{}: {why}", self.peer))),
             Incoming::Send(frame) => {
                 let _ = self.sender.send(&frame, false);
             }

@@ -34,8 +34,13 @@ impl Inner {
 
     pub(super) fn expire(&self) {
         let expired = self.proto.lock().unwrap().expire(Instant::now());
-        for (tx, cancel) in expired {
-            let _ = tx.send(Err(Error::Timeout));
+        for (tx, stream, cancel) in expired {
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(Error::Timeout));
+            }
+            if let Some(stream) = stream {
+                stream.fail(Error::Timeout);
+            }
             let _ = self.sender.send(&cancel, false);
         }
         self.close_if_drained();

@@ -23,12 +23,14 @@ use tokio::{
 use super::{
     link::{read_some, write_all, Link, TcpLink},
     sender::Sender,
+    streams::{start_pump, ItemSink, Owner, StreamHandle},
 };
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
     error::Error,
     identity::Identity,
-    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated, DEFAULT_MAX_FRAME},
+    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated, Spend, DEFAULT_MAX_FRAME},
+    stream::Items,
 };
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;
@@ -136,7 +138,9 @@ struct Inner {
     link: Arc<dyn Link>,
     /// Bytes read and not yet decoded; whoever holds it reads and dispatches.
     inbox: Mutex<BytesMut>,
-    proto: Mutex<CallerState<Waiter>>,
+    proto: Mutex<CallerState<Waiter, Arc<StreamHandle>>>,
+    /// This, for the readers of answer streams (they report what they consumed).
+    this: std::sync::Weak<Inner>,
     /// What the handshake settled (a copy, read without the lock).
     limits: Negotiated,
     /// Who the node proved to be in the TLS handshake.
@@ -211,7 +215,8 @@ impl Connection {
                 Error::Protocol { message } => Error::protocol(format!("{peer}: {message}")),
                 e => e,
             })?;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|this| Inner {
+            this: this.clone(),
             peer,
             sender: Sender::new(link.clone()),
             link,
@@ -283,14 +288,22 @@ impl Connection {
     /// provably never left this process, so it is safe to try another replica.
     pub fn send_call(&self, call: Call) -> Result<PendingCall, Error> {
         let deadline = call.deadline;
+        let input = call.input.clone();
+        if input.as_ref().is_some_and(|i| !i.available()) {
+            return Err(Error::Cancelled); // an earlier attempt sent the items: no retry
+        }
         // Built outside the lock: many callers share it.
         let mut frame = request(call, Instant::now(), &self.inner().limits)?;
         let (tx, rx) = oneshot::channel();
-        let registered = self.inner().proto.lock().unwrap().register(tx, deadline);
+        let handle = input.is_some().then(StreamHandle::new);
+        let registered = self.inner().proto.lock().unwrap().register(tx, deadline, handle.clone());
         let registered = registered.map_err(|e| self.inner().about_peer(e))?;
         self.inner().registered(registered);
         frame.set_request_id(registered.id);
         self.inner().send(&frame, registered.alone, registered.id)?;
+        if let (Some(items), Some(handle)) = (input.and_then(|i| i.take()), handle) {
+            start_pump(self.inner().clone(), &handle, registered.id, items);
+        }
         Ok(PendingCall { conn: self.clone(), id: registered.id, rx, alone: registered.alone })
     }
 }
@@ -337,7 +350,27 @@ impl std::fmt::Debug for PendingCall {
 impl PendingCall {
     /// Waits for the answer, the deadline, or the connection's end.
     pub async fn answer(self) -> Result<Reply, Error> {
-        self.conn.inner().wait(self.id, self.rx, self.alone).await
+        match self.conn.inner().wait(self.id, self.rx, self.alone).await? {
+            // The stream's reader keeps the connection open while it reads.
+            Reply::Stream(items) => Ok(Reply::Stream(Items::new(KeepOpen { items, _conn: self.conn }))),
+            reply => Ok(reply),
+        }
+    }
+}
+
+/// Items read from a connection, which stays open while they are read.
+struct KeepOpen {
+    items: Items,
+    _conn: Connection,
+}
+
+impl futures_core::Stream for KeepOpen {
+    type Item = Result<Reply, Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.items).poll_next(cx)
     }
 }
 
@@ -387,7 +420,9 @@ impl Inner {
 
     fn send(&self, frame: &Frame, direct: bool, id: u64) -> Result<(), Error> {
         self.sender.send(frame, direct).map_err(|_| {
-            self.proto.lock().unwrap().cancel(id);
+            if let Some((_, Some(stream))) = self.proto.lock().unwrap().cancel(id) {
+                stream.stop_sending();
+            }
             Error::unavailable(format!("connection to {} is broken", self.peer))
         })
     }
@@ -405,9 +440,52 @@ impl Inner {
         if !waiters.is_empty() {
             tracing::debug!(peer = %self.peer, %why, failed = waiters.len(), "connection closed");
         }
-        for tx in waiters {
-            let _ = tx.send(Err(why.clone()));
+        for (tx, stream) in waiters {
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(why.clone()));
+            }
+            if let Some(stream) = stream {
+                stream.fail(why.clone());
+            }
         }
         self.state.send_replace(ConnState::Closed);
+    }
+}
+
+/// Bytes of items a caller queues for a node before its streams wait.
+const MAX_QUEUED_ITEMS: usize = 1024 * 1024;
+
+impl Owner for Inner {
+    fn consumed(&self, id: u64, cost: u32) {
+        let credit = self.proto.lock().unwrap().consumed(id, cost);
+        if let Some(frame) = credit {
+            let _ = self.sender.send(&frame, false);
+        }
+    }
+
+    fn abandoned(&self, id: u64) {
+        let cancel = self.proto.lock().unwrap().cancel(id);
+        if let Some((frame, stream)) = cancel {
+            let _ = self.sender.send(&frame, false);
+            if let Some(stream) = stream {
+                stream.stop_sending();
+            }
+        }
+        self.close_if_drained();
+    }
+}
+
+impl ItemSink for Inner {
+    fn spend(&self, id: u64, payload: usize) -> Spend {
+        self.proto.lock().unwrap().spend(id, payload)
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), Error> {
+        self.sender.room(MAX_QUEUED_ITEMS).await;
+        self.sender.send(&frame, false).map_err(|_| Error::unavailable(format!("connection to {} broke", self.peer)))
+    }
+
+    fn items_sent(&self, id: u64) {
+        self.proto.lock().unwrap().items_sent(id);
     }
 }

@@ -1,0 +1,400 @@
+//! Streams of items in a service trait (`meshrpc::Stream<T, E>`), and the encoded form
+//! every layer carries them in ([`Items`]).
+//!
+//! A method may return `Result<Stream<T, E>, _>` (a server stream), take one
+//! `Stream<T, E>` argument (a client stream), or both (bidirectional). An item stream
+//! ends cleanly, or with one error: `E`, the item error type (by default
+//! [`meshrpc::Error`](crate::Error); any `E: From<meshrpc::Error>` carries transport
+//! failures as well).
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures_core::Stream as FuturesStream;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{call::Reply, codec::Codec, error::Error};
+
+/// A stream of typed items in a service trait: what a streaming method returns, or the
+/// one streaming argument it takes.
+///
+/// Build one from anything that yields items ([`Stream::iter`], [`Stream::new`],
+/// [`Stream::channel`]); read one with [`next`](Stream::next) or as a
+/// `futures_core::Stream`. It ends after its last item or after its first error.
+/// Dropping it stops the other side: a caller that drops a server stream cancels the
+/// call, and the producer on the server is dropped.
+///
+/// ```
+/// # async fn demo() {
+/// let mut numbers: meshrpc::Stream<u32> = meshrpc::Stream::iter([3, 2, 1]);
+/// while let Some(n) = numbers.next().await {
+///     println!("{}", n.unwrap());
+/// }
+/// # }
+/// ```
+pub struct Stream<T, E = Error> {
+    inner: Pin<Box<dyn FuturesStream<Item = Result<T, E>> + Send>>,
+    /// Set after the first error: nothing comes after it.
+    ended: bool,
+}
+
+impl<T, E> std::fmt::Debug for Stream<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("ended", &self.ended).finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Stream<T, E> {
+    /// A stream of whatever `inner` yields; it ends at `inner`'s first error.
+    pub fn new(inner: impl FuturesStream<Item = Result<T, E>> + Send + 'static) -> Self {
+        Stream { inner: Box::pin(inner), ended: false }
+    }
+
+    /// The items of an iterator, then the end.
+    pub fn iter<I>(items: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        Stream::new(Oks(Box::new(items.into_iter()), std::marker::PhantomData))
+    }
+
+    /// A stream with no items.
+    pub fn empty() -> Self {
+        Stream::iter(std::iter::empty())
+    }
+
+    /// A stream that fails at once with `error`.
+    pub fn failed(error: E) -> Self {
+        Stream::new(Iter(Box::new(std::iter::once(Err(error)))))
+    }
+
+    /// A stream fed by a task: items sent through the [`StreamSender`] arrive in order;
+    /// the stream ends when every sender is dropped. At most `buffer` items wait: a
+    /// sender whose reader is slow waits in [`send`](StreamSender::send).
+    pub fn channel(buffer: usize) -> (StreamSender<T, E>, Stream<T, E>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+        (StreamSender { tx }, Stream::new(Receiver(rx)))
+    }
+}
+
+impl<T, E> Stream<T, E> {
+    /// The next item; `None` once the stream ended (cleanly or after an error).
+    pub async fn next(&mut self) -> Option<Result<T, E>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl<T, E> FuturesStream for Stream<T, E> {
+    type Item = Result<T, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let next = self.inner.as_mut().poll_next(cx);
+        if matches!(next, Poll::Ready(Some(Err(_)) | None)) {
+            self.ended = true;
+        }
+        next
+    }
+}
+
+struct Iter<X>(Box<dyn Iterator<Item = X> + Send>);
+
+impl<X> FuturesStream for Iter<X> {
+    type Item = X;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<X>> {
+        Poll::Ready(self.0.next())
+    }
+}
+
+/// Plain items, each wrapped as `Ok`.
+struct Oks<T, E>(Box<dyn Iterator<Item = T> + Send>, std::marker::PhantomData<fn() -> E>);
+
+impl<T, E> FuturesStream for Oks<T, E> {
+    type Item = Result<T, E>;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(self.0.next().map(Ok))
+    }
+}
+
+struct Receiver<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> FuturesStream for Receiver<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// The sending half of [`Stream::channel`].
+pub struct StreamSender<T, E = Error> {
+    tx: tokio::sync::mpsc::Sender<Result<T, E>>,
+}
+
+impl<T, E> Clone for StreamSender<T, E> {
+    fn clone(&self) -> Self {
+        StreamSender { tx: self.tx.clone() }
+    }
+}
+
+impl<T, E> std::fmt::Debug for StreamSender<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender").field("closed", &self.tx.is_closed()).finish()
+    }
+}
+
+/// The reader of a stream is gone (the caller dropped it, the call was cancelled or its
+/// connection closed): stop producing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream's reader is gone")]
+pub struct StreamClosed;
+
+impl<T, E> StreamSender<T, E> {
+    /// Sends an item, waiting while the reader is `buffer` items behind.
+    pub async fn send(&self, item: T) -> Result<(), StreamClosed> {
+        self.tx.send(Ok(item)).await.map_err(|_| StreamClosed)
+    }
+
+    /// Ends the stream with `error` (the reader sees it after the items before it).
+    pub async fn fail(self, error: E) -> Result<(), StreamClosed> {
+        self.tx.send(Err(error)).await.map_err(|_| StreamClosed)
+    }
+
+    /// Resolves when the reader is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// True once the reader is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Encoded items as every layer carries them: each `Ok(Reply::Ok(bytes))` is an item in
+/// the call's codec; the stream ends after `None` (cleanly), `Ok(Reply::AppError(bytes))`
+/// (the item error type, encoded) or `Err(error)`.
+pub struct Items {
+    inner: Pin<Box<dyn FuturesStream<Item = Result<Reply, Error>> + Send>>,
+}
+
+impl std::fmt::Debug for Items {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Items")
+    }
+}
+
+impl Items {
+    /// Encoded items from any stream of them.
+    pub fn new(inner: impl FuturesStream<Item = Result<Reply, Error>> + Send + 'static) -> Self {
+        Items { inner: Box::pin(inner) }
+    }
+
+    /// The next item or end.
+    pub async fn next(&mut self) -> Option<Result<Reply, Error>> {
+        std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await
+    }
+
+    /// The same items, ended with `timeout` if they run past `deadline`.
+    pub(crate) fn until(self, deadline: Instant) -> Items {
+        Items::new(Until { items: self, sleep: Box::pin(tokio::time::sleep_until(deadline.into())), done: false })
+    }
+}
+
+impl FuturesStream for Items {
+    type Item = Result<Reply, Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+struct Until {
+    items: Items,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl FuturesStream for Until {
+    type Item = Result<Reply, Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(next) = Pin::new(&mut self.items).poll_next(cx) {
+            return Poll::Ready(next);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Error::Timeout)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+use std::future::Future as _;
+
+/// A caller's items for one call, taken by whichever attempt sends the call (a call is
+/// cloned when a cluster retries it elsewhere; its items can go out only once).
+#[derive(Clone)]
+pub struct Input(Arc<Mutex<Option<Items>>>);
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Input")
+    }
+}
+
+impl Input {
+    /// Items to send with a call.
+    pub fn new(items: Items) -> Self {
+        Input(Arc::new(Mutex::new(Some(items))))
+    }
+
+    /// The items, if no attempt took them yet.
+    pub fn take(&self) -> Option<Items> {
+        self.0.lock().unwrap().take()
+    }
+
+    /// True while no attempt took the items.
+    pub fn available(&self) -> bool {
+        self.0.lock().unwrap().is_some()
+    }
+}
+
+/// Encodes a typed stream in `codec`: each item as `Reply::Ok`, an error as
+/// `Reply::AppError` (an item or error the codec cannot carry ends it with `internal`).
+pub(crate) fn encode<T, E>(codec: Codec, stream: Stream<T, E>) -> Items
+where
+    T: Serialize + Send + 'static,
+    E: Serialize + Send + 'static,
+{
+    Items::new(Encode { codec, stream, index: 0, done: false })
+}
+
+struct Encode<T, E> {
+    codec: Codec,
+    stream: Stream<T, E>,
+    index: u64,
+    done: bool,
+}
+
+impl<T: Serialize, E: Serialize> FuturesStream for Encode<T, E> {
+    type Item = Result<Reply, Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let next = match Pin::new(&mut self.stream).poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(next) => next,
+        };
+        let index = self.index;
+        self.index += 1;
+        let out = match next {
+            None => None,
+            Some(Ok(item)) => Some(self.codec.encode(&item).map(Reply::Ok)),
+            Some(Err(e)) => Some(self.codec.encode(&e).map(Reply::AppError)),
+        };
+        let out = out.map(|r| r.map_err(|e| e.context(&format!("stream item {index}"))));
+        if !matches!(out, Some(Ok(Reply::Ok(_)))) {
+            self.done = true;
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Decodes encoded items into a typed stream. An item that does not decode ends it with
+/// `bad_request` naming the item's index; a failure of the transport arrives as
+/// `E::from(meshrpc::Error)`.
+pub(crate) fn decode<T, E>(codec: Codec, items: Items) -> Stream<T, E>
+where
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + From<Error> + Send + 'static,
+{
+    Stream::new(Decode { codec, items, index: 0, _types: std::marker::PhantomData })
+}
+
+struct Decode<T, E> {
+    codec: Codec,
+    items: Items,
+    index: u64,
+    _types: std::marker::PhantomData<fn() -> (T, E)>,
+}
+
+impl<T: DeserializeOwned, E: DeserializeOwned + From<Error>> FuturesStream for Decode<T, E> {
+    type Item = Result<T, E>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = match Pin::new(&mut self.items).poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(next) => next,
+        };
+        let index = self.index;
+        self.index += 1;
+        let bad = |e: Error| Error::bad_request(format!("stream item {index}: {e}"));
+        Poll::Ready(next.map(|next| match next {
+            Ok(Reply::Ok(bytes)) => self.codec.decode::<T>(&bytes).map_err(|e| E::from(bad(e))),
+            Ok(Reply::AppError(bytes)) => Err(self.codec.decode::<E>(&bytes).unwrap_or_else(|e| E::from(bad(e)))),
+            Ok(Reply::Stream(_)) => Err(E::from(Error::protocol("a stream inside a stream"))),
+            Err(e) => Err(E::from(e)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn items_round_trip_through_both_codecs_and_end_at_the_first_error() {
+        block(async {
+            for codec in [Codec::Json, Codec::Postcard] {
+                let (tx, typed) = Stream::<u32, String>::channel(4);
+                tokio::spawn(async move {
+                    tx.send(1).await.unwrap();
+                    tx.send(2).await.unwrap();
+                    tx.clone().fail("broken".into()).await.unwrap();
+                    let _ = tx.send(3).await; // after the error: never seen
+                });
+                let mut back = decode::<u32, String>(codec, encode(codec, typed));
+                assert_eq!(back.next().await, Some(Ok(1)));
+                assert_eq!(back.next().await, Some(Ok(2)));
+                assert_eq!(back.next().await, Some(Err("broken".into())));
+                assert_eq!(back.next().await, None);
+            }
+        })
+    }
+
+    #[test]
+    fn an_undecodable_item_ends_the_stream_naming_its_index() {
+        block(async {
+            let raw = Items::new(Iter(Box::new(
+                vec![Ok(Reply::Ok("1".into())), Ok(Reply::Ok("\"x\"".into())), Ok(Reply::Ok("3".into()))].into_iter(),
+            )));
+            let mut typed = decode::<u32, Error>(Codec::Json, raw);
+            assert_eq!(typed.next().await, Some(Ok(1)));
+            let Some(Err(Error::BadRequest { message })) = typed.next().await else { panic!() };
+            assert!(message.starts_with("stream item 1: "), "{message}");
+            assert_eq!(typed.next().await, None);
+        })
+    }
+
+    #[test]
+    fn input_goes_out_once() {
+        let input = Input::new(Items::new(Iter(Box::new(std::iter::empty()))));
+        let retry = input.clone();
+        assert!(input.take().is_some());
+        assert!(!retry.available() && retry.take().is_none());
+    }
+}

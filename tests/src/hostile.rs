@@ -42,6 +42,7 @@ pub fn request(id: u64, service: &'static str, method: &'static str, json: &'sta
         service: Bytes::from_static(service.as_bytes()),
         method: Bytes::from_static(method.as_bytes()),
         metadata: Metadata::default(),
+        items: false,
         payload: Bytes::from_static(json.as_bytes()),
     }
     .encode(&mut out);

@@ -58,6 +58,7 @@ async fn mesh_call(conn: &Connection, service: &'static str, method: &'static st
     match pending.answer().await? {
         meshrpc::Reply::Ok(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
         meshrpc::Reply::AppError(e) => Ok(format!("app error {}", String::from_utf8_lossy(&e))),
+        meshrpc::Reply::Stream(_) => Ok("a stream".into()),
     }
 }
 

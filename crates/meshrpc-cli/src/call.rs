@@ -1,6 +1,9 @@
 //! `meshrpc call greeter.greet '{"name":"Max"}'`: one call from the shell.
 
-use std::{io::IsTerminal, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
 
 use meshrpc::{Error, Reply};
 
@@ -23,6 +26,10 @@ pub struct CallArgs {
     /// List services and methods with their arguments instead.
     #[arg(long)]
     list: bool,
+    /// Send the call a stream of items read from stdin, one JSON value per line (NDJSON),
+    /// for a method that takes a stream.
+    #[arg(long)]
+    items: bool,
     #[command(flatten)]
     join: JoinArgs,
 }
@@ -45,8 +52,30 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(key) = &args.key {
         channel = channel.with_key(key.as_str());
     }
-    let reply = channel.call_raw(service.to_owned(), method.to_owned(), args.args.clone().into()).await;
+    // A stream answer has no deadline but the one asked for: it runs until it ends.
+    let input = args.items.then(stdin_items);
+    let reply =
+        channel.call_raw_items(service.to_owned(), method.to_owned(), args.args.clone().into(), input, true).await;
     match reply {
+        Ok(Reply::Stream(mut items)) => {
+            // Items are printed as they arrive, one JSON value per line.
+            let mut out = std::io::stdout();
+            while let Some(item) = items.next().await {
+                match item {
+                    Ok(Reply::Ok(bytes)) => {
+                        out.write_all(&bytes)?;
+                        out.write_all(b"\n")?;
+                        out.flush()?;
+                    }
+                    Ok(Reply::AppError(bytes)) => {
+                        return Err(format!("{service}.{method}'s stream failed: {}", String::from_utf8_lossy(&bytes)).into())
+                    }
+                    Ok(Reply::Stream(_)) => return Err("a stream inside a stream".into()),
+                    Err(e) => return Err(format!("{service}.{method}'s stream failed: {e}").into()),
+                }
+            }
+            Ok(())
+        }
         Ok(Reply::Ok(bytes)) => {
             let value: serde_json::Value = serde_json::from_slice(&bytes)?;
             if std::io::stdout().is_terminal() {
@@ -65,6 +94,29 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Lines of stdin as the call's items (blank lines skipped; a line that is not JSON ends
+/// the items with `bad_request` naming it).
+fn stdin_items() -> meshrpc::Items {
+    let (tx, items) = meshrpc::Items::channel(16);
+    std::thread::spawn(move || {
+        for (n, line) in std::io::stdin().lines().enumerate() {
+            let item = match line {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(_) => Ok(Reply::Ok(line.into())),
+                    Err(e) => Err(Error::BadRequest { message: format!("stdin line {}: {e}", n + 1) }),
+                },
+                Err(e) => Err(Error::BadRequest { message: format!("reading stdin: {e}") }),
+            };
+            let last = item.is_err();
+            if tx.blocking_send(item).is_err() || last {
+                return;
+            }
+        }
+    });
+    items
 }
 
 fn methods_of(cluster: &meshrpc::Cluster, service: &str) -> Vec<String> {

@@ -110,13 +110,24 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
         _ => errors.push(&sig.ident, "service methods take `&self` first: associated functions cannot be called remotely"),
     }
     let mut args = Vec::new();
-    for input in inputs {
-        let FnArg::Typed(pt) = input else { continue };
+    let mut input = None;
+    for arg in inputs {
+        let FnArg::Typed(pt) = arg else { continue };
         match &*pt.pat {
             Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                 args.push((pi.ident.clone(), (*pt.ty).clone()));
             }
             other => errors.push(other, "name each argument with a plain identifier: the name is its JSON field"),
+        }
+        if let Some((item, item_error)) = stream_types(&pt.ty) {
+            check_nested_streams(&item, errors);
+            check_nested_streams(&item_error, errors);
+            if input.is_some() {
+                errors.push(&pt.ty, "a method takes at most one stream of items: merge them into one stream of an enum");
+            }
+            input = Some(args.len().saturating_sub(1));
+        } else {
+            check_nested_streams(&pt.ty, errors);
         }
         check_arg_type(&pt.ty, errors);
     }
@@ -130,6 +141,16 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
             value = result_value(ty);
             if let Some(value) = &value {
                 check_return_type(value, errors);
+                match stream_types(value) {
+                    Some((item, item_error)) => {
+                        check_nested_streams(&item, errors);
+                        check_nested_streams(&item_error, errors);
+                    }
+                    None => check_nested_streams(value, errors),
+                }
+            }
+            if let Some(error) = &error {
+                check_nested_streams(error, errors);
             }
         }
         ReturnType::Type(_, ty) => errors.push(
@@ -146,7 +167,8 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let name = ident.to_string().trim_start_matches("r#").to_owned();
     match (error, value, returns) {
         (Some(error), Some(value), Some(returns)) if after == before => {
-            Some(MethodDef { ident, name, args, returns, value, error })
+            let output = stream_types(&value);
+            Some(MethodDef { ident, name, args, returns, value, error, input, output })
         }
         _ => None,
     }
@@ -180,7 +202,7 @@ fn check_return_type(ty: &Type, errors: &mut Errors) {
     struct Finder<'a>(&'a mut Errors);
     impl<'ast> Visit<'ast> for Finder<'_> {
         fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-            self.0.push(t, "`impl Trait` cannot be returned over the network (streaming methods are not supported yet): return a concrete `Serialize + Deserialize` type such as `Vec<T>`");
+            self.0.push(t, "`impl Trait` cannot be returned over the network: return a concrete `Serialize + Deserialize` type, or `meshrpc::Stream<T>` for a stream of items");
         }
         fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
             self.0.push(r, "return owned values (`String` for `&str`, `Vec<T>` for `&[T]`): the answer is decoded on the other side");
@@ -190,6 +212,45 @@ fn check_return_type(ty: &Type, errors: &mut Errors) {
                 t,
                 "trait objects cannot be returned over the network: use a concrete `Serialize + Deserialize` type",
             );
+        }
+    }
+    Finder(errors).visit_type(ty);
+}
+
+/// The item and item error types of `Stream<T>` / `Stream<T, E>` (any path ending in
+/// `Stream`), if that is what `ty` is. The item error defaults to `meshrpc::Error`.
+pub(crate) fn stream_types(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Stream" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let types: Vec<Type> = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    match types.as_slice() {
+        [item] => Some((item.clone(), syn::parse_quote!(::meshrpc::Error))),
+        [item, error] => Some((item.clone(), error.clone())),
+        _ => None,
+    }
+}
+
+/// A stream goes only where it is the whole argument or the whole `Ok` value.
+fn check_nested_streams(ty: &Type, errors: &mut Errors) {
+    struct Finder<'a>(&'a mut Errors);
+    impl<'ast> Visit<'ast> for Finder<'_> {
+        fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
+            if stream_types(&Type::Path(p.clone())).is_some() {
+                self.0.push(p, "a stream cannot be nested in another type: take `Stream<T>` as an argument of its own, or return `Result<Stream<T>, E>`");
+                return;
+            }
+            syn::visit::visit_type_path(self, p);
         }
     }
     Finder(errors).visit_type(ty);

@@ -27,7 +27,12 @@ pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
     }
     let checks = def.methods.iter().map(|m| {
         let (t, e) = (&m.value, &m.error);
-        let check_t = quote_spanned! {t.span()=> ::meshrpc::__private::assert_value_type::<#t>(); };
+        let check_t = match &m.output {
+            Some((item, item_error)) => {
+                quote_spanned! {t.span()=> ::meshrpc::__private::assert_item_types::<#item, #item_error>(); }
+            }
+            None => quote_spanned! {t.span()=> ::meshrpc::__private::assert_value_type::<#t>(); },
+        };
         let check_e = quote_spanned! {e.span()=> ::meshrpc::__private::assert_error_type::<#e>(); };
         quote! { #check_t #check_e }
     });
@@ -46,13 +51,28 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
     let doc = format!(" Serves [`{trait_ident}`] on a meshrpc node: `server.publish({server}::new(my_impl))`.");
     let arms = def.methods.iter().map(|m| {
         let (ident, name) = (&m.ident, &m.name);
-        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
-        let types = m.args.iter().map(|(_, t)| t);
+        let all: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let names: Vec<_> = m.payload_args().map(|(n, _)| n).collect();
+        let types = m.payload_args().map(|(_, t)| t);
         let qualified = format!("{}.{}", def.name, m.name);
         // Spanned at the return type: a value or error type that cannot be encoded is
         // reported there, not at the attribute.
-        let reply = quote_spanned! {m.returns.span()=>
-            ::meshrpc::__private::reply(__meshrpc_codec, #qualified, __meshrpc_result)
+        let reply = match &m.output {
+            Some(_) => quote_spanned! {m.returns.span()=>
+                ::meshrpc::__private::reply_stream(__meshrpc_codec, #qualified, __meshrpc_result)
+            },
+            None => quote_spanned! {m.returns.span()=>
+                ::meshrpc::__private::reply(__meshrpc_codec, #qualified, __meshrpc_result)
+            },
+        };
+        let items = match m.input {
+            Some(i) => {
+                let (stream, ty) = &m.args[i];
+                quote_spanned! {ty.span()=>
+                    let #stream: #ty = ::meshrpc::__private::take_items(__meshrpc_codec, #qualified, __meshrpc_input)?;
+                }
+            }
+            None => quote! { ::meshrpc::__private::no_items(#qualified, &__meshrpc_input)?; },
         };
         quote! {
             #name => ::std::boxed::Box::pin(async move {
@@ -60,7 +80,8 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
                 #[serde(crate = "::meshrpc::__private::serde")]
                 struct __Args { #( #names: #types, )* }
                 let __Args { #( #names, )* } = __meshrpc_codec.decode_args::<__Args>(&__meshrpc_payload)?;
-                let __meshrpc_result = __meshrpc_service.#ident( #( #names ),* ).await;
+                #items
+                let __meshrpc_result = __meshrpc_service.#ident( #( #all ),* ).await;
                 #reply
             }),
         }
@@ -95,6 +116,7 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
                 __meshrpc_method: &str,
                 __meshrpc_codec: ::meshrpc::Codec,
                 __meshrpc_payload: ::meshrpc::__private::Bytes,
+                __meshrpc_input: ::core::option::Option<::meshrpc::Items>,
             ) -> ::meshrpc::BoxFuture<::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>> {
                 let __meshrpc_service = ::std::sync::Arc::clone(&self.inner);
                 match __meshrpc_method {
@@ -124,12 +146,27 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
     let impls = methods.zip(&def.methods).map(|(f, m)| {
         let sig = &f.sig;
         let name = &m.name;
-        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
-        let types = m.args.iter().map(|(_, t)| t);
+        let names: Vec<_> = m.payload_args().map(|(n, _)| n).collect();
+        let types = m.payload_args().map(|(_, t)| t);
         let (lifetime, args_ty) =
             if names.is_empty() { (quote!(), quote!(__Args)) } else { (quote!(<'__a>), quote!(__Args<'_>)) };
-        let call = quote_spanned! {m.returns.span()=>
-            self.channel.call(#service_name, #name, &__meshrpc_args).await
+        let input = match m.input {
+            Some(i) => {
+                let stream = &m.args[i].0;
+                quote! { ::core::option::Option::Some(self.channel.items(#stream)) }
+            }
+            None => quote! { ::core::option::Option::None },
+        };
+        let call = match (&m.output, m.input) {
+            (None, None) => quote_spanned! {m.returns.span()=>
+                self.channel.call(#service_name, #name, &__meshrpc_args).await
+            },
+            (None, Some(_)) => quote_spanned! {m.returns.span()=>
+                self.channel.call_with(#service_name, #name, &__meshrpc_args, #input).await
+            },
+            (Some(_), _) => quote_spanned! {m.returns.span()=>
+                self.channel.open(#service_name, #name, &__meshrpc_args, #input).await
+            },
         };
         quote! {
             #sig {
@@ -169,6 +206,12 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             /// The same client with another codec (JSON is the default).
             pub fn with_codec(&self, codec: ::meshrpc::Codec) -> Self {
                 Self { channel: self.channel.with_codec(codec) }
+            }
+
+            /// The same client whose streams have no deadline of their own: a stream lasts
+            /// until either side ends it (else the timeout covers the whole stream).
+            pub fn without_stream_deadline(&self) -> Self {
+                Self { channel: self.channel.without_stream_deadline() }
             }
 
             /// The same client pinned to a sticky-session key.

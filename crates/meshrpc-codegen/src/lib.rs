@@ -36,6 +36,19 @@ pub struct MethodDef {
     pub value: Type,
     /// The `E` of `Result<T, E>`.
     pub error: Type,
+    /// The argument that is a stream of the caller's items (client and bidirectional
+    /// streams): its position among `args`.
+    pub input: Option<usize>,
+    /// `T` is a `Stream<Item, ItemError>`: the item and item error types (server and
+    /// bidirectional streams).
+    pub output: Option<(Type, Type)>,
+}
+
+impl MethodDef {
+    /// Arguments sent in the request's payload (all but the stream).
+    pub fn payload_args(&self) -> impl Iterator<Item = &(Ident, Type)> {
+        self.args.iter().enumerate().filter(move |(i, _)| Some(*i) != self.input).map(|(_, a)| a)
+    }
 }
 
 /// Options given in the attribute: `#[meshrpc::service(name = "greeter", expose)]`.

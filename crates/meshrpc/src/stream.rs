@@ -196,6 +196,13 @@ impl Items {
         Items { inner: Box::pin(inner) }
     }
 
+    /// Items fed through a channel: at most `buffer` wait, and a sender whose reader is
+    /// slow waits (send an `Err` or a `Reply::AppError` last to end them with an error).
+    pub fn channel(buffer: usize) -> (tokio::sync::mpsc::Sender<Result<Reply, Error>>, Items) {
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+        (tx, Items::new(Receiver(rx)))
+    }
+
     /// The next item or end.
     pub async fn next(&mut self) -> Option<Result<Reply, Error>> {
         std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await
@@ -352,6 +359,15 @@ impl<T: DeserializeOwned, E: DeserializeOwned + From<Error>> FuturesStream for D
 mod tests {
     use super::*;
 
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Oops(String);
+
+    impl From<Error> for Oops {
+        fn from(e: Error) -> Self {
+            Oops(e.to_string())
+        }
+    }
+
     fn block<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
     }
@@ -360,17 +376,17 @@ mod tests {
     fn items_round_trip_through_both_codecs_and_end_at_the_first_error() {
         block(async {
             for codec in [Codec::Json, Codec::Postcard] {
-                let (tx, typed) = Stream::<u32, String>::channel(4);
+                let (tx, typed) = Stream::<u32, Oops>::channel(4);
                 tokio::spawn(async move {
                     tx.send(1).await.unwrap();
                     tx.send(2).await.unwrap();
-                    tx.clone().fail("broken".into()).await.unwrap();
+                    tx.clone().fail(Oops("broken".into())).await.unwrap();
                     let _ = tx.send(3).await; // after the error: never seen
                 });
-                let mut back = decode::<u32, String>(codec, encode(codec, typed));
+                let mut back = decode::<u32, Oops>(codec, encode(codec, typed));
                 assert_eq!(back.next().await, Some(Ok(1)));
                 assert_eq!(back.next().await, Some(Ok(2)));
-                assert_eq!(back.next().await, Some(Err("broken".into())));
+                assert_eq!(back.next().await, Some(Err(Oops("broken".into()))));
                 assert_eq!(back.next().await, None);
             }
         })

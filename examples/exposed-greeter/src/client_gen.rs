@@ -39,6 +39,13 @@ impl GreeterClient {
             channel: self.channel.with_codec(codec),
         }
     }
+    /// The same client whose streams have no deadline of their own: a stream lasts
+    /// until either side ends it (else the timeout covers the whole stream).
+    pub fn without_stream_deadline(&self) -> Self {
+        Self {
+            channel: self.channel.without_stream_deadline(),
+        }
+    }
     /// The same client pinned to a sticky-session key.
     pub fn with_key(
         &self,

@@ -30,6 +30,7 @@ for GreeterServer<__MeshrpcImpl> {
         __meshrpc_method: &str,
         __meshrpc_codec: ::meshrpc::Codec,
         __meshrpc_payload: ::meshrpc::__private::Bytes,
+        __meshrpc_input: ::core::option::Option<::meshrpc::Items>,
     ) -> ::meshrpc::BoxFuture<
         ::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>,
     > {
@@ -44,6 +45,7 @@ for GreeterServer<__MeshrpcImpl> {
                     }
                     let __Args { name } = __meshrpc_codec
                         .decode_args::<__Args>(&__meshrpc_payload)?;
+                    ::meshrpc::__private::no_items("greeter.greet", &__meshrpc_input)?;
                     let __meshrpc_result = __meshrpc_service.greet(name).await;
                     ::meshrpc::__private::reply(
                         __meshrpc_codec,
@@ -61,6 +63,10 @@ for GreeterServer<__MeshrpcImpl> {
                     }
                     let __Args { card } = __meshrpc_codec
                         .decode_args::<__Args>(&__meshrpc_payload)?;
+                    ::meshrpc::__private::no_items(
+                        "greeter.send_postcard",
+                        &__meshrpc_input,
+                    )?;
                     let __meshrpc_result = __meshrpc_service.send_postcard(card).await;
                     ::meshrpc::__private::reply(
                         __meshrpc_codec,

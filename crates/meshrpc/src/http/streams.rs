@@ -186,7 +186,7 @@ pub(crate) async fn split_ndjson(body: Body, limits: &HttpLimits) -> Result<(Byt
     };
     // Items are read by a task into a small queue: the call reads them as it goes, and the
     // client's sending slows down with it.
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, items) = Items::channel(16);
     tokio::spawn(async move {
         while let Some(line) = lines.next().await {
             let item = line.map(Reply::Ok);
@@ -196,16 +196,7 @@ pub(crate) async fn split_ndjson(body: Body, limits: &HttpLimits) -> Result<(Byt
             }
         }
     });
-    Ok((args, Items::new(Queue(rx))))
-}
-
-struct Queue(tokio::sync::mpsc::Receiver<Result<Reply, Error>>);
-
-impl futures_core::Stream for Queue {
-    type Item = Result<Reply, Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
+    Ok((args, items))
 }
 
 struct Lines {

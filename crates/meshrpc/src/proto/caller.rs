@@ -134,7 +134,7 @@ pub struct Registered {
     pub rearm: bool,
 }
 
-impl<W, S: Clone> CallerState<W, S> {
+impl<W, S> CallerState<W, S> {
     /// The state right after a handshake.
     pub fn new(limits: Negotiated) -> Self {
         CallerState {
@@ -285,7 +285,10 @@ impl<W, S: Clone> CallerState<W, S> {
 
     /// Handles one frame from the peer; `make` gives a stream handle when the answer to
     /// a call without one turns out to be a stream.
-    pub fn on_frame(&mut self, frame: Frame, make: impl FnOnce() -> S) -> Incoming<W, S> {
+    pub fn on_frame(&mut self, frame: Frame, make: impl FnOnce() -> S) -> Incoming<W, S>
+    where
+        S: Clone,
+    {
         match frame {
             Frame::Response { id, status: Status::Stream, .. } => {
                 let Some(w) = self.pending.get_mut(&id) else { return Incoming::Nothing };

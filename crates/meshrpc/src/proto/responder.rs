@@ -97,7 +97,7 @@ impl std::fmt::Display for Expired {
     }
 }
 
-impl<H, S: Clone> ResponderState<H, S> {
+impl<H, S> ResponderState<H, S> {
     /// A new connection: at most `max_in_flight` running calls; closed when nothing is
     /// received for `idle_timeout` while no call runs (`None`: never).
     pub fn new(max_in_flight: usize, idle_timeout: Option<Duration>, now: Instant) -> Self {
@@ -141,7 +141,10 @@ impl<H, S: Clone> ResponderState<H, S> {
 
     /// Handles one frame from the caller; `make` gives the handle of a call's streams when
     /// its caller sends items.
-    pub fn on_frame(&mut self, frame: Frame, now: Instant, make: impl FnOnce() -> S) -> Inbound<H, S> {
+    pub fn on_frame(&mut self, frame: Frame, now: Instant, make: impl FnOnce() -> S) -> Inbound<H, S>
+    where
+        S: Clone,
+    {
         self.last_heard = now;
         match frame {
             Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload } => {
@@ -220,7 +223,10 @@ impl<H, S: Clone> ResponderState<H, S> {
     /// more comes. Returns the handle to use (the call's own, if it has one already);
     /// `None`: the call is gone (cancelled meanwhile). `inline`: the answer came on the
     /// handler's first poll, so the call was not registered yet.
-    pub fn answer_stream(&mut self, id: u64, stream: S, inline: bool) -> Option<S> {
+    pub fn answer_stream(&mut self, id: u64, stream: S, inline: bool) -> Option<S>
+    where
+        S: Clone,
+    {
         if inline {
             self.running.entry(id).or_insert_with(Running::new);
         }

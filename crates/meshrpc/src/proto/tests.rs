@@ -44,7 +44,8 @@ fn handshake_byte_by_byte_settles_version_and_limits_both_ways() {
     assert_eq!((caller.max_in, caller.max_out), (1000, 2000));
     assert_eq!((node.max_in, node.max_out), (2000, 1000));
     assert_eq!(node.peer_name, "billing");
-    assert_eq!((caller.features, node.features), (Features::METADATA, Features::METADATA));
+    let both = Features::from_bits(Features::METADATA.bits() | Features::STREAMS.bits());
+    assert_eq!((caller.features, node.features), (both, both));
 }
 
 #[test]
@@ -95,6 +96,7 @@ fn call(method: &'static str, payload: &'static [u8], deadline: Option<Instant>)
         key: None,
         metadata: Default::default(),
         payload: Bytes::from_static(payload),
+        input: None,
         peer: None,
     }
 }
@@ -119,7 +121,7 @@ fn decode_in_chunks(wire: &[u8], cuts: &[usize], max: u32) -> Vec<Frame> {
 fn calls_and_answers_cross_split_at_every_offset() {
     let (caller_limits, node_limits) = handshake(1 << 20, 1 << 20);
     let now = Instant::now();
-    let mut caller = CallerState::<&str>::new(caller_limits);
+    let mut caller = CallerState::<&str, ()>::new(caller_limits);
     let (a, f1, alone) = caller
         .start_call(call("greet", br#"{"name":"Max"}"#, Some(now + Duration::from_secs(2))), now, "first")
         .unwrap();
@@ -139,11 +141,11 @@ fn calls_and_answers_cross_split_at_every_offset() {
 
     // The node runs them: the deadline arrives relative to its own clock.
     let later = now + Duration::from_millis(5);
-    let mut node = ResponderState::<u64>::new(16, None, later);
+    let mut node = ResponderState::<u64, ()>::new(16, None, later);
     let mut answers = BytesMut::new();
     for f in decode_in_chunks(&wire, &(1..wire.len()).collect::<Vec<_>>(), node_limits.max_in) {
-        match node.on_frame(f, later) {
-            Inbound::Call { id, call } => {
+        match node.on_frame(f, later, || ()) {
+            Inbound::Call { id, call, .. } => {
                 assert_eq!(call.service, "greeter");
                 if id == a {
                     assert_eq!(call.deadline, Some(later + Duration::from_secs(2)));
@@ -160,8 +162,8 @@ fn calls_and_answers_cross_split_at_every_offset() {
     // Answers come back byte by byte, in any order the node wrote them.
     let mut got = Vec::new();
     for f in decode_in_chunks(&answers, &(1..answers.len()).collect::<Vec<_>>(), caller.limits().max_in) {
-        match caller.on_frame(f) {
-            Incoming::Answer(w, r) => got.push((w, r)),
+        match caller.on_frame(f, || ()) {
+            Incoming::Answer(w, _, r) => got.push((w, r)),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -181,7 +183,7 @@ fn calls_and_answers_cross_split_at_every_offset() {
 fn limits_are_checked_before_anything_is_sent() {
     let (limits, _) = handshake(1 << 20, 64);
     let now = Instant::now();
-    let mut caller = CallerState::<()>::new(limits);
+    let mut caller = CallerState::<(), ()>::new(limits);
     let big = call("greet", &[b'x'; 100], None);
     assert!(matches!(caller.start_call(big, now, ()), Err(Error::TooLarge { limit: 64, .. })));
     let late = call("greet", b"{}", Some(now));
@@ -197,17 +199,17 @@ fn limits_are_checked_before_anything_is_sent() {
 fn cancel_aborts_the_running_handler_and_late_answers_are_dropped() {
     let (limits, _) = handshake(1 << 20, 1 << 20);
     let now = Instant::now();
-    let mut caller = CallerState::new(limits);
+    let mut caller = CallerState::<_, ()>::new(limits);
     let (id, request, _) = caller.start_call(call("slow", b"{}", None), now, "w").unwrap();
-    let mut node = ResponderState::new(16, None, now);
-    let Inbound::Call { id: got, .. } = node.on_frame(request, now) else { panic!() };
+    let mut node = ResponderState::<_, ()>::new(16, None, now);
+    let Inbound::Call { id: got, .. } = node.on_frame(request, now, || ()) else { panic!() };
     node.started(got, "abort-handle");
     let cancel = caller.cancel(id).expect("still pending");
     assert!(caller.cancel(id).is_none(), "cancelled once");
-    assert!(matches!(node.on_frame(cancel, now), Inbound::Abort("abort-handle")));
+    assert!(matches!(node.on_frame(cancel.0, now, || ()), Inbound::Abort(Some("abort-handle"), None, None)));
     assert_eq!(node.in_flight(), 0);
     // An answer racing the cancel finds nobody waiting.
-    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new())))), Incoming::Nothing));
+    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new()))), || ()), Incoming::Nothing));
 }
 
 #[test]
@@ -218,11 +220,11 @@ fn more_calls_than_the_limit_are_refused_as_overloaded() {
     let mut caller = CallerState::new(limits);
     let (_, first, _) = caller.start_call(call("slow", b"{}", None), now, 1).unwrap();
     let (second_id, second, _) = caller.start_call(call("slow", b"{}", None), now, 2).unwrap();
-    let Inbound::Call { id, .. } = node.on_frame(first, now) else { panic!() };
+    let Inbound::Call { id, .. } = node.on_frame(first, now, || ()) else { panic!() };
     node.started(id, ());
-    let Inbound::Send(refusal) = node.on_frame(second, now) else { panic!() };
-    match caller.on_frame(refusal) {
-        Incoming::Answer(2, Err(Error::Overloaded { .. })) => {}
+    let Inbound::Send(refusal) = node.on_frame(second, now, || ()) else { panic!() };
+    match caller.on_frame(refusal, || ()) {
+        Incoming::Answer(2, _, Err(Error::Overloaded { .. })) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(caller.in_flight(), 1);
@@ -235,14 +237,14 @@ fn go_away_drains_then_the_caller_hangs_up_after_its_last_answer() {
     let now = Instant::now();
     let mut caller = CallerState::new(limits);
     let (id, _, _) = caller.start_call(call("greet", b"{}", None), now, "w").unwrap();
-    let mut node = ResponderState::<()>::new(16, None, now);
+    let mut node = ResponderState::<(), ()>::new(16, None, now);
     let go_away = node.go_away().expect("sent once");
     assert!(node.go_away().is_none());
-    assert!(matches!(caller.on_frame(go_away), Incoming::Nothing));
+    assert!(matches!(caller.on_frame(go_away, || ()), Incoming::Nothing));
     assert_eq!(caller.state(), ConnState::Draining);
     assert!(!caller.drained(), "a call is still out");
     assert!(matches!(caller.start_call(call("greet", b"{}", None), now, "x"), Err(Error::Unavailable { .. })));
-    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new())))), Incoming::Answer("w", Ok(_))));
+    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new()))), || ()), Incoming::Answer("w", _, Ok(_))));
     assert!(caller.drained());
     assert!(caller.close().is_empty());
     assert_eq!(caller.state(), ConnState::Closed);
@@ -252,13 +254,13 @@ fn go_away_drains_then_the_caller_hangs_up_after_its_last_answer() {
 fn closing_hands_back_every_waiter() {
     let (limits, _) = handshake(1 << 20, 1 << 20);
     let now = Instant::now();
-    let mut caller = CallerState::new(limits);
+    let mut caller = CallerState::<_, ()>::new(limits);
     for w in 0..3 {
         caller.start_call(call("greet", b"{}", None), now, w).unwrap();
     }
     let mut waiters = caller.close();
     waiters.sort();
-    assert_eq!(waiters, vec![0, 1, 2]);
+    assert_eq!(waiters, vec![(Some(0), None), (Some(1), None), (Some(2), None)]);
     assert!(matches!(caller.start_ping(9, None), Err(Error::Unavailable { .. })));
 }
 
@@ -266,7 +268,7 @@ fn closing_hands_back_every_waiter() {
 fn an_idle_connection_has_a_deadline_only_while_no_call_runs() {
     let t0 = Instant::now();
     let idle = Duration::from_secs(10);
-    let mut node = ResponderState::new(16, Some(idle), t0);
+    let mut node = ResponderState::<_, ()>::new(16, Some(idle), t0);
     assert_eq!(node.deadline(), Some((t0 + idle, Expired::Idle(idle))));
     let t1 = t0 + Duration::from_secs(3);
     node.heard(t1);
@@ -275,14 +277,14 @@ fn an_idle_connection_has_a_deadline_only_while_no_call_runs() {
     assert_eq!(node.deadline(), None, "a running call is not idleness");
     node.finished(1);
     assert!(node.deadline().is_some());
-    assert_eq!(ResponderState::<()>::new(1, None, t0).deadline(), None);
+    assert_eq!(ResponderState::<(), ()>::new(1, None, t0).deadline(), None);
 }
 
 #[test]
 fn a_partial_frame_has_a_time_budget_from_its_first_byte() {
     let t0 = Instant::now();
     let (idle, slow) = (Duration::from_secs(10), Duration::from_secs(2));
-    let mut node = ResponderState::<()>::new(16, Some(idle), t0).with_frame_timeout(slow);
+    let mut node = ResponderState::<(), ()>::new(16, Some(idle), t0).with_frame_timeout(slow);
     node.partial(t0, 100);
     // More bytes of the same frame do not extend its budget.
     node.heard(t0 + Duration::from_secs(1));
@@ -297,19 +299,19 @@ fn a_partial_frame_has_a_time_budget_from_its_first_byte() {
 
 #[test]
 fn an_answer_larger_than_the_caller_takes_fails_that_call_alone() {
-    let big = Reply::Ok(Bytes::from(vec![b'x'; 1000]));
-    let (Frame::Response { id, status, payload }, true) = response_within(9, Ok(big.clone()), 100) else { panic!() };
+    let big = || Reply::Ok(Bytes::from(vec![b'x'; 1000]));
+    let (Frame::Response { id, status, payload }, true) = response_within(9, Ok(big()), 100) else { panic!() };
     assert_eq!((id, status), (9, Status::Failed));
     let err: Error = serde_json::from_slice(&payload).unwrap();
     assert!(matches!(err, Error::TooLarge { limit: 100, .. }), "{err:?}");
-    assert_eq!(response_within(9, Ok(big.clone()), 2000), (response(9, Ok(big)), false));
+    assert_eq!(response_within(9, Ok(big()), 2000), (response(9, Ok(big())), false));
 }
 
 #[test]
 fn a_caller_answers_pings_and_refuses_requests() {
     let (limits, _) = handshake(1 << 20, 1 << 20);
-    let mut caller = CallerState::<()>::new(limits);
-    assert!(matches!(caller.on_frame(Frame::Ping { id: 4 }), Incoming::Send(Frame::Pong { id: 4 })));
+    let mut caller = CallerState::<(), ()>::new(limits);
+    assert!(matches!(caller.on_frame(Frame::Ping { id: 4 }, || ()), Incoming::Send(Frame::Pong { id: 4 })));
     let req = Frame::Request {
         id: 5,
         codec: Codec::Json,
@@ -318,9 +320,10 @@ fn a_caller_answers_pings_and_refuses_requests() {
         service: Bytes::new(),
         method: Bytes::new(),
         metadata: Default::default(),
+        items: false,
         payload: Bytes::new(),
     };
-    assert!(matches!(caller.on_frame(req), Incoming::Send(Frame::Response { id: 5, status: Status::Failed, .. })));
+    assert!(matches!(caller.on_frame(req, || ()), Incoming::Send(Frame::Response { id: 5, status: Status::Failed, .. })));
 }
 
 #[test]
@@ -328,19 +331,19 @@ fn metadata_crosses_when_both_sides_offered_it_and_is_refused_otherwise() {
     let (limits, node_limits) = handshake(1 << 20, 1 << 20);
     assert!(limits.features.contains(Features::METADATA));
     let now = Instant::now();
-    let mut caller = CallerState::new(limits.clone());
+    let mut caller = CallerState::<_, ()>::new(limits.clone());
     let mut with_token = call("greet", b"{}", None);
     with_token.metadata.insert("Authorization", "Bearer s3cret");
     let (_, frame, _) = caller.start_call(with_token.clone(), now, ()).unwrap();
     let mut wire = BytesMut::new();
     frame.encode(&mut wire);
-    let mut node = ResponderState::<()>::new(4, None, now);
+    let mut node = ResponderState::<(), ()>::new(4, None, now);
     let decoded = decode_in_chunks(&wire, &(1..wire.len()).collect::<Vec<_>>(), node_limits.max_in);
-    let Inbound::Call { call: got, .. } = node.on_frame(decoded.into_iter().next().unwrap(), now) else { panic!() };
+    let Inbound::Call { call: got, .. } = node.on_frame(decoded.into_iter().next().unwrap(), now, || ()) else { panic!() };
     assert_eq!(got.metadata.get("authorization"), Some("Bearer s3cret"));
 
     // A peer that did not offer the feature never gets a metadata frame.
-    let mut old = CallerState::new(Negotiated { features: Features::NONE, ..limits });
+    let mut old = CallerState::<_, ()>::new(Negotiated { features: Features::NONE, ..limits });
     let err = old.start_call(with_token, now, ()).unwrap_err();
     assert!(err.to_string().contains("does not take call metadata"), "{err}");
     // Bounds are checked before sending.
@@ -357,32 +360,32 @@ fn one_timer_serves_every_deadline_and_expired_calls_are_cancelled() {
     let mut caller = CallerState::new(limits);
     assert_eq!(caller.next_deadline(), None, "no call, no timer");
 
-    let a = caller.register("a", Some(at(300))).unwrap();
+    let a = caller.register("a", Some(at(300)), None).unwrap();
     assert!(a.rearm && a.alone, "the first deadline arms the timer");
     assert_eq!(caller.next_deadline(), Some(at(300)));
-    let b = caller.register("b", Some(at(500))).unwrap();
+    let b = caller.register("b", Some(at(500)), None).unwrap();
     assert!(!b.rearm, "a later deadline needs no re-arming");
-    let c = caller.register("c", Some(at(100))).unwrap();
+    let c = caller.register("c", Some(at(100)), None).unwrap();
     assert!(c.rearm, "a sooner one does");
-    let d = caller.register("d", None).unwrap();
+    let d = caller.register("d", None, None).unwrap();
     assert!(!d.rearm, "no deadline, no timer");
     assert_eq!(caller.next_deadline(), Some(at(100)));
 
     // `c` is answered: the timer's next stop skips it.
-    assert!(matches!(caller.on_frame(response(c.id, Ok(Reply::Ok(Bytes::new())))), Incoming::Answer("c", _)));
+    assert!(matches!(caller.on_frame(response(c.id, Ok(Reply::Ok(Bytes::new()))), || ()), Incoming::Answer("c", ..)));
     assert_eq!(caller.next_deadline(), Some(at(300)));
     assert!(caller.expire(at(299)).is_empty(), "nothing is due before its deadline");
 
     // At 300 ms only `a` is due: its waiter is handed back with a cancel for the peer.
     let expired = caller.expire(at(300));
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].0, "a");
-    assert!(matches!(expired[0].1, Frame::Cancel { id } if id == a.id));
-    assert!(matches!(caller.on_frame(response(a.id, Ok(Reply::Ok(Bytes::new())))), Incoming::Nothing));
+    assert_eq!(expired[0].0, Some("a"));
+    assert!(matches!(expired[0].2, Frame::Cancel { id } if id == a.id));
+    assert!(matches!(caller.on_frame(response(a.id, Ok(Reply::Ok(Bytes::new()))), || ()), Incoming::Nothing));
     assert_eq!(caller.in_flight(), 2);
     assert_eq!(caller.next_deadline(), Some(at(500)));
     let expired = caller.expire(at(10_000));
-    assert_eq!(expired.iter().map(|e| e.0).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(expired.iter().map(|e| e.0).collect::<Vec<_>>(), [Some("b")]);
     assert_eq!(caller.next_deadline(), None, "`d` waits without a deadline");
 }
 
@@ -393,13 +396,93 @@ fn deadlines_of_answered_calls_are_not_kept() {
     let (limits, _) = handshake(1 << 20, 1 << 20);
     let now = Instant::now();
     let mut caller = CallerState::new(limits);
-    let slow = caller.register(0, Some(now + Duration::from_secs(30))).unwrap();
+    let slow = caller.register(0, Some(now + Duration::from_secs(30)), None).unwrap();
     for i in 1..1_000_000u32 {
-        let r = caller.register(i, Some(now + Duration::from_secs(30))).unwrap();
-        assert!(matches!(caller.on_frame(response(r.id, Ok(Reply::Ok(Bytes::new())))), Incoming::Answer(..)));
+        let r = caller.register(i, Some(now + Duration::from_secs(30)), None).unwrap();
+        assert!(matches!(caller.on_frame(response(r.id, Ok(Reply::Ok(Bytes::new()))), || ()), Incoming::Answer(..)));
     }
     assert!(caller.deadlines_held() <= 2 * caller.in_flight() + 65, "held {}", caller.deadlines_held());
     assert_eq!(caller.next_deadline(), Some(now + Duration::from_secs(30)));
     assert_eq!(caller.expire(now + Duration::from_secs(30)).len(), 1);
     let _ = slow;
+}
+
+/// Drives one stream call between the two states through encoded bytes, as the shells
+/// do: the node answers with a stream, sends items while it has credit, the caller's
+/// reader consumes some and grants credit back.
+#[test]
+fn a_server_stream_flows_only_as_fast_as_its_reader_grants_credit() {
+    use super::{item_cost, Spend, STREAM_WINDOW};
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::<&str, &str>::new(limits);
+    let (id, request, _) = caller.start_call(call("watch", b"{}", None), now, "w").unwrap();
+    let mut node = ResponderState::<&str, &str>::new(16, None, now);
+    let Inbound::Call { id: got, items: None, .. } = node.on_frame(wire(request), now, || "node") else { panic!() };
+    node.started(got, "task");
+    assert_eq!(node.answer_stream(got, "node", false), Some("node"));
+    let opening = Frame::Response { id: got, status: Status::Stream, payload: Bytes::new() };
+    assert!(matches!(caller.on_frame(wire(opening), || "caller"), Incoming::Opened("w", "caller")));
+    // The node sends 100-byte items until its credit is spent.
+    let item = Bytes::from(vec![b'1'; 100]);
+    let mut sent = 0u32;
+    while node.spend(got, item.len()) == Spend::Go {
+        let Incoming::Item("caller", payload, cost) = caller.on_frame(wire(Frame::Item { id, payload: item.clone() }), || "x")
+        else {
+            panic!()
+        };
+        assert_eq!((payload.len(), cost), (100, item_cost(100)));
+        sent += 1;
+    }
+    assert_eq!(sent, STREAM_WINDOW / item_cost(100), "the sender stops when its credit is spent");
+    // An item past the credit is a violation the caller refuses.
+    assert!(matches!(caller.on_frame(Frame::Item { id, payload: item.clone() }, || "x"), Incoming::Violation(_)));
+    // The reader consumes half the window: one credit frame goes back, and the node may go on.
+    let mut credit = None;
+    for _ in 0..sent / 2 + 1 {
+        credit = credit.or(caller.consumed(id, item_cost(100)));
+    }
+    let Some(credit @ Frame::Credit { bytes, .. }) = credit else { panic!("no credit granted") };
+    assert!(bytes >= STREAM_WINDOW / 2);
+    assert!(matches!(node.on_frame(wire(credit), now, || "x"), Inbound::Credit("node")));
+    assert_eq!(node.spend(got, item.len()), Spend::Go);
+    // The node ends the stream; the caller hears a clean end and forgets the call.
+    let end = super::end(got, Ok(None));
+    node.finished(got);
+    assert!(matches!(caller.on_frame(wire(end), || "x"), Incoming::End("caller", None)));
+    assert_eq!((caller.in_flight(), node.in_flight()), (0, 0));
+}
+
+#[test]
+fn a_caller_sending_past_its_credit_loses_that_call_alone() {
+    use super::{item_cost, STREAM_WINDOW};
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut node = ResponderState::<&str, &str>::new(16, None, now);
+    let mut caller = CallerState::<&str, &str>::new(limits);
+    let upload = call("upload", b"{}", None).with_input(crate::stream::encode(Codec::Json, crate::Stream::<u8>::empty()));
+    let mut request = request(upload, now, caller.limits()).unwrap();
+    let r = caller.register("w", None, Some("caller")).unwrap();
+    request.set_request_id(r.id);
+    let Inbound::Call { id, items: Some("node"), .. } = node.on_frame(wire(request), now, || "node") else { panic!() };
+    node.started(id, "task");
+    let big = Bytes::from(vec![b'x'; (STREAM_WINDOW / 2) as usize]);
+    assert!(matches!(node.on_frame(Frame::Item { id, payload: big.clone() }, now, || "x"), Inbound::Item("node", _, _)));
+    // The second half-window item does not fit the 9-byte headers: refused, and the call
+    // ends with a protocol error while others go on.
+    assert!(item_cost(big.len()) * 2 > STREAM_WINDOW);
+    let Inbound::Abort(Some("task"), Some("node"), Some(Frame::Response { status: Status::Failed, payload, .. })) =
+        node.on_frame(Frame::Item { id, payload: big }, now, || "x")
+    else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&payload).contains("exceeds the sender's credit"));
+    assert_eq!(node.in_flight(), 0);
+}
+
+/// A frame through its encoding, as it crosses the wire.
+fn wire(frame: Frame) -> Frame {
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    Frame::decode(&mut buf, u32::MAX).unwrap().unwrap()
 }

@@ -6,4 +6,5 @@ pub mod harness;
 pub mod hostile;
 pub mod lab;
 pub mod netns;
+pub mod streams;
 pub mod tls;

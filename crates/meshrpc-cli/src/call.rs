@@ -68,7 +68,9 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
                         out.flush()?;
                     }
                     Ok(Reply::AppError(bytes)) => {
-                        return Err(format!("{service}.{method}'s stream failed: {}", String::from_utf8_lossy(&bytes)).into())
+                        return Err(
+                            format!("{service}.{method}'s stream failed: {}", String::from_utf8_lossy(&bytes)).into()
+                        )
                     }
                     Ok(Reply::Stream(_)) => return Err("a stream inside a stream".into()),
                     Err(e) => return Err(format!("{service}.{method}'s stream failed: {e}").into()),

@@ -123,7 +123,8 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
             check_nested_streams(&item, errors);
             check_nested_streams(&item_error, errors);
             if input.is_some() {
-                errors.push(&pt.ty, "a method takes at most one stream of items: merge them into one stream of an enum");
+                errors
+                    .push(&pt.ty, "a method takes at most one stream of items: merge them into one stream of an enum");
             }
             input = Some(args.len().saturating_sub(1));
         } else {

@@ -217,8 +217,10 @@ pub mod __private {
 
     /// A stream's item type must cross the network, and its error type carry transport
     /// failures.
-    pub fn assert_item_types<T: serde::Serialize + serde::de::DeserializeOwned, E: From<Error> + serde::Serialize + serde::de::DeserializeOwned>(
-    ) {
+    pub fn assert_item_types<
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: From<Error> + serde::Serialize + serde::de::DeserializeOwned,
+    >() {
     }
 
     /// The answer to a method the service does not have.

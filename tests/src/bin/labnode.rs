@@ -3,7 +3,10 @@
 
 use clap::Parser;
 use meshrpc::Cluster;
-use meshrpc_tests::lab::{LabNode, LabServer, LabV2Node, LabV2Server};
+use meshrpc_tests::{
+    lab::{LabNode, LabServer, LabV2Node, LabV2Server},
+    streams::{StreamerNode, StreamerServer},
+};
 
 #[derive(Parser)]
 struct Args {
@@ -55,6 +58,9 @@ struct Args {
     max_connections: Option<usize>,
     #[arg(long)]
     http_idle_ms: Option<u64>,
+    /// How long a drain lets calls and streams finish.
+    #[arg(long)]
+    drain_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -94,6 +100,9 @@ async fn main() -> Result<(), meshrpc::Error> {
     if let Some(v) = args.http_idle_ms {
         config.http.idle_timeout = ms(v);
     }
+    if let Some(v) = args.drain_ms {
+        config.drain_timeout = ms(v);
+    }
     let cluster = Cluster::builder(args.name.clone())
         .tag(args.tag)
         .seeds(&args.nodes)
@@ -112,6 +121,7 @@ async fn main() -> Result<(), meshrpc::Error> {
         cluster.publish(LabServer::new(lab));
     }
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
+    cluster.publish(StreamerServer::new(StreamerNode::default()));
     cluster.publish_http("labhttp", http_router())?;
     println!("listening on {}", cluster.local_addr().expect("listening"));
     if let Some(admin) = cluster.admin_addr() {

@@ -334,7 +334,9 @@ impl<W, S> CallerState<W, S> {
                 _ => Incoming::Nothing, // credit for items already ended
             },
             Frame::Pong { id } => match self.pending.remove(&id) {
-                Some(Waiting { waiter: Some(waiter), .. }) => Incoming::Answer(waiter, None, Ok(Reply::Ok(Bytes::new()))),
+                Some(Waiting { waiter: Some(waiter), .. }) => {
+                    Incoming::Answer(waiter, None, Ok(Reply::Ok(Bytes::new())))
+                }
                 _ => Incoming::Nothing,
             },
             Frame::Ping { id } => Incoming::Send(Frame::Pong { id }),

@@ -172,7 +172,8 @@ impl<H, S> ResponderState<H, S> {
                 };
                 let items = items.then(|| {
                     let stream = make();
-                    let running = Running { stream: Some(stream.clone()), recv: Some(RecvWindow::default()), ..Running::new() };
+                    let running =
+                        Running { stream: Some(stream.clone()), recv: Some(RecvWindow::default()), ..Running::new() };
                     self.running.insert(id, running);
                     stream
                 });

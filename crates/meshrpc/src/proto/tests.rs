@@ -244,7 +244,10 @@ fn go_away_drains_then_the_caller_hangs_up_after_its_last_answer() {
     assert_eq!(caller.state(), ConnState::Draining);
     assert!(!caller.drained(), "a call is still out");
     assert!(matches!(caller.start_call(call("greet", b"{}", None), now, "x"), Err(Error::Unavailable { .. })));
-    assert!(matches!(caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new()))), || ()), Incoming::Answer("w", _, Ok(_))));
+    assert!(matches!(
+        caller.on_frame(response(id, Ok(Reply::Ok(Bytes::new()))), || ()),
+        Incoming::Answer("w", _, Ok(_))
+    ));
     assert!(caller.drained());
     assert!(caller.close().is_empty());
     assert_eq!(caller.state(), ConnState::Closed);
@@ -323,7 +326,10 @@ fn a_caller_answers_pings_and_refuses_requests() {
         items: false,
         payload: Bytes::new(),
     };
-    assert!(matches!(caller.on_frame(req, || ()), Incoming::Send(Frame::Response { id: 5, status: Status::Failed, .. })));
+    assert!(matches!(
+        caller.on_frame(req, || ()),
+        Incoming::Send(Frame::Response { id: 5, status: Status::Failed, .. })
+    ));
 }
 
 #[test]
@@ -339,7 +345,9 @@ fn metadata_crosses_when_both_sides_offered_it_and_is_refused_otherwise() {
     frame.encode(&mut wire);
     let mut node = ResponderState::<(), ()>::new(4, None, now);
     let decoded = decode_in_chunks(&wire, &(1..wire.len()).collect::<Vec<_>>(), node_limits.max_in);
-    let Inbound::Call { call: got, .. } = node.on_frame(decoded.into_iter().next().unwrap(), now, || ()) else { panic!() };
+    let Inbound::Call { call: got, .. } = node.on_frame(decoded.into_iter().next().unwrap(), now, || ()) else {
+        panic!()
+    };
     assert_eq!(got.metadata.get("authorization"), Some("Bearer s3cret"));
 
     // A peer that did not offer the feature never gets a metadata frame.
@@ -427,7 +435,8 @@ fn a_server_stream_flows_only_as_fast_as_its_reader_grants_credit() {
     let item = Bytes::from(vec![b'1'; 100]);
     let mut sent = 0u32;
     while node.spend(got, item.len()) == Spend::Go {
-        let Incoming::Item("caller", payload, cost) = caller.on_frame(wire(Frame::Item { id, payload: item.clone() }), || "x")
+        let Incoming::Item("caller", payload, cost) =
+            caller.on_frame(wire(Frame::Item { id, payload: item.clone() }), || "x")
         else {
             panic!()
         };
@@ -460,14 +469,18 @@ fn a_caller_sending_past_its_credit_loses_that_call_alone() {
     let now = Instant::now();
     let mut node = ResponderState::<&str, &str>::new(16, None, now);
     let mut caller = CallerState::<&str, &str>::new(limits);
-    let upload = call("upload", b"{}", None).with_input(crate::stream::encode(Codec::Json, crate::Stream::<u8>::empty()));
+    let upload =
+        call("upload", b"{}", None).with_input(crate::stream::encode(Codec::Json, crate::Stream::<u8>::empty()));
     let mut request = request(upload, now, caller.limits()).unwrap();
     let r = caller.register("w", None, Some("caller")).unwrap();
     request.set_request_id(r.id);
     let Inbound::Call { id, items: Some("node"), .. } = node.on_frame(wire(request), now, || "node") else { panic!() };
     node.started(id, "task");
     let big = Bytes::from(vec![b'x'; (STREAM_WINDOW / 2) as usize]);
-    assert!(matches!(node.on_frame(Frame::Item { id, payload: big.clone() }, now, || "x"), Inbound::Item("node", _, _)));
+    assert!(matches!(
+        node.on_frame(Frame::Item { id, payload: big.clone() }, now, || "x"),
+        Inbound::Item("node", _, _)
+    ));
     // The second half-window item does not fit the 9-byte headers: refused, and the call
     // ends with a protocol error while others go on.
     assert!(item_cost(big.len()) * 2 > STREAM_WINDOW);

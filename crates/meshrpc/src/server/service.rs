@@ -27,7 +27,8 @@ pub trait Service: Send + Sync + 'static {
     fn spec(&self) -> &'static ServiceSpec;
     /// Decodes the arguments (and the caller's items, for a method that takes a stream),
     /// runs the method and encodes its result.
-    fn call(&self, method: &str, codec: Codec, payload: Bytes, input: Option<Items>) -> BoxFuture<Result<Reply, Error>>;
+    fn call(&self, method: &str, codec: Codec, payload: Bytes, input: Option<Items>)
+        -> BoxFuture<Result<Reply, Error>>;
 }
 
 /// The services and HTTP routers published on one node.

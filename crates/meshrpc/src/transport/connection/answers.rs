@@ -12,7 +12,6 @@ use crate::{
     transport::streams::StreamHandle,
 };
 
-
 /// A lone caller reading the link for itself: while any is, the reader task waits off
 /// the socket; when the last is done (answered, failed or dropped), the reader resumes.
 pub(super) struct LoneReader<'a> {

@@ -1,0 +1,266 @@
+//! Issue 13: streaming methods over the mesh, with real node processes: order, typed
+//! errors, flow control bounding a slow reader's server, cancellation both ways, unary
+//! calls beside a stream, and a replica killed or drained mid-stream.
+
+use std::time::{Duration, Instant};
+
+use meshrpc::{Codec, Connection, Error, Reply, Stream};
+use meshrpc_tests::{
+    harness::{eventually, terminate, Node},
+    hostile::status_kib,
+    lab::{Lab, LabClient, LabError},
+    streams::{Producers, Streamer, StreamerClient, Tick},
+};
+
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+
+async fn node(args: &[&str]) -> (Node, Connection) {
+    let mut all = vec!["--tag", "streams"];
+    all.extend_from_slice(args);
+    let node = Node::start(LABNODE, &all).await;
+    let conn = meshrpc::connect(node.addr).await.expect("connect");
+    (node, conn)
+}
+
+async fn producers(client: &StreamerClient) -> Producers {
+    client.producers().await.expect("producers")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_streams_arrive_in_order_and_end_with_their_typed_error() {
+    let (_node, conn) = node(&[]).await;
+    for codec in [Codec::Json, Codec::Postcard] {
+        let client = StreamerClient::new(conn.clone()).with_codec(codec);
+        let mut ticks = client.count(0, 1000, 3).await.expect("stream opens");
+        for n in 0..1000 {
+            assert_eq!(ticks.next().await, Some(Ok(Tick { n, pad: "xxx".into() })), "{codec:?}");
+        }
+        assert_eq!(ticks.next().await, None, "a clean end");
+
+        let mut failing = client.fail_at(3).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(item) = failing.next().await {
+            got.push(item);
+        }
+        assert_eq!(got, [Ok(0), Ok(1), Ok(2), Err(LabError::Refused("item 3".into()))]);
+
+        // Refused before any item: the call's own error.
+        assert_eq!(client.refuse_stream().await.err(), Some(LabError::Refused("no stream today".into())));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_and_bidirectional_streams_and_a_bad_item_fails_its_call_alone() {
+    let (_node, conn) = node(&[]).await;
+    let client = StreamerClient::new(conn.clone());
+    assert_eq!(client.sum(Stream::iter(1..=1000)).await, Ok(500_500));
+    assert_eq!(client.sum(Stream::empty()).await, Ok(0));
+
+    let mut chat = client.chat("> ".into(), Stream::iter(["a".to_string(), "b".into()])).await.unwrap();
+    assert_eq!(chat.next().await, Some(Ok("> a".into())));
+    assert_eq!(chat.next().await, Some(Ok("> b".into())));
+    assert_eq!(chat.next().await, None);
+
+    // Items that do not decode: the third is a string where a number goes.
+    let items = ["1", "2", "\"three\"", "4"].map(|i| Ok(Reply::Ok(i.into())));
+    let (tx, raw) = meshrpc::Items::channel(8);
+    for item in items {
+        tx.send(item).await.unwrap();
+    }
+    drop(tx);
+    let answer = meshrpc::Channel::from(conn.clone())
+        .call_raw_items("streamer", "sum", bytes::Bytes::from_static(b"{}"), Some(raw), false)
+        .await;
+    let Ok(Reply::AppError(detail)) = answer else { panic!("{answer:?}") };
+    let detail = String::from_utf8_lossy(&detail);
+    assert!(detail.contains("bad_request") && detail.contains("stream item 2"), "{detail}");
+
+    // Items sent to a method that takes none, and none to one that needs them.
+    let (_tx, raw) = meshrpc::Items::channel(1);
+    let refused = meshrpc::Channel::from(conn.clone())
+        .call_raw_items("streamer", "producers", bytes::Bytes::from_static(b"{}"), Some(raw), false)
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::BadRequest { message }) if message.contains("takes no stream")),
+        "{refused:?}"
+    );
+    let missing =
+        meshrpc::Channel::from(conn.clone()).call_raw("streamer", "sum", bytes::Bytes::from_static(b"{}")).await;
+    assert!(
+        matches!(&missing, Err(Error::BadRequest { message }) if message.contains("takes a stream")),
+        "{missing:?}"
+    );
+
+    // The connection and its other calls live on.
+    assert_eq!(client.sum(Stream::iter([2, 3])).await, Ok(5));
+}
+
+/// A million small items through a reader that pauses: the server produces only what the
+/// reader's credit allows (1 MiB of frames, plus what the socket buffers hold), its
+/// memory stays bounded, and every item arrives in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_bounds_what_the_server_holds_and_loses_nothing() {
+    let (node, conn) = node(&[]).await;
+    let pid = node.child.id().unwrap();
+    let client = StreamerClient::new(conn).with_codec(Codec::Postcard).without_stream_deadline();
+    let idle_kib = status_kib(pid, "VmRSS");
+    const TOTAL: u64 = 1_000_000;
+    // 32-byte items: a u64 and 23 bytes of pad, postcard-encoded with their lengths.
+    let mut ticks = client.count(0, TOTAL, 23).await.unwrap();
+    let mut next = 0;
+    for _ in 0..1000 {
+        assert_eq!(ticks.next().await.unwrap().unwrap().n, next);
+        next += 1;
+    }
+    // The reader stops. The producer gets ahead by at most the window and the buffers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ahead = producers(&client).await.produced - next;
+    // Each item costs 9 + 33 bytes of credit; the socket buffers and the node's queue
+    // hold at most a few MiB more.
+    let window_items = u64::from(meshrpc::proto::STREAM_WINDOW) / 42;
+    assert!(ahead <= window_items + 8 * 1024 * 1024 / 42, "{ahead} items ahead of the reader");
+    let paused_kib = status_kib(pid, "VmRSS");
+    while let Some(item) = ticks.next().await {
+        assert_eq!(item.unwrap().n, next, "in order, none lost");
+        next += 1;
+        if next % 100_000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(next, TOTAL);
+    let end_kib = status_kib(pid, "VmRSS");
+    // The bound in docs/streams.md: the node's RSS stays under 2 × its idle RSS plus the
+    // window, however many items go through.
+    let bound = 2 * idle_kib + u64::from(meshrpc::proto::STREAM_WINDOW) / 1024;
+    assert!(
+        paused_kib <= bound && end_kib <= bound,
+        "idle {idle_kib} KiB, paused {paused_kib}, end {end_kib}, bound {bound}"
+    );
+    eprintln!("node RSS: idle {idle_kib} KiB, paused {paused_kib} KiB, after 1e6 items {end_kib} KiB; {ahead} items ahead while paused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_stream_drops_its_producer_on_the_server() {
+    let (_node, conn) = node(&[]).await;
+    let client = StreamerClient::new(conn).without_stream_deadline();
+    let mut ticks = client.ticks(5).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(ticks.next().await, Some(Ok(n)));
+    }
+    assert_eq!(producers(&client).await.dropped, 0, "the producer lives while the stream is read");
+    drop(ticks);
+    let dropped_at = Instant::now();
+    let dropped = eventually(Duration::from_millis(100), || async {
+        let p = producers(&client).await;
+        (p.dropped == p.started).then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "the producer still runs {:?} after the stream was dropped", dropped_at.elapsed());
+    eprintln!("producer dropped within {:?}", dropped_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deadline_covers_the_whole_stream_unless_the_caller_opts_out() {
+    let (_node, conn) = node(&[]).await;
+    let bounded = StreamerClient::new(conn.clone()).with_timeout(Duration::from_millis(300));
+    let mut ticks = bounded.ticks(20).await.unwrap();
+    let mut last = None;
+    while let Some(item) = ticks.next().await {
+        last = Some(item);
+    }
+    assert_eq!(last, Some(Err(LabError::Rpc(Error::Timeout))), "ended by its deadline");
+    let p = eventually(Duration::from_secs(2), || async {
+        let p = producers(&bounded).await;
+        (p.dropped == p.started).then_some(p)
+    })
+    .await;
+    assert!(p.is_some(), "the producer outlived the deadline");
+
+    let unbounded = StreamerClient::new(conn).with_timeout(Duration::from_millis(300)).without_stream_deadline();
+    let mut ticks = unbounded.ticks(100).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) {
+        assert!(matches!(ticks.next().await, Some(Ok(_))), "the stream outlives the timeout");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unary_calls_on_the_same_connection_go_on_while_a_stream_runs_at_full_speed() {
+    let (_node, conn) = node(&[]).await;
+    let streamer = StreamerClient::new(conn.clone()).with_codec(Codec::Postcard).without_stream_deadline();
+    let mut flood = streamer.count(0, u64::MAX, 1024).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut read = 0u64;
+        while let Some(Ok(_)) = flood.next().await {
+            read += 1;
+        }
+        read
+    });
+    let lab = LabClient::new(conn.clone()).with_timeout(Duration::from_secs(5));
+    for _ in 0..200 {
+        assert_eq!(lab.whoami().await, Ok("lab".into()));
+    }
+    assert!(!reader.is_finished(), "the stream still runs");
+    let before = producers(&streamer).await.produced;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(producers(&streamer).await.produced > before, "and keeps flowing");
+    reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_stream_fails_the_stream_fast() {
+    let (mut node, conn) = node(&[]).await;
+    let client = StreamerClient::new(conn).without_stream_deadline();
+    let mut ticks = client.ticks(10).await.unwrap();
+    assert!(matches!(ticks.next().await, Some(Ok(_))));
+    node.kill().await;
+    let killed = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ticks.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream hung after its replica died");
+    assert!(matches!(ended, Some(Err(LabError::Rpc(Error::Unavailable { .. })))), "{ended:?}");
+    eprintln!("stream failed {:?} after kill -9", killed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_replica_ends_open_streams_with_unavailable_after_its_grace() {
+    let (mut node, conn) = node(&["--drain-ms", "1500"]).await;
+    let client = StreamerClient::new(conn).without_stream_deadline();
+    let mut ticks = client.ticks(10).await.unwrap();
+    let mut short = client.count(0, 3, 0).await.unwrap();
+    assert!(matches!(ticks.next().await, Some(Ok(_))));
+    let child = &mut node.child;
+    let pid = child.id().unwrap();
+    let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.unwrap();
+    assert!(term.success());
+    let signalled = Instant::now();
+    // A stream that ends by itself within the grace completes.
+    let mut got = Vec::new();
+    while let Some(item) = short.next().await {
+        got.push(item.unwrap().n);
+    }
+    assert_eq!(got, [0, 1, 2]);
+    // The endless one runs on through the grace, then ends with `unavailable`.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ticks.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream hung through the drain");
+    let waited = signalled.elapsed();
+    let Some(Err(LabError::Rpc(Error::Unavailable { message }))) = ended else { panic!("{ended:?}") };
+    assert!(message.contains("drain"), "{message}");
+    assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
+    assert!(terminate(child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");
+}

@@ -20,6 +20,8 @@ pub struct Postcard {
 pub enum GreetError {
     #[error("no recipient")]
     NoRecipient,
+    #[error("counting down from {0} would take too long (at most 60)")]
+    TooLong(u32),
     #[error(transparent)]
     Rpc(#[from] meshrpc::Error),
 }
@@ -31,6 +33,9 @@ pub trait Greeter {
     async fn greet(&self, name: String) -> Result<String, GreetError>;
     /// Sends a postcard.
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError>;
+    /// Counts down from `from` (at most 60), one line every half second, then greets: a
+    /// stream (`curl -N -X POST localhost:8080/greeter/countdown -d '{"from":3}'`).
+    async fn countdown(&self, from: u32) -> Result<meshrpc::Stream<String, GreetError>, GreetError>;
 }
 
 /// The local implementation.
@@ -54,6 +59,25 @@ impl Greeter for MyGreeter {
         println!("sending {card:?} to {}", card.recipient);
         self.postcards.lock().unwrap().push(card);
         Ok(())
+    }
+
+    async fn countdown(&self, from: u32) -> Result<meshrpc::Stream<String, GreetError>, GreetError> {
+        if from > 60 {
+            return Err(GreetError::TooLong(from));
+        }
+        let (tx, lines) = meshrpc::Stream::channel(1);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            for n in (1..=from).rev() {
+                tick.tick().await;
+                if tx.send(format!("{n}…")).await.is_err() {
+                    return; // the caller hung up
+                }
+            }
+            tick.tick().await;
+            let _ = tx.send("Hello!".to_string()).await;
+        });
+        Ok(lines)
     }
 }
 

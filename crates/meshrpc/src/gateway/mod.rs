@@ -193,7 +193,14 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let mut admission = shared.settings.admission.clone();
     admission.peer = req.extensions().get::<Arc<Identity>>().cloned();
     if is_method {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if crate::http::is_websocket(&parts.headers) {
+            let dispatch: Arc<dyn crate::call::Dispatch> = Arc::new(shared.channel.clone());
+            let limits = &shared.settings.limits;
+            let resp =
+                crate::http::websocket_call(dispatch, limits, &admission, service.clone(), rest.clone(), &mut parts);
+            return label(resp.await, &rest);
+        }
         let resp = admitted_call(
             &shared.channel,
             &shared.settings.limits,

@@ -72,9 +72,15 @@ pub(crate) async fn http_connection<I, S>(
                 _ = tokio::time::sleep_until(quiet_until.into()) => return,
             }
         }
-        // Enough bytes to tell h2c's preface from HTTP/1.
+        // Enough bytes to tell h2c's preface from HTTP/1, and a GET's whole head (a
+        // WebSocket upgrade is a GET whose head says so).
         let tell = async {
             while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {
+                if io.read_buf(&mut prefix).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            while prefix.starts_with(b"GET ") && prefix.len() < 8192 && !prefix.windows(4).any(|w| w == b"\r\n\r\n") {
                 if io.read_buf(&mut prefix).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -88,6 +94,11 @@ pub(crate) async fn http_connection<I, S>(
         let rewound = Rewind::new(std::mem::take(&mut prefix).freeze(), io);
         if rewound.prefix.starts_with(H2_PREFACE) {
             return serve_h2(rewound, service, idle_timeout, &activity, shutdown).await;
+        }
+        if asks_upgrade(&rewound.prefix) {
+            // A WebSocket: hyper hands the socket over after the 101; the connection is
+            // the WebSocket's from then on (it never parks).
+            return serve_upgradable(rewound, service, header_timeout, shutdown).await;
         }
         match serve_h1(rewound, service.clone(), header_timeout, idle_timeout, &activity, &mut shutdown).await {
             // Parked: go on with the socket and what hyper had read past the last request.
@@ -163,6 +174,35 @@ where
                 }
             }
             _ = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now).into()), if closing.is_some() => return None,
+        }
+    }
+}
+
+/// True when the request head read so far asks to upgrade the connection (a WebSocket).
+fn asks_upgrade(head: &[u8]) -> bool {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(head.len());
+    head[..end].split(|b| *b == b'\n').any(|line| line.len() > 8 && line[..8].eq_ignore_ascii_case(b"upgrade:"))
+}
+
+async fn serve_upgradable<I, S>(
+    io: Rewind<Watched<I>>,
+    service: S,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         }
     }
 }

@@ -5,6 +5,7 @@ mod connection;
 mod keepalive;
 mod rpc;
 mod streams;
+mod websocket;
 
 use std::{
     sync::{Arc, RwLock},
@@ -19,11 +20,12 @@ pub(crate) use connection::render_counters;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use connection::serve_https;
-#[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
-pub(crate) use rpc::admitted_call;
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
+#[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
+pub(crate) use rpc::{admitted_call, websocket_call};
 pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+pub(crate) use websocket::is_upgrade as is_websocket;
 
 use crate::{
     call::{BoxFuture, Dispatch},

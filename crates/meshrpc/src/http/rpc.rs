@@ -29,7 +29,7 @@ use crate::{
     stream::Input,
 };
 
-use super::streams;
+use super::{streams, websocket};
 
 /// Header carrying a per-request timeout in milliseconds.
 pub const TIMEOUT_HEADER: &str = "meshrpc-timeout-ms";
@@ -77,13 +77,42 @@ async fn rpc(
     State(state): State<RpcState>,
     Path((service, method)): Path<(String, String)>,
     peer: Option<Extension<Arc<Identity>>>,
-    http_method: Method,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
     let mut admission = state.admission;
     admission.peer = peer.map(|p| p.0);
-    admitted_call(&*state.dispatch, &state.limits, &admission, service, method, &http_method, &headers, body).await
+    let (mut parts, body) = req.into_parts();
+    if websocket::is_upgrade(&parts.headers) {
+        return websocket_call(state.dispatch.clone(), &state.limits, &admission, service, method, &mut parts).await;
+    }
+    admitted_call(&*state.dispatch, &state.limits, &admission, service, method, &parts.method, &parts.headers, body)
+        .await
+}
+
+/// A call over a WebSocket (a method that takes a stream): admitted before the upgrade,
+/// so a refusal is a plain HTTP answer.
+pub(crate) async fn websocket_call(
+    dispatch: Arc<dyn Dispatch>,
+    limits: &HttpLimits,
+    admission: &Admission,
+    service: String,
+    method: String,
+    parts: &mut axum::http::request::Parts,
+) -> Response {
+    use axum::extract::FromRequestParts;
+    let ws = match axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, &()).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // A WebSocket lasts until its client closes it, unless the upgrade names a timeout.
+    let timeout = parts.headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut call = Call::new(service, method, Bytes::new());
+    call.deadline = timeout.filter(|ms| *ms > 0).map(|ms| Instant::now() + Duration::from_millis(ms));
+    call.key = sticky_key(&parts.headers);
+    if let Err(denied) = admission.admit(&mut call) {
+        return envelope(Err(denied));
+    }
+    websocket::answer(ws, dispatch, call, limits.clone())
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the

@@ -245,12 +245,13 @@ impl Lines {
         }
     }
 
+    /// Counts every line (blank ones too, so errors name the line of the body).
     fn checked(&mut self, line: Bytes) -> Option<Result<Bytes, Error>> {
+        self.line += 1;
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {
             return None;
         }
-        self.line += 1;
         let line = line.slice_ref(trimmed);
         match serde_json::from_slice::<serde::de::IgnoredAny>(&line) {
             Ok(_) => Some(Ok(line)),

@@ -1,0 +1,170 @@
+//! Issue 13: streams through the gateway as HTTP users see them: `curl -N` reads NDJSON
+//! items one by one, SSE for browsers, NDJSON request bodies for client streams, a
+//! WebSocket for a bidirectional stream, and the CLI.
+
+use std::{process::Stdio, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use meshrpc_tests::harness::{http, tool, Node};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::Command,
+};
+use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message};
+
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+
+/// `meshrpc gateway` and a lab node (which publishes the greeter and the streamer).
+async fn gateway(tag: &str) -> (Node, Node) {
+    let gateway =
+        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
+            .await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let lab = Node::start(LABNODE, &["--tag", tag, "--nodes", &mesh, "--name", "lab1"]).await;
+    let url = gateway.url("/healthz");
+    let ready = meshrpc_tests::harness::eventually(Duration::from_secs(15), || async {
+        (http("GET", &url, "", &[]).await.json()["members"] == 2).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the gateway never saw the lab node");
+    (gateway, lab)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_reads_a_countdown_item_by_item_as_ndjson_and_as_server_sent_events() {
+    if !tool("curl") {
+        return;
+    }
+    let (gateway, _lab) = gateway("streams-curl").await;
+    let url = gateway.url("/greeter/countdown");
+    let mut curl = Command::new("curl")
+        .args(["-N", "-s", "-X", "POST", &url, "-d", r#"{"from":3}"#])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    assert_eq!(next(&mut lines).await.as_deref(), Some(r#"{"data":"3…"}"#));
+    // The first item is in while the countdown still runs: items are flushed one by one.
+    assert!(curl.try_wait().unwrap().is_none(), "curl finished before reading the rest");
+    for want in [r#"{"data":"2…"}"#, r#"{"data":"1…"}"#, r#"{"data":"Hello!"}"#] {
+        assert_eq!(next(&mut lines).await.as_deref(), Some(want));
+    }
+    assert_eq!(next(&mut lines).await, None, "the body ends with the stream");
+
+    let sse = Command::new("curl")
+        .args(["-N", "-s", "-X", "POST", &url, "-H", "Accept: text/event-stream", "-D", "-", "-d", r#"{"from":1}"#])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&sse.stdout).replace('\r', "");
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.ends_with("data: \"1…\"\n\ndata: \"Hello!\"\n\nevent: end\ndata: {}\n\n"), "{text}");
+
+    // A stream that fails ends with an error line naming the item.
+    let failing = http("POST", &gateway.url("/streamer/fail_at"), r#"{"n":2}"#, &[]).await;
+    let lines: Vec<&str> = failing.body.lines().collect();
+    assert_eq!(lines[..2], [r#"{"data":0}"#, r#"{"data":1}"#], "{}", failing.body);
+    let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(
+        (last["errors"][0]["code"].as_str(), last["errors"][0]["item"].as_u64()),
+        (Some("application"), Some(2))
+    );
+    assert_eq!(last["errors"][0]["detail"]["Refused"], "item 2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ndjson_body_is_a_client_stream_and_a_malformed_line_is_named() {
+    let (gateway, _lab) = gateway("streams-ndjson").await;
+    let url = gateway.url("/streamer/sum");
+    let ndjson = [("content-type", "application/x-ndjson")];
+    let sum = http("POST", &url, "{}\n1\n2\n\n3\n", &ndjson).await;
+    assert_eq!((sum.status, sum.body.as_str()), (200, r#"{"data":6,"errors":[]}"#));
+
+    let bad = http("POST", &url, "{}\n1\nnot json\n3\n", &ndjson).await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("NDJSON line 3 is not JSON"), "{}", bad.body);
+
+    // Items for a method that takes none, and none for one that needs them.
+    let refused = http("POST", &gateway.url("/streamer/producers"), "{}\n1\n", &ndjson).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("takes no stream"), "{}", refused.body);
+    let missing = http("POST", &url, "{}", &[]).await;
+    assert_eq!(missing.status, 400, "{}", missing.body);
+    assert!(missing.body.contains("NDJSON body"), "{}", missing.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_drives_a_bidirectional_stream_through_the_gateway() {
+    let (gateway, _lab) = gateway("streams-ws").await;
+    let addr = gateway.addr;
+    let connect = || async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/streamer/chat"), tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws
+    };
+    let mut ws = connect().await;
+    ws.send(Message::text(r#"{"prefix":"> "}"#)).await.unwrap();
+    for line in ["hello", "world"] {
+        ws.send(Message::text(format!("{line:?}"))).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(answer.into_text().unwrap().as_str(), format!(r#"{{"data":"> {line}"}}"#));
+    }
+    // An empty message ends our items; the chat ends, and the node closes normally.
+    ws.send(Message::text("")).await.unwrap();
+    let mut closed = None;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        if let Message::Close(frame) = msg {
+            closed = frame.map(|f| f.code);
+        }
+    }
+    assert_eq!(closed, Some(CloseCode::Normal));
+
+    // Garbage: the node says what was wrong and closes with 1007.
+    let mut ws = connect().await;
+    ws.send(Message::text(r#"{"prefix":""}"#)).await.unwrap();
+    ws.send(Message::text("not json")).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        got.push(msg);
+    }
+    let error = got.iter().find_map(|m| m.to_text().ok().filter(|t| t.contains("errors"))).expect("an error message");
+    assert!(error.contains("bad_request") && error.contains("message 1 is not a JSON text message"), "{error}");
+    let close = got.iter().find_map(|m| if let Message::Close(Some(f)) = m { Some(f.code) } else { None });
+    assert_eq!(close, Some(CloseCode::Invalid));
+    // The node serves on.
+    assert_eq!(http("POST", &gateway.url("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_prints_items_as_they_arrive_and_sends_stdin_as_items() {
+    let (_gateway, lab) = gateway("streams-cli").await;
+    let node = lab.addr.to_string();
+    let out = Command::new(MESHRPC)
+        .args(["call", "streamer.count", r#"{"from":0,"to":3,"pad":1}"#, "--nodes", &node, "--tag", "streams-cli"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"n\":0,\"pad\":\"x\"}\n{\"n\":1,\"pad\":\"x\"}\n{\"n\":2,\"pad\":\"x\"}\n"
+    );
+    let mut sum = Command::new(MESHRPC)
+        .args(["call", "streamer.sum", "{}", "--items", "--nodes", &node, "--tag", "streams-cli"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sum.stdin.take().unwrap().write_all(b"1\n2\n39\n").await.unwrap();
+    let out = sum.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}
+
+async fn next(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.expect("an item within 10 s").unwrap()
+}

@@ -124,7 +124,7 @@ fn stdin_items() -> meshrpc::Items {
 fn methods_of(cluster: &meshrpc::Cluster, service: &str) -> Vec<String> {
     let members = cluster.members();
     let adv = members.iter().find_map(|m| m.services.get(service));
-    adv.map(|a| a.methods.iter().map(|(m, _)| m.clone()).collect()).unwrap_or_default()
+    adv.map(|a| a.methods.iter().map(|m| m.name.clone()).collect()).unwrap_or_default()
 }
 
 async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -139,9 +139,17 @@ async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for (name, adv) in seen {
         println!("{name}");
-        for (method, params) in adv.methods {
-            let example: Vec<String> = params.iter().map(|p| format!("\"{p}\":…")).collect();
-            println!("  {name}.{method}({})    '{{{}}}'", params.join(", "), example.join(","));
+        for m in adv.methods {
+            let plain: Vec<&String> = m.args.iter().filter(|a| m.items.as_ref() != Some(*a)).collect();
+            let example: Vec<String> = plain.iter().map(|p| format!("\"{p}\":…")).collect();
+            let params: Vec<String> = m
+                .args
+                .iter()
+                .map(|a| if m.items.as_ref() == Some(a) { format!("{a}: stream") } else { a.clone() })
+                .collect();
+            let answer = if m.streams { " -> stream" } else { "" };
+            let items = if m.items.is_some() { " --items < items.ndjson" } else { "" };
+            println!("  {name}.{}({}){answer}    '{{{}}}'{items}", m.name, params.join(", "), example.join(","));
         }
     }
     Ok(())

@@ -136,8 +136,17 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
         format!(" Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value.");
     let method_specs = def.methods.iter().map(|m| {
         let name = &m.name;
-        let args = m.args.iter().map(|(n, _)| n.to_string().trim_start_matches("r#").to_owned());
-        quote! { ::meshrpc::MethodSpec { name: #name, args: &[ #( #args ),* ] } }
+        let arg_name = |n: &syn::Ident| n.to_string().trim_start_matches("r#").to_owned();
+        let args = m.args.iter().map(|(n, _)| arg_name(n));
+        let items = match m.input {
+            Some(i) => {
+                let stream = arg_name(&m.args[i].0);
+                quote! { ::core::option::Option::Some(#stream) }
+            }
+            None => quote! { ::core::option::Option::None },
+        };
+        let streams = m.output.is_some();
+        quote! { ::meshrpc::MethodSpec { name: #name, args: &[ #( #args ),* ], items: #items, streams: #streams } }
     });
     let methods = def.item.items.iter().filter_map(|i| match i {
         syn::TraitItem::Fn(f) => Some(f),

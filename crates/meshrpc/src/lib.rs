@@ -104,8 +104,9 @@ pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
-    wait_for_signal, Advertised, Balance, Candidate, Cluster, ClusterBuilder, GossipConfig, HttpReplica, LeastLoaded,
-    Member, MemberState, Policy, RoundRobin, ServiceStatus, Sticky, View, DEFAULT_PORT, KEEPALIVE,
+    wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, GossipConfig,
+    HttpReplica, LeastLoaded, Member, MemberState, Policy, RoundRobin, ServiceStatus, Sticky, View, DEFAULT_PORT,
+    KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};

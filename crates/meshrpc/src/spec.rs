@@ -17,8 +17,21 @@ pub struct ServiceSpec {
 pub struct MethodSpec {
     /// Method name as on the wire and in routes (`send_postcard`).
     pub name: &'static str,
-    /// Parameter names: the JSON object keys of the arguments.
+    /// Parameter names: the JSON object keys of the arguments (the stream of items, if
+    /// the method takes one, is among them but travels as items, not in the object).
     pub args: &'static [&'static str],
+    /// The parameter that is a stream of the caller's items (client and bidirectional
+    /// streams).
+    pub items: Option<&'static str>,
+    /// The answer is a stream of items (server and bidirectional streams).
+    pub streams: bool,
+}
+
+impl MethodSpec {
+    /// A method that takes and answers plain values.
+    pub const fn unary(name: &'static str, args: &'static [&'static str]) -> MethodSpec {
+        MethodSpec { name, args, items: None, streams: false }
+    }
 }
 
 impl ServiceSpec {
@@ -49,6 +62,14 @@ impl ServiceSpec {
             for a in m.args {
                 eat(a);
             }
+            // Streams change the contract; unary methods hash as they always did.
+            if let Some(items) = m.items {
+                eat("*");
+                eat(items);
+            }
+            if m.streams {
+                eat("->*");
+            }
         }
         format!("{h:016x}")
     }
@@ -58,17 +79,18 @@ impl ServiceSpec {
 mod tests {
     use super::*;
 
-    const A: ServiceSpec = ServiceSpec {
-        name: "greeter",
-        trait_name: "Greeter",
-        methods: &[MethodSpec { name: "greet", args: &["name"] }],
-    };
+    const A: ServiceSpec =
+        ServiceSpec { name: "greeter", trait_name: "Greeter", methods: &[MethodSpec::unary("greet", &["name"])] };
 
     #[test]
     fn fingerprint_changes_with_the_method_set() {
-        let b = ServiceSpec { methods: &[MethodSpec { name: "greet", args: &["nom"] }], ..A };
+        const RENAMED: &[MethodSpec] = &[MethodSpec::unary("greet", &["nom"])];
+        const STREAMING: &[MethodSpec] = &[MethodSpec { name: "greet", args: &["name"], items: None, streams: true }];
+        let b = ServiceSpec { methods: RENAMED, ..A };
         assert_eq!(A.fingerprint(), A.fingerprint());
         assert_ne!(A.fingerprint(), b.fingerprint());
+        let streaming = ServiceSpec { methods: STREAMING, ..A };
+        assert_ne!(A.fingerprint(), streaming.fingerprint(), "a value that becomes a stream is another contract");
         assert_eq!(A.routes().collect::<Vec<_>>(), ["/greeter/greet"]);
     }
 }

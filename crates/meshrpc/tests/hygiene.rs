@@ -102,3 +102,63 @@ async fn a_default_method_body_runs_on_the_node() {
     assert_eq!(remote.plain().await.unwrap(), 1);
     assert_eq!(remote.with_default(5).await.unwrap(), 105);
 }
+
+/// A bidirectional stream whose argument names are those generated code uses inside.
+#[meshrpc::service]
+pub trait Pipe {
+    async fn pipe(
+        &self,
+        input: u8,
+        items: meshrpc::Stream<T, Fail>,
+        channel: u8,
+    ) -> Result<meshrpc::Stream<T, Fail>, Fail>;
+}
+
+struct AddBoth;
+
+#[meshrpc::async_trait]
+impl Pipe for AddBoth {
+    async fn pipe(
+        &self,
+        input: u8,
+        mut items: meshrpc::Stream<T, Fail>,
+        channel: u8,
+    ) -> Result<meshrpc::Stream<T, Fail>, Fail> {
+        let (tx, out) = meshrpc::Stream::channel(4);
+        tokio::spawn(async move {
+            while let Some(Ok(T(n))) = items.next().await {
+                if tx.send(T(n + input + channel)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// The same generic code runs against a local value and a remote client.
+async fn piped(pipe: &(impl Pipe + ?Sized)) -> Vec<u8> {
+    let mut out = pipe.pipe(1, meshrpc::Stream::iter([T(10), T(20)]), 2).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = out.next().await {
+        got.push(item.unwrap().0);
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_stream_method_is_the_same_through_a_local_value_and_a_remote_client() {
+    let local: std::sync::Arc<dyn Pipe> = std::sync::Arc::new(AddBoth);
+    assert_eq!(piped(&*local).await, [13, 23]);
+    let server = meshrpc::Server::bind("127.0.0.1:0").await.unwrap();
+    server.publish(PipeServer::from_arc(local));
+    let addr = server.local_addr();
+    tokio::spawn(server.serve());
+    for codec in [meshrpc::Codec::Json, meshrpc::Codec::Postcard] {
+        let remote = PipeClient::new(meshrpc::connect(addr).await.unwrap()).with_codec(codec);
+        assert_eq!(piped(&remote).await, [13, 23]);
+        let dynamic: std::sync::Arc<dyn Pipe> = std::sync::Arc::new(remote);
+        assert_eq!(piped(&*dynamic).await, [13, 23]);
+    }
+    assert_eq!(PipeClient::SPEC.method("pipe").unwrap().args, ["input", "items", "channel"]);
+}

@@ -16,10 +16,14 @@ impl GreeterClient {
             ::meshrpc::MethodSpec {
                 name: "greet",
                 args: &["name"],
+                items: ::core::option::Option::None,
+                streams: false,
             },
             ::meshrpc::MethodSpec {
                 name: "send_postcard",
                 args: &["card"],
+                items: ::core::option::Option::None,
+                streams: false,
             },
         ],
     };

@@ -136,16 +136,32 @@ impl Member {
 pub struct Advertised {
     /// Fingerprint of the method set (see `ServiceSpec::fingerprint`).
     pub fingerprint: String,
-    /// `(method, argument names)`
-    pub methods: Vec<(String, Vec<String>)>,
+    /// The methods, in declaration order.
+    pub methods: Vec<AdvertisedMethod>,
+}
+
+/// A method as gossiped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdvertisedMethod {
+    /// Method name.
+    pub name: String,
+    /// Argument names.
+    pub args: Vec<String>,
+    /// The argument that is a stream of the caller's items, if any.
+    pub items: Option<String>,
+    /// The answer is a stream.
+    pub streams: bool,
 }
 
 impl Advertised {
-    /// `fp greet(name) send_postcard(card)`
+    /// `fp greet(name) send_postcard(card) watch(filter)* chat(room,*lines)*`: `*` before
+    /// an argument marks the stream of the caller's items, after `)` a stream answer.
     fn encode(spec: &ServiceSpec) -> String {
         let mut out = spec.fingerprint();
         for m in spec.methods {
-            out.push_str(&format!(" {}({})", m.name, m.args.join(",")));
+            let args: Vec<String> =
+                m.args.iter().map(|a| if m.items == Some(*a) { format!("*{a}") } else { (*a).to_owned() }).collect();
+            out.push_str(&format!(" {}({}){}", m.name, args.join(","), if m.streams { "*" } else { "" }));
         }
         out
     }
@@ -155,9 +171,21 @@ impl Advertised {
         let fingerprint = parts.next().unwrap_or_default().to_owned();
         let methods = parts
             .filter_map(|m| {
+                let (m, streams) = m.strip_suffix('*').map_or((m, false), |m| (m, true));
                 let (name, args) = m.strip_suffix(')')?.split_once('(')?;
-                let args = args.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect();
-                Some((name.to_owned(), args))
+                let mut items = None;
+                let args = args
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(|a| match a.strip_prefix('*') {
+                        Some(stream) => {
+                            items = Some(stream.to_owned());
+                            stream.to_owned()
+                        }
+                        None => a.to_owned(),
+                    })
+                    .collect();
+                Some(AdvertisedMethod { name: name.to_owned(), args, items, streams })
             })
             .collect();
         Advertised { fingerprint, methods }
@@ -165,7 +193,7 @@ impl Advertised {
 
     /// True if the service has a method of this name.
     pub fn has_method(&self, name: &str) -> bool {
-        self.methods.iter().any(|(m, _)| m == name)
+        self.methods.iter().any(|m| m.name == name)
     }
 }
 
@@ -383,7 +411,7 @@ mod tests {
             ("name", "greeter"),
             ("addr", "127.0.0.1:11999"),
             ("state", "serving"),
-            ("svc:greeter", "abc greet(name) send_postcard(card) ping()"),
+            ("svc:greeter", "abc greet(name) send_postcard(card) ping() chat(room,*lines)*"),
             ("http:greeter", ""),
             ("started", "42"),
             ("unknown-key", "ignored"),
@@ -396,8 +424,14 @@ mod tests {
         );
         assert!(m.serves("greeter", None) && m.serves("greeter", Some("abc")));
         let methods = &m.services["greeter"].methods;
-        assert_eq!(methods[1], ("send_postcard".to_string(), vec!["card".to_string()]));
-        assert_eq!(methods[2], ("ping".to_string(), vec![]));
+        assert_eq!(
+            (methods[1].name.as_str(), methods[1].args.as_slice()),
+            ("send_postcard", &["card".to_string()][..])
+        );
+        assert_eq!((methods[2].name.as_str(), methods[2].args.len()), ("ping", 0));
+        let chat = &methods[3];
+        assert_eq!((chat.name.as_str(), chat.items.as_deref(), chat.streams), ("chat", Some("lines"), true));
+        assert_eq!(chat.args, ["room", "lines"]);
         assert!(!m.serves("greeter", Some("other-version")), "incompatible replica is not a replica");
         let draining = Member { state: MemberState::Draining, ..m.clone() };
         let view = View { members: vec![m, draining] };

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
-pub use membership::{Advertised, GossipConfig, Member, MemberState, View};
+pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, View};
 pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};

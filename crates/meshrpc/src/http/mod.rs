@@ -25,6 +25,7 @@ pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
 pub(crate) use rpc::{admitted_call, websocket_call};
 pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+#[cfg(feature = "gateway")]
 pub(crate) use websocket::is_upgrade as is_websocket;
 
 use crate::{

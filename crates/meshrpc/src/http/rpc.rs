@@ -112,7 +112,7 @@ pub(crate) async fn websocket_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
-    websocket::answer(ws, dispatch, call, limits.clone())
+    websocket::answer(ws, dispatch, call, *limits)
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the

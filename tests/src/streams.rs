@@ -48,6 +48,9 @@ pub trait Streamer {
     async fn producers(&self) -> Result<Producers, LabError>;
     /// The sum of the caller's numbers (a client stream); a bad item fails the call.
     async fn sum(&self, numbers: Stream<u64>) -> Result<u64, LabError>;
+    /// Waits `millis` before reading the caller's items, then counts them (a handler that
+    /// reads late).
+    async fn hold(&self, millis: u64, items: Stream<Tick>) -> Result<u64, LabError>;
     /// Each of the caller's lines back with `prefix` (a bidirectional stream).
     async fn chat(&self, prefix: String, lines: Stream<String, LabError>)
         -> Result<Stream<String, LabError>, LabError>;
@@ -173,6 +176,16 @@ impl Streamer for StreamerNode {
             total = total.wrapping_add(n?);
         }
         Ok(total)
+    }
+
+    async fn hold(&self, millis: u64, mut items: Stream<Tick>) -> Result<u64, LabError> {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        let mut n = 0;
+        while let Some(item) = items.next().await {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn chat(

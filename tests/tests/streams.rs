@@ -264,3 +264,100 @@ async fn a_draining_replica_ends_open_streams_with_unavailable_after_its_grace()
     assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
     assert!(terminate(child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");
 }
+
+/// The caller's producer of items is held back by the node's credit: while the handler
+/// reads nothing, the client produces about one window of items, then waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_reads_late_holds_back_the_callers_producer() {
+    let (_node, conn) = node(&[]).await;
+    let client = StreamerClient::new(conn).with_codec(Codec::Postcard);
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = produced.clone();
+    let (tx, items) = Stream::channel(1);
+    tokio::spawn(async move {
+        for n in 0..100_000u64 {
+            if tx.send(Tick { n, pad: "y".repeat(1000) }).await.is_err() {
+                return;
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let call = tokio::spawn(async move { client.hold(1500, items).await });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let early = produced.load(std::sync::atomic::Ordering::Relaxed);
+    // 1,012-byte items: the 1 MiB window is ~1,036 of them; socket buffers add a few MiB.
+    assert!(early <= 1036 + 8 * 1024, "{early} items produced while the handler read none");
+    assert_eq!(call.await.unwrap(), Ok(100_000), "then every item arrives");
+    eprintln!("{early} items produced before the handler read");
+}
+
+/// A node holds a bounded amount of unread items across all its streams: past its budget,
+/// the call whose item does not fit ends with `overloaded`; the connection serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_node_wide_budget_for_unread_items_a_call_is_shed_alone() {
+    let (_node, conn) = node(&["--max-stream-bytes", "262144"]).await;
+    let client = StreamerClient::new(conn.clone());
+    let items = Stream::iter((0..1000).map(|n| Tick { n, pad: "z".repeat(500) }));
+    let shed = client.hold(2000, items).await;
+    assert!(
+        matches!(&shed, Err(LabError::Rpc(Error::Overloaded { message })) if message.contains("unread stream items")),
+        "{shed:?}"
+    );
+    assert_eq!(client.sum(Stream::iter([1, 2])).await, Ok(3), "the connection serves on");
+    let small = Stream::iter((0..10).map(|n| Tick { n, pad: String::new() }));
+    assert_eq!(client.hold(10, small).await, Ok(10), "and the budget was given back");
+}
+
+/// A hostile client that sends items past the credit it was granted: its call ends with
+/// `protocol`, nothing past the window is kept, and the connection and the node go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_sending_past_its_credit_loses_that_call_alone() {
+    use bytes::{Bytes, BytesMut};
+    use meshrpc::proto::{Frame, Status, DEFAULT_MAX_FRAME};
+    use meshrpc_tests::hostile::{handshaken, metric};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (node, _conn) = node(&[]).await;
+    let mut raw = handshaken(node.addr).await;
+    let mut out = BytesMut::new();
+    Frame::Request {
+        id: 1,
+        codec: Codec::Json,
+        deadline: Some(Duration::from_secs(30)),
+        trace_id: 1,
+        service: Bytes::from_static(b"streamer"),
+        method: Bytes::from_static(b"hold"),
+        metadata: Default::default(),
+        items: true,
+        payload: Bytes::from_static(br#"{"millis":60000}"#),
+    }
+    .encode(&mut out);
+    // 2 MiB of items with no credit granted past the first 1 MiB.
+    let item = Bytes::from(format!(r#"{{"n":1,"pad":"{}"}}"#, "p".repeat(64 * 1024)));
+    for _ in 0..32 {
+        Frame::Item { id: 1, payload: item.clone() }.encode(&mut out);
+    }
+    Frame::Ping { id: 2 }.encode(&mut out);
+    raw.write_all(&out).await.unwrap();
+    let mut inbox = BytesMut::new();
+    let (mut refused, mut pong) = (None, false);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while refused.is_none() || !pong {
+            assert!(raw.read_buf(&mut inbox).await.unwrap() > 0, "the node closed the connection");
+            while let Some(frame) = Frame::decode(&mut inbox, DEFAULT_MAX_FRAME).unwrap() {
+                match frame {
+                    Frame::Response { id: 1, status: Status::Failed, payload } => {
+                        refused = Some(String::from_utf8_lossy(&payload).into_owned())
+                    }
+                    Frame::Pong { id: 2 } => pong = true,
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("no answer to the call or the ping");
+    let refused = refused.unwrap();
+    assert!(refused.contains("protocol") && refused.contains("exceeds the sender's credit"), "{refused}");
+    assert_eq!(metric(node.addr, "meshrpc_stream_items_shed").await, 0, "credit, not the budget, refused it");
+}

@@ -25,6 +25,12 @@ impl GreeterClient {
                 items: ::core::option::Option::None,
                 streams: false,
             },
+            ::meshrpc::MethodSpec {
+                name: "countdown",
+                args: &["from"],
+                items: ::core::option::Option::None,
+                streams: true,
+            },
         ],
     };
     /// A client over a channel: a connection, a cluster channel, or a local server.
@@ -83,5 +89,19 @@ impl Greeter for GreeterClient {
         }
         let __meshrpc_args: __Args<'_> = __Args { card: &card };
         self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
+    }
+    async fn countdown(
+        &self,
+        from: u32,
+    ) -> Result<meshrpc::Stream<String, GreetError>, GreetError> {
+        #[derive(::meshrpc::__private::serde::Serialize)]
+        #[serde(crate = "::meshrpc::__private::serde")]
+        struct __Args<'__a> {
+            from: &'__a u32,
+        }
+        let __meshrpc_args: __Args<'_> = __Args { from: &from };
+        self.channel
+            .open("greeter", "countdown", &__meshrpc_args, ::core::option::Option::None)
+            .await
     }
 }

@@ -75,6 +75,27 @@ for GreeterServer<__MeshrpcImpl> {
                     )
                 })
             }
+            "countdown" => {
+                ::std::boxed::Box::pin(async move {
+                    #[derive(::meshrpc::__private::serde::Deserialize)]
+                    #[serde(crate = "::meshrpc::__private::serde")]
+                    struct __Args {
+                        from: u32,
+                    }
+                    let __Args { from } = __meshrpc_codec
+                        .decode_args::<__Args>(&__meshrpc_payload)?;
+                    ::meshrpc::__private::no_items(
+                        "greeter.countdown",
+                        &__meshrpc_input,
+                    )?;
+                    let __meshrpc_result = __meshrpc_service.countdown(from).await;
+                    ::meshrpc::__private::reply_stream(
+                        __meshrpc_codec,
+                        "greeter.countdown",
+                        __meshrpc_result,
+                    )
+                })
+            }
             _ => {
                 ::meshrpc::__private::unknown_method(
                     GreeterClient::SPEC.name,

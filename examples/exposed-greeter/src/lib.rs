@@ -10,6 +10,7 @@ pub use greeter::{GreetError, Postcard};
 pub trait Greeter {
     async fn greet(&self, name: String) -> Result<String, GreetError>;
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError>;
+    async fn countdown(&self, from: u32) -> Result<meshrpc::Stream<String, GreetError>, GreetError>;
 }
 
 include!("handler_gen.rs");
@@ -29,5 +30,10 @@ impl Greeter for Local {
             return Err(GreetError::NoRecipient);
         }
         Ok(())
+    }
+
+    async fn countdown(&self, from: u32) -> Result<meshrpc::Stream<String, GreetError>, GreetError> {
+        let lines: Vec<String> = (1..=from).rev().map(|n| format!("{n}…")).chain(["Hello!".to_string()]).collect();
+        Ok(meshrpc::Stream::iter(lines))
     }
 }

@@ -21,4 +21,11 @@ async fn generated_files_serve_and_call_over_tcp() {
     assert_eq!(GreeterClient::SPEC.fingerprint(), greeter::GreeterClient::SPEC.fingerprint());
     let from_macro = greeter::GreeterClient::new(meshrpc::connect(addr).await.unwrap());
     assert_eq!(greeter::Greeter::greet(&from_macro, "Ann".into()).await.unwrap(), "Hello, Ann");
+    // Streams too: the macro's client reads the exposed server's countdown.
+    let mut lines = greeter::Greeter::countdown(&from_macro, 2).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(line) = lines.next().await {
+        got.push(line.unwrap());
+    }
+    assert_eq!(got, ["2…", "1…", "Hello!"]);
 }

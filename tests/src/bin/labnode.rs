@@ -58,6 +58,9 @@ struct Args {
     max_connections: Option<usize>,
     #[arg(long)]
     http_idle_ms: Option<u64>,
+    /// Bytes of unread stream items the node holds, node-wide.
+    #[arg(long)]
+    max_stream_bytes: Option<usize>,
     /// How long a drain lets calls and streams finish.
     #[arg(long)]
     drain_ms: Option<u64>,
@@ -99,6 +102,9 @@ async fn main() -> Result<(), meshrpc::Error> {
     }
     if let Some(v) = args.http_idle_ms {
         config.http.idle_timeout = ms(v);
+    }
+    if let Some(v) = args.max_stream_bytes {
+        config.max_stream_bytes = v;
     }
     if let Some(v) = args.drain_ms {
         config.drain_timeout = ms(v);

@@ -32,9 +32,9 @@ pub enum Inbound<H, S> {
         /// registered until [`ResponderState::finished`]).
         items: Option<S>,
     },
-    /// An item of the caller's stream, and its cost (give it back with
+    /// An item of call `id`'s stream from the caller, and its cost (give it back with
     /// [`ResponderState::consumed`] once read).
-    Item(S, Bytes, u32),
+    Item(S, u64, Bytes, u32),
     /// The caller's items ended: cleanly (`None`) or with its error.
     ItemsEnd(S, Option<Result<Reply, Error>>),
     /// The caller granted credit: a sender waiting for it may go on.
@@ -184,13 +184,9 @@ impl<H, S> ResponderState<H, S> {
                 let (Some(window), Some(stream)) = (r.recv.as_mut(), &r.stream) else { return Inbound::Nothing };
                 let cost = item_cost(payload.len());
                 match window.received(cost) {
-                    Ok(()) => Inbound::Item(stream.clone(), payload, cost),
-                    Err(e) => {
-                        // This call alone pays: it ends, the connection and other calls live on.
-                        let r = self.running.remove(&id).expect("found above");
-                        let end = if r.send.is_some() { end(id, Err(e)) } else { response(id, Err(e)) };
-                        Inbound::Abort(r.handle, r.stream, Some(end))
-                    }
+                    Ok(()) => Inbound::Item(stream.clone(), id, payload, cost),
+                    // This call alone pays: it ends, the connection and other calls live on.
+                    Err(e) => self.refuse(id, e).unwrap_or(Inbound::Nothing),
                 }
             }
             Frame::End { id, status, payload } => {
@@ -234,6 +230,14 @@ impl<H, S> ResponderState<H, S> {
         let r = self.running.get_mut(&id)?;
         r.send = Some(SendWindow::default());
         Some(r.stream.get_or_insert(stream).clone())
+    }
+
+    /// Ends call `id` with `why` while it runs (its caller broke its stream's flow
+    /// control, or the node cannot hold its items): what to stop, and the frame to send.
+    pub fn refuse(&mut self, id: u64, why: Error) -> Option<Inbound<H, S>> {
+        let r = self.running.remove(&id)?;
+        let end = if r.send.is_some() { end(id, Err(why)) } else { response(id, Err(why)) };
+        Some(Inbound::Abort(r.handle, r.stream, Some(end)))
     }
 
     /// May an item of `payload` bytes of call `id`'s answer go out now?

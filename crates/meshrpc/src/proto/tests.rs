@@ -479,7 +479,7 @@ fn a_caller_sending_past_its_credit_loses_that_call_alone() {
     let big = Bytes::from(vec![b'x'; (STREAM_WINDOW / 2) as usize]);
     assert!(matches!(
         node.on_frame(Frame::Item { id, payload: big.clone() }, now, || "x"),
-        Inbound::Item("node", _, _)
+        Inbound::Item("node", _, _, _)
     ));
     // The second half-window item does not fit the 9-byte headers: refused, and the call
     // ends with a protocol error while others go on.

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Answers queued for one caller beyond this stop the reading of its requests until
     /// it reads (256 KiB).
     pub max_queued: usize,
+    /// Bytes of stream items received and not yet read by their handlers, across all
+    /// connections; an item past it ends its call with `overloaded` (64 MiB). (Each
+    /// stream also holds at most its 1 MiB credit window.)
+    pub max_stream_bytes: usize,
     /// How long a caller may leave its answers unread before it is closed (10 s).
     pub stuck_timeout: Duration,
     /// Connections served at once (mesh and HTTP); past it new ones get only a liveness
@@ -68,6 +72,7 @@ impl Default for ServerConfig {
             idle_timeout: Some(Duration::from_secs(10)),
             frame_timeout: Duration::from_secs(30),
             max_partial_bytes: 64 * 1024 * 1024,
+            max_stream_bytes: 64 * 1024 * 1024,
             max_queued: 256 * 1024,
             stuck_timeout: Duration::from_secs(10),
             max_connections: 1024,
@@ -170,7 +175,11 @@ impl Server {
 
     fn guard(&self) -> Arc<Guard> {
         let make = || {
-            Arc::new(Guard { counters: self.counters.clone(), budget: FrameBudget::new(self.config.max_partial_bytes) })
+            Arc::new(Guard {
+                counters: self.counters.clone(),
+                budget: FrameBudget::new(self.config.max_partial_bytes),
+                items: Arc::new(FrameBudget::new(self.config.max_stream_bytes)),
+            })
         };
         self.guard.get_or_init(make).clone()
     }

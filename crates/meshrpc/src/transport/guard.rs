@@ -23,6 +23,9 @@ pub struct PortCounters {
     /// TLS handshakes refused on a mutual-TLS port (plaintext, another CA, an expired
     /// certificate, another cluster's, silence after the ClientHello).
     pub refused_tls: AtomicU64,
+    /// Calls ended as `overloaded` because the node-wide budget for unread stream items
+    /// was spent.
+    pub shed_stream_items: AtomicU64,
 }
 
 /// Calls denied by the authorization policy in this process (mesh and HTTP alike).
@@ -47,7 +50,7 @@ impl PortCounters {
     }
 
     /// The counters as `(name, help, value)`, named as in `/metrics`.
-    pub fn values(&self) -> [(&'static str, &'static str, u64); 13] {
+    pub fn values(&self) -> [(&'static str, &'static str, u64); 14] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("meshrpc_connections_refused", "Connections refused at the connection cap", v(&self.refused_connections)),
@@ -57,6 +60,11 @@ impl PortCounters {
                 v(&self.shed_partial_frames),
             ),
             ("meshrpc_slow_frames", "Connections closed when a frame missed its time budget", v(&self.slow_frames)),
+            (
+                "meshrpc_stream_items_shed",
+                "Calls ended as overloaded when the node-wide budget for unread stream items was spent",
+                v(&self.shed_stream_items),
+            ),
             (
                 "meshrpc_idle_connections_closed",
                 "Mesh connections closed after their idle timeout",
@@ -142,4 +150,6 @@ mod tests {
 pub(crate) struct Guard {
     pub(crate) counters: std::sync::Arc<PortCounters>,
     pub(crate) budget: FrameBudget,
+    /// Stream items received and not yet read by their handlers, node-wide.
+    pub(crate) items: std::sync::Arc<FrameBudget>,
 }

@@ -147,7 +147,8 @@ pub(crate) async fn serve_mesh(
                     // pipeline of cheap requests yields to other tasks too.
                     tokio::task::consume_budget().await;
                     let now = Instant::now();
-                    let inbound = state.lock().unwrap().on_frame(frame, now, StreamHandle::new);
+                    let charged = || StreamHandle::charged_to(Some(guard.items.clone()));
+                    let inbound = state.lock().unwrap().on_frame(frame, now, charged);
                     if let Some(answer) = on_inbound(inbound, now, &caller, &*dispatch, &served, &answers).await {
                         answer.encode(&mut out);
                     }
@@ -417,9 +418,14 @@ async fn on_inbound(
             None
         }
         Inbound::Send(frame) => Some(frame),
-        Inbound::Item(stream, payload, cost) => {
-            stream.item(payload, cost);
-            None
+        Inbound::Item(stream, id, payload, cost) => {
+            if stream.item(payload, cost) {
+                return None;
+            }
+            PortCounters::add(&answers.counters.shed_stream_items);
+            let why = Error::Overloaded { message: "the node's budget for unread stream items is spent".into() };
+            let refused = state.lock().unwrap().refuse(id, why)?;
+            Box::pin(on_inbound(refused, now, caller, dispatch, served, answers)).await
         }
         Inbound::ItemsEnd(stream, outcome) => {
             stream.end(outcome);

@@ -8,7 +8,7 @@
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -17,6 +17,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
+use super::guard::FrameBudget;
 use crate::{
     call::Reply,
     error::Error,
@@ -39,10 +40,27 @@ pub(crate) struct StreamHandle {
     /// The task sending this call's items, stopped when the call ends.
     pump: Mutex<Option<tokio::task::AbortHandle>>,
     stopped: AtomicBool,
+    /// The node-wide budget received items are charged to until read (nodes only).
+    budget: Option<Arc<FrameBudget>>,
+    /// Bytes of received items charged to it and not yet read.
+    charged: AtomicUsize,
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.update(*self.charged.get_mut(), 0);
+        }
+    }
 }
 
 impl StreamHandle {
     pub(crate) fn new() -> Arc<StreamHandle> {
+        StreamHandle::charged_to(None)
+    }
+
+    /// A handle whose received items are charged to `budget` until read.
+    pub(crate) fn charged_to(budget: Option<Arc<FrameBudget>>) -> Arc<StreamHandle> {
         let (to_reader, reader) = mpsc::unbounded_channel();
         Arc::new(StreamHandle {
             to_reader,
@@ -50,12 +68,33 @@ impl StreamHandle {
             credit: Notify::new(),
             pump: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            budget,
+            charged: AtomicUsize::new(0),
         })
     }
 
-    /// An item arrived (it cost `cost` of credit).
-    pub(crate) fn item(&self, payload: Bytes, cost: u32) {
-        let _ = self.to_reader.send(Delivery::Item(payload, cost));
+    /// An item arrived (it cost `cost` of credit). `false`: the budget it is charged to is
+    /// spent (the item is dropped).
+    pub(crate) fn item(&self, payload: Bytes, cost: u32) -> bool {
+        let cost = cost as usize;
+        if let Some(budget) = &self.budget {
+            if !budget.update(0, cost) {
+                return false;
+            }
+            self.charged.fetch_add(cost, Ordering::AcqRel);
+        }
+        if self.to_reader.send(Delivery::Item(payload, cost as u32)).is_err() {
+            self.read(cost as u32); // nobody reads any more: nothing is held
+        }
+        true
+    }
+
+    /// An item of `cost` was read: its charge is released.
+    fn read(&self, cost: u32) {
+        if let Some(budget) = &self.budget {
+            self.charged.fetch_sub(cost as usize, Ordering::AcqRel);
+            budget.update(cost as usize, 0);
+        }
     }
 
     /// The items ended: cleanly (`None`) or with an error.
@@ -87,7 +126,7 @@ impl StreamHandle {
     /// The reader of the received items (once).
     pub(crate) fn reader(self: &Arc<Self>, id: u64, owner: Arc<dyn Owner>) -> Received {
         let rx = self.reader.lock().unwrap().take();
-        Received { id, rx, owner, ended: false }
+        Received { id, rx, owner, handle: self.clone(), ended: false }
     }
 }
 
@@ -114,6 +153,7 @@ pub(crate) struct Received {
     id: u64,
     rx: Option<mpsc::UnboundedReceiver<Delivery>>,
     owner: Arc<dyn Owner>,
+    handle: Arc<StreamHandle>,
     ended: bool,
 }
 
@@ -128,6 +168,7 @@ impl futures_core::Stream for Received {
         match rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Delivery::Item(payload, cost))) => {
+                self.handle.read(cost);
                 self.owner.consumed(self.id, cost);
                 Poll::Ready(Some(Ok(Reply::Ok(payload))))
             }
@@ -145,6 +186,15 @@ impl futures_core::Stream for Received {
 
 impl Drop for Received {
     fn drop(&mut self) {
+        // Items never read are released with their queue.
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            while let Ok(delivery) = rx.try_recv() {
+                if let Delivery::Item(_, cost) = delivery {
+                    self.handle.read(cost);
+                }
+            }
+        }
         if !self.ended {
             self.owner.abandoned(self.id);
         }

@@ -158,7 +158,9 @@ impl Inner {
                 let reader = stream.reader(id, this);
                 let _ = tx.send(Ok(Reply::Stream(reader.into_items())));
             }
-            Incoming::Item(stream, payload, cost) => stream.item(payload, cost),
+            Incoming::Item(stream, payload, cost) => {
+                stream.item(payload, cost); // a caller charges no budget: always held
+            }
             Incoming::End(stream, outcome) => {
                 stream.end(outcome);
                 stream.stop_sending();

@@ -5,6 +5,7 @@
 mod measure;
 mod pki;
 mod scaling;
+mod streaming;
 mod systems;
 
 use std::{
@@ -47,6 +48,13 @@ fn main() {
         Opts { calls: 20_000, warmup: 2_000, secs: 3.0, in_flight: 64, soak_calls: 1_000_000 }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // `meshrpc-bench streams`: the streaming rows alone.
+    if args.get(1).map(String::as_str) == Some("streams") {
+        return rt.block_on(async {
+            let (streams, beside) = streaming::run(&opts).await;
+            streaming::print(&streams, beside);
+        });
+    }
     rt.block_on(run(opts));
 }
 
@@ -88,6 +96,9 @@ fn serve(kind: &str, addr: &str, next: Option<&str>) {
             "meshrpc-tls" => systems::serve_meshrpc_tls(addr, next.unwrap()).await,
             "tonic" => systems::serve_tonic(addr).await,
             "tarpc" => systems::serve_tarpc(addr).await,
+            "stream-meshrpc" => streaming::serve_meshrpc(addr).await,
+            "stream-tonic" => streaming::serve_tonic(addr).await,
+            "stream-raw" => streaming::serve_raw(addr).await,
             "gateway-replica" => serve_gateway_replica(addr, next.unwrap()).await,
             "gateway" => serve_gateway(addr, next.unwrap()).await,
             other => panic!("unknown server kind {other}"),
@@ -266,11 +277,14 @@ async fn run(opts: Opts) {
     let gateway = gateway(&opts).await;
     eprintln!("soak");
     let soak = soak(&opts).await;
+    eprintln!("streams");
+    let (streams, beside) = streaming::run(&opts).await;
 
     print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
     print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
     print_scaling(&scaling, opts.in_flight);
     print_mtls(&rows, &paired, handshakes);
+    streaming::print(&streams, beside);
 }
 
 /// The mTLS credentials of this run (made once).

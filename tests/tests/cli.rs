@@ -169,7 +169,9 @@ async fn call_and_status_against_a_running_cluster() {
     let unknown = meshrpc(&args).await;
     assert_ne!(unknown.code, 0);
     assert!(
-        unknown.stderr.contains("unknown method `shout` on service `greeter` (it has: greet, send_postcard)"),
+        unknown
+            .stderr
+            .contains("unknown method `shout` on service `greeter` (it has: greet, send_postcard, countdown)"),
         "{}",
         unknown.stderr
     );
@@ -188,7 +190,12 @@ async fn call_and_status_against_a_running_cluster() {
     args.extend(join);
     let list = meshrpc(&args).await;
     assert!(
-        list.stdout.contains("greeter.greet(name)") && list.stdout.contains("lab.relay_deadline(addr)"),
+        list.stdout.contains("greeter.greet(name)")
+            && list.stdout.contains("lab.relay_deadline(addr)")
+            && list.stdout.contains("greeter.countdown(from) -> stream")
+            && list
+                .stdout
+                .contains("streamer.chat(prefix, lines: stream) -> stream    '{\"prefix\":…}' --items < items.ndjson"),
         "{}",
         list.stdout
     );

@@ -41,6 +41,14 @@ fn main() {
         let secs = args.get(4).map_or(10.0, |s| s.parse().unwrap());
         return load(&args[2], args[3].parse().unwrap(), secs, args.get(5).map_or(64, |s| s.parse().unwrap()));
     }
+    if args.get(1).map(String::as_str) == Some("flood") {
+        // `meshrpc-bench flood SYSTEM ADDR SIZE COUNT`: one stream against a server started
+        // with `serve stream-…`, for profiling either side.
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let (size, count) = (args[4].parse().unwrap(), args[5].parse().unwrap());
+        let rate = rt.block_on(streaming::flood(&args[2], args[3].parse().unwrap(), size, count));
+        return println!("{}: {rate:.0} items/s", args[2]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let opts = if quick {
         Opts { calls: 2_000, warmup: 200, secs: 0.5, in_flight: 64, soak_calls: 20_000 }

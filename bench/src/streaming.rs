@@ -282,6 +282,20 @@ async fn timed<F: std::future::Future<Output = u64>>(count: u64, run: F) -> f64 
     got as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Items/s of one stream of `count` items of `size` bytes from `system`'s server at `addr`.
+pub async fn flood(system: &str, addr: SocketAddr, size: usize, count: u64) -> f64 {
+    match system {
+        "raw" => timed(count, raw_flood(addr, count, size)).await,
+        "tonic" => timed(count, tonic_flood(addr, count, size)).await,
+        _ => {
+            let client = FirehoseClient::new(meshrpc::connect(addr).await.unwrap())
+                .with_codec(meshrpc::Codec::Postcard)
+                .without_stream_deadline();
+            timed(count, meshrpc_flood(&client, count, size)).await
+        }
+    }
+}
+
 /// The streaming table: each system against its own server process, three passes.
 pub async fn run(opts: &Opts) -> (Vec<StreamRow>, (f64, f64)) {
     let systems = ["raw floor", "meshrpc postcard", "meshrpc json", "tonic"];

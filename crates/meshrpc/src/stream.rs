@@ -283,7 +283,7 @@ where
     T: Serialize + Send + 'static,
     E: Serialize + Send + 'static,
 {
-    Items::new(Encode { codec, stream, index: 0, done: false })
+    Items::new(Encode { codec, stream, index: 0, done: false, buf: bytes::BytesMut::new() })
 }
 
 struct Encode<T, E> {
@@ -291,7 +291,12 @@ struct Encode<T, E> {
     stream: Stream<T, E>,
     index: u64,
     done: bool,
+    /// Items are encoded one after another into this buffer and split off it.
+    buf: bytes::BytesMut,
 }
+
+/// Room an item buffer makes at a time (items share it until it is full).
+const ENCODE_CHUNK: usize = 16 * 1024;
 
 impl<T: Serialize, E: Serialize> FuturesStream for Encode<T, E> {
     type Item = Result<Reply, Error>;
@@ -305,10 +310,16 @@ impl<T: Serialize, E: Serialize> FuturesStream for Encode<T, E> {
         };
         let index = self.index;
         self.index += 1;
+        let this = &mut *self;
+        if this.buf.capacity() - this.buf.len() < 256 {
+            this.buf.reserve(ENCODE_CHUNK);
+        }
         let out = match next {
             None => None,
-            Some(Ok(item)) => Some(self.codec.encode(&item).map(Reply::Ok)),
-            Some(Err(e)) => Some(self.codec.encode(&e).map(Reply::AppError)),
+            Some(Ok(item)) => {
+                Some(this.codec.encode_into(&item, &mut this.buf).map(|()| Reply::Ok(this.buf.split().freeze())))
+            }
+            Some(Err(e)) => Some(this.codec.encode(&e).map(Reply::AppError)),
         };
         let out = out.map(|r| r.map_err(|e| e.context(&format!("stream item {index}"))));
         if !matches!(out, Some(Ok(Reply::Ok(_)))) {

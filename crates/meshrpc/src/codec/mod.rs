@@ -49,6 +49,19 @@ impl Codec {
         out.map(Bytes::from).map_err(|e| Error::Internal { message: format!("encode: {e}") })
     }
 
+    /// Encodes a value at the end of `out` (many small values into one buffer, each split
+    /// off after: one allocation for many). Errors as [`encode`](Self::encode).
+    pub(crate) fn encode_into<T: Serialize + ?Sized>(self, value: &T, out: &mut bytes::BytesMut) -> Result<(), Error> {
+        use bytes::BufMut;
+        let done = match self {
+            Codec::Json => finite::check(value)
+                .map_err(|e| e.to_string())
+                .and_then(|()| serde_json::to_writer(out.writer(), value).map_err(|e| e.to_string())),
+            Codec::Postcard => postcard::to_io(value, out.writer()).map(|_| ()).map_err(|e| e.to_string()),
+        };
+        done.map_err(|e| Error::Internal { message: format!("encode: {e}") })
+    }
+
     /// Decodes a value; errors name the offending field (`card.address: invalid type…`).
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Error> {
         match self {

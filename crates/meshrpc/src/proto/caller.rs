@@ -249,6 +249,21 @@ impl<W, S> CallerState<W, S> {
         self.pending.remove(&id).map(|w| (Frame::Cancel { id }, w.stream))
     }
 
+    /// The credit call `id`'s items may still spend (`None`: the call is over). Only its
+    /// sender spends it, so it can only grow until [`spent`](Self::spent) is told.
+    pub fn credit(&self, id: u64) -> Option<u32> {
+        self.pending.get(&id)?.send.as_ref().map(|w| w.credit())
+    }
+
+    /// Call `id`'s sender spent `bytes` of its credit (checked against
+    /// [`credit`](Self::credit) first).
+    pub fn spent(&mut self, id: u64, bytes: u32) {
+        if let Some(window) = self.pending.get_mut(&id).and_then(|w| w.send.as_mut()) {
+            let ok = window.spend(bytes);
+            debug_assert!(ok, "spent more credit than there was");
+        }
+    }
+
     /// May an item of `payload` bytes of call `id` go out now?
     pub fn spend(&mut self, id: u64, payload: usize) -> Spend {
         match self.pending.get_mut(&id).and_then(|w| w.send.as_mut()) {

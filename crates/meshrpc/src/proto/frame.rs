@@ -125,6 +125,15 @@ impl Frame {
         }
     }
 
+    /// Appends only the header of an item frame whose payload is `len` bytes (the payload
+    /// follows it on the wire, written from its own buffer).
+    pub fn encode_item_header(id: u64, len: usize, out: &mut BytesMut) {
+        out.reserve(HEADER);
+        out.put_u32((HEADER - 4 + len) as u32);
+        out.put_u8(ITEM);
+        out.put_u64(id);
+    }
+
     /// Encoded size in bytes, including the length prefix.
     pub fn encoded_len(&self) -> usize {
         HEADER

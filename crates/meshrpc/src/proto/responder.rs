@@ -240,6 +240,21 @@ impl<H, S> ResponderState<H, S> {
         Some(Inbound::Abort(r.handle, r.stream, Some(end)))
     }
 
+    /// The credit call `id`'s items may still spend (`None`: the call is over). Only its
+    /// sender spends it, so it can only grow until [`spent`](Self::spent) is told.
+    pub fn credit(&self, id: u64) -> Option<u32> {
+        self.running.get(&id)?.send.as_ref().map(|w| w.credit())
+    }
+
+    /// Call `id`'s sender spent `bytes` of its credit (checked against
+    /// [`credit`](Self::credit) first).
+    pub fn spent(&mut self, id: u64, bytes: u32) {
+        if let Some(window) = self.running.get_mut(&id).and_then(|w| w.send.as_mut()) {
+            let ok = window.spend(bytes);
+            debug_assert!(ok, "spent more credit than there was");
+        }
+    }
+
     /// May an item of `payload` bytes of call `id`'s answer go out now?
     pub fn spend(&mut self, id: u64, payload: usize) -> Spend {
         match self.running.get_mut(&id).and_then(|r| r.send.as_mut()) {

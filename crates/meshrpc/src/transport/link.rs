@@ -43,6 +43,14 @@ pub trait Link: Send + Sync + 'static {
     }
     /// Writes what fits without waiting: `WouldBlock` when nothing does.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Writes from several buffers in order without waiting (one syscall where the link
+    /// can); by default, from the first non-empty one.
+    fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(first) => self.try_write(first),
+            None => Ok(0),
+        }
+    }
     /// Closes the sending direction once written data is out: the peer reads end of stream.
     fn shutdown(&self);
     /// The other end.
@@ -72,9 +80,7 @@ impl TcpLink {
 
     /// One read straight into `buf`'s spare room, through `AsyncRead`.
     fn poll_read_into(&self, cx: &mut std::task::Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
-        }
+        room_for_read(buf);
         let mut half = self.read.lock().unwrap();
         let read = half.read_buf(buf);
         tokio::pin!(read);
@@ -113,6 +119,9 @@ impl Link for TcpLink {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.stream().try_write(buf)
     }
+    fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream().try_write_vectored(bufs)
+    }
     fn shutdown(&self) {
         let _ = socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write);
     }
@@ -123,6 +132,17 @@ impl Link for TcpLink {
 
 /// Most bytes one `TcpLink::read_buf` takes.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most a read makes room for at once.
+const MAX_READ_CHUNK: usize = 1024 * 1024;
+
+/// Makes room in `buf` for the next read: a chunk, or as much again as `buf` holds (the
+/// part of a large frame that arrived), so a large frame takes a few reads, not one per
+/// 16 KiB; memory still only grows as bytes arrive (at most twice what did).
+pub(crate) fn room_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(buf.len().clamp(READ_CHUNK, MAX_READ_CHUNK));
+    }
+}
 
 /// The error that broke a [`StreamLink`]'s stream, handed to every later read or write
 /// (as an `io::Error` whose inner error is this, so its cause — a TLS alert — survives).
@@ -379,6 +399,9 @@ impl<L: Link + ?Sized> Link for Arc<L> {
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         (**self).try_write(buf)
+    }
+    fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (**self).try_write_vectored(bufs)
     }
     fn shutdown(&self) {
         (**self).shutdown()

@@ -4,13 +4,19 @@
 //! wake-up costs more than the write on small machines). When other calls are in flight,
 //! frames queue and a writer task flushes them in one write per wake-up: fewer syscalls
 //! under load. Once anything is queued, later frames queue behind it, so order is kept.
+//!
+//! Stream items go in a second, bulk lane, written only when nothing else waits: an answer,
+//! a credit grant or a ping queued behind a stream's items overtakes them (whole batches
+//! of frames at a time), so a full-speed stream does not hold up the calls beside it.
+//! Everything one stream sends (its items and its end) goes in the bulk lane, in order.
 
 use std::{
+    collections::VecDeque,
     io::ErrorKind,
     sync::{Arc, Mutex},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use super::Link;
@@ -27,6 +33,10 @@ pub(crate) struct Sender {
 #[derive(Default)]
 struct Queue {
     bytes: BytesMut,
+    /// Groups of whole stream frames (a large item's payload is its own part, written
+    /// without a copy), each written whole when `bytes` is empty.
+    bulk: VecDeque<Vec<Bytes>>,
+    bulk_len: usize,
     /// Bytes the writer task took and is writing.
     writing: usize,
     /// The writer task owns the socket until the queue is empty.
@@ -54,20 +64,36 @@ impl Sender {
         self.send_with(direct, |bytes| bytes.extend_from_slice(frames))
     }
 
+    /// Queues whole stream frames, in parts, in the bulk lane (written when nothing else
+    /// waits; nothing is written between the parts of one group).
+    pub(crate) fn send_bulk(&self, group: Vec<Bytes>) -> Result<(), Broken> {
+        let mut q = self.queue.lock().unwrap();
+        if q.broken {
+            return Err(Broken);
+        }
+        q.bulk_len += group.iter().map(Bytes::len).sum::<usize>();
+        q.bulk.push_back(group);
+        if !q.flushing {
+            q.flushing = true;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Resolves once everything queued has been written (or the socket broke).
     pub(crate) async fn flushed(&self) {
-        self.until(|q| q.broken || (!q.flushing && q.bytes.is_empty())).await
+        self.until(|q| q.broken || (!q.flushing && q.bytes.is_empty() && q.bulk.is_empty())).await
     }
 
     /// Bytes waiting to be written.
     pub(crate) fn queued(&self) -> usize {
         let q = self.queue.lock().unwrap();
-        q.bytes.len() + q.writing
+        q.bytes.len() + q.bulk_len + q.writing
     }
 
     /// Resolves once at most `limit` bytes wait to be written (or the socket broke).
     pub(crate) async fn room(&self, limit: usize) {
-        self.until(|q| q.broken || q.bytes.len() + q.writing <= limit).await
+        self.until(|q| q.broken || q.bytes.len() + q.bulk_len + q.writing <= limit).await
     }
 
     async fn until(&self, done: impl Fn(&Queue) -> bool) {
@@ -127,25 +153,29 @@ impl Sender {
             // never wait for this).
             tokio::task::yield_now().await;
             loop {
-                {
+                let bulk = {
                     let mut q = self.queue.lock().unwrap();
-                    if q.bytes.is_empty() {
+                    if !q.bytes.is_empty() {
+                        std::mem::swap(&mut q.bytes, &mut chunk);
+                        q.writing = chunk.len();
+                        None
+                    } else if let Some(group) = q.bulk.pop_front() {
+                        let len = group.iter().map(Bytes::len).sum::<usize>();
+                        q.bulk_len -= len;
+                        q.writing = len;
+                        Some(group)
+                    } else {
                         q.flushing = false;
                         self.progress.notify_waiters();
                         break;
                     }
-                    std::mem::swap(&mut q.bytes, &mut chunk);
-                    q.writing = chunk.len();
-                }
-                while !chunk.is_empty() {
-                    if self.link.writable().await.is_err() {
-                        return self.broke();
-                    }
-                    match self.link.try_write(&chunk) {
-                        Ok(n) => chunk.advance(n),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(_) => return self.broke(),
-                    }
+                };
+                let written = match bulk {
+                    Some(group) => self.write_group(group).await,
+                    None => self.write_all(&mut chunk).await,
+                };
+                if written.is_err() {
+                    return self.broke();
                 }
                 chunk.clear();
                 self.queue.lock().unwrap().writing = 0;
@@ -155,6 +185,48 @@ impl Sender {
                 }
             }
         }
+    }
+
+    async fn write_all(&self, bytes: &mut impl Buf) -> Result<(), Broken> {
+        while bytes.has_remaining() {
+            self.link.writable().await.map_err(|_| Broken)?;
+            match self.link.try_write(bytes.chunk()) {
+                Ok(n) => bytes.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return Err(Broken),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a group's parts in order, several per syscall.
+    async fn write_group(&self, mut group: Vec<Bytes>) -> Result<(), Broken> {
+        let mut first = 0;
+        while first < group.len() {
+            self.link.writable().await.map_err(|_| Broken)?;
+            let slices: Vec<std::io::IoSlice<'_>> =
+                group[first..].iter().take(64).map(|b| std::io::IoSlice::new(b)).collect();
+            match self.link.try_write_vectored(&slices) {
+                Ok(mut n) => {
+                    drop(slices);
+                    while n > 0 {
+                        let part = &mut group[first];
+                        let step = n.min(part.len());
+                        part.advance(step);
+                        n -= step;
+                        if part.is_empty() {
+                            first += 1;
+                        }
+                    }
+                    while first < group.len() && group[first].is_empty() {
+                        first += 1;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return Err(Broken),
+            }
+        }
+        Ok(())
     }
 
     fn broke(&self) {

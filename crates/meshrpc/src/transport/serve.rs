@@ -26,7 +26,7 @@ use crate::{
     call::{Dispatch, Reply},
     error::Error,
     identity::Admission,
-    proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState, Spend},
+    proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState},
     request_log::{LastMethod, RequestLog},
     stream::{Input, Items},
 };
@@ -192,9 +192,7 @@ pub(crate) async fn serve_mesh(
         if inbox.is_empty() && inbox.capacity() > KEEP_BUFFER {
             inbox = BytesMut::new(); // give back what a large frame took
         }
-        if inbox.capacity() - inbox.len() < 1024 {
-            inbox.reserve(READ_CHUNK);
-        }
+        super::link::room_for_read(&mut inbox);
         let deadline = {
             let now = Instant::now();
             let mut state = state.lock().unwrap();
@@ -320,14 +318,18 @@ impl Owner for Served {
 }
 
 impl ItemSink for Served {
-    fn spend(&self, id: u64, payload: usize) -> Spend {
-        self.state.lock().unwrap().spend(id, payload)
+    fn credit(&self, id: u64) -> Option<u32> {
+        self.state.lock().unwrap().credit(id)
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), Error> {
+    fn spent(&self, id: u64, bytes: u32) {
+        self.state.lock().unwrap().spent(id, bytes);
+    }
+
+    async fn send_bulk(&self, group: Vec<bytes::Bytes>) -> Result<(), Error> {
         // Items wait like answers: a caller that reads nothing holds at most its queue.
         self.sender.room(self.max_queued).await;
-        self.sender.send(&frame, false).map_err(|_| Error::unavailable("the caller's connection broke"))
+        self.sender.send_bulk(group).map_err(|_| Error::unavailable("the caller's connection broke"))
     }
 
     fn items_sent(&self, id: u64) {
@@ -341,8 +343,10 @@ impl Served {
     async fn stream(self: Arc<Self>, id: u64, items: Items, inline: bool) {
         let handle = self.state.lock().unwrap().answer_stream(id, StreamHandle::new(), inline);
         let Some(handle) = handle else { return }; // cancelled meanwhile
-        let opening = Frame::Response { id, status: crate::proto::Status::Stream, payload: bytes::Bytes::new() };
-        if self.send(opening).await.is_err() {
+                                                   // The opening goes in the bulk lane too, ahead of the items.
+        let mut opening = BytesMut::new();
+        Frame::Response { id, status: crate::proto::Status::Stream, payload: bytes::Bytes::new() }.encode(&mut opening);
+        if self.send_bulk(vec![opening.freeze()]).await.is_err() {
             return;
         }
         pump(self, handle, id, items).await;

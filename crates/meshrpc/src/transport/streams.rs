@@ -6,22 +6,24 @@
 //! refuses an item beyond the credit its reader granted (`proto::flow`).
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream as _;
+use tokio::sync::Notify;
 
 use super::guard::FrameBudget;
 use crate::{
     call::Reply,
     error::Error,
-    proto::{end, Frame, Spend},
+    proto::{end, item_cost, Frame},
     stream::Items,
 };
 
@@ -31,10 +33,20 @@ enum Delivery {
     End(Option<Result<Reply, Error>>),
 }
 
+/// Received items waiting for their reader. The reader takes all of them at once, and a
+/// delivery wakes it only when it found the inbox empty: one lock and at most one wake-up
+/// per batch of items, not per item.
+#[derive(Default)]
+struct Inbox {
+    items: VecDeque<Delivery>,
+    waker: Option<Waker>,
+    /// The reader is gone: items are dropped as they come.
+    reader_gone: bool,
+}
+
 /// The shell's handle of one call's streams (the `S` of the protocol states).
 pub(crate) struct StreamHandle {
-    to_reader: mpsc::UnboundedSender<Delivery>,
-    reader: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    inbox: Mutex<Inbox>,
     /// Wakes the sender of this call's items when credit comes (or the call ends).
     credit: Notify,
     /// The task sending this call's items, stopped when the call ends.
@@ -42,15 +54,12 @@ pub(crate) struct StreamHandle {
     stopped: AtomicBool,
     /// The node-wide budget received items are charged to until read (nodes only).
     budget: Option<Arc<FrameBudget>>,
-    /// Bytes of received items charged to it and not yet read.
-    charged: AtomicUsize,
 }
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        if let Some(budget) = &self.budget {
-            budget.update(*self.charged.get_mut(), 0);
-        }
+        let inbox = std::mem::take(&mut *self.inbox.lock().unwrap());
+        self.release(inbox.items);
     }
 }
 
@@ -61,45 +70,56 @@ impl StreamHandle {
 
     /// A handle whose received items are charged to `budget` until read.
     pub(crate) fn charged_to(budget: Option<Arc<FrameBudget>>) -> Arc<StreamHandle> {
-        let (to_reader, reader) = mpsc::unbounded_channel();
         Arc::new(StreamHandle {
-            to_reader,
-            reader: Mutex::new(Some(reader)),
+            inbox: Mutex::default(),
             credit: Notify::new(),
             pump: Mutex::new(None),
             stopped: AtomicBool::new(false),
             budget,
-            charged: AtomicUsize::new(0),
         })
     }
 
     /// An item arrived (it cost `cost` of credit). `false`: the budget it is charged to is
     /// spent (the item is dropped).
     pub(crate) fn item(&self, payload: Bytes, cost: u32) -> bool {
-        let cost = cost as usize;
+        let inbox = self.inbox.lock().unwrap();
+        if inbox.reader_gone {
+            return true; // nobody reads any more: nothing is held
+        }
         if let Some(budget) = &self.budget {
-            if !budget.update(0, cost) {
+            if !budget.update(0, cost as usize) {
                 return false;
             }
-            self.charged.fetch_add(cost, Ordering::AcqRel);
         }
-        if self.to_reader.send(Delivery::Item(payload, cost as u32)).is_err() {
-            self.read(cost as u32); // nobody reads any more: nothing is held
-        }
+        self.deliver(inbox, Delivery::Item(payload, cost));
         true
-    }
-
-    /// An item of `cost` was read: its charge is released.
-    fn read(&self, cost: u32) {
-        if let Some(budget) = &self.budget {
-            self.charged.fetch_sub(cost as usize, Ordering::AcqRel);
-            budget.update(cost as usize, 0);
-        }
     }
 
     /// The items ended: cleanly (`None`) or with an error.
     pub(crate) fn end(&self, outcome: Option<Result<Reply, Error>>) {
-        let _ = self.to_reader.send(Delivery::End(outcome));
+        let inbox = self.inbox.lock().unwrap();
+        if !inbox.reader_gone {
+            self.deliver(inbox, Delivery::End(outcome));
+        }
+    }
+
+    fn deliver(&self, mut inbox: std::sync::MutexGuard<'_, Inbox>, delivery: Delivery) {
+        let was_empty = inbox.items.is_empty();
+        inbox.items.push_back(delivery);
+        let waker = if was_empty { inbox.waker.take() } else { None };
+        drop(inbox);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Releases the budget charged for items never read.
+    fn release(&self, items: impl IntoIterator<Item = Delivery>) {
+        if let Some(budget) = &self.budget {
+            let held: usize =
+                items.into_iter().map(|d| if let Delivery::Item(_, cost) = d { cost as usize } else { 0 }).sum();
+            budget.update(held, 0);
+        }
     }
 
     /// Credit came: the sender may go on.
@@ -123,10 +143,9 @@ impl StreamHandle {
         self.stop_sending();
     }
 
-    /// The reader of the received items (once).
+    /// The reader of the received items.
     pub(crate) fn reader(self: &Arc<Self>, id: u64, owner: Arc<dyn Owner>) -> Received {
-        let rx = self.reader.lock().unwrap().take();
-        Received { id, rx, owner, handle: self.clone(), ended: false }
+        Received { id, taken: VecDeque::new(), owner, handle: self.clone(), ended: false, unreported: 0 }
     }
 }
 
@@ -140,21 +159,40 @@ pub(crate) trait Owner: Send + Sync + 'static {
 
 /// The side of the connection a call's items are sent from.
 pub(crate) trait ItemSink: Send + Sync + 'static {
-    /// May an item of `payload` bytes go out now?
-    fn spend(&self, id: u64, payload: usize) -> Spend;
-    /// Sends a frame of this call (items wait while the peer leaves too much unread).
-    fn send(&self, frame: Frame) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+    /// The credit call `id`'s items may still spend; `None`: the call is over.
+    fn credit(&self, id: u64) -> Option<u32>;
+    /// The items just sent spent `bytes` of it.
+    fn spent(&self, id: u64, bytes: u32);
+    /// Sends whole frames of this call, in parts, in the bulk lane (waiting while the peer
+    /// leaves too much unread).
+    fn send_bulk(&self, group: Vec<Bytes>) -> impl std::future::Future<Output = Result<(), Error>> + Send;
     /// The call's items ended (their end frame is out).
     fn items_sent(&self, id: u64);
 }
 
-/// Received items as [`Items`]: each read grants its credit back.
+/// Received items as [`Items`]: reads grant their credit back.
 pub(crate) struct Received {
     id: u64,
-    rx: Option<mpsc::UnboundedReceiver<Delivery>>,
+    /// Items taken from the inbox, not yet read.
+    taken: VecDeque<Delivery>,
     owner: Arc<dyn Owner>,
     handle: Arc<StreamHandle>,
     ended: bool,
+    /// Credit of items read and not yet reported (reported every [`BATCH`] bytes, and
+    /// whenever the reader is about to wait).
+    unreported: u32,
+}
+
+impl Received {
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            self.owner.consumed(self.id, std::mem::take(&mut self.unreported));
+        }
+    }
+
+    pub(crate) fn into_items(self) -> Items {
+        Items::new(self)
+    }
 }
 
 impl futures_core::Stream for Received {
@@ -164,21 +202,31 @@ impl futures_core::Stream for Received {
         if self.ended {
             return Poll::Ready(None);
         }
-        let Some(rx) = self.rx.as_mut() else { return Poll::Ready(None) };
-        match rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Delivery::Item(payload, cost))) => {
-                self.handle.read(cost);
-                self.owner.consumed(self.id, cost);
+        if self.taken.is_empty() {
+            let this = &mut *self;
+            let mut inbox = this.handle.inbox.lock().unwrap();
+            std::mem::swap(&mut inbox.items, &mut this.taken);
+            if this.taken.is_empty() {
+                inbox.waker = Some(cx.waker().clone());
+                drop(inbox);
+                this.report();
+                return Poll::Pending;
+            }
+        }
+        match self.taken.pop_front().expect("not empty") {
+            Delivery::Item(payload, cost) => {
+                if let Some(budget) = &self.handle.budget {
+                    budget.update(cost as usize, 0);
+                }
+                self.unreported += cost;
+                if self.unreported as usize >= BATCH {
+                    self.report();
+                }
                 Poll::Ready(Some(Ok(Reply::Ok(payload))))
             }
-            Poll::Ready(Some(Delivery::End(outcome))) => {
+            Delivery::End(outcome) => {
                 self.ended = true;
                 Poll::Ready(outcome)
-            }
-            Poll::Ready(None) => {
-                self.ended = true;
-                Poll::Ready(Some(Err(Error::unavailable("the stream's connection closed"))))
             }
         }
     }
@@ -186,54 +234,114 @@ impl futures_core::Stream for Received {
 
 impl Drop for Received {
     fn drop(&mut self) {
-        // Items never read are released with their queue.
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            while let Ok(delivery) = rx.try_recv() {
-                if let Delivery::Item(_, cost) = delivery {
-                    self.handle.read(cost);
-                }
-            }
-        }
+        // Items never read are released, and none are kept from now on.
+        let left = {
+            let mut inbox = self.handle.inbox.lock().unwrap();
+            inbox.reader_gone = true;
+            inbox.waker = None;
+            std::mem::take(&mut inbox.items)
+        };
+        self.handle.release(std::mem::take(&mut self.taken).into_iter().chain(left));
         if !self.ended {
             self.owner.abandoned(self.id);
         }
     }
 }
 
-impl Received {
-    pub(crate) fn into_items(self) -> Items {
-        Items::new(self)
-    }
-}
+/// Bytes of frames a stream's sender gathers before it sends them (one lock, one queue
+/// entry and one credit update for many small items).
+const BATCH: usize = 64 * 1024;
+/// A payload this large is written from its own buffer, not copied into the batch.
+const NO_COPY: usize = 16 * 1024;
 
-/// Sends call `id`'s items as credit allows, then their end. Runs as its own task, whose
-/// abort handle the stream handle keeps: when the call ends, the task and the producer
-/// of the items are dropped.
+/// Sends call `id`'s items as credit allows, then their end. Items ready at once go out
+/// together, in batches of whole frames. Runs as its own task, whose abort handle the
+/// stream handle keeps: when the call ends, the task and the producer of the items are
+/// dropped.
 pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, id: u64, mut items: Items) {
-    loop {
-        let next = items.next().await;
-        let frame = match next {
-            Some(Ok(Reply::Ok(payload))) => {
-                loop {
-                    match owner.spend(id, payload.len()) {
-                        Spend::Go => break,
-                        Spend::Wait => handle.credit.notified().await,
-                        Spend::Gone => return,
-                    }
-                }
-                Frame::Item { id, payload }
+    // Frames gathered: small ones encoded into `batch`, large payloads as their own parts.
+    let mut batch = BytesMut::new();
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut gathered = 0usize;
+    // Credit known to be left (it only grows behind our back), and what the batch spent.
+    let mut credit = 0u32;
+    let mut spent = 0u32;
+    let flush = |batch: &mut BytesMut, parts: &mut Vec<Bytes>, gathered: &mut usize, spent: &mut u32| {
+        owner.spent(id, std::mem::take(spent));
+        *gathered = 0;
+        if !batch.is_empty() {
+            parts.push(batch.split().freeze());
+        }
+        let group = std::mem::take(parts);
+        let owner = owner.clone();
+        async move {
+            if group.is_empty() {
+                Ok(())
+            } else {
+                owner.send_bulk(group).await
             }
-            Some(Ok(Reply::Stream(_))) => end(id, Err(Error::Internal { message: "a stream inside a stream".into() })),
-            Some(Ok(reply)) => end(id, Ok(Some(reply))),
-            Some(Err(e)) => end(id, Err(e)),
-            None => end(id, Ok(None)),
-        };
-        let last = !matches!(frame, Frame::Item { .. });
-        if owner.send(frame).await.is_err() || last {
-            owner.items_sent(id);
+        }
+    };
+    loop {
+        let mut next = items.next().await;
+        loop {
+            let frame = match next {
+                Some(Ok(Reply::Ok(payload))) => {
+                    let cost = item_cost(payload.len());
+                    while cost > credit {
+                        // Out of credit: send what is gathered, then wait for a grant.
+                        if flush(&mut batch, &mut parts, &mut gathered, &mut spent).await.is_err() {
+                            return;
+                        }
+                        match owner.credit(id) {
+                            None => return,
+                            Some(now) if now >= cost => credit = now,
+                            Some(_) => handle.credit.notified().await,
+                        }
+                    }
+                    credit -= cost;
+                    spent += cost;
+                    Frame::Item { id, payload }
+                }
+                Some(Ok(Reply::Stream(_))) => {
+                    end(id, Err(Error::Internal { message: "a stream inside a stream".into() }))
+                }
+                Some(Ok(reply)) => end(id, Ok(Some(reply))),
+                Some(Err(e)) => end(id, Err(e)),
+                None => end(id, Ok(None)),
+            };
+            let last = !matches!(frame, Frame::Item { .. });
+            match frame {
+                Frame::Item { id, payload } if payload.len() >= NO_COPY => {
+                    Frame::encode_item_header(id, payload.len(), &mut batch);
+                    gathered += batch.len() + payload.len();
+                    parts.push(batch.split().freeze());
+                    parts.push(payload);
+                }
+                frame => {
+                    gathered += frame.encoded_len();
+                    frame.encode(&mut batch);
+                }
+            }
+            if last {
+                let _ = flush(&mut batch, &mut parts, &mut gathered, &mut spent).await;
+                owner.items_sent(id);
+                return;
+            }
+            if gathered >= BATCH {
+                break;
+            }
+            // Gather what is ready now; wait only with nothing gathered.
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut items).poll_next(cx))).await {
+                Poll::Ready(ready) => next = ready,
+                Poll::Pending => break,
+            }
+        }
+        if flush(&mut batch, &mut parts, &mut gathered, &mut spent).await.is_err() {
             return;
         }
+        // Many ready items are one long run of work: let the thread's other tasks in.
+        tokio::task::consume_budget().await;
     }
 }
 

@@ -123,9 +123,7 @@ impl Inner {
                     Err(e) => return Err(Error::unavailable(format!("{}: {e}", self.peer))),
                 }
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8 * 1024);
-            }
+            crate::transport::link::room_for_read(&mut buf);
             match self.link.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
                 Ok(_) => {}

@@ -29,7 +29,7 @@ use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
     error::Error,
     identity::Identity,
-    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated, Spend, DEFAULT_MAX_FRAME},
+    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated, DEFAULT_MAX_FRAME},
     stream::Items,
 };
 
@@ -476,13 +476,17 @@ impl Owner for Inner {
 }
 
 impl ItemSink for Inner {
-    fn spend(&self, id: u64, payload: usize) -> Spend {
-        self.proto.lock().unwrap().spend(id, payload)
+    fn credit(&self, id: u64) -> Option<u32> {
+        self.proto.lock().unwrap().credit(id)
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), Error> {
+    fn spent(&self, id: u64, bytes: u32) {
+        self.proto.lock().unwrap().spent(id, bytes);
+    }
+
+    async fn send_bulk(&self, group: Vec<bytes::Bytes>) -> Result<(), Error> {
         self.sender.room(MAX_QUEUED_ITEMS).await;
-        self.sender.send(&frame, false).map_err(|_| Error::unavailable(format!("connection to {} broke", self.peer)))
+        self.sender.send_bulk(group).map_err(|_| Error::unavailable(format!("connection to {} broke", self.peer)))
     }
 
     fn items_sent(&self, id: u64) {

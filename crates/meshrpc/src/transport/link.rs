@@ -135,6 +135,21 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The most a read makes room for at once.
 const MAX_READ_CHUNK: usize = 1024 * 1024;
 
+/// Makes room in `buf` for the rest of the frame it begins, as announced (at most
+/// `max` bytes): a caller trusts its node's lengths, so a large answer or item is read in
+/// place, without growing and copying its buffer as it arrives.
+pub(crate) fn room_for_frame(buf: &mut BytesMut, max: u32) {
+    if buf.len() >= 4 {
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).min(max) as usize;
+        let missing = (4 + len).saturating_sub(buf.len());
+        if missing > buf.capacity() - buf.len() {
+            buf.reserve(missing.max(READ_CHUNK));
+            return;
+        }
+    }
+    room_for_read(buf);
+}
+
 /// Makes room in `buf` for the next read: a chunk, or as much again as `buf` holds (the
 /// part of a large frame that arrived), so a large frame takes a few reads, not one per
 /// 16 KiB; memory still only grows as bytes arrive (at most twice what did).

@@ -95,6 +95,21 @@ impl StreamHandle {
         true
     }
 
+    /// Items arrived together (a caller's stream: no budget to charge).
+    pub(crate) fn items(&self, items: impl Iterator<Item = (Bytes, u32)>) {
+        let mut inbox = self.inbox.lock().unwrap();
+        if inbox.reader_gone {
+            return;
+        }
+        let was_empty = inbox.items.is_empty();
+        inbox.items.extend(items.map(|(payload, cost)| Delivery::Item(payload, cost)));
+        let waker = if was_empty { inbox.waker.take() } else { None };
+        drop(inbox);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// The items ended: cleanly (`None`) or with an error.
     pub(crate) fn end(&self, outcome: Option<Result<Reply, Error>>) {
         let inbox = self.inbox.lock().unwrap();

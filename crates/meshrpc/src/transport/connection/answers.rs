@@ -2,7 +2,7 @@
 //! answer (the reader task stays off the socket meanwhile); otherwise the reader task
 //! reads, dispatches every answer in what it read, and yields to the callers it woke.
 
-use std::sync::atomic::Ordering;
+use std::sync::{atomic::Ordering, Arc};
 
 use super::{Answer, Inner};
 use crate::{
@@ -114,16 +114,33 @@ impl Inner {
     /// frame; does nothing if another task is at it.
     pub(super) fn pump(&self) -> Result<(), Error> {
         let Ok(mut buf) = self.inbox.try_lock() else { return Ok(()) };
+        // Consecutive items of one stream are taken under one lock of the state and handed
+        // to their reader together.
+        let mut items = ItemRun::default();
         loop {
             // Frames left from the handshake or an earlier read come first.
             loop {
                 match Frame::decode(&mut buf, self.limits.max_in) {
-                    Ok(Some(frame)) => self.on_frame(frame),
+                    Ok(Some(frame @ Frame::Item { .. })) => {
+                        let incoming = items.proto(&self.proto).on_frame(frame, StreamHandle::new);
+                        match incoming {
+                            Incoming::Item(stream, payload, cost) => items.push(stream, payload, cost),
+                            other => {
+                                items.deliver();
+                                self.act(other, 0, false, false);
+                            }
+                        }
+                    }
+                    Ok(Some(frame)) => {
+                        items.deliver();
+                        self.on_frame(frame);
+                    }
                     Ok(None) => break,
                     Err(e) => return Err(Error::unavailable(format!("{}: {e}", self.peer))),
                 }
             }
-            crate::transport::link::room_for_read(&mut buf);
+            items.deliver();
+            crate::transport::link::room_for_frame(&mut buf, self.limits.max_in);
             match self.link.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
                 Ok(_) => {}
@@ -141,6 +158,11 @@ impl Inner {
             let incoming = proto.on_frame(frame, StreamHandle::new);
             (incoming, proto.drained())
         };
+        self.act(incoming, id, going_away, drained);
+    }
+
+    /// Does what a frame of call `id` asked.
+    fn act(&self, incoming: Incoming<super::Waiter, Arc<StreamHandle>>, id: u64, going_away: bool, drained: bool) {
         match incoming {
             Incoming::Answer(tx, stream, result) => {
                 if let Some(stream) = stream {
@@ -184,5 +206,40 @@ impl Inner {
             }
             Incoming::Nothing => {}
         }
+    }
+}
+
+/// A run of items of one stream taken from the read buffer, under one lock of the state.
+#[derive(Default)]
+struct ItemRun<'a> {
+    proto: Option<std::sync::MutexGuard<'a, super::Proto>>,
+    stream: Option<Arc<StreamHandle>>,
+    items: Vec<(bytes::Bytes, u32)>,
+}
+
+impl<'a> ItemRun<'a> {
+    /// The state, locked for the run.
+    fn proto(&mut self, proto: &'a std::sync::Mutex<super::Proto>) -> &mut super::Proto {
+        self.proto.get_or_insert_with(|| proto.lock().unwrap())
+    }
+
+    fn push(&mut self, stream: Arc<StreamHandle>, payload: bytes::Bytes, cost: u32) {
+        if self.stream.as_ref().is_some_and(|s| !Arc::ptr_eq(s, &stream)) {
+            self.hand_over();
+        }
+        self.stream = Some(stream);
+        self.items.push((payload, cost));
+    }
+
+    fn hand_over(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.items(self.items.drain(..)); // a caller charges no budget: always held
+        }
+    }
+
+    /// Ends the run: the lock is released, the items handed to their reader.
+    fn deliver(&mut self) {
+        self.proto = None;
+        self.hand_over();
     }
 }

@@ -34,6 +34,8 @@ use crate::{
 };
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;
+/// The protocol state of a calling connection.
+type Proto = CallerState<Waiter, Arc<StreamHandle>>;
 type Answer = oneshot::Receiver<Result<Reply, Error>>;
 
 /// Connection limits and timeouts.
@@ -138,7 +140,7 @@ struct Inner {
     link: Arc<dyn Link>,
     /// Bytes read and not yet decoded; whoever holds it reads and dispatches.
     inbox: Mutex<BytesMut>,
-    proto: Mutex<CallerState<Waiter, Arc<StreamHandle>>>,
+    proto: Mutex<Proto>,
     /// This, for the readers of answer streams (they report what they consumed).
     this: std::sync::Weak<Inner>,
     /// What the handshake settled (a copy, read without the lock).

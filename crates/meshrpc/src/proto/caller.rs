@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    flow::{item_cost, RecvWindow, SendWindow},
+    flow::{item_cost, RecvWindow, SendWindow, SHARED_WINDOW, STREAM_WINDOW},
     Frame, Negotiated, Status,
 };
 use crate::{
@@ -82,6 +82,8 @@ pub struct CallerState<W, S> {
     /// The deadline the shell's timer is set for, if any.
     armed: Option<Instant>,
     state: ConnState,
+    /// Calls started so far (a stream's window shrinks while others share the connection).
+    started: u64,
 }
 
 #[derive(Debug)]
@@ -95,12 +97,14 @@ struct Waiting<W, S> {
     send: Option<SendWindow>,
     /// The answer's items, once its stream opened.
     recv: Option<RecvWindow>,
+    /// Calls started on the connection as of this stream's last credit grant.
+    seen_started: u64,
 }
 
 impl<W, S> Waiting<W, S> {
-    fn new(waiter: W, deadline: Option<Instant>, stream: Option<S>) -> Self {
+    fn new(waiter: W, deadline: Option<Instant>, stream: Option<S>, started: u64) -> Self {
         let send = stream.is_some().then(SendWindow::default);
-        Waiting { waiter: Some(waiter), stream, deadline, send, recv: None }
+        Waiting { waiter: Some(waiter), stream, deadline, send, recv: None, seen_started: started }
     }
 }
 
@@ -144,6 +148,7 @@ impl<W, S> CallerState<W, S> {
             deadlines: BinaryHeap::new(),
             armed: None,
             state: ConnState::Open,
+            started: 0,
         }
     }
 
@@ -174,7 +179,8 @@ impl<W, S> CallerState<W, S> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.insert(id, Waiting::new(waiter, deadline, stream));
+        self.started += 1;
+        self.pending.insert(id, Waiting::new(waiter, deadline, stream, self.started));
         let mut rearm = false;
         if let Some(d) = deadline {
             if self.deadlines.len() > 2 * self.pending.len() + 64 {
@@ -288,8 +294,15 @@ impl<W, S> CallerState<W, S> {
     /// The reader took an item of `cost` from call `id`'s answer: the credit frame to
     /// send back, when it is time to.
     pub fn consumed(&mut self, id: u64, cost: u32) -> Option<Frame> {
-        let window = self.pending.get_mut(&id)?.recv.as_mut()?;
-        window.consumed(cost).map(|bytes| Frame::Credit { id, bytes })
+        // Other calls on the connection now, or since this stream's last grant: keep it
+        // to the shared window so their answers wait behind fewer of its bytes.
+        let (started, others) = (self.started, self.pending.len() > 1);
+        let entry = self.pending.get_mut(&id)?;
+        let shared = others || entry.seen_started != started;
+        entry.seen_started = started;
+        let target = if shared { SHARED_WINDOW } else { STREAM_WINDOW };
+        let window = entry.recv.as_mut()?;
+        window.consumed(cost, target).map(|bytes| Frame::Credit { id, bytes })
     }
 
     /// True once the peer drained and the last answer is in: the caller hangs up, so the

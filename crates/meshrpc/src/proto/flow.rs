@@ -4,12 +4,21 @@
 //!
 //! Credit counts an item's frame length (its payload plus 9), so even empty items are
 //! bounded. Each direction of each stream starts with [`STREAM_WINDOW`]; the receiver
-//! grants back what its reader consumed once that is half the window.
+//! grants credit back as its reader consumes, in steps of a quarter of its target, never
+//! so much that credit held plus items unread exceed the window.
+//!
+//! The target is the whole window while the stream has its connection to itself, and
+//! [`SHARED_WINDOW`] while other calls share it: then the stream keeps less in flight,
+//! and their answers wait behind fewer of its bytes (TCP delivers in order).
 
 use crate::error::Error;
 
 /// Credit each direction of a stream starts with, in bytes (1 MiB).
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// The credit a receiver keeps its sender to while other calls share the connection
+/// (64 KiB).
+pub const SHARED_WINDOW: u32 = STREAM_WINDOW / 16;
 
 /// What an item of `payload` bytes costs in credit: its frame length, at most the whole
 /// window (a larger item goes when the credit is full, else it could never go).
@@ -17,19 +26,18 @@ pub fn item_cost(payload: usize) -> u32 {
     (payload as u64 + 9).min(u64::from(STREAM_WINDOW)) as u32
 }
 
-/// The receiving side: what the sender may still send, and what the reader consumed
-/// since the last grant.
+/// The receiving side: what the sender may still send, and what arrived unread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecvWindow {
     /// Credit the sender still holds.
     open: u32,
-    /// Consumed and not yet granted back.
-    consumed: u32,
+    /// Arrived and not yet consumed by the reader.
+    unread: u32,
 }
 
 impl Default for RecvWindow {
     fn default() -> Self {
-        RecvWindow { open: STREAM_WINDOW, consumed: 0 }
+        RecvWindow { open: STREAM_WINDOW, unread: 0 }
     }
 }
 
@@ -43,18 +51,25 @@ impl RecvWindow {
             )));
         }
         self.open -= cost;
+        self.unread += cost;
         Ok(())
     }
 
-    /// The reader took an item of `cost`; returns the credit to grant back, if it is
-    /// time to (half the window consumed).
-    pub fn consumed(&mut self, cost: u32) -> Option<u32> {
-        self.consumed = self.consumed.saturating_add(cost);
-        if self.consumed < STREAM_WINDOW / 2 {
+    /// The reader took items costing `cost`; returns the credit to grant back, if it is
+    /// time to: the sender holds less than half of `target` (the window, or
+    /// [`SHARED_WINDOW`]), and at least a quarter of it can be granted without credit and
+    /// unread items together exceeding the window.
+    pub fn consumed(&mut self, cost: u32, target: u32) -> Option<u32> {
+        self.unread = self.unread.saturating_sub(cost);
+        let target = target.min(STREAM_WINDOW);
+        if self.open >= target / 2 {
             return None;
         }
-        let grant = std::mem::take(&mut self.consumed);
-        self.open = self.open.saturating_add(grant);
+        let grant = (target - self.open).min(STREAM_WINDOW - self.open - self.unread);
+        if grant < target / 4 {
+            return None;
+        }
+        self.open += grant;
         Some(grant)
     }
 
@@ -111,15 +126,50 @@ mod tests {
             sent += 1;
         }
         assert_eq!(sent, 32, "1 MiB of 32 KiB items");
-        // The reader consumes 15 items: not yet half the window, no grant.
-        for _ in 0..15 {
-            assert_eq!(recv.consumed(cost), None);
+        // The reader consumes 7 items: not yet a quarter of the window, no grant.
+        for _ in 0..7 {
+            assert_eq!(recv.consumed(cost, STREAM_WINDOW), None);
         }
-        let grant = recv.consumed(cost).expect("half the window consumed");
-        assert_eq!(grant, STREAM_WINDOW / 2);
+        let grant = recv.consumed(cost, STREAM_WINDOW).expect("a quarter of the window consumed");
+        assert_eq!(grant, STREAM_WINDOW / 4);
         send.grant(grant);
         assert!(send.spend(cost));
         recv.received(cost).unwrap();
+    }
+
+    #[test]
+    fn while_the_connection_is_shared_the_sender_is_kept_to_a_smaller_window() {
+        let (mut send, mut recv) = (SendWindow::default(), RecvWindow::default());
+        let cost = item_cost(1000);
+        // A reader keeping up: whatever arrives is consumed at once.
+        let mut in_flight_max = 0;
+        for _ in 0..10_000 {
+            if !send.spend(cost) {
+                panic!("the sender starved with a reader keeping up");
+            }
+            recv.received(cost).unwrap();
+            if let Some(grant) = recv.consumed(cost, SHARED_WINDOW) {
+                send.grant(grant);
+            }
+            in_flight_max = in_flight_max.max(STREAM_WINDOW - send.credit());
+        }
+        // Once the first window's credit is spent, the sender holds at most the shared window.
+        assert!(send.credit() <= SHARED_WINDOW, "{}", send.credit());
+        assert!(in_flight_max <= STREAM_WINDOW);
+    }
+
+    #[test]
+    fn credit_and_unread_items_never_exceed_the_window() {
+        let (mut send, mut recv) = (SendWindow::default(), RecvWindow::default());
+        let cost = item_cost(10_000);
+        while send.spend(cost) {
+            recv.received(cost).unwrap();
+        }
+        // A slow reader takes one item: no grant can let the sender past the window.
+        let grant = recv.consumed(cost, STREAM_WINDOW).unwrap_or(0);
+        send.grant(grant);
+        let unread = STREAM_WINDOW - (STREAM_WINDOW % cost) - cost;
+        assert!(send.credit() + unread <= STREAM_WINDOW, "credit {} unread {unread}", send.credit());
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod handshake;
 mod responder;
 
 pub use caller::{request, CallerState, ConnState, Incoming, Registered, Spend};
-pub use flow::{item_cost, RecvWindow, SendWindow, STREAM_WINDOW};
+pub use flow::{item_cost, RecvWindow, SendWindow, SHARED_WINDOW, STREAM_WINDOW};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
     refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, TLS_REQUIRED,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{
     caller::Spend,
-    flow::{item_cost, RecvWindow, SendWindow},
+    flow::{item_cost, RecvWindow, SendWindow, SHARED_WINDOW, STREAM_WINDOW},
     Frame, Status,
 };
 use crate::{
@@ -60,6 +60,8 @@ pub struct ResponderState<H, S> {
     frame_timeout: Option<Duration>,
     /// When the frame that is not yet whole began to arrive.
     partial_since: Option<Instant>,
+    /// Calls started so far (a stream's window shrinks while others share the connection).
+    started: u64,
 }
 
 /// A call that did not finish at once, or that has streams.
@@ -71,11 +73,13 @@ struct Running<H, S> {
     recv: Option<RecvWindow>,
     /// The answer's items, once its stream opened.
     send: Option<SendWindow>,
+    /// Calls started on the connection as of this stream's last credit grant.
+    seen_started: u64,
 }
 
 impl<H, S> Running<H, S> {
     fn new() -> Self {
-        Running { handle: None, stream: None, recv: None, send: None }
+        Running { handle: None, stream: None, recv: None, send: None, seen_started: 0 }
     }
 }
 
@@ -109,6 +113,7 @@ impl<H, S> ResponderState<H, S> {
             last_heard: now,
             frame_timeout: None,
             partial_since: None,
+            started: 0,
         }
     }
 
@@ -158,6 +163,7 @@ impl<H, S> ResponderState<H, S> {
                 if self.running.contains_key(&id) {
                     return Inbound::Send(response(id, Err(Error::protocol(format!("request id {id} is in use")))));
                 }
+                self.started += 1;
                 let call = Call {
                     service: Cow::Owned(service.to_owned()),
                     method: Cow::Owned(method.to_owned()),
@@ -272,8 +278,15 @@ impl<H, S> ResponderState<H, S> {
     /// The handler took an item of `cost` from call `id`'s items: the credit frame to send
     /// back, when it is time to.
     pub fn consumed(&mut self, id: u64, cost: u32) -> Option<Frame> {
-        let window = self.running.get_mut(&id)?.recv.as_mut()?;
-        window.consumed(cost).map(|bytes| Frame::Credit { id, bytes })
+        // Other calls on the connection now, or since this stream's last grant: keep it
+        // to the shared window so their answers wait behind fewer of its bytes.
+        let (started, others) = (self.started, self.running.len() > 1);
+        let entry = self.running.get_mut(&id)?;
+        let shared = others || entry.seen_started != started;
+        entry.seen_started = started;
+        let target = if shared { SHARED_WINDOW } else { STREAM_WINDOW };
+        let window = entry.recv.as_mut()?;
+        window.consumed(cost, target).map(|bytes| Frame::Credit { id, bytes })
     }
 
     /// Records bytes received (a partial frame counts as life too).

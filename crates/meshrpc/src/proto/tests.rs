@@ -446,13 +446,25 @@ fn a_server_stream_flows_only_as_fast_as_its_reader_grants_credit() {
     assert_eq!(sent, STREAM_WINDOW / item_cost(100), "the sender stops when its credit is spent");
     // An item past the credit is a violation the caller refuses.
     assert!(matches!(caller.on_frame(Frame::Item { id, payload: item.clone() }, || "x"), Incoming::Violation(_)));
-    // The reader consumes half the window: one credit frame goes back, and the node may go on.
+    // The reader consumes a quarter of the window: one credit frame goes back (the stream
+    // has the connection to itself: a quarter-window step of the whole window), and the
+    // node may go on.
     let mut credit = None;
-    for _ in 0..sent / 2 + 1 {
+    for _ in 0..sent / 4 + 1 {
         credit = credit.or(caller.consumed(id, item_cost(100)));
     }
     let Some(credit @ Frame::Credit { bytes, .. }) = credit else { panic!("no credit granted") };
-    assert!(bytes >= STREAM_WINDOW / 2);
+    assert!(bytes >= STREAM_WINDOW / 4);
+    // Another call on the connection: later grants keep the stream to the shared window.
+    let (other, ..) = caller.start_call(call("greet", b"{}", None), now, "w2").unwrap();
+    let mut shared = 0;
+    for _ in 0..sent / 2 {
+        if let Some(Frame::Credit { bytes, .. }) = caller.consumed(id, item_cost(100)) {
+            shared += bytes;
+        }
+    }
+    assert_eq!(shared, 0, "the node still holds more than half the shared window");
+    caller.cancel(other);
     assert!(matches!(node.on_frame(wire(credit), now, || "x"), Inbound::Credit("node")));
     assert_eq!(node.spend(got, item.len()), Spend::Go);
     // The node ends the stream; the caller hears a clean end and forgets the call.

@@ -212,8 +212,9 @@ async fn call_and_status_against_a_running_cluster() {
             v["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
         names.sort();
         let lab = v["services"].as_array().unwrap().iter().find(|s| s["name"] == "lab").cloned();
-        let replicas = lab
-            .map_or(0, |s| s["versions"].as_object().unwrap().values().map(|ids| ids.as_array().unwrap().len()).sum());
+        let replicas = lab.map_or(0, |s| {
+            s["fingerprints"].as_object().unwrap().values().map(|ids| ids.as_array().unwrap().len()).sum()
+        });
         if names == ["n1", "n2", "n3"] && replicas == 3 {
             assert!(v["members"].as_array().unwrap().iter().all(|m| m["state"] == "serving" && m["ping_us"].is_u64()));
             let mut args = vec!["status"];

@@ -10,6 +10,7 @@ mod gateway;
 mod join;
 mod memory;
 mod probe;
+mod split;
 mod status;
 
 use std::path::PathBuf;
@@ -42,6 +43,12 @@ enum Command {
     ///   meshrpc call greeter.greet '{"name":"Max"}' --nodes 127.0.0.1:11999
     ///   meshrpc call --list
     Call(call::CallArgs),
+    /// Shift a service's calls between its versions, cluster-wide, at runtime.
+    ///
+    /// Examples:
+    ///   meshrpc split greeter v1=90 v2=10 --nodes 127.0.0.1:11999
+    ///   meshrpc split greeter --clear
+    Split(split::SplitArgs),
     /// Show members, services and replica latency.
     ///
     /// Examples:
@@ -94,6 +101,7 @@ pub fn run() -> std::process::ExitCode {
                 gateway::run(args).await
             }
             Command::Call(args) => call::run(args).await,
+            Command::Split(args) => split::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,

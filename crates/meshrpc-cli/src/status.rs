@@ -116,11 +116,21 @@ fn print_table(s: &Status) {
         println!("UNPROVEN: {} gossips `{}` without a certificate for it (never called)", u.node, u.service);
     }
     println!();
-    println!("{:<14} {:>8}  VERSIONS", "SERVICE", "REPLICAS");
+    println!("{:<14} {:>8}  {:<24} SPLIT", "SERVICE", "REPLICAS", "VERSIONS");
     for svc in &s.services {
         let replicas: usize = svc.versions.values().map(Vec::len).sum();
-        let versions: Vec<String> = svc.versions.iter().map(|(fp, ids)| format!("{fp}×{}", ids.len())).collect();
-        let note = if svc.versions.len() > 1 { "  (incompatible versions!)" } else { "" };
-        println!("{:<14} {:>8}  {}{note}", svc.name, replicas, versions.join(" "));
+        let versions: Vec<String> = svc.versions.iter().map(|(v, ids)| format!("{v}×{}", ids.len())).collect();
+        let split = svc.split.as_ref().map_or("-".to_owned(), |split| {
+            let weights: Vec<String> = split.weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+            format!("{} (set by {} {} ago)", weights.join(" "), split.set_by, crate::cert::human(age(split.set_ms)))
+        });
+        let note = if svc.fingerprints.len() > 1 { "  (replicas built from different traits!)" } else { "" };
+        println!("{:<14} {:>8}  {:<24} {split}{note}", svc.name, replicas, versions.join(" "));
     }
+}
+
+/// How long ago `ms` (Unix ms) was.
+fn age(ms: u64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    Duration::from_millis(now.saturating_sub(ms))
 }

@@ -199,6 +199,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             pub const SPEC: &'static ::meshrpc::ServiceSpec = &::meshrpc::ServiceSpec {
                 name: #service_name,
                 trait_name: #trait_name,
+                version: ::core::env!("CARGO_PKG_VERSION"),
                 methods: &[ #( #method_specs ),* ],
             };
 
@@ -221,6 +222,11 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             /// until either side ends it (else the timeout covers the whole stream).
             pub fn without_stream_deadline(&self) -> Self {
                 Self { channel: self.channel.without_stream_deadline() }
+            }
+
+            /// The same client with every call pinned to replicas running `version`.
+            pub fn with_version(&self, version: impl ::core::convert::Into<::std::sync::Arc<str>>) -> Self {
+                Self { channel: self.channel.with_version(version) }
             }
 
             /// The same client pinned to a sticky-session key.

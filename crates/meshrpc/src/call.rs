@@ -31,6 +31,10 @@ pub struct Call {
     pub trace_id: u64,
     /// Sticky-session key: calls with the same key go to the same replica.
     pub key: Option<Arc<str>>,
+    /// Only replicas running this version of the service may answer (a pinned call:
+    /// testing a canary, `meshrpc-version` at the gateway). Decided by the caller; not
+    /// sent on the wire.
+    pub version: Option<Arc<str>>,
     /// Name/value pairs that travel with the call (set by client layers, read by server
     /// layers: an auth token, a tenant).
     pub metadata: Metadata,
@@ -55,6 +59,7 @@ impl Call {
             deadline: None,
             trace_id: crate::context::new_trace_id(),
             key: None,
+            version: None,
             metadata: Metadata::default(),
             payload,
             input: None,

@@ -105,8 +105,8 @@ pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
     wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, GossipConfig,
-    HttpReplica, LeastLoaded, Member, MemberState, Policy, RoundRobin, ServiceStatus, Sticky, View, DEFAULT_PORT,
-    KEEPALIVE,
+    HttpReplica, LeastLoaded, Member, MemberState, Policy, RoundRobin, ServiceStatus, Split, Sticky, View,
+    DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
@@ -118,7 +118,10 @@ pub use gateway::BearerAuth;
 #[cfg(feature = "gateway")]
 pub use gateway::{Gateway, Metrics};
 #[cfg(feature = "http")]
-pub use http::{envelope, error_response, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+pub use http::{
+    envelope, error_response, pinned_version, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
+    VERSION_HEADER,
+};
 #[cfg(all(feature = "http", feature = "tls"))]
 pub use http::{rpc_router_with_policy, serve_https};
 pub use identity::{Identity, IdentityKind};

@@ -8,6 +8,10 @@ pub struct ServiceSpec {
     pub name: &'static str,
     /// The Rust trait it was generated from (`Greeter`).
     pub trait_name: &'static str,
+    /// The version of the crate that defines the trait: what a node advertises for the
+    /// service unless told another (`ClusterBuilder::service_version`,
+    /// `MESHRPC_SERVICE_VERSION`). Not part of the fingerprint.
+    pub version: &'static str,
     /// Methods in declaration order.
     pub methods: &'static [MethodSpec],
 }
@@ -79,8 +83,12 @@ impl ServiceSpec {
 mod tests {
     use super::*;
 
-    const A: ServiceSpec =
-        ServiceSpec { name: "greeter", trait_name: "Greeter", methods: &[MethodSpec::unary("greet", &["name"])] };
+    const A: ServiceSpec = ServiceSpec {
+        name: "greeter",
+        trait_name: "Greeter",
+        version: "0.1.0",
+        methods: &[MethodSpec::unary("greet", &["name"])],
+    };
 
     #[test]
     fn fingerprint_changes_with_the_method_set() {
@@ -91,6 +99,7 @@ mod tests {
         assert_ne!(A.fingerprint(), b.fingerprint());
         let streaming = ServiceSpec { methods: STREAMING, ..A };
         assert_ne!(A.fingerprint(), streaming.fingerprint(), "a value that becomes a stream is another contract");
+        assert_eq!(A.fingerprint(), ServiceSpec { version: "2.0.0", ..A }.fingerprint(), "versions share a contract");
         assert_eq!(A.routes().collect::<Vec<_>>(), ["/greeter/greet"]);
     }
 }

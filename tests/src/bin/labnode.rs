@@ -61,6 +61,9 @@ struct Args {
     /// Bytes of unread stream items the node holds, node-wide.
     #[arg(long)]
     max_stream_bytes: Option<usize>,
+    /// The version this node advertises for its services.
+    #[arg(long)]
+    service_version: Option<String>,
     /// How long a drain lets calls and streams finish.
     #[arg(long)]
     drain_ms: Option<u64>,
@@ -109,7 +112,11 @@ async fn main() -> Result<(), meshrpc::Error> {
     if let Some(v) = args.drain_ms {
         config.drain_timeout = ms(v);
     }
-    let cluster = Cluster::builder(args.name.clone())
+    let mut builder = Cluster::builder(args.name.clone());
+    if let Some(version) = &args.service_version {
+        builder = builder.service_version(version.clone());
+    }
+    let cluster = builder
         .tag(args.tag)
         .seeds(&args.nodes)
         .listen(args.listen)

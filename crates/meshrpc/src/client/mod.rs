@@ -31,6 +31,8 @@ pub struct CallOptions {
     pub codec: Codec,
     /// Sticky-session key.
     pub key: Option<Arc<str>>,
+    /// Only replicas running this version of the service answer.
+    pub version: Option<Arc<str>>,
     /// Streaming calls run without the timeout: the stream lasts until either side ends
     /// it (else the timeout covers the whole stream).
     pub unbounded_streams: bool,
@@ -74,6 +76,14 @@ impl Channel {
     pub fn with_key(&self, key: impl Into<Arc<str>>) -> Self {
         let mut c = self.clone();
         c.options.key = Some(key.into());
+        c
+    }
+
+    /// The same channel with every call pinned to replicas running `version` of their
+    /// service (a split rule does not apply to pinned calls).
+    pub fn with_version(&self, version: impl Into<Arc<str>>) -> Self {
+        let mut c = self.clone();
+        c.options.version = Some(version.into());
         c
     }
 
@@ -150,6 +160,7 @@ impl Channel {
             deadline,
             trace_id: ctx.map_or_else(new_trace_id, |c| c.trace_id),
             key: self.options.key.clone(),
+            version: self.options.version.clone(),
             metadata: Default::default(),
             payload,
             input: input.map(Input::new),

@@ -31,6 +31,7 @@ pub struct ClusterBuilder {
     pub(super) drain_grace: Duration,
     pub(super) layers: Vec<DynLayer>,
     pub(super) admin: Option<String>,
+    pub(super) service_version: Option<String>,
     #[cfg(feature = "tls")]
     pub(super) credentials: super::security::Credentials,
 }
@@ -144,6 +145,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// The version this node advertises for every service it publishes (split rules and
+    /// pinned calls route by it). Default: `MESHRPC_SERVICE_VERSION`, else each service's
+    /// own (the version of the crate that defines its trait).
+    pub fn service_version(mut self, version: impl Into<String>) -> Self {
+        self.service_version = Some(version.into());
+        self
+    }
+
     /// Binds the port, starts gossip and returns the node (serving starts with
     /// [`Cluster::serve`]).
     pub async fn start(self) -> Result<Cluster, Error> {
@@ -228,8 +237,13 @@ impl ClusterBuilder {
             access,
             #[cfg(feature = "tls")]
             unproven: Default::default(),
+            service_version: self
+                .service_version
+                .or_else(|| std::env::var("MESHRPC_SERVICE_VERSION").ok().filter(|v| !v.trim().is_empty())),
+            traffic: Default::default(),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
+        tokio::spawn(super::traffic::pass_on_splits(Arc::downgrade(&inner)));
         #[cfg(feature = "tls")]
         if inner.tls.is_some() || inner.access.is_some() {
             tokio::spawn(super::security::watch(Arc::downgrade(&inner)));

@@ -34,6 +34,10 @@ pub(crate) struct Security {
     pub(crate) gossip_key: Option<[u8; 32]>,
 }
 const PREFIX_SERVICE: &str = "svc:";
+/// `ver:<service>`: the version of the service this node runs.
+const PREFIX_VERSION: &str = "ver:";
+/// `split:<service>`: a weighted split rule, as this node last saw it (see [`Split`]).
+const PREFIX_SPLIT: &str = "split:";
 const PREFIX_HTTP: &str = "http:";
 
 /// Where a member is in its life.
@@ -71,6 +75,8 @@ pub struct Member {
     pub cert_not_after: Option<u64>,
     /// This is the local node.
     pub is_self: bool,
+    /// Split rules this member gossips, by service (each node passes on the newest it saw).
+    pub splits: BTreeMap<String, Split>,
 }
 
 impl Member {
@@ -91,7 +97,9 @@ impl Member {
             cert_fingerprint: None,
             cert_not_after: None,
             is_self,
+            splits: BTreeMap::new(),
         };
+        let mut versions = Vec::new();
         for (k, v) in kv {
             let (k, v) = (k.as_ref(), v.as_ref());
             match k {
@@ -115,8 +123,19 @@ impl Member {
                         m.services.insert(name.to_owned(), Advertised::decode(v));
                     } else if let Some(name) = k.strip_prefix(PREFIX_HTTP) {
                         m.http.push(name.to_owned());
+                    } else if let Some(name) = k.strip_prefix(PREFIX_VERSION) {
+                        versions.push((name.to_owned(), v.to_owned()));
+                    } else if let Some(name) = k.strip_prefix(PREFIX_SPLIT) {
+                        if let Some(split) = Split::decode(v) {
+                            m.splits.insert(name.to_owned(), split);
+                        }
                     }
                 }
+            }
+        }
+        for (service, version) in versions {
+            if let Some(adv) = m.services.get_mut(&service) {
+                adv.version = version;
             }
         }
         m
@@ -136,6 +155,8 @@ impl Member {
 pub struct Advertised {
     /// Fingerprint of the method set (see `ServiceSpec::fingerprint`).
     pub fingerprint: String,
+    /// The version of the service this member runs (empty if it does not say).
+    pub version: String,
     /// The methods, in declaration order.
     pub methods: Vec<AdvertisedMethod>,
 }
@@ -188,12 +209,76 @@ impl Advertised {
                 Some(AdvertisedMethod { name: name.to_owned(), args, items, streams })
             })
             .collect();
-        Advertised { fingerprint, methods }
+        Advertised { fingerprint, version: String::new(), methods }
     }
 
     /// True if the service has a method of this name.
     pub fn has_method(&self, name: &str) -> bool {
         self.methods.iter().any(|m| m.name == name)
+    }
+}
+
+/// A weighted split of a service's calls between its versions (`v1=90 v2=10`), set at
+/// runtime by anyone (`meshrpc split`, [`Cluster::set_split`](super::Cluster::set_split)):
+/// the newest rule wins, and every node passes on the newest it saw, so a rule outlives
+/// the node that set it. No weights: the rule is cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Split {
+    /// When it was set (Unix ms).
+    pub set_ms: u64,
+    /// Who set it (a node name).
+    pub set_by: String,
+    /// `(version, weight)`, in the order given.
+    pub weights: Vec<(String, u32)>,
+}
+
+impl Split {
+    /// Newest first: by time, then by setter (so every node agrees on one winner).
+    fn order(&self) -> (u64, &str) {
+        (self.set_ms, &self.set_by)
+    }
+
+    /// `<set_ms> <set_by> v1=90 v2=10` (no weights: cleared).
+    fn encode(&self) -> String {
+        let mut out = format!("{} {}", self.set_ms, self.set_by);
+        for (version, weight) in &self.weights {
+            out.push_str(&format!(" {version}={weight}"));
+        }
+        out
+    }
+
+    fn decode(v: &str) -> Option<Split> {
+        let mut parts = v.split(' ');
+        let set_ms = parts.next()?.parse().ok()?;
+        let set_by = parts.next()?.to_owned();
+        let weights = parts
+            .map(|p| p.split_once('=').and_then(|(v, w)| Some((v.to_owned(), w.parse().ok()?))))
+            .collect::<Option<_>>()?;
+        Some(Split { set_ms, set_by, weights })
+    }
+
+    /// Parses `v1=90 v2=10` (or `v1=90,v2=10`) as given on a command line.
+    pub fn parse_weights(text: &str) -> Result<Vec<(String, u32)>, Error> {
+        let weights: Vec<(String, u32)> = text
+            .split([' ', ','])
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (version, weight) = p.split_once('=').ok_or_else(|| {
+                    Error::bad_request(format!("`{p}`: write each share as VERSION=WEIGHT, e.g. v1=90 v2=10"))
+                })?;
+                let weight = weight
+                    .parse::<u32>()
+                    .map_err(|_| Error::bad_request(format!("`{p}`: the weight must be a whole number")))?;
+                if version.is_empty() || version.contains(char::is_whitespace) {
+                    return Err(Error::bad_request(format!("`{p}`: a version is one word")));
+                }
+                Ok((version.to_owned(), weight))
+            })
+            .collect::<Result<_, _>>()?;
+        if weights.is_empty() || weights.iter().all(|(_, w)| *w == 0) {
+            return Err(Error::bad_request("a split needs at least one version with a weight above 0"));
+        }
+        Ok(weights)
     }
 }
 
@@ -213,6 +298,22 @@ impl View {
     /// True if any live member publishes `service`, compatible or not.
     pub fn knows(&self, service: &str) -> bool {
         self.members.iter().any(|m| m.services.contains_key(service))
+    }
+
+    /// The newest split rule for `service` any member gossips (`None`: no rule, or the
+    /// newest one cleared it).
+    pub fn split(&self, service: &str) -> Option<&Split> {
+        self.newest_split(service).filter(|s| !s.weights.is_empty())
+    }
+
+    /// The newest split rule for `service`, a clearing one included.
+    pub fn newest_split(&self, service: &str) -> Option<&Split> {
+        self.members.iter().filter_map(|m| m.splits.get(service)).max_by(|a, b| a.order().cmp(&b.order()))
+    }
+
+    /// Every service with a split rule anyone gossips.
+    pub fn split_services(&self) -> std::collections::BTreeSet<&str> {
+        self.members.iter().flat_map(|m| m.splits.keys().map(String::as_str)).collect()
     }
 
     /// True if some member serves `name` or publishes an HTTP router under it.
@@ -358,9 +459,15 @@ impl Membership {
         self.view.clone()
     }
 
-    /// Advertises a published service.
-    pub(crate) async fn advertise_service(&self, spec: &ServiceSpec) {
+    /// Advertises a published service, at `version`.
+    pub(crate) async fn advertise_service(&self, spec: &ServiceSpec, version: &str) {
+        self.set(format!("{PREFIX_VERSION}{}", spec.name), version.to_owned()).await;
         self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec)).await;
+    }
+
+    /// Gossips a split rule for `service` (this node's own copy of the newest it saw).
+    pub(crate) async fn advertise_split(&self, service: &str, split: &Split) {
+        self.set(format!("{PREFIX_SPLIT}{service}"), split.encode()).await;
     }
 
     /// Advertises a published HTTP router.
@@ -406,6 +513,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_newest_split_wins_and_a_clear_is_a_rule_too() {
+        let member = |id: &str, split: &str| Member::from_state(id, [("split:greeter", split)], false);
+        let view = View {
+            members: vec![
+                member("a", "100 ops v1=90 v2=10"),
+                member("b", "200 ops v1=50 v2=50"),
+                member("c", "150 dev v2=100"),
+            ],
+        };
+        assert_eq!(view.split("greeter").unwrap().weights[1], ("v2".to_string(), 50));
+        let cleared = View { members: vec![member("a", "100 ops v1=90 v2=10"), member("b", "300 ops")] };
+        assert_eq!(cleared.split("greeter"), None);
+        assert_eq!(cleared.newest_split("greeter").unwrap().set_ms, 300);
+        assert!(Split::parse_weights("v1=90, v2=10").is_ok());
+        assert!(Split::parse_weights("v1=0").is_err());
+        assert!(Split::parse_weights("v1:90").unwrap_err().to_string().contains("VERSION=WEIGHT"));
+    }
+
+    #[test]
     fn a_member_reads_back_what_it_advertised() {
         let kv = [
             ("name", "greeter"),
@@ -414,10 +540,17 @@ mod tests {
             ("svc:greeter", "abc greet(name) send_postcard(card) ping() chat(room,*lines)*"),
             ("http:greeter", ""),
             ("started", "42"),
+            ("ver:greeter", "2.1.0"),
+            ("split:greeter", "1700000000000 ops-cli v1=90 v2=10"),
             ("unknown-key", "ignored"),
         ];
         let m = Member::from_state("greeter-1", kv, false);
         assert_eq!(m.addr, Some("127.0.0.1:11999".parse().unwrap()));
+        assert_eq!(m.services["greeter"].version, "2.1.0");
+        let split = &m.splits["greeter"];
+        assert_eq!((split.set_ms, split.set_by.as_str()), (1_700_000_000_000, "ops-cli"));
+        assert_eq!(split.weights, [("v1".to_string(), 90), ("v2".to_string(), 10)]);
+        assert_eq!(Split::decode(&split.encode()).as_ref(), Some(split));
         assert_eq!(
             (m.state, m.started_ms, m.http.as_slice()),
             (MemberState::Serving, 42, &["greeter".to_string()][..])

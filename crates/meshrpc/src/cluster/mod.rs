@@ -15,6 +15,7 @@ mod sealed;
 mod security;
 mod signal;
 mod thin;
+mod traffic;
 
 use std::{
     collections::HashMap,
@@ -27,7 +28,7 @@ use serde::Serialize;
 
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
-pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, View};
+pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Split, View};
 pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
@@ -79,6 +80,10 @@ struct Inner {
     access: Option<Arc<crate::access::Access>>,
     #[cfg(feature = "tls")]
     unproven: security::Unproven,
+    /// The version this node advertises for every service it publishes (`None`: each
+    /// service's own, from its spec).
+    service_version: Option<String>,
+    traffic: traffic::Traffic,
 }
 
 /// A service as the cluster sees it.
@@ -86,8 +91,13 @@ struct Inner {
 pub struct ServiceStatus {
     /// The service name.
     pub name: String,
-    /// Fingerprint of the method set → node ids serving it.
+    /// Fingerprint of the method set → node ids serving it (more than one: replicas
+    /// built from different versions of the trait, which do not call each other).
+    pub fingerprints: std::collections::BTreeMap<String, Vec<String>>,
+    /// Version of the service → node ids running it.
     pub versions: std::collections::BTreeMap<String, Vec<String>>,
+    /// The split rule in force, if any.
+    pub split: Option<Split>,
 }
 
 impl Cluster {
@@ -105,6 +115,7 @@ impl Cluster {
             drain_grace: Duration::from_millis(500),
             layers: Vec::new(),
             admin: None,
+            service_version: None,
             #[cfg(feature = "tls")]
             credentials: Default::default(),
         }
@@ -133,13 +144,20 @@ impl Cluster {
         self.inner.mesh_addr
     }
 
-    /// Publishes a service on this node; the cluster learns of it by gossip.
+    /// Publishes a service on this node; the cluster learns of it by gossip, with its
+    /// version ([`ClusterBuilder::service_version`], else the spec's).
     pub fn publish(&self, service: impl Service) -> &Self {
         let spec = service.spec();
         self.inner.registry.publish(Arc::new(service));
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.membership.advertise_service(spec).await });
+        let version = self.service_version(spec).to_owned();
+        tokio::spawn(async move { inner.membership.advertise_service(spec, &version).await });
         self
+    }
+
+    /// The version this node advertises for `spec`'s service.
+    pub fn service_version<'a>(&'a self, spec: &'a ServiceSpec) -> &'a str {
+        self.inner.service_version.as_deref().unwrap_or(spec.version)
     }
 
     /// Publishes a plain HTTP router, served under `/{name}/…` on this node and through
@@ -189,10 +207,14 @@ impl Cluster {
         let mut out: std::collections::BTreeMap<String, ServiceStatus> = Default::default();
         for m in view.members.iter().filter(|m| m.state == MemberState::Serving) {
             for (name, adv) in &m.services {
-                let s = out
-                    .entry(name.clone())
-                    .or_insert_with(|| ServiceStatus { name: name.clone(), versions: Default::default() });
-                s.versions.entry(adv.fingerprint.clone()).or_default().push(m.id.clone());
+                let s = out.entry(name.clone()).or_insert_with(|| ServiceStatus {
+                    name: name.clone(),
+                    fingerprints: Default::default(),
+                    versions: Default::default(),
+                    split: view.split(name).cloned(),
+                });
+                s.fingerprints.entry(adv.fingerprint.clone()).or_default().push(m.id.clone());
+                s.versions.entry(adv.version.clone()).or_default().push(m.id.clone());
             }
         }
         out.into_values().collect()
@@ -262,7 +284,7 @@ impl Cluster {
             tokio::spawn(admin.serve(self.clone(), server.counters()));
         }
         for spec in self.inner.registry.specs() {
-            self.inner.membership.advertise_service(spec).await;
+            self.inner.membership.advertise_service(spec, self.service_version(spec)).await;
         }
         for name in http.names() {
             self.inner.membership.advertise_http(&name).await;

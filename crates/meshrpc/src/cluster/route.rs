@@ -97,8 +97,12 @@ impl Inner {
         for _ in 0..MAX_ATTEMPTS {
             let view = self.membership.view();
             let replicas = view.replicas(&call.service, fingerprint.as_deref());
-            let Some((member, peer)) = self.pick(&*balancer, &call.service, replicas, &tried, call.key.as_deref())
-            else {
+            let (pin, key) = (call.version.as_deref(), call.key.as_deref());
+            let replicas = match self.versioned(&view, &call.service, replicas, &tried, pin, key) {
+                Ok(replicas) => replicas,
+                Err(e) => return Err(last_error.unwrap_or(e)),
+            };
+            let Some((member, peer)) = self.pick(&*balancer, &call.service, replicas.into_iter(), &tried, key) else {
                 return Err(
                     last_error.unwrap_or_else(|| self.nobody_serves(&view, &call.service, fingerprint.as_deref()))
                 );

@@ -24,7 +24,10 @@ pub use connection::serve_https;
 pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
 pub(crate) use rpc::{admitted_call, websocket_call};
-pub use rpc::{envelope, error_response, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER};
+pub use rpc::{
+    envelope, error_response, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
+    VERSION_HEADER,
+};
 #[cfg(feature = "gateway")]
 pub(crate) use websocket::is_upgrade as is_websocket;
 

@@ -35,6 +35,8 @@ use super::{streams, websocket};
 pub const TIMEOUT_HEADER: &str = "meshrpc-timeout-ms";
 /// Header carrying the sticky-session key (calls with one key stay on one replica).
 pub const KEY_HEADER: &str = "meshrpc-key";
+/// Header pinning a call to replicas running one version of its service.
+pub const VERSION_HEADER: &str = "meshrpc-version";
 
 #[derive(Clone)]
 struct RpcState {
@@ -109,6 +111,7 @@ pub(crate) async fn websocket_call(
     let mut call = Call::new(service, method, Bytes::new());
     call.deadline = timeout.filter(|ms| *ms > 0).map(|ms| Instant::now() + Duration::from_millis(ms));
     call.key = sticky_key(&parts.headers);
+    call.version = pinned_version(&parts.headers);
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
@@ -173,6 +176,7 @@ pub(crate) async fn admitted_call(
         deadline: timeout.map(|t| Instant::now() + t),
         trace_id: new_trace_id(),
         key: sticky_key(headers),
+        version: pinned_version(headers),
         metadata: Default::default(),
         peer: None,
         input,
@@ -189,6 +193,11 @@ pub(crate) async fn admitted_call(
         Ok(Reply::Stream(items)) => streams::response(items, streams::Format::of(headers)),
         result => envelope(result),
     }
+}
+
+/// The version a request pins its call to: the `meshrpc-version` header.
+pub fn pinned_version(headers: &HeaderMap) -> Option<Arc<str>> {
+    headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(Arc::from)
 }
 
 /// The sticky-session key: the `meshrpc-key` header, else the `meshrpc-key` cookie.

@@ -171,6 +171,7 @@ impl<H, S> ResponderState<H, S> {
                     deadline: deadline.map(|d| now + d),
                     trace_id,
                     key: None,
+                    version: None,
                     metadata,
                     input: None,
                     peer: None,

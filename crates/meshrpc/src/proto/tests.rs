@@ -94,6 +94,7 @@ fn call(method: &'static str, payload: &'static [u8], deadline: Option<Instant>)
         deadline,
         trace_id: 7,
         key: None,
+        version: None,
         metadata: Default::default(),
         payload: Bytes::from_static(payload),
         input: None,

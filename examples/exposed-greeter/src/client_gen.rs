@@ -12,6 +12,7 @@ impl GreeterClient {
     pub const SPEC: &'static ::meshrpc::ServiceSpec = &::meshrpc::ServiceSpec {
         name: "greeter",
         trait_name: "Greeter",
+        version: ::core::env!("CARGO_PKG_VERSION"),
         methods: &[
             ::meshrpc::MethodSpec {
                 name: "greet",
@@ -54,6 +55,15 @@ impl GreeterClient {
     pub fn without_stream_deadline(&self) -> Self {
         Self {
             channel: self.channel.without_stream_deadline(),
+        }
+    }
+    /// The same client with every call pinned to replicas running `version`.
+    pub fn with_version(
+        &self,
+        version: impl ::core::convert::Into<::std::sync::Arc<str>>,
+    ) -> Self {
+        Self {
+            channel: self.channel.with_version(version),
         }
     }
     /// The same client pinned to a sticky-session key.

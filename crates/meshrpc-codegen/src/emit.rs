@@ -48,6 +48,7 @@ pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
 
 pub(crate) fn server(def: &ServiceDef) -> TokenStream {
     let (vis, trait_ident, server, client) = (&def.vis, def.trait_ident(), def.server_ident(), def.client_ident());
+    let as_dyn = syn::Ident::new(&format!("__Meshrpc{trait_ident}AsDyn"), proc_macro2::Span::call_site());
     let doc = format!(" Serves [`{trait_ident}`] on a meshrpc node: `server.publish({server}::new(my_impl))`.");
     let arms = def.methods.iter().map(|m| {
         let (ident, name) = (&m.ident, &m.name);
@@ -106,9 +107,32 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
             }
         }
 
-        impl<__MeshrpcImpl: #trait_ident + ?::core::marker::Sized> ::meshrpc::Service for #server<__MeshrpcImpl> {
+        #[doc(hidden)]
+        /// Turns a shared implementation into the trait object in-process callers use.
+        #vis trait #as_dyn {
+            fn __meshrpc_as_dyn(self: ::std::sync::Arc<Self>) -> ::std::sync::Arc<dyn #trait_ident>;
+        }
+
+        impl<__MeshrpcImpl: #trait_ident> #as_dyn for __MeshrpcImpl {
+            fn __meshrpc_as_dyn(self: ::std::sync::Arc<Self>) -> ::std::sync::Arc<dyn #trait_ident> {
+                self
+            }
+        }
+
+        impl #as_dyn for dyn #trait_ident {
+            fn __meshrpc_as_dyn(self: ::std::sync::Arc<Self>) -> ::std::sync::Arc<dyn #trait_ident> {
+                self
+            }
+        }
+
+        impl<__MeshrpcImpl: #trait_ident + #as_dyn + ?::core::marker::Sized> ::meshrpc::Service for #server<__MeshrpcImpl> {
             fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
                 #client::SPEC
+            }
+
+            fn local(&self) -> ::core::option::Option<::std::sync::Arc<dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync>> {
+                let __meshrpc_local: ::std::sync::Arc<dyn #trait_ident> = #as_dyn::__meshrpc_as_dyn(::std::sync::Arc::clone(&self.inner));
+                ::core::option::Option::Some(::std::sync::Arc::new(__meshrpc_local))
             }
 
             fn call(
@@ -132,6 +156,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
     let (vis, trait_ident, client) = (&def.vis, def.trait_ident(), def.client_ident());
     let service_name = &def.name;
     let trait_name = trait_ident.to_string();
+    let client_name = client.to_string();
     let doc =
         format!(" Calls a remote [`{trait_ident}`]; implements `{trait_ident}` itself, so it replaces a local value.");
     let method_specs = def.methods.iter().map(|m| {
@@ -166,6 +191,17 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             }
             None => quote! { ::core::option::Option::None },
         };
+        let ident = &m.ident;
+        let all: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let local_call = quote! { <dyn #trait_ident as #trait_ident>::#ident(&**__meshrpc_local, #( #all ),*) };
+        let colocated = match &m.output {
+            Some(_) => quote_spanned! {m.returns.span()=>
+                ::meshrpc::__private::colocated_stream(&self.channel, #service_name, #name, #local_call).await
+            },
+            None => quote_spanned! {m.returns.span()=>
+                ::meshrpc::__private::colocated(&self.channel, #service_name, #name, #local_call).await
+            },
+        };
         let call = match (&m.output, m.input) {
             (None, None) => quote_spanned! {m.returns.span()=>
                 self.channel.call(#service_name, #name, &__meshrpc_args).await
@@ -179,6 +215,12 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
         };
         quote! {
             #sig {
+                // The same process serves it: call the implementation, no encoding.
+                if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
+                    if self.channel.colocated_now(#service_name) {
+                        return #colocated;
+                    }
+                }
                 #[derive(::meshrpc::__private::serde::Serialize)]
                 #[serde(crate = "::meshrpc::__private::serde")]
                 struct __Args #lifetime { #( #names: &'__a #types, )* }
@@ -189,9 +231,17 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
     });
     quote! {
         #[doc = #doc]
-        #[derive(Clone, Debug)]
+        #[derive(Clone)]
         #vis struct #client {
             channel: ::meshrpc::Channel,
+            /// The implementation, when this process serves the service itself.
+            local: ::core::option::Option<::std::sync::Arc<dyn #trait_ident>>,
+        }
+
+        impl ::core::fmt::Debug for #client {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(#client_name).field("channel", &self.channel).field("colocated", &self.local.is_some()).finish()
+            }
         }
 
         impl #client {
@@ -204,34 +254,40 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             };
 
             /// A client over a channel: a connection, a cluster channel, or a local server.
+            /// When the channel's node serves the service itself, calls go straight to its
+            /// implementation (see `meshrpc::Colocated`).
             pub fn new(channel: impl ::core::convert::Into<::meshrpc::Channel>) -> Self {
-                Self { channel: channel.into() }
+                let channel: ::meshrpc::Channel = channel.into();
+                let local = channel
+                    .colocated(Self::SPEC)
+                    .and_then(|__meshrpc_any| __meshrpc_any.downcast_ref::<::std::sync::Arc<dyn #trait_ident>>().cloned());
+                Self { channel, local }
             }
 
             /// The same client with another per-call timeout.
             pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
-                Self { channel: self.channel.with_timeout(timeout) }
+                Self { channel: self.channel.with_timeout(timeout), local: self.local.clone() }
             }
 
             /// The same client with another codec (JSON is the default).
             pub fn with_codec(&self, codec: ::meshrpc::Codec) -> Self {
-                Self { channel: self.channel.with_codec(codec) }
+                Self { channel: self.channel.with_codec(codec), local: self.local.clone() }
             }
 
             /// The same client whose streams have no deadline of their own: a stream lasts
             /// until either side ends it (else the timeout covers the whole stream).
             pub fn without_stream_deadline(&self) -> Self {
-                Self { channel: self.channel.without_stream_deadline() }
+                Self { channel: self.channel.without_stream_deadline(), local: self.local.clone() }
             }
 
             /// The same client with every call pinned to replicas running `version`.
             pub fn with_version(&self, version: impl ::core::convert::Into<::std::sync::Arc<str>>) -> Self {
-                Self { channel: self.channel.with_version(version) }
+                Self { channel: self.channel.with_version(version), local: self.local.clone() }
             }
 
             /// The same client pinned to a sticky-session key.
             pub fn with_key(&self, key: impl ::core::convert::Into<::std::sync::Arc<str>>) -> Self {
-                Self { channel: self.channel.with_key(key) }
+                Self { channel: self.channel.with_key(key), local: self.local.clone() }
             }
 
             /// The channel underneath.

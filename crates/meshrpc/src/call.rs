@@ -2,7 +2,7 @@
 //! every layer (a wire connection, a local registry, a balanced cluster channel)
 //! knows how to answer.
 
-use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
+use std::{any::Any, borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 
@@ -10,6 +10,7 @@ use crate::{
     codec::Codec,
     error::Error,
     identity::Identity,
+    spec::ServiceSpec,
     stream::{Input, Items},
 };
 
@@ -159,10 +160,30 @@ impl PartialEq for Reply {
 pub trait Dispatch: Send + Sync + 'static {
     /// Answers one call.
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>>;
+
+    /// The in-process implementation of `spec`'s service (an `Arc<dyn Trait>` inside the
+    /// `Any`), when calls through this target may go straight to it: the colocated fast
+    /// path, no encoding and no socket. `None` by default.
+    fn colocated(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn Any + Send + Sync>> {
+        let _ = spec;
+        None
+    }
+
+    /// Whether a call of `service` takes the colocated path now.
+    fn colocated_now(&self, service: &str) -> bool {
+        let _ = service;
+        false
+    }
 }
 
 impl<D: Dispatch + ?Sized> Dispatch for Arc<D> {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         (**self).dispatch(call)
+    }
+    fn colocated(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn Any + Send + Sync>> {
+        (**self).colocated(spec)
+    }
+    fn colocated_now(&self, service: &str) -> bool {
+        (**self).colocated_now(service)
     }
 }

@@ -49,6 +49,19 @@ impl CallContext {
     }
 }
 
+/// Runs `fut` until `deadline`: `Err(())` if it passes first. A future ready when first
+/// polled (most handlers) costs no timer; only one that waits sets one.
+pub(crate) async fn until_deadline<F: std::future::Future>(fut: F, deadline: Option<Instant>) -> Result<F::Output, ()> {
+    use std::task::Poll;
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    match (first, deadline) {
+        (Poll::Ready(out), _) => Ok(out),
+        (Poll::Pending, Some(d)) => tokio::time::timeout_at(d.into(), fut).await.map_err(|_| ()),
+        (Poll::Pending, None) => Ok(fut.await),
+    }
+}
+
 /// A fresh trace id for a call that starts a new trace.
 pub(crate) fn new_trace_id() -> u64 {
     use std::{

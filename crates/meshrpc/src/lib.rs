@@ -104,9 +104,9 @@ pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
-    wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, GossipConfig,
-    HttpReplica, LeastLoaded, Member, MemberState, Policy, RoundRobin, ServiceStatus, Split, Sticky, View,
-    DEFAULT_PORT, KEEPALIVE,
+    wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, Colocated,
+    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, Policy, RoundRobin, ServiceStatus, Split, Sticky,
+    View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
@@ -225,6 +225,59 @@ pub mod __private {
         T: serde::Serialize + serde::de::DeserializeOwned,
         E: From<Error> + serde::Serialize + serde::de::DeserializeOwned,
     >() {
+    }
+
+    /// Runs a call on the service's in-process implementation (the colocated fast path):
+    /// in the context a remote call would have (deadline, trace), cut at its deadline,
+    /// and logged as a call from `local`.
+    pub async fn colocated<T, E: From<Error>>(
+        channel: &crate::Channel,
+        service: &str,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let ctx = channel.call_context(false);
+        run_colocated(ctx, service, method, call).await
+    }
+
+    /// As [`colocated`], for a method answering with a stream: the deadline covers the
+    /// whole stream, unless the channel says `without_stream_deadline`.
+    pub async fn colocated_stream<T, TE, E>(
+        channel: &crate::Channel,
+        service: &str,
+        method: &str,
+        call: impl std::future::Future<Output = Result<crate::Stream<T, TE>, E>>,
+    ) -> Result<crate::Stream<T, TE>, E>
+    where
+        T: Send + 'static,
+        TE: From<Error> + Send + 'static,
+        E: From<Error>,
+    {
+        let ctx = channel.call_context(true);
+        let stream = run_colocated(ctx, service, method, call).await?;
+        Ok(match ctx.deadline {
+            Some(deadline) => stream.until(deadline),
+            None => stream,
+        })
+    }
+
+    async fn run_colocated<T, E: From<Error>>(
+        ctx: crate::CallContext,
+        service: &str,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let log = crate::request_log::RequestLog::begin(None, service, method, "local", std::time::Instant::now());
+        match crate::context::until_deadline(ctx.scope(call), ctx.deadline).await {
+            Ok(result) => {
+                log.end_with(if result.is_ok() { "ok" } else { "application" });
+                result
+            }
+            Err(()) => {
+                log.end_with("timeout");
+                Err(E::from(Error::Timeout))
+            }
+        }
     }
 
     /// The answer to a method the service does not have.

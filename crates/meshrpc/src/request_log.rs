@@ -137,7 +137,8 @@ impl RequestLog {
         self.end_with(status);
     }
 
-    fn end_with(self, status: &str) {
+    /// Logs the call with `status` (`ok`, `application`, `timeout`…).
+    pub(crate) fn end_with(self, status: &str) {
         let micros = self.start.elapsed().as_micros() as u64;
         if let Some(stats) = &self.stats {
             stats.record(micros, status != "ok");

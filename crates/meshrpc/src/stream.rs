@@ -82,6 +82,39 @@ impl<T: Send + 'static, E: Send + 'static> Stream<T, E> {
     }
 }
 
+impl<T: Send + 'static, E: From<Error> + Send + 'static> Stream<T, E> {
+    /// The same stream, ended with `timeout` if it runs past `deadline`.
+    pub(crate) fn until(self, deadline: Instant) -> Stream<T, E> {
+        let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+        Stream::new(TypedUntil { stream: self, sleep, done: false })
+    }
+}
+
+struct TypedUntil<T, E> {
+    stream: Stream<T, E>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl<T, E: From<Error>> FuturesStream for TypedUntil<T, E> {
+    type Item = Result<T, E>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(next) = Pin::new(&mut self.stream).poll_next(cx) {
+            return Poll::Ready(next);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.done = true;
+                Poll::Ready(Some(Err(E::from(Error::Timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<T, E> Stream<T, E> {
     /// The next item; `None` once the stream ended (cleanly or after an error).
     pub async fn next(&mut self) -> Option<Result<T, E>> {

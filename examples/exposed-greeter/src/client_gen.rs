@@ -3,9 +3,19 @@
 // `include!("...");` and mark the trait `#[meshrpc::service(expose)]`.
 
 /// Calls a remote [`Greeter`]; implements `Greeter` itself, so it replaces a local value.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GreeterClient {
     channel: ::meshrpc::Channel,
+    /// The implementation, when this process serves the service itself.
+    local: ::core::option::Option<::std::sync::Arc<dyn Greeter>>,
+}
+impl ::core::fmt::Debug for GreeterClient {
+    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+        f.debug_struct("GreeterClient")
+            .field("channel", &self.channel)
+            .field("colocated", &self.local.is_some())
+            .finish()
+    }
 }
 impl GreeterClient {
     /// What the service offers: its name, methods and argument names.
@@ -35,19 +45,29 @@ impl GreeterClient {
         ],
     };
     /// A client over a channel: a connection, a cluster channel, or a local server.
+    /// When the channel's node serves the service itself, calls go straight to its
+    /// implementation (see `meshrpc::Colocated`).
     pub fn new(channel: impl ::core::convert::Into<::meshrpc::Channel>) -> Self {
-        Self { channel: channel.into() }
+        let channel: ::meshrpc::Channel = channel.into();
+        let local = channel
+            .colocated(Self::SPEC)
+            .and_then(|__meshrpc_any| {
+                __meshrpc_any.downcast_ref::<::std::sync::Arc<dyn Greeter>>().cloned()
+            });
+        Self { channel, local }
     }
     /// The same client with another per-call timeout.
     pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
         Self {
             channel: self.channel.with_timeout(timeout),
+            local: self.local.clone(),
         }
     }
     /// The same client with another codec (JSON is the default).
     pub fn with_codec(&self, codec: ::meshrpc::Codec) -> Self {
         Self {
             channel: self.channel.with_codec(codec),
+            local: self.local.clone(),
         }
     }
     /// The same client whose streams have no deadline of their own: a stream lasts
@@ -55,6 +75,7 @@ impl GreeterClient {
     pub fn without_stream_deadline(&self) -> Self {
         Self {
             channel: self.channel.without_stream_deadline(),
+            local: self.local.clone(),
         }
     }
     /// The same client with every call pinned to replicas running `version`.
@@ -64,6 +85,7 @@ impl GreeterClient {
     ) -> Self {
         Self {
             channel: self.channel.with_version(version),
+            local: self.local.clone(),
         }
     }
     /// The same client pinned to a sticky-session key.
@@ -73,6 +95,7 @@ impl GreeterClient {
     ) -> Self {
         Self {
             channel: self.channel.with_key(key),
+            local: self.local.clone(),
         }
     }
     /// The channel underneath.
@@ -83,6 +106,17 @@ impl GreeterClient {
 #[::meshrpc::__private::async_trait]
 impl Greeter for GreeterClient {
     async fn greet(&self, name: String) -> Result<String, GreetError> {
+        if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
+            if self.channel.colocated_now("greeter") {
+                return ::meshrpc::__private::colocated(
+                        &self.channel,
+                        "greeter",
+                        "greet",
+                        <dyn Greeter as Greeter>::greet(&**__meshrpc_local, name),
+                    )
+                    .await;
+            }
+        }
         #[derive(::meshrpc::__private::serde::Serialize)]
         #[serde(crate = "::meshrpc::__private::serde")]
         struct __Args<'__a> {
@@ -92,6 +126,17 @@ impl Greeter for GreeterClient {
         self.channel.call("greeter", "greet", &__meshrpc_args).await
     }
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError> {
+        if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
+            if self.channel.colocated_now("greeter") {
+                return ::meshrpc::__private::colocated(
+                        &self.channel,
+                        "greeter",
+                        "send_postcard",
+                        <dyn Greeter as Greeter>::send_postcard(&**__meshrpc_local, card),
+                    )
+                    .await;
+            }
+        }
         #[derive(::meshrpc::__private::serde::Serialize)]
         #[serde(crate = "::meshrpc::__private::serde")]
         struct __Args<'__a> {
@@ -104,6 +149,17 @@ impl Greeter for GreeterClient {
         &self,
         from: u32,
     ) -> Result<meshrpc::Stream<String, GreetError>, GreetError> {
+        if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
+            if self.channel.colocated_now("greeter") {
+                return ::meshrpc::__private::colocated_stream(
+                        &self.channel,
+                        "greeter",
+                        "countdown",
+                        <dyn Greeter as Greeter>::countdown(&**__meshrpc_local, from),
+                    )
+                    .await;
+            }
+        }
         #[derive(::meshrpc::__private::serde::Serialize)]
         #[serde(crate = "::meshrpc::__private::serde")]
         struct __Args<'__a> {

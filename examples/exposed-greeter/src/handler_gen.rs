@@ -20,10 +20,38 @@ impl<__MeshrpcImpl: Greeter + ?::core::marker::Sized> GreeterServer<__MeshrpcImp
         Self { inner: service }
     }
 }
-impl<__MeshrpcImpl: Greeter + ?::core::marker::Sized> ::meshrpc::Service
-for GreeterServer<__MeshrpcImpl> {
+#[doc(hidden)]
+/// Turns a shared implementation into the trait object in-process callers use.
+pub trait __MeshrpcGreeterAsDyn {
+    fn __meshrpc_as_dyn(self: ::std::sync::Arc<Self>) -> ::std::sync::Arc<dyn Greeter>;
+}
+impl<__MeshrpcImpl: Greeter> __MeshrpcGreeterAsDyn for __MeshrpcImpl {
+    fn __meshrpc_as_dyn(self: ::std::sync::Arc<Self>) -> ::std::sync::Arc<dyn Greeter> {
+        self
+    }
+}
+impl __MeshrpcGreeterAsDyn for dyn Greeter {
+    fn __meshrpc_as_dyn(self: ::std::sync::Arc<Self>) -> ::std::sync::Arc<dyn Greeter> {
+        self
+    }
+}
+impl<
+    __MeshrpcImpl: Greeter + __MeshrpcGreeterAsDyn + ?::core::marker::Sized,
+> ::meshrpc::Service for GreeterServer<__MeshrpcImpl> {
     fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
         GreeterClient::SPEC
+    }
+    fn local(
+        &self,
+    ) -> ::core::option::Option<
+        ::std::sync::Arc<
+            dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync,
+        >,
+    > {
+        let __meshrpc_local: ::std::sync::Arc<dyn Greeter> = __MeshrpcGreeterAsDyn::__meshrpc_as_dyn(
+            ::std::sync::Arc::clone(&self.inner),
+        );
+        ::core::option::Option::Some(::std::sync::Arc::new(__meshrpc_local))
     }
     fn call(
         &self,

@@ -138,6 +138,32 @@ impl Channel {
         self.target.dispatch(self.new_call(service.into(), method.into(), payload, input, streaming)).await
     }
 
+    /// The context a call through this channel runs in: the sooner of its timeout and the
+    /// deadline of the call being served, and that call's trace (or a new one).
+    pub fn call_context(&self, streaming: bool) -> CallContext {
+        let ctx = CallContext::current();
+        let own = (!(streaming && self.options.unbounded_streams))
+            .then(|| Instant::now() + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT));
+        let deadline = match (ctx.and_then(|c| c.deadline), own) {
+            (Some(inherited), Some(own)) => Some(inherited.min(own)),
+            (inherited, own) => inherited.or(own),
+        };
+        CallContext { deadline, trace_id: ctx.map_or_else(new_trace_id, |c| c.trace_id) }
+    }
+
+    /// The in-process implementation of `spec`'s service, if calls through this channel
+    /// may go straight to it (see [`Dispatch::colocated`]). A channel with layers never
+    /// does: its layers must see every call.
+    pub fn colocated(&self, spec: &'static crate::spec::ServiceSpec) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.target.colocated(spec)
+    }
+
+    /// Whether a call of `service` through this channel takes the colocated path now
+    /// (never for a call pinned to a version).
+    pub fn colocated_now(&self, service: &str) -> bool {
+        self.options.version.is_none() && self.target.colocated_now(service)
+    }
+
     fn new_call(
         &self,
         service: Cow<'static, str>,
@@ -146,19 +172,13 @@ impl Channel {
         input: Option<Items>,
         streaming: bool,
     ) -> Call {
-        let ctx = CallContext::current();
-        let own = (!(streaming && self.options.unbounded_streams))
-            .then(|| Instant::now() + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT));
-        let deadline = match (ctx.and_then(|c| c.deadline), own) {
-            (Some(inherited), Some(own)) => Some(inherited.min(own)),
-            (inherited, own) => inherited.or(own),
-        };
+        let ctx = self.call_context(streaming);
         Call {
             service,
             method,
             codec: self.options.codec,
-            deadline,
-            trace_id: ctx.map_or_else(new_trace_id, |c| c.trace_id),
+            deadline: ctx.deadline,
+            trace_id: ctx.trace_id,
             key: self.options.key.clone(),
             version: self.options.version.clone(),
             metadata: Default::default(),
@@ -242,6 +262,12 @@ fn answer_error(e: Error) -> Error {
 impl Dispatch for Channel {
     fn dispatch(&self, call: Call) -> crate::call::BoxFuture<Result<Reply, Error>> {
         self.target.dispatch(call)
+    }
+    fn colocated(&self, spec: &'static crate::spec::ServiceSpec) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.target.colocated(spec)
+    }
+    fn colocated_now(&self, service: &str) -> bool {
+        self.target.colocated_now(service)
     }
 }
 

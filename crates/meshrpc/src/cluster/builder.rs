@@ -32,6 +32,7 @@ pub struct ClusterBuilder {
     pub(super) layers: Vec<DynLayer>,
     pub(super) admin: Option<String>,
     pub(super) service_version: Option<String>,
+    pub(super) colocated: super::Colocated,
     #[cfg(feature = "tls")]
     pub(super) credentials: super::security::Credentials,
 }
@@ -145,6 +146,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Whether this node's calls to services it publishes itself run in process
+    /// ([`Colocated::Prefer`](super::Colocated), the default), share with remote replicas,
+    /// or always go through encoding.
+    pub fn colocated(mut self, policy: super::Colocated) -> Self {
+        self.colocated = policy;
+        self
+    }
+
     /// The version this node advertises for every service it publishes (split rules and
     /// pinned calls route by it). Default: `MESHRPC_SERVICE_VERSION`, else each service's
     /// own (the version of the crate that defines its trait).
@@ -241,6 +250,8 @@ impl ClusterBuilder {
                 .service_version
                 .or_else(|| std::env::var("MESHRPC_SERVICE_VERSION").ok().filter(|v| !v.trim().is_empty())),
             traffic: Default::default(),
+            colocated: self.colocated,
+            layered: !self.layers.is_empty(),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         tokio::spawn(super::traffic::pass_on_splits(Arc::downgrade(&inner)));

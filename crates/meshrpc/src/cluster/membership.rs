@@ -344,6 +344,8 @@ pub(crate) struct Membership {
     view: watch::Receiver<Arc<View>>,
     /// This node's own state, as last advertised.
     state: std::sync::Mutex<MemberState>,
+    /// The same, read on every colocated call without a lock: serving now.
+    serving: std::sync::atomic::AtomicBool,
 }
 
 /// chitchat as meshrpc runs it: the cluster id, gossip interval, failure detection.
@@ -446,7 +448,12 @@ impl Membership {
                 }
             }
         });
-        Ok(Membership { handle, view, state: std::sync::Mutex::new(MemberState::Starting) })
+        Ok(Membership {
+            handle,
+            view,
+            state: std::sync::Mutex::new(MemberState::Starting),
+            serving: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The latest view.
@@ -475,6 +482,11 @@ impl Membership {
         self.set(format!("{PREFIX_HTTP}{name}"), String::new()).await;
     }
 
+    /// True while this node takes calls (read without a lock).
+    pub(crate) fn serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// This node's state, as last advertised.
     pub(crate) fn state(&self) -> MemberState {
         *self.state.lock().unwrap()
@@ -483,6 +495,7 @@ impl Membership {
     /// Advertises the node's state.
     pub(crate) async fn set_state(&self, state: MemberState) {
         *self.state.lock().unwrap() = state;
+        self.serving.store(state == MemberState::Serving, std::sync::atomic::Ordering::Release);
         let v = match state {
             MemberState::Starting => "starting",
             MemberState::Serving => "serving",

@@ -35,6 +35,7 @@ pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
 #[doc(hidden)]
 pub use thin::simulation as gossip_simulation;
+pub use traffic::Colocated;
 
 use self::{
     membership::Membership,
@@ -84,6 +85,10 @@ struct Inner {
     /// service's own, from its spec).
     service_version: Option<String>,
     traffic: traffic::Traffic,
+    /// Calls to services this node publishes: in process or not.
+    colocated: Colocated,
+    /// The node's server has layers (which must see every call: no colocated path).
+    layered: bool,
 }
 
 /// A service as the cluster sees it.
@@ -116,6 +121,7 @@ impl Cluster {
             layers: Vec::new(),
             admin: None,
             service_version: None,
+            colocated: Colocated::default(),
             #[cfg(feature = "tls")]
             credentials: Default::default(),
         }

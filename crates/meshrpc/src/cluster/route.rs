@@ -11,6 +11,7 @@ use super::{
     balance::{Balance, Candidate},
     failover::{may_retry, Reached},
     peers::Peer,
+    traffic::Colocated,
     Cluster, Inner, Member, MemberState, View,
 };
 use crate::{
@@ -18,6 +19,7 @@ use crate::{
     client::Channel,
     error::Error,
     server::Registry,
+    spec::ServiceSpec,
     transport::Connection,
 };
 
@@ -84,8 +86,14 @@ impl Inner {
             // First of all, the certificate must prove the service (mutual TLS).
             .filter(|(_, p)| p.as_ref().is_none_or(|p| p.may_serve(service) && p.usable()))
             .collect();
-        let candidates: Vec<Candidate<'_>> =
-            replicas.iter().map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(0.0, |p| p.load()) }).collect();
+        // This node's own replica has no connection to measure: it counts as loaded as the
+        // others on average, so the load-aware policies give it its share, not every call.
+        let remote: Vec<f64> = replicas.iter().filter_map(|(_, p)| p.as_ref().map(|p| p.load())).collect();
+        let local_load = if remote.is_empty() { 0.0 } else { remote.iter().sum::<f64>() / remote.len() as f64 };
+        let candidates: Vec<Candidate<'_>> = replicas
+            .iter()
+            .map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(local_load, |p| p.load()) })
+            .collect();
         let i = balancer.pick(&candidates, key)?;
         replicas.into_iter().nth(i)
     }
@@ -177,6 +185,27 @@ pub(super) struct ClusterDispatch {
 impl Dispatch for ClusterDispatch {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         Box::pin(self.inner.clone().call(call, self.fingerprint.clone()))
+    }
+
+    fn colocated(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        // Server layers must see every call to this node: with them, no shortcut.
+        if self.inner.colocated == Colocated::Off || self.inner.layered {
+            return None;
+        }
+        self.inner.registry.local(spec)
+    }
+
+    fn colocated_now(&self, service: &str) -> bool {
+        let inner = &self.inner;
+        if !inner.membership.serving() {
+            return false;
+        }
+        match inner.colocated {
+            Colocated::Off => false,
+            Colocated::Prefer => !inner.traffic.split(service),
+            // The picker decides for every call, and gives this node its share.
+            Colocated::Share => false,
+        }
     }
 }
 

@@ -66,20 +66,55 @@ impl Inner {
     }
 }
 
-/// Randomness for weighted choices.
+/// Whether a node's calls to services it publishes itself go straight to their
+/// implementation, in process: no encoding, no socket (the colocated fast path). Its
+/// deadline, cancellation and request log still apply; server layers and the access
+/// policy do not (the caller is the node itself), and neither does the wire's check that
+/// values encode (a NaN crosses where JSON would refuse it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Colocated {
+    /// In process whenever this node serves the service, unless a split rule or a pinned
+    /// version routes the call (then the picker decides, as for any call).
+    #[default]
+    Prefer,
+    /// This node is one replica among the others: the picker decides every call
+    /// (counting this node as loaded as the others on average), and a call it gives this
+    /// node skips the socket but is encoded (it goes through the node's own dispatch,
+    /// layers included).
+    Share,
+    /// Never: calls to this node go through encoding like calls to any other.
+    Off,
+}
+
+/// What traffic management keeps per node: randomness for weighted choices, and which
+/// services have a split rule (read on every colocated call).
 #[derive(Debug)]
 pub(super) struct Traffic {
     rng: AtomicU64,
+    any_split: std::sync::atomic::AtomicBool,
+    split_services: std::sync::RwLock<Vec<String>>,
 }
 
 impl Default for Traffic {
     fn default() -> Self {
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        Traffic { rng: AtomicU64::new(seed) }
+        Traffic { rng: AtomicU64::new(seed), any_split: Default::default(), split_services: Default::default() }
     }
 }
 
 impl Traffic {
+    /// True if `service` has a split rule in force.
+    pub(super) fn split(&self, service: &str) -> bool {
+        self.any_split.load(Ordering::Acquire) && self.split_services.read().unwrap().iter().any(|s| s == service)
+    }
+
+    fn note_splits(&self, view: &View) {
+        let services: Vec<String> =
+            view.split_services().into_iter().filter(|s| view.split(s).is_some()).map(str::to_owned).collect();
+        self.any_split.store(!services.is_empty(), Ordering::Release);
+        *self.split_services.write().unwrap() = services;
+    }
+
     fn random(&self) -> u64 {
         // splitmix64 over an atomic counter, as the balancer's.
         let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
@@ -146,6 +181,7 @@ pub(super) async fn pass_on_splits(inner: Weak<Inner>) {
     loop {
         let view: Arc<View> = watch.borrow_and_update().clone();
         let Some(node) = inner.upgrade() else { return };
+        node.traffic.note_splits(&view);
         let own = view.members.iter().find(|m| m.is_self);
         for service in view.split_services() {
             let Some(newest) = view.newest_split(service) else { continue };

@@ -2,6 +2,7 @@
 //! whatever door it came in by (mesh frame, HTTP, in-process channel).
 
 use std::{
+    any::Any,
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
@@ -29,6 +30,12 @@ pub trait Service: Send + Sync + 'static {
     /// runs the method and encodes its result.
     fn call(&self, method: &str, codec: Codec, payload: Bytes, input: Option<Items>)
         -> BoxFuture<Result<Reply, Error>>;
+
+    /// The implementation as an `Arc<dyn Trait>` inside the `Any`, for callers in this
+    /// process (the colocated fast path). `None`: calls always go through `call`.
+    fn local(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
+    }
 }
 
 /// The services and HTTP routers published on one node.
@@ -36,6 +43,8 @@ pub trait Service: Send + Sync + 'static {
 pub struct Registry {
     /// A node publishes a handful of services: a scan beats hashing the name per call.
     services: RwLock<Vec<Arc<dyn Service>>>,
+    /// Their implementations for in-process callers, taken once at publish.
+    locals: RwLock<Vec<(&'static ServiceSpec, Arc<dyn Any + Send + Sync>)>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -46,9 +55,23 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub(crate) fn publish(&self, service: Arc<dyn Service>) {
+        let spec = service.spec();
+        let mut locals = self.locals.write().unwrap();
+        locals.retain(|(s, _)| s.name != spec.name);
+        if let Some(local) = service.local() {
+            locals.push((spec, local));
+        }
         let mut services = self.services.write().unwrap();
-        services.retain(|s| s.spec().name != service.spec().name);
+        services.retain(|s| s.spec().name != spec.name);
         services.push(service);
+    }
+
+    /// The in-process implementation of `spec`'s service, if one built from the same
+    /// method set is published here.
+    pub fn local(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn Any + Send + Sync>> {
+        let locals = self.locals.read().unwrap();
+        let (published, local) = locals.iter().find(|(s, _)| s.name == spec.name)?;
+        (std::ptr::eq(*published, spec) || published.fingerprint() == spec.fingerprint()).then(|| local.clone())
     }
 
     /// Specs of every published service.
@@ -69,6 +92,14 @@ impl Registry {
 }
 
 impl Dispatch for Registry {
+    fn colocated(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.local(spec)
+    }
+
+    fn colocated_now(&self, _service: &str) -> bool {
+        true
+    }
+
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
             let err = Error::UnknownService { service: call.service.into_owned() };
@@ -85,18 +116,8 @@ impl Dispatch for Registry {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
             let guarded = CatchUnwind { inner: ctx.scope(handler) };
-            let mut guarded = std::pin::pin!(guarded);
-            // A handler that answers on its first poll needs no timer (most do); one that
-            // waits is dropped when the deadline passes. An already-expired deadline stops
-            // the handler at its first await.
-            let first = std::future::poll_fn(|cx| Poll::Ready(guarded.as_mut().poll(cx))).await;
-            let outcome = match (first, call.deadline) {
-                (Poll::Ready(outcome), _) => outcome,
-                (Poll::Pending, Some(d)) => {
-                    tokio::time::timeout_at(d.into(), guarded).await.map_err(|_| Error::Timeout)?
-                }
-                (Poll::Pending, None) => guarded.await,
-            };
+            // An already-expired deadline stops the handler at its first await.
+            let outcome = crate::context::until_deadline(guarded, call.deadline).await.map_err(|()| Error::Timeout)?;
             match outcome {
                 // The deadline covers the whole stream.
                 Ok(Ok(Reply::Stream(items))) => Ok(Reply::Stream(match call.deadline {

@@ -1,0 +1,258 @@
+//! Issue 18: versions, weighted splits set at runtime, pinned calls (and the gateway's
+//! `meshrpc-version` header), and the colocated fast path.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use meshrpc::{Cluster, Colocated, Error};
+use meshrpc_tests::{
+    harness::{eventually, http, terminate, tool, Node},
+    lab::{Lab, LabClient, LabError, LabNode, LabServer},
+};
+
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
+
+async fn lab(tag: &str, name: &str, version: &str, seed: Option<&str>) -> Node {
+    let mut args = vec!["--tag", tag, "--name", name, "--service-version", version];
+    if let Some(seed) = seed {
+        args.extend(["--nodes", seed]);
+    }
+    Node::start(LABNODE, &args).await
+}
+
+/// A client-only node of the test, seeing `replicas` replicas of `lab`.
+async fn client(tag: &str, seed: &str, replicas: usize) -> Cluster {
+    let cluster = Cluster::builder("traffic-test").tag(tag).seeds([seed]).start().await.unwrap();
+    let seen = eventually(Duration::from_secs(15), || async {
+        (cluster.view().replicas("lab", None).count() == replicas).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "never saw {replicas} lab replicas");
+    cluster
+}
+
+async fn shares(lab: &LabClient, calls: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..calls {
+        *seen.entry(lab.whoami().await.expect("whoami")).or_insert(0) += 1;
+    }
+    seen
+}
+
+async fn meshrpc(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(MESHRPC).args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_set_at_runtime_shifts_calls_between_versions_without_failing_any() {
+    let tag = "traffic-split";
+    let v1 = lab(tag, "v1", "v1", None).await;
+    let seed = v1.addr.to_string();
+    let mut v2 = lab(tag, "v2", "v2", Some(&seed)).await;
+    let cluster = client(tag, &seed, 2).await;
+    let lab = LabClient::new(cluster.client(LabClient::SPEC));
+    let join = ["--nodes", seed.as_str(), "--tag", tag];
+
+    // The CLI sets the rule and leaves; the nodes keep it.
+    let mut args = vec!["split", "lab", "v1=90", "v2=10"];
+    args.extend(join);
+    let (ok, out, err) = meshrpc(&args).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("lab: split v1=90 v2=10 (set by meshrpc-cli)"), "{out}");
+    let applied = eventually(Duration::from_secs(5), || async { cluster.view().split("lab").cloned() }).await;
+    assert_eq!(applied.unwrap().weights, [("v1".to_string(), 90), ("v2".to_string(), 10)]);
+
+    // 10,000 calls land within ±1.5 % of the split.
+    let seen = shares(&lab, 10_000).await;
+    let v2_share = seen.get("v2").copied().unwrap_or(0) as f64 / 10_000.0;
+    assert!((v2_share - 0.10).abs() <= 0.015, "v2 took {:.2} % of the calls: {seen:?}", v2_share * 100.0);
+    eprintln!("v1=90 v2=10: v2 took {:.2} % of 10,000 calls", v2_share * 100.0);
+
+    // A pinned call goes to its version only; a sticky key stays within one version.
+    assert_eq!(shares(&lab.with_version("v2"), 50).await.keys().collect::<Vec<_>>(), ["v2"]);
+    let sticky = shares(&lab.with_key("user-7"), 50).await;
+    assert_eq!(sticky.len(), 1, "{sticky:?}");
+
+    // Under load, the rule changes: calls follow within a few gossip rounds, none fails.
+    let failures = Arc::new(AtomicU64::new(0));
+    let recent = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (lab, failures, recent, stop) = (lab.clone(), failures.clone(), recent.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match lab.whoami().await {
+                    Ok(who) => recent.lock().unwrap().push(who),
+                    Err(e) => {
+                        eprintln!("call failed: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut args = vec!["split", "lab", "v1=0", "v2=100"];
+    args.extend(join);
+    let changed = Instant::now();
+    let (ok, _, err) = meshrpc(&args).await;
+    assert!(ok, "{err}");
+    let shifted = eventually(Duration::from_secs(5), || async {
+        let mut recent = recent.lock().unwrap();
+        let all_v2 = recent.len() >= 20 && recent[recent.len() - 20..].iter().all(|w| w == "v2");
+        recent.clear();
+        all_v2.then_some(())
+    })
+    .await;
+    assert!(shifted.is_some(), "calls never followed v2=100");
+    eprintln!("the new split took effect {:?} after the command started", changed.elapsed());
+
+    // Every v2 replica leaves: its share goes to v1, and no call fails.
+    let mut args = vec!["split", "lab", "v1=50", "v2=50"];
+    args.extend(join);
+    assert!(meshrpc(&args).await.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(terminate(&mut v2.child, Duration::from_secs(10)).await.is_some(), "v2 drains and exits");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    recent.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let after: Vec<String> = recent.lock().unwrap().clone();
+    assert!(!after.is_empty() && after.iter().all(|w| w == "v1"), "after v2 left: {after:?}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed while the split changed and v2 left");
+
+    // status shows the versions and the rule; clearing it works.
+    let mut args = vec!["status"];
+    args.extend(join);
+    let (_, status, _) = meshrpc(&args).await;
+    assert!(status.contains("v1×1") && status.contains("v1=50 v2=50 (set by meshrpc-cli"), "{status}");
+    let mut args = vec!["split", "lab", "--clear"];
+    args.extend(join);
+    let (ok, out, _) = meshrpc(&args).await;
+    assert!(ok && out.contains("split cleared"), "{out}");
+    let cleared =
+        eventually(Duration::from_secs(5), || async { cluster.view().split("lab").is_none().then_some(()) }).await;
+    assert!(cleared.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_pins_a_request_to_a_version_by_header() {
+    if !tool("curl") {
+        return;
+    }
+    let tag = "traffic-pin";
+    let gateway =
+        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
+            .await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let _v1 = lab(tag, "v1", "v1", Some(&mesh)).await;
+    let _v2 = lab(tag, "v2", "v2", Some(&mesh)).await;
+    let url = gateway.url("/lab/whoami");
+    let ready = eventually(Duration::from_secs(15), || async {
+        (http("GET", &gateway.url("/healthz"), "", &[]).await.json()["members"] == 3).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+    for version in ["v1", "v2"] {
+        for _ in 0..10 {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-X", "POST", "-H", &format!("meshrpc-version: {version}"), &url])
+                .output()
+                .await
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!(r#"{{"data":"{version}","errors":[]}}"#));
+        }
+    }
+    let nowhere = http("POST", &url, "", &[("meshrpc-version", "v3")]).await;
+    assert_eq!(nowhere.status, 503, "{}", nowhere.body);
+    assert!(nowhere.body.contains("no replica of `lab` runs version `v3`"), "{}", nowhere.body);
+}
+
+/// A node that publishes a service and calls it: the call goes straight to the
+/// implementation (no encoding, no socket), with its deadline and cancellation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_colocated_call_skips_the_wire_but_keeps_deadline_and_cancellation() {
+    let start = |policy: Colocated| async move {
+        let cluster = Cluster::builder("colocated")
+            .tag(format!("traffic-colocated-{policy:?}"))
+            .listen("127.0.0.1:0")
+            .colocated(policy)
+            .start()
+            .await
+            .unwrap();
+        cluster.publish(LabServer::new(LabNode::new("local")));
+        let node = cluster.clone();
+        tokio::spawn(async move { node.serve().await });
+        cluster.wait_for(&[LabClient::SPEC], Duration::from_secs(10)).await.unwrap();
+        cluster
+    };
+    let cluster = start(Colocated::Prefer).await;
+    let lab = LabClient::new(cluster.client(LabClient::SPEC));
+    assert!(format!("{lab:?}").contains("colocated: true"), "{lab:?}");
+    assert_eq!(lab.whoami().await, Ok("local".into()));
+    // No encoding: an infinity JSON cannot carry comes back as it is.
+    assert_eq!(lab.ratio(1.0, 0.0).await, Ok(f64::INFINITY));
+    // The deadline applies, as it would remotely; a call past it is dropped.
+    let left = lab.with_timeout(Duration::from_millis(500)).deadline_left().await.unwrap().unwrap();
+    assert!(left <= 500 && left > 100, "{left} ms left");
+    let dropped_before = lab.stats().await.unwrap().dropped;
+    let timed_out = lab.with_timeout(Duration::from_millis(100)).sleep(5_000).await;
+    assert_eq!(timed_out, Err(LabError::Rpc(Error::Timeout)));
+    assert_eq!(lab.stats().await.unwrap().dropped, dropped_before + 1, "the handler was dropped at the deadline");
+    // No connection was made to itself.
+    assert_eq!(cluster.peer_latency(cluster.local_addr().unwrap()), None);
+    // A pinned call takes the picker's way (this node serves it, encoded).
+    assert!(
+        lab.with_version("0.1.0").ratio(1.0, 0.0).await.is_err(),
+        "a pinned call is encoded: JSON refuses infinity"
+    );
+
+    // Off: calls to this node are encoded like any other.
+    let off = start(Colocated::Off).await;
+    let lab = LabClient::new(off.client(LabClient::SPEC));
+    assert!(format!("{lab:?}").contains("colocated: false"), "{lab:?}");
+    let refused = lab.ratio(1.0, 0.0).await;
+    assert!(
+        matches!(&refused, Err(LabError::Rpc(Error::Internal { message })) if message.contains("no JSON form")),
+        "{refused:?}"
+    );
+}
+
+/// `Share`: the local node is one replica among the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_colocated_replica_takes_its_share() {
+    let tag = "traffic-share";
+    let remote = lab(tag, "remote", "0.1.0", None).await;
+    let cluster = Cluster::builder("local")
+        .tag(tag)
+        .seeds([remote.addr.to_string()])
+        .listen("127.0.0.1:0")
+        .colocated(Colocated::Share)
+        .start()
+        .await
+        .unwrap();
+    cluster.publish(LabServer::new(LabNode::new("local")));
+    let node = cluster.clone();
+    tokio::spawn(async move { node.serve().await });
+    let both = eventually(Duration::from_secs(15), || async {
+        (cluster.view().replicas("lab", None).count() == 2).then_some(())
+    })
+    .await;
+    assert!(both.is_some());
+    let lab = LabClient::new(cluster.client(LabClient::SPEC));
+    let seen = shares(&lab, 400).await;
+    assert!(seen.get("local").copied().unwrap_or(0) > 40 && seen.get("remote").copied().unwrap_or(0) > 40, "{seen:?}");
+}

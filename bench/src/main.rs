@@ -2,6 +2,7 @@
 //! server in its own process on 127.0.0.1. Run: `bench/run.sh` (or
 //! `cargo run --release -p meshrpc-bench -- [--quick]`).
 
+mod colocated;
 mod measure;
 mod pki;
 mod scaling;
@@ -56,6 +57,10 @@ fn main() {
         Opts { calls: 20_000, warmup: 2_000, secs: 3.0, in_flight: 64, soak_calls: 1_000_000 }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // `meshrpc-bench colocated`: the colocated fast path alone.
+    if args.get(1).map(String::as_str) == Some("colocated") {
+        return rt.block_on(async { colocated::print(colocated::run(opts.calls * 50).await, f64::NAN) });
+    }
     // `meshrpc-bench streams`: the streaming rows alone.
     if args.get(1).map(String::as_str) == Some("streams") {
         return rt.block_on(async {
@@ -287,12 +292,15 @@ async fn run(opts: Opts) {
     let soak = soak(&opts).await;
     eprintln!("streams");
     let (streams, beside) = streaming::run(&opts).await;
+    eprintln!("colocated");
+    let colocated = colocated::run(opts.calls * 50).await;
 
     print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
     print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
     print_scaling(&scaling, opts.in_flight);
     print_mtls(&rows, &paired, handshakes);
     streaming::print(&streams, beside);
+    colocated::print(colocated, rows.iter().find(|r| r.name == "meshrpc postcard").map_or(f64::NAN, |r| r.p(0)));
 }
 
 /// The mTLS credentials of this run (made once).

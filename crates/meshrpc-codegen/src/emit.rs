@@ -221,11 +221,16 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
                         return #colocated;
                     }
                 }
-                #[derive(::meshrpc::__private::serde::Serialize)]
-                #[serde(crate = "::meshrpc::__private::serde")]
-                struct __Args #lifetime { #( #names: &'__a #types, )* }
-                let __meshrpc_args: #args_ty = __Args { #( #names: &#names, )* };
-                #call
+                // Boxed: the colocated path's future stays small (it holds no room for
+                // the remote call's state).
+                ::std::boxed::Box::pin(async move {
+                    #[derive(::meshrpc::__private::serde::Serialize)]
+                    #[serde(crate = "::meshrpc::__private::serde")]
+                    struct __Args #lifetime { #( #names: &'__a #types, )* }
+                    let __meshrpc_args: #args_ty = __Args { #( #names: &#names, )* };
+                    #call
+                })
+                .await
             }
         }
     });

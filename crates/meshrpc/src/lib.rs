@@ -236,8 +236,8 @@ pub mod __private {
         method: &str,
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let ctx = channel.call_context(false);
-        run_colocated(ctx, service, method, call).await
+        let now = std::time::Instant::now();
+        run_colocated(channel.call_context_at(false, now), now, service, method, call).await
     }
 
     /// As [`colocated`], for a method answering with a stream: the deadline covers the
@@ -253,8 +253,9 @@ pub mod __private {
         TE: From<Error> + Send + 'static,
         E: From<Error>,
     {
-        let ctx = channel.call_context(true);
-        let stream = run_colocated(ctx, service, method, call).await?;
+        let now = std::time::Instant::now();
+        let ctx = channel.call_context_at(true, now);
+        let stream = run_colocated(ctx, now, service, method, call).await?;
         Ok(match ctx.deadline {
             Some(deadline) => stream.until(deadline),
             None => stream,
@@ -263,11 +264,12 @@ pub mod __private {
 
     async fn run_colocated<T, E: From<Error>>(
         ctx: crate::CallContext,
+        now: std::time::Instant,
         service: &str,
         method: &str,
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let log = crate::request_log::RequestLog::begin(None, service, method, "local", std::time::Instant::now());
+        let log = crate::request_log::RequestLog::begin_local(service, method, now);
         match crate::context::until_deadline(ctx.scope(call), ctx.deadline).await {
             Ok(result) => {
                 log.end_with(if result.is_ok() { "ok" } else { "application" });

@@ -121,6 +121,18 @@ impl RequestLog {
         RequestLog { stats, line, start }
     }
 
+    /// Starts the log of a call from this process (the colocated fast path): each thread
+    /// keeps the slot of the method it called last, as a connection does.
+    pub(crate) fn begin_local(service: &str, method: &str, start: Instant) -> RequestLog {
+        thread_local! {
+            static LAST: std::cell::RefCell<LastMethod> = std::cell::RefCell::default();
+        }
+        LAST.with(|last| match last.try_borrow_mut() {
+            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", start),
+            Err(_) => RequestLog::begin(None, service, method, "local", start),
+        })
+    }
+
     /// Logs the call when it ends: with its result, or as `cancelled` if it is dropped
     /// first (the caller cancelled it, or its connection closed).
     pub(crate) fn until_done(self) -> Running {

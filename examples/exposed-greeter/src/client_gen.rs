@@ -117,13 +117,16 @@ impl Greeter for GreeterClient {
                     .await;
             }
         }
-        #[derive(::meshrpc::__private::serde::Serialize)]
-        #[serde(crate = "::meshrpc::__private::serde")]
-        struct __Args<'__a> {
-            name: &'__a String,
-        }
-        let __meshrpc_args: __Args<'_> = __Args { name: &name };
-        self.channel.call("greeter", "greet", &__meshrpc_args).await
+        ::std::boxed::Box::pin(async move {
+                #[derive(::meshrpc::__private::serde::Serialize)]
+                #[serde(crate = "::meshrpc::__private::serde")]
+                struct __Args<'__a> {
+                    name: &'__a String,
+                }
+                let __meshrpc_args: __Args<'_> = __Args { name: &name };
+                self.channel.call("greeter", "greet", &__meshrpc_args).await
+            })
+            .await
     }
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError> {
         if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
@@ -137,13 +140,16 @@ impl Greeter for GreeterClient {
                     .await;
             }
         }
-        #[derive(::meshrpc::__private::serde::Serialize)]
-        #[serde(crate = "::meshrpc::__private::serde")]
-        struct __Args<'__a> {
-            card: &'__a Postcard,
-        }
-        let __meshrpc_args: __Args<'_> = __Args { card: &card };
-        self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
+        ::std::boxed::Box::pin(async move {
+                #[derive(::meshrpc::__private::serde::Serialize)]
+                #[serde(crate = "::meshrpc::__private::serde")]
+                struct __Args<'__a> {
+                    card: &'__a Postcard,
+                }
+                let __meshrpc_args: __Args<'_> = __Args { card: &card };
+                self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
+            })
+            .await
     }
     async fn countdown(
         &self,
@@ -160,14 +166,22 @@ impl Greeter for GreeterClient {
                     .await;
             }
         }
-        #[derive(::meshrpc::__private::serde::Serialize)]
-        #[serde(crate = "::meshrpc::__private::serde")]
-        struct __Args<'__a> {
-            from: &'__a u32,
-        }
-        let __meshrpc_args: __Args<'_> = __Args { from: &from };
-        self.channel
-            .open("greeter", "countdown", &__meshrpc_args, ::core::option::Option::None)
+        ::std::boxed::Box::pin(async move {
+                #[derive(::meshrpc::__private::serde::Serialize)]
+                #[serde(crate = "::meshrpc::__private::serde")]
+                struct __Args<'__a> {
+                    from: &'__a u32,
+                }
+                let __meshrpc_args: __Args<'_> = __Args { from: &from };
+                self.channel
+                    .open(
+                        "greeter",
+                        "countdown",
+                        &__meshrpc_args,
+                        ::core::option::Option::None,
+                    )
+                    .await
+            })
             .await
     }
 }

@@ -141,9 +141,14 @@ impl Channel {
     /// The context a call through this channel runs in: the sooner of its timeout and the
     /// deadline of the call being served, and that call's trace (or a new one).
     pub fn call_context(&self, streaming: bool) -> CallContext {
+        self.call_context_at(streaming, Instant::now())
+    }
+
+    /// [`call_context`](Self::call_context) as of `now`.
+    pub(crate) fn call_context_at(&self, streaming: bool, now: Instant) -> CallContext {
         let ctx = CallContext::current();
         let own = (!(streaming && self.options.unbounded_streams))
-            .then(|| Instant::now() + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT));
+            .then(|| now + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT));
         let deadline = match (ctx.and_then(|c| c.deadline), own) {
             (Some(inherited), Some(own)) => Some(inherited.min(own)),
             (inherited, own) => inherited.or(own),

@@ -221,16 +221,11 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
                         return #colocated;
                     }
                 }
-                // Boxed: the colocated path's future stays small (it holds no room for
-                // the remote call's state).
-                ::std::boxed::Box::pin(async move {
-                    #[derive(::meshrpc::__private::serde::Serialize)]
-                    #[serde(crate = "::meshrpc::__private::serde")]
-                    struct __Args #lifetime { #( #names: &'__a #types, )* }
-                    let __meshrpc_args: #args_ty = __Args { #( #names: &#names, )* };
-                    #call
-                })
-                .await
+                #[derive(::meshrpc::__private::serde::Serialize)]
+                #[serde(crate = "::meshrpc::__private::serde")]
+                struct __Args #lifetime { #( #names: &'__a #types, )* }
+                let __meshrpc_args: #args_ty = __Args { #( #names: &#names, )* };
+                #call
             }
         }
     });

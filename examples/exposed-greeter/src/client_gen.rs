@@ -117,16 +117,13 @@ impl Greeter for GreeterClient {
                     .await;
             }
         }
-        ::std::boxed::Box::pin(async move {
-                #[derive(::meshrpc::__private::serde::Serialize)]
-                #[serde(crate = "::meshrpc::__private::serde")]
-                struct __Args<'__a> {
-                    name: &'__a String,
-                }
-                let __meshrpc_args: __Args<'_> = __Args { name: &name };
-                self.channel.call("greeter", "greet", &__meshrpc_args).await
-            })
-            .await
+        #[derive(::meshrpc::__private::serde::Serialize)]
+        #[serde(crate = "::meshrpc::__private::serde")]
+        struct __Args<'__a> {
+            name: &'__a String,
+        }
+        let __meshrpc_args: __Args<'_> = __Args { name: &name };
+        self.channel.call("greeter", "greet", &__meshrpc_args).await
     }
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError> {
         if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
@@ -140,16 +137,13 @@ impl Greeter for GreeterClient {
                     .await;
             }
         }
-        ::std::boxed::Box::pin(async move {
-                #[derive(::meshrpc::__private::serde::Serialize)]
-                #[serde(crate = "::meshrpc::__private::serde")]
-                struct __Args<'__a> {
-                    card: &'__a Postcard,
-                }
-                let __meshrpc_args: __Args<'_> = __Args { card: &card };
-                self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
-            })
-            .await
+        #[derive(::meshrpc::__private::serde::Serialize)]
+        #[serde(crate = "::meshrpc::__private::serde")]
+        struct __Args<'__a> {
+            card: &'__a Postcard,
+        }
+        let __meshrpc_args: __Args<'_> = __Args { card: &card };
+        self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
     }
     async fn countdown(
         &self,
@@ -166,22 +160,14 @@ impl Greeter for GreeterClient {
                     .await;
             }
         }
-        ::std::boxed::Box::pin(async move {
-                #[derive(::meshrpc::__private::serde::Serialize)]
-                #[serde(crate = "::meshrpc::__private::serde")]
-                struct __Args<'__a> {
-                    from: &'__a u32,
-                }
-                let __meshrpc_args: __Args<'_> = __Args { from: &from };
-                self.channel
-                    .open(
-                        "greeter",
-                        "countdown",
-                        &__meshrpc_args,
-                        ::core::option::Option::None,
-                    )
-                    .await
-            })
+        #[derive(::meshrpc::__private::serde::Serialize)]
+        #[serde(crate = "::meshrpc::__private::serde")]
+        struct __Args<'__a> {
+            from: &'__a u32,
+        }
+        let __meshrpc_args: __Args<'_> = __Args { from: &from };
+        self.channel
+            .open("greeter", "countdown", &__meshrpc_args, ::core::option::Option::None)
             .await
     }
 }

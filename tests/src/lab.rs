@@ -55,22 +55,29 @@ pub trait Lab {
         g: HashMap<String, Nested>,
         h: Shape,
     ) -> Result<(u8, i64, f64, bool, Option<String>, Vec<u32>, HashMap<String, Nested>, Shape), LabError>;
+    #[meshrpc(idempotent)]
     async fn nothing(&self) -> Result<(), LabError>;
+    #[meshrpc(idempotent)]
     async fn echo(&self, nested: Nested) -> Result<Nested, LabError>;
     /// Sleeps, counting starts, finishes and drops.
     async fn sleep(&self, millis: u64) -> Result<u64, LabError>;
+    #[meshrpc(idempotent)]
     async fn stats(&self) -> Result<Stats, LabError>;
     /// Milliseconds left before this call's deadline, as the handler sees it.
+    #[meshrpc(idempotent)]
     async fn deadline_left(&self) -> Result<Option<u64>, LabError>;
     /// Calls `deadline_left` on the node at `addr` from inside this handler.
     async fn relay_deadline(&self, addr: String) -> Result<(Option<u64>, Option<u64>), LabError>;
     async fn refuse(&self, reason: String) -> Result<(), LabError>;
     async fn panic(&self) -> Result<(), LabError>;
     /// The node's name: tells which replica answered.
+    #[meshrpc(idempotent)]
     async fn whoami(&self) -> Result<String, LabError>;
     /// `a / b`: infinite or NaN for some inputs, which JSON cannot carry.
+    #[meshrpc(idempotent)]
     async fn ratio(&self, a: f64, b: f64) -> Result<f64, LabError>;
     /// A string of `len` bytes: an answer as large as asked.
+    #[meshrpc(idempotent)]
     async fn blob(&self, len: u64) -> Result<String, LabError>;
 }
 

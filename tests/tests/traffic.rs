@@ -256,3 +256,55 @@ async fn a_shared_colocated_replica_takes_its_share() {
     let seen = shares(&lab, 400).await;
     assert!(seen.get("local").copied().unwrap_or(0) > 40 && seen.get("remote").copied().unwrap_or(0) > 40, "{seen:?}");
 }
+
+/// Mirroring copies calls of idempotent methods to another version, compares the answers
+/// and drops the copies; other methods are never copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirroring_copies_idempotent_calls_compares_them_and_runs_nothing_else_twice() {
+    let tag = "traffic-mirror";
+    let v1 = lab(tag, "v1", "v1", None).await;
+    let seed = v1.addr.to_string();
+    let _v2 = lab(tag, "v2", "v2", Some(&seed)).await;
+    let cluster = client(tag, &seed, 2).await;
+    let lab = LabClient::new(cluster.client(LabClient::SPEC));
+    let join = ["--nodes", seed.as_str(), "--tag", tag];
+    // Every real call goes to v1; every idempotent one is copied to v2.
+    let mut args = vec!["split", "lab", "v1=100"];
+    args.extend(join);
+    assert!(meshrpc(&args).await.0);
+    let mut args = vec!["mirror", "lab", "--to", "v2", "--percent", "100"];
+    args.extend(join);
+    let (ok, out, err) = meshrpc(&args).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("100 % of the calls of its idempotent methods are mirrored to version `v2`"), "{out}");
+    let ready = eventually(Duration::from_secs(5), || async {
+        let view = cluster.view();
+        (view.mirror("lab").is_some() && view.split("lab").is_some()).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+
+    let before = cluster.mirror_stats();
+    let nested = meshrpc_tests::lab::Nested { label: "same".into(), children: vec![], shape: None };
+    for _ in 0..50 {
+        assert_eq!(lab.echo(nested.clone()).await.unwrap(), nested);
+    }
+    for _ in 0..30 {
+        assert_eq!(lab.whoami().await.unwrap(), "v1", "the real call goes to v1");
+    }
+    for _ in 0..20 {
+        lab.sleep(1).await.unwrap();
+    }
+    let counted = eventually(Duration::from_secs(5), || async {
+        let now = cluster.mirror_stats();
+        (now.same + now.different + now.failed - before.same - before.different - before.failed == 80).then_some(now)
+    })
+    .await
+    .expect("every mirrored call compared");
+    assert_eq!(counted.mirrored - before.mirrored, 80, "echo and whoami are mirrored, sleep is not: {counted:?}");
+    assert_eq!(counted.same - before.same, 50, "echo answers the same on both: {counted:?}");
+    assert_eq!(counted.different - before.different, 30, "whoami answers differently: {counted:?}");
+    // A method that is not idempotent never ran on v2.
+    assert_eq!(lab.with_version("v2").stats().await.unwrap().started, 0);
+    assert_eq!(lab.with_version("v1").stats().await.unwrap().started, 20);
+}

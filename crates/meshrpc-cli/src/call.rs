@@ -148,6 +148,7 @@ async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|a| if m.items.as_ref() == Some(a) { format!("{a}: stream") } else { a.clone() })
                 .collect();
             let answer = if m.streams { " -> stream" } else { "" };
+            let answer = if m.idempotent { format!("{answer} (idempotent)") } else { answer.to_owned() };
             let items = if m.items.is_some() { " --items < items.ndjson" } else { "" };
             println!("  {name}.{}({}){answer}    '{{{}}}'{items}", m.name, params.join(", "), example.join(","));
         }

@@ -9,6 +9,7 @@ mod expose;
 mod gateway;
 mod join;
 mod memory;
+mod mirror;
 mod probe;
 mod split;
 mod status;
@@ -49,6 +50,13 @@ enum Command {
     ///   meshrpc split greeter v1=90 v2=10 --nodes 127.0.0.1:11999
     ///   meshrpc split greeter --clear
     Split(split::SplitArgs),
+    /// Copy a share of a service's calls of idempotent methods to another version and
+    /// compare the answers (the copies' answers are dropped).
+    ///
+    /// Examples:
+    ///   meshrpc mirror greeter --to v2 --percent 10 --nodes 127.0.0.1:11999
+    ///   meshrpc mirror greeter --clear
+    Mirror(mirror::MirrorArgs),
     /// Show members, services and replica latency.
     ///
     /// Examples:
@@ -102,6 +110,7 @@ pub fn run() -> std::process::ExitCode {
             }
             Command::Call(args) => call::run(args).await,
             Command::Split(args) => split::run(args).await,
+            Command::Mirror(args) => mirror::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,

@@ -29,7 +29,7 @@ pub async fn run(args: SplitArgs) -> Result<(), Box<dyn std::error::Error>> {
         cluster.set_split(&args.service, weights).await
     };
     // The rule must reach a node that stays before this one leaves.
-    if !cluster.split_spread(&args.service, &split, Duration::from_secs(10)).await {
+    if !cluster.rule_spread(&args.service, &split, Duration::from_secs(10)).await {
         return Err("no node passed the rule on within 10 s: it was not applied".into());
     }
     let versions = cluster.services().into_iter().find(|s| s.name == args.service).map(|s| s.versions);

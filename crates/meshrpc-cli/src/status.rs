@@ -125,7 +125,12 @@ fn print_table(s: &Status) {
             format!("{} (set by {} {} ago)", weights.join(" "), split.set_by, crate::cert::human(age(split.set_ms)))
         });
         let note = if svc.fingerprints.len() > 1 { "  (replicas built from different traits!)" } else { "" };
-        println!("{:<14} {:>8}  {:<24} {split}{note}", svc.name, replicas, versions.join(" "));
+        let mirror = svc
+            .mirror
+            .as_ref()
+            .and_then(|m| m.weights.first())
+            .map_or(String::new(), |(v, p)| format!("  mirror {p} % to {v}"));
+        println!("{:<14} {:>8}  {:<24} {split}{mirror}{note}", svc.name, replicas, versions.join(" "));
     }
 }
 

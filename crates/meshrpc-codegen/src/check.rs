@@ -75,9 +75,29 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
     Ok(ServiceDef { vis: item.vis.clone(), item, name, methods, exposed: options.expose })
 }
 
+/// The `#[meshrpc(...)]` options of a method: `idempotent`.
+fn method_options(f: &TraitItemFn, errors: &mut Errors) -> bool {
+    let mut idempotent = false;
+    for attr in f.attrs.iter().filter(|a| a.path().is_ident("meshrpc")) {
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("idempotent") {
+                idempotent = true;
+                Ok(())
+            } else {
+                Err(meta.error("unknown meshrpc option on a method: the one there is `idempotent`"))
+            }
+        });
+        if let Err(e) = parsed {
+            errors.push(e.span(), &e.to_string());
+        }
+    }
+    idempotent
+}
+
 fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let sig = &f.sig;
     let before = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
+    let idempotent = method_options(f, errors);
     if sig.asyncness.is_none() {
         errors.push(sig.fn_token, "service methods must be `async fn`: every remote call waits on the network");
     }
@@ -169,7 +189,7 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     match (error, value, returns) {
         (Some(error), Some(value), Some(returns)) if after == before => {
             let output = stream_types(&value);
-            Some(MethodDef { ident, name, args, returns, value, error, input, output })
+            Some(MethodDef { ident, name, args, returns, value, error, input, output, idempotent })
         }
         _ => None,
     }

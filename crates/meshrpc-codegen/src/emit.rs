@@ -8,6 +8,12 @@ use crate::ServiceDef;
 
 pub(crate) fn service_trait(def: &ServiceDef) -> TokenStream {
     let mut item = def.item.clone();
+    // Method options (`#[meshrpc(idempotent)]`) are read by the macro, not compiled.
+    for trait_item in &mut item.items {
+        if let syn::TraitItem::Fn(f) = trait_item {
+            f.attrs.retain(|a| !a.path().is_ident("meshrpc"));
+        }
+    }
     // Implementations are shared across tasks and published as `Arc<dyn Trait>`.
     item.supertraits.push(syn::parse_quote!(::core::marker::Send));
     item.supertraits.push(syn::parse_quote!(::core::marker::Sync));
@@ -170,8 +176,12 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             }
             None => quote! { ::core::option::Option::None },
         };
-        let streams = m.output.is_some();
-        quote! { ::meshrpc::MethodSpec { name: #name, args: &[ #( #args ),* ], items: #items, streams: #streams } }
+        let (streams, idempotent) = (m.output.is_some(), m.idempotent);
+        quote! {
+            ::meshrpc::MethodSpec {
+                name: #name, args: &[ #( #args ),* ], items: #items, streams: #streams, idempotent: #idempotent,
+            }
+        }
     });
     let methods = def.item.items.iter().filter_map(|i| match i {
         syn::TraitItem::Fn(f) => Some(f),

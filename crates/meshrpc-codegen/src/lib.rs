@@ -42,6 +42,8 @@ pub struct MethodDef {
     /// `T` is a `Stream<Item, ItemError>`: the item and item error types (server and
     /// bidirectional streams).
     pub output: Option<(Type, Type)>,
+    /// `#[meshrpc(idempotent)]`: running it twice does no harm (it may be mirrored).
+    pub idempotent: bool,
 }
 
 impl MethodDef {

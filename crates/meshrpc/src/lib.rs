@@ -105,8 +105,8 @@ pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
     wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, Colocated,
-    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, Policy, RoundRobin, ServiceStatus, Split, Sticky,
-    View, DEFAULT_PORT, KEEPALIVE,
+    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MirrorStats, Policy, RoundRobin, ServiceStatus, Split,
+    Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};

@@ -29,12 +29,15 @@ pub struct MethodSpec {
     pub items: Option<&'static str>,
     /// The answer is a stream of items (server and bidirectional streams).
     pub streams: bool,
+    /// Marked `#[meshrpc(idempotent)]`: running it twice does no harm, so its calls may
+    /// be mirrored to another version.
+    pub idempotent: bool,
 }
 
 impl MethodSpec {
     /// A method that takes and answers plain values.
     pub const fn unary(name: &'static str, args: &'static [&'static str]) -> MethodSpec {
-        MethodSpec { name, args, items: None, streams: false }
+        MethodSpec { name, args, items: None, streams: false, idempotent: false }
     }
 }
 
@@ -93,7 +96,8 @@ mod tests {
     #[test]
     fn fingerprint_changes_with_the_method_set() {
         const RENAMED: &[MethodSpec] = &[MethodSpec::unary("greet", &["nom"])];
-        const STREAMING: &[MethodSpec] = &[MethodSpec { name: "greet", args: &["name"], items: None, streams: true }];
+        const STREAMING: &[MethodSpec] =
+            &[MethodSpec { name: "greet", args: &["name"], items: None, streams: true, idempotent: false }];
         let b = ServiceSpec { methods: RENAMED, ..A };
         assert_eq!(A.fingerprint(), A.fingerprint());
         assert_ne!(A.fingerprint(), b.fingerprint());

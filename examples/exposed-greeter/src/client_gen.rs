@@ -29,18 +29,21 @@ impl GreeterClient {
                 args: &["name"],
                 items: ::core::option::Option::None,
                 streams: false,
+                idempotent: false,
             },
             ::meshrpc::MethodSpec {
                 name: "send_postcard",
                 args: &["card"],
                 items: ::core::option::Option::None,
                 streams: false,
+                idempotent: false,
             },
             ::meshrpc::MethodSpec {
                 name: "countdown",
                 args: &["from"],
                 items: ::core::option::Option::None,
                 streams: true,
+                idempotent: false,
             },
         ],
     };

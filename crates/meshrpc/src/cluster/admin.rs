@@ -59,7 +59,13 @@ impl Admin {
                     async move { Json(serde_json::json!({ "status": "ok", "state": state })) }
                 }),
             )
-            .route("/metrics", get(move || std::future::ready(crate::http::render_counters(&counters))));
+            .route(
+                "/metrics",
+                get(move || {
+                    let mirror = super::traffic::MirrorStats::values();
+                    std::future::ready(crate::http::render_counters(&counters, &mirror))
+                }),
+            );
         let stopped = async move { cluster.stopped().await };
         crate::http::serve_http(self.listener, router, ServerConfig::default(), stopped).await;
     }

@@ -38,6 +38,8 @@ const PREFIX_SERVICE: &str = "svc:";
 const PREFIX_VERSION: &str = "ver:";
 /// `split:<service>`: a weighted split rule, as this node last saw it (see [`Split`]).
 const PREFIX_SPLIT: &str = "split:";
+/// `mirror:<service>`: a mirror rule (`<version>=<percent>`), as this node last saw it.
+const PREFIX_MIRROR: &str = "mirror:";
 const PREFIX_HTTP: &str = "http:";
 
 /// Where a member is in its life.
@@ -77,6 +79,8 @@ pub struct Member {
     pub is_self: bool,
     /// Split rules this member gossips, by service (each node passes on the newest it saw).
     pub splits: BTreeMap<String, Split>,
+    /// Mirror rules this member gossips, by service: one entry, `(version, percent)`.
+    pub mirrors: BTreeMap<String, Split>,
 }
 
 impl Member {
@@ -98,6 +102,7 @@ impl Member {
             cert_not_after: None,
             is_self,
             splits: BTreeMap::new(),
+            mirrors: BTreeMap::new(),
         };
         let mut versions = Vec::new();
         for (k, v) in kv {
@@ -128,6 +133,10 @@ impl Member {
                     } else if let Some(name) = k.strip_prefix(PREFIX_SPLIT) {
                         if let Some(split) = Split::decode(v) {
                             m.splits.insert(name.to_owned(), split);
+                        }
+                    } else if let Some(name) = k.strip_prefix(PREFIX_MIRROR) {
+                        if let Some(mirror) = Split::decode(v) {
+                            m.mirrors.insert(name.to_owned(), mirror);
                         }
                     }
                 }
@@ -172,17 +181,21 @@ pub struct AdvertisedMethod {
     pub items: Option<String>,
     /// The answer is a stream.
     pub streams: bool,
+    /// Marked idempotent (its calls may be mirrored).
+    pub idempotent: bool,
 }
 
 impl Advertised {
-    /// `fp greet(name) send_postcard(card) watch(filter)* chat(room,*lines)*`: `*` before
-    /// an argument marks the stream of the caller's items, after `)` a stream answer.
+    /// `fp !greet(name) send_postcard(card) watch(filter)* chat(room,*lines)*`: `!` before
+    /// a method marks it idempotent, `*` before an argument the stream of the caller's
+    /// items, `*` after `)` a stream answer.
     fn encode(spec: &ServiceSpec) -> String {
         let mut out = spec.fingerprint();
         for m in spec.methods {
             let args: Vec<String> =
                 m.args.iter().map(|a| if m.items == Some(*a) { format!("*{a}") } else { (*a).to_owned() }).collect();
-            out.push_str(&format!(" {}({}){}", m.name, args.join(","), if m.streams { "*" } else { "" }));
+            let idempotent = if m.idempotent { "!" } else { "" };
+            out.push_str(&format!(" {idempotent}{}({}){}", m.name, args.join(","), if m.streams { "*" } else { "" }));
         }
         out
     }
@@ -193,6 +206,7 @@ impl Advertised {
         let methods = parts
             .filter_map(|m| {
                 let (m, streams) = m.strip_suffix('*').map_or((m, false), |m| (m, true));
+                let (m, idempotent) = m.strip_prefix('!').map_or((m, false), |m| (m, true));
                 let (name, args) = m.strip_suffix(')')?.split_once('(')?;
                 let mut items = None;
                 let args = args
@@ -206,7 +220,7 @@ impl Advertised {
                         None => a.to_owned(),
                     })
                     .collect();
-                Some(AdvertisedMethod { name: name.to_owned(), args, items, streams })
+                Some(AdvertisedMethod { name: name.to_owned(), args, items, streams, idempotent })
             })
             .collect();
         Advertised { fingerprint, version: String::new(), methods }
@@ -234,7 +248,7 @@ pub struct Split {
 
 impl Split {
     /// Newest first: by time, then by setter (so every node agrees on one winner).
-    fn order(&self) -> (u64, &str) {
+    pub(crate) fn order(&self) -> (u64, &str) {
         (self.set_ms, &self.set_by)
     }
 
@@ -314,6 +328,22 @@ impl View {
     /// Every service with a split rule anyone gossips.
     pub fn split_services(&self) -> std::collections::BTreeSet<&str> {
         self.members.iter().flat_map(|m| m.splits.keys().map(String::as_str)).collect()
+    }
+
+    /// The newest mirror rule for `service` (`None`: none, or cleared): its one entry is
+    /// `(version, percent)`.
+    pub fn mirror(&self, service: &str) -> Option<&Split> {
+        self.newest_mirror(service).filter(|s| !s.weights.is_empty())
+    }
+
+    /// The newest mirror rule for `service`, a clearing one included.
+    pub fn newest_mirror(&self, service: &str) -> Option<&Split> {
+        self.members.iter().filter_map(|m| m.mirrors.get(service)).max_by(|a, b| a.order().cmp(&b.order()))
+    }
+
+    /// Every service with a mirror rule anyone gossips.
+    pub fn mirror_services(&self) -> std::collections::BTreeSet<&str> {
+        self.members.iter().flat_map(|m| m.mirrors.keys().map(String::as_str)).collect()
     }
 
     /// True if some member serves `name` or publishes an HTTP router under it.
@@ -477,6 +507,11 @@ impl Membership {
         self.set(format!("{PREFIX_SPLIT}{service}"), split.encode()).await;
     }
 
+    /// Gossips a mirror rule for `service`, as [`advertise_split`](Self::advertise_split).
+    pub(crate) async fn advertise_mirror(&self, service: &str, mirror: &Split) {
+        self.set(format!("{PREFIX_MIRROR}{service}"), mirror.encode()).await;
+    }
+
     /// Advertises a published HTTP router.
     pub(crate) async fn advertise_http(&self, name: &str) {
         self.set(format!("{PREFIX_HTTP}{name}"), String::new()).await;
@@ -550,7 +585,7 @@ mod tests {
             ("name", "greeter"),
             ("addr", "127.0.0.1:11999"),
             ("state", "serving"),
-            ("svc:greeter", "abc greet(name) send_postcard(card) ping() chat(room,*lines)*"),
+            ("svc:greeter", "abc !greet(name) send_postcard(card) ping() chat(room,*lines)*"),
             ("http:greeter", ""),
             ("started", "42"),
             ("ver:greeter", "2.1.0"),
@@ -577,6 +612,7 @@ mod tests {
         assert_eq!((methods[2].name.as_str(), methods[2].args.len()), ("ping", 0));
         let chat = &methods[3];
         assert_eq!((chat.name.as_str(), chat.items.as_deref(), chat.streams), ("chat", Some("lines"), true));
+        assert!(methods[0].idempotent && !methods[1].idempotent);
         assert_eq!(chat.args, ["room", "lines"]);
         assert!(!m.serves("greeter", Some("other-version")), "incompatible replica is not a replica");
         let draining = Member { state: MemberState::Draining, ..m.clone() };

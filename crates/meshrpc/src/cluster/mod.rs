@@ -35,7 +35,7 @@ pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
 #[doc(hidden)]
 pub use thin::simulation as gossip_simulation;
-pub use traffic::Colocated;
+pub use traffic::{Colocated, MirrorStats};
 
 use self::{
     membership::Membership,
@@ -103,6 +103,8 @@ pub struct ServiceStatus {
     pub versions: std::collections::BTreeMap<String, Vec<String>>,
     /// The split rule in force, if any.
     pub split: Option<Split>,
+    /// The mirror rule in force, if any (`(version, percent)`).
+    pub mirror: Option<Split>,
 }
 
 impl Cluster {
@@ -218,6 +220,7 @@ impl Cluster {
                     fingerprints: Default::default(),
                     versions: Default::default(),
                     split: view.split(name).cloned(),
+                    mirror: view.mirror(name).cloned(),
                 });
                 s.fingerprints.entry(adv.fingerprint.clone()).or_default().push(m.id.clone());
                 s.versions.entry(adv.version.clone()).or_default().push(m.id.clone());

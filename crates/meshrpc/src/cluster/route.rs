@@ -135,8 +135,13 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             };
+            let mirror = self.mirror(&view, &call, member, fingerprint.as_deref());
             let start = Instant::now();
-            match pending.answer().await {
+            let answer = pending.answer().await;
+            if let Some(mirror) = mirror {
+                mirror.compare(&answer);
+            }
+            match answer {
                 Ok(reply) => {
                     peer.observe(start.elapsed());
                     return Ok(reply);

@@ -14,7 +14,10 @@ use std::{
 };
 
 use super::{membership::Split, Cluster, Inner, Member, View};
-use crate::error::Error;
+use crate::{
+    call::{Call, Reply},
+    error::Error,
+};
 
 impl Inner {
     /// The replicas a call may go to: those of its pinned version, or of the version its
@@ -93,12 +96,18 @@ pub(super) struct Traffic {
     rng: AtomicU64,
     any_split: std::sync::atomic::AtomicBool,
     split_services: std::sync::RwLock<Vec<String>>,
+    any_mirror: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Traffic {
     fn default() -> Self {
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        Traffic { rng: AtomicU64::new(seed), any_split: Default::default(), split_services: Default::default() }
+        Traffic {
+            rng: AtomicU64::new(seed),
+            any_split: Default::default(),
+            split_services: Default::default(),
+            any_mirror: Default::default(),
+        }
     }
 }
 
@@ -108,11 +117,13 @@ impl Traffic {
         self.any_split.load(Ordering::Acquire) && self.split_services.read().unwrap().iter().any(|s| s == service)
     }
 
-    fn note_splits(&self, view: &View) {
+    fn note_rules(&self, view: &View) {
         let services: Vec<String> =
             view.split_services().into_iter().filter(|s| view.split(s).is_some()).map(str::to_owned).collect();
         self.any_split.store(!services.is_empty(), Ordering::Release);
         *self.split_services.write().unwrap() = services;
+        let mirrors = view.mirror_services().into_iter().any(|s| view.mirror(s).is_some());
+        self.any_mirror.store(mirrors, Ordering::Release);
     }
 
     fn random(&self) -> u64 {
@@ -143,25 +154,42 @@ impl Cluster {
     }
 
     async fn write_split(&self, service: &str, weights: Vec<(String, u32)>) -> Split {
-        // Newer than any rule seen, even if this node's clock is behind.
-        let seen = self.view().newest_split(service).map_or(0, |s| s.set_ms);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let split = Split { set_ms: now.max(seen + 1), set_by: self.inner.name.clone(), weights };
+        let split = self.new_rule(self.view().newest_split(service), weights);
         self.inner.membership.advertise_split(service, &split).await;
         split
     }
 
-    /// Waits until another member passes on `split` (so it outlives this node), up to
-    /// `within`; `false` if none did.
-    pub async fn split_spread(&self, service: &str, split: &Split, within: Duration) -> bool {
+    /// Mirrors `percent` of the calls of `service`'s idempotent methods to replicas
+    /// running `version` (their answers are compared with the real ones and dropped);
+    /// `None` clears the rule. Spread and kept as split rules are.
+    pub async fn set_mirror(&self, service: &str, to: Option<(String, u32)>) -> Split {
+        let rule = self.new_rule(self.view().newest_mirror(service), to.into_iter().collect());
+        self.inner.membership.advertise_mirror(service, &rule).await;
+        rule
+    }
+
+    /// What mirroring did from this process: calls mirrored, and of their answers how
+    /// many were the same as the real one, different, or failed.
+    pub fn mirror_stats(&self) -> MirrorStats {
+        MirrorStats::now()
+    }
+
+    /// A rule newer than any seen, even if this node's clock is behind.
+    fn new_rule(&self, seen: Option<&Split>, weights: Vec<(String, u32)>) -> Split {
+        let seen = seen.map_or(0, |s| s.set_ms);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        Split { set_ms: now.max(seen + 1), set_by: self.inner.name.clone(), weights }
+    }
+
+    /// Waits until another member passes on `rule` (a split or mirror rule of `service`,
+    /// so it outlives this node), up to `within`; `false` if none did.
+    pub async fn rule_spread(&self, service: &str, rule: &Split, within: Duration) -> bool {
         let mut watch = self.inner.membership.watch();
         let spread = async {
             loop {
-                let passed_on = watch
-                    .borrow_and_update()
-                    .members
-                    .iter()
-                    .any(|m| !m.is_self && m.splits.get(service) == Some(split));
+                let passed_on = watch.borrow_and_update().members.iter().any(|m| {
+                    !m.is_self && (m.splits.get(service) == Some(rule) || m.mirrors.get(service) == Some(rule))
+                });
                 if passed_on {
                     return;
                 }
@@ -181,19 +209,123 @@ pub(super) async fn pass_on_splits(inner: Weak<Inner>) {
     loop {
         let view: Arc<View> = watch.borrow_and_update().clone();
         let Some(node) = inner.upgrade() else { return };
-        node.traffic.note_splits(&view);
+        node.traffic.note_rules(&view);
         let own = view.members.iter().find(|m| m.is_self);
+        let newer = |mine: Option<&Split>, newest: &Split| mine.is_none_or(|m| m.order() < newest.order());
         for service in view.split_services() {
             let Some(newest) = view.newest_split(service) else { continue };
-            let mine = own.and_then(|m| m.splits.get(service));
-            if mine.is_none_or(|m| (m.set_ms, &m.set_by) < (newest.set_ms, &newest.set_by)) {
+            if newer(own.and_then(|m| m.splits.get(service)), newest) {
                 node.membership.advertise_split(service, newest).await;
+            }
+        }
+        for service in view.mirror_services() {
+            let Some(newest) = view.newest_mirror(service) else { continue };
+            if newer(own.and_then(|m| m.mirrors.get(service)), newest) {
+                node.membership.advertise_mirror(service, newest).await;
             }
         }
         drop(node);
         if watch.changed().await.is_err() {
             return;
         }
+    }
+}
+
+static MIRRORED: AtomicU64 = AtomicU64::new(0);
+static MIRROR_SAME: AtomicU64 = AtomicU64::new(0);
+static MIRROR_DIFFERENT: AtomicU64 = AtomicU64::new(0);
+static MIRROR_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// What mirroring did from this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MirrorStats {
+    /// Calls copied to the mirror version.
+    pub mirrored: u64,
+    /// Mirrored calls whose answer was the same bytes as the real answer.
+    pub same: u64,
+    /// Mirrored calls whose answer differed (a value, an error, or one of each).
+    pub different: u64,
+    /// Mirrored calls that failed to reach a replica (not counted as different).
+    pub failed: u64,
+}
+
+impl MirrorStats {
+    fn now() -> MirrorStats {
+        MirrorStats {
+            mirrored: MIRRORED.load(Ordering::Relaxed),
+            same: MIRROR_SAME.load(Ordering::Relaxed),
+            different: MIRROR_DIFFERENT.load(Ordering::Relaxed),
+            failed: MIRROR_FAILED.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The counters, for a node's `/metrics`.
+    pub(crate) fn values() -> [(&'static str, &'static str, u64); 4] {
+        let s = MirrorStats::now();
+        [
+            ("meshrpc_mirrored_calls", "Calls copied to a mirror version", s.mirrored),
+            ("meshrpc_mirror_same", "Mirrored calls answered the same as the real call", s.same),
+            ("meshrpc_mirror_different", "Mirrored calls answered differently from the real call", s.different),
+            ("meshrpc_mirror_failed", "Mirrored calls that reached no replica", s.failed),
+        ]
+    }
+}
+
+/// A mirrored call under way: hand it the real answer with [`Mirror::compare`].
+pub(super) struct Mirror {
+    real: tokio::sync::oneshot::Sender<Result<bytes::Bytes, String>>,
+}
+
+impl Mirror {
+    /// Compares the mirror's answer with the real one (in the background).
+    pub(super) fn compare(self, real: &Result<Reply, Error>) {
+        let real = match real {
+            Ok(Reply::Ok(b)) | Ok(Reply::AppError(b)) => Ok(b.clone()),
+            Ok(Reply::Stream(_)) => return,
+            Err(e) => Err(e.code().to_owned()),
+        };
+        let _ = self.real.send(real);
+    }
+}
+
+impl Inner {
+    /// Copies `call` to the version its service's mirror rule names, `percent` of the
+    /// time, if its method is idempotent (as `primary` advertises it) and carries no
+    /// stream; never a pinned call (mirrors are pinned, so never mirrored again).
+    pub(super) fn mirror(
+        self: &Arc<Self>,
+        view: &View,
+        call: &Call,
+        primary: &Member,
+        fingerprint: Option<&str>,
+    ) -> Option<Mirror> {
+        if !self.traffic.any_mirror.load(Ordering::Acquire) || call.version.is_some() || call.input.is_some() {
+            return None;
+        }
+        let (version, percent) = view.mirror(&call.service)?.weights.first()?.clone();
+        let advert = primary.services.get(&*call.service)?;
+        let idempotent = advert.methods.iter().any(|m| m.name == call.method && m.idempotent && !m.streams);
+        if !idempotent || advert.version == version || self.traffic.random() % 100 >= u64::from(percent) {
+            return None;
+        }
+        let mut copy = call.clone();
+        copy.version = Some(Arc::from(version.as_str()));
+        copy.key = None;
+        let (real_tx, real_rx) = tokio::sync::oneshot::channel();
+        let (inner, fingerprint) = (self.clone(), fingerprint.map(str::to_owned));
+        MIRRORED.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mirrored = inner.call(copy, fingerprint).await;
+            let Ok(real) = real_rx.await else { return };
+            let counter = match (mirrored, real) {
+                (Err(e), _) if e.code() == "unavailable" || e.code() == "timeout" => &MIRROR_FAILED,
+                (Ok(Reply::Ok(m) | Reply::AppError(m)), Ok(r)) if m == r => &MIRROR_SAME,
+                (Err(m), Err(r)) if m.code() == r => &MIRROR_SAME,
+                _ => &MIRROR_DIFFERENT,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Some(Mirror { real: real_tx })
     }
 }
 

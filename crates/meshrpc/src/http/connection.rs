@@ -13,9 +13,12 @@ use crate::{
 };
 
 /// A port's counters in the Prometheus text format.
-pub(crate) fn render_counters(counters: &PortCounters) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+pub(crate) fn render_counters(
+    counters: &PortCounters,
+    more: &[(&'static str, &'static str, u64)],
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut out = String::new();
-    for (name, help, value) in counters.values() {
+    for (name, help, value) in counters.values().iter().chain(more) {
         out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total {value}\n"));
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)

@@ -105,7 +105,7 @@ impl HttpDoor {
             return app.clone();
         }
         let counters = self.counters.clone();
-        let metrics = axum::routing::get(move || std::future::ready(connection::render_counters(&counters)));
+        let metrics = axum::routing::get(move || std::future::ready(connection::render_counters(&counters, &[])));
         let dispatch = self.dispatch.read().unwrap().clone();
         let admission = Admission {
             peer: None,

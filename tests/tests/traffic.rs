@@ -122,7 +122,8 @@ async fn a_split_set_at_runtime_shifts_calls_between_versions_without_failing_an
     // Every v2 replica leaves: its share goes to v1, and no call fails.
     let mut args = vec!["split", "lab", "v1=50", "v2=50"];
     args.extend(join);
-    assert!(meshrpc(&args).await.0);
+    let (ok, _, err) = meshrpc(&args).await;
+    assert!(ok, "{err}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(terminate(&mut v2.child, Duration::from_secs(10)).await.is_some(), "v2 drains and exits");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -141,8 +142,8 @@ async fn a_split_set_at_runtime_shifts_calls_between_versions_without_failing_an
     assert!(status.contains("v1×1") && status.contains("v1=50 v2=50 (set by meshrpc-cli"), "{status}");
     let mut args = vec!["split", "lab", "--clear"];
     args.extend(join);
-    let (ok, out, _) = meshrpc(&args).await;
-    assert!(ok && out.contains("split cleared"), "{out}");
+    let (ok, out, err) = meshrpc(&args).await;
+    assert!(ok && out.contains("split cleared"), "{out}{err}");
     let cleared =
         eventually(Duration::from_secs(5), || async { cluster.view().split("lab").is_none().then_some(()) }).await;
     assert!(cleared.is_some());

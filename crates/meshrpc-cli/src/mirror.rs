@@ -1,8 +1,6 @@
 //! `meshrpc mirror greeter --to v2 --percent 10`: copy a share of a service's calls of
 //! idempotent methods to another version, compare the answers, drop the copies.
 
-use std::time::Duration;
-
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
@@ -26,10 +24,7 @@ pub async fn run(args: MirrorArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cluster =
         join(&args.join, "a node to pass the rule on", |v| v.members.iter().any(|m| m.addr.is_some())).await?;
     let to = args.to.clone().map(|v| (v, args.percent));
-    let rule = cluster.set_mirror(&args.service, to).await;
-    if !cluster.rule_spread(&args.service, &rule, Duration::from_secs(10)).await {
-        return Err("no node passed the rule on within 10 s: it was not applied".into());
-    }
+    let rule = cluster.spread_mirror(&args.service, to).await?;
     match rule.weights.first() {
         None => println!("{}: mirroring cleared", args.service),
         Some((version, percent)) => println!(

@@ -181,6 +181,31 @@ impl Cluster {
         Split { set_ms: now.max(seen + 1), set_by: self.inner.name.clone(), weights }
     }
 
+    /// Sets the split rule of `service` and waits until another member passes it on (so
+    /// it outlives this node: what a short-lived setter such as the CLI needs), writing it
+    /// again as a newer rule when none did within a few seconds; up to 12 s in all. Empty
+    /// `weights` clear the rule.
+    pub async fn spread_split(&self, service: &str, weights: Vec<(String, u32)>) -> Result<Split, Error> {
+        for _ in 0..4 {
+            let split = self.write_split(service, weights.clone()).await;
+            if self.rule_spread(service, &split, Duration::from_secs(3)).await {
+                return Ok(split);
+            }
+        }
+        Err(Error::unavailable("no node passed the rule on within 12 s: it was not applied"))
+    }
+
+    /// As [`spread_split`](Self::spread_split), for a mirror rule (`None`: clear it).
+    pub async fn spread_mirror(&self, service: &str, to: Option<(String, u32)>) -> Result<Split, Error> {
+        for _ in 0..4 {
+            let rule = self.set_mirror(service, to.clone()).await;
+            if self.rule_spread(service, &rule, Duration::from_secs(3)).await {
+                return Ok(rule);
+            }
+        }
+        Err(Error::unavailable("no node passed the rule on within 12 s: it was not applied"))
+    }
+
     /// Waits until another member passes on `rule` (a split or mirror rule of `service`,
     /// so it outlives this node), up to `within`; `false` if none did.
     pub async fn rule_spread(&self, service: &str, rule: &Split, within: Duration) -> bool {

@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    flow::{item_cost, RecvWindow, SendWindow, SHARED_WINDOW, STREAM_WINDOW},
+    flow::{item_cost, RecvWindow, SendWindow, Spend, StreamFlow},
     Frame, Negotiated, Status,
 };
 use crate::{
@@ -57,17 +57,6 @@ pub enum Incoming<W, S> {
     Nothing,
 }
 
-/// Whether an item may go out now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Spend {
-    /// Send it: its credit is spent.
-    Go,
-    /// Wait for a credit grant, then ask again.
-    Wait,
-    /// The call is over: stop sending.
-    Gone,
-}
-
 /// The caller's state of one connection. `W` is whatever the shell wakes a waiting
 /// caller with (a oneshot sender, say); `S` the shell's handle of a call's streams
 /// (where items go, and who waits for credit).
@@ -93,18 +82,15 @@ struct Waiting<W, S> {
     /// The shell's handle, for a call with items either way.
     stream: Option<S>,
     deadline: Option<Instant>,
-    /// Our items' credit, until we ended them.
-    send: Option<SendWindow>,
-    /// The answer's items, once its stream opened.
-    recv: Option<RecvWindow>,
-    /// Calls started on the connection as of this stream's last credit grant.
-    seen_started: u64,
+    /// Our items' credit (`send`), the answer's items (`recv`, once its stream opened).
+    flow: StreamFlow,
 }
 
 impl<W, S> Waiting<W, S> {
     fn new(waiter: W, deadline: Option<Instant>, stream: Option<S>, started: u64) -> Self {
-        let send = stream.is_some().then(SendWindow::default);
-        Waiting { waiter: Some(waiter), stream, deadline, send, recv: None, seen_started: started }
+        let mut flow = StreamFlow::new(started);
+        flow.send = stream.is_some().then(SendWindow::default);
+        Waiting { waiter: Some(waiter), stream, deadline, flow }
     }
 }
 
@@ -258,51 +244,35 @@ impl<W, S> CallerState<W, S> {
     /// The credit call `id`'s items may still spend (`None`: the call is over). Only its
     /// sender spends it, so it can only grow until [`spent`](Self::spent) is told.
     pub fn credit(&self, id: u64) -> Option<u32> {
-        self.pending.get(&id)?.send.as_ref().map(|w| w.credit())
+        self.pending.get(&id)?.flow.credit()
     }
 
     /// Call `id`'s sender spent `bytes` of its credit (checked against
     /// [`credit`](Self::credit) first).
     pub fn spent(&mut self, id: u64, bytes: u32) {
-        if let Some(window) = self.pending.get_mut(&id).and_then(|w| w.send.as_mut()) {
-            let ok = window.spend(bytes);
-            debug_assert!(ok, "spent more credit than there was");
+        if let Some(w) = self.pending.get_mut(&id) {
+            w.flow.spent(bytes);
         }
     }
 
     /// May an item of `payload` bytes of call `id` go out now?
     pub fn spend(&mut self, id: u64, payload: usize) -> Spend {
-        match self.pending.get_mut(&id).and_then(|w| w.send.as_mut()) {
-            None => Spend::Gone,
-            Some(window) => {
-                if window.spend(item_cost(payload)) {
-                    Spend::Go
-                } else {
-                    Spend::Wait
-                }
-            }
-        }
+        self.pending.get_mut(&id).map_or(Spend::Gone, |w| w.flow.spend(payload))
     }
 
     /// Our items of call `id` ended (its end frame is sent): no more credit is needed.
     pub fn items_sent(&mut self, id: u64) {
         if let Some(w) = self.pending.get_mut(&id) {
-            w.send = None;
+            w.flow.send = None;
         }
     }
 
     /// The reader took an item of `cost` from call `id`'s answer: the credit frame to
     /// send back, when it is time to.
     pub fn consumed(&mut self, id: u64, cost: u32) -> Option<Frame> {
-        // Other calls on the connection now, or since this stream's last grant: keep it
-        // to the shared window so their answers wait behind fewer of its bytes.
         let (started, others) = (self.started, self.pending.len() > 1);
-        let entry = self.pending.get_mut(&id)?;
-        let shared = others || entry.seen_started != started;
-        entry.seen_started = started;
-        let target = if shared { SHARED_WINDOW } else { STREAM_WINDOW };
-        let window = entry.recv.as_mut()?;
-        window.consumed(cost, target).map(|bytes| Frame::Credit { id, bytes })
+        let grant = self.pending.get_mut(&id)?.flow.consumed(cost, started, others)?;
+        Some(Frame::Credit { id, bytes: grant })
     }
 
     /// True once the peer drained and the last answer is in: the caller hangs up, so the
@@ -324,7 +294,7 @@ impl<W, S> CallerState<W, S> {
                     return Incoming::Violation(Error::protocol(format!("call {id} was answered twice")));
                 };
                 let stream = w.stream.get_or_insert_with(make).clone();
-                w.recv = Some(RecvWindow::default());
+                w.flow.recv = Some(RecvWindow::default());
                 Incoming::Opened(waiter, stream)
             }
             Frame::Response { id, status, payload } => {
@@ -336,7 +306,7 @@ impl<W, S> CallerState<W, S> {
             }
             Frame::Item { id, payload } => {
                 let Some(w) = self.pending.get_mut(&id) else { return Incoming::Nothing };
-                let (Some(window), Some(stream)) = (w.recv.as_mut(), &w.stream) else {
+                let (Some(window), Some(stream)) = (w.flow.recv.as_mut(), &w.stream) else {
                     return Incoming::Violation(Error::protocol(format!("an item for call {id}, which has no stream")));
                 };
                 let cost = item_cost(payload.len());
@@ -347,7 +317,7 @@ impl<W, S> CallerState<W, S> {
             }
             Frame::End { id, status, payload } => {
                 let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };
-                match (w.recv, w.stream) {
+                match (w.flow.recv, w.stream) {
                     (Some(_), Some(stream)) => {
                         Incoming::End(stream, (status != Status::Ok).then(|| outcome(status, payload)))
                     }
@@ -355,7 +325,7 @@ impl<W, S> CallerState<W, S> {
                 }
             }
             Frame::Credit { id, bytes } => match self.pending.get_mut(&id) {
-                Some(Waiting { send: Some(window), stream: Some(stream), .. }) => {
+                Some(Waiting { flow: StreamFlow { send: Some(window), .. }, stream: Some(stream), .. }) => {
                     window.grant(bytes);
                     Incoming::Credit(stream.clone())
                 }

@@ -112,6 +112,73 @@ impl SendWindow {
     }
 }
 
+/// Whether an item may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Send it: its credit is spent.
+    Go,
+    /// Wait for a credit grant, then ask again.
+    Wait,
+    /// The call is over: stop sending.
+    Gone,
+}
+
+/// Flow control of one call's streams, both ways, as either side of a connection keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct StreamFlow {
+    /// Credit for the items this side sends, until they end.
+    pub(crate) send: Option<SendWindow>,
+    /// The items this side receives, once they flow.
+    pub(crate) recv: Option<RecvWindow>,
+    /// Calls started on the connection as of this stream's last credit grant.
+    seen_started: u64,
+}
+
+impl StreamFlow {
+    /// No stream yet, as of `started` calls on the connection.
+    pub(crate) fn new(started: u64) -> Self {
+        StreamFlow { send: None, recv: None, seen_started: started }
+    }
+
+    /// The credit this side's items may still spend (`None`: they ended or never were).
+    pub(crate) fn credit(&self) -> Option<u32> {
+        self.send.as_ref().map(SendWindow::credit)
+    }
+
+    /// This side's sender spent `bytes` (checked against [`credit`](Self::credit) first).
+    pub(crate) fn spent(&mut self, bytes: u32) {
+        if let Some(window) = self.send.as_mut() {
+            let ok = window.spend(bytes);
+            debug_assert!(ok, "spent more credit than there was");
+        }
+    }
+
+    /// May an item of `payload` bytes go out now?
+    pub(crate) fn spend(&mut self, payload: usize) -> Spend {
+        match self.send.as_mut() {
+            None => Spend::Gone,
+            Some(window) => {
+                if window.spend(item_cost(payload)) {
+                    Spend::Go
+                } else {
+                    Spend::Wait
+                }
+            }
+        }
+    }
+
+    /// The reader took items costing `cost`: the credit to grant back, if it is time to.
+    /// `started`: calls started on the connection so far; `others`: other calls in flight.
+    /// With other calls now, or since the last grant, the sender is kept to the shared
+    /// window, so their answers wait behind fewer of its bytes.
+    pub(crate) fn consumed(&mut self, cost: u32, started: u64, others: bool) -> Option<u32> {
+        let shared = others || self.seen_started != started;
+        self.seen_started = started;
+        let target = if shared { SHARED_WINDOW } else { STREAM_WINDOW };
+        self.recv.as_mut()?.consumed(cost, target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,8 @@ mod frame;
 mod handshake;
 mod responder;
 
-pub use caller::{request, CallerState, ConnState, Incoming, Registered, Spend};
-pub use flow::{item_cost, RecvWindow, SendWindow, SHARED_WINDOW, STREAM_WINDOW};
+pub use caller::{request, CallerState, ConnState, Incoming, Registered};
+pub use flow::{item_cost, RecvWindow, SendWindow, Spend, SHARED_WINDOW, STREAM_WINDOW};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
     refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, TLS_REQUIRED,

@@ -10,8 +10,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    caller::Spend,
-    flow::{item_cost, RecvWindow, SendWindow, SHARED_WINDOW, STREAM_WINDOW},
+    flow::{item_cost, RecvWindow, SendWindow, Spend, StreamFlow},
     Frame, Status,
 };
 use crate::{
@@ -69,17 +68,14 @@ pub struct ResponderState<H, S> {
 struct Running<H, S> {
     handle: Option<H>,
     stream: Option<S>,
-    /// The caller's items, until they ended.
-    recv: Option<RecvWindow>,
-    /// The answer's items, once its stream opened.
-    send: Option<SendWindow>,
-    /// Calls started on the connection as of this stream's last credit grant.
-    seen_started: u64,
+    /// The caller's items (`recv`, until they ended), the answer's (`send`, once its
+    /// stream opened).
+    flow: StreamFlow,
 }
 
 impl<H, S> Running<H, S> {
-    fn new() -> Self {
-        Running { handle: None, stream: None, recv: None, send: None, seen_started: 0 }
+    fn new(started: u64) -> Self {
+        Running { handle: None, stream: None, flow: StreamFlow::new(started) }
     }
 }
 
@@ -179,8 +175,9 @@ impl<H, S> ResponderState<H, S> {
                 };
                 let items = items.then(|| {
                     let stream = make();
-                    let running =
-                        Running { stream: Some(stream.clone()), recv: Some(RecvWindow::default()), ..Running::new() };
+                    let mut running = Running::new(self.started);
+                    running.stream = Some(stream.clone());
+                    running.flow.recv = Some(RecvWindow::default());
                     self.running.insert(id, running);
                     stream
                 });
@@ -188,7 +185,7 @@ impl<H, S> ResponderState<H, S> {
             }
             Frame::Item { id, payload } => {
                 let Some(r) = self.running.get_mut(&id) else { return Inbound::Nothing };
-                let (Some(window), Some(stream)) = (r.recv.as_mut(), &r.stream) else { return Inbound::Nothing };
+                let (Some(window), Some(stream)) = (r.flow.recv.as_mut(), &r.stream) else { return Inbound::Nothing };
                 let cost = item_cost(payload.len());
                 match window.received(cost) {
                     Ok(()) => Inbound::Item(stream.clone(), id, payload, cost),
@@ -198,7 +195,7 @@ impl<H, S> ResponderState<H, S> {
             }
             Frame::End { id, status, payload } => {
                 let Some(r) = self.running.get_mut(&id) else { return Inbound::Nothing };
-                let (Some(_), Some(stream)) = (r.recv.take(), &r.stream) else { return Inbound::Nothing };
+                let (Some(_), Some(stream)) = (r.flow.recv.take(), &r.stream) else { return Inbound::Nothing };
                 let outcome = match status {
                     Status::Ok | Status::Stream => None,
                     Status::AppError => Some(Ok(Reply::AppError(payload))),
@@ -208,7 +205,7 @@ impl<H, S> ResponderState<H, S> {
                 Inbound::ItemsEnd(stream.clone(), outcome)
             }
             Frame::Credit { id, bytes } => match self.running.get_mut(&id) {
-                Some(Running { send: Some(window), stream: Some(stream), .. }) => {
+                Some(Running { flow: StreamFlow { send: Some(window), .. }, stream: Some(stream), .. }) => {
                     window.grant(bytes);
                     Inbound::Credit(stream.clone())
                 }
@@ -232,10 +229,11 @@ impl<H, S> ResponderState<H, S> {
         S: Clone,
     {
         if inline {
-            self.running.entry(id).or_insert_with(Running::new);
+            let started = self.started;
+            self.running.entry(id).or_insert_with(|| Running::new(started));
         }
         let r = self.running.get_mut(&id)?;
-        r.send = Some(SendWindow::default());
+        r.flow.send = Some(SendWindow::default());
         Some(r.stream.get_or_insert(stream).clone())
     }
 
@@ -243,51 +241,33 @@ impl<H, S> ResponderState<H, S> {
     /// control, or the node cannot hold its items): what to stop, and the frame to send.
     pub fn refuse(&mut self, id: u64, why: Error) -> Option<Inbound<H, S>> {
         let r = self.running.remove(&id)?;
-        let end = if r.send.is_some() { end(id, Err(why)) } else { response(id, Err(why)) };
+        let end = if r.flow.send.is_some() { end(id, Err(why)) } else { response(id, Err(why)) };
         Some(Inbound::Abort(r.handle, r.stream, Some(end)))
     }
 
-    /// The credit call `id`'s items may still spend (`None`: the call is over). Only its
-    /// sender spends it, so it can only grow until [`spent`](Self::spent) is told.
+    /// The credit call `id`'s answer items may still spend (`None`: the call is over).
     pub fn credit(&self, id: u64) -> Option<u32> {
-        self.running.get(&id)?.send.as_ref().map(|w| w.credit())
+        self.running.get(&id)?.flow.credit()
     }
 
-    /// Call `id`'s sender spent `bytes` of its credit (checked against
-    /// [`credit`](Self::credit) first).
+    /// Call `id`'s answer spent `bytes` of its credit.
     pub fn spent(&mut self, id: u64, bytes: u32) {
-        if let Some(window) = self.running.get_mut(&id).and_then(|w| w.send.as_mut()) {
-            let ok = window.spend(bytes);
-            debug_assert!(ok, "spent more credit than there was");
+        if let Some(r) = self.running.get_mut(&id) {
+            r.flow.spent(bytes);
         }
     }
 
     /// May an item of `payload` bytes of call `id`'s answer go out now?
     pub fn spend(&mut self, id: u64, payload: usize) -> Spend {
-        match self.running.get_mut(&id).and_then(|r| r.send.as_mut()) {
-            None => Spend::Gone,
-            Some(window) => {
-                if window.spend(item_cost(payload)) {
-                    Spend::Go
-                } else {
-                    Spend::Wait
-                }
-            }
-        }
+        self.running.get_mut(&id).map_or(Spend::Gone, |r| r.flow.spend(payload))
     }
 
     /// The handler took an item of `cost` from call `id`'s items: the credit frame to send
     /// back, when it is time to.
     pub fn consumed(&mut self, id: u64, cost: u32) -> Option<Frame> {
-        // Other calls on the connection now, or since this stream's last grant: keep it
-        // to the shared window so their answers wait behind fewer of its bytes.
         let (started, others) = (self.started, self.running.len() > 1);
-        let entry = self.running.get_mut(&id)?;
-        let shared = others || entry.seen_started != started;
-        entry.seen_started = started;
-        let target = if shared { SHARED_WINDOW } else { STREAM_WINDOW };
-        let window = entry.recv.as_mut()?;
-        window.consumed(cost, target).map(|bytes| Frame::Credit { id, bytes })
+        let grant = self.running.get_mut(&id)?.flow.consumed(cost, started, others)?;
+        Some(Frame::Credit { id, bytes: grant })
     }
 
     /// Records bytes received (a partial frame counts as life too).
@@ -297,7 +277,8 @@ impl<H, S> ResponderState<H, S> {
 
     /// A call that did not finish at once now runs under `handle`.
     pub fn started(&mut self, id: u64, handle: H) {
-        self.running.entry(id).or_insert_with(Running::new).handle = Some(handle);
+        let started = self.started;
+        self.running.entry(id).or_insert_with(|| Running::new(started)).handle = Some(handle);
     }
 
     /// A running call answered.
@@ -328,7 +309,7 @@ impl<H, S> ResponderState<H, S> {
     /// Ends every call whose answer is a stream still open: their handles, to stop them,
     /// and the end frames (failed with `why`) to send.
     pub fn end_streams(&mut self, why: &Error) -> (Vec<H>, Vec<Frame>) {
-        let open: Vec<u64> = self.running.iter().filter(|(_, r)| r.send.is_some()).map(|(id, _)| *id).collect();
+        let open: Vec<u64> = self.running.iter().filter(|(_, r)| r.flow.send.is_some()).map(|(id, _)| *id).collect();
         let mut handles = Vec::new();
         let mut ends = Vec::new();
         for id in open {

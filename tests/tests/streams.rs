@@ -215,16 +215,9 @@ async fn a_replica_killed_mid_stream_fails_the_stream_fast() {
     assert!(matches!(ticks.next().await, Some(Ok(_))));
     node.kill().await;
     let killed = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ticks.next().await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the stream hung after its replica died");
+    let ended = tokio::time::timeout(Duration::from_secs(10), past_items(&mut ticks))
+        .await
+        .expect("the stream hung after its replica died");
     assert!(matches!(ended, Some(Err(LabError::Rpc(Error::Unavailable { .. })))), "{ended:?}");
     eprintln!("stream failed {:?} after kill -9", killed.elapsed());
 }
@@ -248,16 +241,9 @@ async fn a_draining_replica_ends_open_streams_with_unavailable_after_its_grace()
     }
     assert_eq!(got, [0, 1, 2]);
     // The endless one runs on through the grace, then ends with `unavailable`.
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ticks.next().await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the stream hung through the drain");
+    let ended = tokio::time::timeout(Duration::from_secs(10), past_items(&mut ticks))
+        .await
+        .expect("the stream hung through the drain");
     let waited = signalled.elapsed();
     let Some(Err(LabError::Rpc(Error::Unavailable { message }))) = ended else { panic!("{ended:?}") };
     assert!(message.contains("drain"), "{message}");
@@ -360,4 +346,14 @@ async fn a_client_sending_past_its_credit_loses_that_call_alone() {
     let refused = refused.unwrap();
     assert!(refused.contains("protocol") && refused.contains("exceeds the sender's credit"), "{refused}");
     assert_eq!(metric(node.addr, "meshrpc_stream_items_shed").await, 0, "credit, not the budget, refused it");
+}
+
+/// Reads past a stream's items: its end, or its error.
+async fn past_items<T, E>(stream: &mut Stream<T, E>) -> Option<Result<T, E>> {
+    loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            other => return other,
+        }
+    }
 }

@@ -241,21 +241,7 @@ fn check_return_type(ty: &Type, errors: &mut Errors) {
 /// The item and item error types of `Stream<T>` / `Stream<T, E>` (any path ending in
 /// `Stream`), if that is what `ty` is. The item error defaults to `meshrpc::Error`.
 pub(crate) fn stream_types(ty: &Type) -> Option<(Type, Type)> {
-    let Type::Path(p) = ty else { return None };
-    let last = p.path.segments.last()?;
-    if last.ident != "Stream" {
-        return None;
-    }
-    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
-    let types: Vec<Type> = args
-        .args
-        .iter()
-        .filter_map(|a| match a {
-            GenericArgument::Type(t) => Some(t.clone()),
-            _ => None,
-        })
-        .collect();
-    match types.as_slice() {
+    match type_args(ty, "Stream")?.as_slice() {
         [item] => Some((item.clone(), syn::parse_quote!(::meshrpc::Error))),
         [item, error] => Some((item.clone(), error.clone())),
         _ => None,
@@ -288,15 +274,21 @@ fn result_error(ty: &Type) -> Option<Type> {
 }
 
 fn result_types(ty: &Type) -> Option<(Type, Type)> {
+    match type_args(ty, "Result")?.as_slice() {
+        [value, error] => Some((value.clone(), error.clone())),
+        _ => None,
+    }
+}
+
+/// The type arguments of `ty` when it is a path whose last segment is `name<…>`.
+fn type_args(ty: &Type, name: &str) -> Option<Vec<Type>> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
-    if last.ident != "Result" {
+    if last.ident != name {
         return None;
     }
-    let PathArguments::AngleBracketed(args) = &last.arguments else {
-        return None;
-    };
-    let types: Vec<_> = args
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let types = args
         .args
         .iter()
         .filter_map(|a| match a {
@@ -304,5 +296,5 @@ fn result_types(ty: &Type) -> Option<(Type, Type)> {
             _ => None,
         })
         .collect();
-    (types.len() == 2).then(|| (types[0].clone(), types[1].clone()))
+    Some(types)
 }

@@ -150,13 +150,20 @@ async fn dropping_a_stream_drops_its_producer_on_the_server() {
     assert_eq!(producers(&client).await.dropped, 0, "the producer lives while the stream is read");
     drop(ticks);
     let dropped_at = Instant::now();
-    let dropped = eventually(Duration::from_millis(100), || async {
-        let p = producers(&client).await;
-        (p.dropped == p.started).then_some(())
+    // The bound is 100 ms; a test asserts the state, the time is printed (10 s is
+    // a guard against hanging: decisions.md).
+    let took = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let p = producers(&client).await;
+            if p.dropped == p.started {
+                return dropped_at.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     })
-    .await;
-    assert!(dropped.is_some(), "the producer still runs {:?} after the stream was dropped", dropped_at.elapsed());
-    eprintln!("producer dropped within {:?}", dropped_at.elapsed());
+    .await
+    .expect("the producer still runs after the stream was dropped");
+    eprintln!("producer dropped within {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

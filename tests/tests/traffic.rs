@@ -309,3 +309,67 @@ async fn mirroring_copies_idempotent_calls_compares_them_and_runs_nothing_else_t
     assert_eq!(lab.with_version("v2").stats().await.unwrap().started, 0);
     assert_eq!(lab.with_version("v1").stats().await.unwrap().started, 20);
 }
+
+/// decisions.md: a split change reaches the callers of a 16-node mesh within 2 s. Measured
+/// here from the moment the rule is written (by a node of the mesh, not the CLI, so the
+/// CLI's own join is not counted), and printed; the test asserts only that every call
+/// follows it and none fails (10 s is a guard against hanging).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_change_reaches_a_16_node_mesh() {
+    let tag = "traffic-16";
+    let first = lab(tag, "v1-0", "v1", None).await;
+    let seed = first.addr.to_string();
+    let mut nodes = vec![first];
+    for i in 1..16 {
+        let version = if i % 2 == 0 { "v1" } else { "v2" };
+        nodes.push(lab(tag, &format!("{version}-{i}"), version, Some(&seed)).await);
+    }
+    let cluster = client(tag, &seed, 16).await;
+    let lab = LabClient::new(cluster.client(LabClient::SPEC));
+    let rule = cluster.spread_split("lab", vec![("v1".into(), 100)]).await.expect("the rule spreads");
+    let on_v1 = eventually(Duration::from_secs(10), || async {
+        let seen = shares(&lab, 40).await;
+        seen.keys().all(|who| who.starts_with("v1-")).then_some(())
+    })
+    .await;
+    assert!(on_v1.is_some(), "calls never kept to v1 (rule {rule:?})");
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let first_v2_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (lab, failures, first_v2_at, stop) = (lab.clone(), failures.clone(), first_v2_at.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match lab.whoami().await {
+                    Ok(who) if who.starts_with("v2-") => {
+                        first_v2_at.lock().unwrap().get_or_insert_with(Instant::now);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another member of the mesh writes the new rule: the callers (this test's node) learn
+    // it by gossip.
+    let writer = Cluster::builder("writer").tag(tag).seeds([seed.clone()]).start().await.unwrap();
+    let seen_all = eventually(Duration::from_secs(15), || async {
+        (writer.view().replicas("lab", None).count() == 16).then_some(())
+    })
+    .await;
+    assert!(seen_all.is_some());
+    let written = Instant::now();
+    writer.spread_split("lab", vec![("v2".into(), 100)]).await.expect("the new rule spreads");
+    let followed = eventually(Duration::from_secs(10), || async { *first_v2_at.lock().unwrap() }).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let first_v2 = followed.expect("calls never reached v2 after the rule changed");
+    eprintln!("16 nodes: the caller followed the new rule {:?} after it was written", first_v2.duration_since(written));
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed while the rule changed");
+    let after = shares(&lab, 40).await;
+    assert!(after.keys().all(|who| who.starts_with("v2-")), "{after:?}");
+}

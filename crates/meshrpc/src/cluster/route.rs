@@ -88,12 +88,15 @@ impl Inner {
             .collect();
         // This node's own replica has no connection to measure: it counts as loaded as the
         // others on average, so the load-aware policies give it its share, not every call.
-        let remote: Vec<f64> = replicas.iter().filter_map(|(_, p)| p.as_ref().map(|p| p.load())).collect();
-        let local_load = if remote.is_empty() { 0.0 } else { remote.iter().sum::<f64>() / remote.len() as f64 };
-        let candidates: Vec<Candidate<'_>> = replicas
+        let mut candidates: Vec<Candidate<'_>> = replicas
             .iter()
-            .map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(local_load, |p| p.load()) })
+            .map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(f64::NAN, |p| p.load()) })
             .collect();
+        if let Some(local) = candidates.iter().position(|c| c.load.is_nan()) {
+            let (sum, n) =
+                candidates.iter().filter(|c| !c.load.is_nan()).fold((0.0, 0), |(s, n), c| (s + c.load, n + 1));
+            candidates[local].load = if n == 0 { 0.0 } else { sum / f64::from(n) };
+        }
         let i = balancer.pick(&candidates, key)?;
         replicas.into_iter().nth(i)
     }

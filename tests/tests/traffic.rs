@@ -180,6 +180,27 @@ async fn the_gateway_pins_a_request_to_a_version_by_header() {
     let nowhere = http("POST", &url, "", &[("meshrpc-version", "v3")]).await;
     assert_eq!(nowhere.status, 503, "{}", nowhere.body);
     assert!(nowhere.body.contains("no replica of `lab` runs version `v3`"), "{}", nowhere.body);
+
+    // Mirroring from the gateway shows on its /metrics.
+    let join = ["--nodes", mesh.as_str(), "--tag", tag];
+    for rule in [&["split", "lab", "v1=100"][..], &["mirror", "lab", "--to", "v2"]] {
+        let mut args = rule.to_vec();
+        args.extend(join);
+        let (ok, _, err) = meshrpc(&args).await;
+        assert!(ok, "{err}");
+    }
+    let mirrored = eventually(Duration::from_secs(10), || async {
+        http("POST", &url, "", &[]).await;
+        let metrics = http("GET", &gateway.url("/metrics"), "", &[]).await.body;
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}_total ")).and_then(|v| v.trim().parse::<u64>().ok()))
+        };
+        (value("meshrpc_gateway_mirrored_calls")? >= 3 && value("meshrpc_gateway_mirror_different")? >= 3).then_some(())
+    })
+    .await;
+    assert!(mirrored.is_some(), "{}", http("GET", &gateway.url("/metrics"), "", &[]).await.body);
 }
 
 /// A node that publishes a service and calls it: the call goes straight to the

@@ -47,6 +47,8 @@ impl Default for Metrics {
         registry.register("requests", "Requests answered, by service, method and HTTP status", requests.clone());
         registry.register("request_duration_seconds", "Time to answer a request", latency.clone());
         registry.register("in_flight", "Requests being answered now", in_flight.clone());
+        // What mirroring did from the gateway's calls (docs/traffic.md), read at each scrape.
+        registry.register_collector(Box::new(MirrorCollector));
         Metrics { registry, requests, latency, in_flight }
     }
 }
@@ -68,5 +70,23 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The mirroring counters of this process, as constant counters read at each scrape.
+#[derive(Debug)]
+struct MirrorCollector;
+
+impl prometheus_client::collector::Collector for MirrorCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{encoding::EncodeMetric, metrics::counter::ConstCounter};
+        for (name, help, value) in crate::cluster::MirrorStats::values() {
+            // Under the registry's prefix: `meshrpc_gateway_mirrored_calls` and so on.
+            let name = name.strip_prefix("meshrpc_").unwrap_or(name);
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

@@ -46,6 +46,57 @@ async fn shares(lab: &LabClient, calls: usize) -> HashMap<String, usize> {
     seen
 }
 
+/// `whoami` calls one after another until stopped: each answer with when it came, and
+/// the calls that failed.
+struct Load {
+    answers: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    failures: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(lab: LabClient) -> Load {
+        let (answers, failures, stop) = (Arc::default(), Arc::new(AtomicU64::new(0)), Arc::default());
+        let task = {
+            let (answers, failures, stop): (
+                Arc<std::sync::Mutex<Vec<_>>>,
+                Arc<AtomicU64>,
+                Arc<std::sync::atomic::AtomicBool>,
+            ) = (Arc::clone(&answers), Arc::clone(&failures), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match lab.whoami().await {
+                        Ok(who) => answers.lock().unwrap().push((Instant::now(), who)),
+                        Err(e) => {
+                            eprintln!("call failed: {e}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        };
+        Load { answers, failures, stop, task }
+    }
+
+    /// The answers so far.
+    fn answers(&self) -> Vec<(Instant, String)> {
+        self.answers.lock().unwrap().clone()
+    }
+
+    /// The answers so far, forgotten.
+    fn take(&self) -> Vec<(Instant, String)> {
+        std::mem::take(&mut *self.answers.lock().unwrap())
+    }
+
+    /// Stops the calls; how many failed.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
 async fn meshrpc(args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(MESHRPC).args(args).output().await.unwrap();
     (
@@ -86,23 +137,7 @@ async fn a_split_set_at_runtime_shifts_calls_between_versions_without_failing_an
     assert_eq!(sticky.len(), 1, "{sticky:?}");
 
     // Under load, the rule changes: calls follow within a few gossip rounds, none fails.
-    let failures = Arc::new(AtomicU64::new(0));
-    let recent = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (lab, failures, recent, stop) = (lab.clone(), failures.clone(), recent.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match lab.whoami().await {
-                    Ok(who) => recent.lock().unwrap().push(who),
-                    Err(e) => {
-                        eprintln!("call failed: {e}");
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let load = Load::start(lab.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut args = vec!["split", "lab", "v1=0", "v2=100"];
     args.extend(join);
@@ -110,9 +145,8 @@ async fn a_split_set_at_runtime_shifts_calls_between_versions_without_failing_an
     let (ok, _, err) = meshrpc(&args).await;
     assert!(ok, "{err}");
     let shifted = eventually(Duration::from_secs(5), || async {
-        let mut recent = recent.lock().unwrap();
-        let all_v2 = recent.len() >= 20 && recent[recent.len() - 20..].iter().all(|w| w == "v2");
-        recent.clear();
+        let recent = load.take();
+        let all_v2 = recent.len() >= 20 && recent[recent.len() - 20..].iter().all(|(_, w)| w == "v2");
         all_v2.then_some(())
     })
     .await;
@@ -127,13 +161,12 @@ async fn a_split_set_at_runtime_shifts_calls_between_versions_without_failing_an
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(terminate(&mut v2.child, Duration::from_secs(10)).await.is_some(), "v2 drains and exits");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    recent.lock().unwrap().clear();
+    load.take();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let after: Vec<String> = recent.lock().unwrap().clone();
+    let after: Vec<String> = load.take().into_iter().map(|(_, who)| who).collect();
+    let failures = load.stop().await;
     assert!(!after.is_empty() && after.iter().all(|w| w == "v1"), "after v2 left: {after:?}");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed while the split changed and v2 left");
+    assert_eq!(failures, 0, "calls failed while the split changed and v2 left");
 
     // status shows the versions and the rule; clearing it works.
     let mut args = vec!["status"];
@@ -355,25 +388,7 @@ async fn a_split_change_reaches_a_16_node_mesh() {
     .await;
     assert!(on_v1.is_some(), "calls never kept to v1 (rule {rule:?})");
 
-    let failures = Arc::new(AtomicU64::new(0));
-    let first_v2_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (lab, failures, first_v2_at, stop) = (lab.clone(), failures.clone(), first_v2_at.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match lab.whoami().await {
-                    Ok(who) if who.starts_with("v2-") => {
-                        first_v2_at.lock().unwrap().get_or_insert_with(Instant::now);
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let load = Load::start(lab.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Another member of the mesh writes the new rule: the callers (this test's node) learn
     // it by gossip.
@@ -385,12 +400,14 @@ async fn a_split_change_reaches_a_16_node_mesh() {
     assert!(seen_all.is_some());
     let written = Instant::now();
     writer.spread_split("lab", vec![("v2".into(), 100)]).await.expect("the new rule spreads");
-    let followed = eventually(Duration::from_secs(10), || async { *first_v2_at.lock().unwrap() }).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    let followed = eventually(Duration::from_secs(10), || async {
+        load.answers().into_iter().find_map(|(at, who)| who.starts_with("v2-").then_some(at))
+    })
+    .await;
+    let failures = load.stop().await;
     let first_v2 = followed.expect("calls never reached v2 after the rule changed");
     eprintln!("16 nodes: the caller followed the new rule {:?} after it was written", first_v2.duration_since(written));
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed while the rule changed");
+    assert_eq!(failures, 0, "calls failed while the rule changed");
     let after = shares(&lab, 40).await;
     assert!(after.keys().all(|who| who.starts_with("v2-")), "{after:?}");
 }

@@ -85,18 +85,28 @@ impl<T: Send + 'static, E: Send + 'static> Stream<T, E> {
 impl<T: Send + 'static, E: From<Error> + Send + 'static> Stream<T, E> {
     /// The same stream, ended with `timeout` if it runs past `deadline`.
     pub(crate) fn until(self, deadline: Instant) -> Stream<T, E> {
-        let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
-        Stream::new(TypedUntil { stream: self, sleep, done: false })
+        Stream::new(Until::new(self, deadline))
     }
 }
 
-struct TypedUntil<T, E> {
-    stream: Stream<T, E>,
+/// A stream cut at a deadline: past it, one `timeout` error ends it.
+struct Until<S> {
+    stream: S,
     sleep: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
-impl<T, E: From<Error>> FuturesStream for TypedUntil<T, E> {
+impl<S> Until<S> {
+    fn new(stream: S, deadline: Instant) -> Self {
+        Until { stream, sleep: Box::pin(tokio::time::sleep_until(deadline.into())), done: false }
+    }
+}
+
+impl<S, T, E> FuturesStream for Until<S>
+where
+    S: FuturesStream<Item = Result<T, E>> + Unpin,
+    E: From<Error>,
+{
     type Item = Result<T, E>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
@@ -243,7 +253,7 @@ impl Items {
 
     /// The same items, ended with `timeout` if they run past `deadline`.
     pub(crate) fn until(self, deadline: Instant) -> Items {
-        Items::new(Until { items: self, sleep: Box::pin(tokio::time::sleep_until(deadline.into())), done: false })
+        Items::new(Until::new(self, deadline))
     }
 }
 
@@ -251,31 +261,6 @@ impl FuturesStream for Items {
     type Item = Result<Reply, Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
-    }
-}
-
-struct Until {
-    items: Items,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    done: bool,
-}
-
-impl FuturesStream for Until {
-    type Item = Result<Reply, Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(next) = Pin::new(&mut self.items).poll_next(cx) {
-            return Poll::Ready(next);
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.done = true;
-                Poll::Ready(Some(Err(Error::Timeout)))
-            }
-            Poll::Pending => Poll::Pending,
-        }
     }
 }
 

@@ -322,12 +322,22 @@ impl View {
 
     /// The newest split rule for `service`, a clearing one included.
     pub fn newest_split(&self, service: &str) -> Option<&Split> {
-        self.members.iter().filter_map(|m| m.splits.get(service)).max_by(|a, b| a.order().cmp(&b.order()))
+        self.newest(service, |m| &m.splits)
     }
 
     /// Every service with a split rule anyone gossips.
     pub fn split_services(&self) -> std::collections::BTreeSet<&str> {
-        self.members.iter().flat_map(|m| m.splits.keys().map(String::as_str)).collect()
+        self.ruled(|m| &m.splits)
+    }
+
+    /// The newest rule for `service` among the members' `rules` (splits or mirrors).
+    fn newest(&self, service: &str, rules: impl Fn(&Member) -> &BTreeMap<String, Split>) -> Option<&Split> {
+        self.members.iter().filter_map(|m| rules(m).get(service)).max_by(|a, b| a.order().cmp(&b.order()))
+    }
+
+    /// Every service some member has one of `rules` for.
+    fn ruled(&self, rules: impl Fn(&Member) -> &BTreeMap<String, Split>) -> std::collections::BTreeSet<&str> {
+        self.members.iter().flat_map(|m| rules(m).keys().map(String::as_str)).collect()
     }
 
     /// The newest mirror rule for `service` (`None`: none, or cleared): its one entry is
@@ -338,12 +348,12 @@ impl View {
 
     /// The newest mirror rule for `service`, a clearing one included.
     pub fn newest_mirror(&self, service: &str) -> Option<&Split> {
-        self.members.iter().filter_map(|m| m.mirrors.get(service)).max_by(|a, b| a.order().cmp(&b.order()))
+        self.newest(service, |m| &m.mirrors)
     }
 
     /// Every service with a mirror rule anyone gossips.
     pub fn mirror_services(&self) -> std::collections::BTreeSet<&str> {
-        self.members.iter().flat_map(|m| m.mirrors.keys().map(String::as_str)).collect()
+        self.ruled(|m| &m.mirrors)
     }
 
     /// True if some member serves `name` or publishes an HTTP router under it.

@@ -33,13 +33,17 @@ impl Inner {
         key: Option<&str>,
     ) -> Result<Vec<&'v Member>, Error> {
         let replicas: Vec<&Member> = replicas.filter(|m| m.addr.is_some_and(|a| !tried.contains(&a))).collect();
-        let version_of = |m: &Member| m.services.get(service).map_or("", |s| s.version.as_str()).to_owned();
+        let version_of = |m: &'v Member| m.services.get(service).map_or("", |s| s.version.as_str());
         if let Some(pin) = pin {
             let pinned: Vec<&Member> = replicas.into_iter().filter(|m| version_of(m) == pin).collect();
             if pinned.is_empty() {
                 return Err(Error::unavailable(format!("no replica of `{service}` runs version `{pin}`")));
             }
             return Ok(pinned);
+        }
+        // Most services have no rule: one atomic load, not a walk of every member's rules.
+        if !self.traffic.split(service) {
+            return Ok(replicas);
         }
         let Some(split) = view.split(service) else { return Ok(replicas) };
         // Versions of the rule that have a replica left; the others' shares go to them.
@@ -186,19 +190,21 @@ impl Cluster {
     /// again as a newer rule when none did within a few seconds; up to 12 s in all. Empty
     /// `weights` clear the rule.
     pub async fn spread_split(&self, service: &str, weights: Vec<(String, u32)>) -> Result<Split, Error> {
-        for _ in 0..4 {
-            let split = self.write_split(service, weights.clone()).await;
-            if self.rule_spread(service, &split, Duration::from_secs(3)).await {
-                return Ok(split);
-            }
-        }
-        Err(Error::unavailable("no node passed the rule on within 12 s: it was not applied"))
+        self.spread(service, || self.write_split(service, weights.clone())).await
     }
 
     /// As [`spread_split`](Self::spread_split), for a mirror rule (`None`: clear it).
     pub async fn spread_mirror(&self, service: &str, to: Option<(String, u32)>) -> Result<Split, Error> {
+        self.spread(service, || self.set_mirror(service, to.clone())).await
+    }
+
+    async fn spread<F: std::future::Future<Output = Split>>(
+        &self,
+        service: &str,
+        write: impl Fn() -> F,
+    ) -> Result<Split, Error> {
         for _ in 0..4 {
-            let rule = self.set_mirror(service, to.clone()).await;
+            let rule = write().await;
             if self.rule_spread(service, &rule, Duration::from_secs(3)).await {
                 return Ok(rule);
             }

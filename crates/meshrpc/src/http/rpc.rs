@@ -250,10 +250,7 @@ pub fn envelope(result: Result<Reply, Error>) -> Response {
             json_response(StatusCode::OK, out.freeze())
         }
         Ok(Reply::AppError(detail)) => {
-            // A string error reads as the message; anything else keeps its structure.
-            let message =
-                serde_json::from_slice::<String>(&detail).unwrap_or_else(|_| "the service returned an error".into());
-            error_response(StatusCode::UNPROCESSABLE_ENTITY, "application", &message, Some(&detail))
+            error_response(StatusCode::UNPROCESSABLE_ENTITY, "application", &app_error_message(&detail), Some(&detail))
         }
         Err(Error::Application { detail }) => error_response(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -270,12 +267,27 @@ pub fn envelope(result: Result<Reply, Error>) -> Response {
 
 /// `{"data":null,"errors":[{"code":…,"message":…[,"detail":…]}]}`
 pub fn error_response(status: StatusCode, code: &str, message: &str, detail: Option<&[u8]>) -> Response {
+    json_response(status, Bytes::from(errors_body(error_entry(code, message, detail)).to_string()))
+}
+
+/// One entry of an answer's `errors`: `{"code":…,"message":…[,"detail":…]}` (`detail`: JSON).
+pub(crate) fn error_entry(code: &str, message: &str, detail: Option<&[u8]>) -> serde_json::Value {
     let mut entry = serde_json::json!({ "code": code, "message": message });
     if let Some(detail) = detail {
         entry["detail"] = serde_json::from_slice(detail).unwrap_or(serde_json::Value::Null);
     }
-    let body = serde_json::json!({ "data": null, "errors": [entry] });
-    json_response(status, Bytes::from(body.to_string()))
+    entry
+}
+
+/// `{"data":null,"errors":[entry]}`
+pub(crate) fn errors_body(entry: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "data": null, "errors": [entry] })
+}
+
+/// The message of an application error: a string error reads as itself; anything else
+/// keeps its structure in `detail`.
+pub(crate) fn app_error_message(detail: &[u8]) -> String {
+    serde_json::from_slice::<String>(detail).unwrap_or_else(|_| "the service returned an error".into())
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {

@@ -23,6 +23,7 @@ use axum::{
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 
+use super::rpc::{app_error_message, error_entry, errors_body};
 use crate::{call::Reply, error::Error, limits::HttpLimits, stream::Items};
 
 /// The longest a stream answer goes without a byte: a heartbeat follows.
@@ -99,10 +100,8 @@ impl futures_core::Stream for Chunks {
                 Some(Ok(Reply::Ok(item))) => item_chunk(self.format, &item),
                 Some(Ok(Reply::AppError(detail))) => {
                     self.done = true;
-                    let message = serde_json::from_slice::<String>(&detail)
-                        .unwrap_or_else(|_| "the service returned an error".into());
-                    let mut entry = serde_json::json!({ "code": "application", "message": message, "item": index });
-                    entry["detail"] = serde_json::from_slice(&detail).unwrap_or(serde_json::Value::Null);
+                    let mut entry = error_entry("application", &app_error_message(&detail), Some(&detail));
+                    entry["item"] = index.into();
                     error_chunk(self.format, entry)
                 }
                 Some(Ok(Reply::Stream(_))) => {
@@ -139,7 +138,9 @@ impl futures_core::Stream for Chunks {
 use std::future::Future as _;
 
 fn entry_of(e: &Error, index: u64) -> serde_json::Value {
-    serde_json::json!({ "code": e.code(), "message": e.to_string(), "item": index })
+    let mut entry = error_entry(e.code(), &e.to_string(), None);
+    entry["item"] = index.into();
+    entry
 }
 
 fn item_chunk(format: Format, item: &[u8]) -> Bytes {
@@ -162,7 +163,7 @@ fn item_chunk(format: Format, item: &[u8]) -> Bytes {
 
 fn error_chunk(format: Format, entry: serde_json::Value) -> Bytes {
     match format {
-        Format::Ndjson => Bytes::from(format!("{}\n", serde_json::json!({ "data": null, "errors": [entry] }))),
+        Format::Ndjson => Bytes::from(format!("{}\n", errors_body(entry))),
         Format::EventStream => Bytes::from(format!("event: error\ndata: {entry}\n\n")),
     }
 }

@@ -21,7 +21,10 @@ use axum::{
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
-use super::streams::HEARTBEAT;
+use super::{
+    rpc::{app_error_message, error_entry, errors_body},
+    streams::HEARTBEAT,
+};
 use crate::{
     call::{Call, Dispatch, Reply},
     error::Error,
@@ -153,14 +156,12 @@ async fn close(out: &mut Out, outcome: Result<(), Error>, code: u16) {
         Ok(()) => "",
         Err(e) => {
             let entry = match &e {
-                Error::Application { detail } => serde_json::json!({
-                    "code": "application",
-                    "message": "the service returned an error",
-                    "detail": serde_json::from_str::<serde_json::Value>(detail).unwrap_or(serde_json::Value::Null),
-                }),
-                e => serde_json::json!({ "code": e.code(), "message": e.to_string() }),
+                Error::Application { detail } => {
+                    error_entry("application", &app_error_message(detail.as_bytes()), Some(detail.as_bytes()))
+                }
+                e => error_entry(e.code(), &e.to_string(), None),
             };
-            let body = serde_json::json!({ "data": null, "errors": [entry] }).to_string();
+            let body = errors_body(entry).to_string();
             let _ = out.send(Message::Text(body.into())).await;
             "error"
         }

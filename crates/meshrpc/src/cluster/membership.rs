@@ -330,9 +330,17 @@ impl View {
         self.ruled(|m| &m.splits)
     }
 
-    /// The newest rule for `service` among the members' `rules` (splits or mirrors).
+    /// The newest rule for `service` among the members' `rules` (splits or mirrors). A
+    /// rule stamped more than an hour ahead of this node's clock is ignored: it could never
+    /// be replaced.
     fn newest(&self, service: &str, rules: impl Fn(&Member) -> &BTreeMap<String, Split>) -> Option<&Split> {
-        self.members.iter().filter_map(|m| rules(m).get(service)).max_by(|a, b| a.order().cmp(&b.order()))
+        let horizon = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(3600))
+            .as_millis() as u64;
+        self.members
+            .iter()
+            .filter_map(|m| rules(m).get(service))
+            .filter(|r| r.set_ms <= horizon)
+            .max_by(|a, b| a.order().cmp(&b.order()))
     }
 
     /// Every service some member has one of `rules` for.

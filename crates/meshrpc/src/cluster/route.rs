@@ -109,11 +109,16 @@ impl Inner {
             let view = self.membership.view();
             let replicas = view.replicas(&call.service, fingerprint.as_deref());
             let (pin, key) = (call.version.as_deref(), call.key.as_deref());
-            let replicas = match self.versioned(&view, &call.service, replicas, &tried, pin, key) {
-                Ok(replicas) => replicas,
-                Err(e) => return Err(last_error.unwrap_or(e)),
+            // Most calls are neither pinned nor split: they go straight to the picker.
+            let picked = if pin.is_none() && !self.traffic.split(&call.service) {
+                self.pick(&*balancer, &call.service, replicas, &tried, key)
+            } else {
+                match self.versioned(&view, &call.service, replicas, &tried, pin, key) {
+                    Ok(replicas) => self.pick(&*balancer, &call.service, replicas.into_iter(), &tried, key),
+                    Err(e) => return Err(last_error.unwrap_or(e)),
+                }
             };
-            let Some((member, peer)) = self.pick(&*balancer, &call.service, replicas.into_iter(), &tried, key) else {
+            let Some((member, peer)) = picked else {
                 return Err(
                     last_error.unwrap_or_else(|| self.nobody_serves(&view, &call.service, fingerprint.as_deref()))
                 );
@@ -138,7 +143,9 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             };
-            let mirror = self.mirror(&view, &call, member, fingerprint.as_deref());
+            // A call is mirrored once, on its first attempt.
+            let mirror =
+                (tried.len() == 1).then(|| self.mirror(&view, &call, member, fingerprint.as_deref())).flatten();
             let start = Instant::now();
             let answer = pending.answer().await;
             if let Some(mirror) = mirror {
@@ -197,7 +204,7 @@ impl Dispatch for ClusterDispatch {
 
     fn colocated(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         // Server layers must see every call to this node: with them, no shortcut.
-        if self.inner.colocated == Colocated::Off || self.inner.layered {
+        if self.inner.colocated != Colocated::Prefer || self.inner.layered {
             return None;
         }
         self.inner.registry.local(spec)

@@ -41,10 +41,6 @@ impl Inner {
             }
             return Ok(pinned);
         }
-        // Most services have no rule: one atomic load, not a walk of every member's rules.
-        if !self.traffic.split(service) {
-            return Ok(replicas);
-        }
         let Some(split) = view.split(service) else { return Ok(replicas) };
         // Versions of the rule that have a replica left; the others' shares go to them.
         let live: Vec<(&str, u32)> = split
@@ -182,7 +178,7 @@ impl Cluster {
     fn new_rule(&self, seen: Option<&Split>, weights: Vec<(String, u32)>) -> Split {
         let seen = seen.map_or(0, |s| s.set_ms);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        Split { set_ms: now.max(seen + 1), set_by: self.inner.name.clone(), weights }
+        Split { set_ms: now.max(seen.saturating_add(1)), set_by: self.inner.name.clone(), weights }
     }
 
     /// Sets the split rule of `service` and waits until another member passes it on (so
@@ -243,13 +239,15 @@ pub(super) async fn pass_on_splits(inner: Weak<Inner>) {
         node.traffic.note_rules(&view);
         let own = view.members.iter().find(|m| m.is_self);
         let newer = |mine: Option<&Split>, newest: &Split| mine.is_none_or(|m| m.order() < newest.order());
-        for service in view.split_services() {
+        // Only rules of services some member publishes are passed on: a peer cannot make
+        // every node keep rules for names that serve nothing.
+        for service in view.split_services().into_iter().filter(|s| view.knows(s)) {
             let Some(newest) = view.newest_split(service) else { continue };
             if newer(own.and_then(|m| m.splits.get(service)), newest) {
                 node.membership.advertise_split(service, newest).await;
             }
         }
-        for service in view.mirror_services() {
+        for service in view.mirror_services().into_iter().filter(|s| view.knows(s)) {
             let Some(newest) = view.newest_mirror(service) else { continue };
             if newer(own.and_then(|m| m.mirrors.get(service)), newest) {
                 node.membership.advertise_mirror(service, newest).await;
@@ -262,6 +260,10 @@ pub(super) async fn pass_on_splits(inner: Weak<Inner>) {
     }
 }
 
+/// Mirrored calls under way at most; past it a call is not mirrored (a slow mirror version
+/// must not pile up copies).
+const MAX_MIRRORS_IN_FLIGHT: u64 = 256;
+static MIRRORS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 static MIRRORED: AtomicU64 = AtomicU64::new(0);
 static MIRROR_SAME: AtomicU64 = AtomicU64::new(0);
 static MIRROR_DIFFERENT: AtomicU64 = AtomicU64::new(0);
@@ -339,14 +341,22 @@ impl Inner {
         if !idempotent || advert.version == version || self.traffic.random() % 100 >= u64::from(percent) {
             return None;
         }
+        if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_MIRRORS_IN_FLIGHT {
+            MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         let mut copy = call.clone();
         copy.version = Some(Arc::from(version.as_str()));
+        // A copy never waits longer than a call's default timeout, whatever the real one's.
+        let cap = std::time::Instant::now() + crate::client::DEFAULT_TIMEOUT;
+        copy.deadline = Some(copy.deadline.map_or(cap, |d| d.min(cap)));
         copy.key = None;
         let (real_tx, real_rx) = tokio::sync::oneshot::channel();
         let (inner, fingerprint) = (self.clone(), fingerprint.map(str::to_owned));
         MIRRORED.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mirrored = inner.call(copy, fingerprint).await;
+            MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
             let Ok(real) = real_rx.await else { return };
             let counter = match (mirrored, real) {
                 (Err(e), _) if e.code() == "unavailable" || e.code() == "timeout" => &MIRROR_FAILED,

@@ -181,7 +181,7 @@ pub(crate) fn is_ndjson(headers: &HeaderMap) -> bool {
 /// `limits.max_body`, or one that is not JSON, ends the items with `bad_request` naming
 /// the line.
 pub(crate) async fn split_ndjson(body: Body, limits: &HttpLimits) -> Result<(Bytes, Items), Error> {
-    let mut lines = Lines { body, buf: BytesMut::new(), max: limits.max_body, line: 0, ended: false };
+    let mut lines = Lines { body, buf: BytesMut::new(), scanned: 0, max: limits.max_body, line: 0, ended: false };
     let args = match tokio::time::timeout(limits.body_timeout, lines.next()).await {
         Err(_) => return Err(Error::bad_request(format!("no arguments line within {:?}", limits.body_timeout))),
         Ok(None) => Bytes::new(),
@@ -189,10 +189,17 @@ pub(crate) async fn split_ndjson(body: Body, limits: &HttpLimits) -> Result<(Byt
         Ok(Some(Ok(line))) => line,
     };
     // Items are read by a task into a small queue: the call reads them as it goes, and the
-    // client's sending slows down with it.
-    let (tx, items) = Items::channel(16);
+    // client's sending slows down with it. A call holds at most the queue's two lines, the
+    // one being sent and the one arriving (each at most `max_body`); the task ends with the
+    // call, even while the client sends nothing.
+    let (tx, items) = Items::channel(2);
     tokio::spawn(async move {
-        while let Some(line) = lines.next().await {
+        loop {
+            let line = tokio::select! {
+                line = lines.next() => line,
+                _ = tx.closed() => return,
+            };
+            let Some(line) = line else { return };
             let item = line.map(Reply::Ok);
             let last = item.is_err();
             if tx.send(item).await.is_err() || last {
@@ -206,6 +213,8 @@ pub(crate) async fn split_ndjson(body: Body, limits: &HttpLimits) -> Result<(Byt
 struct Lines {
     body: Body,
     buf: BytesMut,
+    /// Bytes of `buf` already known to hold no newline (each byte is looked at once).
+    scanned: usize,
     max: usize,
     line: u64,
     ended: bool,
@@ -215,19 +224,22 @@ impl Lines {
     /// The next non-blank line, checked to be JSON.
     async fn next(&mut self) -> Option<Result<Bytes, Error>> {
         loop {
-            if let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
+            if let Some(at) = self.buf[self.scanned..].iter().position(|b| *b == b'\n').map(|i| i + self.scanned) {
+                self.scanned = 0;
                 let line = self.buf.split_to(at + 1).freeze().slice(..at);
                 if let Some(line) = self.checked(line) {
                     return Some(line);
                 }
                 continue;
             }
+            self.scanned = self.buf.len();
             if self.buf.len() > self.max {
                 self.ended = true;
                 let e = Error::TooLarge { size: self.buf.len() as u64, limit: self.max as u64 };
                 return Some(Err(Error::bad_request(format!("NDJSON line {}: {e}", self.line + 1))));
             }
             if self.ended {
+                self.scanned = 0;
                 let rest = std::mem::take(&mut self.buf).freeze();
                 return self.checked(rest);
             }

@@ -364,3 +364,39 @@ async fn past_items<T, E>(stream: &mut Stream<T, E>) -> Option<Result<T, E>> {
         }
     }
 }
+
+/// Items of about 50 KB while other calls share the connection: the sender can be left
+/// with more than half the shared window but less than one item; it says it is blocked,
+/// and the reader grants what it can, so the stream never stalls.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_items_beside_other_calls_never_stall() {
+    let (_node, conn) = node(&[]).await;
+    let streamer = StreamerClient::new(conn.clone()).with_codec(Codec::Postcard).without_stream_deadline();
+    let lab = LabClient::new(conn);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beside = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut calls = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                lab.whoami().await.unwrap();
+                calls += 1;
+            }
+            calls
+        })
+    };
+    let mut items = streamer.count(0, 300, 49_980).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut next = 0;
+        while let Some(item) = items.next().await {
+            assert_eq!(item.unwrap().n, next);
+            next += 1;
+        }
+        next
+    })
+    .await
+    .expect("the stream stalled");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(read, 300);
+    assert!(beside.await.unwrap() > 0, "calls ran beside the stream");
+}

@@ -324,6 +324,11 @@ impl<W, S> CallerState<W, S> {
                     _ => Incoming::Violation(Error::protocol(format!("an end for call {id}, which has no stream"))),
                 }
             }
+            // A sender out of credit says so with a grant of 0 (its items are ours to read).
+            Frame::Credit { id, bytes: 0 } => match self.pending.get_mut(&id).and_then(|e| e.flow.blocked()) {
+                Some(bytes) => Incoming::Send(Frame::Credit { id, bytes }),
+                None => Incoming::Nothing,
+            },
             Frame::Credit { id, bytes } => match self.pending.get_mut(&id) {
                 Some(Waiting { flow: StreamFlow { send: Some(window), .. }, stream: Some(stream), .. }) => {
                     window.grant(bytes);

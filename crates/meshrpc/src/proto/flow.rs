@@ -33,11 +33,13 @@ pub struct RecvWindow {
     open: u32,
     /// Arrived and not yet consumed by the reader.
     unread: u32,
+    /// The sender said it lacks credit for its next item: top it up to the whole window.
+    blocked: bool,
 }
 
 impl Default for RecvWindow {
     fn default() -> Self {
-        RecvWindow { open: STREAM_WINDOW, unread: 0 }
+        RecvWindow { open: STREAM_WINDOW, unread: 0, blocked: false }
     }
 }
 
@@ -61,6 +63,9 @@ impl RecvWindow {
     /// unread items together exceeding the window.
     pub fn consumed(&mut self, cost: u32, target: u32) -> Option<u32> {
         self.unread = self.unread.saturating_sub(cost);
+        if self.blocked {
+            return self.top_up();
+        }
         let target = target.min(STREAM_WINDOW);
         if self.open >= target / 2 {
             return None;
@@ -73,9 +78,26 @@ impl RecvWindow {
         Some(grant)
     }
 
-    /// Credit the sender still holds (what may arrive before the reader reads).
-    pub fn open(&self) -> u32 {
-        self.open
+    /// The sender lacks credit for its next item (a `Credit` of 0 bytes from it): whatever
+    /// the target, it is topped up to all the window its unread items leave, now and as the
+    /// reader consumes, until nothing is unread (then any item fits: its cost is at most the
+    /// window). Without this, a sender holding more than half the target but less than its
+    /// next item would wait for a grant that never comes.
+    pub fn blocked(&mut self) -> Option<u32> {
+        self.blocked = true;
+        self.top_up()
+    }
+
+    fn top_up(&mut self) -> Option<u32> {
+        if self.unread == 0 {
+            self.blocked = false;
+        }
+        let grant = STREAM_WINDOW - self.open - self.unread;
+        if grant == 0 {
+            return None;
+        }
+        self.open += grant;
+        Some(grant)
     }
 }
 
@@ -167,6 +189,11 @@ impl StreamFlow {
         }
     }
 
+    /// The sender lacks credit for its next item: the credit to grant, if any now.
+    pub(crate) fn blocked(&mut self) -> Option<u32> {
+        self.recv.as_mut()?.blocked()
+    }
+
     /// The reader took items costing `cost`: the credit to grant back, if it is time to.
     /// `started`: calls started on the connection so far; `others`: other calls in flight.
     /// With other calls now, or since the last grant, the sender is kept to the shared
@@ -237,6 +264,26 @@ mod tests {
         send.grant(grant);
         let unread = STREAM_WINDOW - (STREAM_WINDOW % cost) - cost;
         assert!(send.credit() + unread <= STREAM_WINDOW, "credit {} unread {unread}", send.credit());
+    }
+
+    #[test]
+    fn a_blocked_sender_gets_the_whole_window_once_the_reader_caught_up() {
+        let (mut send, mut recv) = (SendWindow::default(), RecvWindow::default());
+        let cost = item_cost(50_000 - 9);
+        // 20 items go out; the sender keeps 48,576 bytes of credit: more than half the
+        // shared window, less than its next item.
+        while send.spend(cost) {
+            recv.received(cost).unwrap();
+        }
+        assert!(send.credit() > SHARED_WINDOW / 2 && send.credit() < cost, "credit {}", send.credit());
+        // The reader reads all 20 while other calls share the connection: no ordinary grant.
+        for _ in 0..20 {
+            assert_eq!(recv.consumed(cost, SHARED_WINDOW), None);
+        }
+        let grant = recv.blocked().expect("a grant for a blocked sender");
+        send.grant(grant);
+        assert_eq!(send.credit(), STREAM_WINDOW);
+        assert!(send.spend(cost));
     }
 
     #[test]

@@ -204,6 +204,11 @@ impl<H, S> ResponderState<H, S> {
                 };
                 Inbound::ItemsEnd(stream.clone(), outcome)
             }
+            // A sender out of credit says so with a grant of 0 (its items are ours to read).
+            Frame::Credit { id, bytes: 0 } => match self.running.get_mut(&id).and_then(|e| e.flow.blocked()) {
+                Some(bytes) => Inbound::Send(Frame::Credit { id, bytes }),
+                None => Inbound::Nothing,
+            },
             Frame::Credit { id, bytes } => match self.running.get_mut(&id) {
                 Some(Running { flow: StreamFlow { send: Some(window), .. }, stream: Some(stream), .. }) => {
                     window.grant(bytes);

@@ -335,6 +335,10 @@ impl ItemSink for Served {
     fn items_sent(&self, id: u64) {
         self.state.lock().unwrap().finished(id);
     }
+
+    fn blocked(&self, id: u64) {
+        let _ = self.sender.send(&Frame::Credit { id, bytes: 0 }, false);
+    }
 }
 
 impl Served {

@@ -183,6 +183,8 @@ pub(crate) trait ItemSink: Send + Sync + 'static {
     fn send_bulk(&self, group: Vec<Bytes>) -> impl std::future::Future<Output = Result<(), Error>> + Send;
     /// The call's items ended (their end frame is out).
     fn items_sent(&self, id: u64);
+    /// Tells the peer this call's items lack credit for the next one (a `Credit` of 0).
+    fn blocked(&self, id: u64);
 }
 
 /// Received items as [`Items`]: reads grant their credit back.
@@ -303,15 +305,22 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
             let frame = match next {
                 Some(Ok(Reply::Ok(payload))) => {
                     let cost = item_cost(payload.len());
+                    let mut said = false;
                     while cost > credit {
-                        // Out of credit: send what is gathered, then wait for a grant.
+                        // Out of credit: send what is gathered, then wait for a grant (once
+                        // stuck, say so: the reader then grants all it can).
                         if flush(&mut batch, &mut parts, &mut gathered, &mut spent).await.is_err() {
                             return;
                         }
                         match owner.credit(id) {
                             None => return,
                             Some(now) if now >= cost => credit = now,
-                            Some(_) => handle.credit.notified().await,
+                            Some(_) => {
+                                if !std::mem::replace(&mut said, true) {
+                                    owner.blocked(id);
+                                }
+                                handle.credit.notified().await
+                            }
                         }
                     }
                     credit -= cost;

@@ -494,4 +494,8 @@ impl ItemSink for Inner {
     fn items_sent(&self, id: u64) {
         self.proto.lock().unwrap().items_sent(id);
     }
+
+    fn blocked(&self, id: u64) {
+        let _ = self.sender.send(&Frame::Credit { id, bytes: 0 }, false);
+    }
 }

@@ -317,9 +317,14 @@ impl<W, S> CallerState<W, S> {
             }
             Frame::End { id, status, payload } => {
                 let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };
-                match (w.flow.recv, w.stream) {
-                    (Some(_), Some(stream)) => {
+                match (w.flow.recv, w.stream, w.waiter) {
+                    (Some(_), Some(stream), _) => {
                         Incoming::End(stream, (status != Status::Ok).then(|| outcome(status, payload)))
+                    }
+                    // A node that ends a call before its stream's opening reached us (it
+                    // failed it meanwhile): the end is the call's answer.
+                    (None, stream, Some(waiter)) if status != Status::Ok => {
+                        Incoming::Answer(waiter, stream, outcome(status, payload))
                     }
                     _ => Incoming::Violation(Error::protocol(format!("an end for call {id}, which has no stream"))),
                 }

@@ -395,8 +395,11 @@ async fn on_inbound(
             if let Poll::Ready(result) = first {
                 log.end(&result);
                 let Ok(Reply::Stream(items)) = result else { return finish(answers.frame(id, result)) };
+                // Recorded under the lock before the task can run: a short stream that ends
+                // at once must find its entry to remove.
+                let mut running = state.lock().unwrap();
                 let task = tokio::spawn(served.clone().stream(id, items, true));
-                state.lock().unwrap().started(id, task.abort_handle());
+                running.started(id, task.abort_handle());
                 return None;
             }
             let sender = sender.clone();

@@ -148,7 +148,18 @@ async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|a| if m.items.as_ref() == Some(a) { format!("{a}: stream") } else { a.clone() })
                 .collect();
             let answer = if m.streams { " -> stream" } else { "" };
-            let answer = if m.idempotent { format!("{answer} (idempotent)") } else { answer.to_owned() };
+            let mut options = Vec::new();
+            if m.idempotent {
+                options.push("idempotent".to_owned());
+            }
+            if m.hedge {
+                options.push("hedged".to_owned());
+            }
+            if let Some(t) = m.timeout {
+                options.push(format!("timeout {t:?}"));
+            }
+            let answer =
+                if options.is_empty() { answer.to_owned() } else { format!("{answer} ({})", options.join(", ")) };
             let items = if m.items.is_some() { " --items < items.ndjson" } else { "" };
             println!("  {name}.{}({}){answer}    '{{{}}}'{items}", m.name, params.join(", "), example.join(","));
         }

@@ -66,6 +66,26 @@ pub struct GatewayArgs {
     /// Services /healthz requires to answer (comma separated).
     #[arg(long, value_delimiter = ',')]
     require: Vec<String>,
+    /// Each client's rate: `100/s`, `6000/m`, `100/s:200` (a burst of 200). A client is
+    /// its bearer token's subject, else its IP address. Over it: 429 with Retry-After.
+    #[arg(long)]
+    rate_limit: Option<meshrpc::Rate>,
+    /// A route's rate across all clients: `/greeter/greet=50/s` (or `/greeter=…` for all
+    /// of a service's routes). Repeatable.
+    #[arg(long = "route-limit", value_parser = route_limit)]
+    route_limits: Vec<(String, meshrpc::Rate)>,
+    /// Rate limits from a TOML file (`client = "100/s"`, `[route]` `"/greeter/greet" =
+    /// "50/s"`; docs/resilience.md); flags add to it.
+    #[arg(long, env = "MESHRPC_RATE_LIMITS")]
+    rate_limits: Option<std::path::PathBuf>,
+}
+
+fn route_limit(s: &str) -> Result<(String, meshrpc::Rate), String> {
+    let (path, rate) = s.split_once('=').ok_or("expected PATH=RATE, as in /greeter/greet=50/s")?;
+    if !path.starts_with('/') {
+        return Err(format!("route `{path}` must start with `/`"));
+    }
+    Ok((path.to_owned(), rate.parse().map_err(|e: meshrpc::Error| e.to_string())?))
 }
 
 pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -96,7 +116,18 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(access) = cluster.access() {
         gateway = gateway.access(access.clone());
     }
-    let mut routes = gateway.router();
+    let mut rate_limits = match &args.rate_limits {
+        Some(path) => meshrpc::RateLimits::from_file(path)?,
+        None => meshrpc::RateLimits::new(),
+    };
+    if let Some(rate) = args.rate_limit {
+        rate_limits = rate_limits.per_client(rate);
+    }
+    for (path, rate) in args.route_limits {
+        rate_limits = rate_limits.route(path, rate);
+    }
+    // Inside authentication: a client is its token's subject.
+    let mut routes = gateway.rate_limit(gateway.router(), rate_limits);
     if let Some(auth) = bearer_auth(&args.api_keys, &args.jwt_hs256_secret, &args.jwt_rs256_key, &args.jwt_issuer)? {
         routes = gateway.authenticate(routes, auth);
     }

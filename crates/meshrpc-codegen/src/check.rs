@@ -75,29 +75,78 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
     Ok(ServiceDef { vis: item.vis.clone(), item, name, methods, exposed: options.expose })
 }
 
-/// The `#[meshrpc(...)]` options of a method: `idempotent`.
-fn method_options(f: &TraitItemFn, errors: &mut Errors) -> bool {
-    let mut idempotent = false;
+/// The `#[meshrpc(...)]` options of a method.
+#[derive(Default)]
+struct MethodOptions {
+    idempotent: bool,
+    /// `timeout = "200ms"`, in nanoseconds.
+    timeout: Option<u64>,
+    /// Where `hedge` was written (checked once the method's shape is known).
+    hedge: Option<proc_macro2::Span>,
+}
+
+const METHOD_OPTIONS: &str = "the ones there are `idempotent`, `timeout = \"200ms\"` and `hedge`";
+
+fn method_options(f: &TraitItemFn, errors: &mut Errors) -> MethodOptions {
+    let mut options = MethodOptions::default();
     for attr in f.attrs.iter().filter(|a| a.path().is_ident("meshrpc")) {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("idempotent") {
-                idempotent = true;
+                options.idempotent = true;
+                Ok(())
+            } else if meta.path.is_ident("hedge") {
+                options.hedge = Some(meta.path.span());
+                Ok(())
+            } else if meta.path.is_ident("timeout") {
+                let value = meta.value()?;
+                let lit: syn::Lit = value.parse()?;
+                let syn::Lit::Str(text) = &lit else {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "write the timeout as a string with a unit: `timeout = \"200ms\"`",
+                    ));
+                };
+                options.timeout = Some(parse_duration(&text.value()).map_err(|why| syn::Error::new(text.span(), why))?);
                 Ok(())
             } else {
-                Err(meta.error("unknown meshrpc option on a method: the one there is `idempotent`"))
+                Err(meta.error(format!("unknown meshrpc option on a method: {METHOD_OPTIONS}")))
             }
         });
         if let Err(e) = parsed {
             errors.push(e.span(), &e.to_string());
         }
     }
-    idempotent
+    options
+}
+
+/// `"200ms"`, `"1.5s"`, `"2m"`, `"500us"` → nanoseconds (more than zero, at most a day).
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a duration: write a number and a unit (`ms`, `s`, `m`, `us`), as in \"200ms\" or \"1.5s\""
+        )
+    };
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        _ => return Err(bad()),
+    };
+    let nanos = number * scale;
+    if !(nanos >= 1e3 && nanos <= 86_400e9) {
+        return Err(format!("timeout `{text}` is out of range: between 1us and 24 hours"));
+    }
+    Ok(nanos as u64)
 }
 
 fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let sig = &f.sig;
     let before = errors.0.as_ref().map_or(0, |e| e.clone().into_iter().count());
-    let idempotent = method_options(f, errors);
+    let options = method_options(f, errors);
     if sig.asyncness.is_none() {
         errors.push(sig.fn_token, "service methods must be `async fn`: every remote call waits on the network");
     }
@@ -189,7 +238,21 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     match (error, value, returns) {
         (Some(error), Some(value), Some(returns)) if after == before => {
             let output = stream_types(&value);
-            Some(MethodDef { ident, name, args, returns, value, error, input, output, idempotent })
+            if let Some(span) = options.hedge {
+                if !options.idempotent {
+                    errors.push(
+                        span,
+                        "`hedge` sends a second attempt, so the method may run twice: mark it `idempotent` too",
+                    );
+                } else if output.is_some() || input.is_some() {
+                    errors.push(
+                        span,
+                        "`hedge` applies to methods that take and answer plain values: a stream cannot be sent twice",
+                    );
+                }
+            }
+            let (idempotent, timeout, hedge) = (options.idempotent, options.timeout, options.hedge.is_some());
+            Some(MethodDef { ident, name, args, returns, value, error, input, output, idempotent, timeout, hedge })
         }
         _ => None,
     }

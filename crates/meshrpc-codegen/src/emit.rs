@@ -176,10 +176,15 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             }
             None => quote! { ::core::option::Option::None },
         };
-        let (streams, idempotent) = (m.output.is_some(), m.idempotent);
+        let (streams, idempotent, hedge) = (m.output.is_some(), m.idempotent, m.hedge);
+        let timeout = match m.timeout {
+            Some(nanos) => quote! { ::core::option::Option::Some(::core::time::Duration::from_nanos(#nanos)) },
+            None => quote! { ::core::option::Option::None },
+        };
         quote! {
             ::meshrpc::MethodSpec {
                 name: #name, args: &[ #( #args ),* ], items: #items, streams: #streams, idempotent: #idempotent,
+                timeout: #timeout, hedge: #hedge,
             }
         }
     });
@@ -204,23 +209,30 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
         let ident = &m.ident;
         let all: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let local_call = quote! { <dyn #trait_ident as #trait_ident>::#ident(&**__meshrpc_local, #( #all ),*) };
+        // A method with a timeout of its own: calls get at most that (callers may shorten it).
+        let channel = match m.timeout {
+            Some(nanos) => quote! {
+                &self.channel.with_timeout_at_most(::core::time::Duration::from_nanos(#nanos))
+            },
+            None => quote! { &self.channel },
+        };
         let colocated = match &m.output {
             Some(_) => quote_spanned! {m.returns.span()=>
-                ::meshrpc::__private::colocated_stream(&self.channel, #service_name, #name, #local_call).await
+                ::meshrpc::__private::colocated_stream(#channel, #service_name, #name, #local_call).await
             },
             None => quote_spanned! {m.returns.span()=>
-                ::meshrpc::__private::colocated(&self.channel, #service_name, #name, #local_call).await
+                ::meshrpc::__private::colocated(#channel, #service_name, #name, #local_call).await
             },
         };
         let call = match (&m.output, m.input) {
             (None, None) => quote_spanned! {m.returns.span()=>
-                self.channel.call(#service_name, #name, &__meshrpc_args).await
+                ::meshrpc::Channel::call(#channel, #service_name, #name, &__meshrpc_args).await
             },
             (None, Some(_)) => quote_spanned! {m.returns.span()=>
-                self.channel.call_with(#service_name, #name, &__meshrpc_args, #input).await
+                ::meshrpc::Channel::call_with(#channel, #service_name, #name, &__meshrpc_args, #input).await
             },
             (Some(_), _) => quote_spanned! {m.returns.span()=>
-                self.channel.open(#service_name, #name, &__meshrpc_args, #input).await
+                ::meshrpc::Channel::open(#channel, #service_name, #name, &__meshrpc_args, #input).await
             },
         };
         quote! {

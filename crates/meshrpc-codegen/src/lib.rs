@@ -42,8 +42,13 @@ pub struct MethodDef {
     /// `T` is a `Stream<Item, ItemError>`: the item and item error types (server and
     /// bidirectional streams).
     pub output: Option<(Type, Type)>,
-    /// `#[meshrpc(idempotent)]`: running it twice does no harm (it may be mirrored).
+    /// `#[meshrpc(idempotent)]`: running it twice does no harm (it may be retried after
+    /// it may have run, mirrored, hedged).
     pub idempotent: bool,
+    /// `#[meshrpc(timeout = "200ms")]`: the method's default deadline, in nanoseconds.
+    pub timeout: Option<u64>,
+    /// `#[meshrpc(hedge)]`: a slow call is sent again to another replica.
+    pub hedge: bool,
 }
 
 impl MethodDef {

@@ -74,6 +74,8 @@ mod client;
 mod codec;
 mod context;
 mod error;
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
+mod figures;
 mod identity;
 mod limits;
 mod middleware;
@@ -104,9 +106,9 @@ pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
-    wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, Colocated,
-    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MirrorStats, Policy, RoundRobin, ServiceStatus, Split,
-    Sticky, View, DEFAULT_PORT, KEEPALIVE,
+    wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, Colocated, Ejection,
+    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MirrorStats, Policy, Resilience, ResilienceStats,
+    RetryBudget, RoundRobin, ServiceStatus, Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
@@ -116,7 +118,7 @@ pub use error::Error;
 #[cfg(all(feature = "gateway", feature = "tls"))]
 pub use gateway::BearerAuth;
 #[cfg(feature = "gateway")]
-pub use gateway::{Gateway, Metrics};
+pub use gateway::{Gateway, Metrics, Rate, RateLimits};
 #[cfg(feature = "http")]
 pub use http::{
     envelope, error_response, pinned_version, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
@@ -130,7 +132,7 @@ pub use limits::HttpLimits;
 pub use logging::init as init_logging;
 pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
-pub use server::{Registry, Server, ServerConfig, Service, ShutdownHandle};
+pub use server::{ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use stream::{Input, Items, Stream, StreamClosed, StreamSender};
 pub use transport::{
@@ -161,16 +163,25 @@ pub mod __private {
 
     /// Encodes a handler's result in the codec it was called with; a value the codec
     /// cannot carry fails the call (`internal`, naming `method`).
-    pub fn reply<T: serde::Serialize, E: serde::Serialize>(
+    pub fn reply<T: serde::Serialize, E: serde::Serialize + 'static>(
         codec: Codec,
         method: &str,
         result: Result<T, E>,
     ) -> Result<Reply, Error> {
-        let encoded = match result {
-            Ok(v) => codec.encode(&v).map(Reply::Ok),
-            Err(e) => codec.encode(&e).map(Reply::AppError),
-        };
-        encoded.map_err(|e| e.context(&format!("the answer of {method}")))
+        match result {
+            Ok(v) => codec.encode(&v).map(Reply::Ok).map_err(|e| e.context(&format!("the answer of {method}"))),
+            Err(e) => app_error(codec, method, e),
+        }
+    }
+
+    /// A handler's error. One whose error type is `meshrpc::Error` answers with that error
+    /// itself (its code, its HTTP status: an `unavailable` replica is seen as one by
+    /// retries and outlier ejection), as a tonic handler answers with a `Status`.
+    fn app_error<E: serde::Serialize + 'static>(codec: Codec, method: &str, e: E) -> Result<Reply, Error> {
+        if let Some(e) = (&e as &dyn std::any::Any).downcast_ref::<Error>() {
+            return Err(e.clone());
+        }
+        codec.encode(&e).map(Reply::AppError).map_err(|e| e.context(&format!("the answer of {method}")))
     }
 
     /// An answer must cross the network.
@@ -188,11 +199,11 @@ pub mod __private {
     where
         T: serde::Serialize + Send + 'static,
         TE: serde::Serialize + Send + 'static,
-        E: serde::Serialize,
+        E: serde::Serialize + 'static,
     {
         match result {
             Ok(stream) => Ok(Reply::Stream(crate::stream::encode(codec, stream))),
-            Err(e) => codec.encode(&e).map(Reply::AppError).map_err(|e| e.context(&format!("the answer of {method}"))),
+            Err(e) => app_error(codec, method, e),
         }
     }
 

@@ -30,14 +30,20 @@ pub struct MethodSpec {
     /// The answer is a stream of items (server and bidirectional streams).
     pub streams: bool,
     /// Marked `#[meshrpc(idempotent)]`: running it twice does no harm, so its calls may
-    /// be mirrored to another version.
+    /// be retried after they may have run, hedged, and mirrored to another version.
     pub idempotent: bool,
+    /// `#[meshrpc(timeout = "200ms")]`: the deadline of a call that sets none sooner.
+    /// Callers may shorten it, never extend it; the serving node enforces it too.
+    pub timeout: Option<std::time::Duration>,
+    /// `#[meshrpc(hedge)]` (idempotent, unary): a call still unanswered after the
+    /// method's recent p95 latency is sent to a second replica; the first answer wins.
+    pub hedge: bool,
 }
 
 impl MethodSpec {
     /// A method that takes and answers plain values.
     pub const fn unary(name: &'static str, args: &'static [&'static str]) -> MethodSpec {
-        MethodSpec { name, args, items: None, streams: false, idempotent: false }
+        MethodSpec { name, args, items: None, streams: false, idempotent: false, timeout: None, hedge: false }
     }
 }
 
@@ -96,8 +102,7 @@ mod tests {
     #[test]
     fn fingerprint_changes_with_the_method_set() {
         const RENAMED: &[MethodSpec] = &[MethodSpec::unary("greet", &["nom"])];
-        const STREAMING: &[MethodSpec] =
-            &[MethodSpec { name: "greet", args: &["name"], items: None, streams: true, idempotent: false }];
+        const STREAMING: &[MethodSpec] = &[MethodSpec { streams: true, ..MethodSpec::unary("greet", &["name"]) }];
         let b = ServiceSpec { methods: RENAMED, ..A };
         assert_eq!(A.fingerprint(), A.fingerprint());
         assert_ne!(A.fingerprint(), b.fingerprint());

@@ -30,6 +30,8 @@ impl GreeterClient {
                 items: ::core::option::Option::None,
                 streams: false,
                 idempotent: false,
+                timeout: ::core::option::Option::None,
+                hedge: false,
             },
             ::meshrpc::MethodSpec {
                 name: "send_postcard",
@@ -37,6 +39,8 @@ impl GreeterClient {
                 items: ::core::option::Option::None,
                 streams: false,
                 idempotent: false,
+                timeout: ::core::option::Option::None,
+                hedge: false,
             },
             ::meshrpc::MethodSpec {
                 name: "countdown",
@@ -44,6 +48,8 @@ impl GreeterClient {
                 items: ::core::option::Option::None,
                 streams: true,
                 idempotent: false,
+                timeout: ::core::option::Option::None,
+                hedge: false,
             },
         ],
     };
@@ -126,7 +132,8 @@ impl Greeter for GreeterClient {
             name: &'__a String,
         }
         let __meshrpc_args: __Args<'_> = __Args { name: &name };
-        self.channel.call("greeter", "greet", &__meshrpc_args).await
+        ::meshrpc::Channel::call(&self.channel, "greeter", "greet", &__meshrpc_args)
+            .await
     }
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError> {
         if let ::core::option::Option::Some(__meshrpc_local) = &self.local {
@@ -146,7 +153,13 @@ impl Greeter for GreeterClient {
             card: &'__a Postcard,
         }
         let __meshrpc_args: __Args<'_> = __Args { card: &card };
-        self.channel.call("greeter", "send_postcard", &__meshrpc_args).await
+        ::meshrpc::Channel::call(
+                &self.channel,
+                "greeter",
+                "send_postcard",
+                &__meshrpc_args,
+            )
+            .await
     }
     async fn countdown(
         &self,
@@ -169,8 +182,13 @@ impl Greeter for GreeterClient {
             from: &'__a u32,
         }
         let __meshrpc_args: __Args<'_> = __Args { from: &from };
-        self.channel
-            .open("greeter", "countdown", &__meshrpc_args, ::core::option::Option::None)
+        ::meshrpc::Channel::open(
+                &self.channel,
+                "greeter",
+                "countdown",
+                &__meshrpc_args,
+                ::core::option::Option::None,
+            )
             .await
     }
 }

@@ -64,6 +64,14 @@ impl Channel {
         c
     }
 
+    /// The same channel with each call's timeout at most `max`: how a method's own
+    /// `#[meshrpc(timeout = "..")]` applies (a caller may shorten it, never extend it).
+    pub fn with_timeout_at_most(&self, max: Duration) -> Self {
+        let mut c = self.clone();
+        c.options.timeout = Some(self.options.timeout.unwrap_or(DEFAULT_TIMEOUT).min(max));
+        c
+    }
+
     /// The same channel with another codec.
     pub fn with_codec(&self, codec: Codec) -> Self {
         let mut c = self.clone();

@@ -3,13 +3,13 @@
 //! routers (as Linkerd's proxy admin port). With mutual TLS on the mesh port, this is
 //! where Kubernetes and Prometheus look.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use axum::{http::StatusCode, routing::get, Json, Router};
 use tokio::net::TcpListener;
 
 use super::{Cluster, MemberState};
-use crate::{error::Error, server::ServerConfig, transport::PortCounters};
+use crate::{error::Error, figures::Figures, server::ServerConfig};
 
 /// A bound admin listener, served once the node serves.
 pub(super) struct Admin {
@@ -28,7 +28,7 @@ impl Admin {
     }
 
     /// Serves until the node shuts down.
-    pub(super) async fn serve(self, cluster: Cluster, counters: Arc<PortCounters>) {
+    pub(super) async fn serve(self, cluster: Cluster, figures: Figures) {
         let state = {
             let cluster = cluster.clone();
             move || cluster.inner.membership.state()
@@ -59,13 +59,7 @@ impl Admin {
                     async move { Json(serde_json::json!({ "status": "ok", "state": state })) }
                 }),
             )
-            .route(
-                "/metrics",
-                get(move || {
-                    let mirror = super::traffic::MirrorStats::values();
-                    std::future::ready(crate::http::render_counters(&counters, &mirror))
-                }),
-            );
+            .route("/metrics", get(move || std::future::ready(crate::http::render_metrics(&figures()))));
         let stopped = async move { cluster.stopped().await };
         crate::http::serve_http(self.listener, router, ServerConfig::default(), stopped).await;
     }

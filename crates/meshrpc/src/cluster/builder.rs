@@ -33,6 +33,7 @@ pub struct ClusterBuilder {
     pub(super) admin: Option<String>,
     pub(super) service_version: Option<String>,
     pub(super) colocated: super::Colocated,
+    pub(super) resilience: super::Resilience,
     #[cfg(feature = "tls")]
     pub(super) credentials: super::security::Credentials,
 }
@@ -154,6 +155,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How this node's calls recover from failing and slow replicas: retries of
+    /// idempotent methods within a budget, outlier ejection, hedging (docs/resilience.md).
+    /// Default: all on ([`Resilience::default`](super::Resilience)).
+    pub fn resilience(mut self, resilience: super::Resilience) -> Self {
+        self.resilience = resilience;
+        self
+    }
+
     /// The version this node advertises for every service it publishes (split rules and
     /// pinned calls route by it). Default: `MESHRPC_SERVICE_VERSION`, else each service's
     /// own (the version of the crate that defines its trait).
@@ -252,6 +261,8 @@ impl ClusterBuilder {
             traffic: Default::default(),
             colocated: self.colocated,
             layered: !self.layers.is_empty(),
+            policies: super::resilience::Policies::new(self.resilience),
+            hedging: Default::default(),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         tokio::spawn(super::traffic::pass_on_splits(Arc::downgrade(&inner)));

@@ -10,11 +10,13 @@ pub(crate) enum Reached {
     NotSent,
     /// It was sent: the replica may have run it.
     Sent,
+    /// It was sent, and its attempt timeout passed (before the call's deadline).
+    TimedOut,
 }
 
-/// True when the call provably never ran a handler and another replica may take it.
-/// A call that may have run is never retried: methods need not be idempotent.
-pub(crate) fn may_retry(error: &Error, reached: Reached) -> bool {
+/// True when another replica may take a failed call: it provably never ran a handler,
+/// or its method is idempotent and the failure is one another replica may not share.
+pub(crate) fn may_retry(error: &Error, reached: Reached, idempotent: bool) -> bool {
     match reached {
         // Nothing left this node: a broken or refusing peer is worth avoiding, but a call
         // that is itself wrong (too large, past its deadline) fails the same anywhere.
@@ -24,8 +26,27 @@ pub(crate) fn may_retry(error: &Error, reached: Reached) -> bool {
                 Error::Unavailable { .. } | Error::Overloaded { .. } | Error::Protocol { .. } | Error::Tls { .. }
             )
         }
-        // The replica refused it before its handler ran.
-        Reached::Sent => matches!(error, Error::Overloaded { .. }),
+        // The replica refused it before its handler ran; or it may have run, which does
+        // no harm to an idempotent method, and the replica is at fault.
+        Reached::Sent => {
+            matches!(error, Error::Overloaded { .. })
+                || (idempotent && matches!(error, Error::Unavailable { .. } | Error::Internal { .. }))
+        }
+        Reached::TimedOut => idempotent,
+    }
+}
+
+/// What a call's outcome says about the replica that answered it, for outlier ejection:
+/// `Some(true)` it answered (an application error is an answer), `Some(false)` it failed,
+/// `None` nothing (it refused under load, or the caller gave up).
+pub(crate) fn judged(outcome: Result<(), &Error>) -> Option<bool> {
+    match outcome {
+        Ok(()) => Some(true),
+        Err(Error::Internal { .. } | Error::Unavailable { .. } | Error::Timeout | Error::Protocol { .. }) => {
+            Some(false)
+        }
+        Err(Error::Overloaded { .. } | Error::Cancelled) => None,
+        Err(_) => Some(true),
     }
 }
 
@@ -42,23 +63,44 @@ mod tests {
         let internal = Error::Internal { message: "panic".into() };
         let app = Error::Application { detail: "{}".into() };
         let table = [
-            (&unavailable, Reached::NotSent, true),
-            (&overloaded, Reached::NotSent, true),
-            (&protocol, Reached::NotSent, true),
-            (&Error::Tls { message: "expired".into() }, Reached::NotSent, true),
-            (&too_large, Reached::NotSent, false),
-            (&Error::Timeout, Reached::NotSent, false),
-            (&Error::bad_request("name too long"), Reached::NotSent, false),
-            (&overloaded, Reached::Sent, true),
-            (&unavailable, Reached::Sent, false), // the connection broke mid-call: it may have run
-            (&Error::Timeout, Reached::Sent, false),
-            (&internal, Reached::Sent, false),
-            (&app, Reached::Sent, false),
-            (&Error::Cancelled, Reached::Sent, false),
-            (&Error::UnknownMethod { service: "s".into(), method: "m".into() }, Reached::Sent, false),
+            (&unavailable, Reached::NotSent, false, true),
+            (&overloaded, Reached::NotSent, false, true),
+            (&protocol, Reached::NotSent, false, true),
+            (&Error::Tls { message: "expired".into() }, Reached::NotSent, false, true),
+            (&too_large, Reached::NotSent, true, false),
+            (&Error::Timeout, Reached::NotSent, true, false),
+            (&Error::bad_request("name too long"), Reached::NotSent, true, false),
+            (&overloaded, Reached::Sent, false, true),
+            (&unavailable, Reached::Sent, false, false), // the connection broke mid-call: it may have run
+            (&unavailable, Reached::Sent, true, true),   // ... which an idempotent method allows
+            (&internal, Reached::Sent, false, false),
+            (&internal, Reached::Sent, true, true),
+            (&Error::Timeout, Reached::Sent, true, false), // the call's own deadline passed
+            (&Error::Timeout, Reached::TimedOut, true, true),
+            (&Error::Timeout, Reached::TimedOut, false, false),
+            (&app, Reached::Sent, true, false),
+            (&Error::Cancelled, Reached::Sent, true, false),
+            (&Error::UnknownMethod { service: "s".into(), method: "m".into() }, Reached::Sent, true, false),
+            (&Error::bad_request("bad"), Reached::Sent, true, false),
         ];
-        for (error, reached, expected) in table {
-            assert_eq!(may_retry(error, reached), expected, "{error:?} {reached:?}");
+        for (error, reached, idempotent, expected) in table {
+            assert_eq!(
+                may_retry(error, reached, idempotent),
+                expected,
+                "{error:?} {reached:?} idempotent {idempotent}"
+            );
         }
+    }
+
+    #[test]
+    fn what_an_outcome_says_about_the_replica() {
+        assert_eq!(judged(Ok(())), Some(true));
+        assert_eq!(judged(Err(&Error::Application { detail: "{}".into() })), Some(true));
+        assert_eq!(judged(Err(&Error::bad_request("x"))), Some(true));
+        assert_eq!(judged(Err(&Error::Internal { message: "panic".into() })), Some(false));
+        assert_eq!(judged(Err(&Error::unavailable("reset"))), Some(false));
+        assert_eq!(judged(Err(&Error::Timeout)), Some(false));
+        assert_eq!(judged(Err(&Error::Overloaded { message: "busy".into() })), None);
+        assert_eq!(judged(Err(&Error::Cancelled)), None);
     }
 }

@@ -181,21 +181,37 @@ pub struct AdvertisedMethod {
     pub items: Option<String>,
     /// The answer is a stream.
     pub streams: bool,
-    /// Marked idempotent (its calls may be mirrored).
+    /// Marked idempotent (its calls may be retried, hedged and mirrored).
     pub idempotent: bool,
+    /// The method's own timeout, if it has one.
+    #[serde(serialize_with = "millis")]
+    pub timeout: Option<Duration>,
+    /// Slow calls are hedged.
+    pub hedge: bool,
+}
+
+fn millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e3)),
+        None => s.serialize_none(),
+    }
 }
 
 impl Advertised {
-    /// `fp !greet(name) send_postcard(card) watch(filter)* chat(room,*lines)*`: `!` before
-    /// a method marks it idempotent, `*` before an argument the stream of the caller's
-    /// items, `*` after `)` a stream answer.
+    /// `fp !greet(name) send_postcard(card) watch(filter)* chat(room,*lines)* !^get(id)@200`:
+    /// `!` before a method marks it idempotent, `^` hedged; `*` before an argument the
+    /// stream of the caller's items, `*` after `)` a stream answer; `@` its timeout in
+    /// milliseconds.
     fn encode(spec: &ServiceSpec) -> String {
         let mut out = spec.fingerprint();
         for m in spec.methods {
             let args: Vec<String> =
                 m.args.iter().map(|a| if m.items == Some(*a) { format!("*{a}") } else { (*a).to_owned() }).collect();
             let idempotent = if m.idempotent { "!" } else { "" };
-            out.push_str(&format!(" {idempotent}{}({}){}", m.name, args.join(","), if m.streams { "*" } else { "" }));
+            let hedge = if m.hedge { "^" } else { "" };
+            let streams = if m.streams { "*" } else { "" };
+            let timeout = m.timeout.map_or(String::new(), |t| format!("@{}", t.as_secs_f64() * 1e3));
+            out.push_str(&format!(" {idempotent}{hedge}{}({}){streams}{timeout}", m.name, args.join(",")));
         }
         out
     }
@@ -205,8 +221,16 @@ impl Advertised {
         let fingerprint = parts.next().unwrap_or_default().to_owned();
         let methods = parts
             .filter_map(|m| {
+                let (m, timeout) = match m.rsplit_once('@') {
+                    Some((m, ms)) => {
+                        let ms: f64 = ms.parse().ok()?;
+                        (m, Some(Duration::try_from_secs_f64(ms / 1e3).ok()?))
+                    }
+                    None => (m, None),
+                };
                 let (m, streams) = m.strip_suffix('*').map_or((m, false), |m| (m, true));
                 let (m, idempotent) = m.strip_prefix('!').map_or((m, false), |m| (m, true));
+                let (m, hedge) = m.strip_prefix('^').map_or((m, false), |m| (m, true));
                 let (name, args) = m.strip_suffix(')')?.split_once('(')?;
                 let mut items = None;
                 let args = args
@@ -220,10 +244,15 @@ impl Advertised {
                         None => a.to_owned(),
                     })
                     .collect();
-                Some(AdvertisedMethod { name: name.to_owned(), args, items, streams, idempotent })
+                Some(AdvertisedMethod { name: name.to_owned(), args, items, streams, idempotent, timeout, hedge })
             })
             .collect();
         Advertised { fingerprint, version: String::new(), methods }
+    }
+
+    /// The method of this name, if the service has one.
+    pub fn method(&self, name: &str) -> Option<&AdvertisedMethod> {
+        self.methods.iter().find(|m| m.name == name)
     }
 
     /// True if the service has a method of this name.
@@ -603,7 +632,10 @@ mod tests {
             ("name", "greeter"),
             ("addr", "127.0.0.1:11999"),
             ("state", "serving"),
-            ("svc:greeter", "abc !greet(name) send_postcard(card) ping() chat(room,*lines)*"),
+            (
+                "svc:greeter",
+                "abc !greet(name) send_postcard(card) ping() chat(room,*lines)* !^get(id)@0.5 slow()*@2000",
+            ),
             ("http:greeter", ""),
             ("started", "42"),
             ("ver:greeter", "2.1.0"),
@@ -632,6 +664,11 @@ mod tests {
         assert_eq!((chat.name.as_str(), chat.items.as_deref(), chat.streams), ("chat", Some("lines"), true));
         assert!(methods[0].idempotent && !methods[1].idempotent);
         assert_eq!(chat.args, ["room", "lines"]);
+        let (get, slow) = (&methods[4], &methods[5]);
+        assert_eq!((get.name.as_str(), get.idempotent, get.hedge), ("get", true, true));
+        assert_eq!(get.timeout, Some(Duration::from_micros(500)));
+        assert_eq!((slow.streams, slow.timeout, slow.hedge), (true, Some(Duration::from_secs(2)), false));
+        assert!(methods[..4].iter().all(|m| m.timeout.is_none() && !m.hedge));
         assert!(!m.serves("greeter", Some("other-version")), "incompatible replica is not a replica");
         let draining = Member { state: MemberState::Draining, ..m.clone() };
         let view = View { members: vec![m, draining] };

@@ -6,8 +6,12 @@ mod admin;
 mod balance;
 mod builder;
 mod failover;
+mod hedge;
 mod membership;
+mod outlier;
 mod peers;
+mod resilience;
+mod retry;
 mod route;
 #[cfg(feature = "tls")]
 mod sealed;
@@ -29,6 +33,9 @@ use serde::Serialize;
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
 pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Split, View};
+pub use outlier::Ejection;
+pub use resilience::{Resilience, ResilienceStats};
+pub use retry::RetryBudget;
 pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
@@ -89,6 +96,9 @@ struct Inner {
     colocated: Colocated,
     /// The node's server has layers (which must see every call: no colocated path).
     layered: bool,
+    /// Retries, ejection and hedging of this node's calls.
+    policies: resilience::Policies,
+    hedging: hedge::Hedging,
 }
 
 /// A service as the cluster sees it.
@@ -124,6 +134,7 @@ impl Cluster {
             admin: None,
             service_version: None,
             colocated: Colocated::default(),
+            resilience: Resilience::default(),
             #[cfg(feature = "tls")]
             credentials: Default::default(),
         }
@@ -229,6 +240,35 @@ impl Cluster {
         out.into_values().collect()
     }
 
+    /// What the resilience policies did on this node's calls, and where they stand:
+    /// retries, hedges, ejected replicas, the retry budget left.
+    pub fn resilience_stats(&self) -> ResilienceStats {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let counters = &inner.policies.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let view = inner.membership.view();
+        let mut ejected = Vec::new();
+        for peer in inner.peers.all() {
+            let id = view
+                .members
+                .iter()
+                .find(|m| m.addr == Some(peer.addr))
+                .map_or_else(|| peer.addr.to_string(), |m| m.id.clone());
+            ejected.extend(peer.ejections(now).into_iter().map(|service| (id.clone(), service)));
+        }
+        ejected.sort();
+        ResilienceStats {
+            retries: load(&counters.retries),
+            retries_refused: load(&counters.retries_refused),
+            hedges: load(&counters.hedges),
+            hedge_wins: load(&counters.hedge_wins),
+            ejections: load(&counters.ejections),
+            ejected,
+            budget_left: inner.policies.budget.left(now),
+        }
+    }
+
     /// Last keepalive round trip to a peer, if connected.
     pub fn peer_latency(&self, addr: SocketAddr) -> Option<Duration> {
         self.inner.peers.all().into_iter().find(|p| p.addr == addr)?.last_ping()
@@ -288,9 +328,23 @@ impl Cluster {
             local: self.inner.local.clone(),
             mesh: self.channel(),
         }));
+        // `/metrics` on the node's port and its admin port: the server's figures, then
+        // what the cluster's policies did.
+        let figures: crate::figures::Figures = {
+            let (server_figures, inner) = (server.figures(), Arc::downgrade(&self.inner));
+            Arc::new(move || {
+                let mut figures = server_figures();
+                figures.extend(traffic::MirrorStats::figures());
+                if let Some(inner) = inner.upgrade() {
+                    figures.extend(Cluster { inner }.resilience_stats().figures());
+                }
+                figures
+            })
+        };
+        http.set_figures(figures.clone());
         let admin = self.inner.admin.lock().unwrap().take();
         if let Some(admin) = admin {
-            tokio::spawn(admin.serve(self.clone(), server.counters()));
+            tokio::spawn(admin.serve(self.clone(), figures));
         }
         for spec in self.inner.registry.specs() {
             self.inner.membership.advertise_service(spec, self.service_version(spec)).await;

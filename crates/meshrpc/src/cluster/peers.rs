@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::balance::PeakEwma;
+use super::{balance::PeakEwma, outlier::Accrual};
 use crate::{
     error::Error,
     identity::Identity,
@@ -79,6 +79,10 @@ struct Health {
     failures: u32,
     ewma: PeakEwma,
     last_ping: Option<Duration>,
+    /// How it has been answering each service (outlier ejection).
+    accruals: Vec<(Box<str>, Accrual)>,
+    /// The end of its latest ejection: nothing to look up before it.
+    ejected_until: Option<Instant>,
 }
 
 impl Peer {
@@ -94,6 +98,8 @@ impl Peer {
                 failures: 0,
                 ewma: PeakEwma::new(Duration::from_millis(1), EWMA_TAU, Instant::now()),
                 last_ping: None,
+                accruals: Vec::new(),
+                ejected_until: None,
             }),
         }
     }
@@ -116,6 +122,34 @@ impl Peer {
         let mut h = self.health.lock().unwrap();
         h.ewma.observe(rtt, Instant::now());
         h.failures = 0;
+    }
+
+    /// True while ejected from picking for `service` (it answered it badly).
+    pub(crate) fn ejected(&self, service: &str, now: Instant) -> bool {
+        let h = self.health.lock().unwrap();
+        h.ejected_until.is_some_and(|t| t > now) && h.accruals.iter().any(|(s, a)| &**s == service && a.ejected(now))
+    }
+
+    /// Runs `f` on how the peer has been answering `service`.
+    pub(crate) fn accrual<T>(&self, service: &str, f: impl FnOnce(&mut Accrual) -> T) -> T {
+        let mut h = self.health.lock().unwrap();
+        let h = &mut *h;
+        let i = match h.accruals.iter().position(|(s, _)| &**s == service) {
+            Some(i) => i,
+            None => {
+                h.accruals.push((service.into(), Accrual::default()));
+                h.accruals.len() - 1
+            }
+        };
+        let out = f(&mut h.accruals[i].1);
+        h.ejected_until = h.accruals.iter().filter_map(|(_, a)| a.ejected_until()).max();
+        out
+    }
+
+    /// Services this peer is ejected for right now.
+    pub(crate) fn ejections(&self, now: Instant) -> Vec<String> {
+        let h = self.health.lock().unwrap();
+        h.accruals.iter().filter(|(_, a)| a.ejected(now)).map(|(s, _)| s.to_string()).collect()
     }
 
     pub(crate) fn last_ping(&self) -> Option<Duration> {

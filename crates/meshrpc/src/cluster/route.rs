@@ -9,8 +9,11 @@ use std::{
 
 use super::{
     balance::{Balance, Candidate},
-    failover::{may_retry, Reached},
+    failover::{judged, may_retry, Reached},
+    hedge::Answered,
     peers::Peer,
+    resilience::{Counters, MethodPolicy},
+    retry::backoff,
     traffic::Colocated,
     Cluster, Inner, Member, MemberState, View,
 };
@@ -20,10 +23,10 @@ use crate::{
     error::Error,
     server::Registry,
     spec::ServiceSpec,
-    transport::Connection,
+    transport::{Connection, PendingCall},
 };
 
-/// Calls that provably never reached a replica are tried on up to this many replicas.
+/// A call is tried on at most this many replicas.
 const MAX_ATTEMPTS: usize = 3;
 
 impl Inner {
@@ -71,7 +74,7 @@ impl Inner {
     /// Picks a replica among `members`, skipping those already tried and peers that are
     /// down or draining; `None` for the local node. This is the one picker: RPC calls and
     /// proxied HTTP both go through it.
-    fn pick<'v>(
+    pub(super) fn pick<'v>(
         &self,
         balancer: &dyn Balance,
         service: &str,
@@ -79,13 +82,21 @@ impl Inner {
         tried: &[SocketAddr],
         key: Option<&str>,
     ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
-        let replicas: Vec<(&Member, Option<Arc<Peer>>)> = members
+        let mut replicas: Vec<(&Member, Option<Arc<Peer>>)> = members
             .filter_map(|m| Some((m, m.addr?)))
             .filter(|(_, addr)| !tried.contains(addr))
             .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))
             // First of all, the certificate must prove the service (mutual TLS).
             .filter(|(_, p)| p.as_ref().is_none_or(|p| p.may_serve(service) && p.usable()))
             .collect();
+        // Then outlier ejection, unless it would leave nobody.
+        if self.policies.settings.ejection.is_some() {
+            let now = Instant::now();
+            let ejected = |p: &Option<Arc<Peer>>| p.as_ref().is_some_and(|p| p.ejected(service, now));
+            if replicas.iter().any(|(_, p)| !ejected(p)) {
+                replicas.retain(|(_, p)| !ejected(p));
+            }
+        }
         // This node's own replica has no connection to measure: it counts as loaded as the
         // others on average, so the load-aware policies give it its share, not every call.
         let mut candidates: Vec<Candidate<'_>> = replicas
@@ -101,71 +112,170 @@ impl Inner {
         replicas.into_iter().nth(i)
     }
 
-    pub(super) async fn call(self: Arc<Self>, call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {
+    pub(super) async fn call(self: Arc<Self>, mut call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {
         let balancer = self.balancer(&call.service);
+        // Borrowed by the view's replicas while `call` gets its deadline (a static name: no copy).
+        let service = call.service.clone();
+        self.policies.budget.deposit(Instant::now());
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
+        let mut policy = None;
+        let mut sent = 0; // attempts that may have reached a replica
         for _ in 0..MAX_ATTEMPTS {
+            if sent > 0 {
+                self.before_retry(&call, sent).await.map_err(|e| last_error.take().unwrap_or(e))?;
+            }
             let view = self.membership.view();
-            let replicas = view.replicas(&call.service, fingerprint.as_deref());
+            let replicas = view.replicas(&service, fingerprint.as_deref());
             let (pin, key) = (call.version.as_deref(), call.key.as_deref());
             // Most calls are neither pinned nor split: they go straight to the picker.
-            let picked = if pin.is_none() && !self.traffic.split(&call.service) {
-                self.pick(&*balancer, &call.service, replicas, &tried, key)
+            let versioned = pin.is_some() || self.traffic.split(&service);
+            let picked = if !versioned {
+                self.pick(&*balancer, &service, replicas, &tried, key)
             } else {
-                match self.versioned(&view, &call.service, replicas, &tried, pin, key) {
-                    Ok(replicas) => self.pick(&*balancer, &call.service, replicas.into_iter(), &tried, key),
+                match self.versioned(&view, &service, replicas, &tried, pin, key) {
+                    Ok(replicas) => self.pick(&*balancer, &service, replicas.into_iter(), &tried, key),
                     Err(e) => return Err(last_error.unwrap_or(e)),
                 }
             };
             let Some((member, peer)) = picked else {
-                return Err(
-                    last_error.unwrap_or_else(|| self.nobody_serves(&view, &call.service, fingerprint.as_deref()))
-                );
+                return Err(last_error.unwrap_or_else(|| self.nobody_serves(&view, &service, fingerprint.as_deref())));
             };
             let Some(peer) = peer else {
                 return self.local.dispatch(call).await; // this node is the replica
             };
-            tried.push(peer.addr);
-            let sent = match peer.connection().await {
-                Ok(conn) => match self.unproven(member, &conn, &call.service) {
-                    Some(e) => Err(e),
-                    None => conn.send_call(call.clone()),
-                },
-                Err(e) => Err(e),
+            let policy = match policy {
+                Some(policy) => policy,
+                None => {
+                    let first = MethodPolicy::of(member, &call);
+                    // The method's own timeout, which a caller may only shorten.
+                    if let Some(timeout) = first.timeout {
+                        let own = Instant::now() + timeout;
+                        call.deadline = Some(call.deadline.map_or(own, |d| d.min(own)));
+                    }
+                    *policy.insert(first)
+                }
             };
-            let pending = match sent {
+            tried.push(peer.addr);
+            let pending = match self.send(member, &peer, &call).await {
                 Ok(p) => p,
-                Err(e) if may_retry(&e, Reached::NotSent) => {
+                Err(e) if may_retry(&e, Reached::NotSent, false) => {
                     tracing::debug!(replica = %member.id, error = %e, "call not sent: trying another replica");
                     last_error = Some(e);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
+            sent += 1;
             // A call is mirrored once, on its first attempt.
             let mirror =
                 (tried.len() == 1).then(|| self.mirror(&view, &call, member, fingerprint.as_deref())).flatten();
             let start = Instant::now();
-            let answer = pending.answer().await;
+            let hedge = policy.hedge && sent == 1 && !versioned && self.policies.settings.hedging;
+            let (answer, answered_by) = if hedge {
+                self.hedged(&call, fingerprint.as_deref(), pending, peer, &mut tried).await
+            } else {
+                self.attempt(pending, peer, &call, policy).await
+            };
             if let Some(mirror) = mirror {
-                mirror.compare(&answer);
+                mirror.compare(answer.as_ref().map_err(|(e, _)| e));
             }
+            self.judge(&view, &answered_by, &call.service, answer.as_ref().map(|_| ()).map_err(|(e, _)| e));
             match answer {
                 Ok(reply) => {
-                    peer.observe(start.elapsed());
+                    answered_by.observe(start.elapsed());
                     return Ok(reply);
                 }
-                Err(e) if may_retry(&e, Reached::Sent) => last_error = Some(e),
-                Err(e) => return Err(e),
+                Err((e, reached)) if may_retry(&e, reached, policy.idempotent && self.policies.settings.retries) => {
+                    tracing::debug!(replica = %member.id, error = %e, "attempt failed: trying another replica");
+                    last_error = Some(e);
+                }
+                Err((e, _)) => return Err(e),
             }
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable("no attempt made")))
     }
 
+    /// Sends `call` to `peer` (a replica of its service, whose certificate must prove it).
+    async fn send(&self, member: &Member, peer: &Arc<Peer>, call: &Call) -> Result<PendingCall, Error> {
+        let conn = peer.connection().await?;
+        match self.unproven(member, &conn, &call.service) {
+            Some(e) => Err(e),
+            None => conn.send_call(call.clone()),
+        }
+    }
+
+    /// One attempt: its answer, or how far it got when it failed. An idempotent call's
+    /// attempt ends at the attempt timeout (if set) to be retried elsewhere.
+    async fn attempt(&self, pending: PendingCall, peer: Arc<Peer>, call: &Call, policy: MethodPolicy) -> Answered {
+        let limit = self.policies.settings.attempt_timeout.filter(|_| policy.idempotent);
+        let answer = match limit {
+            Some(limit) if call.deadline.is_none_or(|d| Instant::now() + limit < d) => {
+                match tokio::time::timeout(limit, pending.answer()).await {
+                    Ok(answer) => answer.map_err(|e| (e, Reached::Sent)),
+                    Err(_) => Err((Error::Timeout, Reached::TimedOut)),
+                }
+            }
+            _ => pending.answer().await.map_err(|e| (e, Reached::Sent)),
+        };
+        (answer, peer)
+    }
+
+    /// Before retrying a call that may have reached a replica: a share of the retry
+    /// budget, and a jittered pause that ends before the call's deadline.
+    async fn before_retry(&self, call: &Call, retry: u32) -> Result<(), Error> {
+        let stats = &self.policies.stats;
+        if !self.policies.budget.withdraw(Instant::now()) {
+            Counters::add(&stats.retries_refused);
+            tracing::debug!(service = %call.service, method = %call.method, "retry budget spent: not retrying");
+            return Err(Error::unavailable("retry budget spent"));
+        }
+        let pause = backoff(retry, self.traffic.random());
+        if call.deadline.is_some_and(|d| Instant::now() + pause >= d) {
+            return Err(Error::Timeout);
+        }
+        tokio::time::sleep(pause).await;
+        Counters::add(&stats.retries);
+        Ok(())
+    }
+
+    /// Records what an answer says about the replica that gave it, and ejects the replica
+    /// from picking when its answers call for it (never the last one, nor more than the
+    /// allowed share of the service's replicas).
+    fn judge(&self, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
+        let Some(settings) = &self.policies.settings.ejection else { return };
+        let Some(ok) = judged(outcome) else { return };
+        let now = Instant::now();
+        let Some(accrual) = peer.accrual(service, |a| {
+            a.record(ok);
+            (!ok).then(|| a.clone())
+        }) else {
+            return;
+        };
+        let others: Vec<Arc<Peer>> = view
+            .replicas(service, None)
+            .filter(|m| !m.is_self)
+            .filter_map(|m| m.addr)
+            .filter(|addr| *addr != peer.addr)
+            .map(|addr| self.peers.get(addr))
+            .collect();
+        let rates: Vec<f64> = others.iter().filter_map(|p| p.accrual(service, |a| a.success_rate(settings))).collect();
+        let peers_rate = (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
+        let Some(why) = accrual.should_eject(settings, peers_rate, now) else { return };
+        let total = view.replicas(service, None).count();
+        let ejected = others.iter().filter(|p| p.ejected(service, now)).count();
+        if ejected + 1 >= total || (ejected + 1) as f64 > settings.max_share * total as f64 {
+            tracing::debug!(peer = %peer.addr, service, %why, ejected, total, "not ejecting: too few replicas left");
+            return;
+        }
+        let time = peer.accrual(service, |a| a.eject(settings, now));
+        Counters::add(&self.policies.stats.ejections);
+        tracing::warn!(peer = %peer.addr, service, %why, ?time, "replica ejected from picking");
+    }
+
     /// The error for a replica whose certificate does not carry `service` (reported);
     /// `None` when it does, or without TLS.
-    fn unproven(&self, member: &Member, conn: &Connection, service: &str) -> Option<Error> {
+    pub(super) fn unproven(&self, member: &Member, conn: &Connection, service: &str) -> Option<Error> {
         let identity = conn.peer_identity()?;
         if identity.proves(service) {
             return None;

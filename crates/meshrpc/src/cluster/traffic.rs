@@ -126,7 +126,7 @@ impl Traffic {
         self.any_mirror.store(mirrors, Ordering::Release);
     }
 
-    fn random(&self) -> u64 {
+    pub(super) fn random(&self) -> u64 {
         // splitmix64 over an atomic counter, as the balancer's.
         let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -293,6 +293,11 @@ impl MirrorStats {
     }
 
     /// The counters, for a node's `/metrics`.
+    pub(crate) fn figures() -> impl Iterator<Item = crate::figures::Figure> {
+        Self::values().into_iter().map(|(name, help, value)| crate::figures::Figure::counter(name, help, value))
+    }
+
+    /// The counters as `(name, help, value)`.
     pub(crate) fn values() -> [(&'static str, &'static str, u64); 4] {
         let s = MirrorStats::now();
         [
@@ -311,7 +316,7 @@ pub(super) struct Mirror {
 
 impl Mirror {
     /// Compares the mirror's answer with the real one (in the background).
-    pub(super) fn compare(self, real: &Result<Reply, Error>) {
+    pub(super) fn compare(self, real: Result<&Reply, &Error>) {
         let real = match real {
             Ok(Reply::Ok(b)) | Ok(Reply::AppError(b)) => Ok(b.clone()),
             Ok(Reply::Stream(_)) => return,

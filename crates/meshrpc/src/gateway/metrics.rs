@@ -20,6 +20,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    /// `client` or `route`: which limit refused.
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     service: String,
     method: String,
@@ -31,6 +37,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    rate_limited: Family<ScopeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -49,7 +56,9 @@ impl Default for Metrics {
         registry.register("in_flight", "Requests being answered now", in_flight.clone());
         // What mirroring did from the gateway's calls (docs/traffic.md), read at each scrape.
         registry.register_collector(Box::new(MirrorCollector));
-        Metrics { registry, requests, latency, in_flight }
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register("rate_limited", "Requests refused with 429 by a rate limit, by scope", rate_limited.clone());
+        Metrics { registry, requests, latency, in_flight, rate_limited }
     }
 }
 
@@ -63,6 +72,16 @@ impl Metrics {
         let (service, method) = (service.to_owned(), method.to_owned());
         self.latency.get_or_create(&RouteLabels { service: service.clone(), method: method.clone() }).observe(seconds);
         self.requests.get_or_create(&RequestLabels { service, method, status }).inc();
+    }
+
+    pub(crate) fn rate_limited(&self, scope: &'static str) {
+        self.rate_limited.get_or_create(&ScopeLabels { scope }).inc();
+    }
+
+    /// Shows what the resilience policies did on the gateway's calls (retries, hedges,
+    /// ejected replicas, the retry budget), read at each scrape.
+    pub(crate) fn watch(&mut self, cluster: crate::cluster::Cluster) {
+        self.registry.register_collector(Box::new(ResilienceCollector(cluster)));
     }
 
     /// The exposition text.
@@ -86,6 +105,35 @@ impl prometheus_client::collector::Collector for MirrorCollector {
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The gateway node's resilience figures, read at each scrape.
+struct ResilienceCollector(crate::cluster::Cluster);
+
+impl std::fmt::Debug for ResilienceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResilienceCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for ResilienceCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{
+            encoding::EncodeMetric,
+            metrics::{counter::ConstCounter, gauge::ConstGauge},
+        };
+        for f in self.0.resilience_stats().figures() {
+            let name = f.name.strip_prefix("meshrpc_").unwrap_or(f.name);
+            if f.counter {
+                let counter = ConstCounter::new(f.value);
+                counter.encode(encoder.encode_descriptor(name, f.help, None, counter.metric_type())?)?;
+            } else {
+                let gauge = ConstGauge::new(f.value as i64);
+                gauge.encode(encoder.encode_descriptor(name, f.help, None, gauge.metric_type())?)?;
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod auth;
 mod connector;
 mod metrics;
 mod proxy;
+mod ratelimit;
 
 use std::{
     sync::Arc,
@@ -27,6 +28,7 @@ use axum::{
 #[cfg(feature = "tls")]
 pub use auth::BearerAuth;
 pub use metrics::Metrics;
+pub use ratelimit::{Rate, RateLimits};
 
 use crate::{
     client::Channel,
@@ -53,7 +55,7 @@ struct Shared {
     cluster: Cluster,
     channel: Channel,
     settings: Settings,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     proxy: proxy::Proxy,
 }
 
@@ -73,7 +75,10 @@ impl Gateway {
     fn with(cluster: Cluster, settings: Settings) -> Self {
         let channel = cluster.channel();
         let proxy = proxy::Proxy::new(&cluster);
-        Gateway { shared: Arc::new(Shared { cluster, channel, settings, metrics: Metrics::default(), proxy }) }
+        let mut metrics = Metrics::default();
+        metrics.watch(cluster.clone());
+        let metrics = Arc::new(metrics);
+        Gateway { shared: Arc::new(Shared { cluster, channel, settings, metrics, proxy }) }
     }
 
     fn change(self, f: impl FnOnce(&mut Settings)) -> Self {
@@ -106,6 +111,18 @@ impl Gateway {
     #[cfg(feature = "tls")]
     pub fn authenticate(&self, router: Router, auth: BearerAuth) -> Router {
         router.layer(axum::middleware::from_fn_with_state(auth, BearerAuth::layer))
+    }
+
+    /// Limits the rate of requests to `router`'s routes, per client and per route: a
+    /// request over a limit gets `429 rate_limited` with `Retry-After` (the probes and
+    /// `/metrics` never do). Apply it inside [`authenticate`](Self::authenticate), so a
+    /// client is its token's subject (else its IP address).
+    pub fn rate_limit(&self, router: Router, limits: RateLimits) -> Router {
+        if limits.is_empty() {
+            return router;
+        }
+        let limiter = Arc::new(ratelimit::Limiter::new(limits, self.shared.metrics.clone()));
+        router.layer(axum::middleware::from_fn_with_state(limiter, ratelimit::limit))
     }
 
     /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, and

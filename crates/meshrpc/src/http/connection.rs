@@ -8,18 +8,17 @@ use tokio::{net::TcpListener, sync::watch};
 
 use super::keepalive::http_connection;
 use crate::{
+    figures::Figure,
     server::ServerConfig,
-    transport::{accept_loop, Cap, PortCounters},
+    transport::{accept_loop, Cap},
 };
 
-/// A port's counters in the Prometheus text format.
-pub(crate) fn render_counters(
-    counters: &PortCounters,
-    more: &[(&'static str, &'static str, u64)],
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+/// A node's figures in the Prometheus text format.
+pub(crate) fn render_metrics(figures: &[Figure]) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut out = String::new();
-    for (name, help, value) in counters.values().iter().chain(more) {
-        out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total {value}\n"));
+    for f in figures {
+        let (kind, suffix) = if f.counter { ("counter", "_total") } else { ("gauge", "") };
+        out.push_str(&format!("# HELP {0} {1}.\n# TYPE {0} {kind}\n{0}{suffix} {2}\n", f.name, f.help, f.value));
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
@@ -68,7 +67,15 @@ async fn serve_router(
     let cap = Cap { max_connections: config.max_connections, counters: Arc::default() };
     let (header_timeout, idle_timeout) = (config.header_timeout, config.http.idle_timeout);
     let serving = accept_loop(listener, stopping, config.drain_timeout, cap, move |stream, _| {
-        let (router, conn_stop) = (router.clone(), conn_stop.clone());
+        let conn_stop = conn_stop.clone();
+        // Handlers may ask who connected (`ConnectInfo<SocketAddr>`, as with axum's own
+        // server): the gateway's rate limits key on it.
+        let peer = stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let router =
+            tower::ServiceExt::map_request(router.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            });
         match tls.clone() {
             None => Box::pin(http_connection(stream, router, header_timeout, idle_timeout, conn_stop)),
             #[cfg(feature = "tls")]

@@ -16,7 +16,7 @@ use axum::Router;
 use tokio::sync::watch;
 
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use connection::render_counters;
+pub(crate) use connection::render_metrics;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use connection::serve_https;
@@ -33,11 +33,12 @@ pub(crate) use websocket::is_upgrade as is_websocket;
 
 use crate::{
     call::{BoxFuture, Dispatch},
+    figures::Figures,
     identity::Admission,
     limits::HttpLimits,
     server::Server,
     server::ServerConfig,
-    transport::{Door, PortCounters, Rewind},
+    transport::{Door, Rewind},
 };
 
 /// The HTTP side of a node's port: the RPC routes and the published routers, looked up
@@ -45,7 +46,8 @@ use crate::{
 pub(crate) struct HttpDoor {
     limits: HttpLimits,
     header_timeout: Duration,
-    counters: Arc<PortCounters>,
+    /// What `/metrics` shows.
+    figures: RwLock<Figures>,
     dispatch: RwLock<Arc<dyn Dispatch>>,
     /// The policy RPC calls pass (feature `tls`).
     #[cfg(feature = "tls")]
@@ -56,21 +58,24 @@ pub(crate) struct HttpDoor {
 }
 
 impl HttpDoor {
-    pub(crate) fn new(
-        dispatch: Arc<dyn Dispatch>,
-        config: &ServerConfig,
-        counters: Arc<PortCounters>,
-    ) -> Arc<HttpDoor> {
+    pub(crate) fn new(dispatch: Arc<dyn Dispatch>, config: &ServerConfig, figures: Figures) -> Arc<HttpDoor> {
         Arc::new(HttpDoor {
             limits: config.http,
             header_timeout: config.header_timeout,
-            counters,
+            figures: RwLock::new(figures),
             dispatch: RwLock::new(dispatch),
             #[cfg(feature = "tls")]
             access: RwLock::default(),
             routers: RwLock::default(),
             app: RwLock::default(),
         })
+    }
+
+    /// What `/metrics` shows (a cluster adds its own figures to the server's).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_figures(&self, figures: Figures) {
+        *self.figures.write().unwrap() = figures;
+        *self.app.write().unwrap() = None;
     }
 
     /// Where `POST /{service}/{method}` goes.
@@ -104,8 +109,8 @@ impl HttpDoor {
         if let Some(app) = self.app.read().unwrap().as_ref() {
             return app.clone();
         }
-        let counters = self.counters.clone();
-        let metrics = axum::routing::get(move || std::future::ready(connection::render_counters(&counters, &[])));
+        let figures = self.figures.read().unwrap().clone();
+        let metrics = axum::routing::get(move || std::future::ready(connection::render_metrics(&figures())));
         let dispatch = self.dispatch.read().unwrap().clone();
         let admission = Admission {
             peer: None,
@@ -167,7 +172,7 @@ impl Server {
 
     pub(crate) fn http_door(&self) -> Arc<HttpDoor> {
         let door = self.door_or_init(|| {
-            let door = HttpDoor::new(self.dispatch(), self.config(), self.counters());
+            let door = HttpDoor::new(self.dispatch(), self.config(), self.figures());
             #[cfg(feature = "tls")]
             door.set_access(self.access());
             door

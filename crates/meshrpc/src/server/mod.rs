@@ -2,6 +2,7 @@
 //! to them, whatever door it came in by. The port serves mesh frames; with the `http`
 //! feature it answers HTTP/1.1 and h2c too (see [`Server::with_http`]).
 
+mod limit;
 mod service;
 
 use std::{
@@ -12,6 +13,8 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch};
 
+pub use limit::ConcurrencyLimit;
+pub(crate) use limit::Limiter;
 pub use service::{Registry, Service};
 
 use crate::{
@@ -60,6 +63,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a shutdown waits for in-flight calls (30 s).
     pub drain_timeout: Duration,
+    /// Calls the node's handlers run at once, across all connections and doors; more
+    /// are refused with `overloaded` before they run (adaptive: from 128, between 8 and
+    /// 4096, following latency).
+    pub concurrency: ConcurrencyLimit,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +84,7 @@ impl Default for ServerConfig {
             stuck_timeout: Duration::from_secs(10),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
+            concurrency: ConcurrencyLimit::default(),
         }
     }
 }
@@ -108,6 +116,8 @@ pub struct Server {
     counters: Arc<PortCounters>,
     /// Made from the config when serving starts: one per node.
     guard: OnceLock<Arc<Guard>>,
+    /// The node-wide concurrency limit every call from any door passes first.
+    limiter: Arc<Limiter>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::TlsConfig>,
     #[cfg(feature = "tls")]
@@ -151,11 +161,14 @@ impl Server {
         raise_fd_limit();
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
         let registry = Arc::<Registry>::default();
+        let config = ServerConfig::default();
+        let limiter = Arc::new(Limiter::new(config.concurrency));
         Ok(Server {
             listener,
-            dispatch: registry.clone(),
+            dispatch: Arc::new(limit::Limited { inner: registry.clone(), limiter: limiter.clone() }),
             registry,
-            config: ServerConfig::default(),
+            limiter,
+            config,
             shutdown: watch::channel(false).0,
             door: OnceLock::new(),
             counters: Arc::default(),
@@ -186,8 +199,26 @@ impl Server {
 
     /// Replaces the limits and timeouts.
     pub fn with_config(mut self, config: ServerConfig) -> Self {
+        self.limiter.configure(config.concurrency);
         self.config = config;
         self
+    }
+
+    /// The node-wide concurrency limit now (`None`: off), the calls running under it, and
+    /// the calls it refused so far.
+    pub fn concurrency(&self) -> (Option<usize>, usize, u64) {
+        (self.limiter.limit(), self.limiter.in_flight(), self.limiter.refused())
+    }
+
+    /// The node's figures for `/metrics`: its port's counters and its concurrency limit.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
+    pub(crate) fn figures(&self) -> crate::figures::Figures {
+        let (counters, limiter) = (self.counters.clone(), self.limiter.clone());
+        Arc::new(move || {
+            let mut figures = counters.figures();
+            figures.extend(limiter.figures());
+            figures
+        })
     }
 
     /// Serves mutual TLS only (feature `tls`): callers must hold a certificate of the

@@ -105,22 +105,30 @@ impl Dispatch for Registry {
             let err = Error::UnknownService { service: call.service.into_owned() };
             return Box::pin(std::future::ready(Err(err)));
         };
-        if service.spec().method(&call.method).is_none() {
+        let Some(method) = service.spec().method(&call.method) else {
             let err = Error::UnknownMethod { service: call.service.into_owned(), method: call.method.into_owned() };
             return Box::pin(std::future::ready(Err(err)));
-        }
+        };
+        // A method's own timeout holds whoever called (HTTP, the CLI, an old client).
+        let deadline = match method.timeout {
+            Some(timeout) => {
+                let own = std::time::Instant::now() + timeout;
+                Some(call.deadline.map_or(own, |d| d.min(own)))
+            }
+            None => call.deadline,
+        };
         let input = call.input.and_then(|i| i.take());
         let handler = service.call(&call.method, call.codec, call.payload, input);
-        let ctx = CallContext { deadline: call.deadline, trace_id: call.trace_id };
+        let ctx = CallContext { deadline, trace_id: call.trace_id };
         Box::pin(async move {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
             let guarded = CatchUnwind { inner: ctx.scope(handler) };
             // An already-expired deadline stops the handler at its first await.
-            let outcome = crate::context::until_deadline(guarded, call.deadline).await.map_err(|()| Error::Timeout)?;
+            let outcome = crate::context::until_deadline(guarded, deadline).await.map_err(|()| Error::Timeout)?;
             match outcome {
                 // The deadline covers the whole stream.
-                Ok(Ok(Reply::Stream(items))) => Ok(Reply::Stream(match call.deadline {
+                Ok(Ok(Reply::Stream(items))) => Ok(Reply::Stream(match deadline {
                     Some(d) => items.until(d),
                     None => items,
                 })),

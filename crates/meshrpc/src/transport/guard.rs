@@ -49,6 +49,12 @@ impl PortCounters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counters, for `/metrics`.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
+    pub(crate) fn figures(&self) -> Vec<crate::figures::Figure> {
+        self.values().iter().map(|(name, help, value)| crate::figures::Figure::counter(name, help, *value)).collect()
+    }
+
     /// The counters as `(name, help, value)`, named as in `/metrics`.
     pub fn values(&self) -> [(&'static str, &'static str, u64); 14] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -4,6 +4,7 @@
 use clap::Parser;
 use meshrpc::Cluster;
 use meshrpc_tests::{
+    faults::{Faults, FaultyNode, FaultyServer},
     lab::{LabNode, LabServer, LabV2Node, LabV2Server},
     streams::{StreamerNode, StreamerServer},
 };
@@ -67,6 +68,29 @@ struct Args {
     /// How long a drain lets calls and streams finish.
     #[arg(long)]
     drain_ms: Option<u64>,
+    /// `Faulty`: share of `read`/`fetch` calls that fail with `internal`.
+    #[arg(long, default_value_t = 0)]
+    fail_percent: u64,
+    /// `Faulty`: share of `read`/`fetch` calls that stall for `--stall-ms`.
+    #[arg(long, default_value_t = 0)]
+    stall_percent: u64,
+    #[arg(long, default_value_t = 1000)]
+    stall_ms: u64,
+    /// `Faulty`: `read`/`fetch` never answer.
+    #[arg(long)]
+    hang: bool,
+    /// `Faulty`: how long `write` takes.
+    #[arg(long, default_value_t = 0)]
+    write_ms: u64,
+    /// `Faulty`: where executions of `write` are appended.
+    #[arg(long)]
+    write_log: Option<std::path::PathBuf>,
+    /// `Faulty`: workers for `work` (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// The node-wide concurrency limit: `off`, a number, or `adaptive` (the default).
+    #[arg(long)]
+    concurrency_limit: Option<String>,
 }
 
 #[tokio::main]
@@ -112,6 +136,11 @@ async fn main() -> Result<(), meshrpc::Error> {
     if let Some(v) = args.drain_ms {
         config.drain_timeout = ms(v);
     }
+    match args.concurrency_limit.as_deref() {
+        None | Some("adaptive") => {}
+        Some("off") => config.concurrency = meshrpc::ConcurrencyLimit::Off,
+        Some(n) => config.concurrency = meshrpc::ConcurrencyLimit::Fixed(n.parse().expect("--concurrency-limit")),
+    }
     let mut builder = Cluster::builder(args.name.clone());
     if let Some(version) = &args.service_version {
         builder = builder.service_version(version.clone());
@@ -127,12 +156,22 @@ async fn main() -> Result<(), meshrpc::Error> {
         .start()
         .await?;
     if args.v2 {
-        cluster.publish(LabV2Server::new(LabV2Node(args.name)));
+        cluster.publish(LabV2Server::new(LabV2Node(args.name.clone())));
     } else {
-        let mut lab = LabNode::new(args.name);
+        let mut lab = LabNode::new(args.name.clone());
         lab.slow = std::time::Duration::from_millis(args.slow_ms);
         cluster.publish(LabServer::new(lab));
     }
+    let faults = Faults {
+        fail_percent: args.fail_percent,
+        stall_percent: args.stall_percent,
+        stall: ms(args.stall_ms),
+        hang: args.hang,
+        write_time: ms(args.write_ms),
+        workers: args.workers,
+        write_log: args.write_log.clone(),
+    };
+    cluster.publish(FaultyServer::new(FaultyNode::new(args.name.clone(), faults).expect("write log")));
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
     cluster.publish(StreamerServer::new(StreamerNode::default()));
     cluster.publish_http("labhttp", http_router())?;

@@ -37,7 +37,7 @@ enum Command {
     /// Run the generic API gateway: every service of the cluster behind one HTTP port.
     ///
     /// Example: meshrpc gateway --listen 0.0.0.0:8282 --nodes greeter
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
     /// Call a method from the shell; prints the JSON result.
     ///
     /// Examples:
@@ -106,7 +106,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Gateway(args) => {
                 meshrpc::init_logging("info");
-                gateway::run(args).await
+                gateway::run(*args).await
             }
             Command::Call(args) => call::run(args).await,
             Command::Split(args) => split::run(args).await,

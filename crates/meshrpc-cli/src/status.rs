@@ -31,6 +31,9 @@ struct MemberRow {
     /// SHA-256 of its certificate and when it expires (Unix s), with mutual TLS.
     cert_fingerprint: Option<String>,
     cert_not_after: Option<u64>,
+    /// Its concurrency limit, what it refused, its retry budget and the replicas it
+    /// ejected, as it last gossiped them (docs/resilience.md).
+    policies: Option<meshrpc::Policies>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +87,7 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
             ping_us,
             cert_fingerprint: m.cert_fingerprint,
             cert_not_after: m.cert_not_after,
+            policies: m.policies,
         });
     }
     Status { tag: tag.to_owned(), members, services: cluster.services(), unproven: cluster.unproven_replicas() }
@@ -92,7 +96,10 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
 fn print_table(s: &Status) {
     println!("cluster tag: {}  ({} nodes)\n", s.tag, s.members.len());
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    println!("{:<14} {:<22} {:<9} {:>8} {:>9} {:>9}  SERVICES", "NODE", "ADDRESS", "STATE", "UPTIME", "PING", "CERT");
+    println!(
+        "{:<14} {:<22} {:<9} {:>8} {:>9} {:>9} {:>6}  SERVICES",
+        "NODE", "ADDRESS", "STATE", "UPTIME", "PING", "CERT", "LIMIT"
+    );
     for m in &s.members {
         let state = serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let mut services = m.services.clone();
@@ -101,16 +108,27 @@ fn print_table(s: &Status) {
             Some(left) if left > 0 => crate::cert::human(Duration::from_secs(left)),
             _ => "EXPIRED".into(),
         });
+        let limit = m.policies.as_ref().and_then(|p| p.concurrency_limit).map_or("-".into(), |l| l.to_string());
         println!(
-            "{:<14} {:<22} {:<9} {:>7}s {:>9} {:>9}  {}",
+            "{:<14} {:<22} {:<9} {:>7}s {:>9} {:>9} {:>6}  {}",
             m.name,
             m.addr.as_deref().unwrap_or("-"),
             state,
             m.uptime_s,
             m.ping_us.map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0)),
             cert,
+            limit,
             services.join(", ")
         );
+    }
+    for m in &s.members {
+        let Some(p) = &m.policies else { continue };
+        if p.overloaded > 0 {
+            println!("OVERLOADED: {} refused {} calls at its concurrency limit", m.name, p.overloaded);
+        }
+        if !p.ejected.is_empty() {
+            println!("EJECTED: {} keeps {} out of its picks (answering badly)", m.name, p.ejected.join(", "));
+        }
     }
     for u in &s.unproven {
         println!("UNPROVEN: {} gossips `{}` without a certificate for it (never called)", u.node, u.service);

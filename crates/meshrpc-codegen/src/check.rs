@@ -137,7 +137,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     let nanos = number * scale;
-    if !(nanos >= 1e3 && nanos <= 86_400e9) {
+    if !(1e3..=86_400e9).contains(&nanos) {
         return Err(format!("timeout `{text}` is out of range: between 1us and 24 hours"));
     }
     Ok(nanos as u64)

@@ -107,8 +107,8 @@ pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
     wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder, Colocated, Ejection,
-    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MirrorStats, Policy, Resilience, ResilienceStats,
-    RetryBudget, RoundRobin, ServiceStatus, Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
+    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MirrorStats, Policies, Policy, Resilience,
+    ResilienceStats, RetryBudget, RoundRobin, ServiceStatus, Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};

@@ -229,6 +229,7 @@ impl ClusterBuilder {
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
         let local = server.as_ref().map_or_else(|| registry.clone() as Arc<dyn Dispatch>, Server::dispatch);
         let http = server.as_ref().map(Server::http_door);
+        let limiter = server.as_ref().map(Server::limiter);
         let name = self.name;
         let inner = Arc::new(Inner {
             name: name.clone(),
@@ -262,6 +263,7 @@ impl ClusterBuilder {
             colocated: self.colocated,
             layered: !self.layers.is_empty(),
             policies: super::resilience::Policies::new(self.resilience),
+            limiter,
             hedging: Default::default(),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));

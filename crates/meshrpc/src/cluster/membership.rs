@@ -24,6 +24,9 @@ const KEY_STATE: &str = "state";
 const KEY_STARTED: &str = "started";
 /// `<sha256 of the certificate> <not-after, Unix seconds>`.
 const KEY_CERT: &str = "cert";
+/// `limit=8 running=3 overloaded=12 budget=102 ejected=<node>/<service>,…`: where this
+/// node's policies stand ([`Policies`]).
+const KEY_POLICIES: &str = "policies";
 
 /// What a node gossips about its credentials, and how its gossip is sealed.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +84,57 @@ pub struct Member {
     pub splits: BTreeMap<String, Split>,
     /// Mirror rules this member gossips, by service: one entry, `(version, percent)`.
     pub mirrors: BTreeMap<String, Split>,
+    /// Where its resilience policies stand, as it last gossiped them.
+    pub policies: Option<Policies>,
+}
+
+/// Where a node's resilience policies stand (docs/resilience.md), gossiped at most every
+/// two seconds when it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Policies {
+    /// Its concurrency limit now (`None`: no limit, or a client-only node).
+    pub concurrency_limit: Option<u64>,
+    /// Calls its handlers run now.
+    pub running: u64,
+    /// Calls it refused at its limit so far.
+    pub overloaded: u64,
+    /// Retries its retry budget allows now.
+    pub retry_budget_left: u64,
+    /// Replicas it has ejected from picking now: `<node id>/<service>` (at most 8 listed).
+    pub ejected: Vec<String>,
+}
+
+impl Policies {
+    /// Most ejections listed in gossip (the budget is under 1 KiB per node).
+    pub(crate) const MAX_LISTED: usize = 8;
+
+    pub(crate) fn encode(&self) -> String {
+        let limit = self.concurrency_limit.map_or("none".to_owned(), |l| l.to_string());
+        let mut out = format!(
+            "limit={limit} running={} overloaded={} budget={}",
+            self.running, self.overloaded, self.retry_budget_left
+        );
+        if !self.ejected.is_empty() {
+            let listed: Vec<&str> = self.ejected.iter().take(Self::MAX_LISTED).map(String::as_str).collect();
+            out.push_str(&format!(" ejected={}", listed.join(",")));
+        }
+        out
+    }
+
+    fn decode(v: &str) -> Policies {
+        let mut p = Policies::default();
+        for (k, v) in v.split(' ').filter_map(|kv| kv.split_once('=')) {
+            match k {
+                "limit" => p.concurrency_limit = v.parse().ok(),
+                "running" => p.running = v.parse().unwrap_or(0),
+                "overloaded" => p.overloaded = v.parse().unwrap_or(0),
+                "budget" => p.retry_budget_left = v.parse().unwrap_or(0),
+                "ejected" => p.ejected = v.split(',').map(str::to_owned).collect(),
+                _ => {}
+            }
+        }
+        p
+    }
 }
 
 impl Member {
@@ -103,6 +157,7 @@ impl Member {
             is_self,
             splits: BTreeMap::new(),
             mirrors: BTreeMap::new(),
+            policies: None,
         };
         let mut versions = Vec::new();
         for (k, v) in kv {
@@ -111,6 +166,7 @@ impl Member {
                 KEY_NAME => m.name = v.to_owned(),
                 KEY_ADDR => m.addr = v.parse().ok(),
                 KEY_STARTED => m.started_ms = v.parse().unwrap_or(0),
+                KEY_POLICIES => m.policies = Some(Policies::decode(v)),
                 KEY_CERT => {
                     let mut parts = v.split(' ');
                     m.cert_fingerprint = parts.next().map(str::to_owned);
@@ -592,6 +648,11 @@ impl Membership {
         self.set(KEY_CERT.to_owned(), value).await;
     }
 
+    /// Gossips where this node's policies stand.
+    pub(crate) async fn advertise_policies(&self, value: String) {
+        self.set(KEY_POLICIES.to_owned(), value).await;
+    }
+
     async fn set(&self, key: String, value: String) {
         let chitchat = self.handle.chitchat();
         let mut c = chitchat.lock().await;
@@ -640,11 +701,15 @@ mod tests {
             ("started", "42"),
             ("ver:greeter", "2.1.0"),
             ("split:greeter", "1700000000000 ops-cli v1=90 v2=10"),
+            ("policies", "limit=8 running=3 overloaded=12 budget=102 ejected=b-1/lab,c-2/lab"),
             ("unknown-key", "ignored"),
         ];
         let m = Member::from_state("greeter-1", kv, false);
         assert_eq!(m.addr, Some("127.0.0.1:11999".parse().unwrap()));
         assert_eq!(m.services["greeter"].version, "2.1.0");
+        let policies = m.policies.clone().unwrap();
+        assert_eq!((policies.concurrency_limit, policies.overloaded, policies.ejected.len()), (Some(8), 12, 2));
+        assert_eq!(Policies::decode(&policies.encode()), policies);
         let split = &m.splits["greeter"];
         assert_eq!((split.set_ms, split.set_by.as_str()), (1_700_000_000_000, "ops-cli"));
         assert_eq!(split.weights, [("v1".to_string(), 90), ("v2".to_string(), 10)]);

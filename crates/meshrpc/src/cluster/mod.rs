@@ -32,7 +32,7 @@ use serde::Serialize;
 
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
-pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Split, View};
+pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Policies, Split, View};
 pub use outlier::Ejection;
 pub use resilience::{Resilience, ResilienceStats};
 pub use retry::RetryBudget;
@@ -98,6 +98,8 @@ struct Inner {
     layered: bool,
     /// Retries, ejection and hedging of this node's calls.
     policies: resilience::Policies,
+    /// The node's concurrency limit (`None` on client-only nodes).
+    limiter: Option<Arc<crate::server::Limiter>>,
     hedging: hedge::Hedging,
 }
 
@@ -269,6 +271,24 @@ impl Cluster {
         }
     }
 
+    /// Where this node's resilience policies stand: its concurrency limit and what its
+    /// calls eject (what it gossips for `meshrpc status`).
+    pub fn policies(&self) -> Policies {
+        let stats = self.resilience_stats();
+        let (limit, running, overloaded) = self
+            .inner
+            .limiter
+            .as_ref()
+            .map_or((None, 0, 0), |l| (l.limit().map(|l| l as u64), l.in_flight() as u64, l.refused()));
+        Policies {
+            concurrency_limit: limit,
+            running,
+            overloaded,
+            retry_budget_left: stats.budget_left,
+            ejected: stats.ejected.into_iter().map(|(node, service)| format!("{node}/{service}")).collect(),
+        }
+    }
+
     /// Last keepalive round trip to a peer, if connected.
     pub fn peer_latency(&self, addr: SocketAddr) -> Option<Duration> {
         self.inner.peers.all().into_iter().find(|p| p.addr == addr)?.last_ping()
@@ -376,9 +396,18 @@ pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Background upkeep: forget peers that left, ping the rest.
 async fn maintain(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(KEEPALIVE);
-    loop {
+    let mut told = String::new();
+    for round in 0u64.. {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
+        // Where the policies stand, every other round and only when it changed.
+        if round % 2 == 0 {
+            let now = Cluster { inner: inner.clone() }.policies().encode();
+            if now != told {
+                inner.membership.advertise_policies(now.clone()).await;
+                told = now;
+            }
+        }
         let view = inner.membership.view();
         let live: Vec<SocketAddr> = view.members.iter().filter_map(|m| m.addr).collect();
         inner.peers.retain(&live);

@@ -26,7 +26,7 @@ use crate::{
     transport::{Connection, PendingCall},
 };
 
-/// A call is tried on at most this many replicas.
+/// A call is sent to at most this many replicas (and tried on at most twice as many).
 const MAX_ATTEMPTS: usize = 3;
 
 impl Inner {
@@ -120,10 +120,11 @@ impl Inner {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
         let mut policy = None;
-        let mut sent = 0; // attempts that may have reached a replica
-        for _ in 0..MAX_ATTEMPTS {
+        let mut sent = 0usize; // attempts that may have reached a replica
+                               // Replicas that could not even be sent the call do not use up its attempts.
+        while sent < MAX_ATTEMPTS && tried.len() < 2 * MAX_ATTEMPTS {
             if sent > 0 {
-                self.before_retry(&call, sent).await.map_err(|e| last_error.take().unwrap_or(e))?;
+                self.before_retry(&call, sent as u32).await.map_err(|e| last_error.take().unwrap_or(e))?;
             }
             let view = self.membership.view();
             let replicas = view.replicas(&service, fingerprint.as_deref());

@@ -1,10 +1,13 @@
 //! The node-wide concurrency limit: how many calls a node's handlers run at once. The
 //! adaptive limit follows measured latency (a gradient limiter, after Netflix's
 //! concurrency-limits): it grows while calls take about as long as the fastest recent
-//! ones, and shrinks as soon as they queue. Calls beyond it are refused with
-//! `overloaded` before anything runs, so callers retry elsewhere.
+//! calls of the same method, and shrinks as soon as they queue. Comparing each call with
+//! its own method keeps a mix of fast and slow methods from looking like a queue. Calls
+//! beyond the limit are refused with `overloaded` before anything runs, so callers retry
+//! elsewhere.
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -50,8 +53,10 @@ const LATENCY_FLOOR: Duration = Duration::from_millis(1);
 /// A window of measurements: at least this long and this many calls.
 const WINDOW: Duration = Duration::from_millis(100);
 const WINDOW_CALLS: u64 = 10;
-/// The baseline is the fastest call of the last this many windows.
+/// A method's baseline is its fastest call over its last this many windows.
 const BASELINE_WINDOWS: usize = 50;
+/// Methods whose baselines are kept (more are not told apart: names come from callers).
+const MAX_METHODS: usize = 4096;
 /// Calls may take this many times the baseline before the limit shrinks.
 const TOLERANCE: f64 = 1.5;
 
@@ -70,13 +75,24 @@ struct Window {
     max: usize,
     started: Instant,
     calls: u64,
-    total: Duration,
-    fastest: Duration,
+    /// The sum, over the window's calls, of latency ÷ its method's baseline.
+    slowdown: f64,
     busiest: usize,
-    /// Fastest call of each recent window, newest last.
-    baselines: Vec<Duration>,
+    /// By a hash of service and method.
+    methods: HashMap<u64, Baseline>,
     /// The limit as a real number (the atomic holds it rounded).
     estimate: f64,
+}
+
+/// What one method's calls take when nothing queues.
+#[derive(Default)]
+struct Baseline {
+    /// Its fastest call of each recent window it was called in, newest last.
+    recent: Vec<Duration>,
+    /// The fastest of `recent`.
+    best: Option<Duration>,
+    /// Its fastest call in the current window.
+    fastest: Option<Duration>,
 }
 
 impl Limiter {
@@ -91,10 +107,9 @@ impl Limiter {
                 max: usize::MAX,
                 started: Instant::now(),
                 calls: 0,
-                total: Duration::ZERO,
-                fastest: Duration::MAX,
+                slowdown: 0.0,
                 busiest: 0,
-                baselines: Vec::new(),
+                methods: HashMap::new(),
                 estimate: 0.0,
             }),
         };
@@ -117,8 +132,9 @@ impl Limiter {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
-    /// Admits a call, or refuses it when the node runs its limit already.
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Permit, Error> {
+    /// Admits a call of `method` (a hash of service and method), or refuses it when the
+    /// node runs its limit already.
+    pub(crate) fn admit(self: &Arc<Self>, method: u64) -> Result<Permit, Error> {
         let limit = self.limit.load(Ordering::Relaxed);
         let running = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if running >= limit {
@@ -126,26 +142,34 @@ impl Limiter {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded { message: format!("the node runs its limit of {limit} calls at once") });
         }
-        Ok(Permit { limiter: self.clone(), started: Instant::now(), running: running + 1 })
+        Ok(Permit { limiter: self.clone(), started: Instant::now(), running: running + 1, method, known: true })
     }
 
-    fn done(&self, latency: Duration, running: usize, now: Instant) {
+    fn done(&self, p: &Permit, now: Instant) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.adaptive.load(Ordering::Relaxed) {
             return;
         }
+        let latency = now.duration_since(p.started).max(LATENCY_FLOOR);
         let mut w = self.window.lock().unwrap();
         w.calls += 1;
-        w.total += latency;
-        w.fastest = w.fastest.min(latency);
-        w.busiest = w.busiest.max(running);
+        w.busiest = w.busiest.max(p.running);
+        let tracked = w.methods.len() < MAX_METHODS || w.methods.contains_key(&p.method);
+        let baseline = match (p.known && tracked).then(|| w.methods.entry(p.method).or_default()) {
+            Some(b) => {
+                b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
+                b.best.unwrap_or(latency)
+            }
+            None => latency,
+        };
+        w.slowdown += latency.as_secs_f64() / baseline.max(LATENCY_FLOOR).as_secs_f64();
         if w.calls < WINDOW_CALLS || now.duration_since(w.started) < WINDOW {
             return;
         }
         let limit = next_limit(&mut w);
         self.limit.store(limit, Ordering::Relaxed);
         w.started = now;
-        (w.calls, w.total, w.fastest, w.busiest) = (0, Duration::ZERO, Duration::MAX, 0);
+        (w.calls, w.slowdown, w.busiest) = (0, 0.0, 0);
     }
 
     /// The limit now.
@@ -178,29 +202,43 @@ impl Limiter {
     }
 }
 
-/// The limit after a window of measurements: shrinks by the ratio of the baseline (the
-/// fastest recent call) to this window's average once calls queue beyond the tolerance,
-/// grows by about √limit while they do not — unless the window never came near the limit
-/// (the node was not the bottleneck).
+/// The limit after a window of measurements: shrinks by the ratio of the tolerance to
+/// how much slower than their methods' baselines calls were, once they queue beyond the
+/// tolerance; grows by about √limit / 5 while they do not — unless the window never came
+/// near the limit (the node was not the bottleneck). Then the window's fastest calls join
+/// their methods' baselines.
 fn next_limit(w: &mut Window) -> usize {
-    let average = (w.total / w.calls.max(1) as u32).max(LATENCY_FLOOR);
-    if w.baselines.len() == BASELINE_WINDOWS {
-        w.baselines.remove(0);
-    }
-    w.baselines.push(w.fastest.max(LATENCY_FLOOR));
-    let baseline = *w.baselines.iter().min().expect("one window at least");
-    let gradient = (TOLERANCE * baseline.as_secs_f64() / average.as_secs_f64()).clamp(0.5, 1.0);
+    let slowdown = (w.slowdown / w.calls.max(1) as f64).max(1.0);
+    let gradient = (TOLERANCE / slowdown).clamp(0.5, 1.0);
     let queue = w.estimate.sqrt();
     let estimate = if gradient < 1.0 {
         w.estimate * gradient + queue
     } else if (w.busiest as f64) < w.estimate / 2.0 {
         w.estimate
     } else {
-        // Grow gently: a fifth of the way to limit + √limit.
         w.estimate * 0.8 + (w.estimate + queue) * 0.2
     };
     w.estimate = estimate.clamp(w.min as f64, w.max as f64);
+    for b in w.methods.values_mut() {
+        if let Some(fastest) = b.fastest.take() {
+            if b.recent.len() == BASELINE_WINDOWS {
+                b.recent.remove(0);
+            }
+            b.recent.push(fastest);
+            b.best = b.recent.iter().min().copied();
+        }
+    }
     w.estimate.round() as usize
+}
+
+/// A method's key for its baseline.
+pub(crate) fn method_key(service: &str, method: &str) -> u64 {
+    // FNV-1a over `service/method`.
+    service
+        .bytes()
+        .chain([b'/'])
+        .chain(method.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A call admitted under the limit; dropping it (the call ended) feeds the limit.
@@ -208,12 +246,14 @@ pub(crate) struct Permit {
     limiter: Arc<Limiter>,
     started: Instant,
     running: usize,
+    method: u64,
+    /// The method exists (a call of an unknown one has no baseline to keep).
+    known: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let now = Instant::now();
-        self.limiter.done(now.duration_since(self.started), self.running, now);
+        self.limiter.done(self, Instant::now());
     }
 }
 
@@ -225,13 +265,14 @@ pub(crate) struct Limited {
 
 impl Dispatch for Limited {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
-        let permit = match self.limiter.admit() {
+        let mut permit = match self.limiter.admit(method_key(&call.service, &call.method)) {
             Ok(permit) => permit,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let answer = self.inner.dispatch(call);
         Box::pin(async move {
             let answer = answer.await;
+            permit.known = !matches!(answer, Err(Error::UnknownService { .. } | Error::UnknownMethod { .. }));
             drop(permit);
             answer
         })
@@ -256,62 +297,77 @@ mod tests {
             max: 4096,
             started: Instant::now(),
             calls: 0,
-            total: Duration::ZERO,
-            fastest: Duration::MAX,
+            slowdown: 0.0,
             busiest: 0,
-            baselines: Vec::new(),
+            methods: HashMap::new(),
             estimate,
         }
     }
 
-    fn measure(w: &mut Window, latencies_ms: &[u64], busiest: usize) {
-        (w.calls, w.total, w.busiest) = (latencies_ms.len() as u64, Duration::ZERO, busiest);
-        w.fastest = Duration::MAX;
-        for ms in latencies_ms {
-            w.total += Duration::from_millis(*ms);
-            w.fastest = w.fastest.min(Duration::from_millis(*ms));
+    /// A window of calls of methods `(key, ms)`, with `busiest` calls at once at most.
+    fn measure(w: &mut Window, calls: &[(u64, u64)], busiest: usize) -> usize {
+        (w.calls, w.slowdown, w.busiest) = (0, 0.0, busiest);
+        for (method, ms) in calls {
+            let latency = Duration::from_millis(*ms).max(LATENCY_FLOOR);
+            let b = w.methods.entry(*method).or_default();
+            b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
+            let baseline = b.best.unwrap_or(latency);
+            w.calls += 1;
+            w.slowdown += latency.as_secs_f64() / baseline.as_secs_f64();
         }
+        next_limit(w)
     }
 
     #[test]
     fn queueing_shrinks_the_limit_and_a_calm_node_grows_it_back() {
         let mut w = window(128.0);
-        // Calls of 20 ms that queue behind 4 workers: most take ten times as long.
+        measure(&mut w, &[(1, 20); 10], 8); // the method's baseline: 20 ms
+                                            // Calls of 20 ms that queue behind 4 workers: most take ten times as long.
         let mut limits = Vec::new();
         for _ in 0..8 {
-            measure(&mut w, &[20, 200, 200, 200, 200, 200, 200, 200, 200, 200], 40);
-            limits.push(next_limit(&mut w));
+            let mut calls = vec![(1, 200); 9];
+            calls.push((1, 20));
+            limits.push(measure(&mut w, &calls, 40));
         }
         assert!(limits.windows(2).all(|p| p[1] <= p[0]), "{limits:?}");
         assert_eq!(*limits.last().unwrap(), 8, "down to the minimum: {limits:?}");
         // The queue is gone: calls take their 20 ms again and the limit is used.
         let mut grown = 8;
         for _ in 0..10 {
-            measure(&mut w, &[20; 10], grown);
-            grown = next_limit(&mut w);
+            grown = measure(&mut w, &[(1, 20); 10], grown);
         }
         assert!(grown > 8, "{grown}");
     }
 
     #[test]
+    fn a_mix_of_fast_and_slow_methods_is_not_a_queue() {
+        let mut w = window(128.0);
+        let mix: Vec<(u64, u64)> = (0..20).map(|i| if i % 2 == 0 { (1, 5) } else { (2, 20) }).collect();
+        let mut limit = 128;
+        for _ in 0..10 {
+            limit = measure(&mut w, &mix, 100);
+        }
+        assert!(limit >= 128, "{limit}");
+    }
+
+    #[test]
     fn fast_calls_are_not_told_apart_and_an_idle_node_keeps_its_limit() {
         let mut w = window(128.0);
-        measure(&mut w, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 10); // far below the limit
-        assert_eq!(next_limit(&mut w), 128);
+        assert_eq!(measure(&mut w, &[(1, 0); 10], 10), 128, "far below the limit");
         // Sub-millisecond jitter (0 to 1 ms) near the limit: grows.
-        measure(&mut w, &[0, 1, 0, 1, 0, 1, 0, 1, 0, 1], 120);
-        assert!(next_limit(&mut w) > 128);
+        let jitter: Vec<(u64, u64)> = (0..10).map(|i| (1, i % 2)).collect();
+        assert!(measure(&mut w, &jitter, 120) > 128);
     }
 
     #[test]
     fn calls_beyond_the_limit_are_refused_before_they_run() {
         let limiter = Arc::new(Limiter::new(ConcurrencyLimit::Fixed(2)));
-        let (a, b) = (limiter.admit().unwrap(), limiter.admit().unwrap());
-        let refused = limiter.admit().err().unwrap();
+        let (a, b) = (limiter.admit(1).unwrap(), limiter.admit(1).unwrap());
+        let refused = limiter.admit(1).err().unwrap();
         assert!(refused.to_string().contains("limit of 2 calls"), "{refused}");
         assert_eq!((limiter.in_flight(), limiter.refused()), (2, 1));
         drop((a, b));
-        assert!(limiter.admit().is_ok());
+        assert!(limiter.admit(1).is_ok());
         assert_eq!(Limiter::new(ConcurrencyLimit::Off).limit(), None);
     }
 }

@@ -210,6 +210,10 @@ impl Server {
         (self.limiter.limit(), self.limiter.in_flight(), self.limiter.refused())
     }
 
+    pub(crate) fn limiter(&self) -> Arc<Limiter> {
+        self.limiter.clone()
+    }
+
     /// The node's figures for `/metrics`: its port's counters and its concurrency limit.
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
     pub(crate) fn figures(&self) -> crate::figures::Figures {

@@ -8,6 +8,7 @@
 
 use std::{
     collections::HashMap,
+    hash::BuildHasherDefault,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -66,8 +67,14 @@ pub(crate) struct Limiter {
     limit: AtomicUsize,
     in_flight: AtomicUsize,
     refused: AtomicU64,
+    /// Calls admitted: picks the ones measured.
+    admitted: AtomicU64,
     window: Mutex<Window>,
 }
+
+/// Far from its limit, a node measures one call in this many (each measure costs two
+/// clock reads and a lock); near it, every call.
+const SAMPLE_EVERY: u64 = 4;
 
 struct Window {
     /// The adaptive limit's bounds.
@@ -79,7 +86,7 @@ struct Window {
     slowdown: f64,
     busiest: usize,
     /// By a hash of service and method.
-    methods: HashMap<u64, Baseline>,
+    methods: HashMap<u64, Baseline, BuildHasherDefault<KeyHasher>>,
     /// The limit as a real number (the atomic holds it rounded).
     estimate: f64,
 }
@@ -102,6 +109,7 @@ impl Limiter {
             limit: AtomicUsize::new(usize::MAX),
             in_flight: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
             window: Mutex::new(Window {
                 min: 1,
                 max: usize::MAX,
@@ -109,7 +117,7 @@ impl Limiter {
                 calls: 0,
                 slowdown: 0.0,
                 busiest: 0,
-                methods: HashMap::new(),
+                methods: HashMap::default(),
                 estimate: 0.0,
             }),
         };
@@ -132,9 +140,9 @@ impl Limiter {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
-    /// Admits a call of `method` (a hash of service and method), or refuses it when the
-    /// node runs its limit already.
-    pub(crate) fn admit(self: &Arc<Self>, method: u64) -> Result<Permit, Error> {
+    /// Admits a call of `service.method`, or refuses it when the node runs its limit
+    /// already.
+    pub(crate) fn admit(self: &Arc<Self>, service: &str, method: &str) -> Result<Permit, Error> {
         let limit = self.limit.load(Ordering::Relaxed);
         let running = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if running >= limit {
@@ -142,20 +150,22 @@ impl Limiter {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded { message: format!("the node runs its limit of {limit} calls at once") });
         }
-        Ok(Permit { limiter: self.clone(), started: Instant::now(), running: running + 1, method, known: true })
+        let measured = self.adaptive.load(Ordering::Relaxed)
+            && (running >= limit / 4 * 3 || self.admitted.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY == 0);
+        let sample = measured.then(|| Sample { started: Instant::now(), method: method_key(service, method) });
+        Ok(Permit { limiter: self.clone(), running: running + 1, sample, known: true })
     }
 
-    fn done(&self, p: &Permit, now: Instant) {
+    fn done(&self, p: &Permit) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if !self.adaptive.load(Ordering::Relaxed) {
-            return;
-        }
-        let latency = now.duration_since(p.started).max(LATENCY_FLOOR);
+        let Some(sample) = &p.sample else { return };
+        let now = Instant::now();
+        let latency = now.duration_since(sample.started).max(LATENCY_FLOOR);
         let mut w = self.window.lock().unwrap();
         w.calls += 1;
         w.busiest = w.busiest.max(p.running);
-        let tracked = w.methods.len() < MAX_METHODS || w.methods.contains_key(&p.method);
-        let baseline = match (p.known && tracked).then(|| w.methods.entry(p.method).or_default()) {
+        let tracked = w.methods.len() < MAX_METHODS || w.methods.contains_key(&sample.method);
+        let baseline = match (p.known && tracked).then(|| w.methods.entry(sample.method).or_default()) {
             Some(b) => {
                 b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
                 b.best.unwrap_or(latency)
@@ -244,16 +254,39 @@ pub(crate) fn method_key(service: &str, method: &str) -> u64 {
 /// A call admitted under the limit; dropping it (the call ended) feeds the limit.
 pub(crate) struct Permit {
     limiter: Arc<Limiter>,
-    started: Instant,
     running: usize,
-    method: u64,
+    /// When it started and its method, if it is measured.
+    sample: Option<Sample>,
     /// The method exists (a call of an unknown one has no baseline to keep).
     known: bool,
 }
 
+struct Sample {
+    started: Instant,
+    method: u64,
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.done(self, Instant::now());
+        self.limiter.done(self);
+    }
+}
+
+/// The keys are hashes already.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -265,7 +298,7 @@ pub(crate) struct Limited {
 
 impl Dispatch for Limited {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
-        let mut permit = match self.limiter.admit(method_key(&call.service, &call.method)) {
+        let mut permit = match self.limiter.admit(&call.service, &call.method) {
             Ok(permit) => permit,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
@@ -299,7 +332,7 @@ mod tests {
             calls: 0,
             slowdown: 0.0,
             busiest: 0,
-            methods: HashMap::new(),
+            methods: HashMap::default(),
             estimate,
         }
     }
@@ -362,12 +395,12 @@ mod tests {
     #[test]
     fn calls_beyond_the_limit_are_refused_before_they_run() {
         let limiter = Arc::new(Limiter::new(ConcurrencyLimit::Fixed(2)));
-        let (a, b) = (limiter.admit(1).unwrap(), limiter.admit(1).unwrap());
-        let refused = limiter.admit(1).err().unwrap();
+        let (a, b) = (limiter.admit("s", "m").unwrap(), limiter.admit("s", "m").unwrap());
+        let refused = limiter.admit("s", "m").err().unwrap();
         assert!(refused.to_string().contains("limit of 2 calls"), "{refused}");
         assert_eq!((limiter.in_flight(), limiter.refused()), (2, 1));
         drop((a, b));
-        assert!(limiter.admit(1).is_ok());
+        assert!(limiter.admit("s", "m").is_ok());
         assert_eq!(Limiter::new(ConcurrencyLimit::Off).limit(), None);
     }
 }

@@ -11,15 +11,22 @@ pub(crate) struct Figure {
     pub(crate) help: &'static str,
     pub(crate) value: u64,
     pub(crate) counter: bool,
+    /// One label, for figures of one family (`state="serving"`).
+    pub(crate) label: Option<(&'static str, &'static str)>,
 }
 
 impl Figure {
     pub(crate) const fn counter(name: &'static str, help: &'static str, value: u64) -> Figure {
-        Figure { name, help, value, counter: true }
+        Figure { name, help, value, counter: true, label: None }
     }
 
     pub(crate) const fn gauge(name: &'static str, help: &'static str, value: u64) -> Figure {
-        Figure { name, help, value, counter: false }
+        Figure { name, help, value, counter: false, label: None }
+    }
+
+    pub(crate) const fn with_label(mut self, name: &'static str, value: &'static str) -> Figure {
+        self.label = Some((name, value));
+        self
     }
 }
 

@@ -70,6 +70,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod call;
+mod call_stats;
 mod client;
 mod codec;
 mod context;
@@ -103,6 +104,7 @@ mod logging;
 pub use access::{Access, AccessPolicy, PolicyError};
 pub use async_trait::async_trait;
 pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
+pub use call_stats::{node_stats, Direction, NodeStats, SeriesStats, LATENCY_BOUNDS_SECONDS};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{

@@ -5,15 +5,18 @@
 //! A node under load then writes a few lines every ten seconds, not one per call.
 
 use std::{
-    collections::HashMap,
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
-        Arc, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
 
-use crate::{call::Reply, error::Error};
+use crate::{
+    call::Reply,
+    call_stats::{self, MethodStats},
+    error::Error,
+};
 
 /// How often the summary is written (`MESHRPC_LOG_SUMMARY_MS` overrides it).
 pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
@@ -70,16 +73,16 @@ pub(crate) fn line_picked() -> bool {
     lines != Lines::Off && lines.picks(NTH.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The summary slot of the method a connection called last.
+/// The series of the method a connection called last.
 #[derive(Default)]
 pub(crate) struct LastMethod(Option<(Box<str>, Box<str>, Arc<MethodStats>)>);
 
 impl LastMethod {
-    fn stats(&mut self, summary: &Summary, service: &str, method: &str) -> Arc<MethodStats> {
+    fn stats(&mut self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
         match &self.0 {
             Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
             _ => {
-                let stats = summary.stats(service, method);
+                let stats = call_stats::inbound().series(service, method, peer);
                 self.0 = Some((service.into(), method.into(), stats.clone()));
                 stats
             }
@@ -87,8 +90,8 @@ impl LastMethod {
     }
 }
 
-/// A call being served: counted in its method's summary when it ends, and logged on
-/// its own line if `MESHRPC_REQUEST_LOG` picks it.
+/// A call being served: counted in its series (golden metrics and the summary) when it
+/// ends, and logged on its own line if `MESHRPC_REQUEST_LOG` picks it.
 pub(crate) struct RequestLog {
     stats: Option<Arc<MethodStats>>,
     line: Option<Line>,
@@ -102,20 +105,25 @@ struct Line {
 }
 
 impl RequestLog {
-    /// Starts the log of a call. A connection that serves many calls passes its `last`
-    /// slot: most connections call one method over and over, and the shared map costs a
-    /// lock and two string hashes.
+    /// Starts the log of a call from `peer` (a node's name: the metrics label; `caller`
+    /// says more, for the request line). A connection that serves many calls passes its
+    /// `last` slot (its peer never changes): most connections call one method over and
+    /// over, and the shared map costs a lock and three string hashes.
     pub(crate) fn begin(
         last: Option<&mut LastMethod>,
         service: &str,
         method: &str,
+        peer: &str,
         caller: &str,
         start: Instant,
     ) -> RequestLog {
-        let stats = summary().map(|summary| match last {
-            Some(last) => last.stats(summary, service, method),
-            None => summary.stats(service, method),
+        let stats = (call_stats::enabled() && summary_started()).then(|| match last {
+            Some(last) => last.stats(service, method, peer),
+            None => call_stats::inbound().series(service, method, peer),
         });
+        if let Some(stats) = &stats {
+            stats.started();
+        }
         let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO))
             .then(|| Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned() });
         RequestLog { stats, line, start }
@@ -128,8 +136,8 @@ impl RequestLog {
             static LAST: std::cell::RefCell<LastMethod> = std::cell::RefCell::default();
         }
         LAST.with(|last| match last.try_borrow_mut() {
-            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", start),
-            Err(_) => RequestLog::begin(None, service, method, "local", start),
+            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", "local", start),
+            Err(_) => RequestLog::begin(None, service, method, "local", "local", start),
         })
     }
 
@@ -140,20 +148,14 @@ impl RequestLog {
     }
 
     pub(crate) fn end(self, result: &Result<Reply, Error>) {
-        let status = match result {
-            // A stream is logged when it opens (its items are not calls).
-            Ok(Reply::Ok(_) | Reply::Stream(_)) => "ok",
-            Ok(Reply::AppError(_)) => "application",
-            Err(e) => e.code(),
-        };
-        self.end_with(status);
+        self.end_with(status_of(result));
     }
 
     /// Logs the call with `status` (`ok`, `application`, `timeout`…).
     pub(crate) fn end_with(self, status: &str) {
         let micros = self.start.elapsed().as_micros() as u64;
         if let Some(stats) = &self.stats {
-            stats.record(micros, status != "ok");
+            stats.record(micros, status);
         }
         if let Some(line) = self.line {
             tracing::info!(
@@ -162,6 +164,16 @@ impl RequestLog {
                 "call"
             );
         }
+    }
+}
+
+/// A call's result as a label: `ok` (a stream counts when it opens: its items are not
+/// calls), `application`, or the error's code.
+pub(crate) fn status_of(result: &Result<Reply, Error>) -> &'static str {
+    match result {
+        Ok(Reply::Ok(_) | Reply::Stream(_)) => "ok",
+        Ok(Reply::AppError(_)) => "application",
+        Err(e) => e.code(),
     }
 }
 
@@ -184,85 +196,11 @@ impl Drop for Running {
     }
 }
 
-/// Latency buckets: 4 per power of two of microseconds, up to 2^40 µs.
-const BUCKETS: usize = 4 * 40;
-
-fn bucket(micros: u64) -> usize {
-    let micros = micros.max(1);
-    let log2 = 63 - micros.leading_zeros() as usize;
-    let fraction = if log2 >= 2 { ((micros >> (log2 - 2)) & 3) as usize } else { 0 };
-    (log2 * 4 + fraction).min(BUCKETS - 1)
-}
-
-/// The upper bound (µs) of a bucket.
-fn bucket_top(i: usize) -> u64 {
-    let (log2, fraction) = (i / 4, (i % 4) as u64);
-    if log2 < 2 {
-        return 1 << (log2 + 1);
-    }
-    (1u64 << log2) + ((fraction + 1) << (log2 - 2))
-}
-
-/// One method's calls since the last summary.
-pub(crate) struct MethodStats {
-    calls: AtomicU64,
-    errors: AtomicU64,
-    buckets: [AtomicU32; BUCKETS],
-}
-
-impl MethodStats {
-    fn new() -> MethodStats {
-        MethodStats {
-            calls: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
-        }
-    }
-
-    fn record(&self, micros: u64, failed: bool) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        self.buckets[bucket(micros)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `(calls, errors, p99 µs)` since the last take, and starts over.
-    fn take(&self) -> (u64, u64, u64) {
-        let calls = self.calls.swap(0, Ordering::Relaxed);
-        let errors = self.errors.swap(0, Ordering::Relaxed);
-        let counts: Vec<u64> = self.buckets.iter().map(|b| u64::from(b.swap(0, Ordering::Relaxed))).collect();
-        let total: u64 = counts.iter().sum();
-        let mut seen = 0;
-        let p99 = counts
-            .iter()
-            .enumerate()
-            .find_map(|(i, n)| {
-                seen += n;
-                (total > 0 && seen * 100 >= total * 99).then(|| bucket_top(i))
-            })
-            .unwrap_or(0);
-        (calls, errors, p99)
-    }
-}
-
-/// Every method's stats, and the task that writes the summary.
-pub(crate) struct Summary {
-    methods: RwLock<HashMap<String, HashMap<String, Arc<MethodStats>>>>,
-    /// Where calls go past [`MAX_METHODS`] names (callers choose the names they send).
-    other: Arc<MethodStats>,
-}
-
-/// Distinct `service.method` names summarised one by one; the rest are summed as one.
-pub(crate) const MAX_METHODS: usize = 1024;
-
-/// The process's summary, its writer started on first use (inside a tokio runtime).
-fn summary() -> Option<&'static Summary> {
-    static SUMMARY: OnceLock<Option<&'static Summary>> = OnceLock::new();
-    *SUMMARY.get_or_init(|| {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let summary: &'static Summary =
-            Box::leak(Box::new(Summary { methods: RwLock::default(), other: Arc::new(MethodStats::new()) }));
+/// Starts the summary writer on first use (inside a tokio runtime); false outside one.
+fn summary_started() -> bool {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return false };
         let every = std::env::var("MESHRPC_LOG_SUMMARY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -272,41 +210,29 @@ fn summary() -> Option<&'static Summary> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                summary.write(every);
+                write_summary(every);
             }
         });
-        Some(summary)
+        true
     })
 }
 
-impl Summary {
-    fn stats(&self, service: &str, method: &str) -> Arc<MethodStats> {
-        if let Some(s) = self.methods.read().unwrap().get(service).and_then(|m| m.get(method)) {
-            return s.clone();
+/// A line per method (all its peers together) that had calls since the last one.
+fn write_summary(every: Duration) {
+    let mut methods: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
+    call_stats::inbound().each(|service, method, _peer, stats| {
+        let (calls, errors, p99) = stats.take_window();
+        if calls > 0 {
+            let entry = methods.entry((service.to_owned(), method.to_owned())).or_default();
+            (entry.0, entry.1, entry.2) = (entry.0 + calls, entry.1 + errors, entry.2.max(p99));
         }
-        let mut methods = self.methods.write().unwrap();
-        if methods.values().map(HashMap::len).sum::<usize>() >= MAX_METHODS {
-            return self.other.clone();
-        }
-        let service_entry = methods.entry(service.to_owned()).or_default();
-        service_entry.entry(method.to_owned()).or_insert_with(|| Arc::new(MethodStats::new())).clone()
-    }
-
-    fn write(&self, every: Duration) {
-        let methods = self.methods.read().unwrap();
-        let other = [("(other)".to_owned(), HashMap::from([("(other)".to_owned(), self.other.clone())]))];
-        for (service, methods) in methods.iter().chain(other.iter().map(|(s, m)| (s, m))) {
-            for (method, stats) in methods {
-                let (calls, errors, p99) = stats.take();
-                if calls > 0 {
-                    tracing::info!(
-                        target: "meshrpc::summary",
-                        service, method, calls, errors, p99_us = p99, interval_s = every.as_secs_f64(),
-                        "calls"
-                    );
-                }
-            }
-        }
+    });
+    for ((service, method), (calls, errors, p99)) in methods {
+        tracing::info!(
+            target: "meshrpc::summary",
+            service, method, calls, errors, p99_us = p99, interval_s = every.as_secs_f64(),
+            "calls"
+        );
     }
 }
 
@@ -322,31 +248,5 @@ mod tests {
         assert_eq!(Lines::parse("sample:1").unwrap(), Lines::Every);
         assert!(Lines::parse("sometimes").is_err());
         assert!(Lines::OneIn(10).picks(20) && !Lines::OneIn(10).picks(21));
-    }
-
-    #[test]
-    fn p99_is_the_bucket_holding_the_99th_percent() {
-        let stats = MethodStats::new();
-        for _ in 0..990 {
-            stats.record(20, false);
-        }
-        for _ in 0..10 {
-            stats.record(5_000, true);
-        }
-        let (calls, errors, p99) = stats.take();
-        assert_eq!((calls, errors), (1000, 10));
-        assert!((20..=24).contains(&p99), "{p99}");
-        stats.record(5_000, false);
-        let (_, _, p99) = stats.take();
-        assert!((5_000..=6_144).contains(&p99), "{p99}");
-        assert_eq!(stats.take(), (0, 0, 0));
-    }
-
-    #[test]
-    fn buckets_bound_their_values() {
-        for v in [1u64, 2, 3, 5, 17, 100, 1023, 1024, 1025, 999_999] {
-            let top = bucket_top(bucket(v));
-            assert!(top >= v && top <= v * 2, "{v} → {top}");
-        }
     }
 }

@@ -271,6 +271,38 @@ impl Cluster {
         }
     }
 
+    /// Members of the view by state, for `/metrics`.
+    pub(crate) fn member_figures(&self) -> [crate::figures::Figure; 3] {
+        use crate::figures::Figure;
+        let view = self.inner.membership.view();
+        let count = |state| view.members.iter().filter(|m| m.state == state).count() as u64;
+        let help = "Members of the cluster this node sees, by state";
+        [
+            Figure::gauge("meshrpc_members", help, count(MemberState::Starting)).with_label("state", "starting"),
+            Figure::gauge("meshrpc_members", help, count(MemberState::Serving)).with_label("state", "serving"),
+            Figure::gauge("meshrpc_members", help, count(MemberState::Draining)).with_label("state", "draining"),
+        ]
+    }
+
+    /// What `member` counted about the calls it served and made (its `meshrpc.stats`),
+    /// over this node's connection to it; this node's own figures for itself.
+    pub async fn node_stats(&self, member: &Member, timeout: Duration) -> Result<crate::NodeStats, Error> {
+        if member.is_self {
+            return Ok(crate::node_stats());
+        }
+        let addr = member.addr.ok_or_else(|| Error::unavailable(format!("{} has no mesh address", member.id)))?;
+        let ask = async {
+            let conn = self.inner.peers.get(addr).connection().await?;
+            let mut call = crate::Call::new(crate::call_stats::NODE_SERVICE, "stats", bytes::Bytes::from_static(b"{}"));
+            call.deadline = Some(Instant::now() + timeout);
+            match conn.send_call(call)?.answer().await? {
+                crate::Reply::Ok(bytes) => crate::Codec::Json.decode(&bytes),
+                _ => Err(Error::protocol(format!("{} answered its stats with no value", member.id))),
+            }
+        };
+        tokio::time::timeout(timeout, ask).await.map_err(|_| Error::Timeout)?
+    }
+
     /// Where this node's resilience policies stand: its concurrency limit and what its
     /// calls eject (what it gossips for `meshrpc status`).
     pub fn policies(&self) -> Policies {
@@ -356,7 +388,9 @@ impl Cluster {
                 let mut figures = server_figures();
                 figures.extend(traffic::MirrorStats::figures());
                 if let Some(inner) = inner.upgrade() {
-                    figures.extend(Cluster { inner }.resilience_stats().figures());
+                    let cluster = Cluster { inner };
+                    figures.extend(cluster.resilience_stats().figures());
+                    figures.extend(cluster.member_figures());
                 }
                 figures
             })

@@ -172,6 +172,12 @@ impl Inner {
             let mirror =
                 (tried.len() == 1).then(|| self.mirror(&view, &call, member, fingerprint.as_deref())).flatten();
             let start = Instant::now();
+            // Golden metrics of the edge this node → that replica's node.
+            let edge = crate::call_stats::enabled()
+                .then(|| crate::call_stats::outbound().series(&service, &call.method, &member.name));
+            if let Some(edge) = &edge {
+                edge.started();
+            }
             let hedge = policy.hedge && sent == 1 && !versioned && self.policies.settings.hedging;
             let (answer, answered_by) = if hedge {
                 self.hedged(&call, fingerprint.as_deref(), pending, peer, &mut tried).await
@@ -180,6 +186,14 @@ impl Inner {
             };
             if let Some(mirror) = mirror {
                 mirror.compare(answer.as_ref().map_err(|(e, _)| e));
+            }
+            if let Some(edge) = edge {
+                let code = match &answer {
+                    Ok(Reply::AppError(_)) => "application",
+                    Ok(_) => "ok",
+                    Err((e, _)) => e.code(),
+                };
+                edge.record(start.elapsed().as_micros() as u64, code);
             }
             self.judge(&view, &answered_by, &call.service, answer.as_ref().map(|_| ()).map_err(|(e, _)| e));
             match answer {

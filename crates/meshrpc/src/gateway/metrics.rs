@@ -88,6 +88,11 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        // The golden metrics of the calls this process made and served, before the end.
+        let end = out.rfind("# EOF").unwrap_or(out.len());
+        let mut golden = String::new();
+        crate::call_stats::prometheus_text(&mut golden);
+        out.insert_str(end, &golden);
         out
     }
 }

@@ -102,6 +102,9 @@ impl Dispatch for Registry {
 
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
+            if call.service == crate::call_stats::NODE_SERVICE {
+                return Box::pin(std::future::ready(crate::call_stats::answer(&call)));
+            }
             let err = Error::UnknownService { service: call.service.into_owned() };
             return Box::pin(std::future::ready(Err(err)));
         };

@@ -2,6 +2,7 @@
 //! sniffing of mesh callers from everything else (HTTP).
 
 use std::{
+    sync::atomic::Ordering,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -74,6 +75,7 @@ pub(crate) async fn accept_loop(
                 Ok((stream, peer)) if conns.len() < cap.max_connections => {
                     let _ = stream.set_nodelay(true);
                     conns.spawn(serve(stream, peer));
+                    cap.counters.open_connections.store(conns.len() as u64, Ordering::Relaxed);
                 }
                 Ok((stream, peer)) => {
                     PortCounters::add(&cap.counters.refused_connections);
@@ -92,7 +94,9 @@ pub(crate) async fn accept_loop(
                 }
             },
             _ = stopped(&mut shutdown) => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => {
+                cap.counters.open_connections.store(conns.len() as u64, Ordering::Relaxed);
+            }
             Some(_) = over.join_next(), if !over.is_empty() => {}
         }
     }

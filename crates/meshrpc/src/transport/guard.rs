@@ -26,6 +26,8 @@ pub struct PortCounters {
     /// Calls ended as `overloaded` because the node-wide budget for unread stream items
     /// was spent.
     pub shed_stream_items: AtomicU64,
+    /// Connections open now (a gauge).
+    pub open_connections: AtomicU64,
 }
 
 /// Calls denied by the authorization policy in this process (mesh and HTTP alike).
@@ -52,7 +54,14 @@ impl PortCounters {
     /// The counters, for `/metrics`.
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
     pub(crate) fn figures(&self) -> Vec<crate::figures::Figure> {
-        self.values().iter().map(|(name, help, value)| crate::figures::Figure::counter(name, help, *value)).collect()
+        let mut figures: Vec<_> =
+            self.values().iter().map(|(name, help, value)| crate::figures::Figure::counter(name, help, *value)).collect();
+        figures.push(crate::figures::Figure::gauge(
+            "meshrpc_connections_open",
+            "Connections the node's port serves now (mesh and HTTP)",
+            self.open_connections.load(Ordering::Relaxed),
+        ));
+        figures
     }
 
     /// The counters as `(name, help, value)`, named as in `/metrics`.

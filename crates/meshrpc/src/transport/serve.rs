@@ -99,7 +99,9 @@ pub(crate) async fn serve_mesh(
     // The caller's name goes in the request logs; an anonymous one by its address.
     let name: Arc<str> =
         if hello.peer_name.is_empty() { peer.to_string().into() } else { format!("{}@{peer}", hello.peer_name).into() };
-    let caller = Caller { name, admission, last_method: Mutex::default() };
+    // The metrics label: the node's name (shared by its replicas), never an address.
+    let label: Arc<str> = if hello.peer_name.is_empty() { "client".into() } else { hello.peer_name.as_str().into() };
+    let caller = Caller { name, peer: label, admission, last_method: Mutex::default() };
     let sender = Arc::new(Sender::new(link.clone()));
     if sender.send_encoded(&out, true).is_err() {
         return;
@@ -274,6 +276,8 @@ pub(crate) async fn serve_mesh(
 /// Who is calling: a name for the request logs, the identity and policy for each call.
 struct Caller {
     name: Arc<str>,
+    /// Its name as a metrics label.
+    peer: Arc<str>,
     admission: Admission,
     /// The request-log slot of the method this caller called last.
     last_method: Mutex<LastMethod>,
@@ -386,6 +390,7 @@ async fn on_inbound(
                 Some(&mut caller.last_method.lock().unwrap()),
                 &call.service,
                 &call.method,
+                &caller.peer,
                 &caller.name,
                 now,
             );

@@ -1,0 +1,417 @@
+//! What a process counts about calls, by direction (served, made), service, method and
+//! peer: the golden metrics (calls by result code, a latency histogram, calls running)
+//! that `/metrics`, `meshrpc top` and the dashboard show, and the window that the
+//! request log's summary line reads. Lock-free on the hot path once a series exists: a
+//! connection keeps the series it used last.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
+        Arc, OnceLock, RwLock,
+    },
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Distinct `(service, method, peer)` series kept per direction; calls past it are
+/// counted in one series labelled `other` (callers choose the names they send).
+pub(crate) const MAX_SERIES: usize = 1024;
+
+/// Result codes a call can end with, as labels: `ok`, `application`, then
+/// [`Error::code`](crate::Error::code)'s.
+pub(crate) const CODES: [&str; 15] = [
+    "ok",
+    "application",
+    "bad_request",
+    "unknown_service",
+    "unknown_method",
+    "timeout",
+    "cancelled",
+    "unavailable",
+    "overloaded",
+    "too_large",
+    "protocol",
+    "tls",
+    "permission_denied",
+    "internal",
+    "other",
+];
+
+fn code_index(code: &str) -> usize {
+    CODES.iter().position(|c| *c == code).unwrap_or(CODES.len() - 1)
+}
+
+/// Upper bounds (seconds) of the latency histogram's buckets (Prometheus `le`); one more
+/// bucket holds the rest (`+Inf`).
+pub(crate) const LATENCY_BOUNDS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The same bounds in microseconds.
+const BOUNDS_MICROS: [u64; 16] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+
+/// Summary-window buckets: 4 per power of two of microseconds, up to 2^40 µs.
+const WINDOW_BUCKETS: usize = 4 * 40;
+
+fn window_bucket(micros: u64) -> usize {
+    let micros = micros.max(1);
+    let log2 = 63 - micros.leading_zeros() as usize;
+    let fraction = if log2 >= 2 { ((micros >> (log2 - 2)) & 3) as usize } else { 0 };
+    (log2 * 4 + fraction).min(WINDOW_BUCKETS - 1)
+}
+
+/// The upper bound (µs) of a summary-window bucket.
+fn window_bucket_top(i: usize) -> u64 {
+    let (log2, fraction) = (i / 4, (i % 4) as u64);
+    if log2 < 2 {
+        return 1 << (log2 + 1);
+    }
+    (1u64 << log2) + ((fraction + 1) << (log2 - 2))
+}
+
+/// Whether calls are counted at all (`MESHRPC_METRICS=off` turns it off, for the bench's
+/// comparison; the summary line then says nothing either).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("MESHRPC_METRICS").as_deref(), Ok("off" | "0" | "false")))
+}
+
+/// One series: a method's calls with one peer, in one direction.
+pub(crate) struct MethodStats {
+    /// By [`CODES`]; only grows.
+    codes: [AtomicU64; CODES.len()],
+    /// By [`LATENCY_BOUNDS`] (+Inf last), not cumulative; only grows.
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_micros: AtomicU64,
+    running: AtomicI64,
+    /// Since the last summary line.
+    window_calls: AtomicU64,
+    window_errors: AtomicU64,
+    window: [AtomicU32; WINDOW_BUCKETS],
+}
+
+impl MethodStats {
+    fn new() -> MethodStats {
+        MethodStats {
+            codes: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_micros: AtomicU64::new(0),
+            running: AtomicI64::new(0),
+            window_calls: AtomicU64::new(0),
+            window_errors: AtomicU64::new(0),
+            window: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    pub(crate) fn started(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call ended with `code` after `micros`.
+    pub(crate) fn record(&self, micros: u64, code: &str) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.codes[code_index(code)].fetch_add(1, Ordering::Relaxed);
+        let bucket = BOUNDS_MICROS.iter().position(|b| micros <= *b).unwrap_or(BOUNDS_MICROS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_micros.fetch_add(micros, Ordering::Relaxed);
+        self.window_calls.fetch_add(1, Ordering::Relaxed);
+        if code != "ok" {
+            self.window_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.window[window_bucket(micros)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(calls, errors, p99 µs)` since the last take, and starts over.
+    pub(crate) fn take_window(&self) -> (u64, u64, u64) {
+        let calls = self.window_calls.swap(0, Ordering::Relaxed);
+        let errors = self.window_errors.swap(0, Ordering::Relaxed);
+        let counts: Vec<u64> = self.window.iter().map(|b| u64::from(b.swap(0, Ordering::Relaxed))).collect();
+        let total: u64 = counts.iter().sum();
+        let mut seen = 0;
+        let p99 = counts
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| {
+                seen += n;
+                (total > 0 && seen * 100 >= total * 99).then(|| window_bucket_top(i))
+            })
+            .unwrap_or(0);
+        (calls, errors, p99)
+    }
+
+    fn snapshot(&self) -> (Vec<(String, u64)>, Vec<u64>, u64, i64) {
+        let codes = CODES
+            .iter()
+            .zip(&self.codes)
+            .map(|(c, n)| (c.to_string(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let latency = self.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        (codes, latency, self.latency_micros.load(Ordering::Relaxed), self.running.load(Ordering::Relaxed).max(0))
+    }
+}
+
+/// Whether calls were served by this node or made by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Calls this node served (its handlers ran).
+    Inbound,
+    /// Calls this node made to other nodes (through its cluster).
+    Outbound,
+}
+
+type Series = HashMap<String, HashMap<String, HashMap<String, Arc<MethodStats>>>>;
+
+/// Every series of one direction.
+pub(crate) struct CallStats {
+    series: RwLock<Series>,
+    count: std::sync::atomic::AtomicUsize,
+    /// Where calls go past [`MAX_SERIES`].
+    other: Arc<MethodStats>,
+}
+
+impl CallStats {
+    fn new() -> CallStats {
+        CallStats { series: RwLock::default(), count: Default::default(), other: Arc::new(MethodStats::new()) }
+    }
+
+    /// The series of `service.method` with `peer`.
+    pub(crate) fn series(&self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
+        if let Some(s) = self.series.read().unwrap().get(service).and_then(|m| m.get(method)).and_then(|p| p.get(peer)) {
+            return s.clone();
+        }
+        if self.count.load(Ordering::Relaxed) >= MAX_SERIES {
+            return self.other.clone();
+        }
+        let mut series = self.series.write().unwrap();
+        let peers = series.entry(service.to_owned()).or_default().entry(method.to_owned()).or_default();
+        peers
+            .entry(peer.to_owned())
+            .or_insert_with(|| {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                Arc::new(MethodStats::new())
+            })
+            .clone()
+    }
+
+    /// Every series with its labels, `other` last.
+    pub(crate) fn each(&self, mut f: impl FnMut(&str, &str, &str, &MethodStats)) {
+        for (service, methods) in self.series.read().unwrap().iter() {
+            for (method, peers) in methods {
+                for (peer, stats) in peers {
+                    f(service, method, peer, stats);
+                }
+            }
+        }
+        f("other", "other", "other", &self.other);
+    }
+
+    /// What this direction counted so far.
+    pub(crate) fn snapshot(&self, direction: Direction) -> Vec<SeriesStats> {
+        let mut out = Vec::new();
+        self.each(|service, method, peer, stats| {
+            let (codes, latency, micros, running) = stats.snapshot();
+            if codes.is_empty() && running == 0 {
+                return;
+            }
+            out.push(SeriesStats {
+                direction,
+                service: service.to_owned(),
+                method: method.to_owned(),
+                peer: peer.to_owned(),
+                codes,
+                latency,
+                latency_seconds: micros as f64 / 1e6,
+                running: running as u64,
+            });
+        });
+        out
+    }
+}
+
+/// Calls served by this process.
+pub(crate) fn inbound() -> &'static CallStats {
+    static STATS: OnceLock<CallStats> = OnceLock::new();
+    STATS.get_or_init(CallStats::new)
+}
+
+/// Calls made by this process's clusters.
+pub(crate) fn outbound() -> &'static CallStats {
+    static STATS: OnceLock<CallStats> = OnceLock::new();
+    STATS.get_or_init(CallStats::new)
+}
+
+/// The golden metrics in the Prometheus text format: calls by result code, a latency
+/// histogram and calls in flight, by direction, service, method and peer node.
+pub(crate) fn prometheus_text(out: &mut String) {
+    use std::fmt::Write;
+    let mut calls = String::new();
+    let mut latency = String::new();
+    let mut running = String::new();
+    for direction in [Direction::Inbound, Direction::Outbound] {
+        let stats = match direction {
+            Direction::Inbound => inbound(),
+            Direction::Outbound => outbound(),
+        };
+        let dir = match direction {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        };
+        stats.each(|service, method, peer, s| {
+            let (codes, buckets, micros, now) = s.snapshot();
+            if codes.is_empty() && now == 0 {
+                return;
+            }
+            let labels = format!(
+                "direction=\"{dir}\",service=\"{}\",method=\"{}\",peer=\"{}\"",
+                escape(service),
+                escape(method),
+                escape(peer)
+            );
+            for (code, n) in &codes {
+                let _ = writeln!(calls, "meshrpc_calls_total{{{labels},code=\"{code}\"}} {n}");
+            }
+            let mut cumulative = 0;
+            for (i, n) in buckets.iter().enumerate() {
+                cumulative += n;
+                let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+                let _ = writeln!(latency, "meshrpc_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(latency, "meshrpc_call_duration_seconds_sum{{{labels}}} {}", micros as f64 / 1e6);
+            let _ = writeln!(latency, "meshrpc_call_duration_seconds_count{{{labels}}} {cumulative}");
+            let _ = writeln!(running, "meshrpc_calls_in_flight{{{labels}}} {now}");
+        });
+    }
+    out.push_str("# HELP meshrpc_calls Calls ended, by direction (inbound: served here; outbound: made to another node), service, method, peer node and result code.\n# TYPE meshrpc_calls counter\n");
+    out.push_str(&calls);
+    out.push_str("# HELP meshrpc_call_duration_seconds How long calls took, by direction, service, method and peer node.\n# TYPE meshrpc_call_duration_seconds histogram\n");
+    out.push_str(&latency);
+    out.push_str("# HELP meshrpc_calls_in_flight Calls running now, by direction, service, method and peer node.\n# TYPE meshrpc_calls_in_flight gauge\n");
+    out.push_str(&running);
+}
+
+/// A label value in the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One series as a node reports it (`meshrpc.stats`, `meshrpc top`, the dashboard).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesStats {
+    /// Served or made.
+    pub direction: Direction,
+    /// The service called.
+    pub service: String,
+    /// The method called.
+    pub method: String,
+    /// The other side: the calling node's name (inbound; `client` for a caller that gave
+    /// none, `http` over HTTP) or the called replica's node name (outbound).
+    pub peer: String,
+    /// Calls by result code (`ok`, `application`, `timeout`…), since the node started.
+    pub codes: Vec<(String, u64)>,
+    /// Calls by latency bucket ([`LATENCY_BOUNDS_SECONDS`], then the rest), since the
+    /// node started.
+    pub latency: Vec<u64>,
+    /// Sum of the calls' latencies.
+    pub latency_seconds: f64,
+    /// Calls running now.
+    pub running: u64,
+}
+
+/// The upper bounds of [`SeriesStats::latency`]'s buckets, in seconds.
+pub const LATENCY_BOUNDS_SECONDS: [f64; 16] = LATENCY_BOUNDS;
+
+impl SeriesStats {
+    /// Calls ended, whatever their result.
+    pub fn calls(&self) -> u64 {
+        self.codes.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Calls that succeeded: `ok`, and application errors (the service answered).
+    pub fn successes(&self) -> u64 {
+        self.codes.iter().filter(|(c, _)| c == "ok" || c == "application").map(|(_, n)| n).sum()
+    }
+}
+
+/// The service every node answers itself (never published, never gossiped): `stats`
+/// returns the node's [`NodeStats`]. A policy (mutual TLS) rules it as any other.
+pub(crate) const NODE_SERVICE: &str = "meshrpc";
+
+/// Answers a call of [`NODE_SERVICE`].
+pub(crate) fn answer(call: &crate::call::Call) -> Result<crate::call::Reply, crate::error::Error> {
+    if call.method != "stats" {
+        return Err(crate::error::Error::UnknownMethod { service: NODE_SERVICE.into(), method: call.method.to_string() });
+    }
+    call.codec.encode(&node_stats()).map(crate::call::Reply::Ok)
+}
+
+/// What this process counted: both directions.
+pub fn node_stats() -> NodeStats {
+    let mut series = inbound().snapshot(Direction::Inbound);
+    series.extend(outbound().snapshot(Direction::Outbound));
+    NodeStats { series }
+}
+
+/// A node's figures, as its `meshrpc.stats` method answers them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeStats {
+    /// Every series of calls it served and made.
+    pub series: Vec<SeriesStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_is_the_bucket_holding_the_99th_percent() {
+        let stats = MethodStats::new();
+        for _ in 0..990 {
+            stats.started();
+            stats.record(20, "ok");
+        }
+        for _ in 0..10 {
+            stats.started();
+            stats.record(5_000, "internal");
+        }
+        let (calls, errors, p99) = stats.take_window();
+        assert_eq!((calls, errors), (1000, 10));
+        assert!((20..=24).contains(&p99), "{p99}");
+        stats.started();
+        stats.record(5_000, "ok");
+        let (_, _, p99) = stats.take_window();
+        assert!((5_000..=6_144).contains(&p99), "{p99}");
+        assert_eq!(stats.take_window(), (0, 0, 0));
+        // The golden figures never reset.
+        let (codes, latency, _, running) = stats.snapshot();
+        assert_eq!(codes, [("ok".to_string(), 991), ("internal".to_string(), 10)]);
+        assert_eq!(latency[0], 990, "20 µs ≤ 100 µs");
+        assert_eq!(latency[5], 11, "5 ms ≤ 5 ms");
+        assert_eq!(running, 0);
+    }
+
+    #[test]
+    fn window_buckets_bound_their_values() {
+        for v in [1u64, 2, 3, 5, 17, 100, 1023, 1024, 1025, 999_999] {
+            let top = window_bucket_top(window_bucket(v));
+            assert!(top >= v && top <= v * 2, "{v} → {top}");
+        }
+    }
+
+    #[test]
+    fn series_past_the_bound_are_counted_as_other() {
+        let stats = CallStats::new();
+        for i in 0..MAX_SERIES + 10 {
+            stats.series("s", &format!("m{i}"), "p").started();
+        }
+        let mut other = 0;
+        stats.each(|s, _, _, series| {
+            if s == "other" {
+                other = series.running.load(Ordering::Relaxed);
+            }
+        });
+        assert_eq!(other, 10);
+    }
+}

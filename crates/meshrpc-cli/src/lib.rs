@@ -13,6 +13,7 @@ mod mirror;
 mod probe;
 mod split;
 mod status;
+mod top;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,13 @@ enum Command {
     ///   meshrpc status --nodes 127.0.0.1:11999
     ///   meshrpc status --json | jq .services
     Status(status::StatusArgs),
+    /// Live requests/s, success rate and p50/p95/p99 per service and method, cluster-wide,
+    /// and the calls between nodes (gathered from every node over the mesh).
+    ///
+    /// Examples:
+    ///   meshrpc top --nodes 127.0.0.1:11999
+    ///   meshrpc top --json --once
+    Top(top::TopArgs),
     /// Write a service trait's generated server and client to files.
     ///
     /// Example: meshrpc -R . expose -P greeter src/
@@ -112,6 +120,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Split(args) => split::run(args).await,
             Command::Mirror(args) => mirror::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Top(args) => top::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
             Command::Ca(command) => cert::ca(command),

@@ -18,6 +18,7 @@ mod sealed;
 #[cfg(feature = "tls")]
 mod security;
 mod signal;
+mod stats;
 mod thin;
 mod traffic;
 
@@ -40,6 +41,7 @@ pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
+pub use stats::{edges, method_rates, Edge, MeshSnapshot, MethodRates};
 #[doc(hidden)]
 pub use thin::simulation as gossip_simulation;
 pub use traffic::{Colocated, MirrorStats};

@@ -1,0 +1,203 @@
+//! The mesh's golden metrics, gathered from every node over the mesh (each answers
+//! `meshrpc.stats`) and turned into rates between two gatherings: what `meshrpc top`,
+//! `meshrpc status` and the dashboard show. No extra server to run.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{Cluster, Member};
+use crate::call_stats::{Direction, NodeStats, SeriesStats, LATENCY_BOUNDS};
+
+/// Every node's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct MeshSnapshot {
+    /// When they were gathered.
+    pub at: Instant,
+    /// Each member, with its figures or why they could not be had.
+    pub nodes: Vec<(Member, Result<NodeStats, String>)>,
+}
+
+/// A method's traffic across the cluster between two snapshots, as its servers saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodRates {
+    /// The service.
+    pub service: String,
+    /// The method.
+    pub method: String,
+    /// Calls ended per second.
+    pub rps: f64,
+    /// Share of them that succeeded (`ok`, or an application error: the service
+    /// answered); `None` without calls.
+    pub success_rate: Option<f64>,
+    /// Latency percentiles in seconds (the upper bound of the histogram bucket that
+    /// holds them); `None` without calls.
+    pub p50: Option<f64>,
+    /// See `p50`.
+    pub p95: Option<f64>,
+    /// See `p50`.
+    pub p99: Option<f64>,
+    /// Calls ended between the snapshots.
+    pub calls: u64,
+}
+
+/// Calls from one node to a service's replicas on another between two snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Edge {
+    /// The calling node's name.
+    pub from: String,
+    /// The called node's name.
+    pub to: String,
+    /// The service called.
+    pub service: String,
+    /// Calls per second.
+    pub rps: f64,
+    /// Share that succeeded; `None` without calls.
+    pub success_rate: Option<f64>,
+}
+
+impl Cluster {
+    /// Gathers every member's figures at once, each within `timeout` (a member that
+    /// does not answer is reported as such, never waited for).
+    pub async fn gather_stats(&self, timeout: Duration) -> MeshSnapshot {
+        let members: Vec<Member> = self.members().into_iter().filter(|m| m.addr.is_some() || m.is_self).collect();
+        let asks = members.iter().map(|m| async move { self.node_stats(m, timeout).await.map_err(|e| e.to_string()) });
+        let results = futures_join_all(asks).await;
+        MeshSnapshot { at: Instant::now(), nodes: members.into_iter().zip(results).collect() }
+    }
+}
+
+/// Runs the futures concurrently, in order (no extra dependency for it).
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("every future finished")).collect()
+}
+
+/// One direction's series of every node. Inbound, only those of services the node
+/// publishes: a gateway passing calls on is not their server.
+fn series<'a>(snapshot: &'a MeshSnapshot, direction: Direction) -> impl Iterator<Item = (&'a Member, &'a SeriesStats)> {
+    snapshot.nodes.iter().filter_map(|(m, s)| s.as_ref().ok().map(|s| (m, s))).flat_map(move |(m, s)| {
+        s.series
+            .iter()
+            .filter(move |x| x.direction == direction)
+            .filter(move |x| direction == Direction::Outbound || m.services.contains_key(&x.service))
+            .map(move |x| (m, x))
+    })
+}
+
+/// Calls, successes and latency buckets gained from `before` to `after`, per key.
+fn deltas<K: Ord + Clone>(
+    before: &MeshSnapshot,
+    after: &MeshSnapshot,
+    direction: Direction,
+    key: impl Fn(&Member, &SeriesStats) -> K,
+) -> BTreeMap<K, (u64, u64, Vec<u64>)> {
+    let mut then: BTreeMap<(String, String, String, String), &SeriesStats> = BTreeMap::new();
+    for (m, s) in series(before, direction) {
+        then.insert((m.id.clone(), s.service.clone(), s.method.clone(), s.peer.clone()), s);
+    }
+    let mut out: BTreeMap<K, (u64, u64, Vec<u64>)> = BTreeMap::new();
+    for (m, s) in series(after, direction) {
+        let old = then.get(&(m.id.clone(), s.service.clone(), s.method.clone(), s.peer.clone()));
+        let entry = out.entry(key(m, s)).or_insert_with(|| (0, 0, vec![0; LATENCY_BOUNDS.len() + 1]));
+        entry.0 += s.calls().saturating_sub(old.map_or(0, |o| o.calls()));
+        entry.1 += s.successes().saturating_sub(old.map_or(0, |o| o.successes()));
+        for (i, n) in s.latency.iter().enumerate() {
+            let was = old.and_then(|o| o.latency.get(i)).copied().unwrap_or(0);
+            if let Some(slot) = entry.2.get_mut(i) {
+                *slot += n.saturating_sub(was);
+            }
+        }
+    }
+    out
+}
+
+/// The upper bound (s) of the bucket holding the `q` quantile; `+Inf` as 2 × the last.
+fn quantile(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen as f64 >= q * total as f64 {
+            return Some(LATENCY_BOUNDS.get(i).copied().unwrap_or(LATENCY_BOUNDS[LATENCY_BOUNDS.len() - 1] * 2.0));
+        }
+    }
+    None
+}
+
+/// Each method's traffic between two snapshots, as the servers saw it (inbound).
+pub fn method_rates(before: &MeshSnapshot, after: &MeshSnapshot) -> Vec<MethodRates> {
+    let seconds = after.at.saturating_duration_since(before.at).as_secs_f64().max(1e-3);
+    deltas(before, after, Direction::Inbound, |_, s| (s.service.clone(), s.method.clone()))
+        .into_iter()
+        .map(|((service, method), (calls, ok, buckets))| MethodRates {
+            service,
+            method,
+            rps: calls as f64 / seconds,
+            success_rate: (calls > 0).then(|| ok as f64 / calls as f64),
+            p50: quantile(&buckets, 0.5),
+            p95: quantile(&buckets, 0.95),
+            p99: quantile(&buckets, 0.99),
+            calls,
+        })
+        .collect()
+}
+
+/// The calls between nodes between two snapshots, as the callers saw them (outbound).
+pub fn edges(before: &MeshSnapshot, after: &MeshSnapshot) -> Vec<Edge> {
+    let seconds = after.at.saturating_duration_since(before.at).as_secs_f64().max(1e-3);
+    deltas(before, after, Direction::Outbound, |m, s| (m.name.clone(), s.peer.clone(), s.service.clone()))
+        .into_iter()
+        .map(|((from, to, service), (calls, ok, _))| Edge {
+            from,
+            to,
+            service,
+            rps: calls as f64 / seconds,
+            success_rate: (calls > 0).then(|| ok as f64 / calls as f64),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_bounds() {
+        let mut buckets = vec![0; LATENCY_BOUNDS.len() + 1];
+        buckets[0] = 90; // ≤ 100 µs
+        buckets[5] = 9; // ≤ 5 ms
+        buckets[LATENCY_BOUNDS.len()] = 1; // > 10 s
+        assert_eq!(quantile(&buckets, 0.5), Some(0.0001));
+        assert_eq!(quantile(&buckets, 0.95), Some(0.005));
+        assert_eq!(quantile(&buckets, 0.999), Some(20.0));
+        assert_eq!(quantile(&[0; 3], 0.5), None);
+    }
+}

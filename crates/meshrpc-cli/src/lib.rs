@@ -4,6 +4,7 @@
 
 mod call;
 mod cert;
+mod dashboard;
 mod demo;
 mod expose;
 mod gateway;
@@ -71,6 +72,11 @@ enum Command {
     ///   meshrpc top --nodes 127.0.0.1:11999
     ///   meshrpc top --json --once
     Top(top::TopArgs),
+    /// Serve the live dashboard of a cluster without a gateway (a gateway serves it at
+    /// /dashboard).
+    ///
+    /// Example: meshrpc dashboard --listen 127.0.0.1:8383 --nodes 127.0.0.1:11999
+    Dashboard(dashboard::DashboardArgs),
     /// Write a service trait's generated server and client to files.
     ///
     /// Example: meshrpc -R . expose -P greeter src/
@@ -121,6 +127,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Mirror(args) => mirror::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Dashboard(args) => dashboard::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
             Command::Ca(command) => cert::ca(command),

@@ -7,6 +7,7 @@
 mod auth;
 #[cfg(feature = "tls")]
 mod connector;
+mod dashboard;
 mod metrics;
 mod proxy;
 mod ratelimit;
@@ -125,8 +126,9 @@ impl Gateway {
         router.layer(axum::middleware::from_fn_with_state(limiter, ratelimit::limit))
     }
 
-    /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, and
-    /// every service of the cluster under `/{service}/…`.
+    /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, the live
+    /// [`dashboard`](Self::dashboard), and every service of the cluster under
+    /// `/{service}/…`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/healthz", get(healthz))
@@ -135,6 +137,15 @@ impl Gateway {
             .route("/__heartbeat__", get(|| async { StatusCode::NO_CONTENT }))
             .fallback(mesh)
             .with_state(self.shared.clone())
+            .merge(self.dashboard())
+    }
+
+    /// The live dashboard alone: `/dashboard` (an embedded page: it works offline) and
+    /// `/dashboard/events` (Server-Sent Events, a snapshot a second): nodes and their
+    /// states, the services each serves, the calls between nodes with their requests/s,
+    /// each service's golden metrics. At most 16 open at once.
+    pub fn dashboard(&self) -> Router {
+        dashboard::dashboard(self.shared.cluster.clone())
     }
 
     /// Wraps a router (yours merged with [`router`](Self::router)) with metrics and

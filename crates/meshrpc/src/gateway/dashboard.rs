@@ -1,0 +1,185 @@
+//! The live dashboard: `/dashboard` (one HTML page, embedded: it works offline) and
+//! `/dashboard/events` (Server-Sent Events, one JSON snapshot a second): the nodes and
+//! their states, the services each serves, the calls between nodes with their
+//! requests/s, and each service's golden metrics, gathered from every node over the mesh.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        Html, IntoResponse, Response,
+    },
+    routing::get,
+    Router,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    cluster::{edges, method_rates, Cluster, Edge, MemberState, MethodRates},
+    http::error_response,
+};
+
+/// Dashboards open at once on one gateway; each costs a gathering over the mesh a second.
+pub(super) const MAX_DASHBOARDS: usize = 16;
+/// How often a dashboard is told what changed.
+const EVERY: Duration = Duration::from_secs(1);
+/// How long a node may take to answer a gathering.
+const NODE_TIMEOUT: Duration = Duration::from_millis(800);
+
+const PAGE: &str = include_str!("dashboard.html");
+
+struct Shared {
+    cluster: Cluster,
+    open: AtomicUsize,
+}
+
+/// The dashboard's routes over `cluster`: merge them into a gateway's router (the
+/// gateway does), or serve them alone (`meshrpc dashboard --listen ADDR`).
+pub(super) fn dashboard(cluster: Cluster) -> Router {
+    let shared = Arc::new(Shared { cluster, open: AtomicUsize::new(0) });
+    Router::new()
+        .route("/dashboard", get(|| async { Html(PAGE) }))
+        .route("/dashboard/events", get(events))
+        .with_state(shared)
+}
+
+/// What a dashboard shows at one moment.
+#[derive(Serialize)]
+struct Snapshot {
+    at_ms: u64,
+    nodes: Vec<NodeView>,
+    services: Vec<ServiceView>,
+    methods: Vec<MethodRates>,
+    edges: Vec<Edge>,
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    id: String,
+    name: String,
+    addr: Option<String>,
+    state: MemberState,
+    services: Vec<String>,
+    /// Seconds until its certificate expires (mutual TLS).
+    cert_expires_in_s: Option<i64>,
+    /// Whether it answered the gathering.
+    reachable: bool,
+}
+
+#[derive(Serialize)]
+struct ServiceView {
+    name: String,
+    replicas: usize,
+    rps: f64,
+    success_rate: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+}
+
+async fn events(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.open.fetch_add(1, Ordering::AcqRel) >= MAX_DASHBOARDS {
+        shared.open.fetch_sub(1, Ordering::AcqRel);
+        let message = format!("{MAX_DASHBOARDS} dashboards are open already");
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &message, None);
+    }
+    // One snapshot waits at most: a slow browser slows its own updates, nothing else.
+    let (tx, rx) = mpsc::channel::<Event>(1);
+    let open = Open(shared.clone());
+    tokio::spawn(async move {
+        let _open = open;
+        let cluster = &shared.cluster;
+        let mut before = cluster.gather_stats(NODE_TIMEOUT).await;
+        let mut tick = tokio::time::interval(EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tx.closed() => return, // the browser went away
+            }
+            let after = cluster.gather_stats(NODE_TIMEOUT).await;
+            let snapshot = snapshot(cluster, &before, &after);
+            let Ok(data) = serde_json::to_string(&snapshot) else { return };
+            if tx.send(Event::default().data(data)).await.is_err() {
+                return;
+            }
+            before = after;
+        }
+    });
+    let stream = Events(rx);
+    ([(header::CACHE_CONTROL, "no-store")], Sse::new(stream).keep_alive(KeepAlive::default())).into_response()
+}
+
+/// Counts a dashboard open until its task ends.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Events(mpsc::Receiver<Event>);
+
+impl futures_core::Stream for Events {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|e| e.map(Ok))
+    }
+}
+
+fn snapshot(cluster: &Cluster, before: &crate::MeshSnapshot, after: &crate::MeshSnapshot) -> Snapshot {
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let nodes: Vec<NodeView> = after
+        .nodes
+        .iter()
+        .filter(|(m, _)| m.addr.is_some())
+        .map(|(m, stats)| NodeView {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            addr: m.addr.map(|a| a.to_string()),
+            state: m.state,
+            services: m.services.keys().cloned().collect(),
+            cert_expires_in_s: m.cert_not_after.map(|t| t as i64 - now_s),
+            reachable: stats.is_ok(),
+        })
+        .collect();
+    let methods: Vec<MethodRates> =
+        method_rates(before, after).into_iter().filter(|m| m.service != crate::call_stats::NODE_SERVICE).collect();
+    let services = cluster
+        .services()
+        .into_iter()
+        .map(|s| {
+            let mine: Vec<&MethodRates> = methods.iter().filter(|m| m.service == s.name).collect();
+            let calls: u64 = mine.iter().map(|m| m.calls).sum();
+            let rps = mine.iter().map(|m| m.rps).sum();
+            let ok: f64 = mine.iter().map(|m| m.success_rate.unwrap_or(0.0) * m.calls as f64).sum();
+            // The busiest method's latency stands for the service.
+            let busiest = mine.iter().max_by_key(|m| m.calls);
+            ServiceView {
+                replicas: s.versions.values().map(Vec::len).sum(),
+                name: s.name,
+                rps,
+                success_rate: (calls > 0).then(|| ok / calls as f64),
+                p50_ms: busiest.and_then(|m| m.p50).map(|s| s * 1e3),
+                p99_ms: busiest.and_then(|m| m.p99).map(|s| s * 1e3),
+            }
+        })
+        .collect();
+    let edges = edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
+    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    Snapshot { at_ms, nodes, services, methods, edges }
+}

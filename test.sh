@@ -25,6 +25,18 @@ for a in "$@"; do
   if [ "$a" = "--heavy" ]; then export MESHRPC_HEAVY=1; else args+=("$a"); fi
 done
 set -- "${args[@]+"${args[@]}"}"
+if [ -n "${MESHRPC_HEAVY:-}" ]; then
+  heavy_missing=()
+  command -v chromium >/dev/null 2>&1 || heavy_missing+=(chromium)
+  command -v prometheus >/dev/null 2>&1 || heavy_missing+=(prometheus)
+  if ((${#heavy_missing[@]})); then
+    echo "test.sh: installing ${heavy_missing[*]} for the heavy tier (Debian packages)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${heavy_missing[@]}" >/dev/null
+  fi
+fi
 
 export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1

@@ -2,6 +2,7 @@
 //! observable, a node binary serving it, and helpers that start real processes and
 //! talk to them over real sockets.
 
+pub mod browser;
 pub mod faults;
 pub mod harness;
 pub mod hostile;

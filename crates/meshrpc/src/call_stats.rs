@@ -48,8 +48,10 @@ pub(crate) const LATENCY_BOUNDS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The same bounds in microseconds.
-const BOUNDS_MICROS: [u64; 16] =
-    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+const BOUNDS_MICROS: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
 
 /// Summary-window buckets: 4 per power of two of microseconds, up to 2^40 µs.
 const WINDOW_BUCKETS: usize = 4 * 40;
@@ -179,7 +181,8 @@ impl CallStats {
 
     /// The series of `service.method` with `peer`.
     pub(crate) fn series(&self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
-        if let Some(s) = self.series.read().unwrap().get(service).and_then(|m| m.get(method)).and_then(|p| p.get(peer)) {
+        if let Some(s) = self.series.read().unwrap().get(service).and_then(|m| m.get(method)).and_then(|p| p.get(peer))
+        {
             return s.clone();
         }
         if self.count.load(Ordering::Relaxed) >= MAX_SERIES {
@@ -245,6 +248,7 @@ pub(crate) fn outbound() -> &'static CallStats {
 
 /// The golden metrics in the Prometheus text format: calls by result code, a latency
 /// histogram and calls in flight, by direction, service, method and peer node.
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
 pub(crate) fn prometheus_text(out: &mut String) {
     use std::fmt::Write;
     let mut calls = String::new();
@@ -293,6 +297,7 @@ pub(crate) fn prometheus_text(out: &mut String) {
 }
 
 /// A label value in the text format.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -342,7 +347,10 @@ pub(crate) const NODE_SERVICE: &str = "meshrpc";
 /// Answers a call of [`NODE_SERVICE`].
 pub(crate) fn answer(call: &crate::call::Call) -> Result<crate::call::Reply, crate::error::Error> {
     if call.method != "stats" {
-        return Err(crate::error::Error::UnknownMethod { service: NODE_SERVICE.into(), method: call.method.to_string() });
+        return Err(crate::error::Error::UnknownMethod {
+            service: NODE_SERVICE.into(),
+            method: call.method.to_string(),
+        });
     }
     call.codec.encode(&node_stats()).map(crate::call::Reply::Ok)
 }

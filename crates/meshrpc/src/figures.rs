@@ -24,6 +24,7 @@ impl Figure {
         Figure { name, help, value, counter: false, label: None }
     }
 
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // members by state
     pub(crate) const fn with_label(mut self, name: &'static str, value: &'static str) -> Figure {
         self.label = Some((name, value));
         self

@@ -108,9 +108,10 @@ pub use call_stats::{node_stats, Direction, NodeStats, SeriesStats, LATENCY_BOUN
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
 pub use cluster::{
-    edges, method_rates, wait_for_signal, Advertised, AdvertisedMethod, Edge, MeshSnapshot, MethodRates, Balance, Candidate, Cluster, ClusterBuilder, Colocated, Ejection,
-    GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MirrorStats, Policies, Policy, Resilience,
-    ResilienceStats, RetryBudget, RoundRobin, ServiceStatus, Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
+    edges, method_rates, wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder,
+    Colocated, Edge, Ejection, GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MeshSnapshot, MethodRates,
+    MirrorStats, Policies, Policy, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus, Split, Sticky,
+    View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};

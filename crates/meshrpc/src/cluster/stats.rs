@@ -99,7 +99,7 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
 
 /// One direction's series of every node. Inbound, only those of services the node
 /// publishes: a gateway passing calls on is not their server.
-fn series<'a>(snapshot: &'a MeshSnapshot, direction: Direction) -> impl Iterator<Item = (&'a Member, &'a SeriesStats)> {
+fn series(snapshot: &MeshSnapshot, direction: Direction) -> impl Iterator<Item = (&Member, &SeriesStats)> {
     snapshot.nodes.iter().filter_map(|(m, s)| s.as_ref().ok().map(|s| (m, s))).flat_map(move |(m, s)| {
         s.series
             .iter()

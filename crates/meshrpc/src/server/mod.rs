@@ -210,6 +210,7 @@ impl Server {
         (self.limiter.limit(), self.limiter.in_flight(), self.limiter.refused())
     }
 
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // gossiped by the cluster
     pub(crate) fn limiter(&self) -> Arc<Limiter> {
         self.limiter.clone()
     }

@@ -2,10 +2,10 @@
 //! sniffing of mesh callers from everything else (HTTP).
 
 use std::{
-    sync::atomic::Ordering,
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::atomic::Ordering,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,

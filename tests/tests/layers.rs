@@ -22,7 +22,7 @@ impl From<meshrpc::Error> for ProbeError {
 }
 
 /// What a handler saw of its call context: (trace id, milliseconds left).
-type Seen = Option<(u64, u64)>;
+type Seen = Option<(u128, u64)>;
 
 #[meshrpc::service]
 pub trait Probe {
@@ -84,7 +84,8 @@ async fn the_call_context_survives_tokio_spawn_when_scoped() {
     let (addr, server) = probe_server().await;
     tokio::spawn(server.serve());
     let probe = ProbeClient::new(meshrpc::connect(addr).await.unwrap()).with_timeout(Duration::from_secs(20));
-    let ctx = CallContext { deadline: Some(std::time::Instant::now() + Duration::from_secs(5)), trace_id: 4242 };
+    let ctx =
+        CallContext { deadline: Some(std::time::Instant::now() + Duration::from_secs(5)), trace_id: 4242, span_id: 7 };
     let (here, kept, lost) = ctx.scope(probe.contexts()).await.unwrap();
     // The caller's trace id and its (sooner) deadline travel with the call...
     let (trace, left) = here.expect("context in the handler");

@@ -318,6 +318,7 @@ async fn a_client_sending_past_its_credit_loses_that_call_alone() {
         codec: Codec::Json,
         deadline: Some(Duration::from_secs(30)),
         trace_id: 1,
+        parent_span: 0,
         service: Bytes::from_static(b"streamer"),
         method: Bytes::from_static(b"hold"),
         metadata: Default::default(),

@@ -28,8 +28,10 @@ pub struct Call {
     pub codec: Codec,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
-    /// Shared by every hop of one request.
-    pub trace_id: u64,
+    /// Shared by every hop of one request (128 bits, as W3C Trace Context).
+    pub trace_id: u128,
+    /// The caller's span, the parent of this call's (0: none).
+    pub parent_span: u64,
     /// Sticky-session key: calls with the same key go to the same replica.
     pub key: Option<Arc<str>>,
     /// Only replicas running this version of the service may answer (a pinned call:
@@ -59,6 +61,7 @@ impl Call {
             codec: Codec::Json,
             deadline: None,
             trace_id: crate::context::new_trace_id(),
+            parent_span: 0,
             key: None,
             version: None,
             metadata: Metadata::default(),

@@ -80,11 +80,14 @@ mod figures;
 mod identity;
 mod limits;
 mod middleware;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod request_log;
 mod server;
 mod spec;
 mod stream;
 mod throttle;
+mod trace;
 mod transport;
 
 pub mod proto;
@@ -125,7 +128,7 @@ pub use gateway::{Gateway, Metrics, Rate, RateLimits};
 #[cfg(feature = "http")]
 pub use http::{
     envelope, error_response, pinned_version, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
-    VERSION_HEADER,
+    TRACEPARENT_HEADER, VERSION_HEADER,
 };
 #[cfg(all(feature = "http", feature = "tls"))]
 pub use http::{rpc_router_with_policy, serve_https};
@@ -283,7 +286,7 @@ pub mod __private {
         method: &str,
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let log = crate::request_log::RequestLog::begin_local(service, method, now);
+        let log = crate::request_log::RequestLog::begin_local(service, method, ctx.trace_id, now);
         match crate::context::until_deadline(ctx.scope(call), ctx.deadline).await {
             Ok(result) => {
                 log.end_with(if result.is_ok() { "ok" } else { "application" });

@@ -102,6 +102,7 @@ struct Line {
     service: String,
     method: String,
     caller: String,
+    trace_id: u128,
 }
 
 impl RequestLog {
@@ -115,6 +116,7 @@ impl RequestLog {
         method: &str,
         peer: &str,
         caller: &str,
+        trace_id: u128,
         start: Instant,
     ) -> RequestLog {
         let stats = (call_stats::enabled() && summary_started()).then(|| match last {
@@ -124,20 +126,21 @@ impl RequestLog {
         if let Some(stats) = &stats {
             stats.started();
         }
-        let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO))
-            .then(|| Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned() });
+        let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO)).then(|| {
+            Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned(), trace_id }
+        });
         RequestLog { stats, line, start }
     }
 
     /// Starts the log of a call from this process (the colocated fast path): each thread
     /// keeps the slot of the method it called last, as a connection does.
-    pub(crate) fn begin_local(service: &str, method: &str, start: Instant) -> RequestLog {
+    pub(crate) fn begin_local(service: &str, method: &str, trace_id: u128, start: Instant) -> RequestLog {
         thread_local! {
             static LAST: std::cell::RefCell<LastMethod> = std::cell::RefCell::default();
         }
         LAST.with(|last| match last.try_borrow_mut() {
-            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", "local", start),
-            Err(_) => RequestLog::begin(None, service, method, "local", "local", start),
+            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", "local", trace_id, start),
+            Err(_) => RequestLog::begin(None, service, method, "local", "local", trace_id, start),
         })
     }
 
@@ -161,6 +164,7 @@ impl RequestLog {
             tracing::info!(
                 target: "meshrpc::request",
                 caller = %line.caller, service = line.service, method = line.method, status, micros,
+                trace_id = %format_args!("{:032x}", line.trace_id),
                 "call"
             );
         }

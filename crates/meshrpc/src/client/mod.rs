@@ -161,7 +161,10 @@ impl Channel {
             (Some(inherited), Some(own)) => Some(inherited.min(own)),
             (inherited, own) => inherited.or(own),
         };
-        CallContext { deadline, trace_id: ctx.map_or_else(new_trace_id, |c| c.trace_id) }
+        match ctx {
+            Some(c) => CallContext { deadline, trace_id: c.trace_id, span_id: c.span_id },
+            None => CallContext { deadline, trace_id: new_trace_id(), span_id: 0 },
+        }
     }
 
     /// The in-process implementation of `spec`'s service, if calls through this channel
@@ -192,6 +195,7 @@ impl Channel {
             codec: self.options.codec,
             deadline: ctx.deadline,
             trace_id: ctx.trace_id,
+            parent_span: ctx.span_id,
             key: self.options.key.clone(),
             version: self.options.version.clone(),
             metadata: Default::default(),

@@ -178,7 +178,17 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
     // A line per request only when asked (`MESHRPC_REQUEST_LOG`); the RPC calls are in
     // the summary either way, and everything in `/metrics`.
     if crate::request_log::line_picked() {
-        tracing::info!(target: "meshrpc::gateway", %method, %path, status, micros = took.as_micros() as u64, "request");
+        // The trace this request joined or started, as its answer says (`traceparent`).
+        let trace_id = resp
+            .headers()
+            .get(crate::http::TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('-').nth(1))
+            .unwrap_or("-")
+            .to_owned();
+        tracing::info!(
+            target: "meshrpc::gateway", %method, %path, status, micros = took.as_micros() as u64, %trace_id, "request"
+        );
     }
     resp
 }

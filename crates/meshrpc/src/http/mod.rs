@@ -26,7 +26,7 @@ pub use rpc::rpc_router_with_policy;
 pub(crate) use rpc::{admitted_call, websocket_call};
 pub use rpc::{
     envelope, error_response, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
-    VERSION_HEADER,
+    TRACEPARENT_HEADER, VERSION_HEADER,
 };
 #[cfg(feature = "gateway")]
 pub(crate) use websocket::is_upgrade as is_websocket;

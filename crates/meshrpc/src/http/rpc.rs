@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::{
     call::{Call, Dispatch, Reply},
     codec::Codec,
-    context::new_trace_id,
+    context::{new_span_id, new_trace_id, parse_traceparent, traceparent},
     error::Error,
     identity::{Admission, Identity},
     limits::HttpLimits,
@@ -169,12 +169,21 @@ pub(crate) async fn admitted_call(
         .get(TIMEOUT_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map_or(Some(limits.default_timeout), |ms| (ms > 0).then(|| Duration::from_millis(ms)));
+    // W3C trace context: a malformed `traceparent` is ignored and a new trace starts.
+    let (trace_id, caller_span) = headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+        .unwrap_or_else(|| (new_trace_id(), 0));
+    // This HTTP hop's span: the parent of the call it makes.
+    let hop = new_span_id();
     let mut call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
         codec: Codec::Json,
         deadline: timeout.map(|t| Instant::now() + t),
-        trace_id: new_trace_id(),
+        trace_id,
+        parent_span: hop,
         key: sticky_key(headers),
         version: pinned_version(headers),
         metadata: Default::default(),
@@ -186,14 +195,38 @@ pub(crate) async fn admitted_call(
         return envelope(Err(denied));
     }
     let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
-    let log = RequestLog::begin(None, &call.service, &call.method, "http", &caller, Instant::now()).until_done();
+    let log =
+        RequestLog::begin(None, &call.service, &call.method, "http", &caller, trace_id, Instant::now()).until_done();
+    let exported = crate::trace::exporting()
+        .then(|| (call.service.to_string(), call.method.to_string(), caller.clone(), std::time::SystemTime::now()));
     let result = dispatch.dispatch(call).await;
     log.end(&result);
-    match result {
+    if let Some((service, method, peer, start)) = exported {
+        crate::trace::record(crate::trace::SpanRecord {
+            trace_id,
+            span_id: hop,
+            parent: caller_span,
+            name: format!("HTTP POST /{service}/{method}"),
+            service,
+            method,
+            peer,
+            start,
+            end: std::time::SystemTime::now(),
+            code: crate::request_log::status_of(&result),
+        });
+    }
+    let mut resp = match result {
         Ok(Reply::Stream(items)) => streams::response(items, streams::Format::of(headers)),
         result => envelope(result),
+    };
+    if let Ok(value) = HeaderValue::from_str(&traceparent(trace_id, hop)) {
+        resp.headers_mut().insert(TRACEPARENT_HEADER, value);
     }
+    resp
 }
+
+/// The W3C trace context header, taken from requests and set on answers.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// The version a request pins its call to: the `meshrpc-version` header.
 pub fn pinned_version(headers: &HeaderMap) -> Option<Arc<str>> {

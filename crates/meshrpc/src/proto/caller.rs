@@ -399,11 +399,18 @@ pub fn request(call: Call, now: Instant, limits: &Negotiated) -> Result<Frame, E
     if items && !limits.features.contains(super::Features::STREAMS) {
         return Err(Error::protocol("the peer does not take streams of items (wire feature STREAMS)"));
     }
+    // A peer without feature TRACE takes the trace id's low 64 bits, and no parent.
+    let (trace_id, parent_span) = if limits.features.contains(super::Features::TRACE) {
+        (call.trace_id, call.parent_span)
+    } else {
+        (u128::from(call.trace_id as u64), 0)
+    };
     let frame = Frame::Request {
         id: 0,
         codec: call.codec,
         deadline: call.deadline.map(|d| d - now),
-        trace_id: call.trace_id,
+        trace_id,
+        parent_span,
         service: bytes_of(call.service),
         method: bytes_of(call.method),
         metadata: call.metadata,

@@ -60,7 +60,10 @@ pub enum Frame {
         codec: Codec,
         /// Time the caller will still wait; `None` means no deadline.
         deadline: Option<Duration>,
-        trace_id: u64,
+        /// The trace (128 bits; only the low 64 cross without feature `TRACE`).
+        trace_id: u128,
+        /// The caller's span, the parent of this call's (0: none; sent with `TRACE`).
+        parent_span: u64,
         service: Bytes,
         method: Bytes,
         /// Sent as a `REQUEST_META` frame when not empty (feature `METADATA`).
@@ -101,8 +104,17 @@ const END: u8 = 8;
 const REQUEST_META: u8 = 9;
 const CREDIT: u8 = 10;
 const REQUEST_ITEMS: u8 = 11;
+/// A request with its whole trace context (feature `TRACE`): a flags byte (bit 0: items
+/// follow), the 128-bit trace id and the parent span id, then as `REQUEST_META`.
+const REQUEST_TRACED: u8 = 12;
 
 impl Frame {
+    /// Whether a request carries more trace context than the 64 bits every peer takes
+    /// (it is sent so only when feature `TRACE` was negotiated).
+    fn traced(trace_id: u128, parent_span: u64) -> bool {
+        trace_id > u128::from(u64::MAX) || parent_span != 0
+    }
+
     /// Sets the id of a request frame (other kinds are left as they are).
     pub fn set_request_id(&mut self, new: u64) {
         if let Frame::Request { id, .. } = self {
@@ -138,13 +150,15 @@ impl Frame {
     pub fn encoded_len(&self) -> usize {
         HEADER
             + match self {
-                Frame::Request { service, method, metadata, payload, items, .. } => {
-                    let meta: usize = if metadata.is_empty() && !items {
+                Frame::Request { service, method, metadata, payload, items, trace_id, parent_span, .. } => {
+                    let traced = Frame::traced(*trace_id, *parent_span);
+                    let meta: usize = if metadata.is_empty() && !items && !traced {
                         0
                     } else {
                         1 + metadata.iter().map(|(n, v)| 1 + n.len() + 2 + v.len()).sum::<usize>()
                     };
-                    1 + 8 + 8 + 1 + service.len() + 1 + method.len() + meta + payload.len()
+                    let trace = if traced { 1 + 16 + 8 } else { 8 };
+                    1 + 8 + trace + 1 + service.len() + 1 + method.len() + meta + payload.len()
                 }
                 Frame::Response { payload, .. } | Frame::End { payload, .. } => 1 + payload.len(),
                 Frame::Item { payload, .. } => payload.len(),
@@ -158,18 +172,37 @@ impl Frame {
         out.reserve(self.encoded_len());
         out.put_u32((self.encoded_len() - 4) as u32);
         match self {
-            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload } => {
-                let with_meta = !metadata.is_empty() || *items;
-                out.put_u8(match (items, with_meta) {
-                    (true, _) => REQUEST_ITEMS,
-                    (false, true) => REQUEST_META,
-                    (false, false) => REQUEST,
+            Frame::Request {
+                id,
+                codec,
+                deadline,
+                trace_id,
+                parent_span,
+                service,
+                method,
+                metadata,
+                items,
+                payload,
+            } => {
+                let traced = Frame::traced(*trace_id, *parent_span);
+                let with_meta = !metadata.is_empty() || *items || traced;
+                out.put_u8(match (traced, items, with_meta) {
+                    (true, _, _) => REQUEST_TRACED,
+                    (false, true, _) => REQUEST_ITEMS,
+                    (false, false, true) => REQUEST_META,
+                    (false, false, false) => REQUEST,
                 });
                 out.put_u64(*id);
                 out.put_u8(codec.to_byte());
                 // 0 means "no deadline"; a real deadline is at least 1 µs.
                 out.put_u64(deadline.map_or(0, |d| (d.as_micros() as u64).max(1)));
-                out.put_u64(*trace_id);
+                if traced {
+                    out.put_u8(u8::from(*items));
+                    out.put_u128(*trace_id);
+                    out.put_u64(*parent_span);
+                } else {
+                    out.put_u64(*trace_id as u64);
+                }
                 out.put_u8(service.len() as u8);
                 out.put_slice(service);
                 out.put_u8(method.len() as u8);
@@ -251,9 +284,10 @@ impl Frame {
         let kind = body.get_u8();
         let id = body.get_u64();
         let frame = match kind {
-            REQUEST | REQUEST_META | REQUEST_ITEMS => {
+            REQUEST | REQUEST_META | REQUEST_ITEMS | REQUEST_TRACED => {
                 let short = || Error::protocol("truncated request frame");
-                if body.remaining() < 1 + 8 + 8 + 1 {
+                let traced = kind == REQUEST_TRACED;
+                if body.remaining() < 1 + 8 + if traced { 1 + 16 + 8 } else { 8 } + 1 {
                     return Err(short());
                 }
                 let codec_byte = body.get_u8();
@@ -263,12 +297,27 @@ impl Frame {
                     0 => None,
                     us => Some(Duration::from_micros(us)),
                 };
-                let trace_id = body.get_u64();
+                let (items, trace_id, parent_span) = if traced {
+                    let flags = body.get_u8();
+                    (flags & 1 == 1, body.get_u128(), body.get_u64())
+                } else {
+                    (kind == REQUEST_ITEMS, u128::from(body.get_u64()), 0)
+                };
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
                 let metadata = if kind == REQUEST { Metadata::default() } else { take_metadata(&mut body)? };
-                let items = kind == REQUEST_ITEMS;
-                Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload: body }
+                Frame::Request {
+                    id,
+                    codec,
+                    deadline,
+                    trace_id,
+                    parent_span,
+                    service,
+                    method,
+                    metadata,
+                    items,
+                    payload: body,
+                }
             }
             RESPONSE | END => {
                 if body.remaining() < 1 {
@@ -336,6 +385,7 @@ mod tests {
             codec: Codec::Postcard,
             deadline: Some(Duration::from_millis(1500)),
             trace_id: 42,
+            parent_span: 0,
             service: Bytes::from_static(b"greeter"),
             method: Bytes::from_static(b"greet"),
             metadata: Metadata::default(),
@@ -354,10 +404,17 @@ mod tests {
         if let Frame::Request { items, .. } = &mut with_items {
             *items = true;
         }
+        // Kind 12: the whole trace context, with items and metadata too.
+        let mut traced = with_metadata.clone();
+        if let Frame::Request { trace_id, parent_span, items, .. } = &mut traced {
+            (*trace_id, *parent_span, *items) =
+                (0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 0x00f0_67aa_0ba9_02b7, true);
+        }
         vec![
             request(),
             with_metadata,
             with_items,
+            traced,
             Frame::Response { id: 7, status: Status::Stream, payload: Bytes::new() },
             Frame::Item { id: 7, payload: Bytes::from_static(b"{\"n\":1}") },
             Frame::Item { id: 7, payload: Bytes::new() },

@@ -37,6 +37,9 @@ impl Features {
     /// Streaming methods: items, their end and flow-control credit (kinds 7, 8, 10, 11),
     /// and the `Stream` response status.
     pub const STREAMS: Features = Features(2);
+    /// Requests carry the whole W3C trace context: a 128-bit trace id and the parent span
+    /// id (kind 12). Without it only the trace id's low 64 bits cross.
+    pub const TRACE: Features = Features(4);
 
     /// The raw bits, as sent on the wire.
     pub fn bits(self) -> u32 {
@@ -60,7 +63,7 @@ impl Features {
 }
 
 /// The features this build implements.
-const SUPPORTED: Features = Features(Features::METADATA.0 | Features::STREAMS.0);
+const SUPPORTED: Features = Features(Features::METADATA.0 | Features::STREAMS.0 | Features::TRACE.0);
 
 /// What a handshake settled for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -148,7 +148,18 @@ impl<H, S> ResponderState<H, S> {
     {
         self.last_heard = now;
         match frame {
-            Frame::Request { id, codec, deadline, trace_id, service, method, metadata, items, payload } => {
+            Frame::Request {
+                id,
+                codec,
+                deadline,
+                trace_id,
+                parent_span,
+                service,
+                method,
+                metadata,
+                items,
+                payload,
+            } => {
                 let (Ok(service), Ok(method)) = (std::str::from_utf8(&service), std::str::from_utf8(&method)) else {
                     return Inbound::Send(response(id, Err(Error::bad_request("service and method must be UTF-8"))));
                 };
@@ -166,6 +177,7 @@ impl<H, S> ResponderState<H, S> {
                     codec,
                     deadline: deadline.map(|d| now + d),
                     trace_id,
+                    parent_span,
                     key: None,
                     version: None,
                     metadata,

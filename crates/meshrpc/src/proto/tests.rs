@@ -44,7 +44,7 @@ fn handshake_byte_by_byte_settles_version_and_limits_both_ways() {
     assert_eq!((caller.max_in, caller.max_out), (1000, 2000));
     assert_eq!((node.max_in, node.max_out), (2000, 1000));
     assert_eq!(node.peer_name, "billing");
-    let both = Features::from_bits(Features::METADATA.bits() | Features::STREAMS.bits());
+    let both = Features::from_bits(Features::METADATA.bits() | Features::STREAMS.bits() | Features::TRACE.bits());
     assert_eq!((caller.features, node.features), (both, both));
 }
 
@@ -93,6 +93,7 @@ fn call(method: &'static str, payload: &'static [u8], deadline: Option<Instant>)
         codec: Codec::Json,
         deadline,
         trace_id: 7,
+        parent_span: 0,
         key: None,
         version: None,
         metadata: Default::default(),
@@ -321,6 +322,7 @@ fn a_caller_answers_pings_and_refuses_requests() {
         codec: Codec::Json,
         deadline: None,
         trace_id: 0,
+        parent_span: 0,
         service: Bytes::new(),
         method: Bytes::new(),
         metadata: Default::default(),

@@ -121,9 +121,50 @@ impl Dispatch for Registry {
             None => call.deadline,
         };
         let input = call.input.and_then(|i| i.take());
+        // This call's span: the parent of the calls its handler makes.
+        let span_id = crate::context::new_span_id();
+        let exported = crate::trace::exporting().then(|| {
+            let peer = call.peer.as_ref().map_or_else(String::new, |p| p.to_string());
+            (call.service.to_string(), call.method.to_string(), peer, std::time::SystemTime::now())
+        });
+        let (trace_id, parent) = (call.trace_id, call.parent_span);
         let handler = service.call(&call.method, call.codec, call.payload, input);
-        let ctx = CallContext { deadline, trace_id: call.trace_id };
-        Box::pin(async move {
+        let ctx = CallContext { deadline, trace_id, span_id };
+        let span = tracing::debug_span!(
+            "call", service = %call.service, method = %call.method,
+            trace_id = %format_args!("{trace_id:032x}"), span_id = %format_args!("{span_id:016x}")
+        );
+        let answer = Box::pin(tracing::Instrument::instrument(Self::run(handler, ctx, deadline), span));
+        match exported {
+            None => answer,
+            Some((service, method, peer, start)) => Box::pin(async move {
+                let result = answer.await;
+                crate::trace::record(crate::trace::SpanRecord {
+                    trace_id,
+                    span_id,
+                    parent,
+                    name: format!("{service}/{method}"),
+                    service,
+                    method,
+                    peer,
+                    start,
+                    end: std::time::SystemTime::now(),
+                    code: crate::request_log::status_of(&result),
+                });
+                result
+            }),
+        }
+    }
+}
+
+impl Registry {
+    /// Runs a handler in its call's context until its deadline.
+    async fn run(
+        handler: BoxFuture<Result<Reply, Error>>,
+        ctx: CallContext,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Reply, Error> {
+        {
             // The handler runs inside its call context, so calls it makes inherit the
             // deadline; when the deadline passes, the handler future is dropped.
             let guarded = CatchUnwind { inner: ctx.scope(handler) };
@@ -145,7 +186,7 @@ impl Dispatch for Registry {
                     Err(Error::Internal { message })
                 }
             }
-        })
+        }
     }
 }
 

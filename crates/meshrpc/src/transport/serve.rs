@@ -392,6 +392,7 @@ async fn on_inbound(
                 &call.method,
                 &caller.peer,
                 &caller.name,
+                call.trace_id,
                 now,
             );
             let mut answer = dispatch.dispatch(call);

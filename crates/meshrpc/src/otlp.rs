@@ -1,0 +1,137 @@
+//! An OTLP/HTTP exporter of call spans (feature `otlp`), JSON encoded as the
+//! OpenTelemetry protocol specifies: `POST {OTEL_EXPORTER_OTLP_ENDPOINT}/v1/traces`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is), in batches of at most 512 spans, at
+//! least every second. At most 4096 spans wait; past that they are dropped and counted
+//! (`meshrpc_spans_dropped_total`), so a slow collector costs a node nothing else.
+//! `OTEL_SERVICE_NAME` names the resource (default: the process name).
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::sync::mpsc;
+
+use crate::trace::{Sink, SpanRecord};
+
+/// Spans dropped because the exporter's queue was full.
+pub(crate) static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Spans sent (in batches the collector accepted or not).
+pub(crate) static SENT: AtomicU64 = AtomicU64::new(0);
+
+const QUEUE: usize = 4096;
+const BATCH: usize = 512;
+const EVERY: Duration = Duration::from_secs(1);
+
+/// The exporter the environment asks for, started (inside a tokio runtime), if any.
+pub(crate) fn from_env() -> Option<Sink> {
+    let endpoint = match std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        Ok(traces) if !traces.is_empty() => traces,
+        _ => {
+            let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())?;
+            format!("{}/v1/traces", base.trim_end_matches('/'))
+        }
+    };
+    let uri: hyper::Uri = match endpoint.parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            tracing::warn!(%endpoint, error = %e, "OTLP endpoint is not a URL: spans are not exported");
+            return None;
+        }
+    };
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let service = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        std::env::args()
+            .next()
+            .and_then(|a| a.rsplit('/').next().map(str::to_owned))
+            .unwrap_or_else(|| "meshrpc".into())
+    });
+    let (tx, rx) = mpsc::channel(QUEUE);
+    handle.spawn(export(uri, service, rx));
+    tracing::info!(%endpoint, "exporting spans (OTLP/HTTP, JSON)");
+    Some(Box::new(move |span| {
+        if tx.try_send(span).is_err() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }))
+}
+
+async fn export(uri: hyper::Uri, service: String, mut rx: mpsc::Receiver<SpanRecord>) {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let deadline = tokio::time::sleep(EVERY);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                span = rx.recv() => match span {
+                    Some(span) => {
+                        batch.push(span);
+                        if batch.len() >= BATCH {
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let body = encode(&service, &batch);
+        SENT.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
+        let request = hyper::Request::post(uri.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request");
+        match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {}
+            Ok(Ok(resp)) => tracing::debug!(status = %resp.status(), "OTLP collector refused a batch"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "OTLP export failed"),
+            Err(_) => tracing::debug!("OTLP export timed out"),
+        }
+    }
+}
+
+/// An `ExportTraceServiceRequest` in OTLP's JSON encoding.
+fn encode(service: &str, spans: &[SpanRecord]) -> String {
+    let nanos = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos().to_string();
+    let spans: Vec<serde_json::Value> = spans
+        .iter()
+        .map(|s| {
+            let mut span = serde_json::json!({
+                "traceId": format!("{:032x}", s.trace_id),
+                "spanId": format!("{:016x}", s.span_id),
+                "name": s.name,
+                "kind": 2, // SPAN_KIND_SERVER
+                "startTimeUnixNano": nanos(s.start),
+                "endTimeUnixNano": nanos(s.end),
+                "attributes": [
+                    { "key": "rpc.system", "value": { "stringValue": "meshrpc" } },
+                    { "key": "rpc.service", "value": { "stringValue": s.service } },
+                    { "key": "rpc.method", "value": { "stringValue": s.method } },
+                    { "key": "meshrpc.peer", "value": { "stringValue": s.peer } },
+                    { "key": "meshrpc.code", "value": { "stringValue": s.code } },
+                ],
+                // STATUS_CODE_ERROR for failures; an application error is an answer.
+                "status": { "code": if s.code == "ok" || s.code == "application" { 1 } else { 2 } },
+            });
+            if s.parent != 0 {
+                span["parentSpanId"] = format!("{:016x}", s.parent).into();
+            }
+            span
+        })
+        .collect();
+    serde_json::json!({
+        "resourceSpans": [{
+            "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": service } }] },
+            "scopeSpans": [{ "scope": { "name": "meshrpc", "version": env!("CARGO_PKG_VERSION") }, "spans": spans }],
+        }]
+    })
+    .to_string()
+}

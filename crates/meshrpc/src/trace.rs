@@ -1,0 +1,54 @@
+//! Spans of the calls a node serves, for an exporter: each has the call's 128-bit trace
+//! id, its own span id and its parent's (the caller's span), so spans of one request on
+//! every node join into one trace. With feature `otlp` and `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! set, they are sent to an OpenTelemetry collector (docs/observability.md); otherwise
+//! recording one costs a check of a flag.
+
+use std::{sync::OnceLock, time::SystemTime};
+
+/// One span: a call served (`server`) or an HTTP request passed on (`http`).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))] // read by the exporter
+pub(crate) struct SpanRecord {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    /// 0: a root span.
+    pub(crate) parent: u64,
+    /// `service/method`.
+    pub(crate) name: String,
+    pub(crate) service: String,
+    pub(crate) method: String,
+    /// The calling node's name (`http` over HTTP).
+    pub(crate) peer: String,
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+    /// `ok`, `application` or the error code.
+    pub(crate) code: &'static str,
+}
+
+/// Where spans go, if anywhere.
+pub(crate) type Sink = Box<dyn Fn(SpanRecord) + Send + Sync>;
+
+fn sink() -> Option<&'static Sink> {
+    static SINK: OnceLock<Option<Sink>> = OnceLock::new();
+    SINK.get_or_init(|| {
+        #[cfg(feature = "otlp")]
+        if let Some(sink) = crate::otlp::from_env() {
+            return Some(sink);
+        }
+        None
+    })
+    .as_ref()
+}
+
+/// Whether spans are exported (the caller then builds them).
+pub(crate) fn exporting() -> bool {
+    sink().is_some()
+}
+
+/// Exports a span (nothing without an exporter).
+pub(crate) fn record(span: SpanRecord) {
+    if let Some(sink) = sink() {
+        sink(span);
+    }
+}

@@ -124,6 +124,10 @@ async fn every_node_shows_golden_metrics_and_top_gathers_them() {
     // gateway's calls to the replicas as edges.)
     assert!(json["edges"].is_array(), "{json}");
 
+    // A scrape while calls flow answers (the timeout is only a guard against a hang).
+    let scraped = tokio::time::timeout(Duration::from_secs(5), http("GET", &a.url("/metrics"), "", &[])).await;
+    assert_eq!(scraped.expect("a scrape under load answers").status, 200);
+
     // A node that stops answering is shown as unreachable, and top does not hang on it.
     let mut watch = tokio::process::Command::new(MESHRPC)
         .args(["top", "--json", "--interval", "0.5", "--tag", tag, "--nodes", &seed])
@@ -239,6 +243,40 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() {
     }
     assert!(draining, "the dashboard never showed the replica draining");
     load.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_are_bounded_and_one_that_leaves_frees_its_place() {
+    let tag = "observe-bound";
+    let gateway =
+        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
+            .await;
+    let open = |addr: std::net::SocketAddr| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /dashboard/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut head = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head)).await.expect("an answer").unwrap();
+        (String::from_utf8_lossy(&head[..n]).into_owned(), s)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let (head, s) = open(gateway.addr).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/event-stream"), "{head}");
+        streams.push(s);
+    }
+    let (refused, _) = open(gateway.addr).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "the 17th is refused: {refused}");
+    // Browsers that leave mid-stream free their places (and stop their gatherings).
+    drop(streams);
+    let again = eventually(Duration::from_secs(10), || async {
+        let (head, _s) = open(gateway.addr).await;
+        head.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "the places of closed dashboards were never freed");
+    assert_eq!(http("GET", &gateway.url("/dashboard"), "", &[]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

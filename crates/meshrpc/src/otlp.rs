@@ -18,8 +18,6 @@ use crate::trace::{Sink, SpanRecord};
 
 /// Spans dropped because the exporter's queue was full.
 pub(crate) static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Spans sent (in batches the collector accepted or not).
-pub(crate) static SENT: AtomicU64 = AtomicU64::new(0);
 
 const QUEUE: usize = 4096;
 const BATCH: usize = 512;
@@ -83,7 +81,6 @@ async fn export(uri: hyper::Uri, service: String, mut rx: mpsc::Receiver<SpanRec
             continue;
         }
         let body = encode(&service, &batch);
-        SENT.fetch_add(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
         let request = hyper::Request::post(uri.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -222,6 +222,12 @@ impl Server {
         Arc::new(move || {
             let mut figures = counters.figures();
             figures.extend(limiter.figures());
+            #[cfg(feature = "otlp")]
+            figures.push(crate::figures::Figure::counter(
+                "meshrpc_spans_dropped",
+                "Spans the OTLP exporter dropped because its queue was full",
+                crate::otlp::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+            ));
             figures
         })
     }

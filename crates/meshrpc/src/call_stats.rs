@@ -14,8 +14,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Distinct `(service, method, peer)` series kept per direction; calls past it are
-/// counted in one series labelled `other` (callers choose the names they send).
+/// Distinct `(service, method, peer)` series kept per direction (≈ 4 KiB each: at most
+/// ≈ 4 MiB a direction); calls past it are counted in one series labelled `other`
+/// (callers choose the names they send).
 pub(crate) const MAX_SERIES: usize = 1024;
 
 /// Result codes a call can end with, as labels: `ok`, `application`, then
@@ -79,8 +80,18 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| !matches!(std::env::var("MESHRPC_METRICS").as_deref(), Ok("off" | "0" | "false")))
 }
 
+/// Shards of a series: each thread counts in its own (cache lines are not shared between
+/// cores on the hot path); reading sums them.
+const SHARDS: usize = 4;
+
 /// One series: a method's calls with one peer, in one direction.
 pub(crate) struct MethodStats {
+    shards: [Shard; SHARDS],
+}
+
+/// One thread's share of a series, on cache lines of its own.
+#[repr(align(128))]
+struct Shard {
     /// By [`CODES`]; only grows.
     codes: [AtomicU64; CODES.len()],
     /// By [`LATENCY_BOUNDS`] (+Inf last), not cumulative; only grows.
@@ -93,9 +104,9 @@ pub(crate) struct MethodStats {
     window: [AtomicU32; WINDOW_BUCKETS],
 }
 
-impl MethodStats {
-    fn new() -> MethodStats {
-        MethodStats {
+impl Shard {
+    fn new() -> Shard {
+        Shard {
             codes: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_micros: AtomicU64::new(0),
@@ -105,30 +116,57 @@ impl MethodStats {
             window: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
+}
+
+/// This thread's shard.
+fn shard_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl MethodStats {
+    fn new() -> MethodStats {
+        MethodStats { shards: std::array::from_fn(|_| Shard::new()) }
+    }
+
+    fn mine(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
 
     pub(crate) fn started(&self) {
-        self.running.fetch_add(1, Ordering::Relaxed);
+        self.mine().running.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call ended with `code` after `micros`.
     pub(crate) fn record(&self, micros: u64, code: &str) {
-        self.running.fetch_sub(1, Ordering::Relaxed);
-        self.codes[code_index(code)].fetch_add(1, Ordering::Relaxed);
+        let shard = self.mine();
+        shard.running.fetch_sub(1, Ordering::Relaxed);
+        shard.codes[code_index(code)].fetch_add(1, Ordering::Relaxed);
         let bucket = BOUNDS_MICROS.iter().position(|b| micros <= *b).unwrap_or(BOUNDS_MICROS.len());
-        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_micros.fetch_add(micros, Ordering::Relaxed);
-        self.window_calls.fetch_add(1, Ordering::Relaxed);
+        shard.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.latency_micros.fetch_add(micros, Ordering::Relaxed);
+        shard.window_calls.fetch_add(1, Ordering::Relaxed);
         if code != "ok" {
-            self.window_errors.fetch_add(1, Ordering::Relaxed);
+            shard.window_errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.window[window_bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        shard.window[window_bucket(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// `(calls, errors, p99 µs)` since the last take, and starts over.
     pub(crate) fn take_window(&self) -> (u64, u64, u64) {
-        let calls = self.window_calls.swap(0, Ordering::Relaxed);
-        let errors = self.window_errors.swap(0, Ordering::Relaxed);
-        let counts: Vec<u64> = self.window.iter().map(|b| u64::from(b.swap(0, Ordering::Relaxed))).collect();
+        let (mut calls, mut errors) = (0, 0);
+        let mut counts = vec![0u64; WINDOW_BUCKETS];
+        for shard in &self.shards {
+            calls += shard.window_calls.swap(0, Ordering::Relaxed);
+            errors += shard.window_errors.swap(0, Ordering::Relaxed);
+            for (sum, b) in counts.iter_mut().zip(&shard.window) {
+                *sum += u64::from(b.swap(0, Ordering::Relaxed));
+            }
+        }
         let total: u64 = counts.iter().sum();
         let mut seen = 0;
         let p99 = counts
@@ -143,14 +181,16 @@ impl MethodStats {
     }
 
     fn snapshot(&self) -> (Vec<(String, u64)>, Vec<u64>, u64, i64) {
+        let sum = |f: &dyn Fn(&Shard) -> u64| self.shards.iter().map(f).sum::<u64>();
         let codes = CODES
             .iter()
-            .zip(&self.codes)
-            .map(|(c, n)| (c.to_string(), n.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), sum(&|s| s.codes[i].load(Ordering::Relaxed))))
             .filter(|(_, n)| *n > 0)
             .collect();
-        let latency = self.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        (codes, latency, self.latency_micros.load(Ordering::Relaxed), self.running.load(Ordering::Relaxed).max(0))
+        let latency = (0..=LATENCY_BOUNDS.len()).map(|i| sum(&|s| s.latency[i].load(Ordering::Relaxed))).collect();
+        let running: i64 = self.shards.iter().map(|s| s.running.load(Ordering::Relaxed)).sum();
+        (codes, latency, sum(&|s| s.latency_micros.load(Ordering::Relaxed)), running.max(0))
     }
 }
 
@@ -417,7 +457,7 @@ mod tests {
         let mut other = 0;
         stats.each(|s, _, _, series| {
             if s == "other" {
-                other = series.running.load(Ordering::Relaxed);
+                other = series.snapshot().3;
             }
         });
         assert_eq!(other, 10);

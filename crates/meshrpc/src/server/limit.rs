@@ -4,7 +4,7 @@
 //! calls of the same method, and shrinks as soon as they queue. Comparing each call with
 //! its own method keeps a mix of fast and slow methods from looking like a queue. Calls
 //! beyond the limit are refused with `overloaded` before anything runs, so callers retry
-//! elsewhere.
+//! elsewhere. The registry asks it for every call it runs (`Registry::dispatch`).
 
 use std::{
     collections::HashMap,
@@ -16,11 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    call::{BoxFuture, Call, Dispatch, Reply},
-    error::Error,
-    figures::Figure,
-};
+use crate::{error::Error, figures::Figure};
 
 /// How many calls a node runs at once, across all its connections and doors
 /// ([`ServerConfig::concurrency`](super::ServerConfig)).
@@ -153,7 +149,7 @@ impl Limiter {
         let measured = self.adaptive.load(Ordering::Relaxed)
             && (running >= limit / 4 * 3 || self.admitted.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY == 0);
         let sample = measured.then(|| Sample { started: Instant::now(), method: method_key(service, method) });
-        Ok(Permit { limiter: self.clone(), running: running + 1, sample, known: true })
+        Ok(Permit { limiter: self.clone(), running: running + 1, sample })
     }
 
     fn done(&self, p: &Permit) {
@@ -165,7 +161,7 @@ impl Limiter {
         w.calls += 1;
         w.busiest = w.busiest.max(p.running);
         let tracked = w.methods.len() < MAX_METHODS || w.methods.contains_key(&sample.method);
-        let baseline = match (p.known && tracked).then(|| w.methods.entry(sample.method).or_default()) {
+        let baseline = match tracked.then(|| w.methods.entry(sample.method).or_default()) {
             Some(b) => {
                 b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
                 b.best.unwrap_or(latency)
@@ -257,8 +253,6 @@ pub(crate) struct Permit {
     running: usize,
     /// When it started and its method, if it is measured.
     sample: Option<Sample>,
-    /// The method exists (a call of an unknown one has no baseline to keep).
-    known: bool,
 }
 
 struct Sample {
@@ -287,36 +281,6 @@ impl std::hash::Hasher for KeyHasher {
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
-    }
-}
-
-/// A node's dispatch under its concurrency limit.
-pub(crate) struct Limited {
-    pub(crate) inner: Arc<dyn Dispatch>,
-    pub(crate) limiter: Arc<Limiter>,
-}
-
-impl Dispatch for Limited {
-    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
-        let mut permit = match self.limiter.admit(&call.service, &call.method) {
-            Ok(permit) => permit,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        let answer = self.inner.dispatch(call);
-        Box::pin(async move {
-            let answer = answer.await;
-            permit.known = !matches!(answer, Err(Error::UnknownService { .. } | Error::UnknownMethod { .. }));
-            drop(permit);
-            answer
-        })
-    }
-
-    fn colocated(&self, spec: &'static crate::spec::ServiceSpec) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        self.inner.colocated(spec)
-    }
-
-    fn colocated_now(&self, service: &str) -> bool {
-        self.inner.colocated_now(service)
     }
 }
 

@@ -163,9 +163,10 @@ impl Server {
         let registry = Arc::<Registry>::default();
         let config = ServerConfig::default();
         let limiter = Arc::new(Limiter::new(config.concurrency));
+        registry.limit(limiter.clone());
         Ok(Server {
             listener,
-            dispatch: Arc::new(limit::Limited { inner: registry.clone(), limiter: limiter.clone() }),
+            dispatch: registry.clone(),
             registry,
             limiter,
             config,

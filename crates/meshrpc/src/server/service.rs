@@ -45,6 +45,8 @@ pub struct Registry {
     services: RwLock<Vec<Arc<dyn Service>>>,
     /// Their implementations for in-process callers, taken once at publish.
     locals: RwLock<Vec<(&'static ServiceSpec, Arc<dyn Any + Send + Sync>)>>,
+    /// The node's concurrency limit, which every call run here passes first.
+    limiter: std::sync::OnceLock<Arc<super::Limiter>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -54,6 +56,11 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// Runs calls under `limiter` from now on.
+    pub(crate) fn limit(&self, limiter: Arc<super::Limiter>) {
+        let _ = self.limiter.set(limiter);
+    }
+
     pub(crate) fn publish(&self, service: Arc<dyn Service>) {
         let spec = service.spec();
         let mut locals = self.locals.write().unwrap();
@@ -120,25 +127,35 @@ impl Dispatch for Registry {
             }
             None => call.deadline,
         };
+        // Past the node's concurrency limit, nothing runs.
+        let permit = match self.limiter.get().map(|l| l.admit(&call.service, &call.method)).transpose() {
+            Ok(permit) => permit,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let input = call.input.and_then(|i| i.take());
         // This call's span: the parent of the calls its handler makes.
         let span_id = crate::context::new_span_id();
+        let (trace_id, parent) = (call.trace_id, call.parent_span);
         let exported = crate::trace::exporting().then(|| {
             let peer = call.peer.as_ref().map_or_else(String::new, |p| p.to_string());
             (call.service.to_string(), call.method.to_string(), peer, std::time::SystemTime::now())
         });
-        let (trace_id, parent) = (call.trace_id, call.parent_span);
+        let span = tracing::enabled!(target: "meshrpc::call", tracing::Level::DEBUG).then(|| {
+            tracing::debug_span!(
+                target: "meshrpc::call", "call", service = %call.service, method = %call.method,
+                trace_id = %format_args!("{trace_id:032x}"), span_id = %format_args!("{span_id:016x}")
+            )
+        });
         let handler = service.call(&call.method, call.codec, call.payload, input);
         let ctx = CallContext { deadline, trace_id, span_id };
-        let span = tracing::debug_span!(
-            "call", service = %call.service, method = %call.method,
-            trace_id = %format_args!("{trace_id:032x}"), span_id = %format_args!("{span_id:016x}")
-        );
-        let answer = Box::pin(tracing::Instrument::instrument(Self::run(handler, ctx, deadline), span));
-        match exported {
-            None => answer,
-            Some((service, method, peer, start)) => Box::pin(async move {
-                let result = answer.await;
+        Box::pin(async move {
+            let run = Self::run(handler, ctx, deadline);
+            let result = match span {
+                Some(span) => tracing::Instrument::instrument(run, span).await,
+                None => run.await,
+            };
+            drop(permit);
+            if let Some((service, method, peer, start)) = exported {
                 crate::trace::record(crate::trace::SpanRecord {
                     trace_id,
                     span_id,
@@ -151,9 +168,9 @@ impl Dispatch for Registry {
                     end: std::time::SystemTime::now(),
                     code: crate::request_log::status_of(&result),
                 });
-                result
-            }),
-        }
+            }
+            result
+        })
     }
 }
 

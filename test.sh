@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip) when
+# Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip, python3) when
 # missing. As root, the multi-host fault tests (network namespaces) run too; otherwise
 # they say they skipped.
 set -euo pipefail
@@ -10,6 +10,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]} (Debian packages)"
   sudo=""

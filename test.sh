@@ -11,6 +11,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]} (Debian packages)"
   sudo=""
@@ -38,6 +39,15 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${heavy_missing[@]}" >/dev/null
   fi
 fi
+
+# Python tools from PyPI (the OpenAPI validator), in a venv of the build's own.
+py="target/py"
+if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema" >/dev/null 2>&1; then
+  echo "test.sh: installing openapi-spec-validator (PyPI) into $py"
+  python3 -m venv "$py"
+  "$py/bin/pip" install -q openapi-spec-validator
+fi
+export MESHRPC_PYTHON="$PWD/$py/bin/python"
 
 export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema)]
 pub enum LabError {
     #[error("refused: {0}")]
     Refused(String),
@@ -17,14 +17,14 @@ pub enum LabError {
     Rpc(#[from] meshrpc::Error),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Shape {
     Dot,
     Circle { radius: f64 },
     Poly(Vec<(i32, i32)>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Nested {
     pub label: String,
     pub children: Vec<Nested>,
@@ -32,7 +32,7 @@ pub struct Nested {
 }
 
 /// Counters of what the server did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Stats {
     pub started: u64,
     pub finished: u64,
@@ -40,7 +40,7 @@ pub struct Stats {
     pub dropped: u64,
 }
 
-#[meshrpc::service]
+#[meshrpc::service(schema)]
 pub trait Lab {
     /// Every supported argument shape at once.
     #[allow(clippy::too_many_arguments)]
@@ -79,6 +79,9 @@ pub trait Lab {
     /// A string of `len` bytes: an answer as large as asked.
     #[meshrpc(idempotent)]
     async fn blob(&self, len: u64) -> Result<String, LabError>;
+    /// Wide integers, as JSON numbers both ways.
+    #[meshrpc(idempotent)]
+    async fn wide(&self, a: u64, b: i128) -> Result<(u64, i128), LabError>;
 }
 
 /// The lab's implementation.
@@ -189,6 +192,10 @@ impl Lab for LabNode {
 
     async fn blob(&self, len: u64) -> Result<String, LabError> {
         Ok("x".repeat(len as usize))
+    }
+
+    async fn wide(&self, a: u64, b: i128) -> Result<(u64, i128), LabError> {
+        Ok((a, b))
     }
 }
 

@@ -189,10 +189,12 @@ async fn call_and_status_against_a_running_cluster() {
     let mut args = vec!["call", "--list"];
     args.extend(join);
     let list = meshrpc(&args).await;
+    // Services that publish their schemas are listed with types; the others by argument names.
     assert!(
-        list.stdout.contains("greeter.greet(name)")
-            && list.stdout.contains("lab.relay_deadline(addr)")
-            && list.stdout.contains("greeter.countdown(from) -> stream")
+        list.stdout.contains("greeter.greet(name: string) -> string    error: GreetError")
+            && list.stdout.contains("lab.relay_deadline(addr: string) -> (u64?, u64?)")
+            && list.stdout.contains("greeter.countdown(from: u32) -> stream of string")
+            && list.stdout.contains("lab.wide(a: u64, b: i128) -> (u64, i128) (idempotent)")
             && list
                 .stdout
                 .contains("streamer.chat(prefix, lines: stream) -> stream    '{\"prefix\":…}' --items < items.ndjson"),

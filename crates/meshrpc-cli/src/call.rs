@@ -48,6 +48,15 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("arguments must be a JSON object keyed by parameter name, e.g. '{\"name\":\"Max\"}'".into());
     }
     let cluster = join(&args.join, &format!("service `{service}`"), |v| v.knows(service)).await?;
+    // A service that publishes its schemas has its arguments checked before the call.
+    if let Some(doc) = schemas_of(&cluster, service).await {
+        let described = doc["methods"].as_array().and_then(|ms| ms.iter().find(|m| m["name"] == method));
+        if let Some(m) = described {
+            if let Some(wrong) = crate::types::check_args(&parsed, &m["args"], &doc["components"]) {
+                return Err(format!("{service}.{method}: {wrong}; nothing was sent").into());
+            }
+        }
+    }
     let mut channel = cluster.channel().with_timeout(Duration::from_secs_f64(args.timeout));
     if let Some(key) = &args.key {
         channel = channel.with_key(key.as_str());
@@ -79,11 +88,14 @@ pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Ok(Reply::Ok(bytes)) => {
-            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
             if std::io::stdout().is_terminal() {
+                let value: serde_json::Value = serde_json::from_slice(&bytes)?;
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                println!("{value}");
+                // As the node sent it: numbers past 64 bits keep every digit.
+                let mut out = std::io::stdout();
+                out.write_all(if bytes.is_empty() { b"null" } else { &bytes })?;
+                out.write_all(b"\n")?;
             }
             Ok(())
         }
@@ -121,6 +133,13 @@ fn stdin_items() -> meshrpc::Items {
     items
 }
 
+/// What a replica of `service` publishes as its JSON Schemas, if anything (within 1 s).
+async fn schemas_of(cluster: &meshrpc::Cluster, service: &str) -> Option<serde_json::Value> {
+    let view = cluster.view();
+    let member = view.replicas(service, None).next()?;
+    cluster.service_schemas(member, service, Duration::from_secs(1)).await.ok().flatten()
+}
+
 fn methods_of(cluster: &meshrpc::Cluster, service: &str) -> Vec<String> {
     let members = cluster.members();
     let adv = members.iter().find_map(|m| m.services.get(service));
@@ -139,15 +158,10 @@ async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for (name, adv) in seen {
         println!("{name}");
+        let doc = schemas_of(&cluster, &name).await;
+        let described =
+            |method: &str| doc.as_ref()?["methods"].as_array()?.iter().find(|m| m["name"] == method).cloned();
         for m in adv.methods {
-            let plain: Vec<&String> = m.args.iter().filter(|a| m.items.as_ref() != Some(*a)).collect();
-            let example: Vec<String> = plain.iter().map(|p| format!("\"{p}\":…")).collect();
-            let params: Vec<String> = m
-                .args
-                .iter()
-                .map(|a| if m.items.as_ref() == Some(a) { format!("{a}: stream") } else { a.clone() })
-                .collect();
-            let answer = if m.streams { " -> stream" } else { "" };
             let mut options = Vec::new();
             if m.idempotent {
                 options.push("idempotent".to_owned());
@@ -158,6 +172,35 @@ async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(t) = m.timeout {
                 options.push(format!("timeout {t:?}"));
             }
+            if let Some(d) = described(&m.name) {
+                // Typed: `lab.wide(a: u64, b: i128) -> (u64, i128)`.
+                let typed: Vec<String> = m
+                    .args
+                    .iter()
+                    .map(|a| match d["args"]["properties"].get(a) {
+                        Some(t) => format!("{a}: {}", crate::types::type_name(t)),
+                        None => format!("{a}: stream of {}", crate::types::type_name(&d["items"])),
+                    })
+                    .collect();
+                let value = crate::types::type_name(&d["value"]);
+                let value = if m.streams { format!("stream of {value}") } else { value };
+                let options = if options.is_empty() { String::new() } else { format!(" ({})", options.join(", ")) };
+                println!(
+                    "  {name}.{}({}) -> {value}{options}    error: {}",
+                    m.name,
+                    typed.join(", "),
+                    crate::types::type_name(&d["error"])
+                );
+                continue;
+            }
+            let plain: Vec<&String> = m.args.iter().filter(|a| m.items.as_ref() != Some(*a)).collect();
+            let example: Vec<String> = plain.iter().map(|p| format!("\"{p}\":…")).collect();
+            let params: Vec<String> = m
+                .args
+                .iter()
+                .map(|a| if m.items.as_ref() == Some(a) { format!("{a}: stream") } else { a.clone() })
+                .collect();
+            let answer = if m.streams { " -> stream" } else { "" };
             let answer =
                 if options.is_empty() { answer.to_owned() } else { format!("{answer} ({})", options.join(", ")) };
             let items = if m.items.is_some() { " --items < items.ndjson" } else { "" };

@@ -11,10 +11,12 @@ mod gateway;
 mod join;
 mod memory;
 mod mirror;
+mod openapi;
 mod probe;
 mod split;
 mod status;
 mod top;
+mod types;
 
 use std::path::PathBuf;
 
@@ -77,6 +79,11 @@ enum Command {
     ///
     /// Example: meshrpc dashboard --listen 127.0.0.1:8383 --nodes 127.0.0.1:11999
     Dashboard(dashboard::DashboardArgs),
+    /// Print the OpenAPI 3.1 document of every service in the cluster (JSON Schemas from
+    /// services declared with `#[meshrpc::service(schema)]`).
+    ///
+    /// Example: meshrpc openapi --nodes 127.0.0.1:11999 -o openapi.json
+    Openapi(openapi::OpenapiArgs),
     /// Write a service trait's generated server and client to files.
     ///
     /// Example: meshrpc -R . expose -P greeter src/
@@ -128,6 +135,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Top(args) => top::run(args).await,
             Command::Dashboard(args) => dashboard::run(args).await,
+            Command::Openapi(args) => openapi::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
             Command::Ca(command) => cert::ca(command),

@@ -72,7 +72,7 @@ pub(crate) fn service(options: Options, item: ItemTrait) -> syn::Result<ServiceD
         }
         None => snake_case(&item.ident.to_string()),
     };
-    Ok(ServiceDef { vis: item.vis.clone(), item, name, methods, exposed: options.expose })
+    Ok(ServiceDef { vis: item.vis.clone(), item, name, methods, exposed: options.expose, schema: options.schema })
 }
 
 /// The `#[meshrpc(...)]` options of a method.

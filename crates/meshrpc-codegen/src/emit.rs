@@ -93,6 +93,7 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
             }),
         }
     });
+    let schemas = schemas(def);
     quote! {
         #[doc = #doc]
         #vis struct #server<__MeshrpcImpl: ?::core::marker::Sized> {
@@ -140,6 +141,8 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
                 let __meshrpc_local: ::std::sync::Arc<dyn #trait_ident> = #as_dyn::__meshrpc_as_dyn(::std::sync::Arc::clone(&self.inner));
                 ::core::option::Option::Some(::std::sync::Arc::new(__meshrpc_local))
             }
+
+            #schemas
 
             fn call(
                 &self,
@@ -323,4 +326,55 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             #( #impls )*
         }
     }
+}
+
+/// With `schema`: the JSON Schemas of every method's arguments, value (a stream's items)
+/// and error, from the types' `schemars::JsonSchema` implementations.
+fn schemas(def: &ServiceDef) -> TokenStream {
+    if !def.schema {
+        return quote! {};
+    }
+    let methods = def.methods.iter().map(|m| {
+        let name = &m.name;
+        let args = m.payload_args().map(|(n, t)| {
+            let arg = n.to_string().trim_start_matches("r#").to_owned();
+            let optional = is_option(t);
+            quote_spanned! {t.span()=> (#arg, __meshrpc_generator.subschema_for::<#t>(), #optional) }
+        });
+        let error = &m.error;
+        let (value, streams) = match &m.output {
+            Some((item, _)) => (item, true),
+            None => (&m.value, false),
+        };
+        let items = match m.input {
+            Some(i) => {
+                let ty = &m.args[i].1;
+                let (item, _) = crate::check::stream_types(ty).expect("a stream argument has an item type");
+                quote! { ::core::option::Option::Some(__meshrpc_generator.subschema_for::<#item>()) }
+            }
+            None => quote! { ::core::option::Option::None },
+        };
+        quote! {
+            ::meshrpc::__private::MethodSchema {
+                name: #name,
+                args: ::std::vec![ #( #args ),* ],
+                items: #items,
+                value: __meshrpc_generator.subschema_for::<#value>(),
+                streams: #streams,
+                error: __meshrpc_generator.subschema_for::<#error>(),
+            }
+        }
+    });
+    quote! {
+        fn schemas(&self) -> ::core::option::Option<::std::string::String> {
+            let mut __meshrpc_generator = ::meshrpc::__private::schema_generator();
+            let __meshrpc_methods = ::std::vec![ #( #methods ),* ];
+            ::core::option::Option::Some(::meshrpc::__private::schema_document(__meshrpc_generator, __meshrpc_methods))
+        }
+    }
+}
+
+/// `Option<T>` as written (an argument that may be left out of the JSON object).
+fn is_option(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
 }

@@ -21,6 +21,9 @@ pub struct ServiceDef {
     pub methods: Vec<MethodDef>,
     /// Server and client come from `meshrpc expose` files, not from the attribute.
     pub exposed: bool,
+    /// `schema`: the server describes its methods' types as JSON Schema (feature
+    /// `schema`; every argument, value and error type implements `schemars::JsonSchema`).
+    pub schema: bool,
 }
 
 /// One validated method.
@@ -65,6 +68,8 @@ pub struct Options {
     /// The server and client live in files written by `meshrpc expose`; the attribute
     /// only prepares the trait.
     pub expose: bool,
+    /// Publish JSON Schemas of the methods' types.
+    pub schema: bool,
 }
 
 impl Options {
@@ -81,8 +86,11 @@ impl Options {
             } else if meta.path.is_ident("expose") {
                 options.expose = true;
                 Ok(())
+            } else if meta.path.is_ident("schema") {
+                options.schema = true;
+                Ok(())
             } else {
-                Err(meta.error("unknown option: meshrpc::service takes `name = \"...\"` and `expose`"))
+                Err(meta.error("unknown option: meshrpc::service takes `name = \"...\"`, `expose` and `schema`"))
             }
         });
         syn::parse::Parser::parse2(parser, attr)?;

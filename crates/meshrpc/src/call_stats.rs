@@ -381,7 +381,8 @@ impl SeriesStats {
 }
 
 /// The service every node answers itself (never published, never gossiped): `stats`
-/// returns the node's [`NodeStats`]. A policy (mutual TLS) rules it as any other.
+/// returns the node's [`NodeStats`], `schema` a service's JSON Schemas. A policy (mutual
+/// TLS) rules it as any other.
 pub(crate) const NODE_SERVICE: &str = "meshrpc";
 
 /// Answers a call of [`NODE_SERVICE`].

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// User error types fold this in with `From<meshrpc::Error>`, so a transport failure
 /// reaches the caller as the user's own error type and is never swallowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 #[allow(missing_docs)] // fields are named for what they hold

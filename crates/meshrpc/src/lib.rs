@@ -80,9 +80,13 @@ mod figures;
 mod identity;
 mod limits;
 mod middleware;
+#[cfg(feature = "http")]
+mod openapi;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod request_log;
+#[cfg(feature = "schema")]
+mod schema;
 mod server;
 mod spec;
 mod stream;
@@ -138,6 +142,8 @@ pub use limits::HttpLimits;
 pub use logging::init as init_logging;
 pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
+#[cfg(feature = "http")]
+pub use openapi::{document as openapi_document, ServiceDoc};
 pub use server::{ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use stream::{Input, Items, Stream, StreamClosed, StreamSender};
@@ -165,7 +171,11 @@ pub mod __private {
     pub use serde;
 
     pub use crate::call::BoxFuture;
+    #[cfg(feature = "schema")]
+    pub use crate::schema::{schema_document, schema_generator, MethodSchema};
     use crate::{Codec, Error, Items, Reply};
+    #[cfg(feature = "schema")]
+    pub use schemars;
 
     /// Encodes a handler's result in the codec it was called with; a value the codec
     /// cannot carry fails the call (`internal`, naming `method`).

@@ -7,7 +7,7 @@ pub mod node;
 use serde::{Deserialize, Serialize};
 
 /// A postcard to send, as in the seed README.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Postcard {
     pub picture_url: String,
     pub address: String,
@@ -16,7 +16,7 @@ pub struct Postcard {
 }
 
 /// What can go wrong when greeting. Transport failures fold in via `From<meshrpc::Error>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum GreetError {
     #[error("no recipient")]
     NoRecipient,
@@ -26,8 +26,9 @@ pub enum GreetError {
     Rpc(#[from] meshrpc::Error),
 }
 
-/// The contract.
-#[meshrpc::service]
+/// The contract. `schema`: its types are published as JSON Schema (OpenAPI at the
+/// gateway's /openapi.json).
+#[meshrpc::service(schema)]
 pub trait Greeter {
     /// Says hello.
     async fn greet(&self, name: String) -> Result<String, GreetError>;

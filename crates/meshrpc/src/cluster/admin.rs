@@ -1,5 +1,5 @@
 //! The admin port (`--admin-addr`): plaintext, read-only, for probes and scrapers —
-//! `/ping`, `/__heartbeat__`, `/healthz`, `/ready` and `/metrics`, no RPC and no published
+//! `/ping`, `/__heartbeat__`, `/healthz`, `/ready`, `/metrics` and `/openapi.json`, no RPC and no published
 //! routers (as Linkerd's proxy admin port). With mutual TLS on the mesh port, this is
 //! where Kubernetes and Prometheus look.
 
@@ -59,7 +59,17 @@ impl Admin {
                     async move { Json(serde_json::json!({ "status": "ok", "state": state })) }
                 }),
             )
-            .route("/metrics", get(move || std::future::ready(crate::http::render_metrics(&figures()))));
+            .route("/metrics", get(move || std::future::ready(crate::http::render_metrics(&figures()))))
+            .route(
+                "/openapi.json",
+                get({
+                    let cluster = cluster.clone();
+                    move || {
+                        let cluster = cluster.clone();
+                        async move { Json(cluster.openapi(std::time::Duration::from_secs(2)).await) }
+                    }
+                }),
+            );
         let stopped = async move { cluster.stopped().await };
         crate::http::serve_http(self.listener, router, ServerConfig::default(), stopped).await;
     }

@@ -60,6 +60,50 @@ pub struct Edge {
 }
 
 impl Cluster {
+    /// What `member` publishes as the JSON Schemas of `service` (`meshrpc.schema`); `None`
+    /// when the service does not describe its types.
+    pub async fn service_schemas(
+        &self,
+        member: &Member,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<Option<serde_json::Value>, crate::Error> {
+        if member.is_self {
+            return Ok(self.inner.registry.schemas(service));
+        }
+        let addr = member
+            .addr
+            .ok_or_else(|| crate::Error::Unavailable { message: format!("{} has no mesh address", member.id) })?;
+        let ask = async {
+            let conn = self.inner.peers.get(addr).connection().await?;
+            let payload = serde_json::to_vec(&serde_json::json!({ "service": service })).unwrap_or_default();
+            let mut call = crate::Call::new(crate::call_stats::NODE_SERVICE, "schema", payload.into());
+            call.deadline = Some(Instant::now() + timeout);
+            match conn.send_call(call)?.answer().await? {
+                crate::Reply::Ok(bytes) => crate::Codec::Json.decode(&bytes),
+                _ => Err(crate::Error::Protocol { message: format!("{} answered no schema document", member.id) }),
+            }
+        };
+        tokio::time::timeout(timeout, ask).await.map_err(|_| crate::Error::Timeout)?
+    }
+
+    /// The OpenAPI 3.1 document of every service in the cluster (one serving replica of
+    /// each describes it; a replica that does not answer in `timeout` leaves its service
+    /// with open schemas).
+    pub async fn openapi(&self, timeout: Duration) -> serde_json::Value {
+        let view = self.view();
+        let mut docs = Vec::new();
+        for status in self.services() {
+            let Some(member) = view.replicas(&status.name, None).next() else { continue };
+            let Some(advert) = member.services.get(&status.name) else { continue };
+            let methods =
+                advert.methods.iter().map(|m| (m.name.clone(), m.args.clone(), m.streams, m.items.is_some())).collect();
+            let schemas = self.service_schemas(member, &status.name, timeout).await.ok().flatten();
+            docs.push(crate::ServiceDoc { name: status.name.clone(), methods, schemas });
+        }
+        crate::openapi_document(&format!("meshrpc cluster `{}`", self.name()), &docs)
+    }
+
     /// Gathers every member's figures at once, each within `timeout` (a member that
     /// does not answer is reported as such, never waited for).
     pub async fn gather_stats(&self, timeout: Duration) -> MeshSnapshot {

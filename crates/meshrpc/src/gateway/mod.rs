@@ -133,6 +133,7 @@ impl Gateway {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi))
             .route("/ping", get(|| async { StatusCode::NO_CONTENT }))
             .route("/__heartbeat__", get(|| async { StatusCode::NO_CONTENT }))
             .fallback(mesh)
@@ -196,6 +197,11 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], shared.metrics.render()).into_response()
+}
+
+/// The OpenAPI 3.1 document of every service in the cluster.
+async fn openapi(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.cluster.openapi(Duration::from_secs(2)).await).into_response()
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {

@@ -36,6 +36,14 @@ pub trait Service: Send + Sync + 'static {
     fn local(&self) -> Option<Arc<dyn Any + Send + Sync>> {
         None
     }
+
+    /// JSON Schemas of the methods' types (`#[meshrpc::service(schema)]`, feature
+    /// `schema`): `{"service", "methods": [{"name", "args", "items", "value", "streams",
+    /// "error"}], "components": {...}}`, references pointing into `components`. `None`:
+    /// the service does not describe its types.
+    fn schemas(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The services and HTTP routers published on one node.
@@ -93,6 +101,33 @@ impl Registry {
         self.services.read().unwrap().iter().any(|s| s.spec().name == service)
     }
 
+    /// The methods every node answers itself (service `meshrpc`): `stats` (its golden
+    /// metrics) and `schema` (`{"service": name}`: that service's JSON Schemas, or `null`).
+    fn node_method(&self, call: &Call) -> Result<Reply, Error> {
+        match &*call.method {
+            "stats" => crate::call_stats::answer(call),
+            "schema" => {
+                #[derive(serde::Deserialize)]
+                struct Args {
+                    service: String,
+                }
+                let args: Args = call.codec.decode_args(&call.payload)?;
+                let service = self.find(&args.service).ok_or(Error::UnknownService { service: args.service })?;
+                let schemas: Option<serde_json::Value> =
+                    service.schemas().and_then(|text| serde_json::from_str(&text).ok());
+                call.codec.encode(&schemas).map(Reply::Ok)
+            }
+            other => {
+                Err(Error::UnknownMethod { service: crate::call_stats::NODE_SERVICE.into(), method: other.to_owned() })
+            }
+        }
+    }
+
+    /// The JSON Schemas of a published service, if it describes its types.
+    pub fn schemas(&self, service: &str) -> Option<serde_json::Value> {
+        self.find(service)?.schemas().and_then(|text| serde_json::from_str(&text).ok())
+    }
+
     fn find(&self, service: &str) -> Option<Arc<dyn Service>> {
         self.services.read().unwrap().iter().find(|s| s.spec().name == service).cloned()
     }
@@ -110,7 +145,7 @@ impl Dispatch for Registry {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
             if call.service == crate::call_stats::NODE_SERVICE {
-                return Box::pin(std::future::ready(crate::call_stats::answer(&call)));
+                return Box::pin(std::future::ready(self.node_method(&call)));
             }
             let err = Error::UnknownService { service: call.service.into_owned() };
             return Box::pin(std::future::ready(Err(err)));

@@ -1,0 +1,119 @@
+//! Issue 17: schemas from the trait. Services declared `#[meshrpc::service(schema)]`
+//! publish JSON Schemas of their types; the gateway serves OpenAPI 3.1 at /openapi.json
+//! for every service in the cluster. A real validator (PyPI's openapi-spec-validator)
+//! checks the document, and real request and answer bodies are checked against the
+//! schemas it publishes for them.
+
+use std::time::Duration;
+
+use meshrpc_tests::harness::{eventually, http, tool, Node};
+
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
+
+/// The Python with the validator: `MESHRPC_PYTHON` (test.sh makes a venv), else python3.
+fn python() -> Option<String> {
+    let python = std::env::var("MESHRPC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = std::process::Command::new(&python)
+        .args(["-c", "import openapi_spec_validator, jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(),
+            "{python} has no openapi-spec-validator (./test.sh installs it)"
+        );
+        eprintln!("SKIPPED: {python} has no openapi-spec-validator (./test.sh installs it)");
+        return None;
+    }
+    Some(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_validates_and_real_bodies_match_its_schemas() {
+    if !tool("python3") {
+        return;
+    }
+    let Some(python) = python() else { return };
+    let tag = "schemas";
+    let gateway =
+        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
+            .await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let mesh = mesh.trim_start_matches("mesh on ").to_owned();
+    let _lab = Node::start(LABNODE, &["--tag", tag, "--name", "lab", "--nodes", &mesh]).await;
+    let _greeter =
+        Node::start(MESHRPC, &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", &mesh])
+            .await;
+    let ready = eventually(Duration::from_secs(15), || async {
+        let doc = http("GET", &gateway.url("/openapi.json"), "", &[]).await;
+        let json: serde_json::Value = serde_json::from_str(&doc.body).ok()?;
+        let paths = json["paths"].as_object()?;
+        (paths.contains_key("/lab/many") && paths.contains_key("/greeter/greet")).then_some(json)
+    })
+    .await
+    .expect("the gateway's OpenAPI names lab and greeter");
+    // The schemas come from the types: a nested struct, an enum with data, a map.
+    let components = &ready["components"]["schemas"];
+    for name in ["Nested", "Shape", "LabError", "Postcard", "GreetError", "Error"] {
+        assert!(components.get(name).is_some(), "no schema for {name}: {components}");
+    }
+    let nested = serde_json::json!({
+        "label": "root",
+        "children": [{ "label": "leaf", "children": [], "shape": "Dot" }],
+        "shape": { "Poly": [[0, 0], [1, 2]] }
+    });
+    let calls = serde_json::json!([
+        ["/greeter/greet", { "name": "Ada" }, 200],
+        ["/greeter/send_postcard", { "card": { "picture_url": "p", "address": "a", "recipient": "", "message": "m" } }, 422],
+        ["/lab/many", {
+            "a": 7, "b": -9_000_000_000i64, "c": 1.5, "d": true, "e": null, "f": [1, 2, 3],
+            "g": { "k": nested }, "h": { "Circle": { "radius": 2.0 } }
+        }, 200],
+        ["/lab/echo", { "nested": nested }, 200],
+        ["/lab/refuse", { "reason": "no" }, 422],
+        ["/lab/deadline_left", {}, 200],
+    ]);
+    // u64::MAX and i128::MIN cross as JSON numbers (text: serde_json's Value holds 64 bits).
+    let wide = r#"["/lab/wide", {"a": 18446744073709551615, "b": -170141183460469231731687303715884105728}, 200]"#;
+    let calls = format!("{},{wide}]", calls.to_string().strip_suffix(']').expect("a JSON array"));
+    let out = tokio::process::Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_openapi.py"))
+        .arg(format!("http://{}", gateway.addr))
+        .arg(calls)
+        .output()
+        .await
+        .expect("running the checker");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("valid OpenAPI 3.1.0"), "{report}");
+    // `meshrpc call` checks arguments against the schema before sending, and keeps every
+    // digit of a wide answer.
+    let call = |args: &'static str| {
+        let mesh = mesh.clone();
+        async move {
+            tokio::process::Command::new(MESHRPC)
+                .args(["call", "lab.wide", args, "--tag", tag, "--nodes", &mesh])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let wrong = call(r#"{"a":"x","b":1}"#).await;
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(stderr.contains("lab.wide: argument `a`: expected u64, got \"x\"; nothing was sent"), "{stderr}");
+    let missing = call(r#"{"a":1}"#).await;
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("argument `b` is missing (a i128)"));
+    let exact = call(r#"{"a":18446744073709551615,"b":-170141183460469231731687303715884105728}"#).await;
+    assert_eq!(
+        String::from_utf8_lossy(&exact.stdout).trim(),
+        "[18446744073709551615,-170141183460469231731687303715884105728]"
+    );
+    // `meshrpc openapi` prints the same document.
+    let cli =
+        tokio::process::Command::new(MESHRPC).args(["openapi", "--tag", tag, "--nodes", &mesh]).output().await.unwrap();
+    let printed: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("meshrpc openapi prints JSON");
+    assert_eq!(printed["paths"]["/lab/wide"], ready["paths"]["/lab/wide"]);
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip, python3) when
+# Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip, python3,
+# npm; from PyPI openapi-spec-validator and from npm typescript, under target/) when
 # missing. As root, the multi-host fault tests (network namespaces) run too; otherwise
 # they say they skipped.
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]} (Debian packages)"
   sudo=""
@@ -48,6 +50,13 @@ if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema" >/dev/null 
   "$py/bin/pip" install -q openapi-spec-validator
 fi
 export MESHRPC_PYTHON="$PWD/$py/bin/python"
+
+# TypeScript's compiler (npm), to check the generated types.
+if ! [ -x target/node/node_modules/.bin/tsc ]; then
+  echo "test.sh: installing typescript (npm) into target/node"
+  npm install --silent --no-audit --no-fund --prefix target/node typescript@5 >/dev/null
+fi
+export MESHRPC_TSC="$PWD/target/node/node_modules/.bin/tsc"
 
 export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1

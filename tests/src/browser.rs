@@ -51,7 +51,10 @@ impl Browser {
     /// Starts Chromium on `url` at `width`×`height`.
     pub async fn open(url: &str, width: u32, height: u32) -> Browser {
         let bin = chromium().expect("chromium is installed");
-        let profile = std::env::temp_dir().join(format!("meshrpc-chromium-{}", std::process::id()));
+        // A profile of its own: two browsers cannot share one.
+        static OPENED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let profile = std::env::temp_dir().join(format!("meshrpc-chromium-{}-{n}", std::process::id()));
         let mut child = Command::new(bin)
             .args(LOCAL_FLAGS)
             .arg("--remote-debugging-port=0")

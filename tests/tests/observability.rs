@@ -243,6 +243,18 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() {
     }
     assert!(draining, "the dashboard never showed the replica draining");
     load.abort();
+    // The API page (issue 17), from embedded assets, lists the greeter's methods with types.
+    let mut docs = Browser::open(&demo.gateway.url("/docs"), 1280, 900).await;
+    let expression = r#"[...document.querySelectorAll('.method .sig')].map(m => m.textContent).join('\n')"#;
+    let mut listed = String::new();
+    for _ in 0..150 {
+        listed = docs.eval(expression).await.as_str().unwrap_or_default().to_owned();
+        if listed.contains("/greeter/greet") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(listed.contains("/greeter/greet  (name: string) → string  ·  error: GreetError"), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

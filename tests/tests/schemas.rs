@@ -88,6 +88,15 @@ async fn openapi_validates_and_real_bodies_match_its_schemas() {
     println!("{report}");
     assert!(out.status.success(), "{report}");
     assert!(report.contains("valid OpenAPI 3.1.0"), "{report}");
+    // The API page is served (a real browser reads it in the heavy tier).
+    let docs = http("GET", &gateway.url("/docs"), "", &[]).await;
+    assert_eq!(docs.status, 200);
+    assert!(
+        docs.body.contains("fetch(\"openapi.json\")")
+            && !docs.body.contains("http://")
+            && !docs.body.contains("https://")
+    );
+
     // `meshrpc call` checks arguments against the schema before sending, and keeps every
     // digit of a wide answer.
     let call = |args: &'static str| {
@@ -116,4 +125,52 @@ async fn openapi_validates_and_real_bodies_match_its_schemas() {
         tokio::process::Command::new(MESHRPC).args(["openapi", "--tag", tag, "--nodes", &mesh]).output().await.unwrap();
     let printed: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("meshrpc openapi prints JSON");
     assert_eq!(printed["paths"]["/lab/wide"], ready["paths"]["/lab/wide"]);
+
+    // TypeScript types for a web front end: the example type-checks, a wrong call does not.
+    let Some(tsc) = tsc() else { return };
+    let dir = std::env::temp_dir().join(format!("meshrpc-ts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ts = tokio::process::Command::new(MESHRPC)
+        .args(["openapi", "--typescript", "--tag", tag, "--nodes", &mesh, "-o"])
+        .arg(dir.join("api.ts"))
+        .output()
+        .await
+        .unwrap();
+    assert!(ts.status.success(), "{}", String::from_utf8_lossy(&ts.stderr));
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../clients/typescript");
+    for file in ["example.ts", "wrong.ts"] {
+        std::fs::copy(format!("{examples}/{file}"), dir.join(file)).unwrap();
+    }
+    let check = |file: &'static str| {
+        let (tsc, dir) = (tsc.clone(), dir.clone());
+        async move {
+            tokio::process::Command::new(tsc)
+                .args(["--noEmit", "--strict", "--target", "es2022", "--lib", "es2022,dom", "--module", "es2022"])
+                .args(["--moduleResolution", "bundler", file, "api.ts"])
+                .current_dir(dir)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let good = check("example.ts").await;
+    assert!(good.status.success(), "tsc: {}", String::from_utf8_lossy(&good.stdout));
+    let bad = check("wrong.ts").await;
+    let complaint = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        !bad.status.success() && complaint.contains("Type 'number' is not assignable to type 'string'"),
+        "{complaint}"
+    );
+}
+
+/// TypeScript's compiler: `MESHRPC_TSC` (test.sh installs it with npm), else `tsc`.
+fn tsc() -> Option<String> {
+    let tsc = std::env::var("MESHRPC_TSC").unwrap_or_else(|_| "tsc".into());
+    if std::process::Command::new(&tsc).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Some(tsc);
+    }
+    assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "{tsc} is required (./test.sh installs it with npm)");
+    eprintln!("SKIPPED: no TypeScript compiler (./test.sh installs it with npm)");
+    None
 }

@@ -17,6 +17,7 @@ mod split;
 mod status;
 mod top;
 mod types;
+mod typescript;
 
 use std::path::PathBuf;
 

@@ -127,13 +127,15 @@ impl Gateway {
     }
 
     /// The generic routes: `/healthz`, `/metrics`, `/ping`, `/__heartbeat__`, the live
-    /// [`dashboard`](Self::dashboard), and every service of the cluster under
-    /// `/{service}/…`.
+    /// [`dashboard`](Self::dashboard), `/openapi.json` (OpenAPI 3.1 of every service) and
+    /// `/docs` (a page reading it, embedded: no CDN), and every service of the cluster
+    /// under `/{service}/…`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
+            .route("/docs", get(|| async { axum::response::Html(include_str!("docs.html")) }))
             .route("/ping", get(|| async { StatusCode::NO_CONTENT }))
             .route("/__heartbeat__", get(|| async { StatusCode::NO_CONTENT }))
             .fallback(mesh)

@@ -41,7 +41,7 @@ async fn openapi_validates_and_real_bodies_match_its_schemas() {
             .await;
     let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
     let mesh = mesh.trim_start_matches("mesh on ").to_owned();
-    let _lab = Node::start(LABNODE, &["--tag", tag, "--name", "lab", "--nodes", &mesh]).await;
+    let lab = Node::start(LABNODE, &["--tag", tag, "--name", "lab", "--nodes", &mesh]).await;
     let _greeter =
         Node::start(MESHRPC, &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", &mesh])
             .await;
@@ -88,6 +88,11 @@ async fn openapi_validates_and_real_bodies_match_its_schemas() {
     println!("{report}");
     assert!(out.status.success(), "{report}");
     assert!(report.contains("valid OpenAPI 3.1.0"), "{report}");
+    // Every node serves the document too (its port, plaintext here).
+    let from_node = http("GET", &lab.url("/openapi.json"), "", &[]).await;
+    let from_node: serde_json::Value = serde_json::from_str(&from_node.body).expect("a node's /openapi.json");
+    assert_eq!(from_node["paths"]["/lab/wide"], ready["paths"]["/lab/wide"]);
+
     // The API page is served (a real browser reads it in the heavy tier).
     let docs = http("GET", &gateway.url("/docs"), "", &[]).await;
     assert_eq!(docs.status, 200);

@@ -398,6 +398,17 @@ impl Cluster {
             })
         };
         http.set_figures(figures.clone());
+        // The OpenAPI document of the cluster on the node's port too (as on its admin port).
+        http.set_node_routes(axum::Router::new().route(
+            "/openapi.json",
+            axum::routing::get({
+                let cluster = self.clone();
+                move || {
+                    let cluster = cluster.clone();
+                    async move { axum::Json(cluster.openapi(Duration::from_secs(2)).await) }
+                }
+            }),
+        ));
         let admin = self.inner.admin.lock().unwrap().take();
         if let Some(admin) = admin {
             tokio::spawn(admin.serve(self.clone(), figures));

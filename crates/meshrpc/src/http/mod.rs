@@ -53,6 +53,8 @@ pub(crate) struct HttpDoor {
     #[cfg(feature = "tls")]
     access: RwLock<Option<Arc<crate::access::Access>>>,
     routers: RwLock<Vec<(String, Router)>>,
+    /// Routes a cluster adds at the root (`/openapi.json`).
+    node_routes: RwLock<Option<Router>>,
     /// The routes built from the above; dropped when they change.
     app: RwLock<Option<Router>>,
 }
@@ -67,6 +69,7 @@ impl HttpDoor {
             #[cfg(feature = "tls")]
             access: RwLock::default(),
             routers: RwLock::default(),
+            node_routes: RwLock::default(),
             app: RwLock::default(),
         })
     }
@@ -75,6 +78,13 @@ impl HttpDoor {
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn set_figures(&self, figures: Figures) {
         *self.figures.write().unwrap() = figures;
+        *self.app.write().unwrap() = None;
+    }
+
+    /// Routes served at the root besides RPC and `/metrics` (a cluster's `/openapi.json`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_node_routes(&self, routes: Router) {
+        *self.node_routes.write().unwrap() = Some(routes);
         *self.app.write().unwrap() = None;
     }
 
@@ -118,6 +128,9 @@ impl HttpDoor {
             access: self.access.read().unwrap().clone(),
         };
         let mut app = rpc::router(dispatch, self.limits, admission).route("/metrics", metrics);
+        if let Some(routes) = self.node_routes.read().unwrap().clone() {
+            app = app.merge(routes);
+        }
         for (name, router) in self.routers.read().unwrap().iter() {
             app = app.nest(&format!("/{name}"), router.clone());
         }

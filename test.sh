@@ -33,6 +33,8 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
   heavy_missing=()
   command -v chromium >/dev/null 2>&1 || heavy_missing+=(chromium)
   command -v prometheus >/dev/null 2>&1 || heavy_missing+=(prometheus)
+  # Docker, as root only (the image test starts dockerd itself).
+  if [ "$(id -u)" = 0 ] && ! command -v dockerd >/dev/null 2>&1; then heavy_missing+=(docker.io); fi
   if ((${#heavy_missing[@]})); then
     echo "test.sh: installing ${heavy_missing[*]} for the heavy tier (Debian packages)"
     sudo=""

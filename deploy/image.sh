@@ -32,7 +32,7 @@ COPY root/ /
 USER 10001:10001
 # Mesh port: TCP (calls and HTTP) and UDP (gossip). The gateway adds 8282.
 EXPOSE 11999/tcp 11999/udp 8282/tcp
-ENV MESHRPC_LISTEN_ADDR=0.0.0.0:11999 RUST_LOG=info
+ENV MESHRPC_LISTEN_ADDR=0.0.0.0:11999 RUST_LOG=info PATH=/usr/local/bin
 # No curl in the image: the binary probes itself.
 HEALTHCHECK --interval=2s --timeout=2s --retries=3 CMD ["/usr/local/bin/meshrpc", "probe", "http://127.0.0.1:11999/__heartbeat__"]
 # SIGTERM drains: the node announces it, callers move away, in-flight calls finish.

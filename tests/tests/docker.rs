@@ -38,8 +38,26 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for args in self.0.iter().rev() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let _ = docker(&args);
+            match args.as_slice() {
+                ["stack", "rm", stack] => remove_stack(stack),
+                _ => {
+                    let _ = docker(&args);
+                }
+            }
         }
+    }
+}
+
+/// Removes a stack and waits until its network is gone (`docker stack rm` returns before).
+fn remove_stack(stack: &str) {
+    let _ = docker(&["stack", "rm", stack]);
+    for _ in 0..60 {
+        let (_, networks) =
+            docker(&["network", "ls", "-q", "--filter", &format!("label=com.docker.stack.namespace={stack}")]);
+        if networks.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -116,5 +134,154 @@ async fn the_image_builds_offline_and_runs_a_mesh() {
     for _ in 0..20 {
         let again = http("POST", &format!("{base}/greeter/greet"), r#"{"name":"Still"}"#, &[]).await;
         assert_eq!(again.status, 200, "{}", again.body);
+    }
+}
+
+/// `docker stack deploy` of deploy/docker-compose.yml, as the seed's README walks it: the
+/// curls, `docker service scale greeter=5` (all five serve), scaling down to 2 under load
+/// (no failed request, none hanging). Publishes port 8282 on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_swarm_walkthrough() {
+    if std::env::var("MESHRPC_HEAVY").is_err() {
+        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
+        eprintln!("skipped: Docker is in the heavy tier (./test.sh --heavy)");
+        return;
+    }
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let has_docker = Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !root || !has_docker || !engine() {
+        assert!(std::env::var("CI").is_err(), "CI must run the Swarm walkthrough (root: {root}, docker: {has_docker})");
+        eprintln!("skipped: needs root and a Docker engine (apt-get install docker.io)");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/image.sh");
+    let built = Command::new(script).arg("meshrpc:latest").env("MESHRPC_BIN", MESHRPC).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    println!("{}", String::from_utf8_lossy(&built.stdout).trim());
+    let (_, state) = docker(&["info", "-f", "{{.Swarm.LocalNodeState}}"]);
+    let mut cleanup = Cleanup(Vec::new());
+    if state != "active" {
+        let (ok, out) = docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        assert!(ok, "{out}");
+        cleanup.0.push(vec!["swarm".into(), "leave".into(), "--force".into()]);
+    }
+    let stack = "meshrpc-walk";
+    remove_stack(stack); // left over from a run that was killed
+    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/docker-compose.yml");
+    let started = std::time::Instant::now();
+    let (ok, out) = docker(&["stack", "deploy", "-c", compose, stack]);
+    assert!(ok, "{out}");
+    cleanup.0.push(vec!["stack".into(), "rm".into(), stack.into()]);
+    let base = "http://127.0.0.1:8282";
+    let first = eventually(Duration::from_secs(90), || async {
+        (try_get(&format!("{base}/greeter/greet/Max")).await?.0 == 200).then_some(())
+    })
+    .await;
+    assert!(first.is_some(), "no 200 within 90 s: {}", docker(&["service", "logs", &format!("{stack}_mesh-api")]).1);
+    println!("docker stack deploy → first 200: {:.1} s", started.elapsed().as_secs_f64());
+    // The seed's curls.
+    let got = http("GET", &format!("{base}/greeter/greet/Max"), "", &[]).await;
+    assert_eq!(got.body, "\"Hello, Max\"");
+    let posted = http("POST", &format!("{base}/greeter/greet"), r#"{"name":"Max"}"#, &[]).await;
+    assert_eq!((posted.status, posted.json()["data"].as_str()), (200, Some("Hello, Max")));
+
+    // Scale to five: every replica serves calls (their summary log lines say how many).
+    let service = format!("{stack}_greeter");
+    assert!(docker(&["service", "scale", &format!("{service}=5")]).0);
+    let five = eventually(Duration::from_secs(60), || async {
+        let (status, body) = try_get(&format!("{base}/healthz")).await?;
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && health["members"] == 6).then_some(())
+    })
+    .await;
+    assert!(five.is_some(), "the gateway never saw five replicas");
+    let since = chrono_free_now();
+    let load = Load::start(base, 8);
+    let counts = eventually(Duration::from_secs(40), || async {
+        let (_, logs) = docker(&["service", "logs", "--since", &since, &service]);
+        let mut per_task = std::collections::BTreeMap::<String, u64>::new();
+        for line in logs.lines().filter(|l| l.contains("meshrpc::summary") && l.contains("method=\"greet\"")) {
+            let task = line.split_whitespace().next().unwrap_or_default().to_owned();
+            let calls =
+                line.split("calls=").nth(1).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+            *per_task.entry(task).or_default() += calls;
+        }
+        (per_task.values().filter(|n| **n > 0).count() >= 5).then_some(per_task)
+    })
+    .await;
+    let counts = counts.expect("all five replicas served calls");
+    println!("calls per replica after scaling to 5: {counts:?}");
+    // Down to two under load: nothing fails.
+    assert!(docker(&["service", "scale", &format!("{service}=2")]).0);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (ok_down, failed_down) = load.take();
+    println!("scale 5 → 2 under load: {ok_down} answered, {failed_down} failed");
+    assert_eq!(failed_down, 0, "requests failed while scaling down");
+    let (ok_left, failed_left) = load.stop().await;
+    assert_eq!(failed_left, 0, "{ok_left} answered after scaling down, {failed_left} failed");
+    // (`docker kill` of a replica under load is not asserted here yet: see the closing note
+    // of issue 15's first part — under Swarm it made the gateway's connections fail.)
+}
+
+/// A GET whose connection may fail (a task starting, a port not yet open): `None` then.
+async fn try_get(url: &str) -> Option<(u16, String)> {
+    let url = url.to_owned();
+    let answer = tokio::spawn(async move { http("GET", &url, "", &[]).await }).await.ok()?;
+    Some((answer.status, answer.body))
+}
+
+/// Now, for `docker service logs --since` (RFC 3339, UTC).
+fn chrono_free_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Requests from `workers` tasks, each with a 10 s guard (none may hang): answered and
+/// failed counts since the last take.
+struct Load {
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str, workers: usize) -> Load {
+        use std::sync::{atomic::*, Arc};
+        let (ok, failed, stop) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let tasks = (0..workers)
+            .map(|w| {
+                let (ok, failed, stop, url) =
+                    (ok.clone(), failed.clone(), stop.clone(), format!("{base}/greeter/greet/W{w}"));
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = tokio::time::timeout(Duration::from_secs(10), try_get(&url)).await;
+                        match answer {
+                            Ok(Some((200, _))) => ok.fetch_add(1, Ordering::Relaxed),
+                            Ok(other) => {
+                                eprintln!("failed: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(_) => panic!("a request hung for 10 s"),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load { ok, failed, stop, tasks }
+    }
+
+    fn take(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (self.ok.swap(0, Ordering::Relaxed), self.failed.swap(0, Ordering::Relaxed))
+    }
+
+    async fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await.expect("no load task hung");
+        }
+        self.take()
     }
 }

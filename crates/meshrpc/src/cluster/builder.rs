@@ -284,14 +284,33 @@ impl ClusterBuilder {
         }
         // The source address the kernel would use towards the first seed; no packet is sent.
         let towards = self.seeds.iter().find_map(|s| s.to_socket_addrs().ok()?.next());
+        let source = |towards: SocketAddr| {
+            let probe = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            probe.connect(towards).ok()?;
+            Some(probe.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+        };
         towards
-            .and_then(|seed| {
-                let probe = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-                probe.connect(seed).ok()?;
-                Some(probe.local_addr().ok()?.ip())
-            })
+            .and_then(source)
+            // No seed resolves yet (Swarm lists a task in DNS only once it is healthy, and it
+            // cannot be healthy before it serves): the address the host name resolves to, as
+            // containers and pods have it; else the default route's source address.
+            .or_else(own_address)
+            .or_else(|| source(SocketAddr::from(([192, 0, 2, 1], 9))))
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     }
+}
+
+/// The first non-loopback address this machine's host name resolves to.
+fn own_address() -> Option<std::net::IpAddr> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())?
+        .trim()
+        .to_owned();
+    if name.is_empty() {
+        return None;
+    }
+    (name.as_str(), 0).to_socket_addrs().ok()?.map(|a| a.ip()).find(|ip| !ip.is_loopback() && !ip.is_unspecified())
 }
 
 /// Binds the mesh port so that the same port number is also free for UDP gossip. With

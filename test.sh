@@ -44,12 +44,12 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
   fi
 fi
 
-# Python tools from PyPI (the OpenAPI validator), in a venv of the build's own.
+# Python tools from PyPI (the OpenAPI and Kubernetes validators), in a venv of the build's own.
 py="target/py"
-if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema" >/dev/null 2>&1; then
-  echo "test.sh: installing openapi-spec-validator (PyPI) into $py"
+if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema, kubernetes_validate" >/dev/null 2>&1; then
+  echo "test.sh: installing openapi-spec-validator and kubernetes-validate (PyPI) into $py"
   python3 -m venv "$py"
-  "$py/bin/pip" install -q openapi-spec-validator
+  "$py/bin/pip" install -q openapi-spec-validator kubernetes-validate
 fi
 export MESHRPC_PYTHON="$PWD/$py/bin/python"
 

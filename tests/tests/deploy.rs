@@ -103,3 +103,33 @@ async fn manifests_use_commands_the_binary_has() {
         assert!(texts.contains(var), "{var}");
     }
 }
+
+/// The Kubernetes manifests validate against Kubernetes' own schemas, offline, with PyPI's
+/// `kubernetes-validate` (test.sh installs it next to `MESHRPC_PYTHON`); a manifest with a
+/// mistake does not (so the check is real). The PodMonitor is a CRD: no schema offline.
+#[tokio::test]
+async fn kubernetes_manifests_validate_offline() {
+    let python = std::env::var("MESHRPC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let validator = std::path::Path::new(&python).with_file_name("kubernetes-validate");
+    if !validator.exists() {
+        assert!(
+            std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(),
+            "{} is missing (./test.sh installs it)",
+            validator.display()
+        );
+        eprintln!("SKIPPED: kubernetes-validate is not installed (./test.sh installs it)");
+        return;
+    }
+    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/meshrpc.yaml");
+    let out = Command::new(&validator).args(["--strict", manifests]).output().await.unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    for resource in ["service/meshrpc-seeds", "service/mesh-api", "deployment/greeter", "deployment/mesh-api"] {
+        assert!(said.contains(&format!("passed for resource {resource}")), "{resource}: {said}");
+    }
+    let broken = std::env::temp_dir().join(format!("meshrpc-broken-{}.yaml", std::process::id()));
+    let text = std::fs::read_to_string(manifests).unwrap().replace("containerPort: 11999", "containerPort: eleven");
+    std::fs::write(&broken, text).unwrap();
+    let out = Command::new(&validator).args(["--strict"]).arg(&broken).output().await.unwrap();
+    assert!(!out.status.success(), "a port that is not a number must not validate");
+}

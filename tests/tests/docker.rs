@@ -31,6 +31,24 @@ fn engine() -> bool {
     false
 }
 
+/// Whether the Docker tests run: the heavy tier, as root, with a Docker engine (started
+/// here if needed). Otherwise they say they skipped and why; under CI they fail instead.
+fn docker_here() -> bool {
+    if std::env::var("MESHRPC_HEAVY").is_err() {
+        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
+        eprintln!("skipped: Docker is in the heavy tier (./test.sh --heavy)");
+        return false;
+    }
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let has_docker = Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !root || !has_docker || !engine() {
+        assert!(std::env::var("CI").is_err(), "CI must run the Docker tests (root: {root}, docker: {has_docker})");
+        eprintln!("skipped: needs root and a Docker engine (apt-get install docker.io)");
+        return false;
+    }
+    true
+}
+
 /// Removes what the test made, even when it fails.
 struct Cleanup(Vec<Vec<String>>);
 
@@ -63,16 +81,7 @@ fn remove_stack(stack: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_builds_offline_and_runs_a_mesh() {
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("skipped: Docker is in the heavy tier (./test.sh --heavy)");
-        return;
-    }
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let has_docker = Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !root || !has_docker || !engine() {
-        assert!(std::env::var("CI").is_err(), "CI must run the Docker test (root: {root}, docker: {has_docker})");
-        eprintln!("skipped: needs root and a Docker engine (apt-get install docker.io)");
+    if !docker_here() {
         return;
     }
     let id = std::process::id();
@@ -142,16 +151,7 @@ async fn the_image_builds_offline_and_runs_a_mesh() {
 /// (no failed request, none hanging). Publishes port 8282 on the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_swarm_walkthrough() {
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("skipped: Docker is in the heavy tier (./test.sh --heavy)");
-        return;
-    }
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let has_docker = Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !root || !has_docker || !engine() {
-        assert!(std::env::var("CI").is_err(), "CI must run the Swarm walkthrough (root: {root}, docker: {has_docker})");
-        eprintln!("skipped: needs root and a Docker engine (apt-get install docker.io)");
+    if !docker_here() {
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/image.sh");

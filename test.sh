@@ -14,13 +14,16 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
-if ((${#missing[@]})); then
-  echo "test.sh: installing ${missing[*]} (Debian packages)"
-  sudo=""
+# Installs Debian packages: `apt_install WHY PACKAGE...`.
+apt_install() {
+  local why="$1"; shift
+  echo "test.sh: installing $* $why (Debian packages)"
+  local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+if ((${#missing[@]})); then apt_install "" "${missing[@]}"; fi
 
 # `--heavy` (CI passes it) adds the heavy tier: Docker, a browser, Prometheus, large
 # meshes, soaks. Tests of that tier run only when MESHRPC_HEAVY is set.
@@ -35,13 +38,7 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
   command -v prometheus >/dev/null 2>&1 || heavy_missing+=(prometheus)
   # Docker, as root only (the image test starts dockerd itself).
   if [ "$(id -u)" = 0 ] && ! command -v dockerd >/dev/null 2>&1; then heavy_missing+=(docker.io); fi
-  if ((${#heavy_missing[@]})); then
-    echo "test.sh: installing ${heavy_missing[*]} for the heavy tier (Debian packages)"
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${heavy_missing[@]}" >/dev/null
-  fi
+  if ((${#heavy_missing[@]})); then apt_install "for the heavy tier" "${heavy_missing[@]}"; fi
 fi
 
 # Python tools from PyPI (the OpenAPI and Kubernetes validators), in a venv of the build's own.

@@ -42,13 +42,54 @@ fn sink() -> Option<&'static Sink> {
 }
 
 /// Whether spans are exported (the caller then builds them).
-pub(crate) fn exporting() -> bool {
+fn exporting() -> bool {
     sink().is_some()
 }
 
 /// Exports a span (nothing without an exporter).
-pub(crate) fn record(span: SpanRecord) {
+fn record(span: SpanRecord) {
     if let Some(sink) = sink() {
         sink(span);
+    }
+}
+
+/// A span under way: what is known when its call starts (only built while exporting).
+pub(crate) struct Started {
+    service: String,
+    method: String,
+    peer: String,
+    start: SystemTime,
+}
+
+/// Starts a span of `service.method` from `peer`, if spans are exported.
+pub(crate) fn start(service: &str, method: &str, peer: impl FnOnce() -> String) -> Option<Started> {
+    exporting().then(|| Started {
+        service: service.to_owned(),
+        method: method.to_owned(),
+        peer: peer(),
+        start: SystemTime::now(),
+    })
+}
+
+impl Started {
+    /// Ends it with `code` and exports it; `http` names it as an HTTP hop.
+    pub(crate) fn end(self, trace_id: u128, span_id: u64, parent: u64, http: bool, code: &'static str) {
+        let name = if http {
+            format!("HTTP POST /{}/{}", self.service, self.method)
+        } else {
+            format!("{}/{}", self.service, self.method)
+        };
+        record(SpanRecord {
+            trace_id,
+            span_id,
+            parent,
+            name,
+            service: self.service,
+            method: self.method,
+            peer: self.peer,
+            start: self.start,
+            end: SystemTime::now(),
+            code,
+        });
     }
 }

@@ -286,25 +286,6 @@ impl Cluster {
         ]
     }
 
-    /// What `member` counted about the calls it served and made (its `meshrpc.stats`),
-    /// over this node's connection to it; this node's own figures for itself.
-    pub async fn node_stats(&self, member: &Member, timeout: Duration) -> Result<crate::NodeStats, Error> {
-        if member.is_self {
-            return Ok(crate::node_stats());
-        }
-        let addr = member.addr.ok_or_else(|| Error::unavailable(format!("{} has no mesh address", member.id)))?;
-        let ask = async {
-            let conn = self.inner.peers.get(addr).connection().await?;
-            let mut call = crate::Call::new(crate::call_stats::NODE_SERVICE, "stats", bytes::Bytes::from_static(b"{}"));
-            call.deadline = Some(Instant::now() + timeout);
-            match conn.send_call(call)?.answer().await? {
-                crate::Reply::Ok(bytes) => crate::Codec::Json.decode(&bytes),
-                _ => Err(Error::protocol(format!("{} answered its stats with no value", member.id))),
-            }
-        };
-        tokio::time::timeout(timeout, ask).await.map_err(|_| Error::Timeout)?
-    }
-
     /// Where this node's resilience policies stand: its concurrency limit and what its
     /// calls eject (what it gossips for `meshrpc status`).
     pub fn policies(&self) -> Policies {

@@ -104,12 +104,19 @@ impl Peer {
         }
     }
 
-    /// False while in backoff after a failure, or while its connection drains.
-    pub(crate) fn usable(&self) -> bool {
-        if self.health.lock().unwrap().down_until.is_some_and(|t| t > Instant::now()) {
-            return false;
-        }
-        !matches!(self.open_conn().map(|c| c.state()), Some(State::Draining))
+    /// Whether it may be picked for `service` now: `None` while in backoff after a failure
+    /// or while its connection drains; else whether it is ejected for `service` (one look
+    /// at its health, as the picker asks for every candidate of every call).
+    pub(crate) fn pickable(&self, service: &str, now: Instant) -> Option<bool> {
+        let ejected = {
+            let h = self.health.lock().unwrap();
+            if h.down_until.is_some_and(|t| t > now) {
+                return None;
+            }
+            h.ejected_until.is_some_and(|t| t > now)
+                && h.accruals.iter().any(|(s, a)| &**s == service && a.ejected(now))
+        };
+        (!matches!(self.open_conn().map(|c| c.state()), Some(State::Draining))).then_some(ejected)
     }
 
     /// Expected cost of one more call: peak-EWMA latency × (calls in flight + 1).

@@ -82,26 +82,32 @@ impl Inner {
         tried: &[SocketAddr],
         key: Option<&str>,
     ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
-        let mut replicas: Vec<(&Member, Option<Arc<Peer>>)> = members
+        let now = Instant::now();
+        let with_ejection = self.policies.settings.ejection.is_some();
+        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, bool)> = members
             .filter_map(|m| Some((m, m.addr?)))
             .filter(|(_, addr)| !tried.contains(addr))
             .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))
-            // First of all, the certificate must prove the service (mutual TLS).
-            .filter(|(_, p)| p.as_ref().is_none_or(|p| p.may_serve(service) && p.usable()))
+            // First of all, the certificate must prove the service (mutual TLS); then the
+            // peer must be up, and is marked if ejected.
+            .filter_map(|(m, p)| match &p {
+                None => Some((m, p, false)),
+                Some(peer) if peer.may_serve(service) => {
+                    let ejected = peer.pickable(service, now)?;
+                    Some((m, p, ejected && with_ejection))
+                }
+                Some(_) => None,
+            })
             .collect();
-        // Then outlier ejection, unless it would leave nobody.
-        if self.policies.settings.ejection.is_some() {
-            let now = Instant::now();
-            let ejected = |p: &Option<Arc<Peer>>| p.as_ref().is_some_and(|p| p.ejected(service, now));
-            if replicas.iter().any(|(_, p)| !ejected(p)) {
-                replicas.retain(|(_, p)| !ejected(p));
-            }
+        // Outlier ejection, unless it would leave nobody.
+        if replicas.iter().any(|(_, _, ejected)| !ejected) {
+            replicas.retain(|(_, _, ejected)| !ejected);
         }
         // This node's own replica has no connection to measure: it counts as loaded as the
         // others on average, so the load-aware policies give it its share, not every call.
         let mut candidates: Vec<Candidate<'_>> = replicas
             .iter()
-            .map(|(m, p)| Candidate { id: &m.id, load: p.as_ref().map_or(f64::NAN, |p| p.load()) })
+            .map(|(m, p, _)| Candidate { id: &m.id, load: p.as_ref().map_or(f64::NAN, |p| p.load()) })
             .collect();
         if let Some(local) = candidates.iter().position(|c| c.load.is_nan()) {
             let (sum, n) =
@@ -109,7 +115,7 @@ impl Inner {
             candidates[local].load = if n == 0 { 0.0 } else { sum / f64::from(n) };
         }
         let i = balancer.pick(&candidates, key)?;
-        replicas.into_iter().nth(i)
+        replicas.into_iter().nth(i).map(|(m, p, _)| (m, p))
     }
 
     pub(super) async fn call(self: Arc<Self>, mut call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {

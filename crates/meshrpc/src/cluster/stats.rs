@@ -60,6 +60,42 @@ pub struct Edge {
 }
 
 impl Cluster {
+    /// Calls `meshrpc.<method>` (a method every node answers itself) on `member`, over
+    /// this node's connection to it, within `timeout`.
+    async fn ask_member<T: serde::de::DeserializeOwned>(
+        &self,
+        member: &Member,
+        method: &'static str,
+        args: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<T, crate::Error> {
+        let addr = member
+            .addr
+            .ok_or_else(|| crate::Error::Unavailable { message: format!("{} has no mesh address", member.id) })?;
+        let ask = async {
+            let conn = self.inner.peers.get(addr).connection().await?;
+            let payload = serde_json::to_vec(&args).unwrap_or_default();
+            let mut call = crate::Call::new(crate::call_stats::NODE_SERVICE, method, payload.into());
+            call.deadline = Some(Instant::now() + timeout);
+            match conn.send_call(call)?.answer().await? {
+                crate::Reply::Ok(bytes) => crate::Codec::Json.decode(&bytes),
+                _ => Err(crate::Error::Protocol {
+                    message: format!("{} answered meshrpc.{method} with no value", member.id),
+                }),
+            }
+        };
+        tokio::time::timeout(timeout, ask).await.map_err(|_| crate::Error::Timeout)?
+    }
+
+    /// What `member` counted about the calls it served and made (its `meshrpc.stats`),
+    /// over this node's connection to it; this node's own figures for itself.
+    pub async fn node_stats(&self, member: &Member, timeout: Duration) -> Result<NodeStats, crate::Error> {
+        if member.is_self {
+            return Ok(crate::node_stats());
+        }
+        self.ask_member(member, "stats", serde_json::json!({}), timeout).await
+    }
+
     /// What `member` publishes as the JSON Schemas of `service` (`meshrpc.schema`); `None`
     /// when the service does not describe its types.
     pub async fn service_schemas(
@@ -71,20 +107,7 @@ impl Cluster {
         if member.is_self {
             return Ok(self.inner.registry.schemas(service));
         }
-        let addr = member
-            .addr
-            .ok_or_else(|| crate::Error::Unavailable { message: format!("{} has no mesh address", member.id) })?;
-        let ask = async {
-            let conn = self.inner.peers.get(addr).connection().await?;
-            let payload = serde_json::to_vec(&serde_json::json!({ "service": service })).unwrap_or_default();
-            let mut call = crate::Call::new(crate::call_stats::NODE_SERVICE, "schema", payload.into());
-            call.deadline = Some(Instant::now() + timeout);
-            match conn.send_call(call)?.answer().await? {
-                crate::Reply::Ok(bytes) => crate::Codec::Json.decode(&bytes),
-                _ => Err(crate::Error::Protocol { message: format!("{} answered no schema document", member.id) }),
-            }
-        };
-        tokio::time::timeout(timeout, ask).await.map_err(|_| crate::Error::Timeout)?
+        self.ask_member(member, "schema", serde_json::json!({ "service": service }), timeout).await
     }
 
     /// The OpenAPI 3.1 document of every service in the cluster (one serving replica of
@@ -109,36 +132,9 @@ impl Cluster {
     pub async fn gather_stats(&self, timeout: Duration) -> MeshSnapshot {
         let members: Vec<Member> = self.members().into_iter().filter(|m| m.addr.is_some() || m.is_self).collect();
         let asks = members.iter().map(|m| async move { self.node_stats(m, timeout).await.map_err(|e| e.to_string()) });
-        let results = futures_join_all(asks).await;
+        let results = futures_util::future::join_all(asks).await;
         MeshSnapshot { at: Instant::now(), nodes: members.into_iter().zip(results).collect() }
     }
-}
-
-/// Runs the futures concurrently, in order (no extra dependency for it).
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|v| v.expect("every future finished")).collect()
 }
 
 /// One direction's series of every node. Inbound, only those of services the node

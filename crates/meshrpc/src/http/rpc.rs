@@ -197,23 +197,11 @@ pub(crate) async fn admitted_call(
     let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
     let log =
         RequestLog::begin(None, &call.service, &call.method, "http", &caller, trace_id, Instant::now()).until_done();
-    let exported = crate::trace::exporting()
-        .then(|| (call.service.to_string(), call.method.to_string(), caller.clone(), std::time::SystemTime::now()));
+    let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
     let result = dispatch.dispatch(call).await;
     log.end(&result);
-    if let Some((service, method, peer, start)) = exported {
-        crate::trace::record(crate::trace::SpanRecord {
-            trace_id,
-            span_id: hop,
-            parent: caller_span,
-            name: format!("HTTP POST /{service}/{method}"),
-            service,
-            method,
-            peer,
-            start,
-            end: std::time::SystemTime::now(),
-            code: crate::request_log::status_of(&result),
-        });
+    if let Some(span) = exported {
+        span.end(trace_id, hop, caller_span, true, crate::request_log::status_of(&result));
     }
     let mut resp = match result {
         Ok(Reply::Stream(items)) => streams::response(items, streams::Format::of(headers)),

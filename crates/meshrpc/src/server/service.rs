@@ -171,9 +171,8 @@ impl Dispatch for Registry {
         // This call's span: the parent of the calls its handler makes.
         let span_id = crate::context::new_span_id();
         let (trace_id, parent) = (call.trace_id, call.parent_span);
-        let exported = crate::trace::exporting().then(|| {
-            let peer = call.peer.as_ref().map_or_else(String::new, |p| p.to_string());
-            (call.service.to_string(), call.method.to_string(), peer, std::time::SystemTime::now())
+        let exported = crate::trace::start(&call.service, &call.method, || {
+            call.peer.as_ref().map_or_else(String::new, |p| p.to_string())
         });
         let span = tracing::enabled!(target: "meshrpc::call", tracing::Level::DEBUG).then(|| {
             tracing::debug_span!(
@@ -190,19 +189,8 @@ impl Dispatch for Registry {
                 None => run.await,
             };
             drop(permit);
-            if let Some((service, method, peer, start)) = exported {
-                crate::trace::record(crate::trace::SpanRecord {
-                    trace_id,
-                    span_id,
-                    parent,
-                    name: format!("{service}/{method}"),
-                    service,
-                    method,
-                    peer,
-                    start,
-                    end: std::time::SystemTime::now(),
-                    code: crate::request_log::status_of(&result),
-                });
+            if let Some(span) = exported {
+                span.end(trace_id, span_id, parent, false, crate::request_log::status_of(&result));
             }
             result
         })

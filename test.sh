@@ -25,8 +25,8 @@ apt_install() {
 }
 if ((${#missing[@]})); then apt_install "" "${missing[@]}"; fi
 
-# `--heavy` (CI passes it) adds the heavy tier: Docker, a browser, Prometheus, large
-# meshes, soaks. Tests of that tier run only when MESHRPC_HEAVY is set.
+# `--heavy` (CI passes it) adds the heavy tier: Docker (Swarm, Compose), a browser,
+# Prometheus, the 64-node scale scenario, soaks. Tests of that tier run only when MESHRPC_HEAVY is set.
 args=()
 for a in "$@"; do
   if [ "$a" = "--heavy" ]; then export MESHRPC_HEAVY=1; else args+=("$a"); fi
@@ -36,8 +36,11 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
   heavy_missing=()
   command -v chromium >/dev/null 2>&1 || heavy_missing+=(chromium)
   command -v prometheus >/dev/null 2>&1 || heavy_missing+=(prometheus)
-  # Docker, as root only (the image test starts dockerd itself).
-  if [ "$(id -u)" = 0 ] && ! command -v dockerd >/dev/null 2>&1; then heavy_missing+=(docker.io); fi
+  # Docker and Compose, as root only (the Docker tests start dockerd themselves).
+  if [ "$(id -u)" = 0 ]; then
+    command -v dockerd >/dev/null 2>&1 || heavy_missing+=(docker.io)
+    command -v docker-compose >/dev/null 2>&1 || heavy_missing+=(docker-compose)
+  fi
   if ((${#heavy_missing[@]})); then apt_install "for the heavy tier" "${heavy_missing[@]}"; fi
 fi
 

@@ -3,6 +3,7 @@
 //! talk to them over real sockets.
 
 pub mod browser;
+pub mod docker;
 pub mod faults;
 pub mod harness;
 pub mod hostile;

@@ -53,7 +53,7 @@ impl Net {
 
     /// Adds host `n` (1…254) with address `10.213.<subnet>.<n>`; returns that address.
     pub fn host(&mut self, n: u8) -> String {
-        let ns = format!("{}-h{n}", self.prefix);
+        let ns = self.ns(n);
         let sw = self.switch();
         let port = format!("p{n}");
         ip(&["netns", "add", &ns]).unwrap();
@@ -70,7 +70,7 @@ impl Net {
 
     /// Runs `bin args…` on host `n` and waits for its `listening on` line.
     pub async fn start(&self, n: u8, bin: &str, args: &[&str]) -> Node {
-        let ns = format!("{}-h{n}", self.prefix);
+        let ns = self.ns(n);
         let mut full = vec!["netns", "exec", ns.as_str(), bin];
         full.extend_from_slice(args);
         Node::start("ip", &full).await
@@ -78,7 +78,41 @@ impl Net {
 
     /// The command line that runs `bin` on host `n` (for callers started by hand).
     pub fn exec_args<'a>(&'a self, n: u8, bin: &'a str) -> (String, Vec<String>) {
-        ("ip".into(), vec!["netns".into(), "exec".into(), format!("{}-h{n}", self.prefix), bin.into()])
+        ("ip".into(), vec!["netns".into(), "exec".into(), self.ns(n), bin.into()])
+    }
+
+    /// Bytes and packets host `n`'s interface received and sent so far:
+    /// `(rx bytes, tx bytes, rx packets, tx packets)`, headers included.
+    pub fn traffic(&self, n: u8) -> (u64, u64, u64, u64) {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(n), "-s", "-j", "link", "show", "eth0"])
+            .output()
+            .expect("ip -s link");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+        let stats = &v[0]["stats64"];
+        let get = |dir: &str, what: &str| stats[dir][what].as_u64().unwrap_or(0);
+        (get("rx", "bytes"), get("tx", "bytes"), get("rx", "packets"), get("tx", "packets"))
+    }
+
+    /// TCP connections established on host `n` (either end).
+    pub fn established(&self, n: u8) -> usize {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(n), "ss", "-tnH", "state", "established"])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    }
+
+    /// Host `n`'s `/etc/hosts` (what `ip netns exec` shows its processes): the file is
+    /// rewritten in place, so a running process sees the change at its next look-up.
+    pub fn hosts_file(&self, n: u8, contents: &str) {
+        let dir = format!("/etc/netns/{}", self.ns(n));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/hosts"), contents).unwrap();
+    }
+
+    fn ns(&self, n: u8) -> String {
+        format!("{}-h{n}", self.prefix)
     }
 
     /// Cuts host `n` off the network (its switch port goes down), or heals it.
@@ -98,6 +132,7 @@ impl Drop for Net {
                 }
             });
             let _ = ip(&["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
 const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
+const SCALENODE: &str = env!("CARGO_BIN_EXE_scalenode");
 const CALLER: u8 = 100;
 
 /// Scenarios run one at a time: their timing claims need the machine's two cores.
@@ -353,4 +354,30 @@ async fn restart_the_seed_in(mode: Mode) {
     );
     assert_eq!(errors(&report), 0, "{}", report["errors"]);
     assert!(rejoined.is_some(), "the restarted seed never learned the mesh");
+}
+
+/// A seed named by a host name that has no address yet (a Swarm service or a headless
+/// Kubernetes Service whose first task is still starting): the node finds the cluster
+/// within seconds of the name resolving, not at chitchat's next look-up a minute later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seed_name_that_resolves_late() {
+    let Some(_turn) = scenario().await else { return };
+    let mut net = Net::new(16);
+    let seed_ip = net.host(1);
+    let node_ip = net.host(2);
+    net.hosts_file(2, "127.0.0.1 localhost\n");
+    let tag = "netns16";
+    let seed =
+        net.start(1, SCALENODE, &["--listen", &format!("{seed_ip}:11999"), "--name", "seed", "--tag", tag]).await;
+    let listen = format!("{node_ip}:11999");
+    let args = ["--listen", &listen, "--name", "late", "--tag", tag, "--nodes", "seed.mesh.test:11999"];
+    let node = net.start(2, SCALENODE, &args).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(node.logged("view 2 ", Duration::ZERO).await.is_none(), "joined before its seed's name resolved");
+    let resolvable = unix_ms();
+    net.hosts_file(2, &format!("127.0.0.1 localhost\n{seed_ip} seed.mesh.test\n"));
+    let joined = node.logged("view 2 ", Duration::from_secs(15)).await;
+    let seed_saw = seed.logged("view 2 ", Duration::from_secs(5)).await;
+    eprintln!("netns late seed name: joined {joined:?} (name resolvable from {resolvable})");
+    assert!(joined.is_some() && seed_saw.is_some(), "the node never found its seed once the name resolved");
 }

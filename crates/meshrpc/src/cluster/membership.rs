@@ -15,7 +15,7 @@ use chitchat::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::thin::Thinned;
+use super::thin::{GossipTraffic, Thinned};
 use crate::{error::Error, spec::ServiceSpec};
 
 const KEY_NAME: &str = "name";
@@ -473,8 +473,9 @@ impl Default for GossipConfig {
 
 /// This node's membership: gossip running in the background and the latest view.
 pub(crate) struct Membership {
-    handle: ChitchatHandle,
+    handle: Arc<ChitchatHandle>,
     view: watch::Receiver<Arc<View>>,
+    traffic: Arc<GossipTraffic>,
     /// This node's own state, as last advertised.
     state: std::sync::Mutex<MemberState>,
     /// The same, read on every colocated call without a lock: serving now.
@@ -543,6 +544,8 @@ impl Membership {
             kv.push((KEY_CERT.to_owned(), cert.clone()));
         }
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let traffic = Arc::new(GossipTraffic::default());
+        let seed_names = chitchat_config.seed_nodes.clone();
         let seeds: Vec<SocketAddr> =
             chitchat_config.seed_nodes.iter().filter_map(|s| s.to_socket_addrs().ok()).flatten().collect();
         let spawned = match security.gossip_key {
@@ -552,15 +555,16 @@ impl Membership {
                     inner: super::sealed::SealedTransport::new(key),
                     live: live.clone(),
                     seeds: seeds.clone(),
+                    traffic: traffic.clone(),
                 };
                 spawn_chitchat(chitchat_config, kv, &transport).await
             }
             _ => {
-                let transport = Thinned { inner: UdpTransport, live: live.clone(), seeds };
+                let transport = Thinned { inner: UdpTransport, live: live.clone(), seeds, traffic: traffic.clone() };
                 spawn_chitchat(chitchat_config, kv, &transport).await
             }
         };
-        let handle = spawned.map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?;
+        let handle = Arc::new(spawned.map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?);
 
         let chitchat = handle.chitchat();
         let (tx, view) = watch::channel(Arc::new(View::default()));
@@ -581,9 +585,11 @@ impl Membership {
                 }
             }
         });
+        super::seeds::keep_looking(Arc::downgrade(&handle), view.clone(), seed_names, gossip_addr);
         Ok(Membership {
             handle,
             view,
+            traffic,
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
         })
@@ -592,6 +598,11 @@ impl Membership {
     /// The latest view.
     pub(crate) fn view(&self) -> Arc<View> {
         self.view.borrow().clone()
+    }
+
+    /// What gossip cost this node so far.
+    pub(crate) fn traffic(&self) -> &GossipTraffic {
+        &self.traffic
     }
 
     /// A receiver that wakes on every change of the view.

@@ -17,6 +17,7 @@ mod route;
 mod sealed;
 #[cfg(feature = "tls")]
 mod security;
+mod seeds;
 mod signal;
 mod stats;
 mod thin;
@@ -273,17 +274,19 @@ impl Cluster {
         }
     }
 
-    /// Members of the view by state, for `/metrics`.
-    pub(crate) fn member_figures(&self) -> [crate::figures::Figure; 3] {
+    /// Members of the view by state, and what gossip cost, for `/metrics`.
+    pub(crate) fn member_figures(&self) -> Vec<crate::figures::Figure> {
         use crate::figures::Figure;
         let view = self.inner.membership.view();
         let count = |state| view.members.iter().filter(|m| m.state == state).count() as u64;
         let help = "Members of the cluster this node sees, by state";
-        [
+        let mut figures = vec![
             Figure::gauge("meshrpc_members", help, count(MemberState::Starting)).with_label("state", "starting"),
             Figure::gauge("meshrpc_members", help, count(MemberState::Serving)).with_label("state", "serving"),
             Figure::gauge("meshrpc_members", help, count(MemberState::Draining)).with_label("state", "draining"),
-        ]
+        ];
+        figures.extend(self.inner.membership.traffic().figures());
+        figures
     }
 
     /// Where this node's resilience policies stand: its concurrency limit and what its

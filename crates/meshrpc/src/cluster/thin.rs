@@ -9,11 +9,13 @@
 //! every round of a node's first [`JOINING`] go out, so a new node is known at once.
 //! Failover does not wait on gossip: a peer a node calls is watched by its mesh
 //! connection's keepalive.
+//!
+//! The same wrapper counts what gossip costs the node ([`GossipTraffic`], in `/metrics`).
 
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -34,12 +36,43 @@ pub(crate) const FULL_RATE_UP_TO: usize = 24;
 /// A node's own rounds all go out for this long after it starts.
 pub(crate) const JOINING: Duration = Duration::from_secs(3);
 
+/// Gossip datagrams and bytes a node sent and received (sent as sealed, received as
+/// opened, with `tls`).
+#[derive(Debug, Default)]
+pub(crate) struct GossipTraffic {
+    pub(crate) sent: AtomicU64,
+    pub(crate) sent_bytes: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) received_bytes: AtomicU64,
+}
+
+impl GossipTraffic {
+    fn count(messages: &AtomicU64, bytes: &AtomicU64, size: usize) {
+        messages.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn figures(&self) -> [crate::figures::Figure; 4] {
+        use crate::figures::Figure;
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (messages, bytes) = ("Gossip datagrams, by direction", "Bytes of gossip datagrams, by direction");
+        [
+            Figure::counter("meshrpc_gossip_datagrams", messages, v(&self.sent)).with_label("direction", "sent"),
+            Figure::counter("meshrpc_gossip_datagrams", messages, v(&self.received))
+                .with_label("direction", "received"),
+            Figure::counter("meshrpc_gossip_bytes", bytes, v(&self.sent_bytes)).with_label("direction", "sent"),
+            Figure::counter("meshrpc_gossip_bytes", bytes, v(&self.received_bytes)).with_label("direction", "received"),
+        ]
+    }
+}
+
 /// Wraps a transport so that a node in a large mesh starts fewer gossip rounds.
 pub(crate) struct Thinned<T> {
     pub(crate) inner: T,
     /// Live members, as the node's view counts them.
     pub(crate) live: Arc<AtomicUsize>,
     pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) traffic: Arc<GossipTraffic>,
 }
 
 #[async_trait]
@@ -49,6 +82,7 @@ impl<T: Transport> Transport for Thinned<T> {
             inner: self.inner.open(listen_addr).await?,
             live: self.live.clone(),
             seeds: self.seeds.clone(),
+            traffic: self.traffic.clone(),
             started: Instant::now(),
             rounds: 0,
         }))
@@ -59,6 +93,7 @@ struct ThinnedSocket {
     inner: Box<dyn Socket>,
     live: Arc<AtomicUsize>,
     seeds: Vec<SocketAddr>,
+    traffic: Arc<GossipTraffic>,
     started: Instant,
     rounds: usize,
 }
@@ -85,11 +120,15 @@ impl Socket for ThinnedSocket {
                 return Ok(SendOutcome { num_bytes_sent: 0 });
             }
         }
-        self.inner.send(to, envelope).await
+        let outcome = self.inner.send(to, envelope).await?;
+        GossipTraffic::count(&self.traffic.sent, &self.traffic.sent_bytes, outcome.num_bytes_sent);
+        Ok(outcome)
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        self.inner.recv().await
+        let outcome = self.inner.recv().await?;
+        GossipTraffic::count(&self.traffic.received, &self.traffic.received_bytes, outcome.num_bytes_received);
+        Ok(outcome)
     }
 }
 
@@ -137,6 +176,6 @@ pub mod simulation {
         live: Arc<AtomicUsize>,
         seeds: Vec<SocketAddr>,
     ) -> impl chitchat::transport::Transport {
-        super::Thinned { inner, live, seeds }
+        super::Thinned { inner, live, seeds, traffic: Default::default() }
     }
 }

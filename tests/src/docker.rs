@@ -154,26 +154,31 @@ async fn get_with(client: &Client, url: &str) -> Option<(u16, String)> {
 }
 
 /// GETs from `workers` tasks, each on its own keep-alive connection as real clients do,
-/// each request with a 10 s guard (none may hang): answered and failed counts since the
-/// last take. At most `workers` requests are in flight.
+/// each request with a 10 s guard (none may hang): answered and failed counts, and the
+/// slowest request, since the last take. At most `workers` requests are in flight.
 pub struct Load {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    slowest_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
     pub fn start(url: &str, workers: usize) -> Load {
-        let (ok, failed, stop) =
-            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (ok, failed, slowest_ms) = (Arc::default(), Arc::default(), Arc::<AtomicU64>::default());
+        let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..workers)
             .map(|w| {
-                let (ok, failed, stop, url) = (ok.clone(), failed.clone(), stop.clone(), format!("{url}{w}"));
+                let (ok, failed, slowest_ms): (Arc<AtomicU64>, Arc<AtomicU64>, _) =
+                    (Arc::clone(&ok), Arc::clone(&failed), slowest_ms.clone());
+                let (stop, url) = (stop.clone(), format!("{url}{w}"));
                 tokio::spawn(async move {
                     let client = client();
                     while !stop.load(Ordering::Relaxed) {
+                        let began = std::time::Instant::now();
                         let answer = tokio::time::timeout(Duration::from_secs(10), get_with(&client, &url)).await;
+                        slowest_ms.fetch_max(began.elapsed().as_millis() as u64, Ordering::Relaxed);
                         match answer {
                             Ok(Some((200, _))) => ok.fetch_add(1, Ordering::Relaxed),
                             Ok(other) => {
@@ -186,11 +191,17 @@ impl Load {
                 })
             })
             .collect();
-        Load { ok, failed, stop, tasks }
+        Load { ok, failed, slowest_ms, stop, tasks }
     }
 
+    /// Answered and failed requests since the last take.
     pub fn take(&self) -> (u64, u64) {
         (self.ok.swap(0, Ordering::Relaxed), self.failed.swap(0, Ordering::Relaxed))
+    }
+
+    /// The slowest request since the last call, in ms.
+    pub fn slowest_ms(&self) -> u64 {
+        self.slowest_ms.swap(0, Ordering::Relaxed)
     }
 
     pub async fn stop(mut self) -> (u64, u64) {

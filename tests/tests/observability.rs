@@ -83,6 +83,12 @@ async fn every_node_shows_golden_metrics_and_top_gathers_them() {
         assert_eq!(sample(&text, "meshrpc_call_duration_seconds", &inbound), Some(100.0), "the histogram's count");
         assert_eq!(sample(&text, "meshrpc_calls_in_flight", &inbound), Some(0.0));
         assert_eq!(sample(&text, "meshrpc_members", &[("state", "serving")]), Some(2.0), "{text}");
+        // It has been gossiping with the other replica and the caller: both ways, counted.
+        for direction in ["sent", "received"] {
+            let bytes = sample(&text, "meshrpc_gossip_bytes_total", &[("direction", direction)]).unwrap_or(0.0);
+            let datagrams = sample(&text, "meshrpc_gossip_datagrams_total", &[("direction", direction)]);
+            assert!(bytes > 0.0 && datagrams.unwrap_or(0.0) > 0.0, "{text}");
+        }
         assert!(sample(&text, "meshrpc_connections_open", &[]).unwrap_or(0.0) >= 1.0);
         assert!(sample(&text, "meshrpc_concurrency_limit", &[]).is_some());
     }

@@ -506,3 +506,36 @@ async fn the_gateway_limits_a_client_over_its_rate_and_no_other() {
     assert!(metrics.contains("meshrpc_gateway_rate_limited_total{scope=\"route\"} 1"), "{metrics}");
     assert!(metrics.contains("meshrpc_gateway_retry_budget_left"), "{metrics}");
 }
+
+/// Proxied HTTP goes through the same picker as mesh calls, outlier ejection included: a
+/// replica whose router answers 5xx is left out after a few, and the others take its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_ejects_a_replica_whose_http_router_fails() {
+    let tag = "resilience-http-eject";
+    let bad = lab(tag, "bad", None, &["--http-status", "500"]).await;
+    let good1 = lab(tag, "good1", Some(&bad), &[]).await;
+    let good2 = lab(tag, "good2", Some(&bad), &[]).await;
+    let seed = bad.addr.to_string();
+    let gateway = Node::start(
+        MESHRPC,
+        &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "-T", tag, "-N", &seed],
+    )
+    .await;
+    let health = gateway.url("/healthz");
+    let seen = eventually(Duration::from_secs(15), || async {
+        (http("GET", &health, "", &[]).await.json()["members"] == 4).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the gateway never saw the three replicas");
+    let url = gateway.url("/labhttp/echo");
+    let mut statuses = HashMap::<u16, usize>::new();
+    for _ in 0..300 {
+        *statuses.entry(http("GET", &url, "", &[]).await.status).or_default() += 1;
+    }
+    let failed = statuses.get(&500).copied().unwrap_or(0);
+    println!("300 proxied requests, one replica of three failing: {statuses:?}");
+    // Round robin alone would send it ~100; ejection stops it after a handful.
+    assert!(failed <= 20, "the failing replica still got {failed} of 300 requests");
+    assert_eq!(failed + statuses.get(&200).copied().unwrap_or(0), 300, "{statuses:?}");
+    drop((good1, good2));
+}

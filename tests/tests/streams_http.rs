@@ -168,3 +168,76 @@ async fn the_cli_prints_items_as_they_arrive_and_sends_stdin_as_items() {
 async fn next(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.expect("an item within 10 s").unwrap()
 }
+
+/// A WebSocket session on a node's port: upgraded and chatting once its arguments went.
+async fn chat(addr: std::net::SocketAddr) -> WebSocket {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/streamer/chat"), tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text(r#"{"prefix":"> "}"#)).await.unwrap();
+    ws
+}
+
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Sends `line` and reads its echo; `None` when the session is gone.
+async fn echo(ws: &mut WebSocket, line: &str) -> Option<String> {
+    ws.send(Message::text(format!("{line:?}"))).await.ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.ok()??.ok()?;
+    Some(answer.into_text().ok()?.as_str().to_owned())
+}
+
+/// An upgraded connection is still a connection: WebSocket sessions count towards the
+/// node's connection cap while they run, and free their place when they end.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_sessions_count_towards_the_connection_cap() {
+    let node = Node::start(LABNODE, &["--tag", "ws-cap", "--max-connections", "3"]).await;
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        let mut ws = chat(node.addr).await;
+        assert_eq!(echo(&mut ws, &format!("s{i}")).await.as_deref(), Some(format!(r#"{{"data":"> s{i}"}}"#).as_str()));
+        sessions.push(ws);
+    }
+    // Three sessions fill the cap: a new request is refused, and says why.
+    let refused = http("POST", &node.url("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["errors"][0]["code"], "overloaded");
+    // The sessions go on; one ends, and its place is free again.
+    assert!(echo(&mut sessions[0], "still").await.is_some());
+    let mut first = sessions.remove(0);
+    first.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), first.next()).await {}
+    let served = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
+        (http("POST", &node.url("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "the ended session's place never came back");
+}
+
+/// A drain lets a WebSocket session go on (up to the drain timeout), then ends it: the
+/// node exits, and the client is not left with a half-open socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_waits_for_a_websocket_session_then_ends_it() {
+    let mut node = Node::start(LABNODE, &["--tag", "ws-drain", "--drain-ms", "3000"]).await;
+    let mut ws = chat(node.addr).await;
+    assert!(echo(&mut ws, "before").await.is_some());
+    let pid = node.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // Past the drain's 0.5 s grace (when the node stops taking connections), the session
+    // still answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(echo(&mut ws, "during").await.as_deref(), Some(r#"{"data":"> during"}"#), "the drain cut the session");
+    // At the drain timeout the node ends it and exits.
+    let exited = tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await;
+    assert!(exited.is_ok(), "the node did not exit after its drain timeout");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the client's socket stayed open after the node exited");
+}

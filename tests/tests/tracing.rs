@@ -114,3 +114,29 @@ async fn one_trace_across_gateway_and_two_services() {
     let fresh = answer.headers["traceparent"].to_str().unwrap().to_owned();
     assert!(fresh.len() == 55 && !fresh.contains(trace), "{fresh}");
 }
+
+/// A collector that takes connections and never answers: the exporter's queue (4096
+/// spans) fills, spans past it are dropped and counted, and calls go on unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_costs_dropped_spans_not_calls() {
+    use meshrpc_tests::lab::{Lab, LabClient};
+    const CALLS: u64 = 8000;
+    // Never accepted: connections wait in its backlog, requests are never answered.
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let node = Node::start_env(LABNODE, &["--tag", "otlp-stall"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
+    let lab = LabClient::new(meshrpc::connect(node.addr).await.unwrap());
+    let started = std::time::Instant::now();
+    for _ in 0..CALLS {
+        assert_eq!(lab.whoami().await.unwrap(), "lab");
+    }
+    // Spans that left the queue: one batch of 512 at once, then one per export timeout (5 s).
+    let taken = 512 * (2 + started.elapsed().as_secs() / 5);
+    let metrics = http("GET", &node.url("/metrics"), "", &[]).await.body;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshrpc_spans_dropped_total ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no meshrpc_spans_dropped_total in {metrics}"));
+    assert!(dropped >= CALLS - 4096 - taken && dropped <= CALLS, "{dropped} of {CALLS} spans dropped");
+    drop(collector);
+}

@@ -91,6 +91,9 @@ struct Args {
     /// The node-wide concurrency limit: `off`, a number, or `adaptive` (the default).
     #[arg(long)]
     concurrency_limit: Option<String>,
+    /// The status `/labhttp/echo` answers with (a replica whose HTTP router fails).
+    #[arg(long, default_value_t = 200)]
+    http_status: u16,
 }
 
 #[tokio::main]
@@ -174,7 +177,7 @@ async fn main() -> Result<(), meshrpc::Error> {
     cluster.publish(FaultyServer::new(FaultyNode::new(args.name.clone(), faults).expect("write log")));
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
     cluster.publish(StreamerServer::new(StreamerNode::default()));
-    cluster.publish_http("labhttp", http_router())?;
+    cluster.publish_http("labhttp", http_router(args.http_status))?;
     println!("listening on {}", cluster.local_addr().expect("listening"));
     if let Some(admin) = cluster.admin_addr() {
         println!("admin on {admin}");
@@ -183,8 +186,9 @@ async fn main() -> Result<(), meshrpc::Error> {
 }
 
 /// A plain HTTP router for the gateway's proxy tests: `/labhttp/echo` answers with what
-/// it received, `/labhttp/slow?ms=N` answers after N ms.
-fn http_router() -> axum::Router {
+/// it received (with `status`), `/labhttp/slow?ms=N` answers after N ms.
+fn http_router(status: u16) -> axum::Router {
+    let status = axum::http::StatusCode::from_u16(status).expect("--http-status");
     use axum::{
         body::Bytes,
         extract::RawQuery,
@@ -194,10 +198,12 @@ fn http_router() -> axum::Router {
     axum::Router::new()
         .route(
             "/echo",
-            any(|method: Method, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| async move {
-                let header = headers.get("x-test").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                format!("{method} {} {} {header} {}", uri.path(), query.unwrap_or_default(), body.len())
-            }),
+            any(
+                move |method: Method, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| async move {
+                    let header = headers.get("x-test").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    (status, format!("{method} {} {} {header} {}", uri.path(), query.unwrap_or_default(), body.len()))
+                },
+            ),
         )
         .route(
             "/slow",

@@ -394,6 +394,11 @@ impl View {
         self.members.iter().filter(move |m| m.serves(service, fingerprint))
     }
 
+    /// Members serving the HTTP router `name`.
+    pub fn http_replicas<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Member> {
+        self.members.iter().filter(move |m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name))
+    }
+
     /// True if any live member publishes `service`, compatible or not.
     pub fn knows(&self, service: &str) -> bool {
         self.members.iter().any(|m| m.services.contains_key(service))

@@ -15,7 +15,7 @@ use super::{
     resilience::{Counters, MethodPolicy},
     retry::backoff,
     traffic::Colocated,
-    Cluster, Inner, Member, MemberState, View,
+    Cluster, Inner, Member, View,
 };
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
@@ -201,7 +201,8 @@ impl Inner {
                 };
                 edge.record(start.elapsed().as_micros() as u64, code);
             }
-            self.judge(&view, &answered_by, &call.service, answer.as_ref().map(|_| ()).map_err(|(e, _)| e));
+            let outcome = answer.as_ref().map(|_| ()).map_err(|(e, _)| e);
+            self.judge(Replicas::Mesh, &view, &answered_by, &call.service, outcome);
             match answer {
                 Ok(reply) => {
                     answered_by.observe(start.elapsed());
@@ -263,7 +264,7 @@ impl Inner {
     /// Records what an answer says about the replica that gave it, and ejects the replica
     /// from picking when its answers call for it (never the last one, nor more than the
     /// allowed share of the service's replicas).
-    fn judge(&self, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
+    fn judge(&self, of: Replicas, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
         let Some(settings) = &self.policies.settings.ejection else { return };
         let Some(ok) = judged(outcome) else { return };
         let now = Instant::now();
@@ -273,8 +274,12 @@ impl Inner {
         }) else {
             return;
         };
-        let others: Vec<Arc<Peer>> = view
-            .replicas(service, None)
+        let replicas: Vec<&Member> = match of {
+            Replicas::Mesh => view.replicas(service, None).collect(),
+            Replicas::Http => view.http_replicas(service).collect(),
+        };
+        let others: Vec<Arc<Peer>> = replicas
+            .iter()
             .filter(|m| !m.is_self)
             .filter_map(|m| m.addr)
             .filter(|addr| *addr != peer.addr)
@@ -283,7 +288,7 @@ impl Inner {
         let rates: Vec<f64> = others.iter().filter_map(|p| p.accrual(service, |a| a.success_rate(settings))).collect();
         let peers_rate = (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
         let Some(why) = accrual.should_eject(settings, peers_rate, now) else { return };
-        let total = view.replicas(service, None).count();
+        let total = replicas.len();
         let ejected = others.iter().filter(|p| p.ejected(service, now)).count();
         if ejected + 1 >= total || (ejected + 1) as f64 > settings.max_share * total as f64 {
             tracing::debug!(peer = %peer.addr, service, %why, ejected, total, "not ejecting: too few replicas left");
@@ -378,6 +383,9 @@ pub struct HttpReplica {
     pub addr: SocketAddr,
     peer: Arc<Peer>,
     start: Instant,
+    /// The router's name, and the cluster that judges its answers.
+    name: String,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for HttpReplica {
@@ -387,9 +395,14 @@ impl std::fmt::Debug for HttpReplica {
 }
 
 impl HttpReplica {
-    /// The replica answered: its latency feeds the load-aware policies.
-    pub fn succeeded(&self) {
+    /// The replica answered with `status`: its latency feeds the load-aware policies, and
+    /// its answers outlier ejection, as for mesh calls (a 5xx is a failure; past the
+    /// policy's threshold the replica is not picked for a while).
+    pub fn answered(&self, status: u16) {
         self.peer.observe(self.start.elapsed());
+        let failed = (status >= 500).then(|| Error::unavailable(format!("HTTP {status}")));
+        let view = self.inner.membership.view();
+        self.inner.judge(Replicas::Http, &view, &self.peer, &self.name, failed.as_ref().map_or(Ok(()), Err));
     }
 
     /// The replica could not be reached: it is not picked again until its backoff passes,
@@ -427,8 +440,7 @@ impl Cluster {
         let mut last_error = None;
         for _ in 0..MAX_ATTEMPTS {
             let view = inner.membership.view();
-            let members =
-                view.members.iter().filter(|m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name));
+            let members = view.http_replicas(name);
             let Some((member, peer)) = inner.pick(&*balancer, name, members, &tried, key) else { break };
             let addr = member.addr.expect("picked members have addresses");
             let peer = peer.unwrap_or_else(|| inner.peers.get(addr));
@@ -442,8 +454,15 @@ impl Cluster {
                     continue;
                 }
             }
-            return Ok(HttpReplica { addr, peer, start: Instant::now() });
+            return Ok(HttpReplica { addr, peer, start: Instant::now(), name: name.to_owned(), inner: inner.clone() });
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable(format!("no reachable replica serves HTTP for `{name}`"))))
     }
+}
+
+/// Whose replicas an answer is judged among: a service's, or an HTTP router's.
+#[derive(Clone, Copy)]
+enum Replicas {
+    Mesh,
+    Http,
 }

@@ -85,7 +85,7 @@ impl Proxy {
             };
             match answer {
                 Ok(resp) => {
-                    replica.succeeded();
+                    replica.answered(resp.status().as_u16());
                     let (mut parts, body) = resp.into_parts();
                     for h in &HOP_BY_HOP {
                         parts.headers.remove(h);

@@ -135,8 +135,18 @@ impl RateLimits {
 /// Token buckets by key.
 struct Buckets {
     rate: Rate,
-    map: Mutex<HashMap<String, Bucket>>,
+    map: Mutex<Table>,
 }
+
+#[derive(Default)]
+struct Table {
+    buckets: HashMap<String, Bucket>,
+    /// When a full table was last swept for idle clients: a sweep walks every client,
+    /// so a table full of busy ones is swept at most every [`SWEEP_EVERY`].
+    swept: Option<Instant>,
+}
+
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy)]
 struct Bucket {
@@ -154,10 +164,13 @@ impl Buckets {
 
     /// Takes a token for `key`; when there is none, how long until there is.
     fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut map = self.map.lock().unwrap();
-        if !map.contains_key(key) && map.len() >= MAX_TRACKED_CLIENTS {
+        let mut table = self.map.lock().unwrap();
+        let Table { buckets: map, swept } = &mut *table;
+        let due = swept.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
+        if !map.contains_key(key) && map.len() >= MAX_TRACKED_CLIENTS && due {
             let rate = self.rate;
             map.retain(|k, b| k == OVERFLOW || refill(rate, *b, now) < rate.burst);
+            *swept = Some(now);
         }
         let key = if map.len() >= MAX_TRACKED_CLIENTS && !map.contains_key(key) { OVERFLOW } else { key };
         let bucket = map.entry(key.to_owned()).or_insert(Bucket { tokens: self.rate.burst, at: now });
@@ -261,6 +274,23 @@ mod tests {
         assert_eq!(wait, Duration::from_millis(500));
         assert!(buckets.take("b", t0).is_ok(), "another client is unaffected");
         assert!(buckets.take("a", t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn the_client_table_is_bounded_and_idle_clients_make_room() {
+        let buckets = Buckets::new(Rate { per_second: 1.0, burst: 2.0 });
+        let t0 = Instant::now();
+        // More clients than tracked, all busy: the newest share one bucket.
+        for i in 0..MAX_TRACKED_CLIENTS + 100 {
+            let _ = buckets.take(&format!("client-{i}"), t0);
+        }
+        let tracked = |b: &Buckets| b.map.lock().unwrap().buckets.len();
+        assert_eq!(tracked(&buckets), MAX_TRACKED_CLIENTS + 1, "the clients, and the shared bucket");
+        assert!(buckets.take("late", t0).is_err(), "the first clients past the table spent the shared burst");
+        assert_eq!(tracked(&buckets), MAX_TRACKED_CLIENTS + 1);
+        // A second later every client has refilled: the next new client sweeps them out.
+        assert!(buckets.take("next", t0 + Duration::from_secs(2)).is_ok());
+        assert_eq!(tracked(&buckets), 2, "the overflow bucket and the new client");
     }
 
     #[test]

@@ -194,16 +194,45 @@ async fn serve_upgradable<I, S>(
     S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    let (alive, mut sessions) = tokio::sync::mpsc::channel::<()>(1);
+    let (_abandon, abandoned) = watch::channel(());
+    let tie = UpgradeTie { _alive: alive, abandoned };
+    let service = tower::ServiceExt::map_request(service, move |mut req: Request| {
+        req.extensions_mut().insert(tie.clone());
+        req
+    });
+    {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stopped(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            }
         }
+    }
+    // hyper handed the socket to the session, which runs in a task of its own: this
+    // connection still counts (towards the connection cap, in a drain) until it ends.
+    // If this task is stopped first (the drain's timeout), the session ends with it.
+    let _ = sessions.recv().await;
+}
+
+/// Ties an upgraded session (a WebSocket) to the connection it came from, whose task
+/// waits for it: the session holds it while it runs, and ends when
+/// [`abandoned`](Self::abandoned) resolves (that task was stopped).
+#[derive(Clone)]
+pub(crate) struct UpgradeTie {
+    _alive: tokio::sync::mpsc::Sender<()>,
+    abandoned: watch::Receiver<()>,
+}
+
+impl UpgradeTie {
+    /// Resolves once the connection's task is gone.
+    pub(crate) async fn abandoned(&mut self) {
+        while self.abandoned.changed().await.is_ok() {}
     }
 }
 

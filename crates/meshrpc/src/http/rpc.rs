@@ -115,7 +115,8 @@ pub(crate) async fn websocket_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
-    websocket::answer(ws, dispatch, call, *limits)
+    let tie = parts.extensions.get::<super::keepalive::UpgradeTie>().cloned();
+    websocket::answer(ws, dispatch, call, *limits, tie)
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the

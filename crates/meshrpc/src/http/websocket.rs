@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
 use super::{
+    keepalive::UpgradeTie,
     rpc::{app_error_message, error_entry, errors_body},
     streams::HEARTBEAT,
 };
@@ -43,9 +44,26 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Answers the upgrade; `call` (admitted already, without arguments) runs once the
-/// client's first message brings them.
-pub(crate) fn answer(ws: WebSocketUpgrade, dispatch: Arc<dyn Dispatch>, call: Call, limits: HttpLimits) -> Response {
-    ws.max_message_size(limits.max_body).on_upgrade(move |socket| session(socket, dispatch, call, limits))
+/// client's first message brings them. The session holds `tie` (the connection it came
+/// from counts until it ends) and ends if that connection's task is stopped.
+pub(crate) fn answer(
+    ws: WebSocketUpgrade,
+    dispatch: Arc<dyn Dispatch>,
+    call: Call,
+    limits: HttpLimits,
+    tie: Option<UpgradeTie>,
+) -> Response {
+    ws.max_message_size(limits.max_body).on_upgrade(move |socket| async move {
+        match tie {
+            Some(mut tie) => {
+                tokio::select! {
+                    _ = session(socket, dispatch, call, limits) => {}
+                    _ = tie.abandoned() => tracing::debug!("WebSocket session stopped with its connection"),
+                }
+            }
+            None => session(socket, dispatch, call, limits).await,
+        }
+    })
 }
 
 async fn session(socket: WebSocket, dispatch: Arc<dyn Dispatch>, mut call: Call, limits: HttpLimits) {

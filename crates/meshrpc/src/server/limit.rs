@@ -357,6 +357,18 @@ mod tests {
     }
 
     #[test]
+    fn baselines_are_kept_for_at_most_max_methods() {
+        // Method names come from callers: a caller inventing names gets no more memory
+        // than MAX_METHODS baselines, however many it sends.
+        let limiter = Arc::new(Limiter::new(ConcurrencyLimit::default()));
+        for i in 0..(MAX_METHODS as u64 + 1000) * SAMPLE_EVERY {
+            drop(limiter.admit("s", &format!("m{i}")).unwrap());
+        }
+        assert_eq!(limiter.window.lock().unwrap().methods.len(), MAX_METHODS);
+        assert!(limiter.admit("s", "m0").is_ok(), "calls are still admitted");
+    }
+
+    #[test]
     fn calls_beyond_the_limit_are_refused_before_they_run() {
         let limiter = Arc::new(Limiter::new(ConcurrencyLimit::Fixed(2)));
         let (a, b) = (limiter.admit("s", "m").unwrap(), limiter.admit("s", "m").unwrap());

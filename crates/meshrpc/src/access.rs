@@ -305,7 +305,7 @@ impl Access {
             return Ok(());
         }
         self.denied.fetch_add(1, Ordering::Relaxed);
-        crate::transport::PortCounters::add(&crate::transport::CALLS_DENIED);
+        crate::identity::CALLS_DENIED.fetch_add(1, Ordering::Relaxed);
         let who = caller.map_or_else(|| "an unidentified caller".to_owned(), |c| c.to_string());
         DENIED_WARNING
             .log(|also| tracing::warn!(caller = %who, service, method, also_denied = also, "call denied by policy"));

@@ -143,6 +143,26 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// The error that broke a link's stream (a [`StreamLink`](crate::StreamLink)), handed to
+/// every later read or write as an `io::Error` whose inner error is this, so its cause —
+/// a TLS alert — survives. Here, below the transport, so errors can look inside it.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkFailure(pub(crate) std::sync::Arc<std::io::Error>);
+
+impl LinkFailure {
+    pub(crate) fn to_io(&self) -> std::io::Error {
+        std::io::Error::new(self.0.kind(), self.clone())
+    }
+}
+
+impl std::fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for LinkFailure {}
+
 /// The TLS error behind an I/O error (a handshake failure, an alert from the peer), also
 /// through a [`StreamLink`](crate::StreamLink) that passed it on.
 #[cfg(feature = "tls")]
@@ -151,7 +171,7 @@ fn tls_cause(err: &std::io::Error) -> Option<&rustls::Error> {
     if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
         return Some(tls);
     }
-    tls_cause(&inner.downcast_ref::<crate::transport::Failure>()?.0)
+    tls_cause(&inner.downcast_ref::<LinkFailure>()?.0)
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@ use std::{
 
 use crate::{call::Call, error::Error};
 
+/// Calls denied by the authorization policy in this process (mesh and HTTP alike), for
+/// `/metrics`.
+pub(crate) static CALLS_DENIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// URI scheme of the SANs of node certificates.
 #[cfg_attr(not(feature = "tls"), allow(unreachable_pub))]
 pub const URI_SCHEME: &str = "meshrpc://";

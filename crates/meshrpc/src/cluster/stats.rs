@@ -68,30 +68,30 @@ impl Cluster {
         method: &'static str,
         args: serde_json::Value,
         timeout: Duration,
-    ) -> Result<T, crate::Error> {
-        let addr = member
-            .addr
-            .ok_or_else(|| crate::Error::Unavailable { message: format!("{} has no mesh address", member.id) })?;
+    ) -> Result<T, crate::error::Error> {
+        let addr = member.addr.ok_or_else(|| crate::error::Error::Unavailable {
+            message: format!("{} has no mesh address", member.id),
+        })?;
         let ask = async {
             let conn = self.inner.peers.get(addr).connection().await?;
             let payload = serde_json::to_vec(&args).unwrap_or_default();
-            let mut call = crate::Call::new(crate::call_stats::NODE_SERVICE, method, payload.into());
+            let mut call = crate::call::Call::new(crate::call_stats::NODE_SERVICE, method, payload.into());
             call.deadline = Some(Instant::now() + timeout);
             match conn.send_call(call)?.answer().await? {
-                crate::Reply::Ok(bytes) => crate::Codec::Json.decode(&bytes),
-                _ => Err(crate::Error::Protocol {
+                crate::call::Reply::Ok(bytes) => crate::codec::Codec::Json.decode(&bytes),
+                _ => Err(crate::error::Error::Protocol {
                     message: format!("{} answered meshrpc.{method} with no value", member.id),
                 }),
             }
         };
-        tokio::time::timeout(timeout, ask).await.map_err(|_| crate::Error::Timeout)?
+        tokio::time::timeout(timeout, ask).await.map_err(|_| crate::error::Error::Timeout)?
     }
 
     /// What `member` counted about the calls it served and made (its `meshrpc.stats`),
     /// over this node's connection to it; this node's own figures for itself.
-    pub async fn node_stats(&self, member: &Member, timeout: Duration) -> Result<NodeStats, crate::Error> {
+    pub async fn node_stats(&self, member: &Member, timeout: Duration) -> Result<NodeStats, crate::error::Error> {
         if member.is_self {
-            return Ok(crate::node_stats());
+            return Ok(crate::call_stats::node_stats());
         }
         self.ask_member(member, "stats", serde_json::json!({}), timeout).await
     }
@@ -103,7 +103,7 @@ impl Cluster {
         member: &Member,
         service: &str,
         timeout: Duration,
-    ) -> Result<Option<serde_json::Value>, crate::Error> {
+    ) -> Result<Option<serde_json::Value>, crate::error::Error> {
         if member.is_self {
             return Ok(self.inner.registry.schemas(service));
         }
@@ -122,9 +122,9 @@ impl Cluster {
             let methods =
                 advert.methods.iter().map(|m| (m.name.clone(), m.args.clone(), m.streams, m.items.is_some())).collect();
             let schemas = self.service_schemas(member, &status.name, timeout).await.ok().flatten();
-            docs.push(crate::ServiceDoc { name: status.name.clone(), methods, schemas });
+            docs.push(crate::openapi::ServiceDoc { name: status.name.clone(), methods, schemas });
         }
-        crate::openapi_document(&format!("meshrpc cluster `{}`", self.name()), &docs)
+        crate::openapi::document(&format!("meshrpc cluster `{}`", self.name()), &docs)
     }
 
     /// Gathers every member's figures at once, each within `timeout` (a member that

@@ -58,7 +58,11 @@ pub fn rpc_router(dispatch: Arc<dyn Dispatch>, limits: HttpLimits) -> Router {
 /// As [`rpc_router`], and every call must be allowed by `access` for its caller (the
 /// request's `Arc<Identity>` extension) first: else `403 permission_denied`.
 #[cfg(feature = "tls")]
-pub fn rpc_router_with_policy(dispatch: Arc<dyn Dispatch>, limits: HttpLimits, access: Arc<crate::Access>) -> Router {
+pub fn rpc_router_with_policy(
+    dispatch: Arc<dyn Dispatch>,
+    limits: HttpLimits,
+    access: Arc<crate::access::Access>,
+) -> Router {
     router(dispatch, limits, Admission { peer: None, access: Some(access) })
 }
 

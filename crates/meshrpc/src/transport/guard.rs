@@ -30,9 +30,6 @@ pub struct PortCounters {
     pub open_connections: AtomicU64,
 }
 
-/// Calls denied by the authorization policy in this process (mesh and HTTP alike).
-pub(crate) static CALLS_DENIED: AtomicU64 = AtomicU64::new(0);
-
 /// Gossip datagrams dropped in this process: not sealed with the cluster's gossip key
 /// (random or forged), or sealed but replayed or too old.
 pub(crate) static GOSSIP_FORGED: AtomicU64 = AtomicU64::new(0);
@@ -97,7 +94,7 @@ impl PortCounters {
             ("meshrpc_handshakes_refused", "Mesh handshakes refused", v(&self.refused_handshakes)),
             ("meshrpc_gossip_garbage", "UDP datagrams on the gossip port that were not gossip", v(&GOSSIP_GARBAGE)),
             ("meshrpc_tls_handshakes_refused", "TLS handshakes refused on the mesh port", v(&self.refused_tls)),
-            ("meshrpc_calls_denied", "Calls denied by the authorization policy", v(&CALLS_DENIED)),
+            ("meshrpc_calls_denied", "Calls denied by the authorization policy", v(&crate::identity::CALLS_DENIED)),
             (
                 "meshrpc_gossip_forged",
                 "Gossip datagrams dropped: not sealed with the cluster's gossip key",

@@ -22,6 +22,8 @@ use tokio::{
     sync::{watch, Notify},
 };
 
+use crate::error::LinkFailure;
+
 /// A future borrowed from a link.
 pub type Ready<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 /// A read borrowed from a link: how many bytes it added (`0`: end of stream).
@@ -159,25 +161,6 @@ pub(crate) fn room_for_read(buf: &mut BytesMut) {
     }
 }
 
-/// The error that broke a [`StreamLink`]'s stream, handed to every later read or write
-/// (as an `io::Error` whose inner error is this, so its cause — a TLS alert — survives).
-#[derive(Debug, Clone)]
-pub(crate) struct Failure(pub(crate) Arc<io::Error>);
-
-impl Failure {
-    pub(crate) fn to_io(&self) -> io::Error {
-        io::Error::new(self.0.kind(), self.clone())
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for Failure {}
-
 /// Bytes a [`StreamLink`] holds in each direction before it stops reading or refuses writes.
 const STREAM_BUFFER: usize = 256 * 1024;
 
@@ -206,14 +189,14 @@ struct Shared {
 struct Inbound {
     bytes: BytesMut,
     ended: bool,
-    error: Option<Failure>,
+    error: Option<LinkFailure>,
 }
 
 #[derive(Default)]
 struct Outbound {
     bytes: BytesMut,
     shutdown: bool,
-    error: Option<Failure>,
+    error: Option<LinkFailure>,
 }
 
 impl StreamLink {
@@ -277,7 +260,7 @@ async fn pump_in<R: AsyncRead + Unpin>(link: Arc<Shared>, mut read: R, mut gone:
                     true
                 }
                 Err(e) => {
-                    inb.error = Some(Failure(Arc::new(e)));
+                    inb.error = Some(LinkFailure(Arc::new(e)));
                     false
                 }
             }
@@ -320,7 +303,7 @@ async fn pump_out<W: AsyncWrite + Unpin>(link: Arc<Shared>, mut write: W, mut go
         chunk.clear();
         let failed = result.is_err();
         if let Err(e) = result {
-            link.outbound.lock().unwrap().error = Some(Failure(Arc::new(e)));
+            link.outbound.lock().unwrap().error = Some(LinkFailure(Arc::new(e)));
         }
         link.room.notify_waiters();
         if failed || shutdown {

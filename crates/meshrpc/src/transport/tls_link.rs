@@ -25,7 +25,8 @@ use tokio::{
     },
 };
 
-use super::link::{Failure, Link, Reading, Ready};
+use super::link::{Link, Reading, Ready};
+use crate::error::LinkFailure;
 
 /// Plaintext one write encrypts at most (it then waits for the socket like TCP does).
 const MAX_PLAIN_WRITE: usize = 64 * 1024;
@@ -52,7 +53,7 @@ struct State {
     sent: usize,
     /// The peer closed (close_notify or end of stream) and every byte was read.
     ended: bool,
-    failed: Option<Failure>,
+    failed: Option<LinkFailure>,
 }
 
 /// The socket as `io::Read`/`io::Write` for rustls, without waiting.
@@ -70,7 +71,7 @@ impl TlsLink {
         let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (plain, failed) = match conn.process_new_packets() {
             Ok(io) => (io.plaintext_bytes_to_read(), None),
-            Err(e) => (0, Some(Failure(Arc::new(io::Error::new(io::ErrorKind::InvalidData, e))))),
+            Err(e) => (0, Some(LinkFailure(Arc::new(io::Error::new(io::ErrorKind::InvalidData, e))))),
         };
         let state = State { conn, plain, out: Vec::new(), sent: 0, ended: false, failed };
         let (read, write) = tcp.into_split();
@@ -132,7 +133,7 @@ impl TlsLink {
     }
 
     fn fail(st: &mut State, e: io::Error) -> io::Error {
-        let failure = Failure(Arc::new(e));
+        let failure = LinkFailure(Arc::new(e));
         let err = failure.to_io();
         st.failed = Some(failure);
         err

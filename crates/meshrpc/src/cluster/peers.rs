@@ -62,6 +62,17 @@ impl Peers {
     }
 }
 
+/// What the picker needs to know of a peer it may pick.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pickable {
+    /// Ejected for the service (it answered it badly).
+    pub(crate) ejected: bool,
+    /// Its last connection broke or could not be made, and none is open: it may be gone
+    /// (a killed container's address answers nothing), so no call should be the one to
+    /// find out — a connect there waits out the whole connect timeout.
+    pub(crate) recovering: bool,
+}
+
 /// One peer: its connection (if any), backoff and observed latency.
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
@@ -69,6 +80,8 @@ pub(crate) struct Peer {
     conn: Mutex<Option<Connection>>,
     /// Serializes connection attempts so a burst of calls opens one connection.
     connecting: tokio::sync::Mutex<()>,
+    /// A reconnection runs in the background ([`probe`](Self::probe)).
+    probing: std::sync::atomic::AtomicBool,
     health: Mutex<Health>,
     /// Who the peer proved to be when last connected (mutual TLS).
     identity: Mutex<Option<Arc<Identity>>>,
@@ -92,6 +105,7 @@ impl Peer {
             options,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            probing: std::sync::atomic::AtomicBool::new(false),
             identity: Mutex::new(None),
             health: Mutex::new(Health {
                 down_until: None,
@@ -107,16 +121,20 @@ impl Peer {
     /// Whether it may be picked for `service` now: `None` while in backoff after a failure
     /// or while its connection drains; else whether it is ejected for `service` (one look
     /// at its health, as the picker asks for every candidate of every call).
-    pub(crate) fn pickable(&self, service: &str, now: Instant) -> Option<bool> {
-        let ejected = {
+    pub(crate) fn pickable(&self, service: &str, now: Instant) -> Option<Pickable> {
+        let (ejected, failed) = {
             let h = self.health.lock().unwrap();
             if h.down_until.is_some_and(|t| t > now) {
                 return None;
             }
-            h.ejected_until.is_some_and(|t| t > now)
-                && h.accruals.iter().any(|(s, a)| &**s == service && a.ejected(now))
+            let ejected = h.ejected_until.is_some_and(|t| t > now)
+                && h.accruals.iter().any(|(s, a)| &**s == service && a.ejected(now));
+            (ejected, h.failures > 0)
         };
-        (!matches!(self.open_conn().map(|c| c.state()), Some(State::Draining))).then_some(ejected)
+        match self.open_conn().map(|c| c.state()) {
+            Some(State::Draining) => None,
+            open => Some(Pickable { ejected, recovering: failed && open.is_none() }),
+        }
     }
 
     /// Expected cost of one more call: peak-EWMA latency × (calls in flight + 1).
@@ -213,6 +231,21 @@ impl Peer {
     /// it must never be called for it. Unknown (never connected, plaintext): true.
     pub(crate) fn may_serve(&self, service: &str) -> bool {
         self.identity.lock().unwrap().as_ref().is_none_or(|id| id.proves(service))
+    }
+
+    /// Reconnects in the background (one attempt at a time): the peer is picked again
+    /// once it has a connection, or its backoff grows.
+    pub(crate) fn probe(self: &Arc<Self>) {
+        if self.probing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let peer = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = peer.connection().await {
+                tracing::debug!(peer = %peer.addr, error = %e, "reconnecting in the background failed");
+            }
+            peer.probing.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// Keeps the peer out of picks for a backoff that grows with each failure.

@@ -11,7 +11,7 @@ use super::{
     balance::{Balance, Candidate},
     failover::{judged, may_retry, Reached},
     hedge::Answered,
-    peers::Peer,
+    peers::{Peer, Pickable},
     resilience::{Counters, MethodPolicy},
     retry::backoff,
     traffic::Colocated,
@@ -84,24 +84,35 @@ impl Inner {
     ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
         let now = Instant::now();
         let with_ejection = self.policies.settings.ejection.is_some();
-        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, bool)> = members
+        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, Pickable)> = members
             .filter_map(|m| Some((m, m.addr?)))
             .filter(|(_, addr)| !tried.contains(addr))
             .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))
             // First of all, the certificate must prove the service (mutual TLS); then the
-            // peer must be up, and is marked if ejected.
+            // peer must be up, and is marked if ejected or recovering.
             .filter_map(|(m, p)| match &p {
-                None => Some((m, p, false)),
+                None => Some((m, p, Pickable { ejected: false, recovering: false })),
                 Some(peer) if peer.may_serve(service) => {
-                    let ejected = peer.pickable(service, now)?;
-                    Some((m, p, ejected && with_ejection))
+                    let mut state = peer.pickable(service, now)?;
+                    state.ejected &= with_ejection;
+                    Some((m, p, state))
                 }
                 Some(_) => None,
             })
             .collect();
+        // A peer whose connection broke is reconnected in the background, not by a call,
+        // unless nobody else is left.
+        if replicas.iter().any(|(_, _, s)| !s.recovering) {
+            replicas.retain(|(_, p, s)| {
+                if let (Some(peer), true) = (p, s.recovering) {
+                    peer.probe();
+                }
+                !s.recovering
+            });
+        }
         // Outlier ejection, unless it would leave nobody.
-        if replicas.iter().any(|(_, _, ejected)| !ejected) {
-            replicas.retain(|(_, _, ejected)| !ejected);
+        if replicas.iter().any(|(_, _, s)| !s.ejected) {
+            replicas.retain(|(_, _, s)| !s.ejected);
         }
         // This node's own replica has no connection to measure: it counts as loaded as the
         // others on average, so the load-aware policies give it its share, not every call.

@@ -9,7 +9,9 @@
 //!
 //! The target is the whole window while the stream has its connection to itself, and
 //! [`SHARED_WINDOW`] while other calls share it: then the stream keeps less in flight,
-//! and their answers wait behind fewer of its bytes (TCP delivers in order).
+//! and their answers wait behind fewer of its bytes (TCP delivers in order). The target
+//! is never below two of the largest items received, so a stream of large items keeps
+//! two in flight instead of stopping short of its next one.
 
 use crate::error::Error;
 
@@ -35,11 +37,13 @@ pub struct RecvWindow {
     unread: u32,
     /// The sender said it lacks credit for its next item: top it up to the whole window.
     blocked: bool,
+    /// The cost of the largest item received.
+    largest: u32,
 }
 
 impl Default for RecvWindow {
     fn default() -> Self {
-        RecvWindow { open: STREAM_WINDOW, unread: 0, blocked: false }
+        RecvWindow { open: STREAM_WINDOW, unread: 0, blocked: false, largest: 0 }
     }
 }
 
@@ -54,19 +58,23 @@ impl RecvWindow {
         }
         self.open -= cost;
         self.unread += cost;
+        self.largest = self.largest.max(cost);
         Ok(())
     }
 
     /// The reader took items costing `cost`; returns the credit to grant back, if it is
     /// time to: the sender holds less than half of `target` (the window, or
-    /// [`SHARED_WINDOW`]), and at least a quarter of it can be granted without credit and
-    /// unread items together exceeding the window.
+    /// [`SHARED_WINDOW`]; at least two of the largest items received), and at least a
+    /// quarter of it can be granted without credit and unread items together exceeding
+    /// the window.
     pub fn consumed(&mut self, cost: u32, target: u32) -> Option<u32> {
         self.unread = self.unread.saturating_sub(cost);
         if self.blocked {
             return self.top_up();
         }
-        let target = target.min(STREAM_WINDOW);
+        // Below two items, a sender of items larger than half the target would hold
+        // credit short of its next item and go on only by saying it is blocked.
+        let target = target.max(self.largest.saturating_mul(2)).min(STREAM_WINDOW);
         if self.open >= target / 2 {
             return None;
         }
@@ -253,6 +261,31 @@ mod tests {
     }
 
     #[test]
+    fn large_items_on_a_shared_connection_keep_two_in_flight_without_blocking() {
+        let (mut send, mut recv) = (SendWindow::default(), RecvWindow::default());
+        let cost = item_cost(64 * 1024);
+        assert!(cost > SHARED_WINDOW, "each item is larger than the shared window");
+        // A reader keeping up while other calls share the connection.
+        let (mut blocked, mut held_max) = (0, 0);
+        for i in 0..1000 {
+            if !send.spend(cost) {
+                blocked += 1;
+                send.grant(recv.blocked().expect("a grant for a blocked sender"));
+                assert!(send.spend(cost));
+            }
+            recv.received(cost).unwrap();
+            if let Some(grant) = recv.consumed(cost, SHARED_WINDOW) {
+                send.grant(grant);
+            }
+            if i > 100 {
+                held_max = held_max.max(send.credit());
+            }
+        }
+        assert_eq!(blocked, 0, "the sender never had to say it was blocked");
+        assert!(held_max <= 2 * cost, "past the first window it holds at most two items' credit: {held_max}");
+    }
+
+    #[test]
     fn credit_and_unread_items_never_exceed_the_window() {
         let (mut send, mut recv) = (SendWindow::default(), RecvWindow::default());
         let cost = item_cost(10_000);
@@ -269,21 +302,24 @@ mod tests {
     #[test]
     fn a_blocked_sender_gets_the_whole_window_once_the_reader_caught_up() {
         let (mut send, mut recv) = (SendWindow::default(), RecvWindow::default());
-        let cost = item_cost(50_000 - 9);
-        // 20 items go out; the sender keeps 48,576 bytes of credit: more than half the
-        // shared window, less than its next item.
-        while send.spend(cost) {
-            recv.received(cost).unwrap();
+        let small = item_cost(20_000 - 9);
+        // 50 items of 20 KB go out; the sender keeps 48,576 bytes of credit: more than half
+        // the shared window, less than its next item, larger than any before (50 KB).
+        for _ in 0..50 {
+            assert!(send.spend(small));
+            recv.received(small).unwrap();
         }
-        assert!(send.credit() > SHARED_WINDOW / 2 && send.credit() < cost, "credit {}", send.credit());
-        // The reader reads all 20 while other calls share the connection: no ordinary grant.
-        for _ in 0..20 {
-            assert_eq!(recv.consumed(cost, SHARED_WINDOW), None);
+        let next = item_cost(50_000 - 9);
+        assert!(send.credit() > SHARED_WINDOW / 2 && send.credit() < next, "credit {}", send.credit());
+        // The reader reads all 50 while other calls share the connection: no ordinary grant.
+        for _ in 0..50 {
+            assert_eq!(recv.consumed(small, SHARED_WINDOW), None);
         }
+        assert!(!send.spend(next));
         let grant = recv.blocked().expect("a grant for a blocked sender");
         send.grant(grant);
         assert_eq!(send.credit(), STREAM_WINDOW);
-        assert!(send.spend(cost));
+        assert!(send.spend(next));
     }
 
     #[test]

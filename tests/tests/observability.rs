@@ -297,6 +297,43 @@ async fn dashboards_are_bounded_and_one_that_leaves_frees_its_place() {
     assert_eq!(http("GET", &gateway.url("/dashboard"), "", &[]).await.status, 200);
 }
 
+/// Every open dashboard is served by one gathering a second: four dashboards cost a node
+/// the `meshrpc.stats` calls of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_share_one_gathering() {
+    let tag = "observe-shared";
+    let gateway =
+        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
+            .await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let node = Node::start(LABNODE, &["--tag", tag, "--name", "shared", "--nodes", &mesh]).await;
+    let seen = eventually(Duration::from_secs(15), || async {
+        (http("GET", &gateway.url("/healthz"), "", &[]).await.json()["members"] == 2).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the gateway never saw the node");
+    let asked = || async {
+        let text = http("GET", &node.url("/metrics"), "", &[]).await.body;
+        let stats = [("direction", "inbound"), ("service", "meshrpc"), ("method", "stats"), ("code", "ok")];
+        sample(&text, "meshrpc_calls_total", &stats).unwrap_or(0.0) as u64
+    };
+    let before = asked().await;
+    let mut dashboards = Vec::new();
+    for _ in 0..4 {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        s.write_all(b"GET /dashboard/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        dashboards.push(s);
+    }
+    let opened = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = asked().await - before;
+    let seconds = opened.elapsed().as_secs();
+    drop(dashboards);
+    // One gathering: one call to start it, then one a second (four apart would be four times that).
+    assert!(calls >= 2 && calls <= seconds + 2, "{calls} stats calls in {seconds} s for four dashboards");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_mesh() {
     if !heavy("Prometheus") || !tool("prometheus") {

@@ -2,6 +2,8 @@
 //! `/dashboard/events` (Server-Sent Events, one JSON snapshot a second): the nodes and
 //! their states, the services each serves, the calls between nodes with their
 //! requests/s, and each service's golden metrics, gathered from every node over the mesh.
+//! One gathering a second serves every open dashboard: a mesh of N nodes costs N calls a
+//! second however many watch it.
 
 use std::{
     convert::Infallible,
@@ -25,14 +27,14 @@ use axum::{
     Router,
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     cluster::{edges, method_rates, Cluster, Edge, MemberState, MethodRates},
     http::error_response,
 };
 
-/// Dashboards open at once on one gateway; each costs a gathering over the mesh a second.
+/// Dashboards open at once on one gateway (each holds a connection and a task).
 pub(super) const MAX_DASHBOARDS: usize = 16;
 /// How often a dashboard is told what changed.
 const EVERY: Duration = Duration::from_secs(1);
@@ -44,12 +46,21 @@ const PAGE: &str = include_str!("dashboard.html");
 struct Shared {
     cluster: Cluster,
     open: AtomicUsize,
+    /// The latest snapshot (JSON), from the one gathering that serves every dashboard.
+    latest: watch::Sender<Option<Arc<str>>>,
+    /// Whether that gathering runs (it stops when the last dashboard closes).
+    gathering: std::sync::Mutex<bool>,
 }
 
 /// The dashboard's routes over `cluster`: merge them into a gateway's router (the
 /// gateway does), or serve them alone (`meshrpc dashboard --listen ADDR`).
 pub(super) fn dashboard(cluster: Cluster) -> Router {
-    let shared = Arc::new(Shared { cluster, open: AtomicUsize::new(0) });
+    let shared = Arc::new(Shared {
+        cluster,
+        open: AtomicUsize::new(0),
+        latest: watch::Sender::new(None),
+        gathering: std::sync::Mutex::new(false),
+    });
     Router::new()
         .route("/dashboard", get(|| async { Html(PAGE) }))
         .route("/dashboard/events", get(events))
@@ -95,31 +106,61 @@ async fn events(State(shared): State<Arc<Shared>>) -> Response {
         let message = format!("{MAX_DASHBOARDS} dashboards are open already");
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &message, None);
     }
+    let mut latest = shared.latest.subscribe();
+    {
+        let mut running = shared.gathering.lock().unwrap();
+        if !*running {
+            *running = true;
+            tokio::spawn(gather(shared.clone()));
+        }
+    }
     // One snapshot waits at most: a slow browser slows its own updates, nothing else.
     let (tx, rx) = mpsc::channel::<Event>(1);
     let open = Open(shared.clone());
     tokio::spawn(async move {
         let _open = open;
-        let cluster = &shared.cluster;
-        let mut before = cluster.gather_stats(NODE_TIMEOUT).await;
-        let mut tick = tokio::time::interval(EVERY);
-        tick.tick().await;
+        // The snapshot other dashboards saw last, at once; then each new one.
+        let mut now = latest.borrow_and_update().clone();
         loop {
+            if let Some(data) = now.take() {
+                if tx.send(Event::default().data(&*data)).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
-                _ = tick.tick() => {}
+                changed = latest.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return, // the browser went away
             }
-            let after = cluster.gather_stats(NODE_TIMEOUT).await;
-            let snapshot = snapshot(cluster, &before, &after);
-            let Ok(data) = serde_json::to_string(&snapshot) else { return };
-            if tx.send(Event::default().data(data)).await.is_err() {
-                return;
-            }
-            before = after;
+            now = latest.borrow_and_update().clone();
         }
     });
     let stream = Events(rx);
     ([(header::CACHE_CONTROL, "no-store")], Sse::new(stream).keep_alive(KeepAlive::default())).into_response()
+}
+
+/// Gathers every node's figures once a second while a dashboard is open, for all of them.
+async fn gather(shared: Arc<Shared>) {
+    let cluster = &shared.cluster;
+    let mut before = cluster.gather_stats(NODE_TIMEOUT).await;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        {
+            // Under the lock a new dashboard takes to see whether this runs: none is left
+            // waiting for a gathering that just stopped.
+            let mut running = shared.gathering.lock().unwrap();
+            if shared.open.load(Ordering::Acquire) == 0 {
+                *running = false;
+                return;
+            }
+        }
+        let after = cluster.gather_stats(NODE_TIMEOUT).await;
+        if let Ok(data) = serde_json::to_string(&snapshot(cluster, &before, &after)) {
+            shared.latest.send_replace(Some(data.into()));
+        }
+        before = after;
+    }
 }
 
 /// Counts a dashboard open until its task ends.

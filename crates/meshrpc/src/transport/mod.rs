@@ -18,13 +18,11 @@ mod tls_link;
 pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port, Rewind};
 pub use connection::{connect, ConnectOptions, Connection, PendingCall};
 pub use guard::PortCounters;
-#[cfg_attr(not(feature = "tls"), allow(unused_imports))]
 #[cfg_attr(not(feature = "logging"), allow(unused_imports))]
 pub(crate) use guard::GOSSIP_GARBAGE;
 pub(crate) use guard::{FrameBudget, Guard};
 #[cfg_attr(not(all(feature = "cluster", feature = "tls")), allow(unused_imports))]
 pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_REPLAYED, UNPROVEN_REPLICAS};
-#[cfg_attr(not(feature = "tls"), allow(unused_imports))]
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 pub(crate) use serve::{serve_mesh, MeshLimits};
 #[cfg(feature = "tls")]

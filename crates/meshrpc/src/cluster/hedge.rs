@@ -154,7 +154,8 @@ impl Inner {
         let balancer = self.balancer(&call.service);
         let view = self.membership.view();
         let replicas = view.replicas(&call.service, fingerprint);
-        let (member, peer) = self.pick(&*balancer, &call.service, replicas, tried, call.key.as_deref())?;
+        let (member, peer) =
+            self.pick(&*balancer, &call.service, &call.service, replicas, tried, call.key.as_deref())?;
         let peer = peer?; // this node itself is not hedged to
         tried.push(peer.addr);
         let conn = peer.connection().await.ok()?;

@@ -82,6 +82,9 @@ pub(crate) struct Peer {
     connecting: tokio::sync::Mutex<()>,
     /// A reconnection runs in the background ([`probe`](Self::probe)).
     probing: std::sync::atomic::AtomicBool,
+    /// Connection attempts that failed so far: a call that waited for the lock while one
+    /// failed fails too.
+    failed_connects: std::sync::atomic::AtomicU64,
     health: Mutex<Health>,
     /// Who the peer proved to be when last connected (mutual TLS).
     identity: Mutex<Option<Arc<Identity>>>,
@@ -106,6 +109,7 @@ impl Peer {
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             probing: std::sync::atomic::AtomicBool::new(false),
+            failed_connects: std::sync::atomic::AtomicU64::new(0),
             identity: Mutex::new(None),
             health: Mutex::new(Health {
                 down_until: None,
@@ -190,6 +194,7 @@ impl Peer {
         if let Some(c) = self.open_conn() {
             return Ok(c);
         }
+        let failed_before = self.failed_connects.load(std::sync::atomic::Ordering::Acquire);
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(c) = self.open_conn() {
             return Ok(c);
@@ -198,7 +203,7 @@ impl Peer {
         // fail now, so the call moves to another replica, instead of waiting out a connect
         // timeout of its own (calls queued on a black-holed peer would otherwise finish
         // one connect timeout apart: the eighth after eight seconds).
-        if self.health.lock().unwrap().down_until.is_some_and(|t| t > Instant::now()) {
+        if self.failed_connects.load(std::sync::atomic::Ordering::Acquire) != failed_before {
             return Err(Error::unavailable(format!(
                 "connection to {}: unreachable (a connect just failed)",
                 self.addr
@@ -222,6 +227,7 @@ impl Peer {
             }
             Err(e) => {
                 self.mark_down();
+                self.failed_connects.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 Err(e)
             }
         }

@@ -73,11 +73,13 @@ impl Inner {
 
     /// Picks a replica among `members`, skipping those already tried and peers that are
     /// down or draining; `None` for the local node. This is the one picker: RPC calls and
-    /// proxied HTTP both go through it.
+    /// proxied HTTP both go through it. A peer's certificate must prove `service`; its
+    /// ejection is the one its answers judged as `judged_as` earned.
     pub(super) fn pick<'v>(
         &self,
         balancer: &dyn Balance,
         service: &str,
+        judged_as: &str,
         members: impl Iterator<Item = &'v Member>,
         tried: &[SocketAddr],
         key: Option<&str>,
@@ -93,7 +95,7 @@ impl Inner {
             .filter_map(|(m, p)| match &p {
                 None => Some((m, p, Pickable { ejected: false, recovering: false })),
                 Some(peer) if peer.may_serve(service) => {
-                    let mut state = peer.pickable(service, now)?;
+                    let mut state = peer.pickable(judged_as, now)?;
                     state.ejected &= with_ejection;
                     Some((m, p, state))
                 }
@@ -149,10 +151,10 @@ impl Inner {
             // Most calls are neither pinned nor split: they go straight to the picker.
             let versioned = pin.is_some() || self.traffic.split(&service);
             let picked = if !versioned {
-                self.pick(&*balancer, &service, replicas, &tried, key)
+                self.pick(&*balancer, &service, &service, replicas, &tried, key)
             } else {
                 match self.versioned(&view, &service, replicas, &tried, pin, key) {
-                    Ok(replicas) => self.pick(&*balancer, &service, replicas.into_iter(), &tried, key),
+                    Ok(replicas) => self.pick(&*balancer, &service, &service, replicas.into_iter(), &tried, key),
                     Err(e) => return Err(last_error.unwrap_or(e)),
                 }
             };
@@ -275,7 +277,7 @@ impl Inner {
     /// Records what an answer says about the replica that gave it, and ejects the replica
     /// from picking when its answers call for it (never the last one, nor more than the
     /// allowed share of the service's replicas).
-    fn judge(&self, of: Replicas, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
+    fn judge(&self, of: Replicas<'_>, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
         let Some(settings) = &self.policies.settings.ejection else { return };
         let Some(ok) = judged(outcome) else { return };
         let now = Instant::now();
@@ -287,7 +289,7 @@ impl Inner {
         };
         let replicas: Vec<&Member> = match of {
             Replicas::Mesh => view.replicas(service, None).collect(),
-            Replicas::Http => view.http_replicas(service).collect(),
+            Replicas::Http(name) => view.http_replicas(name).collect(),
         };
         let others: Vec<Arc<Peer>> = replicas
             .iter()
@@ -399,6 +401,12 @@ pub struct HttpReplica {
     inner: Arc<Inner>,
 }
 
+/// What proxied HTTP answers are judged under: not the router's name, which a service of
+/// the same name judges its RPC answers under.
+fn http_key(name: &str) -> String {
+    format!("http:{name}")
+}
+
 impl std::fmt::Debug for HttpReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpReplica").field("addr", &self.addr).finish_non_exhaustive()
@@ -411,9 +419,29 @@ impl HttpReplica {
     /// policy's threshold the replica is not picked for a while).
     pub fn answered(&self, status: u16) {
         self.peer.observe(self.start.elapsed());
-        let failed = (status >= 500).then(|| Error::unavailable(format!("HTTP {status}")));
+        let failed = match status {
+            // Overloaded says nothing about the replica's health, as for mesh calls.
+            503 => Some(Error::Overloaded { message: "HTTP 503".into() }),
+            500.. => Some(Error::unavailable(format!("HTTP {status}"))),
+            _ => None,
+        };
+        self.judge(failed.as_ref().map_or(Ok(()), Err));
+    }
+
+    /// The replica did not answer in time: a failure, for outlier ejection.
+    pub fn timed_out(&self) {
+        self.judge(Err(&Error::Timeout));
+    }
+
+    /// The replica answered well.
+    #[deprecated(note = "use `answered(status)`, which also feeds outlier ejection")]
+    pub fn succeeded(&self) {
+        self.answered(200);
+    }
+
+    fn judge(&self, outcome: Result<(), &Error>) {
         let view = self.inner.membership.view();
-        self.inner.judge(Replicas::Http, &view, &self.peer, &self.name, failed.as_ref().map_or(Ok(()), Err));
+        self.inner.judge(Replicas::Http(&self.name), &view, &self.peer, &http_key(&self.name), outcome);
     }
 
     /// The replica could not be reached: it is not picked again until its backoff passes,
@@ -452,7 +480,8 @@ impl Cluster {
         for _ in 0..MAX_ATTEMPTS {
             let view = inner.membership.view();
             let members = view.http_replicas(name);
-            let Some((member, peer)) = inner.pick(&*balancer, name, members, &tried, key) else { break };
+            let judged_as = http_key(name);
+            let Some((member, peer)) = inner.pick(&*balancer, name, &judged_as, members, &tried, key) else { break };
             let addr = member.addr.expect("picked members have addresses");
             let peer = peer.unwrap_or_else(|| inner.peers.get(addr));
             if !member.is_self {
@@ -473,7 +502,8 @@ impl Cluster {
 
 /// Whose replicas an answer is judged among: a service's, or an HTTP router's.
 #[derive(Clone, Copy)]
-enum Replicas {
+enum Replicas<'a> {
     Mesh,
-    Http,
+    /// The members serving this HTTP router.
+    Http(&'a str),
 }

@@ -22,7 +22,7 @@ fn named(seeds: &[String]) -> Vec<String> {
     seeds.iter().filter(|s| s.parse::<SocketAddr>().is_err()).cloned().collect()
 }
 
-/// Runs until the node's gossip stops (`handle` gone).
+/// Runs until the node's gossip is gone (`handle` dropped), as the node's other upkeep.
 pub(crate) fn keep_looking(
     handle: Weak<ChitchatHandle>,
     mut view: watch::Receiver<std::sync::Arc<View>>,
@@ -37,6 +37,9 @@ pub(crate) fn keep_looking(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(RESOLVE_EVERY).await;
+            if handle.strong_count() == 0 {
+                return; // the node's gossip is gone
+            }
             let alone = view.borrow_and_update().members.iter().all(|m| m.is_self);
             if !alone {
                 continue;
@@ -49,9 +52,6 @@ pub(crate) fn keep_looking(
                     tracing::debug!(seed = %name, %addr, "gossiping with a seed found by name");
                     let _ = handle.gossip(addr);
                 }
-            }
-            if handle.strong_count() == 0 {
-                return;
             }
         }
     });

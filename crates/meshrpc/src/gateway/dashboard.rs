@@ -152,6 +152,8 @@ async fn gather(shared: Arc<Shared>) {
             let mut running = shared.gathering.lock().unwrap();
             if shared.open.load(Ordering::Acquire) == 0 {
                 *running = false;
+                // The next dashboard, maybe hours from now, must not see this one's mesh.
+                shared.latest.send_replace(None);
                 return;
             }
         }

@@ -79,6 +79,7 @@ impl Proxy {
             let answer = match tokio::time::timeout(timeout, self.client.request(req)).await {
                 Ok(answer) => answer,
                 Err(_) => {
+                    replica.timed_out();
                     let msg = format!("replica {addr} did not answer within {timeout:?}");
                     return error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &msg, None);
                 }

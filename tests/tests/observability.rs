@@ -297,6 +297,28 @@ async fn dashboards_are_bounded_and_one_that_leaves_frees_its_place() {
     assert_eq!(http("GET", &gateway.url("/dashboard"), "", &[]).await.status, 200);
 }
 
+/// decisions.md's gossip budget: what a node gossips about itself stays under 1 KiB, for
+/// the README's greeter and for the lab node with its five services and an HTTP router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gossips_under_one_kib_about_itself() {
+    let tag = "observe-budget";
+    let greeter = Node::start(MESHRPC, &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag]).await;
+    let seed = greeter.addr.to_string();
+    let lab = Node::start(LABNODE, &["--tag", tag, "--name", "budget", "--nodes", &seed]).await;
+    for (node, what) in [(&greeter, "greeter"), (&lab, "lab node")] {
+        // Published services are advertised just after the port opens: wait for them.
+        let bytes = eventually(Duration::from_secs(10), || async {
+            let text = http("GET", &node.url("/metrics"), "", &[]).await.body;
+            let bytes = sample(&text, "meshrpc_gossip_state_bytes", &[])? as u64;
+            (bytes > 150).then_some(bytes)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the {what} reports no gossip state"));
+        println!("the {what} gossips {bytes} bytes about itself");
+        assert!(bytes < 1024, "the {what} gossips {bytes} bytes about itself");
+    }
+}
+
 /// Every open dashboard is served by one gathering a second: four dashboards cost a node
 /// the `meshrpc.stats` calls of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -481,6 +481,8 @@ pub(crate) struct Membership {
     handle: Arc<ChitchatHandle>,
     view: watch::Receiver<Arc<View>>,
     traffic: Arc<GossipTraffic>,
+    /// The last measure of [`own_state_bytes`](Self::own_state_bytes).
+    own_bytes: std::sync::atomic::AtomicU64,
     /// This node's own state, as last advertised.
     state: std::sync::Mutex<MemberState>,
     /// The same, read on every colocated call without a lock: serving now.
@@ -595,6 +597,7 @@ impl Membership {
             handle,
             view,
             traffic,
+            own_bytes: std::sync::atomic::AtomicU64::new(0),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
         })
@@ -603,6 +606,17 @@ impl Membership {
     /// The latest view.
     pub(crate) fn view(&self) -> Arc<View> {
         self.view.borrow().clone()
+    }
+
+    /// Bytes of keys and values this node gossips about itself (decisions.md's budget:
+    /// under 1 KiB). Measured when gossip's lock is free, else the last measure.
+    pub(crate) fn own_state_bytes(&self) -> u64 {
+        let chitchat = self.handle.chitchat();
+        if let Ok(mut c) = chitchat.try_lock() {
+            let bytes = c.self_node_state().key_values().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+            self.own_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.own_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What gossip cost this node so far.

@@ -286,6 +286,11 @@ impl Cluster {
             Figure::gauge("meshrpc_members", help, count(MemberState::Draining)).with_label("state", "draining"),
         ];
         figures.extend(self.inner.membership.traffic().figures());
+        figures.push(Figure::gauge(
+            "meshrpc_gossip_state_bytes",
+            "Bytes of keys and values this node gossips about itself",
+            self.inner.membership.own_state_bytes(),
+        ));
         figures
     }
 

@@ -244,6 +244,23 @@ impl Caller {
     }
 }
 
+/// Failed calls in a caller's (`labcall`'s) report, all error codes together.
+pub fn report_errors(report: &serde_json::Value) -> u64 {
+    report["errors"].as_object().map_or(0, |e| e.values().filter_map(serde_json::Value::as_u64).sum())
+}
+
+/// When calls last failed in a caller's report: the end of the last 100 ms bucket with a
+/// failure (Unix ms), if any failed.
+pub fn last_failure_ms(report: &serde_json::Value) -> Option<u64> {
+    let buckets = report["buckets"].as_object()?;
+    buckets
+        .iter()
+        .filter(|(_, b)| b[1].as_u64().unwrap_or(0) > 0)
+        .filter_map(|(t, _)| t.parse::<u64>().ok())
+        .map(|t| t + 100)
+        .max()
+}
+
 /// Milliseconds since the Unix epoch (the callers' reports use it).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use meshrpc_tests::harness::{unix_ms, Caller, Node};
+use meshrpc_tests::harness::{report_errors, unix_ms, Caller, Node};
 use serde_json::Value;
 
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
@@ -29,10 +29,6 @@ async fn call(tag: &str, seed: &Node, extra: &[&str]) -> Value {
 
 fn count(v: &Value, node: &str) -> u64 {
     v["per_node"][node].as_u64().unwrap_or(0)
-}
-
-fn errors(v: &Value) -> u64 {
-    v["errors"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,7 +126,7 @@ async fn replicas_die_join_and_drain_under_load() {
 
     // kill -9: failures only among the calls in flight on it (≤ 32 callers), as
     // `unavailable`, and nothing hangs to its deadline.
-    let failed = errors(&report);
+    let failed = report_errors(&report);
     assert!(failed <= 32, "{failed} calls failed: {}", report["errors"]);
     assert!(report["errors"].as_object().unwrap().keys().all(|k| k == "unavailable"), "{}", report["errors"]);
     assert!(report["max_latency_ms"].as_u64().unwrap() < 3000, "a call hung: {}", report["max_latency_ms"]);

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use meshrpc_tests::{
-    harness::{unix_ms, Caller, Node},
+    harness::{last_failure_ms, report_errors, unix_ms, Caller, Node},
     netns::Net,
     tls::Pki,
 };
@@ -153,20 +153,6 @@ fn tls_subnet(mode: Mode) -> u8 {
     }
 }
 
-fn errors(v: &Value) -> u64 {
-    v["errors"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum()
-}
-
-/// `(bucket unix ms, ok, errors)`
-fn buckets(v: &Value) -> Vec<(u64, u64, u64)> {
-    v["buckets"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(t, b)| (t.parse().unwrap(), b[0].as_u64().unwrap(), b[1].as_u64().unwrap()))
-        .collect()
-}
-
 fn answered_after(v: &Value, node: &str, t: u64) -> Option<u64> {
     v["node_buckets"][node].as_object()?.keys().map(|k| k.parse::<u64>().unwrap()).filter(|b| *b >= t).min()
 }
@@ -202,9 +188,9 @@ async fn scale_out_from_one_to_five_replicas_under_load_in(mode: Mode) {
     eprintln!(
         "netns scale-out 1→5: ok {}, failed {}, ms from start to first answer for r3..r6: {waits:?}",
         report["ok"],
-        errors(&report)
+        report_errors(&report)
     );
-    assert_eq!(errors(&report), 0, "{}", report["errors"]);
+    assert_eq!(report_errors(&report), 0, "{}", report["errors"]);
     assert!(waits.iter().all(|w| *w <= 3000), "a new replica waited too long for traffic: {waits:?}");
 }
 
@@ -229,15 +215,15 @@ async fn kill_a_replica_under_load_in(mode: Mode) {
     let killed = unix_ms();
     mesh.replica(3).kill().await;
     let report = caller.report().await;
-    let last_error = buckets(&report).iter().filter(|b| b.2 > 0).map(|b| b.0 + 100).max().unwrap_or(killed);
+    let last_error = last_failure_ms(&report).unwrap_or(killed);
     eprintln!(
         "netns kill -9: ok {}, failed {} (≤ 32 in flight), max latency {} ms, errors stopped {} ms after the kill",
         report["ok"],
-        errors(&report),
+        report_errors(&report),
         report["max_latency_ms"],
         last_error.saturating_sub(killed)
     );
-    assert!(errors(&report) <= 32, "{}", report["errors"]);
+    assert!(report_errors(&report) <= 32, "{}", report["errors"]);
     assert!(report["max_latency_ms"].as_u64().unwrap() < 3000, "a call hung to its deadline");
     assert!(last_error <= killed + 2000, "errors went on for {} ms", last_error - killed);
 }
@@ -264,9 +250,9 @@ async fn drain_a_replica_under_load_in(mode: Mode) {
     let status = mesh.replica(3).terminate(Duration::from_secs(15)).await.expect("drained replica exits");
     let drain = start.elapsed();
     let report = caller.report().await;
-    eprintln!("netns SIGTERM drain: ok {}, failed {}, drain took {drain:?}", report["ok"], errors(&report));
+    eprintln!("netns SIGTERM drain: ok {}, failed {}, drain took {drain:?}", report["ok"], report_errors(&report));
     assert!(status.success());
-    assert_eq!(errors(&report), 0, "{}", report["errors"]);
+    assert_eq!(report_errors(&report), 0, "{}", report["errors"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -293,15 +279,15 @@ async fn partition_a_replica_then_heal_in(mode: Mode) {
     let healed = unix_ms();
     mesh.net.link(3, true);
     let report = caller.report().await;
-    let last_error = buckets(&report).iter().filter(|b| b.2 > 0).map(|b| b.0 + 100).max().unwrap_or(cut);
+    let last_error = last_failure_ms(&report).unwrap_or(cut);
     let back = answered_after(&report, "r3", healed);
     eprintln!(
         "netns partition: ok {}, failed {} {}, routed around {} ms after the cut, r3 answering again {:?} ms after healing",
-        report["ok"], errors(&report), report["errors"], last_error.saturating_sub(cut), back.map(|b| b.saturating_sub(healed))
+        report["ok"], report_errors(&report), report["errors"], last_error.saturating_sub(cut), back.map(|b| b.saturating_sub(healed))
     );
     // Calls caught on the cut link fail when keepalive gives up on it (documented bound:
     // 2 × KEEPALIVE plus a ping timeout ≈ 3 s); none after that.
-    assert!(errors(&report) <= 64, "{}", report["errors"]);
+    assert!(report_errors(&report) <= 64, "{}", report["errors"]);
     assert!(last_error <= cut + 3500, "calls still failed {} ms after the cut", last_error - cut);
     let back = back.expect("r3 never answered again after the link came back");
     assert!(back <= healed + 8000, "r3 rejoined only {} ms after healing", back - healed);
@@ -350,9 +336,9 @@ async fn restart_the_seed_in(mode: Mode) {
     eprintln!(
         "netns seed restart: ok {}, failed {}, restarted seed saw every replica after {rejoined:?}",
         report["ok"],
-        errors(&report)
+        report_errors(&report)
     );
-    assert_eq!(errors(&report), 0, "{}", report["errors"]);
+    assert_eq!(report_errors(&report), 0, "{}", report["errors"]);
     assert!(rejoined.is_some(), "the restarted seed never learned the mesh");
 }
 

@@ -9,10 +9,9 @@
 use std::time::{Duration, Instant};
 
 use meshrpc_tests::{
-    harness::{eventually, unix_ms, Caller, Node},
+    harness::{eventually, last_failure_ms, report_errors, unix_ms, Caller, Node},
     netns::Net,
 };
-use serde_json::Value;
 
 const SCALENODE: &str = env!("CARGO_BIN_EXE_scalenode");
 const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
@@ -92,10 +91,6 @@ fn rss_kib(node: &Node) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-fn errors(report: &Value) -> u64 {
-    report["errors"].as_object().map_or(0, |e| e.values().filter_map(Value::as_u64).sum())
 }
 
 async fn start_node(net: &Net, h: u8, tag: &str) -> Node {
@@ -181,16 +176,8 @@ async fn measure(net: &Net, n: u8) -> Row {
     let (victim, mut gone) = nodes.pop().unwrap();
     gone.kill().await;
     let report = load.report().await;
-    let kill_failed = errors(&report);
-    let last_error = report["buckets"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, b)| b[1].as_u64().unwrap_or(0) > 0)
-        .filter_map(|(t, _)| t.parse::<u64>().ok())
-        .map(|t| t + 100)
-        .max()
-        .unwrap_or(killed);
+    let kill_failed = report_errors(&report);
+    let last_error = last_failure_ms(&report).unwrap_or(killed);
     assert!(kill_failed <= IN_FLIGHT, "{kill_failed} calls failed with {IN_FLIGHT} in flight: {}", report["errors"]);
     assert!(report["max_latency_ms"].as_u64().unwrap() < 2000, "a call hung to its deadline");
     assert!(report["ok"].as_u64().unwrap() > 0);
@@ -210,7 +197,7 @@ async fn measure(net: &Net, n: u8) -> Row {
     let report = load.report().await;
     let first_call = report["first_seen"][format!("n{newcomer}")].as_u64();
     let first_call = first_call.unwrap_or_else(|| panic!("the new node got no calls: {}", report["per_node"]));
-    assert_eq!(errors(&report), 0, "{}", report["errors"]);
+    assert_eq!(report_errors(&report), 0, "{}", report["errors"]);
     let seen = all_saw(&nodes, n, listening, CONVERGE_WITHIN).await;
 
     drop(nodes);

@@ -401,8 +401,8 @@ pub struct HttpReplica {
     inner: Arc<Inner>,
 }
 
-/// What proxied HTTP answers are judged under: not the router's name, which a service of
-/// the same name judges its RPC answers under.
+/// What proxied HTTP is balanced and judged under: not the router's name, which a service
+/// of the same name uses for its RPC calls.
 fn http_key(name: &str) -> String {
     format!("http:{name}")
 }
@@ -474,13 +474,14 @@ impl Cluster {
     /// and another one is picked), so a request body is never spent on a dead replica.
     pub async fn pick_http(&self, name: &str, key: Option<&str>, tried: &[SocketAddr]) -> Result<HttpReplica, Error> {
         let inner = &self.inner;
-        let balancer = inner.balancer(&format!("http:{name}"));
+        // Balanced and judged apart from a service of the same name.
+        let judged_as = http_key(name);
+        let balancer = inner.balancer(&judged_as);
         let mut tried = tried.to_vec();
         let mut last_error = None;
         for _ in 0..MAX_ATTEMPTS {
             let view = inner.membership.view();
             let members = view.http_replicas(name);
-            let judged_as = http_key(name);
             let Some((member, peer)) = inner.pick(&*balancer, name, &judged_as, members, &tried, key) else { break };
             let addr = member.addr.expect("picked members have addresses");
             let peer = peer.unwrap_or_else(|| inner.peers.get(addr));

@@ -134,9 +134,12 @@ where
     let mut conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(counted));
     let mut parking = false;
     let mut closing: Option<Instant> = None;
+    // When the park or idle timer last fired while a request ran: it then waits a whole
+    // period again from there (a deadline left in the past would fire in a loop).
+    let (mut quiet_from, mut idle_from) = (activity.last(), activity.last());
     loop {
-        let quiet = activity.last() + PARK_AFTER;
-        let idle = activity.last() + idle_timeout;
+        let quiet = activity.last().max(quiet_from) + PARK_AFTER;
+        let idle = activity.last().max(idle_from) + idle_timeout;
         tokio::select! {
             done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if done.is_err() || !parking {
@@ -160,7 +163,10 @@ where
                 closing = Some(Instant::now() + Duration::from_secs(30));
             }
             _ = tokio::time::sleep_until(quiet.into()), if !parking && closing.is_none() => {
-                if running.load(Ordering::Acquire) == 0 && activity.last() + PARK_AFTER <= Instant::now() {
+                let now = Instant::now();
+                if running.load(Ordering::Acquire) > 0 {
+                    quiet_from = now;
+                } else if activity.last() + PARK_AFTER <= now {
                     // Idle between requests: hyper ends the connection without a word
                     // (nothing is in flight) and hands the socket back.
                     Pin::new(&mut conn).graceful_shutdown();
@@ -168,9 +174,12 @@ where
                 }
             }
             _ = tokio::time::sleep_until(idle.into()), if closing.is_none() => {
-                if running.load(Ordering::Acquire) == 0 && activity.last() + idle_timeout <= Instant::now() {
+                let now = Instant::now();
+                if running.load(Ordering::Acquire) > 0 {
+                    idle_from = now;
+                } else if activity.last() + idle_timeout <= now {
                     Pin::new(&mut conn).graceful_shutdown();
-                    closing = Some(Instant::now() + Duration::from_secs(1));
+                    closing = Some(now + Duration::from_secs(1));
                 }
             }
             _ = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now).into()), if closing.is_some() => return None,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use meshrpc_tests::{
     harness::{http, Node},
-    hostile::cpu_ticks,
+    hostile::{closed_by_node, cpu_ticks},
+    lab::{Lab, LabClient},
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
@@ -35,4 +36,48 @@ async fn a_quiet_http1_request_costs_no_cpu_while_it_waits() {
     // Before the fix the connection tasks spun from 500 ms on: ≈ 230 ticks per request.
     assert!(used <= 50, "{used} ticks of CPU while two HTTP/1 requests waited quietly for 3 s");
     drop(partial);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_timeout_header_is_a_bad_request_not_the_default() {
+    let node = Node::start(LABNODE, &[]).await;
+    let url = node.url("/lab/deadline_left");
+    for bad in ["abc", "NIL", "-5", "1.5", ""] {
+        let answer = http("POST", &url, "{}", &[("meshrpc-timeout-ms", bad)]).await;
+        assert_eq!(answer.status, 400, "meshrpc-timeout-ms: {bad:?} → {}", answer.body);
+        let error = &answer.json()["errors"][0];
+        assert_eq!(error["code"], "bad_request");
+        assert!(error["message"].as_str().unwrap().contains("meshrpc-timeout-ms"), "{error}");
+    }
+    // What the header may say still works: a number of milliseconds, or 0 for none.
+    let left = http("POST", &url, "{}", &[("meshrpc-timeout-ms", "1500")]).await.json()["data"].as_u64();
+    assert!(left.is_some_and(|ms| ms <= 1500), "{left:?}");
+    assert!(http("POST", &url, "{}", &[("meshrpc-timeout-ms", "0")]).await.json()["data"].is_null());
+    let lab = LabClient::new(meshrpc::connect(node.addr).await.unwrap());
+    assert_eq!(lab.whoami().await.unwrap(), "lab", "the node serves on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_preface_without_settings_is_closed_at_the_header_timeout() {
+    // The idle timeout (10 min) cannot close it within the test: only the header timeout.
+    let node = Node::start(LABNODE, &["--header-timeout-ms", "1000", "--http-idle-ms", "600000"]).await;
+    let mut bare = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        bare.push(s);
+    }
+    let mut closed = 0;
+    for s in &mut bare {
+        if closed_by_node(s, Duration::from_secs(20)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 10, "{closed} of 10 bare h2c prefaces closed (before: held for the 60 s idle timeout)");
+    // A real h2c client is unaffected.
+    let answer = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-XPOST", "-d", "{}", &node.url("/lab/whoami")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer.stdout), r#"{"data":"lab","errors":[]}"#);
 }

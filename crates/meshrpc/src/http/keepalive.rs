@@ -36,6 +36,8 @@ use crate::transport::{stopped, Rewind};
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
 /// The HTTP/2 connection preface (h2c with prior knowledge).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The head of an HTTP/2 frame (length, type, flags, stream id).
+const H2_FRAME_HEAD: usize = 9;
 
 type Response = axum::response::Response;
 type Request = axum::http::Request<Incoming>;
@@ -75,7 +77,11 @@ pub(crate) async fn http_connection<I, S>(
         // Enough bytes to tell h2c's preface from HTTP/1, and a GET's whole head (a
         // WebSocket upgrade is a GET whose head says so).
         let tell = async {
-            while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {
+            // h2c's first bytes end with the head of the client's first frame (its
+            // SETTINGS): a bare preface is held no longer than a bare request line.
+            while (prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix))
+                || (prefix.starts_with(H2_PREFACE) && prefix.len() < H2_PREFACE.len() + H2_FRAME_HEAD)
+            {
                 if io.read_buf(&mut prefix).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }

@@ -111,9 +111,12 @@ pub(crate) async fn websocket_call(
         Err(rejection) => return rejection.into_response(),
     };
     // A WebSocket lasts until its client closes it, unless the upgrade names a timeout.
-    let timeout = parts.headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let timeout = match timeout_of(&parts.headers, None) {
+        Ok(timeout) => timeout,
+        Err(bad) => return envelope(Err(bad)),
+    };
     let mut call = Call::new(service, method, Bytes::new());
-    call.deadline = timeout.filter(|ms| *ms > 0).map(|ms| Instant::now() + Duration::from_millis(ms));
+    call.deadline = timeout.map(|t| Instant::now() + t);
     call.key = sticky_key(&parts.headers);
     call.version = pinned_version(&parts.headers);
     if let Err(denied) = admission.admit(&mut call) {
@@ -158,6 +161,10 @@ pub(crate) async fn admitted_call(
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
+    let timeout = match timeout_of(headers, Some(limits.default_timeout)) {
+        Ok(timeout) => timeout,
+        Err(bad) => return envelope(Err(bad)),
+    };
     let (payload, input) = if streams::is_ndjson(headers) {
         match streams::split_ndjson(body, limits).await {
             Ok((args, items)) => (args, Some(Input::new(items))),
@@ -169,11 +176,6 @@ pub(crate) async fn admitted_call(
             Err(resp) => return resp,
         }
     };
-    // `0`: no deadline (a long-lived stream).
-    let timeout = headers
-        .get(TIMEOUT_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map_or(Some(limits.default_timeout), |ms| (ms > 0).then(|| Duration::from_millis(ms)));
     // W3C trace context: a malformed `traceparent` is ignored and a new trace starts.
     let (trace_id, caller_span) = headers
         .get(TRACEPARENT_HEADER)
@@ -216,6 +218,20 @@ pub(crate) async fn admitted_call(
         resp.headers_mut().insert(TRACEPARENT_HEADER, value);
     }
     resp
+}
+
+/// A request's timeout: its `meshrpc-timeout-ms` header (`0`: no deadline, a
+/// long-lived stream), else `default`. Anything but a whole number of milliseconds is a
+/// `bad_request` naming the header, never a silent default.
+fn timeout_of(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else { return Ok(default) };
+    let ms = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+        Error::bad_request(format!(
+            "{TIMEOUT_HEADER} must be a whole number of milliseconds (0: no deadline), not {:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    })?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
 /// The W3C trace context header, taken from requests and set on answers.

@@ -97,3 +97,37 @@ pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Makes `probes` HTTP probes (`GET path`, one at a time, each a new connection) while
+/// 100 new silent connections arrive every 200 ms and stay open; returns how many probes
+/// got a 2xx answer (each is given 5 s).
+pub async fn probes_through_a_flood(addr: SocketAddr, path: &str, probes: usize) -> usize {
+    let flooding = tokio::spawn(async move {
+        let mut silent = Vec::new();
+        loop {
+            for _ in 0..100 {
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+                    silent.push(s);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answered = 0;
+    for _ in 0..probes {
+        let probe = async {
+            let mut s = TcpStream::connect(addr).await.ok()?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: probe\r\n\r\n").as_bytes()).await.ok()?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).await.ok()?;
+            (head.starts_with(b"HTTP/1.1 2")).then_some(())
+        };
+        if tokio::time::timeout(Duration::from_secs(5), probe).await.ok().flatten().is_some() {
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flooding.abort();
+    answered
+}

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use meshrpc::{Codec, ConnectOptions, Connection, Error};
 use meshrpc_tests::{
     harness::{http, Node},
-    hostile::{closed_by_node, cpu_ticks, fd_count, handshaken, metric, request, status_kib},
+    hostile::{closed_by_node, cpu_ticks, fd_count, handshaken, metric, probes_through_a_flood, request, status_kib},
     lab::{Lab, LabClient, LabError},
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 
 async fn lab(args: &[&str]) -> Node {
     Node::start(LABNODE, args).await
@@ -149,10 +150,16 @@ async fn past_the_connection_cap_new_connections_are_refused_but_pings_answer() 
     for _ in 0..20 {
         held.push(handshaken(node.addr).await);
     }
-    // Over the cap: a mesh caller is closed, a probe still gets its 204.
-    let mut extra = TcpStream::connect(node.addr).await.unwrap();
-    extra.write_all(b"MESHRPC").await.unwrap();
-    assert!(closed_by_node(&mut extra, Duration::from_secs(5)).await);
+    // Over the cap: a mesh caller gets the protocol's own refusal, saying why; a probe
+    // still gets its 204.
+    let refused = Connection::connect(node.addr, ConnectOptions::default()).await.map(|_| ()).unwrap_err();
+    assert!(matches!(&refused, Error::Overloaded { message } if message.contains("maximum of 20")), "{refused:?}");
+    let cli = tokio::process::Command::new(MESHRPC)
+        .args(["call", "lab.whoami", "{}", "--nodes", &node.addr.to_string(), "--tag", "test", "--wait", "5"])
+        .output();
+    let cli = tokio::time::timeout(Duration::from_secs(30), cli).await.expect("meshrpc call hung").unwrap();
+    let said = String::from_utf8_lossy(&cli.stderr);
+    assert!(!cli.status.success() && said.contains("overloaded"), "meshrpc call said: {said}");
     let ping = http("GET", &format!("http://{}/ping", node.addr), "", &[]).await;
     assert_eq!(ping.status, 204);
     let refused = http("POST", &format!("http://{}/lab/whoami", node.addr), "{}", &[]).await;
@@ -173,6 +180,76 @@ async fn past_the_connection_cap_new_connections_are_refused_but_pings_answer() 
     .await;
     assert_eq!(again.as_deref(), Some("lab"));
     assert!(metric(node.addr, "meshrpc_connections_refused").await >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_cap_probes_answer_through_a_flood_of_silent_connections() {
+    let node = lab(&["--max-connections", "20"]).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(handshaken(node.addr).await);
+    }
+    let pings = probes_through_a_flood(node.addr, "/ping", 20).await;
+    let heartbeats = probes_through_a_flood(node.addr, "/__heartbeat__", 10).await;
+    eprintln!("past the cap, through 100 silent connections every 200 ms: /ping {pings} of 20, /__heartbeat__ {heartbeats} of 10");
+    assert_eq!((pings, heartbeats), (20, 10), "before: 4 of 20 answered");
+    // The gateway's readiness probe runs its own check, past the cap too.
+    let gateway = Node::start(
+        MESHRPC,
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--tag",
+            "probes",
+            "--max-connections",
+            "5",
+        ],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gateway.addr).await.unwrap();
+        s.write_all(b"GET /ping HTTP/1.1\r\nhost: held\r\n\r\n").await.unwrap();
+        held.push(s);
+    }
+    let healthz = probes_through_a_flood(gateway.addr, "/healthz", 20).await;
+    let pings = probes_through_a_flood(gateway.addr, "/ping", 10).await;
+    eprintln!("past the gateway's cap, through the same flood: /healthz {healthz} of 20, /ping {pings} of 10");
+    assert_eq!((healthz, pings), (20, 10), "before: /ping 1 of 20, /healthz refused with 503");
+    let refused = http("POST", &gateway.url("/lab/whoami"), "{}", &[]).await;
+    assert_eq!((refused.status, refused.json()["errors"][0]["code"].as_str()), (503, Some("overloaded")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_fewer_descriptors_than_its_cap_a_node_caps_itself_below_its_fd_limit() {
+    // A hard limit of 256 descriptors, below the default cap of 1024 connections.
+    let node = Node::start("sh", &["-c", &format!("ulimit -n 256 && exec {LABNODE}")]).await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past what its descriptors allow it refuses as at the cap: probes answer, mesh
+    // callers are told `overloaded` (not left in the backlog of a node out of descriptors).
+    let fds = fd_count(pid(&node));
+    let failed = node.output().iter().filter(|l| l.contains("accept failed")).count();
+    eprintln!("300 connections to a node with 256 descriptors: {fds} open, {failed} accept failures logged");
+    assert_eq!(failed, 0, "accept failures logged (before: one every 50 ms): {:?}", node.output());
+    let ping = http("GET", &node.url("/ping"), "", &[]).await;
+    assert_eq!(ping.status, 204);
+    let refused = tokio::time::timeout(Duration::from_secs(10), Connection::connect(node.addr, Default::default()))
+        .await
+        .expect("connect hung");
+    assert!(matches!(refused, Err(Error::Overloaded { .. })), "{:?}", refused.map(|_| ()));
+    drop(silent);
+    let again = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
+        LabClient::new(meshrpc::connect(node.addr).await.ok()?).whoami().await.ok()
+    })
+    .await;
+    assert_eq!(again.as_deref(), Some("lab"), "served again once the connections left");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,6 +46,13 @@ impl Peers {
         self.map.lock().unwrap().entry(addr).or_insert_with(|| Arc::new(Peer::new(addr, self.options.clone()))).clone()
     }
 
+    /// Why the last connection attempt to `addr` failed, if it did and none succeeded since.
+    pub(crate) fn refused(&self, addr: SocketAddr) -> Option<Error> {
+        let peer = self.map.lock().unwrap().get(&addr).cloned()?;
+        let refused = peer.refused.lock().unwrap().clone();
+        refused
+    }
+
     pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
         self.map.lock().unwrap().values().cloned().collect()
     }
@@ -85,6 +92,8 @@ pub(crate) struct Peer {
     /// Connection attempts that failed so far: a call that waited for the lock while one
     /// failed fails too.
     failed_connects: std::sync::atomic::AtomicU64,
+    /// Why the last connection attempt failed (none: it succeeded, or none was made).
+    refused: Mutex<Option<Error>>,
     health: Mutex<Health>,
     /// Who the peer proved to be when last connected (mutual TLS).
     identity: Mutex<Option<Arc<Identity>>>,
@@ -110,6 +119,7 @@ impl Peer {
             connecting: tokio::sync::Mutex::new(()),
             probing: std::sync::atomic::AtomicBool::new(false),
             failed_connects: std::sync::atomic::AtomicU64::new(0),
+            refused: Mutex::new(None),
             identity: Mutex::new(None),
             health: Mutex::new(Health {
                 down_until: None,
@@ -214,6 +224,7 @@ impl Peer {
                 *self.conn.lock().unwrap() = Some(conn.clone());
                 self.identity.lock().unwrap().clone_from(&conn.peer_identity().cloned());
                 self.health.lock().unwrap().down_until = None;
+                *self.refused.lock().unwrap() = None;
                 // Stop picking this peer the moment its connection breaks, long before
                 // gossip declares it dead.
                 let (peer, watched) = (Arc::downgrade(self), conn.clone());
@@ -226,6 +237,7 @@ impl Peer {
                 Ok(conn)
             }
             Err(e) => {
+                *self.refused.lock().unwrap() = Some(e.clone());
                 self.mark_down();
                 self.failed_connects.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 Err(e)

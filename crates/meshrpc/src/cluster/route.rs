@@ -330,6 +330,25 @@ impl Inner {
         if !view.knows(service) {
             return Error::UnknownService { service: service.to_owned() };
         }
+        // Every replica refused this node's connection as overloaded (at its connection
+        // cap): say so, as the caller of a replica past its cap is told.
+        let refusals: Vec<Option<Error>> = view
+            .replicas(service, fingerprint)
+            .filter(|m| !m.is_self)
+            .filter_map(|m| m.addr)
+            .map(|addr| self.peers.refused(addr))
+            .collect();
+        let overloaded: Vec<&str> = refusals
+            .iter()
+            .filter_map(|e| match e {
+                Some(Error::Overloaded { message }) => Some(message.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !refusals.is_empty() && overloaded.len() == refusals.len() {
+            let message = format!("no replica of `{service}` takes a connection: {}", overloaded[0]);
+            return Error::Overloaded { message };
+        }
         let incompatible =
             view.members.iter().filter(|m| m.services.contains_key(service) && !m.serves(service, fingerprint)).count();
         Error::unavailable(if view.replicas(service, fingerprint).next().is_none() && incompatible > 0 {

@@ -4,13 +4,17 @@
 use std::sync::Arc;
 
 use axum::Router;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
 use super::keepalive::http_connection;
 use crate::{
+    call::BoxFuture,
     figures::Figure,
     server::ServerConfig,
-    transport::{accept_loop, Cap},
+    transport::{accept_loop, Cap, Probes, Rewind},
 };
 
 /// A node's figures in the Prometheus text format.
@@ -77,18 +81,22 @@ async fn serve_router(
 ) {
     let (stop, stopping) = watch::channel(false);
     let conn_stop = stopping.clone();
-    let cap = Cap { max_connections: config.max_connections, counters: Arc::default() };
     let (header_timeout, idle_timeout) = (config.header_timeout, config.http.idle_timeout);
+    // Past the cap, `/healthz` and `/ready` are still answered by the router (plaintext
+    // only: a TLS client's first bytes are its ClientHello).
+    let probes = tls.is_none().then(|| {
+        let (router, stop) = (router.clone(), stopping.clone());
+        Arc::new(move |io: Rewind<TcpStream>| {
+            let peer = io.stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            let router = with_peer(router.clone(), peer);
+            Box::pin(http_connection(io, router, header_timeout, idle_timeout, stop.clone())) as BoxFuture<()>
+        }) as Probes
+    });
+    let cap = Cap { max_connections: config.max_connections, counters: Arc::default(), probes };
     let serving = accept_loop(listener, stopping, config.drain_timeout, cap, move |stream, _| {
         let conn_stop = conn_stop.clone();
-        // Handlers may ask who connected (`ConnectInfo<SocketAddr>`, as with axum's own
-        // server): the gateway's rate limits key on it.
         let peer = stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let router =
-            tower::ServiceExt::map_request(router.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                req
-            });
+        let router = with_peer(router.clone(), peer);
         match tls.clone() {
             None => Box::pin(http_connection(stream, router, header_timeout, idle_timeout, conn_stop)),
             #[cfg(feature = "tls")]
@@ -110,4 +118,24 @@ async fn serve_router(
         _ = shutdown => { stop.send_replace(true); }
     }
     serving.await;
+}
+
+/// Handlers may ask who connected (`ConnectInfo<SocketAddr>`, as with axum's own server):
+/// the gateway's rate limits key on it.
+fn with_peer(
+    router: Router,
+    peer: std::net::SocketAddr,
+) -> impl tower::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + Unpin
+       + 'static {
+    tower::ServiceExt::map_request(router, move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        req
+    })
 }

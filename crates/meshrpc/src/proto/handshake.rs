@@ -154,6 +154,9 @@ impl CallerHandshake {
             if let Some(why) = reason.strip_prefix(TLS_REQUIRED) {
                 return Err(Error::Tls { message: format!("the node refused a plaintext caller: {why}") });
             }
+            if let Some(why) = reason.strip_prefix(OVERLOADED) {
+                return Err(Error::Overloaded { message: why.to_owned() });
+            }
             return Err(Error::protocol(format!(
                 "the node refused the handshake: {reason} (it speaks wire versions {}..={}, we speak {MIN_VERSION}..={VERSION})",
                 lo.wrapping_sub(b'0'),
@@ -246,6 +249,10 @@ impl NodeHandshake {
 /// Reasons that start with this refuse a plaintext caller of a node that accepts only
 /// mutual TLS; the caller reports them as [`Error::Tls`].
 pub const TLS_REQUIRED: &str = "tls: ";
+
+/// Reasons that start with this refuse a caller because the node is at its connection
+/// cap; the caller reports them as [`Error::Overloaded`] (safe to try another replica).
+pub const OVERLOADED: &str = "overloaded: ";
 
 /// Writes a refusal (`MESHRPC0`, the versions this side speaks, a reason of at most 255
 /// bytes) to `out`.

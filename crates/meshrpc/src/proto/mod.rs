@@ -16,8 +16,8 @@ pub use caller::{request, CallerState, ConnState, Incoming, Registered};
 pub use flow::{item_cost, RecvWindow, SendWindow, Spend, SHARED_WINDOW, STREAM_WINDOW};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{
-    refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, PREFACE_LEN, TLS_REQUIRED,
-    VERSION,
+    refusal, sniff, CallerHandshake, Features, Negotiated, NodeHandshake, Sniffed, MAGIC, OVERLOADED, PREFACE_LEN,
+    TLS_REQUIRED, VERSION,
 };
 pub use responder::{end, response, response_within, Expired, Inbound, ResponderState};
 

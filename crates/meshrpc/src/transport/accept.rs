@@ -21,6 +21,7 @@ use tokio::{
 
 use super::{
     guard::{Guard, PortCounters},
+    overcap::{FdRoom, OverCap, Probes},
     serve_mesh, stopped, Link, MeshLimits, TcpLink,
 };
 use crate::{
@@ -47,19 +48,22 @@ pub(crate) trait Door: Send + Sync + 'static {
 }
 
 /// How many connections a listener serves at once, and what it counts.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Cap {
     pub(crate) max_connections: usize,
     pub(crate) counters: Arc<PortCounters>,
+    /// What serves a readiness probe past the cap (none: it gets the 503 of the rest).
+    pub(crate) probes: Option<Probes>,
 }
 
-/// Connections over the cap still answered (`/ping`, a 503), each for a moment.
-const OVER_CAP: usize = 64;
 static CAP_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+static ACCEPT_FAILURES: Throttle = Throttle::new(Duration::from_secs(10));
+static FD_WARNING: std::sync::Once = std::sync::Once::new();
 
 /// Accepts connections until `shutdown` fires, serving each with `serve`; then waits up to
-/// `drain` for them to finish, and stops the rest. Past `cap.max_connections` a new
-/// connection gets a liveness answer or a refusal, never a handler.
+/// `drain` for them to finish, and stops the rest. Past `cap.max_connections` (or the
+/// descriptors the process has: [`FdRoom`]) a new connection gets a liveness answer or a
+/// refusal, never a handler.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
@@ -67,29 +71,43 @@ pub(crate) async fn accept_loop(
     cap: Cap,
     mut serve: impl FnMut(TcpStream, SocketAddr) -> BoxFuture<()>,
 ) {
+    let fds = FdRoom::get();
+    if fds.connections < cap.max_connections {
+        FD_WARNING.call_once(|| {
+            tracing::warn!(
+                fd_limit = fds.limit, max_connections = cap.max_connections, serving_at_most = fds.connections,
+                "the file descriptor limit is below the connection cap: connections past what it allows are refused as at the cap"
+            )
+        });
+    }
     let mut conns = JoinSet::new();
-    let mut over = JoinSet::new();
+    let mut over = OverCap::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) if conns.len() < cap.max_connections => {
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(serve(stream, peer));
-                    cap.counters.open_connections.store(conns.len() as u64, Ordering::Relaxed);
-                }
                 Ok((stream, peer)) => {
+                    let room = if conns.len() < cap.max_connections { fds.take() } else { None };
+                    if let Some(fd) = room {
+                        let _ = stream.set_nodelay(true);
+                        let served = serve(stream, peer);
+                        conns.spawn(async move {
+                            served.await;
+                            drop(fd);
+                        });
+                        cap.counters.open_connections.store(conns.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
                     PortCounters::add(&cap.counters.refused_connections);
                     CAP_WARNING.log(|left_out| tracing::warn!(
-                        %peer, max_connections = cap.max_connections, also_refused = left_out,
+                        %peer, max_connections = cap.max_connections.min(fds.connections), also_refused = left_out,
                         "connection cap reached: refusing new connections"
                     ));
-                    if over.len() < OVER_CAP {
-                        over.spawn(over_capacity(stream));
-                    }
+                    over.admit(stream, cap.max_connections.min(fds.connections), cap.probes.clone());
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors (the process opened more than its room
+                    // foresaw) and the like: back off, keep serving.
+                    ACCEPT_FAILURES.log(|left_out| tracing::warn!(error = %e, also_failed = left_out, "accept failed"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -97,7 +115,7 @@ pub(crate) async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {
                 cap.counters.open_connections.store(conns.len() as u64, Ordering::Relaxed);
             }
-            Some(_) = over.join_next(), if !over.is_empty() => {}
+            _ = over.join_next() => {}
         }
     }
     drop(listener);
@@ -107,36 +125,6 @@ pub(crate) async fn accept_loop(
         tracing::warn!(left = conns.len(), "drain timeout: closing remaining connections");
         conns.shutdown().await;
     }
-}
-
-/// A connection past the cap: liveness probes (`GET /ping`, `GET /__heartbeat__`) still get
-/// their 204, other HTTP requests a 503 saying why, anything else is closed.
-async fn over_capacity(mut stream: TcpStream) {
-    let mut first = BytesMut::with_capacity(256);
-    let read = tokio::time::timeout(Duration::from_secs(1), async {
-        while first.len() < 256 && !first.windows(4).any(|w| w == b"\r\n\r\n") {
-            if stream.read_buf(&mut first).await.ok()? == 0 {
-                return None;
-            }
-        }
-        Some(())
-    });
-    if read.await.ok().flatten().is_none() && first.is_empty() {
-        return;
-    }
-    let probe = [&b"GET /ping "[..], b"GET /__heartbeat__ "].iter().any(|p| first.starts_with(p));
-    let answer = if probe {
-        "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
-    } else if first.iter().take_while(|b| b.is_ascii_uppercase()).count() > 2 {
-        let body = r#"{"data":null,"errors":[{"code":"overloaded","message":"overloaded: the node serves its maximum of connections"}]}"#;
-        format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        return;
-    };
-    answer_and_close(stream, answer.as_bytes()).await;
 }
 
 /// How a mesh port serves its connections.
@@ -158,7 +146,20 @@ pub(crate) struct Port {
 /// Serves a mesh port: each connection's first bytes tell a mesh caller from anything else.
 pub(crate) async fn serve_port(listener: TcpListener, port: Port, shutdown: watch::Receiver<bool>, drain: Duration) {
     let stop = shutdown.clone();
-    let cap = Cap { max_connections: port.max_connections, counters: port.guard.counters.clone() };
+    // Past the cap, `/healthz` and `/ready` get what the port's HTTP door answers (not
+    // on a mutual-TLS port: nothing is served there in plaintext).
+    #[cfg(feature = "tls")]
+    let door = port.door.clone().filter(|_| port.tls.is_none());
+    #[cfg(not(feature = "tls"))]
+    let door = port.door.clone();
+    let probes: Option<Probes> = door.map(|door| {
+        let stop = shutdown.clone();
+        Arc::new(move |io: Rewind<TcpStream>| {
+            let io = Rewind::new(io.prefix, PortStream::Tcp(io.stream));
+            door.clone().serve(io, Admission::default(), stop.clone())
+        }) as Probes
+    });
+    let cap = Cap { max_connections: port.max_connections, counters: port.guard.counters.clone(), probes };
     accept_loop(listener, shutdown, drain, cap, move |stream, _| {
         let (port, stop) = (port.clone(), stop.clone());
         Box::pin(async move { serve_connection(stream, port, stop).await })
@@ -266,7 +267,7 @@ static TLS_REFUSALS: Throttle = Throttle::new(Duration::from_secs(5));
 
 /// Writes `answer`, then reads what is left of the request before closing: closing with
 /// unread bytes would reset the connection and lose the answer.
-async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
+pub(super) async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(answer).await?;
         stream.shutdown().await?;

@@ -6,6 +6,7 @@ mod accept;
 mod connection;
 mod guard;
 mod link;
+mod overcap;
 mod sender;
 mod serve;
 mod streams;
@@ -24,6 +25,8 @@ pub(crate) use guard::{FrameBudget, Guard};
 #[cfg_attr(not(all(feature = "cluster", feature = "tls")), allow(unused_imports))]
 pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_REPLAYED, UNPROVEN_REPLICAS};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
+#[cfg_attr(not(feature = "http"), allow(unused_imports))]
+pub(crate) use overcap::Probes;
 pub(crate) use serve::{serve_mesh, MeshLimits};
 #[cfg(feature = "tls")]
 pub use tls::{fingerprint, https_config, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};

@@ -131,3 +131,15 @@ pub async fn probes_through_a_flood(addr: SocketAddr, path: &str, probes: usize)
     flooding.abort();
     answered
 }
+
+/// A gauge from a node's `/metrics` (no suffix, no labels).
+pub async fn gauge(addr: SocketAddr, name: &str) -> u64 {
+    let text = http("GET", &format!("http://{addr}/metrics"), "", &[]).await.body;
+    let line = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meshrpc_tests::{
     harness::{http, Node},
-    hostile::{closed_by_node, cpu_ticks},
+    hostile::{closed_by_node, cpu_ticks, gauge, metric},
     lab::{Lab, LabClient},
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -80,4 +80,43 @@ async fn an_h2c_preface_without_settings_is_closed_at_the_header_timeout() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&answer.stdout), r#"{"data":"lab","errors":[]}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_without_a_deadline_cannot_take_the_whole_node() {
+    let node = Node::start(LABNODE, &[]).await;
+    // 200 ten-minute calls that never time out (`meshrpc-timeout-ms: 0`).
+    let body = r#"{"millis":600000}"#;
+    let head = format!(
+        "POST /lab/sleep HTTP/1.1\r\nhost: lab\r\nmeshrpc-timeout-ms: 0\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut long = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        long.push(s);
+    }
+    let settled = meshrpc_tests::harness::eventually(Duration::from_secs(20), || async {
+        let (running, refused) =
+            (gauge(node.addr, "meshrpc_calls_running").await, metric(node.addr, "meshrpc_calls_overloaded").await);
+        (running + refused == 200).then_some((running, refused))
+    })
+    .await;
+    let (running, refused) = settled.expect("every long call was either running or refused");
+    let limit = gauge(node.addr, "meshrpc_concurrency_limit").await;
+    // Every other call still runs.
+    let mut served = 0;
+    for i in 0..20 {
+        let answer = if i % 2 == 0 {
+            http("POST", &node.url("/lab/whoami"), "{}", &[]).await
+        } else {
+            http("POST", &node.url("/greeter/greet"), r#"{"name":"a"}"#, &[]).await
+        };
+        served += usize::from(answer.status == 200);
+    }
+    eprintln!("200 calls without a deadline: {running} run, {refused} refused (limit {limit}); other calls: {served} of 20 served");
+    assert_eq!((running, refused), (limit / 2, 200 - limit / 2), "half the limit of {limit}");
+    assert_eq!(served, 20, "before: 0 of 20 (every other call answered 503)");
+    drop(long);
 }

@@ -62,6 +62,9 @@ pub(crate) struct Limiter {
     adaptive: AtomicBool,
     limit: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Calls without a deadline running now: at most half the limit, so callers that
+    /// never hang up cannot take the whole node.
+    open_ended: AtomicUsize,
     refused: AtomicU64,
     /// Calls admitted: picks the ones measured.
     admitted: AtomicU64,
@@ -104,6 +107,7 @@ impl Limiter {
             adaptive: AtomicBool::new(false),
             limit: AtomicUsize::new(usize::MAX),
             in_flight: AtomicUsize::new(0),
+            open_ended: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             window: Mutex::new(Window {
@@ -137,23 +141,44 @@ impl Limiter {
     }
 
     /// Admits a call of `service.method`, or refuses it when the node runs its limit
-    /// already.
-    pub(crate) fn admit(self: &Arc<Self>, service: &str, method: &str) -> Result<Permit, Error> {
+    /// already — or, for a call without a deadline (`open_ended`), its share of it: half.
+    pub(crate) fn admit(self: &Arc<Self>, service: &str, method: &str, open_ended: bool) -> Result<Permit, Error> {
         let limit = self.limit.load(Ordering::Relaxed);
+        if open_ended {
+            let share = (limit / 2).max(1);
+            if self.open_ended.fetch_add(1, Ordering::AcqRel) >= share {
+                self.open_ended.fetch_sub(1, Ordering::AcqRel);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Overloaded {
+                    message: format!(
+                        "the node runs its share of {share} calls without a deadline at once (half its limit of {limit}): give the call a deadline"
+                    ),
+                });
+            }
+        }
         let running = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if running >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if open_ended {
+                self.open_ended.fetch_sub(1, Ordering::AcqRel);
+            }
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded { message: format!("the node runs its limit of {limit} calls at once") });
         }
+        // A call without a deadline lasts as long as its caller wants: its time says
+        // nothing about queueing.
         let measured = self.adaptive.load(Ordering::Relaxed)
+            && !open_ended
             && (running >= limit / 4 * 3 || self.admitted.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY == 0);
         let sample = measured.then(|| Sample { started: Instant::now(), method: method_key(service, method) });
-        Ok(Permit { limiter: self.clone(), running: running + 1, sample })
+        Ok(Permit { limiter: self.clone(), running: running + 1, open_ended, sample })
     }
 
     fn done(&self, p: &Permit) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if p.open_ended {
+            self.open_ended.fetch_sub(1, Ordering::AcqRel);
+        }
         let Some(sample) = &p.sample else { return };
         let now = Instant::now();
         let latency = now.duration_since(sample.started).max(LATENCY_FLOOR);
@@ -251,6 +276,8 @@ pub(crate) fn method_key(service: &str, method: &str) -> u64 {
 pub(crate) struct Permit {
     limiter: Arc<Limiter>,
     running: usize,
+    /// The call has no deadline.
+    open_ended: bool,
     /// When it started and its method, if it is measured.
     sample: Option<Sample>,
 }
@@ -362,21 +389,36 @@ mod tests {
         // than MAX_METHODS baselines, however many it sends.
         let limiter = Arc::new(Limiter::new(ConcurrencyLimit::default()));
         for i in 0..(MAX_METHODS as u64 + 1000) * SAMPLE_EVERY {
-            drop(limiter.admit("s", &format!("m{i}")).unwrap());
+            drop(limiter.admit("s", &format!("m{i}"), false).unwrap());
         }
         assert_eq!(limiter.window.lock().unwrap().methods.len(), MAX_METHODS);
-        assert!(limiter.admit("s", "m0").is_ok(), "calls are still admitted");
+        assert!(limiter.admit("s", "m0", false).is_ok(), "calls are still admitted");
     }
 
     #[test]
     fn calls_beyond_the_limit_are_refused_before_they_run() {
         let limiter = Arc::new(Limiter::new(ConcurrencyLimit::Fixed(2)));
-        let (a, b) = (limiter.admit("s", "m").unwrap(), limiter.admit("s", "m").unwrap());
-        let refused = limiter.admit("s", "m").err().unwrap();
+        let (a, b) = (limiter.admit("s", "m", false).unwrap(), limiter.admit("s", "m", false).unwrap());
+        let refused = limiter.admit("s", "m", false).err().unwrap();
         assert!(refused.to_string().contains("limit of 2 calls"), "{refused}");
         assert_eq!((limiter.in_flight(), limiter.refused()), (2, 1));
         drop((a, b));
-        assert!(limiter.admit("s", "m").is_ok());
+        assert!(limiter.admit("s", "m", false).is_ok());
         assert_eq!(Limiter::new(ConcurrencyLimit::Off).limit(), None);
+    }
+
+    #[test]
+    fn calls_without_a_deadline_take_at_most_half_the_limit() {
+        let limiter = Arc::new(Limiter::new(ConcurrencyLimit::Fixed(4)));
+        let open: Vec<_> = (0..2).map(|_| limiter.admit("s", "m", true).unwrap()).collect();
+        let refused = limiter.admit("s", "m", true).err().unwrap();
+        assert!(refused.to_string().contains("share of 2 calls without a deadline"), "{refused}");
+        // Calls with a deadline still have the other half.
+        let bounded: Vec<_> = (0..2).map(|_| limiter.admit("s", "m", false).unwrap()).collect();
+        assert!(limiter.admit("s", "m", false).is_err());
+        assert_eq!((limiter.in_flight(), limiter.refused()), (4, 2));
+        drop((open, bounded));
+        assert_eq!(limiter.open_ended.load(Ordering::Relaxed), 0);
+        assert!(limiter.admit("s", "m", true).is_ok());
     }
 }

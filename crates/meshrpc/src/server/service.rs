@@ -163,7 +163,8 @@ impl Dispatch for Registry {
             None => call.deadline,
         };
         // Past the node's concurrency limit, nothing runs.
-        let permit = match self.limiter.get().map(|l| l.admit(&call.service, &call.method)).transpose() {
+        let open_ended = deadline.is_none();
+        let permit = match self.limiter.get().map(|l| l.admit(&call.service, &call.method, open_ended)).transpose() {
             Ok(permit) => permit,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };

@@ -17,7 +17,19 @@ use crate::harness::http;
 
 /// A TCP connection that completed the mesh handshake and speaks raw frames.
 pub async fn handshaken(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    handshake(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+/// As [`handshaken`], with a 4 KiB receive buffer (no autotuning): a caller that reads
+/// nothing leaves its answers on the node, not in its own kernel.
+pub async fn handshaken_small(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    handshake(socket.connect(addr).await.expect("connect")).await
+}
+
+/// Completes the mesh handshake on `stream`.
+pub async fn handshake(mut stream: TcpStream) -> TcpStream {
     let shake = CallerHandshake::new("hostile", DEFAULT_MAX_FRAME);
     let mut hello = BytesMut::new();
     shake.hello(&mut hello);

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use meshrpc::{Codec, ConnectOptions, Connection, Error};
 use meshrpc_tests::{
     harness::{http, Node},
-    hostile::{closed_by_node, cpu_ticks, fd_count, handshaken, metric, probes_through_a_flood, request, status_kib},
+    hostile::{
+        closed_by_node, cpu_ticks, fd_count, handshaken, handshaken_small, metric, probes_through_a_flood, request,
+        status_kib,
+    },
     lab::{Lab, LabClient, LabError},
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -64,6 +67,34 @@ async fn a_caller_that_never_reads_its_answers_is_held_back_then_closed() {
     eprintln!("never-reading caller: {written} bytes of requests written; node peak RSS +{grew} KiB");
     // Bound: twice the answer queue (64 KiB) plus the answers of requests being answered.
     assert!(grew < 48 * 1024, "peak RSS grew by {grew} KiB (before the fix: ~320 MiB)");
+    answers(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_that_never_read_cost_what_the_limits_table_says() {
+    let node = lab(&[]).await;
+    let rss_before = status_kib(pid(&node), "VmRSS");
+    // 200 callers pipeline requests for 100 kB answers until TCP pushes back, and read
+    // nothing (a 4 KiB receive buffer: the answers stay on the node).
+    let frame = request(1, "lab", "blob", r#"{"len":100000}"#).repeat(50);
+    let mut writers = Vec::new();
+    for _ in 0..200 {
+        let mut stream = handshaken_small(node.addr).await;
+        let frame = frame.clone();
+        writers.push(tokio::spawn(async move {
+            while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), stream.write_all(&frame)).await {}
+            stream
+        }));
+    }
+    let mut held = Vec::new();
+    for w in writers {
+        held.push(w.await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let each = status_kib(pid(&node), "VmRSS").saturating_sub(rss_before) / 200;
+    eprintln!("200 callers that never read: {each} KiB of node memory each");
+    // README, "Limits": at most about 500 KiB each (the 256 KiB queue in its buffers).
+    assert!(each <= 512, "{each} KiB per caller that never reads");
     answers(&node).await;
 }
 

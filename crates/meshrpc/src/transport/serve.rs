@@ -137,9 +137,11 @@ pub(crate) async fn serve_mesh(
     let why: Option<Error> = 'conn: loop {
         // Requests already read wait while a turn's share of answers is pending: a caller
         // whose cheap requests ask for large answers gets a turn, not the worker thread.
+        // Nor are more answered than its queue has room for (at most one answer past it).
+        let room = limits.max_queued.saturating_sub(sender.queued());
         let mut backlog = false;
         loop {
-            if out.len() >= FAIR_SHARE.min(limits.max_queued) {
+            if out.len() >= FAIR_SHARE.min(room) {
                 backlog = true;
                 break;
             }
@@ -166,8 +168,12 @@ pub(crate) async fn serve_mesh(
             out.clear();
         }
         // Backpressure: while the caller leaves answers unread, read none of its requests
-        // (TCP then slows it down); one that stays stuck is closed.
-        if sender.queued() > limits.max_queued {
+        // (TCP then slows it down); one that stays stuck is closed. Meanwhile it holds its
+        // queue and nothing more: the buffer answers were encoded in is given back.
+        if sender.queued() >= limits.max_queued {
+            if out.capacity() > READ_CHUNK {
+                out = BytesMut::new();
+            }
             let room = sender.room(limits.max_queued / 2);
             if tokio::time::timeout(limits.stuck_timeout, room).await.is_err() {
                 PortCounters::add(&guard.counters.stuck_closed);

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use meshrpc_tests::{
     harness::{http, Node},
-    hostile::{closed_by_node, cpu_ticks, gauge, metric},
+    hostile::{closed_by_node, cpu_ticks, gauge, metric, status_kib},
     lab::{Lab, LabClient},
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
 
@@ -119,4 +122,58 @@ async fn calls_without_a_deadline_cannot_take_the_whole_node() {
     assert_eq!((running, refused), (limit / 2, 200 - limit / 2), "half the limit of {limit}");
     assert_eq!(served, 20, "before: 0 of 20 (every other call answered 503)");
     drop(long);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_callers_that_do_not_read_hold_at_most_the_answer_budget() {
+    let node = Node::start(LABNODE, &["--stuck-ms", "2000"]).await;
+    let rss_before = status_kib(pid(&node), "VmRSS");
+    // 40 callers ask for a 4 MB answer each (160 MB), read its status line, and stop
+    // reading (a 4 KiB receive buffer: the answers stay on the node).
+    let body = r#"{"len":4000000}"#;
+    let head = format!(
+        "POST /lab/blob HTTP/1.1\r\nhost: lab\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut callers = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(node.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        callers.push(s);
+    }
+    let (mut served, mut refused) = (0, 0);
+    for s in &mut callers {
+        let mut status = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut status)).await.unwrap().unwrap();
+        match &status[9..] {
+            b"200" => served += 1,
+            b"503" => refused += 1,
+            other => panic!("status {}", String::from_utf8_lossy(other)),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grew = status_kib(pid(&node), "VmRSS").saturating_sub(rss_before) >> 10;
+    eprintln!(
+        "40 HTTP callers of 4 MB answers that read nothing: {served} served, {refused} refused; node RSS +{grew} MiB"
+    );
+    // README, "Limits": 64 MiB of unread answers per port; past it, 503 overloaded.
+    assert!((1..=16).contains(&served), "{served} answers of 4 MB held for callers that do not read");
+    assert!(grew < 128, "node RSS grew by {grew} MiB (before: every answer held, ≈ 160 MiB and more)");
+    let shed = metric(node.addr, "meshrpc_http_answers_shed").await;
+    assert_eq!((refused, shed), (40 - served, 40 - served as u64), "the rest refused, and counted");
+    // Unread for the stuck timeout (2 s here): closed, and the budget is given back.
+    let closed = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        (metric(node.addr, "meshrpc_stuck_connections_closed").await >= served as u64).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "the callers that read nothing were closed");
+    let again = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        let again = http("POST", &node.url("/lab/blob"), body, &[]).await;
+        (again.status == 200).then_some(again.body.len())
+    })
+    .await;
+    assert_eq!(again, Some(4_000_000 + 23), "once they are gone, a caller that reads is served again");
+    drop(callers);
 }

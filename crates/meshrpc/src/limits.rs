@@ -15,6 +15,11 @@ pub struct HttpLimits {
     /// A client connection that sends nothing for this long is closed (60 s). A request
     /// being answered keeps it open only while it stays under this.
     pub idle_timeout: Duration,
+    /// Bytes of answers (of a known size) waiting for HTTP callers to read them, across
+    /// a port's connections (64 MiB): an answer that does not fit is replaced by `503
+    /// overloaded`, and a caller that reads none of its answer for `stuck_timeout` is
+    /// closed.
+    pub max_unread_answers: usize,
 }
 
 impl Default for HttpLimits {
@@ -24,6 +29,7 @@ impl Default for HttpLimits {
             body_timeout: Duration::from_secs(10),
             default_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            max_unread_answers: 64 * 1024 * 1024,
         }
     }
 }

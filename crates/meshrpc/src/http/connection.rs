@@ -9,12 +9,15 @@ use tokio::{
     sync::watch,
 };
 
-use super::keepalive::http_connection;
+use super::{
+    keepalive::http_connection,
+    unread::{Answers, HttpConn},
+};
 use crate::{
     call::BoxFuture,
     figures::Figure,
     server::ServerConfig,
-    transport::{accept_loop, Cap, Probes, Rewind},
+    transport::{accept_loop, Cap, PortCounters, Probes, Rewind},
 };
 
 /// A node's figures in the Prometheus text format.
@@ -81,29 +84,36 @@ async fn serve_router(
 ) {
     let (stop, stopping) = watch::channel(false);
     let conn_stop = stopping.clone();
-    let (header_timeout, idle_timeout) = (config.header_timeout, config.http.idle_timeout);
+    let counters = Arc::<PortCounters>::default();
+    let header_timeout = config.header_timeout;
+    let conn = HttpConn {
+        header_timeout,
+        idle_timeout: config.http.idle_timeout,
+        stuck_timeout: config.stuck_timeout,
+        answers: Answers::new(config.http.max_unread_answers, counters.clone()),
+    };
     // Past the cap, `/healthz` and `/ready` are still answered by the router (plaintext
     // only: a TLS client's first bytes are its ClientHello).
     let probes = tls.is_none().then(|| {
-        let (router, stop) = (router.clone(), stopping.clone());
+        let (router, stop, conn) = (router.clone(), stopping.clone(), conn.clone());
         Arc::new(move |io: Rewind<TcpStream>| {
             let peer = io.stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
             let router = with_peer(router.clone(), peer);
-            Box::pin(http_connection(io, router, header_timeout, idle_timeout, stop.clone())) as BoxFuture<()>
+            Box::pin(http_connection(io, router, conn.clone(), stop.clone())) as BoxFuture<()>
         }) as Probes
     });
-    let cap = Cap { max_connections: config.max_connections, counters: Arc::default(), probes };
+    let cap = Cap { max_connections: config.max_connections, counters, probes };
     let serving = accept_loop(listener, stopping, config.drain_timeout, cap, move |stream, _| {
-        let conn_stop = conn_stop.clone();
+        let (conn_stop, conn) = (conn_stop.clone(), conn.clone());
         let peer = stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let router = with_peer(router.clone(), peer);
         match tls.clone() {
-            None => Box::pin(http_connection(stream, router, header_timeout, idle_timeout, conn_stop)),
+            None => Box::pin(http_connection(stream, router, conn, conn_stop)),
             #[cfg(feature = "tls")]
             Some(tls) => Box::pin(async move {
                 let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
                 match tokio::time::timeout(header_timeout, accept).await {
-                    Ok(Ok(stream)) => http_connection(stream, router, header_timeout, idle_timeout, conn_stop).await,
+                    Ok(Ok(stream)) => http_connection(stream, router, conn, conn_stop).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
                     Err(_) => tracing::debug!("HTTPS handshake timed out"),
                 }

@@ -30,7 +30,8 @@ use tokio::{
     sync::watch,
 };
 
-use crate::transport::{stopped, Rewind};
+use super::unread::{HttpConn, Unsent};
+use crate::transport::{stopped, PortCounters, Rewind};
 
 /// An HTTP/1 connection this quiet (no request running, no bytes either way) parks.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
@@ -42,21 +43,22 @@ const H2_FRAME_HEAD: usize = 9;
 type Response = axum::response::Response;
 type Request = axum::http::Request<Incoming>;
 
-/// Serves HTTP/1.1 or h2c on one connection until it ends, it stays silent for
-/// `idle_timeout`, or `shutdown` fires (then it closes gracefully).
-pub(crate) async fn http_connection<I, S>(
-    io: I,
-    service: S,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) where
+/// Serves HTTP/1.1 or h2c on one connection until it ends, it stays silent for its idle
+/// timeout, its answer stays unread for its stuck timeout, or `shutdown` fires (then it
+/// closes gracefully).
+pub(crate) async fn http_connection<I, S>(io: I, service: S, conn: HttpConn, mut shutdown: watch::Receiver<bool>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + Unpin + 'static,
     S::Future: Send + 'static,
 {
+    let (header_timeout, idle_timeout) = (conn.header_timeout, conn.idle_timeout);
     let activity = Activity::new();
-    let mut io = Watched { io, activity: activity.clone() };
+    // Answers of a known size are charged to the port's budget until written.
+    let unsent = Unsent::new(conn.answers.clone());
+    let charged = unsent.clone();
+    let service = tower::ServiceExt::map_response(service, move |resp| charged.charge(resp));
+    let mut io = Watched { io, activity: activity.clone(), unsent: unsent.clone() };
     let mut prefix = BytesMut::new();
     // A new connection must start its request within the header timeout (decisions.md:
     // a few seconds before a handshake completes); a kept-alive one has the idle timeout.
@@ -99,16 +101,17 @@ pub(crate) async fn http_connection<I, S>(
         }
         let rewound = Rewind::new(std::mem::take(&mut prefix).freeze(), io);
         if rewound.prefix.starts_with(H2_PREFACE) {
-            return serve_h2(rewound, service, idle_timeout, &activity, shutdown).await;
+            return serve_h2(rewound, service, &conn, &activity, &unsent, shutdown).await;
         }
         if asks_upgrade(&rewound.prefix) {
             // A WebSocket: hyper hands the socket over after the 101; the connection is
             // the WebSocket's from then on (it never parks).
             return serve_upgradable(rewound, service, header_timeout, shutdown).await;
         }
-        match serve_h1(rewound, service.clone(), header_timeout, idle_timeout, &activity, &mut shutdown).await {
+        match serve_h1(rewound, service.clone(), &conn, &activity, &unsent, &mut shutdown).await {
             // Parked: go on with the socket and what hyper had read past the last request.
             Some((back, read_buf)) => {
+                unsent.clear(); // every answer went out whole
                 io = back;
                 prefix.extend_from_slice(&read_buf);
                 wait = idle_timeout;
@@ -123,9 +126,9 @@ pub(crate) async fn http_connection<I, S>(
 async fn serve_h1<I, S>(
     io: Rewind<Watched<I>>,
     service: S,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    conn_limits: &HttpConn,
     activity: &Activity,
+    unsent: &Unsent,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<(Watched<I>, Bytes)>
 where
@@ -136,7 +139,7 @@ where
     let running = Arc::new(AtomicUsize::new(0));
     let counted = Counted { inner: service, running: running.clone() };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.timer(TokioTimer::new()).header_read_timeout(conn_limits.header_timeout);
     let mut conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(counted));
     let mut parking = false;
     let mut closing: Option<Instant> = None;
@@ -145,7 +148,7 @@ where
     let (mut quiet_from, mut idle_from) = (activity.last(), activity.last());
     loop {
         let quiet = activity.last().max(quiet_from) + PARK_AFTER;
-        let idle = activity.last().max(idle_from) + idle_timeout;
+        let idle = activity.last().max(idle_from) + conn_limits.patience(unsent);
         tokio::select! {
             done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if done.is_err() || !parking {
@@ -183,7 +186,8 @@ where
                 let now = Instant::now();
                 if running.load(Ordering::Acquire) > 0 {
                     idle_from = now;
-                } else if activity.last() + idle_timeout <= now {
+                } else if activity.last() + conn_limits.patience(unsent) <= now {
+                    conn_limits.closing(unsent);
                     Pin::new(&mut conn).graceful_shutdown();
                     closing = Some(now + Duration::from_secs(1));
                 }
@@ -254,8 +258,9 @@ impl UpgradeTie {
 async fn serve_h2<I, S>(
     io: Rewind<Watched<I>>,
     service: S,
-    idle_timeout: Duration,
+    limits: &HttpConn,
     activity: &Activity,
+    unsent: &Unsent,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -267,12 +272,13 @@ async fn serve_h2<I, S>(
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let grace = loop {
-        let quiet_until = activity.last() + idle_timeout;
+        let quiet_until = activity.last() + limits.patience(unsent);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = stopped(&mut shutdown) => break Duration::from_secs(30),
             _ = tokio::time::sleep_until(quiet_until.into()) => {
-                if activity.last() + idle_timeout <= Instant::now() {
+                if activity.last() + limits.patience(unsent) <= Instant::now() {
+                    limits.closing(unsent);
                     break Duration::from_secs(1);
                 }
             }
@@ -351,10 +357,11 @@ impl Activity {
     }
 }
 
-/// An IO that notes when bytes move.
+/// An IO that notes when bytes move, and gives back the charge of answers written.
 struct Watched<I> {
     io: I,
     activity: Activity,
+    unsent: Arc<Unsent>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -371,8 +378,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n @ 1..)) = polled {
             self.activity.now();
+            self.unsent.written(n);
         }
         polled
     }
@@ -388,12 +396,33 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n @ 1..)) = polled {
             self.activity.now();
+            self.unsent.written(n);
         }
         polled
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+impl HttpConn {
+    /// How long the connection may stay silent: its idle timeout, or its stuck timeout
+    /// while an answer of it waits unread.
+    fn patience(&self, unsent: &Unsent) -> Duration {
+        if unsent.held() > 0 {
+            self.stuck_timeout
+        } else {
+            self.idle_timeout
+        }
+    }
+
+    /// The connection is closed for its silence: counted when its caller left an answer
+    /// unread.
+    fn closing(&self, unsent: &Unsent) {
+        if unsent.held() > 0 {
+            PortCounters::add(&self.answers.counters.stuck_closed);
+        }
     }
 }

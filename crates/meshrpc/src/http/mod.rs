@@ -5,12 +5,10 @@ mod connection;
 mod keepalive;
 mod rpc;
 mod streams;
+mod unread;
 mod websocket;
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use tokio::sync::watch;
@@ -38,14 +36,16 @@ use crate::{
     limits::HttpLimits,
     server::Server,
     server::ServerConfig,
-    transport::{Door, Rewind},
+    transport::{Door, PortCounters, Rewind},
 };
+use unread::{Answers, HttpConn};
 
 /// The HTTP side of a node's port: the RPC routes and the published routers, looked up
 /// per request so a router published while serving is mounted at once.
 pub(crate) struct HttpDoor {
     limits: HttpLimits,
-    header_timeout: Duration,
+    /// What each connection is given (timeouts, the budget of unread answers).
+    conn: HttpConn,
     /// What `/metrics` shows.
     figures: RwLock<Figures>,
     dispatch: RwLock<Arc<dyn Dispatch>>,
@@ -60,10 +60,20 @@ pub(crate) struct HttpDoor {
 }
 
 impl HttpDoor {
-    pub(crate) fn new(dispatch: Arc<dyn Dispatch>, config: &ServerConfig, figures: Figures) -> Arc<HttpDoor> {
+    pub(crate) fn new(
+        dispatch: Arc<dyn Dispatch>,
+        config: &ServerConfig,
+        figures: Figures,
+        counters: Arc<PortCounters>,
+    ) -> Arc<HttpDoor> {
         Arc::new(HttpDoor {
             limits: config.http,
-            header_timeout: config.header_timeout,
+            conn: HttpConn {
+                header_timeout: config.header_timeout,
+                idle_timeout: config.http.idle_timeout,
+                stuck_timeout: config.stuck_timeout,
+                answers: Answers::new(config.http.max_unread_answers, counters),
+            },
             figures: RwLock::new(figures),
             dispatch: RwLock::new(dispatch),
             #[cfg(feature = "tls")]
@@ -150,7 +160,7 @@ impl Door for HttpDoor {
     }
 
     fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
-        let (header_timeout, idle_timeout) = (self.header_timeout, self.limits.idle_timeout);
+        let conn = self.conn.clone();
         let service = tower::service_fn(move |mut req: axum::http::Request<_>| {
             use tower::ServiceExt;
             // The connection's verified caller makes this request's calls.
@@ -159,7 +169,7 @@ impl Door for HttpDoor {
             }
             self.app().oneshot(req)
         });
-        Box::pin(keepalive::http_connection(io, service, header_timeout, idle_timeout, shutdown))
+        Box::pin(keepalive::http_connection(io, service, conn, shutdown))
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
@@ -185,7 +195,7 @@ impl Server {
 
     pub(crate) fn http_door(&self) -> Arc<HttpDoor> {
         let door = self.door_or_init(|| {
-            let door = HttpDoor::new(self.dispatch(), self.config(), self.figures());
+            let door = HttpDoor::new(self.dispatch(), self.config(), self.figures(), self.counters());
             #[cfg(feature = "tls")]
             door.set_access(self.access());
             door

@@ -26,6 +26,9 @@ pub struct PortCounters {
     /// Calls ended as `overloaded` because the node-wide budget for unread stream items
     /// was spent.
     pub shed_stream_items: AtomicU64,
+    /// HTTP answers replaced by `503 overloaded`: the port's budget for answers its
+    /// callers have not read was spent.
+    pub shed_http_answers: AtomicU64,
     /// Connections open now (a gauge).
     pub open_connections: AtomicU64,
 }
@@ -65,7 +68,7 @@ impl PortCounters {
     }
 
     /// The counters as `(name, help, value)`, named as in `/metrics`.
-    pub fn values(&self) -> [(&'static str, &'static str, u64); 14] {
+    pub fn values(&self) -> [(&'static str, &'static str, u64); 15] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("meshrpc_connections_refused", "Connections refused at the connection cap", v(&self.refused_connections)),
@@ -91,6 +94,11 @@ impl PortCounters {
                 v(&self.stuck_closed),
             ),
             ("meshrpc_oversized_answers", "Answers refused as too large for their caller", v(&self.oversized_answers)),
+            (
+                "meshrpc_http_answers_shed",
+                "HTTP answers replaced by 503 overloaded: the budget for answers callers have not read was spent",
+                v(&self.shed_http_answers),
+            ),
             ("meshrpc_handshakes_refused", "Mesh handshakes refused", v(&self.refused_handshakes)),
             ("meshrpc_gossip_garbage", "UDP datagrams on the gossip port that were not gossip", v(&GOSSIP_GARBAGE)),
             ("meshrpc_tls_handshakes_refused", "TLS handshakes refused on the mesh port", v(&self.refused_tls)),

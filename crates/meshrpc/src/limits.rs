@@ -17,8 +17,8 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// Bytes of answers (of a known size) waiting for HTTP callers to read them, across
     /// a port's connections (64 MiB): an answer that does not fit is replaced by `503
-    /// overloaded`, and a caller that reads none of its answer for `stuck_timeout` is
-    /// closed.
+    /// overloaded`, and a connection whose answer the node can write no more of for
+    /// `stuck_timeout` is closed.
     pub max_unread_answers: usize,
 }
 

@@ -100,8 +100,17 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// A counter from a node's `/metrics` (`name_total`).
 pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    scrape(addr, name, "_total").await
+}
+
+/// A gauge from a node's `/metrics` (no suffix, no labels).
+pub async fn gauge(addr: SocketAddr, name: &str) -> u64 {
+    scrape(addr, name, "").await
+}
+
+async fn scrape(addr: SocketAddr, name: &str, suffix: &str) -> u64 {
     let text = http("GET", &format!("http://{addr}/metrics"), "", &[]).await.body;
-    let line = format!("{name}_total ");
+    let line = format!("{name}{suffix} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&line))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
@@ -142,16 +151,4 @@ pub async fn probes_through_a_flood(addr: SocketAddr, path: &str, probes: usize)
     }
     flooding.abort();
     answered
-}
-
-/// A gauge from a node's `/metrics` (no suffix, no labels).
-pub async fn gauge(addr: SocketAddr, name: &str) -> u64 {
-    let text = http("GET", &format!("http://{addr}/metrics"), "", &[]).await.body;
-    let line = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }

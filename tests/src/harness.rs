@@ -288,3 +288,19 @@ pub fn tool(name: &str) -> bool {
     eprintln!("SKIPPED: {name} is not installed (./test.sh installs it)");
     false
 }
+
+/// The Python that has `modules` (PyPI packages test.sh installs into target/py):
+/// `MESHRPC_PYTHON`, else python3. Without them the test says it skipped — or, under
+/// `MESHRPC_REQUIRE_TOOLS=1`, fails.
+pub fn python(modules: &[&str]) -> Option<String> {
+    let python = std::env::var("MESHRPC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let imports = format!("import {}", modules.join(", "));
+    let has = std::process::Command::new(&python).args(["-c", &imports]).output().is_ok_and(|o| o.status.success());
+    if !has {
+        let what = modules.join(", ");
+        assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "{python} has no {what} (./test.sh installs it)");
+        eprintln!("SKIPPED: {python} has no {what} (./test.sh installs it)");
+        return None;
+    }
+    Some(python)
+}

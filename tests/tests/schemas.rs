@@ -6,35 +6,17 @@
 
 use std::time::Duration;
 
-use meshrpc_tests::harness::{eventually, http, tool, Node};
+use meshrpc_tests::harness::{eventually, http, python, tool, Node};
 
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
-
-/// The Python with the validator: `MESHRPC_PYTHON` (test.sh makes a venv), else python3.
-fn python() -> Option<String> {
-    let python = std::env::var("MESHRPC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = std::process::Command::new(&python)
-        .args(["-c", "import openapi_spec_validator, jsonschema"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        assert!(
-            std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(),
-            "{python} has no openapi-spec-validator (./test.sh installs it)"
-        );
-        eprintln!("SKIPPED: {python} has no openapi-spec-validator (./test.sh installs it)");
-        return None;
-    }
-    Some(python)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_validates_and_real_bodies_match_its_schemas() {
     if !tool("python3") {
         return;
     }
-    let Some(python) = python() else { return };
+    let Some(python) = python(&["openapi_spec_validator", "jsonschema"]) else { return };
     let tag = "schemas";
     let gateway =
         Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])

@@ -286,62 +286,6 @@ pub(crate) fn outbound() -> &'static CallStats {
     STATS.get_or_init(CallStats::new)
 }
 
-/// The golden metrics in the Prometheus text format: calls by result code, a latency
-/// histogram and calls in flight, by direction, service, method and peer node.
-#[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
-pub(crate) fn prometheus_text(out: &mut String) {
-    use std::fmt::Write;
-    let mut calls = String::new();
-    let mut latency = String::new();
-    let mut running = String::new();
-    for direction in [Direction::Inbound, Direction::Outbound] {
-        let stats = match direction {
-            Direction::Inbound => inbound(),
-            Direction::Outbound => outbound(),
-        };
-        let dir = match direction {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        };
-        stats.each(|service, method, peer, s| {
-            let (codes, buckets, micros, now) = s.snapshot();
-            if codes.is_empty() && now == 0 {
-                return;
-            }
-            let labels = format!(
-                "direction=\"{dir}\",service=\"{}\",method=\"{}\",peer=\"{}\"",
-                escape(service),
-                escape(method),
-                escape(peer)
-            );
-            for (code, n) in &codes {
-                let _ = writeln!(calls, "meshrpc_calls_total{{{labels},code=\"{code}\"}} {n}");
-            }
-            let mut cumulative = 0;
-            for (i, n) in buckets.iter().enumerate() {
-                cumulative += n;
-                let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-                let _ = writeln!(latency, "meshrpc_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-            }
-            let _ = writeln!(latency, "meshrpc_call_duration_seconds_sum{{{labels}}} {}", micros as f64 / 1e6);
-            let _ = writeln!(latency, "meshrpc_call_duration_seconds_count{{{labels}}} {cumulative}");
-            let _ = writeln!(running, "meshrpc_calls_in_flight{{{labels}}} {now}");
-        });
-    }
-    out.push_str("# HELP meshrpc_calls Calls ended, by direction (inbound: served here; outbound: made to another node), service, method, peer node and result code.\n# TYPE meshrpc_calls counter\n");
-    out.push_str(&calls);
-    out.push_str("# HELP meshrpc_call_duration_seconds How long calls took, by direction, service, method and peer node.\n# TYPE meshrpc_call_duration_seconds histogram\n");
-    out.push_str(&latency);
-    out.push_str("# HELP meshrpc_calls_in_flight Calls running now, by direction, service, method and peer node.\n# TYPE meshrpc_calls_in_flight gauge\n");
-    out.push_str(&running);
-}
-
-/// A label value in the text format.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 /// One series as a node reports it (`meshrpc.stats`, `meshrpc top`, the dashboard).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesStats {

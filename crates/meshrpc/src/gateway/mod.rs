@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     extract::{MatchedPath, Request, State},
-    http::{header, HeaderValue, Method, StatusCode},
+    http::{Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
@@ -196,9 +196,8 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
     resp
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
-    ([(header::CONTENT_TYPE, ct)], shared.metrics.render()).into_response()
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    shared.metrics.answer(&headers)
 }
 
 /// The OpenAPI 3.1 document of every service in the cluster.

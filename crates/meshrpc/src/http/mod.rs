@@ -3,6 +3,7 @@
 
 mod connection;
 mod keepalive;
+mod metrics;
 mod rpc;
 mod streams;
 mod websocket;
@@ -15,11 +16,13 @@ use std::{
 use axum::Router;
 use tokio::sync::watch;
 
-#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use connection::render_metrics;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use connection::serve_https;
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use metrics::render_metrics;
+#[cfg(feature = "gateway")]
+pub(crate) use metrics::{encode_figures, exposition, GoldenMetrics};
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
@@ -120,7 +123,9 @@ impl HttpDoor {
             return app.clone();
         }
         let figures = self.figures.read().unwrap().clone();
-        let metrics = axum::routing::get(move || std::future::ready(connection::render_metrics(&figures())));
+        let metrics = axum::routing::get(move |headers: axum::http::HeaderMap| {
+            std::future::ready(metrics::render_metrics(&figures, &headers))
+        });
         let dispatch = self.dispatch.read().unwrap().clone();
         let admission = Admission {
             peer: None,

@@ -14,10 +14,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Distinct `(service, method, peer)` series kept per direction (≈ 4 KiB each: at most
-/// ≈ 4 MiB a direction); calls past it are counted in one series labelled `other`
-/// (callers choose the names they send).
+/// Distinct `(service, method, peer)` series with a named peer kept per direction (≈ 4 KiB
+/// each: at most ≈ 4 MiB a direction). Only methods that exist get series; past this bound
+/// (or [`MAX_PEERS`] for one method) a method's calls count under its peer `other`.
 pub(crate) const MAX_SERIES: usize = 1024;
+
+/// Named peers one method keeps per direction: callers choose the names they send, so a
+/// caller naming itself anew on every connection fills one method's share, not the node's.
+pub(crate) const MAX_PEERS: usize = 32;
 
 /// Result codes a call can end with, as labels: `ok`, `application`, then
 /// [`Error::code`](crate::Error::code)'s.
@@ -204,51 +208,80 @@ pub enum Direction {
     Outbound,
 }
 
-type Series = HashMap<String, HashMap<String, HashMap<String, Arc<MethodStats>>>>;
+/// The series of one method: by named peer, and the rest.
+#[derive(Default)]
+struct MethodSeries {
+    peers: HashMap<String, Arc<MethodStats>>,
+    /// Calls from peers past [`MAX_PEERS`] (or [`MAX_SERIES`]), labelled `other`.
+    other: Option<Arc<MethodStats>>,
+}
+
+type Series = HashMap<String, HashMap<String, MethodSeries>>;
 
 /// Every series of one direction.
 pub(crate) struct CallStats {
     series: RwLock<Series>,
-    count: std::sync::atomic::AtomicUsize,
-    /// Where calls go past [`MAX_SERIES`].
-    other: Arc<MethodStats>,
+    /// Series with a named peer.
+    named: std::sync::atomic::AtomicUsize,
+    /// Calls of services or methods that do not exist: one series, labelled `other`.
+    unknown: Arc<MethodStats>,
 }
 
 impl CallStats {
     fn new() -> CallStats {
-        CallStats { series: RwLock::default(), count: Default::default(), other: Arc::new(MethodStats::new()) }
+        CallStats { series: RwLock::default(), named: Default::default(), unknown: Arc::new(MethodStats::new()) }
     }
 
-    /// The series of `service.method` with `peer`.
-    pub(crate) fn series(&self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
-        if let Some(s) = self.series.read().unwrap().get(service).and_then(|m| m.get(method)).and_then(|p| p.get(peer))
-        {
-            return s.clone();
-        }
-        if self.count.load(Ordering::Relaxed) >= MAX_SERIES {
-            return self.other.clone();
+    /// The series of `service.method` with `peer`. Whether the method exists is asked
+    /// (`exists`) only when it has no series yet: calls of methods that do not exist share
+    /// one series labelled `other` and never take one of their own. A method keeps at most
+    /// [`MAX_PEERS`] named peers (and all methods [`MAX_SERIES`]); calls from more count
+    /// under its peer `other`.
+    pub(crate) fn series(
+        &self,
+        service: &str,
+        method: &str,
+        peer: &str,
+        exists: impl FnOnce() -> bool,
+    ) -> Arc<MethodStats> {
+        let known = match self.series.read().unwrap().get(service).and_then(|m| m.get(method)) {
+            Some(series) => match series.peers.get(peer) {
+                Some(s) => return s.clone(),
+                None => true,
+            },
+            None => false,
+        };
+        if !known && !exists() {
+            return self.unknown.clone();
         }
         let mut series = self.series.write().unwrap();
-        let peers = series.entry(service.to_owned()).or_default().entry(method.to_owned()).or_default();
-        peers
-            .entry(peer.to_owned())
-            .or_insert_with(|| {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                Arc::new(MethodStats::new())
-            })
-            .clone()
+        let method = series.entry(service.to_owned()).or_default().entry(method.to_owned()).or_default();
+        if let Some(s) = method.peers.get(peer) {
+            return s.clone();
+        }
+        if method.peers.len() < MAX_PEERS && self.named.load(Ordering::Relaxed) < MAX_SERIES {
+            self.named.fetch_add(1, Ordering::Relaxed);
+            let stats = Arc::new(MethodStats::new());
+            method.peers.insert(peer.to_owned(), stats.clone());
+            return stats;
+        }
+        method.other.get_or_insert_with(|| Arc::new(MethodStats::new())).clone()
     }
 
-    /// Every series with its labels, `other` last.
+    /// Every series with its labels: each method's named peers and `other`, then the calls
+    /// of methods that do not exist (service, method and peer `other`).
     pub(crate) fn each(&self, mut f: impl FnMut(&str, &str, &str, &MethodStats)) {
         for (service, methods) in self.series.read().unwrap().iter() {
-            for (method, peers) in methods {
-                for (peer, stats) in peers {
+            for (method, series) in methods {
+                for (peer, stats) in &series.peers {
                     f(service, method, peer, stats);
+                }
+                if let Some(other) = &series.other {
+                    f(service, method, "other", other);
                 }
             }
         }
-        f("other", "other", "other", &self.other);
+        f("other", "other", "other", &self.unknown);
     }
 
     /// What this direction counted so far.
@@ -394,17 +427,30 @@ mod tests {
     }
 
     #[test]
-    fn series_past_the_bound_are_counted_as_other() {
+    fn only_methods_that_exist_take_series_and_peers_are_bounded_per_method() {
         let stats = CallStats::new();
-        for i in 0..MAX_SERIES + 10 {
-            stats.series("s", &format!("m{i}"), "p").started();
+        let labels = |stats: &CallStats| {
+            let mut all = Vec::new();
+            stats.each(|s, m, p, series| all.push((format!("{s}.{m}@{p}"), series.snapshot().3)));
+            all.sort();
+            all
+        };
+        // 10,000 calls of methods that do not exist: one series, `other`.
+        for i in 0..10_000 {
+            stats.series("greeter", &format!("m{i}"), "http", || false).started();
         }
-        let mut other = 0;
-        stats.each(|s, _, _, series| {
-            if s == "other" {
-                other = series.snapshot().3;
-            }
-        });
-        assert_eq!(other, 10);
+        // Peers naming themselves anew: one method's share, then its `other`.
+        for i in 0..MAX_PEERS + 5 {
+            stats.series("greeter", "greet", &format!("caller{i}"), || true).started();
+        }
+        // A real method called for the first time still gets its own series.
+        stats.series("greeter", "send_postcard", "mesh-api", || true).started();
+        let all = labels(&stats);
+        assert_eq!(all.len(), MAX_PEERS + 3, "{all:?}");
+        assert!(all.contains(&("other.other@other".into(), 10_000)));
+        assert!(all.contains(&("greeter.greet@other".into(), 5)));
+        assert!(all.contains(&("greeter.send_postcard@mesh-api".into(), 1)));
+        // Once a method has a series, whether it exists is not asked again.
+        stats.series("greeter", "greet", "caller0", || unreachable!()).started();
     }
 }

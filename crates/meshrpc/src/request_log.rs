@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    call::Reply,
+    call::{Call, Dispatch, Reply},
     call_stats::{self, MethodStats},
     error::Error,
 };
@@ -78,11 +78,11 @@ pub(crate) fn line_picked() -> bool {
 pub(crate) struct LastMethod(Option<(Box<str>, Box<str>, Arc<MethodStats>)>);
 
 impl LastMethod {
-    fn stats(&mut self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
+    fn stats(&mut self, service: &str, method: &str, peer: &str, exists: impl FnOnce() -> bool) -> Arc<MethodStats> {
         match &self.0 {
             Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
             _ => {
-                let stats = call_stats::inbound().series(service, method, peer);
+                let stats = call_stats::inbound().series(service, method, peer, exists);
                 self.0 = Some((service.into(), method.into(), stats.clone()));
                 stats
             }
@@ -106,23 +106,36 @@ struct Line {
 }
 
 impl RequestLog {
-    /// Starts the log of a call from `peer` (a node's name: the metrics label; `caller`
-    /// says more, for the request line). A connection that serves many calls passes its
-    /// `last` slot (its peer never changes): most connections call one method over and
-    /// over, and the shared map costs a lock and three string hashes.
+    /// Starts the log of `call` from `peer` (a node's name: the metrics label; `caller`
+    /// says more, for the request line), which `dispatch` will answer (it knows whether the
+    /// method exists: one that does not takes no series). A connection that serves many
+    /// calls passes its `last` slot (its peer never changes): most connections call one
+    /// method over and over, and the shared map costs a lock and three string hashes.
     pub(crate) fn begin(
         last: Option<&mut LastMethod>,
+        call: &Call,
+        peer: &str,
+        caller: &str,
+        start: Instant,
+        dispatch: &dyn Dispatch,
+    ) -> RequestLog {
+        let (service, method) = (&*call.service, &*call.method);
+        let exists = || dispatch.has_method(service, method) != Some(false);
+        let stats = (call_stats::enabled() && summary_started()).then(|| match last {
+            Some(last) => last.stats(service, method, peer, exists),
+            None => call_stats::inbound().series(service, method, peer, exists),
+        });
+        RequestLog::with(stats, service, method, caller, call.trace_id, start)
+    }
+
+    fn with(
+        stats: Option<Arc<MethodStats>>,
         service: &str,
         method: &str,
-        peer: &str,
         caller: &str,
         trace_id: u128,
         start: Instant,
     ) -> RequestLog {
-        let stats = (call_stats::enabled() && summary_started()).then(|| match last {
-            Some(last) => last.stats(service, method, peer),
-            None => call_stats::inbound().series(service, method, peer),
-        });
         if let Some(stats) = &stats {
             stats.started();
         }
@@ -132,16 +145,20 @@ impl RequestLog {
         RequestLog { stats, line, start }
     }
 
-    /// Starts the log of a call from this process (the colocated fast path): each thread
-    /// keeps the slot of the method it called last, as a connection does.
+    /// Starts the log of a call from this process (the colocated fast path, to a method
+    /// that exists): each thread keeps the slot of the method it called last, as a
+    /// connection does.
     pub(crate) fn begin_local(service: &str, method: &str, trace_id: u128, start: Instant) -> RequestLog {
         thread_local! {
             static LAST: std::cell::RefCell<LastMethod> = std::cell::RefCell::default();
         }
-        LAST.with(|last| match last.try_borrow_mut() {
-            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", "local", trace_id, start),
-            Err(_) => RequestLog::begin(None, service, method, "local", "local", trace_id, start),
-        })
+        let stats = (call_stats::enabled() && summary_started()).then(|| {
+            LAST.with(|last| match last.try_borrow_mut() {
+                Ok(mut last) => last.stats(service, method, "local", || true),
+                Err(_) => call_stats::inbound().series(service, method, "local", || true),
+            })
+        });
+        RequestLog::with(stats, service, method, "local", trace_id, start)
     }
 
     /// Logs the call when it ends: with its result, or as `cancelled` if it is dropped

@@ -192,8 +192,10 @@ impl Inner {
                 (tried.len() == 1).then(|| self.mirror(&view, &call, member, fingerprint.as_deref())).flatten();
             let start = Instant::now();
             // Golden metrics of the edge this node → that replica's node.
-            let edge = crate::call_stats::enabled()
-                .then(|| crate::call_stats::outbound().series(&service, &call.method, &member.name));
+            let edge = crate::call_stats::enabled().then(|| {
+                let exists = || member.services.get(&*service).is_some_and(|s| s.has_method(&call.method));
+                crate::call_stats::outbound().series(&service, &call.method, &member.name, exists)
+            });
             if let Some(edge) = &edge {
                 edge.started();
             }
@@ -371,6 +373,11 @@ impl Dispatch for ClusterDispatch {
             Colocated::Share => false,
         }
     }
+
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        let view = self.inner.membership.view();
+        Some(view.members.iter().any(|m| m.services.get(service).is_some_and(|s| s.has_method(method))))
+    }
 }
 
 /// HTTP on a node: its own services locally, anything else through the mesh.
@@ -386,6 +393,13 @@ impl Dispatch for PreferLocal {
             self.local.dispatch(call)
         } else {
             self.mesh.dispatch(call)
+        }
+    }
+
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        match self.registry.serves(service) {
+            true => self.local.has_method(service, method),
+            false => self.mesh.has_method(service, method),
         }
     }
 }

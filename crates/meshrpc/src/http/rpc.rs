@@ -200,8 +200,7 @@ pub(crate) async fn admitted_call(
         return envelope(Err(denied));
     }
     let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
-    let log =
-        RequestLog::begin(None, &call.service, &call.method, "http", &caller, trace_id, Instant::now()).until_done();
+    let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
     let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
     let result = dispatch.dispatch(call).await;
     log.end(&result);

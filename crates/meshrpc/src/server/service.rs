@@ -142,6 +142,13 @@ impl Dispatch for Registry {
         true
     }
 
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        if service == crate::call_stats::NODE_SERVICE {
+            return Some(matches!(method, "stats" | "schema"));
+        }
+        Some(self.find(service).is_some_and(|s| s.spec().method(method).is_some()))
+    }
+
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
             if call.service == crate::call_stats::NODE_SERVICE {

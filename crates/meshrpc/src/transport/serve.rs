@@ -388,12 +388,11 @@ async fn on_inbound(
             }
             let log = RequestLog::begin(
                 Some(&mut caller.last_method.lock().unwrap()),
-                &call.service,
-                &call.method,
+                &call,
                 &caller.peer,
                 &caller.name,
-                call.trace_id,
                 now,
+                dispatch,
             );
             let mut answer = dispatch.dispatch(call);
             // Poll once here: a handler that is ready at once costs no task and no wake-up.

@@ -1,12 +1,17 @@
-//! Issue 36: `/metrics` as other tools read it. Every port that shows metrics (a node's
-//! port, its admin port, the gateway) answers the Prometheus text format 0.0.4 unless
-//! `Accept` asks for OpenMetrics: `promtool check metrics` finds nothing to say, Python's
-//! parser (PyPI prometheus-client) types every family, and its OpenMetrics parser reads
-//! the other format.
+//! Issue 36: the golden metrics as users and other tools read them. Every port that shows
+//! metrics (a node's port, its admin port, the gateway) answers the Prometheus text format
+//! 0.0.4 unless `Accept` asks for OpenMetrics: `promtool check metrics` finds nothing to
+//! say, Python's parser (PyPI prometheus-client) types every family, and its OpenMetrics
+//! parser reads the other format. Calls of methods that do not exist, and callers naming
+//! themselves anew, take no series from real methods.
 
 use std::time::Duration;
 
-use meshrpc_tests::harness::{eventually, http, python, tool, Node};
+use meshrpc::{Call, ConnectOptions, Connection, Dispatch};
+use meshrpc_tests::{
+    harness::{eventually, http, python, tool, Node},
+    lab::{Lab, LabClient},
+};
 use tokio::io::AsyncWriteExt;
 
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
@@ -110,4 +115,83 @@ async fn every_metrics_port_passes_promtool_and_python_in_both_formats() {
         assert!(parsed, "Python's OpenMetrics parser on the {what}'s /metrics:\n{said}");
         println!("{what} (OpenMetrics): {}", said.trim());
     }
+}
+
+/// `(labels, value)` of every sample of `metric` in a Prometheus text answer.
+fn samples(text: &str, metric: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == metric)
+        .map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                other => panic!("{metric}: {other:?}"),
+            };
+            (s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), value)
+        })
+        .collect()
+}
+
+/// Calls of `service.method` that ended with `code`, by peer.
+fn calls(text: &str, service: &str, method: &str, code: &str) -> std::collections::BTreeMap<String, f64> {
+    samples(text, "meshrpc_calls_total")
+        .into_iter()
+        .filter(|(l, _)| l["direction"] == "inbound" && l["service"] == service && l["method"] == method)
+        .filter(|(l, _)| l["code"] == code)
+        .map(|(l, v)| (l["peer"].clone(), v))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_and_self_named_callers_leave_real_methods_their_series() {
+    const UNKNOWN: usize = 1_100; // past the 1,024 series a node keeps
+    let lab = Node::start(LABNODE, &["--tag", "metrics-series", "--name", "series"]).await;
+    // Methods that do not exist, over HTTP and over the mesh.
+    let url = |i: usize| lab.url(&format!("/lab/m{i}"));
+    for chunk in (0..UNKNOWN).collect::<Vec<_>>().chunks(50) {
+        let mut answers = tokio::task::JoinSet::new();
+        for i in chunk {
+            let url = url(*i);
+            answers.spawn(async move { http("POST", &url, "{}", &[]).await });
+        }
+        while let Some(answer) = answers.join_next().await {
+            assert_eq!(answer.unwrap().status, 404);
+        }
+    }
+    let conn = meshrpc::connect(lab.addr).await.unwrap();
+    for i in 0..UNKNOWN {
+        let answer = conn.dispatch(Call::new("nowhere", format!("m{i}"), "{}".into())).await;
+        assert_eq!(answer.err().map(|e| e.code()), Some("unknown_service"));
+    }
+    // 100 callers naming themselves anew, on one real method.
+    for i in 0..100 {
+        let opts = ConnectOptions::default().caller(format!("caller{i}"));
+        let lab = LabClient::new(Connection::connect(lab.addr, opts).await.unwrap());
+        lab.nothing().await.unwrap();
+    }
+    // Real callers, after all that.
+    assert_eq!(http("POST", &lab.url("/lab/whoami"), "{}", &[]).await.status, 200);
+    let named = |name: &str| Connection::connect(lab.addr, ConnectOptions::default().caller(name.to_owned()));
+    LabClient::new(named("mesh-api").await.unwrap()).nothing().await.unwrap();
+    let api = LabClient::new(named("mesh-api").await.unwrap());
+    api.deadline_left().await.unwrap();
+
+    let text = http("GET", &lab.url("/metrics"), "", &[]).await.body;
+    // A real method called for the first time has its own series, with its caller's name.
+    assert_eq!(calls(&text, "lab", "whoami", "ok"), [("http".to_owned(), 1.0)].into(), "{text}");
+    assert_eq!(calls(&text, "lab", "deadline_left", "ok"), [("mesh-api".to_owned(), 1.0)].into());
+    // The self-named callers took 32 names of that one method; the rest, and the real
+    // caller after them, count under its `other`: every call is there.
+    let nothing = calls(&text, "lab", "nothing", "ok");
+    assert_eq!(nothing.len(), 33, "{nothing:?}");
+    assert_eq!((nothing["other"], nothing.values().sum::<f64>()), (69.0, 101.0), "{nothing:?}");
+    // Methods that do not exist have no series: their calls are in one, labelled `other`.
+    let series = samples(&text, "meshrpc_calls_total");
+    let made_up = |m: &str| m.strip_prefix('m').is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    assert!(!series.iter().any(|(l, _)| made_up(&l["method"])), "{text}");
+    let unknown = calls(&text, "other", "other", "unknown_method")["other"];
+    let nowhere = calls(&text, "other", "other", "unknown_service")["other"];
+    assert_eq!((unknown, nowhere), (UNKNOWN as f64, UNKNOWN as f64));
 }

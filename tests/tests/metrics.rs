@@ -5,7 +5,7 @@
 //! parser reads the other format. Calls of methods that do not exist, and callers naming
 //! themselves anew, take no series from real methods.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use meshrpc::{Call, ConnectOptions, Connection, Dispatch};
 use meshrpc_tests::{
@@ -117,16 +117,23 @@ async fn every_metrics_port_passes_promtool_and_python_in_both_formats() {
     }
 }
 
-/// `(labels, value)` of every sample of `metric` in a Prometheus text answer.
-fn samples(text: &str, metric: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+/// The samples of `metric` in a Prometheus text answer whose labels include `labels`:
+/// `(their labels, value)`. A histogram's value is its count up to the bound that the label
+/// `le` names (all of it without one).
+fn samples(text: &str, metric: &str, labels: &[(&str, &str)]) -> Vec<(HashMap<String, String>, f64)> {
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    let le = labels.iter().find(|(k, _)| *k == "le").map(|(_, v)| v.parse::<f64>().unwrap());
     scrape
         .samples
         .into_iter()
-        .filter(|s| s.metric == metric)
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| *k == "le" || s.labels.get(k) == Some(*v)))
         .map(|s| {
             let value = match s.value {
                 prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                prometheus_parse::Value::Histogram(buckets) => {
+                    let upto = buckets.iter().filter(|b| le.is_none_or(|le| b.less_than <= le));
+                    upto.map(|b| b.count).fold(0.0, f64::max)
+                }
                 other => panic!("{metric}: {other:?}"),
             };
             (s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), value)
@@ -134,14 +141,15 @@ fn samples(text: &str, metric: &str) -> Vec<(std::collections::HashMap<String, S
         .collect()
 }
 
+/// The sum of those samples.
+fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text, metric, labels).iter().map(|(_, v)| v).sum()
+}
+
 /// Calls of `service.method` that ended with `code`, by peer.
 fn calls(text: &str, service: &str, method: &str, code: &str) -> std::collections::BTreeMap<String, f64> {
-    samples(text, "meshrpc_calls_total")
-        .into_iter()
-        .filter(|(l, _)| l["direction"] == "inbound" && l["service"] == service && l["method"] == method)
-        .filter(|(l, _)| l["code"] == code)
-        .map(|(l, v)| (l["peer"].clone(), v))
-        .collect()
+    let labels = [("direction", "inbound"), ("service", service), ("method", method), ("code", code)];
+    samples(text, "meshrpc_calls_total", &labels).into_iter().map(|(l, v)| (l["peer"].clone(), v)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,10 +196,141 @@ async fn unknown_methods_and_self_named_callers_leave_real_methods_their_series(
     assert_eq!(nothing.len(), 33, "{nothing:?}");
     assert_eq!((nothing["other"], nothing.values().sum::<f64>()), (69.0, 101.0), "{nothing:?}");
     // Methods that do not exist have no series: their calls are in one, labelled `other`.
-    let series = samples(&text, "meshrpc_calls_total");
+    let series = samples(&text, "meshrpc_calls_total", &[]);
     let made_up = |m: &str| m.strip_prefix('m').is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
     assert!(!series.iter().any(|(l, _)| made_up(&l["method"])), "{text}");
     let unknown = calls(&text, "other", "other", "unknown_method")["other"];
     let nowhere = calls(&text, "other", "other", "unknown_service")["other"];
     assert_eq!((unknown, nowhere), (UNKNOWN as f64, UNKNOWN as f64));
+}
+
+/// A streaming POST: the answer's lines as they arrive, and the task reading them (abort
+/// it to hang up).
+async fn open(url: &str, body: &str, headers: &[(&str, &str)]) -> (tokio::task::JoinHandle<()>, Lines) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder().method("POST").uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    let resp = client.request(req).await.expect("a streaming answer");
+    assert_eq!(resp.status(), 200);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    eprintln!("reading the stream: {e}");
+                    break;
+                }
+            };
+            pending.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let _ = tx.send(String::from_utf8_lossy(&line).trim().to_owned());
+            }
+        }
+    });
+    (reading, rx)
+}
+
+type Lines = tokio::sync::mpsc::UnboundedReceiver<String>;
+
+/// The next line (a guard against a hang, not a measure).
+async fn line(lines: &mut Lines) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(20), lines.recv()).await.expect("a line within 20 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_one_call_in_flight_until_it_ends_and_counted_by_how_it_ended() {
+    let tag = "metrics-streams";
+    let gateway =
+        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
+            .await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let mut lab = Node::start(LABNODE, &["--tag", tag, "--name", "ticker", "--nodes", mesh.trim()]).await;
+    let url = gateway.url("/streamer/ticks");
+    let up = eventually(Duration::from_secs(15), || async {
+        (http("POST", &gateway.url("/streamer/count"), r#"{"from":0,"to":2,"pad":0}"#, &[]).await.status == 200)
+            .then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "the gateway never reached the streamer");
+    let ticks = |direction: &'static str| [("direction", direction), ("service", "streamer"), ("method", "ticks")];
+    let metrics = |node: &Node| {
+        let url = node.url("/metrics");
+        async move { http("GET", &url, "", &[]).await.body }
+    };
+
+    // A stream cut at its deadline: in flight while it runs, then `timeout`, not `ok`.
+    let (_, mut lines) = open(&url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "1500")]).await;
+    assert!(line(&mut lines).await.is_some_and(|l| l.starts_with(r#"{"data":"#)));
+    let (at_lab, at_gateway) = (metrics(&lab).await, metrics(&gateway).await);
+    assert_eq!(sum(&at_lab, "meshrpc_calls_in_flight", &ticks("inbound")), 1.0, "{at_lab}");
+    assert_eq!(sum(&at_gateway, "meshrpc_calls_in_flight", &ticks("outbound")), 1.0, "{at_gateway}");
+    assert_eq!(sum(&at_gateway, "meshrpc_calls_in_flight", &ticks("inbound")), 1.0, "the gateway's HTTP side");
+    let mut items = 1;
+    let last = loop {
+        let l = line(&mut lines).await.expect("the stream ends with an error line");
+        if l.contains(r#""errors""#) {
+            break l;
+        }
+        items += 1;
+    };
+    assert!(last.contains(r#""code":"timeout""#), "{last}");
+    let at_lab = metrics(&lab).await;
+    let ended = |code: &'static str| {
+        let mut labels = ticks("inbound").to_vec();
+        labels.push(("code", code));
+        sum(&at_lab, "meshrpc_calls_total", &labels)
+    };
+    assert_eq!((ended("timeout"), ended("ok")), (1.0, 0.0), "{at_lab}");
+    assert_eq!(sum(&at_lab, "meshrpc_calls_in_flight", &ticks("inbound")), 0.0);
+    let sent = sum(&at_lab, "meshrpc_stream_items_total", &ticks("inbound"));
+    assert!(sent >= items as f64, "{sent} items counted, {items} read");
+    assert!(sum(&at_lab, "meshrpc_stream_bytes_total", &ticks("inbound")) >= sent);
+    // Its duration runs to its end (its 1.5 s deadline), not to its first item.
+    let mut within_a_second = ticks("inbound").to_vec();
+    within_a_second.push(("le", "1"));
+    assert_eq!(sum(&at_lab, "meshrpc_call_duration_seconds", &ticks("inbound")), 1.0);
+    assert_eq!(sum(&at_lab, "meshrpc_call_duration_seconds", &within_a_second), 0.0, "{at_lab}");
+
+    // A reader that hangs up: `cancelled`, and no longer in flight.
+    let (reading, mut lines) = open(&url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "0")]).await;
+    line(&mut lines).await;
+    reading.abort();
+    let cancelled = eventually(Duration::from_secs(10), || async {
+        let at_lab = metrics(&lab).await;
+        let mut labels = ticks("inbound").to_vec();
+        labels.push(("code", "cancelled"));
+        (sum(&at_lab, "meshrpc_calls_total", &labels) == 1.0
+            && sum(&at_lab, "meshrpc_calls_in_flight", &ticks("inbound")) == 0.0)
+            .then_some(())
+    })
+    .await;
+    assert!(cancelled.is_some(), "{}", metrics(&lab).await);
+
+    // A replica killed mid-stream: the caller's side counts it `unavailable`.
+    let (_, mut lines) = open(&url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "0")]).await;
+    line(&mut lines).await;
+    lab.kill().await;
+    let last = loop {
+        let l = line(&mut lines).await.expect("the stream ends with an error line");
+        if l.contains(r#""errors""#) {
+            break l;
+        }
+    };
+    assert!(last.contains(r#""code":"unavailable""#), "{last}");
+    let at_gateway = metrics(&gateway).await;
+    for direction in ["outbound", "inbound"] {
+        let mut labels = ticks(direction).to_vec();
+        labels.push(("code", "unavailable"));
+        assert_eq!(sum(&at_gateway, "meshrpc_calls_total", &labels), 1.0, "{direction}: {at_gateway}");
+        assert_eq!(sum(&at_gateway, "meshrpc_calls_in_flight", &ticks(direction)), 0.0, "{direction}");
+    }
 }

@@ -102,6 +102,9 @@ struct Shard {
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_micros: AtomicU64,
     running: AtomicI64,
+    /// Items a stream answer carried, and their bytes (encoded); only grow.
+    stream_items: AtomicU64,
+    stream_bytes: AtomicU64,
     /// Since the last summary line.
     window_calls: AtomicU64,
     window_errors: AtomicU64,
@@ -115,6 +118,8 @@ impl Shard {
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_micros: AtomicU64::new(0),
             running: AtomicI64::new(0),
+            stream_items: AtomicU64::new(0),
+            stream_bytes: AtomicU64::new(0),
             window_calls: AtomicU64::new(0),
             window_errors: AtomicU64::new(0),
             window: std::array::from_fn(|_| AtomicU32::new(0)),
@@ -160,6 +165,13 @@ impl MethodStats {
         shard.window[window_bucket(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A stream answer of one of its calls carried an item of `bytes` (encoded).
+    pub(crate) fn stream_item(&self, bytes: u64) {
+        let shard = self.mine();
+        shard.stream_items.fetch_add(1, Ordering::Relaxed);
+        shard.stream_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// `(calls, errors, p99 µs)` since the last take, and starts over.
     pub(crate) fn take_window(&self) -> (u64, u64, u64) {
         let (mut calls, mut errors) = (0, 0);
@@ -184,7 +196,7 @@ impl MethodStats {
         (calls, errors, p99)
     }
 
-    fn snapshot(&self) -> (Vec<(String, u64)>, Vec<u64>, u64, i64) {
+    fn snapshot(&self) -> Snapshot {
         let sum = |f: &dyn Fn(&Shard) -> u64| self.shards.iter().map(f).sum::<u64>();
         let codes = CODES
             .iter()
@@ -194,8 +206,25 @@ impl MethodStats {
             .collect();
         let latency = (0..=LATENCY_BOUNDS.len()).map(|i| sum(&|s| s.latency[i].load(Ordering::Relaxed))).collect();
         let running: i64 = self.shards.iter().map(|s| s.running.load(Ordering::Relaxed)).sum();
-        (codes, latency, sum(&|s| s.latency_micros.load(Ordering::Relaxed)), running.max(0))
+        Snapshot {
+            codes,
+            latency,
+            micros: sum(&|s| s.latency_micros.load(Ordering::Relaxed)),
+            running: running.max(0) as u64,
+            stream_items: sum(&|s| s.stream_items.load(Ordering::Relaxed)),
+            stream_bytes: sum(&|s| s.stream_bytes.load(Ordering::Relaxed)),
+        }
     }
+}
+
+/// What a series counted, summed over its shards.
+struct Snapshot {
+    codes: Vec<(String, u64)>,
+    latency: Vec<u64>,
+    micros: u64,
+    running: u64,
+    stream_items: u64,
+    stream_bytes: u64,
 }
 
 /// Whether calls were served by this node or made by it.
@@ -288,8 +317,8 @@ impl CallStats {
     pub(crate) fn snapshot(&self, direction: Direction) -> Vec<SeriesStats> {
         let mut out = Vec::new();
         self.each(|service, method, peer, stats| {
-            let (codes, latency, micros, running) = stats.snapshot();
-            if codes.is_empty() && running == 0 {
+            let snap = stats.snapshot();
+            if snap.codes.is_empty() && snap.running == 0 {
                 return;
             }
             out.push(SeriesStats {
@@ -297,10 +326,12 @@ impl CallStats {
                 service: service.to_owned(),
                 method: method.to_owned(),
                 peer: peer.to_owned(),
-                codes,
-                latency,
-                latency_seconds: micros as f64 / 1e6,
-                running: running as u64,
+                codes: snap.codes,
+                latency: snap.latency,
+                latency_seconds: snap.micros as f64 / 1e6,
+                running: snap.running,
+                stream_items: snap.stream_items,
+                stream_bytes: snap.stream_bytes,
             });
         });
         out
@@ -331,15 +362,23 @@ pub struct SeriesStats {
     /// The other side: the calling node's name (inbound; `client` for a caller that gave
     /// none, `http` over HTTP) or the called replica's node name (outbound).
     pub peer: String,
-    /// Calls by result code (`ok`, `application`, `timeout`…), since the node started.
+    /// Calls by result code (`ok`, `application`, `timeout`…), since the node started. A
+    /// stream counts when it ends: `ok` only if it ended cleanly.
     pub codes: Vec<(String, u64)>,
     /// Calls by latency bucket ([`LATENCY_BOUNDS_SECONDS`], then the rest), since the
     /// node started.
     pub latency: Vec<u64>,
-    /// Sum of the calls' latencies.
+    /// Sum of the calls' latencies (a stream's: until it ended).
     pub latency_seconds: f64,
-    /// Calls running now.
+    /// Calls running now (a stream until it ends).
     pub running: u64,
+    /// Items the stream answers of these calls carried (0 for unary calls; absent from
+    /// older nodes' answers).
+    #[serde(default)]
+    pub stream_items: u64,
+    /// Their bytes, encoded.
+    #[serde(default)]
+    pub stream_bytes: u64,
 }
 
 /// The upper bounds of [`SeriesStats::latency`]'s buckets, in seconds.
@@ -411,11 +450,11 @@ mod tests {
         assert!((5_000..=6_144).contains(&p99), "{p99}");
         assert_eq!(stats.take_window(), (0, 0, 0));
         // The golden figures never reset.
-        let (codes, latency, _, running) = stats.snapshot();
-        assert_eq!(codes, [("ok".to_string(), 991), ("internal".to_string(), 10)]);
-        assert_eq!(latency[0], 990, "20 µs ≤ 100 µs");
-        assert_eq!(latency[5], 11, "5 ms ≤ 5 ms");
-        assert_eq!(running, 0);
+        let snap = stats.snapshot();
+        assert_eq!(snap.codes, [("ok".to_string(), 991), ("internal".to_string(), 10)]);
+        assert_eq!(snap.latency[0], 990, "20 µs ≤ 100 µs");
+        assert_eq!(snap.latency[5], 11, "5 ms ≤ 5 ms");
+        assert_eq!(snap.running, 0);
     }
 
     #[test]
@@ -431,7 +470,7 @@ mod tests {
         let stats = CallStats::new();
         let labels = |stats: &CallStats| {
             let mut all = Vec::new();
-            stats.each(|s, m, p, series| all.push((format!("{s}.{m}@{p}"), series.snapshot().3)));
+            stats.each(|s, m, p, series| all.push((format!("{s}.{m}@{p}"), series.snapshot().running)));
             all.sort();
             all
         };

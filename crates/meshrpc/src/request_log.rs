@@ -5,10 +5,12 @@
 //! A node under load then writes a few lines every ten seconds, not one per call.
 
 use std::{
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -16,6 +18,7 @@ use crate::{
     call::{Call, Dispatch, Reply},
     call_stats::{self, MethodStats},
     error::Error,
+    stream::{Items, Stream},
 };
 
 /// How often the summary is written (`MESHRPC_LOG_SUMMARY_MS` overrides it).
@@ -167,6 +170,53 @@ impl RequestLog {
         Running(Some(self))
     }
 
+    /// A call this node makes to a replica (outbound), counted in `stats` from `start`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn outbound(stats: Arc<MethodStats>, start: Instant) -> RequestLog {
+        stats.started();
+        RequestLog { stats: Some(stats), line: None, start }
+    }
+
+    /// Ends the log with `result`: at once for a value or an error; a stream takes the log
+    /// along, and the call stays in flight until the stream ends (see [`follow`](Self::follow)).
+    pub(crate) fn finish(self, result: Result<Reply, Error>) -> Result<Reply, Error> {
+        match result {
+            Ok(reply) => Ok(self.follow(reply)),
+            Err(e) => {
+                self.end_with(e.code());
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the log with `reply`, unless it is a stream: then the call ends with the
+    /// stream (a stream is one call): `ok` if it ends cleanly, `application` at an error
+    /// of the method's item type, the error's code at any other (`timeout` at its
+    /// deadline, `unavailable` when its replica died), `cancelled` if its reader drops it
+    /// first. Its items and their bytes are counted as they pass.
+    pub(crate) fn follow(self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Stream(items) if self.stats.is_some() || self.line.is_some() => {
+                Reply::Stream(Items::new(Counted { items, log: Some(self) }))
+            }
+            reply => {
+                self.end_with(if matches!(reply, Reply::AppError(_)) { "application" } else { "ok" });
+                reply
+            }
+        }
+    }
+
+    /// As [`follow`](Self::follow), for a typed stream answered in this process (the
+    /// colocated path): an item error ends it as `timeout` if it came at `deadline`, else
+    /// as `application`; its items are counted, with no bytes (nothing was encoded).
+    pub(crate) fn follow_typed<T, E>(self, stream: Stream<T, E>, deadline: Option<Instant>) -> Stream<T, E>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        Stream::new(CountedTyped { stream, log: Some(self), deadline })
+    }
+
     pub(crate) fn end(self, result: &Result<Reply, Error>) {
         self.end_with(status_of(result));
     }
@@ -191,8 +241,8 @@ impl RequestLog {
     }
 }
 
-/// A call's result as a label: `ok` (a stream counts when it opens: its items are not
-/// calls), `application`, or the error's code.
+/// A call's answer as a label: `ok` (for a stream: it opened; see
+/// [`RequestLog::follow`] for how it ended), `application`, or the error's code.
 pub(crate) fn status_of(result: &Result<Reply, Error>) -> &'static str {
     match result {
         Ok(Reply::Ok(_) | Reply::Stream(_)) => "ok",
@@ -205,9 +255,89 @@ pub(crate) fn status_of(result: &Result<Reply, Error>) -> &'static str {
 pub(crate) struct Running(Option<RequestLog>);
 
 impl Running {
-    pub(crate) fn end(mut self, result: &Result<Reply, Error>) {
-        if let Some(log) = self.0.take() {
-            log.end(result);
+    /// As [`RequestLog::finish`].
+    pub(crate) fn finish(mut self, result: Result<Reply, Error>) -> Result<Reply, Error> {
+        match self.0.take() {
+            Some(log) => log.finish(result),
+            None => result,
+        }
+    }
+}
+
+/// A stream answer counted as its call: its items as they pass, the call when it ends.
+struct Counted {
+    items: Items,
+    log: Option<RequestLog>,
+}
+
+impl futures_core::Stream for Counted {
+    type Item = Result<Reply, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.items).poll_next(cx);
+        let end = match &next {
+            Poll::Pending => return next,
+            Poll::Ready(Some(Ok(Reply::Ok(item)))) => {
+                if let Some(stats) = self.log.as_ref().and_then(|l| l.stats.as_ref()) {
+                    stats.stream_item(item.len() as u64);
+                }
+                return next;
+            }
+            Poll::Ready(None) => "ok",
+            Poll::Ready(Some(Ok(Reply::AppError(_)))) => "application",
+            Poll::Ready(Some(Ok(Reply::Stream(_)))) => "protocol",
+            Poll::Ready(Some(Err(e))) => e.code(),
+        };
+        if let Some(log) = self.log.take() {
+            log.end_with(end);
+        }
+        next
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.end_with("cancelled");
+        }
+    }
+}
+
+/// A typed stream answer counted as its call (see [`RequestLog::follow_typed`]).
+struct CountedTyped<T, E> {
+    stream: Stream<T, E>,
+    log: Option<RequestLog>,
+    deadline: Option<Instant>,
+}
+
+impl<T, E> futures_core::Stream for CountedTyped<T, E> {
+    type Item = Result<T, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.stream).poll_next(cx);
+        let end = match &next {
+            Poll::Pending => return next,
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(stats) = self.log.as_ref().and_then(|l| l.stats.as_ref()) {
+                    stats.stream_item(0);
+                }
+                return next;
+            }
+            Poll::Ready(None) => "ok",
+            Poll::Ready(Some(Err(_))) if self.deadline.is_some_and(|d| Instant::now() >= d) => "timeout",
+            Poll::Ready(Some(Err(_))) => "application",
+        };
+        if let Some(log) = self.log.take() {
+            log.end_with(end);
+        }
+        next
+    }
+}
+
+impl<T, E> Drop for CountedTyped<T, E> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.end_with("cancelled");
         }
     }
 }

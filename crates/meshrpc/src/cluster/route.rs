@@ -194,11 +194,9 @@ impl Inner {
             // Golden metrics of the edge this node → that replica's node.
             let edge = crate::call_stats::enabled().then(|| {
                 let exists = || member.services.get(&*service).is_some_and(|s| s.has_method(&call.method));
-                crate::call_stats::outbound().series(&service, &call.method, &member.name, exists)
+                let series = crate::call_stats::outbound().series(&service, &call.method, &member.name, exists);
+                crate::request_log::RequestLog::outbound(series, start)
             });
-            if let Some(edge) = &edge {
-                edge.started();
-            }
             let hedge = policy.hedge && sent == 1 && !versioned && self.policies.settings.hedging;
             let (answer, answered_by) = if hedge {
                 self.hedged(&call, fingerprint.as_deref(), pending, peer, &mut tried).await
@@ -208,14 +206,15 @@ impl Inner {
             if let Some(mirror) = mirror {
                 mirror.compare(answer.as_ref().map_err(|(e, _)| e));
             }
-            if let Some(edge) = edge {
-                let code = match &answer {
-                    Ok(Reply::AppError(_)) => "application",
-                    Ok(_) => "ok",
-                    Err((e, _)) => e.code(),
-                };
-                edge.record(start.elapsed().as_micros() as u64, code);
-            }
+            // A stream answer takes the edge's log along: the call ends when the stream does.
+            let answer = match (edge, answer) {
+                (Some(edge), Ok(reply)) => Ok(edge.follow(reply)),
+                (Some(edge), Err((e, reached))) => {
+                    edge.end_with(e.code());
+                    Err((e, reached))
+                }
+                (None, answer) => answer,
+            };
             let outcome = answer.as_ref().map(|_| ()).map_err(|(e, _)| e);
             self.judge(Replicas::Mesh, &view, &answered_by, &call.service, outcome);
             match answer {

@@ -101,7 +101,8 @@ fn encode_figure(f: &Figure, metric: MetricEncoder<'_>) -> Result<(), std::fmt::
 }
 
 /// The golden metrics (`call_stats`): calls by result code, their durations, calls in
-/// flight, and the items and bytes of streams, by direction, service, method and peer.
+/// flight, and the items and bytes of stream answers, by direction, service, method and
+/// peer. A stream is one call: in flight while it runs, counted and timed when it ends.
 #[derive(Debug)]
 pub(crate) struct GoldenMetrics;
 
@@ -147,6 +148,28 @@ impl Collector for GoldenMetrics {
         for s in &series {
             let gauge = ConstGauge::new(i64::try_from(s.running).unwrap_or(i64::MAX));
             gauge.encode(running.encode_family(&labels(s))?)?;
+        }
+        let streams: Vec<&SeriesStats> = series.iter().filter(|s| s.stream_items > 0).collect();
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let mut items = encoder.encode_descriptor(
+            "meshrpc_stream_items",
+            "Items stream answers carried, by direction, service, method and peer node",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &streams {
+            ConstCounter::new(s.stream_items).encode(items.encode_family(&labels(s))?)?;
+        }
+        let mut bytes = encoder.encode_descriptor(
+            "meshrpc_stream_bytes",
+            "Bytes of those items (encoded; 0 for calls within one process)",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &streams {
+            ConstCounter::new(s.stream_bytes).encode(bytes.encode_family(&labels(s))?)?;
         }
         Ok(())
     }

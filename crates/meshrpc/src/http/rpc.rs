@@ -199,11 +199,11 @@ pub(crate) async fn admitted_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
-    let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
+    let caller = http_caller(&call);
     let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
     let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
-    let result = dispatch.dispatch(call).await;
-    log.end(&result);
+    // A stream takes the log along: the call ends when the stream does.
+    let result = log.finish(dispatch.dispatch(call).await);
     if let Some(span) = exported {
         span.end(trace_id, hop, caller_span, true, crate::request_log::status_of(&result));
     }
@@ -215,6 +215,11 @@ pub(crate) async fn admitted_call(
         resp.headers_mut().insert(TRACEPARENT_HEADER, value);
     }
     resp
+}
+
+/// Who makes a call over HTTP, for request lines: `http`, or the verified caller's name.
+pub(crate) fn http_caller(call: &Call) -> String {
+    call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"))
 }
 
 /// The W3C trace context header, taken from requests and set on answers.

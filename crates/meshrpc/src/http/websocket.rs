@@ -11,7 +11,7 @@
 //! WebSocket has no deadline unless the `meshrpc-timeout-ms` header of the upgrade sets
 //! one: the client ends it by closing.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
@@ -23,13 +23,14 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::{
     keepalive::UpgradeTie,
-    rpc::{app_error_message, error_entry, errors_body},
+    rpc::{app_error_message, error_entry, errors_body, http_caller},
     streams::HEARTBEAT,
 };
 use crate::{
     call::{Call, Dispatch, Reply},
     error::Error,
     limits::HttpLimits,
+    request_log::RequestLog,
     stream::{Input, Items},
 };
 
@@ -114,7 +115,9 @@ async fn session(socket: WebSocket, dispatch: Arc<dyn Dispatch>, mut call: Call,
             }
         }
     });
-    let outcome = match dispatch.dispatch(call).await {
+    // Counted as one call: in flight while the session runs (a stream answer until it ends).
+    let log = RequestLog::begin(None, &call, "http", &http_caller(&call), Instant::now(), &*dispatch).until_done();
+    let outcome = match log.finish(dispatch.dispatch(call).await) {
         Ok(Reply::Stream(mut answers)) => {
             let mut beat = tokio::time::interval(HEARTBEAT);
             beat.tick().await;

@@ -398,7 +398,8 @@ async fn on_inbound(
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
-                log.end(&result);
+                // A stream takes the log along: the call ends when the stream does.
+                let result = log.finish(result);
                 let Ok(Reply::Stream(items)) = result else { return finish(answers.frame(id, result)) };
                 // Recorded under the lock before the task can run: a short stream that ends
                 // at once must find its entry to remove.
@@ -415,8 +416,7 @@ async fn on_inbound(
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut running = state.lock().unwrap();
             let task = tokio::spawn(async move {
-                let result = answer.await;
-                log.end(&result);
+                let result = log.finish(answer.await);
                 if let Ok(Reply::Stream(items)) = result {
                     return served.stream(id, items, false).await;
                 }

@@ -26,7 +26,7 @@ pub(crate) use metrics::{encode_figures, exposition, GoldenMetrics};
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
-pub(crate) use rpc::{admitted_call, websocket_call};
+pub(crate) use rpc::{admitted_call, websocket_call, Hop};
 pub use rpc::{
     envelope, error_response, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
     TRACEPARENT_HEADER, VERSION_HEADER,

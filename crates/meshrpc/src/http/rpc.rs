@@ -91,8 +91,19 @@ async fn rpc(
     if websocket::is_upgrade(&parts.headers) {
         return websocket_call(state.dispatch.clone(), &state.limits, &admission, service, method, &mut parts).await;
     }
-    admitted_call(&*state.dispatch, &state.limits, &admission, service, method, &parts.method, &parts.headers, body)
-        .await
+    let hop = Hop::of(&parts.headers, &parts.extensions);
+    admitted_call(
+        &*state.dispatch,
+        &state.limits,
+        &admission,
+        service,
+        method,
+        &parts.method,
+        &parts.headers,
+        body,
+        hop,
+    )
+    .await
 }
 
 /// A call over a WebSocket (a method that takes a stream): admitted before the upgrade,
@@ -114,13 +125,19 @@ pub(crate) async fn websocket_call(
     let timeout = parts.headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut call = Call::new(service, method, Bytes::new());
     call.deadline = timeout.filter(|ms| *ms > 0).map(|ms| Instant::now() + Duration::from_millis(ms));
+    let hop = Hop::of(&parts.headers, &parts.extensions);
+    (call.trace_id, call.parent_span) = (hop.trace_id, hop.span);
     call.key = sticky_key(&parts.headers);
     call.version = pinned_version(&parts.headers);
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
     let tie = parts.extensions.get::<super::keepalive::UpgradeTie>().cloned();
-    websocket::answer(ws, dispatch, call, *limits, tie)
+    let mut resp = websocket::answer(ws, dispatch, call, *limits, tie);
+    if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
+        resp.headers_mut().insert(TRACEPARENT_HEADER, value);
+    }
+    resp
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the
@@ -134,7 +151,8 @@ pub async fn rpc_call(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    admitted_call(dispatch, limits, &Admission::default(), service, method, http_method, headers, body).await
+    let hop = Hop::of(headers, &Default::default());
+    admitted_call(dispatch, limits, &Admission::default(), service, method, http_method, headers, body, hop).await
 }
 
 #[allow(clippy::too_many_arguments)] // the parts of a request, taken apart by axum
@@ -147,6 +165,7 @@ pub(crate) async fn admitted_call(
     http_method: &Method,
     headers: &HeaderMap,
     body: Body,
+    hop: Hop,
 ) -> Response {
     if http_method != Method::POST {
         let mut resp = error_response(
@@ -174,14 +193,8 @@ pub(crate) async fn admitted_call(
         .get(TIMEOUT_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map_or(Some(limits.default_timeout), |ms| (ms > 0).then(|| Duration::from_millis(ms)));
-    // W3C trace context: a malformed `traceparent` is ignored and a new trace starts.
-    let (trace_id, caller_span) = headers
-        .get(TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .unwrap_or_else(|| (new_trace_id(), 0));
     // This HTTP hop's span: the parent of the call it makes.
-    let hop = new_span_id();
+    let Hop { trace_id, parent: caller_span, span: hop } = hop;
     let mut call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
@@ -224,6 +237,37 @@ pub(crate) fn http_caller(call: &Call) -> String {
 
 /// The W3C trace context header, taken from requests and set on answers.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// One HTTP hop of a trace: the trace it joins, the caller's span (its parent; 0 for a
+/// new trace) and its own span, the parent of the calls it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hop {
+    pub(crate) trace_id: u128,
+    pub(crate) parent: u64,
+    pub(crate) span: u64,
+}
+
+impl Hop {
+    /// The hop a gateway's `observe` started for this request (it is in the extensions),
+    /// else a new one from the request's W3C `traceparent`: a malformed header is ignored
+    /// and a new trace starts.
+    pub(crate) fn of(headers: &HeaderMap, extensions: &axum::http::Extensions) -> Hop {
+        if let Some(hop) = extensions.get::<Hop>() {
+            return *hop;
+        }
+        let (trace_id, parent) = headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+            .unwrap_or_else(|| (new_trace_id(), 0));
+        Hop { trace_id, parent, span: new_span_id() }
+    }
+
+    /// The `traceparent` this hop answers with: the trace, and this hop's span.
+    pub(crate) fn traceparent(&self) -> String {
+        traceparent(self.trace_id, self.span)
+    }
+}
 
 /// The version a request pins its call to: the `meshrpc-version` header.
 pub fn pinned_version(headers: &HeaderMap) -> Option<Arc<str>> {

@@ -134,6 +134,22 @@ async fn a_websocket_drives_a_bidirectional_stream_through_the_gateway() {
     assert!(error.contains("bad_request") && error.contains("message 1 is not a JSON text message"), "{error}");
     let close = got.iter().find_map(|m| if let Message::Close(Some(f)) = m { Some(f.code) } else { None });
     assert_eq!(close, Some(CloseCode::Invalid));
+
+    // A method that takes no stream: the client's mistake, so 1008 with what was wrong
+    // (not 1011, which says the node failed).
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/greeter/greet"), tcp).await.unwrap();
+    ws.send(Message::text(r#"{"name":"Max"}"#)).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        got.push(msg);
+    }
+    let error = got.iter().find_map(|m| m.to_text().ok().filter(|t| t.contains("errors"))).expect("an error message");
+    assert!(error.contains("bad_request") && error.contains("takes no stream of items"), "{error}");
+    let close = got.iter().find_map(|m| if let Message::Close(Some(f)) = m { Some(f.clone()) } else { None });
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert!(close.reason.contains("takes no stream of items"), "{close:?}");
     // The node serves on.
     assert_eq!(http("POST", &gateway.url("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await.status, 200);
 }

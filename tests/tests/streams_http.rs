@@ -74,6 +74,30 @@ async fn curl_reads_a_countdown_item_by_item_as_ndjson_and_as_server_sent_events
     assert_eq!(last["errors"][0]["detail"]["Refused"], "item 2");
 }
 
+/// The README's countdown at the most it allows ends with its greeting, within the default
+/// deadline that covers the whole stream (before, 60 was allowed and cut at 30 s with
+/// `timeout`); one more is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_longest_countdown_the_readme_allows_ends_with_its_greeting() {
+    if !tool("curl") {
+        return;
+    }
+    let (gateway, _lab) = gateway("streams-countdown").await;
+    let url = gateway.url("/greeter/countdown");
+    let longest = format!(r#"{{"from":{}}}"#, greeter::MAX_COUNTDOWN);
+    // `--max-time` only guards against a hang.
+    let args = ["-N", "-s", "--max-time", "90", "-X", "POST", &url, "-d", &longest];
+    let out = Command::new("curl").args(args).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len() as u32, greeter::MAX_COUNTDOWN + 1, "{text}");
+    assert_eq!((lines[0], lines[lines.len() - 1]), (r#"{"data":"50…"}"#, r#"{"data":"Hello!"}"#), "{text}");
+    let too_long = format!(r#"{{"from":{}}}"#, greeter::MAX_COUNTDOWN + 1);
+    let refused = http("POST", &url, too_long, &[]).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.json()["errors"][0]["detail"]["TooLong"], greeter::MAX_COUNTDOWN + 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ndjson_body_is_a_client_stream_and_a_malformed_line_is_named() {
     let (gateway, _lab) = gateway("streams-ndjson").await;

@@ -304,3 +304,42 @@ pub fn python(modules: &[&str]) -> Option<String> {
     }
     Some(python)
 }
+
+/// A streamed answer's lines, as they arrive.
+pub type Lines = tokio::sync::mpsc::UnboundedReceiver<String>;
+
+/// Sends one HTTP/1.1 request and reads its answer line by line as it streams (NDJSON,
+/// Server-Sent Events); the answer must be `200`. Returns the task reading it (abort it to
+/// hang up) and the lines.
+pub async fn read_lines(
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (tokio::task::JoinHandle<()>, Lines) {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("HTTP request timed out")
+        .expect("a streaming answer");
+    assert_eq!(resp.status(), 200);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            pending.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let _ = tx.send(String::from_utf8_lossy(&line).trim().to_owned());
+            }
+        }
+    });
+    (reading, rx)
+}

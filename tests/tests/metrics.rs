@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use meshrpc::{Call, ConnectOptions, Connection, Dispatch};
 use meshrpc_tests::{
-    harness::{eventually, http, python, tool, Node},
+    harness::{eventually, http, python, read_lines, tool, Lines, Node},
     lab::{Lab, LabClient},
 };
 use tokio::io::AsyncWriteExt;
@@ -204,43 +204,6 @@ async fn unknown_methods_and_self_named_callers_leave_real_methods_their_series(
     assert_eq!((unknown, nowhere), (UNKNOWN as f64, UNKNOWN as f64));
 }
 
-/// A streaming POST: the answer's lines as they arrive, and the task reading them (abort
-/// it to hang up).
-async fn open(url: &str, body: &str, headers: &[(&str, &str)]) -> (tokio::task::JoinHandle<()>, Lines) {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let mut req = hyper::Request::builder().method("POST").uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
-    let resp = client.request(req).await.expect("a streaming answer");
-    assert_eq!(resp.status(), 200);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let reading = tokio::spawn(async move {
-        let mut body = resp.into_body();
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(e) => {
-                    eprintln!("reading the stream: {e}");
-                    break;
-                }
-            };
-            pending.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let _ = tx.send(String::from_utf8_lossy(&line).trim().to_owned());
-            }
-        }
-    });
-    (reading, rx)
-}
-
-type Lines = tokio::sync::mpsc::UnboundedReceiver<String>;
-
 /// The next line (a guard against a hang, not a measure).
 async fn line(lines: &mut Lines) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(20), lines.recv()).await.expect("a line within 20 s")
@@ -268,7 +231,7 @@ async fn a_stream_is_one_call_in_flight_until_it_ends_and_counted_by_how_it_ende
     };
 
     // A stream cut at its deadline: in flight while it runs, then `timeout`, not `ok`.
-    let (_, mut lines) = open(&url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "1500")]).await;
+    let (_, mut lines) = read_lines("POST", &url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "1500")]).await;
     assert!(line(&mut lines).await.is_some_and(|l| l.starts_with(r#"{"data":"#)));
     let (at_lab, at_gateway) = (metrics(&lab).await, metrics(&gateway).await);
     assert_eq!(sum(&at_lab, "meshrpc_calls_in_flight", &ticks("inbound")), 1.0, "{at_lab}");
@@ -301,7 +264,7 @@ async fn a_stream_is_one_call_in_flight_until_it_ends_and_counted_by_how_it_ende
     assert_eq!(sum(&at_lab, "meshrpc_call_duration_seconds", &within_a_second), 0.0, "{at_lab}");
 
     // A reader that hangs up: `cancelled`, and no longer in flight.
-    let (reading, mut lines) = open(&url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "0")]).await;
+    let (reading, mut lines) = read_lines("POST", &url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "0")]).await;
     line(&mut lines).await;
     reading.abort();
     let cancelled = eventually(Duration::from_secs(10), || async {
@@ -316,7 +279,7 @@ async fn a_stream_is_one_call_in_flight_until_it_ends_and_counted_by_how_it_ende
     assert!(cancelled.is_some(), "{}", metrics(&lab).await);
 
     // A replica killed mid-stream: the caller's side counts it `unavailable`.
-    let (_, mut lines) = open(&url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "0")]).await;
+    let (_, mut lines) = read_lines("POST", &url, r#"{"every_ms":100}"#, &[("meshrpc-timeout-ms", "0")]).await;
     line(&mut lines).await;
     lab.kill().await;
     let last = loop {

@@ -343,3 +343,12 @@ pub async fn read_lines(
     });
     (reading, rx)
 }
+
+/// `meshrpc gateway` (the binary `bin`) on free ports in cluster `tag`: the gateway and the
+/// mesh address other nodes join through.
+pub async fn generic_gateway(bin: &str, tag: &str) -> (Node, String) {
+    let gateway =
+        Node::start(bin, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag]).await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("the gateway's mesh address");
+    (gateway, mesh.trim().to_owned())
+}

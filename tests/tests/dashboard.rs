@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use meshrpc_tests::harness::{eventually, http, read_lines, Lines, Node};
+use meshrpc_tests::harness::{eventually, generic_gateway, http, read_lines, Lines, Node};
 
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 
@@ -40,11 +40,8 @@ fn greeters(snapshot: &serde_json::Value) -> std::collections::BTreeMap<String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_stays_on_the_dashboard_as_lost_and_a_new_page_sees_the_charts_past() {
     let tag = "dashboard-lost";
-    let gateway =
-        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
-            .await;
-    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
-    let args = ["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", mesh.trim()];
+    let (gateway, mesh) = generic_gateway(MESHRPC, tag).await;
+    let args = ["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", &mesh];
     let replica = || Node::start(MESHRPC, &args);
     let (mut doomed, mut leaving, _stays) = (replica().await, replica().await, replica().await);
     let members = || async { http("GET", &gateway.url("/healthz"), "", &[]).await.json()["members"].as_u64() };

@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use meshrpc::{Call, ConnectOptions, Connection, Dispatch};
 use meshrpc_tests::{
-    harness::{eventually, http, python, read_lines, tool, Lines, Node},
+    harness::{eventually, generic_gateway, http, python, read_lines, tool, Lines, Node},
     lab::{Lab, LabClient},
 };
 use tokio::io::AsyncWriteExt;
@@ -65,13 +65,10 @@ async fn every_metrics_port_passes_promtool_and_python_in_both_formats() {
     }
     let Some(python) = python(&["prometheus_client"]) else { return };
     let tag = "metrics-formats";
-    let gateway =
-        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
-            .await;
-    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let (gateway, mesh) = generic_gateway(MESHRPC, tag).await;
     let lab = Node::start(
         LABNODE,
-        &["--tag", tag, "--name", "lab", "--nodes", mesh.trim(), "--admin-addr", "127.0.0.1:0", "--fail-percent", "10"],
+        &["--tag", tag, "--name", "lab", "--nodes", &mesh, "--admin-addr", "127.0.0.1:0", "--fail-percent", "10"],
     )
     .await;
     let admin = lab.line("admin on ", Duration::from_secs(10)).await.expect("admin address");
@@ -212,11 +209,8 @@ async fn line(lines: &mut Lines) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_one_call_in_flight_until_it_ends_and_counted_by_how_it_ended() {
     let tag = "metrics-streams";
-    let gateway =
-        Node::start(MESHRPC, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag])
-            .await;
-    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
-    let mut lab = Node::start(LABNODE, &["--tag", tag, "--name", "ticker", "--nodes", mesh.trim()]).await;
+    let (gateway, mesh) = generic_gateway(MESHRPC, tag).await;
+    let mut lab = Node::start(LABNODE, &["--tag", tag, "--name", "ticker", "--nodes", &mesh]).await;
     let url = gateway.url("/streamer/ticks");
     let up = eventually(Duration::from_secs(15), || async {
         (http("POST", &gateway.url("/streamer/count"), r#"{"from":0,"to":2,"pad":0}"#, &[]).await.status == 200)

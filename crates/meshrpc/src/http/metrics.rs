@@ -153,27 +153,28 @@ impl Collector for GoldenMetrics {
         if streams.is_empty() {
             return Ok(());
         }
-        let mut items = encoder.encode_descriptor(
-            "meshrpc_stream_items",
-            "Items stream answers carried, by direction, service, method and peer node",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in &streams {
-            ConstCounter::new(s.stream_items).encode(items.encode_family(&labels(s))?)?;
-        }
-        let mut bytes = encoder.encode_descriptor(
-            "meshrpc_stream_bytes",
-            "Bytes of those items (encoded; 0 for calls within one process)",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in &streams {
-            ConstCounter::new(s.stream_bytes).encode(bytes.encode_family(&labels(s))?)?;
+        let counters: [(&str, &str, SeriesFigure); 2] = [
+            (
+                "meshrpc_stream_items",
+                "Items stream answers carried, by direction, service, method and peer node",
+                |s| s.stream_items,
+            ),
+            ("meshrpc_stream_bytes", "Bytes of those items (encoded; 0 for calls within one process)", |s| {
+                s.stream_bytes
+            }),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &streams {
+                ConstCounter::new(value(s)).encode(family.encode_family(&labels(s))?)?;
+            }
         }
         Ok(())
     }
 }
+
+/// One number of a series.
+type SeriesFigure = fn(&SeriesStats) -> u64;
 
 /// A series' labels.
 fn labels(s: &SeriesStats) -> [(&'static str, &str); 4] {

@@ -199,6 +199,20 @@ async fn unknown_methods_and_self_named_callers_leave_real_methods_their_series(
     let unknown = calls(&text, "other", "other", "unknown_method")["other"];
     let nowhere = calls(&text, "other", "other", "unknown_service")["other"];
     assert_eq!((unknown, nowhere), (UNKNOWN as f64, UNKNOWN as f64));
+
+    // A member of the cluster keeps its name on that method, whatever others named themselves.
+    let member = meshrpc::Cluster::builder("member").tag("metrics-series").seeds([lab.addr.to_string()]).start();
+    let member = member.await.unwrap();
+    let kept = eventually(Duration::from_secs(15), || async {
+        // A connection of its own each time: the node counts a connection's calls where the
+        // first one went (before it saw the member join, under `other`).
+        LabClient::new(named("member").await.ok()?).nothing().await.ok()?;
+        let text = http("GET", &lab.url("/metrics"), "", &[]).await.body;
+        calls(&text, "lab", "nothing", "ok").contains_key("member").then_some(())
+    })
+    .await;
+    assert!(kept.is_some(), "{}", http("GET", &lab.url("/metrics"), "", &[]).await.body);
+    member.shutdown().await;
 }
 
 /// The next line (a guard against a hang, not a measure).

@@ -16,12 +16,45 @@ use serde::{Deserialize, Serialize};
 
 /// Distinct `(service, method, peer)` series with a named peer kept per direction (≈ 4 KiB
 /// each: at most ≈ 4 MiB a direction). Only methods that exist get series; past this bound
-/// (or [`MAX_PEERS`] for one method) a method's calls count under its peer `other`.
+/// (or the share of callers that are no members, see [`CallStats::series`]) a method's
+/// calls count under its peer `other`.
 pub(crate) const MAX_SERIES: usize = 1024;
 
 /// Named peers one method keeps per direction: callers choose the names they send, so a
 /// caller naming itself anew on every connection fills one method's share, not the node's.
+/// Members of this process's clusters keep their names past it.
 pub(crate) const MAX_PEERS: usize = 32;
+
+/// Member names remembered as real (see [`members_seen`]).
+const MAX_MEMBER_NAMES: usize = 4096;
+
+fn member_names() -> &'static RwLock<std::collections::HashSet<String>> {
+    static NAMES: OnceLock<RwLock<std::collections::HashSet<String>>> = OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+/// A cluster of this process sees members of these names: calls from them keep series of
+/// their own, whatever other callers name themselves (at most [`MAX_MEMBER_NAMES`] names).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn members_seen<'a>(names: impl Iterator<Item = &'a str>) {
+    let fresh: Vec<&str> = {
+        let known = member_names().read().unwrap();
+        names.filter(|n| !known.contains(*n)).collect()
+    };
+    if fresh.is_empty() {
+        return;
+    }
+    let mut known = member_names().write().unwrap();
+    for name in fresh {
+        if known.len() < MAX_MEMBER_NAMES {
+            known.insert(name.to_owned());
+        }
+    }
+}
+
+fn is_member(peer: &str) -> bool {
+    member_names().read().unwrap().contains(peer)
+}
 
 /// Result codes a call can end with, as labels: `ok`, `application`, then
 /// [`Error::code`](crate::Error::code)'s.
@@ -250,22 +283,29 @@ type Series = HashMap<String, HashMap<String, MethodSeries>>;
 /// Every series of one direction.
 pub(crate) struct CallStats {
     series: RwLock<Series>,
-    /// Series with a named peer.
+    /// Series with a named peer, and those of them whose peer is no member of a cluster.
     named: std::sync::atomic::AtomicUsize,
+    strangers: std::sync::atomic::AtomicUsize,
     /// Calls of services or methods that do not exist: one series, labelled `other`.
     unknown: Arc<MethodStats>,
 }
 
 impl CallStats {
     fn new() -> CallStats {
-        CallStats { series: RwLock::default(), named: Default::default(), unknown: Arc::new(MethodStats::new()) }
+        CallStats {
+            series: RwLock::default(),
+            named: Default::default(),
+            strangers: Default::default(),
+            unknown: Arc::new(MethodStats::new()),
+        }
     }
 
     /// The series of `service.method` with `peer`. Whether the method exists is asked
     /// (`exists`) only when it has no series yet: calls of methods that do not exist share
-    /// one series labelled `other` and never take one of their own. A method keeps at most
-    /// [`MAX_PEERS`] named peers (and all methods [`MAX_SERIES`]); calls from more count
-    /// under its peer `other`.
+    /// one series labelled `other` and never take one of their own. At most [`MAX_SERIES`]
+    /// have a named peer; callers that are no members of this process's clusters take at
+    /// most half of them, and [`MAX_PEERS`] of one method. Calls past that count under
+    /// the method's peer `other`.
     pub(crate) fn series(
         &self,
         service: &str,
@@ -288,8 +328,18 @@ impl CallStats {
         if let Some(s) = method.peers.get(peer) {
             return s.clone();
         }
-        if method.peers.len() < MAX_PEERS && self.named.load(Ordering::Relaxed) < MAX_SERIES {
+        // Members of the cluster may take every named series; other callers half of them,
+        // and [`MAX_PEERS`] of one method.
+        let (named, member) = (self.named.load(Ordering::Relaxed), is_member(peer));
+        let room = match member {
+            true => named < MAX_SERIES,
+            false => method.peers.len() < MAX_PEERS && self.strangers.load(Ordering::Relaxed) < MAX_SERIES / 2,
+        };
+        if room {
             self.named.fetch_add(1, Ordering::Relaxed);
+            if !member {
+                self.strangers.fetch_add(1, Ordering::Relaxed);
+            }
             let stats = Arc::new(MethodStats::new());
             method.peers.insert(peer.to_owned(), stats.clone());
             return stats;
@@ -482,10 +532,14 @@ mod tests {
         for i in 0..MAX_PEERS + 5 {
             stats.series("greeter", "greet", &format!("caller{i}"), || true).started();
         }
+        // A member of the cluster keeps its name past them.
+        members_seen(["mesh-api"].into_iter());
+        stats.series("greeter", "greet", "mesh-api", || true).started();
         // A real method called for the first time still gets its own series.
         stats.series("greeter", "send_postcard", "mesh-api", || true).started();
         let all = labels(&stats);
-        assert_eq!(all.len(), MAX_PEERS + 3, "{all:?}");
+        assert_eq!(all.len(), MAX_PEERS + 4, "{all:?}");
+        assert!(all.contains(&("greeter.greet@mesh-api".into(), 1)));
         assert!(all.contains(&("other.other@other".into(), 10_000)));
         assert!(all.contains(&("greeter.greet@other".into(), 5)));
         assert!(all.contains(&("greeter.send_postcard@mesh-api".into(), 1)));

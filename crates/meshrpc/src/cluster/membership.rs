@@ -580,6 +580,8 @@ impl Membership {
             loop {
                 let next = View { members: members(&watched.borrow_and_update(), &id) };
                 live.store(next.members.len(), std::sync::atomic::Ordering::Relaxed);
+                // Calls from members keep their names in the metrics, whoever else calls.
+                crate::call_stats::members_seen(next.members.iter().map(|m| m.name.as_str()));
                 tx.send_if_modified(|current| {
                     let changed = **current != next;
                     if changed {

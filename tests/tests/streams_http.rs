@@ -145,6 +145,10 @@ async fn a_websocket_drives_a_bidirectional_stream_through_the_gateway() {
         }
     }
     assert_eq!(closed, Some(CloseCode::Normal));
+    // The session was one call, counted when it ended (issue 36: streams in the metrics).
+    let metrics = http("GET", &gateway.url("/metrics"), "", &[]).await.body;
+    let chat = r#"meshrpc_calls_total{direction="inbound",service="streamer",method="chat",peer="http",code="ok"} 1"#;
+    assert!(metrics.contains(chat), "{metrics}");
 
     // Garbage: the node says what was wrong and closes with 1007.
     let mut ws = connect().await;

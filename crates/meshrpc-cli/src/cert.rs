@@ -43,10 +43,14 @@ pub enum CaCommand {
 /// Node certificate commands.
 #[derive(clap::Subcommand)]
 pub enum CertCommand {
-    /// Issue a node certificate: OUT gets ca.pem, node.pem, node.key and gossip.key,
-    /// ready for --tls-dir.
+    /// Issue a certificate: OUT gets ca.pem, node.pem, node.key (and gossip.key for a
+    /// node), ready for --tls-dir. A node (--node) serves and gossips; a caller
+    /// (--caller: the CLI, tools) only calls, and reaches the cluster through a node's
+    /// mesh port: it gets no gossip key.
     ///
     /// Example: meshrpc cert issue --ca ./ca --node greeter-1 --service greeter --out ./greeter-1
+    ///
+    /// Example: meshrpc cert issue --ca ./ca --caller ops --out ./ops
     Issue(IssueArgs),
     /// Show who a certificate is for, what it may serve and when it expires.
     ///
@@ -66,10 +70,14 @@ pub struct IssueArgs {
     /// The CA directory (from `meshrpc ca init`).
     #[arg(long)]
     pub ca: PathBuf,
-    /// The node's name.
-    #[arg(long)]
-    pub node: String,
-    /// Services the node may serve (comma separated; none for a caller-only node).
+    /// The node's name (a node gets the cluster's gossip key).
+    #[arg(long, required_unless_present = "caller", conflicts_with = "caller")]
+    pub node: Option<String>,
+    /// A caller-only identity's name (no gossip key, no services).
+    #[arg(long, conflicts_with = "service")]
+    pub caller: Option<String>,
+    /// Services the node may serve (comma separated; none for a node that only calls,
+    /// such as a gateway).
     #[arg(long, value_delimiter = ',')]
     pub service: Vec<String>,
     /// Directory to write to (created).
@@ -129,15 +137,20 @@ pub fn issue(args: IssueArgs) -> Result<()> {
     let ca_key = KeyPair::from_pem(&fs::read_to_string(args.ca.join(CA_KEY_FILE))?)?;
     let tag = ca_tag(&ca_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    if args.node.is_empty() || args.node.contains(['/', ' ']) {
-        return Err(format!("node `{}`: must be non-empty, without `/` or spaces", args.node).into());
+    let (node, is_node) = match (&args.node, &args.caller) {
+        (Some(node), None) => (node.as_str(), true),
+        (None, Some(caller)) => (caller.as_str(), false),
+        _ => return Err("say --node NAME (a node) or --caller NAME (calls only)".into()),
+    };
+    if node.is_empty() || node.contains(['/', ' ']) {
+        return Err(format!("name `{node}`: must be non-empty, without `/` or spaces").into());
     }
     let services: Vec<String> = args.service.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(&args.node);
+    params.distinguished_name = name(node);
     params.subject_alt_names = vec![SanType::DnsName(NODE_DNS_NAME.try_into()?)];
-    for uri in meshrpc::Identity::uris(&tag, &args.node, &services) {
+    for uri in meshrpc::Identity::uris(&tag, node, &services) {
         params.subject_alt_names.push(SanType::URI(uri.try_into()?));
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -156,14 +169,18 @@ pub fn issue(args: IssueArgs) -> Result<()> {
     fs::write(args.out.join(CERT_FILE), cert.pem())?;
     if args.out.canonicalize()? != args.ca.canonicalize()? {
         fs::write(args.out.join(CA_FILE), &ca_pem)?;
-        if let Ok(gossip) = fs::read_to_string(args.ca.join(GOSSIP_KEY_FILE)) {
-            write_secret(&args.out.join(GOSSIP_KEY_FILE), &gossip)?;
+        // The gossip key is the nodes' alone: a caller that held it could forge membership.
+        let gossip_key = args.out.join(GOSSIP_KEY_FILE);
+        match fs::read_to_string(args.ca.join(GOSSIP_KEY_FILE)) {
+            Ok(gossip) if is_node => write_secret(&gossip_key, &gossip)?,
+            _ if gossip_key.exists() => fs::remove_file(&gossip_key)?,
+            _ => {}
         }
     }
+    let what = if is_node { format!("node `{node}`") } else { format!("caller `{node}` (no gossip key)") };
     println!(
-        "{}: node `{}` of cluster `{tag}`, may serve [{}], valid until {}",
+        "{}: {what} of cluster `{tag}`, may serve [{}], valid until {}",
         args.out.display(),
-        args.node,
         services.join(", "),
         params.not_after.format(&Rfc3339)?
     );

@@ -117,8 +117,8 @@ pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 pub use cluster::{
     edges, method_rates, wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder,
     Colocated, Edge, Ejection, GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MeshSnapshot, MethodRates,
-    MirrorStats, Policies, Policy, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus, Split, Sticky,
-    View, DEFAULT_PORT, KEEPALIVE,
+    MirrorStats, Policies, Policy, RejectedRule, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus,
+    Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};

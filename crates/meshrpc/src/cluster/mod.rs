@@ -10,9 +10,11 @@ mod hedge;
 mod membership;
 mod outlier;
 mod peers;
+mod remote;
 mod resilience;
 mod retry;
 mod route;
+mod rules;
 #[cfg(feature = "tls")]
 mod sealed;
 #[cfg(feature = "tls")]
@@ -39,6 +41,7 @@ pub use outlier::Ejection;
 pub use resilience::{Resilience, ResilienceStats};
 pub use retry::RetryBudget;
 pub use route::HttpReplica;
+pub use rules::RejectedRule;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
@@ -75,6 +78,8 @@ struct Inner {
     /// The HTTP side of this node's port (`None` on client-only nodes).
     http: Option<Arc<HttpDoor>>,
     membership: Membership,
+    /// Who may write cluster rules, and this node's signature on its own.
+    rules: Arc<rules::RuleGate>,
     peers: Peers,
     policy: Policy,
     balancers: Mutex<HashMap<String, Arc<dyn Balance>>>,

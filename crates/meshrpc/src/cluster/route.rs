@@ -153,7 +153,11 @@ impl Inner {
             let picked = if !versioned {
                 self.pick(&*balancer, &service, &service, replicas, &tried, key)
             } else {
-                match self.versioned(&view, &service, replicas, &tried, pin, key) {
+                // The certificate comes first: a replica that cannot prove the service
+                // never counts as one of its versions (it could capture the split).
+                let provable =
+                    replicas.filter(|m| m.is_self || m.addr.is_none_or(|a| self.peers.get(a).may_serve(&service)));
+                match self.versioned(&view, &service, provable, &tried, pin, key) {
                     Ok(replicas) => self.pick(&*balancer, &service, &service, replicas.into_iter(), &tried, key),
                     Err(e) => return Err(last_error.unwrap_or(e)),
                 }

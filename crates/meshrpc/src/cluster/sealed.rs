@@ -7,7 +7,11 @@
 //! itself; so a sealed socket wraps chitchat's own UDP socket, bound to loopback, and a
 //! relay socket next to it: outgoing envelopes are encoded by chitchat into the relay,
 //! sealed and sent on; incoming datagrams are opened and handed to chitchat's socket
-//! through the relay. The loopback hop never leaves the process's host.
+//! through the relay. The loopback hop never leaves the process's host, but any process
+//! on the host can send to chitchat's socket: so what chitchat decodes there is taken
+//! only if the relay sent it (its source address), and anything else is dropped and
+//! counted as injected (`meshrpc_gossip_injected_total`). The relay is connected to
+//! chitchat's socket, so the kernel drops whatever else is sent to it.
 //!
 //! Datagram: `"MRG1" | nonce (12) | sealed(send time ms (8) | chitchat bytes) | tag (16)`.
 
@@ -58,11 +62,13 @@ impl Transport for SealedTransport {
         let relay = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let inner_addr = inner.local_addr()?;
         relay.connect(inner_addr).await?;
+        let relay_addr = relay.local_addr()?;
         let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &self.key).expect("a 32-byte key"));
         Ok(Box::new(SealedSocket {
             outer,
             inner,
             relay,
+            relay_addr,
             key,
             seen: Seen::default(),
             pending_from: None,
@@ -79,6 +85,8 @@ struct SealedSocket {
     /// Loopback, connected to `inner`: what chitchat sends lands here to be sealed, and
     /// opened datagrams go to chitchat from here.
     relay: UdpSocket,
+    /// The relay's address: the only sender chitchat's socket takes datagrams from.
+    relay_addr: SocketAddr,
     key: LessSafeKey,
     seen: Seen,
     /// The real sender of the datagram handed to `inner` and not yet taken back: kept
@@ -108,7 +116,7 @@ impl Socket for SealedSocket {
             if let Some(from) = self.pending_from {
                 // Opened and authenticated, but chitchat may still find it malformed (and
                 // then wait for the next datagram): do not wait long for it.
-                let taken = tokio::time::timeout(Duration::from_millis(100), self.inner.recv()).await;
+                let taken = tokio::time::timeout(Duration::from_millis(100), self.take_relayed()).await;
                 self.pending_from = None;
                 match taken {
                     Ok(outcome) => return Ok(RecvOutcome { from_addr: from, ..outcome? }),
@@ -136,6 +144,24 @@ impl Socket for SealedSocket {
                     });
                 }
             }
+        }
+    }
+}
+
+impl SealedSocket {
+    /// The next envelope chitchat decoded from the relay; envelopes any other sender
+    /// slipped into chitchat's loopback socket are dropped and counted.
+    async fn take_relayed(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let outcome = self.inner.recv().await?;
+            if outcome.from_addr == self.relay_addr {
+                return Ok(outcome);
+            }
+            PortCounters::add(&crate::transport::GOSSIP_INJECTED);
+            let from = outcome.from_addr;
+            DROPPED_WARNING.log(|also| {
+                tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
+            });
         }
     }
 }

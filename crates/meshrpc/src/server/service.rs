@@ -55,6 +55,8 @@ pub struct Registry {
     locals: RwLock<Vec<(&'static ServiceSpec, Arc<dyn Any + Send + Sync>)>>,
     /// The node's concurrency limit, which every call run here passes first.
     limiter: std::sync::OnceLock<Arc<super::Limiter>>,
+    /// The node's own methods that layers above add (the cluster's `view` and `rule`).
+    node_methods: std::sync::OnceLock<Arc<dyn Dispatch>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -67,6 +69,12 @@ impl Registry {
     /// Runs calls under `limiter` from now on.
     pub(crate) fn limit(&self, limiter: Arc<super::Limiter>) {
         let _ = self.limiter.set(limiter);
+    }
+
+    /// Answers the node's methods other than `stats` and `schema` with `methods`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn add_node_methods(&self, methods: Arc<dyn Dispatch>) {
+        let _ = self.node_methods.set(methods);
     }
 
     pub(crate) fn publish(&self, service: Arc<dyn Service>) {
@@ -145,6 +153,9 @@ impl Dispatch for Registry {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
             if call.service == crate::call_stats::NODE_SERVICE {
+                if let (Some(more), false) = (self.node_methods.get(), matches!(&*call.method, "stats" | "schema")) {
+                    return more.dispatch(call);
+                }
                 return Box::pin(std::future::ready(self.node_method(&call)));
             }
             let err = Error::UnknownService { service: call.service.into_owned() };

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod faults;
 pub mod harness;
 pub mod hostile;
+pub mod impostor;
 pub mod lab;
 pub mod netns;
 pub mod streams;

@@ -166,6 +166,10 @@ pub mod tls {
 pub mod __private {
     #[cfg(feature = "cluster")]
     pub use crate::cluster::gossip_simulation;
+    /// chitchat's transport sealed with a gossip key: the tests' impostors use it to speak
+    /// as a holder of the key would.
+    #[cfg(all(feature = "cluster", feature = "tls"))]
+    pub use crate::cluster::SealedTransport;
     pub use async_trait::async_trait;
     pub use bytes::Bytes;
     pub use serde;

@@ -256,6 +256,7 @@ impl ClusterBuilder {
             http,
             membership,
             rules,
+            seeds: self.seeds.clone(),
             #[cfg(feature = "tls")]
             peers: Peers::new(&name, tls.clone()),
             #[cfg(not(feature = "tls"))]

@@ -43,6 +43,9 @@ pub use retry::RetryBudget;
 pub use route::HttpReplica;
 pub use rules::RejectedRule;
 #[cfg(feature = "tls")]
+#[doc(hidden)]
+pub use sealed::SealedTransport;
+#[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
 pub use stats::{edges, method_rates, Edge, MeshSnapshot, MethodRates};
@@ -80,6 +83,9 @@ struct Inner {
     membership: Membership,
     /// Who may write cluster rules, and this node's signature on its own.
     rules: Arc<rules::RuleGate>,
+    /// The seeds this node was given (`host:port`): the nodes its caller-side requests
+    /// (rules it hands over) go to first.
+    seeds: Vec<String>,
     peers: Peers,
     policy: Policy,
     balancers: Mutex<HashMap<String, Arc<dyn Balance>>>,

@@ -42,14 +42,16 @@ pub(crate) const MAX_REMEMBERED: usize = 262_144;
 const MAX_DATAGRAM: usize = 65_507;
 
 static DROPPED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+static INJECTED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A chitchat transport whose datagrams are sealed with the cluster's gossip key.
-pub(crate) struct SealedTransport {
+pub struct SealedTransport {
     key: [u8; 32],
 }
 
 impl SealedTransport {
-    pub(crate) fn new(key: [u8; 32]) -> Self {
+    /// Seals with `key` (the 32 bytes of `gossip.key`).
+    pub fn new(key: [u8; 32]) -> Self {
         SealedTransport { key }
     }
 }
@@ -159,7 +161,7 @@ impl SealedSocket {
             }
             PortCounters::add(&crate::transport::GOSSIP_INJECTED);
             let from = outcome.from_addr;
-            DROPPED_WARNING.log(|also| {
+            INJECTED_WARNING.log(|also| {
                 tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
             });
         }

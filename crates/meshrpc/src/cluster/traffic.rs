@@ -208,10 +208,18 @@ impl Cluster {
     async fn propose(&self, kind: RuleKind, service: &str, rule: Split) -> Result<Split, Error> {
         let args = serde_json::json!({ "kind": kind, "service": service, "rule": rule.encode() });
         let payload = bytes::Bytes::from(serde_json::to_vec(&args).expect("JSON"));
+        // The seeds first (the nodes the user named), then any serving member.
+        let mut nodes = Vec::new();
+        for seed in &self.inner.seeds {
+            nodes.extend(tokio::net::lookup_host(seed.as_str()).await.into_iter().flatten());
+        }
         let view = self.view();
+        let serving = view.members.iter().filter(|m| !m.is_self && m.state == super::MemberState::Serving);
+        nodes.extend(serving.filter_map(|m| m.addr));
+        let mut seen = std::collections::HashSet::new();
+        nodes.retain(|addr| seen.insert(*addr));
         let mut last = Error::unavailable("no serving node to hand the rule to");
-        for member in view.members.iter().filter(|m| !m.is_self && m.state == super::MemberState::Serving) {
-            let Some(addr) = member.addr else { continue };
+        for addr in nodes {
             let mut call = Call::new(crate::call_stats::NODE_SERVICE, "rule", payload.clone());
             call.deadline = Some(std::time::Instant::now() + Duration::from_secs(5));
             let answer = async { self.inner.peers.get(addr).connection().await?.send_call(call)?.answer().await };

@@ -206,6 +206,17 @@ impl ClusterBuilder {
                     server.set_dispatch(layer.apply(server.dispatch()));
                 }
                 let bound = server.local_addr();
+                #[cfg(feature = "tls")]
+                let plaintext = tls.is_none();
+                #[cfg(not(feature = "tls"))]
+                let plaintext = true;
+                if plaintext && !bound.ip().is_loopback() {
+                    tracing::warn!(
+                        addr = %bound,
+                        "serving without TLS on a non-loopback address: anyone who reaches it may call any \
+                         method, and read and write the cluster's gossip and rules (docs/security.md)"
+                    );
+                }
                 let ip = if bound.ip().is_unspecified() { self.advertise_ip_guess() } else { bound.ip() };
                 (Some(server), bound, Some(SocketAddr::new(ip, bound.port())))
             }

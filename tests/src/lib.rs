@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod docker;
 pub mod faults;
+pub mod front;
 pub mod harness;
 pub mod hostile;
 pub mod impostor;

@@ -52,6 +52,25 @@ pub enum CertCommand {
     ///
     /// Example: meshrpc cert issue --ca ./ca --caller ops --out ./ops
     Issue(IssueArgs),
+    /// Issue an HTTPS server certificate for a gateway, signed by the cluster CA: OUT gets
+    /// https.pem, https.key and ca.pem (what clients trust: `curl --cacert OUT/ca.pem`).
+    /// Use a public certificate instead when browsers must trust the gateway.
+    ///
+    /// Example: meshrpc cert https --ca ./ca --name localhost --name api.example.com --out ./https
+    Https {
+        /// The CA directory (from `meshrpc ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Host names (or IP addresses) clients reach the gateway by. Repeatable.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Directory to write to (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Show who a certificate is for, what it may serve and when it expires.
     ///
     /// Example: meshrpc cert show ./greeter-1/node.pem
@@ -127,6 +146,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
 pub fn cert(command: CertCommand) -> Result<()> {
     match command {
         CertCommand::Issue(args) => issue(args),
+        CertCommand::Https { ca, names, out, days } => https(&ca, &names, &out, days),
         CertCommand::Show { file, json } => show(&file, json),
     }
 }
@@ -182,6 +202,42 @@ pub fn issue(args: IssueArgs) -> Result<()> {
         "{}: {what} of cluster `{tag}`, may serve [{}], valid until {}",
         args.out.display(),
         services.join(", "),
+        params.not_after.format(&Rfc3339)?
+    );
+    Ok(())
+}
+
+/// The file names `meshrpc cert https` writes.
+pub const HTTPS_CERT_FILE: &str = "https.pem";
+/// See [`HTTPS_CERT_FILE`].
+pub const HTTPS_KEY_FILE: &str = "https.key";
+
+fn https(ca: &Path, names: &[String], out: &Path, days: u32) -> Result<()> {
+    let ca_pem = fs::read_to_string(ca.join(CA_FILE)).map_err(|e| format!("{}: {e}", ca.join(CA_FILE).display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&fs::read_to_string(ca.join(CA_KEY_FILE))?)?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(&names[0]);
+    for host in names {
+        params.subject_alt_names.push(match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.as_str().try_into()?),
+        });
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days.into());
+    let cert = params.signed_by(&key, &issuer)?;
+    fs::create_dir_all(out)?;
+    write_secret(&out.join(HTTPS_KEY_FILE), &key.serialize_pem())?;
+    fs::write(out.join(HTTPS_CERT_FILE), cert.pem())?;
+    fs::write(out.join(CA_FILE), &ca_pem)?;
+    println!(
+        "{}: HTTPS certificate for {}, valid until {}",
+        out.display(),
+        names.join(", "),
         params.not_after.format(&Rfc3339)?
     );
     Ok(())

@@ -32,10 +32,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "MESHRPC_POLICY")]
     policy: Option<std::path::PathBuf>,
     /// HTTPS: the gateway's certificate chain (PEM), with --tls-key. HTTP/1.1 and HTTP/2.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, env = "MESHRPC_HTTPS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
     /// HTTPS: the private key (PEM) of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, env = "MESHRPC_HTTPS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
     /// Require a bearer token: static API keys, one `subject:token` per line.
     #[arg(long, env = "MESHRPC_API_KEYS")]

@@ -231,9 +231,8 @@ mod tests {
     #[test]
     fn an_issuer_or_audience_asked_for_must_be_in_the_token() {
         let key = jsonwebtoken::EncodingKey::from_secret(b"a shared secret of the issuer");
-        let token = |claims: serde_json::Value| {
-            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
-        };
+        let token =
+            |claims: serde_json::Value| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
         let exp = 4_102_444_800u64;
         let auth = BearerAuth::new().jwt_hs256(b"a shared secret of the issuer").jwt_issuer(&["idp"]);
         assert_eq!(auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap(), "a");

@@ -137,8 +137,11 @@ impl HttpDoor {
         #[cfg(not(feature = "tls"))]
         let ruled = |router: Router, _: &str, _: &'static str| router;
         let node = crate::call_stats::NODE_SERVICE;
-        let mut app = rpc::router(dispatch, self.limits, admission)
-            .merge(ruled(Router::new().route("/metrics", metrics), node, "stats"));
+        let mut app = rpc::router(dispatch, self.limits, admission).merge(ruled(
+            Router::new().route("/metrics", metrics),
+            node,
+            "stats",
+        ));
         if let Some(routes) = self.node_routes.read().unwrap().clone() {
             app = app.merge(ruled(routes, node, "schema"));
         }

@@ -71,18 +71,21 @@ impl Node {
     async fn spawn(mut child: Child, bin: &str) -> Node {
         let stderr = child.stderr.take();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // What it printed before listening (a log line at start) is kept too.
+        let mut before = Vec::new();
         let addr = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     return addr.trim().parse::<SocketAddr>().unwrap();
                 }
+                before.push(line);
             }
             panic!("{bin} exited before listening");
         })
         .await
         .unwrap_or_else(|_| panic!("{bin} did not start listening in 20 s"));
         // Keep reading stdout (so the child never blocks on a full pipe) and keep it.
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let output = std::sync::Arc::new(std::sync::Mutex::new(before));
         let more = std::sync::Arc::new(tokio::sync::Notify::new());
         let (out, notify) = (output.clone(), more.clone());
         tokio::spawn(async move {
@@ -110,7 +113,7 @@ impl Node {
         self.wait_line(within, |l| l.contains(text).then(|| l.to_owned())).await
     }
 
-    /// Everything it printed after `listening on`.
+    /// Everything it printed but its `listening on` line.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
     }

@@ -217,3 +217,35 @@ async fn least_loaded_sends_less_to_a_slow_replica() {
     // The slow replica answers 20× slower: peak-EWMA × in-flight steers calls away from it.
     assert!(count(&p2c, "slow") < 150, "p2c sent {} of 900 to the slow replica", count(&p2c, "slow"));
 }
+
+/// Issue 36: the README's "Calling from Rust, without a cluster" points a plain client at
+/// the demo's mesh port, which is the gateway's: a node forwards a call of a service it
+/// does not publish to a replica, one hop, through its picker — so a plain client
+/// connected to any node reaches the whole mesh. A call of a service nobody serves still
+/// fails `unknown_service`, at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_node_forwards_a_call_it_cannot_answer_to_a_replica() {
+    let tag = "forward";
+    let args = ["example", "mesh-api", "--listen-addr", "127.0.0.1:0", "--http-host", "127.0.0.1", "--http-port", "0"];
+    let gateway = Node::start(MESHRPC, &[&args[..], &["-T", tag]].concat()).await;
+    let seed = gateway.line("mesh on ", Duration::from_secs(5)).await.expect("the gateway's mesh address");
+    let _greeter =
+        Node::start(MESHRPC, &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", &seed])
+            .await;
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_greeter-client-example")).args([seed.as_str(), "Max"]).output()
+    };
+    let expected =
+        "local:  Hello, Max / Hello, Max again\nremote: Hello, Max / Hello, Max again\npostcard sent to Max\n";
+    let answered = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        let out = run().await.unwrap();
+        (String::from_utf8_lossy(&out.stdout) == expected).then_some(out)
+    })
+    .await;
+    assert!(answered.is_some(), "{:?}", run().await.unwrap());
+    // Something nobody serves: unknown, not forwarded around.
+    let conn = meshrpc::connect(&seed).await.unwrap();
+    let pending = conn.send_call(meshrpc::Call::new("billing", "charge", bytes::Bytes::from_static(b"{}"))).unwrap();
+    let err = pending.answer().await.unwrap_err();
+    assert_eq!(err.code(), "unknown_service", "{err:?}");
+}

@@ -231,3 +231,16 @@ async fn the_secure_default_deployment_answers_only_with_credentials() {
     assert!(!call(None).await.status.success(), "a caller without credentials got an answer");
     assert!(!secrets.join("cli/gossip.key").exists(), "the operators' identity holds the gossip key");
 }
+
+/// A node serving plaintext where others can reach it says so once, at start (issue 29);
+/// on loopback (the demo) it does not.
+#[tokio::test]
+async fn a_plaintext_node_on_the_network_warns_at_start() {
+    let labnode = env!("CARGO_BIN_EXE_labnode");
+    let exposed =
+        meshrpc_tests::harness::Node::start_logged(labnode, &["--listen", "0.0.0.0:0", "--tag", "warn"]).await;
+    let warned = exposed.logged("serving without TLS on a non-loopback address", Duration::from_secs(5)).await;
+    assert!(warned.is_some(), "{:?}", exposed.output());
+    let local = meshrpc_tests::harness::Node::start_logged(labnode, &["--tag", "warn2"]).await;
+    assert!(local.logged("serving without TLS", Duration::from_secs(1)).await.is_none(), "{:?}", local.output());
+}

@@ -297,6 +297,7 @@ impl ClusterBuilder {
             hedging: Default::default(),
         });
         inner.registry.add_node_methods(Arc::new(super::remote::NodeMethods { inner: Arc::downgrade(&inner) }));
+        inner.registry.forward_unknown(Arc::new(super::remote::Forward { inner: Arc::downgrade(&inner) }));
         if let Some(view) = follow {
             let me = Member::from_state(&name, [("name", name.as_str()), ("state", "serving")], true);
             tokio::spawn(super::remote::follow(Arc::downgrade(&inner), self.seeds.clone(), view, me));

@@ -1,3 +1,10 @@
+//! What a node does for callers that do not know the mesh.
+//!
+//! A plain client connected to any node reaches every service: a call of a service the
+//! node does not publish is forwarded, one hop, to a replica through the node's picker
+//! ([`Forward`]) — as the node itself (its certificate), after the node's own policy
+//! admitted the caller.
+//!
 //! Callers that do not gossip. An identity that may only call (the CLI, tools: a
 //! certificate issued with `meshrpc cert issue --caller`) holds no gossip key, so it
 //! cannot join gossip; it follows the view of a node it reaches over the mesh instead
@@ -81,6 +88,31 @@ impl Dispatch for NodeMethods {
                 }),
             }
         })
+    }
+}
+
+/// Metadata marking a call a node forwarded: the next node answers it or fails it, and
+/// never forwards it again.
+pub(super) const FORWARDED: &str = "meshrpc-forwarded-by";
+
+/// Sends calls of services this node does not publish to one of their replicas.
+pub(super) struct Forward {
+    pub(super) inner: Weak<Inner>,
+}
+
+impl Dispatch for Forward {
+    fn dispatch(&self, mut call: Call) -> BoxFuture<Result<Reply, Error>> {
+        let unknown = |call: Call| {
+            Box::pin(std::future::ready(Err(Error::UnknownService { service: call.service.into_owned() })))
+        };
+        let Some(inner) = self.inner.upgrade() else { return unknown(call) };
+        if call.metadata.get(FORWARDED).is_some() || !inner.membership.view().knows(&call.service) {
+            return unknown(call);
+        }
+        call.metadata.insert(FORWARDED, inner.name.clone());
+        // The call goes on as this node's: who sent it is not on the wire.
+        call.peer = None;
+        Box::pin(inner.call(call, None))
     }
 }
 

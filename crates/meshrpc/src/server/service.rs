@@ -57,6 +57,9 @@ pub struct Registry {
     limiter: std::sync::OnceLock<Arc<super::Limiter>>,
     /// The node's own methods that layers above add (the cluster's `view` and `rule`).
     node_methods: std::sync::OnceLock<Arc<dyn Dispatch>>,
+    /// Where calls of services this node does not publish go (a cluster forwards them to
+    /// a replica); without it they fail `unknown_service`.
+    elsewhere: std::sync::OnceLock<Arc<dyn Dispatch>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -75,6 +78,12 @@ impl Registry {
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn add_node_methods(&self, methods: Arc<dyn Dispatch>) {
         let _ = self.node_methods.set(methods);
+    }
+
+    /// Sends calls of services this node does not publish to `elsewhere`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn forward_unknown(&self, elsewhere: Arc<dyn Dispatch>) {
+        let _ = self.elsewhere.set(elsewhere);
     }
 
     pub(crate) fn publish(&self, service: Arc<dyn Service>) {
@@ -157,6 +166,9 @@ impl Dispatch for Registry {
                     return more.dispatch(call);
                 }
                 return Box::pin(std::future::ready(self.node_method(&call)));
+            }
+            if let Some(elsewhere) = self.elsewhere.get() {
+                return elsewhere.dispatch(call);
             }
             let err = Error::UnknownService { service: call.service.into_owned() };
             return Box::pin(std::future::ready(Err(err)));

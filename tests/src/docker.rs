@@ -45,9 +45,7 @@ fn engine() -> bool {
 /// here if needed) and each of `commands`. Otherwise they say they skipped and why;
 /// under CI they fail instead.
 pub fn docker_here(commands: &[&str]) -> bool {
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("skipped: Docker is in the heavy tier (./test.sh --heavy)");
+    if !crate::tier::heavy("Docker") {
         return false;
     }
     let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
@@ -56,8 +54,9 @@ pub fn docker_here(commands: &[&str]) -> bool {
         .filter(|c| !Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
         .collect();
     if !root || !missing.is_empty() || !engine() {
-        assert!(std::env::var("CI").is_err(), "CI must run the Docker tests (root: {root}, missing: {missing:?})");
-        eprintln!("skipped: needs root, a Docker engine and {missing:?} (apt-get install docker.io docker-compose)");
+        let why =
+            format!("Docker needs root ({root}), an engine and {missing:?} (apt-get install docker.io docker-compose)");
+        crate::tier::cannot_run(&why, false);
         return false;
     }
     true

@@ -117,7 +117,7 @@ impl tower_service::Service<Uri> for Connector {
                     let name =
                         ServerName::try_from(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                     let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-                    Ok(Io::Tls(TokioIo::new(stream)))
+                    Ok(Io::Tls(Box::new(TokioIo::new(stream))))
                 }
                 (true, None) => Err(io::Error::new(io::ErrorKind::InvalidInput, "an https URI on a plain front door")),
                 (false, _) => Ok(Io::Plain(TokioIo::new(tcp))),
@@ -128,7 +128,7 @@ impl tower_service::Service<Uri> for Connector {
 
 enum Io {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 impl Connection for Io {
@@ -145,7 +145,7 @@ impl hyper::rt::Read for Io {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Tls(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -154,21 +154,21 @@ impl hyper::rt::Write for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Io::Tls(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_flush(cx),
-            Io::Tls(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Io::Tls(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -281,13 +281,4 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// True if the external tool `name` runs. Otherwise the test says it skipped — or, under
-/// `MESHRPC_REQUIRE_TOOLS=1` (set by `./test.sh`, which installs the tools), fails.
-pub fn tool(name: &str) -> bool {
-    if std::process::Command::new(name).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "{name} is required but not installed");
-    eprintln!("SKIPPED: {name} is not installed (./test.sh installs it)");
-    false
-}
+pub use crate::tier::tool;

@@ -12,4 +12,5 @@ pub mod impostor;
 pub mod lab;
 pub mod netns;
 pub mod streams;
+pub mod tier;
 pub mod tls;

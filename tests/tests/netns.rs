@@ -1,7 +1,7 @@
 //! Issue 7: fault tests where every node is its own host (a network namespace with its
 //! own IP on a bridge). Each scenario is bounded in time and prints what it measured.
-//! Needs root; elsewhere each test says why it skipped (under `MESHRPC_REQUIRE_NETNS=1`,
-//! as CI sets it, a missing capability fails instead).
+//! Needs root; elsewhere each test says why it skipped — or fails, under CI, the heavy
+//! tier and `./test.sh` as root (`tests/src/tier.rs`: one rule for the whole suite).
 
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// Waits for its turn; `None` (the test says it skipped) where namespaces cannot be made.
 async fn scenario() -> Option<tokio::sync::MutexGuard<'static, ()>> {
     let turn = ONE_AT_A_TIME.lock().await;
-    match Net::unavailable() {
-        None => Some(turn),
-        Some(why) => {
-            assert!(std::env::var("MESHRPC_REQUIRE_NETNS").is_err(), "network namespaces required: {why}");
-            eprintln!("SKIPPED: cannot create network namespaces here ({why}); run as root");
-            None
-        }
-    }
+    meshrpc_tests::tier::netns().then_some(turn)
 }
 
 /// Plaintext, or every node (and the caller) with its own certificate: mutual TLS and
@@ -44,11 +37,7 @@ enum Mode {
 
 /// Whether this mode runs in this tier (the TLS matrix is heavy: `./test.sh --heavy`).
 fn runs(mode: Mode) -> bool {
-    if mode == Mode::Tls && std::env::var("MESHRPC_HEAVY").is_err() {
-        eprintln!("SKIPPED: the TLS matrix of the netns suite runs in the heavy tier (./test.sh --heavy)");
-        return false;
-    }
-    true
+    mode == Mode::Plain || meshrpc_tests::tier::heavy("the TLS matrix of the netns suite")
 }
 
 struct Mesh {

@@ -40,8 +40,8 @@ async fn counter(admin: SocketAddr, name: &str) -> u64 {
 }
 
 /// A caller-only identity in this process, following the view of the node at `seed`.
-async fn follower(tag: &str, seed: SocketAddr, dir: &PathBuf) -> Cluster {
-    Cluster::builder("watcher").tag(tag).seeds([seed.to_string()]).tls_dir(dir.clone()).start().await.unwrap()
+async fn follower(tag: &str, seed: SocketAddr, dir: &Path) -> Cluster {
+    Cluster::builder("watcher").tag(tag).seeds([seed.to_string()]).tls_dir(dir.to_path_buf()).start().await.unwrap()
 }
 
 async fn members(cluster: &Cluster, want: &[&str]) {

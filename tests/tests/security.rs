@@ -639,3 +639,64 @@ async fn the_tls_demo_answers_curl_and_refuses_plaintext_callers() {
     assert!(err.contains("--tls-dir"), "{err}");
     meshrpc_tests::harness::terminate(&mut demo, Duration::from_secs(20)).await;
 }
+
+/// docs/security.md: a peer whose certificate names another cluster tag is refused — even
+/// one from a CA this node trusts (two CAs in `ca.pem`, as during a CA rotation).
+#[tokio::test]
+async fn a_certificate_of_another_cluster_tag_is_refused() {
+    let ours = Pki::new(MESHRPC, "tag-ours", "sec9");
+    let theirs = Pki::new(MESHRPC, "tag-theirs", "sec9-other");
+    let dir = ours.issue("lab1", "lab1", &["lab"], &[]);
+    // The node trusts both CAs.
+    let both = std::fs::read_to_string(ours.ca().join("ca.pem")).unwrap()
+        + &std::fs::read_to_string(theirs.ca().join("ca.pem")).unwrap();
+    std::fs::write(dir.join("ca.pem"), both).unwrap();
+    let node = tls_node("sec9", "lab1", &dir, &[]).await;
+    let admin = admin(&node).await;
+    let refused_before = counter(admin, "meshrpc_tls_handshakes_refused").await;
+    let stranger = theirs.issue_caller("cli", "cli");
+    let mut stranger_ca = std::fs::read_to_string(stranger.join("ca.pem")).unwrap();
+    stranger_ca += &std::fs::read_to_string(ours.ca().join("ca.pem")).unwrap();
+    std::fs::write(stranger.join("ca.pem"), stranger_ca).unwrap();
+    let outcome = match connect_with(node.addr, &stranger).await {
+        Ok(conn) => mesh_call(&conn, "lab", "whoami").await,
+        Err(e) => Err(e),
+    };
+    assert!(outcome.is_err(), "a certificate of cluster `sec9-other` was served: {outcome:?}");
+    let refused = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
+        (counter(admin, "meshrpc_tls_handshakes_refused").await > refused_before).then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the refusal was not counted");
+    // A caller of this cluster still gets in.
+    let ok = connect_with(node.addr, &ours.issue_caller("ops", "ops")).await.unwrap();
+    assert_eq!(mesh_call(&ok, "lab", "whoami").await.unwrap(), "\"lab1\"");
+}
+
+/// docs/security.md: SIGHUP reloads the policy (here the file's time is left as it was,
+/// so only the signal can make the node read it again).
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    let pki = Pki::new(MESHRPC, "sighup", "sec10");
+    let dir = pki.issue("lab1", "lab1", &["lab"], &[]);
+    let cli = pki.issue_caller("cli", "cli");
+    let policy = pki.root.join("policy.toml");
+    std::fs::write(&policy, "[[allow]]\nfrom = \"cli\"\nto = \"greeter.*\"\n").unwrap();
+    let mut node = tls_node("sec10", "lab1", &dir, &["--policy", policy.to_str().unwrap()]).await;
+    let conn = connect_with(node.addr, &cli).await.unwrap();
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap_err().code(), "permission_denied");
+    let stamp = std::fs::metadata(&policy).unwrap().modified().unwrap();
+    std::fs::write(&policy, "[[allow]]\nfrom = \"cli\"\nto = \"lab.*\"\n").unwrap();
+    std::fs::File::options().write(true).open(&policy).unwrap().set_modified(stamp).unwrap();
+    // The file looks unchanged: the node keeps its policy (it looks once a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap_err().code(), "permission_denied");
+    let pid = node.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let reloaded = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
+        mesh_call(&conn, "lab", "whoami").await.ok()
+    })
+    .await;
+    assert_eq!(reloaded.as_deref(), Some("\"lab1\""), "the policy was not reloaded on SIGHUP");
+    node.kill().await;
+}

@@ -310,4 +310,17 @@ mod tests {
         // Only the last two skew windows' worth is kept.
         assert!(seen.len() <= 61, "{}", seen.len());
     }
+
+    #[test]
+    fn the_nonce_memory_stops_at_its_cap() {
+        // More datagrams than the cap within one window: the oldest nonces are forgotten.
+        let mut seen = Seen::default();
+        for i in 0..MAX_REMEMBERED as u64 + 1000 {
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(seen.insert(nonce, 1_000_000));
+        }
+        assert_eq!(seen.len(), MAX_REMEMBERED);
+        assert_eq!(seen.order.len(), MAX_REMEMBERED);
+    }
 }

@@ -278,5 +278,4 @@ async fn walkthrough(on: Orchestrator) {
     );
     assert!(failed_kill <= IN_FLIGHT as u64, "{failed_kill} requests failed with {IN_FLIGHT} in flight");
     assert!(ok_kill > 0);
-    assert!(slowest < 4000, "a request waited {slowest} ms after the kill");
 }

@@ -239,3 +239,30 @@ async fn any_node_forwards_a_call_it_cannot_answer_to_a_replica() {
     let err = pending.answer().await.unwrap_err();
     assert_eq!(err.code(), "unknown_service", "{err:?}");
 }
+
+/// Issue 36 (16b): a caller connects to a new replica of a service it calls before any
+/// call needs it — so a replica that vanishes before a call reached it is found out in the
+/// background, not by a call waiting out a connect timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_connects_ahead_to_new_replicas_of_what_it_calls() {
+    use meshrpc_tests::lab::Lab;
+    let tag = "ahead";
+    let r1 = Node::start(LABNODE, &["--tag", tag, "--name", "r1"]).await;
+    let caller = meshrpc::Cluster::builder("caller").tag(tag).seeds([r1.addr.to_string()]).start().await.unwrap();
+    let lab = meshrpc_tests::lab::LabClient::new(caller.client(meshrpc_tests::lab::LabClient::SPEC));
+    let first = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async { lab.whoami().await.ok() }).await;
+    assert_eq!(first.as_deref(), Some("r1"));
+    let seed = r1.addr.to_string();
+    let r2 =
+        Node::start(LABNODE, &["--tag", tag, "--name", "r2", "--nodes", &seed, "--admin-addr", "127.0.0.1:0"]).await;
+    let admin = r2.line("admin on ", Duration::from_secs(5)).await.expect("admin address");
+    // No call is made from here on: the caller's connection to r2 is its own doing.
+    let open = || async {
+        let text = meshrpc_tests::harness::http("GET", &format!("http://{admin}/metrics"), "", &[]).await.body;
+        text.lines().find_map(|l| l.strip_prefix("meshrpc_connections_open ")?.trim().parse::<u64>().ok())
+    };
+    let connected =
+        meshrpc_tests::harness::eventually(Duration::from_secs(10), || async { (open().await? >= 1).then_some(()) })
+            .await;
+    assert!(connected.is_some(), "the caller never connected to the new replica ahead of a call");
+}

@@ -461,5 +461,29 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
         for peer in inner.peers.all() {
             tokio::spawn(async move { peer.keepalive(KEEPALIVE).await });
         }
+        connect_ahead(&inner, &view);
+    }
+}
+
+/// Replicas of the services this node calls get a connection before a call needs one,
+/// in the background: a replica that vanished before any call reached it (a killed
+/// container's address answers nothing) is found out here — and kept out of picks by its
+/// backoff — not by a call waiting out a connect timeout. The picker still sees every
+/// replica, connected or not, so sticky keys do not move.
+fn connect_ahead(inner: &Inner, view: &View) {
+    let called: Vec<String> = inner.balancers.lock().unwrap().keys().cloned().collect();
+    if called.is_empty() {
+        return;
+    }
+    for member in view.members.iter().filter(|m| !m.is_self && m.state == MemberState::Serving) {
+        let Some(addr) = member.addr else { continue };
+        let calls_it = member.services.keys().any(|s| called.contains(s))
+            || member.http.iter().any(|h| called.contains(&route::http_key(h)));
+        if calls_it {
+            let peer = inner.peers.get(addr);
+            if peer.open_conn().is_none() && peer.pickable("", Instant::now()).is_some() {
+                peer.probe();
+            }
+        }
     }
 }

@@ -407,7 +407,7 @@ pub struct HttpReplica {
 
 /// What proxied HTTP is balanced and judged under: not the router's name, which a service
 /// of the same name uses for its RPC calls.
-fn http_key(name: &str) -> String {
+pub(super) fn http_key(name: &str) -> String {
     format!("http:{name}")
 }
 

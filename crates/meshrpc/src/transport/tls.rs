@@ -205,7 +205,7 @@ impl TlsConfig {
         message: &[u8],
         at: SystemTime,
     ) -> Result<Identity, String> {
-        let identity = super::tls_sign::verify(&*self.inner.verifier, signed, message, at)?;
+        let identity = identity_of(super::tls_sign::verify(&*self.inner.verifier, signed, message, at)?)?;
         if identity.tag != self.inner.tag {
             return Err(format!("signed by a certificate of cluster `{}`, not `{}`", identity.tag, self.inner.tag));
         }

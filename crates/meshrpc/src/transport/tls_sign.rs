@@ -13,7 +13,7 @@ use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls::{server::danger::ClientCertVerifier, sign::CertifiedKey, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::{error::Error, identity::Identity};
+use crate::error::Error;
 
 /// Schemes a node signs with, in order of preference (ECDSA P-256 is what
 /// `meshrpc cert issue` makes).
@@ -56,14 +56,15 @@ pub(super) fn sign(key: &CertifiedKey, message: &[u8]) -> Result<Signed, Error> 
     Ok(Signed { scheme: u16::from(signer.scheme()), signature, cert })
 }
 
-/// Who signed `message`: the certificate must chain to the cluster CA and be valid at
-/// `at` (when the state was written), and its key must have made the signature.
-pub(super) fn verify(
+/// Checks that the certificate chains to the cluster CA and was valid at `at` (when the
+/// state was written), and that its key made the signature over `message`; the
+/// certificate (DER), to read who signed.
+pub(super) fn verify<'s>(
     verifier: &dyn ClientCertVerifier,
-    signed: &Signed,
+    signed: &'s Signed,
     message: &[u8],
     at: SystemTime,
-) -> Result<Identity, String> {
+) -> Result<&'s [u8], String> {
     let cert = CertificateDer::from(signed.cert.as_slice());
     let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).unwrap_or_default());
     verifier.verify_client_cert(&cert, &[], at).map_err(|e| format!("certificate: {e}"))?;
@@ -79,7 +80,7 @@ pub(super) fn verify(
     UnparsedPublicKey::new(algorithm, key)
         .verify(message, &signed.signature)
         .map_err(|_| "the signature does not match the certificate".to_owned())?;
-    super::tls::identity_of(&signed.cert)
+    Ok(&signed.cert)
 }
 
 #[cfg(test)]

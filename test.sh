@@ -66,4 +66,5 @@ export MESHRPC_TSC="$PWD/target/node/node_modules/.bin/tsc"
 export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1
 # The bench is not a test: it builds under clippy in CI and runs with bench/run.sh.
-cargo test --workspace --exclude meshrpc-bench "$@"
+# Every test binary runs even when one fails, so a red run shows all that failed.
+cargo test --workspace --exclude meshrpc-bench --no-fail-fast "$@"

@@ -71,18 +71,21 @@ impl Node {
     async fn spawn(mut child: Child, bin: &str) -> Node {
         let stderr = child.stderr.take();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // What it printed before listening (a log line at start) is kept too.
+        let mut before = Vec::new();
         let addr = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     return addr.trim().parse::<SocketAddr>().unwrap();
                 }
+                before.push(line);
             }
             panic!("{bin} exited before listening");
         })
         .await
         .unwrap_or_else(|_| panic!("{bin} did not start listening in 20 s"));
         // Keep reading stdout (so the child never blocks on a full pipe) and keep it.
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let output = std::sync::Arc::new(std::sync::Mutex::new(before));
         let more = std::sync::Arc::new(tokio::sync::Notify::new());
         let (out, notify) = (output.clone(), more.clone());
         tokio::spawn(async move {
@@ -110,7 +113,7 @@ impl Node {
         self.wait_line(within, |l| l.contains(text).then(|| l.to_owned())).await
     }
 
-    /// Everything it printed after `listening on`.
+    /// Everything it printed but its `listening on` line.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
     }
@@ -278,32 +281,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// True if the external tool `name` runs. Otherwise the test says it skipped — or, under
-/// `MESHRPC_REQUIRE_TOOLS=1` (set by `./test.sh`, which installs the tools), fails.
-pub fn tool(name: &str) -> bool {
-    if std::process::Command::new(name).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "{name} is required but not installed");
-    eprintln!("SKIPPED: {name} is not installed (./test.sh installs it)");
-    false
-}
-
-/// The Python that has `modules` (PyPI packages test.sh installs into target/py):
-/// `MESHRPC_PYTHON`, else python3. Without them the test says it skipped — or, under
-/// `MESHRPC_REQUIRE_TOOLS=1`, fails.
-pub fn python(modules: &[&str]) -> Option<String> {
-    let python = std::env::var("MESHRPC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let imports = format!("import {}", modules.join(", "));
-    let has = std::process::Command::new(&python).args(["-c", &imports]).output().is_ok_and(|o| o.status.success());
-    if !has {
-        let what = modules.join(", ");
-        assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "{python} has no {what} (./test.sh installs it)");
-        eprintln!("SKIPPED: {python} has no {what} (./test.sh installs it)");
-        return None;
-    }
-    Some(python)
-}
+pub use crate::tier::{python, tool};
 
 /// A streamed answer's lines, as they arrive.
 pub type Lines = tokio::sync::mpsc::UnboundedReceiver<String>;

@@ -13,14 +13,7 @@ use meshrpc_tests::{
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 
-fn heavy(what: &str) -> bool {
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("skipped: {what} is in the heavy tier (./test.sh --heavy)");
-        return false;
-    }
-    true
-}
+use meshrpc_tests::tier::heavy;
 
 /// A client-only node of the test that sees `replicas` replicas of `faulty`, with no
 /// retries (so each replica serves exactly its round-robin share).

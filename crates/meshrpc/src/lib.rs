@@ -117,8 +117,8 @@ pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 pub use cluster::{
     edges, method_rates, wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder,
     Colocated, Edge, Ejection, GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MeshSnapshot, MethodRates,
-    MirrorStats, Policies, Policy, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus, Split, Sticky,
-    View, DEFAULT_PORT, KEEPALIVE,
+    MirrorStats, Policies, Policy, RejectedRule, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus,
+    Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
@@ -166,6 +166,10 @@ pub mod tls {
 pub mod __private {
     #[cfg(feature = "cluster")]
     pub use crate::cluster::gossip_simulation;
+    /// chitchat's transport sealed with a gossip key: the tests' impostors use it to speak
+    /// as a holder of the key would.
+    #[cfg(all(feature = "cluster", feature = "tls"))]
+    pub use crate::cluster::SealedTransport;
     pub use async_trait::async_trait;
     pub use bytes::Bytes;
     pub use serde;

@@ -153,7 +153,11 @@ impl Inner {
             let picked = if !versioned {
                 self.pick(&*balancer, &service, &service, replicas, &tried, key)
             } else {
-                match self.versioned(&view, &service, replicas, &tried, pin, key) {
+                // The certificate comes first: a replica that cannot prove the service
+                // never counts as one of its versions (it could capture the split).
+                let provable =
+                    replicas.filter(|m| m.is_self || m.addr.is_none_or(|a| self.peers.get(a).may_serve(&service)));
+                match self.versioned(&view, &service, provable, &tried, pin, key) {
                     Ok(replicas) => self.pick(&*balancer, &service, &service, replicas.into_iter(), &tried, key),
                     Err(e) => return Err(last_error.unwrap_or(e)),
                 }
@@ -374,8 +378,7 @@ impl Dispatch for ClusterDispatch {
     }
 
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
-        let view = self.inner.membership.view();
-        Some(view.members.iter().any(|m| m.services.get(service).is_some_and(|s| s.has_method(method))))
+        Some(self.inner.membership.view().has_method(service, method))
     }
 }
 
@@ -416,7 +419,7 @@ pub struct HttpReplica {
 
 /// What proxied HTTP is balanced and judged under: not the router's name, which a service
 /// of the same name uses for its RPC calls.
-fn http_key(name: &str) -> String {
+pub(super) fn http_key(name: &str) -> String {
     format!("http:{name}")
 }
 

@@ -248,7 +248,7 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let service = segments.next().unwrap_or_default().to_owned();
     let rest = segments.next().unwrap_or_default().to_owned();
     let view = shared.cluster.view();
-    let is_method = view.members.iter().any(|m| m.services.get(&service).is_some_and(|s| s.has_method(&rest)));
+    let is_method = view.has_method(&service, &rest);
     let label = |mut resp: Response, method: &str| {
         resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });
         resp

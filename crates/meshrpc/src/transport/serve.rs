@@ -115,7 +115,12 @@ pub(crate) async fn serve_mesh(
         State::new(limits.max_in_flight, limits.idle_timeout, Instant::now()).with_frame_timeout(limits.frame_timeout),
     ));
     let answers = Answers { max_out: hello.max_out, max_queued: limits.max_queued, counters: guard.counters.clone() };
-    let served = Arc::new(Served { state: state.clone(), sender: sender.clone(), max_queued: limits.max_queued });
+    let served = Arc::new(Served {
+        state: state.clone(),
+        sender: sender.clone(),
+        max_queued: limits.max_queued,
+        max_out: hello.max_out,
+    });
     // Open streams end with `unavailable` shortly before the drain's time is up, so their
     // callers hear why rather than see the connection drop.
     let mut drain_deadline: Option<Instant> = None;
@@ -306,6 +311,8 @@ struct Served {
     state: Arc<Mutex<State>>,
     sender: Arc<Sender>,
     max_queued: usize,
+    /// The largest frame the caller accepts.
+    max_out: u32,
 }
 
 impl Owner for Served {
@@ -322,6 +329,10 @@ impl Owner for Served {
 }
 
 impl ItemSink for Served {
+    fn max_frame(&self) -> u32 {
+        self.max_out
+    }
+
     fn credit(&self, id: u64) -> Option<u32> {
         self.state.lock().unwrap().credit(id)
     }

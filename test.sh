@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip, python3,
-# npm; from PyPI openapi-spec-validator and from npm typescript, under target/) when
-# missing. As root, the multi-host fault tests (network namespaces) run too; otherwise
-# they say they skipped.
+# npm, promtool; from PyPI openapi-spec-validator, openapi-python-client and
+# prometheus-client, and from npm typescript, under target/) when missing. As root, the
+# multi-host fault tests (network namespaces) run too; otherwise they say they skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +14,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# promtool checks every /metrics format (Debian's `prometheus` package provides it).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Installs Debian packages: `apt_install WHY PACKAGE...`.
 apt_install() {
   local why="$1"; shift
@@ -44,12 +46,13 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
   if ((${#heavy_missing[@]})); then apt_install "for the heavy tier" "${heavy_missing[@]}"; fi
 fi
 
-# Python tools from PyPI (the OpenAPI and Kubernetes validators), in a venv of the build's own.
+# Python tools from PyPI (the OpenAPI and Kubernetes validators, a client generator from
+# OpenAPI, Prometheus' own parsers), in a venv of the build's own.
 py="target/py"
-if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema, kubernetes_validate" >/dev/null 2>&1; then
-  echo "test.sh: installing openapi-spec-validator and kubernetes-validate (PyPI) into $py"
+if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema, kubernetes_validate, openapi_python_client, prometheus_client" >/dev/null 2>&1; then
+  echo "test.sh: installing openapi-spec-validator, kubernetes-validate, openapi-python-client and prometheus-client (PyPI) into $py"
   python3 -m venv "$py"
-  "$py/bin/pip" install -q openapi-spec-validator kubernetes-validate
+  "$py/bin/pip" install -q openapi-spec-validator kubernetes-validate openapi-python-client prometheus-client
 fi
 export MESHRPC_PYTHON="$PWD/$py/bin/python"
 
@@ -63,4 +66,5 @@ export MESHRPC_TSC="$PWD/target/node/node_modules/.bin/tsc"
 export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1
 # The bench is not a test: it builds under clippy in CI and runs with bench/run.sh.
-cargo test --workspace --exclude meshrpc-bench "$@"
+# Every test binary runs even when one fails, so a red run shows all that failed.
+cargo test --workspace --exclude meshrpc-bench --no-fail-fast "$@"

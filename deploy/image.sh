@@ -30,11 +30,13 @@ cat > "$ctx/Dockerfile" <<'EOF'
 FROM scratch
 COPY root/ /
 USER 10001:10001
-# Mesh port: TCP (calls and HTTP) and UDP (gossip). The gateway adds 8282.
-EXPOSE 11999/tcp 11999/udp 8282/tcp
+# Mesh port: TCP (calls and HTTP) and UDP (gossip); 11998 the admin port (probes,
+# scrapers) when set. The gateway adds 8282.
+EXPOSE 11999/tcp 11999/udp 11998/tcp 8282/tcp
 ENV MESHRPC_LISTEN_ADDR=0.0.0.0:11999 RUST_LOG=info PATH=/usr/local/bin
-# No curl in the image: the binary probes itself.
-HEALTHCHECK --interval=2s --timeout=2s --retries=3 CMD ["/usr/local/bin/meshrpc", "probe", "http://127.0.0.1:11999/__heartbeat__"]
+# No curl in the image: the binary probes itself (the admin port when
+# MESHRPC_ADMIN_ADDR is set, as with mutual TLS; else the mesh port).
+HEALTHCHECK --interval=2s --timeout=2s --retries=3 CMD ["/usr/local/bin/meshrpc", "probe"]
 # SIGTERM drains: the node announces it, callers move away, in-flight calls finish.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/meshrpc"]

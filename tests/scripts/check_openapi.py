@@ -1,6 +1,7 @@
 """Validates a gateway's /openapi.json with a real validator (openapi-spec-validator),
 then makes real calls and validates each request body and answer against the schemas
-the document publishes for them. Usage: check_openapi.py GATEWAY_URL CALLS_JSON
+the document publishes for them; a body the node refuses (expected status 400) must be
+refused by its schema too. Usage: check_openapi.py GATEWAY_URL CALLS_JSON
 (CALLS_JSON: [[path, body, expected status], ...]). Exit 0 when all hold."""
 
 import json
@@ -27,10 +28,14 @@ def pointer(*parts):
     return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def check(doc, ref, instance, what):
+def errors_of(doc, ref, instance):
     # The whole document is the root, so `#/components/schemas/...` references resolve.
     validator = Draft202012Validator({**doc, "$ref": ref})
-    errors = sorted(validator.iter_errors(instance), key=lambda e: e.path)
+    return sorted(validator.iter_errors(instance), key=lambda e: e.path)
+
+
+def check(doc, ref, instance, what):
+    errors = errors_of(doc, ref, instance)
     if errors:
         raise SystemExit(f"{what} does not match its schema {ref}: {errors[0].message}\n{json.dumps(instance)}")
 
@@ -42,8 +47,12 @@ def main():
     validate(doc)
     print(f"valid OpenAPI {doc['openapi']}: {len(doc['paths'])} paths, {len(doc['components']['schemas'])} schemas")
     for path, body, expected in calls:
-        check(doc, pointer("paths", path, "post", "requestBody", "content", "application/json", "schema"), body,
-              f"the request body of {path}")
+        request = pointer("paths", path, "post", "requestBody", "content", "application/json", "schema")
+        if expected == 400:
+            if not errors_of(doc, request, body):
+                raise SystemExit(f"the document allows a request body of {path} that the node refuses: {body}")
+        else:
+            check(doc, request, body, f"the request body of {path}")
         status, answer = fetch(base + path, body)
         if status != expected:
             raise SystemExit(f"{path}: status {status}, expected {expected}: {answer}")

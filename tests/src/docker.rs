@@ -12,8 +12,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+pub use crate::front::Front;
 
 /// Runs `docker args…`: success, and stdout and stderr together.
 pub fn docker(args: &[&str]) -> (bool, String) {
@@ -46,9 +45,7 @@ fn engine() -> bool {
 /// here if needed) and each of `commands`. Otherwise they say they skipped and why;
 /// under CI they fail instead.
 pub fn docker_here(commands: &[&str]) -> bool {
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("skipped: Docker is in the heavy tier (./test.sh --heavy)");
+    if !crate::tier::heavy("Docker") {
         return false;
     }
     let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
@@ -57,8 +54,9 @@ pub fn docker_here(commands: &[&str]) -> bool {
         .filter(|c| !Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
         .collect();
     if !root || !missing.is_empty() || !engine() {
-        assert!(std::env::var("CI").is_err(), "CI must run the Docker tests (root: {root}, missing: {missing:?})");
-        eprintln!("skipped: needs root, a Docker engine and {missing:?} (apt-get install docker.io docker-compose)");
+        let why =
+            format!("Docker needs root ({root}), an engine and {missing:?} (apt-get install docker.io docker-compose)");
+        crate::tier::cannot_run(&why, false);
         return false;
     }
     true
@@ -134,23 +132,9 @@ pub fn now_utc() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
-
 /// A GET whose connection may fail (a task starting, a port not yet open): `None` then.
-pub async fn try_get(url: &str) -> Option<(u16, String)> {
-    get_with(&client(), url).await
-}
-
-async fn get_with(client: &Client, url: &str) -> Option<(u16, String)> {
-    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).ok()?;
-    let resp = client.request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+pub async fn try_get(front: &Front, path: &str) -> Option<(u16, String)> {
+    front.get(path).await
 }
 
 /// GETs from `workers` tasks, each on its own keep-alive connection as real clients do,
@@ -165,19 +149,20 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn start(url: &str, workers: usize) -> Load {
+    /// GETs of `path` followed by the worker's number, through `front`.
+    pub fn start(front: &Front, path: &str, workers: usize) -> Load {
         let (ok, failed, slowest_ms) = (Arc::default(), Arc::default(), Arc::<AtomicU64>::default());
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..workers)
             .map(|w| {
                 let (ok, failed, slowest_ms): (Arc<AtomicU64>, Arc<AtomicU64>, _) =
                     (Arc::clone(&ok), Arc::clone(&failed), slowest_ms.clone());
-                let (stop, url) = (stop.clone(), format!("{url}{w}"));
+                let (stop, path) = (stop.clone(), format!("{path}{w}"));
+                let front = front.fresh();
                 tokio::spawn(async move {
-                    let client = client();
                     while !stop.load(Ordering::Relaxed) {
                         let began = std::time::Instant::now();
-                        let answer = tokio::time::timeout(Duration::from_secs(10), get_with(&client, &url)).await;
+                        let answer = tokio::time::timeout(Duration::from_secs(10), front.get(&path)).await;
                         slowest_ms.fetch_max(began.elapsed().as_millis() as u64, Ordering::Relaxed);
                         match answer {
                             Ok(Some((200, _))) => ok.fetch_add(1, Ordering::Relaxed),

@@ -71,18 +71,21 @@ impl Node {
     async fn spawn(mut child: Child, bin: &str) -> Node {
         let stderr = child.stderr.take();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // What it printed before listening (a log line at start) is kept too.
+        let mut before = Vec::new();
         let addr = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     return addr.trim().parse::<SocketAddr>().unwrap();
                 }
+                before.push(line);
             }
             panic!("{bin} exited before listening");
         })
         .await
         .unwrap_or_else(|_| panic!("{bin} did not start listening in 20 s"));
         // Keep reading stdout (so the child never blocks on a full pipe) and keep it.
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let output = std::sync::Arc::new(std::sync::Mutex::new(before));
         let more = std::sync::Arc::new(tokio::sync::Notify::new());
         let (out, notify) = (output.clone(), more.clone());
         tokio::spawn(async move {
@@ -110,7 +113,7 @@ impl Node {
         self.wait_line(within, |l| l.contains(text).then(|| l.to_owned())).await
     }
 
-    /// Everything it printed after `listening on`.
+    /// Everything it printed but its `listening on` line.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
     }
@@ -278,13 +281,52 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// True if the external tool `name` runs. Otherwise the test says it skipped — or, under
-/// `MESHRPC_REQUIRE_TOOLS=1` (set by `./test.sh`, which installs the tools), fails.
-pub fn tool(name: &str) -> bool {
-    if std::process::Command::new(name).arg("--version").output().is_ok() {
-        return true;
+pub use crate::tier::{python, tool};
+
+/// A streamed answer's lines, as they arrive.
+pub type Lines = tokio::sync::mpsc::UnboundedReceiver<String>;
+
+/// Sends one HTTP/1.1 request and reads its answer line by line as it streams (NDJSON,
+/// Server-Sent Events); the answer must be `200`. Returns the task reading it (abort it to
+/// hang up) and the lines.
+pub async fn read_lines(
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (tokio::task::JoinHandle<()>, Lines) {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
-    assert!(std::env::var("MESHRPC_REQUIRE_TOOLS").is_err(), "{name} is required but not installed");
-    eprintln!("SKIPPED: {name} is not installed (./test.sh installs it)");
-    false
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("HTTP request timed out")
+        .expect("a streaming answer");
+    assert_eq!(resp.status(), 200);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            pending.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let _ = tx.send(String::from_utf8_lossy(&line).trim().to_owned());
+            }
+        }
+    });
+    (reading, rx)
+}
+
+/// `meshrpc gateway` (the binary `bin`) on free ports in cluster `tag`: the gateway and the
+/// mesh address other nodes join through.
+pub async fn generic_gateway(bin: &str, tag: &str) -> (Node, String) {
+    let gateway =
+        Node::start(bin, &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag]).await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("the gateway's mesh address");
+    (gateway, mesh.trim().to_owned())
 }

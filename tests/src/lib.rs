@@ -5,9 +5,12 @@
 pub mod browser;
 pub mod docker;
 pub mod faults;
+pub mod front;
 pub mod harness;
 pub mod hostile;
+pub mod impostor;
 pub mod lab;
 pub mod netns;
 pub mod streams;
+pub mod tier;
 pub mod tls;

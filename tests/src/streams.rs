@@ -17,14 +17,16 @@ use serde::{Deserialize, Serialize};
 use crate::lab::LabError;
 
 /// One item of a counting stream: its number and `pad` bytes of payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tick {
     pub n: u64,
     pub pad: String,
 }
 
-/// What the producers of stream answers did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What the producers of stream answers did. Its schema is named `Stats`, as `lab`'s
+/// `Stats` is (another shape): two services' types that share a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Stats")]
 pub struct Producers {
     /// Producers made (one per stream answered).
     pub started: u64,
@@ -34,7 +36,7 @@ pub struct Producers {
     pub produced: u64,
 }
 
-#[meshrpc::service]
+#[meshrpc::service(schema)]
 pub trait Streamer {
     /// `from..to`, each item with `pad` bytes of payload, produced as the reader takes them.
     async fn count(&self, from: u64, to: u64, pad: u64) -> Result<Stream<Tick, LabError>, LabError>;

@@ -48,6 +48,15 @@ impl Pki {
         out
     }
 
+    /// `meshrpc cert issue --caller NAME` into `root/<dir>`: an identity that only calls
+    /// (no gossip key). Returns the directory.
+    pub fn issue_caller(&self, dir: &str, name: &str) -> PathBuf {
+        let out = self.root.join(dir);
+        let (ca, to) = (self.ca(), out.display().to_string());
+        self.run(&["cert", "issue", "--ca", ca.to_str().unwrap(), "--caller", name, "--out", &to]);
+        out
+    }
+
     fn run(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(&self.meshrpc).args(args).output().unwrap();
         assert!(out.status.success(), "meshrpc {args:?}: {}", String::from_utf8_lossy(&out.stderr));

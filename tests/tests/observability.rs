@@ -13,14 +13,7 @@ use meshrpc_tests::{
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 
-fn heavy(what: &str) -> bool {
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(std::env::var("CI").is_err(), "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("skipped: {what} is in the heavy tier (./test.sh --heavy)");
-        return false;
-    }
-    true
-}
+use meshrpc_tests::tier::heavy;
 
 /// A client-only node of the test that sees `replicas` replicas of `faulty`, with no
 /// retries (so each replica serves exactly its round-robin share).
@@ -235,6 +228,26 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() {
         std::fs::write(&path, browser.screenshot().await).unwrap();
     }
     assert!(browser.eval("document.querySelectorAll('.edge').length").await.as_u64().unwrap_or(0) >= 1);
+    // Every label of the topology lies inside the drawing (the bottom one was cut off).
+    let clipped = r#"(() => { const svg = document.getElementById('topology'), v = svg.viewBox.baseVal;
+        return [...svg.querySelectorAll('text')].map(t => [t.textContent, t.getBBox()])
+            .filter(([, b]) => b.x < v.x || b.y < v.y || b.x + b.width > v.width || b.y + b.height > v.height)
+            .map(([text]) => text); })()"#;
+    assert_eq!(browser.eval(clipped).await, serde_json::json!([]), "labels cut off at the drawing's edge");
+    // A page opened now draws the last seconds at once: more values than it was sent updates.
+    let mut late = Browser::open(&demo.gateway.url("/dashboard"), 1280, 900).await;
+    let row = r#"(() => { const r = document.querySelector('.service[data-name="greeter"]');
+        return r ? [Number(r.dataset.history), Number(document.getElementById('status').dataset.updates)] : null; })()"#;
+    let mut drawn = None;
+    for _ in 0..100 {
+        drawn = late.eval(row).await.as_array().cloned();
+        if drawn.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drawn = drawn.expect("the late page drew the greeter");
+    assert!(drawn[0].as_u64() > drawn[1].as_u64(), "[values, updates] {drawn:?}");
     // SIGTERM: the replica drains, and the page says so while it does.
     let replica = &mut demo.replicas[0];
     let pid = replica.child.id().unwrap().to_string();

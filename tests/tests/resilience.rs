@@ -211,7 +211,8 @@ async fn a_non_idempotent_method_never_runs_twice_when_a_replica_is_killed() {
         let client = client.clone();
         tokio::spawn(run(600, 16, move |i| {
             let client = client.clone();
-            async move { client.write(i).await }
+            // A write that succeeded answers with its id, to be found in the logs.
+            async move { client.write(i).await.map(|_| i.to_string()) }
         }))
     };
     let reads = {
@@ -226,12 +227,18 @@ async fn a_non_idempotent_method_never_runs_twice_when_a_replica_is_killed() {
     let (writes, reads) = (writes.await.unwrap(), reads.await.unwrap());
     let mut executions: HashMap<u64, usize> = HashMap::new();
     for log in &logs {
-        for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        // Every replica, the killed one too, created its log at start.
+        for line in std::fs::read_to_string(log).expect("a replica's write log").lines() {
             *executions.entry(line.parse().unwrap()).or_default() += 1;
         }
     }
     let twice: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "writes executed more than once: {twice:?}");
+    // Every write that succeeded ran exactly once: it is in a log.
+    let succeeded: Vec<u64> = writes.iter().filter_map(|(_, a)| a.as_ref().ok()?.parse().ok()).collect();
+    assert!(succeeded.len() >= 500, "only {} of 600 writes succeeded", succeeded.len());
+    let missing: Vec<&u64> = succeeded.iter().filter(|id| executions.get(id) != Some(&1)).collect();
+    assert!(missing.is_empty(), "writes answered as done but not executed once: {missing:?}");
     let failed = writes.iter().filter(|(_, a)| a.is_err()).count();
     println!(
         "600 writes: {failed} failed with the killed replica, none ran twice; 600 reads: {} failed",
@@ -266,7 +273,7 @@ async fn hedging_cuts_the_tail_of_a_stalling_replica() {
             let _ = client.fetch(i).await;
         }
         let before = stats(&stalling).await;
-        let answers = run(300, 4, move |i| {
+        let answers = run(600, 4, move |i| {
             let client = client.clone();
             async move { client.fetch(i).await }
         })
@@ -275,15 +282,19 @@ async fn hedging_cuts_the_tail_of_a_stalling_replica() {
         let p99 = percentile(answers.iter().map(|(d, _)| *d).collect(), 0.99);
         let after = stats(&stalling).await;
         let policy = cluster.resilience_stats();
+        // The tail hedging exists to cut: answers that waited out a stall (1 s).
+        let stalled_answers = answers.iter().filter(|(d, _)| *d >= Duration::from_millis(900)).count();
+        let stalls = after.stalled - before.stalled;
         println!(
-            "hedging {}: p99 {p99:?}; {} stalls, {} hedges, {} won, {} stalled handlers cancelled",
+            "hedging {}: p99 {p99:?}; {stalls} stalls, {stalled_answers} answers took ≥ 0.9 s, {} hedges, {} won, {} stalled handlers cancelled",
             if hedging { "on" } else { "off" },
-            after.stalled - before.stalled,
             policy.hedges,
             policy.hedge_wins,
             after.cancelled - before.cancelled
         );
+        assert!(stalls > 0, "the replica never stalled: nothing to measure");
         if hedging {
+            assert_eq!(stalled_answers, 0, "with hedging, {stalled_answers} callers still waited out a stall");
             assert!(policy.hedges > 0 && policy.hedge_wins > 0, "no hedge was sent or none won: {policy:?}");
             // The loser is cancelled: the stalled handler is dropped before its second.
             let cancelled = eventually(Duration::from_secs(5), || async {
@@ -294,6 +305,7 @@ async fn hedging_cuts_the_tail_of_a_stalling_replica() {
             assert!(cancelled.is_some(), "no stalled attempt was cancelled");
         } else {
             assert_eq!(policy.hedges, 0);
+            assert!(stalled_answers > 0, "without hedging no caller waited out the {stalls} stalls");
         }
         p99s.push(p99);
         cluster.shutdown().await;
@@ -305,8 +317,9 @@ async fn hedging_cuts_the_tail_of_a_stalling_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_replica_is_left_at_the_attempt_timeout() {
     let tag = "resilience-hang";
-    let hung = lab(tag, "hung", None, &["--hang"]).await;
-    let b = lab(tag, "b", Some(&hung), &[]).await;
+    // Writes take 300 ms everywhere: longer than the attempt timeout below.
+    let hung = lab(tag, "hung", None, &["--hang", "--write-ms", "300"]).await;
+    let b = lab(tag, "b", Some(&hung), &["--write-ms", "300"]).await;
     let mut resilience = Resilience::default();
     resilience.attempt_timeout = Some(Duration::from_millis(100));
     let cluster = caller(tag, "caller", &hung, 2, resilience).await;
@@ -323,9 +336,11 @@ async fn a_hung_replica_is_left_at_the_attempt_timeout() {
         policy.ejected.iter().any(|(node, service)| node.starts_with("hung-") && service == "faulty"),
         "the hung replica is ejected: {policy:?}"
     );
-    // A method that is not idempotent is not cut at the attempt timeout.
+    // A method that is not idempotent is not cut at the attempt timeout: a 300 ms write
+    // under a 100 ms attempt timeout completes.
     let written = FaultyClient::new(cluster.client(FaultyClient::SPEC)).write(1).await;
     assert!(written.is_ok(), "{written:?}");
+    assert_eq!(stats(&b).await.writes + stats(&hung).await.writes, 1, "the write ran once");
     drop(b);
 }
 
@@ -538,4 +553,52 @@ async fn the_gateway_ejects_a_replica_whose_http_router_fails() {
     assert!(failed <= 20, "the failing replica still got {failed} of 300 requests");
     assert_eq!(failed + statuses.get(&200).copied().unwrap_or(0), 300, "{statuses:?}");
     drop((good1, good2));
+}
+
+/// docs/resilience.md: ejection never takes the last replica, nor more than half of a
+/// service's replicas — however badly they all answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_never_takes_the_last_replica_nor_more_than_half() {
+    let tag = "resilience-eject-bounds";
+    let first = lab(tag, "f0", None, &["--fail-percent", "100"]).await;
+    let mut others = Vec::new();
+    for i in 1..4 {
+        others.push(lab(tag, &format!("f{i}"), Some(&first), &["--fail-percent", "100"]).await);
+    }
+    // Four replicas, every call failing: at most two are ever out.
+    let cluster = caller(tag, "caller-4", &first, 4, Resilience::default()).await;
+    let client = FaultyClient::new(cluster.client(FaultyClient::SPEC));
+    let mut most_ejected = 0;
+    for round in 0..20u64 {
+        let _ = run(20, 4, {
+            let client = client.clone();
+            move |i| {
+                let client = client.clone();
+                async move { client.read(round * 100 + i).await }
+            }
+        })
+        .await;
+        most_ejected = most_ejected.max(cluster.resilience_stats().ejected.len());
+    }
+    let policy = cluster.resilience_stats();
+    println!("4 failing replicas: {} ejections, at most {most_ejected} out at once", policy.ejections);
+    assert!(policy.ejections >= 1, "failing replicas were never ejected");
+    assert!(most_ejected <= 2, "{most_ejected} of 4 replicas were out at once");
+    cluster.shutdown().await;
+    drop(others);
+
+    // One replica left, failing every call: it is never ejected (callers still reach it).
+    let tag = "resilience-eject-last";
+    let alone = lab(tag, "alone", None, &["--fail-percent", "100"]).await;
+    let cluster = caller(tag, "caller-1", &alone, 1, Resilience::default()).await;
+    let client = FaultyClient::new(cluster.client(FaultyClient::SPEC));
+    let before = stats(&alone).await.calls;
+    let answers = run(200, 4, move |i| {
+        let client = client.clone();
+        async move { client.read(i).await }
+    })
+    .await;
+    assert!(answers.iter().all(|(_, a)| matches!(a, Err(Error::Internal { .. }))));
+    assert_eq!(cluster.resilience_stats().ejections, 0, "the last replica was ejected");
+    assert!(stats(&alone).await.calls - before >= 200, "calls stopped reaching the last replica");
 }

@@ -45,18 +45,7 @@ struct Row {
 
 /// Whether this machine and tier run the scenario (else it says why).
 fn runs() -> bool {
-    let ci = std::env::var("CI").is_ok();
-    if std::env::var("MESHRPC_HEAVY").is_err() {
-        assert!(!ci, "CI runs the heavy tier: ./test.sh --heavy");
-        eprintln!("SKIPPED: the scale scenario runs in the heavy tier (./test.sh --heavy)");
-        return false;
-    }
-    if let Some(why) = Net::unavailable() {
-        assert!(std::env::var("MESHRPC_REQUIRE_NETNS").is_err() && !ci, "network namespaces required: {why}");
-        eprintln!("SKIPPED: cannot create network namespaces here ({why}); run as root");
-        return false;
-    }
-    true
+    meshrpc_tests::tier::heavy("the scale scenario") && meshrpc_tests::tier::netns()
 }
 
 fn addr(h: u8) -> String {

@@ -235,6 +235,10 @@ to = "greeter.*"
 [[allow]]
 from = "service:billing"
 to = ["lab.whoami"]
+
+[[allow]]
+from = "cli"
+to = ["meshrpc.stats", "labhttp.*"]
 "#;
 
 #[tokio::test]
@@ -271,6 +275,19 @@ async fn the_policy_allows_what_it_names_denies_the_rest_and_reloads() {
     let config = client_config(&cli.join("ca.pem"), Some(&cli));
     let answer = https(config.clone(), node.addr, "meshrpc", "POST", "/lab/whoami", "{}", &[]).await.unwrap();
     assert_eq!((answer.status, answer.json()["errors"][0]["code"].as_str()), (403, Some("permission_denied")));
+    // What the mesh port shows and publishes over HTTP follows the policy too: `/metrics`
+    // as `meshrpc.stats`, `/openapi.json` as `meshrpc.schema`, a router as `name.http`.
+    let billing_https = client_config(&billing.join("ca.pem"), Some(&billing));
+    for path in ["/metrics", "/openapi.json", "/labhttp/echo"] {
+        let answer = https(billing_https.clone(), node.addr, "meshrpc", "GET", path, "", &[]).await.unwrap();
+        assert_eq!((answer.status, answer.json()["errors"][0]["code"].as_str()), (403, Some("permission_denied")));
+    }
+    for (path, status) in [("/metrics", 200), ("/openapi.json", 403), ("/labhttp/echo", 200)] {
+        let answer = https(config.clone(), node.addr, "meshrpc", "GET", path, "", &[]).await.unwrap();
+        assert_eq!(answer.status, status, "cli: {path}: {answer:?}");
+    }
+    // The admin port stays the scrapers' place.
+    assert_eq!(http("GET", &format!("http://{admin}/metrics"), "", &[]).await.status, 200);
     assert!(counter(admin, "meshrpc_calls_denied").await >= 3);
     assert!(node.logged("call denied by policy", Duration::from_secs(5)).await.is_some());
 
@@ -394,8 +411,12 @@ async fn a_node_warns_before_its_certificate_expires() {
 }
 
 /// A JWT for `sub`, expiring at `exp` (Unix s), signed with `alg` and `key`.
+/// A token from the issuer `idp` for the audience `meshrpc`, as the gateways below expect.
 fn jwt(sub: &str, exp: u64, alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey) -> String {
-    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    jwt_claims(serde_json::json!({ "sub": sub, "exp": exp, "iss": "idp", "aud": "meshrpc" }), alg, key)
+}
+
+fn jwt_claims(claims: serde_json::Value, alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
 }
 
@@ -442,6 +463,7 @@ async fn the_gateway_serves_https_and_authorizes_bearer_tokens() {
         key.to_str().unwrap(),
     ]);
     args.extend(["--api-keys", keys.to_str().unwrap(), "--jwt-hs256-secret", secret.to_str().unwrap()]);
+    args.extend(["--jwt-issuer", "idp", "--jwt-audience", "meshrpc"]);
     let gateway = Node::start_logged(MESHRPC, &args).await;
     let ca = gw.join("ca.pem");
     let h1 = client_config(&ca, None);
@@ -477,9 +499,29 @@ async fn the_gateway_serves_https_and_authorizes_bearer_tokens() {
     assert_eq!((denied.status, denied.json()["errors"][0]["code"].as_str()), (403, Some("permission_denied")));
     let bob = jwt("bob", 4_102_444_800, jsonwebtoken::Algorithm::HS256, &hs);
     assert_eq!(call("/lab/whoami", Some(bob.clone())).await.json()["data"], "lab1");
+    // A token with no issuer, or for another audience, or none: refused, saying which claim.
+    let hs256 = jsonwebtoken::Algorithm::HS256;
+    for (claims, missing) in [
+        (serde_json::json!({ "sub": "bob", "exp": 4_102_444_800u64, "aud": "meshrpc" }), "iss"),
+        (serde_json::json!({ "sub": "bob", "exp": 4_102_444_800u64, "iss": "idp", "aud": "other" }), "Audience"),
+        (serde_json::json!({ "sub": "bob", "exp": 4_102_444_800u64, "iss": "idp" }), "aud"),
+    ] {
+        let refused = call("/lab/whoami", Some(jwt_claims(claims, hs256, &hs))).await;
+        let message = refused.json()["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(refused.status, 401, "{refused:?}");
+        assert!(message.contains(missing), "{message}");
+    }
+    // A large body with no token gets its 401, over both protocols, not a reset.
+    let big = "x".repeat(200_000);
+    let h2 = client_config_alpn(&ca, None, b"h2");
+    for config in [h1.clone(), h2.clone()] {
+        for _ in 0..20 {
+            let answer = https(config.clone(), gateway.addr, "meshrpc", "POST", "/greeter/greet", &big, &[]).await;
+            assert_eq!(answer.map(|a| a.status), Ok(401));
+        }
+    }
     assert_eq!(call("/greeter/greet", Some(bob.clone())).await.status, 403);
     // HTTP/2 by ALPN, same answers.
-    let h2 = client_config_alpn(&ca, None, b"h2");
     let auth = format!("Bearer {bob}");
     let over_h2 =
         https(h2, gateway.addr, "meshrpc", "POST", "/lab/whoami", "{}", &[("authorization", &auth)]).await.unwrap();
@@ -596,4 +638,65 @@ async fn the_tls_demo_answers_curl_and_refuses_plaintext_callers() {
     assert_ne!(code, 0);
     assert!(err.contains("--tls-dir"), "{err}");
     meshrpc_tests::harness::terminate(&mut demo, Duration::from_secs(20)).await;
+}
+
+/// docs/security.md: a peer whose certificate names another cluster tag is refused — even
+/// one from a CA this node trusts (two CAs in `ca.pem`, as during a CA rotation).
+#[tokio::test]
+async fn a_certificate_of_another_cluster_tag_is_refused() {
+    let ours = Pki::new(MESHRPC, "tag-ours", "sec9");
+    let theirs = Pki::new(MESHRPC, "tag-theirs", "sec9-other");
+    let dir = ours.issue("lab1", "lab1", &["lab"], &[]);
+    // The node trusts both CAs.
+    let both = std::fs::read_to_string(ours.ca().join("ca.pem")).unwrap()
+        + &std::fs::read_to_string(theirs.ca().join("ca.pem")).unwrap();
+    std::fs::write(dir.join("ca.pem"), both).unwrap();
+    let node = tls_node("sec9", "lab1", &dir, &[]).await;
+    let admin = admin(&node).await;
+    let refused_before = counter(admin, "meshrpc_tls_handshakes_refused").await;
+    let stranger = theirs.issue_caller("cli", "cli");
+    let mut stranger_ca = std::fs::read_to_string(stranger.join("ca.pem")).unwrap();
+    stranger_ca += &std::fs::read_to_string(ours.ca().join("ca.pem")).unwrap();
+    std::fs::write(stranger.join("ca.pem"), stranger_ca).unwrap();
+    let outcome = match connect_with(node.addr, &stranger).await {
+        Ok(conn) => mesh_call(&conn, "lab", "whoami").await,
+        Err(e) => Err(e),
+    };
+    assert!(outcome.is_err(), "a certificate of cluster `sec9-other` was served: {outcome:?}");
+    let refused = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
+        (counter(admin, "meshrpc_tls_handshakes_refused").await > refused_before).then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the refusal was not counted");
+    // A caller of this cluster still gets in.
+    let ok = connect_with(node.addr, &ours.issue_caller("ops", "ops")).await.unwrap();
+    assert_eq!(mesh_call(&ok, "lab", "whoami").await.unwrap(), "\"lab1\"");
+}
+
+/// docs/security.md: SIGHUP reloads the policy (here the file's time is left as it was,
+/// so only the signal can make the node read it again).
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    let pki = Pki::new(MESHRPC, "sighup", "sec10");
+    let dir = pki.issue("lab1", "lab1", &["lab"], &[]);
+    let cli = pki.issue_caller("cli", "cli");
+    let policy = pki.root.join("policy.toml");
+    std::fs::write(&policy, "[[allow]]\nfrom = \"cli\"\nto = \"greeter.*\"\n").unwrap();
+    let mut node = tls_node("sec10", "lab1", &dir, &["--policy", policy.to_str().unwrap()]).await;
+    let conn = connect_with(node.addr, &cli).await.unwrap();
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap_err().code(), "permission_denied");
+    let stamp = std::fs::metadata(&policy).unwrap().modified().unwrap();
+    std::fs::write(&policy, "[[allow]]\nfrom = \"cli\"\nto = \"lab.*\"\n").unwrap();
+    std::fs::File::options().write(true).open(&policy).unwrap().set_modified(stamp).unwrap();
+    // The file looks unchanged: the node keeps its policy (it looks once a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap_err().code(), "permission_denied");
+    let pid = node.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let reloaded = meshrpc_tests::harness::eventually(Duration::from_secs(5), || async {
+        mesh_call(&conn, "lab", "whoami").await.ok()
+    })
+    .await;
+    assert_eq!(reloaded.as_deref(), Some("\"lab1\""), "the policy was not reloaded on SIGHUP");
+    node.kill().await;
 }

@@ -401,3 +401,25 @@ async fn large_items_beside_other_calls_never_stall() {
     assert_eq!(read, 300);
     assert!(beside.await.unwrap() > 0, "calls ran beside the stream");
 }
+
+/// README, Limits: an item is bounded by the frame limit its reader accepts; a larger one
+/// ends its stream with `too_large`, and the connection and other calls go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_over_the_readers_frame_limit_ends_its_stream_with_too_large() {
+    let node = Node::start(LABNODE, &["--tag", "streams"]).await;
+    let small = meshrpc::ConnectOptions::default().max_frame(64 * 1024);
+    let conn = Connection::connect(node.addr, small).await.unwrap();
+    let client = StreamerClient::new(conn.clone());
+    let mut ticks = client.count(0, 10, 1_000).await.expect("the stream opens");
+    assert!(matches!(ticks.next().await, Some(Ok(Tick { n: 0, .. }))));
+    let mut big = client.count(0, 10, 100_000).await.expect("the stream opens");
+    let ended = tokio::time::timeout(Duration::from_secs(10), big.next()).await.expect("the stream ended");
+    assert!(
+        matches!(ended, Some(Err(LabError::Rpc(Error::TooLarge { .. })))),
+        "an item of 100 kB over a 64 KiB frame limit: {ended:?}"
+    );
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), big.next()).await.unwrap(), None);
+    // The small stream and the connection go on.
+    assert!(matches!(ticks.next().await, Some(Ok(Tick { n: 1, .. }))));
+    assert_eq!(LabClient::new(conn).whoami().await.unwrap(), "lab");
+}

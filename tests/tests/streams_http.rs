@@ -74,6 +74,30 @@ async fn curl_reads_a_countdown_item_by_item_as_ndjson_and_as_server_sent_events
     assert_eq!(last["errors"][0]["detail"]["Refused"], "item 2");
 }
 
+/// The README's countdown at the most it allows ends with its greeting, within the default
+/// deadline that covers the whole stream (before, 60 was allowed and cut at 30 s with
+/// `timeout`); one more is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_longest_countdown_the_readme_allows_ends_with_its_greeting() {
+    if !tool("curl") {
+        return;
+    }
+    let (gateway, _lab) = gateway("streams-countdown").await;
+    let url = gateway.url("/greeter/countdown");
+    let longest = format!(r#"{{"from":{}}}"#, greeter::MAX_COUNTDOWN);
+    // `--max-time` only guards against a hang.
+    let args = ["-N", "-s", "--max-time", "90", "-X", "POST", &url, "-d", &longest];
+    let out = Command::new("curl").args(args).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len() as u32, greeter::MAX_COUNTDOWN + 1, "{text}");
+    assert_eq!((lines[0], lines[lines.len() - 1]), (r#"{"data":"50…"}"#, r#"{"data":"Hello!"}"#), "{text}");
+    let too_long = format!(r#"{{"from":{}}}"#, greeter::MAX_COUNTDOWN + 1);
+    let refused = http("POST", &url, too_long, &[]).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.json()["errors"][0]["detail"]["TooLong"], greeter::MAX_COUNTDOWN + 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ndjson_body_is_a_client_stream_and_a_malformed_line_is_named() {
     let (gateway, _lab) = gateway("streams-ndjson").await;
@@ -121,6 +145,10 @@ async fn a_websocket_drives_a_bidirectional_stream_through_the_gateway() {
         }
     }
     assert_eq!(closed, Some(CloseCode::Normal));
+    // The session was one call, counted when it ended (issue 36: streams in the metrics).
+    let metrics = http("GET", &gateway.url("/metrics"), "", &[]).await.body;
+    let chat = r#"meshrpc_calls_total{direction="inbound",service="streamer",method="chat",peer="http",code="ok"} 1"#;
+    assert!(metrics.contains(chat), "{metrics}");
 
     // Garbage: the node says what was wrong and closes with 1007.
     let mut ws = connect().await;
@@ -134,6 +162,22 @@ async fn a_websocket_drives_a_bidirectional_stream_through_the_gateway() {
     assert!(error.contains("bad_request") && error.contains("message 1 is not a JSON text message"), "{error}");
     let close = got.iter().find_map(|m| if let Message::Close(Some(f)) = m { Some(f.code) } else { None });
     assert_eq!(close, Some(CloseCode::Invalid));
+
+    // A method that takes no stream: the client's mistake, so 1008 with what was wrong
+    // (not 1011, which says the node failed).
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/greeter/greet"), tcp).await.unwrap();
+    ws.send(Message::text(r#"{"name":"Max"}"#)).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        got.push(msg);
+    }
+    let error = got.iter().find_map(|m| m.to_text().ok().filter(|t| t.contains("errors"))).expect("an error message");
+    assert!(error.contains("bad_request") && error.contains("takes no stream of items"), "{error}");
+    let close = got.iter().find_map(|m| if let Message::Close(Some(f)) = m { Some(f.clone()) } else { None });
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert!(close.reason.contains("takes no stream of items"), "{close:?}");
     // The node serves on.
     assert_eq!(http("POST", &gateway.url("/greeter/greet"), r#"{"name":"Max"}"#, &[]).await.status, 200);
 }

@@ -92,15 +92,18 @@ async fn one_trace_across_gateway_and_two_services() {
     }
     // Spans: the gateway's HTTP hop (child of the caller's span), a's call (child of the
     // gateway's hop), b's call (child of a's).
+    // (Attempts before lab joined were hops of the trace too: the answered one is ours.)
     let spans = eventually(Duration::from_secs(10), || async {
         let spans = spans_of(&got.lock().unwrap(), trace);
-        (spans.len() >= 3).then_some(spans)
+        let has = |name: &str| spans.iter().any(|(_, _, n)| n == name);
+        (has("lab/relay_deadline") && has("lab/deadline_left")).then_some(spans)
     })
     .await
-    .expect("three spans of the trace exported");
+    .expect("the spans of the trace exported");
     let find =
         |name: &str| spans.iter().find(|(_, _, n)| n == name).cloned().unwrap_or_else(|| panic!("{name}: {spans:?}"));
-    let hop = find("HTTP POST /lab/relay_deadline");
+    let hop = spans.iter().find(|(id, _, _)| id == parts[2]).cloned().expect("the answered hop's span");
+    assert_eq!(hop.2, "HTTP POST /lab/relay_deadline");
     let at_a = find("lab/relay_deadline");
     let at_b = find("lab/deadline_left");
     assert_eq!(hop.1, "00f067aa0ba902b7", "the gateway's hop continues the caller's span");
@@ -139,4 +142,73 @@ async fn a_stalled_collector_costs_dropped_spans_not_calls() {
         .unwrap_or_else(|| panic!("no meshrpc_spans_dropped_total in {metrics}"));
     assert!(dropped >= CALLS - 4096 - taken && dropped <= CALLS, "{dropped} of {CALLS} spans dropped");
     drop(collector);
+}
+
+/// The README's custom gateway (`mesh-api`): its own routes (`GET /greeter/greet/{name}`)
+/// sit behind `gateway.observe(...)` beside the generic ones, and carry the caller's trace
+/// as those do: the answer names it, the greeter's request line has it, and the exported
+/// spans chain caller → the route's hop → the greeter's call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_gateway_routes_carry_the_trace() {
+    let tag = "tracing-custom";
+    let (endpoint, got) = otlp_receiver().await;
+    let env = [("RUST_LOG", "info"), ("MESHRPC_REQUEST_LOG", "on"), ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let api = Node::start_logged_env(
+        MESHRPC,
+        &["example", "mesh-api", "--http-host", "127.0.0.1", "--http-port", "0", "--listen-addr", "127.0.0.1:0"],
+        &[env.as_slice(), &[("MESHRPC_CLUSTER_TAGNAME", tag)]].concat(),
+    )
+    .await;
+    let mesh = api.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let greeter = Node::start_logged_env(
+        MESHRPC,
+        &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", mesh.trim()],
+        &env,
+    )
+    .await;
+    let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let url = api.url("/greeter/greet/Max");
+    let answer = eventually(Duration::from_secs(15), || async {
+        let answer = http("GET", &url, "", &[("traceparent", incoming)]).await;
+        (answer.status == 200).then_some(answer)
+    })
+    .await
+    .expect("mesh-api reached the greeter");
+    assert_eq!(answer.body, r#""Hello, Max""#);
+    let traceparent = answer.headers.get("traceparent").expect("the answer names the trace").to_str().unwrap();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", "0af7651916cd43dd8448eb211c80319c", "01"), "{traceparent}");
+    assert_ne!(parts[2], "b7ad6b7169203331", "the route's span is its own");
+    let trace = parts[1];
+    // Both request lines: the gateway's and the greeter's.
+    for (who, node) in [("mesh-api", &api), ("greeter", &greeter)] {
+        let line = node.logged(trace, Duration::from_secs(10)).await;
+        assert!(line.is_some(), "{who} logged no line with trace {trace}: {:?}", node.output());
+    }
+    // (Attempts before the greeter joined were hops of the trace too: the answered one is ours.)
+    let spans = eventually(Duration::from_secs(10), || async {
+        let spans = spans_of(&got.lock().unwrap(), trace);
+        spans.iter().any(|(_, _, n)| n == "greeter/greet").then_some(spans)
+    })
+    .await
+    .expect("the greeter's span exported");
+    let hop = spans.iter().find(|(id, _, _)| id == parts[2]).cloned().expect("the answered hop's span");
+    assert_eq!((hop.1.as_str(), hop.2.as_str()), ("b7ad6b7169203331", "HTTP GET /greeter/greet/{name}"));
+    let call = spans.iter().find(|(_, _, n)| n == "greeter/greet").unwrap();
+    assert_eq!(call.1, hop.0, "the greeter's call is a child of the route's hop");
+
+    // Every route behind `observe` answers with a trace context: the other custom route,
+    // the generic ones, and a request nothing answers.
+    for (method, path, status) in [
+        ("POST", "/greeter/sendPostcard/Max/World/Hello", 200),
+        ("POST", "/greeter/greet", 200),
+        ("GET", "/healthz", 200),
+        ("GET", "/nothing/here", 404),
+    ] {
+        let body = if path == "/greeter/greet" { r#"{"name":"Ada"}"# } else { "" };
+        let answer = http(method, &api.url(path), body, &[("traceparent", incoming)]).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+        let traceparent = answer.headers.get("traceparent").map(|v| v.to_str().unwrap().to_owned());
+        assert!(traceparent.as_deref().is_some_and(|t| t.contains(trace)), "{path}: {traceparent:?}");
+    }
 }

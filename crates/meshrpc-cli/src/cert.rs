@@ -43,11 +43,34 @@ pub enum CaCommand {
 /// Node certificate commands.
 #[derive(clap::Subcommand)]
 pub enum CertCommand {
-    /// Issue a node certificate: OUT gets ca.pem, node.pem, node.key and gossip.key,
-    /// ready for --tls-dir.
+    /// Issue a certificate: OUT gets ca.pem, node.pem, node.key (and gossip.key for a
+    /// node), ready for --tls-dir. A node (--node) serves and gossips; a caller
+    /// (--caller: the CLI, tools) only calls, and reaches the cluster through a node's
+    /// mesh port: it gets no gossip key.
     ///
     /// Example: meshrpc cert issue --ca ./ca --node greeter-1 --service greeter --out ./greeter-1
+    ///
+    /// Example: meshrpc cert issue --ca ./ca --caller ops --out ./ops
     Issue(IssueArgs),
+    /// Issue an HTTPS server certificate for a gateway, signed by the cluster CA: OUT gets
+    /// https.pem, https.key and ca.pem (what clients trust: `curl --cacert OUT/ca.pem`).
+    /// Use a public certificate instead when browsers must trust the gateway.
+    ///
+    /// Example: meshrpc cert https --ca ./ca --name localhost --name api.example.com --out ./https
+    Https {
+        /// The CA directory (from `meshrpc ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Host names (or IP addresses) clients reach the gateway by. Repeatable.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Directory to write to (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Show who a certificate is for, what it may serve and when it expires.
     ///
     /// Example: meshrpc cert show ./greeter-1/node.pem
@@ -66,10 +89,14 @@ pub struct IssueArgs {
     /// The CA directory (from `meshrpc ca init`).
     #[arg(long)]
     pub ca: PathBuf,
-    /// The node's name.
-    #[arg(long)]
-    pub node: String,
-    /// Services the node may serve (comma separated; none for a caller-only node).
+    /// The node's name (a node gets the cluster's gossip key).
+    #[arg(long, required_unless_present = "caller", conflicts_with = "caller")]
+    pub node: Option<String>,
+    /// A caller-only identity's name (no gossip key, no services).
+    #[arg(long, conflicts_with = "service")]
+    pub caller: Option<String>,
+    /// Services the node may serve (comma separated; none for a node that only calls,
+    /// such as a gateway).
     #[arg(long, value_delimiter = ',')]
     pub service: Vec<String>,
     /// Directory to write to (created).
@@ -119,6 +146,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
 pub fn cert(command: CertCommand) -> Result<()> {
     match command {
         CertCommand::Issue(args) => issue(args),
+        CertCommand::Https { ca, names, out, days } => https(&ca, &names, &out, days),
         CertCommand::Show { file, json } => show(&file, json),
     }
 }
@@ -129,15 +157,20 @@ pub fn issue(args: IssueArgs) -> Result<()> {
     let ca_key = KeyPair::from_pem(&fs::read_to_string(args.ca.join(CA_KEY_FILE))?)?;
     let tag = ca_tag(&ca_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    if args.node.is_empty() || args.node.contains(['/', ' ']) {
-        return Err(format!("node `{}`: must be non-empty, without `/` or spaces", args.node).into());
+    let (node, is_node) = match (&args.node, &args.caller) {
+        (Some(node), None) => (node.as_str(), true),
+        (None, Some(caller)) => (caller.as_str(), false),
+        _ => return Err("say --node NAME (a node) or --caller NAME (calls only)".into()),
+    };
+    if node.is_empty() || node.contains(['/', ' ']) {
+        return Err(format!("name `{node}`: must be non-empty, without `/` or spaces").into());
     }
     let services: Vec<String> = args.service.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(&args.node);
+    params.distinguished_name = name(node);
     params.subject_alt_names = vec![SanType::DnsName(NODE_DNS_NAME.try_into()?)];
-    for uri in meshrpc::Identity::uris(&tag, &args.node, &services) {
+    for uri in meshrpc::Identity::uris(&tag, node, &services) {
         params.subject_alt_names.push(SanType::URI(uri.try_into()?));
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -156,15 +189,55 @@ pub fn issue(args: IssueArgs) -> Result<()> {
     fs::write(args.out.join(CERT_FILE), cert.pem())?;
     if args.out.canonicalize()? != args.ca.canonicalize()? {
         fs::write(args.out.join(CA_FILE), &ca_pem)?;
-        if let Ok(gossip) = fs::read_to_string(args.ca.join(GOSSIP_KEY_FILE)) {
-            write_secret(&args.out.join(GOSSIP_KEY_FILE), &gossip)?;
+        // The gossip key is the nodes' alone: a caller that held it could forge membership.
+        let gossip_key = args.out.join(GOSSIP_KEY_FILE);
+        match fs::read_to_string(args.ca.join(GOSSIP_KEY_FILE)) {
+            Ok(gossip) if is_node => write_secret(&gossip_key, &gossip)?,
+            _ if gossip_key.exists() => fs::remove_file(&gossip_key)?,
+            _ => {}
         }
     }
+    let what = if is_node { format!("node `{node}`") } else { format!("caller `{node}` (no gossip key)") };
     println!(
-        "{}: node `{}` of cluster `{tag}`, may serve [{}], valid until {}",
+        "{}: {what} of cluster `{tag}`, may serve [{}], valid until {}",
         args.out.display(),
-        args.node,
         services.join(", "),
+        params.not_after.format(&Rfc3339)?
+    );
+    Ok(())
+}
+
+/// The file names `meshrpc cert https` writes.
+pub const HTTPS_CERT_FILE: &str = "https.pem";
+/// See [`HTTPS_CERT_FILE`].
+pub const HTTPS_KEY_FILE: &str = "https.key";
+
+fn https(ca: &Path, names: &[String], out: &Path, days: u32) -> Result<()> {
+    let ca_pem = fs::read_to_string(ca.join(CA_FILE)).map_err(|e| format!("{}: {e}", ca.join(CA_FILE).display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&fs::read_to_string(ca.join(CA_KEY_FILE))?)?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(&names[0]);
+    for host in names {
+        params.subject_alt_names.push(match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.as_str().try_into()?),
+        });
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days.into());
+    let cert = params.signed_by(&key, &issuer)?;
+    fs::create_dir_all(out)?;
+    write_secret(&out.join(HTTPS_KEY_FILE), &key.serialize_pem())?;
+    fs::write(out.join(HTTPS_CERT_FILE), cert.pem())?;
+    fs::write(out.join(CA_FILE), &ca_pem)?;
+    println!(
+        "{}: HTTPS certificate for {}, valid until {}",
+        out.display(),
+        names.join(", "),
         params.not_after.format(&Rfc3339)?
     );
     Ok(())

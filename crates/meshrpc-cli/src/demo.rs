@@ -40,20 +40,22 @@ fn demo_credentials(replicas: usize) -> Result<std::path::PathBuf, Box<dyn std::
     let root = std::env::temp_dir().join(format!("meshrpc-demo-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     ca(CaCommand::Init { dir: root.join("ca"), tag: "example".into(), days: 30 })?;
-    let node = |node: &str, services: &[&str], out: &str| {
+    let issue_as = |node: Option<&str>, caller: Option<&str>, services: &[&str], out: &str| {
         issue(IssueArgs {
             ca: root.join("ca"),
-            node: node.into(),
+            node: node.map(str::to_owned),
+            caller: caller.map(str::to_owned),
             service: services.iter().map(|s| s.to_string()).collect(),
             out: root.join(out),
             days: 30,
             valid_from: None,
         })
     };
-    node("mesh-api", &[], "mesh-api")?;
-    node("cli", &[], "cli")?;
+    issue_as(Some("mesh-api"), None, &[], "mesh-api")?;
+    // The CLI only calls: it gets no gossip key and reaches the cluster through a node.
+    issue_as(None, Some("cli"), &[], "cli")?;
     for i in 1..=replicas {
-        node(&format!("greeter-{i}"), &["greeter"], &format!("greeter-{i}"))?;
+        issue_as(Some(&format!("greeter-{i}")), None, &["greeter"], &format!("greeter-{i}"))?;
     }
     std::fs::write(root.join("policy.toml"), DEMO_POLICY)?;
     Ok(root)

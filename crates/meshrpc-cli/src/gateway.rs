@@ -32,10 +32,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "MESHRPC_POLICY")]
     policy: Option<std::path::PathBuf>,
     /// HTTPS: the gateway's certificate chain (PEM), with --tls-key. HTTP/1.1 and HTTP/2.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, env = "MESHRPC_HTTPS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
     /// HTTPS: the private key (PEM) of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, env = "MESHRPC_HTTPS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
     /// Require a bearer token: static API keys, one `subject:token` per line.
     #[arg(long, env = "MESHRPC_API_KEYS")]
@@ -46,9 +46,13 @@ pub struct GatewayArgs {
     /// Require a bearer token: JWTs signed with RS256, checked with this PEM public key.
     #[arg(long, conflicts_with = "jwt_hs256_secret")]
     jwt_rs256_key: Option<std::path::PathBuf>,
-    /// Accepted JWT issuers (`iss`; comma separated).
+    /// Accepted JWT issuers (`iss`, then required; comma separated).
     #[arg(long, value_delimiter = ',')]
     jwt_issuer: Vec<String>,
+    /// Accepted JWT audiences (`aud`, then required; comma separated). Without it, `aud`
+    /// is not checked.
+    #[arg(long, value_delimiter = ',')]
+    jwt_audience: Vec<String>,
     /// Client connections served at once; past it, `/ping` still answers and the rest get
     /// a fast 503. An idle keep-alive connection costs about 5 KiB, a busy one about 20.
     #[arg(long, default_value_t = 10_000)]
@@ -128,7 +132,8 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // Inside authentication: a client is its token's subject.
     let mut routes = gateway.rate_limit(gateway.router(), rate_limits);
-    if let Some(auth) = bearer_auth(&args.api_keys, &args.jwt_hs256_secret, &args.jwt_rs256_key, &args.jwt_issuer)? {
+    let jwt_claims = (&args.jwt_issuer[..], &args.jwt_audience[..]);
+    if let Some(auth) = bearer_auth(&args.api_keys, &args.jwt_hs256_secret, &args.jwt_rs256_key, jwt_claims)? {
         routes = gateway.authenticate(routes, auth);
     }
     let app = gateway.observe(routes);
@@ -158,7 +163,7 @@ fn bearer_auth(
     api_keys: &Option<std::path::PathBuf>,
     hs256: &Option<std::path::PathBuf>,
     rs256: &Option<std::path::PathBuf>,
-    issuers: &[String],
+    (issuers, audiences): (&[String], &[String]),
 ) -> Result<Option<meshrpc::BearerAuth>, Box<dyn std::error::Error>> {
     if api_keys.is_none() && hs256.is_none() && rs256.is_none() {
         return Ok(None);
@@ -182,6 +187,10 @@ fn bearer_auth(
     if !issuers.is_empty() {
         let issuers: Vec<&str> = issuers.iter().map(String::as_str).collect();
         auth = auth.jwt_issuer(&issuers);
+    }
+    if !audiences.is_empty() {
+        let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+        auth = auth.jwt_audience(&audiences);
     }
     Ok(Some(auth))
 }

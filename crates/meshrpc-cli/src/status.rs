@@ -43,6 +43,9 @@ struct Status {
     services: Vec<meshrpc::ServiceStatus>,
     /// Replicas gossiping a service their certificate does not carry (never called).
     unproven: Vec<meshrpc::UnprovenReplica>,
+    /// Split and mirror rules refused lately (mutual TLS: unsigned, or by a writer not
+    /// allowed to write them), as this node or the node it follows saw them.
+    rejected_rules: Vec<meshrpc::RejectedRule>,
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -90,7 +93,13 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
             policies: m.policies,
         });
     }
-    Status { tag: tag.to_owned(), members, services: cluster.services(), unproven: cluster.unproven_replicas() }
+    Status {
+        tag: tag.to_owned(),
+        members,
+        services: cluster.services(),
+        unproven: cluster.unproven_replicas(),
+        rejected_rules: cluster.rejected_rules(),
+    }
 }
 
 fn print_table(s: &Status) {
@@ -132,6 +141,9 @@ fn print_table(s: &Status) {
     }
     for u in &s.unproven {
         println!("UNPROVEN: {} gossips `{}` without a certificate for it (never called)", u.node, u.service);
+    }
+    for r in &s.rejected_rules {
+        println!("REJECTED RULE: {} {} by {}: {}", r.kind, r.service, r.writer, r.reason);
     }
     println!();
     println!("{:<14} {:>8}  {:<24} SPLIT", "SERVICE", "REPLICAS", "VERSIONS");

@@ -12,9 +12,25 @@ pub fn declarations(doc: &Value) -> String {
          // gateway serves them (POST /{service}/{method}, JSON). Integers are `number`: values\n\
          // past 2^53 (u64, i128) lose precision in JavaScript.\n\n",
     );
+    // Each service's types in a namespace of its name (`greeter.Postcard`), as the
+    // document keeps them: two services may each have an `Error`.
     if let Some(schemas) = doc["components"]["schemas"].as_object() {
+        let mut spaces: std::collections::BTreeMap<&str, Vec<(&str, &Value)>> = Default::default();
         for (name, schema) in schemas {
-            out.push_str(&format!("export type {} = {};\n", ident(name), ts(schema, 0)));
+            let (space, name) = name.split_once('.').unwrap_or(("", name));
+            spaces.entry(space).or_default().push((name, schema));
+        }
+        for (space, types) in spaces {
+            let indent = if space.is_empty() { "" } else { "  " };
+            if !space.is_empty() {
+                out.push_str(&format!("export namespace {} {{\n", ident(space)));
+            }
+            for (name, schema) in types {
+                out.push_str(&format!("{indent}export type {} = {};\n", ident(name), ts(schema, 0)));
+            }
+            if !space.is_empty() {
+                out.push_str("}\n");
+            }
         }
     }
     out.push_str("\n/** Every method: its arguments, its value, its error. */\nexport interface Methods {\n");
@@ -59,7 +75,11 @@ fn ts(schema: &Value, depth: usize) -> String {
         return "unknown".into();
     }
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        return ident(r.rsplit('/').next().unwrap_or(r));
+        let name = r.rsplit('/').next().unwrap_or(r);
+        return match name.split_once('.') {
+            Some((space, name)) => format!("{}.{}", ident(space), ident(name)),
+            None => ident(name),
+        };
     }
     if let Some(c) = schema.get("const") {
         return c.to_string();

@@ -252,10 +252,28 @@ fn method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
                 }
             }
             let (idempotent, timeout, hedge) = (options.idempotent, options.timeout, options.hedge.is_some());
-            Some(MethodDef { ident, name, args, returns, value, error, input, output, idempotent, timeout, hedge })
+            let doc = doc_comment(&f.attrs);
+            Some(MethodDef { ident, name, args, returns, value, error, input, output, idempotent, timeout, hedge, doc })
         }
         _ => None,
     }
+}
+
+/// The text of `///` comments (`#[doc = "…"]`), one line each, without the space after `///`.
+fn doc_comment(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => match &nv.value {
+                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .map(|line| line.strip_prefix(' ').unwrap_or(&line).trim_end().to_owned())
+        .collect();
+    lines.join("\n").trim().to_owned()
 }
 
 fn check_arg_type(ty: &Type, errors: &mut Errors) {

@@ -354,8 +354,10 @@ fn schemas(def: &ServiceDef) -> TokenStream {
             }
             None => quote! { ::core::option::Option::None },
         };
+        let doc = &m.doc;
         quote! {
             ::meshrpc::__private::MethodSchema {
+                doc: #doc,
                 name: #name,
                 args: ::std::vec![ #( #args ),* ],
                 items: #items,

@@ -52,6 +52,8 @@ pub struct MethodDef {
     pub timeout: Option<u64>,
     /// `#[meshrpc(hedge)]`: a slow call is sent again to another replica.
     pub hedge: bool,
+    /// Its doc comment (empty without one): the OpenAPI operation's description.
+    pub doc: String,
 }
 
 impl MethodDef {

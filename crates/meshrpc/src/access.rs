@@ -14,8 +14,16 @@
 //!
 //! [[allow]]
 //! from = "user:alice"          # a bearer token's subject, vouched for by the gateway
-//! to = "*"
+//! to = "*"                     # every method (not rules)
+//!
+//! [[allow]]
+//! from = "ops"                 # who may write cluster rules (`meshrpc split`, `mirror`)
+//! to = ["rule:split/greeter", "rule:mirror/*"]
 //! ```
+//!
+//! `meshrpc.view` and `meshrpc.rule` (how callers that do not gossip follow the cluster and
+//! hand it their rules) are open to every certificate of the cluster: a rule is checked
+//! against the `rule:` targets of whoever wrote it, not of whoever hands it over.
 
 use std::{
     path::{Path, PathBuf},
@@ -59,6 +67,8 @@ enum Target {
     Everything,
     Service(String),
     Method(String, String),
+    /// `rule:<kind>/<service>`, either part `*`: writing cluster rules.
+    Rule(Option<String>, Option<String>),
 }
 
 /// A policy that could not be read, with the line at fault.
@@ -145,6 +155,20 @@ impl AccessPolicy {
             .any(|r| r.from.iter().any(|p| p.matches(caller)) && r.to.iter().any(|t| t.matches(service, method)))
     }
 
+    /// Whether `writer` may write cluster rules of `kind` (`split`, `mirror`) for
+    /// `service`: only what a `rule:` target names (`*` alone does not cover rules).
+    pub fn allows_rule(&self, writer: &Identity, kind: &str, service: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.from.iter().any(|p| p.matches(writer))
+                && r.to.iter().any(|t| match t {
+                    Target::Rule(k, s) => {
+                        k.as_deref().is_none_or(|k| k == kind) && s.as_deref().is_none_or(|s| s == service)
+                    }
+                    _ => false,
+                })
+        })
+    }
+
     /// Number of allow rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -193,7 +217,19 @@ impl Target {
         if s == "*" {
             return Ok(Target::Everything);
         }
-        let bad = || format!("`{s}`: a target is `service.method`, `service.*` or `*`");
+        if let Some(rule) = s.strip_prefix("rule:") {
+            let bad = || format!("`{s}`: a rule target is `rule:<split|mirror|*>/<service|*>` or `rule:*`");
+            if rule == "*" {
+                return Ok(Target::Rule(None, None));
+            }
+            let (kind, service) = rule.split_once('/').ok_or_else(bad)?;
+            if !matches!(kind, "split" | "mirror" | "*") || service.is_empty() || service.contains(['/', ' ']) {
+                return Err(bad());
+            }
+            let any = |x: &str| (x != "*").then(|| x.to_owned());
+            return Ok(Target::Rule(any(kind), any(service)));
+        }
+        let bad = || format!("`{s}`: a target is `service.method`, `service.*`, `*` or `rule:<kind>/<service>`");
         let (service, method) = s.split_once('.').ok_or_else(bad)?;
         if service.is_empty() || method.is_empty() || service.contains('*') || method.contains('.') {
             return Err(bad());
@@ -210,6 +246,7 @@ impl Target {
             Target::Everything => true,
             Target::Service(s) => s == service,
             Target::Method(s, m) => s == service && m == method,
+            Target::Rule(..) => false,
         }
     }
 }
@@ -299,8 +336,13 @@ impl Access {
         }
     }
 
-    /// Checks a call from the network; a denied one is counted and logged.
+    /// Checks a call from the network; a denied one is counted and logged. The node
+    /// methods callers that do not gossip need are open to every certificate.
     pub fn admit(&self, caller: Option<&Identity>, service: &str, method: &str) -> Result<(), Error> {
+        let open = service == crate::call_stats::NODE_SERVICE && matches!(method, "view" | "rule");
+        if open && caller.is_some_and(|c| c.kind == IdentityKind::Certificate) {
+            return Ok(());
+        }
         if self.current.read().unwrap().allows(caller, service, method) {
             return Ok(());
         }
@@ -369,6 +411,26 @@ to = "*"
         assert!(e.message.contains("unknown caller kind"), "{e}");
         let e = AccessPolicy::parse("[[allow]\n", "p").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn rules_are_allowed_only_by_rule_targets() {
+        let p = AccessPolicy::parse(
+            "[[allow]]\nfrom = \"ops\"\nto = [\"rule:split/greeter\", \"rule:mirror/*\"]\n\n\
+             [[allow]]\nfrom = \"root\"\nto = \"*\"\n\n[[allow]]\nfrom = \"admin\"\nto = \"rule:*\"\n",
+            "p",
+        )
+        .unwrap();
+        let (ops, root, admin) = (node("ops", &[]), node("root", &[]), node("admin", &[]));
+        assert!(p.allows_rule(&ops, "split", "greeter") && p.allows_rule(&ops, "mirror", "billing"));
+        assert!(!p.allows_rule(&ops, "split", "billing"));
+        assert!(!p.allows_rule(&root, "split", "greeter"), "`*` covers methods, not rules");
+        assert!(p.allows_rule(&admin, "split", "x") && p.allows_rule(&admin, "mirror", "y"));
+        assert!(!p.allows(Some(&ops), "greeter", "greet"), "a rule target allows no call");
+        for bad in ["rule:", "rule:split", "rule:drop/greeter", "rule:split/"] {
+            let text = format!("[[allow]]\nfrom = \"a\"\nto = \"{bad}\"\n");
+            assert!(AccessPolicy::parse(&text, "p").is_err(), "{bad}");
+        }
     }
 
     #[test]

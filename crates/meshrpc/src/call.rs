@@ -177,6 +177,14 @@ pub trait Dispatch: Send + Sync + 'static {
         let _ = service;
         false
     }
+
+    /// Whether `service.method` exists behind this target: `Some(false)` when it knows a
+    /// call of it would end `unknown_service` or `unknown_method`, `None` when it cannot
+    /// tell (the default). Calls of methods that do not exist take no metrics series.
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        let _ = (service, method);
+        None
+    }
 }
 
 impl<D: Dispatch + ?Sized> Dispatch for Arc<D> {
@@ -188,5 +196,8 @@ impl<D: Dispatch + ?Sized> Dispatch for Arc<D> {
     }
     fn colocated_now(&self, service: &str) -> bool {
         (**self).colocated_now(service)
+    }
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        (**self).has_method(service, method)
     }
 }

@@ -14,10 +14,47 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Distinct `(service, method, peer)` series kept per direction (≈ 4 KiB each: at most
-/// ≈ 4 MiB a direction); calls past it are counted in one series labelled `other`
-/// (callers choose the names they send).
+/// Distinct `(service, method, peer)` series with a named peer kept per direction (≈ 4 KiB
+/// each: at most ≈ 4 MiB a direction). Only methods that exist get series; past this bound
+/// (or the share of callers that are no members, see [`CallStats::series`]) a method's
+/// calls count under its peer `other`.
 pub(crate) const MAX_SERIES: usize = 1024;
+
+/// Named peers one method keeps per direction: callers choose the names they send, so a
+/// caller naming itself anew on every connection fills one method's share, not the node's.
+/// Members of this process's clusters keep their names past it.
+pub(crate) const MAX_PEERS: usize = 32;
+
+/// Member names remembered as real (see [`members_seen`]).
+const MAX_MEMBER_NAMES: usize = 4096;
+
+fn member_names() -> &'static RwLock<std::collections::HashSet<String>> {
+    static NAMES: OnceLock<RwLock<std::collections::HashSet<String>>> = OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+/// A cluster of this process sees members of these names: calls from them keep series of
+/// their own, whatever other callers name themselves (at most [`MAX_MEMBER_NAMES`] names).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn members_seen<'a>(names: impl Iterator<Item = &'a str>) {
+    let fresh: Vec<&str> = {
+        let known = member_names().read().unwrap();
+        names.filter(|n| !known.contains(*n)).collect()
+    };
+    if fresh.is_empty() {
+        return;
+    }
+    let mut known = member_names().write().unwrap();
+    for name in fresh {
+        if known.len() < MAX_MEMBER_NAMES {
+            known.insert(name.to_owned());
+        }
+    }
+}
+
+fn is_member(peer: &str) -> bool {
+    member_names().read().unwrap().contains(peer)
+}
 
 /// Result codes a call can end with, as labels: `ok`, `application`, then
 /// [`Error::code`](crate::Error::code)'s.
@@ -98,6 +135,9 @@ struct Shard {
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_micros: AtomicU64,
     running: AtomicI64,
+    /// Items a stream answer carried, and their bytes (encoded); only grow.
+    stream_items: AtomicU64,
+    stream_bytes: AtomicU64,
     /// Since the last summary line.
     window_calls: AtomicU64,
     window_errors: AtomicU64,
@@ -111,6 +151,8 @@ impl Shard {
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_micros: AtomicU64::new(0),
             running: AtomicI64::new(0),
+            stream_items: AtomicU64::new(0),
+            stream_bytes: AtomicU64::new(0),
             window_calls: AtomicU64::new(0),
             window_errors: AtomicU64::new(0),
             window: std::array::from_fn(|_| AtomicU32::new(0)),
@@ -156,6 +198,13 @@ impl MethodStats {
         shard.window[window_bucket(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A stream answer of one of its calls carried an item of `bytes` (encoded).
+    pub(crate) fn stream_item(&self, bytes: u64) {
+        let shard = self.mine();
+        shard.stream_items.fetch_add(1, Ordering::Relaxed);
+        shard.stream_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// `(calls, errors, p99 µs)` since the last take, and starts over.
     pub(crate) fn take_window(&self) -> (u64, u64, u64) {
         let (mut calls, mut errors) = (0, 0);
@@ -180,7 +229,7 @@ impl MethodStats {
         (calls, errors, p99)
     }
 
-    fn snapshot(&self) -> (Vec<(String, u64)>, Vec<u64>, u64, i64) {
+    fn snapshot(&self) -> Snapshot {
         let sum = |f: &dyn Fn(&Shard) -> u64| self.shards.iter().map(f).sum::<u64>();
         let codes = CODES
             .iter()
@@ -190,8 +239,25 @@ impl MethodStats {
             .collect();
         let latency = (0..=LATENCY_BOUNDS.len()).map(|i| sum(&|s| s.latency[i].load(Ordering::Relaxed))).collect();
         let running: i64 = self.shards.iter().map(|s| s.running.load(Ordering::Relaxed)).sum();
-        (codes, latency, sum(&|s| s.latency_micros.load(Ordering::Relaxed)), running.max(0))
+        Snapshot {
+            codes,
+            latency,
+            micros: sum(&|s| s.latency_micros.load(Ordering::Relaxed)),
+            running: running.max(0) as u64,
+            stream_items: sum(&|s| s.stream_items.load(Ordering::Relaxed)),
+            stream_bytes: sum(&|s| s.stream_bytes.load(Ordering::Relaxed)),
+        }
     }
+}
+
+/// What a series counted, summed over its shards.
+struct Snapshot {
+    codes: Vec<(String, u64)>,
+    latency: Vec<u64>,
+    micros: u64,
+    running: u64,
+    stream_items: u64,
+    stream_bytes: u64,
 }
 
 /// Whether calls were served by this node or made by it.
@@ -204,59 +270,105 @@ pub enum Direction {
     Outbound,
 }
 
-type Series = HashMap<String, HashMap<String, HashMap<String, Arc<MethodStats>>>>;
+/// The series of one method: by named peer, and the rest.
+#[derive(Default)]
+struct MethodSeries {
+    peers: HashMap<String, Arc<MethodStats>>,
+    /// Calls from peers past [`MAX_PEERS`] (or [`MAX_SERIES`]), labelled `other`.
+    other: Option<Arc<MethodStats>>,
+}
+
+type Series = HashMap<String, HashMap<String, MethodSeries>>;
 
 /// Every series of one direction.
 pub(crate) struct CallStats {
     series: RwLock<Series>,
-    count: std::sync::atomic::AtomicUsize,
-    /// Where calls go past [`MAX_SERIES`].
-    other: Arc<MethodStats>,
+    /// Series with a named peer, and those of them whose peer is no member of a cluster.
+    named: std::sync::atomic::AtomicUsize,
+    strangers: std::sync::atomic::AtomicUsize,
+    /// Calls of services or methods that do not exist: one series, labelled `other`.
+    unknown: Arc<MethodStats>,
 }
 
 impl CallStats {
     fn new() -> CallStats {
-        CallStats { series: RwLock::default(), count: Default::default(), other: Arc::new(MethodStats::new()) }
+        CallStats {
+            series: RwLock::default(),
+            named: Default::default(),
+            strangers: Default::default(),
+            unknown: Arc::new(MethodStats::new()),
+        }
     }
 
-    /// The series of `service.method` with `peer`.
-    pub(crate) fn series(&self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
-        if let Some(s) = self.series.read().unwrap().get(service).and_then(|m| m.get(method)).and_then(|p| p.get(peer))
-        {
-            return s.clone();
-        }
-        if self.count.load(Ordering::Relaxed) >= MAX_SERIES {
-            return self.other.clone();
+    /// The series of `service.method` with `peer`. Whether the method exists is asked
+    /// (`exists`) only when it has no series yet: calls of methods that do not exist share
+    /// one series labelled `other` and never take one of their own. At most [`MAX_SERIES`]
+    /// have a named peer; callers that are no members of this process's clusters take at
+    /// most half of them, and [`MAX_PEERS`] of one method. Calls past that count under
+    /// the method's peer `other`.
+    pub(crate) fn series(
+        &self,
+        service: &str,
+        method: &str,
+        peer: &str,
+        exists: impl FnOnce() -> bool,
+    ) -> Arc<MethodStats> {
+        let known = match self.series.read().unwrap().get(service).and_then(|m| m.get(method)) {
+            Some(series) => match series.peers.get(peer) {
+                Some(s) => return s.clone(),
+                None => true,
+            },
+            None => false,
+        };
+        if !known && !exists() {
+            return self.unknown.clone();
         }
         let mut series = self.series.write().unwrap();
-        let peers = series.entry(service.to_owned()).or_default().entry(method.to_owned()).or_default();
-        peers
-            .entry(peer.to_owned())
-            .or_insert_with(|| {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                Arc::new(MethodStats::new())
-            })
-            .clone()
+        let method = series.entry(service.to_owned()).or_default().entry(method.to_owned()).or_default();
+        if let Some(s) = method.peers.get(peer) {
+            return s.clone();
+        }
+        // Members of the cluster may take every named series; other callers half of them,
+        // and [`MAX_PEERS`] of one method.
+        let (named, member) = (self.named.load(Ordering::Relaxed), is_member(peer));
+        let room = match member {
+            true => named < MAX_SERIES,
+            false => method.peers.len() < MAX_PEERS && self.strangers.load(Ordering::Relaxed) < MAX_SERIES / 2,
+        };
+        if room {
+            self.named.fetch_add(1, Ordering::Relaxed);
+            if !member {
+                self.strangers.fetch_add(1, Ordering::Relaxed);
+            }
+            let stats = Arc::new(MethodStats::new());
+            method.peers.insert(peer.to_owned(), stats.clone());
+            return stats;
+        }
+        method.other.get_or_insert_with(|| Arc::new(MethodStats::new())).clone()
     }
 
-    /// Every series with its labels, `other` last.
+    /// Every series with its labels: each method's named peers and `other`, then the calls
+    /// of methods that do not exist (service, method and peer `other`).
     pub(crate) fn each(&self, mut f: impl FnMut(&str, &str, &str, &MethodStats)) {
         for (service, methods) in self.series.read().unwrap().iter() {
-            for (method, peers) in methods {
-                for (peer, stats) in peers {
+            for (method, series) in methods {
+                for (peer, stats) in &series.peers {
                     f(service, method, peer, stats);
+                }
+                if let Some(other) = &series.other {
+                    f(service, method, "other", other);
                 }
             }
         }
-        f("other", "other", "other", &self.other);
+        f("other", "other", "other", &self.unknown);
     }
 
     /// What this direction counted so far.
     pub(crate) fn snapshot(&self, direction: Direction) -> Vec<SeriesStats> {
         let mut out = Vec::new();
         self.each(|service, method, peer, stats| {
-            let (codes, latency, micros, running) = stats.snapshot();
-            if codes.is_empty() && running == 0 {
+            let snap = stats.snapshot();
+            if snap.codes.is_empty() && snap.running == 0 {
                 return;
             }
             out.push(SeriesStats {
@@ -264,10 +376,12 @@ impl CallStats {
                 service: service.to_owned(),
                 method: method.to_owned(),
                 peer: peer.to_owned(),
-                codes,
-                latency,
-                latency_seconds: micros as f64 / 1e6,
-                running: running as u64,
+                codes: snap.codes,
+                latency: snap.latency,
+                latency_seconds: snap.micros as f64 / 1e6,
+                running: snap.running,
+                stream_items: snap.stream_items,
+                stream_bytes: snap.stream_bytes,
             });
         });
         out
@@ -286,62 +400,6 @@ pub(crate) fn outbound() -> &'static CallStats {
     STATS.get_or_init(CallStats::new)
 }
 
-/// The golden metrics in the Prometheus text format: calls by result code, a latency
-/// histogram and calls in flight, by direction, service, method and peer node.
-#[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
-pub(crate) fn prometheus_text(out: &mut String) {
-    use std::fmt::Write;
-    let mut calls = String::new();
-    let mut latency = String::new();
-    let mut running = String::new();
-    for direction in [Direction::Inbound, Direction::Outbound] {
-        let stats = match direction {
-            Direction::Inbound => inbound(),
-            Direction::Outbound => outbound(),
-        };
-        let dir = match direction {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        };
-        stats.each(|service, method, peer, s| {
-            let (codes, buckets, micros, now) = s.snapshot();
-            if codes.is_empty() && now == 0 {
-                return;
-            }
-            let labels = format!(
-                "direction=\"{dir}\",service=\"{}\",method=\"{}\",peer=\"{}\"",
-                escape(service),
-                escape(method),
-                escape(peer)
-            );
-            for (code, n) in &codes {
-                let _ = writeln!(calls, "meshrpc_calls_total{{{labels},code=\"{code}\"}} {n}");
-            }
-            let mut cumulative = 0;
-            for (i, n) in buckets.iter().enumerate() {
-                cumulative += n;
-                let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-                let _ = writeln!(latency, "meshrpc_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-            }
-            let _ = writeln!(latency, "meshrpc_call_duration_seconds_sum{{{labels}}} {}", micros as f64 / 1e6);
-            let _ = writeln!(latency, "meshrpc_call_duration_seconds_count{{{labels}}} {cumulative}");
-            let _ = writeln!(running, "meshrpc_calls_in_flight{{{labels}}} {now}");
-        });
-    }
-    out.push_str("# HELP meshrpc_calls Calls ended, by direction (inbound: served here; outbound: made to another node), service, method, peer node and result code.\n# TYPE meshrpc_calls counter\n");
-    out.push_str(&calls);
-    out.push_str("# HELP meshrpc_call_duration_seconds How long calls took, by direction, service, method and peer node.\n# TYPE meshrpc_call_duration_seconds histogram\n");
-    out.push_str(&latency);
-    out.push_str("# HELP meshrpc_calls_in_flight Calls running now, by direction, service, method and peer node.\n# TYPE meshrpc_calls_in_flight gauge\n");
-    out.push_str(&running);
-}
-
-/// A label value in the text format.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 /// One series as a node reports it (`meshrpc.stats`, `meshrpc top`, the dashboard).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesStats {
@@ -354,15 +412,23 @@ pub struct SeriesStats {
     /// The other side: the calling node's name (inbound; `client` for a caller that gave
     /// none, `http` over HTTP) or the called replica's node name (outbound).
     pub peer: String,
-    /// Calls by result code (`ok`, `application`, `timeout`…), since the node started.
+    /// Calls by result code (`ok`, `application`, `timeout`…), since the node started. A
+    /// stream counts when it ends: `ok` only if it ended cleanly.
     pub codes: Vec<(String, u64)>,
     /// Calls by latency bucket ([`LATENCY_BOUNDS_SECONDS`], then the rest), since the
     /// node started.
     pub latency: Vec<u64>,
-    /// Sum of the calls' latencies.
+    /// Sum of the calls' latencies (a stream's: until it ended).
     pub latency_seconds: f64,
-    /// Calls running now.
+    /// Calls running now (a stream until it ends).
     pub running: u64,
+    /// Items the stream answers of these calls carried (0 for unary calls; absent from
+    /// older nodes' answers).
+    #[serde(default)]
+    pub stream_items: u64,
+    /// Their bytes, encoded.
+    #[serde(default)]
+    pub stream_bytes: u64,
 }
 
 /// The upper bounds of [`SeriesStats::latency`]'s buckets, in seconds.
@@ -434,11 +500,11 @@ mod tests {
         assert!((5_000..=6_144).contains(&p99), "{p99}");
         assert_eq!(stats.take_window(), (0, 0, 0));
         // The golden figures never reset.
-        let (codes, latency, _, running) = stats.snapshot();
-        assert_eq!(codes, [("ok".to_string(), 991), ("internal".to_string(), 10)]);
-        assert_eq!(latency[0], 990, "20 µs ≤ 100 µs");
-        assert_eq!(latency[5], 11, "5 ms ≤ 5 ms");
-        assert_eq!(running, 0);
+        let snap = stats.snapshot();
+        assert_eq!(snap.codes, [("ok".to_string(), 991), ("internal".to_string(), 10)]);
+        assert_eq!(snap.latency[0], 990, "20 µs ≤ 100 µs");
+        assert_eq!(snap.latency[5], 11, "5 ms ≤ 5 ms");
+        assert_eq!(snap.running, 0);
     }
 
     #[test]
@@ -450,17 +516,34 @@ mod tests {
     }
 
     #[test]
-    fn series_past_the_bound_are_counted_as_other() {
+    fn only_methods_that_exist_take_series_and_peers_are_bounded_per_method() {
         let stats = CallStats::new();
-        for i in 0..MAX_SERIES + 10 {
-            stats.series("s", &format!("m{i}"), "p").started();
+        let labels = |stats: &CallStats| {
+            let mut all = Vec::new();
+            stats.each(|s, m, p, series| all.push((format!("{s}.{m}@{p}"), series.snapshot().running)));
+            all.sort();
+            all
+        };
+        // 10,000 calls of methods that do not exist: one series, `other`.
+        for i in 0..10_000 {
+            stats.series("greeter", &format!("m{i}"), "http", || false).started();
         }
-        let mut other = 0;
-        stats.each(|s, _, _, series| {
-            if s == "other" {
-                other = series.snapshot().3;
-            }
-        });
-        assert_eq!(other, 10);
+        // Peers naming themselves anew: one method's share, then its `other`.
+        for i in 0..MAX_PEERS + 5 {
+            stats.series("greeter", "greet", &format!("caller{i}"), || true).started();
+        }
+        // A member of the cluster keeps its name past them.
+        members_seen(["mesh-api"].into_iter());
+        stats.series("greeter", "greet", "mesh-api", || true).started();
+        // A real method called for the first time still gets its own series.
+        stats.series("greeter", "send_postcard", "mesh-api", || true).started();
+        let all = labels(&stats);
+        assert_eq!(all.len(), MAX_PEERS + 4, "{all:?}");
+        assert!(all.contains(&("greeter.greet@mesh-api".into(), 1)));
+        assert!(all.contains(&("other.other@other".into(), 10_000)));
+        assert!(all.contains(&("greeter.greet@other".into(), 5)));
+        assert!(all.contains(&("greeter.send_postcard@mesh-api".into(), 1)));
+        // Once a method has a series, whether it exists is not asked again.
+        stats.series("greeter", "greet", "caller0", || unreachable!()).started();
     }
 }

@@ -117,8 +117,8 @@ pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 pub use cluster::{
     edges, method_rates, wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder,
     Colocated, Edge, Ejection, GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MeshSnapshot, MethodRates,
-    MirrorStats, Policies, Policy, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus, Split, Sticky,
-    View, DEFAULT_PORT, KEEPALIVE,
+    MirrorStats, Policies, Policy, RejectedRule, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus,
+    Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
 };
 #[cfg(all(feature = "cluster", feature = "tls"))]
 pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
@@ -166,6 +166,10 @@ pub mod tls {
 pub mod __private {
     #[cfg(feature = "cluster")]
     pub use crate::cluster::gossip_simulation;
+    /// chitchat's transport sealed with a gossip key: the tests' impostors use it to speak
+    /// as a holder of the key would.
+    #[cfg(all(feature = "cluster", feature = "tls"))]
+    pub use crate::cluster::SealedTransport;
     pub use async_trait::async_trait;
     pub use bytes::Bytes;
     pub use serde;
@@ -264,7 +268,7 @@ pub mod __private {
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let now = std::time::Instant::now();
-        run_colocated(channel.call_context_at(false, now), now, service, method, call).await
+        colocated_unary(channel.call_context_at(false, now), now, service, method, call).await
     }
 
     /// As [`colocated`], for a method answering with a stream: the deadline covers the
@@ -282,29 +286,52 @@ pub mod __private {
     {
         let now = std::time::Instant::now();
         let ctx = channel.call_context_at(true, now);
-        let stream = run_colocated(ctx, now, service, method, call).await?;
-        Ok(match ctx.deadline {
+        // A stream is one call: it stays in flight until the stream ends.
+        let (stream, log) = run_colocated(ctx, now, service, method, call).await;
+        let stream = stream?;
+        let stream = match ctx.deadline {
             Some(deadline) => stream.until(deadline),
+            None => stream,
+        };
+        Ok(match log {
+            Some(log) => log.follow_typed(stream, ctx.deadline),
             None => stream,
         })
     }
 
-    async fn run_colocated<T, E: From<Error>>(
+    async fn colocated_unary<T, E: From<Error>>(
         ctx: crate::CallContext,
         now: std::time::Instant,
         service: &str,
         method: &str,
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
+        let (result, log) = run_colocated(ctx, now, service, method, call).await;
+        if let Some(log) = log {
+            log.end_with("ok");
+        }
+        result
+    }
+
+    /// Runs the call until its deadline; its log, if it succeeded (for the caller to end),
+    /// else ended with how it failed.
+    async fn run_colocated<T, E: From<Error>>(
+        ctx: crate::CallContext,
+        now: std::time::Instant,
+        service: &str,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> (Result<T, E>, Option<crate::request_log::RequestLog>) {
         let log = crate::request_log::RequestLog::begin_local(service, method, ctx.trace_id, now);
         match crate::context::until_deadline(ctx.scope(call), ctx.deadline).await {
-            Ok(result) => {
-                log.end_with(if result.is_ok() { "ok" } else { "application" });
-                result
+            Ok(Ok(value)) => (Ok(value), Some(log)),
+            Ok(Err(e)) => {
+                log.end_with("application");
+                (Err(e), None)
             }
             Err(()) => {
                 log.end_with("timeout");
-                Err(E::from(Error::Timeout))
+                (Err(E::from(Error::Timeout)), None)
             }
         }
     }

@@ -77,6 +77,8 @@ impl Service<Call> for DispatchService {
 /// A tower service (layers around a [`DispatchService`]) as a [`Dispatch`].
 struct Layered<S> {
     service: S,
+    /// What the layers wrap (it knows which methods exist).
+    inner: Arc<dyn Dispatch>,
 }
 
 impl<S> Dispatch for Layered<S>
@@ -91,6 +93,10 @@ where
             service.call(call).await
         })
     }
+
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        self.inner.has_method(service, method)
+    }
 }
 
 /// Wraps `inner` in `layer`.
@@ -100,7 +106,7 @@ where
     L::Service: Service<Call, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
     <L::Service as Service<Call>>::Future: Send + 'static,
 {
-    Arc::new(Layered { service: layer.layer(DispatchService { inner }) })
+    Arc::new(Layered { service: layer.layer(DispatchService { inner: inner.clone() }), inner })
 }
 
 /// A layer kept for later, type-erased (a cluster builder applies it when it starts).

@@ -35,43 +35,73 @@ fn parameters() -> Value {
     ])
 }
 
-/// `{"data": null, "errors": [{"code", "message", "detail"?}]}`.
+use crate::spec::SCHEMA_COMPONENTS as COMPONENTS;
+
+/// The prefix of meshrpc's own schemas (the node service's name: no service takes it).
+const OWN: &str = crate::call_stats::NODE_SERVICE;
+
+/// One entry of an answer's `errors`: `{"code", "message", "detail"?}`, every code an HTTP
+/// answer may carry.
+fn error_entry() -> Value {
+    json!({
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": { "type": "string", "enum": [
+                "bad_request", "unknown_service", "unknown_method", "timeout", "cancelled",
+                "unavailable", "overloaded", "too_large", "protocol", "tls", "permission_denied",
+                "internal", "application", "rate_limited", "method_not_allowed", "not_found", "not_ready",
+                "body_timeout", "unauthenticated"
+            ] },
+            "message": { "type": "string" },
+            "detail": {}
+        }
+    })
+}
+
+/// `{"data": null, "errors": [entry]}`.
 fn error_envelope() -> Value {
     json!({
         "type": "object",
         "required": ["data", "errors"],
         "properties": {
             "data": { "type": "null" },
-            "errors": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {
-                        "code": { "type": "string", "enum": [
-                            "bad_request", "unknown_service", "unknown_method", "timeout", "cancelled",
-                            "unavailable", "overloaded", "too_large", "protocol", "tls", "permission_denied",
-                            "internal", "application", "rate_limited", "method_not_allowed", "not_found", "not_ready"
-                        ] },
-                        "message": { "type": "string" },
-                        "detail": {}
-                    }
-                }
-            }
+            "errors": { "type": "array", "items": { "$ref": format!("{COMPONENTS}{OWN}.Error") } }
         }
     })
+}
+
+/// `value` with its references to `#/components/schemas/X` pointing at `service.X`, where
+/// the document keeps the service's own schemas: two services may each have an `Error`.
+fn namespaced(value: &Value, service: &str) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| match (k.as_str(), v.as_str().and_then(|r| r.strip_prefix(COMPONENTS))) {
+                    ("$ref", Some(name)) => (k.clone(), Value::from(format!("{COMPONENTS}{service}.{name}"))),
+                    _ => (k.clone(), namespaced(v, service)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| namespaced(v, service)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The OpenAPI 3.1 document of `services`.
 pub fn document(title: &str, services: &[ServiceDoc]) -> Value {
     let mut paths = Map::new();
     let mut components = Map::new();
-    components.insert("ErrorEnvelope".into(), error_envelope());
+    components.insert(format!("{OWN}.Error"), error_entry());
+    components.insert(format!("{OWN}.ErrorEnvelope"), error_envelope());
+    let envelope = json!({ "$ref": format!("{COMPONENTS}{OWN}.ErrorEnvelope") });
     for service in services {
-        let schemas = service.schemas.as_ref();
+        // Each service's schemas under its own name (`greeter.Postcard`).
+        let schemas = service.schemas.as_ref().map(|s| namespaced(s, &service.name));
+        let schemas = schemas.as_ref();
         if let Some(defs) = schemas.and_then(|s| s["components"].as_object()) {
             for (name, schema) in defs {
-                components.insert(name.clone(), schema.clone());
+                components.insert(format!("{}.{name}", service.name), schema.clone());
             }
         }
         for (method, args, streams, takes_items) in &service.methods {
@@ -98,7 +128,9 @@ pub fn document(title: &str, services: &[ServiceDoc]) -> Value {
                     "content": { "application/json": { "schema": {
                         "type": "object",
                         "required": ["data", "errors"],
-                        "properties": { "data": value, "errors": { "type": "array", "maxItems": 0 } }
+                        "properties": { "data": value, "errors": {
+                            "type": "array", "maxItems": 0, "items": { "$ref": format!("{COMPONENTS}{OWN}.Error") }
+                        } }
                     } } }
                 })
             };
@@ -106,7 +138,7 @@ pub fn document(title: &str, services: &[ServiceDoc]) -> Value {
                 "description": "The method's own error (its type, in `errors[0].detail`).",
                 "content": { "application/json": { "schema": {
                     "allOf": [
-                        { "$ref": "#/components/schemas/ErrorEnvelope" },
+                        envelope.clone(),
                         { "type": "object", "properties": { "errors": { "type": "array", "items": {
                             "type": "object", "properties": { "detail": error }
                         } } } }
@@ -115,7 +147,7 @@ pub fn document(title: &str, services: &[ServiceDoc]) -> Value {
             });
             let failure = json!({
                 "description": "meshrpc failed the call (see `errors[0].code`).",
-                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorEnvelope" } } }
+                "content": { "application/json": { "schema": envelope.clone() } }
             });
             let request = if *takes_items {
                 json!({ "required": true, "content": {
@@ -124,16 +156,19 @@ pub fn document(title: &str, services: &[ServiceDoc]) -> Value {
             } else {
                 json!({ "required": true, "content": { "application/json": { "schema": args_schema } } })
             };
-            paths.insert(
-                format!("/{}/{}", service.name, method),
-                json!({ "post": {
-                    "operationId": format!("{}.{}", service.name, method),
-                    "tags": [service.name],
-                    "parameters": parameters(),
-                    "requestBody": request,
-                    "responses": { "200": ok, "422": app_error, "default": failure }
-                } }),
-            );
+            let mut operation = json!({
+                "operationId": format!("{}.{}", service.name, method),
+                "tags": [service.name],
+                "parameters": parameters(),
+                "requestBody": request,
+                "responses": { "200": ok, "422": app_error, "default": failure }
+            });
+            // The method's doc comment: its first line as the summary, all of it as the description.
+            if let Some(doc) = described.and_then(|m| m["description"].as_str()).filter(|d| !d.is_empty()) {
+                operation["summary"] = Value::from(doc.lines().next().unwrap_or_default());
+                operation["description"] = Value::from(doc);
+            }
+            paths.insert(format!("/{}/{}", service.name, method), json!({ "post": operation }));
         }
     }
     json!({

@@ -5,17 +5,20 @@
 //! A node under load then writes a few lines every ten seconds, not one per call.
 
 use std::{
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use crate::{
-    call::Reply,
+    call::{Call, Dispatch, Reply},
     call_stats::{self, MethodStats},
     error::Error,
+    stream::{Items, Stream},
 };
 
 /// How often the summary is written (`MESHRPC_LOG_SUMMARY_MS` overrides it).
@@ -78,11 +81,11 @@ pub(crate) fn line_picked() -> bool {
 pub(crate) struct LastMethod(Option<(Box<str>, Box<str>, Arc<MethodStats>)>);
 
 impl LastMethod {
-    fn stats(&mut self, service: &str, method: &str, peer: &str) -> Arc<MethodStats> {
+    fn stats(&mut self, service: &str, method: &str, peer: &str, exists: impl FnOnce() -> bool) -> Arc<MethodStats> {
         match &self.0 {
             Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
             _ => {
-                let stats = call_stats::inbound().series(service, method, peer);
+                let stats = call_stats::inbound().series(service, method, peer, exists);
                 self.0 = Some((service.into(), method.into(), stats.clone()));
                 stats
             }
@@ -106,23 +109,36 @@ struct Line {
 }
 
 impl RequestLog {
-    /// Starts the log of a call from `peer` (a node's name: the metrics label; `caller`
-    /// says more, for the request line). A connection that serves many calls passes its
-    /// `last` slot (its peer never changes): most connections call one method over and
-    /// over, and the shared map costs a lock and three string hashes.
+    /// Starts the log of `call` from `peer` (a node's name: the metrics label; `caller`
+    /// says more, for the request line), which `dispatch` will answer (it knows whether the
+    /// method exists: one that does not takes no series). A connection that serves many
+    /// calls passes its `last` slot (its peer never changes): most connections call one
+    /// method over and over, and the shared map costs a lock and three string hashes.
     pub(crate) fn begin(
         last: Option<&mut LastMethod>,
+        call: &Call,
+        peer: &str,
+        caller: &str,
+        start: Instant,
+        dispatch: &dyn Dispatch,
+    ) -> RequestLog {
+        let (service, method) = (&*call.service, &*call.method);
+        let exists = || dispatch.has_method(service, method) != Some(false);
+        let stats = (call_stats::enabled() && summary_started()).then(|| match last {
+            Some(last) => last.stats(service, method, peer, exists),
+            None => call_stats::inbound().series(service, method, peer, exists),
+        });
+        RequestLog::with(stats, service, method, caller, call.trace_id, start)
+    }
+
+    fn with(
+        stats: Option<Arc<MethodStats>>,
         service: &str,
         method: &str,
-        peer: &str,
         caller: &str,
         trace_id: u128,
         start: Instant,
     ) -> RequestLog {
-        let stats = (call_stats::enabled() && summary_started()).then(|| match last {
-            Some(last) => last.stats(service, method, peer),
-            None => call_stats::inbound().series(service, method, peer),
-        });
         if let Some(stats) = &stats {
             stats.started();
         }
@@ -132,22 +148,73 @@ impl RequestLog {
         RequestLog { stats, line, start }
     }
 
-    /// Starts the log of a call from this process (the colocated fast path): each thread
-    /// keeps the slot of the method it called last, as a connection does.
+    /// Starts the log of a call from this process (the colocated fast path, to a method
+    /// that exists): each thread keeps the slot of the method it called last, as a
+    /// connection does.
     pub(crate) fn begin_local(service: &str, method: &str, trace_id: u128, start: Instant) -> RequestLog {
         thread_local! {
             static LAST: std::cell::RefCell<LastMethod> = std::cell::RefCell::default();
         }
-        LAST.with(|last| match last.try_borrow_mut() {
-            Ok(mut last) => RequestLog::begin(Some(&mut last), service, method, "local", "local", trace_id, start),
-            Err(_) => RequestLog::begin(None, service, method, "local", "local", trace_id, start),
-        })
+        let stats = (call_stats::enabled() && summary_started()).then(|| {
+            LAST.with(|last| match last.try_borrow_mut() {
+                Ok(mut last) => last.stats(service, method, "local", || true),
+                Err(_) => call_stats::inbound().series(service, method, "local", || true),
+            })
+        });
+        RequestLog::with(stats, service, method, "local", trace_id, start)
     }
 
     /// Logs the call when it ends: with its result, or as `cancelled` if it is dropped
     /// first (the caller cancelled it, or its connection closed).
     pub(crate) fn until_done(self) -> Running {
         Running(Some(self))
+    }
+
+    /// A call this node makes to a replica (outbound), counted in `stats` from `start`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn outbound(stats: Arc<MethodStats>, start: Instant) -> RequestLog {
+        stats.started();
+        RequestLog { stats: Some(stats), line: None, start }
+    }
+
+    /// Ends the log with `result`: at once for a value or an error; a stream takes the log
+    /// along, and the call stays in flight until the stream ends (see [`follow`](Self::follow)).
+    pub(crate) fn finish(self, result: Result<Reply, Error>) -> Result<Reply, Error> {
+        match result {
+            Ok(reply) => Ok(self.follow(reply)),
+            Err(e) => {
+                self.end_with(e.code());
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the log with `reply`, unless it is a stream: then the call ends with the
+    /// stream (a stream is one call): `ok` if it ends cleanly, `application` at an error
+    /// of the method's item type, the error's code at any other (`timeout` at its
+    /// deadline, `unavailable` when its replica died), `cancelled` if its reader drops it
+    /// first. Its items and their bytes are counted as they pass.
+    pub(crate) fn follow(self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Stream(items) if self.stats.is_some() || self.line.is_some() => {
+                Reply::Stream(Items::new(Counted { items, log: Some(self) }))
+            }
+            reply => {
+                self.end_with(if matches!(reply, Reply::AppError(_)) { "application" } else { "ok" });
+                reply
+            }
+        }
+    }
+
+    /// As [`follow`](Self::follow), for a typed stream answered in this process (the
+    /// colocated path): an item error ends it as `timeout` if it came at `deadline`, else
+    /// as `application`; its items are counted, with no bytes (nothing was encoded).
+    pub(crate) fn follow_typed<T, E>(self, stream: Stream<T, E>, deadline: Option<Instant>) -> Stream<T, E>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        Stream::new(CountedTyped { stream, log: Some(self), deadline })
     }
 
     pub(crate) fn end(self, result: &Result<Reply, Error>) {
@@ -174,8 +241,8 @@ impl RequestLog {
     }
 }
 
-/// A call's result as a label: `ok` (a stream counts when it opens: its items are not
-/// calls), `application`, or the error's code.
+/// A call's answer as a label: `ok` (for a stream: it opened; see
+/// [`RequestLog::follow`] for how it ended), `application`, or the error's code.
 pub(crate) fn status_of(result: &Result<Reply, Error>) -> &'static str {
     match result {
         Ok(Reply::Ok(_) | Reply::Stream(_)) => "ok",
@@ -188,9 +255,89 @@ pub(crate) fn status_of(result: &Result<Reply, Error>) -> &'static str {
 pub(crate) struct Running(Option<RequestLog>);
 
 impl Running {
-    pub(crate) fn end(mut self, result: &Result<Reply, Error>) {
-        if let Some(log) = self.0.take() {
-            log.end(result);
+    /// As [`RequestLog::finish`].
+    pub(crate) fn finish(mut self, result: Result<Reply, Error>) -> Result<Reply, Error> {
+        match self.0.take() {
+            Some(log) => log.finish(result),
+            None => result,
+        }
+    }
+}
+
+/// A stream answer counted as its call: its items as they pass, the call when it ends.
+struct Counted {
+    items: Items,
+    log: Option<RequestLog>,
+}
+
+impl futures_core::Stream for Counted {
+    type Item = Result<Reply, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.items).poll_next(cx);
+        let end = match &next {
+            Poll::Pending => return next,
+            Poll::Ready(Some(Ok(Reply::Ok(item)))) => {
+                if let Some(stats) = self.log.as_ref().and_then(|l| l.stats.as_ref()) {
+                    stats.stream_item(item.len() as u64);
+                }
+                return next;
+            }
+            Poll::Ready(None) => "ok",
+            Poll::Ready(Some(Ok(Reply::AppError(_)))) => "application",
+            Poll::Ready(Some(Ok(Reply::Stream(_)))) => "protocol",
+            Poll::Ready(Some(Err(e))) => e.code(),
+        };
+        if let Some(log) = self.log.take() {
+            log.end_with(end);
+        }
+        next
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.end_with("cancelled");
+        }
+    }
+}
+
+/// A typed stream answer counted as its call (see [`RequestLog::follow_typed`]).
+struct CountedTyped<T, E> {
+    stream: Stream<T, E>,
+    log: Option<RequestLog>,
+    deadline: Option<Instant>,
+}
+
+impl<T, E> futures_core::Stream for CountedTyped<T, E> {
+    type Item = Result<T, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.stream).poll_next(cx);
+        let end = match &next {
+            Poll::Pending => return next,
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(stats) = self.log.as_ref().and_then(|l| l.stats.as_ref()) {
+                    stats.stream_item(0);
+                }
+                return next;
+            }
+            Poll::Ready(None) => "ok",
+            Poll::Ready(Some(Err(_))) if self.deadline.is_some_and(|d| Instant::now() >= d) => "timeout",
+            Poll::Ready(Some(Err(_))) => "application",
+        };
+        if let Some(log) = self.log.take() {
+            log.end_with(end);
+        }
+        next
+    }
+}
+
+impl<T, E> Drop for CountedTyped<T, E> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.end_with("cancelled");
         }
     }
 }

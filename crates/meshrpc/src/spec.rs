@@ -1,5 +1,10 @@
 //! Static description of a service, generated from its trait.
 
+/// Where JSON Schemas of services' types are kept (and their references point): in an
+/// OpenAPI document's components.
+#[cfg_attr(not(any(feature = "http", feature = "schema")), allow(dead_code))]
+pub(crate) const SCHEMA_COMPONENTS: &str = "#/components/schemas/";
+
 /// A service's name and methods. Generated as `XClient::SPEC`; used by `wait_for`,
 /// the gateway and the CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,11 +20,15 @@ pub struct Postcard {
 pub enum GreetError {
     #[error("no recipient")]
     NoRecipient,
-    #[error("counting down from {0} would take too long (at most 60)")]
+    #[error("counting down from {0} would take too long (at most {MAX_COUNTDOWN})")]
     TooLong(u32),
     #[error(transparent)]
     Rpc(#[from] meshrpc::Error),
 }
+
+/// The longest countdown: 50 lines every half second end after 25 s, within the 30 s a call
+/// (a stream: all of it) may take by default.
+pub const MAX_COUNTDOWN: u32 = 50;
 
 /// The contract. `schema`: its types are published as JSON Schema (OpenAPI at the
 /// gateway's /openapi.json).
@@ -34,8 +38,9 @@ pub trait Greeter {
     async fn greet(&self, name: String) -> Result<String, GreetError>;
     /// Sends a postcard.
     async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError>;
-    /// Counts down from `from` (at most 60), one line every half second, then greets: a
-    /// stream (`curl -N -X POST localhost:8080/greeter/countdown -d '{"from":3}'`).
+    /// Counts down from `from` (at most 50), one line every half second, then greets: a
+    /// stream (`curl -N -X POST localhost:8080/greeter/countdown -d '{"from":3}'`). The
+    /// call's deadline (30 s by default) covers the whole stream: 50 ends within it.
     async fn countdown(&self, from: u32) -> Result<meshrpc::Stream<String, GreetError>, GreetError>;
 }
 
@@ -63,7 +68,7 @@ impl Greeter for MyGreeter {
     }
 
     async fn countdown(&self, from: u32) -> Result<meshrpc::Stream<String, GreetError>, GreetError> {
-        if from > 60 {
+        if from > MAX_COUNTDOWN {
             return Err(GreetError::TooLong(from));
         }
         let (tx, lines) = meshrpc::Stream::channel(1);

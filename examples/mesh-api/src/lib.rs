@@ -37,6 +37,16 @@ pub struct ApiArgs {
     /// changes and on SIGHUP.
     #[arg(long, env = "MESHRPC_POLICY")]
     pub policy: Option<std::path::PathBuf>,
+    /// Require a bearer token of every API caller: static API keys, one `subject:token`
+    /// per line (docs/security.md). Health endpoints stay open.
+    #[arg(long, env = "MESHRPC_API_KEYS")]
+    pub api_keys: Option<std::path::PathBuf>,
+    /// HTTPS: the API's certificate chain (PEM), with --tls-key (`meshrpc cert https`).
+    #[arg(long, env = "MESHRPC_HTTPS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// HTTPS: the private key (PEM) of --tls-cert.
+    #[arg(long, env = "MESHRPC_HTTPS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// HTTP host of the API.
     #[arg(long = "http-host", env = "APP_HTTP_HOST", default_value = "0.0.0.0")]
     pub http_host: String,
@@ -87,8 +97,20 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
     tokio::spawn(async move { node.serve_until_signal().await });
 
     let greeter = GreeterClient::new(cluster.client(GreeterClient::SPEC));
-    let gateway = Gateway::new(cluster.clone()).require(["greeter"]);
-    let app = gateway.observe(routes(greeter).merge(gateway.router()));
+    let mut gateway = Gateway::new(cluster.clone()).require(["greeter"]);
+    // The node's policy also rules the API's callers (`user:<token subject>`).
+    if let Some(access) = cluster.access() {
+        gateway = gateway.access(access.clone());
+    }
+    let mut app = routes(greeter).merge(gateway.router());
+    if let Some(keys) = &args.api_keys {
+        app = gateway.authenticate(app, meshrpc::BearerAuth::new().api_keys_file(keys)?);
+    }
+    let app = gateway.observe(app);
+    let https = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(meshrpc::https_config(cert, key)?),
+        _ => None,
+    };
 
     let listener = tokio::net::TcpListener::bind((args.http_host.as_str(), args.http_port)).await?;
     println!("listening on {}", listener.local_addr()?);
@@ -105,7 +127,10 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
     // costs about 5 KiB here.
     let mut config = ServerConfig::default();
     config.max_connections = 10_000;
-    meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await;
+    match https {
+        Some(tls) => meshrpc::serve_https(listener, app, config, tls, meshrpc::wait_for_signal()).await,
+        None => meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await,
+    }
     cluster.shutdown().await;
     Ok(())
 }

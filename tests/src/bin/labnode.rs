@@ -94,6 +94,12 @@ struct Args {
     /// The status `/labhttp/echo` answers with (a replica whose HTTP router fails).
     #[arg(long, default_value_t = 200)]
     http_status: u16,
+    /// Once serving, this node writes a split rule itself: `SERVICE VERSION=WEIGHT…`.
+    #[arg(long)]
+    write_split: Option<String>,
+    /// Once serving, this node writes a mirror rule itself: `SERVICE VERSION=PERCENT`.
+    #[arg(long)]
+    write_mirror: Option<String>,
 }
 
 #[tokio::main]
@@ -181,6 +187,18 @@ async fn main() -> Result<(), meshrpc::Error> {
     println!("listening on {}", cluster.local_addr().expect("listening"));
     if let Some(admin) = cluster.admin_addr() {
         println!("admin on {admin}");
+    }
+    let rule = |text: &str| {
+        let (service, weights) = text.split_once(' ').expect("SERVICE VERSION=WEIGHT");
+        (service.to_owned(), meshrpc::Split::parse_weights(weights).expect("weights"))
+    };
+    if let Some((service, weights)) = args.write_split.as_deref().map(rule) {
+        let written = cluster.set_split(&service, weights).await;
+        println!("wrote split: {written:?}");
+    }
+    if let Some((service, mut weights)) = args.write_mirror.as_deref().map(rule) {
+        let written = cluster.set_mirror(&service, weights.pop()).await;
+        println!("wrote mirror: {written:?}");
     }
     cluster.serve_until_signal().await
 }

@@ -286,6 +286,9 @@ impl Dispatch for Channel {
     fn colocated_now(&self, service: &str) -> bool {
         self.target.colocated_now(service)
     }
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        self.target.has_method(service, method)
+    }
 }
 
 impl<D: Dispatch> From<Arc<D>> for Channel {

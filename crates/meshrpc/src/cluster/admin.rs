@@ -59,7 +59,12 @@ impl Admin {
                     async move { Json(serde_json::json!({ "status": "ok", "state": state })) }
                 }),
             )
-            .route("/metrics", get(move || std::future::ready(crate::http::render_metrics(&figures()))))
+            .route(
+                "/metrics",
+                get(move |headers: axum::http::HeaderMap| {
+                    std::future::ready(crate::http::render_metrics(&figures, &headers))
+                }),
+            )
             .route(
                 "/openapi.json",
                 get({

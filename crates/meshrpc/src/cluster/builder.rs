@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{maintain, membership::Membership, peers::Peers, Cluster, GossipConfig, Inner, Policy, DEFAULT_PORT};
+use super::{
+    maintain, membership::Membership, peers::Peers, Cluster, GossipConfig, Inner, Member, Policy, DEFAULT_PORT,
+};
 use crate::{
     call::{Call, Dispatch, Reply},
     error::Error,
@@ -175,7 +177,16 @@ impl ClusterBuilder {
     /// [`Cluster::serve`]).
     pub async fn start(self) -> Result<Cluster, Error> {
         #[cfg(feature = "tls")]
-        let (tls, access) = self.credentials.clone().load()?;
+        let (tls, access) = self.credentials.clone().load(self.listen.is_some())?;
+        #[cfg(feature = "tls")]
+        let rules = Arc::new(super::rules::RuleGate::new(&self.tag, tls.clone(), access.clone()));
+        #[cfg(not(feature = "tls"))]
+        let rules = Arc::new(super::rules::RuleGate::new(&self.tag));
+        // A caller without the gossip key follows a node's view instead of gossiping.
+        #[cfg(feature = "tls")]
+        let gossips = self.listen.is_some() || tls.as_ref().is_none_or(|t| t.gossip_key().is_some());
+        #[cfg(not(feature = "tls"))]
+        let gossips = true;
         let (server, gossip_bind, mesh_addr) = match &self.listen {
             Some(listen) => {
                 let server = bind_tcp_and_udp(listen).await?.with_config(self.server);
@@ -195,6 +206,17 @@ impl ClusterBuilder {
                     server.set_dispatch(layer.apply(server.dispatch()));
                 }
                 let bound = server.local_addr();
+                #[cfg(feature = "tls")]
+                let plaintext = tls.is_none();
+                #[cfg(not(feature = "tls"))]
+                let plaintext = true;
+                if plaintext && !bound.ip().is_loopback() {
+                    tracing::warn!(
+                        addr = %bound,
+                        "serving without TLS on a non-loopback address: anyone who reaches it may call any \
+                         method, and read and write the cluster's gossip and rules (docs/security.md)"
+                    );
+                }
                 let ip = if bound.ip().is_unspecified() { self.advertise_ip_guess() } else { bound.ip() };
                 (Some(server), bound, Some(SocketAddr::new(ip, bound.port())))
             }
@@ -206,20 +228,26 @@ impl ClusterBuilder {
             }
         };
         #[cfg(feature = "tls")]
-        let security = super::security::gossiped(tls.as_ref());
+        let security = super::security::gossiped(tls.as_ref(), rules.clone());
         #[cfg(not(feature = "tls"))]
-        let security = super::membership::Security::default();
+        let security = super::membership::Security { cert: None, gossip_key: None, rules: rules.clone() };
         let gossip_advertise = SocketAddr::new(mesh_addr.map_or(gossip_bind.ip(), |a| a.ip()), gossip_bind.port());
-        let membership = Membership::join(
-            &self.name,
-            &self.tag,
-            (gossip_bind, gossip_advertise),
-            mesh_addr,
-            self.seeds.clone(),
-            &self.gossip,
-            &security,
-        )
-        .await?;
+        let (membership, follow) = if gossips {
+            let membership = Membership::join(
+                &self.name,
+                &self.tag,
+                (gossip_bind, gossip_advertise),
+                mesh_addr,
+                self.seeds.clone(),
+                &self.gossip,
+                &security,
+            )
+            .await?;
+            (membership, None)
+        } else {
+            let (membership, view) = Membership::without_gossip();
+            (membership, Some(view))
+        };
         let admin = match (&self.admin, &server) {
             (Some(addr), Some(_)) => Some(super::admin::Admin::bind(addr).await?),
             (Some(_), None) => return Err(Error::bad_request("a client-only node has no admin port")),
@@ -238,6 +266,8 @@ impl ClusterBuilder {
             local,
             http,
             membership,
+            rules,
+            seeds: self.seeds.clone(),
             #[cfg(feature = "tls")]
             peers: Peers::new(&name, tls.clone()),
             #[cfg(not(feature = "tls"))]
@@ -266,6 +296,12 @@ impl ClusterBuilder {
             limiter,
             hedging: Default::default(),
         });
+        inner.registry.add_node_methods(Arc::new(super::remote::NodeMethods { inner: Arc::downgrade(&inner) }));
+        inner.registry.forward_unknown(Arc::new(super::remote::Forward { inner: Arc::downgrade(&inner) }));
+        if let Some(view) = follow {
+            let me = Member::from_state(&name, [("name", name.as_str()), ("state", "serving")], true);
+            tokio::spawn(super::remote::follow(Arc::downgrade(&inner), self.seeds.clone(), view, me));
+        }
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         tokio::spawn(super::traffic::pass_on_splits(Arc::downgrade(&inner)));
         #[cfg(feature = "tls")]

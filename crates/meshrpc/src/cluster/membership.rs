@@ -12,7 +12,7 @@ use chitchat::{
     spawn_chitchat, transport::UdpTransport, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     NodeState, ProtocolVersion,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::thin::{GossipTraffic, Thinned};
@@ -28,13 +28,15 @@ const KEY_CERT: &str = "cert";
 /// node's policies stand ([`Policies`]).
 const KEY_POLICIES: &str = "policies";
 
-/// What a node gossips about its credentials, and how its gossip is sealed.
-#[derive(Debug, Clone, Default)]
+/// What a node gossips about its credentials, how its gossip is sealed, and who may
+/// write the rules it reads.
+#[derive(Clone)]
 pub(crate) struct Security {
     /// The `cert` value (see [`KEY_CERT`]).
     pub(crate) cert: Option<String>,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) gossip_key: Option<[u8; 32]>,
+    pub(crate) rules: Arc<super::rules::RuleGate>,
 }
 const PREFIX_SERVICE: &str = "svc:";
 /// `ver:<service>`: the version of the service this node runs.
@@ -46,7 +48,7 @@ const PREFIX_MIRROR: &str = "mirror:";
 const PREFIX_HTTP: &str = "http:";
 
 /// Where a member is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberState {
     /// Joined, not yet accepting calls.
@@ -58,7 +60,7 @@ pub enum MemberState {
 }
 
 /// One node as the cluster sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     /// Unique node id.
     pub id: String,
@@ -90,7 +92,7 @@ pub struct Member {
 
 /// Where a node's resilience policies stand (docs/resilience.md), gossiped at most every
 /// two seconds when it changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policies {
     /// Its concurrency limit now (`None`: no limit, or a client-only node).
     pub concurrency_limit: Option<u64>,
@@ -216,7 +218,7 @@ impl Member {
 }
 
 /// A published service as gossiped: its fingerprint and methods with argument names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Advertised {
     /// Fingerprint of the method set (see `ServiceSpec::fingerprint`).
     pub fingerprint: String,
@@ -227,7 +229,7 @@ pub struct Advertised {
 }
 
 /// A method as gossiped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdvertisedMethod {
     /// Method name.
     pub name: String,
@@ -240,7 +242,7 @@ pub struct AdvertisedMethod {
     /// Marked idempotent (its calls may be retried, hedged and mirrored).
     pub idempotent: bool,
     /// The method's own timeout, if it has one.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "millis", deserialize_with = "from_millis")]
     pub timeout: Option<Duration>,
     /// Slow calls are hedged.
     pub hedge: bool,
@@ -251,6 +253,11 @@ fn millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::
         Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e3)),
         None => s.serialize_none(),
     }
+}
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let ms: Option<f64> = Option::deserialize(d)?;
+    ms.map(|ms| Duration::try_from_secs_f64(ms / 1e3).map_err(serde::de::Error::custom)).transpose()
 }
 
 impl Advertised {
@@ -318,17 +325,21 @@ impl Advertised {
 }
 
 /// A weighted split of a service's calls between its versions (`v1=90 v2=10`), set at
-/// runtime by anyone (`meshrpc split`, [`Cluster::set_split`](super::Cluster::set_split)):
-/// the newest rule wins, and every node passes on the newest it saw, so a rule outlives
-/// the node that set it. No weights: the rule is cleared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// runtime (`meshrpc split`, [`Cluster::set_split`](super::Cluster::set_split)): the newest
+/// rule wins, and every node passes on the newest it saw, so a rule outlives the node that
+/// set it. No weights: the rule is cleared. With mutual TLS, a rule is signed by its
+/// writer and only writers the policy allows are followed (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Split {
     /// When it was set (Unix ms).
     pub set_ms: u64,
-    /// Who set it (a node name).
+    /// Who set it: with mutual TLS, the node name of the certificate that signed it.
     pub set_by: String,
     /// `(version, weight)`, in the order given.
     pub weights: Vec<(String, u32)>,
+    /// The writer's signature and certificate (mutual TLS), as gossiped.
+    #[serde(skip)]
+    pub(crate) proof: Option<String>,
 }
 
 impl Split {
@@ -337,23 +348,36 @@ impl Split {
         (self.set_ms, &self.set_by)
     }
 
-    /// `<set_ms> <set_by> v1=90 v2=10` (no weights: cleared).
-    fn encode(&self) -> String {
+    /// `<set_ms> <set_by> v1=90 v2=10 ~<signature>` (no weights: cleared; the signature
+    /// with mutual TLS only).
+    pub(crate) fn encode(&self) -> String {
         let mut out = format!("{} {}", self.set_ms, self.set_by);
         for (version, weight) in &self.weights {
             out.push_str(&format!(" {version}={weight}"));
         }
+        if let Some(proof) = &self.proof {
+            out.push_str(&format!(" ~{proof}"));
+        }
         out
     }
 
-    fn decode(v: &str) -> Option<Split> {
+    pub(crate) fn decode(v: &str) -> Option<Split> {
         let mut parts = v.split(' ');
         let set_ms = parts.next()?.parse().ok()?;
         let set_by = parts.next()?.to_owned();
-        let weights = parts
-            .map(|p| p.split_once('=').and_then(|(v, w)| Some((v.to_owned(), w.parse().ok()?))))
-            .collect::<Option<_>>()?;
-        Some(Split { set_ms, set_by, weights })
+        let mut proof = None;
+        let mut weights = Vec::new();
+        for part in parts {
+            match part.strip_prefix('~') {
+                Some(token) if proof.is_none() => proof = Some(token.to_owned()),
+                Some(_) => return None,
+                None => {
+                    let (version, weight) = part.split_once('=')?;
+                    weights.push((version.to_owned(), weight.parse().ok()?));
+                }
+            }
+        }
+        Some(Split { set_ms, set_by, weights, proof })
     }
 
     /// Parses `v1=90 v2=10` (or `v1=90,v2=10`) as given on a command line.
@@ -382,7 +406,7 @@ impl Split {
 }
 
 /// The live members, sorted by id.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct View {
     /// The members, sorted by id.
     pub members: Vec<Member>,
@@ -397,6 +421,11 @@ impl View {
     /// Members serving the HTTP router `name`.
     pub fn http_replicas<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Member> {
         self.members.iter().filter(move |m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name))
+    }
+
+    /// True if some member publishes `service` with a method of this name.
+    pub fn has_method(&self, service: &str, method: &str) -> bool {
+        self.members.iter().any(|m| m.services.get(service).is_some_and(|s| s.has_method(method)))
     }
 
     /// True if any live member publishes `service`, compatible or not.
@@ -476,9 +505,13 @@ impl Default for GossipConfig {
     }
 }
 
-/// This node's membership: gossip running in the background and the latest view.
+/// This node's membership: gossip running in the background and the latest view — or,
+/// for a caller that does not gossip, the view a node it reaches shares ([`remote`]).
+///
+/// [`remote`]: super::remote
 pub(crate) struct Membership {
-    handle: Arc<ChitchatHandle>,
+    /// `None` for a caller that follows a node's view instead of gossiping.
+    handle: Option<Arc<ChitchatHandle>>,
     view: watch::Receiver<Arc<View>>,
     traffic: Arc<GossipTraffic>,
     /// The last measure of [`own_state_bytes`](Self::own_state_bytes).
@@ -550,6 +583,7 @@ impl Membership {
         if let Some(cert) = &security.cert {
             kv.push((KEY_CERT.to_owned(), cert.clone()));
         }
+        let rules = security.rules.clone();
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(1));
         let traffic = Arc::new(GossipTraffic::default());
         let seed_names = chitchat_config.seed_nodes.clone();
@@ -578,8 +612,11 @@ impl Membership {
         let mut watched = chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(async move {
             loop {
-                let next = View { members: members(&watched.borrow_and_update(), &id) };
+                let mut next = View { members: members(&watched.borrow_and_update(), &id) };
+                rules.filter(&mut next.members);
                 live.store(next.members.len(), std::sync::atomic::Ordering::Relaxed);
+                // Calls from members keep their names in the metrics, whoever else calls.
+                crate::call_stats::members_seen(next.members.iter().map(|m| m.name.as_str()));
                 tx.send_if_modified(|current| {
                     let changed = **current != next;
                     if changed {
@@ -594,13 +631,27 @@ impl Membership {
         });
         super::seeds::keep_looking(Arc::downgrade(&handle), view.clone(), seed_names, gossip_addr);
         Ok(Membership {
-            handle,
+            handle: Some(handle),
             view,
             traffic,
             own_bytes: std::sync::atomic::AtomicU64::new(0),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The membership of a caller that gossips nothing: its view is what `follow` sends.
+    pub(crate) fn without_gossip() -> (Membership, watch::Sender<Arc<View>>) {
+        let (tx, view) = watch::channel(Arc::new(View::default()));
+        let membership = Membership {
+            handle: None,
+            view,
+            traffic: Arc::default(),
+            own_bytes: std::sync::atomic::AtomicU64::new(0),
+            state: std::sync::Mutex::new(MemberState::Starting),
+            serving: std::sync::atomic::AtomicBool::new(false),
+        };
+        (membership, tx)
     }
 
     /// The latest view.
@@ -611,7 +662,8 @@ impl Membership {
     /// Bytes of keys and values this node gossips about itself (decisions.md's budget:
     /// under 1 KiB). Measured when gossip's lock is free, else the last measure.
     pub(crate) fn own_state_bytes(&self) -> u64 {
-        let chitchat = self.handle.chitchat();
+        let Some(handle) = &self.handle else { return 0 };
+        let chitchat = handle.chitchat();
         if let Ok(mut c) = chitchat.try_lock() {
             let bytes = c.self_node_state().key_values().map(|(k, v)| (k.len() + v.len()) as u64).sum();
             self.own_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -684,7 +736,8 @@ impl Membership {
     }
 
     async fn set(&self, key: String, value: String) {
-        let chitchat = self.handle.chitchat();
+        let Some(handle) = &self.handle else { return };
+        let chitchat = handle.chitchat();
         let mut c = chitchat.lock().await;
         c.self_node_state().set(key, value);
     }

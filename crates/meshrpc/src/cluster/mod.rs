@@ -10,9 +10,11 @@ mod hedge;
 mod membership;
 mod outlier;
 mod peers;
+mod remote;
 mod resilience;
 mod retry;
 mod route;
+mod rules;
 #[cfg(feature = "tls")]
 mod sealed;
 #[cfg(feature = "tls")]
@@ -39,6 +41,10 @@ pub use outlier::Ejection;
 pub use resilience::{Resilience, ResilienceStats};
 pub use retry::RetryBudget;
 pub use route::HttpReplica;
+pub use rules::RejectedRule;
+#[cfg(feature = "tls")]
+#[doc(hidden)]
+pub use sealed::SealedTransport;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
@@ -75,6 +81,11 @@ struct Inner {
     /// The HTTP side of this node's port (`None` on client-only nodes).
     http: Option<Arc<HttpDoor>>,
     membership: Membership,
+    /// Who may write cluster rules, and this node's signature on its own.
+    rules: Arc<rules::RuleGate>,
+    /// The seeds this node was given (`host:port`): the nodes its caller-side requests
+    /// (rules it hands over) go to first.
+    seeds: Vec<String>,
     peers: Peers,
     policy: Policy,
     balancers: Mutex<HashMap<String, Arc<dyn Balance>>>,
@@ -449,6 +460,30 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
         inner.peers.retain(&live);
         for peer in inner.peers.all() {
             tokio::spawn(async move { peer.keepalive(KEEPALIVE).await });
+        }
+        connect_ahead(&inner, &view);
+    }
+}
+
+/// Replicas of the services this node calls get a connection before a call needs one,
+/// in the background: a replica that vanished before any call reached it (a killed
+/// container's address answers nothing) is found out here — and kept out of picks by its
+/// backoff — not by a call waiting out a connect timeout. The picker still sees every
+/// replica, connected or not, so sticky keys do not move.
+fn connect_ahead(inner: &Inner, view: &View) {
+    let called: Vec<String> = inner.balancers.lock().unwrap().keys().cloned().collect();
+    if called.is_empty() {
+        return;
+    }
+    for member in view.members.iter().filter(|m| !m.is_self && m.state == MemberState::Serving) {
+        let Some(addr) = member.addr else { continue };
+        let calls_it = member.services.keys().any(|s| called.contains(s))
+            || member.http.iter().any(|h| called.contains(&route::http_key(h)));
+        if calls_it {
+            let peer = inner.peers.get(addr);
+            if peer.open_conn().is_none() && peer.pickable("", Instant::now()).is_some() {
+                peer.probe();
+            }
         }
     }
 }

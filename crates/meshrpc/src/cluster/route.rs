@@ -153,7 +153,11 @@ impl Inner {
             let picked = if !versioned {
                 self.pick(&*balancer, &service, &service, replicas, &tried, key)
             } else {
-                match self.versioned(&view, &service, replicas, &tried, pin, key) {
+                // The certificate comes first: a replica that cannot prove the service
+                // never counts as one of its versions (it could capture the split).
+                let provable =
+                    replicas.filter(|m| m.is_self || m.addr.is_none_or(|a| self.peers.get(a).may_serve(&service)));
+                match self.versioned(&view, &service, provable, &tried, pin, key) {
                     Ok(replicas) => self.pick(&*balancer, &service, &service, replicas.into_iter(), &tried, key),
                     Err(e) => return Err(last_error.unwrap_or(e)),
                 }
@@ -192,11 +196,11 @@ impl Inner {
                 (tried.len() == 1).then(|| self.mirror(&view, &call, member, fingerprint.as_deref())).flatten();
             let start = Instant::now();
             // Golden metrics of the edge this node → that replica's node.
-            let edge = crate::call_stats::enabled()
-                .then(|| crate::call_stats::outbound().series(&service, &call.method, &member.name));
-            if let Some(edge) = &edge {
-                edge.started();
-            }
+            let edge = crate::call_stats::enabled().then(|| {
+                let exists = || member.services.get(&*service).is_some_and(|s| s.has_method(&call.method));
+                let series = crate::call_stats::outbound().series(&service, &call.method, &member.name, exists);
+                crate::request_log::RequestLog::outbound(series, start)
+            });
             let hedge = policy.hedge && sent == 1 && !versioned && self.policies.settings.hedging;
             let (answer, answered_by) = if hedge {
                 self.hedged(&call, fingerprint.as_deref(), pending, peer, &mut tried).await
@@ -206,14 +210,15 @@ impl Inner {
             if let Some(mirror) = mirror {
                 mirror.compare(answer.as_ref().map_err(|(e, _)| e));
             }
-            if let Some(edge) = edge {
-                let code = match &answer {
-                    Ok(Reply::AppError(_)) => "application",
-                    Ok(_) => "ok",
-                    Err((e, _)) => e.code(),
-                };
-                edge.record(start.elapsed().as_micros() as u64, code);
-            }
+            // A stream answer takes the edge's log along: the call ends when the stream does.
+            let answer = match (edge, answer) {
+                (Some(edge), Ok(reply)) => Ok(edge.follow(reply)),
+                (Some(edge), Err((e, reached))) => {
+                    edge.end_with(e.code());
+                    Err((e, reached))
+                }
+                (None, answer) => answer,
+            };
             let outcome = answer.as_ref().map(|_| ()).map_err(|(e, _)| e);
             self.judge(Replicas::Mesh, &view, &answered_by, &call.service, outcome);
             match answer {
@@ -390,6 +395,10 @@ impl Dispatch for ClusterDispatch {
             Colocated::Share => false,
         }
     }
+
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        Some(self.inner.membership.view().has_method(service, method))
+    }
 }
 
 /// HTTP on a node: its own services locally, anything else through the mesh.
@@ -407,6 +416,13 @@ impl Dispatch for PreferLocal {
             self.mesh.dispatch(call)
         }
     }
+
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        match self.registry.serves(service) {
+            true => self.local.has_method(service, method),
+            false => self.mesh.has_method(service, method),
+        }
+    }
 }
 
 /// A replica picked to answer a proxied HTTP request; tell it how the request went.
@@ -422,7 +438,7 @@ pub struct HttpReplica {
 
 /// What proxied HTTP is balanced and judged under: not the router's name, which a service
 /// of the same name uses for its RPC calls.
-fn http_key(name: &str) -> String {
+pub(super) fn http_key(name: &str) -> String {
     format!("http:{name}")
 }
 

@@ -7,7 +7,11 @@
 //! itself; so a sealed socket wraps chitchat's own UDP socket, bound to loopback, and a
 //! relay socket next to it: outgoing envelopes are encoded by chitchat into the relay,
 //! sealed and sent on; incoming datagrams are opened and handed to chitchat's socket
-//! through the relay. The loopback hop never leaves the process's host.
+//! through the relay. The loopback hop never leaves the process's host, but any process
+//! on the host can send to chitchat's socket: so what chitchat decodes there is taken
+//! only if the relay sent it (its source address), and anything else is dropped and
+//! counted as injected (`meshrpc_gossip_injected_total`). The relay is connected to
+//! chitchat's socket, so the kernel drops whatever else is sent to it.
 //!
 //! Datagram: `"MRG1" | nonce (12) | sealed(send time ms (8) | chitchat bytes) | tag (16)`.
 
@@ -38,14 +42,16 @@ pub(crate) const MAX_REMEMBERED: usize = 262_144;
 const MAX_DATAGRAM: usize = 65_507;
 
 static DROPPED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+static INJECTED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A chitchat transport whose datagrams are sealed with the cluster's gossip key.
-pub(crate) struct SealedTransport {
+pub struct SealedTransport {
     key: [u8; 32],
 }
 
 impl SealedTransport {
-    pub(crate) fn new(key: [u8; 32]) -> Self {
+    /// Seals with `key` (the 32 bytes of `gossip.key`).
+    pub fn new(key: [u8; 32]) -> Self {
         SealedTransport { key }
     }
 }
@@ -58,11 +64,13 @@ impl Transport for SealedTransport {
         let relay = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let inner_addr = inner.local_addr()?;
         relay.connect(inner_addr).await?;
+        let relay_addr = relay.local_addr()?;
         let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &self.key).expect("a 32-byte key"));
         Ok(Box::new(SealedSocket {
             outer,
             inner,
             relay,
+            relay_addr,
             key,
             seen: Seen::default(),
             pending_from: None,
@@ -79,6 +87,8 @@ struct SealedSocket {
     /// Loopback, connected to `inner`: what chitchat sends lands here to be sealed, and
     /// opened datagrams go to chitchat from here.
     relay: UdpSocket,
+    /// The relay's address: the only sender chitchat's socket takes datagrams from.
+    relay_addr: SocketAddr,
     key: LessSafeKey,
     seen: Seen,
     /// The real sender of the datagram handed to `inner` and not yet taken back: kept
@@ -108,7 +118,7 @@ impl Socket for SealedSocket {
             if let Some(from) = self.pending_from {
                 // Opened and authenticated, but chitchat may still find it malformed (and
                 // then wait for the next datagram): do not wait long for it.
-                let taken = tokio::time::timeout(Duration::from_millis(100), self.inner.recv()).await;
+                let taken = tokio::time::timeout(Duration::from_millis(100), self.take_relayed()).await;
                 self.pending_from = None;
                 match taken {
                     Ok(outcome) => return Ok(RecvOutcome { from_addr: from, ..outcome? }),
@@ -136,6 +146,24 @@ impl Socket for SealedSocket {
                     });
                 }
             }
+        }
+    }
+}
+
+impl SealedSocket {
+    /// The next envelope chitchat decoded from the relay; envelopes any other sender
+    /// slipped into chitchat's loopback socket are dropped and counted.
+    async fn take_relayed(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let outcome = self.inner.recv().await?;
+            if outcome.from_addr == self.relay_addr {
+                return Ok(outcome);
+            }
+            PortCounters::add(&crate::transport::GOSSIP_INJECTED);
+            let from = outcome.from_addr;
+            INJECTED_WARNING.log(|also| {
+                tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
+            });
         }
     }
 }
@@ -281,5 +309,18 @@ mod tests {
         }
         // Only the last two skew windows' worth is kept.
         assert!(seen.len() <= 61, "{}", seen.len());
+    }
+
+    #[test]
+    fn the_nonce_memory_stops_at_its_cap() {
+        // More datagrams than the cap within one window: the oldest nonces are forgotten.
+        let mut seen = Seen::default();
+        for i in 0..MAX_REMEMBERED as u64 + 1000 {
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(seen.insert(nonce, 1_000_000));
+        }
+        assert_eq!(seen.len(), MAX_REMEMBERED);
+        assert_eq!(seen.order.len(), MAX_REMEMBERED);
     }
 }

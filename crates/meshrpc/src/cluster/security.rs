@@ -35,8 +35,10 @@ pub(super) struct Credentials {
 }
 
 impl Credentials {
-    /// Reads what was given as paths. A node with a malformed policy does not start.
-    pub(super) fn load(self) -> Result<(Option<TlsConfig>, Option<Arc<Access>>), Error> {
+    /// Reads what was given as paths. A node with a malformed policy does not start. A
+    /// node that serves needs the gossip key with its certificate; a caller-only one may
+    /// go without (it follows a node's view instead of gossiping).
+    pub(super) fn load(self, serving: bool) -> Result<(Option<TlsConfig>, Option<Arc<Access>>), Error> {
         let tls = match (self.tls, self.tls_dir) {
             (Some(tls), _) => Some(tls),
             (None, Some(dir)) => Some(TlsConfig::from_dir(dir)?),
@@ -56,7 +58,7 @@ impl Credentials {
             });
         }
         if let Some(tls) = &tls {
-            if tls.gossip_key().is_none() {
+            if serving && tls.gossip_key().is_none() {
                 return Err(Error::Tls {
                     message: format!(
                         "{} has no {}: with mutual TLS, gossip must be sealed too",
@@ -70,10 +72,11 @@ impl Credentials {
     }
 }
 
-/// What this node gossips about its certificate, and the key its gossip is sealed with.
-pub(super) fn gossiped(tls: Option<&TlsConfig>) -> Security {
-    let Some(tls) = tls else { return Security::default() };
-    Security { cert: Some(cert_value(tls)), gossip_key: tls.gossip_key() }
+/// What this node gossips about its certificate, the key its gossip is sealed with, and
+/// who may write the rules it reads.
+pub(super) fn gossiped(tls: Option<&TlsConfig>, rules: Arc<super::rules::RuleGate>) -> Security {
+    let Some(tls) = tls else { return Security { cert: None, gossip_key: None, rules } };
+    Security { cert: Some(cert_value(tls)), gossip_key: tls.gossip_key(), rules }
 }
 
 fn cert_value(tls: &TlsConfig) -> String {

@@ -13,7 +13,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{membership::Split, Cluster, Inner, Member, View};
+use super::{
+    membership::Split,
+    rules::{RejectedRule, RuleKind},
+    Cluster, Inner, Member, View,
+};
 use crate::{
     call::{Call, Reply},
     error::Error,
@@ -143,29 +147,23 @@ fn fnv(bytes: &[u8]) -> u64 {
 impl Cluster {
     /// Sets the split rule of `service` cluster-wide: its calls go to its versions by
     /// these weights (`[("v1", 90), ("v2", 10)]`). The newest rule wins; it spreads by
-    /// gossip within a few rounds and outlives this node.
-    pub async fn set_split(&self, service: &str, weights: Vec<(String, u32)>) -> Split {
-        self.write_split(service, weights).await
+    /// gossip within a few rounds and outlives this node. With mutual TLS the rule is
+    /// signed with this node's key, and `permission_denied` if this node's identity may
+    /// not write it (docs/security.md).
+    pub async fn set_split(&self, service: &str, weights: Vec<(String, u32)>) -> Result<Split, Error> {
+        self.write_rule(RuleKind::Split, service, weights).await
     }
 
     /// Clears the split rule of `service`: its calls go to any replica again.
-    pub async fn clear_split(&self, service: &str) -> Split {
-        self.write_split(service, Vec::new()).await
-    }
-
-    async fn write_split(&self, service: &str, weights: Vec<(String, u32)>) -> Split {
-        let split = self.new_rule(self.view().newest_split(service), weights);
-        self.inner.membership.advertise_split(service, &split).await;
-        split
+    pub async fn clear_split(&self, service: &str) -> Result<Split, Error> {
+        self.write_rule(RuleKind::Split, service, Vec::new()).await
     }
 
     /// Mirrors `percent` of the calls of `service`'s idempotent methods to replicas
     /// running `version` (their answers are compared with the real ones and dropped);
-    /// `None` clears the rule. Spread and kept as split rules are.
-    pub async fn set_mirror(&self, service: &str, to: Option<(String, u32)>) -> Split {
-        let rule = self.new_rule(self.view().newest_mirror(service), to.into_iter().collect());
-        self.inner.membership.advertise_mirror(service, &rule).await;
-        rule
+    /// `None` clears the rule. Spread, kept and checked as split rules are.
+    pub async fn set_mirror(&self, service: &str, to: Option<(String, u32)>) -> Result<Split, Error> {
+        self.write_rule(RuleKind::Mirror, service, to.into_iter().collect()).await
     }
 
     /// What mirroring did from this process: calls mirrored, and of their answers how
@@ -174,34 +172,89 @@ impl Cluster {
         MirrorStats::now()
     }
 
+    /// Rule writes this node refused lately (with mutual TLS: unsigned, signed by a
+    /// certificate of another cluster, or by an identity the policy does not allow).
+    pub fn rejected_rules(&self) -> Vec<RejectedRule> {
+        self.inner.rules.refused()
+    }
+
+    /// Writes a rule: signed (mutual TLS), checked as every reader will check it, then
+    /// gossiped by this node — or, from a caller that does not gossip its own rules (a
+    /// client-only node with mutual TLS), handed to a serving node that checks and gossips
+    /// it.
+    async fn write_rule(&self, kind: RuleKind, service: &str, weights: Vec<(String, u32)>) -> Result<Split, Error> {
+        let view = self.view();
+        let seen = match kind {
+            RuleKind::Split => view.newest_split(service),
+            RuleKind::Mirror => view.newest_mirror(service),
+        };
+        let mut rule = self.new_rule(seen, weights);
+        self.inner.rules.sign(kind, service, &mut rule)?;
+        if self.inner.mesh_addr.is_none() && self.inner.rules.signed() {
+            return self.propose(kind, service, rule).await;
+        }
+        self.inner.accept_rule(kind, service, rule).await
+    }
+
     /// A rule newer than any seen, even if this node's clock is behind.
     fn new_rule(&self, seen: Option<&Split>, weights: Vec<(String, u32)>) -> Split {
         let seen = seen.map_or(0, |s| s.set_ms);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        Split { set_ms: now.max(seen.saturating_add(1)), set_by: self.inner.name.clone(), weights }
+        Split { set_ms: now.max(seen.saturating_add(1)), set_by: self.inner.name.clone(), weights, proof: None }
+    }
+
+    /// Hands a signed rule to a serving node (`meshrpc.rule`), which checks it as every
+    /// reader will and gossips it: the rule outlives this caller.
+    async fn propose(&self, kind: RuleKind, service: &str, rule: Split) -> Result<Split, Error> {
+        let args = serde_json::json!({ "kind": kind, "service": service, "rule": rule.encode() });
+        let payload = bytes::Bytes::from(serde_json::to_vec(&args).expect("JSON"));
+        // The seeds first (the nodes the user named), then any serving member.
+        let mut nodes = Vec::new();
+        for seed in &self.inner.seeds {
+            nodes.extend(tokio::net::lookup_host(seed.as_str()).await.into_iter().flatten());
+        }
+        let view = self.view();
+        let serving = view.members.iter().filter(|m| !m.is_self && m.state == super::MemberState::Serving);
+        nodes.extend(serving.filter_map(|m| m.addr));
+        let mut seen = std::collections::HashSet::new();
+        nodes.retain(|addr| seen.insert(*addr));
+        let mut last = Error::unavailable("no serving node to hand the rule to");
+        for addr in nodes {
+            let mut call = Call::new(crate::call_stats::NODE_SERVICE, "rule", payload.clone());
+            call.deadline = Some(std::time::Instant::now() + Duration::from_secs(5));
+            let answer = async { self.inner.peers.get(addr).connection().await?.send_call(call)?.answer().await };
+            match answer.await {
+                Ok(Reply::Ok(set_by)) => {
+                    let set_by: String = serde_json::from_slice(&set_by).unwrap_or_default();
+                    return Ok(Split { set_by, ..rule });
+                }
+                Ok(_) => last = Error::protocol("`meshrpc.rule` answered with something else than a setter"),
+                Err(e @ (Error::PermissionDenied { .. } | Error::BadRequest { .. })) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Sets the split rule of `service` and waits until another member passes it on (so
     /// it outlives this node: what a short-lived setter such as the CLI needs), writing it
     /// again as a newer rule when none did within a few seconds; up to 12 s in all. Empty
-    /// `weights` clear the rule.
+    /// `weights` clear the rule. A caller that hands its rules to a node is done once the
+    /// node took it.
     pub async fn spread_split(&self, service: &str, weights: Vec<(String, u32)>) -> Result<Split, Error> {
-        self.spread(service, || self.write_split(service, weights.clone())).await
+        self.spread(RuleKind::Split, service, weights).await
     }
 
     /// As [`spread_split`](Self::spread_split), for a mirror rule (`None`: clear it).
     pub async fn spread_mirror(&self, service: &str, to: Option<(String, u32)>) -> Result<Split, Error> {
-        self.spread(service, || self.set_mirror(service, to.clone())).await
+        self.spread(RuleKind::Mirror, service, to.into_iter().collect()).await
     }
 
-    async fn spread<F: std::future::Future<Output = Split>>(
-        &self,
-        service: &str,
-        write: impl Fn() -> F,
-    ) -> Result<Split, Error> {
+    async fn spread(&self, kind: RuleKind, service: &str, weights: Vec<(String, u32)>) -> Result<Split, Error> {
+        let proposes = self.inner.mesh_addr.is_none() && self.inner.rules.signed();
         for _ in 0..4 {
-            let rule = write().await;
-            if self.rule_spread(service, &rule, Duration::from_secs(3)).await {
+            let rule = self.write_rule(kind, service, weights.clone()).await?;
+            if proposes || self.rule_spread(service, &rule, Duration::from_secs(3)).await {
                 return Ok(rule);
             }
         }
@@ -226,6 +279,22 @@ impl Cluster {
             }
         };
         tokio::time::timeout(within, spread).await.is_ok()
+    }
+}
+
+impl Inner {
+    /// Checks a rule as every reader will (its signature, and whether its writer may
+    /// write it), then gossips it as this node's copy: `permission_denied` if refused.
+    pub(super) async fn accept_rule(&self, kind: RuleKind, service: &str, mut rule: Split) -> Result<Split, Error> {
+        rule.set_by = self
+            .rules
+            .check(kind, service, &rule)
+            .map_err(|why| Error::PermissionDenied { message: format!("rule:{}/{service}: {why}", kind.as_str()) })?;
+        match kind {
+            RuleKind::Split => self.membership.advertise_split(service, &rule).await,
+            RuleKind::Mirror => self.membership.advertise_mirror(service, &rule).await,
+        }
+        Ok(rule)
     }
 }
 

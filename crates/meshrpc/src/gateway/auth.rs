@@ -5,7 +5,7 @@
 //! A custom gateway with its own scheme puts an `Arc<meshrpc::Identity>` in the request's
 //! extensions from its own axum layer instead; the RPC routes make their calls as it.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
@@ -13,10 +13,18 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::{error::Error, http::error_response, identity::Identity};
+
+/// A refused request's body is read and dropped up to this many bytes, so that its
+/// client, still sending, gets the 401 rather than a reset; past it (or past
+/// [`REFUSED_BODY_TIME`]) the connection is closed after the answer.
+pub(crate) const REFUSED_BODY_DRAINED: usize = 1024 * 1024;
+/// How long a refused request's body is read for, at most.
+pub(crate) const REFUSED_BODY_TIME: Duration = Duration::from_secs(2);
 
 /// Bearer-token authentication for the gateway.
 #[derive(Clone, Default)]
@@ -99,11 +107,28 @@ impl BearerAuth {
         self
     }
 
-    /// Also require the JWT's `iss` to be one of these.
-    pub fn jwt_issuer(mut self, issuers: &[&str]) -> Self {
+    /// Also require the JWT's `iss` to be one of these (a token without `iss` is refused).
+    pub fn jwt_issuer(self, issuers: &[&str]) -> Self {
+        self.validate(|v| {
+            v.set_issuer(issuers);
+            v.required_spec_claims.insert("iss".to_owned());
+        })
+    }
+
+    /// Also require the JWT's `aud` to name one of these (a token without `aud` is
+    /// refused). Without it, `aud` is not checked.
+    pub fn jwt_audience(self, audiences: &[&str]) -> Self {
+        self.validate(|v| {
+            v.set_audience(audiences);
+            v.validate_aud = true;
+            v.required_spec_claims.insert("aud".to_owned());
+        })
+    }
+
+    fn validate(mut self, change: impl FnOnce(&mut Validation)) -> Self {
         if let Some(jwt) = self.jwt.take() {
             let mut validation = jwt.validation.clone();
-            validation.set_issuer(issuers);
+            change(&mut validation);
             self.jwt = Some(Arc::new(Jwt { key: jwt.key.clone(), validation }));
         }
         self
@@ -148,10 +173,31 @@ impl BearerAuth {
                 tracing::info!(target: "meshrpc::gateway", path = %req.uri().path(), reason = %why, "unauthenticated request");
                 let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthenticated", &why, None);
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let http1 = req.version() < axum::http::Version::HTTP_2;
+                if !drained(req.into_body()).await && http1 {
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 resp
             }
         }
     }
+}
+
+/// Reads a refused request's body to its end, within [`REFUSED_BODY_DRAINED`] bytes and
+/// [`REFUSED_BODY_TIME`]: false if it had more, or took longer.
+async fn drained(mut body: axum::body::Body) -> bool {
+    let read = async {
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            total += frame.data_ref().map_or(0, |d| d.len());
+            if total > REFUSED_BODY_DRAINED {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(REFUSED_BODY_TIME, read).await.unwrap_or(false)
 }
 
 /// Compares without a shortcut on the first differing byte.
@@ -180,5 +226,27 @@ mod tests {
         let other = jsonwebtoken::EncodingKey::from_secret(b"another secret");
         let forged = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &other).unwrap();
         assert!(auth.verify(&forged).unwrap_err().contains("InvalidSignature"));
+    }
+
+    #[test]
+    fn an_issuer_or_audience_asked_for_must_be_in_the_token() {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"a shared secret of the issuer");
+        let token =
+            |claims: serde_json::Value| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        let exp = 4_102_444_800u64;
+        let auth = BearerAuth::new().jwt_hs256(b"a shared secret of the issuer").jwt_issuer(&["idp"]);
+        assert_eq!(auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap(), "a");
+        let missing = auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp}))).unwrap_err();
+        assert!(missing.contains("iss"), "{missing}");
+        assert!(auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "other"}))).is_err());
+        // `aud` is checked only when asked for, and then required.
+        let no_aud = serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "elsewhere"});
+        assert!(auth.verify(&token(no_aud.clone())).is_ok());
+        let auth = auth.jwt_audience(&["meshrpc"]);
+        assert!(auth.verify(&token(no_aud)).is_err());
+        let missing = auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap_err();
+        assert!(missing.contains("aud"), "{missing}");
+        let ok = serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": ["x", "meshrpc"]});
+        assert_eq!(auth.verify(&token(ok)).unwrap(), "a");
     }
 }

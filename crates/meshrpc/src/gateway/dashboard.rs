@@ -3,9 +3,14 @@
 //! their states, the services each serves, the calls between nodes with their
 //! requests/s, and each service's golden metrics, gathered from every node over the mesh.
 //! One gathering a second serves every open dashboard: a mesh of N nodes costs N calls a
-//! second however many watch it.
+//! second however many watch it. It keeps going for [`LINGER`] after the last dashboard
+//! closes, and remembers what a newly opened one should see at once: each service's
+//! requests/s of the last two minutes, and the nodes that left without draining (a crash,
+//! a `kill -9`, a stopped process), shown unreachable for [`LOST_FOR`] rather than
+//! vanishing as if scaled down.
 
 use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
     convert::Infallible,
     pin::Pin,
     sync::{
@@ -13,7 +18,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -40,6 +45,14 @@ pub(super) const MAX_DASHBOARDS: usize = 16;
 const EVERY: Duration = Duration::from_secs(1);
 /// How long a node may take to answer a gathering.
 const NODE_TIMEOUT: Duration = Duration::from_millis(800);
+/// How much chart history is kept (one value per gathering): two minutes.
+const HISTORY: usize = 120;
+/// How long a node that left without draining stays on the page, as unreachable: as long
+/// as the charts show what it did.
+pub(super) const LOST_FOR: Duration = Duration::from_secs(120);
+/// How long the gathering goes on after the last dashboard closed (a reload, another tab
+/// opened later, finds the history).
+pub(super) const LINGER: Duration = Duration::from_secs(120);
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -75,9 +88,11 @@ struct Snapshot {
     services: Vec<ServiceView>,
     methods: Vec<MethodRates>,
     edges: Vec<Edge>,
+    /// Each service's requests/s, one value a second, the oldest first (two minutes at most).
+    history: BTreeMap<String, Vec<f64>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct NodeView {
     id: String,
     name: String,
@@ -88,6 +103,9 @@ struct NodeView {
     cert_expires_in_s: Option<i64>,
     /// Whether it answered the gathering.
     reachable: bool,
+    /// Seconds since it left the mesh without draining (crashed, killed, stopped): shown
+    /// unreachable for a while instead of vanishing. `None` for members.
+    lost_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -144,13 +162,27 @@ async fn gather(shared: Arc<Shared>) {
     let mut before = cluster.gather_stats(NODE_TIMEOUT).await;
     let mut tick = tokio::time::interval(EVERY);
     tick.tick().await;
+    let mut memory = Memory::default();
+    let mut idle_since = None;
+    let mut view = cluster.view();
     loop {
-        tick.tick().await;
+        // Every change of the view between two gatherings counts: a node may drain and
+        // leave within one second, and a scale-down must not look like a crash.
+        tokio::select! {
+            _ = tick.tick() => {}
+            next = cluster.wait_view(|v| *v != *view) => {
+                memory.saw(&next);
+                view = next;
+                continue;
+            }
+        }
         {
             // Under the lock a new dashboard takes to see whether this runs: none is left
             // waiting for a gathering that just stopped.
             let mut running = shared.gathering.lock().unwrap();
-            if shared.open.load(Ordering::Acquire) == 0 {
+            if shared.open.load(Ordering::Acquire) > 0 {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
                 *running = false;
                 // The next dashboard, maybe hours from now, must not see this one's mesh.
                 shared.latest.send_replace(None);
@@ -158,10 +190,65 @@ async fn gather(shared: Arc<Shared>) {
             }
         }
         let after = cluster.gather_stats(NODE_TIMEOUT).await;
-        if let Ok(data) = serde_json::to_string(&snapshot(cluster, &before, &after)) {
+        let mut now = snapshot(cluster, &before, &after);
+        memory.update(&mut now, Instant::now());
+        if let Ok(data) = serde_json::to_string(&now) {
             shared.latest.send_replace(Some(data.into()));
         }
         before = after;
+    }
+}
+
+/// What the gathering remembers from one snapshot to the next.
+#[derive(Default)]
+struct Memory {
+    /// The nodes of the last snapshot, by id.
+    seen: HashMap<String, NodeView>,
+    /// Nodes that left without draining, and when they were last seen.
+    lost: Vec<(NodeView, Instant)>,
+    /// Each service's requests/s, the oldest first.
+    history: BTreeMap<String, VecDeque<f64>>,
+    /// Nodes seen draining: when they leave, they left as they should.
+    drained: std::collections::HashSet<String>,
+}
+
+impl Memory {
+    /// Notes which members drain (the view changed).
+    fn saw(&mut self, view: &crate::cluster::View) {
+        let draining = view.members.iter().filter(|m| m.state == MemberState::Draining);
+        self.drained.extend(draining.map(|m| m.id.clone()));
+    }
+
+    /// Adds to `snapshot` what a dashboard opened now should see: the nodes lost lately,
+    /// and the charts' history.
+    fn update(&mut self, snapshot: &mut Snapshot, now: Instant) {
+        let present: HashMap<String, NodeView> = snapshot.nodes.iter().map(|n| (n.id.clone(), n.clone())).collect();
+        // A node that was draining left as it should (a scale-down); any other went missing.
+        for (id, node) in self.seen.drain() {
+            let drained = self.drained.contains(&id) || node.state == MemberState::Draining;
+            if !present.contains_key(&id) && !drained {
+                self.lost.push((node, now));
+            }
+        }
+        self.lost.retain(|(node, since)| now.duration_since(*since) < LOST_FOR && !present.contains_key(&node.id));
+        self.drained.retain(|id| present.contains_key(id));
+        self.seen = present;
+        for (node, since) in &self.lost {
+            let mut node = node.clone();
+            node.reachable = false;
+            node.lost_s = Some(now.duration_since(*since).as_secs());
+            snapshot.nodes.push(node);
+        }
+        // Services gone from the mesh lose their history; the others add a value.
+        self.history.retain(|name, _| snapshot.services.iter().any(|s| s.name == *name));
+        for service in &snapshot.services {
+            let values = self.history.entry(service.name.clone()).or_default();
+            values.push_back(service.rps);
+            while values.len() > HISTORY {
+                values.pop_front();
+            }
+        }
+        snapshot.history = self.history.iter().map(|(name, v)| (name.clone(), v.iter().copied().collect())).collect();
     }
 }
 
@@ -198,6 +285,7 @@ fn snapshot(cluster: &Cluster, before: &crate::MeshSnapshot, after: &crate::Mesh
             services: m.services.keys().cloned().collect(),
             cert_expires_in_s: m.cert_not_after.map(|t| t as i64 - now_s),
             reachable: stats.is_ok(),
+            lost_s: None,
         })
         .collect();
     let methods: Vec<MethodRates> =
@@ -224,5 +312,60 @@ fn snapshot(cluster: &Cluster, before: &crate::MeshSnapshot, after: &crate::Mesh
         .collect();
     let edges = edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
     let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    Snapshot { at_ms, nodes, services, methods, edges }
+    Snapshot { at_ms, nodes, services, methods, edges, history: BTreeMap::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, state: MemberState) -> NodeView {
+        NodeView {
+            id: id.into(),
+            name: "greeter".into(),
+            addr: None,
+            state,
+            services: vec![],
+            cert_expires_in_s: None,
+            reachable: true,
+            lost_s: None,
+        }
+    }
+
+    fn snapshot(nodes: Vec<NodeView>) -> Snapshot {
+        let services = vec![ServiceView {
+            name: "greeter".into(),
+            replicas: nodes.len(),
+            rps: 1.0,
+            success_rate: None,
+            p50_ms: None,
+            p99_ms: None,
+        }];
+        Snapshot { at_ms: 0, nodes, services, methods: vec![], edges: vec![], history: BTreeMap::new() }
+    }
+
+    #[test]
+    fn a_node_gone_without_draining_stays_lost_for_a_while_and_a_drained_one_leaves() {
+        let mut memory = Memory::default();
+        let t0 = Instant::now();
+        let both = || vec![node("a", MemberState::Serving), node("b", MemberState::Draining)];
+        memory.update(&mut snapshot(both()), t0);
+        // One more serving node drains and leaves between two gatherings: seen in the view.
+        memory.update(&mut snapshot([both(), vec![node("c", MemberState::Serving)]].concat()), t0);
+        let member = crate::cluster::Member::from_state("c", [("state", "draining")], false);
+        memory.saw(&crate::cluster::View { members: vec![member] });
+        let mut after = snapshot(vec![]);
+        memory.update(&mut after, t0 + Duration::from_secs(1));
+        let ids: Vec<(&str, bool, Option<u64>)> =
+            after.nodes.iter().map(|n| (n.id.as_str(), n.reachable, n.lost_s)).collect();
+        assert_eq!(ids, [("a", false, Some(0))], "the draining one left; the other is lost");
+        let mut later = snapshot(vec![]);
+        memory.update(&mut later, t0 + Duration::from_secs(1) + LOST_FOR);
+        assert!(later.nodes.is_empty(), "forgotten after LOST_FOR");
+        assert_eq!(later.history["greeter"].len(), 4, "a value a gathering");
+        for i in 0..HISTORY + 5 {
+            memory.update(&mut snapshot(vec![]), t0 + LOST_FOR * 2 + Duration::from_secs(i as u64));
+        }
+        assert_eq!(memory.history["greeter"].len(), HISTORY);
+    }
 }

@@ -1,8 +1,10 @@
-//! Gateway metrics in Prometheus text format: requests by service, method and status,
-//! a latency histogram per service and method, requests in flight.
+//! Gateway metrics: requests by service, method and status, a latency histogram per
+//! service and method, requests in flight; then the golden metrics of the calls this
+//! process made and served. Shown through the one writer of `/metrics` (`http`), in the
+//! format the scraper asks for.
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::Family,
@@ -33,6 +35,7 @@ struct RouteLabels {
 
 /// The gateway's metrics registry.
 pub struct Metrics {
+    /// The golden metrics at the root, the gateway's own under `meshrpc_gateway`.
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -47,18 +50,18 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("meshrpc_gateway");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(crate::http::GoldenMetrics));
+        let registry = root.sub_registry_with_prefix("meshrpc_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
         registry.register("requests", "Requests answered, by service, method and HTTP status", requests.clone());
         registry.register("request_duration_seconds", "Time to answer a request", latency.clone());
         registry.register("in_flight", "Requests being answered now", in_flight.clone());
-        // What mirroring did from the gateway's calls (docs/traffic.md), read at each scrape.
-        registry.register_collector(Box::new(MirrorCollector));
         let rate_limited = Family::<ScopeLabels, Counter>::default();
         registry.register("rate_limited", "Requests refused with 429 by a rate limit, by scope", rate_limited.clone());
-        Metrics { registry, requests, latency, in_flight, rate_limited }
+        Metrics { registry: root, requests, latency, in_flight, rate_limited }
     }
 }
 
@@ -79,67 +82,50 @@ impl Metrics {
     }
 
     /// Shows what the resilience policies did on the gateway's calls (retries, hedges,
-    /// ejected replicas, the retry budget), read at each scrape.
+    /// ejected replicas, the retry budget) and what mirroring did (docs/traffic.md), read
+    /// at each scrape.
     pub(crate) fn watch(&mut self, cluster: crate::cluster::Cluster) {
-        self.registry.register_collector(Box::new(ResilienceCollector(cluster)));
+        self.registry.sub_registry_with_prefix("meshrpc_gateway").register_collector(Box::new(PolicyFigures(cluster)));
     }
 
-    /// The exposition text.
+    /// The exposition text (the Prometheus text format; `/metrics` answers what `Accept`
+    /// asks for).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        // The golden metrics of the calls this process made and served, before the end.
-        let end = out.rfind("# EOF").unwrap_or(out.len());
-        let mut golden = String::new();
-        crate::call_stats::prometheus_text(&mut golden);
-        out.insert_str(end, &golden);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
-}
 
-/// The mirroring counters of this process, as constant counters read at each scrape.
-#[derive(Debug)]
-struct MirrorCollector;
-
-impl prometheus_client::collector::Collector for MirrorCollector {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use prometheus_client::{encoding::EncodeMetric, metrics::counter::ConstCounter};
-        for (name, help, value) in crate::cluster::MirrorStats::values() {
-            // Under the registry's prefix: `meshrpc_gateway_mirrored_calls` and so on.
-            let name = name.strip_prefix("meshrpc_").unwrap_or(name);
-            let counter = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
-        }
-        Ok(())
+    /// `/metrics` in the format `headers` ask for.
+    pub(crate) fn answer(&self, headers: &axum::http::HeaderMap) -> axum::response::Response {
+        crate::http::exposition(&self.registry, headers)
     }
 }
 
-/// The gateway node's resilience figures, read at each scrape.
-struct ResilienceCollector(crate::cluster::Cluster);
+/// What the resilience policies and mirroring did on the gateway's calls, read at each
+/// scrape, under the gateway's prefix (`meshrpc_gateway_retries`, …).
+struct PolicyFigures(crate::cluster::Cluster);
 
-impl std::fmt::Debug for ResilienceCollector {
+impl std::fmt::Debug for PolicyFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResilienceCollector")
+        f.write_str("PolicyFigures")
     }
 }
 
-impl prometheus_client::collector::Collector for ResilienceCollector {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use prometheus_client::{
-            encoding::EncodeMetric,
-            metrics::{counter::ConstCounter, gauge::ConstGauge},
-        };
-        for f in self.0.resilience_stats().figures() {
-            let name = f.name.strip_prefix("meshrpc_").unwrap_or(f.name);
-            if f.counter {
-                let counter = ConstCounter::new(f.value);
-                counter.encode(encoder.encode_descriptor(name, f.help, None, counter.metric_type())?)?;
-            } else {
-                let gauge = ConstGauge::new(f.value as i64);
-                gauge.encode(encoder.encode_descriptor(name, f.help, None, gauge.metric_type())?)?;
-            }
-        }
-        Ok(())
+impl prometheus_client::collector::Collector for PolicyFigures {
+    fn encode(&self, encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let figures: Vec<_> = self
+            .0
+            .resilience_stats()
+            .figures()
+            .into_iter()
+            .chain(crate::cluster::MirrorStats::figures())
+            .map(|mut f| {
+                f.name = f.name.strip_prefix("meshrpc_").unwrap_or(f.name);
+                f
+            })
+            .collect();
+        crate::http::encode_figures(&figures, encoder)
     }
 }

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     extract::{MatchedPath, Request, State},
-    http::{header, HeaderValue, Method, StatusCode},
+    http::{HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
@@ -34,7 +34,8 @@ pub use ratelimit::{Rate, RateLimits};
 use crate::{
     client::Channel,
     cluster::Cluster,
-    http::{admitted_call, envelope, error_response},
+    context::CallContext,
+    http::{admitted_call, envelope, error_response, Hop},
     identity::{Admission, Identity},
     limits::HttpLimits,
 };
@@ -163,19 +164,36 @@ impl Gateway {
     }
 }
 
-async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+async fn observe(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     // Custom routes are labelled by their pattern (bounded), the mesh by what answered.
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    // The trace this request joins (its `traceparent`) or starts, and this hop's span: the
+    // generic routes answer as this hop; a custom route's handler runs inside it, so the
+    // calls it makes (through generated clients) carry it on.
+    let hop = Hop::of(req.headers(), req.extensions());
+    req.extensions_mut().insert(hop);
+    let exported = crate::trace::start("http", &path, || "http".to_owned());
     shared.metrics.started();
-    let resp = next.run(req).await;
+    let context = CallContext { deadline: None, trace_id: hop.trace_id, span_id: hop.span };
+    let mut resp = context.scope(next.run(req)).await;
+    let status = resp.status().as_u16();
+    if !resp.headers().contains_key(crate::http::TRACEPARENT_HEADER) {
+        // A custom route (the generic ones answer it themselves): this hop is its span.
+        if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
+            resp.headers_mut().insert(crate::http::TRACEPARENT_HEADER, value);
+        }
+        if let Some(span) = exported {
+            let name = format!("HTTP {method} {}", matched.as_deref().unwrap_or(&path));
+            span.end_named(name, hop.trace_id, hop.span, hop.parent, crate::trace::http_code(status));
+        }
+    }
     let (service, route) = match (resp.extensions().get::<Answered>(), matched) {
         (Some(a), _) => (a.service.clone(), a.method.clone()),
         (None, Some(m)) => (m.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned(), m),
         (None, None) => ("none".to_owned(), "none".to_owned()),
     };
-    let status = resp.status().as_u16();
     let took = start.elapsed();
     shared.metrics.finished(&service, &route, status, took.as_secs_f64());
     // A line per request only when asked (`MESHRPC_REQUEST_LOG`); the RPC calls are in
@@ -196,9 +214,8 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
     resp
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
-    ([(header::CONTENT_TYPE, ct)], shared.metrics.render()).into_response()
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    shared.metrics.answer(&headers)
 }
 
 /// The OpenAPI 3.1 document of every service in the cluster.
@@ -231,7 +248,7 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let service = segments.next().unwrap_or_default().to_owned();
     let rest = segments.next().unwrap_or_default().to_owned();
     let view = shared.cluster.view();
-    let is_method = view.members.iter().any(|m| m.services.get(&service).is_some_and(|s| s.has_method(&rest)));
+    let is_method = view.has_method(&service, &rest);
     let label = |mut resp: Response, method: &str| {
         resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });
         resp
@@ -247,6 +264,7 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 crate::http::websocket_call(dispatch, limits, &admission, service.clone(), rest.clone(), &mut parts);
             return label(resp.await, &rest);
         }
+        let hop = Hop::of(&parts.headers, &parts.extensions);
         let resp = admitted_call(
             &shared.channel,
             &shared.settings.limits,
@@ -256,6 +274,7 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             &parts.method,
             &parts.headers,
             body,
+            hop,
         )
         .await;
         return label(resp, &rest);

@@ -15,33 +15,9 @@ use super::{
 };
 use crate::{
     call::BoxFuture,
-    figures::Figure,
     server::ServerConfig,
     transport::{accept_loop, Cap, PortCounters, Probes, Rewind},
 };
-
-/// A node's figures in the Prometheus text format.
-pub(crate) fn render_metrics(figures: &[Figure]) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let mut out = render_figures(figures);
-    crate::call_stats::prometheus_text(&mut out);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
-}
-
-/// Figures in the Prometheus text format: one `# HELP`/`# TYPE` per family.
-pub(crate) fn render_figures(figures: &[Figure]) -> String {
-    let mut out = String::new();
-    let mut family = "";
-    for f in figures {
-        let (kind, suffix) = if f.counter { ("counter", "_total") } else { ("gauge", "") };
-        if f.name != family {
-            out.push_str(&format!("# HELP {0} {1}.\n# TYPE {0} {kind}\n", f.name, f.help));
-            family = f.name;
-        }
-        let label = f.label.map_or(String::new(), |(k, v)| format!("{{{k}=\"{v}\"}}"));
-        out.push_str(&format!("{}{suffix}{label} {}\n", f.name, f.value));
-    }
-    out
-}
 
 /// Serves an axum router over HTTP/1.1 and h2c until `shutdown` fires, then lets open
 /// requests finish (up to `drain_timeout`). The gateway's front door; `config` bounds its

@@ -3,6 +3,7 @@
 
 mod connection;
 mod keepalive;
+mod metrics;
 mod rpc;
 mod streams;
 mod unread;
@@ -13,15 +14,17 @@ use std::sync::{Arc, RwLock};
 use axum::Router;
 use tokio::sync::watch;
 
-#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use connection::render_metrics;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use connection::serve_https;
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use metrics::render_metrics;
+#[cfg(feature = "gateway")]
+pub(crate) use metrics::{encode_figures, exposition, GoldenMetrics};
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
-pub(crate) use rpc::{admitted_call, websocket_call};
+pub(crate) use rpc::{admitted_call, websocket_call, Hop};
 pub use rpc::{
     envelope, error_response, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
     TRACEPARENT_HEADER, VERSION_HEADER,
@@ -130,23 +133,59 @@ impl HttpDoor {
             return app.clone();
         }
         let figures = self.figures.read().unwrap().clone();
-        let metrics = axum::routing::get(move || std::future::ready(connection::render_metrics(&figures())));
+        let metrics = axum::routing::get(move |headers: axum::http::HeaderMap| {
+            std::future::ready(metrics::render_metrics(&figures, &headers))
+        });
         let dispatch = self.dispatch.read().unwrap().clone();
         let admission = Admission {
             peer: None,
             #[cfg(feature = "tls")]
             access: self.access.read().unwrap().clone(),
         };
-        let mut app = rpc::router(dispatch, self.limits, admission).route("/metrics", metrics);
+        // With a policy, what a node shows and publishes over HTTP is ruled as its calls:
+        // `/metrics` as `meshrpc.stats`, `/openapi.json` as `meshrpc.schema`, a router
+        // `name` as `name.http` (the admin port stays open to scrapers and probes).
+        #[cfg(feature = "tls")]
+        let access = self.access.read().unwrap().clone();
+        #[cfg(feature = "tls")]
+        let ruled = |router: Router, service: &str, method: &'static str| policed(router, &access, service, method);
+        #[cfg(not(feature = "tls"))]
+        let ruled = |router: Router, _: &str, _: &'static str| router;
+        let node = crate::call_stats::NODE_SERVICE;
+        let mut app = rpc::router(dispatch, self.limits, admission).merge(ruled(
+            Router::new().route("/metrics", metrics),
+            node,
+            "stats",
+        ));
         if let Some(routes) = self.node_routes.read().unwrap().clone() {
-            app = app.merge(routes);
+            app = app.merge(ruled(routes, node, "schema"));
         }
         for (name, router) in self.routers.read().unwrap().iter() {
-            app = app.nest(&format!("/{name}"), router.clone());
+            app = app.nest(&format!("/{name}"), ruled(router.clone(), name, "http"));
         }
         *self.app.write().unwrap() = Some(app.clone());
         app
     }
+}
+
+/// `router`, answering 403 to callers `access` does not allow `service.method`.
+#[cfg(feature = "tls")]
+fn policed(router: Router, access: &Option<Arc<crate::access::Access>>, service: &str, method: &'static str) -> Router {
+    let Some(access) = access.clone() else { return router };
+    let service: Arc<str> = Arc::from(service);
+    router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let (access, service) = (access.clone(), service.clone());
+        async move {
+            let peer = req.extensions().get::<Arc<crate::identity::Identity>>().cloned();
+            match access.admit(peer.as_deref(), &service, method) {
+                Ok(()) => next.run(req).await,
+                Err(denied) => {
+                    let status = axum::http::StatusCode::from_u16(denied.http_status()).expect("a status");
+                    error_response(status, denied.code(), &denied.to_string(), None)
+                }
+            }
+        }
+    }))
 }
 
 impl Door for HttpDoor {

@@ -91,8 +91,19 @@ async fn rpc(
     if websocket::is_upgrade(&parts.headers) {
         return websocket_call(state.dispatch.clone(), &state.limits, &admission, service, method, &mut parts).await;
     }
-    admitted_call(&*state.dispatch, &state.limits, &admission, service, method, &parts.method, &parts.headers, body)
-        .await
+    let hop = Hop::of(&parts.headers, &parts.extensions);
+    admitted_call(
+        &*state.dispatch,
+        &state.limits,
+        &admission,
+        service,
+        method,
+        &parts.method,
+        &parts.headers,
+        body,
+        hop,
+    )
+    .await
 }
 
 /// A call over a WebSocket (a method that takes a stream): admitted before the upgrade,
@@ -117,13 +128,19 @@ pub(crate) async fn websocket_call(
     };
     let mut call = Call::new(service, method, Bytes::new());
     call.deadline = timeout.map(|t| Instant::now() + t);
+    let hop = Hop::of(&parts.headers, &parts.extensions);
+    (call.trace_id, call.parent_span) = (hop.trace_id, hop.span);
     call.key = sticky_key(&parts.headers);
     call.version = pinned_version(&parts.headers);
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
     let tie = parts.extensions.get::<super::keepalive::UpgradeTie>().cloned();
-    websocket::answer(ws, dispatch, call, *limits, tie)
+    let mut resp = websocket::answer(ws, dispatch, call, *limits, tie);
+    if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
+        resp.headers_mut().insert(TRACEPARENT_HEADER, value);
+    }
+    resp
 }
 
 /// Answers one `POST /{service}/{method}`: reads the body within the limits, makes the
@@ -137,7 +154,8 @@ pub async fn rpc_call(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    admitted_call(dispatch, limits, &Admission::default(), service, method, http_method, headers, body).await
+    let hop = Hop::of(headers, &Default::default());
+    admitted_call(dispatch, limits, &Admission::default(), service, method, http_method, headers, body, hop).await
 }
 
 #[allow(clippy::too_many_arguments)] // the parts of a request, taken apart by axum
@@ -150,6 +168,7 @@ pub(crate) async fn admitted_call(
     http_method: &Method,
     headers: &HeaderMap,
     body: Body,
+    hop: Hop,
 ) -> Response {
     if http_method != Method::POST {
         let mut resp = error_response(
@@ -176,14 +195,8 @@ pub(crate) async fn admitted_call(
             Err(resp) => return resp,
         }
     };
-    // W3C trace context: a malformed `traceparent` is ignored and a new trace starts.
-    let (trace_id, caller_span) = headers
-        .get(TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .unwrap_or_else(|| (new_trace_id(), 0));
     // This HTTP hop's span: the parent of the call it makes.
-    let hop = new_span_id();
+    let Hop { trace_id, parent: caller_span, span: hop } = hop;
     let mut call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
@@ -201,12 +214,11 @@ pub(crate) async fn admitted_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
-    let caller = call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"));
-    let log =
-        RequestLog::begin(None, &call.service, &call.method, "http", &caller, trace_id, Instant::now()).until_done();
+    let caller = http_caller(&call);
+    let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
     let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
-    let result = dispatch.dispatch(call).await;
-    log.end(&result);
+    // A stream takes the log along: the call ends when the stream does.
+    let result = log.finish(dispatch.dispatch(call).await);
     if let Some(span) = exported {
         span.end(trace_id, hop, caller_span, true, crate::request_log::status_of(&result));
     }
@@ -234,8 +246,44 @@ fn timeout_of(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<D
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
+/// Who makes a call over HTTP, for request lines: `http`, or the verified caller's name.
+pub(crate) fn http_caller(call: &Call) -> String {
+    call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"))
+}
+
 /// The W3C trace context header, taken from requests and set on answers.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// One HTTP hop of a trace: the trace it joins, the caller's span (its parent; 0 for a
+/// new trace) and its own span, the parent of the calls it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hop {
+    pub(crate) trace_id: u128,
+    pub(crate) parent: u64,
+    pub(crate) span: u64,
+}
+
+impl Hop {
+    /// The hop a gateway's `observe` started for this request (it is in the extensions),
+    /// else a new one from the request's W3C `traceparent`: a malformed header is ignored
+    /// and a new trace starts.
+    pub(crate) fn of(headers: &HeaderMap, extensions: &axum::http::Extensions) -> Hop {
+        if let Some(hop) = extensions.get::<Hop>() {
+            return *hop;
+        }
+        let (trace_id, parent) = headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+            .unwrap_or_else(|| (new_trace_id(), 0));
+        Hop { trace_id, parent, span: new_span_id() }
+    }
+
+    /// The `traceparent` this hop answers with: the trace, and this hop's span.
+    pub(crate) fn traceparent(&self) -> String {
+        traceparent(self.trace_id, self.span)
+    }
+}
 
 /// The version a request pins its call to: the `meshrpc-version` header.
 pub fn pinned_version(headers: &HeaderMap) -> Option<Arc<str>> {

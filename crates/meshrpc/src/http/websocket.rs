@@ -6,12 +6,14 @@
 //! frame from the client ends the whole call). The node sends each answer item as a text
 //! message `{"data":<item>}` (a method answering with a value sends that one), then
 //! closes (1000). A failure is sent as `{"data":null,"errors":[{"code":…,"message":…}]}`
-//! before the close (1011; 1007 when the client's message was not JSON). The node pings
+//! before the close, whose reason is the message: 1008 for the client's mistakes (a method
+//! that takes no stream, one that does not exist, arguments that do not fit, a denied
+//! call), 1007 when the client's message was not JSON, 1011 when the node failed. The node pings
 //! after [`HEARTBEAT`](super::streams::HEARTBEAT) without traffic. A call over a
 //! WebSocket has no deadline unless the `meshrpc-timeout-ms` header of the upgrade sets
 //! one: the client ends it by closing.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
@@ -23,20 +25,33 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::{
     keepalive::UpgradeTie,
-    rpc::{app_error_message, error_entry, errors_body},
+    rpc::{app_error_message, error_entry, errors_body, http_caller},
     streams::HEARTBEAT,
 };
 use crate::{
     call::{Call, Dispatch, Reply},
     error::Error,
     limits::HttpLimits,
+    request_log::RequestLog,
     stream::{Input, Items},
 };
 
-/// Close codes the node uses.
+/// Close codes the node uses (RFC 6455, 7.4.1).
 const NORMAL: u16 = 1000;
 const INVALID_DATA: u16 = 1007;
+/// The client asked for what the node does not do: a method that takes no stream, one that
+/// does not exist, arguments that do not fit, a call the policy denies.
+const POLICY_VIOLATION: u16 = 1008;
 const INTERNAL: u16 = 1011;
+
+/// The close code a failed call ends its session with: the client's mistakes are 1008,
+/// not 1011 (which says the node failed).
+fn close_code(e: &Error) -> u16 {
+    match e.code() {
+        "bad_request" | "unknown_service" | "unknown_method" | "permission_denied" | "too_large" => POLICY_VIOLATION,
+        _ => INTERNAL,
+    }
+}
 
 /// True when the request asks to upgrade to a WebSocket.
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -114,7 +129,9 @@ async fn session(socket: WebSocket, dispatch: Arc<dyn Dispatch>, mut call: Call,
             }
         }
     });
-    let outcome = match dispatch.dispatch(call).await {
+    // Counted as one call: in flight while the session runs (a stream answer until it ends).
+    let log = RequestLog::begin(None, &call, "http", &http_caller(&call), Instant::now(), &*dispatch).until_done();
+    let outcome = match log.finish(dispatch.dispatch(call).await) {
         Ok(Reply::Stream(mut answers)) => {
             let mut beat = tokio::time::interval(HEARTBEAT);
             beat.tick().await;
@@ -162,29 +179,38 @@ async fn session(socket: WebSocket, dispatch: Arc<dyn Dispatch>, mut call: Call,
             close(&mut out, Err(Error::protocol("a stream inside a stream")), INTERNAL).await
         }
         (None, Ok(None)) => close(&mut out, Ok(()), NORMAL).await,
-        (None, Err(e)) => close(&mut out, Err(e), INTERNAL).await,
+        (None, Err(e)) => {
+            let code = close_code(&e);
+            close(&mut out, Err(e), code).await
+        }
     }
 }
 
 type Out = futures_util::stream::SplitSink<WebSocket, Message>;
 
-/// Sends the error (if any) and closes.
+/// Sends the error (if any) as a message, then closes with `code` and the error's message
+/// as the reason (cut to the 123 bytes a close frame holds).
 async fn close(out: &mut Out, outcome: Result<(), Error>, code: u16) {
     let reason = match outcome {
-        Ok(()) => "",
+        Ok(()) => String::new(),
         Err(e) => {
-            let entry = match &e {
+            let (entry, message) = match &e {
                 Error::Application { detail } => {
-                    error_entry("application", &app_error_message(detail.as_bytes()), Some(detail.as_bytes()))
+                    let message = app_error_message(detail.as_bytes());
+                    (error_entry("application", &message, Some(detail.as_bytes())), message)
                 }
-                e => error_entry(e.code(), &e.to_string(), None),
+                e => (error_entry(e.code(), &e.to_string(), None), e.to_string()),
             };
             let body = errors_body(entry).to_string();
             let _ = out.send(Message::Text(body.into())).await;
-            "error"
+            let mut end = message.len().min(123);
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message[..end].to_owned()
         }
     };
-    let _ = out.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
+    let _ = out.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
 }
 
 fn data(item: &[u8]) -> Utf8Bytes {

@@ -55,6 +55,11 @@ pub struct Registry {
     locals: RwLock<Vec<(&'static ServiceSpec, Arc<dyn Any + Send + Sync>)>>,
     /// The node's concurrency limit, which every call run here passes first.
     limiter: std::sync::OnceLock<Arc<super::Limiter>>,
+    /// The node's own methods that layers above add (the cluster's `view` and `rule`).
+    node_methods: std::sync::OnceLock<Arc<dyn Dispatch>>,
+    /// Where calls of services this node does not publish go (a cluster forwards them to
+    /// a replica); without it they fail `unknown_service`.
+    elsewhere: std::sync::OnceLock<Arc<dyn Dispatch>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -67,6 +72,18 @@ impl Registry {
     /// Runs calls under `limiter` from now on.
     pub(crate) fn limit(&self, limiter: Arc<super::Limiter>) {
         let _ = self.limiter.set(limiter);
+    }
+
+    /// Answers the node's methods other than `stats` and `schema` with `methods`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn add_node_methods(&self, methods: Arc<dyn Dispatch>) {
+        let _ = self.node_methods.set(methods);
+    }
+
+    /// Sends calls of services this node does not publish to `elsewhere`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn forward_unknown(&self, elsewhere: Arc<dyn Dispatch>) {
+        let _ = self.elsewhere.set(elsewhere);
     }
 
     pub(crate) fn publish(&self, service: Arc<dyn Service>) {
@@ -142,10 +159,28 @@ impl Dispatch for Registry {
         true
     }
 
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        if service == crate::call_stats::NODE_SERVICE {
+            let more = self.node_methods.get().and_then(|more| more.has_method(service, method));
+            return Some(matches!(method, "stats" | "schema") || more == Some(true));
+        }
+        match self.find(service) {
+            Some(s) => Some(s.spec().method(method).is_some()),
+            // A call this node would forward exists if a replica has the method.
+            None => self.elsewhere.get().map_or(Some(false), |elsewhere| elsewhere.has_method(service, method)),
+        }
+    }
+
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
             if call.service == crate::call_stats::NODE_SERVICE {
+                if let (Some(more), false) = (self.node_methods.get(), matches!(&*call.method, "stats" | "schema")) {
+                    return more.dispatch(call);
+                }
                 return Box::pin(std::future::ready(self.node_method(&call)));
+            }
+            if let Some(elsewhere) = self.elsewhere.get() {
+                return elsewhere.dispatch(call);
             }
             let err = Error::UnknownService { service: call.service.into_owned() };
             return Box::pin(std::future::ready(Err(err)));

@@ -14,6 +14,8 @@ mod streams;
 mod tls;
 #[cfg(feature = "tls")]
 mod tls_link;
+#[cfg(feature = "tls")]
+mod tls_sign;
 
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port, Rewind};
@@ -21,15 +23,19 @@ pub use connection::{connect, ConnectOptions, Connection, PendingCall};
 pub use guard::PortCounters;
 #[cfg_attr(not(feature = "logging"), allow(unused_imports))]
 pub(crate) use guard::GOSSIP_GARBAGE;
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use guard::RULES_REJECTED;
 pub(crate) use guard::{FrameBudget, Guard};
 #[cfg_attr(not(all(feature = "cluster", feature = "tls")), allow(unused_imports))]
-pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_REPLAYED, UNPROVEN_REPLICAS};
+pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_INJECTED, GOSSIP_REPLAYED, UNPROVEN_REPLICAS};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use overcap::Probes;
 pub(crate) use serve::{serve_mesh, MeshLimits};
 #[cfg(feature = "tls")]
 pub use tls::{fingerprint, https_config, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};
+#[cfg(all(feature = "cluster", feature = "tls"))]
+pub(crate) use tls_sign::Signed;
 
 /// Resolves once shutdown was requested (or the one who could request it is gone).
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {

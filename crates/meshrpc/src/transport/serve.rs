@@ -115,7 +115,12 @@ pub(crate) async fn serve_mesh(
         State::new(limits.max_in_flight, limits.idle_timeout, Instant::now()).with_frame_timeout(limits.frame_timeout),
     ));
     let answers = Answers { max_out: hello.max_out, max_queued: limits.max_queued, counters: guard.counters.clone() };
-    let served = Arc::new(Served { state: state.clone(), sender: sender.clone(), max_queued: limits.max_queued });
+    let served = Arc::new(Served {
+        state: state.clone(),
+        sender: sender.clone(),
+        max_queued: limits.max_queued,
+        max_out: hello.max_out,
+    });
     // Open streams end with `unavailable` shortly before the drain's time is up, so their
     // callers hear why rather than see the connection drop.
     let mut drain_deadline: Option<Instant> = None;
@@ -312,6 +317,8 @@ struct Served {
     state: Arc<Mutex<State>>,
     sender: Arc<Sender>,
     max_queued: usize,
+    /// The largest frame the caller accepts.
+    max_out: u32,
 }
 
 impl Owner for Served {
@@ -328,6 +335,10 @@ impl Owner for Served {
 }
 
 impl ItemSink for Served {
+    fn max_frame(&self) -> u32 {
+        self.max_out
+    }
+
     fn credit(&self, id: u64) -> Option<u32> {
         self.state.lock().unwrap().credit(id)
     }
@@ -394,18 +405,18 @@ async fn on_inbound(
             }
             let log = RequestLog::begin(
                 Some(&mut caller.last_method.lock().unwrap()),
-                &call.service,
-                &call.method,
+                &call,
                 &caller.peer,
                 &caller.name,
-                call.trace_id,
                 now,
+                dispatch,
             );
             let mut answer = dispatch.dispatch(call);
             // Poll once here: a handler that is ready at once costs no task and no wake-up.
             let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = first {
-                log.end(&result);
+                // A stream takes the log along: the call ends when the stream does.
+                let result = log.finish(result);
                 let Ok(Reply::Stream(items)) = result else { return finish(answers.frame(id, result)) };
                 // Recorded under the lock before the task can run: a short stream that ends
                 // at once must find its entry to remove.
@@ -422,8 +433,7 @@ async fn on_inbound(
             // Hold the lock across spawn so the task cannot finish before it is recorded.
             let mut running = state.lock().unwrap();
             let task = tokio::spawn(async move {
-                let result = answer.await;
-                log.end(&result);
+                let result = log.finish(answer.await);
                 if let Ok(Reply::Stream(items)) = result {
                     return served.stream(id, items, false).await;
                 }

@@ -185,6 +185,9 @@ pub(crate) trait ItemSink: Send + Sync + 'static {
     fn items_sent(&self, id: u64);
     /// Tells the peer this call's items lack credit for the next one (a `Credit` of 0).
     fn blocked(&self, id: u64);
+    /// The largest frame the peer accepts: an item whose frame is larger ends its stream
+    /// with `too_large` instead of breaking the connection.
+    fn max_frame(&self) -> u32;
 }
 
 /// Received items as [`Items`]: reads grant their credit back.
@@ -303,6 +306,13 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
         let mut next = items.next().await;
         loop {
             let frame = match next {
+                Some(Ok(Reply::Ok(payload)))
+                    if Frame::Item { id, payload: Bytes::new() }.encoded_len() + payload.len()
+                        > owner.max_frame() as usize =>
+                {
+                    let size = (Frame::Item { id, payload: Bytes::new() }.encoded_len() + payload.len()) as u64;
+                    end(id, Err(Error::TooLarge { size, limit: owner.max_frame().into() }))
+                }
                 Some(Ok(Reply::Ok(payload))) => {
                     let cost = item_cost(payload.len());
                     let mut said = false;

@@ -45,6 +45,9 @@ struct Inner {
     dir: PathBuf,
     tag: String,
     own: Arc<OwnCert>,
+    /// Checks a member's certificate against the cluster CA (handshakes, signed state).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     gossip_key: Option<[u8; 32]>,
@@ -97,7 +100,7 @@ impl TlsConfig {
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
             .map_err(|e| tls_error(e.to_string()))?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(own.clone());
         // HTTP clients on the mesh port may ask for h2; mesh callers ask for nothing.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -108,7 +111,15 @@ impl TlsConfig {
             .with_client_cert_resolver(own.clone());
         let gossip_key = read_gossip_key(&dir.join(GOSSIP_KEY_FILE))?;
         Ok(TlsConfig {
-            inner: Arc::new(Inner { dir, tag, own, server: Arc::new(server), client: Arc::new(client), gossip_key }),
+            inner: Arc::new(Inner {
+                dir,
+                tag,
+                own,
+                verifier,
+                server: Arc::new(server),
+                client: Arc::new(client),
+                gossip_key,
+            }),
         })
     }
 
@@ -176,6 +187,29 @@ impl TlsConfig {
             })?;
         let identity = self.peer_identity(stream.get_ref().1.peer_certificates())?;
         Ok((stream, identity))
+    }
+
+    /// Signs `message` with this node's key: the signature scheme, the signature, and the
+    /// certificate (DER) that proves who signed (cluster state a member writes).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<super::tls_sign::Signed, Error> {
+        super::tls_sign::sign(&self.inner.own.current().key, message)
+    }
+
+    /// Checks that `cert` is a certificate of this cluster's CA and tag, valid at `at`, and
+    /// that it signed `message`: who signed.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn verify_signed(
+        &self,
+        signed: &super::tls_sign::Signed,
+        message: &[u8],
+        at: SystemTime,
+    ) -> Result<Identity, String> {
+        let identity = identity_of(super::tls_sign::verify(&*self.inner.verifier, signed, message, at)?)?;
+        if identity.tag != self.inner.tag {
+            return Err(format!("signed by a certificate of cluster `{}`, not `{}`", identity.tag, self.inner.tag));
+        }
+        Ok(identity)
     }
 
     fn peer_identity(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<Arc<Identity>, Error> {

@@ -478,6 +478,10 @@ impl Owner for Inner {
 }
 
 impl ItemSink for Inner {
+    fn max_frame(&self) -> u32 {
+        self.limits.max_out
+    }
+
     fn credit(&self, id: u64) -> Option<u32> {
         self.proto.lock().unwrap().credit(id)
     }

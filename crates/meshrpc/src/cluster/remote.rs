@@ -1,0 +1,182 @@
+//! What a node does for callers that do not know the mesh.
+//!
+//! A plain client connected to any node reaches every service: a call of a service the
+//! node does not publish is forwarded, one hop, to a replica through the node's picker
+//! ([`Forward`]) — as the node itself (its certificate), after the node's own policy
+//! admitted the caller.
+//!
+//! Callers that do not gossip. An identity that may only call (the CLI, tools: a
+//! certificate issued with `meshrpc cert issue --caller`) holds no gossip key, so it
+//! cannot join gossip; it follows the view of a node it reaches over the mesh instead
+//! (`meshrpc.view`), and hands the rules it writes to that node (`meshrpc.rule`). What it
+//! sees and does is otherwise what a gossiping caller sees and does: the same picker,
+//! direct connections to the replicas it calls.
+//!
+//! Both methods are answered by every node of a cluster ([`NodeMethods`]); any certificate
+//! of the cluster may call them (membership is no secret inside the cluster, and a rule is
+//! checked on its own merits, whoever hands it over).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    membership::{Member, Split},
+    rules::{RejectedRule, RuleKind},
+    Inner, View,
+};
+use crate::{
+    call::{BoxFuture, Call, Dispatch, Reply},
+    error::Error,
+};
+
+/// How often a caller asks for the view again.
+const REFRESH: Duration = Duration::from_millis(500);
+/// How long one ask may take before the next node is tried.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `meshrpc.view` answers.
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedView {
+    /// The node's view (`is_self` marks the node itself).
+    members: Vec<Member>,
+    /// Rule writes the node refused lately.
+    rejected_rules: Vec<RejectedRule>,
+}
+
+/// What `meshrpc.rule` takes: a signed rule, encoded as gossip carries it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ProposedRule {
+    pub(super) kind: RuleKind,
+    pub(super) service: String,
+    pub(super) rule: String,
+}
+
+/// The node methods the cluster adds to every node: `view` and `rule`.
+pub(super) struct NodeMethods {
+    pub(super) inner: Weak<Inner>,
+}
+
+impl Dispatch for NodeMethods {
+    fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let inner = inner.upgrade().ok_or_else(|| Error::unavailable("the node is stopping"))?;
+            match &*call.method {
+                "view" => {
+                    let shared = SharedView {
+                        members: inner.membership.view().members.clone(),
+                        rejected_rules: inner.rules.refused(),
+                    };
+                    call.codec.encode(&shared).map(Reply::Ok)
+                }
+                "rule" => {
+                    let proposed: ProposedRule = call.codec.decode_args(&call.payload)?;
+                    let rule = Split::decode(&proposed.rule)
+                        .ok_or_else(|| Error::bad_request(format!("`{}` is not a rule", proposed.rule)))?;
+                    let accepted = inner.accept_rule(proposed.kind, &proposed.service, rule).await?;
+                    call.codec.encode(&accepted.set_by).map(Reply::Ok)
+                }
+                other => Err(Error::UnknownMethod {
+                    service: crate::call_stats::NODE_SERVICE.into(),
+                    method: other.to_owned(),
+                }),
+            }
+        })
+    }
+
+    fn has_method(&self, _service: &str, method: &str) -> Option<bool> {
+        Some(matches!(method, "view" | "rule"))
+    }
+}
+
+/// Metadata marking a call a node forwarded: the next node answers it or fails it, and
+/// never forwards it again.
+pub(super) const FORWARDED: &str = "meshrpc-forwarded-by";
+
+/// Sends calls of services this node does not publish to one of their replicas.
+pub(super) struct Forward {
+    pub(super) inner: Weak<Inner>,
+}
+
+impl Dispatch for Forward {
+    fn dispatch(&self, mut call: Call) -> BoxFuture<Result<Reply, Error>> {
+        let unknown = |call: Call| {
+            Box::pin(std::future::ready(Err(Error::UnknownService { service: call.service.into_owned() })))
+        };
+        let Some(inner) = self.inner.upgrade() else { return unknown(call) };
+        if call.metadata.get(FORWARDED).is_some() || !inner.membership.view().knows(&call.service) {
+            return unknown(call);
+        }
+        call.metadata.insert(FORWARDED, inner.name.clone());
+        // The call goes on as this node's: who sent it is not on the wire.
+        call.peer = None;
+        Box::pin(inner.call(call, None))
+    }
+
+    /// A replica has it (calls of methods that do not exist take no metrics series).
+    fn has_method(&self, service: &str, method: &str) -> Option<bool> {
+        Some(self.inner.upgrade()?.membership.view().has_method(service, method))
+    }
+}
+
+/// Keeps `view` current from the nodes this caller reaches: its seeds (names looked up
+/// again each time), then the serving members it learnt of. `me` is this caller.
+pub(super) async fn follow(inner: Weak<Inner>, seeds: Vec<String>, view: watch::Sender<Arc<View>>, me: Member) {
+    let mut known: Vec<SocketAddr> = Vec::new();
+    loop {
+        let mut candidates = Vec::new();
+        for seed in &seeds {
+            if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
+                candidates.extend(addrs);
+            }
+        }
+        candidates.extend(known.iter().copied());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|addr| seen.insert(*addr));
+        let Some(node) = inner.upgrade() else { return };
+        for addr in candidates {
+            let Ok(Ok(shared)) = tokio::time::timeout(ASK_TIMEOUT, node.ask_view(addr)).await else { continue };
+            known = shared
+                .members
+                .iter()
+                .filter(|m| m.state == super::MemberState::Serving)
+                .filter_map(|m| m.addr)
+                .collect();
+            node.rules.heard(shared.rejected_rules);
+            let mut members: Vec<Member> = shared.members;
+            for m in &mut members {
+                m.is_self = false;
+            }
+            members.push(me.clone());
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+            let next = View { members };
+            view.send_if_modified(|current| {
+                let changed = **current != next;
+                if changed {
+                    *current = Arc::new(next);
+                }
+                changed
+            });
+            break;
+        }
+        drop(node);
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+impl Inner {
+    async fn ask_view(&self, addr: SocketAddr) -> Result<SharedView, Error> {
+        let call = Call::new(crate::call_stats::NODE_SERVICE, "view", bytes::Bytes::from_static(b"{}"));
+        let codec = call.codec;
+        match self.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
+            Reply::Ok(body) => codec.decode(&body),
+            _ => Err(Error::protocol("`meshrpc.view` answered with something else than a view")),
+        }
+    }
+}

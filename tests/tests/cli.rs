@@ -195,9 +195,7 @@ async fn call_and_status_against_a_running_cluster() {
             && list.stdout.contains("lab.relay_deadline(addr: string) -> (u64?, u64?)")
             && list.stdout.contains("greeter.countdown(from: u32) -> stream of string")
             && list.stdout.contains("lab.wide(a: u64, b: i128) -> (u64, i128) (idempotent)")
-            && list
-                .stdout
-                .contains("streamer.chat(prefix, lines: stream) -> stream    '{\"prefix\":…}' --items < items.ndjson"),
+            && list.stdout.contains("streamer.chat(prefix: string, lines: stream of string) -> stream of string"),
         "{}",
         list.stdout
     );

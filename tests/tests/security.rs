@@ -700,3 +700,54 @@ async fn sighup_reloads_the_policy() {
     assert_eq!(reloaded.as_deref(), Some("\"lab1\""), "the policy was not reloaded on SIGHUP");
     node.kill().await;
 }
+
+/// A node forwards a call of a service it does not publish — with mutual TLS only under
+/// a policy of its own, which must admit the caller first: otherwise any certificate of
+/// the cluster could reach, as that node, what the replicas' policies refuse it.
+#[tokio::test]
+async fn with_tls_a_node_forwards_only_under_its_own_policy() {
+    let pki = Pki::new(MESHRPC, "forward", "sec11");
+    let lab = pki.issue("lab1", "lab1", &["lab"], &[]);
+    let gw = pki.issue("gw", "gw", &[], &[]);
+    let cli = pki.issue_caller("cli", "cli");
+    // The replica lets the gateway node call it, and nobody else.
+    let policy = pki.root.join("lab.toml");
+    std::fs::write(&policy, "[[allow]]\nfrom = \"gw\"\nto = \"lab.*\"\n").unwrap();
+    let node = tls_node("sec11", "lab1", &lab, &["--policy", policy.to_str().unwrap()]).await;
+    let seed = node.addr.to_string();
+    let gateway = |extra: &[&str]| {
+        let mut args = vec!["example", "mesh-api", "--listen-addr", "127.0.0.1:0", "--http-host", "127.0.0.1"];
+        args.extend(["--http-port", "0", "-T", "sec11", "-N", &seed, "--tls-dir", gw.to_str().unwrap()]);
+        args.extend(extra);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Node::start_logged(MESHRPC, &args).await
+        }
+    };
+    let call_through = |node: &Node| {
+        let (cli, node_line) = (cli.clone(), node.output());
+        async move {
+            let mesh = node_line.iter().find_map(|l| l.strip_prefix("mesh on ")).expect("mesh address").to_owned();
+            let conn = connect_with(mesh.parse().unwrap(), &cli).await.unwrap();
+            meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+                match mesh_call(&conn, "lab", "whoami").await {
+                    Err(e) if e.code() == "unknown_service" => None, // not in its view yet, or refused
+                    other => Some(other),
+                }
+            })
+            .await
+        }
+    };
+    // No policy on the gateway node: it does not forward (cli may not call lab itself).
+    let open = gateway(&[]).await;
+    assert!(open.line("mesh on ", Duration::from_secs(5)).await.is_some());
+    assert!(call_through(&open).await.is_none(), "forwarded without a policy of its own");
+    // Under a policy that admits cli for lab: forwarded, as the gateway node.
+    let gw_policy = pki.root.join("gw.toml");
+    std::fs::write(&gw_policy, "[[allow]]\nfrom = \"cli\"\nto = \"lab.*\"\n").unwrap();
+    let ruled = gateway(&["--policy", gw_policy.to_str().unwrap()]).await;
+    assert!(ruled.line("mesh on ", Duration::from_secs(5)).await.is_some());
+    let answer = call_through(&ruled).await.expect("forwarded under the gateway's policy");
+    assert_eq!(answer.unwrap(), "\"lab1\"");
+}

@@ -165,6 +165,9 @@ fn bearer_auth(
     rs256: &Option<std::path::PathBuf>,
     (issuers, audiences): (&[String], &[String]),
 ) -> Result<Option<meshrpc::BearerAuth>, Box<dyn std::error::Error>> {
+    if (!issuers.is_empty() || !audiences.is_empty()) && hs256.is_none() && rs256.is_none() {
+        return Err("--jwt-issuer and --jwt-audience need a JWT key: --jwt-hs256-secret or --jwt-rs256-key".into());
+    }
     if api_keys.is_none() && hs256.is_none() && rs256.is_none() {
         return Ok(None);
     }

@@ -314,7 +314,9 @@ impl Access {
         let policy = AccessPolicy::load(path)?;
         let mut current = self.current.write().unwrap();
         let changed = **current != policy;
-        *current = Arc::new(policy);
+        if changed {
+            *current = Arc::new(policy);
+        }
         Ok(changed)
     }
 

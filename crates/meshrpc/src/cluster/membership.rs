@@ -337,8 +337,9 @@ pub struct Split {
     pub set_by: String,
     /// `(version, weight)`, in the order given.
     pub weights: Vec<(String, u32)>,
-    /// The writer's signature and certificate (mutual TLS), as gossiped.
-    #[serde(skip)]
+    /// The writer's signature and certificate (mutual TLS), as gossiped (and shared with
+    /// callers that follow a node's view, which check it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) proof: Option<String>,
 }
 
@@ -624,8 +625,10 @@ impl Membership {
                     }
                     changed
                 });
-                if watched.changed().await.is_err() {
-                    return;
+                // A new view, or a new policy: the rules are checked again.
+                tokio::select! {
+                    changed = watched.changed() => if changed.is_err() { return },
+                    _ = rules.rechecked() => {}
                 }
             }
         });
@@ -652,6 +655,11 @@ impl Membership {
             serving: std::sync::atomic::AtomicBool::new(false),
         };
         (membership, tx)
+    }
+
+    /// False for a caller that follows a node's view instead of gossiping.
+    pub(crate) fn gossips(&self) -> bool {
+        self.handle.is_some()
     }
 
     /// The latest view.

@@ -457,7 +457,11 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
         }
         let view = inner.membership.view();
         let live: Vec<SocketAddr> = view.members.iter().filter_map(|m| m.addr).collect();
-        inner.peers.retain(&live);
+        // A caller that follows a node's view keeps its connection to that node, which its
+        // seed may name by another address than the node advertises.
+        if inner.membership.gossips() {
+            inner.peers.retain(&live);
+        }
         for peer in inner.peers.all() {
             tokio::spawn(async move { peer.keepalive(KEEPALIVE).await });
         }

@@ -79,6 +79,20 @@ impl Dispatch for NodeMethods {
                     let proposed: ProposedRule = call.codec.decode_args(&call.payload)?;
                     let rule = Split::decode(&proposed.rule)
                         .ok_or_else(|| Error::bad_request(format!("`{}` is not a rule", proposed.rule)))?;
+                    // Only rules for services that exist, and newer than the one in force: a
+                    // caller cannot grow every node's gossip with invented names, nor bring
+                    // back a rule that a newer one replaced.
+                    let view = inner.membership.view();
+                    if !view.knows(&proposed.service) {
+                        return Err(Error::UnknownService { service: proposed.service });
+                    }
+                    let newest = match proposed.kind {
+                        RuleKind::Split => view.newest_split(&proposed.service),
+                        RuleKind::Mirror => view.newest_mirror(&proposed.service),
+                    };
+                    if newest.is_some_and(|n| n.order() >= rule.order()) {
+                        return Err(Error::bad_request("a newer rule is in force: write it again"));
+                    }
                     let accepted = inner.accept_rule(proposed.kind, &proposed.service, rule).await?;
                     call.codec.encode(&accepted.set_by).map(Reply::Ok)
                 }
@@ -113,10 +127,28 @@ impl Dispatch for Forward {
         if call.metadata.get(FORWARDED).is_some() || !inner.membership.view().knows(&call.service) {
             return unknown(call);
         }
+        // The call goes on as this node's. With mutual TLS, a node forwards only under a
+        // policy of its own, which admitted the caller already: otherwise any certificate
+        // of the cluster could reach, as this node, what the replicas' policies refuse it.
+        #[cfg(feature = "tls")]
+        if inner.tls.is_some() && inner.access.is_none() {
+            tracing::debug!(service = %call.service, "not forwarded: mutual TLS without a policy on this node");
+            return unknown(call);
+        }
+        // Forwarded calls take a place under the node's concurrency limit, as its own do.
+        let permit = match inner.limiter.as_ref().map(|l| l.admit(&call.service, &call.method, call.deadline.is_none()))
+        {
+            Some(Err(e)) => return Box::pin(std::future::ready(Err(e))),
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         call.metadata.insert(FORWARDED, inner.name.clone());
-        // The call goes on as this node's: who sent it is not on the wire.
         call.peer = None;
-        Box::pin(inner.call(call, None))
+        Box::pin(async move {
+            let answer = inner.call(call, None).await;
+            drop(permit);
+            answer
+        })
     }
 
     /// A replica has it (calls of methods that do not exist take no metrics series).
@@ -153,6 +185,8 @@ pub(super) async fn follow(inner: Weak<Inner>, seeds: Vec<String>, view: watch::
             for m in &mut members {
                 m.is_self = false;
             }
+            // The node vouches for its view, but not for its rules: checked here too.
+            node.rules.filter(&mut members);
             members.push(me.clone());
             members.sort_by(|a, b| a.id.cmp(&b.id));
             let next = View { members };

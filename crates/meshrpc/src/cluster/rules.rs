@@ -32,6 +32,11 @@ use crate::error::Error;
 const MAX_VERDICTS: usize = 4096;
 /// Refused rules listed for `meshrpc status`, newest last.
 const MAX_LISTED: usize = 16;
+/// Rules of each kind a node reads from one member, at most (a member gossips one per
+/// service it has seen a rule for); past it the rest are ignored unchecked.
+const MAX_PER_MEMBER: usize = 64;
+
+static REFUSED_WARNING: crate::throttle::Throttle = crate::throttle::Throttle::new(std::time::Duration::from_secs(5));
 
 /// What a rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,6 +87,8 @@ pub(crate) struct RuleGate {
     #[cfg(feature = "tls")]
     access: Option<Arc<crate::access::Access>>,
     verdicts: Mutex<Verdicts>,
+    /// Wakes the view's task to check the rules again (the policy changed).
+    recheck: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -103,12 +110,12 @@ impl RuleGate {
         tls: Option<crate::transport::TlsConfig>,
         access: Option<Arc<crate::access::Access>>,
     ) -> RuleGate {
-        RuleGate { tag: tag.to_owned(), tls, access, verdicts: Mutex::default() }
+        RuleGate { tag: tag.to_owned(), tls, access, verdicts: Mutex::default(), recheck: Default::default() }
     }
 
     #[cfg(not(feature = "tls"))]
     pub(crate) fn new(tag: &str) -> RuleGate {
-        RuleGate { tag: tag.to_owned(), verdicts: Mutex::default() }
+        RuleGate { tag: tag.to_owned(), verdicts: Mutex::default(), recheck: Default::default() }
     }
 
     /// True if rules must be signed (mutual TLS).
@@ -120,22 +127,44 @@ impl RuleGate {
     }
 
     /// Drops from `members` every rule this node does not accept, and names each accepted
-    /// one's setter by its verified certificate.
+    /// one's setter by its verified certificate. Rules of services no member publishes are
+    /// dropped unchecked (they are never followed; checking them would let a member make
+    /// every node verify certificates for names it invents).
     pub(crate) fn filter(&self, members: &mut [Member]) {
         if !self.signed() {
             return;
         }
+        let known: std::collections::BTreeSet<String> =
+            members.iter().flat_map(|m| m.services.keys().cloned()).collect();
         for member in members.iter_mut() {
             for (kind, rules) in [(RuleKind::Split, &mut member.splits), (RuleKind::Mirror, &mut member.mirrors)] {
-                rules.retain(|service, rule| match self.check(kind, service, rule) {
-                    Ok(setter) => {
-                        rule.set_by = setter;
-                        true
+                let mut read = 0;
+                rules.retain(|service, rule| {
+                    if !known.contains(service) || read == MAX_PER_MEMBER {
+                        return false;
                     }
-                    Err(_) => false,
+                    read += 1;
+                    match self.check(kind, service, rule) {
+                        Ok(setter) => {
+                            rule.set_by = setter;
+                            true
+                        }
+                        Err(_) => false,
+                    }
                 });
             }
         }
+    }
+
+    /// Has the rules of the views checked again (the policy changed).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn recheck(&self) {
+        self.recheck.notify_waiters();
+    }
+
+    /// Resolves when the rules must be checked again.
+    pub(crate) async fn rechecked(&self) {
+        self.recheck.notified().await
     }
 
     /// This node's verdict on `rule` (cached by its encoding): the verified setter, or why
@@ -165,7 +194,12 @@ impl RuleGate {
         let verdict = self.judge(kind, service, rule);
         if let Err((writer, reason)) = &verdict {
             crate::transport::PortCounters::add(&crate::transport::RULES_REJECTED);
-            tracing::warn!(kind = kind.as_str(), service, %writer, %reason, "rule refused: not followed, not passed on");
+            REFUSED_WARNING.log(|also| {
+                tracing::warn!(
+                    kind = kind.as_str(), service, %writer, %reason, also_refused = also,
+                    "rule refused: not followed, not passed on"
+                )
+            });
             if verdicts.refused.len() == MAX_LISTED {
                 verdicts.refused.pop_front();
             }

@@ -7,11 +7,15 @@
 //! itself; so a sealed socket wraps chitchat's own UDP socket, bound to loopback, and a
 //! relay socket next to it: outgoing envelopes are encoded by chitchat into the relay,
 //! sealed and sent on; incoming datagrams are opened and handed to chitchat's socket
-//! through the relay. The loopback hop never leaves the process's host, but any process
-//! on the host can send to chitchat's socket: so what chitchat decodes there is taken
-//! only if the relay sent it (its source address), and anything else is dropped and
-//! counted as injected (`meshrpc_gossip_injected_total`). The relay is connected to
-//! chitchat's socket, so the kernel drops whatever else is sent to it.
+//! through the relay. Any process on the host can send to chitchat's socket too: it is
+//! read whenever the gossip port is (so nothing piles up there to crowd out the relay's
+//! datagrams), and what it decodes is taken only if the relay sent it (its source
+//! address); anything else is dropped and counted as injected
+//! (`meshrpc_gossip_injected_total`). The relay is connected to chitchat's socket, so the
+//! kernel drops whatever else is sent to it. Each opened datagram's sender waits in a
+//! queue until chitchat decodes it (in order: one loopback socket to another); a datagram
+//! whose chitchat header is malformed is dropped before it is relayed, so the queue and
+//! what chitchat decodes stay in step.
 //!
 //! Datagram: `"MRG1" | nonce (12) | sealed(send time ms (8) | chitchat bytes) | tag (16)`.
 
@@ -73,7 +77,7 @@ impl Transport for SealedTransport {
             relay_addr,
             key,
             seen: Seen::default(),
-            pending_from: None,
+            senders: VecDeque::new(),
             buf: vec![0; MAX_DATAGRAM],
         }))
     }
@@ -91,11 +95,14 @@ struct SealedSocket {
     relay_addr: SocketAddr,
     key: LessSafeKey,
     seen: Seen,
-    /// The real sender of the datagram handed to `inner` and not yet taken back: kept
-    /// across a cancelled `recv`, so the next one returns it with the right address.
-    pending_from: Option<SocketAddr>,
+    /// The real senders of the datagrams handed to `inner` and not yet decoded, oldest
+    /// first (kept across a cancelled `recv`).
+    senders: VecDeque<SocketAddr>,
     buf: Vec<u8>,
 }
+
+/// Opened datagrams waiting for chitchat to decode them, at most.
+const MAX_RELAYED: usize = 64;
 
 #[async_trait]
 impl Socket for SealedSocket {
@@ -115,57 +122,62 @@ impl Socket for SealedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if let Some(from) = self.pending_from {
-                // Opened and authenticated, but chitchat may still find it malformed (and
-                // then wait for the next datagram): do not wait long for it.
-                let taken = tokio::time::timeout(Duration::from_millis(100), self.take_relayed()).await;
-                self.pending_from = None;
-                match taken {
-                    Ok(outcome) => return Ok(RecvOutcome { from_addr: from, ..outcome? }),
-                    Err(_) => continue,
+            // Both sockets at once, so that what another process sends to chitchat's socket
+            // is read (and dropped) as fast as it comes. Each branch is cancel-safe: a
+            // datagram is only taken from a socket by a completed read.
+            tokio::select! {
+                biased;
+                decoded = self.inner.recv() => {
+                    let outcome = decoded?;
+                    if outcome.from_addr != self.relay_addr {
+                        PortCounters::add(&crate::transport::GOSSIP_INJECTED);
+                        let from = outcome.from_addr;
+                        INJECTED_WARNING.log(|also| {
+                            tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
+                        });
+                        continue;
+                    }
+                    if let Some(from) = self.senders.pop_front() {
+                        return Ok(RecvOutcome { from_addr: from, ..outcome });
+                    }
                 }
-            }
-            let (len, from) = match self.outer.recv_from(&mut self.buf).await {
-                Ok(got) => got,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e.into()),
-            };
-            match open(&self.key, &mut self.buf[..len], now_ms(), &mut self.seen) {
-                Ok(plain) => {
-                    let plain = plain.to_vec();
-                    self.relay.send(&plain).await?;
-                    self.pending_from = Some(from);
-                }
-                Err(why) => {
-                    PortCounters::add(match why {
-                        Dropped::Forged => &crate::transport::GOSSIP_FORGED,
-                        Dropped::Replayed | Dropped::Stale => &crate::transport::GOSSIP_REPLAYED,
-                    });
-                    DROPPED_WARNING.log(|also| {
-                        tracing::warn!(%from, reason = why.as_str(), also_dropped = also, "gossip datagram dropped")
-                    });
+                received = self.outer.recv_from(&mut self.buf) => {
+                    let (len, from) = match received {
+                        Ok(got) => got,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let opened = open(&self.key, &mut self.buf[..len], now_ms(), &mut self.seen)
+                        .and_then(|plain| if chitchat_header(plain) { Ok(plain) } else { Err(Dropped::Forged) });
+                    match opened {
+                        // No await between the queue and the socket: a cancelled `recv`
+                        // cannot leave them out of step.
+                        Ok(plain) => {
+                            if self.senders.len() < MAX_RELAYED && self.relay.try_send(plain).is_ok() {
+                                self.senders.push_back(from);
+                            }
+                        }
+                        Err(why) => {
+                            PortCounters::add(match why {
+                                Dropped::Forged => &crate::transport::GOSSIP_FORGED,
+                                Dropped::Replayed | Dropped::Stale => &crate::transport::GOSSIP_REPLAYED,
+                            });
+                            DROPPED_WARNING.log(|also| {
+                                tracing::warn!(%from, reason = why.as_str(), also_dropped = also, "gossip datagram dropped")
+                            });
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-impl SealedSocket {
-    /// The next envelope chitchat decoded from the relay; envelopes any other sender
-    /// slipped into chitchat's loopback socket are dropped and counted.
-    async fn take_relayed(&mut self) -> anyhow::Result<RecvOutcome> {
-        loop {
-            let outcome = self.inner.recv().await?;
-            if outcome.from_addr == self.relay_addr {
-                return Ok(outcome);
-            }
-            PortCounters::add(&crate::transport::GOSSIP_INJECTED);
-            let from = outcome.from_addr;
-            INJECTED_WARNING.log(|also| {
-                tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
-            });
-        }
-    }
+/// True if `plain` starts as a chitchat message does (its magic number, a protocol
+/// version and a message type it knows), so chitchat will not drop it unseen.
+fn chitchat_header(plain: &[u8]) -> bool {
+    const MAGIC: [u8; 2] = 45_139u16.to_le_bytes();
+    plain.len() >= 4 && plain[..2] == MAGIC && plain[2] <= 1 && plain[3] <= 3
 }
 
 fn now_ms() -> u64 {

@@ -172,10 +172,15 @@ pub(super) async fn watch(inner: Weak<Inner>) {
         };
         let Some(inner) = inner.upgrade() else { return };
         if let Some(access) = &inner.access {
+            let before = access.policy();
             if hup {
                 access.reload_logged("SIGHUP");
             } else {
                 access.reload_if_changed();
+            }
+            // Rules are checked against the policy in force: check them again.
+            if !Arc::ptr_eq(&before, &access.policy()) {
+                inner.rules.recheck();
             }
         }
         let Some(tls) = &inner.tls else { continue };

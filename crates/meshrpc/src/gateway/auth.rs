@@ -31,7 +31,13 @@ pub(crate) const REFUSED_BODY_TIME: Duration = Duration::from_secs(2);
 pub struct BearerAuth {
     keys: Arc<HashMap<String, String>>,
     jwt: Option<Arc<Jwt>>,
+    /// Claims a JWT must carry (`iss`, `aud`), kept to apply whichever is set first: the
+    /// key or the claims.
+    claims: Vec<Claim>,
 }
+
+/// A requirement on JWTs (an issuer, an audience).
+type Claim = Arc<dyn Fn(&mut Validation) + Send + Sync>;
 
 struct Jwt {
     key: DecodingKey,
@@ -103,14 +109,18 @@ impl BearerAuth {
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
+        for claim in &self.claims {
+            claim(&mut validation);
+        }
         self.jwt = Some(Arc::new(Jwt { key, validation }));
         self
     }
 
     /// Also require the JWT's `iss` to be one of these (a token without `iss` is refused).
     pub fn jwt_issuer(self, issuers: &[&str]) -> Self {
-        self.validate(|v| {
-            v.set_issuer(issuers);
+        let issuers: Vec<String> = issuers.iter().map(|s| s.to_string()).collect();
+        self.validate(move |v| {
+            v.set_issuer(&issuers);
             v.required_spec_claims.insert("iss".to_owned());
         })
     }
@@ -118,19 +128,22 @@ impl BearerAuth {
     /// Also require the JWT's `aud` to name one of these (a token without `aud` is
     /// refused). Without it, `aud` is not checked.
     pub fn jwt_audience(self, audiences: &[&str]) -> Self {
-        self.validate(|v| {
-            v.set_audience(audiences);
+        let audiences: Vec<String> = audiences.iter().map(|s| s.to_string()).collect();
+        self.validate(move |v| {
+            v.set_audience(&audiences);
             v.validate_aud = true;
             v.required_spec_claims.insert("aud".to_owned());
         })
     }
 
-    fn validate(mut self, change: impl FnOnce(&mut Validation)) -> Self {
+    /// Adds a requirement on JWTs, to the key set already and to one set later.
+    fn validate(mut self, change: impl Fn(&mut Validation) + Send + Sync + 'static) -> Self {
         if let Some(jwt) = self.jwt.take() {
             let mut validation = jwt.validation.clone();
             change(&mut validation);
             self.jwt = Some(Arc::new(Jwt { key: jwt.key.clone(), validation }));
         }
+        self.claims.push(Arc::new(change));
         self
     }
 
@@ -234,7 +247,8 @@ mod tests {
         let token =
             |claims: serde_json::Value| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
         let exp = 4_102_444_800u64;
-        let auth = BearerAuth::new().jwt_hs256(b"a shared secret of the issuer").jwt_issuer(&["idp"]);
+        // The claims hold whichever comes first, the key or the claims.
+        let auth = BearerAuth::new().jwt_issuer(&["idp"]).jwt_hs256(b"a shared secret of the issuer");
         assert_eq!(auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap(), "a");
         let missing = auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp}))).unwrap_err();
         assert!(missing.contains("iss"), "{missing}");

@@ -156,3 +156,64 @@ async fn five_thousand_keep_alive_clients_come_and_go_and_the_memory_comes_back(
     assert_eq!(failed, 0, "the steady client saw failures");
     assert!(ok > 10, "the steady client made {ok} calls");
 }
+
+/// README, Limits: the gateway's 10,000-connection cap (`meshrpc gateway
+/// --max-connections`, default 10,000), reached for real: clients are served up to it,
+/// the next ones get a fast 503 while `/ping` still answers, and a place freed is taken
+/// again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_connection_cap_is_reached_and_holds() {
+    const CAP: usize = 10_000;
+    let Some(allowed) = clients_allowed(CAP + 100) else { return };
+    if allowed < CAP + 100 {
+        meshrpc_tests::tier::cannot_run(&format!("{} file descriptors for the test's clients", CAP + 600), false);
+        return;
+    }
+    let (gateway, _lab) = gateway("door-cap").await;
+    // Clients, each held open after its answer, until one is refused: that is the cap.
+    let mut clients = Vec::with_capacity(CAP + 1);
+    let mut first_refused = None;
+    while clients.len() <= CAP + 10 {
+        let mut conn = TcpStream::connect(gateway.addr).await.unwrap();
+        conn.write_all(GREET).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.unwrap().unwrap_or(0);
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            clients.push(conn);
+        } else {
+            first_refused = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            break;
+        }
+    }
+    let served = clients.len();
+    let refusal = first_refused.expect("no client was refused past the cap");
+    // Whatever the test's own readiness check still holds counts too.
+    assert!((CAP - 2..=CAP).contains(&served), "{served} clients served under a cap of {CAP}");
+    assert!(refusal.starts_with("HTTP/1.1 503"), "past the cap: {refusal}");
+    // Every further client is refused at once while the cap holds; probes still answer.
+    let over = |request: &'static [u8]| async move {
+        let mut conn = TcpStream::connect(gateway.addr).await.unwrap();
+        conn.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    for _ in 0..5 {
+        let answer = over(GREET).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "past the cap: {answer}");
+    }
+    let ping = over(b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(ping.starts_with("HTTP/1.1 204"), "{ping}");
+    println!("the gateway served {served} clients at once, refused the next with a 503, and answered /ping");
+    // Clients leave: their places are served again.
+    clients.truncate(served - 100);
+    let again = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        let mut conn = TcpStream::connect(gateway.addr).await.ok()?;
+        conn.write_all(GREET).await.ok()?;
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.ok()?.ok()?;
+        buf[..n].starts_with(b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "places freed below the cap were not served again");
+}

@@ -234,7 +234,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() {
             .filter(([, b]) => b.x < v.x || b.y < v.y || b.x + b.width > v.width || b.y + b.height > v.height)
             .map(([text]) => text); })()"#;
     assert_eq!(browser.eval(clipped).await, serde_json::json!([]), "labels cut off at the drawing's edge");
-    // A page opened now draws the last seconds at once: more values than it was sent updates.
+    // A page opened now draws the last seconds at once: more values than it was sent updates
+    // (the gateway has gathered a few seconds' worth by now).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut late = Browser::open(&demo.gateway.url("/dashboard"), 1280, 900).await;
     let row = r#"(() => { const r = document.querySelector('.service[data-name="greeter"]');
         return r ? [Number(r.dataset.history), Number(document.getElementById('status').dataset.updates)] : null; })()"#;

@@ -149,7 +149,8 @@ async fn measure(net: &Net, n: u8) -> Row {
     for (h, node) in &nodes {
         let line = node.line("reached ", Duration::from_secs(60)).await;
         let line = line.unwrap_or_else(|| panic!("host {h} did not finish its round of calls"));
-        assert_eq!(line, format!("{n} failed 0"), "host {h}: reached {line}");
+        let why: Vec<String> = node.output().into_iter().filter(|l| l.starts_with("call failed")).collect();
+        assert_eq!(line, format!("{n} failed 0"), "host {h}: reached {line}: {why:?}");
     }
     let connections: Vec<usize> = nodes.iter().map(|(h, _)| net.established(*h)).collect();
     let connections_max = *connections.iter().max().unwrap();

@@ -73,7 +73,10 @@ async fn main() -> Result<(), meshrpc::Error> {
                     Ok(name) => {
                         reached.insert(name);
                     }
-                    Err(_) => failed += 1,
+                    Err(e) => {
+                        failed += 1;
+                        println!("call failed: {e}");
+                    }
                 }
             }
             println!("reached {} failed {failed}", reached.len());

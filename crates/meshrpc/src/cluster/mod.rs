@@ -474,19 +474,26 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
 /// container's address answers nothing) is found out here — and kept out of picks by its
 /// backoff — not by a call waiting out a connect timeout. The picker still sees every
 /// replica, connected or not, so sticky keys do not move.
+/// Connections opened ahead of calls per round (a second), at most.
+const CONNECT_AHEAD_PER_ROUND: usize = 4;
+
 fn connect_ahead(inner: &Inner, view: &View) {
     let called: Vec<String> = inner.balancers.lock().unwrap().keys().cloned().collect();
     if called.is_empty() {
         return;
     }
+    // A few a round: a node that starts calling a large mesh does not open every
+    // connection at once (its calls open the ones they need meanwhile).
+    let mut started = 0;
     for member in view.members.iter().filter(|m| !m.is_self && m.state == MemberState::Serving) {
         let Some(addr) = member.addr else { continue };
         let calls_it = member.services.keys().any(|s| called.contains(s))
             || member.http.iter().any(|h| called.contains(&route::http_key(h)));
-        if calls_it {
+        if calls_it && started < CONNECT_AHEAD_PER_ROUND {
             let peer = inner.peers.get(addr);
             if peer.open_conn().is_none() && peer.pickable("", Instant::now()).is_some() {
                 peer.probe();
+                started += 1;
             }
         }
     }

@@ -201,6 +201,13 @@ impl Peer {
 
     /// The open connection, or a new one.
     pub(crate) async fn connection(self: &Arc<Self>) -> Result<Connection, Error> {
+        self.connect(true).await
+    }
+
+    /// As [`connection`](Self::connection); a failed attempt that `tells` makes the calls
+    /// waiting for it fail at once (a background attempt does not: on a loaded machine it
+    /// may fail where a call's own attempt would not).
+    async fn connect(self: &Arc<Self>, tells: bool) -> Result<Connection, Error> {
         if let Some(c) = self.open_conn() {
             return Ok(c);
         }
@@ -239,7 +246,9 @@ impl Peer {
             Err(e) => {
                 *self.refused.lock().unwrap() = Some(e.clone());
                 self.mark_down();
-                self.failed_connects.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                if tells {
+                    self.failed_connects.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
                 Err(e)
             }
         }
@@ -259,7 +268,7 @@ impl Peer {
         }
         let peer = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = peer.connection().await {
+            if let Err(e) = peer.connect(false).await {
                 tracing::debug!(peer = %peer.addr, error = %e, "reconnecting in the background failed");
             }
             peer.probing.store(false, std::sync::atomic::Ordering::Release);

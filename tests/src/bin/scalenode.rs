@@ -79,6 +79,15 @@ async fn main() -> Result<(), meshrpc::Error> {
                     }
                 }
             }
+            let view = caller.view();
+            let missed: Vec<&str> = view
+                .replicas("lab", Some(&fingerprint))
+                .map(|m| m.name.as_str())
+                .filter(|name| !reached.contains(*name))
+                .collect();
+            if !missed.is_empty() {
+                println!("call failed: never reached {missed:?}; ejected {:?}", caller.resilience_stats().ejected);
+            }
             println!("reached {} failed {failed}", reached.len());
         }
     });

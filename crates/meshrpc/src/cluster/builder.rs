@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    maintain, membership::Membership, peers::Peers, Cluster, GossipConfig, Inner, Member, Policy, DEFAULT_PORT,
+    gossip::Membership, maintain, peers::Peers, Cluster, GossipConfig, Inner, Member, Policy, DEFAULT_PORT,
 };
 use crate::{
     call::{Call, Dispatch, Reply},
@@ -179,9 +179,9 @@ impl ClusterBuilder {
         #[cfg(feature = "tls")]
         let (tls, access) = self.credentials.clone().load(self.listen.is_some())?;
         #[cfg(feature = "tls")]
-        let rules = Arc::new(super::rules::RuleGate::new(&self.tag, tls.clone(), access.clone()));
+        let rules = Arc::new(super::gossip::rules::RuleGate::new(&self.tag, tls.clone(), access.clone()));
         #[cfg(not(feature = "tls"))]
-        let rules = Arc::new(super::rules::RuleGate::new(&self.tag));
+        let rules = Arc::new(super::gossip::rules::RuleGate::new(&self.tag));
         // A caller without the gossip key follows a node's view instead of gossiping.
         #[cfg(feature = "tls")]
         let gossips = self.listen.is_some() || tls.as_ref().is_none_or(|t| t.gossip_key().is_some());
@@ -230,7 +230,7 @@ impl ClusterBuilder {
         #[cfg(feature = "tls")]
         let security = super::security::gossiped(tls.as_ref(), rules.clone());
         #[cfg(not(feature = "tls"))]
-        let security = super::membership::Security { cert: None, gossip_key: None, rules: rules.clone() };
+        let security = super::gossip::Security { cert: None, gossip_key: None, rules: rules.clone() };
         let gossip_advertise = SocketAddr::new(mesh_addr.map_or(gossip_bind.ip(), |a| a.ip()), gossip_bind.port());
         let (membership, follow) = if gossips {
             let membership = Membership::join(

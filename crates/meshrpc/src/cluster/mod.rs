@@ -6,23 +6,18 @@ mod admin;
 mod balance;
 mod builder;
 mod failover;
+mod gossip;
 mod hedge;
-mod membership;
 mod outlier;
 mod peers;
 mod remote;
 mod resilience;
 mod retry;
 mod route;
-mod rules;
-#[cfg(feature = "tls")]
-mod sealed;
 #[cfg(feature = "tls")]
 mod security;
-mod seeds;
 mod signal;
 mod stats;
-mod thin;
 mod traffic;
 
 use std::{
@@ -36,25 +31,25 @@ use serde::Serialize;
 
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
-pub use membership::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Policies, Split, View};
+pub use gossip::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Policies, Split, View};
 pub use outlier::Ejection;
 pub use resilience::{Resilience, ResilienceStats};
 pub use retry::RetryBudget;
 pub use route::HttpReplica;
-pub use rules::RejectedRule;
+pub use gossip::rules::RejectedRule;
 #[cfg(feature = "tls")]
 #[doc(hidden)]
-pub use sealed::SealedTransport;
+pub use gossip::sealed::SealedTransport;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
 pub use stats::{edges, method_rates, Edge, MeshSnapshot, MethodRates};
 #[doc(hidden)]
-pub use thin::simulation as gossip_simulation;
+pub use gossip::thin::simulation as gossip_simulation;
 pub use traffic::{Colocated, MirrorStats};
 
 use self::{
-    membership::Membership,
+    gossip::Membership,
     peers::Peers,
     route::{ClusterDispatch, PreferLocal},
 };
@@ -82,7 +77,7 @@ struct Inner {
     http: Option<Arc<HttpDoor>>,
     membership: Membership,
     /// Who may write cluster rules, and this node's signature on its own.
-    rules: Arc<rules::RuleGate>,
+    rules: Arc<gossip::rules::RuleGate>,
     /// The seeds this node was given (`host:port`): the nodes its caller-side requests
     /// (rules it hands over) go to first.
     seeds: Vec<String>,

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    membership::{Member, Split},
-    rules::{RejectedRule, RuleKind},
+    gossip::rules::{RejectedRule, RuleKind},
+    gossip::{Member, Split},
     Inner, View,
 };
 use crate::{

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{membership::Security, Cluster, Inner};
+use super::{gossip::Security, Cluster, Inner};
 use crate::{
     access::Access,
     error::Error,
@@ -74,7 +74,7 @@ impl Credentials {
 
 /// What this node gossips about its certificate, the key its gossip is sealed with, and
 /// who may write the rules it reads.
-pub(super) fn gossiped(tls: Option<&TlsConfig>, rules: Arc<super::rules::RuleGate>) -> Security {
+pub(super) fn gossiped(tls: Option<&TlsConfig>, rules: Arc<super::gossip::rules::RuleGate>) -> Security {
     let Some(tls) = tls else { return Security { cert: None, gossip_key: None, rules } };
     Security { cert: Some(cert_value(tls)), gossip_key: tls.gossip_key(), rules }
 }

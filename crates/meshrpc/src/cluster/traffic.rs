@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    membership::Split,
-    rules::{RejectedRule, RuleKind},
+    gossip::rules::{RejectedRule, RuleKind},
+    gossip::Split,
     Cluster, Inner, Member, View,
 };
 use crate::{

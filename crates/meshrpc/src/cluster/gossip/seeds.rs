@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Weak, time::Duration};
 use chitchat::ChitchatHandle;
 use tokio::sync::watch;
 
-use super::membership::View;
+use super::View;
 
 /// How often a node that sees no other member looks its seeds up again.
 pub(crate) const RESOLVE_EVERY: Duration = Duration::from_secs(1);

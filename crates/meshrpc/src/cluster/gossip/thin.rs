@@ -167,7 +167,7 @@ pub mod simulation {
     ) -> chitchat::ChitchatConfig {
         let listen = id.gossip_advertise_addr;
         let gossip = crate::cluster::GossipConfig { interval, ..Default::default() };
-        crate::cluster::membership::chitchat_config(id, tag, listen, seeds, &gossip)
+        super::super::chitchat_config(id, tag, listen, seeds, &gossip)
     }
 
     /// `inner`, thinned as a node whose view counts `live` members.

@@ -25,7 +25,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::membership::{Member, Split};
+use super::schema::{Member, Split};
 use crate::error::Error;
 
 /// Distinct rule values whose verdict a node remembers; past it the memory starts over.

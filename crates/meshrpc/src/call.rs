@@ -2,17 +2,21 @@
 //! every layer (a wire connection, a local registry, a balanced cluster channel)
 //! knows how to answer.
 
-use std::{any::Any, borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    any::Any,
+    borrow::Cow,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures_core::Stream as FuturesStream;
 
 use bytes::Bytes;
 
-use crate::{
-    codec::Codec,
-    error::Error,
-    identity::Identity,
-    spec::ServiceSpec,
-    stream::{Input, Items},
-};
+use crate::{codec::Codec, error::Error, identity::Identity, spec::ServiceSpec};
 
 /// A boxed, sendable future: the currency between layers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -199,5 +203,65 @@ impl<D: Dispatch + ?Sized> Dispatch for Arc<D> {
     }
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
         (**self).has_method(service, method)
+    }
+}
+
+/// Encoded items as every layer carries them: each `Ok(Reply::Ok(bytes))` is an item in
+/// the call's codec; the stream ends after `None` (cleanly), `Ok(Reply::AppError(bytes))`
+/// (the item error type, encoded) or `Err(error)`.
+pub struct Items {
+    inner: Pin<Box<dyn FuturesStream<Item = Result<Reply, Error>> + Send>>,
+}
+
+impl std::fmt::Debug for Items {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Items")
+    }
+}
+
+impl Items {
+    /// Encoded items from any stream of them.
+    pub fn new(inner: impl FuturesStream<Item = Result<Reply, Error>> + Send + 'static) -> Self {
+        Items { inner: Box::pin(inner) }
+    }
+
+    /// The next item or end.
+    pub async fn next(&mut self) -> Option<Result<Reply, Error>> {
+        std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await
+    }
+}
+
+impl FuturesStream for Items {
+    type Item = Result<Reply, Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// A caller's items for one call, taken by whichever attempt sends the call (a call is
+/// cloned when a cluster retries it elsewhere; its items can go out only once).
+#[derive(Clone)]
+pub struct Input(Arc<Mutex<Option<Items>>>);
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Input")
+    }
+}
+
+impl Input {
+    /// Items to send with a call.
+    pub fn new(items: Items) -> Self {
+        Input(Arc::new(Mutex::new(Some(items))))
+    }
+
+    /// The items, if no attempt took them yet.
+    pub fn take(&self) -> Option<Items> {
+        self.0.lock().unwrap().take()
+    }
+
+    /// True while no attempt took the items.
+    pub fn available(&self) -> bool {
+        self.0.lock().unwrap().is_some()
     }
 }

@@ -14,6 +14,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::NODE_SERVICE;
+
 /// Distinct `(service, method, peer)` series with a named peer kept per direction (≈ 4 KiB
 /// each: at most ≈ 4 MiB a direction). Only methods that exist get series; past this bound
 /// (or the share of callers that are no members, see [`CallStats::series`]) a method's
@@ -445,11 +447,6 @@ impl SeriesStats {
         self.codes.iter().filter(|(c, _)| c == "ok" || c == "application").map(|(_, n)| n).sum()
     }
 }
-
-/// The service every node answers itself (never published, never gossiped): `stats`
-/// returns the node's [`NodeStats`], `schema` a service's JSON Schemas. A policy (mutual
-/// TLS) rules it as any other.
-pub(crate) const NODE_SERVICE: &str = "meshrpc";
 
 /// Answers a call of [`NODE_SERVICE`].
 pub(crate) fn answer(call: &crate::call::Call) -> Result<crate::call::Reply, crate::error::Error> {

@@ -9,12 +9,7 @@
 //! meshrpc://<tag>/service/<service>     (one per service)
 //! ```
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
-
-use crate::{call::Call, error::Error};
+use std::time::{Duration, SystemTime};
 
 /// Calls denied by the authorization policy in this process (mesh and HTTP alike), for
 /// `/metrics`.
@@ -119,27 +114,6 @@ impl std::fmt::Display for Identity {
             IdentityKind::Certificate => write!(f, "node:{}", self.node),
             IdentityKind::Token => write!(f, "user:{}", self.node),
         }
-    }
-}
-
-/// What a node knows of a connection's caller, stamped on each of its calls; with a
-/// policy (feature `tls`), the check every call from the network passes first.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Admission {
-    pub(crate) peer: Option<Arc<Identity>>,
-    #[cfg(feature = "tls")]
-    pub(crate) access: Option<Arc<crate::access::Access>>,
-}
-
-impl Admission {
-    /// Stamps the caller on `call`; `Err(permission_denied)` when the policy refuses it.
-    pub(crate) fn admit(&self, call: &mut Call) -> Result<(), Error> {
-        call.peer.clone_from(&self.peer);
-        #[cfg(feature = "tls")]
-        if let Some(access) = &self.access {
-            return access.admit(call.peer.as_deref(), &call.service, &call.method);
-        }
-        Ok(())
     }
 }
 

@@ -69,6 +69,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod admission;
 mod call;
 mod call_stats;
 mod client;
@@ -110,7 +111,7 @@ mod logging;
 #[cfg(feature = "tls")]
 pub use access::{Access, AccessPolicy, PolicyError};
 pub use async_trait::async_trait;
-pub use call::{BoxFuture, Call, Dispatch, Metadata, Reply};
+pub use call::{BoxFuture, Call, Dispatch, Input, Items, Metadata, Reply};
 pub use call_stats::{node_stats, Direction, NodeStats, SeriesStats, LATENCY_BOUNDS_SECONDS};
 pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
 #[cfg(feature = "cluster")]
@@ -146,7 +147,7 @@ pub use middleware::DispatchService;
 pub use openapi::{document as openapi_document, ServiceDoc};
 pub use server::{ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
-pub use stream::{Input, Items, Stream, StreamClosed, StreamSender};
+pub use stream::{Stream, StreamClosed, StreamSender};
 pub use transport::{
     connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
 };

@@ -38,7 +38,7 @@ fn parameters() -> Value {
 use crate::spec::SCHEMA_COMPONENTS as COMPONENTS;
 
 /// The prefix of meshrpc's own schemas (the node service's name: no service takes it).
-const OWN: &str = crate::call_stats::NODE_SERVICE;
+const OWN: &str = crate::spec::NODE_SERVICE;
 
 /// One entry of an answer's `errors`: `{"code", "message", "detail"?}`, every code an HTTP
 /// answer may carry.

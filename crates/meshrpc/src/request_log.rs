@@ -15,10 +15,11 @@ use std::{
 };
 
 use crate::{
+    call::Items,
     call::{Call, Dispatch, Reply},
     call_stats::{self, MethodStats},
     error::Error,
-    stream::{Items, Stream},
+    stream::Stream,
 };
 
 /// How often the summary is written (`MESHRPC_LOG_SUMMARY_MS` overrides it).

@@ -9,7 +9,6 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Instant,
 };
@@ -17,7 +16,11 @@ use std::{
 use futures_core::Stream as FuturesStream;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{call::Reply, codec::Codec, error::Error};
+use crate::{
+    call::{Items, Reply},
+    codec::Codec,
+    error::Error,
+};
 
 /// A stream of typed items in a service trait: what a streaming method returns, or the
 /// one streaming argument it takes.
@@ -220,35 +223,13 @@ impl<T, E> StreamSender<T, E> {
     }
 }
 
-/// Encoded items as every layer carries them: each `Ok(Reply::Ok(bytes))` is an item in
-/// the call's codec; the stream ends after `None` (cleanly), `Ok(Reply::AppError(bytes))`
-/// (the item error type, encoded) or `Err(error)`.
-pub struct Items {
-    inner: Pin<Box<dyn FuturesStream<Item = Result<Reply, Error>> + Send>>,
-}
-
-impl std::fmt::Debug for Items {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Items")
-    }
-}
-
+/// Encoded items fed and bounded here, where the typed streams live.
 impl Items {
-    /// Encoded items from any stream of them.
-    pub fn new(inner: impl FuturesStream<Item = Result<Reply, Error>> + Send + 'static) -> Self {
-        Items { inner: Box::pin(inner) }
-    }
-
     /// Items fed through a channel: at most `buffer` wait, and a sender whose reader is
     /// slow waits (send an `Err` or a `Reply::AppError` last to end them with an error).
     pub fn channel(buffer: usize) -> (tokio::sync::mpsc::Sender<Result<Reply, Error>>, Items) {
         let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
         (tx, Items::new(Receiver(rx)))
-    }
-
-    /// The next item or end.
-    pub async fn next(&mut self) -> Option<Result<Reply, Error>> {
-        std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await
     }
 
     /// The same items, ended with `timeout` if they run past `deadline`.
@@ -257,42 +238,7 @@ impl Items {
     }
 }
 
-impl FuturesStream for Items {
-    type Item = Result<Reply, Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
 use std::future::Future as _;
-
-/// A caller's items for one call, taken by whichever attempt sends the call (a call is
-/// cloned when a cluster retries it elsewhere; its items can go out only once).
-#[derive(Clone)]
-pub struct Input(Arc<Mutex<Option<Items>>>);
-
-impl std::fmt::Debug for Input {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Input")
-    }
-}
-
-impl Input {
-    /// Items to send with a call.
-    pub fn new(items: Items) -> Self {
-        Input(Arc::new(Mutex::new(Some(items))))
-    }
-
-    /// The items, if no attempt took them yet.
-    pub fn take(&self) -> Option<Items> {
-        self.0.lock().unwrap().take()
-    }
-
-    /// True while no attempt took the items.
-    pub fn available(&self) -> bool {
-        self.0.lock().unwrap().is_some()
-    }
-}
 
 /// Encodes a typed stream in `codec`: each item as `Reply::Ok`, an error as
 /// `Reply::AppError` (an item or error the codec cannot carry ends it with `internal`).

@@ -12,10 +12,11 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     call::{Call, Dispatch, Reply},
+    call::{Input, Items},
     codec::Codec,
     context::{new_trace_id, CallContext},
     error::Error,
-    stream::{self, Input, Items, Stream},
+    stream::{self, Stream},
 };
 
 /// Timeout of a call when nothing else sets one.

@@ -7,9 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    gossip::Membership, maintain, peers::Peers, Cluster, GossipConfig, Inner, Member, Policy, DEFAULT_PORT,
-};
+use super::{gossip::Membership, maintain, peers::Peers, Cluster, GossipConfig, Inner, Member, Policy, DEFAULT_PORT};
 use crate::{
     call::{Call, Dispatch, Reply},
     error::Error,

@@ -31,21 +31,21 @@ use serde::Serialize;
 
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
+pub use gossip::rules::RejectedRule;
+#[cfg(feature = "tls")]
+#[doc(hidden)]
+pub use gossip::sealed::SealedTransport;
+#[doc(hidden)]
+pub use gossip::thin::simulation as gossip_simulation;
 pub use gossip::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Policies, Split, View};
 pub use outlier::Ejection;
 pub use resilience::{Resilience, ResilienceStats};
 pub use retry::RetryBudget;
 pub use route::HttpReplica;
-pub use gossip::rules::RejectedRule;
-#[cfg(feature = "tls")]
-#[doc(hidden)]
-pub use gossip::sealed::SealedTransport;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
 pub use stats::{edges, method_rates, Edge, MeshSnapshot, MethodRates};
-#[doc(hidden)]
-pub use gossip::thin::simulation as gossip_simulation;
 pub use traffic::{Colocated, MirrorStats};
 
 use self::{

@@ -96,10 +96,9 @@ impl Dispatch for NodeMethods {
                     let accepted = inner.accept_rule(proposed.kind, &proposed.service, rule).await?;
                     call.codec.encode(&accepted.set_by).map(Reply::Ok)
                 }
-                other => Err(Error::UnknownMethod {
-                    service: crate::call_stats::NODE_SERVICE.into(),
-                    method: other.to_owned(),
-                }),
+                other => {
+                    Err(Error::UnknownMethod { service: crate::spec::NODE_SERVICE.into(), method: other.to_owned() })
+                }
             }
         })
     }
@@ -206,7 +205,7 @@ pub(super) async fn follow(inner: Weak<Inner>, seeds: Vec<String>, view: watch::
 
 impl Inner {
     async fn ask_view(&self, addr: SocketAddr) -> Result<SharedView, Error> {
-        let call = Call::new(crate::call_stats::NODE_SERVICE, "view", bytes::Bytes::from_static(b"{}"));
+        let call = Call::new(crate::spec::NODE_SERVICE, "view", bytes::Bytes::from_static(b"{}"));
         let codec = call.codec;
         match self.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
             Reply::Ok(body) => codec.decode(&body),

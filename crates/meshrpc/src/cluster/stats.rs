@@ -75,7 +75,7 @@ impl Cluster {
         let ask = async {
             let conn = self.inner.peers.get(addr).connection().await?;
             let payload = serde_json::to_vec(&args).unwrap_or_default();
-            let mut call = crate::call::Call::new(crate::call_stats::NODE_SERVICE, method, payload.into());
+            let mut call = crate::call::Call::new(crate::spec::NODE_SERVICE, method, payload.into());
             call.deadline = Some(Instant::now() + timeout);
             match conn.send_call(call)?.answer().await? {
                 crate::call::Reply::Ok(bytes) => crate::codec::Codec::Json.decode(&bytes),

@@ -220,7 +220,7 @@ impl Cluster {
         nodes.retain(|addr| seen.insert(*addr));
         let mut last = Error::unavailable("no serving node to hand the rule to");
         for addr in nodes {
-            let mut call = Call::new(crate::call_stats::NODE_SERVICE, "rule", payload.clone());
+            let mut call = Call::new(crate::spec::NODE_SERVICE, "rule", payload.clone());
             call.deadline = Some(std::time::Instant::now() + Duration::from_secs(5));
             let answer = async { self.inner.peers.get(addr).connection().await?.send_call(call)?.answer().await };
             match answer.await {

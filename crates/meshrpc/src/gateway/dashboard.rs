@@ -289,7 +289,7 @@ fn snapshot(cluster: &Cluster, before: &crate::MeshSnapshot, after: &crate::Mesh
         })
         .collect();
     let methods: Vec<MethodRates> =
-        method_rates(before, after).into_iter().filter(|m| m.service != crate::call_stats::NODE_SERVICE).collect();
+        method_rates(before, after).into_iter().filter(|m| m.service != crate::spec::NODE_SERVICE).collect();
     let services = cluster
         .services()
         .into_iter()

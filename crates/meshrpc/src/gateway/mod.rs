@@ -32,11 +32,12 @@ pub use metrics::Metrics;
 pub use ratelimit::{Rate, RateLimits};
 
 use crate::{
+    admission::Admission,
     client::Channel,
     cluster::Cluster,
     context::CallContext,
     http::{admitted_call, envelope, error_response, Hop},
-    identity::{Admission, Identity},
+    identity::Identity,
     limits::HttpLimits,
 };
 

@@ -2,6 +2,7 @@
 //! port, published axum routers under `/{name}/…`, and [`serve_http`] for front doors.
 
 mod connection;
+mod envelope;
 mod keepalive;
 mod metrics;
 mod rpc;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 pub use connection::serve_http;
 #[cfg(feature = "tls")]
 pub use connection::serve_https;
+pub use envelope::error_response;
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use metrics::render_metrics;
 #[cfg(feature = "gateway")]
@@ -26,16 +28,16 @@ pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
 pub(crate) use rpc::{admitted_call, websocket_call, Hop};
 pub use rpc::{
-    envelope, error_response, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
-    TRACEPARENT_HEADER, VERSION_HEADER,
+    envelope, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER,
+    VERSION_HEADER,
 };
 #[cfg(feature = "gateway")]
 pub(crate) use websocket::is_upgrade as is_websocket;
 
 use crate::{
+    admission::Admission,
     call::{BoxFuture, Dispatch},
     figures::Figures,
-    identity::Admission,
     limits::HttpLimits,
     server::Server,
     server::ServerConfig,
@@ -151,7 +153,7 @@ impl HttpDoor {
         let ruled = |router: Router, service: &str, method: &'static str| policed(router, &access, service, method);
         #[cfg(not(feature = "tls"))]
         let ruled = |router: Router, _: &str, _: &'static str| router;
-        let node = crate::call_stats::NODE_SERVICE;
+        let node = crate::spec::NODE_SERVICE;
         let mut app = rpc::router(dispatch, self.limits, admission).merge(ruled(
             Router::new().route("/metrics", metrics),
             node,

@@ -19,17 +19,21 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::{
+    admission::Admission,
+    call::Input,
     call::{Call, Dispatch, Reply},
     codec::Codec,
     context::{new_span_id, new_trace_id, parse_traceparent, traceparent},
     error::Error,
-    identity::{Admission, Identity},
+    identity::Identity,
     limits::HttpLimits,
     request_log::RequestLog,
-    stream::Input,
 };
 
-use super::{streams, websocket};
+use super::{
+    envelope::{app_error_message, error_response, http_caller, json_response},
+    streams, websocket,
+};
 
 /// Header carrying a per-request timeout in milliseconds.
 pub const TIMEOUT_HEADER: &str = "meshrpc-timeout-ms";
@@ -246,11 +250,6 @@ fn timeout_of(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<D
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
-/// Who makes a call over HTTP, for request lines: `http`, or the verified caller's name.
-pub(crate) fn http_caller(call: &Call) -> String {
-    call.peer.as_ref().map_or_else(|| "http".to_owned(), |p| format!("{p} (http)"))
-}
-
 /// The W3C trace context header, taken from requests and set on answers.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
@@ -353,33 +352,4 @@ pub fn envelope(result: Result<Reply, Error>) -> Response {
             error_response(status, e.code(), &e.to_string(), None)
         }
     }
-}
-
-/// `{"data":null,"errors":[{"code":…,"message":…[,"detail":…]}]}`
-pub fn error_response(status: StatusCode, code: &str, message: &str, detail: Option<&[u8]>) -> Response {
-    json_response(status, Bytes::from(errors_body(error_entry(code, message, detail)).to_string()))
-}
-
-/// One entry of an answer's `errors`: `{"code":…,"message":…[,"detail":…]}` (`detail`: JSON).
-pub(crate) fn error_entry(code: &str, message: &str, detail: Option<&[u8]>) -> serde_json::Value {
-    let mut entry = serde_json::json!({ "code": code, "message": message });
-    if let Some(detail) = detail {
-        entry["detail"] = serde_json::from_slice(detail).unwrap_or(serde_json::Value::Null);
-    }
-    entry
-}
-
-/// `{"data":null,"errors":[entry]}`
-pub(crate) fn errors_body(entry: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({ "data": null, "errors": [entry] })
-}
-
-/// The message of an application error: a string error reads as itself; anything else
-/// keeps its structure in `detail`.
-pub(crate) fn app_error_message(detail: &[u8]) -> String {
-    serde_json::from_slice::<String>(detail).unwrap_or_else(|_| "the service returned an error".into())
-}
-
-fn json_response(status: StatusCode, body: Bytes) -> Response {
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

@@ -23,8 +23,8 @@ use axum::{
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 
-use super::rpc::{app_error_message, error_entry, errors_body};
-use crate::{call::Reply, error::Error, limits::HttpLimits, stream::Items};
+use super::envelope::{app_error_message, error_entry, errors_body};
+use crate::{call::Items, call::Reply, error::Error, limits::HttpLimits};
 
 /// The longest a stream answer goes without a byte: a heartbeat follows.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(15);

@@ -24,16 +24,16 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
 use super::{
+    envelope::{app_error_message, error_entry, errors_body, http_caller},
     keepalive::UpgradeTie,
-    rpc::{app_error_message, error_entry, errors_body, http_caller},
     streams::HEARTBEAT,
 };
 use crate::{
     call::{Call, Dispatch, Reply},
+    call::{Input, Items},
     error::Error,
     limits::HttpLimits,
     request_log::RequestLog,
-    stream::{Input, Items},
 };
 
 /// Close codes the node uses (RFC 6455, 7.4.1).

@@ -327,7 +327,7 @@ impl Server {
             self.dispatch.clone(),
             self.config.mesh_limits(),
             self.guard(),
-            crate::identity::Admission::default(),
+            crate::admission::Admission::default(),
             self.shutdown.subscribe(),
         )
     }

@@ -13,12 +13,12 @@ use std::{
 use bytes::Bytes;
 
 use crate::{
+    call::Items,
     call::{BoxFuture, Call, Dispatch, Reply},
     codec::Codec,
     context::CallContext,
     error::Error,
     spec::ServiceSpec,
-    stream::Items,
 };
 
 /// A service a node can publish. Generated as `XServer<T>` by `#[meshrpc::service]`;
@@ -134,9 +134,7 @@ impl Registry {
                     service.schemas().and_then(|text| serde_json::from_str(&text).ok());
                 call.codec.encode(&schemas).map(Reply::Ok)
             }
-            other => {
-                Err(Error::UnknownMethod { service: crate::call_stats::NODE_SERVICE.into(), method: other.to_owned() })
-            }
+            other => Err(Error::UnknownMethod { service: crate::spec::NODE_SERVICE.into(), method: other.to_owned() }),
         }
     }
 
@@ -160,7 +158,7 @@ impl Dispatch for Registry {
     }
 
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
-        if service == crate::call_stats::NODE_SERVICE {
+        if service == crate::spec::NODE_SERVICE {
             let more = self.node_methods.get().and_then(|more| more.has_method(service, method));
             return Some(matches!(method, "stats" | "schema") || more == Some(true));
         }
@@ -173,7 +171,7 @@ impl Dispatch for Registry {
 
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
         let Some(service) = self.find(&call.service) else {
-            if call.service == crate::call_stats::NODE_SERVICE {
+            if call.service == crate::spec::NODE_SERVICE {
                 if let (Some(more), false) = (self.node_methods.get(), matches!(&*call.method, "stats" | "schema")) {
                     return more.dispatch(call);
                 }

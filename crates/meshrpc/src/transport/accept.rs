@@ -25,8 +25,8 @@ use super::{
     serve_mesh, stopped, Link, MeshLimits, TcpLink,
 };
 use crate::{
+    admission::Admission,
     call::{BoxFuture, Dispatch},
-    identity::Admission,
     proto::{sniff, Sniffed},
     throttle::Throttle,
 };

@@ -23,12 +23,12 @@ use super::{
     streams::{pump, ItemSink, Owner, StreamHandle},
 };
 use crate::{
+    admission::Admission,
     call::{Dispatch, Reply},
+    call::{Input, Items},
     error::Error,
-    identity::Admission,
     proto::{response_within, Expired, Frame, Inbound, NodeHandshake, ResponderState},
     request_log::{LastMethod, RequestLog},
-    stream::{Input, Items},
 };
 
 type State = ResponderState<AbortHandle, Arc<StreamHandle>>;

@@ -21,10 +21,10 @@ use tokio::sync::Notify;
 
 use super::guard::FrameBudget;
 use crate::{
+    call::Items,
     call::Reply,
     error::Error,
     proto::{end, item_cost, Frame},
-    stream::Items,
 };
 
 /// What arrives for a reader.

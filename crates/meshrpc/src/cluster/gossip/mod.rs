@@ -4,9 +4,9 @@
 //! every node follows is [`rules`].
 
 pub(super) mod rules;
+mod schema;
 #[cfg(feature = "tls")]
 pub(super) mod sealed;
-mod schema;
 mod seeds;
 pub(super) mod thin;
 mod view;
@@ -24,8 +24,8 @@ use chitchat::{
 };
 use tokio::sync::watch;
 
-pub use schema::{Advertised, AdvertisedMethod, Member, MemberState, Policies, Split};
 use schema::*;
+pub use schema::{Advertised, AdvertisedMethod, Member, MemberState, Policies, Split};
 use thin::{GossipTraffic, Thinned};
 pub use view::View;
 
@@ -306,4 +306,3 @@ impl Membership {
 fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId) -> Vec<Member> {
     live.iter().map(|(id, state)| Member::from_state(&id.node_id, state.key_values(), id == me)).collect()
 }
-

@@ -462,4 +462,3 @@ mod tests {
         assert!(view.knows("greeter") && !view.knows("billing"));
     }
 }
-

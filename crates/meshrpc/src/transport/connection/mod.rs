@@ -26,11 +26,11 @@ use super::{
     streams::{start_pump, ItemSink, Owner, StreamHandle},
 };
 use crate::{
+    call::Items,
     call::{BoxFuture, Call, Dispatch, Reply},
     error::Error,
     identity::Identity,
     proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated, DEFAULT_MAX_FRAME},
-    stream::Items,
 };
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;

@@ -333,6 +333,7 @@ impl<T: DeserializeOwned, E: DeserializeOwned + From<Error>> FuturesStream for D
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::Input;
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Oops(String);

@@ -93,6 +93,12 @@ impl ServiceSpec {
     }
 }
 
+/// The service every node answers itself (never published, never gossiped): `stats` (its
+/// golden metrics), `schema` (a service's JSON Schemas), and with a cluster `view` and
+/// `rule` (callers that do not gossip). A policy (mutual TLS) rules it as any other, but
+/// `view` and `rule` (docs/security.md).
+pub(crate) const NODE_SERVICE: &str = "meshrpc";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,9 +123,3 @@ mod tests {
         assert_eq!(A.routes().collect::<Vec<_>>(), ["/greeter/greet"]);
     }
 }
-
-/// The service every node answers itself (never published, never gossiped): `stats` (its
-/// golden metrics), `schema` (a service's JSON Schemas), and with a cluster `view` and
-/// `rule` (callers that do not gossip). A policy (mutual TLS) rules it as any other, but
-/// `view` and `rule` (docs/security.md).
-pub(crate) const NODE_SERVICE: &str = "meshrpc";

@@ -80,91 +80,88 @@ impl Hedging {
 /// An attempt's answer, which replica gave it, and how far the call got when it failed.
 pub(super) type Answered = (Result<Reply, (Error, Reached)>, Arc<Peer>);
 
-impl Inner {
-    /// Waits for `first` (sent to `peer`); once it outlasts the method's p95, sends the
-    /// call to another replica too and takes the first good answer.
-    pub(super) async fn hedged(
-        &self,
-        call: &Call,
-        fingerprint: Option<&str>,
-        first: PendingCall,
-        peer: Arc<Peer>,
-        tried: &mut Vec<SocketAddr>,
-    ) -> Answered {
-        let latencies = self.hedging.latencies(&call.service, &call.method);
-        let started = Instant::now();
-        let delay = latencies.lock().unwrap().p95().map(|p95| p95.max(self.policies.settings.min_hedge_delay));
-        let mut first = pin!(first.answer());
-        let record = |peer: Arc<Peer>, answer: Result<Reply, Error>| {
-            if answer.is_ok() {
-                latencies.lock().unwrap().record(started.elapsed());
+/// Waits for `first` (sent to `peer`); once it outlasts the method's p95, sends the
+/// call to another replica too and takes the first good answer.
+pub(super) async fn hedged(
+    inner: &Inner,
+    call: &Call,
+    fingerprint: Option<&str>,
+    first: PendingCall,
+    peer: Arc<Peer>,
+    tried: &mut Vec<SocketAddr>,
+) -> Answered {
+    let latencies = inner.hedging.latencies(&call.service, &call.method);
+    let started = Instant::now();
+    let delay = latencies.lock().unwrap().p95().map(|p95| p95.max(inner.policies.settings.min_hedge_delay));
+    let mut first = pin!(first.answer());
+    let record = |peer: Arc<Peer>, answer: Result<Reply, Error>| {
+        if answer.is_ok() {
+            latencies.lock().unwrap().record(started.elapsed());
+        }
+        (answer.map_err(|e| (e, Reached::Sent)), peer)
+    };
+    let Some(delay) = delay.filter(|d| call.deadline.is_none_or(|end| started + *d < end)) else {
+        let answer = first.await;
+        return record(peer, answer);
+    };
+    tokio::select! {
+        answer = &mut first => return record(peer, answer),
+        () = tokio::time::sleep(delay) => {}
+    }
+    if !inner.policies.budget.withdraw(Instant::now()) {
+        Counters::add(&inner.policies.stats.retries_refused);
+        let answer = first.await;
+        return record(peer, answer);
+    }
+    let Some((second_peer, second)) = send_elsewhere(inner, call, fingerprint, tried).await else {
+        let answer = first.await;
+        return record(peer, answer);
+    };
+    Counters::add(&inner.policies.stats.hedges);
+    tracing::debug!(service = %call.service, method = %call.method, ?delay, "hedging a slow call");
+    let mut second = pin!(second.answer());
+    // The first good answer wins; the other attempt is dropped, which cancels it.
+    // A failure that another replica may cure waits for the other attempt instead.
+    tokio::select! {
+        answer = &mut first => match answer {
+            Err(e) if may_retry(&e, Reached::Sent, true) => {
+                let answer = second.await;
+                if answer.is_ok() {
+                    Counters::add(&inner.policies.stats.hedge_wins);
+                }
+                record(second_peer, answer)
             }
-            (answer.map_err(|e| (e, Reached::Sent)), peer)
-        };
-        let Some(delay) = delay.filter(|d| call.deadline.is_none_or(|end| started + *d < end)) else {
-            let answer = first.await;
-            return record(peer, answer);
-        };
-        tokio::select! {
-            answer = &mut first => return record(peer, answer),
-            () = tokio::time::sleep(delay) => {}
-        }
-        if !self.policies.budget.withdraw(Instant::now()) {
-            Counters::add(&self.policies.stats.retries_refused);
-            let answer = first.await;
-            return record(peer, answer);
-        }
-        let Some((second_peer, second)) = self.send_elsewhere(call, fingerprint, tried).await else {
-            let answer = first.await;
-            return record(peer, answer);
-        };
-        Counters::add(&self.policies.stats.hedges);
-        tracing::debug!(service = %call.service, method = %call.method, ?delay, "hedging a slow call");
-        let mut second = pin!(second.answer());
-        // The first good answer wins; the other attempt is dropped, which cancels it.
-        // A failure that another replica may cure waits for the other attempt instead.
-        tokio::select! {
-            answer = &mut first => match answer {
-                Err(e) if may_retry(&e, Reached::Sent, true) => {
-                    let answer = second.await;
-                    if answer.is_ok() {
-                        Counters::add(&self.policies.stats.hedge_wins);
-                    }
-                    record(second_peer, answer)
-                }
-                answer => record(peer, answer),
-            },
-            answer = &mut second => match answer {
-                Err(e) if may_retry(&e, Reached::Sent, true) => record(peer, first.await),
-                answer => {
-                    Counters::add(&self.policies.stats.hedge_wins);
-                    record(second_peer, answer)
-                }
-            },
-        }
+            answer => record(peer, answer),
+        },
+        answer = &mut second => match answer {
+            Err(e) if may_retry(&e, Reached::Sent, true) => record(peer, first.await),
+            answer => {
+                Counters::add(&inner.policies.stats.hedge_wins);
+                record(second_peer, answer)
+            }
+        },
     }
+}
 
-    /// Sends `call` to a replica not yet tried (a hedge); `None` when none is reachable.
-    async fn send_elsewhere(
-        &self,
-        call: &Call,
-        fingerprint: Option<&str>,
-        tried: &mut Vec<SocketAddr>,
-    ) -> Option<(Arc<Peer>, PendingCall)> {
-        let balancer = self.balancer(&call.service);
-        let view = self.membership.view();
-        let replicas = view.replicas(&call.service, fingerprint);
-        let (member, peer) =
-            self.pick(&*balancer, &call.service, &call.service, replicas, tried, call.key.as_deref())?;
-        let peer = peer?; // this node itself is not hedged to
-        tried.push(peer.addr);
-        let conn = peer.connection().await.ok()?;
-        if self.unproven(member, &conn, &call.service).is_some() {
-            return None;
-        }
-        let pending = conn.send_call(call.clone()).ok()?;
-        Some((peer, pending))
+/// Sends `call` to a replica not yet tried (a hedge); `None` when none is reachable.
+async fn send_elsewhere(
+    inner: &Inner,
+    call: &Call,
+    fingerprint: Option<&str>,
+    tried: &mut Vec<SocketAddr>,
+) -> Option<(Arc<Peer>, PendingCall)> {
+    let balancer = inner.balancer(&call.service);
+    let view = inner.membership.view();
+    let replicas = view.replicas(&call.service, fingerprint);
+    let (member, peer) = inner.pick(&*balancer, &call.service, &call.service, replicas, tried, call.key.as_deref())?;
+    let peer = peer?; // this node itself is not hedged to
+    tried.push(peer.addr);
+    let conn = peer.connection().await.ok()?;
+    if inner.unproven(member, &conn, &call.service).is_some() {
+        return None;
     }
+    let pending = conn.send_call(call.clone()).ok()?;
+    Some((peer, pending))
 }
 
 #[cfg(test)]

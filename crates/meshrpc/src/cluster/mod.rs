@@ -5,6 +5,7 @@
 mod admin;
 mod balance;
 mod builder;
+mod call;
 mod failover;
 mod gossip;
 mod hedge;

@@ -93,7 +93,7 @@ impl Dispatch for NodeMethods {
                     if newest.is_some_and(|n| n.order() >= rule.order()) {
                         return Err(Error::bad_request("a newer rule is in force: write it again"));
                     }
-                    let accepted = inner.accept_rule(proposed.kind, &proposed.service, rule).await?;
+                    let accepted = super::traffic::accept_rule(&inner, proposed.kind, &proposed.service, rule).await?;
                     call.codec.encode(&accepted.set_by).map(Reply::Ok)
                 }
                 other => {
@@ -172,7 +172,7 @@ pub(super) async fn follow(inner: Weak<Inner>, seeds: Vec<String>, view: watch::
         candidates.retain(|addr| seen.insert(*addr));
         let Some(node) = inner.upgrade() else { return };
         for addr in candidates {
-            let Ok(Ok(shared)) = tokio::time::timeout(ASK_TIMEOUT, node.ask_view(addr)).await else { continue };
+            let Ok(Ok(shared)) = tokio::time::timeout(ASK_TIMEOUT, ask_view(&node, addr)).await else { continue };
             known = shared
                 .members
                 .iter()
@@ -203,13 +203,11 @@ pub(super) async fn follow(inner: Weak<Inner>, seeds: Vec<String>, view: watch::
     }
 }
 
-impl Inner {
-    async fn ask_view(&self, addr: SocketAddr) -> Result<SharedView, Error> {
-        let call = Call::new(crate::spec::NODE_SERVICE, "view", bytes::Bytes::from_static(b"{}"));
-        let codec = call.codec;
-        match self.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
-            Reply::Ok(body) => codec.decode(&body),
-            _ => Err(Error::protocol("`meshrpc.view` answered with something else than a view")),
-        }
+async fn ask_view(inner: &Inner, addr: SocketAddr) -> Result<SharedView, Error> {
+    let call = Call::new(crate::spec::NODE_SERVICE, "view", bytes::Bytes::from_static(b"{}"));
+    let codec = call.codec;
+    match inner.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
+        Reply::Ok(body) => codec.decode(&body),
+        _ => Err(Error::protocol("`meshrpc.view` answered with something else than a view")),
     }
 }

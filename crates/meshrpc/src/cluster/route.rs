@@ -1,5 +1,5 @@
 //! Where a call goes: the one replica picker (for mesh calls and proxied HTTP alike),
-//! failover to another replica when [`may_retry`] allows, and pings.
+//! failover to another replica when [`super::failover::may_retry`] allows, and pings.
 
 use std::{
     net::SocketAddr,
@@ -9,11 +9,9 @@ use std::{
 
 use super::{
     balance::{Balance, Candidate},
-    failover::{judged, may_retry, Reached},
-    hedge::Answered,
+    failover::judged,
     peers::{Peer, Pickable},
-    resilience::{Counters, MethodPolicy},
-    retry::backoff,
+    resilience::Counters,
     traffic::Colocated,
     Cluster, Inner, Member, View,
 };
@@ -23,11 +21,11 @@ use crate::{
     error::Error,
     server::Registry,
     spec::ServiceSpec,
-    transport::{Connection, PendingCall},
+    transport::Connection,
 };
 
 /// A call is sent to at most this many replicas (and tried on at most twice as many).
-const MAX_ATTEMPTS: usize = 3;
+pub(super) const MAX_ATTEMPTS: usize = 3;
 
 impl Inner {
     pub(super) fn balancer(&self, service: &str) -> Arc<dyn Balance> {
@@ -131,158 +129,16 @@ impl Inner {
         replicas.into_iter().nth(i).map(|(m, p, _)| (m, p))
     }
 
-    pub(super) async fn call(self: Arc<Self>, mut call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {
-        let balancer = self.balancer(&call.service);
-        // Borrowed by the view's replicas while `call` gets its deadline (a static name: no copy).
-        let service = call.service.clone();
-        self.policies.budget.deposit(Instant::now());
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut last_error = None;
-        let mut policy = None;
-        let mut sent = 0usize; // attempts that may have reached a replica
-                               // Replicas that could not even be sent the call do not use up its attempts.
-        while sent < MAX_ATTEMPTS && tried.len() < 2 * MAX_ATTEMPTS {
-            if sent > 0 {
-                self.before_retry(&call, sent as u32).await.map_err(|e| last_error.take().unwrap_or(e))?;
-            }
-            let view = self.membership.view();
-            let replicas = view.replicas(&service, fingerprint.as_deref());
-            let (pin, key) = (call.version.as_deref(), call.key.as_deref());
-            // Most calls are neither pinned nor split: they go straight to the picker.
-            let versioned = pin.is_some() || self.traffic.split(&service);
-            let picked = if !versioned {
-                self.pick(&*balancer, &service, &service, replicas, &tried, key)
-            } else {
-                // The certificate comes first: a replica that cannot prove the service
-                // never counts as one of its versions (it could capture the split).
-                let provable =
-                    replicas.filter(|m| m.is_self || m.addr.is_none_or(|a| self.peers.get(a).may_serve(&service)));
-                match self.versioned(&view, &service, provable, &tried, pin, key) {
-                    Ok(replicas) => self.pick(&*balancer, &service, &service, replicas.into_iter(), &tried, key),
-                    Err(e) => return Err(last_error.unwrap_or(e)),
-                }
-            };
-            let Some((member, peer)) = picked else {
-                return Err(last_error.unwrap_or_else(|| self.nobody_serves(&view, &service, fingerprint.as_deref())));
-            };
-            let Some(peer) = peer else {
-                return self.local.dispatch(call).await; // this node is the replica
-            };
-            let policy = match policy {
-                Some(policy) => policy,
-                None => {
-                    let first = MethodPolicy::of(member, &call);
-                    // The method's own timeout, which a caller may only shorten.
-                    if let Some(timeout) = first.timeout {
-                        let own = Instant::now() + timeout;
-                        call.deadline = Some(call.deadline.map_or(own, |d| d.min(own)));
-                    }
-                    *policy.insert(first)
-                }
-            };
-            tried.push(peer.addr);
-            let pending = match self.send(member, &peer, &call).await {
-                Ok(p) => p,
-                Err(e) if may_retry(&e, Reached::NotSent, false) => {
-                    tracing::debug!(replica = %member.id, error = %e, "call not sent: trying another replica");
-                    last_error = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            sent += 1;
-            // A call is mirrored once, on its first attempt.
-            let mirror =
-                (tried.len() == 1).then(|| self.mirror(&view, &call, member, fingerprint.as_deref())).flatten();
-            let start = Instant::now();
-            // Golden metrics of the edge this node → that replica's node.
-            let edge = crate::call_stats::enabled().then(|| {
-                let exists = || member.services.get(&*service).is_some_and(|s| s.has_method(&call.method));
-                let series = crate::call_stats::outbound().series(&service, &call.method, &member.name, exists);
-                crate::request_log::RequestLog::outbound(series, start)
-            });
-            let hedge = policy.hedge && sent == 1 && !versioned && self.policies.settings.hedging;
-            let (answer, answered_by) = if hedge {
-                self.hedged(&call, fingerprint.as_deref(), pending, peer, &mut tried).await
-            } else {
-                self.attempt(pending, peer, &call, policy).await
-            };
-            if let Some(mirror) = mirror {
-                mirror.compare(answer.as_ref().map_err(|(e, _)| e));
-            }
-            // A stream answer takes the edge's log along: the call ends when the stream does.
-            let answer = match (edge, answer) {
-                (Some(edge), Ok(reply)) => Ok(edge.follow(reply)),
-                (Some(edge), Err((e, reached))) => {
-                    edge.end_with(e.code());
-                    Err((e, reached))
-                }
-                (None, answer) => answer,
-            };
-            let outcome = answer.as_ref().map(|_| ()).map_err(|(e, _)| e);
-            self.judge(Replicas::Mesh, &view, &answered_by, &call.service, outcome);
-            match answer {
-                Ok(reply) => {
-                    answered_by.observe(start.elapsed());
-                    return Ok(reply);
-                }
-                Err((e, reached)) if may_retry(&e, reached, policy.idempotent && self.policies.settings.retries) => {
-                    tracing::debug!(replica = %member.id, error = %e, "attempt failed: trying another replica");
-                    last_error = Some(e);
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::unavailable("no attempt made")))
-    }
-
-    /// Sends `call` to `peer` (a replica of its service, whose certificate must prove it).
-    async fn send(&self, member: &Member, peer: &Arc<Peer>, call: &Call) -> Result<PendingCall, Error> {
-        let conn = peer.connection().await?;
-        match self.unproven(member, &conn, &call.service) {
-            Some(e) => Err(e),
-            None => conn.send_call(call.clone()),
-        }
-    }
-
-    /// One attempt: its answer, or how far it got when it failed. An idempotent call's
-    /// attempt ends at the attempt timeout (if set) to be retried elsewhere.
-    async fn attempt(&self, pending: PendingCall, peer: Arc<Peer>, call: &Call, policy: MethodPolicy) -> Answered {
-        let limit = self.policies.settings.attempt_timeout.filter(|_| policy.idempotent);
-        let answer = match limit {
-            Some(limit) if call.deadline.is_none_or(|d| Instant::now() + limit < d) => {
-                match tokio::time::timeout(limit, pending.answer()).await {
-                    Ok(answer) => answer.map_err(|e| (e, Reached::Sent)),
-                    Err(_) => Err((Error::Timeout, Reached::TimedOut)),
-                }
-            }
-            _ => pending.answer().await.map_err(|e| (e, Reached::Sent)),
-        };
-        (answer, peer)
-    }
-
-    /// Before retrying a call that may have reached a replica: a share of the retry
-    /// budget, and a jittered pause that ends before the call's deadline.
-    async fn before_retry(&self, call: &Call, retry: u32) -> Result<(), Error> {
-        let stats = &self.policies.stats;
-        if !self.policies.budget.withdraw(Instant::now()) {
-            Counters::add(&stats.retries_refused);
-            tracing::debug!(service = %call.service, method = %call.method, "retry budget spent: not retrying");
-            return Err(Error::unavailable("retry budget spent"));
-        }
-        let pause = backoff(retry, self.traffic.random());
-        if call.deadline.is_some_and(|d| Instant::now() + pause >= d) {
-            return Err(Error::Timeout);
-        }
-        tokio::time::sleep(pause).await;
-        Counters::add(&stats.retries);
-        Ok(())
+    /// Sends `call` to a replica of its service and answers it: the steps are in
+    /// [`Route`](super::call::Route).
+    pub(super) async fn call(self: Arc<Self>, call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {
+        super::call::Route::new(&self, call, fingerprint).run().await
     }
 
     /// Records what an answer says about the replica that gave it, and ejects the replica
     /// from picking when its answers call for it (never the last one, nor more than the
     /// allowed share of the service's replicas).
-    fn judge(&self, of: Replicas<'_>, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
+    pub(super) fn judge(&self, of: Replicas<'_>, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
         let Some(settings) = &self.policies.settings.ejection else { return };
         let Some(ok) = judged(outcome) else { return };
         let now = Instant::now();
@@ -331,7 +187,7 @@ impl Inner {
         })
     }
 
-    fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {
+    pub(super) fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {
         if !view.knows(service) {
             return Error::UnknownService { service: service.to_owned() };
         }
@@ -538,7 +394,7 @@ impl Cluster {
 
 /// Whose replicas an answer is judged among: a service's, or an HTTP router's.
 #[derive(Clone, Copy)]
-enum Replicas<'a> {
+pub(super) enum Replicas<'a> {
     Mesh,
     /// The members serving this HTTP router.
     Http(&'a str),

@@ -23,54 +23,52 @@ use crate::{
     error::Error,
 };
 
-impl Inner {
-    /// The replicas a call may go to: those of its pinned version, or of the version its
-    /// service's split rule chose for it (by `key` when sticky, so a key stays within one
-    /// version), skipping those already `tried`.
-    pub(super) fn versioned<'v>(
-        &self,
-        view: &'v View,
-        service: &str,
-        replicas: impl Iterator<Item = &'v Member>,
-        tried: &[SocketAddr],
-        pin: Option<&str>,
-        key: Option<&str>,
-    ) -> Result<Vec<&'v Member>, Error> {
-        let replicas: Vec<&Member> = replicas.filter(|m| m.addr.is_some_and(|a| !tried.contains(&a))).collect();
-        let version_of = |m: &'v Member| m.services.get(service).map_or("", |s| s.version.as_str());
-        if let Some(pin) = pin {
-            let pinned: Vec<&Member> = replicas.into_iter().filter(|m| version_of(m) == pin).collect();
-            if pinned.is_empty() {
-                return Err(Error::unavailable(format!("no replica of `{service}` runs version `{pin}`")));
-            }
-            return Ok(pinned);
+/// The replicas a call may go to: those of its pinned version, or of the version its
+/// service's split rule chose for it (by `key` when sticky, so a key stays within one
+/// version), skipping those already `tried`.
+pub(super) fn versioned<'v>(
+    inner: &Inner,
+    view: &'v View,
+    service: &str,
+    replicas: impl Iterator<Item = &'v Member>,
+    tried: &[SocketAddr],
+    pin: Option<&str>,
+    key: Option<&str>,
+) -> Result<Vec<&'v Member>, Error> {
+    let replicas: Vec<&Member> = replicas.filter(|m| m.addr.is_some_and(|a| !tried.contains(&a))).collect();
+    let version_of = |m: &'v Member| m.services.get(service).map_or("", |s| s.version.as_str());
+    if let Some(pin) = pin {
+        let pinned: Vec<&Member> = replicas.into_iter().filter(|m| version_of(m) == pin).collect();
+        if pinned.is_empty() {
+            return Err(Error::unavailable(format!("no replica of `{service}` runs version `{pin}`")));
         }
-        let Some(split) = view.split(service) else { return Ok(replicas) };
-        // Versions of the rule that have a replica left; the others' shares go to them.
-        let live: Vec<(&str, u32)> = split
-            .weights
-            .iter()
-            .filter(|(v, w)| *w > 0 && replicas.iter().any(|m| version_of(m) == *v))
-            .map(|(v, w)| (v.as_str(), *w))
-            .collect();
-        let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
-        if total == 0 {
-            return Ok(replicas); // no version of the rule is up: any replica beats none
-        }
-        let mut at = match key {
-            Some(key) => fnv(key.as_bytes()) % total,
-            None => self.traffic.random() % total,
-        };
-        let chosen = live
-            .iter()
-            .find(|(_, w)| {
-                let hit = at < u64::from(*w);
-                at = at.saturating_sub(u64::from(*w));
-                hit
-            })
-            .map_or(live[0].0, |(v, _)| v);
-        Ok(replicas.into_iter().filter(|m| version_of(m) == chosen).collect())
+        return Ok(pinned);
     }
+    let Some(split) = view.split(service) else { return Ok(replicas) };
+    // Versions of the rule that have a replica left; the others' shares go to them.
+    let live: Vec<(&str, u32)> = split
+        .weights
+        .iter()
+        .filter(|(v, w)| *w > 0 && replicas.iter().any(|m| version_of(m) == *v))
+        .map(|(v, w)| (v.as_str(), *w))
+        .collect();
+    let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
+    if total == 0 {
+        return Ok(replicas); // no version of the rule is up: any replica beats none
+    }
+    let mut at = match key {
+        Some(key) => fnv(key.as_bytes()) % total,
+        None => inner.traffic.random() % total,
+    };
+    let chosen = live
+        .iter()
+        .find(|(_, w)| {
+            let hit = at < u64::from(*w);
+            at = at.saturating_sub(u64::from(*w));
+            hit
+        })
+        .map_or(live[0].0, |(v, _)| v);
+    Ok(replicas.into_iter().filter(|m| version_of(m) == chosen).collect())
 }
 
 /// Whether a node's calls to services it publishes itself go straight to their
@@ -193,7 +191,7 @@ impl Cluster {
         if self.inner.mesh_addr.is_none() && self.inner.rules.signed() {
             return self.propose(kind, service, rule).await;
         }
-        self.inner.accept_rule(kind, service, rule).await
+        accept_rule(&self.inner, kind, service, rule).await
     }
 
     /// A rule newer than any seen, even if this node's clock is behind.
@@ -282,20 +280,18 @@ impl Cluster {
     }
 }
 
-impl Inner {
-    /// Checks a rule as every reader will (its signature, and whether its writer may
-    /// write it), then gossips it as this node's copy: `permission_denied` if refused.
-    pub(super) async fn accept_rule(&self, kind: RuleKind, service: &str, mut rule: Split) -> Result<Split, Error> {
-        rule.set_by = self
-            .rules
-            .check(kind, service, &rule)
-            .map_err(|why| Error::PermissionDenied { message: format!("rule:{}/{service}: {why}", kind.as_str()) })?;
-        match kind {
-            RuleKind::Split => self.membership.advertise_split(service, &rule).await,
-            RuleKind::Mirror => self.membership.advertise_mirror(service, &rule).await,
-        }
-        Ok(rule)
+/// Checks a rule as every reader will (its signature, and whether its writer may
+/// write it), then gossips it as this node's copy: `permission_denied` if refused.
+pub(super) async fn accept_rule(inner: &Inner, kind: RuleKind, service: &str, mut rule: Split) -> Result<Split, Error> {
+    rule.set_by = inner
+        .rules
+        .check(kind, service, &rule)
+        .map_err(|why| Error::PermissionDenied { message: format!("rule:{}/{service}: {why}", kind.as_str()) })?;
+    match kind {
+        RuleKind::Split => inner.membership.advertise_split(service, &rule).await,
+        RuleKind::Mirror => inner.membership.advertise_mirror(service, &rule).await,
     }
+    Ok(rule)
 }
 
 /// Passes on the newest split rule of every service: whenever the view shows a rule newer
@@ -395,53 +391,51 @@ impl Mirror {
     }
 }
 
-impl Inner {
-    /// Copies `call` to the version its service's mirror rule names, `percent` of the
-    /// time, if its method is idempotent (as `primary` advertises it) and carries no
-    /// stream; never a pinned call (mirrors are pinned, so never mirrored again).
-    pub(super) fn mirror(
-        self: &Arc<Self>,
-        view: &View,
-        call: &Call,
-        primary: &Member,
-        fingerprint: Option<&str>,
-    ) -> Option<Mirror> {
-        if !self.traffic.any_mirror.load(Ordering::Acquire) || call.version.is_some() || call.input.is_some() {
-            return None;
-        }
-        let (version, percent) = view.mirror(&call.service)?.weights.first()?.clone();
-        let advert = primary.services.get(&*call.service)?;
-        let idempotent = advert.methods.iter().any(|m| m.name == call.method && m.idempotent && !m.streams);
-        if !idempotent || advert.version == version || self.traffic.random() % 100 >= u64::from(percent) {
-            return None;
-        }
-        if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_MIRRORS_IN_FLIGHT {
-            MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let mut copy = call.clone();
-        copy.version = Some(Arc::from(version.as_str()));
-        // A copy never waits longer than a call's default timeout, whatever the real one's.
-        let cap = std::time::Instant::now() + crate::client::DEFAULT_TIMEOUT;
-        copy.deadline = Some(copy.deadline.map_or(cap, |d| d.min(cap)));
-        copy.key = None;
-        let (real_tx, real_rx) = tokio::sync::oneshot::channel();
-        let (inner, fingerprint) = (self.clone(), fingerprint.map(str::to_owned));
-        MIRRORED.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let mirrored = inner.call(copy, fingerprint).await;
-            MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-            let Ok(real) = real_rx.await else { return };
-            let counter = match (mirrored, real) {
-                (Err(e), _) if e.code() == "unavailable" || e.code() == "timeout" => &MIRROR_FAILED,
-                (Ok(Reply::Ok(m) | Reply::AppError(m)), Ok(r)) if m == r => &MIRROR_SAME,
-                (Err(m), Err(r)) if m.code() == r => &MIRROR_SAME,
-                _ => &MIRROR_DIFFERENT,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
-        Some(Mirror { real: real_tx })
+/// Copies `call` to the version its service's mirror rule names, `percent` of the
+/// time, if its method is idempotent (as `primary` advertises it) and carries no
+/// stream; never a pinned call (mirrors are pinned, so never mirrored again).
+pub(super) fn mirror(
+    inner: &Arc<Inner>,
+    view: &View,
+    call: &Call,
+    primary: &Member,
+    fingerprint: Option<&str>,
+) -> Option<Mirror> {
+    if !inner.traffic.any_mirror.load(Ordering::Acquire) || call.version.is_some() || call.input.is_some() {
+        return None;
     }
+    let (version, percent) = view.mirror(&call.service)?.weights.first()?.clone();
+    let advert = primary.services.get(&*call.service)?;
+    let idempotent = advert.methods.iter().any(|m| m.name == call.method && m.idempotent && !m.streams);
+    if !idempotent || advert.version == version || inner.traffic.random() % 100 >= u64::from(percent) {
+        return None;
+    }
+    if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_MIRRORS_IN_FLIGHT {
+        MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    let mut copy = call.clone();
+    copy.version = Some(Arc::from(version.as_str()));
+    // A copy never waits longer than a call's default timeout, whatever the real one's.
+    let cap = std::time::Instant::now() + crate::client::DEFAULT_TIMEOUT;
+    copy.deadline = Some(copy.deadline.map_or(cap, |d| d.min(cap)));
+    copy.key = None;
+    let (real_tx, real_rx) = tokio::sync::oneshot::channel();
+    let (inner, fingerprint) = (inner.clone(), fingerprint.map(str::to_owned));
+    MIRRORED.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let mirrored = inner.call(copy, fingerprint).await;
+        MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        let Ok(real) = real_rx.await else { return };
+        let counter = match (mirrored, real) {
+            (Err(e), _) if e.code() == "unavailable" || e.code() == "timeout" => &MIRROR_FAILED,
+            (Ok(Reply::Ok(m) | Reply::AppError(m)), Ok(r)) if m == r => &MIRROR_SAME,
+            (Err(m), Err(r)) if m.code() == r => &MIRROR_SAME,
+            _ => &MIRROR_DIFFERENT,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    Some(Mirror { real: real_tx })
 }
 
 #[cfg(test)]

@@ -19,12 +19,16 @@ pub struct View {
 
 impl View {
     /// Members serving `service` (compatible ones only, when `fingerprint` is given).
-    pub fn replicas<'a>(&'a self, service: &'a str, fingerprint: Option<&'a str>) -> impl Iterator<Item = &'a Member> {
+    pub fn replicas<'a, 'q>(
+        &'a self,
+        service: &'q str,
+        fingerprint: Option<&'q str>,
+    ) -> impl Iterator<Item = &'a Member> + use<'a, 'q> {
         self.members.iter().filter(move |m| m.serves(service, fingerprint))
     }
 
     /// Members serving the HTTP router `name`.
-    pub fn http_replicas<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Member> {
+    pub fn http_replicas<'a, 'q>(&'a self, name: &'q str) -> impl Iterator<Item = &'a Member> + use<'a, 'q> {
         self.members.iter().filter(move |m| m.state == MemberState::Serving && m.http.iter().any(|h| h == name))
     }
 

@@ -90,6 +90,24 @@ struct Window {
     estimate: f64,
 }
 
+impl Window {
+    /// One measured call of `method` (a [`method_key`]) that took `latency` with
+    /// `running` calls at once: how much slower than its method's baseline it was.
+    fn record(&mut self, method: u64, latency: Duration, running: usize) {
+        self.calls += 1;
+        self.busiest = self.busiest.max(running);
+        let tracked = self.methods.len() < MAX_METHODS || self.methods.contains_key(&method);
+        let baseline = match tracked.then(|| self.methods.entry(method).or_default()) {
+            Some(b) => {
+                b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
+                b.best.unwrap_or(latency)
+            }
+            None => latency,
+        };
+        self.slowdown += latency.as_secs_f64() / baseline.max(LATENCY_FLOOR).as_secs_f64();
+    }
+}
+
 /// What one method's calls take when nothing queues.
 #[derive(Default)]
 struct Baseline {
@@ -183,17 +201,7 @@ impl Limiter {
         let now = Instant::now();
         let latency = now.duration_since(sample.started).max(LATENCY_FLOOR);
         let mut w = self.window.lock().unwrap();
-        w.calls += 1;
-        w.busiest = w.busiest.max(p.running);
-        let tracked = w.methods.len() < MAX_METHODS || w.methods.contains_key(&sample.method);
-        let baseline = match tracked.then(|| w.methods.entry(sample.method).or_default()) {
-            Some(b) => {
-                b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
-                b.best.unwrap_or(latency)
-            }
-            None => latency,
-        };
-        w.slowdown += latency.as_secs_f64() / baseline.max(LATENCY_FLOOR).as_secs_f64();
+        w.record(sample.method, latency, p.running);
         if w.calls < WINDOW_CALLS || now.duration_since(w.started) < WINDOW {
             return;
         }
@@ -328,16 +336,12 @@ mod tests {
         }
     }
 
-    /// A window of calls of methods `(key, ms)`, with `busiest` calls at once at most.
+    /// A window of calls of methods `(key, ms)`, with `busiest` calls at once at most,
+    /// recorded as `Limiter::done` records them; the limit after it.
     fn measure(w: &mut Window, calls: &[(u64, u64)], busiest: usize) -> usize {
-        (w.calls, w.slowdown, w.busiest) = (0, 0.0, busiest);
+        (w.calls, w.slowdown, w.busiest) = (0, 0.0, 0);
         for (method, ms) in calls {
-            let latency = Duration::from_millis(*ms).max(LATENCY_FLOOR);
-            let b = w.methods.entry(*method).or_default();
-            b.fastest = Some(b.fastest.map_or(latency, |f| f.min(latency)));
-            let baseline = b.best.unwrap_or(latency);
-            w.calls += 1;
-            w.slowdown += latency.as_secs_f64() / baseline.as_secs_f64();
+            w.record(*method, Duration::from_millis(*ms).max(LATENCY_FLOOR), busiest);
         }
         next_limit(w)
     }
@@ -393,6 +397,19 @@ mod tests {
         }
         assert_eq!(limiter.window.lock().unwrap().methods.len(), MAX_METHODS);
         assert!(limiter.admit("s", "m0", false).is_ok(), "calls are still admitted");
+    }
+
+    #[test]
+    fn a_method_past_the_baseline_cap_counts_as_never_slowed() {
+        // Its call has no baseline to be slower than: it cannot shrink the limit.
+        let mut w = window(128.0);
+        for key in 0..MAX_METHODS as u64 {
+            w.methods.insert(key, Baseline { best: Some(Duration::from_millis(1)), ..Baseline::default() });
+        }
+        w.record(MAX_METHODS as u64, Duration::from_millis(500), 120);
+        assert_eq!((w.calls, w.slowdown, w.methods.len()), (1, 1.0, MAX_METHODS));
+        w.record(0, Duration::from_millis(500), 120);
+        assert_eq!(w.slowdown, 501.0, "a tracked method is measured against its baseline");
     }
 
     #[test]

@@ -304,7 +304,7 @@ impl Advertised {
 }
 
 /// A weighted split of a service's calls between its versions (`v1=90 v2=10`), set at
-/// runtime (`meshrpc split`, [`Cluster::set_split`](super::Cluster::set_split)): the newest
+/// runtime (`meshrpc split`, [`Cluster::set_split`](crate::Cluster::set_split)): the newest
 /// rule wins, and every node passes on the newest it saw, so a rule outlives the node that
 /// set it. No weights: the rule is cleared. With mutual TLS, a rule is signed by its
 /// writer and only writers the policy allows are followed (docs/security.md).

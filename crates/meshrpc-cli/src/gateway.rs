@@ -3,7 +3,7 @@
 use meshrpc::{Cluster, Gateway, HttpLimits, ServerConfig};
 
 #[derive(clap::Args)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     /// HTTP address of the gateway.
     #[arg(long, default_value = "0.0.0.0:8282")]
     listen: String,
@@ -92,7 +92,7 @@ fn route_limit(s: &str) -> Result<(String, meshrpc::Rate), String> {
     Ok((path.to_owned(), rate.parse().map_err(|e: meshrpc::Error| e.to_string())?))
 }
 
-pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: std::net::SocketAddr =
         tokio::net::lookup_host(&args.listen).await?.next().ok_or("no address to listen on")?;
     if let Some(port) = args.http_port {

@@ -6,7 +6,7 @@ use meshrpc::Cluster;
 
 /// Where to join.
 #[derive(clap::Args, Clone)]
-pub struct JoinArgs {
+pub(crate) struct JoinArgs {
     /// Nodes to join through (comma separated; a missing port means 11999).
     #[arg(short = 'N', long, env = "MESHRPC_CLUSTER_NODES", value_delimiter = ',', default_value = "127.0.0.1:11999")]
     pub nodes: Vec<String>,
@@ -23,7 +23,7 @@ pub struct JoinArgs {
 }
 
 /// Joins and waits until `ready` holds for the view (or the wait runs out).
-pub async fn join(
+pub(crate) async fn join(
     args: &JoinArgs,
     what: &str,
     ready: impl Fn(&meshrpc::View) -> bool,

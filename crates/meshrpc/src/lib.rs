@@ -65,8 +65,9 @@
 //! | `logging` | yes | `init_logging`, a `tracing` subscriber for binaries |
 //! | `tls` | yes | mutual TLS on the mesh port ([`TlsConfig`]), sealed gossip, the authorization policy ([`Access`]), HTTPS and bearer tokens at the gateway |
 
+// The lints are the workspace's (`[workspace.lints]` in the root Cargo.toml); the library
+// also forbids what the workspace only denies, so no `allow` can let unsafe code in.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod call;

@@ -68,7 +68,7 @@ fn figures(before: &MeshSnapshot, after: &MeshSnapshot) -> Top {
         .nodes
         .iter()
         .filter(|(m, _)| !m.is_self)
-        .filter_map(|(m, s)| s.as_ref().err().map(|e| (m.name.clone(), e.clone())))
+        .filter_map(|(m, s)| s.as_ref().err().map(|e| (m.name.clone(), e.to_string())))
         .collect();
     let edges = meshrpc::edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
     let methods = meshrpc::method_rates(before, after)

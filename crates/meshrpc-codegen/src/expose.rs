@@ -61,7 +61,7 @@ fn is_service_attr(a: &Attribute) -> bool {
 
 /// Picks the trait: the only one, or with `prefix` the one named `{prefix}Service` or
 /// `{prefix}`.
-pub fn select(found: Vec<Found>, prefix: Option<&str>) -> Result<Found, String> {
+pub fn select(found: Vec<Found>, prefix: Option<&str>) -> Result<Found, SelectError> {
     let names: Vec<String> = found.iter().map(|f| f.def.trait_ident().to_string()).collect();
     match prefix {
         Some(p) => {
@@ -69,12 +69,28 @@ pub fn select(found: Vec<Found>, prefix: Option<&str>) -> Result<Found, String> 
             found
                 .into_iter()
                 .find(|f| want.contains(&f.def.trait_ident().to_string()))
-                .ok_or_else(|| format!("no service trait named {}Service or {p} (found: {})", p, names.join(", ")))
+                .ok_or_else(|| SelectError::NotFound { prefix: p.to_owned(), found: names })
         }
         None if found.len() == 1 => Ok(found.into_iter().next().expect("one")),
-        None if found.is_empty() => Err("no trait marked #[meshrpc::service] found".into()),
-        None => Err(format!("several service traits ({}): choose one with -M <prefix>", names.join(", "))),
+        None if found.is_empty() => Err(SelectError::None),
+        None => Err(SelectError::Several(names)),
     }
+}
+
+/// Why [`select`] picked no trait.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectError {
+    /// No trait is named `{prefix}Service` or `{prefix}` (`found`: the traits' names).
+    #[error("no service trait named {prefix}Service or {prefix} (found: {})", found.join(", "))]
+    #[allow(missing_docs)] // named in the variant's docs
+    NotFound { prefix: String, found: Vec<String> },
+    /// The source has no service trait.
+    #[error("no trait marked #[meshrpc::service] found")]
+    None,
+    /// Several traits and no prefix to choose (their names).
+    #[error("several service traits ({}): choose one with -M <prefix>", .0.join(", "))]
+    Several(Vec<String>),
 }
 
 /// The server file's text.
@@ -119,7 +135,7 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert!(found[0].marked_expose && !found[1].marked_expose);
         let Err(why) = select(find_services(SRC).unwrap(), None) else { panic!("two traits, no prefix") };
-        assert!(why.contains("FooService, Bar"), "{why}");
+        assert_eq!(why.to_string(), "several service traits (FooService, Bar): choose one with -M <prefix>");
         assert_eq!(select(find_services(SRC).unwrap(), Some("Foo")).unwrap().def.name, "foo_service");
         assert_eq!(select(find_services(SRC).unwrap(), Some("Bar")).unwrap().def.name, "bar");
         assert!(select(find_services(SRC).unwrap(), Some("Baz")).is_err());

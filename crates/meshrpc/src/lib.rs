@@ -127,7 +127,7 @@ pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
 #[cfg(all(feature = "gateway", feature = "tls"))]
-pub use gateway::BearerAuth;
+pub use gateway::{BearerAuth, TokenError};
 #[cfg(feature = "gateway")]
 pub use gateway::{Gateway, Metrics, Rate, RateLimits};
 #[cfg(feature = "http")]
@@ -137,7 +137,7 @@ pub use http::{
 };
 #[cfg(all(feature = "http", feature = "tls"))]
 pub use http::{rpc_router_with_policy, serve_https};
-pub use identity::{Identity, IdentityKind};
+pub use identity::{Identity, IdentityError, IdentityKind};
 pub use limits::HttpLimits;
 #[cfg(feature = "logging")]
 pub use logging::init as init_logging;

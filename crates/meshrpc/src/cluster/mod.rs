@@ -374,7 +374,7 @@ impl Cluster {
     pub async fn serve(&self) -> Result<(), Error> {
         let server = self.inner.server.lock().unwrap().take();
         let (Some(server), Some(http)) = (server, &self.inner.http) else {
-            return Err(Error::Internal { message: "serve called twice or on a client-only node".into() });
+            return Err(Error::internal("serve called twice or on a client-only node"));
         };
         // Plain HTTP on any node reaches any service: local first, else the mesh.
         http.set_dispatch(Arc::new(PreferLocal {

@@ -96,6 +96,10 @@ fn load(system: &str, addr: SocketAddr, secs: f64, in_flight: usize) {
 }
 
 fn serve(kind: &str, addr: &str, next: Option<&str>) {
+    // As the node binaries do (the others' servers keep the limit they are given).
+    if matches!(kind, "meshrpc" | "meshrpc-tls" | "stream-meshrpc" | "gateway-replica" | "gateway") {
+        let _ = meshrpc::raise_fd_limit();
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     // The multi-core view pins the server's runtime to 1 or 2 workers.
     if let Some(workers) = std::env::var("BENCH_SERVER_WORKERS").ok().and_then(|w| w.parse().ok()) {

@@ -128,6 +128,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Gateway(args) => {
                 meshrpc::init_logging("info");
+                let _ = meshrpc::raise_fd_limit();
                 gateway::run(*args).await
             }
             Command::Call(args) => call::run(args).await,
@@ -143,10 +144,12 @@ pub fn run() -> std::process::ExitCode {
             Command::Cert(command) => cert::cert(command),
             Command::Example(Example::Greeter(args)) => {
                 meshrpc::init_logging("info");
+                let _ = meshrpc::raise_fd_limit();
                 Ok(greeter::node::run(args).await?)
             }
             Command::Example(Example::MeshApi(args)) => {
                 meshrpc::init_logging("info");
+                let _ = meshrpc::raise_fd_limit();
                 Ok(mesh_api::run(args).await?)
             }
         }

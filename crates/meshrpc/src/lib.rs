@@ -145,7 +145,7 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 #[cfg(feature = "http")]
 pub use openapi::{document as openapi_document, ServiceDoc};
-pub use server::{ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
+pub use server::{raise_fd_limit, ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use stream::{Input, Items, Stream, StreamClosed, StreamSender};
 pub use transport::{

@@ -12,5 +12,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("info");
+    let _ = meshrpc::raise_fd_limit();
     greeter::node::run(Cli::parse().node).await
 }

@@ -105,6 +105,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("warn");
+    let _ = meshrpc::raise_fd_limit();
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
     if let Some(max) = args.max_in_flight {

@@ -35,6 +35,7 @@ fn unix_ms() -> u128 {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("warn");
+    let _ = meshrpc::raise_fd_limit();
     let args = Args::parse();
     let cluster = Cluster::builder(args.name.clone())
         .tag(args.tag)

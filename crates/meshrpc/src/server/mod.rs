@@ -156,9 +156,9 @@ impl ShutdownHandle {
 }
 
 impl Server {
-    /// Binds the port.
+    /// Binds the port. A node holds a descriptor per connection: a process serving many
+    /// calls [`raise_fd_limit`] first.
     pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> Result<Server, Error> {
-        raise_fd_limit();
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
         let registry = Arc::<Registry>::default();
         let config = ServerConfig::default();
@@ -353,15 +353,19 @@ impl Server {
     }
 }
 
-/// A node holds a descriptor per connection: the soft limit (often 1024) is raised to the
-/// hard one, once per process, so `max_connections` and not the limit decides.
-fn raise_fd_limit() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(unix)]
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
-            Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
-        }
-    });
+/// Raises the process's soft limit of open files to its hard limit and returns the new
+/// soft limit (logging a warning when it cannot). A node holds a descriptor per
+/// connection: with the usual soft limit of 1024, the limit and not `max_connections`
+/// would decide how many it serves (README, "Limits"). The limit is the whole process's,
+/// so binaries call this before they serve; the library never does.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    #[cfg(unix)]
+    let raised = rlimit::increase_nofile_limit(u64::MAX);
+    #[cfg(not(unix))]
+    let raised = Ok(u64::MAX);
+    match &raised {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+    raised
 }

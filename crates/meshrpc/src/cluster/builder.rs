@@ -256,7 +256,7 @@ impl ClusterBuilder {
         let admin_addr = admin.as_ref().and_then(|a| a.local_addr());
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
         let local = server.as_ref().map_or_else(|| registry.clone() as Arc<dyn Dispatch>, Server::dispatch);
-        let http = server.as_ref().map(Server::http_door);
+        let http = server.as_ref().map(Server::published_http);
         let limiter = server.as_ref().map(Server::limiter);
         let name = self.name;
         let inner = Arc::new(Inner {

@@ -1,6 +1,6 @@
 //! `meshrpc gateway`: the generic API gateway, itself a cluster node.
 
-use meshrpc::{Cluster, Gateway, HttpLimits, ServerConfig};
+use meshrpc::{ClusterBuilder, Gateway, HttpLimits, ServerConfig};
 
 #[derive(clap::Args)]
 pub(crate) struct GatewayArgs {
@@ -99,7 +99,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Err
         listen.set_port(port);
     }
     let timeout = std::time::Duration::from_secs(args.client_timeout);
-    let cluster = Cluster::builder("gateway")
+    let cluster = ClusterBuilder::from_env("gateway")
         .tag(args.tag)
         .seeds(&args.nodes)
         .listen(args.listen_addr)

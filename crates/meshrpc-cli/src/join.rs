@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use meshrpc::Cluster;
+use meshrpc::{Cluster, ClusterBuilder};
 
 /// Where to join.
 #[derive(clap::Args, Clone)]
@@ -28,8 +28,12 @@ pub(crate) async fn join(
     what: &str,
     ready: impl Fn(&meshrpc::View) -> bool,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let cluster =
-        Cluster::builder("meshrpc-cli").tag(&args.tag).seeds(&args.nodes).tls_dir(args.tls_dir.clone()).start().await?;
+    let cluster = ClusterBuilder::from_env("meshrpc-cli")
+        .tag(&args.tag)
+        .seeds(&args.nodes)
+        .tls_dir(args.tls_dir.clone())
+        .start()
+        .await?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {

@@ -54,6 +54,12 @@
 //! `Gateway` (feature `gateway`). The README walks through the whole story and
 //! `docs/architecture.md` maps the code.
 //!
+//! The library reads no environment variable and changes no process-wide setting by
+//! itself: a binary asks, with the `from_env()` constructors (`ClusterBuilder::from_env`,
+//! [`Telemetry::from_env`], `TlsConfig::from_env`, `Access::from_env`; the README's
+//! "Configuration" lists every variable), [`Telemetry::install`], [`raise_fd_limit`] and
+//! `init_logging`.
+//!
 //! ## Cargo features
 //!
 //! | feature | default | adds |
@@ -75,6 +81,7 @@ mod call_stats;
 mod client;
 mod codec;
 mod context;
+mod env;
 mod error;
 #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
 mod figures;
@@ -91,6 +98,7 @@ mod schema;
 mod server;
 mod spec;
 mod stream;
+mod telemetry;
 mod throttle;
 mod trace;
 mod transport;
@@ -148,6 +156,9 @@ pub use openapi::{document as openapi_document, ServiceDoc};
 pub use server::{raise_fd_limit, ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use stream::{Input, Items, Stream, StreamClosed, StreamSender};
+#[cfg(feature = "otlp")]
+pub use telemetry::OtlpExport;
+pub use telemetry::{RequestLines, Telemetry};
 pub use transport::{
     connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
 };

@@ -126,14 +126,6 @@ impl TlsConfig {
         })
     }
 
-    /// The credentials in `MESHRPC_TLS_DIR`, if set.
-    pub fn from_env() -> Result<Option<TlsConfig>, Error> {
-        match std::env::var_os("MESHRPC_TLS_DIR") {
-            Some(dir) if !dir.is_empty() => TlsConfig::from_dir(PathBuf::from(dir)).map(Some),
-            _ => Ok(None),
-        }
-    }
-
     /// This node's identity (from its current certificate).
     pub fn identity(&self) -> Arc<Identity> {
         self.inner.own.current().identity.clone()

@@ -18,7 +18,7 @@ async fn per_call(greeter: &dyn Greeter, calls: u64) -> f64 {
 }
 
 async fn node(policy: meshrpc::Colocated) -> meshrpc::Cluster {
-    let cluster = meshrpc::Cluster::builder("bench-colocated")
+    let cluster = meshrpc::ClusterBuilder::from_env("bench-colocated")
         .tag(format!("bench-colocated-{policy:?}-{}", std::process::id()))
         .listen("127.0.0.1:0")
         .colocated(policy)

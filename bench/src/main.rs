@@ -34,6 +34,7 @@ struct Opts {
 }
 
 fn main() {
+    meshrpc::Telemetry::from_env().install();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("serve") {
         return serve(&args[2], &args[3], args.get(4).map(String::as_str));
@@ -96,6 +97,10 @@ fn load(system: &str, addr: SocketAddr, secs: f64, in_flight: usize) {
 }
 
 fn serve(kind: &str, addr: &str, next: Option<&str>) {
+    // As the node binaries do (the others' servers keep the limit they are given).
+    if matches!(kind, "meshrpc" | "meshrpc-tls" | "stream-meshrpc" | "gateway-replica" | "gateway") {
+        let _ = meshrpc::raise_fd_limit();
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     // The multi-core view pins the server's runtime to 1 or 2 workers.
     if let Some(workers) = std::env::var("BENCH_SERVER_WORKERS").ok().and_then(|w| w.parse().ok()) {
@@ -120,15 +125,20 @@ fn serve(kind: &str, addr: &str, next: Option<&str>) {
 }
 
 async fn serve_gateway_replica(addr: &str, tag: &str) {
-    let cluster = meshrpc::Cluster::builder("bench-greeter").tag(tag).listen(addr).start().await.unwrap();
+    let cluster = meshrpc::ClusterBuilder::from_env("bench-greeter").tag(tag).listen(addr).start().await.unwrap();
     cluster.publish(systems::GreeterServer::new(systems::Greet));
     println!("listening on {}", cluster.local_addr().unwrap());
     cluster.serve().await.unwrap();
 }
 
 async fn serve_gateway(seed: &str, tag: &str) {
-    let cluster =
-        meshrpc::Cluster::builder("bench-gateway").tag(tag).seeds([seed]).listen("127.0.0.1:0").start().await.unwrap();
+    let cluster = meshrpc::ClusterBuilder::from_env("bench-gateway")
+        .tag(tag)
+        .seeds([seed])
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
     let node = cluster.clone();
     tokio::spawn(async move { node.serve().await });
     cluster.wait_for(&[systems::GreeterClient::SPEC], Duration::from_secs(20)).await.unwrap();

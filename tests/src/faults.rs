@@ -114,7 +114,7 @@ impl FaultyNode {
         }
         if picked(self.faults.fail_percent) {
             self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::Internal { message: format!("{}: injected failure", self.name) });
+            return Err(Error::internal(format!("{}: injected failure", self.name)));
         }
         if picked(self.faults.stall_percent) {
             self.stalled.fetch_add(1, Ordering::SeqCst);
@@ -151,7 +151,7 @@ impl Faulty for FaultyNode {
         self.writes.fetch_add(1, Ordering::SeqCst);
         if let Some(log) = &self.log {
             // Written (to the kernel) before anything else: a kill -9 cannot lose it.
-            writeln!(log.lock().unwrap(), "{id}").map_err(|e| Error::Internal { message: e.to_string() })?;
+            writeln!(log.lock().unwrap(), "{id}").map_err(|e| Error::internal(e.to_string()))?;
         }
         tokio::time::sleep(self.faults.write_time).await;
         Ok(self.name.clone())
@@ -172,7 +172,7 @@ impl Faulty for FaultyNode {
             }
         }
         let _leave = Leave(&self.working);
-        let _worker = self.workers.acquire().await.map_err(|e| Error::Internal { message: e.to_string() })?;
+        let _worker = self.workers.acquire().await.map_err(|e| Error::internal(e.to_string()))?;
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(ms)
     }

@@ -218,7 +218,7 @@ async fn a_panicking_handler_is_an_internal_error_and_the_node_lives() {
     let node = lab().await;
     let lab = lab_client(&node).await;
     let err = lab.panic().await.unwrap_err();
-    let LabError::Rpc(Error::Internal { message }) = err else { panic!("{err:?}") };
+    let LabError::Rpc(Error::Internal { message, .. }) = err else { panic!("{err:?}") };
     assert!(message.contains("on purpose"), "{message}");
     lab.nothing().await.unwrap();
 }

@@ -4,7 +4,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use meshrpc_tests::harness::{eventually, free_port, http, terminate};
+use meshrpc_tests::harness::{eventually, free_port, http, terminate, Node};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -80,6 +80,44 @@ async fn nodes_configured_by_environment_form_the_stack() {
     assert!(status.success(), "{status:?}");
     let answer = http("GET", &format!("http://127.0.0.1:{http_port}/greeter/greet/Still"), "", &[]).await;
     assert_eq!(answer.status, 200, "the other replica answers");
+}
+
+/// The variables no flag carries reach a node as well (README, "Configuration"; the
+/// binary reads them, the library none): the address it advertises, its services'
+/// version, a log line per call, no counting of calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_without_a_flag_configure_the_node_too() {
+    let tag = "deploy-vars";
+    let env = [
+        ("MESHRPC_LISTEN_ADDR", "0.0.0.0:0"),
+        ("MESHRPC_ADVERTISE_IP", "127.0.0.2"),
+        ("MESHRPC_CLUSTER_TAGNAME", tag),
+        ("MESHRPC_SERVICE_VERSION", "v-env"),
+        ("MESHRPC_REQUEST_LOG", "on"),
+        ("MESHRPC_METRICS", "off"),
+        ("RUST_LOG", "info"),
+    ];
+    let node = Node::start_logged_env(MESHRPC, &["example", "greeter"], &env).await;
+    // It listens on every address and says, as it gossips, the one it was given.
+    assert_eq!(node.addr.ip().to_string(), "127.0.0.2");
+    let status = Command::new(MESHRPC)
+        .args(["status", "--json", "--tag", tag, "--nodes", &node.addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let greeter = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "greeter").expect("greeter");
+    assert!(greeter["versions"].get("v-env").is_some(), "{greeter}");
+    let member = status["members"].as_array().unwrap().iter().find(|m| m["name"] == "greeter").expect("a member");
+    assert_eq!(member["addr"], node.addr.to_string());
+
+    let answer = http("POST", &format!("http://{}/greeter/greet", node.addr), r#"{"name":"Env"}"#, &[]).await;
+    assert_eq!((answer.status, answer.json()["data"].as_str()), (200, Some("Hello, Env")));
+    let line = node.logged("meshrpc::request", Duration::from_secs(5)).await.expect("a request line");
+    assert!(line.contains("greet"), "{line}");
+    let metrics = http("GET", &format!("http://{}/metrics", node.addr), "", &[]).await;
+    assert!(!metrics.body.contains("service=\"greeter\""), "calls counted with MESHRPC_METRICS=off");
 }
 
 #[tokio::test]

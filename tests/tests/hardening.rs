@@ -284,6 +284,23 @@ async fn with_fewer_descriptors_than_its_cap_a_node_caps_itself_below_its_fd_lim
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_node_binaries_raise_their_soft_fd_limit_to_the_hard_one() {
+    // A soft limit of 256 under a higher hard one: a node binary raises it before serving
+    // (`meshrpc::raise_fd_limit`; the library itself changes no process-wide limit).
+    let greeter = format!("{MESHRPC} example greeter --listen-addr 127.0.0.1:0");
+    for command in [greeter.as_str(), LABNODE] {
+        let node = Node::start("sh", &["-c", &format!("ulimit -S -n 256 && exec {command}")]).await;
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", pid(&node))).unwrap();
+        let open_files = limits.lines().find(|l| l.starts_with("Max open files")).expect("a limit of open files");
+        let (soft, hard) = match open_files.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, _, _, soft, hard, ..] => (soft.to_owned(), hard.to_owned()),
+            _ => panic!("{open_files}"),
+        };
+        assert_eq!(soft, hard, "{command}: {open_files}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trickled_preface_costs_no_cpu_while_it_waits() {
     let node = lab(&[]).await;
     let mut conns = Vec::new();

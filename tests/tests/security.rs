@@ -133,7 +133,7 @@ async fn mutual_tls_admits_the_cluster_and_refuses_strangers() {
     // Strangers: each refused with a TLS error naming why, counted, logged.
     let refused_before = counter(admin, "meshrpc_tls_handshakes_refused").await;
     let plain = meshrpc::connect(node.addr).await.unwrap_err();
-    assert!(matches!(&plain, Error::Tls { message } if message.contains("plaintext")), "{plain:?}");
+    assert!(matches!(&plain, Error::Tls { message, .. } if message.contains("plaintext")), "{plain:?}");
     let plain_http = http("POST", &node.url("/greeter/greet"), r#"{"name":"x"}"#, &[]).await;
     assert_eq!(
         (plain_http.status, plain_http.json()["errors"][0]["code"].as_str()),

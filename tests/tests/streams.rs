@@ -252,7 +252,7 @@ async fn a_draining_replica_ends_open_streams_with_unavailable_after_its_grace()
         .await
         .expect("the stream hung through the drain");
     let waited = signalled.elapsed();
-    let Some(Err(LabError::Rpc(Error::Unavailable { message }))) = ended else { panic!("{ended:?}") };
+    let Some(Err(LabError::Rpc(Error::Unavailable { message, .. }))) = ended else { panic!("{ended:?}") };
     assert!(message.contains("drain"), "{message}");
     assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
     assert!(terminate(child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");

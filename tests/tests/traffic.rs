@@ -281,7 +281,7 @@ async fn a_colocated_call_skips_the_wire_but_keeps_deadline_and_cancellation() {
     assert!(format!("{lab:?}").contains("colocated: false"), "{lab:?}");
     let refused = lab.ratio(1.0, 0.0).await;
     assert!(
-        matches!(&refused, Err(LabError::Rpc(Error::Internal { message })) if message.contains("no JSON form")),
+        matches!(&refused, Err(LabError::Rpc(Error::Internal { message, .. })) if message.contains("no JSON form")),
         "{refused:?}"
     );
 }

@@ -10,7 +10,7 @@ use meshrpc::{Error, Reply};
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct CallArgs {
+pub(crate) struct CallArgs {
     /// `<service>.<method>`
     #[arg(required_unless_present = "list")]
     target: Option<String>,
@@ -34,7 +34,7 @@ pub struct CallArgs {
     join: JoinArgs,
 }
 
-pub async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.list {
         return list(&args.join).await;
     }

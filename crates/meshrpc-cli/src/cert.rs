@@ -18,12 +18,12 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The CA's private key file (keep it off the nodes).
-pub const CA_KEY_FILE: &str = "ca.key";
+pub(crate) const CA_KEY_FILE: &str = "ca.key";
 const CA_NAME_PREFIX: &str = "meshrpc cluster CA: ";
 
 /// Cluster CA commands.
 #[derive(clap::Subcommand)]
-pub enum CaCommand {
+pub(crate) enum CaCommand {
     /// Create a cluster CA (ca.pem, ca.key) and the cluster's gossip key (gossip.key).
     ///
     /// Example: meshrpc ca init --dir ./ca --tag prod
@@ -42,7 +42,7 @@ pub enum CaCommand {
 
 /// Node certificate commands.
 #[derive(clap::Subcommand)]
-pub enum CertCommand {
+pub(crate) enum CertCommand {
     /// Issue a certificate: OUT gets ca.pem, node.pem, node.key (and gossip.key for a
     /// node), ready for --tls-dir. A node (--node) serves and gossips; a caller
     /// (--caller: the CLI, tools) only calls, and reaches the cluster through a node's
@@ -85,7 +85,7 @@ pub enum CertCommand {
 
 /// What a node certificate says.
 #[derive(clap::Args)]
-pub struct IssueArgs {
+pub(crate) struct IssueArgs {
     /// The CA directory (from `meshrpc ca init`).
     #[arg(long)]
     pub ca: PathBuf,
@@ -110,7 +110,7 @@ pub struct IssueArgs {
     pub valid_from: Option<String>,
 }
 
-pub fn ca(command: CaCommand) -> Result<()> {
+pub(crate) fn ca(command: CaCommand) -> Result<()> {
     let CaCommand::Init { dir, tag, days } = command;
     if tag.is_empty() || tag.contains(['/', ' ']) {
         return Err(format!("tag `{tag}`: must be non-empty, without `/` or spaces").into());
@@ -143,7 +143,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
     Ok(())
 }
 
-pub fn cert(command: CertCommand) -> Result<()> {
+pub(crate) fn cert(command: CertCommand) -> Result<()> {
     match command {
         CertCommand::Issue(args) => issue(args),
         CertCommand::Https { ca, names, out, days } => https(&ca, &names, &out, days),
@@ -151,7 +151,7 @@ pub fn cert(command: CertCommand) -> Result<()> {
     }
 }
 
-pub fn issue(args: IssueArgs) -> Result<()> {
+pub(crate) fn issue(args: IssueArgs) -> Result<()> {
     let ca_pem =
         fs::read_to_string(args.ca.join(CA_FILE)).map_err(|e| format!("{}: {e}", args.ca.join(CA_FILE).display()))?;
     let ca_key = KeyPair::from_pem(&fs::read_to_string(args.ca.join(CA_KEY_FILE))?)?;
@@ -208,9 +208,9 @@ pub fn issue(args: IssueArgs) -> Result<()> {
 }
 
 /// The file names `meshrpc cert https` writes.
-pub const HTTPS_CERT_FILE: &str = "https.pem";
+pub(crate) const HTTPS_CERT_FILE: &str = "https.pem";
 /// See [`HTTPS_CERT_FILE`].
-pub const HTTPS_KEY_FILE: &str = "https.key";
+pub(crate) const HTTPS_KEY_FILE: &str = "https.key";
 
 fn https(ca: &Path, names: &[String], out: &Path, days: u32) -> Result<()> {
     let ca_pem = fs::read_to_string(ca.join(CA_FILE)).map_err(|e| format!("{}: {e}", ca.join(CA_FILE).display()))?;
@@ -288,7 +288,7 @@ fn show(file: &Path, json: bool) -> Result<()> {
 }
 
 /// "3d 4h", "5h 2m", "42s".
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         86_400.. => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),

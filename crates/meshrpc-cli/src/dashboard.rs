@@ -3,7 +3,7 @@
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct DashboardArgs {
+pub(crate) struct DashboardArgs {
     /// Where to serve it (`http://ADDR/dashboard`).
     #[arg(long, default_value = "127.0.0.1:8383")]
     listen: String,
@@ -11,7 +11,7 @@ pub struct DashboardArgs {
     join: JoinArgs,
 }
 
-pub async fn run(args: DashboardArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: DashboardArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = join(&args.join, "cluster", |v| v.members.len() > 1).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -10,7 +10,7 @@ use tokio::{
 };
 
 #[derive(clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Greeter replicas to start.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -61,7 +61,7 @@ fn demo_credentials(replicas: usize) -> Result<std::path::PathBuf, Box<dyn std::
     Ok(root)
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let me = std::env::current_exe()?;
     let seed = format!("127.0.0.1:{}", args.mesh_port);
     let credentials = if args.tls { Some(demo_credentials(args.replicas)?) } else { None };

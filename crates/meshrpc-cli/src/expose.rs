@@ -9,7 +9,7 @@ use std::{
 use meshrpc_codegen::expose::{client_file, find_services, handler_file, select};
 
 #[derive(clap::Args)]
-pub struct ExposeArgs {
+pub(crate) struct ExposeArgs {
     /// The crate or module the files belong to (written in their header).
     #[arg(short = 'P', long = "package")]
     package: String,
@@ -30,7 +30,7 @@ struct Planned {
     text: String,
 }
 
-pub fn run(root: &Path, args: ExposeArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(root: &Path, args: ExposeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let src = root.join(&args.src);
     let (dir, files) = if src.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&src)

@@ -1,9 +1,9 @@
 //! `meshrpc gateway`: the generic API gateway, itself a cluster node.
 
-use meshrpc::{Cluster, Gateway, HttpLimits, ServerConfig};
+use meshrpc::{ClusterBuilder, Gateway, HttpLimits, ServerConfig};
 
 #[derive(clap::Args)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     /// HTTP address of the gateway.
     #[arg(long, default_value = "0.0.0.0:8282")]
     listen: String,
@@ -92,14 +92,14 @@ fn route_limit(s: &str) -> Result<(String, meshrpc::Rate), String> {
     Ok((path.to_owned(), rate.parse().map_err(|e: meshrpc::Error| e.to_string())?))
 }
 
-pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: std::net::SocketAddr =
         tokio::net::lookup_host(&args.listen).await?.next().ok_or("no address to listen on")?;
     if let Some(port) = args.http_port {
         listen.set_port(port);
     }
     let timeout = std::time::Duration::from_secs(args.client_timeout);
-    let cluster = Cluster::builder("gateway")
+    let cluster = ClusterBuilder::from_env("gateway")
         .tag(args.tag)
         .seeds(&args.nodes)
         .listen(args.listen_addr)

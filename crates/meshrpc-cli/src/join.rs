@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use meshrpc::Cluster;
+use meshrpc::{Cluster, ClusterBuilder};
 
 /// Where to join.
 #[derive(clap::Args, Clone)]
-pub struct JoinArgs {
+pub(crate) struct JoinArgs {
     /// Nodes to join through (comma separated; a missing port means 11999).
     #[arg(short = 'N', long, env = "MESHRPC_CLUSTER_NODES", value_delimiter = ',', default_value = "127.0.0.1:11999")]
     pub nodes: Vec<String>,
@@ -23,13 +23,17 @@ pub struct JoinArgs {
 }
 
 /// Joins and waits until `ready` holds for the view (or the wait runs out).
-pub async fn join(
+pub(crate) async fn join(
     args: &JoinArgs,
     what: &str,
     ready: impl Fn(&meshrpc::View) -> bool,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let cluster =
-        Cluster::builder("meshrpc-cli").tag(&args.tag).seeds(&args.nodes).tls_dir(args.tls_dir.clone()).start().await?;
+    let cluster = ClusterBuilder::from_env("meshrpc-cli")
+        .tag(&args.tag)
+        .seeds(&args.nodes)
+        .tls_dir(args.tls_dir.clone())
+        .start()
+        .await?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {

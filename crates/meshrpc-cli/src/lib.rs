@@ -121,15 +121,18 @@ enum Example {
 /// Parses the command line and runs the command.
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The commands that run a node: its logs, and room for its connections.
+    if matches!(cli.command, Command::Gateway(_) | Command::Example(_)) {
+        meshrpc::init_logging("info");
+        let _ = meshrpc::raise_fd_limit();
+    }
+    meshrpc::Telemetry::from_env().install();
     memory::give_back_periodically();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
-            Command::Gateway(args) => {
-                meshrpc::init_logging("info");
-                gateway::run(*args).await
-            }
+            Command::Gateway(args) => gateway::run(*args).await,
             Command::Call(args) => call::run(args).await,
             Command::Split(args) => split::run(args).await,
             Command::Mirror(args) => mirror::run(args).await,
@@ -141,14 +144,8 @@ pub fn run() -> std::process::ExitCode {
             Command::Probe(args) => probe::run(args).await,
             Command::Ca(command) => cert::ca(command),
             Command::Cert(command) => cert::cert(command),
-            Command::Example(Example::Greeter(args)) => {
-                meshrpc::init_logging("info");
-                Ok(greeter::node::run(args).await?)
-            }
-            Command::Example(Example::MeshApi(args)) => {
-                meshrpc::init_logging("info");
-                Ok(mesh_api::run(args).await?)
-            }
+            Command::Example(Example::Greeter(args)) => Ok(greeter::node::run(args).await?),
+            Command::Example(Example::MeshApi(args)) => Ok(mesh_api::run(args).await?),
         }
     });
     match result {

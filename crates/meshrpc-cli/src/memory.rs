@@ -13,7 +13,7 @@ use std::time::Duration;
 const EVERY: Duration = Duration::from_secs(5);
 
 /// Starts the trimming thread (glibc on Linux; elsewhere nothing to do).
-pub fn give_back_periodically() {
+pub(crate) fn give_back_periodically() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let _ = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {

@@ -4,7 +4,7 @@
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct MirrorArgs {
+pub(crate) struct MirrorArgs {
     /// The service whose calls to mirror.
     service: String,
     /// The version the copies go to.
@@ -20,7 +20,7 @@ pub struct MirrorArgs {
     join: JoinArgs,
 }
 
-pub async fn run(args: MirrorArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: MirrorArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cluster =
         join(&args.join, "a node to pass the rule on", |v| v.members.iter().any(|m| m.addr.is_some())).await?;
     let to = args.to.clone().map(|v| (v, args.percent));

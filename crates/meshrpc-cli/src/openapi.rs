@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct OpenapiArgs {
+pub(crate) struct OpenapiArgs {
     /// Write it to this file instead of standard output.
     #[arg(long, short = 'o')]
     out: Option<std::path::PathBuf>,
@@ -17,7 +17,7 @@ pub struct OpenapiArgs {
     join: JoinArgs,
 }
 
-pub async fn run(args: OpenapiArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: OpenapiArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = join(&args.join, "cluster", |v| v.members.iter().any(|m| !m.services.is_empty())).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // let gossip settle
     let openapi = cluster.openapi(Duration::from_secs(2)).await;

@@ -11,7 +11,7 @@ use tokio::{
 };
 
 #[derive(clap::Args)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// `http://host:port/path` (default: this node's heartbeat, see above).
     url: Option<String>,
     /// The admin port, when the URL is not given.
@@ -22,7 +22,7 @@ pub struct ProbeArgs {
     timeout: f64,
 }
 
-pub async fn run(args: ProbeArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: ProbeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let url = args.url.clone().unwrap_or_else(|| {
         let at = args.admin_addr.as_deref().map_or("127.0.0.1:11999".to_owned(), |a| a.replace("0.0.0.0", "127.0.0.1"));
         format!("http://{at}/__heartbeat__")

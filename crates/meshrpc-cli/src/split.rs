@@ -4,7 +4,7 @@
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct SplitArgs {
+pub(crate) struct SplitArgs {
     /// The service whose calls to split.
     service: String,
     /// Shares per version, e.g. `v1=90 v2=10` (weights, not necessarily percentages).
@@ -17,7 +17,7 @@ pub struct SplitArgs {
     join: JoinArgs,
 }
 
-pub async fn run(args: SplitArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: SplitArgs) -> Result<(), Box<dyn std::error::Error>> {
     let weights = if args.clear { Vec::new() } else { meshrpc::Split::parse_weights(&args.weights.join(" "))? };
     let cluster =
         join(&args.join, "a node to pass the rule on", |v| v.members.iter().any(|m| m.addr.is_some())).await?;

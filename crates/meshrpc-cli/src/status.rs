@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -48,7 +48,7 @@ struct Status {
     rejected_rules: Vec<meshrpc::RejectedRule>,
 }
 
-pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = join(&args.join, "cluster", |v| v.members.len() > 1).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // let gossip settle
     loop {

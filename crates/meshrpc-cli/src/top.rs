@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::join::{join, JoinArgs};
 
 #[derive(clap::Args)]
-pub struct TopArgs {
+pub(crate) struct TopArgs {
     /// Print JSON for scripts (one object per refresh).
     #[arg(long)]
     json: bool,
@@ -36,7 +36,7 @@ struct Top {
     unreachable: Vec<(String, String)>,
 }
 
-pub async fn run(args: TopArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(args: TopArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = join(&args.join, "cluster", |v| v.members.len() > 1).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // let gossip settle
     let interval = Duration::from_secs_f64(args.interval.max(0.1));
@@ -68,7 +68,7 @@ fn figures(before: &MeshSnapshot, after: &MeshSnapshot) -> Top {
         .nodes
         .iter()
         .filter(|(m, _)| !m.is_self)
-        .filter_map(|(m, s)| s.as_ref().err().map(|e| (m.name.clone(), e.clone())))
+        .filter_map(|(m, s)| s.as_ref().err().map(|e| (m.name.clone(), e.to_string())))
         .collect();
     let edges = meshrpc::edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
     let methods = meshrpc::method_rates(before, after)

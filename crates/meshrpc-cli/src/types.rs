@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 /// A short name for a schema: `string`, `u64`, `Nested`, `[Shape]`, `Nested?`, `{string: Nested}`.
-pub fn type_name(schema: &Value) -> String {
+pub(crate) fn type_name(schema: &Value) -> String {
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         return r.rsplit('/').next().unwrap_or(r).to_owned();
     }
@@ -64,7 +64,7 @@ fn simple(t: Option<&str>, format: Option<&str>) -> String {
 /// Checks the arguments object against a method's `args` schema, field by field at the
 /// top level (deeper mistakes are reported by the node, with their path): a missing
 /// required argument, an unknown one, a value of the wrong JSON kind. `None`: fine.
-pub fn check_args(args: &Value, schema: &Value, components: &Value) -> Option<String> {
+pub(crate) fn check_args(args: &Value, schema: &Value, components: &Value) -> Option<String> {
     let given = args.as_object()?;
     let properties = schema.get("properties").and_then(Value::as_object)?;
     for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {

@@ -17,7 +17,9 @@ pub struct ServiceDef {
     pub item: ItemTrait,
     /// Service name on the wire and in routes.
     pub name: String,
+    /// The trait's visibility, given to the generated server and client.
     pub vis: Visibility,
+    /// The trait's methods, in order.
     pub methods: Vec<MethodDef>,
     /// Server and client come from `meshrpc expose` files, not from the attribute.
     pub exposed: bool,
@@ -28,6 +30,7 @@ pub struct ServiceDef {
 
 /// One validated method.
 pub struct MethodDef {
+    /// The method's name in the trait.
     pub ident: Ident,
     /// Wire name of the method.
     pub name: String,
@@ -66,6 +69,7 @@ impl MethodDef {
 /// Options given in the attribute: `#[meshrpc::service(name = "greeter", expose)]`.
 #[derive(Default)]
 pub struct Options {
+    /// The service's name on the wire (`name = "…"`; default: the trait's, in snake case).
     pub name: Option<LitStr>,
     /// The server and client live in files written by `meshrpc expose`; the attribute
     /// only prepares the trait.
@@ -140,12 +144,15 @@ impl ServiceDef {
         out
     }
 
+    /// The trait's name.
     pub fn trait_ident(&self) -> &Ident {
         &self.item.ident
     }
+    /// The generated server's name: `{Trait}Server`.
     pub fn server_ident(&self) -> Ident {
         Ident::new(&format!("{}Server", self.item.ident), Span::call_site())
     }
+    /// The generated client's name: `{Trait}Client`.
     pub fn client_ident(&self) -> Ident {
         Ident::new(&format!("{}Client", self.item.ident), Span::call_site())
     }

@@ -9,6 +9,7 @@ use meshrpc::{BoxFuture, Call, Error, Reply};
 use serde::{Deserialize, Serialize};
 use tower_service::Service;
 
+/// What `echo` fails with: the call's error, as text.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EchoError(String);
 
@@ -18,8 +19,10 @@ impl From<meshrpc::Error> for EchoError {
     }
 }
 
+/// The contract: says back what it is given.
 #[meshrpc::service]
 pub trait Echo {
+    /// Answers `text`.
     async fn echo(&self, text: String) -> Result<String, EchoError>;
 }
 

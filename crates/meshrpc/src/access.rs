@@ -288,14 +288,6 @@ impl Access {
         })
     }
 
-    /// The policy from `MESHRPC_POLICY`, if set.
-    pub fn from_env() -> Result<Option<Access>, PolicyError> {
-        match std::env::var_os("MESHRPC_POLICY") {
-            Some(path) if !path.is_empty() => Access::from_file(PathBuf::from(path)).map(Some),
-            _ => Ok(None),
-        }
-    }
-
     /// The policy in force.
     pub fn policy(&self) -> Arc<AccessPolicy> {
         self.current.read().unwrap().clone()

@@ -112,11 +112,10 @@ fn window_bucket_top(i: usize) -> u64 {
     (1u64 << log2) + ((fraction + 1) << (log2 - 2))
 }
 
-/// Whether calls are counted at all (`MESHRPC_METRICS=off` turns it off, for the bench's
-/// comparison; the summary line then says nothing either).
+/// Whether calls are counted at all (`Telemetry::count_calls`; off for the bench's
+/// comparison, and the summary line then says nothing either).
 pub(crate) fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !matches!(std::env::var("MESHRPC_METRICS").as_deref(), Ok("off" | "0" | "false")))
+    crate::telemetry::current().count_calls
 }
 
 /// Shards of a series: each thread counts in its own (cache lines are not shared between

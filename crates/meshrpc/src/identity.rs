@@ -76,27 +76,27 @@ impl Identity {
     pub fn from_uris<'a>(
         uris: impl IntoIterator<Item = &'a str>,
         not_after: Option<SystemTime>,
-    ) -> Result<Identity, String> {
+    ) -> Result<Identity, IdentityError> {
         let (mut tag, mut node, mut services) = (None::<String>, None::<String>, Vec::new());
         for uri in uris {
             let Some(rest) = uri.strip_prefix(URI_SCHEME) else { continue };
-            let Some((t, path)) = rest.split_once('/') else { return Err(format!("malformed SAN `{uri}`")) };
-            if tag.as_deref().is_some_and(|known| known != t) {
-                return Err(format!("SANs name two cluster tags (`{}` and `{t}`)", tag.unwrap_or_default()));
+            let Some((t, path)) = rest.split_once('/') else { return Err(IdentityError::MalformedSan(uri.into())) };
+            if let Some(known) = tag.as_deref().filter(|known| *known != t) {
+                return Err(IdentityError::TwoTags(known.into(), t.into()));
             }
             tag = Some(t.to_owned());
             match path.split_once('/') {
                 Some(("node", name)) if !name.is_empty() => {
                     if node.replace(name.to_owned()).is_some() {
-                        return Err("SANs name two nodes".into());
+                        return Err(IdentityError::TwoNodes);
                     }
                 }
                 Some(("service", name)) if !name.is_empty() => services.push(name.to_owned()),
-                _ => return Err(format!("malformed SAN `{uri}`")),
+                _ => return Err(IdentityError::MalformedSan(uri.into())),
             }
         }
-        let tag = tag.ok_or("no meshrpc:// SAN: not a meshrpc node certificate")?;
-        let node = node.ok_or_else(|| format!("no `{URI_SCHEME}{tag}/node/<name>` SAN"))?;
+        let tag = tag.ok_or(IdentityError::NotANodeCertificate)?;
+        let Some(node) = node else { return Err(IdentityError::NoNode { tag }) };
         Ok(Identity { tag, node, services, not_after, kind: IdentityKind::Certificate })
     }
 
@@ -106,6 +106,35 @@ impl Identity {
         uris.extend(services.iter().map(|s| format!("{URI_SCHEME}{tag}/service/{s}")));
         uris
     }
+}
+
+/// Why a certificate carries no node identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The certificate could not be parsed (the parser's message).
+    #[error("unreadable certificate: {0}")]
+    UnreadableCertificate(String),
+    /// Its subject alternative names could not be parsed (the parser's message).
+    #[error("unreadable SANs: {0}")]
+    UnreadableSans(String),
+    /// A `meshrpc://` SAN that is not `meshrpc://<tag>/node/<name>` or
+    /// `meshrpc://<tag>/service/<name>`.
+    #[error("malformed SAN `{0}`")]
+    MalformedSan(String),
+    /// SANs of two cluster tags.
+    #[error("SANs name two cluster tags (`{0}` and `{1}`)")]
+    TwoTags(String, String),
+    /// Two node SANs.
+    #[error("SANs name two nodes")]
+    TwoNodes,
+    /// No `meshrpc://` SAN at all.
+    #[error("no meshrpc:// SAN: not a meshrpc node certificate")]
+    NotANodeCertificate,
+    /// No node SAN for its tag.
+    #[error("no `meshrpc://{tag}/node/<name>` SAN")]
+    #[allow(missing_docs)] // the cluster tag it names
+    NoNode { tag: String },
 }
 
 impl std::fmt::Display for Identity {
@@ -135,11 +164,13 @@ mod tests {
     #[test]
     fn malformed_sans_are_refused() {
         let bad = |uris: &[&str]| Identity::from_uris(uris.iter().copied(), None).unwrap_err();
-        assert!(bad(&[]).contains("not a meshrpc node certificate"));
-        assert!(bad(&["meshrpc://a/service/x"]).contains("node/<name>"));
-        assert!(bad(&["meshrpc://a/node/x", "meshrpc://b/service/y"]).contains("two cluster tags"));
-        assert!(bad(&["meshrpc://a/node/x", "meshrpc://a/node/y"]).contains("two nodes"));
-        assert!(bad(&["meshrpc://a/thing/x"]).contains("malformed"));
+        assert_eq!(bad(&[]).to_string(), "no meshrpc:// SAN: not a meshrpc node certificate");
+        assert_eq!(bad(&["meshrpc://a/service/x"]).to_string(), "no `meshrpc://a/node/<name>` SAN");
+        let two_tags = bad(&["meshrpc://a/node/x", "meshrpc://b/service/y"]);
+        assert_eq!(two_tags, IdentityError::TwoTags("a".into(), "b".into()));
+        assert_eq!(two_tags.to_string(), "SANs name two cluster tags (`a` and `b`)");
+        assert_eq!(bad(&["meshrpc://a/node/x", "meshrpc://a/node/y"]), IdentityError::TwoNodes);
+        assert_eq!(bad(&["meshrpc://a/thing/x"]).to_string(), "malformed SAN `meshrpc://a/thing/x`");
         // Other SANs (a DNS name written as a URI elsewhere) are ignored.
         let ok = Identity::from_uris(["https://example.com/", "meshrpc://a/node/x"], None).unwrap();
         assert_eq!(ok.node, "x");

@@ -54,6 +54,12 @@
 //! `Gateway` (feature `gateway`). The README walks through the whole story and
 //! `docs/architecture.md` maps the code.
 //!
+//! The library reads no environment variable and changes no process-wide setting by
+//! itself: a binary asks, with the `from_env()` constructors (`ClusterBuilder::from_env`,
+//! [`Telemetry::from_env`], `TlsConfig::from_env`, `Access::from_env`; the README's
+//! "Configuration" lists every variable), [`Telemetry::install`], [`raise_fd_limit`] and
+//! `init_logging`.
+//!
 //! ## Cargo features
 //!
 //! | feature | default | adds |
@@ -65,8 +71,9 @@
 //! | `logging` | yes | `init_logging`, a `tracing` subscriber for binaries |
 //! | `tls` | yes | mutual TLS on the mesh port ([`TlsConfig`]), sealed gossip, the authorization policy ([`Access`]), HTTPS and bearer tokens at the gateway |
 
+// The lints are the workspace's (`[workspace.lints]` in the root Cargo.toml); the library
+// also forbids what the workspace only denies, so no `allow` can let unsafe code in.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod admission;
@@ -76,6 +83,7 @@ mod client;
 mod codec;
 mod codegen;
 mod context;
+mod env;
 mod error;
 #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
 mod figures;
@@ -92,6 +100,7 @@ mod schema;
 mod server;
 mod spec;
 mod stream;
+mod telemetry;
 mod throttle;
 mod trace;
 mod transport;
@@ -128,7 +137,7 @@ pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
 #[cfg(all(feature = "gateway", feature = "tls"))]
-pub use gateway::BearerAuth;
+pub use gateway::{BearerAuth, TokenError};
 #[cfg(feature = "gateway")]
 pub use gateway::{Gateway, Metrics, Rate, RateLimits};
 #[cfg(feature = "http")]
@@ -138,7 +147,7 @@ pub use http::{
 };
 #[cfg(all(feature = "http", feature = "tls"))]
 pub use http::{rpc_router_with_policy, serve_https};
-pub use identity::{Identity, IdentityKind};
+pub use identity::{Identity, IdentityError, IdentityKind};
 pub use limits::HttpLimits;
 #[cfg(feature = "logging")]
 pub use logging::init as init_logging;
@@ -146,9 +155,12 @@ pub use meshrpc_macros::service;
 pub use middleware::DispatchService;
 #[cfg(feature = "http")]
 pub use openapi::{document as openapi_document, ServiceDoc};
-pub use server::{ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
+pub use server::{raise_fd_limit, ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
 pub use spec::{MethodSpec, ServiceSpec};
 pub use stream::{Stream, StreamClosed, StreamSender};
+#[cfg(feature = "otlp")]
+pub use telemetry::OtlpExport;
+pub use telemetry::{RequestLines, Telemetry};
 pub use transport::{
     connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
 };

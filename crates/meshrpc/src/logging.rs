@@ -12,7 +12,7 @@ use crate::{throttle::Throttle, transport::GOSSIP_GARBAGE};
 /// Installs a `tracing` subscriber writing to stdout. Safe to call twice.
 pub fn init(default_filter: &str) {
     use std::io::IsTerminal;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.to_owned());
+    let filter = crate::env::log_filter(default_filter);
     let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal());
     let _ = tracing_subscriber::registry()
         .with(GossipGarbage)

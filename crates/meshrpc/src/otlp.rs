@@ -1,9 +1,9 @@
 //! An OTLP/HTTP exporter of call spans (feature `otlp`), JSON encoded as the
-//! OpenTelemetry protocol specifies: `POST {OTEL_EXPORTER_OTLP_ENDPOINT}/v1/traces`
-//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is), in batches of at most 512 spans, at
-//! least every second. At most 4096 spans wait; past that they are dropped and counted
-//! (`meshrpc_spans_dropped_total`), so a slow collector costs a node nothing else.
-//! `OTEL_SERVICE_NAME` names the resource (default: the process name).
+//! OpenTelemetry protocol specifies: posted to the process's `OtlpExport::traces_endpoint`
+//! (`Telemetry::from_env` reads `OTEL_EXPORTER_OTLP_ENDPOINT` and the others), in batches
+//! of at most 512 spans, at least every second. At most 4096 spans wait; past that they
+//! are dropped and counted (`meshrpc_spans_dropped_total`), so a slow collector costs a
+//! node nothing else.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -14,7 +14,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::mpsc;
 
-use crate::trace::{Sink, SpanRecord};
+use crate::{
+    telemetry::OtlpExport,
+    trace::{Sink, SpanRecord},
+};
 
 /// Spans dropped because the exporter's queue was full.
 pub(crate) static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -23,15 +26,9 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 const EVERY: Duration = Duration::from_secs(1);
 
-/// The exporter the environment asks for, started (inside a tokio runtime), if any.
-pub(crate) fn from_env() -> Option<Sink> {
-    let endpoint = match std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        Ok(traces) if !traces.is_empty() => traces,
-        _ => {
-            let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())?;
-            format!("{}/v1/traces", base.trim_end_matches('/'))
-        }
-    };
+/// The exporter `export` asks for, started (inside a tokio runtime).
+pub(crate) fn start(export: &OtlpExport) -> Option<Sink> {
+    let endpoint = &export.traces_endpoint;
     let uri: hyper::Uri = match endpoint.parse() {
         Ok(uri) => uri,
         Err(e) => {
@@ -40,14 +37,8 @@ pub(crate) fn from_env() -> Option<Sink> {
         }
     };
     let handle = tokio::runtime::Handle::try_current().ok()?;
-    let service = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
-        std::env::args()
-            .next()
-            .and_then(|a| a.rsplit('/').next().map(str::to_owned))
-            .unwrap_or_else(|| "meshrpc".into())
-    });
     let (tx, rx) = mpsc::channel(QUEUE);
-    handle.spawn(export(uri, service, rx));
+    handle.spawn(send_batches(uri, export.service_name.clone(), rx));
     tracing::info!(%endpoint, "exporting spans (OTLP/HTTP, JSON)");
     Some(Box::new(move |span| {
         if tx.try_send(span).is_err() {
@@ -56,7 +47,7 @@ pub(crate) fn from_env() -> Option<Sink> {
     }))
 }
 
-async fn export(uri: hyper::Uri, service: String, mut rx: mpsc::Receiver<SpanRecord>) {
+async fn send_batches(uri: hyper::Uri, service: String, mut rx: mpsc::Receiver<SpanRecord>) {
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut batch = Vec::with_capacity(BATCH);

@@ -1,8 +1,9 @@
 //! What a node says about the calls it serves: a summary line per method every interval
 //! (calls, errors, p99) at INFO, target `meshrpc::summary`; and, only when asked, a line
-//! per call like the seed's GIN request log (target `meshrpc::request`):
-//! `MESHRPC_REQUEST_LOG=on` (every call), `sample:N` (one call in N), `off` (the default).
-//! A node under load then writes a few lines every ten seconds, not one per call.
+//! per call like the seed's GIN request log (target `meshrpc::request`), as the
+//! process's `Telemetry::request_lines` say (`MESHRPC_REQUEST_LOG=on`, `sample:N` for the
+//! binaries; off by default). A node under load then writes a few lines every ten
+//! seconds, not one per call.
 
 use std::{
     pin::Pin,
@@ -20,61 +21,16 @@ use crate::{
     call_stats::{self, MethodStats},
     error::Error,
     stream::Stream,
+    telemetry::RequestLines,
 };
-
-/// How often the summary is written (`MESHRPC_LOG_SUMMARY_MS` overrides it).
-pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Which calls get a line of their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lines {
-    Off,
-    Every,
-    OneIn(u64),
-}
-
-impl Lines {
-    /// Parses `on`, `off`, `sample:N`; anything else is `off` (and says so once).
-    pub(crate) fn parse(v: &str) -> Result<Lines, String> {
-        match v.trim() {
-            "" | "off" | "0" | "false" => Ok(Lines::Off),
-            "on" | "1" | "true" | "all" => Ok(Lines::Every),
-            s => match s.strip_prefix("sample:").map(str::parse::<u64>) {
-                Some(Ok(0)) => Ok(Lines::Off),
-                Some(Ok(1)) => Ok(Lines::Every),
-                Some(Ok(n)) => Ok(Lines::OneIn(n)),
-                _ => Err(format!("MESHRPC_REQUEST_LOG=`{s}`: expected on, off or sample:N")),
-            },
-        }
-    }
-
-    fn from_env() -> Lines {
-        static LINES: OnceLock<Lines> = OnceLock::new();
-        *LINES.get_or_init(|| {
-            Lines::parse(&std::env::var("MESHRPC_REQUEST_LOG").unwrap_or_default()).unwrap_or_else(|e| {
-                tracing::warn!("{e}; request lines stay off");
-                Lines::Off
-            })
-        })
-    }
-
-    /// Whether the `n`-th call gets a line.
-    fn picks(self, n: u64) -> bool {
-        match self {
-            Lines::Off => false,
-            Lines::Every => true,
-            Lines::OneIn(k) => n % k == 0,
-        }
-    }
-}
 
 static NTH: AtomicU64 = AtomicU64::new(0);
 
 /// Whether this request gets a line of its own (for front doors that log requests, not
 /// calls: the gateway).
 pub(crate) fn line_picked() -> bool {
-    let lines = Lines::from_env();
-    lines != Lines::Off && lines.picks(NTH.fetch_add(1, Ordering::Relaxed))
+    let lines = crate::telemetry::current().request_lines;
+    lines != RequestLines::Off && lines.picks(NTH.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The series of the method a connection called last.
@@ -95,7 +51,7 @@ impl LastMethod {
 }
 
 /// A call being served: counted in its series (golden metrics and the summary) when it
-/// ends, and logged on its own line if `MESHRPC_REQUEST_LOG` picks it.
+/// ends, and logged on its own line if `Telemetry::request_lines` picks it.
 pub(crate) struct RequestLog {
     stats: Option<Arc<MethodStats>>,
     line: Option<Line>,
@@ -356,10 +312,7 @@ fn summary_started() -> bool {
     static STARTED: OnceLock<bool> = OnceLock::new();
     *STARTED.get_or_init(|| {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return false };
-        let every = std::env::var("MESHRPC_LOG_SUMMARY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(SUMMARY_INTERVAL, Duration::from_millis);
+        let every = crate::telemetry::current().summary_every;
         handle.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -388,20 +341,5 @@ fn write_summary(every: Duration) {
             service, method, calls, errors, p99_us = p99, interval_s = every.as_secs_f64(),
             "calls"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!(Lines::parse("").unwrap(), Lines::Off);
-        assert_eq!(Lines::parse("on").unwrap(), Lines::Every);
-        assert_eq!(Lines::parse("sample:100").unwrap(), Lines::OneIn(100));
-        assert_eq!(Lines::parse("sample:1").unwrap(), Lines::Every);
-        assert!(Lines::parse("sometimes").is_err());
-        assert!(Lines::OneIn(10).picks(20) && !Lines::OneIn(10).picks(21));
     }
 }

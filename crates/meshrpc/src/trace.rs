@@ -1,10 +1,11 @@
 //! Spans of the calls a node serves, for an exporter: each has the call's 128-bit trace
 //! id, its own span id and its parent's (the caller's span), so spans of one request on
-//! every node join into one trace. With feature `otlp` and `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! set, they are sent to an OpenTelemetry collector (docs/observability.md); otherwise
-//! recording one costs a check of a flag.
+//! every node join into one trace. With feature `otlp` and an exporter in the process's
+//! `Telemetry` (`OTEL_EXPORTER_OTLP_ENDPOINT` for the binaries), they are sent to an
+//! OpenTelemetry collector (docs/observability.md); otherwise recording one costs a check
+//! of a flag.
 
-use std::{sync::OnceLock, time::SystemTime};
+use std::time::SystemTime;
 
 /// One span: a call served (`server`) or an HTTP request passed on (`http`).
 #[derive(Debug, Clone)]
@@ -29,16 +30,16 @@ pub(crate) struct SpanRecord {
 /// Where spans go, if anywhere.
 pub(crate) type Sink = Box<dyn Fn(SpanRecord) + Send + Sync>;
 
+/// The exporter of the process's telemetry, started on first use.
 fn sink() -> Option<&'static Sink> {
-    static SINK: OnceLock<Option<Sink>> = OnceLock::new();
-    SINK.get_or_init(|| {
-        #[cfg(feature = "otlp")]
-        if let Some(sink) = crate::otlp::from_env() {
-            return Some(sink);
-        }
-        None
-    })
-    .as_ref()
+    #[cfg(feature = "otlp")]
+    {
+        static SINK: std::sync::OnceLock<Option<Sink>> = std::sync::OnceLock::new();
+        let export = crate::telemetry::current().otlp.as_ref()?;
+        SINK.get_or_init(|| crate::otlp::start(export)).as_ref()
+    }
+    #[cfg(not(feature = "otlp"))]
+    None
 }
 
 /// Whether spans are exported (the caller then builds them).

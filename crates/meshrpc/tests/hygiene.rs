@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The services' error: the call's error, as text.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Fail(String);
 
@@ -16,8 +17,10 @@ impl From<meshrpc::Error> for Fail {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct T(u8);
 
+/// Arguments named as generated code's own locals.
 #[meshrpc::service]
 pub trait Clash {
+    /// Joins its arguments.
     #[allow(clippy::too_many_arguments)]
     async fn all(
         &self,
@@ -30,6 +33,7 @@ pub trait Clash {
         inner: String,
         t: T,
     ) -> Result<String, Fail>;
+    /// Adds its arguments.
     async fn more(&self, result: u8, future: u8, __args: u8, spec: u8, client: u8, server: u8) -> Result<u8, Fail>;
 }
 
@@ -77,7 +81,9 @@ async fn argument_names_that_generated_code_uses_inside_still_work() {
 /// implementation overrides it; the client always calls the node.
 #[meshrpc::service]
 pub trait Defaults {
+    /// Answers 1.
     async fn plain(&self) -> Result<u8, Fail>;
+    /// Answers `x + 100`.
     async fn with_default(&self, x: u8) -> Result<u8, Fail> {
         Ok(x + 100)
     }
@@ -106,6 +112,7 @@ async fn a_default_method_body_runs_on_the_node() {
 /// A bidirectional stream whose argument names are those generated code uses inside.
 #[meshrpc::service]
 pub trait Pipe {
+    /// Adds `input` and `channel` to every item.
     async fn pipe(
         &self,
         input: u8,

@@ -2,7 +2,7 @@
 //! (`GET /greeter/check`), joining the cluster through any node.
 
 use axum::{routing::get, Router};
-use meshrpc::Cluster;
+use meshrpc::ClusterBuilder;
 
 use crate::{GreeterServer, MyGreeter};
 
@@ -39,7 +39,7 @@ pub fn legacy_router() -> Router {
 
 /// Runs a greeter node until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: NodeArgs) -> Result<(), meshrpc::Error> {
-    let cluster = Cluster::builder("greeter")
+    let cluster = ClusterBuilder::from_env("greeter")
         .tag(args.tag)
         .seeds(&args.nodes)
         .listen(args.listen_addr)

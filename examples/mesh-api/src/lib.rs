@@ -11,7 +11,7 @@ use axum::{
     Json, Router,
 };
 use greeter::{Greeter, GreeterClient, Postcard};
-use meshrpc::{Cluster, Gateway, ServerConfig};
+use meshrpc::{ClusterBuilder, Gateway, ServerConfig};
 
 /// Flags and environment, as in Go meshRPC's example.
 #[derive(clap::Args, Debug, Clone)]
@@ -84,7 +84,7 @@ pub fn routes<G: Greeter + Clone>(svc: G) -> Router {
 
 /// Joins the cluster, serves the API until SIGTERM or Ctrl-C.
 pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
-    let cluster = Cluster::builder("mesh-api")
+    let cluster = ClusterBuilder::from_env("mesh-api")
         .tag(args.tag)
         .seeds(&args.nodes)
         .listen(args.listen_addr)

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::Parser;
-use meshrpc::{Cluster, Policy};
+use meshrpc::{ClusterBuilder, Policy};
 use meshrpc_tests::lab::{Lab, LabClient, LabError};
 use serde::Serialize;
 
@@ -78,10 +78,11 @@ async fn main() {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    meshrpc::Telemetry::from_env().install();
     let args = Args::parse();
     let start = Instant::now();
     let policy = if args.policy == "p2c" { Policy::LeastLoaded } else { Policy::RoundRobin };
-    let cluster = Cluster::builder("labcall")
+    let cluster = ClusterBuilder::from_env("labcall")
         .tag(&args.tag)
         .seeds(&args.nodes)
         .balance(policy)

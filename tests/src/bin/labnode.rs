@@ -2,7 +2,7 @@
 //! Prints `listening on ADDR` once it accepts connections; drains on SIGTERM.
 
 use clap::Parser;
-use meshrpc::Cluster;
+use meshrpc::ClusterBuilder;
 use meshrpc_tests::{
     faults::{Faults, FaultyNode, FaultyServer},
     lab::{LabNode, LabServer, LabV2Node, LabV2Server},
@@ -105,6 +105,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("warn");
+    meshrpc::Telemetry::from_env().install();
+    let _ = meshrpc::raise_fd_limit();
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
     if let Some(max) = args.max_in_flight {
@@ -150,7 +152,7 @@ async fn main() -> Result<(), meshrpc::Error> {
         Some("off") => config.concurrency = meshrpc::ConcurrencyLimit::Off,
         Some(n) => config.concurrency = meshrpc::ConcurrencyLimit::Fixed(n.parse().expect("--concurrency-limit")),
     }
-    let mut builder = Cluster::builder(args.name.clone());
+    let mut builder = ClusterBuilder::from_env(args.name.clone());
     if let Some(version) = &args.service_version {
         builder = builder.service_version(version.clone());
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use clap::Parser;
-use meshrpc::{Cluster, Colocated, Policy};
+use meshrpc::{ClusterBuilder, Colocated, Policy};
 use meshrpc_tests::lab::{Lab, LabClient, LabNode, LabServer};
 
 #[derive(Parser)]
@@ -35,8 +35,10 @@ fn unix_ms() -> u128 {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("warn");
+    meshrpc::Telemetry::from_env().install();
+    let _ = meshrpc::raise_fd_limit();
     let args = Args::parse();
-    let cluster = Cluster::builder(args.name.clone())
+    let cluster = ClusterBuilder::from_env(args.name.clone())
         .tag(args.tag)
         .seeds(&args.nodes)
         .listen(args.listen)

@@ -53,12 +53,6 @@ impl ClusterBuilder {
         self
     }
 
-    /// Adds seeds from `MESHRPC_CLUSTER_NODES` (comma separated).
-    pub fn seeds_from_env(self) -> Self {
-        let env = std::env::var("MESHRPC_CLUSTER_NODES").unwrap_or_default();
-        self.seeds(env.split(','))
-    }
-
     /// Address to serve on (mesh, HTTP and UDP gossip share the port). Without it the
     /// node is client-only: it calls others and serves nothing.
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
@@ -66,8 +60,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// The IP peers reach this node by, when it listens on `0.0.0.0`
-    /// (default: `MESHRPC_ADVERTISE_IP`, else the local address routing to the first seed).
+    /// The IP peers reach this node by, when it listens on `0.0.0.0` (default: the local
+    /// address routing to the first seed; [`from_env`](Self::from_env) reads
+    /// `MESHRPC_ADVERTISE_IP`).
     pub fn advertise_ip(mut self, ip: std::net::IpAddr) -> Self {
         self.advertise = Some(ip);
         self
@@ -164,8 +159,8 @@ impl ClusterBuilder {
     }
 
     /// The version this node advertises for every service it publishes (split rules and
-    /// pinned calls route by it). Default: `MESHRPC_SERVICE_VERSION`, else each service's
-    /// own (the version of the crate that defines its trait).
+    /// pinned calls route by it). Default: each service's own (the version of the crate
+    /// that defines its trait; [`from_env`](Self::from_env) reads `MESHRPC_SERVICE_VERSION`).
     pub fn service_version(mut self, version: impl Into<String>) -> Self {
         self.service_version = Some(version.into());
         self
@@ -254,7 +249,7 @@ impl ClusterBuilder {
         let admin_addr = admin.as_ref().and_then(|a| a.local_addr());
         let registry = server.as_ref().map_or_else(Arc::default, |s| s.registry().clone());
         let local = server.as_ref().map_or_else(|| registry.clone() as Arc<dyn Dispatch>, Server::dispatch);
-        let http = server.as_ref().map(Server::http_door);
+        let http = server.as_ref().map(Server::published_http);
         let limiter = server.as_ref().map(Server::limiter);
         let name = self.name;
         let inner = Arc::new(Inner {
@@ -284,9 +279,7 @@ impl ClusterBuilder {
             access,
             #[cfg(feature = "tls")]
             unproven: Default::default(),
-            service_version: self
-                .service_version
-                .or_else(|| std::env::var("MESHRPC_SERVICE_VERSION").ok().filter(|v| !v.trim().is_empty())),
+            service_version: self.service_version,
             traffic: Default::default(),
             colocated: self.colocated,
             layered: !self.layers.is_empty(),
@@ -313,9 +306,6 @@ impl ClusterBuilder {
         if let Some(ip) = self.advertise {
             return ip;
         }
-        if let Some(ip) = std::env::var("MESHRPC_ADVERTISE_IP").ok().and_then(|v| v.parse().ok()) {
-            return ip;
-        }
         // The source address the kernel would use towards the first seed; no packet is sent.
         let towards = self.seeds.iter().find_map(|s| s.to_socket_addrs().ok()?.next());
         let source = |towards: SocketAddr| {
@@ -336,11 +326,7 @@ impl ClusterBuilder {
 
 /// The first non-loopback address this machine's host name resolves to.
 fn own_address() -> Option<std::net::IpAddr> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())?
-        .trim()
-        .to_owned();
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
     if name.is_empty() {
         return None;
     }

@@ -60,13 +60,13 @@ mod tests {
         let overloaded = Error::Overloaded { message: "busy".into() };
         let protocol = Error::protocol("no common version");
         let too_large = Error::TooLarge { size: 2, limit: 1 };
-        let internal = Error::Internal { message: "panic".into() };
+        let internal = Error::internal("panic");
         let app = Error::Application { detail: "{}".into() };
         let table = [
             (&unavailable, Reached::NotSent, false, true),
             (&overloaded, Reached::NotSent, false, true),
             (&protocol, Reached::NotSent, false, true),
-            (&Error::Tls { message: "expired".into() }, Reached::NotSent, false, true),
+            (&Error::tls("expired"), Reached::NotSent, false, true),
             (&too_large, Reached::NotSent, true, false),
             (&Error::Timeout, Reached::NotSent, true, false),
             (&Error::bad_request("name too long"), Reached::NotSent, true, false),
@@ -97,7 +97,7 @@ mod tests {
         assert_eq!(judged(Ok(())), Some(true));
         assert_eq!(judged(Err(&Error::Application { detail: "{}".into() })), Some(true));
         assert_eq!(judged(Err(&Error::bad_request("x"))), Some(true));
-        assert_eq!(judged(Err(&Error::Internal { message: "panic".into() })), Some(false));
+        assert_eq!(judged(Err(&Error::internal("panic"))), Some(false));
         assert_eq!(judged(Err(&Error::unavailable("reset"))), Some(false));
         assert_eq!(judged(Err(&Error::Timeout)), Some(false));
         assert_eq!(judged(Err(&Error::Overloaded { message: "busy".into() })), None);

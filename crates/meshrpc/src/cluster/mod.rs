@@ -55,7 +55,7 @@ use self::{
     route::{ClusterDispatch, PreferLocal},
 };
 use crate::{
-    call::Dispatch, client::Channel, error::Error, http::HttpDoor, server::Registry, server::Server,
+    call::Dispatch, client::Channel, error::Error, http::HttpMount, http::Published, server::Registry, server::Server,
     server::ServerConfig, server::Service, server::ShutdownHandle, spec::ServiceSpec,
 };
 
@@ -74,8 +74,8 @@ struct Inner {
     registry: Arc<Registry>,
     /// The registry behind this node's server layers: where calls to itself go.
     local: Arc<dyn Dispatch>,
-    /// The HTTP side of this node's port (`None` on client-only nodes).
-    http: Option<Arc<HttpDoor>>,
+    /// The routers published on this node's port (`None` on client-only nodes).
+    http: Option<Arc<Published>>,
     membership: Membership,
     /// Who may write cluster rules, and this node's signature on its own.
     rules: Arc<gossip::rules::RuleGate>,
@@ -370,14 +370,8 @@ impl Cluster {
     pub async fn serve(&self) -> Result<(), Error> {
         let server = self.inner.server.lock().unwrap().take();
         let (Some(server), Some(http)) = (server, &self.inner.http) else {
-            return Err(Error::Internal { message: "serve called twice or on a client-only node".into() });
+            return Err(Error::internal("serve called twice or on a client-only node"));
         };
-        // Plain HTTP on any node reaches any service: local first, else the mesh.
-        http.set_dispatch(Arc::new(PreferLocal {
-            registry: self.inner.registry.clone(),
-            local: self.inner.local.clone(),
-            mesh: self.channel(),
-        }));
         // `/metrics` on the node's port and its admin port: the server's figures, then
         // what the cluster's policies did.
         let figures: crate::figures::Figures = {
@@ -393,18 +387,26 @@ impl Cluster {
                 figures
             })
         };
-        http.set_figures(figures.clone());
-        // The OpenAPI document of the cluster on the node's port too (as on its admin port).
-        http.set_node_routes(axum::Router::new().route(
-            "/openapi.json",
-            axum::routing::get({
-                let cluster = self.clone();
-                move || {
-                    let cluster = cluster.clone();
-                    async move { axum::Json(cluster.openapi(Duration::from_secs(2)).await) }
-                }
+        let server = server.mount_http(HttpMount {
+            // Plain HTTP on any node reaches any service: local first, else the mesh.
+            dispatch: Arc::new(PreferLocal {
+                registry: self.inner.registry.clone(),
+                local: self.inner.local.clone(),
+                mesh: self.channel(),
             }),
-        ));
+            figures: figures.clone(),
+            // The OpenAPI document of the cluster on the node's port too (as on its admin port).
+            routes: axum::Router::new().route(
+                "/openapi.json",
+                axum::routing::get({
+                    let cluster = self.clone();
+                    move || {
+                        let cluster = cluster.clone();
+                        async move { axum::Json(cluster.openapi(Duration::from_secs(2)).await) }
+                    }
+                }),
+            ),
+        });
         let admin = self.inner.admin.lock().unwrap().take();
         if let Some(admin) = admin {
             tokio::spawn(admin.serve(self.clone(), figures));

@@ -182,9 +182,7 @@ impl Inner {
         }
         #[cfg(feature = "tls")]
         self.unproven.report(&member.id, &identity.to_string(), service);
-        Some(Error::Tls {
-            message: format!("replica {} ({identity}) has no certificate for `{service}`: not called", member.id),
-        })
+        Some(Error::tls(format!("replica {} ({identity}) has no certificate for `{service}`: not called", member.id)))
     }
 
     pub(super) fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {

@@ -59,13 +59,11 @@ impl Credentials {
         }
         if let Some(tls) = &tls {
             if serving && tls.gossip_key().is_none() {
-                return Err(Error::Tls {
-                    message: format!(
-                        "{} has no {}: with mutual TLS, gossip must be sealed too",
-                        tls.dir().display(),
-                        crate::transport::GOSSIP_KEY_FILE
-                    ),
-                });
+                return Err(Error::tls(format!(
+                    "{} has no {}: with mutual TLS, gossip must be sealed too",
+                    tls.dir().display(),
+                    crate::transport::GOSSIP_KEY_FILE
+                )));
             }
         }
         Ok((tls, access))

@@ -18,7 +18,7 @@ pub struct MeshSnapshot {
     /// When they were gathered.
     pub at: Instant,
     /// Each member, with its figures or why they could not be had.
-    pub nodes: Vec<(Member, Result<NodeStats, String>)>,
+    pub nodes: Vec<(Member, Result<NodeStats, crate::error::Error>)>,
 }
 
 /// A method's traffic across the cluster between two snapshots, as its servers saw it.
@@ -69,9 +69,9 @@ impl Cluster {
         args: serde_json::Value,
         timeout: Duration,
     ) -> Result<T, crate::error::Error> {
-        let addr = member.addr.ok_or_else(|| crate::error::Error::Unavailable {
-            message: format!("{} has no mesh address", member.id),
-        })?;
+        let addr = member
+            .addr
+            .ok_or_else(|| crate::error::Error::unavailable(format!("{} has no mesh address", member.id)))?;
         let ask = async {
             let conn = self.inner.peers.get(addr).connection().await?;
             let payload = serde_json::to_vec(&args).unwrap_or_default();
@@ -131,7 +131,7 @@ impl Cluster {
     /// does not answer is reported as such, never waited for).
     pub async fn gather_stats(&self, timeout: Duration) -> MeshSnapshot {
         let members: Vec<Member> = self.members().into_iter().filter(|m| m.addr.is_some() || m.is_self).collect();
-        let asks = members.iter().map(|m| async move { self.node_stats(m, timeout).await.map_err(|e| e.to_string()) });
+        let asks = members.iter().map(|m| self.node_stats(m, timeout));
         let results = futures_util::future::join_all(asks).await;
         MeshSnapshot { at: Instant::now(), nodes: members.into_iter().zip(results).collect() }
     }

@@ -46,7 +46,7 @@ impl Codec {
                 .and_then(|()| serde_json::to_vec(value).map_err(|e| e.to_string())),
             Codec::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
         };
-        out.map(Bytes::from).map_err(|e| Error::Internal { message: format!("encode: {e}") })
+        out.map(Bytes::from).map_err(|e| Error::internal(format!("encode: {e}")))
     }
 
     /// Encodes a value at the end of `out` (many small values into one buffer, each split
@@ -59,7 +59,7 @@ impl Codec {
                 .and_then(|()| serde_json::to_writer(out.writer(), value).map_err(|e| e.to_string())),
             Codec::Postcard => postcard::to_io(value, out.writer()).map(|_| ()).map_err(|e| e.to_string()),
         };
-        done.map_err(|e| Error::Internal { message: format!("encode: {e}") })
+        done.map_err(|e| Error::internal(format!("encode: {e}")))
     }
 
     /// Decodes a value; errors name the offending field (`card.address: invalid type…`).

@@ -39,6 +39,24 @@ pub struct BearerAuth {
 /// A requirement on JWTs (an issuer, an audience).
 type Claim = Arc<dyn Fn(&mut Validation) + Send + Sync>;
 
+/// Why a request proves no subject (its 401 says so).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The request carries no `Authorization: Bearer` header.
+    #[error("a bearer token is required (Authorization: Bearer …)")]
+    Missing,
+    /// Not one of the API keys, and no JWTs are accepted.
+    #[error("unknown API key")]
+    UnknownKey,
+    /// Not a valid JWT, and no API keys are accepted.
+    #[error("invalid token: {0}")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
+    /// Neither one of the API keys nor a valid JWT.
+    #[error("neither an API key nor a valid token: {0}")]
+    NeitherKeyNorToken(#[source] jsonwebtoken::errors::Error),
+}
+
 struct Jwt {
     key: DecodingKey,
     validation: Validation,
@@ -148,17 +166,17 @@ impl BearerAuth {
     }
 
     /// The subject a token proves, or why it proves none.
-    pub fn verify(&self, token: &str) -> Result<String, String> {
+    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
         if let Some(subject) = self.keys.iter().find_map(|(k, s)| same(k.as_bytes(), token.as_bytes()).then_some(s)) {
             return Ok(subject.clone());
         }
         let Some(jwt) = &self.jwt else {
-            return Err("unknown API key".into());
+            return Err(TokenError::UnknownKey);
         };
         match jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation) {
             Ok(data) => Ok(data.claims.sub),
-            Err(e) if self.keys.is_empty() => Err(format!("invalid token: {e}")),
-            Err(e) => Err(format!("neither an API key nor a valid token: {e}")),
+            Err(e) if self.keys.is_empty() => Err(TokenError::Invalid(e)),
+            Err(e) => Err(TokenError::NeitherKeyNorToken(e)),
         }
     }
 
@@ -174,7 +192,7 @@ impl BearerAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
         let verdict = match token {
-            None => Err("a bearer token is required (Authorization: Bearer …)".to_owned()),
+            None => Err(TokenError::Missing),
             Some(token) => auth.verify(token.trim()),
         };
         match verdict {
@@ -184,7 +202,7 @@ impl BearerAuth {
             }
             Err(why) => {
                 tracing::info!(target: "meshrpc::gateway", path = %req.uri().path(), reason = %why, "unauthenticated request");
-                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthenticated", &why, None);
+                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string(), None);
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 let http1 = req.version() < axum::http::Version::HTTP_2;
                 if !drained(req.into_body()).await && http1 {
@@ -235,10 +253,10 @@ mod tests {
         assert_eq!(auth.verify(&token).unwrap(), "alice");
         let expired = serde_json::json!({ "sub": "alice", "exp": 1_000_000_000u64 });
         let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &expired, &key).unwrap();
-        assert!(auth.verify(&token).unwrap_err().contains("Expired"), "{:?}", auth.verify(&token));
+        assert!(auth.verify(&token).unwrap_err().to_string().contains("Expired"), "{:?}", auth.verify(&token));
         let other = jsonwebtoken::EncodingKey::from_secret(b"another secret");
         let forged = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &other).unwrap();
-        assert!(auth.verify(&forged).unwrap_err().contains("InvalidSignature"));
+        assert!(auth.verify(&forged).unwrap_err().to_string().contains("InvalidSignature"));
     }
 
     #[test]
@@ -250,7 +268,7 @@ mod tests {
         // The claims hold whichever comes first, the key or the claims.
         let auth = BearerAuth::new().jwt_issuer(&["idp"]).jwt_hs256(b"a shared secret of the issuer");
         assert_eq!(auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap(), "a");
-        let missing = auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp}))).unwrap_err();
+        let missing = auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp}))).unwrap_err().to_string();
         assert!(missing.contains("iss"), "{missing}");
         assert!(auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "other"}))).is_err());
         // `aud` is checked only when asked for, and then required.
@@ -258,7 +276,8 @@ mod tests {
         assert!(auth.verify(&token(no_aud.clone())).is_ok());
         let auth = auth.jwt_audience(&["meshrpc"]);
         assert!(auth.verify(&token(no_aud)).is_err());
-        let missing = auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap_err();
+        let missing =
+            auth.verify(&token(serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}))).unwrap_err().to_string();
         assert!(missing.contains("aud"), "{missing}");
         let ok = serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": ["x", "meshrpc"]});
         assert_eq!(auth.verify(&token(ok)).unwrap(), "a");

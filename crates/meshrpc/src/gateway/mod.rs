@@ -27,7 +27,7 @@ use axum::{
 };
 
 #[cfg(feature = "tls")]
-pub use auth::BearerAuth;
+pub use auth::{BearerAuth, TokenError};
 pub use metrics::Metrics;
 pub use ratelimit::{Rate, RateLimits};
 

@@ -39,134 +39,160 @@ use crate::{
     call::{BoxFuture, Dispatch},
     figures::Figures,
     limits::HttpLimits,
-    server::Server,
-    server::ServerConfig,
-    transport::{Door, PortCounters, Rewind},
+    server::{NewDoor, Server},
+    transport::{Door, Rewind},
 };
 use unread::{Answers, HttpConn};
 
-/// The HTTP side of a node's port: the RPC routes and the published routers, looked up
-/// per request so a router published while serving is mounted at once.
-pub(crate) struct HttpDoor {
-    limits: HttpLimits,
-    /// What each connection is given (timeouts, the budget of unread answers).
-    conn: HttpConn,
-    /// What `/metrics` shows.
-    figures: RwLock<Figures>,
-    dispatch: RwLock<Arc<dyn Dispatch>>,
-    /// The policy RPC calls pass (feature `tls`).
-    #[cfg(feature = "tls")]
-    access: RwLock<Option<Arc<crate::access::Access>>>,
-    routers: RwLock<Vec<(String, Router)>>,
-    /// Routes a cluster adds at the root (`/openapi.json`).
-    node_routes: RwLock<Option<Router>>,
-    /// The routes built from the above; dropped when they change.
-    app: RwLock<Option<Router>>,
+/// HTTP on a node's port as it is set up before serving: the routers published on it
+/// and, on a cluster node, what the cluster mounts. The door is made of it when serving
+/// starts ([`NewDoor`]), from the server as it then is (its layers and policy).
+#[derive(Default)]
+struct HttpSetup {
+    published: Arc<Published>,
+    /// What a cluster serves in place of the server's own dispatch and figures.
+    mount: Option<HttpMount>,
 }
 
-impl HttpDoor {
-    pub(crate) fn new(
-        dispatch: Arc<dyn Dispatch>,
-        config: &ServerConfig,
-        figures: Figures,
-        counters: Arc<PortCounters>,
-    ) -> Arc<HttpDoor> {
-        Arc::new(HttpDoor {
-            limits: config.http,
-            conn: HttpConn {
-                header_timeout: config.header_timeout,
-                idle_timeout: config.http.idle_timeout,
-                stuck_timeout: config.stuck_timeout,
-                answers: Answers::new(config.http.max_unread_answers, counters),
-            },
-            figures: RwLock::new(figures),
-            dispatch: RwLock::new(dispatch),
-            #[cfg(feature = "tls")]
-            access: RwLock::default(),
-            routers: RwLock::default(),
-            node_routes: RwLock::default(),
-            app: RwLock::default(),
-        })
-    }
+/// What a cluster node serves over HTTP besides its published routers.
+#[derive(Clone)]
+pub(crate) struct HttpMount {
+    /// Where `POST /{service}/{method}` goes (the node's services first, else the mesh).
+    pub(crate) dispatch: Arc<dyn Dispatch>,
+    /// What `/metrics` shows.
+    pub(crate) figures: Figures,
+    /// Routes at the root besides RPC and `/metrics` (`/openapi.json`).
+    pub(crate) routes: Router,
+}
 
-    /// What `/metrics` shows (a cluster adds its own figures to the server's).
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn set_figures(&self, figures: Figures) {
-        *self.figures.write().unwrap() = figures;
-        *self.app.write().unwrap() = None;
-    }
+/// The routers published under `/{name}/…`: the part of a node's HTTP that changes while
+/// it serves (a router may be published at any time, and is mounted at once).
+#[derive(Default)]
+pub(crate) struct Published(RwLock<PublishedRouters>);
 
-    /// Routes served at the root besides RPC and `/metrics` (a cluster's `/openapi.json`).
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn set_node_routes(&self, routes: Router) {
-        *self.node_routes.write().unwrap() = Some(routes);
-        *self.app.write().unwrap() = None;
-    }
+#[derive(Default)]
+struct PublishedRouters {
+    routers: Vec<(String, Router)>,
+    /// The door's routes with these routers in them, made on the first request after a
+    /// router was published.
+    app: Option<Router>,
+}
 
-    /// Where `POST /{service}/{method}` goes.
-    pub(crate) fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>) {
-        *self.dispatch.write().unwrap() = dispatch;
-        *self.app.write().unwrap() = None;
-    }
-
-    /// The policy RPC calls over HTTP pass.
-    #[cfg(feature = "tls")]
-    pub(crate) fn set_access(&self, access: Option<Arc<crate::access::Access>>) {
-        *self.access.write().unwrap() = access;
-        *self.app.write().unwrap() = None;
-    }
-
+impl Published {
     /// Mounts `router` under `/{name}` (replacing a router of the same name).
     pub(crate) fn publish(&self, name: &str, router: Router) {
-        let mut routers = self.routers.write().unwrap();
-        routers.retain(|(n, _)| n != name);
-        routers.push((name.to_owned(), router));
-        *self.app.write().unwrap() = None;
+        let mut published = self.0.write().unwrap();
+        published.routers.retain(|(n, _)| n != name);
+        published.routers.push((name.to_owned(), router));
+        published.app = None;
     }
 
     /// Names of the published routers.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn names(&self) -> Vec<String> {
-        self.routers.read().unwrap().iter().map(|(n, _)| n.clone()).collect()
+        self.0.read().unwrap().routers.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    fn app(&self) -> Router {
-        if let Some(app) = self.app.read().unwrap().as_ref() {
+    /// The app made last, else the one `make` makes of the routers now.
+    fn app(&self, make: impl FnOnce(&[(String, Router)]) -> Router) -> Router {
+        if let Some(app) = &self.0.read().unwrap().app {
             return app.clone();
         }
-        let figures = self.figures.read().unwrap().clone();
-        let metrics = axum::routing::get(move |headers: axum::http::HeaderMap| {
-            std::future::ready(metrics::render_metrics(&figures, &headers))
-        });
-        let dispatch = self.dispatch.read().unwrap().clone();
-        let admission = Admission {
+        let mut published = self.0.write().unwrap();
+        let app = match &published.app {
+            Some(app) => app.clone(), // made meanwhile
+            None => make(&published.routers),
+        };
+        published.app = Some(app.clone());
+        app
+    }
+}
+
+impl NewDoor for HttpSetup {
+    fn new_door(&self, server: &Server) -> Arc<dyn Door> {
+        let config = server.config();
+        let policy = HttpPolicy {
+            #[cfg(feature = "tls")]
+            access: server.access(),
+        };
+        let fixed = match &self.mount {
+            Some(mount) => fixed_routes(mount.dispatch.clone(), config.http, mount.figures.clone(), &policy)
+                .merge(policy.ruled(mount.routes.clone(), crate::spec::NODE_SERVICE, "schema")),
+            None => fixed_routes(server.dispatch(), config.http, server.figures(), &policy),
+        };
+        Arc::new(HttpDoor {
+            conn: HttpConn {
+                header_timeout: config.header_timeout,
+                idle_timeout: config.http.idle_timeout,
+                stuck_timeout: config.stuck_timeout,
+                answers: Answers::new(config.http.max_unread_answers, server.counters()),
+            },
+            fixed,
+            policy,
+            published: self.published.clone(),
+        })
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+/// The HTTP side of a node's port while it serves: the RPC routes, `/metrics` and what a
+/// cluster mounts, fixed when serving starts, and the published routers.
+pub(crate) struct HttpDoor {
+    /// What each connection is given (timeouts, the budget of unread answers).
+    conn: HttpConn,
+    /// Every route but the published routers.
+    fixed: Router,
+    policy: HttpPolicy,
+    published: Arc<Published>,
+}
+
+impl HttpDoor {
+    fn app(&self) -> Router {
+        self.published.app(|routers| {
+            let mut app = self.fixed.clone();
+            for (name, router) in routers {
+                app = app.nest(&format!("/{name}"), self.policy.ruled(router.clone(), name, "http"));
+            }
+            app
+        })
+    }
+}
+
+/// `POST /{service}/{method}` to `dispatch` and `/metrics` showing `figures`.
+fn fixed_routes(dispatch: Arc<dyn Dispatch>, limits: HttpLimits, figures: Figures, policy: &HttpPolicy) -> Router {
+    let metrics = axum::routing::get(move |headers: axum::http::HeaderMap| {
+        std::future::ready(metrics::render_metrics(&figures, &headers))
+    });
+    let stats = policy.ruled(Router::new().route("/metrics", metrics), crate::spec::NODE_SERVICE, "stats");
+    rpc::router(dispatch, limits, policy.admission()).merge(stats)
+}
+
+/// Who may have what a node serves over HTTP: with a policy (feature `tls`), RPC calls
+/// pass it as mesh calls do, and what the node shows and publishes is ruled as its calls:
+/// `/metrics` as `meshrpc.stats`, `/openapi.json` as `meshrpc.schema`, a router `name` as
+/// `name.http` (the admin port stays open to scrapers and probes).
+struct HttpPolicy {
+    #[cfg(feature = "tls")]
+    access: Option<Arc<crate::access::Access>>,
+}
+
+impl HttpPolicy {
+    fn admission(&self) -> Admission {
+        Admission {
             peer: None,
             #[cfg(feature = "tls")]
-            access: self.access.read().unwrap().clone(),
-        };
-        // With a policy, what a node shows and publishes over HTTP is ruled as its calls:
-        // `/metrics` as `meshrpc.stats`, `/openapi.json` as `meshrpc.schema`, a router
-        // `name` as `name.http` (the admin port stays open to scrapers and probes).
-        #[cfg(feature = "tls")]
-        let access = self.access.read().unwrap().clone();
-        #[cfg(feature = "tls")]
-        let ruled = |router: Router, service: &str, method: &'static str| policed(router, &access, service, method);
-        #[cfg(not(feature = "tls"))]
-        let ruled = |router: Router, _: &str, _: &'static str| router;
-        let node = crate::spec::NODE_SERVICE;
-        let mut app = rpc::router(dispatch, self.limits, admission).merge(ruled(
-            Router::new().route("/metrics", metrics),
-            node,
-            "stats",
-        ));
-        if let Some(routes) = self.node_routes.read().unwrap().clone() {
-            app = app.merge(ruled(routes, node, "schema"));
+            access: self.access.clone(),
         }
-        for (name, router) in self.routers.read().unwrap().iter() {
-            app = app.nest(&format!("/{name}"), ruled(router.clone(), name, "http"));
-        }
-        *self.app.write().unwrap() = Some(app.clone());
-        app
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn ruled(&self, router: Router, service: &str, method: &'static str) -> Router {
+        #[cfg(feature = "tls")]
+        let router = policed(router, &self.access, service, method);
+        router
     }
 }
 
@@ -191,15 +217,6 @@ fn policed(router: Router, access: &Option<Arc<crate::access::Access>>, service:
 }
 
 impl Door for HttpDoor {
-    fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>) {
-        HttpDoor::set_dispatch(self, dispatch)
-    }
-
-    #[cfg(feature = "tls")]
-    fn set_access(&self, access: Option<Arc<crate::access::Access>>) {
-        HttpDoor::set_access(self, access)
-    }
-
     fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()> {
         let conn = self.conn.clone();
         let service = tower::service_fn(move |mut req: axum::http::Request<_>| {
@@ -212,10 +229,6 @@ impl Door for HttpDoor {
         });
         Box::pin(keepalive::http_connection(io, service, conn, shutdown))
     }
-
-    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
-    }
 }
 
 /// HTTP on a node's port (feature `http`).
@@ -223,24 +236,35 @@ impl Server {
     /// Also answers HTTP/1.1 and h2c on this port: `POST /{service}/{method}` with a JSON
     /// body of named arguments, `/ping`, `/__heartbeat__`, and published routers.
     pub fn with_http(self) -> Self {
-        self.http_door();
+        self.http_setup();
         self
     }
 
     /// Publishes a plain HTTP router under `/{name}/…` (turning HTTP on, as
     /// [`with_http`](Self::with_http) does). Works before and while serving.
     pub fn publish_http(&self, name: &str, router: Router) -> &Self {
-        self.http_door().publish(name, router);
+        self.published_http().publish(name, router);
         self
     }
 
-    pub(crate) fn http_door(&self) -> Arc<HttpDoor> {
-        let door = self.door_or_init(|| {
-            let door = HttpDoor::new(self.dispatch(), self.config(), self.figures(), self.counters());
-            #[cfg(feature = "tls")]
-            door.set_access(self.access());
-            door
-        });
-        door.as_any().downcast::<HttpDoor>().expect("the only door of a server is HTTP")
+    /// The routers published on this port (turning HTTP on): a cluster publishes more
+    /// while it serves.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn published_http(&self) -> Arc<Published> {
+        self.http_setup().published.clone()
+    }
+
+    /// HTTP as a cluster node serves it: `mount` in place of the server's own dispatch and
+    /// figures (turning HTTP on).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn mount_http(mut self, mount: HttpMount) -> Self {
+        let published = self.published_http();
+        self.set_new_door(Arc::new(HttpSetup { published, mount: Some(mount) }));
+        self
+    }
+
+    fn http_setup(&self) -> Arc<HttpSetup> {
+        let setup = self.new_door_or_init(|| Arc::new(HttpSetup::default()));
+        setup.as_any().downcast::<HttpSetup>().expect("the only door of a server is HTTP")
     }
 }

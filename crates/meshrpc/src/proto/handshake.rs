@@ -152,7 +152,7 @@ impl CallerHandshake {
             let (lo, hi) = (buf[PREFACE_LEN], buf[PREFACE_LEN + 1]);
             let reason = String::from_utf8_lossy(&buf[PREFACE_LEN + 3..][..usize::from(buf[PREFACE_LEN + 2])]);
             if let Some(why) = reason.strip_prefix(TLS_REQUIRED) {
-                return Err(Error::Tls { message: format!("the node refused a plaintext caller: {why}") });
+                return Err(Error::tls(format!("the node refused a plaintext caller: {why}")));
             }
             if let Some(why) = reason.strip_prefix(OVERLOADED) {
                 return Err(Error::Overloaded { message: why.to_owned() });

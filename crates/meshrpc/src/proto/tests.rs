@@ -154,7 +154,7 @@ fn calls_and_answers_cross_split_at_every_offset() {
                     response(id, Ok(Reply::Ok(Bytes::from_static(b"\"Hello, Max\"")))).encode(&mut answers);
                 } else {
                     assert_eq!(call.deadline, None);
-                    response(id, Err(Error::Internal { message: "boom".into() })).encode(&mut answers);
+                    response(id, Err(Error::internal("boom"))).encode(&mut answers);
                 }
             }
             Inbound::Send(f) => f.encode(&mut answers),
@@ -173,7 +173,7 @@ fn calls_and_answers_cross_split_at_every_offset() {
         got,
         vec![
             ("first", Ok(Reply::Ok(Bytes::from_static(b"\"Hello, Max\"")))),
-            ("second", Err(Error::Internal { message: "boom".into() })),
+            ("second", Err(Error::internal("boom"))),
             ("ping", Ok(Reply::Ok(Bytes::new()))),
         ]
     );

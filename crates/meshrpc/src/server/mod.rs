@@ -112,7 +112,9 @@ pub struct Server {
     dispatch: Arc<dyn Dispatch>,
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
-    door: OnceLock<Arc<dyn Door>>,
+    /// What makes the door of connections that are not mesh callers (HTTP) when serving
+    /// starts; without one they are closed.
+    door: OnceLock<Arc<dyn NewDoor>>,
     counters: Arc<PortCounters>,
     /// Made from the config when serving starts: one per node.
     guard: OnceLock<Arc<Guard>>,
@@ -131,6 +133,15 @@ impl Server {
     pub(crate) fn access(&self) -> Option<Arc<crate::access::Access>> {
         self.access.clone()
     }
+}
+
+/// Makes what answers a port's connections that are not mesh callers, when serving starts,
+/// from the server as it then is (its layers, policy, counters). The `http` layer has one.
+pub(crate) trait NewDoor: Send + Sync + 'static {
+    fn new_door(&self, server: &Server) -> Arc<dyn Door>;
+    /// For the layer that installed it, to find it again.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 impl std::fmt::Debug for Server {
@@ -156,9 +167,9 @@ impl ShutdownHandle {
 }
 
 impl Server {
-    /// Binds the port.
+    /// Binds the port. A node holds a descriptor per connection: a process serving many
+    /// calls [`raise_fd_limit`] first.
     pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> Result<Server, Error> {
-        raise_fd_limit();
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
         let registry = Arc::<Registry>::default();
         let config = ServerConfig::default();
@@ -246,9 +257,6 @@ impl Server {
     /// or handler runs (feature `tls`). In-process calls are not checked.
     #[cfg(feature = "tls")]
     pub fn with_access(mut self, access: Arc<crate::access::Access>) -> Self {
-        if let Some(door) = self.door.get() {
-            door.set_access(Some(access.clone()));
-        }
         self.access = Some(access);
         self
     }
@@ -272,9 +280,6 @@ impl Server {
     }
 
     pub(crate) fn set_dispatch(&mut self, dispatch: Arc<dyn Dispatch>) {
-        if let Some(door) = self.door.get() {
-            door.set_dispatch(dispatch.clone());
-        }
         self.dispatch = dispatch;
     }
 
@@ -289,11 +294,17 @@ impl Server {
         self
     }
 
-    /// What answers connections that are not mesh callers (without one they are closed):
-    /// the one installed, else the one `init` makes.
-    #[allow(dead_code)] // used by the `http` feature
-    pub(crate) fn door_or_init<D: Door>(&self, init: impl FnOnce() -> Arc<D>) -> Arc<dyn Door> {
+    /// What will make the door of connections that are not mesh callers: the one
+    /// installed, else the one `init` makes.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn new_door_or_init<N: NewDoor>(&self, init: impl FnOnce() -> Arc<N>) -> Arc<dyn NewDoor> {
         self.door.get_or_init(|| init()).clone()
+    }
+
+    /// Replaces what will make the door (before serving).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_new_door(&mut self, door: Arc<dyn NewDoor>) {
+        self.door = OnceLock::from(door);
     }
 
     /// The published services.
@@ -336,10 +347,11 @@ impl Server {
     /// (up to `drain_timeout`).
     pub async fn serve(self) -> Result<(), Error> {
         let guard = self.guard();
-        let Server { listener, dispatch, config, shutdown, door, .. } = self;
+        let door = self.door.get().map(|door| door.new_door(&self));
+        let Server { listener, dispatch, config, shutdown, .. } = self;
         let port = Port {
             dispatch,
-            door: door.into_inner(),
+            door,
             mesh: config.mesh_limits(),
             guard,
             max_connections: config.max_connections,
@@ -353,15 +365,19 @@ impl Server {
     }
 }
 
-/// A node holds a descriptor per connection: the soft limit (often 1024) is raised to the
-/// hard one, once per process, so `max_connections` and not the limit decides.
-fn raise_fd_limit() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(unix)]
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
-            Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
-        }
-    });
+/// Raises the process's soft limit of open files to its hard limit and returns the new
+/// soft limit (logging a warning when it cannot). A node holds a descriptor per
+/// connection: with the usual soft limit of 1024, the limit and not `max_connections`
+/// would decide how many it serves (README, "Limits"). The limit is the whole process's,
+/// so binaries call this before they serve; the library never does.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    #[cfg(unix)]
+    let raised = rlimit::increase_nofile_limit(u64::MAX);
+    #[cfg(not(unix))]
+    let raised = Ok(u64::MAX);
+    match &raised {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+    raised
 }

@@ -257,7 +257,7 @@ impl Registry {
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "handler panicked".into());
-                    Err(Error::Internal { message })
+                    Err(Error::internal(message))
                 }
             }
         }

@@ -37,14 +37,6 @@ pub(crate) trait Door: Send + Sync + 'static {
     /// Serves one connection until it ends or `shutdown` fires (then closes gracefully).
     /// Its calls are stamped with (and checked against) `admission`.
     fn serve(self: Arc<Self>, io: Rewind, admission: Admission, shutdown: watch::Receiver<bool>) -> BoxFuture<()>;
-    /// Where the calls the door takes go (the server's layers and services).
-    fn set_dispatch(&self, dispatch: Arc<dyn Dispatch>);
-    /// The policy the calls the door takes must pass (feature `tls`).
-    #[cfg(feature = "tls")]
-    fn set_access(&self, access: Option<Arc<crate::access::Access>>);
-    /// For the layer that installed the door, to find it again.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// How many connections a listener serves at once, and what it counts.

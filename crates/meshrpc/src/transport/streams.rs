@@ -337,9 +337,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                     spent += cost;
                     Frame::Item { id, payload }
                 }
-                Some(Ok(Reply::Stream(_))) => {
-                    end(id, Err(Error::Internal { message: "a stream inside a stream".into() }))
-                }
+                Some(Ok(Reply::Stream(_))) => end(id, Err(Error::internal("a stream inside a stream"))),
                 Some(Ok(reply)) => end(id, Ok(Some(reply))),
                 Some(Err(e)) => end(id, Err(e)),
                 None => end(id, Ok(None)),

@@ -19,7 +19,10 @@ use rustls::{
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{error::Error, identity::Identity, identity::NODE_DNS_NAME};
+use crate::{
+    error::Error,
+    identity::{Identity, IdentityError, NODE_DNS_NAME},
+};
 
 /// Files of a credentials directory.
 pub const CA_FILE: &str = "ca.pem";
@@ -71,7 +74,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn tls_error(message: impl Into<String>) -> Error {
-    Error::Tls { message: message.into() }
+    Error::tls(message)
 }
 
 impl TlsConfig {
@@ -81,14 +84,14 @@ impl TlsConfig {
         let ca_path = dir.join(CA_FILE);
         let mut roots = RootCertStore::empty();
         let cas = CertificateDer::pem_file_iter(&ca_path)
-            .map_err(|e| tls_error(format!("{}: {e}", ca_path.display())))?
+            .map_err(|e| tls_error(format!("{}: {e}", ca_path.display())).with_source(e))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_error(format!("{}: {e}", ca_path.display())))?;
+            .map_err(|e| tls_error(format!("{}: {e}", ca_path.display())).with_source(e))?;
         if cas.is_empty() {
             return Err(tls_error(format!("{}: no certificate", ca_path.display())));
         }
         for ca in cas {
-            roots.add(ca).map_err(|e| tls_error(format!("{}: {e}", ca_path.display())))?;
+            roots.add(ca).map_err(|e| tls_error(format!("{}: {e}", ca_path.display())).with_source(e))?;
         }
         let roots = Arc::new(roots);
         let own = Arc::new(OwnCert::load(&dir)?);
@@ -96,17 +99,17 @@ impl TlsConfig {
         let versions = &[&rustls::version::TLS13];
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| tls_error(format!("client verifier: {e}")))?;
+            .map_err(|e| tls_error(format!("client verifier: {e}")).with_source(e))?;
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
-            .map_err(|e| tls_error(e.to_string()))?
+            .map_err(|e| tls_error(e.to_string()).with_source(e))?
             .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(own.clone());
         // HTTP clients on the mesh port may ask for h2; mesh callers ask for nothing.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
-            .map_err(|e| tls_error(e.to_string()))?
+            .map_err(|e| tls_error(e.to_string()).with_source(e))?
             .with_root_certificates(roots)
             .with_client_cert_resolver(own.clone());
         let gossip_key = read_gossip_key(&dir.join(GOSSIP_KEY_FILE))?;
@@ -121,14 +124,6 @@ impl TlsConfig {
                 gossip_key,
             }),
         })
-    }
-
-    /// The credentials in `MESHRPC_TLS_DIR`, if set.
-    pub fn from_env() -> Result<Option<TlsConfig>, Error> {
-        match std::env::var_os("MESHRPC_TLS_DIR") {
-            Some(dir) if !dir.is_empty() => TlsConfig::from_dir(PathBuf::from(dir)).map(Some),
-            _ => Ok(None),
-        }
     }
 
     /// This node's identity (from its current certificate).
@@ -165,7 +160,7 @@ impl TlsConfig {
         let stream = tokio_rustls::TlsAcceptor::from(self.inner.server.clone())
             .accept(io)
             .await
-            .map_err(|e| tls_error(format!("handshake: {e}")))?;
+            .map_err(|e| tls_error(format!("handshake: {e}")).with_source(e))?;
         let identity = self.peer_identity(stream.get_ref().1.peer_certificates())?;
         Ok((stream, identity))
     }
@@ -205,7 +200,8 @@ impl TlsConfig {
         message: &[u8],
         at: SystemTime,
     ) -> Result<Identity, String> {
-        let identity = identity_of(super::tls_sign::verify(&*self.inner.verifier, signed, message, at)?)?;
+        let signer = super::tls_sign::verify(&*self.inner.verifier, signed, message, at)?;
+        let identity = identity_of(signer).map_err(|e| e.to_string())?;
         if identity.tag != self.inner.tag {
             return Err(format!("signed by a certificate of cluster `{}`, not `{}`", identity.tag, self.inner.tag));
         }
@@ -214,7 +210,7 @@ impl TlsConfig {
 
     fn peer_identity(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<Arc<Identity>, Error> {
         let cert = certs.and_then(|c| c.first()).ok_or_else(|| tls_error("the peer presented no certificate"))?;
-        let identity = identity_of(cert).map_err(tls_error)?;
+        let identity = identity_of(cert).map_err(|e| tls_error(e.to_string()).with_source(e))?;
         if identity.tag != self.inner.tag {
             return Err(tls_error(format!(
                 "the peer's certificate is for cluster `{}`, this node's for `{}`",
@@ -230,29 +226,31 @@ impl TlsConfig {
 /// TLS 1.2 and 1.3; ALPN `h2`, `http/1.1`.
 pub fn https_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls_error(format!("{}: {e}", cert.display())))?
+        .map_err(|e| tls_error(format!("{}: {e}", cert.display())).with_source(e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(format!("{}: {e}", cert.display())))?;
+        .map_err(|e| tls_error(format!("{}: {e}", cert.display())).with_source(e))?;
     if chain.is_empty() {
         return Err(tls_error(format!("{}: no certificate", cert.display())));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error(format!("{}: {e}", key.display())))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error(format!("{}: {e}", key.display())).with_source(e))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(e.to_string()))?
+        .map_err(|e| tls_error(e.to_string()).with_source(e))?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| tls_error(format!("{}: {e}", key.display())))?;
+        .map_err(|e| tls_error(format!("{}: {e}", key.display())).with_source(e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// The identity a node certificate (DER) carries, and its expiry.
-pub fn identity_of(cert: &[u8]) -> Result<Identity, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
+pub fn identity_of(cert: &[u8]) -> Result<Identity, IdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| IdentityError::UnreadableCertificate(e.to_string()))?;
     let not_after = cert.validity().not_after.timestamp();
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
-    let san = cert.subject_alternative_name().map_err(|e| format!("unreadable SANs: {e}"))?;
+    let san = cert.subject_alternative_name().map_err(|e| IdentityError::UnreadableSans(e.to_string()))?;
     let uris = san.iter().flat_map(|san| san.value.general_names.iter()).filter_map(|name| match name {
         x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
         _ => None,
@@ -348,18 +346,22 @@ fn read_own(dir: &Path) -> Result<Loaded, Error> {
     let stamp = stamp(dir);
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     let chain = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| tls_error(format!("{}: {e}", cert_path.display())))?
+        .map_err(|e| tls_error(format!("{}: {e}", cert_path.display())).with_source(e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(format!("{}: {e}", cert_path.display())))?;
+        .map_err(|e| tls_error(format!("{}: {e}", cert_path.display())).with_source(e))?;
     let first = chain.first().ok_or_else(|| tls_error(format!("{}: no certificate", cert_path.display())))?;
-    let identity = identity_of(first).map_err(|e| tls_error(format!("{}: {e}", cert_path.display())))?;
+    let identity = identity_of(first).map_err(|e| tls_error(format!("{}: {e}", cert_path.display())).with_source(e))?;
     let fingerprint = fingerprint(first);
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_error(format!("{}: {e}", key_path.display())))?;
-    let signer =
-        provider().key_provider.load_private_key(key).map_err(|e| tls_error(format!("{}: {e}", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| tls_error(format!("{}: {e}", key_path.display())).with_source(e))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| tls_error(format!("{}: {e}", key_path.display())).with_source(e))?;
     let key = Arc::new(CertifiedKey::new(chain, signer));
-    key.keys_match()
-        .map_err(|e| tls_error(format!("{} does not match {}: {e}", key_path.display(), cert_path.display())))?;
+    key.keys_match().map_err(|e| {
+        tls_error(format!("{} does not match {}: {e}", key_path.display(), cert_path.display())).with_source(e)
+    })?;
     Ok(Loaded { key, identity: Arc::new(identity), fingerprint, stamp })
 }
 

@@ -49,7 +49,7 @@ impl Signed {
 }
 
 pub(super) fn sign(key: &CertifiedKey, message: &[u8]) -> Result<Signed, Error> {
-    let failed = |why: String| Error::Tls { message: format!("signing: {why}") };
+    let failed = |why: String| Error::tls(format!("signing: {why}"));
     let signer = key.key.choose_scheme(SCHEMES).ok_or_else(|| failed("the node key has no usable scheme".into()))?;
     let signature = signer.sign(message).map_err(|e| failed(e.to_string()))?;
     let cert = key.cert.first().ok_or_else(|| failed("no certificate".into()))?.to_vec();

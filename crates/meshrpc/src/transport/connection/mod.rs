@@ -174,7 +174,7 @@ impl Connection {
             let peer = stream.peer_addr()?;
             let (stream, identity) = tokio::time::timeout(opts.connect_timeout, tls.connect(stream))
                 .await
-                .map_err(|_| Error::Tls { message: format!("no TLS handshake from {peer}") })?
+                .map_err(|_| Error::tls(format!("no TLS handshake from {peer}")))?
                 .map_err(|e| e.context(&peer.to_string()))?;
             let (tcp, session) = stream.into_inner();
             let link = super::tls_link::TlsLink::new(tcp, rustls::Connection::Client(session));
@@ -415,7 +415,7 @@ impl Inner {
     /// Adds the peer to an error about this connection.
     fn about_peer(&self, e: Error) -> Error {
         match e {
-            Error::Unavailable { message } => Error::unavailable(format!("{}: {message}", self.peer)),
+            e @ Error::Unavailable { .. } => e.context(&self.peer.to_string()),
             e => e,
         }
     }

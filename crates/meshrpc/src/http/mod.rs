@@ -2,7 +2,7 @@
 //! port, published axum routers under `/{name}/…`, and [`serve_http`] for front doors.
 
 mod connection;
-mod keepalive;
+mod driver;
 mod metrics;
 mod rpc;
 mod streams;
@@ -208,7 +208,7 @@ impl Door for HttpDoor {
             }
             self.app().oneshot(req)
         });
-        Box::pin(keepalive::http_connection(io, service, conn, shutdown))
+        Box::pin(driver::http_connection(io, service, conn, shutdown))
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {

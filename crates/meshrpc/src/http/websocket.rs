@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
 use super::{
-    keepalive::UpgradeTie,
+    driver::UpgradeTie,
     rpc::{app_error_message, error_entry, errors_body, http_caller},
     streams::HEARTBEAT,
 };

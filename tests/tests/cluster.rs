@@ -266,3 +266,60 @@ async fn a_caller_connects_ahead_to_new_replicas_of_what_it_calls() {
             .await;
     assert!(connected.is_some(), "the caller never connected to the new replica ahead of a call");
 }
+
+/// Issue 30: a peer connection busy with large answers is alive. With 40 answers of 15 MB
+/// always in flight on the caller's one connection to a replica, the keepalive's pong
+/// waits behind them for longer than its timeout; the answers arriving meanwhile are
+/// signs of life, so every call gets its answer. (Before the fix the cluster's own ping
+/// closed the connection under them: each failed `unavailable: connection closed locally`.)
+/// The caller passes the answers on unread, as the gateway does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_busy_sending_large_answers_is_alive() {
+    const ANSWER: usize = 15_000_000;
+    let tag = "busy";
+    let r1 = Node::start(LABNODE, &["--tag", tag, "--name", "r1"]).await;
+    let caller = meshrpc::Cluster::builder("caller").tag(tag).seeds([r1.addr.to_string()]).start().await.unwrap();
+    let lab = caller.channel();
+    let blob = move |len: usize| {
+        let lab = lab.clone();
+        async move {
+            match lab.call_raw("lab", "blob", format!(r#"{{"len":{len}}}"#).into()).await {
+                Ok(meshrpc::Reply::Ok(json)) => Ok(json.len() - 2), // a JSON string: quoted
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    let first = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async { blob(1).await.ok() }).await;
+    assert_eq!(first, Some(1));
+    // Keep 40 calls in flight across several keepalive periods (however fast the machine
+    // moves the bytes, the keepalive fires while answers are queued).
+    let until = Instant::now() + 4 * meshrpc::KEEPALIVE;
+    let workers: Vec<_> = (0..40)
+        .map(|_| {
+            let blob = blob.clone();
+            tokio::spawn(async move {
+                let (mut answered, mut failed) = (0u64, Vec::new());
+                while Instant::now() < until {
+                    match blob(ANSWER).await {
+                        Ok(ANSWER) => answered += 1,
+                        Ok(len) => failed.push(format!("{len} bytes")),
+                        Err(e) => {
+                            failed.push(e);
+                            break; // the peer is out of picks now: do not spin
+                        }
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    let (mut answered, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (a, f) = worker.await.unwrap();
+        answered += a;
+        failed.extend(f);
+    }
+    eprintln!("busy peer: {answered} answers of 15 MB, {} failed", failed.len());
+    assert!(failed.is_empty(), "{} calls failed, the first: {}", failed.len(), failed[0]);
+    assert!(answered >= 40, "{answered} answers");
+}

@@ -321,7 +321,7 @@ impl Cluster {
 
     /// Last keepalive round trip to a peer, if connected.
     pub fn peer_latency(&self, addr: SocketAddr) -> Option<Duration> {
-        self.inner.peers.all().into_iter().find(|p| p.addr == addr)?.last_ping()
+        self.inner.peers.all().into_iter().find(|p| p.addr == addr)?.latency()
     }
 
     /// How long this node has been up.
@@ -433,14 +433,18 @@ impl Cluster {
     }
 }
 
-/// How often connections to peers are pinged, and how long a ping may take: a peer that
-/// vanishes without closing its connections (a partition) is dropped from picks within
-/// about twice this.
+/// The keepalive of connections to peers: how often each pings, and how long one may
+/// receive nothing after its ping. A peer that vanishes without closing its connections
+/// (a partition) is dropped from picks within about twice this.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
-/// Background upkeep: forget peers that left, ping the rest.
+/// How often the background upkeep runs.
+const UPKEEP: Duration = Duration::from_secs(1);
+
+/// Background upkeep: forget peers that left, connect ahead to new replicas, tell
+/// gossip where the policies stand. (Each peer's connection keeps itself alive.)
 async fn maintain(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(KEEPALIVE);
+    let mut tick = tokio::time::interval(UPKEEP);
     let mut told = String::new();
     for round in 0u64.. {
         tick.tick().await;
@@ -459,9 +463,6 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
         // seed may name by another address than the node advertises.
         if inner.membership.gossips() {
             inner.peers.retain(&live);
-        }
-        for peer in inner.peers.all() {
-            tokio::spawn(async move { peer.keepalive(KEEPALIVE).await });
         }
         connect_ahead(&inner, &view);
     }

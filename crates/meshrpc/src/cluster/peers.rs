@@ -34,7 +34,8 @@ impl Peers {
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
             caller: Some(caller.into()),
-            keepalive: None, // the cluster pings its peers itself (`KEEPALIVE`)
+            keepalive: Some(super::KEEPALIVE),
+            keepalive_timeout: Some(super::KEEPALIVE),
             #[cfg(feature = "tls")]
             tls,
             ..ConnectOptions::default()
@@ -103,7 +104,6 @@ struct Health {
     down_until: Option<Instant>,
     failures: u32,
     ewma: PeakEwma,
-    last_ping: Option<Duration>,
     /// How it has been answering each service (outlier ejection).
     accruals: Vec<(Box<str>, Accrual)>,
     /// The end of its latest ejection: nothing to look up before it.
@@ -125,7 +125,6 @@ impl Peer {
                 down_until: None,
                 failures: 0,
                 ewma: PeakEwma::new(Duration::from_millis(1), EWMA_TAU, Instant::now()),
-                last_ping: None,
                 accruals: Vec::new(),
                 ejected_until: None,
             }),
@@ -191,8 +190,9 @@ impl Peer {
         h.accruals.iter().filter(|(_, a)| a.ejected(now)).map(|(s, _)| s.to_string()).collect()
     }
 
-    pub(crate) fn last_ping(&self) -> Option<Duration> {
-        self.health.lock().unwrap().last_ping
+    /// The round trip of its connection's latest keepalive ping.
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        self.open_conn()?.latency()
     }
 
     pub(crate) fn open_conn(&self) -> Option<Connection> {
@@ -281,21 +281,6 @@ impl Peer {
         h.failures = h.failures.saturating_add(1);
         let backoff = BACKOFF_MIN.saturating_mul(1 << h.failures.min(5).saturating_sub(1)).min(BACKOFF_MAX);
         h.down_until = Some(Instant::now() + backoff);
-    }
-
-    /// Pings over the open connection (if any), recording the latency; a failed ping
-    /// closes the connection.
-    pub(crate) async fn keepalive(&self, timeout: Duration) {
-        let Some(conn) = self.open_conn() else { return };
-        match conn.ping(timeout).await {
-            Ok(rtt) => self.health.lock().unwrap().last_ping = Some(rtt),
-            Err(e) if conn.state() == State::Open => {
-                tracing::warn!(peer = %self.addr, error = %e, "keepalive failed: closing connection");
-                conn.close();
-                self.mark_down();
-            }
-            Err(_) => {}
-        }
     }
 
     fn close(&self) {

@@ -1,5 +1,5 @@
 //! `serve_http` (and `serve_https`), the front door's accept loop; each connection is
-//! served by `keepalive::http_connection`.
+//! served by `driver::http_connection`.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use super::{
-    keepalive::http_connection,
+    driver::http_connection,
     unread::{Answers, HttpConn},
 };
 use crate::{

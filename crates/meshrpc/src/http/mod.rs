@@ -2,8 +2,8 @@
 //! port, published axum routers under `/{name}/…`, and [`serve_http`] for front doors.
 
 mod connection;
+mod driver;
 mod envelope;
-mod keepalive;
 mod metrics;
 mod rpc;
 mod streams;
@@ -227,7 +227,7 @@ impl Door for HttpDoor {
             }
             self.app().oneshot(req)
         });
-        Box::pin(keepalive::http_connection(io, service, conn, shutdown))
+        Box::pin(driver::http_connection(io, service, conn, shutdown))
     }
 }
 

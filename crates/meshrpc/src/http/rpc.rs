@@ -139,7 +139,7 @@ pub(crate) async fn websocket_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
-    let tie = parts.extensions.get::<super::keepalive::UpgradeTie>().cloned();
+    let tie = parts.extensions.get::<super::driver::UpgradeTie>().cloned();
     let mut resp = websocket::answer(ws, dispatch, call, *limits, tie);
     if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
         resp.headers_mut().insert(TRACEPARENT_HEADER, value);

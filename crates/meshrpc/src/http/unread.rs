@@ -3,7 +3,7 @@
 //! once all its bytes reached the socket (its buffer is freed whole, not as it drains):
 //! callers that read slowly or not at all hold at most the budget, and an answer that does not fit is replaced by `503 overloaded` (its call has
 //! run; the caller may retry). A connection whose charged bytes do not move for
-//! `stuck_timeout` is closed (`keepalive.rs`), as a mesh caller's is.
+//! `stuck_timeout` is closed (`driver.rs`), as a mesh caller's is.
 
 use std::{
     sync::{

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
 use super::{
+    driver::UpgradeTie,
     envelope::{app_error_message, error_entry, errors_body, http_caller},
-    keepalive::UpgradeTie,
     streams::HEARTBEAT,
 };
 use crate::{

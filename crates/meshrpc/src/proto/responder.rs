@@ -287,9 +287,10 @@ impl<H, S> ResponderState<H, S> {
         Some(Frame::Credit { id, bytes: grant })
     }
 
-    /// Records bytes received (a partial frame counts as life too).
-    pub fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
+    /// Records bytes received at `at` (a partial frame counts as life too). A shell may
+    /// report a read after frames it held were handled: an older time changes nothing.
+    pub fn heard(&mut self, at: Instant) {
+        self.last_heard = self.last_heard.max(at);
     }
 
     /// A call that did not finish at once now runs under `handle`.

@@ -278,6 +278,9 @@ fn an_idle_connection_has_a_deadline_only_while_no_call_runs() {
     let t1 = t0 + Duration::from_secs(3);
     node.heard(t1);
     assert_eq!(node.deadline(), Some((t1 + idle, Expired::Idle(idle))));
+    // A read reported late (its frames were handled first) does not take life back.
+    node.heard(t0);
+    assert_eq!(node.deadline(), Some((t1 + idle, Expired::Idle(idle))));
     node.started(1, ());
     assert_eq!(node.deadline(), None, "a running call is not idleness");
     node.finished(1);

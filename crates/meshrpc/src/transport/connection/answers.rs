@@ -143,6 +143,9 @@ impl Inner {
             crate::transport::link::room_for_frame(&mut buf, self.limits.max_in);
             match self.link.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
+                // A sign of life for the keepalive (written only when it changes: the
+                // line stays shared between the threads that read).
+                Ok(_) if !self.heard.load(Ordering::Relaxed) => self.heard.store(true, Ordering::Relaxed),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(Error::from(e).context(&format!("connection to {}", self.peer))),

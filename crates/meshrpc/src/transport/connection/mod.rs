@@ -7,10 +7,15 @@
 
 mod answers;
 mod deadlines;
+mod keepalive;
+mod options;
 
 use std::{
     net::SocketAddr,
-    sync::{atomic::AtomicUsize, Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -30,82 +35,20 @@ use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
     error::Error,
     identity::Identity,
-    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated, DEFAULT_MAX_FRAME},
+    proto::{request, CallerHandshake, CallerState, ConnState, Frame, Negotiated},
 };
+
+pub use self::options::ConnectOptions;
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;
 /// The protocol state of a calling connection.
 type Proto = CallerState<Waiter, Arc<StreamHandle>>;
 type Answer = oneshot::Receiver<Result<Reply, Error>>;
 
-/// Connection limits and timeouts.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ConnectOptions {
-    /// How long connecting and the handshake may take.
-    pub connect_timeout: Duration,
-    /// Largest frame accepted from the node.
-    pub max_frame: u32,
-    /// Who is calling, for the peer's request logs (a cluster sets its node name).
-    pub caller: Option<Arc<str>>,
-    /// How often an open connection pings the node (3 s; nodes close mesh connections
-    /// silent for 10 s). `None`: never (the caller pings by itself).
-    pub keepalive: Option<Duration>,
-    /// Mutual TLS with the node (feature `tls`): the caller's credentials.
-    #[cfg(feature = "tls")]
-    pub tls: Option<super::TlsConfig>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(3),
-            max_frame: DEFAULT_MAX_FRAME,
-            caller: None,
-            keepalive: Some(Duration::from_secs(3)),
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
-    }
-}
-
-impl ConnectOptions {
-    /// The same options with another connect and handshake timeout.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The same options naming the caller in the node's request logs.
-    pub fn caller(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.caller = Some(name.into());
-        self
-    }
-
-    /// The same options with another keepalive period (`None`: no pings).
-    pub fn keepalive(mut self, every: Option<Duration>) -> Self {
-        self.keepalive = every;
-        self
-    }
-
-    /// The same options over mutual TLS with `tls`'s credentials (feature `tls`).
-    #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: super::TlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// The same options with another limit on frames from the node.
-    pub fn max_frame(mut self, bytes: u32) -> Self {
-        self.max_frame = bytes;
-        self
-    }
-}
-
 /// A live connection to a meshrpc node. Cheap to clone; all clones share the link, and
 /// dropping the last one closes it. While open it pings the node every few seconds
 /// ([`ConnectOptions::keepalive`]), so the node does not take it for idle and a dead node
-/// is noticed.
+/// is noticed: one that sends nothing for the keepalive timeout after a ping.
 ///
 /// It does not reconnect: once closed, every call fails with `unavailable`
 /// ("connection … is closed") and a new one must be made. A `Cluster` reconnects for you.
@@ -154,6 +97,10 @@ struct Inner {
     lone_readers: AtomicUsize,
     /// Wakes the reader task when the last lone caller is done.
     reader_resume: Notify,
+    /// Bytes arrived since the keepalive last cleared it: the peer is alive.
+    heard: AtomicBool,
+    /// The round trip of the latest keepalive ping answered.
+    latency: Mutex<Option<Duration>>,
 }
 
 /// Connects to a node's mesh port with default options.
@@ -230,11 +177,14 @@ impl Connection {
             rearm: Notify::new(),
             lone_readers: AtomicUsize::new(0),
             reader_resume: Notify::new(),
+            heard: AtomicBool::new(false),
+            latency: Mutex::new(None),
         });
         inner.start();
         let conn = Connection { handle: Arc::new(Handle { inner }) };
         if let Some(every) = opts.keepalive {
-            tokio::spawn(keepalive(Arc::downgrade(&conn.handle), every));
+            let timeout = opts.keepalive_timeout.unwrap_or(every * 3);
+            tokio::spawn(keepalive::run(Arc::downgrade(&conn.handle), every, timeout));
         }
         Ok(conn)
     }
@@ -256,6 +206,12 @@ impl Connection {
     /// Open, draining (the peer sent go-away) or closed.
     pub fn state(&self) -> ConnState {
         *self.inner().state.borrow()
+    }
+
+    /// The round trip of the latest keepalive ping answered (`None` before the first,
+    /// or without keepalive).
+    pub fn latency(&self) -> Option<Duration> {
+        *self.inner().latency.lock().unwrap()
     }
 
     /// Calls in flight on this connection (the load the p2c balancer sees).
@@ -307,31 +263,6 @@ impl Connection {
             start_pump(self.inner().clone(), &handle, registered.id, items);
         }
         Ok(PendingCall { conn: self.clone(), id: registered.id, rx, alone: registered.alone })
-    }
-}
-
-/// Pings the node every `every` while the connection is open and has users; one that
-/// does not answer within three periods is dead, and the connection is closed.
-async fn keepalive(handle: std::sync::Weak<Handle>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(handle) = handle.upgrade() else { return };
-        let conn = Connection { handle };
-        if conn.state() == ConnState::Closed {
-            return;
-        }
-        if let Err(Error::Timeout) = conn.ping(every * 3).await {
-            if conn.state() == ConnState::Open {
-                conn.inner().close(Error::unavailable(format!(
-                    "{} did not answer pings for {:?}",
-                    conn.peer_addr(),
-                    every * 3
-                )));
-            }
-            return;
-        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! One HTTP connection (HTTP/1.1 or h2c), served so that an idle keep-alive connection
-//! costs little more than its socket: after [`PARK_AFTER`] with no request and no bytes
-//! moving, an HTTP/1 connection hands hyper's state back (its 8 KiB read and 8 KiB write
-//! buffers) and waits for the next request with nothing but the socket; the next bytes
-//! start a fresh hyper connection over the same socket, invisibly to the client.
+//! The driver of one HTTP connection (HTTP/1.1 or h2c), serving it so that an idle
+//! keep-alive connection costs little more than its socket: after [`PARK_AFTER`] with no
+//! request and no bytes moving, an HTTP/1 connection hands hyper's state back (its 8 KiB
+//! read and 8 KiB write buffers) and waits for the next request with nothing but the
+//! socket; the next bytes start a fresh hyper connection over the same socket, invisibly
+//! to the client.
 //!
 //! Also: a header timeout for slow clients, an idle timeout for silent ones, a graceful
 //! close on shutdown.

@@ -14,12 +14,12 @@ use tokio::task::AbortHandle;
 
 use super::State;
 use crate::{
-    call::{Dispatch, Reply},
-    error::Error,
     admission::Admission,
+    call::{Dispatch, Reply},
+    call::{Input, Items},
+    error::Error,
     proto::{response_within, Frame, Inbound, Negotiated},
     request_log::{LastMethod, RequestLog},
-    call::{Input, Items},
     transport::{
         guard::PortCounters,
         sender::Sender,

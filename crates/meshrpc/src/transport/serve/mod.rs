@@ -37,9 +37,9 @@ use super::{
     streams::StreamHandle,
 };
 use crate::{
+    admission::Admission,
     call::Dispatch,
     error::Error,
-    admission::Admission,
     proto::{Expired, Frame, Negotiated, NodeHandshake, ResponderState},
 };
 

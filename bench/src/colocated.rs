@@ -17,7 +17,7 @@ async fn per_call(greeter: &dyn Greeter, calls: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / calls as f64
 }
 
-async fn node(policy: meshrpc::Colocated) -> meshrpc::Cluster {
+async fn node(policy: meshrpc::cluster::Colocated) -> meshrpc::Cluster {
     let cluster = meshrpc::ClusterBuilder::from_env("bench-colocated")
         .tag(format!("bench-colocated-{policy:?}-{}", std::process::id()))
         .listen("127.0.0.1:0")
@@ -35,8 +35,8 @@ async fn node(policy: meshrpc::Colocated) -> meshrpc::Cluster {
 /// (direct, colocated, encoded in process) ns per call: medians of 3 runs.
 pub async fn run(calls: u64) -> (f64, f64, f64) {
     let direct: Arc<dyn Greeter> = Arc::new(Greet);
-    let prefer = node(meshrpc::Colocated::Prefer).await;
-    let off = node(meshrpc::Colocated::Off).await;
+    let prefer = node(meshrpc::cluster::Colocated::Prefer).await;
+    let off = node(meshrpc::cluster::Colocated::Off).await;
     let colocated = GreeterClient::new(prefer.client(GreeterClient::SPEC));
     let encoded = GreeterClient::new(off.client(GreeterClient::SPEC));
     let (mut d, mut c, mut e) = (Vec::new(), Vec::new(), Vec::new());

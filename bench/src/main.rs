@@ -34,7 +34,7 @@ struct Opts {
 }
 
 fn main() {
-    meshrpc::Telemetry::from_env().install();
+    meshrpc::telemetry::Telemetry::from_env().install();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("serve") {
         return serve(&args[2], &args[3], args.get(4).map(String::as_str));
@@ -99,7 +99,7 @@ fn load(system: &str, addr: SocketAddr, secs: f64, in_flight: usize) {
 fn serve(kind: &str, addr: &str, next: Option<&str>) {
     // As the node binaries do (the others' servers keep the limit they are given).
     if matches!(kind, "meshrpc" | "meshrpc-tls" | "stream-meshrpc" | "gateway-replica" | "gateway") {
-        let _ = meshrpc::raise_fd_limit();
+        let _ = meshrpc::server::raise_fd_limit();
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     // The multi-core view pins the server's runtime to 1 or 2 workers.
@@ -334,9 +334,12 @@ async fn handshakes() -> (f64, f64) {
         p.push(start.elapsed().as_secs_f64() * 1e6);
         drop(conn);
         let start = Instant::now();
-        let conn = meshrpc::Connection::connect(tls.addr, meshrpc::ConnectOptions::default().tls(config.clone()))
-            .await
-            .unwrap();
+        let conn = meshrpc::transport::Connection::connect(
+            tls.addr,
+            meshrpc::transport::ConnectOptions::default().tls(config.clone()),
+        )
+        .await
+        .unwrap();
         t.push(start.elapsed().as_secs_f64() * 1e6);
         drop(conn);
     }

@@ -22,7 +22,7 @@ pub fn make(root: &Path) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::DnsName(meshrpc::tls::NODE_DNS_NAME.try_into().unwrap())];
-        for uri in meshrpc::Identity::uris(TAG, name, services) {
+        for uri in meshrpc::identity::Identity::uris(TAG, name, services) {
             params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];

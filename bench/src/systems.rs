@@ -93,8 +93,8 @@ impl MeshrpcClient {
 
     /// Over mutual TLS, with the client credentials in `dir`.
     pub async fn connect_tls(addr: SocketAddr, dir: &std::path::Path) -> Self {
-        let options = meshrpc::ConnectOptions::default().tls(meshrpc::TlsConfig::from_dir(dir).unwrap());
-        let conn = meshrpc::Connection::connect(addr, options).await.unwrap();
+        let options = meshrpc::transport::ConnectOptions::default().tls(meshrpc::TlsConfig::from_dir(dir).unwrap());
+        let conn = meshrpc::transport::Connection::connect(addr, options).await.unwrap();
         MeshrpcClient(GreeterClient::new(conn))
     }
 }

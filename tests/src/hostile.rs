@@ -5,8 +5,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use meshrpc::{
+    call::Metadata,
     proto::{CallerHandshake, Frame, DEFAULT_MAX_FRAME},
-    Codec, Metadata,
+    Codec,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

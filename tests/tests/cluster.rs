@@ -235,7 +235,8 @@ async fn any_node_forwards_a_call_it_cannot_answer_to_a_replica() {
     assert!(answered.is_some(), "{:?}", run().await.unwrap());
     // Something nobody serves: unknown, not forwarded around.
     let conn = meshrpc::connect(&seed).await.unwrap();
-    let pending = conn.send_call(meshrpc::Call::new("billing", "charge", bytes::Bytes::from_static(b"{}"))).unwrap();
+    let pending =
+        conn.send_call(meshrpc::call::Call::new("billing", "charge", bytes::Bytes::from_static(b"{}"))).unwrap();
     let err = pending.answer().await.unwrap_err();
     assert_eq!(err.code(), "unknown_service", "{err:?}");
 }
@@ -284,7 +285,7 @@ async fn a_peer_busy_sending_large_answers_is_alive() {
         let lab = lab.clone();
         async move {
             match lab.call_raw("lab", "blob", format!(r#"{{"len":{len}}}"#).into()).await {
-                Ok(meshrpc::Reply::Ok(json)) => Ok(json.len() - 2), // a JSON string: quoted
+                Ok(meshrpc::call::Reply::Ok(json)) => Ok(json.len() - 2), // a JSON string: quoted
                 other => Err(format!("{other:?}")),
             }
         }
@@ -293,7 +294,7 @@ async fn a_peer_busy_sending_large_answers_is_alive() {
     assert_eq!(first, Some(1));
     // Keep 40 calls in flight across several keepalive periods (however fast the machine
     // moves the bytes, the keepalive fires while answers are queued).
-    let until = Instant::now() + 4 * meshrpc::KEEPALIVE;
+    let until = Instant::now() + 4 * meshrpc::cluster::KEEPALIVE;
     let workers: Vec<_> = (0..40)
         .map(|_| {
             let blob = blob.clone();

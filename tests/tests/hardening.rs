@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use meshrpc::{Codec, ConnectOptions, Connection, Error};
+use meshrpc::{
+    transport::{ConnectOptions, Connection},
+    Codec, Error,
+};
 use meshrpc_tests::{
     harness::{http, Node},
     hostile::{
@@ -286,7 +289,7 @@ async fn with_fewer_descriptors_than_its_cap_a_node_caps_itself_below_its_fd_lim
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_binaries_raise_their_soft_fd_limit_to_the_hard_one() {
     // A soft limit of 256 under a higher hard one: a node binary raises it before serving
-    // (`meshrpc::raise_fd_limit`; the library itself changes no process-wide limit).
+    // (`meshrpc::server::raise_fd_limit`; the library itself changes no process-wide limit).
     let greeter = format!("{MESHRPC} example greeter --listen-addr 127.0.0.1:0");
     for command in [greeter.as_str(), LABNODE] {
         let node = Node::start("sh", &["-c", &format!("ulimit -S -n 256 && exec {command}")]).await;

@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use meshrpc::{CallContext, Cluster, ConnectOptions, Connection, Server, StreamLink};
+use meshrpc::{
+    transport::{ConnectOptions, Connection, StreamLink},
+    CallContext, Cluster, Server,
+};
 use meshrpc_tests::harness::{eventually, http, Node};
 use serde::{Deserialize, Serialize};
 
@@ -161,24 +164,24 @@ async fn proxied_http_avoids_a_killed_replica_after_its_first_failure() {
 #[derive(Clone)]
 struct RequireToken<S>(S);
 
-impl<S> tower_service::Service<meshrpc::Call> for RequireToken<S>
+impl<S> tower_service::Service<meshrpc::call::Call> for RequireToken<S>
 where
     S: tower_service::Service<
-        meshrpc::Call,
-        Response = meshrpc::Reply,
+        meshrpc::call::Call,
+        Response = meshrpc::call::Reply,
         Error = meshrpc::Error,
-        Future = meshrpc::BoxFuture<Result<meshrpc::Reply, meshrpc::Error>>,
+        Future = meshrpc::call::BoxFuture<Result<meshrpc::call::Reply, meshrpc::Error>>,
     >,
 {
-    type Response = meshrpc::Reply;
+    type Response = meshrpc::call::Reply;
     type Error = meshrpc::Error;
-    type Future = meshrpc::BoxFuture<Result<meshrpc::Reply, meshrpc::Error>>;
+    type Future = meshrpc::call::BoxFuture<Result<meshrpc::call::Reply, meshrpc::Error>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), meshrpc::Error>> {
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, call: meshrpc::Call) -> Self::Future {
+    fn call(&mut self, call: meshrpc::call::Call) -> Self::Future {
         if call.metadata.get("authorization") != Some("Bearer s3cret") {
             let refused =
                 meshrpc::Error::PermissionDenied { message: format!("{}.{} needs a token", call.service, call.method) };
@@ -192,11 +195,11 @@ where
 #[derive(Clone)]
 struct AddToken<S>(S);
 
-impl<S> tower_service::Service<meshrpc::Call> for AddToken<S>
+impl<S> tower_service::Service<meshrpc::call::Call> for AddToken<S>
 where
-    S: tower_service::Service<meshrpc::Call, Response = meshrpc::Reply, Error = meshrpc::Error>,
+    S: tower_service::Service<meshrpc::call::Call, Response = meshrpc::call::Reply, Error = meshrpc::Error>,
 {
-    type Response = meshrpc::Reply;
+    type Response = meshrpc::call::Reply;
     type Error = meshrpc::Error;
     type Future = S::Future;
 
@@ -204,7 +207,7 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut call: meshrpc::Call) -> S::Future {
+    fn call(&mut self, mut call: meshrpc::call::Call) -> S::Future {
         call.metadata.insert("Authorization", "Bearer s3cret");
         self.0.call(call)
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use meshrpc::{Call, Reply};
+use meshrpc::call::{Call, Reply};
 use meshrpc_tests::harness::Node;
 
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");

@@ -7,7 +7,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use meshrpc::{Call, ConnectOptions, Connection, Dispatch};
+use meshrpc::{
+    call::{Call, Dispatch},
+    transport::{ConnectOptions, Connection},
+};
 use meshrpc_tests::{
     harness::{eventually, generic_gateway, http, python, read_lines, tool, Lines, Node},
     lab::{Lab, LabClient},

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use meshrpc::{Cluster, Resilience};
+use meshrpc::{cluster::Resilience, Cluster};
 use meshrpc_tests::{
     browser::{chromium, Browser},
     faults::{Faulty, FaultyClient},
@@ -86,11 +86,11 @@ async fn every_node_shows_golden_metrics_and_top_gathers_them() {
         assert!(sample(&text, "meshrpc_concurrency_limit", &[]).is_some());
     }
     // The caller counted the same calls as outbound, by replica node.
-    let mine = meshrpc::node_stats();
+    let mine = meshrpc::metrics::node_stats();
     let outbound: u64 = mine
         .series
         .iter()
-        .filter(|s| s.direction == meshrpc::Direction::Outbound && s.service == "faulty" && s.method == "read")
+        .filter(|s| s.direction == meshrpc::metrics::Direction::Outbound && s.service == "faulty" && s.method == "read")
         .filter(|s| s.peer == "alpha" || s.peer == "beta")
         .map(|s| s.calls())
         .sum();
@@ -460,10 +460,10 @@ async fn a_real_prometheus_scrapes_the_mesh() {
 
 /// Calls of `faulty.read` this process made so far.
 fn client_calls_so_far(_cluster: &Cluster) -> u64 {
-    meshrpc::node_stats()
+    meshrpc::metrics::node_stats()
         .series
         .iter()
-        .filter(|s| s.direction == meshrpc::Direction::Outbound && s.service == "faulty" && s.method == "read")
+        .filter(|s| s.direction == meshrpc::metrics::Direction::Outbound && s.service == "faulty" && s.method == "read")
         .filter(|s| s.peer == "gamma" || s.peer == "delta")
         .map(|s| s.calls())
         .sum()

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshrpc::{Cluster, Error, Resilience};
+use meshrpc::{cluster::Resilience, Cluster, Error};
 use meshrpc_tests::{
     faults::{FaultStats, Faulty, FaultyClient},
     harness::{eventually, http, Node},

@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshrpc::{Call, ConnectOptions, Connection, Error, TlsConfig};
+use meshrpc::{
+    call::Call,
+    transport::{ConnectOptions, Connection},
+    Error, TlsConfig,
+};
 use meshrpc_tests::{
     harness::{http, Caller, Node},
     tls::{client_config, client_config_alpn, https, Pki},
@@ -56,9 +60,9 @@ async fn counter(admin: SocketAddr, name: &str) -> u64 {
 async fn mesh_call(conn: &Connection, service: &'static str, method: &'static str) -> Result<String, Error> {
     let pending = conn.send_call(Call::new(service, method, bytes::Bytes::from_static(b"{}")))?;
     match pending.answer().await? {
-        meshrpc::Reply::Ok(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
-        meshrpc::Reply::AppError(e) => Ok(format!("app error {}", String::from_utf8_lossy(&e))),
-        meshrpc::Reply::Stream(_) => Ok("a stream".into()),
+        meshrpc::call::Reply::Ok(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
+        meshrpc::call::Reply::AppError(e) => Ok(format!("app error {}", String::from_utf8_lossy(&e))),
+        meshrpc::call::Reply::Stream(_) => Ok("a stream".into()),
     }
 }
 
@@ -177,7 +181,7 @@ async fn mutual_tls_admits_the_cluster_and_refuses_strangers() {
         })
         .collect();
     for (i, call) in calls.into_iter().enumerate() {
-        let meshrpc::Reply::Ok(blob) = call.answer().await.unwrap() else { panic!("an application error") };
+        let meshrpc::call::Reply::Ok(blob) = call.answer().await.unwrap() else { panic!("an application error") };
         assert_eq!(blob.len(), 100_000 + i * 50_000 + 2, "answer {i}"); // a JSON string: quoted
     }
     assert_eq!(mesh_call(&conn, "lab", "whoami").await.unwrap(), "\"lab1\"");

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use meshrpc::{Codec, Connection, Error, Reply, Stream};
+use meshrpc::{call::Reply, transport::Connection, Codec, Error, Stream};
 use meshrpc_tests::{
     harness::{eventually, terminate, Node},
     hostile::status_kib,
@@ -63,7 +63,7 @@ async fn client_and_bidirectional_streams_and_a_bad_item_fails_its_call_alone() 
 
     // Items that do not decode: the third is a string where a number goes.
     let items = ["1", "2", "\"three\"", "4"].map(|i| Ok(Reply::Ok(i.into())));
-    let (tx, raw) = meshrpc::Items::channel(8);
+    let (tx, raw) = meshrpc::call::Items::channel(8);
     for item in items {
         tx.send(item).await.unwrap();
     }
@@ -76,7 +76,7 @@ async fn client_and_bidirectional_streams_and_a_bad_item_fails_its_call_alone() 
     assert!(detail.contains("bad_request") && detail.contains("stream item 2"), "{detail}");
 
     // Items sent to a method that takes none, and none to one that needs them.
-    let (_tx, raw) = meshrpc::Items::channel(1);
+    let (_tx, raw) = meshrpc::call::Items::channel(1);
     let refused = meshrpc::Channel::from(conn.clone())
         .call_raw_items("streamer", "producers", bytes::Bytes::from_static(b"{}"), Some(raw), false)
         .await;
@@ -407,7 +407,7 @@ async fn large_items_beside_other_calls_never_stall() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_item_over_the_readers_frame_limit_ends_its_stream_with_too_large() {
     let node = Node::start(LABNODE, &["--tag", "streams"]).await;
-    let small = meshrpc::ConnectOptions::default().max_frame(64 * 1024);
+    let small = meshrpc::transport::ConnectOptions::default().max_frame(64 * 1024);
     let conn = Connection::connect(node.addr, small).await.unwrap();
     let client = StreamerClient::new(conn.clone());
     let mut ticks = client.count(0, 10, 1_000).await.expect("the stream opens");

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshrpc::{Cluster, Colocated, Error};
+use meshrpc::{cluster::Colocated, Cluster, Error};
 use meshrpc_tests::{
     harness::{eventually, http, terminate, tool, Node},
     lab::{Lab, LabClient, LabError, LabNode, LabServer},

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use meshrpc::{Error, Reply};
+use meshrpc::{call::Reply, Error};
 
 use crate::join::{join, JoinArgs};
 
@@ -112,8 +112,8 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Box<dyn std::error::Error>
 
 /// Lines of stdin as the call's items (blank lines skipped; a line that is not JSON ends
 /// the items with `bad_request` naming it).
-fn stdin_items() -> meshrpc::Items {
-    let (tx, items) = meshrpc::Items::channel(16);
+fn stdin_items() -> meshrpc::call::Items {
+    let (tx, items) = meshrpc::call::Items::channel(16);
     std::thread::spawn(move || {
         for (n, line) in std::io::stdin().lines().enumerate() {
             let item = match line {

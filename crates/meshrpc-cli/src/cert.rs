@@ -170,7 +170,7 @@ pub(crate) fn issue(args: IssueArgs) -> Result<()> {
     let mut params = CertificateParams::default();
     params.distinguished_name = name(node);
     params.subject_alt_names = vec![SanType::DnsName(NODE_DNS_NAME.try_into()?)];
-    for uri in meshrpc::Identity::uris(&tag, node, &services) {
+    for uri in meshrpc::identity::Identity::uris(&tag, node, &services) {
         params.subject_alt_names.push(SanType::URI(uri.try_into()?));
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

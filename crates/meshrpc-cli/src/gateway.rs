@@ -1,6 +1,6 @@
 //! `meshrpc gateway`: the generic API gateway, itself a cluster node.
 
-use meshrpc::{ClusterBuilder, Gateway, HttpLimits, ServerConfig};
+use meshrpc::{server::HttpLimits, ClusterBuilder, Gateway, ServerConfig};
 
 #[derive(clap::Args)]
 pub(crate) struct GatewayArgs {
@@ -73,18 +73,18 @@ pub(crate) struct GatewayArgs {
     /// Each client's rate: `100/s`, `6000/m`, `100/s:200` (a burst of 200). A client is
     /// its bearer token's subject, else its IP address. Over it: 429 with Retry-After.
     #[arg(long)]
-    rate_limit: Option<meshrpc::Rate>,
+    rate_limit: Option<meshrpc::gateway::Rate>,
     /// A route's rate across all clients: `/greeter/greet=50/s` (or `/greeter=…` for all
     /// of a service's routes). Repeatable.
     #[arg(long = "route-limit", value_parser = route_limit)]
-    route_limits: Vec<(String, meshrpc::Rate)>,
+    route_limits: Vec<(String, meshrpc::gateway::Rate)>,
     /// Rate limits from a TOML file (`client = "100/s"`, `[route]` `"/greeter/greet" =
     /// "50/s"`; docs/resilience.md); flags add to it.
     #[arg(long, env = "MESHRPC_RATE_LIMITS")]
     rate_limits: Option<std::path::PathBuf>,
 }
 
-fn route_limit(s: &str) -> Result<(String, meshrpc::Rate), String> {
+fn route_limit(s: &str) -> Result<(String, meshrpc::gateway::Rate), String> {
     let (path, rate) = s.split_once('=').ok_or("expected PATH=RATE, as in /greeter/greet=50/s")?;
     if !path.starts_with('/') {
         return Err(format!("route `{path}` must start with `/`"));
@@ -121,8 +121,8 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Err
         gateway = gateway.access(access.clone());
     }
     let mut rate_limits = match &args.rate_limits {
-        Some(path) => meshrpc::RateLimits::from_file(path)?,
-        None => meshrpc::RateLimits::new(),
+        Some(path) => meshrpc::gateway::RateLimits::from_file(path)?,
+        None => meshrpc::gateway::RateLimits::new(),
     };
     if let Some(rate) = args.rate_limit {
         rate_limits = rate_limits.per_client(rate);
@@ -138,7 +138,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Err
     }
     let app = gateway.observe(routes);
     let https = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(meshrpc::https_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(meshrpc::transport::https_config(cert, key)?),
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -151,7 +151,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Err
     config.header_timeout = timeout;
     config.max_connections = args.max_connections;
     match https {
-        Some(tls) => meshrpc::serve_https(listener, app, config, tls, meshrpc::wait_for_signal()).await,
+        Some(tls) => meshrpc::http::serve_https(listener, app, config, tls, meshrpc::wait_for_signal()).await,
         None => meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await,
     }
     cluster.shutdown().await;
@@ -164,14 +164,14 @@ fn bearer_auth(
     hs256: &Option<std::path::PathBuf>,
     rs256: &Option<std::path::PathBuf>,
     (issuers, audiences): (&[String], &[String]),
-) -> Result<Option<meshrpc::BearerAuth>, Box<dyn std::error::Error>> {
+) -> Result<Option<meshrpc::gateway::BearerAuth>, Box<dyn std::error::Error>> {
     if (!issuers.is_empty() || !audiences.is_empty()) && hs256.is_none() && rs256.is_none() {
         return Err("--jwt-issuer and --jwt-audience need a JWT key: --jwt-hs256-secret or --jwt-rs256-key".into());
     }
     if api_keys.is_none() && hs256.is_none() && rs256.is_none() {
         return Ok(None);
     }
-    let mut auth = meshrpc::BearerAuth::new();
+    let mut auth = meshrpc::gateway::BearerAuth::new();
     if let Some(path) = api_keys {
         auth = auth.api_keys_file(path)?;
     }

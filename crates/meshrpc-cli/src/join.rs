@@ -26,7 +26,7 @@ pub(crate) struct JoinArgs {
 pub(crate) async fn join(
     args: &JoinArgs,
     what: &str,
-    ready: impl Fn(&meshrpc::View) -> bool,
+    ready: impl Fn(&meshrpc::cluster::View) -> bool,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
     let cluster = ClusterBuilder::from_env("meshrpc-cli")
         .tag(&args.tag)

@@ -124,9 +124,9 @@ pub fn run() -> std::process::ExitCode {
     // The commands that run a node: its logs, and room for its connections.
     if matches!(cli.command, Command::Gateway(_) | Command::Example(_)) {
         meshrpc::init_logging("info");
-        let _ = meshrpc::raise_fd_limit();
+        let _ = meshrpc::server::raise_fd_limit();
     }
-    meshrpc::Telemetry::from_env().install();
+    meshrpc::telemetry::Telemetry::from_env().install();
     memory::give_back_periodically();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {

@@ -18,7 +18,8 @@ pub(crate) struct SplitArgs {
 }
 
 pub(crate) async fn run(args: SplitArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let weights = if args.clear { Vec::new() } else { meshrpc::Split::parse_weights(&args.weights.join(" "))? };
+    let weights =
+        if args.clear { Vec::new() } else { meshrpc::cluster::Split::parse_weights(&args.weights.join(" "))? };
     let cluster =
         join(&args.join, "a node to pass the rule on", |v| v.members.iter().any(|m| m.addr.is_some())).await?;
     // The rule must reach a node that stays before this one leaves.

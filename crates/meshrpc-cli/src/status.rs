@@ -23,7 +23,7 @@ struct MemberRow {
     name: String,
     id: String,
     addr: Option<String>,
-    state: meshrpc::MemberState,
+    state: meshrpc::cluster::MemberState,
     uptime_s: u64,
     services: Vec<String>,
     http: Vec<String>,
@@ -33,19 +33,19 @@ struct MemberRow {
     cert_not_after: Option<u64>,
     /// Its concurrency limit, what it refused, its retry budget and the replicas it
     /// ejected, as it last gossiped them (docs/resilience.md).
-    policies: Option<meshrpc::Policies>,
+    policies: Option<meshrpc::cluster::Policies>,
 }
 
 #[derive(Serialize)]
 struct Status {
     tag: String,
     members: Vec<MemberRow>,
-    services: Vec<meshrpc::ServiceStatus>,
+    services: Vec<meshrpc::cluster::ServiceStatus>,
     /// Replicas gossiping a service their certificate does not carry (never called).
-    unproven: Vec<meshrpc::UnprovenReplica>,
+    unproven: Vec<meshrpc::cluster::UnprovenReplica>,
     /// Split and mirror rules refused lately (mutual TLS: unsigned, or by a writer not
     /// allowed to write them), as this node or the node it follows saw them.
-    rejected_rules: Vec<meshrpc::RejectedRule>,
+    rejected_rules: Vec<meshrpc::cluster::RejectedRule>,
 }
 
 pub(crate) async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use meshrpc::{MeshSnapshot, MethodRates};
+use meshrpc::cluster::{MeshSnapshot, MethodRates};
 use serde::Serialize;
 
 use crate::join::{join, JoinArgs};
@@ -31,7 +31,7 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(1);
 struct Top {
     interval_s: f64,
     methods: Vec<MethodRates>,
-    edges: Vec<meshrpc::Edge>,
+    edges: Vec<meshrpc::cluster::Edge>,
     /// Nodes whose figures could not be had, with why.
     unreachable: Vec<(String, String)>,
 }
@@ -70,8 +70,8 @@ fn figures(before: &MeshSnapshot, after: &MeshSnapshot) -> Top {
         .filter(|(m, _)| !m.is_self)
         .filter_map(|(m, s)| s.as_ref().err().map(|e| (m.name.clone(), e.to_string())))
         .collect();
-    let edges = meshrpc::edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
-    let methods = meshrpc::method_rates(before, after)
+    let edges = meshrpc::cluster::edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
+    let methods = meshrpc::cluster::method_rates(before, after)
         .into_iter()
         .filter(|m| m.service != "meshrpc") // the figures' own calls
         .collect();

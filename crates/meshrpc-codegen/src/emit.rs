@@ -132,8 +132,8 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
             }
         }
 
-        impl<__MeshrpcImpl: #trait_ident + #as_dyn + ?::core::marker::Sized> ::meshrpc::Service for #server<__MeshrpcImpl> {
-            fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
+        impl<__MeshrpcImpl: #trait_ident + #as_dyn + ?::core::marker::Sized> ::meshrpc::server::Service for #server<__MeshrpcImpl> {
+            fn spec(&self) -> &'static ::meshrpc::spec::ServiceSpec {
                 #client::SPEC
             }
 
@@ -149,8 +149,8 @@ pub(crate) fn server(def: &ServiceDef) -> TokenStream {
                 __meshrpc_method: &str,
                 __meshrpc_codec: ::meshrpc::Codec,
                 __meshrpc_payload: ::meshrpc::__private::Bytes,
-                __meshrpc_input: ::core::option::Option<::meshrpc::Items>,
-            ) -> ::meshrpc::BoxFuture<::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>> {
+                __meshrpc_input: ::core::option::Option<::meshrpc::call::Items>,
+            ) -> ::meshrpc::call::BoxFuture<::core::result::Result<::meshrpc::call::Reply, ::meshrpc::Error>> {
                 let __meshrpc_service = ::std::sync::Arc::clone(&self.inner);
                 match __meshrpc_method {
                     #( #arms )*
@@ -185,7 +185,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
             None => quote! { ::core::option::Option::None },
         };
         quote! {
-            ::meshrpc::MethodSpec {
+            ::meshrpc::spec::MethodSpec {
                 name: #name, args: &[ #( #args ),* ], items: #items, streams: #streams, idempotent: #idempotent,
                 timeout: #timeout, hedge: #hedge,
             }
@@ -271,7 +271,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
 
         impl #client {
             /// What the service offers: its name, methods and argument names.
-            pub const SPEC: &'static ::meshrpc::ServiceSpec = &::meshrpc::ServiceSpec {
+            pub const SPEC: &'static ::meshrpc::spec::ServiceSpec = &::meshrpc::spec::ServiceSpec {
                 name: #service_name,
                 trait_name: #trait_name,
                 version: ::core::env!("CARGO_PKG_VERSION"),
@@ -280,7 +280,7 @@ pub(crate) fn client(def: &ServiceDef) -> TokenStream {
 
             /// A client over a channel: a connection, a cluster channel, or a local server.
             /// When the channel's node serves the service itself, calls go straight to its
-            /// implementation (see `meshrpc::Colocated`).
+            /// implementation (see `meshrpc::cluster::Colocated`).
             pub fn new(channel: impl ::core::convert::Into<::meshrpc::Channel>) -> Self {
                 let channel: ::meshrpc::Channel = channel.into();
                 let local = channel

@@ -5,7 +5,10 @@
 
 use std::task::{Context, Poll};
 
-use meshrpc::{BoxFuture, Call, Error, Reply};
+use meshrpc::{
+    call::{BoxFuture, Call, Reply},
+    Error,
+};
 use serde::{Deserialize, Serialize};
 use tower_service::Service;
 

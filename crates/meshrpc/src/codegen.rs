@@ -9,7 +9,10 @@ pub use serde;
 pub use crate::call::BoxFuture;
 #[cfg(feature = "schema")]
 pub use crate::schema::{schema_document, schema_generator, MethodSchema};
-use crate::{Codec, Error, Items, Reply};
+use crate::{
+    call::{Items, Reply},
+    Codec, Error,
+};
 #[cfg(feature = "schema")]
 pub use schemars;
 

@@ -240,7 +240,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
-/// The error that broke a link's stream (a [`StreamLink`](crate::StreamLink)), handed to
+/// The error that broke a link's stream (a [`StreamLink`](crate::transport::StreamLink)), handed to
 /// every later read or write as an `io::Error` whose inner error is this, so its cause —
 /// a TLS alert — survives. Here, below the transport, so errors can look inside it.
 #[derive(Debug, Clone)]
@@ -261,7 +261,7 @@ impl std::fmt::Display for LinkFailure {
 impl std::error::Error for LinkFailure {}
 
 /// The TLS error behind an I/O error (a handshake failure, an alert from the peer), also
-/// through a [`StreamLink`](crate::StreamLink) that passed it on.
+/// through a [`StreamLink`](crate::transport::StreamLink) that passed it on.
 #[cfg(feature = "tls")]
 fn tls_cause(err: &std::io::Error) -> Option<&rustls::Error> {
     let inner = err.get_ref()?;

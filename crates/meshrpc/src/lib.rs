@@ -56,9 +56,19 @@
 //!
 //! The library reads no environment variable and changes no process-wide setting by
 //! itself: a binary asks, with the `from_env()` constructors (`ClusterBuilder::from_env`,
-//! [`Telemetry::from_env`], `TlsConfig::from_env`, `Access::from_env`; the README's
-//! "Configuration" lists every variable), [`Telemetry::install`], [`raise_fd_limit`] and
+//! [`Telemetry::from_env`](telemetry::Telemetry::from_env), `TlsConfig::from_env`, `Access::from_env`; the README's
+//! "Configuration" lists every variable), [`Telemetry::install`](telemetry::Telemetry::install), [`raise_fd_limit`](server::raise_fd_limit) and
 //! `init_logging`.
+//!
+//! ## Where things are
+//!
+//! The root holds what most programs use (and [`prelude`] holds it for a glob import);
+//! the rest lives in the module of its concept, as in tonic: [`call`] (calls as values:
+//! `Call`, `Reply`, `Dispatch`, middleware's view), [`client`], [`server`], [`stream`],
+//! [`spec`] (what `#[service]` generates a description of), [`transport`] (mesh
+//! connections and links), [`proto`] (the wire protocol, no I/O), [`metrics`],
+//! [`telemetry`], [`identity`], and behind their features `cluster`, `gateway`, `http`,
+//! `openapi` and `tls`.
 //!
 //! ## Cargo features
 //!
@@ -69,7 +79,7 @@
 //! | `cluster` | yes | `Cluster`: gossip membership, balancing, failover, drain (implies `http`) |
 //! | `gateway` | yes | `Gateway`: the HTTP front door with `/healthz` and `/metrics` (implies `cluster`) |
 //! | `logging` | yes | `init_logging`, a `tracing` subscriber for binaries |
-//! | `tls` | yes | mutual TLS on the mesh port ([`TlsConfig`]), sealed gossip, the authorization policy ([`Access`]), HTTPS and bearer tokens at the gateway |
+//! | `tls` | yes | mutual TLS on the mesh port ([`TlsConfig`]), sealed gossip, the authorization policy ([`Access`](tls::Access)), HTTPS and bearer tokens at the gateway |
 
 // The lints are the workspace's (`[workspace.lints]` in the root Cargo.toml); the library
 // also forbids what the workspace only denies, so no `allow` can let unsafe code in.
@@ -77,112 +87,94 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod admission;
-mod call;
-mod call_stats;
-mod client;
+pub mod call;
+pub mod client;
 mod codec;
 mod codegen;
 mod context;
 mod env;
 mod error;
-#[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
-mod figures;
-mod identity;
+pub mod identity;
 mod limits;
-mod middleware;
-#[cfg(feature = "http")]
-mod openapi;
+pub mod metrics;
+pub mod middleware;
 #[cfg(feature = "otlp")]
 mod otlp;
+pub mod proto;
 mod request_log;
 #[cfg(feature = "schema")]
 mod schema;
-mod server;
-mod spec;
-mod stream;
-mod telemetry;
+pub mod server;
+pub mod spec;
+pub mod stream;
+pub mod telemetry;
 mod throttle;
 mod trace;
-mod transport;
-
-pub mod proto;
+pub mod transport;
 
 #[cfg(feature = "tls")]
 mod access;
 #[cfg(feature = "cluster")]
-mod cluster;
+pub mod cluster;
 #[cfg(feature = "gateway")]
-mod gateway;
+pub mod gateway;
 #[cfg(feature = "http")]
-mod http;
+pub mod http;
 #[cfg(feature = "logging")]
 mod logging;
+#[cfg(feature = "http")]
+pub mod openapi;
 
-#[cfg(feature = "tls")]
-pub use access::{Access, AccessPolicy, PolicyError};
+// The everyday names, at the root; everything else lives in the module of its concept.
 pub use async_trait::async_trait;
-pub use call::{BoxFuture, Call, Dispatch, Input, Items, Metadata, Reply};
-pub use call_stats::{node_stats, Direction, NodeStats, SeriesStats, LATENCY_BOUNDS_SECONDS};
-pub use client::{CallOptions, Channel, DEFAULT_TIMEOUT};
+pub use client::{CallOptions, Channel};
 #[cfg(feature = "cluster")]
-pub use cluster::{
-    edges, method_rates, wait_for_signal, Advertised, AdvertisedMethod, Balance, Candidate, Cluster, ClusterBuilder,
-    Colocated, Edge, Ejection, GossipConfig, HttpReplica, LeastLoaded, Member, MemberState, MeshSnapshot, MethodRates,
-    MirrorStats, Policies, Policy, RejectedRule, Resilience, ResilienceStats, RetryBudget, RoundRobin, ServiceStatus,
-    Split, Sticky, View, DEFAULT_PORT, KEEPALIVE,
-};
-#[cfg(all(feature = "cluster", feature = "tls"))]
-pub use cluster::{UnprovenReplica, EXPIRY_WARNING};
+pub use cluster::{wait_for_signal, Cluster, ClusterBuilder};
 pub use codec::Codec;
 pub use context::CallContext;
 pub use error::Error;
-#[cfg(all(feature = "gateway", feature = "tls"))]
-pub use gateway::{BearerAuth, TokenError};
 #[cfg(feature = "gateway")]
-pub use gateway::{Gateway, Metrics, Rate, RateLimits};
+pub use gateway::Gateway;
 #[cfg(feature = "http")]
-pub use http::{
-    envelope, error_response, pinned_version, rpc_call, rpc_router, serve_http, sticky_key, KEY_HEADER, TIMEOUT_HEADER,
-    TRACEPARENT_HEADER, VERSION_HEADER,
-};
-#[cfg(all(feature = "http", feature = "tls"))]
-pub use http::{rpc_router_with_policy, serve_https};
-pub use identity::{Identity, IdentityError, IdentityKind};
-pub use limits::HttpLimits;
+pub use http::serve_http;
 #[cfg(feature = "logging")]
 pub use logging::init as init_logging;
 pub use meshrpc_macros::service;
-pub use middleware::DispatchService;
-#[cfg(feature = "http")]
-pub use openapi::{document as openapi_document, ServiceDoc};
-pub use server::{raise_fd_limit, ConcurrencyLimit, Registry, Server, ServerConfig, Service, ShutdownHandle};
-pub use spec::{MethodSpec, ServiceSpec};
-pub use stream::{Stream, StreamClosed, StreamSender};
-#[cfg(feature = "otlp")]
-pub use telemetry::OtlpExport;
-pub use telemetry::{RequestLines, Telemetry};
-pub use transport::{
-    connect, ConnectOptions, Connection, Link, PendingCall, PortCounters, Reading, Ready, StreamLink, TcpLink,
-};
+pub use server::{Server, ServerConfig};
+pub use stream::{Stream, StreamSender};
+pub use transport::connect;
 #[cfg(feature = "tls")]
-pub use transport::{https_config, TlsConfig};
+pub use transport::TlsConfig;
 
-/// Node credentials (feature `tls`): the files of a credentials directory and the form
-/// of node certificates (docs/security.md).
+/// What most programs need, in one `use meshrpc::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "gateway")]
+    pub use crate::Gateway;
+    pub use crate::{async_trait, connect, service, CallContext, CallOptions, Channel, Error, Server, Stream};
+    #[cfg(feature = "cluster")]
+    pub use crate::{Cluster, ClusterBuilder};
+}
+
+/// Mutual TLS and who may call what (feature `tls`): node credentials (the files of a
+/// credentials directory and the form of node certificates, docs/security.md) and the
+/// authorization policy.
 #[cfg(feature = "tls")]
 pub mod tls {
+    pub use crate::access::{Access, AccessPolicy, PolicyError};
     pub use crate::identity::{NODE_DNS_NAME, URI_SCHEME};
-    pub use crate::transport::{fingerprint, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};
+    pub use crate::transport::{
+        fingerprint, https_config, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE,
+    };
 }
 
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    #[cfg(feature = "cluster")]
-    pub use crate::cluster::gossip_simulation;
     /// chitchat's transport sealed with a gossip key: the tests' impostors use it to speak
     /// as a holder of the key would.
     #[cfg(all(feature = "cluster", feature = "tls"))]
-    pub use crate::cluster::SealedTransport;
+    pub use crate::cluster::gossip::sealed::SealedTransport;
+    #[cfg(feature = "cluster")]
+    pub use crate::cluster::gossip::thin::simulation as gossip_simulation;
     pub use crate::codegen::*;
 }

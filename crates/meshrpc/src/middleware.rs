@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use std::task::{Context, Poll};
-//! use meshrpc::{BoxFuture, Call, DispatchService, Error, Reply};
+//! use meshrpc::{Error, call::{BoxFuture, Call, Reply}, middleware::DispatchService};
 //!
 //! /// Adds a token to every call (a client layer).
 //! #[derive(Clone)]

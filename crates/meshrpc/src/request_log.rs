@@ -18,8 +18,8 @@ use std::{
 use crate::{
     call::Items,
     call::{Call, Dispatch, Reply},
-    call_stats::{self, MethodStats},
     error::Error,
+    metrics::calls::{self, MethodStats},
     stream::Stream,
     telemetry::RequestLines,
 };
@@ -42,7 +42,7 @@ impl LastMethod {
         match &self.0 {
             Some((s, m, stats)) if **s == *service && **m == *method => stats.clone(),
             _ => {
-                let stats = call_stats::inbound().series(service, method, peer, exists);
+                let stats = calls::inbound().series(service, method, peer, exists);
                 self.0 = Some((service.into(), method.into(), stats.clone()));
                 stats
             }
@@ -81,9 +81,9 @@ impl RequestLog {
     ) -> RequestLog {
         let (service, method) = (&*call.service, &*call.method);
         let exists = || dispatch.has_method(service, method) != Some(false);
-        let stats = (call_stats::enabled() && summary_started()).then(|| match last {
+        let stats = (calls::enabled() && summary_started()).then(|| match last {
             Some(last) => last.stats(service, method, peer, exists),
-            None => call_stats::inbound().series(service, method, peer, exists),
+            None => calls::inbound().series(service, method, peer, exists),
         });
         RequestLog::with(stats, service, method, caller, call.trace_id, start)
     }
@@ -112,10 +112,10 @@ impl RequestLog {
         thread_local! {
             static LAST: std::cell::RefCell<LastMethod> = std::cell::RefCell::default();
         }
-        let stats = (call_stats::enabled() && summary_started()).then(|| {
+        let stats = (calls::enabled() && summary_started()).then(|| {
             LAST.with(|last| match last.try_borrow_mut() {
                 Ok(mut last) => last.stats(service, method, "local", || true),
-                Err(_) => call_stats::inbound().series(service, method, "local", || true),
+                Err(_) => calls::inbound().series(service, method, "local", || true),
             })
         });
         RequestLog::with(stats, service, method, "local", trace_id, start)
@@ -328,7 +328,7 @@ fn summary_started() -> bool {
 /// A line per method (all its peers together) that had calls since the last one.
 fn write_summary(every: Duration) {
     let mut methods: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
-    call_stats::inbound().each(|service, method, _peer, stats| {
+    calls::inbound().each(|service, method, _peer, stats| {
         let (calls, errors, p99) = stats.take_window();
         if calls > 0 {
             let entry = methods.entry((service.to_owned(), method.to_owned())).or_default();

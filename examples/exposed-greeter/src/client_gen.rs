@@ -19,12 +19,12 @@ impl ::core::fmt::Debug for GreeterClient {
 }
 impl GreeterClient {
     /// What the service offers: its name, methods and argument names.
-    pub const SPEC: &'static ::meshrpc::ServiceSpec = &::meshrpc::ServiceSpec {
+    pub const SPEC: &'static ::meshrpc::spec::ServiceSpec = &::meshrpc::spec::ServiceSpec {
         name: "greeter",
         trait_name: "Greeter",
         version: ::core::env!("CARGO_PKG_VERSION"),
         methods: &[
-            ::meshrpc::MethodSpec {
+            ::meshrpc::spec::MethodSpec {
                 name: "greet",
                 args: &["name"],
                 items: ::core::option::Option::None,
@@ -33,7 +33,7 @@ impl GreeterClient {
                 timeout: ::core::option::Option::None,
                 hedge: false,
             },
-            ::meshrpc::MethodSpec {
+            ::meshrpc::spec::MethodSpec {
                 name: "send_postcard",
                 args: &["card"],
                 items: ::core::option::Option::None,
@@ -42,7 +42,7 @@ impl GreeterClient {
                 timeout: ::core::option::Option::None,
                 hedge: false,
             },
-            ::meshrpc::MethodSpec {
+            ::meshrpc::spec::MethodSpec {
                 name: "countdown",
                 args: &["from"],
                 items: ::core::option::Option::None,
@@ -55,7 +55,7 @@ impl GreeterClient {
     };
     /// A client over a channel: a connection, a cluster channel, or a local server.
     /// When the channel's node serves the service itself, calls go straight to its
-    /// implementation (see `meshrpc::Colocated`).
+    /// implementation (see `meshrpc::cluster::Colocated`).
     pub fn new(channel: impl ::core::convert::Into<::meshrpc::Channel>) -> Self {
         let channel: ::meshrpc::Channel = channel.into();
         let local = channel

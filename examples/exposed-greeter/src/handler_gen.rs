@@ -37,8 +37,8 @@ impl __MeshrpcGreeterAsDyn for dyn Greeter {
 }
 impl<
     __MeshrpcImpl: Greeter + __MeshrpcGreeterAsDyn + ?::core::marker::Sized,
-> ::meshrpc::Service for GreeterServer<__MeshrpcImpl> {
-    fn spec(&self) -> &'static ::meshrpc::ServiceSpec {
+> ::meshrpc::server::Service for GreeterServer<__MeshrpcImpl> {
+    fn spec(&self) -> &'static ::meshrpc::spec::ServiceSpec {
         GreeterClient::SPEC
     }
     fn local(
@@ -58,9 +58,9 @@ impl<
         __meshrpc_method: &str,
         __meshrpc_codec: ::meshrpc::Codec,
         __meshrpc_payload: ::meshrpc::__private::Bytes,
-        __meshrpc_input: ::core::option::Option<::meshrpc::Items>,
-    ) -> ::meshrpc::BoxFuture<
-        ::core::result::Result<::meshrpc::Reply, ::meshrpc::Error>,
+        __meshrpc_input: ::core::option::Option<::meshrpc::call::Items>,
+    ) -> ::meshrpc::call::BoxFuture<
+        ::core::result::Result<::meshrpc::call::Reply, ::meshrpc::Error>,
     > {
         let __meshrpc_service = ::std::sync::Arc::clone(&self.inner);
         match __meshrpc_method {

@@ -104,11 +104,11 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
     }
     let mut app = routes(greeter).merge(gateway.router());
     if let Some(keys) = &args.api_keys {
-        app = gateway.authenticate(app, meshrpc::BearerAuth::new().api_keys_file(keys)?);
+        app = gateway.authenticate(app, meshrpc::gateway::BearerAuth::new().api_keys_file(keys)?);
     }
     let app = gateway.observe(app);
     let https = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(meshrpc::https_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(meshrpc::transport::https_config(cert, key)?),
         _ => None,
     };
 
@@ -128,7 +128,7 @@ pub async fn run(args: ApiArgs) -> Result<(), meshrpc::Error> {
     let mut config = ServerConfig::default();
     config.max_connections = 10_000;
     match https {
-        Some(tls) => meshrpc::serve_https(listener, app, config, tls, meshrpc::wait_for_signal()).await,
+        Some(tls) => meshrpc::http::serve_https(listener, app, config, tls, meshrpc::wait_for_signal()).await,
         None => meshrpc::serve_http(listener, app, config, meshrpc::wait_for_signal()).await,
     }
     cluster.shutdown().await;

@@ -12,7 +12,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("info");
-    meshrpc::Telemetry::from_env().install();
-    let _ = meshrpc::raise_fd_limit();
+    meshrpc::telemetry::Telemetry::from_env().install();
+    let _ = meshrpc::server::raise_fd_limit();
     mesh_api::run(Cli::parse().api).await
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::Parser;
-use meshrpc::{ClusterBuilder, Policy};
+use meshrpc::{cluster::Policy, ClusterBuilder};
 use meshrpc_tests::lab::{Lab, LabClient, LabError};
 use serde::Serialize;
 
@@ -78,7 +78,7 @@ async fn main() {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    meshrpc::Telemetry::from_env().install();
+    meshrpc::telemetry::Telemetry::from_env().install();
     let args = Args::parse();
     let start = Instant::now();
     let policy = if args.policy == "p2c" { Policy::LeastLoaded } else { Policy::RoundRobin };

@@ -105,8 +105,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("warn");
-    meshrpc::Telemetry::from_env().install();
-    let _ = meshrpc::raise_fd_limit();
+    meshrpc::telemetry::Telemetry::from_env().install();
+    let _ = meshrpc::server::raise_fd_limit();
     let args = Args::parse();
     let mut config = meshrpc::ServerConfig::default();
     if let Some(max) = args.max_in_flight {
@@ -149,8 +149,10 @@ async fn main() -> Result<(), meshrpc::Error> {
     }
     match args.concurrency_limit.as_deref() {
         None | Some("adaptive") => {}
-        Some("off") => config.concurrency = meshrpc::ConcurrencyLimit::Off,
-        Some(n) => config.concurrency = meshrpc::ConcurrencyLimit::Fixed(n.parse().expect("--concurrency-limit")),
+        Some("off") => config.concurrency = meshrpc::server::ConcurrencyLimit::Off,
+        Some(n) => {
+            config.concurrency = meshrpc::server::ConcurrencyLimit::Fixed(n.parse().expect("--concurrency-limit"))
+        }
     }
     let mut builder = ClusterBuilder::from_env(args.name.clone());
     if let Some(version) = &args.service_version {
@@ -192,7 +194,7 @@ async fn main() -> Result<(), meshrpc::Error> {
     }
     let rule = |text: &str| {
         let (service, weights) = text.split_once(' ').expect("SERVICE VERSION=WEIGHT");
-        (service.to_owned(), meshrpc::Split::parse_weights(weights).expect("weights"))
+        (service.to_owned(), meshrpc::cluster::Split::parse_weights(weights).expect("weights"))
     };
     if let Some((service, weights)) = args.write_split.as_deref().map(rule) {
         let written = cluster.set_split(&service, weights).await;

@@ -13,7 +13,10 @@ use std::{
 };
 
 use clap::Parser;
-use meshrpc::{ClusterBuilder, Colocated, Policy};
+use meshrpc::{
+    cluster::{Colocated, Policy},
+    ClusterBuilder,
+};
 use meshrpc_tests::lab::{Lab, LabClient, LabNode, LabServer};
 
 #[derive(Parser)]
@@ -35,8 +38,8 @@ fn unix_ms() -> u128 {
 #[tokio::main]
 async fn main() -> Result<(), meshrpc::Error> {
     meshrpc::init_logging("warn");
-    meshrpc::Telemetry::from_env().install();
-    let _ = meshrpc::raise_fd_limit();
+    meshrpc::telemetry::Telemetry::from_env().install();
+    let _ = meshrpc::server::raise_fd_limit();
     let args = Args::parse();
     let cluster = ClusterBuilder::from_env(args.name.clone())
         .tag(args.tag)

@@ -9,7 +9,7 @@ use axum::{http::StatusCode, routing::get, Json, Router};
 use tokio::net::TcpListener;
 
 use super::{Cluster, MemberState};
-use crate::{error::Error, figures::Figures, server::ServerConfig};
+use crate::{error::Error, metrics::Figures, server::ServerConfig};
 
 /// A bound admin listener, served once the node serves.
 pub(super) struct Admin {

@@ -200,9 +200,10 @@ impl<'n> Route<'n> {
 
     /// The golden metrics of the edge this node → the replica's node, from `start`.
     fn record(&self, member: &Member, start: Instant) -> Option<RequestLog> {
-        crate::call_stats::enabled().then(|| {
+        crate::metrics::calls::enabled().then(|| {
             let exists = || member.services.get(&*self.service).is_some_and(|s| s.has_method(&self.call.method));
-            let series = crate::call_stats::outbound().series(&self.service, &self.call.method, &member.name, exists);
+            let series =
+                crate::metrics::calls::outbound().series(&self.service, &self.call.method, &member.name, exists);
             RequestLog::outbound(series, start)
         })
     }

@@ -1,14 +1,15 @@
 //! A cluster node (feature `cluster`): gossip membership, service discovery, one replica
 //! picker for calls and proxied HTTP, failover, graceful drain. Built on the direct
-//! [`Server`] and [`Connection`](crate::Connection).
+//! [`Server`] and [`Connection`](crate::transport::Connection).
 
 mod admin;
 mod balance;
 mod builder;
 mod call;
 mod failover;
-mod gossip;
+pub(crate) mod gossip;
 mod hedge;
+mod metrics;
 mod outlier;
 mod peers;
 mod remote;
@@ -18,7 +19,6 @@ mod route;
 #[cfg(feature = "tls")]
 mod security;
 mod signal;
-mod stats;
 mod traffic;
 
 use std::{
@@ -33,12 +33,8 @@ use serde::Serialize;
 pub use balance::{Balance, Candidate, LeastLoaded, Policy, RoundRobin, Sticky};
 pub use builder::ClusterBuilder;
 pub use gossip::rules::RejectedRule;
-#[cfg(feature = "tls")]
-#[doc(hidden)]
-pub use gossip::sealed::SealedTransport;
-#[doc(hidden)]
-pub use gossip::thin::simulation as gossip_simulation;
 pub use gossip::{Advertised, AdvertisedMethod, GossipConfig, Member, MemberState, Policies, Split, View};
+pub use metrics::{edges, method_rates, Edge, MeshSnapshot, MethodRates};
 pub use outlier::Ejection;
 pub use resilience::{Resilience, ResilienceStats};
 pub use retry::RetryBudget;
@@ -46,7 +42,6 @@ pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
-pub use stats::{edges, method_rates, Edge, MeshSnapshot, MethodRates};
 pub use traffic::{Colocated, MirrorStats};
 
 use self::{
@@ -282,8 +277,8 @@ impl Cluster {
     }
 
     /// Members of the view by state, and what gossip cost, for `/metrics`.
-    pub(crate) fn member_figures(&self) -> Vec<crate::figures::Figure> {
-        use crate::figures::Figure;
+    pub(crate) fn member_figures(&self) -> Vec<crate::metrics::Figure> {
+        use crate::metrics::Figure;
         let view = self.inner.membership.view();
         let count = |state| view.members.iter().filter(|m| m.state == state).count() as u64;
         let help = "Members of the cluster this node sees, by state";
@@ -374,7 +369,7 @@ impl Cluster {
         };
         // `/metrics` on the node's port and its admin port: the server's figures, then
         // what the cluster's policies did.
-        let figures: crate::figures::Figures = {
+        let figures: crate::metrics::Figures = {
             let (server_figures, inner) = (server.figures(), Arc::downgrade(&self.inner));
             Arc::new(move || {
                 let mut figures = server_figures();

@@ -12,7 +12,7 @@ use super::{
     retry::{Budget, RetryBudget},
     Member,
 };
-use crate::{call::Call, figures::Figure};
+use crate::{call::Call, metrics::Figure};
 
 /// How a node's calls recover from failing and slow replicas
 /// ([`ClusterBuilder::resilience`](super::ClusterBuilder::resilience)). The defaults suit

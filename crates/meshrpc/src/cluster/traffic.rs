@@ -358,8 +358,8 @@ impl MirrorStats {
     }
 
     /// The counters, for a node's `/metrics`.
-    pub(crate) fn figures() -> impl Iterator<Item = crate::figures::Figure> {
-        Self::values().into_iter().map(|(name, help, value)| crate::figures::Figure::counter(name, help, value))
+    pub(crate) fn figures() -> impl Iterator<Item = crate::metrics::Figure> {
+        Self::values().into_iter().map(|(name, help, value)| crate::metrics::Figure::counter(name, help, value))
     }
 
     /// The counters as `(name, help, value)`.

@@ -2,7 +2,7 @@
 //! key or a JWT (HS256 or RS256) — checked before anything else, whose subject becomes
 //! the caller's [`Identity`] for the gateway's policy. Health endpoints stay open.
 //!
-//! A custom gateway with its own scheme puts an `Arc<meshrpc::Identity>` in the request's
+//! A custom gateway with its own scheme puts an `Arc<meshrpc::identity::Identity>` in the request's
 //! extensions from its own axum layer instead; the RPC routes make their calls as it.
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};

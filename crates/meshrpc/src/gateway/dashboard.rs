@@ -271,7 +271,11 @@ impl futures_core::Stream for Events {
     }
 }
 
-fn snapshot(cluster: &Cluster, before: &crate::MeshSnapshot, after: &crate::MeshSnapshot) -> Snapshot {
+fn snapshot(
+    cluster: &Cluster,
+    before: &crate::cluster::MeshSnapshot,
+    after: &crate::cluster::MeshSnapshot,
+) -> Snapshot {
     let now_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let nodes: Vec<NodeView> = after
         .nodes

@@ -32,7 +32,7 @@ pub async fn serve_http(
 }
 
 /// As [`serve_http`], over TLS (feature `tls`): HTTP/1.1 and HTTP/2 by ALPN. The TLS
-/// handshake must finish within `config.header_timeout`. See [`https_config`](crate::https_config).
+/// handshake must finish within `config.header_timeout`. See [`https_config`](crate::transport::https_config).
 #[cfg(feature = "tls")]
 pub async fn serve_https(
     listener: TcpListener,

@@ -4,7 +4,7 @@
 mod connection;
 mod driver;
 mod envelope;
-mod metrics;
+mod exposition;
 mod rpc;
 mod streams;
 mod unread;
@@ -20,9 +20,9 @@ pub use connection::serve_http;
 pub use connection::serve_https;
 pub use envelope::error_response;
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use metrics::render_metrics;
+pub(crate) use exposition::render_metrics;
 #[cfg(feature = "gateway")]
-pub(crate) use metrics::{encode_figures, exposition, GoldenMetrics};
+pub(crate) use exposition::{encode_figures, exposition, GoldenMetrics};
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
@@ -37,8 +37,8 @@ pub(crate) use websocket::is_upgrade as is_websocket;
 use crate::{
     admission::Admission,
     call::{BoxFuture, Dispatch},
-    figures::Figures,
     limits::HttpLimits,
+    metrics::Figures,
     server::{NewDoor, Server},
     transport::{Door, Rewind},
 };
@@ -164,7 +164,7 @@ impl HttpDoor {
 /// `POST /{service}/{method}` to `dispatch` and `/metrics` showing `figures`.
 fn fixed_routes(dispatch: Arc<dyn Dispatch>, limits: HttpLimits, figures: Figures, policy: &HttpPolicy) -> Router {
     let metrics = axum::routing::get(move |headers: axum::http::HeaderMap| {
-        std::future::ready(metrics::render_metrics(&figures, &headers))
+        std::future::ready(exposition::render_metrics(&figures, &headers))
     });
     let stats = policy.ruled(Router::new().route("/metrics", metrics), crate::spec::NODE_SERVICE, "stats");
     rpc::router(dispatch, limits, policy.admission()).merge(stats)

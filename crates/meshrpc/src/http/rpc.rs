@@ -52,7 +52,7 @@ struct RpcState {
 /// Routes every `POST /{service}/{method}` to `dispatch`, plus `/ping` and
 /// `/__heartbeat__` (204) and a JSON 404 for anything else.
 ///
-/// A request carrying an `Arc<meshrpc::Identity>` extension (put there by an auth layer
+/// A request carrying an `Arc<meshrpc::identity::Identity>` extension (put there by an auth layer
 /// of your own, or by a node's mutual-TLS port) makes calls as that caller: it is the
 /// call's [`peer`](Call::peer).
 pub fn rpc_router(dispatch: Arc<dyn Dispatch>, limits: HttpLimits) -> Router {

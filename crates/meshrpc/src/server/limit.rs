@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{error::Error, figures::Figure};
+use crate::{error::Error, metrics::Figure};
 
 /// How many calls a node runs at once, across all its connections and doors
 /// ([`ServerConfig::concurrency`](super::ServerConfig)).

@@ -13,6 +13,7 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch};
 
+pub use crate::limits::HttpLimits;
 pub use limit::ConcurrencyLimit;
 pub(crate) use limit::Limiter;
 pub use service::{Registry, Service};
@@ -21,7 +22,6 @@ use crate::{
     call::{Call, Dispatch, Reply},
     client::Channel,
     error::Error,
-    limits::HttpLimits,
     proto::DEFAULT_MAX_FRAME,
     transport::{serve_mesh, serve_port, Door, FrameBudget, Guard, Link, MeshLimits, Port, PortCounters},
 };
@@ -229,13 +229,13 @@ impl Server {
 
     /// The node's figures for `/metrics`: its port's counters and its concurrency limit.
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
-    pub(crate) fn figures(&self) -> crate::figures::Figures {
+    pub(crate) fn figures(&self) -> crate::metrics::Figures {
         let (counters, limiter) = (self.counters.clone(), self.limiter.clone());
         Arc::new(move || {
             let mut figures = counters.figures();
             figures.extend(limiter.figures());
             #[cfg(feature = "otlp")]
-            figures.push(crate::figures::Figure::counter(
+            figures.push(crate::metrics::Figure::counter(
                 "meshrpc_spans_dropped",
                 "Spans the OTLP exporter dropped because its queue was full",
                 crate::otlp::DROPPED.load(std::sync::atomic::Ordering::Relaxed),

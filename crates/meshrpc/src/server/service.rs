@@ -122,7 +122,7 @@ impl Registry {
     /// metrics) and `schema` (`{"service": name}`: that service's JSON Schemas, or `null`).
     fn node_method(&self, call: &Call) -> Result<Reply, Error> {
         match &*call.method {
-            "stats" => crate::call_stats::answer(call),
+            "stats" => crate::metrics::calls::answer(call),
             "schema" => {
                 #[derive(serde::Deserialize)]
                 struct Args {

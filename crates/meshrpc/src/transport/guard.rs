@@ -59,13 +59,13 @@ impl PortCounters {
 
     /// The counters, for `/metrics`.
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // shown by `/metrics`
-    pub(crate) fn figures(&self) -> Vec<crate::figures::Figure> {
+    pub(crate) fn figures(&self) -> Vec<crate::metrics::Figure> {
         let mut figures: Vec<_> = self
             .values()
             .iter()
-            .map(|(name, help, value)| crate::figures::Figure::counter(name, help, *value))
+            .map(|(name, help, value)| crate::metrics::Figure::counter(name, help, *value))
             .collect();
-        figures.push(crate::figures::Figure::gauge(
+        figures.push(crate::metrics::Figure::gauge(
             "meshrpc_connections_open",
             "Connections the node's port serves now (mesh and HTTP)",
             self.open_connections.load(Ordering::Relaxed),

@@ -6,9 +6,9 @@
 pub(super) mod rules;
 mod schema;
 #[cfg(feature = "tls")]
-pub(super) mod sealed;
+pub(crate) mod sealed;
 mod seeds;
-pub(super) mod thin;
+pub(crate) mod thin;
 mod view;
 
 use std::{
@@ -169,7 +169,7 @@ impl Membership {
                 rules.filter(&mut next.members);
                 live.store(next.members.len(), std::sync::atomic::Ordering::Relaxed);
                 // Calls from members keep their names in the metrics, whoever else calls.
-                crate::call_stats::members_seen(next.members.iter().map(|m| m.name.as_str()));
+                crate::metrics::calls::members_seen(next.members.iter().map(|m| m.name.as_str()));
                 tx.send_if_modified(|current| {
                     let changed = **current != next;
                     if changed {

@@ -52,8 +52,8 @@ impl GossipTraffic {
         bytes.fetch_add(size as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn figures(&self) -> [crate::figures::Figure; 4] {
-        use crate::figures::Figure;
+    pub(crate) fn figures(&self) -> [crate::metrics::Figure; 4] {
+        use crate::metrics::Figure;
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (messages, bytes) = ("Gossip datagrams, by direction", "Bytes of gossip datagrams, by direction");
         [

@@ -10,7 +10,7 @@ use std::{
 use serde::Serialize;
 
 use super::{Cluster, Member};
-use crate::call_stats::{Direction, NodeStats, SeriesStats, LATENCY_BOUNDS};
+use crate::metrics::calls::{Direction, NodeStats, SeriesStats, LATENCY_BOUNDS};
 
 /// Every node's figures at one moment.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl Cluster {
     /// over this node's connection to it; this node's own figures for itself.
     pub async fn node_stats(&self, member: &Member, timeout: Duration) -> Result<NodeStats, crate::error::Error> {
         if member.is_self {
-            return Ok(crate::call_stats::node_stats());
+            return Ok(crate::metrics::calls::node_stats());
         }
         self.ask_member(member, "stats", serde_json::json!({}), timeout).await
     }

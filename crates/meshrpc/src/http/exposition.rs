@@ -16,8 +16,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    call_stats::{self, Direction, SeriesStats, LATENCY_BOUNDS},
-    figures::{Figure, Figures},
+    metrics::calls::{self, Direction, SeriesStats, LATENCY_BOUNDS},
+    metrics::{Figure, Figures},
 };
 
 /// The content type of OpenMetrics 1.0.
@@ -100,7 +100,7 @@ fn encode_figure(f: &Figure, metric: MetricEncoder<'_>) -> Result<(), std::fmt::
     }
 }
 
-/// The golden metrics (`call_stats`): calls by result code, their durations, calls in
+/// The golden metrics (`metrics::calls`): calls by result code, their durations, calls in
 /// flight, and the items and bytes of stream answers, by direction, service, method and
 /// peer. A stream is one call: in flight while it runs, counted and timed when it ends.
 #[derive(Debug)]
@@ -108,7 +108,7 @@ pub(crate) struct GoldenMetrics;
 
 impl Collector for GoldenMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let series = call_stats::node_stats().series;
+        let series = calls::node_stats().series;
         if series.is_empty() {
             return Ok(()); // no call yet: no families without samples
         }

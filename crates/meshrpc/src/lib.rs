@@ -98,8 +98,6 @@ pub mod identity;
 mod limits;
 pub mod metrics;
 pub mod middleware;
-#[cfg(feature = "otlp")]
-mod otlp;
 pub mod proto;
 mod request_log;
 #[cfg(feature = "schema")]

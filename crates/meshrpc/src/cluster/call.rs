@@ -11,12 +11,12 @@ use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Instant};
 
 use super::{
     balance::Balance,
-    failover::{may_retry, Reached},
+    failover::{may_retry, Reached, MAX_ATTEMPTS},
     hedge::Answered,
+    outlier::Replicas,
     peers::Peer,
     resilience::{Counters, MethodPolicy},
     retry::backoff,
-    route::{Replicas, MAX_ATTEMPTS},
     Inner, Member, View,
 };
 use crate::{

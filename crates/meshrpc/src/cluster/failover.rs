@@ -50,6 +50,9 @@ pub(crate) fn judged(outcome: Result<(), &Error>) -> Option<bool> {
     }
 }
 
+/// A call is sent to at most this many replicas (and tried on at most twice as many).
+pub(super) const MAX_ATTEMPTS: usize = 3;
+
 #[cfg(test)]
 mod tests {
     use super::*;

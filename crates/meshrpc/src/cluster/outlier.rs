@@ -117,6 +117,14 @@ impl Accrual {
     }
 }
 
+/// Whose replicas an answer is judged among: a service's, or an HTTP router's.
+#[derive(Clone, Copy)]
+pub(super) enum Replicas<'a> {
+    Mesh,
+    /// The members serving this HTTP router.
+    Http(&'a str),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,8 @@ use std::{
 
 use super::{
     balance::{Balance, Candidate},
-    failover::judged,
+    failover::{judged, MAX_ATTEMPTS},
+    outlier::Replicas,
     peers::{Peer, Pickable},
     resilience::Counters,
     traffic::Colocated,
@@ -23,9 +24,6 @@ use crate::{
     spec::ServiceSpec,
     transport::Connection,
 };
-
-/// A call is sent to at most this many replicas (and tried on at most twice as many).
-pub(super) const MAX_ATTEMPTS: usize = 3;
 
 impl Inner {
     pub(super) fn balancer(&self, service: &str) -> Arc<dyn Balance> {
@@ -388,12 +386,4 @@ impl Cluster {
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable(format!("no reachable replica serves HTTP for `{name}`"))))
     }
-}
-
-/// Whose replicas an answer is judged among: a service's, or an HTTP router's.
-#[derive(Clone, Copy)]
-pub(super) enum Replicas<'a> {
-    Mesh,
-    /// The members serving this HTTP router.
-    Http(&'a str),
 }

@@ -238,7 +238,7 @@ impl Server {
             figures.push(crate::metrics::Figure::counter(
                 "meshrpc_spans_dropped",
                 "Spans the OTLP exporter dropped because its queue was full",
-                crate::otlp::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+                crate::trace::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
             ));
             figures
         })

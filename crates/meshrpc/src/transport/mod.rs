@@ -7,6 +7,7 @@ mod connection;
 mod guard;
 mod link;
 mod overcap;
+mod port_stream;
 mod sender;
 mod serve;
 mod streams;
@@ -18,7 +19,7 @@ mod tls_link;
 mod tls_sign;
 
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
-pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port, Rewind};
+pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port};
 pub use connection::{connect, ConnectOptions, Connection, PendingCall};
 pub use guard::PortCounters;
 #[cfg_attr(not(feature = "logging"), allow(unused_imports))]
@@ -31,6 +32,8 @@ pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_INJECTED, GOSSIP_REPLAYED, UNPROVEN
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use overcap::Probes;
+#[cfg_attr(not(feature = "http"), allow(unused_imports))] // what a Door is given
+pub(crate) use port_stream::Rewind;
 pub(crate) use serve::{serve_mesh, MeshLimits};
 #[cfg(feature = "tls")]
 pub use tls::{fingerprint, https_config, identity_of, TlsConfig, CA_FILE, CERT_FILE, GOSSIP_KEY_FILE, KEY_FILE};

@@ -22,7 +22,7 @@ use tokio::{
     task::{AbortHandle, JoinSet},
 };
 
-use super::accept::{answer_and_close, Rewind};
+use super::port_stream::{answer_and_close, Rewind};
 use crate::{
     call::BoxFuture,
     proto::{refusal, sniff, Sniffed, OVERLOADED},

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     telemetry::OtlpExport,
-    trace::{Sink, SpanRecord},
+    trace::span::{Sink, SpanRecord},
 };
 
 /// Spans dropped because the exporter's queue was full.

@@ -5,30 +5,15 @@
 //! OpenTelemetry collector (docs/observability.md); otherwise recording one costs a check
 //! of a flag.
 
+#[cfg(feature = "otlp")]
+mod otlp;
+mod span;
+
 use std::time::SystemTime;
 
-/// One span: a call served (`server`) or an HTTP request passed on (`http`).
-#[derive(Debug, Clone)]
-#[cfg_attr(not(feature = "otlp"), allow(dead_code))] // read by the exporter
-pub(crate) struct SpanRecord {
-    pub(crate) trace_id: u128,
-    pub(crate) span_id: u64,
-    /// 0: a root span.
-    pub(crate) parent: u64,
-    /// `service/method`.
-    pub(crate) name: String,
-    pub(crate) service: String,
-    pub(crate) method: String,
-    /// The calling node's name (`http` over HTTP).
-    pub(crate) peer: String,
-    pub(crate) start: SystemTime,
-    pub(crate) end: SystemTime,
-    /// `ok`, `application` or the error code.
-    pub(crate) code: &'static str,
-}
-
-/// Where spans go, if anywhere.
-pub(crate) type Sink = Box<dyn Fn(SpanRecord) + Send + Sync>;
+#[cfg(feature = "otlp")]
+pub(crate) use otlp::DROPPED;
+pub(crate) use span::{Sink, SpanRecord};
 
 /// The exporter of the process's telemetry, started on first use.
 fn sink() -> Option<&'static Sink> {
@@ -36,7 +21,7 @@ fn sink() -> Option<&'static Sink> {
     {
         static SINK: std::sync::OnceLock<Option<Sink>> = std::sync::OnceLock::new();
         let export = crate::telemetry::current().otlp.as_ref()?;
-        SINK.get_or_init(|| crate::otlp::start(export)).as_ref()
+        SINK.get_or_init(|| otlp::start(export)).as_ref()
     }
     #[cfg(not(feature = "otlp"))]
     None

@@ -276,7 +276,7 @@ async fn partition_a_replica_then_heal_in(mode: Mode) {
         report["ok"], report_errors(&report), report["errors"], last_error.saturating_sub(cut), back.map(|b| b.saturating_sub(healed))
     );
     // Calls caught on the cut link fail when keepalive gives up on it (documented bound:
-    // 2 × KEEPALIVE plus a ping timeout ≈ 3 s; the times are printed above): at most the
+    // KEEPALIVE + KEEPALIVE_TIMEOUT = 3 s; the times are printed above): at most the
     // calls in flight then, and r3 takes calls again once the link is back.
     assert!(report_errors(&report) <= 64, "{}", report["errors"]);
     back.expect("r3 never answered again after the link came back");

@@ -428,10 +428,15 @@ impl Cluster {
     }
 }
 
-/// The keepalive of connections to peers: how often each pings, and how long one may
-/// receive nothing after its ping. A peer that vanishes without closing its connections
-/// (a partition) is dropped from picks within about twice this.
+/// The keepalive of connections to peers: how often each pings. A peer that vanishes
+/// without closing its connections (a partition) is dropped from picks within
+/// `KEEPALIVE + KEEPALIVE_TIMEOUT` (3 s).
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// How long a connection to a peer may receive nothing at all after its ping before it is
+/// closed. Two periods, not one: a node whose handlers keep its cores busy (answers of
+/// many megabytes in the making) can send nothing for a second and still be alive.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the background upkeep runs.
 const UPKEEP: Duration = Duration::from_secs(1);

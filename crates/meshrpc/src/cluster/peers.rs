@@ -35,7 +35,7 @@ impl Peers {
             connect_timeout: Duration::from_secs(1),
             caller: Some(caller.into()),
             keepalive: Some(super::KEEPALIVE),
-            keepalive_timeout: Some(super::KEEPALIVE),
+            keepalive_timeout: Some(super::KEEPALIVE_TIMEOUT),
             #[cfg(feature = "tls")]
             tls,
             ..ConnectOptions::default()

@@ -287,7 +287,7 @@ impl Cluster {
             Figure::gauge("meshrpc_members", help, count(MemberState::Serving)).with_label("state", "serving"),
             Figure::gauge("meshrpc_members", help, count(MemberState::Draining)).with_label("state", "draining"),
         ];
-        figures.extend(self.inner.membership.traffic().figures());
+        figures.extend(self.inner.membership.cost().figures());
         figures.push(Figure::gauge(
             "meshrpc_gossip_state_bytes",
             "Bytes of keys and values this node gossips about itself",

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use schema::*;
 pub use schema::{Advertised, AdvertisedMethod, Member, MemberState, Policies, Split};
-use thin::{GossipTraffic, Thinned};
+use thin::{GossipCost, Thinned};
 pub use view::View;
 
 use crate::{error::Error, spec::ServiceSpec};
@@ -66,7 +66,7 @@ pub(crate) struct Membership {
     /// `None` for a caller that follows a node's view instead of gossiping.
     handle: Option<Arc<ChitchatHandle>>,
     view: watch::Receiver<Arc<View>>,
-    traffic: Arc<GossipTraffic>,
+    cost: Arc<GossipCost>,
     /// The last measure of [`own_state_bytes`](Self::own_state_bytes).
     own_bytes: std::sync::atomic::AtomicU64,
     /// This node's own state, as last advertised.
@@ -138,7 +138,7 @@ impl Membership {
         }
         let rules = security.rules.clone();
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(1));
-        let traffic = Arc::new(GossipTraffic::default());
+        let cost = Arc::new(GossipCost::default());
         let seed_names = chitchat_config.seed_nodes.clone();
         let seeds: Vec<SocketAddr> =
             chitchat_config.seed_nodes.iter().filter_map(|s| s.to_socket_addrs().ok()).flatten().collect();
@@ -149,12 +149,12 @@ impl Membership {
                     inner: sealed::SealedTransport::new(key),
                     live: live.clone(),
                     seeds: seeds.clone(),
-                    traffic: traffic.clone(),
+                    cost: cost.clone(),
                 };
                 spawn_chitchat(chitchat_config, kv, &transport).await
             }
             _ => {
-                let transport = Thinned { inner: UdpTransport, live: live.clone(), seeds, traffic: traffic.clone() };
+                let transport = Thinned { inner: UdpTransport, live: live.clone(), seeds, cost: cost.clone() };
                 spawn_chitchat(chitchat_config, kv, &transport).await
             }
         };
@@ -188,7 +188,7 @@ impl Membership {
         Ok(Membership {
             handle: Some(handle),
             view,
-            traffic,
+            cost,
             own_bytes: std::sync::atomic::AtomicU64::new(0),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
@@ -201,7 +201,7 @@ impl Membership {
         let membership = Membership {
             handle: None,
             view,
-            traffic: Arc::default(),
+            cost: Arc::default(),
             own_bytes: std::sync::atomic::AtomicU64::new(0),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
@@ -232,8 +232,8 @@ impl Membership {
     }
 
     /// What gossip cost this node so far.
-    pub(crate) fn traffic(&self) -> &GossipTraffic {
-        &self.traffic
+    pub(crate) fn cost(&self) -> &GossipCost {
+        &self.cost
     }
 
     /// A receiver that wakes on every change of the view.

@@ -10,7 +10,7 @@
 //! Failover does not wait on gossip: a peer a node calls is watched by its mesh
 //! connection's keepalive.
 //!
-//! The same wrapper counts what gossip costs the node ([`GossipTraffic`], in `/metrics`).
+//! The same wrapper counts what gossip costs the node ([`GossipCost`], in `/metrics`).
 
 use std::{
     net::SocketAddr,
@@ -39,14 +39,14 @@ pub(crate) const JOINING: Duration = Duration::from_secs(3);
 /// Gossip datagrams and bytes a node sent and received (sent as sealed, received as
 /// opened, with `tls`).
 #[derive(Debug, Default)]
-pub(crate) struct GossipTraffic {
+pub(crate) struct GossipCost {
     pub(crate) sent: AtomicU64,
     pub(crate) sent_bytes: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) received_bytes: AtomicU64,
 }
 
-impl GossipTraffic {
+impl GossipCost {
     fn count(messages: &AtomicU64, bytes: &AtomicU64, size: usize) {
         messages.fetch_add(1, Ordering::Relaxed);
         bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -72,7 +72,7 @@ pub(crate) struct Thinned<T> {
     /// Live members, as the node's view counts them.
     pub(crate) live: Arc<AtomicUsize>,
     pub(crate) seeds: Vec<SocketAddr>,
-    pub(crate) traffic: Arc<GossipTraffic>,
+    pub(crate) cost: Arc<GossipCost>,
 }
 
 #[async_trait]
@@ -82,7 +82,7 @@ impl<T: Transport> Transport for Thinned<T> {
             inner: self.inner.open(listen_addr).await?,
             live: self.live.clone(),
             seeds: self.seeds.clone(),
-            traffic: self.traffic.clone(),
+            cost: self.cost.clone(),
             started: Instant::now(),
             rounds: 0,
         }))
@@ -93,7 +93,7 @@ struct ThinnedSocket {
     inner: Box<dyn Socket>,
     live: Arc<AtomicUsize>,
     seeds: Vec<SocketAddr>,
-    traffic: Arc<GossipTraffic>,
+    cost: Arc<GossipCost>,
     started: Instant,
     rounds: usize,
 }
@@ -121,13 +121,13 @@ impl Socket for ThinnedSocket {
             }
         }
         let outcome = self.inner.send(to, envelope).await?;
-        GossipTraffic::count(&self.traffic.sent, &self.traffic.sent_bytes, outcome.num_bytes_sent);
+        GossipCost::count(&self.cost.sent, &self.cost.sent_bytes, outcome.num_bytes_sent);
         Ok(outcome)
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         let outcome = self.inner.recv().await?;
-        GossipTraffic::count(&self.traffic.received, &self.traffic.received_bytes, outcome.num_bytes_received);
+        GossipCost::count(&self.cost.received, &self.cost.received_bytes, outcome.num_bytes_received);
         Ok(outcome)
     }
 }
@@ -176,6 +176,6 @@ pub mod simulation {
         live: Arc<AtomicUsize>,
         seeds: Vec<SocketAddr>,
     ) -> impl chitchat::transport::Transport {
-        super::Thinned { inner, live, seeds, traffic: Default::default() }
+        super::Thinned { inner, live, seeds, cost: Default::default() }
     }
 }

@@ -53,6 +53,10 @@ pub(crate) struct GatewayArgs {
     /// is not checked.
     #[arg(long, value_delimiter = ',')]
     jwt_audience: Vec<String>,
+    /// Keep to at most this many replicas of each service (0: all of them): callers of one
+    /// name share the replicas out evenly (docs/resilience.md, "Subsetting").
+    #[arg(long, env = "MESHRPC_SUBSET", default_value_t = 0)]
+    subset: usize,
     /// Client connections served at once; past it, `/ping` still answers and the rest get
     /// a fast 503. An idle keep-alive connection costs about 5 KiB, a busy one about 20.
     #[arg(long, default_value_t = 10_000)]
@@ -106,6 +110,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Err
         .tls_dir(args.tls_dir)
         .policy_file(args.policy)
         .admin_addr(args.admin_addr)
+        .subset(args.subset)
         .start()
         .await?;
     let node = cluster.clone();

@@ -34,6 +34,7 @@ pub struct ClusterBuilder {
     pub(super) service_version: Option<String>,
     pub(super) colocated: super::Colocated,
     pub(super) resilience: super::Resilience,
+    pub(super) subset: usize,
     #[cfg(feature = "tls")]
     pub(super) credentials: super::security::Credentials,
 }
@@ -71,6 +72,16 @@ impl ClusterBuilder {
     /// How calls spread over replicas (sticky keys always stick).
     pub fn balance(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Keep to at most `size` replicas of each service this node calls (0, the default:
+    /// all of them). Callers of one name take near-equal, deterministic shares of the
+    /// replicas (docs/resilience.md, "Subsetting"), so a node's connections stay bounded
+    /// however many replicas a service has; a replica of its subset that is down or
+    /// ejected is stood in for by the next one in the caller's order.
+    pub fn subset(mut self, size: usize) -> Self {
+        self.subset = size;
         self
     }
 
@@ -286,6 +297,7 @@ impl ClusterBuilder {
             policies: super::resilience::Policies::new(self.resilience),
             limiter,
             hedging: Default::default(),
+            subset: self.subset,
         });
         inner.registry.add_node_methods(Arc::new(super::remote::NodeMethods { inner: Arc::downgrade(&inner) }));
         inner.registry.forward_unknown(Arc::new(super::remote::Forward { inner: Arc::downgrade(&inner) }));

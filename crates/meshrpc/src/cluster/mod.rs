@@ -19,6 +19,7 @@ mod route;
 #[cfg(feature = "tls")]
 mod security;
 mod signal;
+mod subset;
 mod traffic;
 
 use std::{
@@ -106,6 +107,8 @@ struct Inner {
     /// The node's concurrency limit (`None` on client-only nodes).
     limiter: Option<Arc<crate::server::Limiter>>,
     hedging: hedge::Hedging,
+    /// Replicas of a service this node keeps to (0: all of them; `ClusterBuilder::subset`).
+    subset: usize,
 }
 
 /// A service as the cluster sees it.
@@ -142,6 +145,7 @@ impl Cluster {
             service_version: None,
             colocated: Colocated::default(),
             resilience: Resilience::default(),
+            subset: 0,
             #[cfg(feature = "tls")]
             credentials: Default::default(),
         }
@@ -481,13 +485,26 @@ fn connect_ahead(inner: &Inner, view: &View) {
     if called.is_empty() {
         return;
     }
+    // With subsetting, only the replicas of this caller's subsets.
+    let subsets: Option<Vec<SocketAddr>> = (inner.subset > 0).then(|| {
+        let mut addrs = Vec::new();
+        for key in &called {
+            let replicas: Vec<&Member> = match key.strip_prefix(route::HTTP_KEY_PREFIX) {
+                Some(name) => view.http_replicas(name).collect(),
+                None => view.replicas(key, None).collect(),
+            };
+            addrs.extend(inner.in_preference(replicas).into_iter().take(inner.subset).filter_map(|m| m.addr));
+        }
+        addrs
+    });
     // A few a round: a node that starts calling a large mesh does not open every
     // connection at once (its calls open the ones they need meanwhile).
     let mut started = 0;
     for member in view.members.iter().filter(|m| !m.is_self && m.state == MemberState::Serving) {
         let Some(addr) = member.addr else { continue };
-        let calls_it = member.services.keys().any(|s| called.contains(s))
-            || member.http.iter().any(|h| called.contains(&route::http_key(h)));
+        let calls_it = (member.services.keys().any(|s| called.contains(s))
+            || member.http.iter().any(|h| called.contains(&route::http_key(h))))
+            && subsets.as_ref().is_none_or(|addrs| addrs.contains(&addr));
         if calls_it && started < CONNECT_AHEAD_PER_ROUND {
             let peer = inner.peers.get(addr);
             if peer.open_conn().is_none() && peer.pickable("", Instant::now()).is_some() {

@@ -82,7 +82,9 @@ impl Inner {
     ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
         let now = Instant::now();
         let with_ejection = self.policies.settings.ejection.is_some();
-        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, Pickable)> = members
+        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, Pickable)> = self
+            .in_preference(members.collect())
+            .into_iter()
             .filter_map(|m| Some((m, m.addr?)))
             .filter(|(_, addr)| !tried.contains(addr))
             .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))
@@ -112,6 +114,11 @@ impl Inner {
         if replicas.iter().any(|(_, _, s)| !s.ejected) {
             replicas.retain(|(_, _, s)| !s.ejected);
         }
+        // This caller's subset: the first of them in its order of preference, the next
+        // ones standing in for those dropped above.
+        if self.subset > 0 {
+            replicas.truncate(self.subset);
+        }
         // This node's own replica has no connection to measure: it counts as loaded as the
         // others on average, so the load-aware policies give it its share, not every call.
         let mut candidates: Vec<Candidate<'_>> = replicas
@@ -125,6 +132,23 @@ impl Inner {
         }
         let i = balancer.pick(&candidates, key)?;
         replicas.into_iter().nth(i).map(|(m, p, _)| (m, p))
+    }
+
+    /// `members` in this caller's order of preference: its subset first (see
+    /// [`subset`](super::subset)), when subsetting is on and they are more than it.
+    pub(super) fn in_preference<'v>(&self, members: Vec<&'v Member>) -> Vec<&'v Member> {
+        if self.subset == 0 || members.len() <= self.subset {
+            return members;
+        }
+        // The caller's number among the instances of its own service (its name).
+        let view = self.membership.view();
+        let caller = view
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .map_or(0, |me| view.members.iter().filter(|m| m.name == me.name && m.id < me.id).count());
+        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        super::subset::preference(&ids, caller, self.subset).into_iter().map(|i| members[i]).collect()
     }
 
     /// Sends `call` to a replica of its service and answers it: the steps are in
@@ -290,8 +314,11 @@ pub struct HttpReplica {
 
 /// What proxied HTTP is balanced and judged under: not the router's name, which a service
 /// of the same name uses for its RPC calls.
+/// What a published HTTP router is called among the names a node calls.
+pub(super) const HTTP_KEY_PREFIX: &str = "http:";
+
 pub(super) fn http_key(name: &str) -> String {
-    format!("http:{name}")
+    format!("{HTTP_KEY_PREFIX}{name}")
 }
 
 impl std::fmt::Debug for HttpReplica {

@@ -224,12 +224,22 @@ impl Memory {
     fn update(&mut self, snapshot: &mut Snapshot, now: Instant) {
         let present: HashMap<String, NodeView> = snapshot.nodes.iter().map(|n| (n.id.clone(), n.clone())).collect();
         // A node that was draining left as it should (a scale-down); any other went missing.
-        for (id, node) in self.seen.drain() {
+        // One that drained and left between two gatherings is shown draining this once: the
+        // page says that it drained, not only that it is gone.
+        let mut drained_between = Vec::new();
+        for (id, mut node) in self.seen.drain() {
             let drained = self.drained.contains(&id) || node.state == MemberState::Draining;
-            if !present.contains_key(&id) && !drained {
+            if present.contains_key(&id) {
+                continue;
+            }
+            if !drained {
                 self.lost.push((node, now));
+            } else if node.state != MemberState::Draining {
+                node.state = MemberState::Draining;
+                drained_between.push(node);
             }
         }
+        snapshot.nodes.extend(drained_between);
         self.lost.retain(|(node, since)| now.duration_since(*since) < LOST_FOR && !present.contains_key(&node.id));
         self.drained.retain(|id| present.contains_key(id));
         self.seen = present;
@@ -362,7 +372,10 @@ mod tests {
         memory.update(&mut after, t0 + Duration::from_secs(1));
         let ids: Vec<(&str, bool, Option<u64>)> =
             after.nodes.iter().map(|n| (n.id.as_str(), n.reachable, n.lost_s)).collect();
-        assert_eq!(ids, [("a", false, Some(0))], "the draining one left; the other is lost");
+        // c drained and left between the gatherings: shown draining once; b, shown
+        // draining last time, is gone.
+        assert_eq!(ids, [("c", true, None), ("a", false, Some(0))], "the draining one left; the other is lost");
+        assert_eq!(after.nodes[0].state, MemberState::Draining);
         let mut later = snapshot(vec![]);
         memory.update(&mut later, t0 + Duration::from_secs(1) + LOST_FOR);
         assert!(later.nodes.is_empty(), "forgotten after LOST_FOR");

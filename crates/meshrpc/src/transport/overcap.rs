@@ -30,6 +30,12 @@ use crate::{
 
 /// Connections past the cap read or answered at once, per listener.
 pub(crate) const OVER_CAP: usize = 64;
+/// Connections past the cap closed to make room but not yet dropped: an aborted task
+/// keeps its socket open until the runtime drops it, later under load. Counted against
+/// the lane, so it holds at most `OVER_CAP + CLOSING` descriptors.
+const CLOSING: usize = 16;
+/// The descriptors the lane past the cap may hold, per listener.
+pub(crate) const OVER_CAP_FDS: usize = OVER_CAP + CLOSING;
 /// How long a connection past the cap has to send its first bytes.
 const FIRST_BYTES: Duration = Duration::from_secs(1);
 /// How long a probe served past the cap may take.
@@ -59,8 +65,11 @@ impl OverCap {
     /// Takes a connection past the cap: read, answered, closed. With the lane full, the
     /// oldest connection still silent is closed to make room, else the new one is.
     pub(crate) fn admit(&mut self, stream: TcpStream, max_connections: usize, probes: Option<Probes>) {
-        if self.tasks.len() >= OVER_CAP && !self.evict_oldest_silent() {
-            return; // every one of them is being answered: this one is closed at once
+        // Tasks that ended (or were aborted and dropped) give their place back now; aborted
+        // ones not yet dropped still hold a descriptor, and count.
+        while self.tasks.try_join_next().is_some() {}
+        if self.tasks.len() >= OVER_CAP && (self.tasks.len() >= OVER_CAP_FDS || !self.evict_oldest_silent()) {
+            return; // every one is being answered, or too many are closing: this one is closed at once
         }
         let answering = Arc::new(AtomicBool::new(false));
         let task = self.tasks.spawn(over_capacity(stream, max_connections, probes, answering.clone()));
@@ -196,7 +205,7 @@ impl FdRoom {
         ROOM.get_or_init(|| {
             let limit = soft_fd_limit();
             let open = std::fs::read_dir("/proc/self/fd").map_or(16, |dir| dir.count()) as u64;
-            let room = limit.saturating_sub(open + FD_RESERVE + OVER_CAP as u64).min(isize::MAX as u64) as usize;
+            let room = limit.saturating_sub(open + FD_RESERVE + OVER_CAP_FDS as u64).min(isize::MAX as u64) as usize;
             FdRoom { left: AtomicIsize::new(room as isize), limit, connections: room }
         })
     }

@@ -33,7 +33,7 @@ pub(crate) const OVER_CAP: usize = 64;
 /// Connections past the cap closed to make room but not yet dropped: an aborted task
 /// keeps its socket open until the runtime drops it, later under load. Counted against
 /// the lane, so it holds at most `OVER_CAP + CLOSING` descriptors.
-const CLOSING: usize = 16;
+const CLOSING: usize = 64;
 /// The descriptors the lane past the cap may hold, per listener.
 pub(crate) const OVER_CAP_FDS: usize = OVER_CAP + CLOSING;
 /// How long a connection past the cap has to send its first bytes.

@@ -292,6 +292,20 @@ impl Cluster {
             Figure::gauge("meshrpc_members", help, count(MemberState::Draining)).with_label("state", "draining"),
         ];
         figures.extend(self.inner.membership.cost().figures());
+        figures.push(Figure::counter(
+            "meshrpc_rules_rejected",
+            "Split and mirror rules refused: unsigned, badly signed or written by an identity not allowed to",
+            self.inner.rules.rejected(),
+        ));
+        #[cfg(feature = "tls")]
+        let unproven = self.inner.unproven.count();
+        #[cfg(not(feature = "tls"))]
+        let unproven = 0;
+        figures.push(Figure::counter(
+            "meshrpc_unproven_replicas",
+            "Replicas seen gossiping a service their certificate does not carry",
+            unproven,
+        ));
         figures.push(Figure::gauge(
             "meshrpc_gossip_state_bytes",
             "Bytes of keys and values this node gossips about itself",

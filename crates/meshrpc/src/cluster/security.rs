@@ -13,12 +13,7 @@ use std::{
 use serde::Serialize;
 
 use super::{gossip::Security, Cluster, Inner};
-use crate::{
-    access::Access,
-    error::Error,
-    throttle::Throttle,
-    transport::{PortCounters, TlsConfig, UNPROVEN_REPLICAS},
-};
+use crate::{access::Access, error::Error, throttle::Throttle, transport::TlsConfig};
 
 /// A certificate expiring sooner than this is warned about (at start, then hourly).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -96,6 +91,11 @@ static UNPROVEN_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 pub(super) const MAX_UNPROVEN: usize = 1024;
 
 impl Unproven {
+    /// Distinct (replica, service) pairs seen so far (at most [`MAX_UNPROVEN`]).
+    pub(super) fn count(&self) -> u64 {
+        self.seen.lock().unwrap().len() as u64
+    }
+
     /// Records (once per replica and service) and reports a replica that may not serve
     /// `service`.
     pub(super) fn report(&self, node_id: &str, certified_as: &str, service: &str) {
@@ -103,7 +103,6 @@ impl Unproven {
         let key = (node_id.to_owned(), service.to_owned());
         if seen.len() < MAX_UNPROVEN && seen.insert(key) {
             drop(seen);
-            PortCounters::add(&UNPROVEN_REPLICAS);
             UNPROVEN_WARNING.log(|also| {
                 tracing::warn!(
                     replica = node_id,

@@ -33,20 +33,6 @@ pub struct PortCounters {
     pub open_connections: AtomicU64,
 }
 
-/// Gossip datagrams dropped in this process: not sealed with the cluster's gossip key
-/// (random or forged), or sealed but replayed or too old.
-pub(crate) static GOSSIP_FORGED: AtomicU64 = AtomicU64::new(0);
-/// See [`GOSSIP_FORGED`].
-pub(crate) static GOSSIP_REPLAYED: AtomicU64 = AtomicU64::new(0);
-/// Unsealed gossip another process on the host sent to chitchat's loopback socket, behind
-/// the sealed one (dropped).
-pub(crate) static GOSSIP_INJECTED: AtomicU64 = AtomicU64::new(0);
-/// Cluster rules (split, mirror) refused: unsigned, badly signed, or by a writer the
-/// policy does not allow (counted once per distinct rule).
-pub(crate) static RULES_REJECTED: AtomicU64 = AtomicU64::new(0);
-/// Replicas seen gossiping a service their certificate does not carry (never called).
-pub(crate) static UNPROVEN_REPLICAS: AtomicU64 = AtomicU64::new(0);
-
 /// UDP datagrams on a gossip port that were not gossip, in this process. Counted by the
 /// log setup of `init_logging` (chitchat decodes datagrams where meshrpc cannot see them,
 /// and reports each one as a warning, which that setup turns into this count).
@@ -74,7 +60,7 @@ impl PortCounters {
     }
 
     /// The counters as `(name, help, value)`, named as in `/metrics`.
-    pub fn values(&self) -> [(&'static str, &'static str, u64); 17] {
+    pub fn values(&self) -> [(&'static str, &'static str, u64); 12] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("meshrpc_connections_refused", "Connections refused at the connection cap", v(&self.refused_connections)),
@@ -109,27 +95,6 @@ impl PortCounters {
             ("meshrpc_gossip_garbage", "UDP datagrams on the gossip port that were not gossip", v(&GOSSIP_GARBAGE)),
             ("meshrpc_tls_handshakes_refused", "TLS handshakes refused on the mesh port", v(&self.refused_tls)),
             ("meshrpc_calls_denied", "Calls denied by the authorization policy", v(&crate::identity::CALLS_DENIED)),
-            (
-                "meshrpc_gossip_forged",
-                "Gossip datagrams dropped: not sealed with the cluster's gossip key",
-                v(&GOSSIP_FORGED),
-            ),
-            ("meshrpc_gossip_replayed", "Sealed gossip datagrams dropped as replayed or too old", v(&GOSSIP_REPLAYED)),
-            (
-                "meshrpc_gossip_injected",
-                "Unsealed gossip datagrams sent to a node's loopback hand-off by another process, dropped",
-                v(&GOSSIP_INJECTED),
-            ),
-            (
-                "meshrpc_rules_rejected",
-                "Split and mirror rules refused: unsigned, badly signed or written by an identity not allowed to",
-                v(&RULES_REJECTED),
-            ),
-            (
-                "meshrpc_unproven_replicas",
-                "Replicas seen gossiping a service their certificate does not carry",
-                v(&UNPROVEN_REPLICAS),
-            ),
         ]
     }
 }

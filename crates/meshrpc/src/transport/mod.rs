@@ -24,11 +24,7 @@ pub use connection::{connect, ConnectOptions, Connection, PendingCall};
 pub use guard::PortCounters;
 #[cfg_attr(not(feature = "logging"), allow(unused_imports))]
 pub(crate) use guard::GOSSIP_GARBAGE;
-#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use guard::RULES_REJECTED;
 pub(crate) use guard::{FrameBudget, Guard};
-#[cfg_attr(not(all(feature = "cluster", feature = "tls")), allow(unused_imports))]
-pub(crate) use guard::{GOSSIP_FORGED, GOSSIP_INJECTED, GOSSIP_REPLAYED, UNPROVEN_REPLICAS};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use overcap::Probes;

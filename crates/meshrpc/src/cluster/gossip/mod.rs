@@ -146,7 +146,7 @@ impl Membership {
             #[cfg(feature = "tls")]
             Some(key) => {
                 let transport = Thinned {
-                    inner: sealed::SealedTransport::new(key),
+                    inner: sealed::SealedTransport::counted(key, cost.clone()),
                     live: live.clone(),
                     seeds: seeds.clone(),
                     cost: cost.clone(),

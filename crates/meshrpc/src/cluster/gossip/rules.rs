@@ -87,6 +87,8 @@ pub(crate) struct RuleGate {
     #[cfg(feature = "tls")]
     access: Option<Arc<crate::access::Access>>,
     verdicts: Mutex<Verdicts>,
+    /// Rules refused so far (once per distinct rule).
+    rejected: std::sync::atomic::AtomicU64,
     /// Wakes the view's task to check the rules again (the policy changed).
     recheck: tokio::sync::Notify,
 }
@@ -110,12 +112,29 @@ impl RuleGate {
         tls: Option<crate::transport::TlsConfig>,
         access: Option<Arc<crate::access::Access>>,
     ) -> RuleGate {
-        RuleGate { tag: tag.to_owned(), tls, access, verdicts: Mutex::default(), recheck: Default::default() }
+        RuleGate {
+            tag: tag.to_owned(),
+            tls,
+            access,
+            verdicts: Mutex::default(),
+            rejected: Default::default(),
+            recheck: Default::default(),
+        }
     }
 
     #[cfg(not(feature = "tls"))]
     pub(crate) fn new(tag: &str) -> RuleGate {
-        RuleGate { tag: tag.to_owned(), verdicts: Mutex::default(), recheck: Default::default() }
+        RuleGate {
+            tag: tag.to_owned(),
+            verdicts: Mutex::default(),
+            rejected: Default::default(),
+            recheck: Default::default(),
+        }
+    }
+
+    /// Rules refused so far.
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True if rules must be signed (mutual TLS).
@@ -193,7 +212,7 @@ impl RuleGate {
         }
         let verdict = self.judge(kind, service, rule);
         if let Err((writer, reason)) = &verdict {
-            crate::transport::PortCounters::add(&crate::transport::RULES_REJECTED);
+            self.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             REFUSED_WARNING.log(|also| {
                 tracing::warn!(
                     kind = kind.as_str(), service, %writer, %reason, also_refused = also,

@@ -22,6 +22,7 @@
 use std::{
     collections::{HashSet, VecDeque},
     net::{Ipv4Addr, SocketAddr},
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -33,7 +34,8 @@ use chitchat::{
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use tokio::net::UdpSocket;
 
-use crate::{throttle::Throttle, transport::PortCounters};
+use super::thin::GossipCost;
+use crate::throttle::Throttle;
 
 const MAGIC: &[u8; 4] = b"MRG1";
 const HEADER: usize = MAGIC.len() + NONCE_LEN;
@@ -51,12 +53,19 @@ static INJECTED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 /// A chitchat transport whose datagrams are sealed with the cluster's gossip key.
 pub struct SealedTransport {
     key: [u8; 32],
+    /// Where the datagrams it drops are counted (the node's).
+    cost: Arc<GossipCost>,
 }
 
 impl SealedTransport {
     /// Seals with `key` (the 32 bytes of `gossip.key`).
     pub fn new(key: [u8; 32]) -> Self {
-        SealedTransport { key }
+        SealedTransport { key, cost: Arc::default() }
+    }
+
+    /// The same, counting what it drops in `cost`.
+    pub(crate) fn counted(key: [u8; 32], cost: Arc<GossipCost>) -> Self {
+        SealedTransport { key, cost }
     }
 }
 
@@ -76,6 +85,7 @@ impl Transport for SealedTransport {
             relay,
             relay_addr,
             key,
+            cost: self.cost.clone(),
             seen: Seen::default(),
             senders: VecDeque::new(),
             buf: vec![0; MAX_DATAGRAM],
@@ -94,6 +104,7 @@ struct SealedSocket {
     /// The relay's address: the only sender chitchat's socket takes datagrams from.
     relay_addr: SocketAddr,
     key: LessSafeKey,
+    cost: Arc<GossipCost>,
     seen: Seen,
     /// The real senders of the datagrams handed to `inner` and not yet decoded, oldest
     /// first (kept across a cancelled `recv`).
@@ -130,7 +141,7 @@ impl Socket for SealedSocket {
                 decoded = self.inner.recv() => {
                     let outcome = decoded?;
                     if outcome.from_addr != self.relay_addr {
-                        PortCounters::add(&crate::transport::GOSSIP_INJECTED);
+                        self.cost.injected.fetch_add(1, Ordering::Relaxed);
                         let from = outcome.from_addr;
                         INJECTED_WARNING.log(|also| {
                             tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
@@ -158,10 +169,11 @@ impl Socket for SealedSocket {
                             }
                         }
                         Err(why) => {
-                            PortCounters::add(match why {
-                                Dropped::Forged => &crate::transport::GOSSIP_FORGED,
-                                Dropped::Replayed | Dropped::Stale => &crate::transport::GOSSIP_REPLAYED,
-                            });
+                            match why {
+                                Dropped::Forged => &self.cost.forged,
+                                Dropped::Replayed | Dropped::Stale => &self.cost.replayed,
+                            }
+                            .fetch_add(1, Ordering::Relaxed);
                             DROPPED_WARNING.log(|also| {
                                 tracing::warn!(%from, reason = why.as_str(), also_dropped = also, "gossip datagram dropped")
                             });

@@ -44,6 +44,12 @@ pub(crate) struct GossipCost {
     pub(crate) sent_bytes: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) received_bytes: AtomicU64,
+    /// Datagrams dropped by sealed gossip (feature `tls`): not sealed with the cluster's
+    /// key (random or forged), sealed but replayed or too old, and unsealed ones another
+    /// process sent to chitchat's loopback socket. This node's own, not the process's.
+    pub(crate) forged: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) injected: AtomicU64,
 }
 
 impl GossipCost {
@@ -52,7 +58,7 @@ impl GossipCost {
         bytes.fetch_add(size as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn figures(&self) -> [crate::metrics::Figure; 4] {
+    pub(crate) fn figures(&self) -> [crate::metrics::Figure; 7] {
         use crate::metrics::Figure;
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (messages, bytes) = ("Gossip datagrams, by direction", "Bytes of gossip datagrams, by direction");
@@ -62,6 +68,21 @@ impl GossipCost {
                 .with_label("direction", "received"),
             Figure::counter("meshrpc_gossip_bytes", bytes, v(&self.sent_bytes)).with_label("direction", "sent"),
             Figure::counter("meshrpc_gossip_bytes", bytes, v(&self.received_bytes)).with_label("direction", "received"),
+            Figure::counter(
+                "meshrpc_gossip_forged",
+                "Gossip datagrams dropped: not sealed with the cluster's gossip key",
+                v(&self.forged),
+            ),
+            Figure::counter(
+                "meshrpc_gossip_replayed",
+                "Sealed gossip datagrams dropped as replayed or too old",
+                v(&self.replayed),
+            ),
+            Figure::counter(
+                "meshrpc_gossip_injected",
+                "Unsealed gossip datagrams sent to a node's loopback hand-off by another process, dropped",
+                v(&self.injected),
+            ),
         ]
     }
 }

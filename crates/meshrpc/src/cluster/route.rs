@@ -76,15 +76,23 @@ impl Inner {
         balancer: &dyn Balance,
         service: &str,
         judged_as: &str,
-        members: impl Iterator<Item = &'v Member>,
+        mut members: impl Iterator<Item = &'v Member>,
         tried: &[SocketAddr],
         key: Option<&str>,
     ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
         let now = Instant::now();
         let with_ejection = self.policies.settings.ejection.is_some();
-        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, Pickable)> = self
-            .in_preference(members.collect())
-            .into_iter()
+        // Ordered by the caller's preference only when subsetting is on: no allocation
+        // on the common path.
+        let mut ordered;
+        let members: &mut dyn Iterator<Item = &'v Member> = match self.subset {
+            0 => &mut members,
+            _ => {
+                ordered = self.in_preference(members.collect()).into_iter();
+                &mut ordered
+            }
+        };
+        let mut replicas: Vec<(&Member, Option<Arc<Peer>>, Pickable)> = members
             .filter_map(|m| Some((m, m.addr?)))
             .filter(|(_, addr)| !tried.contains(addr))
             .map(|(m, addr)| (m, (!m.is_self).then(|| self.peers.get(addr))))

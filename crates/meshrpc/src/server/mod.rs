@@ -97,7 +97,8 @@ impl ServerConfig {
             handshake_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             frame_timeout: self.frame_timeout,
-            max_queued: self.max_queued,
+            // Some room: with none at all a connection would turn without ever reading.
+            max_queued: self.max_queued.max(1),
             stuck_timeout: self.stuck_timeout,
             drain_timeout: self.drain_timeout,
         }

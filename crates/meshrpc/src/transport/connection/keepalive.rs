@@ -15,6 +15,8 @@ use crate::{error::Error, proto::ConnState};
 /// each round trip; closes it when nothing at all arrived within `timeout` of a ping.
 pub(super) async fn run(handle: Weak<Handle>, every: Duration, timeout: Duration) {
     let mut tick = tokio::time::interval(every);
+    // A ping that waited out its timeout does not make up for the ticks it missed.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;

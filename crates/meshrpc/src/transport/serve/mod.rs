@@ -393,10 +393,9 @@ impl Driver {
         Stop::Close(Error::unavailable(expired.to_string()))
     }
 
-    /// Teardown: the partial-frame budget given back, why logged, running calls stopped,
-    /// queued answers let out (a peer that reads nothing gets 1 s), our side closed.
+    /// Teardown: why logged, running calls stopped, queued answers let out (a peer that
+    /// reads nothing gets 1 s); then `Drop` closes our side.
     async fn close(self, why: Stop) {
-        self.guard.budget.update(self.held, 0);
         let peer = self.peer;
         match why {
             // An idle caller is closed quietly; one that broke the protocol is worth a warning.
@@ -410,6 +409,21 @@ impl Driver {
             task.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.sender.flushed()).await;
+    }
+}
+
+/// However the connection ends — also when its task is aborted mid-turn (a drain past its
+/// time) — its running calls and writer task are stopped, its share of the partial-frame
+/// budget given back and our side closed: nothing keeps the socket or the budget.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.guard.budget.update(self.held, 0);
+        self.held = 0;
+        if let Ok(mut state) = self.state.lock() {
+            for task in state.close() {
+                task.abort();
+            }
+        }
         self.flusher.abort();
         self.sender.shutdown();
     }

@@ -312,7 +312,10 @@ fn summary_started() -> bool {
     static STARTED: OnceLock<bool> = OnceLock::new();
     *STARTED.get_or_init(|| {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return false };
-        let every = crate::telemetry::current().summary_every;
+        // A zero interval (tokio's interval panics on it) means the default.
+        let every = Some(crate::telemetry::current().summary_every)
+            .filter(|every| !every.is_zero())
+            .unwrap_or(std::time::Duration::from_secs(10));
         handle.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;

@@ -25,7 +25,8 @@ impl RequestLines {
         match self {
             RequestLines::Off => false,
             RequestLines::Every => true,
-            RequestLines::OneIn(k) => n % k == 0,
+            // `OneIn(0)` (built by hand: `from_env` reads `sample:0` as off) is off too.
+            RequestLines::OneIn(k) => k != 0 && n % k == 0,
         }
     }
 }

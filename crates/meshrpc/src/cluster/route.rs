@@ -85,7 +85,10 @@ impl Inner {
         // Ordered by the caller's preference only when subsetting is on: no allocation
         // on the common path.
         let mut ordered;
-        let members: &mut dyn Iterator<Item = &'v Member> = match self.subset {
+        // A call with a sticky key picks among every replica: its key must land on the
+        // same replica whichever caller sends it.
+        let subset = if key.is_some() { 0 } else { self.subset };
+        let members: &mut dyn Iterator<Item = &'v Member> = match subset {
             0 => &mut members,
             _ => {
                 ordered = self.in_preference(members.collect()).into_iter();
@@ -124,8 +127,13 @@ impl Inner {
         }
         // This caller's subset: the first of them in its order of preference, the next
         // ones standing in for those dropped above.
-        if self.subset > 0 {
-            replicas.truncate(self.subset);
+        // This node's own replica costs no connection: it is never cut.
+        if subset > 0 {
+            let mut remote = 0;
+            replicas.retain(|(m, _, _)| {
+                remote += usize::from(!m.is_self);
+                m.is_self || remote <= subset
+            });
         }
         // This node's own replica has no connection to measure: it counts as loaded as the
         // others on average, so the load-aware policies give it its share, not every call.
@@ -150,13 +158,11 @@ impl Inner {
         }
         // The caller's number among the instances of its own service (its name).
         let view = self.membership.view();
-        let caller = view
-            .members
-            .iter()
-            .find(|m| m.is_self)
-            .map_or(0, |me| view.members.iter().filter(|m| m.name == me.name && m.id < me.id).count());
+        let me = view.members.iter().find(|m| m.is_self);
+        let caller = me.map_or(0, |me| view.members.iter().filter(|m| m.name == me.name && m.id < me.id).count());
+        let callers = me.map_or("", |me| me.name.as_str());
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-        super::subset::preference(&ids, caller, self.subset).into_iter().map(|i| members[i]).collect()
+        super::subset::preference(&ids, callers, caller, self.subset).into_iter().map(|i| members[i]).collect()
     }
 
     /// Sends `call` to a replica of its service and answers it: the steps are in

@@ -10,16 +10,18 @@
 //! replicas after its slice, in the round's order, stand in for members of its subset
 //! that are down, ejected or already tried by the call. No clock, no I/O: a pure function.
 
-/// The order in which caller number `caller` prefers the replicas named by `ids`: its
-/// subset of `size` first, then the stand-ins. Indices into `ids`. A `size` of 0, or one
-/// that covers every replica, keeps them all in their given order.
-pub(super) fn preference(ids: &[&str], caller: usize, size: usize) -> Vec<usize> {
+/// The order in which caller number `caller` of the service named `callers` prefers the
+/// replicas named by `ids`: its subset of `size` first, then the stand-ins. Indices into
+/// `ids`. A `size` of 0, or one that covers every replica, keeps them all in their given
+/// order. The callers' name seeds the shuffle, so the first callers of two services do
+/// not all take the same replicas.
+pub(super) fn preference(ids: &[&str], callers: &str, caller: usize, size: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..ids.len()).collect();
     if size == 0 || ids.len() <= size {
         return order;
     }
     let subsets = ids.len() / size; // disjoint subsets in one round
-    let round = (caller / subsets) as u64;
+    let round = (caller / subsets) as u64 ^ shuffle(0, callers);
     order.sort_by(|&a, &b| (shuffle(round, ids[a]), ids[a]).cmp(&(shuffle(round, ids[b]), ids[b])));
     order.rotate_left((caller % subsets) * size);
     order
@@ -52,7 +54,7 @@ mod tests {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut count = vec![0; replicas];
         for caller in 0..callers {
-            let order = preference(&names, caller, size);
+            let order = preference(&names, "caller", caller, size);
             for &i in &order[..size.min(replicas)] {
                 count[i] += 1;
             }
@@ -69,7 +71,10 @@ mod tests {
         // Rounds differ: a caller's subset is not its neighbour's of the last round.
         let names = ids(64);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        assert_ne!(preference(&names, 0, 8)[..8], preference(&names, 8, 8)[..8]);
+        assert_ne!(preference(&names, "caller", 0, 8)[..8], preference(&names, "caller", 8, 8)[..8]);
+        // Callers of another service start elsewhere: the first callers of every service
+        // do not all pile onto the same replicas.
+        assert_ne!(preference(&names, "billing", 0, 8)[..8], preference(&names, "caller", 0, 8)[..8]);
     }
 
     #[test]
@@ -90,19 +95,22 @@ mod tests {
         let backward: Vec<&str> = forward.iter().rev().copied().collect();
         let by_name =
             |list: &[&str], order: Vec<usize>| order.into_iter().map(|i| list[i].to_owned()).collect::<Vec<_>>();
-        assert_eq!(by_name(&forward, preference(&forward, 3, 4)), by_name(&backward, preference(&backward, 3, 4)));
+        assert_eq!(
+            by_name(&forward, preference(&forward, "caller", 3, 4)),
+            by_name(&backward, preference(&backward, "caller", 3, 4))
+        );
     }
 
     #[test]
     fn every_replica_comes_once_subset_first_then_stand_ins() {
         let names = ids(10);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut order = preference(&names, 1, 3);
+        let mut order = preference(&names, "caller", 1, 3);
         assert_eq!(order.len(), 10);
         order.sort();
         assert_eq!(order, (0..10).collect::<Vec<_>>());
         // Off, or a size past the replicas: all of them, as given.
-        assert_eq!(preference(&names, 1, 0), (0..10).collect::<Vec<_>>());
-        assert_eq!(preference(&names, 1, 10), (0..10).collect::<Vec<_>>());
+        assert_eq!(preference(&names, "caller", 1, 0), (0..10).collect::<Vec<_>>());
+        assert_eq!(preference(&names, "caller", 1, 10), (0..10).collect::<Vec<_>>());
     }
 }

@@ -249,7 +249,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drawn = drawn.expect("the late page drew the greeter");
-    assert!(drawn[0].as_u64() > drawn[1].as_u64(), "[values, updates] {drawn:?}");
+    let (values, updates) = (drawn[0].as_u64(), drawn[1].as_u64());
+    let (Some(values), Some(updates)) = (values, updates) else { panic!("[values, updates] {drawn:?}") };
+    assert!(values > updates, "[values, updates] {drawn:?}");
     // SIGTERM: the replica drains, and the page says so while it does.
     let replica = &mut demo.replicas[0];
     let pid = replica.child.id().unwrap().to_string();

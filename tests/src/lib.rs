@@ -14,3 +14,4 @@ pub mod netns;
 pub mod streams;
 pub mod tier;
 pub mod tls;
+pub mod wide;

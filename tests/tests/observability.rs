@@ -314,26 +314,68 @@ async fn dashboards_are_bounded_and_one_that_leaves_frees_its_place() {
     assert_eq!(http("GET", &gateway.url("/dashboard"), "", &[]).await.status, 200);
 }
 
-/// decisions.md's gossip budget: what a node gossips about itself stays under 1 KiB, for
-/// the README's greeter and for the lab node with its five services and an HTTP router.
+/// decisions.md's gossip budget: what a node gossips about itself is a few dozen bytes per
+/// service, whatever the service's size — the README's greeter at most 100 bytes, lab
+/// nodes with six services (one of 200 methods) and an HTTP router under 1 KiB — and
+/// method lists are fetched over the mesh once per distinct list, not once per member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_gossips_under_one_kib_about_itself() {
+async fn a_node_gossips_under_one_kib_about_itself_and_method_lists_are_fetched_once() {
     let tag = "observe-budget";
     let greeter = Node::start(MESHRPC, &["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", tag]).await;
     let seed = greeter.addr.to_string();
-    let lab = Node::start(LABNODE, &["--tag", tag, "--name", "budget", "--nodes", &seed]).await;
-    for (node, what) in [(&greeter, "greeter"), (&lab, "lab node")] {
-        // Published services are advertised just after the port opens: wait for them.
-        let bytes = eventually(Duration::from_secs(10), || async {
-            let text = http("GET", &node.url("/metrics"), "", &[]).await.body;
-            let bytes = sample(&text, "meshrpc_gossip_state_bytes", &[])? as u64;
-            (bytes > 150).then_some(bytes)
-        })
-        .await
-        .unwrap_or_else(|| panic!("the {what} reports no gossip state"));
-        println!("the {what} gossips {bytes} bytes about itself");
-        assert!(bytes < 1024, "the {what} gossips {bytes} bytes about itself");
-    }
+    let gateway = Node::start(
+        MESHRPC,
+        &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", &seed],
+    )
+    .await;
+    let mesh = gateway.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let lab = Node::start(LABNODE, &["--tag", tag, "--name", "budget", "--nodes", &seed, "--wide"]).await;
+    let gossiped = |node: &Node| {
+        let url = node.url("/metrics");
+        async move {
+            // Published services are advertised just after the port opens: wait for them.
+            eventually(Duration::from_secs(10), || async {
+                let text = http("GET", &url, "", &[]).await.body;
+                let bytes = sample(&text, "meshrpc_gossip_state_bytes", &[])? as u64;
+                (bytes > 60).then_some(bytes)
+            })
+            .await
+        }
+    };
+    let greeter_bytes = gossiped(&greeter).await.expect("the greeter reports no gossip state");
+    let lab_bytes = gossiped(&lab).await.expect("the lab node reports no gossip state");
+    println!("the greeter gossips {greeter_bytes} bytes about itself, the lab node {lab_bytes}");
+    assert!(greeter_bytes <= 100, "the greeter gossips {greeter_bytes} bytes about itself");
+    assert!(lab_bytes < 1024, "the lab node gossips {lab_bytes} bytes about itself");
+
+    // The 200-method service is callable through the gateway, by its first and last methods.
+    let call = |method: &'static str| {
+        let url = gateway.url(&format!("/wide/{method}"));
+        async move {
+            eventually(Duration::from_secs(15), || async {
+                let answer = http("POST", &url, r#"{"value":41}"#, &[]).await;
+                (answer.status == 200).then(|| answer.json()["data"].clone())
+            })
+            .await
+        }
+    };
+    assert_eq!(call("m000").await, Some(serde_json::json!(42)));
+    assert_eq!(call("m199").await, Some(serde_json::json!(42)));
+
+    // A second node with the same five services adds no fetch: one per distinct list
+    // (lab, faulty, greeter, streamer, wide), whichever member advertises it.
+    let _twin = Node::start(LABNODE, &["--tag", tag, "--name", "twin", "--nodes", &mesh, "--wide"]).await;
+    let both = eventually(Duration::from_secs(15), || async {
+        let view = http("GET", &gateway.url("/healthz"), "", &[]).await.json();
+        (view["members"] == 4).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "the gateway never saw the second lab node");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = http("GET", &format!("http://{mesh}/metrics"), "", &[]).await.body;
+    let fetched = sample(&text, "meshrpc_method_lists_fetched_total", &[]);
+    let kept = sample(&text, "meshrpc_method_lists", &[]);
+    assert_eq!((fetched, kept), (Some(5.0), Some(5.0)), "lists fetched and kept by the gateway");
 }
 
 /// Every open dashboard is served by one gathering a second: four dashboards cost a node

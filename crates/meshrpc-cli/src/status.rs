@@ -79,6 +79,10 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
             Some(_) => cluster.ping_member(&m, Duration::from_secs(1)).await.ok().map(|rtt| rtt.as_micros() as u64),
             None => None,
         };
+        let policies = match m.addr {
+            Some(_) => cluster.member_policies(&m, Duration::from_secs(1)).await.ok(),
+            None => None,
+        };
         members.push(MemberRow {
             name: m.name,
             id: m.id,
@@ -90,7 +94,7 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
             ping_us,
             cert_fingerprint: m.cert_fingerprint,
             cert_not_after: m.cert_not_after,
-            policies: m.policies,
+            policies,
         });
     }
     Status {

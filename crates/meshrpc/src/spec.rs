@@ -66,37 +66,69 @@ impl ServiceSpec {
     /// A short fingerprint of the method set (names and argument names), so a caller
     /// can tell a replica built from a different version of the trait.
     pub fn fingerprint(&self) -> String {
-        // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |s: &str| {
-            for b in s.bytes().chain([0xff]) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
-        eat(self.name);
+        let mut h = Fnv::new(self.name);
         for m in self.methods {
-            eat(m.name);
-            for a in m.args {
-                eat(a);
-            }
-            // Streams change the contract; unary methods hash as they always did.
-            if let Some(items) = m.items {
-                eat("*");
-                eat(items);
-            }
-            if m.streams {
-                eat("->*");
-            }
+            h.method(m.name, m.args.iter().copied(), m.items, m.streams);
         }
-        format!("{h:016x}")
+        h.hex()
+    }
+}
+
+/// FNV-1a over a contract's names: stable across builds and platforms, unlike std's
+/// hasher. [`ServiceSpec::fingerprint`] and a gossiped method list (fetched by
+/// fingerprint, checked against it) hash through this one path.
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub(crate) fn new(service: &str) -> Fnv {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.eat(service);
+        h
+    }
+
+    pub(crate) fn eat(&mut self, s: &str) {
+        for b in s.bytes().chain([0xff]) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn method<'a>(
+        &mut self,
+        name: &str,
+        args: impl Iterator<Item = &'a str>,
+        items: Option<&str>,
+        streams: bool,
+    ) {
+        self.eat(name);
+        for a in args {
+            self.eat(a);
+        }
+        // Streams change the contract; unary methods hash as they always did.
+        if let Some(items) = items {
+            self.eat("*");
+            self.eat(items);
+        }
+        if streams {
+            self.eat("->*");
+        }
+    }
+
+    pub(crate) fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// Eight hex digits: the 64 bits folded (for gossip, where every byte counts).
+    pub(crate) fn short_hex(&self) -> String {
+        format!("{:08x}", (self.0 >> 32) as u32 ^ self.0 as u32)
     }
 }
 
 /// The service every node answers itself (never published, never gossiped): `stats` (its
 /// golden metrics), `schema` (a service's JSON Schemas), and with a cluster `view` and
-/// `rule` (callers that do not gossip). A policy (mutual TLS) rules it as any other, but
-/// `view` and `rule` (docs/security.md).
+/// `rule` (callers that do not gossip), `methods` (a service's method list, by key). A
+/// policy (mutual TLS) rules it as any other, but `view`, `rule` and `methods`
+/// (docs/security.md).
 pub(crate) const NODE_SERVICE: &str = "meshrpc";
 
 #[cfg(test)]

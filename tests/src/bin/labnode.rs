@@ -100,6 +100,9 @@ struct Args {
     /// Once serving, this node writes a mirror rule itself: `SERVICE VERSION=PERCENT`.
     #[arg(long)]
     write_mirror: Option<String>,
+    /// Also publish `wide`, a service of 200 methods.
+    #[arg(long)]
+    wide: bool,
 }
 
 #[tokio::main]
@@ -188,6 +191,9 @@ async fn main() -> Result<(), meshrpc::Error> {
     cluster.publish(greeter::GreeterServer::new(greeter::MyGreeter::default()));
     cluster.publish(StreamerServer::new(StreamerNode::default()));
     cluster.publish_http("labhttp", http_router(args.http_status))?;
+    if args.wide {
+        cluster.publish(meshrpc_tests::wide::WideServer::new(meshrpc_tests::wide::WideNode));
+    }
     println!("listening on {}", cluster.local_addr().expect("listening"));
     if let Some(admin) = cluster.admin_addr() {
         println!("admin on {admin}");

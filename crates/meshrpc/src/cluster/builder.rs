@@ -305,6 +305,9 @@ impl ClusterBuilder {
             let me = Member::from_state(&name, [("name", name.as_str()), ("state", "serving")], true);
             tokio::spawn(super::remote::follow(Arc::downgrade(&inner), self.seeds.clone(), view, me));
         }
+        if let Some(wanted) = inner.membership.take_wanted() {
+            tokio::spawn(super::remote::fetch_method_lists(Arc::downgrade(&inner), wanted));
+        }
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         tokio::spawn(super::traffic::pass_on_splits(Arc::downgrade(&inner)));
         #[cfg(feature = "tls")]

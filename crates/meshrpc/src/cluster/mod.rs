@@ -311,6 +311,16 @@ impl Cluster {
             "Bytes of keys and values this node gossips about itself",
             self.inner.membership.own_state_bytes(),
         ));
+        figures.push(Figure::gauge(
+            "meshrpc_method_lists",
+            "Method lists this node keeps: its own services' and those it fetched by key",
+            self.inner.membership.book.len() as u64,
+        ));
+        figures.push(Figure::counter(
+            "meshrpc_method_lists_fetched",
+            "Method lists fetched over the mesh by key (once per distinct list, not per member)",
+            self.inner.membership.book.fetched(),
+        ));
         figures
     }
 
@@ -459,22 +469,13 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the background upkeep runs.
 const UPKEEP: Duration = Duration::from_secs(1);
 
-/// Background upkeep: forget peers that left, connect ahead to new replicas, tell
-/// gossip where the policies stand. (Each peer's connection keeps itself alive.)
+/// Background upkeep: forget peers that left, connect ahead to new replicas. (Each peer's
+/// connection keeps itself alive.)
 async fn maintain(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(UPKEEP);
-    let mut told = String::new();
-    for round in 0u64.. {
+    loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        // Where the policies stand, every other round and only when it changed.
-        if round % 2 == 0 {
-            let now = Cluster { inner: inner.clone() }.policies().encode();
-            if now != told {
-                inner.membership.advertise_policies(now.clone()).await;
-                told = now;
-            }
-        }
         let view = inner.membership.view();
         let live: Vec<SocketAddr> = view.members.iter().filter_map(|m| m.addr).collect();
         // A caller that follows a node's view keeps its connection to that node, which its

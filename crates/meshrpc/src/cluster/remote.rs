@@ -12,9 +12,16 @@
 //! sees and does is otherwise what a gossiping caller sees and does: the same picker,
 //! direct connections to the replicas it calls.
 //!
-//! Both methods are answered by every node of a cluster ([`NodeMethods`]); any certificate
-//! of the cluster may call them (membership is no secret inside the cluster, and a rule is
-//! checked on its own merits, whoever hands it over).
+//! Method lists. Gossip names a service's method list by key only; members fetch the list
+//! from a node that advertises it (`meshrpc.methods`, [`fetch_method_lists`]).
+//!
+//! Where a node's policies stand (`meshrpc.policies`) is asked the same way, by
+//! `meshrpc status`, instead of riding in gossip.
+//!
+//! The four methods are answered by every node of a cluster ([`NodeMethods`]); any
+//! certificate of the cluster may call them (membership is no secret inside the cluster,
+//! a rule is checked on its own merits, whoever hands it over, and a method list against
+//! its key).
 
 use std::{
     net::SocketAddr,
@@ -26,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
+    gossip::methods::{ListKey, Wanted},
     gossip::rules::{RejectedRule, RuleKind},
     gossip::{Member, Split},
     Inner, View,
@@ -57,7 +65,8 @@ pub(super) struct ProposedRule {
     pub(super) rule: String,
 }
 
-/// The node methods the cluster adds to every node: `view` and `rule`.
+/// The node methods the cluster adds to every node: `view`, `rule`, `methods` and
+/// `policies` (where its resilience policies stand, for `meshrpc status`).
 pub(super) struct NodeMethods {
     pub(super) inner: Weak<Inner>,
 }
@@ -96,6 +105,17 @@ impl Dispatch for NodeMethods {
                     let accepted = super::traffic::accept_rule(&inner, proposed.kind, &proposed.service, rule).await?;
                     call.codec.encode(&accepted.set_by).map(Reply::Ok)
                 }
+                "policies" => call.codec.encode(&super::Cluster { inner }.policies()).map(Reply::Ok),
+                "methods" => {
+                    let key: ListKey = call.codec.decode_args(&call.payload)?;
+                    let text = inner.membership.book.text(&key).ok_or_else(|| {
+                        Error::unavailable(format!(
+                            "no method list of `{}` under {} #{} here",
+                            key.service, key.fingerprint, key.digest
+                        ))
+                    })?;
+                    call.codec.encode(&*text).map(Reply::Ok)
+                }
                 other => {
                     Err(Error::UnknownMethod { service: crate::spec::NODE_SERVICE.into(), method: other.to_owned() })
                 }
@@ -104,7 +124,7 @@ impl Dispatch for NodeMethods {
     }
 
     fn has_method(&self, _service: &str, method: &str) -> Option<bool> {
-        Some(matches!(method, "view" | "rule"))
+        Some(matches!(method, "view" | "rule" | "methods" | "policies"))
     }
 }
 
@@ -209,5 +229,45 @@ async fn ask_view(inner: &Inner, addr: SocketAddr) -> Result<SharedView, Error> 
     match inner.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
         Reply::Ok(body) => codec.decode(&body),
         _ => Err(Error::protocol("`meshrpc.view` answered with something else than a view")),
+    }
+}
+
+/// Most method lists fetched at once.
+const FETCHES_AT_ONCE: usize = 4;
+
+/// Fetches the method lists the book wants, each from the members that advertise it in
+/// turn, until one answers with the list of that key.
+pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sync::mpsc::Receiver<Wanted>) {
+    let room = Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
+    while let Some(Wanted { key, from }) = wanted.recv().await {
+        let Ok(place) = room.clone().acquire_owned().await else { return };
+        let Some(node) = inner.upgrade() else { return };
+        tokio::spawn(async move {
+            let book = node.membership.book.clone();
+            for addr in from {
+                match tokio::time::timeout(ASK_TIMEOUT, ask_methods(&node, addr, &key)).await {
+                    Ok(Ok(text)) if book.learn(key.clone(), &text) => return drop(place),
+                    Ok(Ok(_)) => tracing::warn!(service = %key.service, %addr, "a method list that is not the one its key names: ignored"),
+                    Ok(Err(e)) => tracing::debug!(service = %key.service, %addr, error = %e, "method list not fetched"),
+                    Err(_) => tracing::debug!(service = %key.service, %addr, "method list not fetched in time"),
+                }
+            }
+            book.failed(&key);
+            drop((place, node));
+            // The view is built again after the pause, and asks again.
+            tokio::time::sleep(super::gossip::methods::RETRY).await;
+            book.changed.notify_one();
+        });
+    }
+}
+
+async fn ask_methods(inner: &Inner, addr: SocketAddr, key: &ListKey) -> Result<String, Error> {
+    let payload = bytes::Bytes::from(serde_json::to_vec(key).map_err(|e| Error::internal(e.to_string()))?);
+    let mut call = Call::new(crate::spec::NODE_SERVICE, "methods", payload);
+    call.deadline = Some(std::time::Instant::now() + ASK_TIMEOUT);
+    let codec = call.codec;
+    match inner.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
+        Reply::Ok(body) => codec.decode(&body),
+        _ => Err(Error::protocol("`meshrpc.methods` answered with something else than a method list")),
     }
 }

@@ -395,6 +395,25 @@ impl Cluster {
         tokio::time::timeout(timeout, attempt).await.map_err(|_| Error::Timeout)?
     }
 
+    /// Where a member's resilience policies stand, asked over this node's connection to
+    /// it (`meshrpc.policies`; nodes before 0.2 gossiped them: [`Member::policies`]).
+    pub async fn member_policies(&self, member: &Member, timeout: Duration) -> Result<super::Policies, Error> {
+        if let Some(gossiped) = &member.policies {
+            return Ok(gossiped.clone());
+        }
+        let addr = member.addr.ok_or_else(|| Error::unavailable(format!("{} has no mesh address", member.id)))?;
+        let mut call = crate::call::Call::new(crate::spec::NODE_SERVICE, "policies", bytes::Bytes::from_static(b"{}"));
+        call.deadline = Some(std::time::Instant::now() + timeout);
+        let codec = call.codec;
+        let attempt = async {
+            match self.inner.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
+                crate::call::Reply::Ok(body) => codec.decode(&body),
+                _ => Err(Error::protocol("`meshrpc.policies` answered with something else than policies")),
+            }
+        };
+        tokio::time::timeout(timeout, attempt).await.map_err(|_| Error::Timeout)?
+    }
+
     /// Picks a replica publishing the HTTP router `name` through the same picker as mesh
     /// calls (backoff of failed peers, draining, the balancing policy, sticky `key`),
     /// skipping the addresses in `tried`. The replica is known reachable: its mesh

@@ -3,6 +3,7 @@
 //! plain [`View`] on top. The key/value schema is [`schema`]; who may write the rules
 //! every node follows is [`rules`].
 
+pub(crate) mod methods;
 pub(super) mod rules;
 mod schema;
 #[cfg(feature = "tls")]
@@ -73,6 +74,10 @@ pub(crate) struct Membership {
     state: std::sync::Mutex<MemberState>,
     /// The same, read on every colocated call without a lock: serving now.
     serving: std::sync::atomic::AtomicBool,
+    /// The method lists of the services members advertise, fetched by key.
+    pub(crate) book: Arc<methods::MethodBook>,
+    /// What the book wants fetched: taken once by the cluster, which fetches over the mesh.
+    wanted: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<methods::Wanted>>>,
 }
 
 /// chitchat as meshrpc runs it: the cluster id, gossip interval, failure detection.
@@ -128,7 +133,6 @@ impl Membership {
         let mut kv = vec![
             (KEY_NAME.to_owned(), name.to_owned()),
             (KEY_STATE.to_owned(), "starting".to_owned()),
-            (KEY_STARTED.to_owned(), started.as_millis().to_string()),
         ];
         if let Some(addr) = mesh_addr {
             kv.push((KEY_ADDR.to_owned(), addr.to_string()));
@@ -163,9 +167,11 @@ impl Membership {
         let chitchat = handle.chitchat();
         let (tx, view) = watch::channel(Arc::new(View::default()));
         let mut watched = chitchat.lock().await.live_nodes_watcher();
+        let (book, wanted) = methods::MethodBook::new();
+        let lists = book.clone();
         tokio::spawn(async move {
             loop {
-                let mut next = View { members: members(&watched.borrow_and_update(), &id) };
+                let mut next = View { members: members(&watched.borrow_and_update(), &id, &lists) };
                 rules.filter(&mut next.members);
                 live.store(next.members.len(), std::sync::atomic::Ordering::Relaxed);
                 // Calls from members keep their names in the metrics, whoever else calls.
@@ -181,6 +187,7 @@ impl Membership {
                 tokio::select! {
                     changed = watched.changed() => if changed.is_err() { return },
                     _ = rules.rechecked() => {}
+                    _ = lists.changed.notified() => {}
                 }
             }
         });
@@ -192,6 +199,8 @@ impl Membership {
             own_bytes: std::sync::atomic::AtomicU64::new(0),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
+            book,
+            wanted: std::sync::Mutex::new(Some(wanted)),
         })
     }
 
@@ -205,6 +214,9 @@ impl Membership {
             own_bytes: std::sync::atomic::AtomicU64::new(0),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
+            // A caller that follows a node's view gets the lists with it.
+            book: methods::MethodBook::new().0,
+            wanted: std::sync::Mutex::new(None),
         };
         (membership, tx)
     }
@@ -241,10 +253,16 @@ impl Membership {
         self.view.clone()
     }
 
-    /// Advertises a published service, at `version`.
+    /// What the method book wants fetched (once; `None` after, or without gossip).
+    pub(crate) fn take_wanted(&self) -> Option<tokio::sync::mpsc::Receiver<methods::Wanted>> {
+        self.wanted.lock().unwrap().take()
+    }
+
+    /// Advertises a published service, at `version` (its method list is kept in the book,
+    /// for members that fetch it).
     pub(crate) async fn advertise_service(&self, spec: &ServiceSpec, version: &str) {
-        self.set(format!("{PREFIX_VERSION}{}", spec.name), version.to_owned()).await;
-        self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec)).await;
+        self.book.publish(spec);
+        self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec, version)).await;
     }
 
     /// Gossips a split rule for `service` (this node's own copy of the newest it saw).
@@ -290,11 +308,6 @@ impl Membership {
         self.set(KEY_CERT.to_owned(), value).await;
     }
 
-    /// Gossips where this node's policies stand.
-    pub(crate) async fn advertise_policies(&self, value: String) {
-        self.set(KEY_POLICIES.to_owned(), value).await;
-    }
-
     async fn set(&self, key: String, value: String) {
         let Some(handle) = &self.handle else { return };
         let chitchat = handle.chitchat();
@@ -303,6 +316,37 @@ impl Membership {
     }
 }
 
-fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId) -> Vec<Member> {
-    live.iter().map(|(id, state)| Member::from_state(&id.node_id, state.key_values(), id == me)).collect()
+/// The members of the view, their services' method lists filled in from the book; the
+/// lists it lacks are asked for.
+fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &methods::MethodBook) -> Vec<Member> {
+    let mut advertised = Vec::new();
+    let mut missing: std::collections::HashMap<methods::ListKey, Vec<SocketAddr>> = Default::default();
+    let members = live
+        .iter()
+        .map(|(id, state)| {
+            let mut m = Member::from_state(&id.node_id, state.key_values(), id == me);
+            if m.started_ms == 0 {
+                // The generation is the start (Unix ms), as `join` sets it.
+                m.started_ms = id.generation_id;
+            }
+            for (k, v) in state.key_values() {
+                let Some(service) = k.strip_prefix(PREFIX_SERVICE) else { continue };
+                let Some((fingerprint, digest)) = Advertised::key_of(v) else { continue };
+                let key = methods::ListKey {
+                    service: service.to_owned(),
+                    fingerprint: fingerprint.to_owned(),
+                    digest: digest.to_owned(),
+                };
+                match (book.methods(&key), m.services.get_mut(service)) {
+                    (Some(methods), Some(adv)) => adv.methods = (*methods).clone(),
+                    (None, _) => missing.entry(key.clone()).or_default().extend(m.addr),
+                    _ => {}
+                }
+                advertised.push(key);
+            }
+            m
+        })
+        .collect();
+    book.want(&advertised, missing);
+    members
 }

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Error, spec::ServiceSpec};
+use crate::{
+    error::Error,
+    spec::{Fnv, ServiceSpec},
+};
 
 pub(super) const KEY_NAME: &str = "name";
 pub(super) const KEY_ADDR: &str = "addr";
@@ -14,11 +17,13 @@ pub(super) const KEY_STATE: &str = "state";
 pub(super) const KEY_STARTED: &str = "started";
 /// `<sha256 of the certificate> <not-after, Unix seconds>`.
 pub(super) const KEY_CERT: &str = "cert";
-/// `limit=8 running=3 overloaded=12 budget=102 ejected=<node>/<service>,…`: where this
-/// node's policies stand ([`Policies`]).
+/// `limit=8 running=3 overloaded=12 budget=102 ejected=<node>/<service>,…`: where the
+/// node's policies stand ([`Policies`]), as nodes before 0.2 gossiped it (read, never
+/// written: `meshrpc.policies` answers it now).
 pub(super) const KEY_POLICIES: &str = "policies";
 pub(super) const PREFIX_SERVICE: &str = "svc:";
-/// `ver:<service>`: the version of the service this node runs.
+/// `ver:<service>`: the version of the service, as nodes before 0.2 gossiped it (read,
+/// never written: the version is in the `svc:` value now).
 pub(super) const PREFIX_VERSION: &str = "ver:";
 /// `split:<service>`: a weighted split rule, as this node last saw it (see [`Split`]).
 pub(super) const PREFIX_SPLIT: &str = "split:";
@@ -65,12 +70,13 @@ pub struct Member {
     pub splits: BTreeMap<String, Split>,
     /// Mirror rules this member gossips, by service: one entry, `(version, percent)`.
     pub mirrors: BTreeMap<String, Split>,
-    /// Where its resilience policies stand, as it last gossiped them.
+    /// Where its resilience policies stand, if it gossips them (nodes before 0.2; newer
+    /// ones are asked: [`Cluster::member_policies`](crate::Cluster::member_policies)).
     pub policies: Option<Policies>,
 }
 
-/// Where a node's resilience policies stand (docs/resilience.md), gossiped at most every
-/// two seconds when it changes.
+/// Where a node's resilience policies stand (docs/resilience.md), as `meshrpc status`
+/// shows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policies {
     /// Its concurrency limit now (`None`: no limit, or a client-only node).
@@ -86,9 +92,7 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Most ejections listed in gossip (the budget is under 1 KiB per node).
-    pub(crate) const MAX_LISTED: usize = 8;
-
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> String {
         let limit = self.concurrency_limit.map_or("none".to_owned(), |l| l.to_string());
         let mut out = format!(
@@ -96,7 +100,7 @@ impl Policies {
             self.running, self.overloaded, self.retry_budget_left
         );
         if !self.ejected.is_empty() {
-            let listed: Vec<&str> = self.ejected.iter().take(Self::MAX_LISTED).map(String::as_str).collect();
+            let listed: Vec<&str> = self.ejected.iter().map(String::as_str).collect();
             out.push_str(&format!(" ejected={}", listed.join(",")));
         }
         out
@@ -240,12 +244,26 @@ fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
 }
 
 impl Advertised {
-    /// `fp !greet(name) send_postcard(card) watch(filter)* chat(room,*lines)* !^get(id)@200`:
+    /// `<fingerprint> #<digest> <version>`: what gossip carries about a published service
+    /// (a few dozen bytes, whatever its size; no version: none said). The method list
+    /// itself ([`method_list`]) is fetched over the mesh by the first two and cached
+    /// ([`super::methods`]).
+    ///
+    /// [`method_list`]: Self::method_list
+    pub(super) fn encode(spec: &ServiceSpec, version: &str) -> String {
+        let key = format!("{} #{}", spec.fingerprint(), Self::digest(spec.name, &Self::method_list(spec)));
+        match version.is_empty() || version.contains(char::is_whitespace) {
+            true => key,
+            false => format!("{key} {version}"),
+        }
+    }
+
+    /// `!greet(name) send_postcard(card) watch(filter)* chat(room,*lines)* !^get(id)@200`:
     /// `!` before a method marks it idempotent, `^` hedged; `*` before an argument the
     /// stream of the caller's items, `*` after `)` a stream answer; `@` its timeout in
-    /// milliseconds.
-    pub(super) fn encode(spec: &ServiceSpec) -> String {
-        let mut out = spec.fingerprint();
+    /// milliseconds. (Nodes before 0.2 gossiped it after the fingerprint.)
+    pub(super) fn method_list(spec: &ServiceSpec) -> String {
+        let mut out = Vec::with_capacity(spec.methods.len());
         for m in spec.methods {
             let args: Vec<String> =
                 m.args.iter().map(|a| if m.items == Some(*a) { format!("*{a}") } else { (*a).to_owned() }).collect();
@@ -253,16 +271,62 @@ impl Advertised {
             let hedge = if m.hedge { "^" } else { "" };
             let streams = if m.streams { "*" } else { "" };
             let timeout = m.timeout.map_or(String::new(), |t| format!("@{}", t.as_secs_f64() * 1e3));
-            out.push_str(&format!(" {idempotent}{hedge}{}({}){streams}{timeout}", m.name, args.join(",")));
+            out.push(format!("{idempotent}{hedge}{}({}){streams}{timeout}", m.name, args.join(",")));
         }
-        out
+        out.join(" ")
+    }
+
+    /// The digest of a service's method list, options included (the fingerprint covers
+    /// only what breaks a caller): with the fingerprint, the key it is fetched by.
+    pub(super) fn digest(service: &str, method_list: &str) -> String {
+        let mut h = Fnv::new(service);
+        h.eat(method_list);
+        h.short_hex()
+    }
+
+    /// The `(fingerprint, digest)` of a gossiped service value, when its methods are to
+    /// be fetched (`None`: an older node's value, which lists them itself).
+    pub(super) fn key_of(v: &str) -> Option<(&str, &str)> {
+        let mut parts = v.split(' ');
+        let fingerprint = parts.next()?;
+        Some((fingerprint, parts.next()?.strip_prefix('#')?))
+    }
+
+    /// Reads a method list fetched for `(service, fingerprint, digest)`: `None` unless it
+    /// hashes to both (a node cannot hand out another list under a key).
+    pub(super) fn checked_methods(
+        service: &str,
+        fingerprint: &str,
+        digest: &str,
+        list: &str,
+    ) -> Option<Vec<AdvertisedMethod>> {
+        if Self::digest(service, list) != digest {
+            return None;
+        }
+        let methods = Self::parse_methods(list)?;
+        let mut h = Fnv::new(service);
+        for m in &methods {
+            h.method(&m.name, m.args.iter().map(String::as_str), m.items.as_deref(), m.streams);
+        }
+        (h.hex() == fingerprint).then_some(methods)
     }
 
     fn decode(v: &str) -> Advertised {
-        let mut parts = v.split(' ');
-        let fingerprint = parts.next().unwrap_or_default().to_owned();
-        let methods = parts
-            .filter_map(|m| {
+        let (fingerprint, rest) = v.split_once(' ').unwrap_or((v, ""));
+        let (methods, version) = match rest.strip_prefix('#') {
+            // The methods are fetched and filled in by the view ([`super::methods`]).
+            Some(rest) => (Vec::new(), rest.split_once(' ').map_or("", |(_, version)| version)),
+            // A node before 0.2: its methods follow, its version is under `ver:`.
+            None => (Self::parse_methods(rest).unwrap_or_default(), ""),
+        };
+        Advertised { fingerprint: fingerprint.to_owned(), version: version.to_owned(), methods }
+    }
+
+    /// Parses a [`method_list`](Self::method_list); `None` if any method is malformed.
+    fn parse_methods(list: &str) -> Option<Vec<AdvertisedMethod>> {
+        list.split(' ')
+            .filter(|m| !m.is_empty())
+            .map(|m| {
                 let (m, timeout) = match m.rsplit_once('@') {
                     Some((m, ms)) => {
                         let ms: f64 = ms.parse().ok()?;
@@ -288,8 +352,7 @@ impl Advertised {
                     .collect();
                 Some(AdvertisedMethod { name: name.to_owned(), args, items, streams, idempotent, timeout, hedge })
             })
-            .collect();
-        Advertised { fingerprint, version: String::new(), methods }
+            .collect()
     }
 
     /// The method of this name, if the service has one.
@@ -406,6 +469,33 @@ mod tests {
         assert!(Split::parse_weights("v1=90, v2=10").is_ok());
         assert!(Split::parse_weights("v1=0").is_err());
         assert!(Split::parse_weights("v1:90").unwrap_err().to_string().contains("VERSION=WEIGHT"));
+    }
+
+    #[test]
+    fn a_service_is_gossiped_by_key_and_version_and_older_nodes_still_read() {
+        use crate::spec::MethodSpec;
+        const SPEC: ServiceSpec = ServiceSpec {
+            name: "greeter",
+            trait_name: "Greeter",
+            version: "0.1.0",
+            methods: &[MethodSpec::unary("greet", &["name"])],
+        };
+        let value = Advertised::encode(&SPEC, "2.1.0");
+        let m = Member::from_state("g-1", [("svc:greeter", value.as_str())], false);
+        let adv = &m.services["greeter"];
+        assert_eq!((adv.fingerprint.clone(), adv.version.as_str()), (SPEC.fingerprint(), "2.1.0"));
+        assert!(adv.methods.is_empty(), "methods are fetched by key, not read from gossip");
+        let (fingerprint, digest) = Advertised::key_of(&value).unwrap();
+        let list = Advertised::method_list(&SPEC);
+        assert_eq!(Advertised::checked_methods("greeter", fingerprint, digest, &list).unwrap()[0].name, "greet");
+        assert!(Advertised::checked_methods("other", fingerprint, digest, &list).is_none());
+        // No version said: the key alone.
+        assert_eq!(Advertised::key_of(&Advertised::encode(&SPEC, "")), Some((fingerprint, digest)));
+        // A node before 0.2: methods inline, the version under `ver:`.
+        let old = format!("{fingerprint} {list}");
+        let m = Member::from_state("g-0", [("svc:greeter", old.as_str()), ("ver:greeter", "1.0.0")], false);
+        assert_eq!((m.services["greeter"].methods.len(), m.services["greeter"].version.as_str()), (1, "1.0.0"));
+        assert_eq!(Advertised::key_of(&old), None);
     }
 
     #[test]

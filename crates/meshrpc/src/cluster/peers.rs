@@ -54,6 +54,21 @@ impl Peers {
         refused
     }
 
+    /// The open connection to `addr`, if there is one (none is opened).
+    pub(crate) fn connected(&self, addr: SocketAddr) -> Option<Connection> {
+        self.map.lock().unwrap().get(&addr)?.open_conn()
+    }
+
+    /// A connection for one exchange with `addr`: the open one if there is, else a new one
+    /// that is not kept (closed when the caller drops it), so that a node asking a member
+    /// it does not call for something opens no lasting connection (subsets stay bounded).
+    pub(crate) async fn once(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        match self.connected(addr) {
+            Some(conn) => Ok(conn),
+            None => Connection::connect(addr, self.options.clone()).await,
+        }
+    }
+
     pub(crate) fn all(&self) -> Vec<Arc<Peer>> {
         self.map.lock().unwrap().values().cloned().collect()
     }

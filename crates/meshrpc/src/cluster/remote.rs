@@ -236,7 +236,10 @@ async fn ask_view(inner: &Inner, addr: SocketAddr) -> Result<SharedView, Error> 
 const FETCHES_AT_ONCE: usize = 4;
 
 /// Fetches the method lists the book wants, each from the members that advertise it in
-/// turn, until one answers with the list of that key.
+/// turn, until one answers with the list of that key: members this node is connected to
+/// first, then the others from a random place (so the
+/// members of a large mesh do not all ask the same one), each over a connection that is
+/// not kept.
 pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sync::mpsc::Receiver<Wanted>) {
     let room = Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
     while let Some(Wanted { key, from }) = wanted.recv().await {
@@ -244,10 +247,17 @@ pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sy
         let Some(node) = inner.upgrade() else { return };
         tokio::spawn(async move {
             let book = node.membership.book.clone();
+            let mut from = from;
+            let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &key);
+            let len = from.len().max(1);
+            from.rotate_left(start as usize % len);
+            from.sort_by_key(|addr| node.peers.connected(*addr).is_none());
             for addr in from {
                 match tokio::time::timeout(ASK_TIMEOUT, ask_methods(&node, addr, &key)).await {
                     Ok(Ok(text)) if book.learn(key.clone(), &text) => return drop(place),
-                    Ok(Ok(_)) => tracing::warn!(service = %key.service, %addr, "a method list that is not the one its key names: ignored"),
+                    Ok(Ok(_)) => {
+                        tracing::warn!(service = %key.service, %addr, "a method list that is not the one its key names: ignored")
+                    }
                     Ok(Err(e)) => tracing::debug!(service = %key.service, %addr, error = %e, "method list not fetched"),
                     Err(_) => tracing::debug!(service = %key.service, %addr, "method list not fetched in time"),
                 }
@@ -266,7 +276,7 @@ async fn ask_methods(inner: &Inner, addr: SocketAddr, key: &ListKey) -> Result<S
     let mut call = Call::new(crate::spec::NODE_SERVICE, "methods", payload);
     call.deadline = Some(std::time::Instant::now() + ASK_TIMEOUT);
     let codec = call.codec;
-    match inner.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
+    match inner.peers.once(addr).await?.send_call(call)?.answer().await? {
         Reply::Ok(body) => codec.decode(&body),
         _ => Err(Error::protocol("`meshrpc.methods` answered with something else than a method list")),
     }

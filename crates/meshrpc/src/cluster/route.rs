@@ -396,7 +396,7 @@ impl Cluster {
     }
 
     /// Where a member's resilience policies stand, asked over this node's connection to
-    /// it (`meshrpc.policies`; nodes before 0.2 gossiped them: [`Member::policies`]).
+    /// it (`meshrpc.policies`; nodes of 0.1.0 gossiped them: [`Member::policies`]).
     pub async fn member_policies(&self, member: &Member, timeout: Duration) -> Result<super::Policies, Error> {
         if let Some(gossiped) = &member.policies {
             return Ok(gossiped.clone());

@@ -60,7 +60,7 @@ pub(crate) struct MethodBook {
 }
 
 struct Known {
-    /// The list as gossiped before 0.2 (what `meshrpc.methods` answers).
+    /// The list as text (what `meshrpc.methods` answers; 0.1.0 nodes gossiped it).
     text: Arc<str>,
     methods: Arc<Vec<AdvertisedMethod>>,
     /// This node's own: kept while the node runs.
@@ -122,6 +122,11 @@ impl MethodBook {
             if from.is_empty() || asked.contains_key(&key) || asked.len() >= MAX_WANTED {
                 continue;
             }
+            // Learnt since the view was read ([`learn`](Self::learn) keeps a list before
+            // it clears its ask): not asked twice.
+            if self.known.lock().unwrap().contains_key(&key) {
+                continue;
+            }
             // Until it is answered (or fails), nobody asks again.
             asked.insert(key.clone(), now + Duration::from_secs(3600));
             if self.wanted.try_send(Wanted { key: key.clone(), from }).is_err() {
@@ -179,7 +184,10 @@ mod tests {
         name: "greeter",
         trait_name: "Greeter",
         version: "1",
-        methods: &[MethodSpec::unary("greet", &["name"]), MethodSpec { idempotent: true, ..MethodSpec::unary("get", &["id"]) }],
+        methods: &[
+            MethodSpec::unary("greet", &["name"]),
+            MethodSpec { idempotent: true, ..MethodSpec::unary("get", &["id"]) },
+        ],
     };
 
     fn key_of(spec: &ServiceSpec) -> ListKey {
@@ -203,7 +211,8 @@ mod tests {
         assert!(rx.try_recv().is_err(), "one fetch per key, however often the view changes");
 
         // Another service's list, or the same with an option changed, is refused.
-        const NOT_IDEMPOTENT: &[MethodSpec] = &[MethodSpec::unary("greet", &["name"]), MethodSpec::unary("get", &["id"])];
+        const NOT_IDEMPOTENT: &[MethodSpec] =
+            &[MethodSpec::unary("greet", &["name"]), MethodSpec::unary("get", &["id"])];
         let forged = Advertised::method_list(&ServiceSpec { methods: NOT_IDEMPOTENT, ..SPEC });
         assert!(!book.learn(key.clone(), &forged));
         assert!(!book.learn(key.clone(), "greet(name"));

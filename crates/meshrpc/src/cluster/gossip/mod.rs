@@ -130,10 +130,7 @@ impl Membership {
         let node_id = format!("{name}-{}-{:x}", gossip_addr.port(), started.as_nanos() as u64 & 0xff_ffff);
         let id = ChitchatId::new(node_id, started.as_millis() as u64, gossip_addr);
         let chitchat_config = chitchat_config(id.clone(), tag, gossip_bind, seeds, config);
-        let mut kv = vec![
-            (KEY_NAME.to_owned(), name.to_owned()),
-            (KEY_STATE.to_owned(), "starting".to_owned()),
-        ];
+        let mut kv = vec![(KEY_NAME.to_owned(), name.to_owned()), (KEY_STATE.to_owned(), "starting".to_owned())];
         if let Some(addr) = mesh_addr {
             kv.push((KEY_ADDR.to_owned(), addr.to_string()));
         }

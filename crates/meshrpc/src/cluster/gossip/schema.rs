@@ -18,11 +18,11 @@ pub(super) const KEY_STARTED: &str = "started";
 /// `<sha256 of the certificate> <not-after, Unix seconds>`.
 pub(super) const KEY_CERT: &str = "cert";
 /// `limit=8 running=3 overloaded=12 budget=102 ejected=<node>/<service>,…`: where the
-/// node's policies stand ([`Policies`]), as nodes before 0.2 gossiped it (read, never
+/// node's policies stand ([`Policies`]), as nodes of 0.1.0 gossiped it (read, never
 /// written: `meshrpc.policies` answers it now).
 pub(super) const KEY_POLICIES: &str = "policies";
 pub(super) const PREFIX_SERVICE: &str = "svc:";
-/// `ver:<service>`: the version of the service, as nodes before 0.2 gossiped it (read,
+/// `ver:<service>`: the version of the service, as nodes of 0.1.0 gossiped it (read,
 /// never written: the version is in the `svc:` value now).
 pub(super) const PREFIX_VERSION: &str = "ver:";
 /// `split:<service>`: a weighted split rule, as this node last saw it (see [`Split`]).
@@ -70,7 +70,7 @@ pub struct Member {
     pub splits: BTreeMap<String, Split>,
     /// Mirror rules this member gossips, by service: one entry, `(version, percent)`.
     pub mirrors: BTreeMap<String, Split>,
-    /// Where its resilience policies stand, if it gossips them (nodes before 0.2; newer
+    /// Where its resilience policies stand, if it gossips them (nodes of 0.1.0; newer
     /// ones are asked: [`Cluster::member_policies`](crate::Cluster::member_policies)).
     pub policies: Option<Policies>,
 }
@@ -261,7 +261,7 @@ impl Advertised {
     /// `!greet(name) send_postcard(card) watch(filter)* chat(room,*lines)* !^get(id)@200`:
     /// `!` before a method marks it idempotent, `^` hedged; `*` before an argument the
     /// stream of the caller's items, `*` after `)` a stream answer; `@` its timeout in
-    /// milliseconds. (Nodes before 0.2 gossiped it after the fingerprint.)
+    /// milliseconds. (Nodes of 0.1.0 gossiped it after the fingerprint.)
     pub(super) fn method_list(spec: &ServiceSpec) -> String {
         let mut out = Vec::with_capacity(spec.methods.len());
         for m in spec.methods {
@@ -316,7 +316,7 @@ impl Advertised {
         let (methods, version) = match rest.strip_prefix('#') {
             // The methods are fetched and filled in by the view ([`super::methods`]).
             Some(rest) => (Vec::new(), rest.split_once(' ').map_or("", |(_, version)| version)),
-            // A node before 0.2: its methods follow, its version is under `ver:`.
+            // A node of 0.1.0: its methods follow, its version is under `ver:`.
             None => (Self::parse_methods(rest).unwrap_or_default(), ""),
         };
         Advertised { fingerprint: fingerprint.to_owned(), version: version.to_owned(), methods }
@@ -491,7 +491,7 @@ mod tests {
         assert!(Advertised::checked_methods("other", fingerprint, digest, &list).is_none());
         // No version said: the key alone.
         assert_eq!(Advertised::key_of(&Advertised::encode(&SPEC, "")), Some((fingerprint, digest)));
-        // A node before 0.2: methods inline, the version under `ver:`.
+        // A node of 0.1.0: methods inline, the version under `ver:`.
         let old = format!("{fingerprint} {list}");
         let m = Member::from_state("g-0", [("svc:greeter", old.as_str()), ("ver:greeter", "1.0.0")], false);
         assert_eq!((m.services["greeter"].methods.len(), m.services["greeter"].version.as_str()), (1, "1.0.0"));

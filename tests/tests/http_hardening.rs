@@ -85,6 +85,33 @@ async fn an_h2c_preface_without_settings_is_closed_at_the_header_timeout() {
     assert_eq!(String::from_utf8_lossy(&answer.stdout), r#"{"data":"lab","errors":[]}"#);
 }
 
+/// A request that takes longer than the HTTP idle timeout is answered, over HTTP/1.1 and
+/// over HTTP/2 alike: a connection is idle when nothing is running on it, not when its
+/// socket is quiet. (Before: the HTTP/2 connection was closed under the running call.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_longer_than_the_idle_timeout_is_answered_over_http1_and_http2() {
+    let node = Node::start(LABNODE, &["--http-idle-ms", "1000", "--slow-ms", "3000"]).await;
+    let url = node.url("/lab/whoami");
+    let curl = |http2: bool| {
+        let mut args = vec!["-s", "--max-time", "20", "-XPOST", "-d", "{}", url.as_str()];
+        if http2 {
+            args.insert(0, "--http2-prior-knowledge");
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        tokio::task::spawn_blocking(move || std::process::Command::new("curl").args(&args).output().unwrap())
+    };
+    let (h1, h2) = (curl(false), curl(true));
+    let (h1, h2) = (h1.await.unwrap(), h2.await.unwrap());
+    for (what, out) in [("HTTP/1.1", h1), ("HTTP/2", h2)] {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            r#"{"data":"lab","errors":[]}"#,
+            "{what}: curl exited {:?}",
+            out.status.code()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_without_a_deadline_cannot_take_the_whole_node() {
     let node = Node::start(LABNODE, &[]).await;

@@ -270,15 +270,24 @@ async fn serve_h2<I, S>(
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    // Counted as on HTTP/1: a connection with a request running is not idle, however
+    // quiet its socket (a call may take longer than the idle timeout).
+    let running = Arc::new(AtomicUsize::new(0));
+    let counted = Counted { inner: service, running: running.clone() };
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(counted));
     tokio::pin!(conn);
+    // When the idle timer last fired while a request ran (see `serve_h1`).
+    let mut idle_from = activity.last();
     let grace = loop {
-        let quiet_until = activity.last() + limits.patience(unsent);
+        let quiet_until = activity.last().max(idle_from) + limits.patience(unsent);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = stopped(&mut shutdown) => break Duration::from_secs(30),
             _ = tokio::time::sleep_until(quiet_until.into()) => {
-                if activity.last() + limits.patience(unsent) <= Instant::now() {
+                let now = Instant::now();
+                if running.load(Ordering::Acquire) > 0 {
+                    idle_from = now;
+                } else if activity.last() + limits.patience(unsent) <= now {
                     limits.closing(unsent);
                     break Duration::from_secs(1);
                 }

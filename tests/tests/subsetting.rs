@@ -74,6 +74,42 @@ async fn callers_keep_to_even_subsets_and_stand_in_for_a_killed_replica() {
         assert!(open <= (CALLERS * SUBSET / REPLICAS + 1) as u64, "{open} connections open on a replica");
     }
 
+    // A call with a sticky key goes to the key's replica, which may be outside the
+    // caller's subset: the connection it opened there is given back once unused (10 s),
+    // so what a caller holds comes back to its subsets.
+    let lab0 = LabClient::new(callers[0].channel());
+    let mut outside = None;
+    for k in 0..64 {
+        let who = lab0.with_key(format!("user-{k}")).whoami().await.unwrap();
+        if !per_caller[0].contains(&who) {
+            outside = Some(who);
+            break;
+        }
+    }
+    let outside = outside.expect("no key of 64 lands outside caller 0's subset");
+    let node = &replicas[outside.trim_start_matches('r').parse::<usize>().unwrap()];
+    let opened = eventually(Duration::from_secs(5), || async { callers[0].peer_latency(node.addr) }).await;
+    assert!(opened.is_some(), "the keyed call left no open connection to {outside}");
+    let keyed_at = Instant::now();
+    let given_back = eventually(Duration::from_secs(30), || async {
+        let open = gauge(node.addr, "meshrpc_connections_open").await;
+        let closed = callers[0].peer_latency(node.addr).is_none();
+        (closed && open <= (CALLERS * SUBSET / REPLICAS + 1) as u64).then_some(open)
+    })
+    .await;
+    eprintln!(
+        "a keyed call to {outside}: its connection given back after {:?} ({given_back:?} open there)",
+        keyed_at.elapsed()
+    );
+    assert!(given_back.is_some(), "the connection to {outside}, outside caller 0's subset, was never closed");
+    for name in &per_caller[0] {
+        let member = &replicas[name.trim_start_matches('r').parse::<usize>().unwrap()];
+        assert!(
+            callers[0].peer_latency(member.addr).is_some(),
+            "caller 0's connection to {name}, in its subset, was closed"
+        );
+    }
+
     // Kill a replica of caller 0's subset: its calls go on, to the other member of its
     // subset and a stand-in, never to the dead one.
     let victim = per_caller[0].iter().next().unwrap().clone();

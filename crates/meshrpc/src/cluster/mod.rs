@@ -484,6 +484,7 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
             inner.peers.retain(&live);
         }
         connect_ahead(&inner, &view);
+        close_unused_outside_subsets(&inner, &view);
     }
 }
 
@@ -495,23 +496,49 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
 /// Connections opened ahead of calls per round (a second), at most.
 const CONNECT_AHEAD_PER_ROUND: usize = 4;
 
+/// With subsetting, a connection outside this caller's subsets that started no call for
+/// this long is closed.
+const UNUSED_OUTSIDE_SUBSETS: Duration = Duration::from_secs(10);
+
+/// The services (and HTTP routers) this node has called.
+fn called(inner: &Inner) -> Vec<String> {
+    inner.balancers.lock().unwrap().keys().cloned().collect()
+}
+
+/// The addresses of the replicas in this caller's subsets of what it calls.
+fn subsets(inner: &Inner, view: &View, called: &[String]) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for key in called {
+        let replicas: Vec<&Member> = match key.strip_prefix(route::HTTP_KEY_PREFIX) {
+            Some(name) => view.http_replicas(name).collect(),
+            None => view.replicas(key, None).collect(),
+        };
+        addrs.extend(inner.in_preference(replicas).into_iter().take(inner.subset).filter_map(|m| m.addr));
+    }
+    addrs
+}
+
+/// With subsetting, gives back the connections this caller opened outside its subsets
+/// (a sticky key's replica, a subset it left as the mesh changed) once they go unused:
+/// what it holds stays bounded by its subsets.
+fn close_unused_outside_subsets(inner: &Inner, view: &View) {
+    if inner.subset == 0 {
+        return;
+    }
+    let keep = subsets(inner, view, &called(inner));
+    let closed = inner.peers.close_unused_outside(&keep, UNUSED_OUTSIDE_SUBSETS, Instant::now());
+    if closed > 0 {
+        tracing::debug!(closed, "connections outside this caller's subsets, unused, closed");
+    }
+}
+
 fn connect_ahead(inner: &Inner, view: &View) {
-    let called: Vec<String> = inner.balancers.lock().unwrap().keys().cloned().collect();
+    let called = called(inner);
     if called.is_empty() {
         return;
     }
     // With subsetting, only the replicas of this caller's subsets.
-    let subsets: Option<Vec<SocketAddr>> = (inner.subset > 0).then(|| {
-        let mut addrs = Vec::new();
-        for key in &called {
-            let replicas: Vec<&Member> = match key.strip_prefix(route::HTTP_KEY_PREFIX) {
-                Some(name) => view.http_replicas(name).collect(),
-                None => view.replicas(key, None).collect(),
-            };
-            addrs.extend(inner.in_preference(replicas).into_iter().take(inner.subset).filter_map(|m| m.addr));
-        }
-        addrs
-    });
+    let subsets: Option<Vec<SocketAddr>> = (inner.subset > 0).then(|| subsets(inner, view, &called));
     // A few a round: a node that starts calling a large mesh does not open every
     // connection at once (its calls open the ones they need meanwhile).
     let mut started = 0;

@@ -73,6 +73,26 @@ impl Peers {
         self.map.lock().unwrap().values().cloned().collect()
     }
 
+    /// Closes the connections to peers not in `keep` that started no call for `after`
+    /// (subsetting: what a caller opened outside its subsets — a sticky key's replica, a
+    /// subset it left — is given back). Returns how many it closed.
+    pub(crate) fn close_unused_outside(&self, keep: &[SocketAddr], after: Duration, now: Instant) -> usize {
+        let mut closed = 0;
+        for peer in self.all() {
+            let Some(conn) = peer.open_conn() else { continue };
+            let calls = conn.calls_started();
+            let mut quiet = peer.quiet.lock().unwrap();
+            if quiet.0 != calls || keep.contains(&peer.addr) {
+                *quiet = (calls, now);
+            } else if now.duration_since(quiet.1) >= after && conn.in_flight() == 0 {
+                drop(quiet);
+                peer.close();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Forgets peers no longer in the view, closing their connections.
     pub(crate) fn retain(&self, live: &[SocketAddr]) {
         self.map.lock().unwrap().retain(|addr, peer| {
@@ -113,6 +133,9 @@ pub(crate) struct Peer {
     health: Mutex<Health>,
     /// Who the peer proved to be when last connected (mutual TLS).
     identity: Mutex<Option<Arc<Identity>>>,
+    /// Calls its connection had started when last looked at, and since when that count
+    /// stands still ([`Peers::close_unused_outside`]).
+    quiet: Mutex<(u64, Instant)>,
 }
 
 struct Health {
@@ -136,6 +159,7 @@ impl Peer {
             failed_connects: std::sync::atomic::AtomicU64::new(0),
             refused: Mutex::new(None),
             identity: Mutex::new(None),
+            quiet: Mutex::new((0, Instant::now())),
             health: Mutex::new(Health {
                 down_until: None,
                 failures: 0,

@@ -73,6 +73,8 @@ pub struct CallerState<W, S> {
     state: ConnState,
     /// Calls started so far (a stream's window shrinks while others share the connection).
     started: u64,
+    /// Pings among them.
+    pings: u64,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,7 @@ impl<W, S> CallerState<W, S> {
             armed: None,
             state: ConnState::Open,
             started: 0,
+            pings: 0,
         }
     }
 
@@ -151,6 +154,12 @@ impl<W, S> CallerState<W, S> {
     /// Calls waiting for an answer.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Calls started so far, pings not counted (a connection whose count stands still is
+    /// not used).
+    pub fn calls_started(&self) -> u64 {
+        self.started - self.pings
     }
 
     /// Adds a waiting call that times out at `deadline`; `stream`: the call sends items
@@ -232,6 +241,7 @@ impl<W, S> CallerState<W, S> {
     /// Starts a ping; its answer is an empty `Reply::Ok`.
     pub fn start_ping(&mut self, waiter: W, deadline: Option<Instant>) -> Result<(Registered, Frame), Error> {
         let r = self.register(waiter, deadline, None)?;
+        self.pings += 1;
         Ok((r, Frame::Ping { id: r.id }))
     }
 

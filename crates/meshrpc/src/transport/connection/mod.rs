@@ -219,6 +219,11 @@ impl Connection {
         self.inner().proto.lock().unwrap().in_flight()
     }
 
+    /// Calls started on this connection so far (keepalive pings not counted).
+    pub(crate) fn calls_started(&self) -> u64 {
+        self.inner().proto.lock().unwrap().calls_started()
+    }
+
     /// Resolves when the connection stops taking new calls (go-away or closed).
     pub async fn unusable(&self) {
         let mut rx = self.inner().state.subscribe();

@@ -31,6 +31,8 @@ use meshrpc::__private::gossip_simulation as sim;
 
 use tokio::time::Instant;
 
+mod swim;
+
 const SIZES: [usize; 4] = [100, 250, 500, 1_000];
 /// meshrpc's gossip round.
 const ROUND: Duration = Duration::from_millis(100);
@@ -197,10 +199,58 @@ async fn run(n: usize) -> Row {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { SIZES.to_vec() } else { sizes };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let model = args.iter().find_map(|a| a.strip_prefix("--model=")).unwrap_or("both").to_owned();
+    if model == "swim" || model == "both" {
+        let sizes = if sizes.is_empty() { vec![100, 1_000, 10_000] } else { sizes.clone() };
+        swim_table(&sizes);
+    }
+    if model == "chitchat" || model == "both" {
+        let sizes = if sizes.is_empty() { SIZES.to_vec() } else { sizes };
+        chitchat_table(&sizes);
+    }
+}
+
+fn swim_table(sizes: &[usize]) {
     let mut rows = Vec::new();
-    for n in sizes {
+    for &n in sizes {
+        eprintln!("swim: {n} nodes");
+        let calm = swim::run(swim::Scenario { n, loss: 0.0, restarts: 0.0, seed: 1 }, cpu_seconds);
+        eprintln!("swim: {n} nodes: {calm:?}");
+        let faulty = swim::run(swim::Scenario { n, loss: 0.05, restarts: 0.10, seed: 2 }, cpu_seconds);
+        eprintln!("swim: {n} nodes, 5 % loss, 10 % restarting: {faulty:?}");
+        rows.push((n, calm, faulty));
+    }
+    let s = |v: Option<f64>| v.map_or("—".to_owned(), |s| format!("{s:.1}"));
+    println!("## Membership, simulated: SWIM (foca) as issue 35 proposes\n");
+    println!("N foca instances in one process, a discrete-event loop on virtual time (every datagram encoded, carried 0.1–0.5 ms, decoded); memberlist's LAN settings (probe every 1 s, 3 indirect probes, gossip to 3 members every 200 ms, datagrams ≤ 1,400 bytes) with suspicion 3 probe periods; full-state sync over TCP at join (seed, then a random member every 0.5 s until two in a row teach nothing) and anti-entropy every max(30 s, N × 0.3 s). All nodes started within 100 ms. Idle window 10 s from the moment no node has updates left to disseminate (quiet).\n");
+    println!("| nodes | converged (s) | quiet (s) | datagram bytes per node per s | datagrams per node per s | sync bytes per node per s | largest datagram | CPU per node (% of a core) | killed node known dead by all (s) | left node known by all (s) | 5 % loss + 10 % restarts: live members declared down | longest held down (s) | RSS | real |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for (n, r, f) in rows {
+        println!(
+            "| {n} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {} | {:.4} | {} | {} | {} | {:.1} | {:.0} MiB | {:.0} s |",
+            r.converged_s.map_or(format!("not within 60 ({:.1} % seen)", r.seen * 100.0), |c| format!("{c:.1}")),
+            r.quiet_s,
+            r.datagram_bytes_per_node_s,
+            r.datagrams_per_node_s,
+            r.sync_bytes_per_node_s,
+            r.largest_datagram.max(f.largest_datagram),
+            r.cpu_pct_per_node,
+            s(r.kill_detected_s),
+            s(r.leave_detected_s),
+            f.false_downs,
+            f.longest_false_down_s,
+            r.rss_mib.max(f.rss_mib),
+            r.real_s + f.real_s
+        );
+    }
+    println!();
+}
+
+fn chitchat_table(sizes: &[usize]) {
+    let mut rows = Vec::new();
+    for &n in sizes {
         eprintln!("{n} nodes");
         // A fresh paused runtime per size: simulated time starts at zero.
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();

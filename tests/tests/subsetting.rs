@@ -16,6 +16,7 @@ use meshrpc_tests::{
 };
 
 const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+const LABCALL: &str = env!("CARGO_BIN_EXE_labcall");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn callers_keep_to_even_subsets_and_stand_in_for_a_killed_replica() {
@@ -131,4 +132,144 @@ async fn callers_keep_to_even_subsets_and_stand_in_for_a_killed_replica() {
     assert_eq!(after.len(), SUBSET, "{after:?}");
     let kept: Vec<_> = per_caller[0].iter().filter(|r| **r != victim).collect();
     assert!(kept.iter().all(|r| after.contains(*r)), "the live member of the subset was kept: {after:?}");
+}
+
+/// Issue 35's subsetting scenario: 64 replicas and 64 callers, each on a host of its own
+/// (network namespaces), subsets of 8. Every host holds at most 2 × 8 + a few
+/// connections, calls per replica stay within ± 15 % of the mean, and a replica killed
+/// out of callers' subsets is stood in for with no failed call beyond those in flight.
+/// Heavy tier, as root.
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_callers_keep_to_subsets_of_eight_among_sixty_four_replicas() {
+    if !(meshrpc_tests::tier::heavy("the 64 × 64 subsetting scenario") && meshrpc_tests::tier::netns()) {
+        return;
+    }
+    const N: u8 = 64;
+    const SUBSET: usize = 8;
+    const CONCURRENCY: u64 = 2;
+    const CALL_MS: u64 = 20_000;
+    let tag = "subset64";
+    let addr = |h: u8| format!("10.213.43.{h}:11999");
+    let mut net = meshrpc_tests::netns::Net::new(43);
+    for h in 1..=2 * N {
+        net.host(h);
+    }
+    let seed = addr(1);
+    let mut replicas = Vec::new();
+    for h in 1..=N {
+        let (listen, name) = (addr(h), format!("r{h}"));
+        let mut args = vec!["--listen", listen.as_str(), "--name", name.as_str(), "--tag", tag];
+        if h != 1 {
+            args.extend(["--nodes", seed.as_str()]);
+        }
+        replicas.push(net.start(h, LABNODE, &args).await);
+    }
+    let mut callers = Vec::new();
+    for h in N + 1..=2 * N {
+        let (bin, mut args) = net.exec_args(h, LABCALL);
+        args.extend(
+            [
+                "--nodes",
+                &seed,
+                "--tag",
+                tag,
+                "--replicas",
+                &N.to_string(),
+                "--callers",
+                &N.to_string(),
+                "--subset",
+                &SUBSET.to_string(),
+                "--duration-ms",
+                &CALL_MS.to_string(),
+                "--concurrency",
+                &CONCURRENCY.to_string(),
+                "--sleep-ms",
+                "20",
+                "--wait-ms",
+                "60000",
+            ]
+            .map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        callers.push(meshrpc_tests::harness::Caller::start(&bin, &args));
+    }
+    let mut started = Vec::new();
+    for caller in &mut callers {
+        let line = tokio::time::timeout(Duration::from_secs(90), caller.lines.recv()).await;
+        assert_eq!(line.ok().flatten().as_deref(), Some("calling"), "a caller never started calling");
+        started.push(meshrpc_tests::harness::unix_ms());
+    }
+    // Once every caller calls (and saw every other, so the subsets are settled).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let balanced_from = meshrpc_tests::harness::unix_ms();
+    let connections: Vec<usize> = (1..=2 * N).map(|h| net.established(h)).collect();
+    // Kill a replica that is not the seed, halfway through.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let victim = N / 2;
+    let killed_at = meshrpc_tests::harness::unix_ms();
+    replicas[usize::from(victim) - 1].kill().await;
+    let mut reports = Vec::new();
+    for caller in callers {
+        reports.push(caller.report().await);
+    }
+
+    let most = *connections.iter().max().unwrap();
+    let (replica_conns, caller_conns) = connections.split_at(usize::from(N));
+    eprintln!(
+        "connections: replicas {}..{}, callers {}..{} (subsets of {SUBSET})",
+        replica_conns.iter().min().unwrap(),
+        replica_conns.iter().max().unwrap(),
+        caller_conns.iter().min().unwrap(),
+        caller_conns.iter().max().unwrap()
+    );
+    assert!(most <= 2 * SUBSET + 3, "a host held {most} connections: {connections:?}");
+
+    // Calls per replica over the balanced window (every caller calling, before the kill).
+    let mut per_replica: BTreeMap<String, u64> = BTreeMap::new();
+    for report in &reports {
+        for (node, buckets) in report["node_buckets"].as_object().expect("node buckets") {
+            let window = buckets.as_object().unwrap().iter().filter(|(t, _)| {
+                let t: u64 = t.parse().unwrap();
+                t >= balanced_from && t + 100 <= killed_at
+            });
+            *per_replica.entry(node.clone()).or_default() += window.map(|(_, n)| n.as_u64().unwrap()).sum::<u64>();
+        }
+    }
+    let mean = per_replica.values().sum::<u64>() as f64 / f64::from(N);
+    let (low, high) = (*per_replica.values().min().unwrap(), *per_replica.values().max().unwrap());
+    eprintln!("calls per replica over the balanced window: {low}..{high}, mean {mean:.0}");
+    assert_eq!(per_replica.len(), usize::from(N), "every replica is in some subset: {per_replica:?}");
+    for (replica, calls) in &per_replica {
+        let off = (*calls as f64 - mean).abs() / mean;
+        assert!(off <= 0.15, "{replica} took {calls} calls, {:.0} % off the mean {mean:.0}", off * 100.0);
+    }
+
+    // The callers whose subset held the victim stood in for it, losing at most the calls
+    // in flight on it.
+    let victim_name = format!("r{victim}");
+    let mut stood_in = Vec::new();
+    let mut failed = 0;
+    for report in &reports {
+        failed += meshrpc_tests::harness::report_errors(report);
+        let buckets = report["node_buckets"].as_object().unwrap();
+        let Some(before_kill) = buckets.get(&victim_name) else { continue };
+        if before_kill.as_object().unwrap().is_empty() {
+            continue;
+        }
+        let before: BTreeSet<&String> = buckets
+            .iter()
+            .filter(|(_, b)| b.as_object().unwrap().keys().any(|t| t.parse::<u64>().unwrap() + 100 <= killed_at))
+            .map(|(n, _)| n)
+            .collect();
+        let first_new = buckets
+            .iter()
+            .filter(|(n, _)| !before.contains(n))
+            .filter_map(|(_, b)| b.as_object().unwrap().keys().filter_map(|t| t.parse::<u64>().ok()).min())
+            .min();
+        stood_in.push(first_new.map(|t| t.saturating_sub(killed_at)));
+    }
+    eprintln!("{} callers had {victim_name} in their subset; stand-in first answering after {stood_in:?} ms; {failed} calls failed", stood_in.len());
+    assert!(!stood_in.is_empty(), "no caller had {victim_name} in its subset");
+    assert!(stood_in.iter().all(Option::is_some), "a caller never stood in for {victim_name}: {stood_in:?}");
+    assert!(failed <= stood_in.len() as u64 * CONCURRENCY, "{failed} calls failed");
 }

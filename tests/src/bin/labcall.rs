@@ -44,6 +44,13 @@ struct Args {
     timeout_ms: u64,
     #[arg(long, default_value_t = 10_000)]
     wait_ms: u64,
+    /// Keep to a subset of this many replicas (0: all).
+    #[arg(long, default_value_t = 0)]
+    subset: usize,
+    /// Wait until this many callers (`labcall` members) are in the view before calling
+    /// (the subsets are cut from the callers a caller sees).
+    #[arg(long, default_value_t = 0)]
+    callers: usize,
 }
 
 #[derive(Default, Serialize)]
@@ -86,6 +93,7 @@ async fn main() {
         .tag(&args.tag)
         .seeds(&args.nodes)
         .balance(policy)
+        .subset(args.subset)
         .tls_dir(args.tls_dir)
         .start()
         .await
@@ -97,7 +105,11 @@ async fn main() {
         return;
     }
     let fingerprint = LabClient::SPEC.fingerprint();
-    let enough = cluster.wait_view(|v| v.replicas("lab", Some(&fingerprint)).count() >= args.replicas);
+    let callers = args.callers;
+    let enough = cluster.wait_view(|v| {
+        v.replicas("lab", Some(&fingerprint)).count() >= args.replicas
+            && v.members.iter().filter(|m| m.name == "labcall").count() >= callers
+    });
     let _ = tokio::time::timeout(Duration::from_millis(args.wait_ms), enough).await;
     report.lock().unwrap().join_ms = start.elapsed().as_millis() as u64;
     println!("calling");

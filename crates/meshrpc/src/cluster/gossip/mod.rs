@@ -313,6 +313,25 @@ impl Membership {
     }
 }
 
+/// Says once per member (a few hundred at most are remembered) that it gossips as
+/// meshrpc 0.1.0 does: it is read as before, but it cannot read this node's method lists
+/// or versions (docs/deploy.md, "Upgrading"). 0.1.0 nodes gossip `started`; newer ones
+/// do not.
+fn older_node(member: &Member) {
+    static TOLD: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    let mut told = TOLD.lock().unwrap();
+    let told = told.get_or_insert_with(Default::default);
+    if told.len() >= 512 || !told.insert(member.id.clone()) {
+        return;
+    }
+    tracing::warn!(
+        member = %member.id,
+        name = %member.name,
+        "member gossips as meshrpc 0.1.0 (gossip schema 1; this node: schema 2): read as before, but it does not \
+         see this node's method lists nor versions; upgrade it (docs/deploy.md, \"Upgrading\")"
+    );
+}
+
 /// The members of the view, their services' method lists filled in from the book; the
 /// lists it lacks are asked for.
 fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &methods::MethodBook) -> Vec<Member> {
@@ -325,6 +344,8 @@ fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &metho
             if m.started_ms == 0 {
                 // The generation is the start (Unix ms), as `join` sets it.
                 m.started_ms = id.generation_id;
+            } else {
+                older_node(&m);
             }
             for (k, v) in state.key_values() {
                 let Some(service) = k.strip_prefix(PREFIX_SERVICE) else { continue };

@@ -40,6 +40,9 @@ struct Args {
     /// Each call sleeps this long on the server (0: `whoami` only).
     #[arg(long, default_value_t = 0)]
     sleep_ms: u64,
+    /// Each worker waits this long after each call (paces the caller, one call a turn).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
     #[arg(long, default_value_t = 10_000)]
@@ -70,6 +73,8 @@ struct Report {
     /// Calls whose sticky key landed on another node than the key's earlier calls.
     key_moves: u64,
     max_latency_ms: u64,
+    /// The most mesh connections this caller held open at once (sampled every 500 ms).
+    peers_connected_max: usize,
     /// (unix ms of the 100 ms bucket, ok, errors)
     buckets: BTreeMap<u64, (u64, u64)>,
     wait_error: Option<String>,
@@ -120,12 +125,15 @@ async fn main() {
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
             let (lab, next, report) = (lab.clone(), next.clone(), report.clone());
-            let (limit, keys, sleep_ms) = (args.calls, args.keys, args.sleep_ms);
+            let (limit, keys, sleep_ms, pause_ms) = (args.calls, args.keys, args.sleep_ms, args.pause_ms);
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if limit.is_some_and(|l| i >= l) || stop_at.is_some_and(|t| Instant::now() >= t) {
                         return;
+                    }
+                    if pause_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                     }
                     let key = keys.map(|k| format!("key-{}", i % k));
                     let client = match &key {
@@ -174,9 +182,26 @@ async fn main() {
             })
         })
         .collect();
+    // Connections open: a peer with an answered keepalive (one a second) has one.
+    let sampler = {
+        let (cluster, report) = (cluster.clone(), report.clone());
+        tokio::spawn(async move {
+            loop {
+                let view = cluster.view();
+                let open =
+                    view.members.iter().filter_map(|m| m.addr).filter(|a| cluster.peer_latency(*a).is_some()).count();
+                {
+                    let mut r = report.lock().unwrap();
+                    r.peers_connected_max = r.peers_connected_max.max(open);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     for w in workers {
         w.await.unwrap();
     }
+    sampler.abort();
     report.lock().unwrap().unproven =
         cluster.unproven_replicas().into_iter().map(|u| format!("{}/{}", u.node, u.service)).collect();
     println!("{}", serde_json::to_string(&*report.lock().unwrap()).unwrap());

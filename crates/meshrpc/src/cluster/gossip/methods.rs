@@ -6,8 +6,9 @@
 //! and kept here. A list is accepted only if it hashes to the key it was asked for, so
 //! whichever member answers cannot hand out another service's contract.
 //!
-//! Bounds: at most [`MAX_KNOWN`] lists kept (those no member of the view advertises any
-//! more are dropped at each new view), each at most [`MAX_LIST_BYTES`]; at most
+//! Bounds: at most [`MAX_KNOWN`] lists kept, [`MAX_KNOWN_BYTES`] of text in all (those no
+//! member of the view advertises any more are dropped at each new view; past either, a
+//! fetched list is not kept and asked again later), each at most [`MAX_LIST_BYTES`]; at most
 //! [`MAX_WANTED`] fetches queued, one per key in flight, a failed key asked again after
 //! [`RETRY`].
 
@@ -27,6 +28,9 @@ use crate::spec::ServiceSpec;
 pub(crate) const MAX_KNOWN: usize = 4096;
 /// The largest method list accepted (a service of 2,000 methods fits).
 pub(crate) const MAX_LIST_BYTES: usize = 256 * 1024;
+/// Text of all the lists kept, at most (a few hundred services of a few dozen methods
+/// take well under 1 MiB; this node's own lists are kept whatever it costs).
+pub(crate) const MAX_KNOWN_BYTES: usize = 16 * 1024 * 1024;
 /// Most fetches waiting for the fetcher.
 const MAX_WANTED: usize = 256;
 /// A key whose fetch failed is asked again after this long.
@@ -57,6 +61,8 @@ pub(crate) struct MethodBook {
     pub(crate) changed: Notify,
     /// Lists fetched and taken so far (`/metrics`: one per distinct key, not per member).
     fetched: std::sync::atomic::AtomicU64,
+    /// [`MAX_KNOWN_BYTES`] (smaller in tests).
+    max_bytes: usize,
 }
 
 struct Known {
@@ -77,6 +83,7 @@ impl MethodBook {
             wanted,
             changed: Notify::new(),
             fetched: Default::default(),
+            max_bytes: MAX_KNOWN_BYTES,
         };
         (Arc::new(book), rx)
     }
@@ -109,11 +116,8 @@ impl MethodBook {
     /// asks for the ones missing, each from the members that advertise it.
     pub(crate) fn want(&self, advertised: &[ListKey], missing: HashMap<ListKey, Vec<SocketAddr>>) {
         {
-            let mut known = self.known.lock().unwrap();
-            if known.len() > advertised.len() {
-                let keep: std::collections::HashSet<&ListKey> = advertised.iter().collect();
-                known.retain(|key, k| k.own || keep.contains(key));
-            }
+            let keep: std::collections::HashSet<&ListKey> = advertised.iter().collect();
+            self.known.lock().unwrap().retain(|key, k| k.own || keep.contains(key));
         }
         let now = Instant::now();
         let mut asked = self.asked.lock().unwrap();
@@ -146,7 +150,8 @@ impl MethodBook {
         };
         {
             let mut known = self.known.lock().unwrap();
-            if known.len() >= MAX_KNOWN {
+            let bytes: usize = known.values().map(|k| k.text.len()).sum();
+            if known.len() >= MAX_KNOWN || bytes + text.len() > self.max_bytes {
                 drop(known);
                 self.failed(&key);
                 return false;
@@ -228,6 +233,25 @@ mod tests {
         book.want(&[], HashMap::new());
         assert!(book.methods(&key).is_none());
         assert_eq!(book.len(), 1);
+    }
+
+    #[test]
+    fn past_its_byte_budget_the_book_keeps_no_more_lists() {
+        let (book, _wanted) = MethodBook::new();
+        let mut book = Arc::into_inner(book).unwrap();
+        book.max_bytes = 30;
+        let a = ServiceSpec { name: "a", ..SPEC };
+        let b = ServiceSpec { name: "b", ..SPEC };
+        let list = Advertised::method_list(&SPEC);
+        assert!(list.len() > 15 && list.len() <= 30, "{list}");
+        assert!(book.learn(key_of(&a), &list));
+        assert!(!book.learn(key_of(&b), &list), "over the budget");
+        assert!(book.methods(&key_of(&b)).is_none());
+        // Asked again once the pause is over, not before.
+        assert!(book.asked.lock().unwrap().contains_key(&key_of(&b)));
+        // Dropping what nobody advertises makes room.
+        book.want(std::slice::from_ref(&key_of(&b)), HashMap::new());
+        assert!(book.learn(key_of(&b), &list));
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Fnv {
     }
 
     /// Eight hex digits: the 64 bits folded (for gossip, where every byte counts).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn short_hex(&self) -> String {
         format!("{:08x}", (self.0 >> 32) as u32 ^ self.0 as u32)
     }

@@ -39,6 +39,7 @@ impl View {
 
     /// True once some member's method list of `service` is known: lists are fetched by
     /// key after the service appears in gossip (docs/wire.md, "Gossip").
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn lists_methods(&self, service: &str) -> bool {
         self.members.iter().any(|m| m.services.get(service).is_some_and(|s| !s.methods.is_empty()))
     }

@@ -220,6 +220,7 @@ impl Connection {
     }
 
     /// Calls started on this connection so far (keepalive pings not counted).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn calls_started(&self) -> u64 {
         self.inner().proto.lock().unwrap().calls_started()
     }

@@ -81,13 +81,14 @@ async fn callers_keep_to_even_subsets_and_stand_in_for_a_killed_replica() {
     let lab0 = LabClient::new(callers[0].channel());
     let mut outside = None;
     for k in 0..64 {
-        let who = lab0.with_key(format!("user-{k}")).whoami().await.unwrap();
+        let key = format!("user-{k}");
+        let who = lab0.with_key(key.as_str()).whoami().await.unwrap();
         if !per_caller[0].contains(&who) {
-            outside = Some(who);
+            outside = Some((key, who));
             break;
         }
     }
-    let outside = outside.expect("no key of 64 lands outside caller 0's subset");
+    let (key, outside) = outside.expect("no key of 64 lands outside caller 0's subset");
     let node = &replicas[outside.trim_start_matches('r').parse::<usize>().unwrap()];
     let opened = eventually(Duration::from_secs(5), || async { callers[0].peer_latency(node.addr) }).await;
     assert!(opened.is_some(), "the keyed call left no open connection to {outside}");
@@ -103,6 +104,8 @@ async fn callers_keep_to_even_subsets_and_stand_in_for_a_killed_replica() {
         keyed_at.elapsed()
     );
     assert!(given_back.is_some(), "the connection to {outside}, outside caller 0's subset, was never closed");
+    // Given back is not broken: the key still lands on its replica, over a new connection.
+    assert_eq!(lab0.with_key(key.as_str()).whoami().await.unwrap(), outside, "the key moved after the give-back");
     for name in &per_caller[0] {
         let member = &replicas[name.trim_start_matches('r').parse::<usize>().unwrap()];
         assert!(

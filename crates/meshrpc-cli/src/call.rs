@@ -147,10 +147,7 @@ fn methods_of(cluster: &meshrpc::Cluster, service: &str) -> Vec<String> {
 }
 
 async fn list(args: &JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
-    // A service's methods are fetched by key after it appears in gossip: wait for them.
-    let listed =
-        |v: &meshrpc::cluster::View| v.members.iter().any(|m| m.services.values().any(|s| !s.methods.is_empty()));
-    let cluster = join(args, "any service", listed).await?;
+    let cluster = join(args, "any service", |v| v.members.iter().any(|m| !m.services.is_empty())).await?;
     // One more gossip round or two, so the listing is complete.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut seen = std::collections::BTreeMap::new();

@@ -117,12 +117,6 @@ impl Fnv {
     pub(crate) fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }
-
-    /// Eight hex digits: the 64 bits folded (for gossip, where every byte counts).
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn short_hex(&self) -> String {
-        format!("{:08x}", (self.0 >> 32) as u32 ^ self.0 as u32)
-    }
 }
 
 /// The service every node answers itself (never published, never gossiped): `stats` (its

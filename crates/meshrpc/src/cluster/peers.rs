@@ -86,6 +86,9 @@ impl Peers {
                 *quiet = (calls, now);
             } else if now.duration_since(quiet.1) >= after && conn.in_flight() == 0 {
                 drop(quiet);
+                // Given back, not broken: the peer stays pickable (a call opens a new
+                // connection), with no backoff.
+                peer.given_back.store(true, std::sync::atomic::Ordering::Release);
                 peer.close();
                 closed += 1;
             }
@@ -136,6 +139,8 @@ pub(crate) struct Peer {
     /// Calls its connection had started when last looked at, and since when that count
     /// stands still ([`Peers::close_unused_outside`]).
     quiet: Mutex<(u64, Instant)>,
+    /// Its connection was closed as unused: its end is no failure.
+    given_back: std::sync::atomic::AtomicBool,
 }
 
 struct Health {
@@ -160,6 +165,7 @@ impl Peer {
             refused: Mutex::new(None),
             identity: Mutex::new(None),
             quiet: Mutex::new((0, Instant::now())),
+            given_back: std::sync::atomic::AtomicBool::new(false),
             health: Mutex::new(Health {
                 down_until: None,
                 failures: 0,
@@ -268,6 +274,7 @@ impl Peer {
         match Connection::connect(self.addr, self.options.clone()).await {
             Ok(conn) => {
                 *self.conn.lock().unwrap() = Some(conn.clone());
+                *self.quiet.lock().unwrap() = (0, Instant::now());
                 self.identity.lock().unwrap().clone_from(&conn.peer_identity().cloned());
                 self.health.lock().unwrap().down_until = None;
                 *self.refused.lock().unwrap() = None;
@@ -277,7 +284,9 @@ impl Peer {
                 tokio::spawn(async move {
                     watched.unusable().await;
                     if let (Some(peer), State::Closed) = (peer.upgrade(), watched.state()) {
-                        peer.mark_down();
+                        if !peer.given_back.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                            peer.mark_down();
+                        }
                     }
                 });
                 Ok(conn)

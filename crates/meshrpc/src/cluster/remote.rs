@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    gossip::methods::{ListKey, Wanted},
+    gossip::methods::{Learned, ListKey, Wanted},
     gossip::rules::{RejectedRule, RuleKind},
     gossip::{Member, Split},
     Inner, View,
@@ -234,6 +234,8 @@ async fn ask_view(inner: &Inner, addr: SocketAddr) -> Result<SharedView, Error> 
 
 /// Most method lists fetched at once.
 const FETCHES_AT_ONCE: usize = 4;
+/// Members asked for one list in one round (the next round comes after a pause).
+const ASKED_A_ROUND: usize = 3;
 
 /// Fetches the method lists the book wants, each from the members that advertise it in
 /// turn, until one answers with the list of that key: members this node is connected to
@@ -252,20 +254,25 @@ pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sy
             let len = from.len().max(1);
             from.rotate_left(start as usize % len);
             from.sort_by_key(|addr| node.peers.connected(*addr).is_none());
-            for addr in from {
-                match tokio::time::timeout(ASK_TIMEOUT, ask_methods(&node, addr, &key)).await {
-                    Ok(Ok(text)) if book.learn(key.clone(), &text) => return drop(place),
-                    Ok(Ok(_)) => {
+            for addr in from.into_iter().take(ASKED_A_ROUND) {
+                let answer = tokio::time::timeout(ASK_TIMEOUT, ask_methods(&node, addr, &key)).await;
+                match answer.map(|asked| asked.map(|text| book.learn(key.clone(), &text))) {
+                    Ok(Ok(Learned::Taken)) => return drop(place),
+                    Ok(Ok(Learned::NoRoom)) => {
+                        tracing::warn!(service = %key.service, "method list not kept: the book of method lists is full");
+                        break;
+                    }
+                    Ok(Ok(Learned::Rejected)) => {
                         tracing::warn!(service = %key.service, %addr, "a method list that is not the one its key names: ignored")
                     }
                     Ok(Err(e)) => tracing::debug!(service = %key.service, %addr, error = %e, "method list not fetched"),
                     Err(_) => tracing::debug!(service = %key.service, %addr, "method list not fetched in time"),
                 }
             }
-            book.failed(&key);
+            let pause = book.failed(&key);
             drop((place, node));
             // The view is built again after the pause, and asks again.
-            tokio::time::sleep(super::gossip::methods::RETRY).await;
+            tokio::time::sleep(pause).await;
             book.changed.notify_one();
         });
     }
@@ -276,7 +283,12 @@ async fn ask_methods(inner: &Inner, addr: SocketAddr, key: &ListKey) -> Result<S
     let mut call = Call::new(crate::spec::NODE_SERVICE, "methods", payload);
     call.deadline = Some(std::time::Instant::now() + ASK_TIMEOUT);
     let codec = call.codec;
-    match inner.peers.once(addr).await?.send_call(call)?.answer().await? {
+    let conn = inner.peers.once(addr).await?;
+    // With mutual TLS, only a node whose certificate proves the service answers for it.
+    if conn.peer_identity().is_some_and(|id| !id.proves(&key.service)) {
+        return Err(Error::unavailable(format!("{addr}'s certificate does not prove `{}`", key.service)));
+    }
+    match conn.send_call(call)?.answer().await? {
         Reply::Ok(body) => codec.decode(&body),
         _ => Err(Error::protocol("`meshrpc.methods` answered with something else than a method list")),
     }

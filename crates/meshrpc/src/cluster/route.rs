@@ -406,7 +406,7 @@ impl Cluster {
         call.deadline = Some(std::time::Instant::now() + timeout);
         let codec = call.codec;
         let attempt = async {
-            match self.inner.peers.get(addr).connection().await?.send_call(call)?.answer().await? {
+            match self.inner.peers.once(addr).await?.send_call(call)?.answer().await? {
                 crate::call::Reply::Ok(body) => codec.decode(&body),
                 _ => Err(Error::protocol("`meshrpc.policies` answered with something else than policies")),
             }

@@ -249,11 +249,7 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let service = segments.next().unwrap_or_default().to_owned();
     let rest = segments.next().unwrap_or_default().to_owned();
     let view = shared.cluster.view();
-    // A service that just joined, whose method list is still being fetched: a request of
-    // a call's shape goes to a replica, which knows its methods (no 404 in the meantime).
-    let listing = || view.knows(&service) && !view.lists_methods(&service) && !view.knows_http(&service);
-    let call_shaped = req.method() == Method::POST && !rest.is_empty() && !rest.contains('/');
-    let is_method = view.has_method(&service, &rest) || (call_shaped && listing());
+    let is_method = view.has_method(&service, &rest);
     let label = |mut resp: Response, method: &str| {
         resp.extensions_mut().insert(Answered { service: service.clone(), method: method.to_owned() });
         resp

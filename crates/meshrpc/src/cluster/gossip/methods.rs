@@ -6,11 +6,11 @@
 //! and kept here. A list is accepted only if it hashes to the key it was asked for, so
 //! whichever member answers cannot hand out another service's contract.
 //!
-//! Bounds: at most [`MAX_KNOWN`] lists kept, [`MAX_KNOWN_BYTES`] of text in all (those no
-//! member of the view advertises any more are dropped at each new view; past either, a
-//! fetched list is not kept and asked again later), each at most [`MAX_LIST_BYTES`]; at most
-//! [`MAX_WANTED`] fetches queued, one per key in flight, a failed key asked again after
-//! [`RETRY`].
+//! Bounds: at most [`MAX_KNOWN`] lists kept, [`MAX_KNOWN_BYTES`] of memory in all (those
+//! no member of the view advertises any more are dropped at each new view; past either, a
+//! fetched list is not kept and asked again later), each at most [`MAX_LIST_BYTES`] and
+//! [`MAX_METHODS`] methods; at most [`MAX_WANTED`] fetches at once, one per key, a failed
+//! key asked again after [`RETRY`], doubling up to [`RETRY_AT_MOST`].
 
 use std::{
     collections::HashMap,
@@ -28,13 +28,18 @@ use crate::spec::ServiceSpec;
 pub(crate) const MAX_KNOWN: usize = 4096;
 /// The largest method list accepted (a service of 2,000 methods fits).
 pub(crate) const MAX_LIST_BYTES: usize = 256 * 1024;
-/// Text of all the lists kept, at most (a few hundred services of a few dozen methods
-/// take well under 1 MiB; this node's own lists are kept whatever it costs).
+/// Memory of all the lists kept, at most: their text and their parsed methods, ≈ 128
+/// bytes a method (a few hundred services of a few dozen methods take well under 1 MiB;
+/// this node's own lists are kept whatever they cost).
 pub(crate) const MAX_KNOWN_BYTES: usize = 16 * 1024 * 1024;
 /// Most fetches waiting for the fetcher.
 const MAX_WANTED: usize = 256;
-/// A key whose fetch failed is asked again after this long.
+/// A key whose fetch failed is asked again after this long, doubled with each failure in
+/// a row up to [`RETRY_AT_MOST`].
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_AT_MOST: Duration = Duration::from_secs(60);
+/// Most methods in one list.
+pub(crate) const MAX_METHODS: usize = 4096;
 
 /// What a method list is fetched by: the service, its fingerprint and its list's digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -55,7 +60,7 @@ pub(crate) struct Wanted {
 pub(crate) struct MethodBook {
     known: Mutex<HashMap<ListKey, Known>>,
     /// Keys being fetched, or failed lately: when they may be asked again.
-    asked: Mutex<HashMap<ListKey, Instant>>,
+    asked: Mutex<HashMap<ListKey, Ask>>,
     wanted: mpsc::Sender<Wanted>,
     /// A list was learnt, or a failed one may be asked again: the view is built anew.
     pub(crate) changed: Notify,
@@ -65,12 +70,37 @@ pub(crate) struct MethodBook {
     max_bytes: usize,
 }
 
+/// A key asked for: until when nobody asks again (far ahead while a fetch runs), and how
+/// many fetches failed in a row.
+struct Ask {
+    until: Instant,
+    failures: u32,
+}
+
+/// What [`MethodBook::learn`] did with a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Learned {
+    /// Kept.
+    Taken,
+    /// Not the list its key names (or too large): another member may have the right one.
+    Rejected,
+    /// The book is full: asked again later.
+    NoRoom,
+}
+
 struct Known {
     /// The list as text (what `meshrpc.methods` answers; 0.1.0 nodes gossiped it).
     text: Arc<str>,
     methods: Arc<Vec<AdvertisedMethod>>,
     /// This node's own: kept while the node runs.
     own: bool,
+}
+
+impl Known {
+    /// Memory it holds, estimated: its text and its parsed methods.
+    fn cost(&self) -> usize {
+        self.text.len() + self.methods.len() * 128
+    }
 }
 
 impl MethodBook {
@@ -96,9 +126,16 @@ impl MethodBook {
             fingerprint: spec.fingerprint(),
             digest: Advertised::digest(spec.name, &text),
         };
-        if let Some(methods) = Advertised::checked_methods(&key.service, &key.fingerprint, &key.digest, &text) {
-            let known = Known { text: text.into(), methods: Arc::new(methods), own: true };
-            self.known.lock().unwrap().insert(key, known);
+        match Advertised::checked_methods(&key.service, &key.fingerprint, &key.digest, &text) {
+            Some(methods) => {
+                let known = Known { text: text.into(), methods: Arc::new(methods), own: true };
+                self.known.lock().unwrap().insert(key, known);
+            }
+            // Only a hand-made spec (a name with a space, `(` or `@`) reads back otherwise.
+            None => tracing::error!(
+                service = spec.name,
+                "the service's method list does not read back: members will not learn its methods"
+            ),
         }
     }
 
@@ -115,16 +152,19 @@ impl MethodBook {
     /// After a new view: forgets lists no member advertises (but this node's own), and
     /// asks for the ones missing, each from the members that advertise it.
     pub(crate) fn want(&self, advertised: &[ListKey], missing: HashMap<ListKey, Vec<SocketAddr>>) {
-        {
-            let keep: std::collections::HashSet<&ListKey> = advertised.iter().collect();
-            self.known.lock().unwrap().retain(|key, k| k.own || keep.contains(key));
-        }
+        let keep: std::collections::HashSet<&ListKey> = advertised.iter().collect();
+        self.known.lock().unwrap().retain(|key, k| k.own || keep.contains(key));
         let now = Instant::now();
         let mut asked = self.asked.lock().unwrap();
-        asked.retain(|_, until| *until > now);
+        // What nobody advertises any more is not remembered either.
+        asked.retain(|key, _| keep.contains(key));
         for (key, from) in missing {
-            if from.is_empty() || asked.contains_key(&key) || asked.len() >= MAX_WANTED {
+            if from.is_empty() || asked.get(&key).is_some_and(|a| a.until > now) {
                 continue;
+            }
+            let in_flight = asked.values().filter(|a| a.until > now).count();
+            if in_flight >= MAX_WANTED {
+                break;
             }
             // Learnt since the view was read ([`learn`](Self::learn) keeps a list before
             // it clears its ask): not asked twice.
@@ -132,41 +172,45 @@ impl MethodBook {
                 continue;
             }
             // Until it is answered (or fails), nobody asks again.
-            asked.insert(key.clone(), now + Duration::from_secs(3600));
+            let failures = asked.get(&key).map_or(0, |a| a.failures);
+            asked.insert(key.clone(), Ask { until: now + Duration::from_secs(3600), failures });
             if self.wanted.try_send(Wanted { key: key.clone(), from }).is_err() {
-                asked.remove(&key);
+                asked.insert(key, Ask { until: now, failures });
             }
         }
     }
 
-    /// Takes a fetched list, if it is the one asked for; `false` if it is not.
-    pub(crate) fn learn(&self, key: ListKey, text: &str) -> bool {
+    /// Takes a fetched list if it is the one its key names and there is room for it.
+    pub(crate) fn learn(&self, key: ListKey, text: &str) -> Learned {
         let checked = (text.len() <= MAX_LIST_BYTES)
             .then(|| Advertised::checked_methods(&key.service, &key.fingerprint, &key.digest, text))
-            .flatten();
-        let Some(methods) = checked else {
-            self.failed(&key);
-            return false;
-        };
+            .flatten()
+            .filter(|methods| methods.len() <= MAX_METHODS);
+        let Some(methods) = checked else { return Learned::Rejected };
         {
             let mut known = self.known.lock().unwrap();
-            let bytes: usize = known.values().map(|k| k.text.len()).sum();
-            if known.len() >= MAX_KNOWN || bytes + text.len() > self.max_bytes {
-                drop(known);
-                self.failed(&key);
-                return false;
+            let held: usize = known.values().map(|k| k.cost()).sum();
+            let known_entry = Known { text: text.into(), methods: Arc::new(methods), own: false };
+            if known.len() >= MAX_KNOWN || held + known_entry.cost() > self.max_bytes {
+                return Learned::NoRoom;
             }
-            known.insert(key.clone(), Known { text: text.into(), methods: Arc::new(methods), own: false });
+            known.insert(key.clone(), known_entry);
         }
         self.asked.lock().unwrap().remove(&key);
         self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_one();
-        true
+        Learned::Taken
     }
 
-    /// No member could answer for this key: asked again after [`RETRY`].
-    pub(crate) fn failed(&self, key: &ListKey) {
-        self.asked.lock().unwrap().insert(key.clone(), Instant::now() + RETRY);
+    /// No member gave the list of this key: it is asked again after a pause that doubles
+    /// with each failure, from [`RETRY`] up to [`RETRY_AT_MOST`]; returns the pause.
+    pub(crate) fn failed(&self, key: &ListKey) -> Duration {
+        let mut asked = self.asked.lock().unwrap();
+        let ask = asked.entry(key.clone()).or_insert(Ask { until: Instant::now(), failures: 0 });
+        ask.failures = ask.failures.saturating_add(1);
+        let pause = RETRY.saturating_mul(1 << (ask.failures - 1).min(6)).min(RETRY_AT_MOST);
+        ask.until = Instant::now() + pause;
+        pause
     }
 
     /// How many lists are kept (`/metrics`).
@@ -219,11 +263,11 @@ mod tests {
         const NOT_IDEMPOTENT: &[MethodSpec] =
             &[MethodSpec::unary("greet", &["name"]), MethodSpec::unary("get", &["id"])];
         let forged = Advertised::method_list(&ServiceSpec { methods: NOT_IDEMPOTENT, ..SPEC });
-        assert!(!book.learn(key.clone(), &forged));
-        assert!(!book.learn(key.clone(), "greet(name"));
+        assert_eq!(book.learn(key.clone(), &forged), Learned::Rejected);
+        assert_eq!(book.learn(key.clone(), "greet(name"), Learned::Rejected);
         assert!(book.methods(&key).is_none());
         let text = Advertised::method_list(&SPEC);
-        assert!(book.learn(key.clone(), &text));
+        assert_eq!(book.learn(key.clone(), &text), Learned::Taken);
         let methods = book.methods(&key).unwrap();
         assert_eq!((methods.len(), methods[1].idempotent), (2, true));
         assert_eq!(&*book.text(&key).unwrap(), text);
@@ -239,19 +283,24 @@ mod tests {
     fn past_its_byte_budget_the_book_keeps_no_more_lists() {
         let (book, _wanted) = MethodBook::new();
         let mut book = Arc::into_inner(book).unwrap();
-        book.max_bytes = 30;
         let a = ServiceSpec { name: "a", ..SPEC };
         let b = ServiceSpec { name: "b", ..SPEC };
         let list = Advertised::method_list(&SPEC);
-        assert!(list.len() > 15 && list.len() <= 30, "{list}");
-        assert!(book.learn(key_of(&a), &list));
-        assert!(!book.learn(key_of(&b), &list), "over the budget");
+        // Room for one list of two methods (text and parsed), not two.
+        book.max_bytes = list.len() + 2 * 128;
+        assert_eq!(book.learn(key_of(&a), &list), Learned::Taken);
+        assert_eq!(book.learn(key_of(&b), &list), Learned::NoRoom, "over the budget");
         assert!(book.methods(&key_of(&b)).is_none());
-        // Asked again once the pause is over, not before.
-        assert!(book.asked.lock().unwrap().contains_key(&key_of(&b)));
+        // Asked again after a pause that doubles with each failure.
+        assert_eq!(book.failed(&key_of(&b)), RETRY);
+        assert_eq!(book.failed(&key_of(&b)), RETRY * 2);
+        for _ in 0..10 {
+            book.failed(&key_of(&b));
+        }
+        assert_eq!(book.failed(&key_of(&b)), RETRY_AT_MOST);
         // Dropping what nobody advertises makes room.
         book.want(std::slice::from_ref(&key_of(&b)), HashMap::new());
-        assert!(book.learn(key_of(&b), &list));
+        assert_eq!(book.learn(key_of(&b), &list), Learned::Taken);
     }
 
     #[test]

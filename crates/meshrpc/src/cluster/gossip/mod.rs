@@ -259,6 +259,9 @@ impl Membership {
     /// for members that fetch it).
     pub(crate) async fn advertise_service(&self, spec: &ServiceSpec, version: &str) {
         self.book.publish(spec);
+        if version.contains(char::is_whitespace) {
+            tracing::warn!(service = spec.name, version, "a version is one word: this one is not advertised");
+        }
         self.set(format!("{PREFIX_SERVICE}{}", spec.name), Advertised::encode(spec, version)).await;
     }
 
@@ -332,8 +335,9 @@ fn older_node(member: &Member) {
     );
 }
 
-/// The members of the view, their services' method lists filled in from the book; the
-/// lists it lacks are asked for.
+/// The members of the view, their services' method lists filled in from the book; a
+/// service whose list the book lacks is left out of its member until the list is fetched
+/// (a few milliseconds after it appears in gossip).
 fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &methods::MethodBook) -> Vec<Member> {
     let mut advertised = Vec::new();
     let mut missing: std::collections::HashMap<methods::ListKey, Vec<SocketAddr>> = Default::default();
@@ -357,7 +361,13 @@ fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &metho
                 };
                 match (book.methods(&key), m.services.get_mut(service)) {
                     (Some(methods), Some(adv)) => adv.methods = (*methods).clone(),
-                    (None, _) => missing.entry(key.clone()).or_default().extend(m.addr),
+                    // Until its method list is known, a member does not serve the service:
+                    // no call goes to it without the method's options (idempotent,
+                    // timeout, hedge), and nothing answers 404 for a method it has.
+                    (None, _) => {
+                        m.services.remove(service);
+                        missing.entry(key.clone()).or_default().extend(m.addr);
+                    }
                     _ => {}
                 }
                 advertised.push(key);

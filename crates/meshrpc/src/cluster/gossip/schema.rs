@@ -277,11 +277,17 @@ impl Advertised {
     }
 
     /// The digest of a service's method list, options included (the fingerprint covers
-    /// only what breaks a caller): with the fingerprint, the key it is fetched by.
+    /// only what breaks a caller): with the fingerprint, the key it is fetched by. The
+    /// first 64 bits of SHA-256 over `service 0xff list`, base64url (11 characters): a
+    /// member that wants to hand out another list under someone's key must find a
+    /// second preimage of 64 bits, not of 32 (gossip bytes are counted: decisions.md).
     pub(super) fn digest(service: &str, method_list: &str) -> String {
-        let mut h = Fnv::new(service);
-        h.eat(method_list);
-        h.short_hex()
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(service.as_bytes());
+        ctx.update(&[0xff]);
+        ctx.update(method_list.as_bytes());
+        let hash = ctx.finish();
+        base64url(&hash.as_ref()[..8])
     }
 
     /// The `(fingerprint, digest)` of a gossiped service value, when its methods are to
@@ -364,6 +370,19 @@ impl Advertised {
     pub fn has_method(&self, name: &str) -> bool {
         self.methods.iter().any(|m| m.name == name)
     }
+}
+
+/// Base64url without padding (RFC 4648 §5), for the few bytes of a digest.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
 }
 
 /// A weighted split of a service's calls between its versions (`v1=90 v2=10`), set at
@@ -469,6 +488,15 @@ mod tests {
         assert!(Split::parse_weights("v1=90, v2=10").is_ok());
         assert!(Split::parse_weights("v1=0").is_err());
         assert!(Split::parse_weights("v1:90").unwrap_err().to_string().contains("VERSION=WEIGHT"));
+    }
+
+    #[test]
+    fn digests_are_base64url() {
+        assert_eq!(base64url(b"hello"), "aGVsbG8");
+        assert_eq!(base64url(&[0xfb, 0xff, 0xbf]), "-_-_");
+        let digest = Advertised::digest("greeter", "greet(name)");
+        assert_eq!(digest.len(), 11);
+        assert_ne!(digest, Advertised::digest("greeter", "!greet(name)"), "options change the digest");
     }
 
     #[test]

@@ -37,13 +37,6 @@ impl View {
         self.members.iter().any(|m| m.services.get(service).is_some_and(|s| s.has_method(method)))
     }
 
-    /// True once some member's method list of `service` is known: lists are fetched by
-    /// key after the service appears in gossip (docs/wire.md, "Gossip").
-    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn lists_methods(&self, service: &str) -> bool {
-        self.members.iter().any(|m| m.services.get(service).is_some_and(|s| !s.methods.is_empty()))
-    }
-
     /// True if any live member publishes `service`, compatible or not.
     pub fn knows(&self, service: &str) -> bool {
         self.members.iter().any(|m| m.services.contains_key(service))

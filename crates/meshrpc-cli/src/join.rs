@@ -42,8 +42,16 @@ pub(crate) async fn join(
         }
         if Instant::now() >= deadline {
             let members = cluster.view().members.len();
+            // Advertised, but out of reach: say why rather than "not found".
+            let unfetched: Vec<String> = cluster
+                .unfetched_method_lists()
+                .into_iter()
+                .map(|(service, why)| {
+                    format!("; `{service}` is advertised, but its method list could not be fetched: {why}")
+                })
+                .collect();
             return Err(format!(
-                "{what}: not found within {:.1} s joining {} (tag `{}`; {} node{} seen{})",
+                "{what}: not found within {:.1} s joining {} (tag `{}`; {} node{} seen{}){}",
                 args.wait,
                 args.nodes.join(","),
                 args.tag,
@@ -53,7 +61,8 @@ pub(crate) async fn join(
                     (1, None) => ": check the address and tag; a mutual-TLS cluster also needs --tls-dir",
                     (1, Some(_)) => ": check the address and tag, and that the credentials are this cluster's",
                     _ => "",
-                }
+                },
+                unfetched.concat()
             )
             .into());
         }

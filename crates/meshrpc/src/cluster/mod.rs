@@ -378,9 +378,18 @@ impl Cluster {
             }
             if Instant::now() >= deadline {
                 let names: Vec<_> = missing.iter().map(|s| s.name).collect();
+                let unfetched: Vec<String> = self
+                    .unfetched_method_lists()
+                    .into_iter()
+                    .filter(|(service, _)| names.contains(&service.as_str()))
+                    .map(|(service, why)| {
+                        format!("; `{service}` is advertised, but its method list could not be fetched: {why}")
+                    })
+                    .collect();
                 return Err(Error::unavailable(format!(
-                    "services not reachable within {timeout:?}: {}",
-                    names.join(", ")
+                    "services not reachable within {timeout:?}: {}{}",
+                    names.join(", "),
+                    unfetched.concat()
                 )));
             }
             // Try again when the view changes, or soon anyway (a replica may come back).

@@ -254,22 +254,31 @@ pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sy
             let len = from.len().max(1);
             from.rotate_left(start as usize % len);
             from.sort_by_key(|addr| node.peers.connected(*addr).is_none());
+            let mut why = String::new();
             for addr in from.into_iter().take(ASKED_A_ROUND) {
                 let answer = tokio::time::timeout(ASK_TIMEOUT, ask_methods(&node, addr, &key)).await;
                 match answer.map(|asked| asked.map(|text| book.learn(key.clone(), &text))) {
                     Ok(Ok(Learned::Taken)) => return drop(place),
                     Ok(Ok(Learned::NoRoom)) => {
+                        why = "this node's book of method lists is full".into();
                         tracing::warn!(service = %key.service, "method list not kept: the book of method lists is full");
                         break;
                     }
                     Ok(Ok(Learned::Rejected)) => {
+                        why = format!("{addr} answered a list that is not the one its key names");
                         tracing::warn!(service = %key.service, %addr, "a method list that is not the one its key names: ignored")
                     }
-                    Ok(Err(e)) => tracing::debug!(service = %key.service, %addr, error = %e, "method list not fetched"),
-                    Err(_) => tracing::debug!(service = %key.service, %addr, "method list not fetched in time"),
+                    Ok(Err(e)) => {
+                        why = format!("{addr}: {e}");
+                        tracing::debug!(service = %key.service, %addr, error = %e, "method list not fetched")
+                    }
+                    Err(_) => {
+                        why = format!("{addr}: no answer within {ASK_TIMEOUT:?}");
+                        tracing::debug!(service = %key.service, %addr, "method list not fetched in time")
+                    }
                 }
             }
-            let pause = book.failed(&key);
+            let pause = book.failed(&key, why);
             drop((place, node));
             // The view is built again after the pause, and asks again.
             tokio::time::sleep(pause).await;

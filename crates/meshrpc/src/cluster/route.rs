@@ -395,6 +395,13 @@ impl Cluster {
         tokio::time::timeout(timeout, attempt).await.map_err(|_| Error::Timeout)?
     }
 
+    /// Services members advertise whose method list this node could not fetch yet, each
+    /// with the last reason (a node refusing connections, say). Until it has a service's
+    /// list, a node does not call that service on those members (docs/wire.md, "Gossip").
+    pub fn unfetched_method_lists(&self) -> Vec<(String, String)> {
+        self.inner.membership.book.unfetched()
+    }
+
     /// Where a member's resilience policies stand, asked over this node's connection to
     /// it (`meshrpc.policies`; nodes of 0.1.0 gossiped them: [`Member::policies`]).
     pub async fn member_policies(&self, member: &Member, timeout: Duration) -> Result<super::Policies, Error> {

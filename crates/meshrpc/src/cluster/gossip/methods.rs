@@ -75,6 +75,8 @@ pub(crate) struct MethodBook {
 struct Ask {
     until: Instant,
     failures: u32,
+    /// Why the last fetch failed.
+    why: Option<String>,
 }
 
 /// What [`MethodBook::learn`] did with a list.
@@ -172,10 +174,10 @@ impl MethodBook {
                 continue;
             }
             // Until it is answered (or fails), nobody asks again.
-            let failures = asked.get(&key).map_or(0, |a| a.failures);
-            asked.insert(key.clone(), Ask { until: now + Duration::from_secs(3600), failures });
+            let (failures, why) = asked.get(&key).map_or((0, None), |a| (a.failures, a.why.clone()));
+            asked.insert(key.clone(), Ask { until: now + Duration::from_secs(3600), failures, why: why.clone() });
             if self.wanted.try_send(Wanted { key: key.clone(), from }).is_err() {
-                asked.insert(key, Ask { until: now, failures });
+                asked.insert(key, Ask { until: now, failures, why });
             }
         }
     }
@@ -204,13 +206,25 @@ impl MethodBook {
 
     /// No member gave the list of this key: it is asked again after a pause that doubles
     /// with each failure, from [`RETRY`] up to [`RETRY_AT_MOST`]; returns the pause.
-    pub(crate) fn failed(&self, key: &ListKey) -> Duration {
+    pub(crate) fn failed(&self, key: &ListKey, why: String) -> Duration {
         let mut asked = self.asked.lock().unwrap();
-        let ask = asked.entry(key.clone()).or_insert(Ask { until: Instant::now(), failures: 0 });
+        let ask = asked.entry(key.clone()).or_insert(Ask { until: Instant::now(), failures: 0, why: None });
         ask.failures = ask.failures.saturating_add(1);
+        ask.why = Some(why);
         let pause = RETRY.saturating_mul(1 << (ask.failures - 1).min(6)).min(RETRY_AT_MOST);
         ask.until = Instant::now() + pause;
         pause
+    }
+
+    /// The services whose method list could not be fetched so far, with why (the last
+    /// failure of each).
+    pub(crate) fn unfetched(&self) -> Vec<(String, String)> {
+        let asked = self.asked.lock().unwrap();
+        let mut out: Vec<(String, String)> =
+            asked.iter().filter_map(|(key, a)| Some((key.service.clone(), a.why.clone()?))).collect();
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
     }
 
     /// How many lists are kept (`/metrics`).
@@ -292,12 +306,13 @@ mod tests {
         assert_eq!(book.learn(key_of(&b), &list), Learned::NoRoom, "over the budget");
         assert!(book.methods(&key_of(&b)).is_none());
         // Asked again after a pause that doubles with each failure.
-        assert_eq!(book.failed(&key_of(&b)), RETRY);
-        assert_eq!(book.failed(&key_of(&b)), RETRY * 2);
+        assert_eq!(book.failed(&key_of(&b), "full".into()), RETRY);
+        assert_eq!(book.unfetched(), [("b".to_string(), "full".to_string())], "why is kept, for errors");
+        assert_eq!(book.failed(&key_of(&b), "full".into()), RETRY * 2);
         for _ in 0..10 {
-            book.failed(&key_of(&b));
+            book.failed(&key_of(&b), "full".into());
         }
-        assert_eq!(book.failed(&key_of(&b)), RETRY_AT_MOST);
+        assert_eq!(book.failed(&key_of(&b), "full".into()), RETRY_AT_MOST);
         // Dropping what nobody advertises makes room.
         book.want(std::slice::from_ref(&key_of(&b)), HashMap::new());
         assert_eq!(book.learn(key_of(&b), &list), Learned::Taken);

@@ -194,6 +194,19 @@ async fn past_the_connection_cap_new_connections_are_refused_but_pings_answer() 
     let cli = tokio::time::timeout(Duration::from_secs(30), cli).await.expect("meshrpc call hung").unwrap();
     let said = String::from_utf8_lossy(&cli.stderr);
     assert!(!cli.status.success() && said.contains("overloaded"), "meshrpc call said: {said}");
+    // `meshrpc status` names what it cannot reach, and why.
+    let status = tokio::process::Command::new(MESHRPC)
+        .args(["status", "--json", "--nodes", &node.addr.to_string(), "--tag", "test"])
+        .output();
+    let status = tokio::time::timeout(Duration::from_secs(60), status).await.expect("meshrpc status hung").unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let unreachable = status["unfetched_method_lists"].as_array().expect("unfetched method lists");
+    assert!(
+        unreachable
+            .iter()
+            .any(|u| u["service"] == "lab" && u["reason"].as_str().is_some_and(|r| r.contains("overloaded"))),
+        "{status}"
+    );
     let ping = http("GET", &format!("http://{}/ping", node.addr), "", &[]).await;
     assert_eq!(ping.status, 204);
     let refused = http("POST", &format!("http://{}/lab/whoami", node.addr), "{}", &[]).await;

@@ -32,7 +32,7 @@ struct MemberRow {
     cert_fingerprint: Option<String>,
     cert_not_after: Option<u64>,
     /// Its concurrency limit, what it refused, its retry budget and the replicas it
-    /// ejected, as it last gossiped them (docs/resilience.md).
+    /// ejected, as it answers for them (docs/resilience.md).
     policies: Option<meshrpc::cluster::Policies>,
 }
 
@@ -46,6 +46,15 @@ struct Status {
     /// Split and mirror rules refused lately (mutual TLS: unsigned, or by a writer not
     /// allowed to write them), as this node or the node it follows saw them.
     rejected_rules: Vec<meshrpc::cluster::RejectedRule>,
+    /// Services advertised whose method lists could not be fetched, and why: this node
+    /// (the CLI) cannot call them yet, nor see their members serve them.
+    unfetched_method_lists: Vec<UnfetchedList>,
+}
+
+#[derive(Serialize)]
+struct UnfetchedList {
+    service: String,
+    reason: String,
 }
 
 pub(crate) async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -103,6 +112,11 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
         services: cluster.services(),
         unproven: cluster.unproven_replicas(),
         rejected_rules: cluster.rejected_rules(),
+        unfetched_method_lists: cluster
+            .unfetched_method_lists()
+            .into_iter()
+            .map(|(service, reason)| UnfetchedList { service, reason })
+            .collect(),
     }
 }
 
@@ -148,6 +162,9 @@ fn print_table(s: &Status) {
     }
     for r in &s.rejected_rules {
         println!("REJECTED RULE: {} {} by {}: {}", r.kind, r.service, r.writer, r.reason);
+    }
+    for u in &s.unfetched_method_lists {
+        println!("UNREACHABLE: `{}` is advertised, but its method list could not be fetched: {}", u.service, u.reason);
     }
     println!();
     println!("{:<14} {:>8}  {:<24} SPLIT", "SERVICE", "REPLICAS", "VERSIONS");

@@ -298,6 +298,7 @@ impl ClusterBuilder {
             limiter,
             hedging: Default::default(),
             subset: self.subset,
+            subset_seen: Default::default(),
         });
         inner.registry.add_node_methods(Arc::new(super::remote::NodeMethods { inner: Arc::downgrade(&inner) }));
         inner.registry.forward_unknown(Arc::new(super::remote::Forward { inner: Arc::downgrade(&inner) }));

@@ -109,6 +109,8 @@ struct Inner {
     hedging: hedge::Hedging,
     /// Replicas of a service this node keeps to (0: all of them; `ClusterBuilder::subset`).
     subset: usize,
+    /// Who the subsets are cut from (callers and replicas seen lately).
+    subset_seen: std::sync::Mutex<subset::Seen>,
 }
 
 /// A service as the cluster sees it.
@@ -522,7 +524,7 @@ fn subsets(inner: &Inner, view: &View, called: &[String]) -> Vec<SocketAddr> {
             Some(name) => view.http_replicas(name).collect(),
             None => view.replicas(key, None).collect(),
         };
-        addrs.extend(inner.in_preference(replicas).into_iter().take(inner.subset).filter_map(|m| m.addr));
+        addrs.extend(inner.in_preference(key, replicas).into_iter().take(inner.subset).filter_map(|m| m.addr));
     }
     addrs
 }

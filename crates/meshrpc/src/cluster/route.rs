@@ -91,7 +91,7 @@ impl Inner {
         let members: &mut dyn Iterator<Item = &'v Member> = match subset {
             0 => &mut members,
             _ => {
-                ordered = self.in_preference(members.collect()).into_iter();
+                ordered = self.in_preference(judged_as, members.collect()).into_iter();
                 &mut ordered
             }
         };
@@ -152,17 +152,25 @@ impl Inner {
 
     /// `members` in this caller's order of preference: its subset first (see
     /// [`subset`](super::subset)), when subsetting is on and they are more than it.
-    pub(super) fn in_preference<'v>(&self, members: Vec<&'v Member>) -> Vec<&'v Member> {
-        if self.subset == 0 || members.len() <= self.subset {
+    pub(super) fn in_preference<'v>(&self, called: &str, members: Vec<&'v Member>) -> Vec<&'v Member> {
+        if self.subset == 0 {
             return members;
         }
-        // The caller's number among the instances of its own service (its name).
+        // The caller's number among the instances of its own service (its name), both
+        // cut from who was seen lately (`subset::Seen`).
         let view = self.membership.view();
-        let me = view.members.iter().find(|m| m.is_self);
-        let caller = me.map_or(0, |me| view.members.iter().filter(|m| m.name == me.name && m.id < me.id).count());
-        let callers = me.map_or("", |me| me.name.as_str());
+        let Some(me) = view.members.iter().find(|m| m.is_self) else { return members };
+        let callers = view.members.iter().filter(|m| m.name == me.name).map(|m| m.id.as_str());
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-        super::subset::preference(&ids, callers, caller, self.subset).into_iter().map(|i| members[i]).collect()
+        let order = self.subset_seen.lock().unwrap().preference(
+            called,
+            (&me.name, &me.id),
+            callers,
+            &ids,
+            self.subset,
+            Instant::now(),
+        );
+        order.into_iter().map(|i| members[i]).collect()
     }
 
     /// Sends `call` to a replica of its service and answers it: the steps are in

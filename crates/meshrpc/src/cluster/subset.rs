@@ -40,6 +40,56 @@ fn shuffle(round: u64, id: &str) -> u64 {
     h ^ (h >> 31)
 }
 
+/// How long a caller remembers a fellow caller or a replica it no longer sees.
+pub(super) const REMEMBERED: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The callers and replicas this caller saw lately. A member missing from one view (a
+/// node declared dead for a moment under load, a restart) neither renumbers the callers
+/// nor reshuffles the replicas: the subsets are cut from who was seen in the last
+/// [`REMEMBERED`], and a replica of the subset that is gone now is stood in for, as a
+/// down one is. Bounded by the members seen in that time.
+#[derive(Default)]
+pub(super) struct Seen {
+    callers: std::collections::HashMap<String, std::time::Instant>,
+    /// By what is called (a service, or an HTTP router's key).
+    replicas: std::collections::HashMap<String, std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Seen {
+    /// The order in which this caller (`me`, one of `callers`, the ids of the members of
+    /// its name now) prefers the replicas of `called` (`members`, the serving ones now):
+    /// indices into `members`, its subset of `size` first.
+    pub(super) fn preference<'a>(
+        &mut self,
+        called: &str,
+        me: (&str, &str),
+        callers: impl Iterator<Item = &'a str>,
+        members: &[&str],
+        size: usize,
+        now: std::time::Instant,
+    ) -> Vec<usize> {
+        let (name, my_id) = me;
+        for id in callers {
+            self.callers.insert(id.to_owned(), now);
+        }
+        self.callers.retain(|_, seen| now.duration_since(*seen) < REMEMBERED);
+        let caller = self.callers.keys().filter(|id| id.as_str() < my_id).count();
+        let seen = self.replicas.entry(called.to_owned()).or_default();
+        for id in members {
+            seen.insert((*id).to_owned(), now);
+        }
+        seen.retain(|_, at| now.duration_since(*at) < REMEMBERED);
+        let remembered: Vec<&str> = seen.keys().map(String::as_str).collect();
+        let here: std::collections::HashMap<&str, usize> = members.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        // The order over every replica remembered, then the ones here now, in it.
+        let ordered: Vec<usize> = preference(&remembered, name, caller, size)
+            .into_iter()
+            .filter_map(|i| here.get(remembered[i]).copied())
+            .collect();
+        ordered
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +149,28 @@ mod tests {
             by_name(&forward, preference(&forward, "caller", 3, 4)),
             by_name(&backward, preference(&backward, "caller", 3, 4))
         );
+    }
+
+    #[test]
+    fn a_member_missing_from_one_view_moves_no_subset() {
+        let names = ids(16);
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        let callers = ["c0", "c1", "c2", "c3"];
+        let mut seen = Seen::default();
+        let t0 = std::time::Instant::now();
+        let first = seen.preference("lab", ("caller", "c2"), callers.iter().copied(), &all, 4, t0);
+        let subset: Vec<&str> = first[..4].iter().map(|&i| all[i]).collect();
+        // A view without caller c0 and without one replica of the subset, a moment later.
+        let gone = subset[0];
+        let fewer: Vec<&str> = all.iter().copied().filter(|id| *id != gone).collect();
+        let later = t0 + std::time::Duration::from_secs(2);
+        let next = seen.preference("lab", ("caller", "c2"), callers[1..].iter().copied(), &fewer, 4, later);
+        let kept: Vec<&str> = next[..3].iter().map(|&i| fewer[i]).collect();
+        assert_eq!(kept, subset[1..], "the rest of the subset stays, in order; a stand-in follows");
+        // Once forgotten, the subsets are cut from who is there.
+        let much_later = t0 + REMEMBERED + std::time::Duration::from_secs(1);
+        let fresh = seen.preference("lab", ("caller", "c2"), callers[1..].iter().copied(), &fewer, 4, much_later);
+        assert_eq!(fresh.len(), fewer.len());
     }
 
     #[test]

@@ -257,7 +257,19 @@ async fn a_stream_is_one_call_in_flight_until_it_ends_and_counted_by_how_it_ende
         items += 1;
     };
     assert!(last.contains(r#""code":"timeout""#), "{last}");
-    let at_lab = metrics(&lab).await;
+    // The node counts the call as it finishes it, which may be just after its last line
+    // left: read its metrics once the call is counted (or after 5 s, and fail below).
+    let counted = |text: &str| {
+        let mut labels = ticks("inbound").to_vec();
+        labels.push(("code", "timeout"));
+        sum(text, "meshrpc_calls_total", &labels) > 0.0
+    };
+    let mut at_lab = metrics(&lab).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !counted(&at_lab) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        at_lab = metrics(&lab).await;
+    }
     let ended = |code: &'static str| {
         let mut labels = ticks("inbound").to_vec();
         labels.push(("code", code));

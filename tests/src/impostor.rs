@@ -1,6 +1,7 @@
-//! Gossip impostors: a plain chitchat node that speaks meshrpc's gossip schema from this
-//! host, as an attacker would — unsealed (a process with no key at all), or sealed with
-//! the cluster's gossip key (a holder of `gossip.key` and nothing else).
+//! Gossip impostors: a gossip node that speaks meshrpc's gossip (version 2) from this host
+//! with whatever facts it is told, as an attacker would — unsealed (a process with no key
+//! at all), or sealed with the cluster's gossip key (a holder of `gossip.key` and nothing
+//! else); and a node of meshrpc 0.1.0 (plain chitchat, gossip version 1).
 
 use std::{
     net::SocketAddr,
@@ -12,18 +13,32 @@ use chitchat::{
     ProtocolVersion,
 };
 
-/// A chitchat node gossiping `kv` about itself to `seeds` in cluster `tag`, until dropped.
+/// A gossip node gossiping `kv` about itself to `seeds` in cluster `tag`, until dropped.
 pub struct Impostor {
-    _handle: ChitchatHandle,
+    _node: meshrpc::__private::GossipImpostor,
 }
 
 impl Impostor {
     /// Starts it on a free loopback port; `key`: seal with this gossip key.
     pub async fn start(tag: &str, seeds: &[SocketAddr], kv: &[(&str, &str)], key: Option<[u8; 32]>) -> Impostor {
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        let node = meshrpc::__private::GossipImpostor::start(tag, ip, seeds, kv, key).await;
+        Impostor { _node: node.expect("the impostor gossips") }
+    }
+}
+
+/// A node of meshrpc 0.1.0 (chitchat, unsealed) gossiping `kv` to `seeds`, until dropped.
+pub struct OldNode {
+    _handle: ChitchatHandle,
+}
+
+impl OldNode {
+    /// Starts it on a free loopback port.
+    pub async fn start(tag: &str, seeds: &[SocketAddr], kv: &[(&str, &str)]) -> OldNode {
         let listen = SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()));
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(format!("impostor-{}", listen.port()), now, listen),
+            chitchat_id: ChitchatId::new(format!("old-{}", listen.port()), now, listen),
             cluster_id: format!("meshrpc/{tag}"),
             gossip_interval: Duration::from_millis(100),
             listen_addr: listen,
@@ -35,11 +50,8 @@ impl Impostor {
             protocol_version: ProtocolVersion::V0,
         };
         let kv = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let handle = match key {
-            Some(key) => spawn_chitchat(config, kv, &meshrpc::__private::SealedTransport::new(key)).await,
-            None => spawn_chitchat(config, kv, &UdpTransport).await,
-        };
-        Impostor { _handle: handle.expect("the impostor gossips") }
+        let handle = spawn_chitchat(config, kv, &UdpTransport).await;
+        OldNode { _handle: handle.expect("the old node gossips") }
     }
 }
 

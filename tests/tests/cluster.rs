@@ -325,13 +325,12 @@ async fn a_peer_busy_sending_large_answers_is_alive() {
     assert!(answered >= 40, "{answered} answers");
 }
 
-/// A node of meshrpc 0.1.0 in a mesh of newer ones (a rolling upgrade): it gossiped its
-/// method lists inline, its versions under `ver:` and its start under `started`. Newer
-/// nodes read all of it as before (`meshrpc list` shows its methods and options, `status`
-/// its version) and say once, in a warning naming both schemas, that it should be
-/// upgraded. (The old node is played by a plain chitchat node speaking 0.1.0's keys.)
+/// A node of meshrpc 0.1.0 (gossip version 1: chitchat) seeded with a newer one: it is
+/// refused — a warning names both versions and where to read how to upgrade — and never
+/// joins the newer node's view. (The old node is played by a plain chitchat node speaking
+/// 0.1.0's keys.)
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_of_0_1_0_is_read_as_before_and_named_for_upgrade() {
+async fn a_node_of_0_1_0_is_refused_with_both_versions_named() {
     let tag = "elder";
     let node = Node::start_logged(LABNODE, &["--tag", tag, "--name", "young"]).await;
     let started = unix_ms().to_string();
@@ -343,24 +342,18 @@ async fn a_node_of_0_1_0_is_read_as_before_and_named_for_upgrade() {
         ("svc:archive", "0123456789abcdef store(key,value) !fetch(key)@300"),
         ("ver:archive", "0.9.0"),
     ];
-    let _elder = meshrpc_tests::impostor::Impostor::start(tag, &[node.addr], &elder, None).await;
-    let warned =
-        node.logged("gossip schema 1", Duration::from_secs(15)).await.expect("no warning about the 0.1.0 node");
-    assert!(warned.contains("meshrpc 0.1.0") && warned.contains("schema 2") && warned.contains("elder"), "{warned}");
+    let _elder = meshrpc_tests::impostor::OldNode::start(tag, &[node.addr], &elder).await;
+    let warned = node.logged("meshrpc 0.1.0", Duration::from_secs(15)).await.expect("no warning about the 0.1.0 node");
+    assert!(warned.contains("gossip version 1") && warned.contains("version 2"), "{warned}");
+    assert!(warned.contains("Upgrading"), "{warned}");
 
     let seed = node.addr.to_string();
-    let list = std::process::Command::new(MESHRPC)
-        .args(["call", "--list", "--tag", tag, "--nodes", &seed])
-        .output()
-        .expect("meshrpc list");
-    let listed = String::from_utf8_lossy(&list.stdout);
-    assert!(listed.contains("archive") && listed.contains("fetch") && listed.contains("store"), "{listed}");
-    assert!(listed.lines().any(|l| l.contains("fetch") && l.contains("idempotent")), "{listed}");
     let status = std::process::Command::new(MESHRPC)
         .args(["status", "--json", "--tag", tag, "--nodes", &seed])
         .output()
         .expect("meshrpc status");
     let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
-    let archive = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "archive").expect("archive");
-    assert!(archive["versions"].get("0.9.0").is_some(), "{archive}");
+    let names: Vec<&str> = status["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["young"], "{status}");
+    assert!(status["services"].as_array().unwrap().iter().all(|s| s["name"] != "archive"), "{status}");
 }

@@ -27,10 +27,11 @@ use chitchat::{
     transport::{ChannelTransport, RecvOutcome, SendOutcome, Socket, Transport},
     ChitchatEnvelope, ChitchatHandle, ChitchatId, ChitchatMessage,
 };
-use meshrpc::__private::gossip_simulation as sim;
+use chitchat_model as sim;
 
 use tokio::time::Instant;
 
+mod chitchat_model;
 mod swim;
 
 const SIZES: [usize; 4] = [100, 250, 500, 1_000];
@@ -129,7 +130,10 @@ async fn run(n: usize) -> Row {
     let start = Instant::now();
     for i in 0..n {
         let id = ChitchatId::new(format!("greeter-11999-{i:06x}"), 1, addr(i));
-        let config = sim::config(id, "sim", if i == 0 { Vec::new() } else { vec![seed.to_string()] }, ROUND);
+        let config = {
+            let listen = id.gossip_advertise_addr;
+            sim::config(id, "sim", listen, if i == 0 { Vec::new() } else { vec![seed.to_string()] }, ROUND)
+        };
         let live = Arc::new(AtomicUsize::new(1));
         let metered = Metered { inner: transport.clone(), meter: meter.clone() };
         let thinned = sim::transport(metered, live.clone(), vec![seed]);

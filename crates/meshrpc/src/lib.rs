@@ -168,11 +168,9 @@ pub mod tls {
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    /// chitchat's transport sealed with a gossip key: the tests' impostors use it to speak
-    /// as a holder of the key would.
-    #[cfg(all(feature = "cluster", feature = "tls"))]
-    pub use crate::cluster::gossip::sealed::SealedTransport;
+    /// A gossip node speaking whatever facts it is given: the tests' impostors use it to
+    /// speak as a process on the host (no key) or a holder of the gossip key would.
     #[cfg(feature = "cluster")]
-    pub use crate::cluster::gossip::thin::simulation as gossip_simulation;
+    pub use crate::cluster::gossip::Impostor as GossipImpostor;
     pub use crate::codegen::*;
 }

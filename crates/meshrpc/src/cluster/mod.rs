@@ -453,7 +453,10 @@ impl Cluster {
         }
         self.inner.membership.set_state(MemberState::Serving).await;
         tracing::info!(node = %self.inner.name, addr = ?self.inner.mesh_addr, "serving");
-        server.serve().await
+        let served = server.serve().await;
+        // Drained: members learn at once that this node is gone, not by failure detection.
+        self.inner.membership.leave().await;
+        served
     }
 
     /// Starts a graceful drain; `serve` returns when it is done.

@@ -33,9 +33,8 @@ pub struct PortCounters {
     pub open_connections: AtomicU64,
 }
 
-/// UDP datagrams on a gossip port that were not gossip, in this process. Counted by the
-/// log setup of `init_logging` (chitchat decodes datagrams where meshrpc cannot see them,
-/// and reports each one as a warning, which that setup turns into this count).
+/// UDP datagrams on a gossip port that were not gossip, in this process (counted by the
+/// gossip engine, which logs at most one line about them per 10 s).
 pub(crate) static GOSSIP_GARBAGE: AtomicU64 = AtomicU64::new(0);
 
 impl PortCounters {

@@ -1,34 +1,29 @@
-//! Who is in the cluster and what each node serves: chitchat gossip underneath (sealed
-//! with the cluster's key, thinned in large meshes, seeds looked up again while alone), a
-//! plain [`View`] on top. The key/value schema is [`schema`]; who may write the rules
-//! every node follows is [`rules`].
+//! Who is in the cluster and what each node serves: SWIM membership with bounded
+//! datagrams underneath ([`swim`], sealed with the cluster's key), each member's facts
+//! pulled from the member ([`facts`]), a plain [`View`] on top. The key/value schema is
+//! [`schema`]; who may write the rules every node follows is [`rules`]; method lists are
+//! fetched by key over the mesh ([`methods`]).
 
+mod cost;
+mod facts;
 pub(crate) mod methods;
 pub(super) mod rules;
 mod schema;
-#[cfg(feature = "tls")]
 pub(crate) mod sealed;
-mod seeds;
-pub(crate) mod thin;
+mod swim;
 mod view;
+mod wire;
 
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, ToSocketAddrs},
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use chitchat::{
-    spawn_chitchat, transport::UdpTransport, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
-    NodeState, ProtocolVersion,
-};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+pub(crate) use cost::GossipCost;
 use schema::*;
 pub use schema::{Advertised, AdvertisedMethod, Member, MemberState, Policies, Split};
-use thin::{GossipCost, Thinned};
+use swim::{Command, Engine, Raw};
 pub use view::View;
+use wire::NodeId;
 
 use crate::{error::Error, spec::ServiceSpec};
 
@@ -47,15 +42,20 @@ pub(crate) struct Security {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GossipConfig {
-    /// How often a node gossips with a peer.
+    /// How often a node passes news (membership changes, new facts) to 3 random members.
     pub interval: Duration,
-    /// Phi-accrual threshold above which a silent node is declared dead.
+    /// Unused since gossip version 2 (SWIM detects failures by probes: see
+    /// [`probe_period`](Self::probe_period)); kept so that code setting it still builds.
     pub phi_threshold: f64,
+    /// How often a node probes one member; a member that answers no probe, direct or
+    /// through 3 others, is suspected, and declared dead 3 periods later unless it
+    /// refutes.
+    pub probe_period: Duration,
 }
 
 impl Default for GossipConfig {
     fn default() -> Self {
-        GossipConfig { interval: Duration::from_millis(100), phi_threshold: 8.0 }
+        GossipConfig { interval: Duration::from_millis(200), phi_threshold: 8.0, probe_period: Duration::from_secs(1) }
     }
 }
 
@@ -64,12 +64,13 @@ impl Default for GossipConfig {
 ///
 /// [`remote`]: super::super::remote
 pub(crate) struct Membership {
-    /// `None` for a caller that follows a node's view instead of gossiping.
-    handle: Option<Arc<ChitchatHandle>>,
+    /// The engine's commands; `None` for a caller that follows a node's view instead of
+    /// gossiping.
+    engine: Option<mpsc::UnboundedSender<Command>>,
     view: watch::Receiver<Arc<View>>,
     cost: Arc<GossipCost>,
-    /// The last measure of [`own_state_bytes`](Self::own_state_bytes).
-    own_bytes: std::sync::atomic::AtomicU64,
+    /// This node's facts, as last gossiped.
+    own: std::sync::Mutex<BTreeMap<String, String>>,
     /// This node's own state, as last advertised.
     state: std::sync::Mutex<MemberState>,
     /// The same, read on every colocated call without a lock: serving now.
@@ -78,40 +79,6 @@ pub(crate) struct Membership {
     pub(crate) book: Arc<methods::MethodBook>,
     /// What the book wants fetched: taken once by the cluster, which fetches over the mesh.
     wanted: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<methods::Wanted>>>,
-}
-
-/// chitchat as meshrpc runs it: the cluster id, gossip interval, failure detection.
-pub(crate) fn chitchat_config(
-    id: ChitchatId,
-    tag: &str,
-    listen_addr: SocketAddr,
-    seeds: Vec<String>,
-    config: &GossipConfig,
-) -> ChitchatConfig {
-    ChitchatConfig {
-        chitchat_id: id,
-        cluster_id: format!("meshrpc/{tag}"),
-        gossip_interval: config.interval,
-        listen_addr,
-        seed_nodes: seeds,
-        failure_detector_config: FailureDetectorConfig {
-            phi_threshold: config.phi_threshold,
-            // Inter-arrival samples kept per peer (8 bytes each): 100 give phi a steady
-            // estimate; 1,000 cost a node 8 KiB for every other node (11 GB for a simulated
-            // mesh of 1,000).
-            sampling_window_size: 100,
-            max_interval: Duration::from_secs(2),
-            initial_interval: config.interval * 5,
-            dead_node_grace_period: Duration::from_secs(60),
-        },
-        marked_for_deletion_grace_period: Duration::from_secs(3600),
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-        // V1 compresses digests with zstd: measured, it doubles a node's idle CPU (0.50 %
-        // against 0.26 % at 16 nodes) for fewer bytes; V0 also stays readable by every
-        // chitchat 0.x node.
-        protocol_version: ProtocolVersion::V0,
-    }
 }
 
 impl Membership {
@@ -126,51 +93,29 @@ impl Membership {
         config: &GossipConfig,
         security: &Security,
     ) -> Result<Membership, Error> {
-        let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let node_id = format!("{name}-{}-{:x}", gossip_addr.port(), started.as_nanos() as u64 & 0xff_ffff);
-        let id = ChitchatId::new(node_id, started.as_millis() as u64, gossip_addr);
-        let chitchat_config = chitchat_config(id.clone(), tag, gossip_bind, seeds, config);
-        let mut kv = vec![(KEY_NAME.to_owned(), name.to_owned()), (KEY_STATE.to_owned(), "starting".to_owned())];
+        let id = NodeId { addr: gossip_addr, started_ns: swim::now_ns(), bump: 0 };
+        let mut kv =
+            BTreeMap::from([(KEY_NAME.to_owned(), name.to_owned()), (KEY_STATE.to_owned(), "starting".to_owned())]);
         if let Some(addr) = mesh_addr {
-            kv.push((KEY_ADDR.to_owned(), addr.to_string()));
+            kv.insert(KEY_ADDR.to_owned(), addr.to_string());
         }
         if let Some(cert) = &security.cert {
-            kv.push((KEY_CERT.to_owned(), cert.clone()));
+            kv.insert(KEY_CERT.to_owned(), cert.clone());
         }
         let rules = security.rules.clone();
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(1));
         let cost = Arc::new(GossipCost::default());
-        let seed_names = chitchat_config.seed_nodes.clone();
-        let seeds: Vec<SocketAddr> =
-            chitchat_config.seed_nodes.iter().filter_map(|s| s.to_socket_addrs().ok()).flatten().collect();
-        let spawned = match security.gossip_key {
-            #[cfg(feature = "tls")]
-            Some(key) => {
-                let transport = Thinned {
-                    inner: sealed::SealedTransport::counted(key, cost.clone()),
-                    live: live.clone(),
-                    seeds: seeds.clone(),
-                    cost: cost.clone(),
-                };
-                spawn_chitchat(chitchat_config, kv, &transport).await
-            }
-            _ => {
-                let transport = Thinned { inner: UdpTransport, live: live.clone(), seeds, cost: cost.clone() };
-                spawn_chitchat(chitchat_config, kv, &transport).await
-            }
-        };
-        let handle = Arc::new(spawned.map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e:#}")))?);
+        let (engine, mut raw) =
+            Engine::start(id, gossip_bind, tag, seeds, config, security.gossip_key, &kv, cost.clone())
+                .await
+                .map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e}")))?;
 
-        let chitchat = handle.chitchat();
         let (tx, view) = watch::channel(Arc::new(View::default()));
-        let mut watched = chitchat.lock().await.live_nodes_watcher();
         let (book, wanted) = methods::MethodBook::new();
         let lists = book.clone();
         tokio::spawn(async move {
             loop {
-                let mut next = View { members: members(&watched.borrow_and_update(), &id, &lists) };
+                let mut next = View { members: members(&raw.borrow_and_update(), &lists) };
                 rules.filter(&mut next.members);
-                live.store(next.members.len(), std::sync::atomic::Ordering::Relaxed);
                 // Calls from members keep their names in the metrics, whoever else calls.
                 crate::metrics::calls::members_seen(next.members.iter().map(|m| m.name.as_str()));
                 tx.send_if_modified(|current| {
@@ -182,18 +127,17 @@ impl Membership {
                 });
                 // A new view, or a new policy: the rules are checked again.
                 tokio::select! {
-                    changed = watched.changed() => if changed.is_err() { return },
+                    changed = raw.changed() => if changed.is_err() { return },
                     _ = rules.rechecked() => {}
                     _ = lists.changed.notified() => {}
                 }
             }
         });
-        seeds::keep_looking(Arc::downgrade(&handle), view.clone(), seed_names, gossip_addr);
         Ok(Membership {
-            handle: Some(handle),
+            engine: Some(engine),
             view,
             cost,
-            own_bytes: std::sync::atomic::AtomicU64::new(0),
+            own: std::sync::Mutex::new(kv),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
             book,
@@ -205,10 +149,10 @@ impl Membership {
     pub(crate) fn without_gossip() -> (Membership, watch::Sender<Arc<View>>) {
         let (tx, view) = watch::channel(Arc::new(View::default()));
         let membership = Membership {
-            handle: None,
+            engine: None,
             view,
             cost: Arc::default(),
-            own_bytes: std::sync::atomic::AtomicU64::new(0),
+            own: Default::default(),
             state: std::sync::Mutex::new(MemberState::Starting),
             serving: std::sync::atomic::AtomicBool::new(false),
             // A caller that follows a node's view gets the lists with it.
@@ -220,7 +164,7 @@ impl Membership {
 
     /// False for a caller that follows a node's view instead of gossiping.
     pub(crate) fn gossips(&self) -> bool {
-        self.handle.is_some()
+        self.engine.is_some()
     }
 
     /// The latest view.
@@ -229,15 +173,9 @@ impl Membership {
     }
 
     /// Bytes of keys and values this node gossips about itself (decisions.md's budget:
-    /// under 1 KiB). Measured when gossip's lock is free, else the last measure.
+    /// under 1 KiB).
     pub(crate) fn own_state_bytes(&self) -> u64 {
-        let Some(handle) = &self.handle else { return 0 };
-        let chitchat = handle.chitchat();
-        if let Ok(mut c) = chitchat.try_lock() {
-            let bytes = c.self_node_state().key_values().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-            self.own_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.own_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.own.lock().unwrap().iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
     }
 
     /// What gossip cost this node so far.
@@ -309,49 +247,41 @@ impl Membership {
     }
 
     async fn set(&self, key: String, value: String) {
-        let Some(handle) = &self.handle else { return };
-        let chitchat = handle.chitchat();
-        let mut c = chitchat.lock().await;
-        c.self_node_state().set(key, value);
+        let Some(engine) = &self.engine else { return };
+        let mut own = self.own.lock().unwrap();
+        if own.get(&key) == Some(&value) {
+            return;
+        }
+        own.insert(key, value);
+        let _ = engine.send(Command::Facts(own.clone()));
     }
-}
 
-/// Says once per member (a few hundred at most are remembered) that it gossips as
-/// meshrpc 0.1.0 does: it is read as before, but it cannot read this node's method lists
-/// or versions (docs/deploy.md, "Upgrading"). 0.1.0 nodes gossip `started`; newer ones
-/// do not.
-fn older_node(member: &Member) {
-    static TOLD: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
-    let mut told = TOLD.lock().unwrap();
-    let told = told.get_or_insert_with(Default::default);
-    if told.len() >= 512 || !told.insert(member.id.clone()) {
-        return;
+    /// Leaves the cluster: members know at once (not after failure detection). Gossip
+    /// stops.
+    pub(crate) async fn leave(&self) {
+        let Some(engine) = &self.engine else { return };
+        let (done, left) = tokio::sync::oneshot::channel();
+        if engine.send(Command::Leave(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), left).await;
+        }
     }
-    tracing::warn!(
-        member = %member.id,
-        name = %member.name,
-        "member gossips as meshrpc 0.1.0 (gossip schema 1; this node: schema 2): read as before, but it does not \
-         see this node's method lists nor versions; upgrade it (docs/deploy.md, \"Upgrading\")"
-    );
 }
 
 /// The members of the view, their services' method lists filled in from the book; a
 /// service whose list the book lacks is left out of its member until the list is fetched
 /// (a few milliseconds after it appears in gossip).
-fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &methods::MethodBook) -> Vec<Member> {
+fn members(live: &[Raw], book: &methods::MethodBook) -> Vec<Member> {
     let mut advertised = Vec::new();
     let mut missing: std::collections::HashMap<methods::ListKey, Vec<SocketAddr>> = Default::default();
-    let members = live
+    let mut members: Vec<Member> = live
         .iter()
-        .map(|(id, state)| {
-            let mut m = Member::from_state(&id.node_id, state.key_values(), id == me);
-            if m.started_ms == 0 {
-                // The generation is the start (Unix ms), as `join` sets it.
-                m.started_ms = id.generation_id;
-            } else {
-                older_node(&m);
-            }
-            for (k, v) in state.key_values() {
+        .map(|raw| {
+            let kv = &raw.facts.kv;
+            let name = kv.iter().find(|(k, _)| k == KEY_NAME).map_or("", |(_, v)| v.as_str());
+            let id = format!("{name}-{}-{:x}", raw.id.addr.port(), raw.id.started_ns & 0xff_ffff);
+            let mut m = Member::from_state(&id, kv.iter().map(|(k, v)| (k, v)), raw.is_self);
+            m.started_ms = raw.id.started_ns / 1_000_000;
+            for (k, v) in kv {
                 let Some(service) = k.strip_prefix(PREFIX_SERVICE) else { continue };
                 let Some((fingerprint, digest)) = Advertised::key_of(v) else { continue };
                 let key = methods::ListKey {
@@ -375,6 +305,38 @@ fn members(live: &BTreeMap<ChitchatId, NodeState>, me: &ChitchatId, book: &metho
             m
         })
         .collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
     book.want(&advertised, missing);
     members
+}
+
+/// A gossip node speaking whatever facts it is given, for the tests' impostors (a process
+/// on the host without the key, or a holder of the gossip key and nothing else). Not part
+/// of the API. Gossips until dropped.
+#[doc(hidden)]
+pub struct Impostor {
+    _engine: mpsc::UnboundedSender<Command>,
+    /// Where it gossips.
+    pub addr: SocketAddr,
+}
+
+impl Impostor {
+    /// Starts one on a free port of `ip`, gossiping `kv` to `seeds` of cluster `tag`,
+    /// sealed with `key` if given.
+    pub async fn start(
+        tag: &str,
+        ip: std::net::IpAddr,
+        seeds: &[SocketAddr],
+        kv: &[(&str, &str)],
+        key: Option<[u8; 32]>,
+    ) -> std::io::Result<Impostor> {
+        let port = std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port();
+        let addr = SocketAddr::new(ip, port);
+        let id = NodeId { addr, started_ns: swim::now_ns(), bump: 0 };
+        let kv: BTreeMap<String, String> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let seeds = seeds.iter().map(ToString::to_string).collect();
+        let (engine, _) =
+            Engine::start(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default()).await?;
+        Ok(Impostor { _engine: engine, addr })
+    }
 }

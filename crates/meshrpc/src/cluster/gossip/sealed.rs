@@ -1,199 +1,38 @@
-//! Sealed gossip (with the `tls` feature and a `gossip.key`): every datagram on the wire
-//! is encrypted and authenticated with the cluster's gossip key (ChaCha20-Poly1305), and
+//! Sealed gossip (a `gossip.key`, with mutual TLS): every datagram on the wire is
+//! encrypted and authenticated with the cluster's gossip key (ChaCha20-Poly1305), and
 //! carries its send time and a random nonce, so that a host without the key can neither
-//! inject, alter, read nor replay membership state.
+//! inject, alter, read nor replay membership state. The gossip engine seals and opens
+//! every datagram of its one socket itself: nothing unsealed is read anywhere.
 //!
-//! chitchat's [`Transport`] hands sockets typed envelopes, and keeps their encoding to
-//! itself; so a sealed socket wraps chitchat's own UDP socket, bound to loopback, and a
-//! relay socket next to it: outgoing envelopes are encoded by chitchat into the relay,
-//! sealed and sent on; incoming datagrams are opened and handed to chitchat's socket
-//! through the relay. Any process on the host can send to chitchat's socket too: it is
-//! read whenever the gossip port is (so nothing piles up there to crowd out the relay's
-//! datagrams), and what it decodes is taken only if the relay sent it (its source
-//! address); anything else is dropped and counted as injected
-//! (`meshrpc_gossip_injected_total`). The relay is connected to chitchat's socket, so the
-//! kernel drops whatever else is sent to it. Each opened datagram's sender waits in a
-//! queue until chitchat decodes it (in order: one loopback socket to another); a datagram
-//! whose chitchat header is malformed is dropped before it is relayed, so the queue and
-//! what chitchat decodes stay in step.
-//!
-//! Datagram: `"MRG1" | nonce (12) | sealed(send time ms (8) | chitchat bytes) | tag (16)`.
+//! Datagram: `"MRS2" | nonce (12) | sealed(send time ms (8) | plain datagram) | tag (16)`.
 
 use std::{
     collections::{HashSet, VecDeque},
-    net::{Ipv4Addr, SocketAddr},
-    sync::{atomic::Ordering, Arc},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use async_trait::async_trait;
-use chitchat::{
-    transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as ChitchatSocket},
-    ChitchatEnvelope,
-};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use tokio::net::UdpSocket;
 
-use super::thin::GossipCost;
-use crate::throttle::Throttle;
-
-const MAGIC: &[u8; 4] = b"MRG1";
+const MAGIC: &[u8; 4] = b"MRS2";
 const HEADER: usize = MAGIC.len() + NONCE_LEN;
 const TAG: usize = 16;
+/// What sealing adds to a datagram.
+#[cfg(test)]
+pub(crate) const OVERHEAD: usize = HEADER + 8 + TAG;
 /// How far a datagram's send time may be from the receiver's clock (either way).
 pub(crate) const MAX_SKEW: Duration = Duration::from_secs(30);
 /// Nonces remembered to refuse replays: those of the last `2 × MAX_SKEW`, at most this
 /// many (≈ 36 bytes each, so ≤ 9 MiB); past it the oldest are forgotten first.
 pub(crate) const MAX_REMEMBERED: usize = 262_144;
-const MAX_DATAGRAM: usize = 65_507;
 
-static DROPPED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
-static INJECTED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
-
-/// A chitchat transport whose datagrams are sealed with the cluster's gossip key.
-pub struct SealedTransport {
-    key: [u8; 32],
-    /// Where the datagrams it drops are counted (the node's).
-    cost: Arc<GossipCost>,
+/// The cluster's gossip key, ready to seal.
+pub(crate) fn key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("a 32-byte key"))
 }
 
-impl SealedTransport {
-    /// Seals with `key` (the 32 bytes of `gossip.key`).
-    pub fn new(key: [u8; 32]) -> Self {
-        SealedTransport { key, cost: Arc::default() }
-    }
-
-    /// The same, counting what it drops in `cost`.
-    pub(crate) fn counted(key: [u8; 32], cost: Arc<GossipCost>) -> Self {
-        SealedTransport { key, cost }
-    }
-}
-
-#[async_trait]
-impl Transport for SealedTransport {
-    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let outer = UdpSocket::bind(listen_addr).await?;
-        let inner = ChitchatSocket::open((Ipv4Addr::LOCALHOST, 0).into()).await?;
-        let relay = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let inner_addr = inner.local_addr()?;
-        relay.connect(inner_addr).await?;
-        let relay_addr = relay.local_addr()?;
-        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &self.key).expect("a 32-byte key"));
-        Ok(Box::new(SealedSocket {
-            outer,
-            inner,
-            relay,
-            relay_addr,
-            key,
-            cost: self.cost.clone(),
-            seen: Seen::default(),
-            senders: VecDeque::new(),
-            buf: vec![0; MAX_DATAGRAM],
-        }))
-    }
-}
-
-struct SealedSocket {
-    /// The gossip port, facing the network.
-    outer: UdpSocket,
-    /// chitchat's own socket on loopback: it encodes and decodes envelopes.
-    inner: ChitchatSocket,
-    /// Loopback, connected to `inner`: what chitchat sends lands here to be sealed, and
-    /// opened datagrams go to chitchat from here.
-    relay: UdpSocket,
-    /// The relay's address: the only sender chitchat's socket takes datagrams from.
-    relay_addr: SocketAddr,
-    key: LessSafeKey,
-    cost: Arc<GossipCost>,
-    seen: Seen,
-    /// The real senders of the datagrams handed to `inner` and not yet decoded, oldest
-    /// first (kept across a cancelled `recv`).
-    senders: VecDeque<SocketAddr>,
-    buf: Vec<u8>,
-}
-
-/// Opened datagrams waiting for chitchat to decode them, at most.
-const MAX_RELAYED: usize = 64;
-
-#[async_trait]
-impl Socket for SealedSocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.outer.local_addr()?)
-    }
-
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
-        // chitchat encodes the envelope into the relay (loopback: it is there at once).
-        let relay_addr = self.relay.local_addr()?;
-        self.inner.send(relay_addr, envelope).await?;
-        let len = self.relay.recv(&mut self.buf).await?;
-        let sealed = seal(&self.key, now_ms(), &self.buf[..len]);
-        let num_bytes_sent = self.outer.send_to(&sealed, to).await?;
-        Ok(SendOutcome { num_bytes_sent })
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        loop {
-            // Both sockets at once, so that what another process sends to chitchat's socket
-            // is read (and dropped) as fast as it comes. Each branch is cancel-safe: a
-            // datagram is only taken from a socket by a completed read.
-            tokio::select! {
-                biased;
-                decoded = self.inner.recv() => {
-                    let outcome = decoded?;
-                    if outcome.from_addr != self.relay_addr {
-                        self.cost.injected.fetch_add(1, Ordering::Relaxed);
-                        let from = outcome.from_addr;
-                        INJECTED_WARNING.log(|also| {
-                            tracing::warn!(%from, also_dropped = also, "unsealed gossip sent to the node's loopback hand-off: dropped")
-                        });
-                        continue;
-                    }
-                    if let Some(from) = self.senders.pop_front() {
-                        return Ok(RecvOutcome { from_addr: from, ..outcome });
-                    }
-                }
-                received = self.outer.recv_from(&mut self.buf) => {
-                    let (len, from) = match received {
-                        Ok(got) => got,
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let opened = open(&self.key, &mut self.buf[..len], now_ms(), &mut self.seen)
-                        .and_then(|plain| if chitchat_header(plain) { Ok(plain) } else { Err(Dropped::Forged) });
-                    match opened {
-                        // No await between the queue and the socket: a cancelled `recv`
-                        // cannot leave them out of step.
-                        Ok(plain) => {
-                            if self.senders.len() < MAX_RELAYED && self.relay.try_send(plain).is_ok() {
-                                self.senders.push_back(from);
-                            }
-                        }
-                        Err(why) => {
-                            match why {
-                                Dropped::Forged => &self.cost.forged,
-                                Dropped::Replayed | Dropped::Stale => &self.cost.replayed,
-                            }
-                            .fetch_add(1, Ordering::Relaxed);
-                            DROPPED_WARNING.log(|also| {
-                                tracing::warn!(%from, reason = why.as_str(), also_dropped = also, "gossip datagram dropped")
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// True if `plain` starts as a chitchat message does (its magic number, a protocol
-/// version and a message type it knows), so chitchat will not drop it unseen.
-fn chitchat_header(plain: &[u8]) -> bool {
-    const MAGIC: [u8; 2] = 45_139u16.to_le_bytes();
-    plain.len() >= 4 && plain[..2] == MAGIC && plain[2] <= 1 && plain[3] <= 3
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+/// True if `datagram` looks sealed (its magic), whatever the key.
+pub(crate) fn is_sealed(datagram: &[u8]) -> bool {
+    datagram.starts_with(MAGIC)
 }
 
 /// Why a datagram was dropped.
@@ -208,7 +47,7 @@ pub(crate) enum Dropped {
 }
 
 impl Dropped {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Dropped::Forged => "not sealed with the cluster's gossip key",
             Dropped::Replayed => "replayed",
@@ -231,7 +70,7 @@ pub(crate) fn seal(key: &LessSafeKey, sent_ms: u64, plain: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Opens a datagram in place; the plaintext chitchat bytes on success.
+/// Opens a datagram in place; the plain datagram on success.
 pub(crate) fn open<'a>(
     key: &LessSafeKey,
     datagram: &'a mut [u8],

@@ -1,0 +1,385 @@
+//! Members' facts (name, addresses, state, services, rules: the key/values of [`schema`])
+//! and how they travel, without I/O: a node announces a new version of its own facts in a
+//! few bytes piggybacked on SWIM, and whoever lacks that version asks the node for it,
+//! page by page ([`wire::PAGE`] bytes each). So no datagram grows with a node's facts,
+//! and a member's facts come from the member itself.
+//!
+//! Bounds: a node's facts are at most [`MAX_FACTS`] bytes encoded; facts are pulled from
+//! at most [`MAX_PULLS`] members at once, a page asked again after [`RETRY`], a member
+//! given up after [`TRIES`] tries until it announces again or anti-entropy picks it.
+//!
+//! [`schema`]: super::schema
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::wire::{self, Body, NodeId};
+
+/// The most a node's facts may take, encoded (60 pages).
+pub(crate) const MAX_FACTS: usize = 60 * wire::PAGE;
+/// Members whose facts are pulled at once, at most.
+pub(crate) const MAX_PULLS: usize = 32;
+/// A page not answered within this is asked again.
+pub(crate) const RETRY: Duration = Duration::from_millis(500);
+/// Asks of a member before it is left until its next announcement.
+pub(crate) const TRIES: u8 = 6;
+
+/// A member's facts at one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Facts {
+    pub(crate) version: u32,
+    pub(crate) kv: Vec<(String, String)>,
+}
+
+/// This node's own facts.
+struct Own {
+    started_ns: u64,
+    version: u32,
+    encoded: Vec<u8>,
+}
+
+struct Known {
+    id: NodeId,
+    facts: Option<Arc<Facts>>,
+    /// The newest version announced (0: none yet).
+    announced: u32,
+    pull: Option<Pull>,
+    /// Tries left before this member waits for its next announcement.
+    tries: u8,
+}
+
+struct Pull {
+    version: Option<u32>,
+    pages: Vec<Option<Vec<u8>>>,
+    asked: Instant,
+}
+
+impl Pull {
+    /// The pages still to come (page 0 until the first page says how many there are).
+    fn missing(&self) -> impl Iterator<Item = u16> + '_ {
+        let first = self.version.is_none().then_some(0);
+        first.into_iter().chain((0..self.pages.len()).filter(|p| self.pages[*p].is_none()).map(|p| p as u16))
+    }
+}
+
+/// The facts of the members SWIM holds up, and this node's own.
+pub(crate) struct Table {
+    own: Own,
+    members: HashMap<SocketAddr, Known>,
+    pulls: usize,
+    /// Set when a member's facts (or the member set) changed since [`Table::take_changed`].
+    changed: bool,
+}
+
+impl Table {
+    pub(crate) fn new(started_ns: u64, kv: &BTreeMap<String, String>) -> Table {
+        let mut table = Table {
+            own: Own { started_ns, version: 0, encoded: Vec::new() },
+            members: HashMap::new(),
+            pulls: 0,
+            changed: true,
+        };
+        table.set_own(kv);
+        table
+    }
+
+    /// Sets this node's facts; the version to announce. Facts past [`MAX_FACTS`] keep the
+    /// previous ones (`None`).
+    pub(crate) fn set_own(&mut self, kv: &BTreeMap<String, String>) -> Option<u32> {
+        let encoded = postcard::to_allocvec(&kv.iter().collect::<Vec<_>>()).expect("encoding to memory");
+        if encoded.len() > MAX_FACTS {
+            return None;
+        }
+        self.own.version += 1;
+        self.own.encoded = encoded;
+        self.changed = true;
+        Some(self.own.version)
+    }
+
+    pub(crate) fn own_version(&self) -> u32 {
+        self.own.version
+    }
+
+    /// The answer to a [`Body::Facts`] asked of this node.
+    pub(crate) fn answer(&self, started_ns: u64, have: u32, page: u16) -> Option<Body> {
+        if started_ns != self.own.started_ns {
+            return None; // asked of a former life of this address
+        }
+        let version = self.own.version;
+        if have == version {
+            return Some(Body::FactsPage { started_ns, version, page: 0, pages: 0, bytes: Vec::new() });
+        }
+        let pages = wire::pages(self.own.encoded.len());
+        let bytes = wire::page(&self.own.encoded, usize::from(page)).to_vec();
+        Some(Body::FactsPage { started_ns, version, page, pages: pages as u16, bytes })
+    }
+
+    /// SWIM holds `id` up.
+    pub(crate) fn up(&mut self, id: NodeId) {
+        let replaced = self.members.get(&id.addr).is_some_and(|k| k.id != id);
+        if replaced {
+            self.down(&self.members[&id.addr].id.clone());
+        }
+        self.members.entry(id.addr).or_insert_with(|| {
+            self.changed = true;
+            Known { id, facts: None, announced: 0, pull: None, tries: TRIES }
+        });
+    }
+
+    /// SWIM holds `id` down (or it left).
+    pub(crate) fn down(&mut self, id: &NodeId) {
+        if self.members.get(&id.addr).is_some_and(|k| k.id == *id) {
+            let known = self.members.remove(&id.addr).expect("present");
+            if known.pull.is_some() {
+                self.pulls -= 1;
+            }
+            self.changed = true;
+        }
+    }
+
+    /// A member announced facts at `version`.
+    pub(crate) fn announced(&mut self, a: &wire::Announced) {
+        if let Some(k) = self.members.get_mut(&a.addr) {
+            if k.id.started_ns == a.started_ns && a.version > k.announced {
+                k.announced = a.version;
+                k.tries = TRIES;
+            }
+        }
+    }
+
+    /// Anti-entropy: ask `addr` whether its facts moved on, as if it had announced.
+    pub(crate) fn recheck(&mut self, addr: SocketAddr) {
+        if let Some(k) = self.members.get_mut(&addr) {
+            if k.pull.is_none() {
+                k.tries = k.tries.max(1);
+                k.announced = k.announced.max(k.facts.as_ref().map_or(0, |f| f.version) + 1);
+            }
+        }
+    }
+
+    /// A page of a member's facts arrived from `from`; the pages to ask for next (all
+    /// the rest at once, when the first page says how many there are).
+    pub(crate) fn page(
+        &mut self,
+        from: SocketAddr,
+        started_ns: u64,
+        version: u32,
+        page: u16,
+        pages: u16,
+        bytes: Vec<u8>,
+    ) -> Vec<Body> {
+        let Some(k) = self.members.get_mut(&from) else { return Vec::new() };
+        if k.id.started_ns != started_ns || k.pull.is_none() {
+            return Vec::new();
+        }
+        if pages == 0 {
+            // Unchanged: what was announced beyond it is not there (the member says so).
+            k.announced = k.facts.as_ref().map_or(0, |f| f.version);
+            k.pull = None;
+            self.pulls -= 1;
+            return Vec::new();
+        }
+        if usize::from(pages) > MAX_FACTS / wire::PAGE || page >= pages || bytes.len() > wire::PAGE {
+            return Vec::new();
+        }
+        let pull = k.pull.as_mut().expect("pulling");
+        let mut next = Vec::new();
+        if pull.version != Some(version) {
+            if pull.version.is_some_and(|v| v > version) {
+                return Vec::new(); // an older page, late
+            }
+            pull.version = Some(version);
+            pull.pages = vec![None; usize::from(pages)];
+            let have = k.facts.as_ref().map_or(0, |f| f.version);
+            next = (0..pages).filter(|p| *p != page).map(|p| Body::Facts { started_ns, have, page: p }).collect();
+        }
+        if pull.pages.len() != usize::from(pages) {
+            return Vec::new();
+        }
+        pull.pages[usize::from(page)] = Some(bytes);
+        if pull.pages.iter().any(Option::is_none) {
+            return next;
+        }
+        let encoded: Vec<u8> =
+            pull.pages.iter().flat_map(|p| p.as_deref().expect("complete").iter().copied()).collect();
+        k.pull = None;
+        self.pulls -= 1;
+        match postcard::from_bytes::<Vec<(String, String)>>(&encoded) {
+            Ok(kv) => {
+                // The member says which version it is at: beyond it was not announced by it.
+                k.announced = version;
+                k.facts = Some(Arc::new(Facts { version, kv }));
+                self.changed = true;
+            }
+            Err(_) => k.tries = 0,
+        }
+        Vec::new()
+    }
+
+    /// The asks due now: new pulls (at most [`MAX_PULLS`] at once), pages not answered
+    /// within [`RETRY`].
+    pub(crate) fn asks(&mut self, now: Instant) -> Vec<(SocketAddr, Body)> {
+        let mut out = Vec::new();
+        for k in self.members.values_mut() {
+            let have = k.facts.as_ref().map_or(0, |f| f.version);
+            let wanted = k.facts.is_none() || k.announced > have;
+            match &mut k.pull {
+                None if wanted && k.tries > 0 && self.pulls < MAX_PULLS => {
+                    k.tries -= 1;
+                    k.pull = Some(Pull { version: None, pages: Vec::new(), asked: now });
+                    self.pulls += 1;
+                    out.push((k.id.addr, Body::Facts { started_ns: k.id.started_ns, have, page: 0 }));
+                }
+                Some(pull) if now.duration_since(pull.asked) >= RETRY => {
+                    // Not answered in time: a try spent.
+                    if k.tries == 0 {
+                        k.pull = None;
+                        self.pulls -= 1;
+                        continue;
+                    }
+                    k.tries -= 1;
+                    pull.asked = now;
+                    let started_ns = k.id.started_ns;
+                    out.extend(pull.missing().map(|page| (k.id.addr, Body::Facts { started_ns, have, page })));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// True once if the facts or the member set changed since the last call.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The members whose facts are known, with them.
+    pub(crate) fn known(&self) -> impl Iterator<Item = (&NodeId, &Arc<Facts>)> {
+        self.members.values().filter_map(|k| Some((&k.id, k.facts.as_ref()?)))
+    }
+
+    /// Members up, facts known or not.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(port: u16, started_ns: u64) -> NodeId {
+        NodeId { addr: SocketAddr::from(([10, 0, 0, 1], port)), started_ns, bump: 0 }
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Runs the asks of `a` against the owners' tables until nothing is due.
+    fn settle(a: &mut Table, owners: &HashMap<SocketAddr, Table>, now: Instant) {
+        for _ in 0..100 {
+            let asks = a.asks(now + RETRY * 3);
+            if asks.is_empty() {
+                return;
+            }
+            let mut asks = asks;
+            while let Some((to, ask)) = asks.pop() {
+                let Body::Facts { started_ns, have, page } = ask else { panic!("{ask:?}") };
+                if let Some(Body::FactsPage { started_ns, version, page, pages, bytes }) =
+                    owners[&to].answer(started_ns, have, page)
+                {
+                    asks.extend(a.page(to, started_ns, version, page, pages, bytes).into_iter().map(|b| (to, b)));
+                }
+            }
+        }
+        panic!("asks never settle");
+    }
+
+    #[test]
+    fn facts_of_many_pages_are_pulled_and_updates_follow_announcements() {
+        let now = Instant::now();
+        let big = "x".repeat(3000);
+        let b = Table::new(7, &kv(&[("name", "b"), ("split:s", &big)]));
+        let mut owners = HashMap::new();
+        owners.insert(id(2, 7).addr, b);
+        let mut a = Table::new(1, &kv(&[("name", "a")]));
+        a.up(id(2, 7));
+        assert_eq!(a.known().count(), 0);
+        settle(&mut a, &owners, now);
+        let (_, facts) = a.known().next().unwrap();
+        assert_eq!(facts.kv, vec![("name".into(), "b".into()), ("split:s".into(), big.clone())]);
+        assert!(a.take_changed());
+
+        // b changes and announces: a pulls the new version.
+        let b = owners.get_mut(&id(2, 7).addr).unwrap();
+        let version = b.set_own(&kv(&[("name", "b"), ("state", "serving")])).unwrap();
+        a.announced(&wire::Announced { addr: id(2, 7).addr, started_ns: 7, version });
+        settle(&mut a, &owners, now);
+        assert_eq!(a.known().next().unwrap().1.kv.len(), 2);
+        assert_eq!(a.known().next().unwrap().1.version, version);
+
+        // Anti-entropy of an unchanged member costs one empty page.
+        a.recheck(id(2, 7).addr);
+        let asks = a.asks(now);
+        assert_eq!(asks.len(), 1);
+        settle(&mut a, &owners, now);
+        assert!(a.asks(now + RETRY * 10).is_empty());
+    }
+
+    #[test]
+    fn a_forged_announcement_does_not_make_a_member_ask_forever() {
+        let now = Instant::now();
+        let mut owners = HashMap::new();
+        owners.insert(id(2, 7).addr, Table::new(7, &kv(&[("name", "b")])));
+        let mut a = Table::new(1, &kv(&[]));
+        a.up(id(2, 7));
+        settle(&mut a, &owners, now);
+        a.announced(&wire::Announced { addr: id(2, 7).addr, started_ns: 7, version: 99 });
+        settle(&mut a, &owners, now);
+        assert!(a.asks(now + RETRY * 10).is_empty());
+        assert_eq!(a.known().next().unwrap().1.version, 1);
+    }
+
+    #[test]
+    fn a_silent_member_is_asked_a_bounded_number_of_times() {
+        let mut a = Table::new(1, &kv(&[]));
+        a.up(id(2, 7));
+        let start = Instant::now();
+        let asked: usize = (0..100).map(|i| a.asks(start + RETRY * i).len()).sum();
+        assert!(asked <= usize::from(TRIES) * 2, "{asked}");
+        // Its next announcement makes it worth asking again.
+        a.announced(&wire::Announced { addr: id(2, 7).addr, started_ns: 7, version: 3 });
+        assert_eq!(a.asks(start + RETRY * 200).len(), 1);
+    }
+
+    #[test]
+    fn a_restart_replaces_the_member_and_its_facts() {
+        let now = Instant::now();
+        let mut owners = HashMap::new();
+        owners.insert(id(2, 7).addr, Table::new(7, &kv(&[("name", "old")])));
+        let mut a = Table::new(1, &kv(&[]));
+        a.up(id(2, 7));
+        settle(&mut a, &owners, now);
+        owners.insert(id(2, 8).addr, Table::new(8, &kv(&[("name", "new")])));
+        a.up(id(2, 8));
+        assert_eq!(a.known().count(), 0);
+        settle(&mut a, &owners, now);
+        assert_eq!(a.known().next().unwrap().1.kv[0].1, "new");
+        a.down(&id(2, 7)); // the old life's down, late: ignored
+        assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn facts_past_the_bound_are_refused() {
+        let mut a = Table::new(1, &kv(&[("name", "a")]));
+        let huge = "x".repeat(MAX_FACTS);
+        assert_eq!(a.set_own(&kv(&[("k", &huge)])), None);
+        assert_eq!(a.own_version(), 1);
+    }
+}

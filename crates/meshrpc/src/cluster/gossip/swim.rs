@@ -1,0 +1,561 @@
+//! The gossip engine: one task per node owning its gossip socket, foca (SWIM: a probe a
+//! period, indirect probes through others, suspicion before death, refutation) and the
+//! members' facts ([`facts`]). Everything goes through [`wire`], sealed with the
+//! cluster's gossip key when there is one ([`sealed`]): there is no other socket.
+//!
+//! Joining: a node says hello to its seed addresses (names looked up again every second
+//! while it is alone), announces itself to whoever answers, and pulls the member list
+//! from it, then from random members every 0.5 s until two pulls in a row teach it
+//! nothing (at most [`JOIN_SYNCS`]). Afterwards a full exchange is rare: one pull every
+//! `max(30 s, N × 0.3 s)` per node, so its bytes per node per second stay flat in N.
+//!
+//! [`facts`]: super::facts
+//! [`sealed`]: super::sealed
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use foca::{AccumulatingRuntime, BroadcastHandler, Config, Foca, Member, OwnedNotification, PostcardCodec, Timer};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot, watch},
+};
+
+use super::{
+    cost::GossipCost,
+    facts::{Facts, Table},
+    sealed,
+    wire::{self, Announced, Body, NodeId, Unread},
+    GossipConfig,
+};
+use crate::throttle::Throttle;
+
+/// Member-list pulls of a joining node, at most.
+pub(crate) const JOIN_SYNCS: u8 = 12;
+const JOIN_SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Members in one page of the member list (≤ [`wire::PAGE`] bytes even with IPv6).
+const MEMBERS_PER_PAGE: usize = 28;
+/// Pages of the member list asked ahead of those received.
+const PAGES_AHEAD: u16 = 8;
+/// A member-list pull not finished within this is given up.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Announcements remembered (the newest version per address), at most.
+const MAX_ANNOUNCED: usize = 65_536;
+/// How often an alone node looks its seeds up again, and the engine's upkeep runs.
+const TICK: Duration = Duration::from_millis(100);
+const SEEDS_EVERY: Duration = Duration::from_secs(1);
+/// A random member is asked whether its facts moved on this often (anti-entropy).
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+static VERSION1_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+static DROPPED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+static GARBAGE_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// A member of the view as the engine hands it over.
+#[derive(Debug, Clone)]
+pub(crate) struct Raw {
+    pub(crate) id: NodeId,
+    pub(crate) facts: Arc<Facts>,
+    pub(crate) is_self: bool,
+}
+
+/// What the node asks of its engine.
+pub(crate) enum Command {
+    /// New facts about this node.
+    Facts(BTreeMap<String, String>),
+    /// Leave the cluster (members know at once), then stop.
+    Leave(oneshot::Sender<()>),
+}
+
+/// The custom broadcasts: announcements of new facts, disseminated while they are news.
+struct Announcements {
+    newest: std::collections::HashMap<SocketAddr, (u64, u32)>,
+    inbox: Arc<Mutex<Vec<Announced>>>,
+}
+
+impl BroadcastHandler<NodeId> for Announcements {
+    type Key = Announced;
+    type Error = postcard::Error;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&NodeId>) -> Result<Option<Announced>, postcard::Error> {
+        let a: Announced = postcard::from_bytes(data)?;
+        let newer = self.newest.get(&a.addr).is_none_or(|seen| (a.started_ns, a.version) > *seen);
+        if !newer {
+            return Ok(None);
+        }
+        if self.newest.len() >= MAX_ANNOUNCED {
+            self.newest.clear(); // forgotten: at worst an old announcement is passed on once more
+        }
+        self.newest.insert(a.addr, (a.started_ns, a.version));
+        self.inbox.lock().unwrap().push(a);
+        Ok(Some(a))
+    }
+}
+
+type Swim = Foca<NodeId, PostcardCodec, StdRng, Announcements>;
+
+/// A member-list pull in progress.
+struct Sync {
+    peer: SocketAddr,
+    pages: Option<u16>,
+    asked: u16,
+    got: u16,
+    since: Instant,
+    members_before: usize,
+}
+
+pub(crate) struct Engine {
+    swim: Swim,
+    rt: AccumulatingRuntime<NodeId>,
+    socket: UdpSocket,
+    sealer: Option<(ring::aead::LessSafeKey, sealed::Seen)>,
+    cluster: [u8; 8],
+    table: Table,
+    own: Arc<Facts>,
+    inbox: Arc<Mutex<Vec<Announced>>>,
+    timers: BTreeMap<(Instant, u64), Timer<NodeId>>,
+    timer_seq: u64,
+    cost: Arc<GossipCost>,
+    seeds: Vec<String>,
+    view: watch::Sender<Arc<Vec<Raw>>>,
+    config: GossipConfig,
+    size_class: u32,
+    rng: StdRng,
+    sync: Option<Sync>,
+    joining: Option<(u8, u8)>,
+    next_sync: Instant,
+    next_seeds: Instant,
+    next_recheck: Instant,
+}
+
+fn swim_config(members: usize, gossip: &GossipConfig) -> Config {
+    let mut c = Config::new_lan(NonZeroU32::new(members.max(1) as u32).expect("not zero"));
+    c.probe_period = gossip.probe_period;
+    c.probe_rtt = gossip.probe_period / 2;
+    // Suspicion: 3 probe periods (memberlist's 4 × log10 N would be 16 s at 10,000); a
+    // suspected member that is alive refutes within it.
+    c.suspect_to_down_after = gossip.probe_period * 3;
+    c.max_packet_size = NonZeroUsize::new(wire::MAX_SWIM).expect("not zero");
+    c.periodic_gossip =
+        Some(foca::PeriodicParams { frequency: gossip.interval, num_members: NonZeroUsize::new(3).expect("not zero") });
+    c
+}
+
+/// Full-state exchanges after joining, per node: paced so their bytes per node per
+/// second stay flat in N.
+fn anti_entropy_every(members: usize) -> Duration {
+    Duration::from_millis(300 * members as u64).max(Duration::from_secs(30))
+}
+
+fn random_seed() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system's random source");
+    u64::from_le_bytes(bytes)
+}
+
+impl Engine {
+    /// Binds `bind`; the node is `id` to the cluster `tag`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start(
+        id: NodeId,
+        bind: SocketAddr,
+        tag: &str,
+        seeds: Vec<String>,
+        config: &GossipConfig,
+        key: Option<[u8; 32]>,
+        kv: &BTreeMap<String, String>,
+        cost: Arc<GossipCost>,
+    ) -> std::io::Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Arc<Vec<Raw>>>)> {
+        let socket = UdpSocket::bind(bind).await?;
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let handler = Announcements { newest: Default::default(), inbox: inbox.clone() };
+        let swim = Foca::with_custom_broadcast(
+            id,
+            swim_config(1, config),
+            StdRng::seed_from_u64(random_seed()),
+            PostcardCodec,
+            handler,
+        );
+        let table = Table::new(id.started_ns, kv);
+        let own = Arc::new(Facts { version: table.own_version(), kv: kv.clone().into_iter().collect() });
+        let (view_tx, view) = watch::channel(Arc::new(Vec::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sealer = key.map(|k| (sealed::key(&k), sealed::Seen::default()));
+        let now = Instant::now();
+        let engine = Engine {
+            swim,
+            rt: AccumulatingRuntime::new(),
+            socket,
+            sealer,
+            cluster: wire::cluster_id(tag),
+            table,
+            own,
+            inbox,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            cost,
+            seeds,
+            view: view_tx,
+            config: config.clone(),
+            size_class: 0,
+            rng: StdRng::seed_from_u64(random_seed()),
+            sync: None,
+            joining: Some((0, 0)),
+            next_sync: now,
+            next_seeds: now,
+            next_recheck: now + RECHECK_EVERY,
+        };
+        tokio::spawn(engine.run(rx));
+        Ok((tx, view))
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 65_536];
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish();
+        loop {
+            let next_timer = self.timers.first_key_value().map(|((at, _), _)| *at);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    if let Ok((len, from)) = received {
+                        self.received(&mut buf[..len], from);
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Facts(kv)) => self.set_facts(kv),
+                    Some(Command::Leave(done)) => {
+                        let _ = self.swim.leave_cluster(&mut self.rt);
+                        self.flush();
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_timer.unwrap_or(far).into()) => self.fire_timers(),
+                _ = tick.tick() => self.upkeep().await,
+            }
+            self.flush();
+        }
+    }
+
+    fn set_facts(&mut self, kv: BTreeMap<String, String>) {
+        let Some(version) = self.table.set_own(&kv) else {
+            tracing::warn!(
+                limit = super::facts::MAX_FACTS,
+                "this node's gossiped facts would pass their limit: the change is not gossiped"
+            );
+            return;
+        };
+        self.own = Arc::new(Facts { version, kv: kv.into_iter().collect() });
+        let me = self.swim.identity();
+        let a = Announced { addr: me.addr, started_ns: me.started_ns, version };
+        let _ = self.swim.add_broadcast(&postcard::to_allocvec(&a).expect("encoding to memory"));
+        // Spread it now rather than at the next periodic gossip.
+        let _ = self.swim.gossip(&mut self.rt);
+    }
+
+    fn send(&mut self, to: SocketAddr, body: &Body) {
+        let plain = wire::encode(&self.cluster, body);
+        let datagram = match &self.sealer {
+            Some((key, _)) => sealed::seal(key, now_ms(), &plain),
+            None => plain,
+        };
+        if self.socket.try_send_to(&datagram, to).is_ok() {
+            self.cost.sent.fetch_add(1, Ordering::Relaxed);
+            self.cost.sent_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn received(&mut self, datagram: &mut [u8], from: SocketAddr) {
+        self.cost.received.fetch_add(1, Ordering::Relaxed);
+        self.cost.received_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        if wire::is_version1(datagram) {
+            return self.unread(Unread::Version1, from);
+        }
+        let plain: &[u8] = match &mut self.sealer {
+            Some((key, seen)) => match sealed::open(key, datagram, now_ms(), seen) {
+                Ok(plain) => plain,
+                Err(why) => {
+                    match why {
+                        sealed::Dropped::Forged => &self.cost.forged,
+                        sealed::Dropped::Replayed | sealed::Dropped::Stale => &self.cost.replayed,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    DROPPED_WARNING.log(|also| {
+                        tracing::warn!(%from, reason = why.as_str(), also_dropped = also, "gossip datagram dropped")
+                    });
+                    return;
+                }
+            },
+            None if sealed::is_sealed(datagram) => {
+                self.cost.forged.fetch_add(1, Ordering::Relaxed);
+                DROPPED_WARNING.log(|also| {
+                    tracing::warn!(%from, also_dropped = also, "sealed gossip dropped: this node has no gossip key")
+                });
+                return;
+            }
+            None => datagram,
+        };
+        match wire::decode(&self.cluster, plain) {
+            Ok(body) => self.handle(body, from),
+            Err(why) => self.unread(why, from),
+        }
+    }
+
+    fn unread(&self, why: Unread, from: SocketAddr) {
+        match why {
+            Unread::Version1 => VERSION1_WARNING.log(|also| {
+                tracing::warn!(
+                    %from,
+                    also_refused = also,
+                    "gossip of a meshrpc 0.1.0 node refused (gossip version 1; this node: version {}): \
+                     upgrade it (docs/deploy.md, \"Upgrading\")",
+                    wire::VERSION
+                )
+            }),
+            Unread::OtherCluster => {}
+            Unread::Garbage | Unread::Malformed => {
+                crate::transport::GOSSIP_GARBAGE.fetch_add(1, Ordering::Relaxed);
+                GARBAGE_WARNING.log(|also| {
+                    tracing::warn!(%from, also_dropped = also, "a datagram on the gossip port is not gossip: dropped")
+                });
+            }
+        }
+    }
+
+    fn handle(&mut self, body: Body, from: SocketAddr) {
+        match body {
+            Body::Swim(data) => {
+                if let Err(e) = self.swim.handle_data(&data, &mut self.rt) {
+                    tracing::debug!(%from, error = %e, "SWIM message not taken");
+                }
+                let announced = std::mem::take(&mut *self.inbox.lock().unwrap());
+                for a in &announced {
+                    self.table.announced(a);
+                }
+            }
+            Body::Hello => {
+                let me = *self.swim.identity();
+                self.send(from, &Body::HelloBack(me));
+            }
+            Body::HelloBack(id) => {
+                if id.addr != self.swim.identity().addr {
+                    let _ = self.swim.announce(id, &mut self.rt);
+                    if self.sync.is_none() {
+                        self.start_sync(id.addr);
+                    }
+                }
+            }
+            Body::Facts { started_ns, have, page } => {
+                if let Some(answer) = self.table.answer(started_ns, have, page) {
+                    self.send(from, &answer);
+                }
+            }
+            Body::FactsPage { started_ns, version, page, pages, bytes } => {
+                for ask in self.table.page(from, started_ns, version, page, pages, bytes) {
+                    self.send(from, &ask);
+                }
+            }
+            Body::Members { page } => {
+                let me = Member::alive(*self.swim.identity());
+                let all = self.swim.iter_membership_state();
+                let total = all.len() + 1;
+                let chunk: Vec<Member<NodeId>> = std::iter::once(me)
+                    .chain(all.cloned())
+                    .skip(usize::from(page) * MEMBERS_PER_PAGE)
+                    .take(MEMBERS_PER_PAGE)
+                    .collect();
+                let pages = total.div_ceil(MEMBERS_PER_PAGE).min(usize::from(u16::MAX)) as u16;
+                let bytes = postcard::to_allocvec(&chunk).expect("encoding to memory");
+                self.send(from, &Body::MembersPage { page, pages, bytes });
+            }
+            Body::MembersPage { page, pages, bytes } => self.members_page(from, page, pages, &bytes),
+        }
+    }
+
+    fn start_sync(&mut self, peer: SocketAddr) {
+        let members_before = self.swim.num_members();
+        self.sync = Some(Sync { peer, pages: None, asked: 1, got: 0, since: Instant::now(), members_before });
+        self.send(peer, &Body::Members { page: 0 });
+    }
+
+    fn members_page(&mut self, from: SocketAddr, page: u16, pages: u16, bytes: &[u8]) {
+        let Some(sync) = &mut self.sync else { return };
+        if sync.peer != from || page >= pages {
+            return;
+        }
+        let Ok(members) = postcard::from_bytes::<Vec<Member<NodeId>>>(bytes) else { return };
+        if members.len() > MEMBERS_PER_PAGE {
+            return;
+        }
+        if sync.pages.is_none() {
+            sync.pages = Some(pages);
+        }
+        let total = sync.pages.expect("set");
+        sync.got += 1;
+        let mut ask = Vec::new();
+        while sync.asked < total && sync.asked < sync.got + PAGES_AHEAD {
+            ask.push(sync.asked);
+            sync.asked += 1;
+        }
+        let done = sync.got >= total;
+        // What a pull teaches is not gossiped on: the other side has it, and the rest get
+        // it by their own pulls (gossiping it would flood every node with every join).
+        let _ = self.swim.apply_many(members.into_iter(), false, &mut self.rt);
+        for p in ask {
+            self.send(from, &Body::Members { page: p });
+        }
+        if done {
+            self.sync_done();
+        }
+    }
+
+    fn sync_done(&mut self) {
+        let Some(sync) = self.sync.take() else { return };
+        let learned = self.swim.num_members().saturating_sub(sync.members_before);
+        let now = Instant::now();
+        self.next_sync = match &mut self.joining {
+            Some((rounds, fruitless)) => {
+                *rounds += 1;
+                *fruitless = if learned == 0 { *fruitless + 1 } else { 0 };
+                if *fruitless >= 2 || *rounds >= JOIN_SYNCS {
+                    self.joining = None;
+                    now + anti_entropy_every(self.swim.num_members())
+                } else {
+                    now + JOIN_SYNC_EVERY
+                }
+            }
+            None => now + anti_entropy_every(self.swim.num_members()),
+        };
+    }
+
+    fn random_member(&mut self) -> Option<SocketAddr> {
+        let n = self.swim.num_members();
+        if n == 0 {
+            return None;
+        }
+        let i = self.rng.random_range(0..n);
+        self.swim.iter_members().nth(i).map(|m| m.id().addr)
+    }
+
+    async fn upkeep(&mut self) {
+        let now = Instant::now();
+        // SWIM's settings follow the size of the mesh (dissemination rounds grow with log N).
+        let class = (self.swim.num_members() + 1).next_power_of_two().trailing_zeros();
+        if class != self.size_class {
+            self.size_class = class;
+            let _ = self.swim.set_config(swim_config(1 << class, &self.config));
+        }
+        if self.swim.num_members() == 0 && now >= self.next_seeds {
+            self.next_seeds = now + SEEDS_EVERY;
+            self.hello_seeds().await;
+        }
+        if self.sync.as_ref().is_some_and(|s| now.duration_since(s.since) > SYNC_TIMEOUT) {
+            self.sync_done();
+        }
+        if self.sync.is_none() && now >= self.next_sync {
+            if let Some(peer) = self.random_member() {
+                self.start_sync(peer);
+            }
+        }
+        if now >= self.next_recheck {
+            self.next_recheck = now + RECHECK_EVERY;
+            if let Some(peer) = self.random_member() {
+                self.table.recheck(peer);
+            }
+        }
+        for (to, ask) in self.table.asks(now) {
+            self.send(to, &ask);
+        }
+    }
+
+    async fn hello_seeds(&mut self) {
+        let own = self.swim.identity().addr;
+        let mut addrs = Vec::new();
+        for seed in &self.seeds {
+            match seed.parse::<SocketAddr>() {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => {
+                    // Names are looked up again while alone: in Swarm or Kubernetes a
+                    // seed's name often has no address for the first seconds.
+                    let found = tokio::time::timeout(SEEDS_EVERY, tokio::net::lookup_host(seed.as_str())).await;
+                    if let Ok(Ok(found)) = found {
+                        addrs.extend(found);
+                    }
+                }
+            }
+        }
+        for addr in addrs.into_iter().filter(|a| *a != own) {
+            self.send(addr, &Body::Hello);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            let _ = self.swim.handle_timer(timer, &mut self.rt);
+        }
+    }
+
+    /// Sends what foca wants sent, schedules its timers, applies its news, and publishes
+    /// the view when it changed.
+    fn flush(&mut self) {
+        while let Some((to, data)) = self.rt.to_send() {
+            self.send(to.addr, &Body::Swim(data.to_vec()));
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.timer_seq += 1;
+            self.timers.insert((Instant::now() + after, self.timer_seq), timer);
+        }
+        while let Some(news) = self.rt.to_notify() {
+            match news {
+                OwnedNotification::MemberUp(id) => self.table.up(id),
+                OwnedNotification::MemberDown(id) => self.table.down(&id),
+                OwnedNotification::Rename(old, new) => {
+                    self.table.down(&old);
+                    if self.swim.iter_members().any(|m| *m.id() == new) {
+                        self.table.up(new);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Newly known members' facts are asked for at once, not at the next tick.
+        for (to, ask) in self.table.asks(Instant::now()) {
+            self.send(to, &ask);
+        }
+        if self.table.take_changed() {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        let me = Raw { id: *self.swim.identity(), facts: self.own.clone(), is_self: true };
+        let members: Vec<Raw> = std::iter::once(me)
+            .chain(self.table.known().map(|(id, facts)| Raw { id: *id, facts: facts.clone(), is_self: false }))
+            .collect();
+        self.view.send_replace(Arc::new(members));
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// When a node starts (Unix ns): its identity, with its gossip address.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}

@@ -22,7 +22,7 @@ mod tls_sign;
 pub(crate) use accept::{accept_loop, serve_port, Cap, Door, Port};
 pub use connection::{connect, ConnectOptions, Connection, PendingCall};
 pub use guard::PortCounters;
-#[cfg_attr(not(feature = "logging"), allow(unused_imports))]
+#[cfg(feature = "cluster")]
 pub(crate) use guard::GOSSIP_GARBAGE;
 pub(crate) use guard::{FrameBudget, Guard};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};

@@ -168,6 +168,9 @@ pub mod tls {
 /// Items generated code refers to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    /// A gossip node without I/O, for the gossip simulation (`bench/gossip-sim`).
+    #[cfg(feature = "cluster")]
+    pub use crate::cluster::gossip::simulation as gossip_simulation;
     /// A gossip node speaking whatever facts it is given: the tests' impostors use it to
     /// speak as a process on the host (no key) or a holder of the gossip key would.
     #[cfg(feature = "cluster")]

@@ -11,7 +11,7 @@
 //! [`schema`]: super::schema
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -25,8 +25,10 @@ pub(crate) const MAX_FACTS: usize = 60 * wire::PAGE;
 pub(crate) const MAX_PULLS: usize = 32;
 /// A page not answered within this is asked again.
 pub(crate) const RETRY: Duration = Duration::from_millis(500);
-/// Asks of a member before it is left until its next announcement.
+/// Asks of a member in one go; unanswered, it is asked again after a pause (1 s,
+/// doubling to [`MAX_PAUSE`]) for as long as SWIM holds it up.
 pub(crate) const TRIES: u8 = 6;
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// A member's facts at one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,7 @@ pub(crate) struct Facts {
 
 /// This node's own facts.
 struct Own {
+    addr: SocketAddr,
     started_ns: u64,
     version: u32,
     encoded: Vec<u8>,
@@ -48,8 +51,10 @@ struct Known {
     /// The newest version announced (0: none yet).
     announced: u32,
     pull: Option<Pull>,
-    /// Tries left before this member waits for its next announcement.
+    /// Tries left before this member is paused.
     tries: u8,
+    /// The next pause, if its tries run out.
+    pause: Duration,
 }
 
 struct Pull {
@@ -70,17 +75,29 @@ impl Pull {
 pub(crate) struct Table {
     own: Own,
     members: HashMap<SocketAddr, Known>,
-    pulls: usize,
+    /// Members being asked now (at most [`MAX_PULLS`]).
+    pulling: BTreeSet<SocketAddr>,
+    /// Members whose facts are wanted, waiting for a pull, oldest first (each once).
+    waiting: VecDeque<SocketAddr>,
+    queued: HashSet<SocketAddr>,
+    /// Members paused after their tries ran out, until when.
+    paused: BTreeSet<(Instant, SocketAddr)>,
+    /// Members whose facts are known.
+    known: usize,
     /// Set when a member's facts (or the member set) changed since [`Table::take_changed`].
     changed: bool,
 }
 
 impl Table {
-    pub(crate) fn new(started_ns: u64, kv: &BTreeMap<String, String>) -> Table {
+    pub(crate) fn new(me: &NodeId, kv: &BTreeMap<String, String>) -> Table {
         let mut table = Table {
-            own: Own { started_ns, version: 0, encoded: Vec::new() },
+            own: Own { addr: me.addr, started_ns: me.started_ns, version: 0, encoded: Vec::new() },
             members: HashMap::new(),
-            pulls: 0,
+            pulling: BTreeSet::new(),
+            waiting: VecDeque::new(),
+            queued: HashSet::new(),
+            paused: BTreeSet::new(),
+            known: 0,
             changed: true,
         };
         table.set_own(kv);
@@ -109,13 +126,13 @@ impl Table {
         if started_ns != self.own.started_ns {
             return None; // asked of a former life of this address
         }
-        let version = self.own.version;
+        let (of, version) = (self.own.addr, self.own.version);
         if have == version {
-            return Some(Body::FactsPage { started_ns, version, page: 0, pages: 0, bytes: Vec::new() });
+            return Some(Body::FactsPage { of, started_ns, version, page: 0, pages: 0, bytes: Vec::new() });
         }
         let pages = wire::pages(self.own.encoded.len());
         let bytes = wire::page(&self.own.encoded, usize::from(page)).to_vec();
-        Some(Body::FactsPage { started_ns, version, page, pages: pages as u16, bytes })
+        Some(Body::FactsPage { of, started_ns, version, page, pages: pages as u16, bytes })
     }
 
     /// SWIM holds `id` up.
@@ -124,19 +141,39 @@ impl Table {
         if replaced {
             self.down(&self.members[&id.addr].id.clone());
         }
-        self.members.entry(id.addr).or_insert_with(|| {
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.members.entry(id.addr) {
+            entry.insert(Known {
+                id,
+                facts: None,
+                announced: 0,
+                pull: None,
+                tries: TRIES,
+                pause: Duration::from_secs(1),
+            });
             self.changed = true;
-            Known { id, facts: None, announced: 0, pull: None, tries: TRIES }
-        });
+            self.wait(id.addr);
+        }
+    }
+
+    fn wait(&mut self, addr: SocketAddr) {
+        if !self.pulling.contains(&addr) && self.queued.insert(addr) {
+            self.waiting.push_back(addr);
+        }
+    }
+
+    /// A pull of `addr` ended (answered, given up, or the member gone).
+    fn pulled(&mut self, addr: SocketAddr) {
+        self.pulling.remove(&addr);
     }
 
     /// SWIM holds `id` down (or it left).
     pub(crate) fn down(&mut self, id: &NodeId) {
         if self.members.get(&id.addr).is_some_and(|k| k.id == *id) {
             let known = self.members.remove(&id.addr).expect("present");
-            if known.pull.is_some() {
-                self.pulls -= 1;
+            if known.facts.is_some() {
+                self.known -= 1;
             }
+            self.pulled(id.addr);
             self.changed = true;
         }
     }
@@ -147,6 +184,7 @@ impl Table {
             if k.id.started_ns == a.started_ns && a.version > k.announced {
                 k.announced = a.version;
                 k.tries = TRIES;
+                self.wait(a.addr);
             }
         }
     }
@@ -157,6 +195,7 @@ impl Table {
             if k.pull.is_none() {
                 k.tries = k.tries.max(1);
                 k.announced = k.announced.max(k.facts.as_ref().map_or(0, |f| f.version) + 1);
+                self.wait(addr);
             }
         }
     }
@@ -180,7 +219,7 @@ impl Table {
             // Unchanged: what was announced beyond it is not there (the member says so).
             k.announced = k.facts.as_ref().map_or(0, |f| f.version);
             k.pull = None;
-            self.pulls -= 1;
+            self.pulled(from);
             return Vec::new();
         }
         if usize::from(pages) > MAX_FACTS / wire::PAGE || page >= pages || bytes.len() > wire::PAGE {
@@ -207,49 +246,92 @@ impl Table {
         let encoded: Vec<u8> =
             pull.pages.iter().flat_map(|p| p.as_deref().expect("complete").iter().copied()).collect();
         k.pull = None;
-        self.pulls -= 1;
         match postcard::from_bytes::<Vec<(String, String)>>(&encoded) {
             Ok(kv) => {
-                // The member says which version it is at: beyond it was not announced by it.
-                k.announced = version;
+                // Announced beyond this version while it was being pulled: asked again
+                // (an unchanged member answers that in one empty page).
+                let again = k.announced > version;
+                k.announced = k.announced.max(version);
+                if again {
+                    self.queued.insert(from).then(|| self.waiting.push_back(from));
+                }
+                if k.facts.is_none() {
+                    self.known += 1;
+                }
+                k.pause = Duration::from_secs(1);
                 k.facts = Some(Arc::new(Facts { version, kv }));
                 self.changed = true;
             }
             Err(_) => k.tries = 0,
         }
+        self.pulled(from);
         Vec::new()
     }
 
-    /// The asks due now: new pulls (at most [`MAX_PULLS`] at once), pages not answered
-    /// within [`RETRY`].
+    /// The asks due now: pages not answered within [`RETRY`], new pulls (at most
+    /// [`MAX_PULLS`] at once). Costs the pulls in progress and those it starts, whatever
+    /// the number of members.
     pub(crate) fn asks(&mut self, now: Instant) -> Vec<(SocketAddr, Body)> {
         let mut out = Vec::new();
-        for k in self.members.values_mut() {
-            let have = k.facts.as_ref().map_or(0, |f| f.version);
-            let wanted = k.facts.is_none() || k.announced > have;
-            match &mut k.pull {
-                None if wanted && k.tries > 0 && self.pulls < MAX_PULLS => {
-                    k.tries -= 1;
-                    k.pull = Some(Pull { version: None, pages: Vec::new(), asked: now });
-                    self.pulls += 1;
-                    out.push((k.id.addr, Body::Facts { started_ns: k.id.started_ns, have, page: 0 }));
-                }
-                Some(pull) if now.duration_since(pull.asked) >= RETRY => {
-                    // Not answered in time: a try spent.
-                    if k.tries == 0 {
-                        k.pull = None;
-                        self.pulls -= 1;
-                        continue;
-                    }
-                    k.tries -= 1;
-                    pull.asked = now;
-                    let started_ns = k.id.started_ns;
-                    out.extend(pull.missing().map(|page| (k.id.addr, Body::Facts { started_ns, have, page })));
-                }
-                _ => {}
+        while let Some(&(until, addr)) = self.paused.first() {
+            if until > now {
+                break;
+            }
+            self.paused.remove(&(until, addr));
+            if let Some(k) = self.members.get_mut(&addr) {
+                k.tries = TRIES;
+                self.wait(addr);
             }
         }
+        let mut ended = Vec::new();
+        for addr in &self.pulling {
+            let Some(k) = self.members.get_mut(addr) else {
+                ended.push(*addr);
+                continue;
+            };
+            let Some(pull) = &mut k.pull else {
+                ended.push(*addr);
+                continue;
+            };
+            if now.duration_since(pull.asked) < RETRY {
+                continue;
+            }
+            // Not answered in time: a try spent.
+            if k.tries == 0 {
+                k.pull = None;
+                ended.push(*addr);
+                self.paused.insert((now + k.pause, *addr));
+                k.pause = (k.pause * 2).min(MAX_PAUSE);
+                continue;
+            }
+            k.tries -= 1;
+            pull.asked = now;
+            let (started_ns, have) = (k.id.started_ns, k.facts.as_ref().map_or(0, |f| f.version));
+            out.extend(pull.missing().map(|page| (*addr, Body::Facts { started_ns, have, page })));
+        }
+        for addr in ended {
+            self.pulled(addr);
+        }
+        while self.pulling.len() < MAX_PULLS {
+            let Some(addr) = self.waiting.pop_front() else { break };
+            self.queued.remove(&addr);
+            let Some(k) = self.members.get_mut(&addr) else { continue };
+            let have = k.facts.as_ref().map_or(0, |f| f.version);
+            let wanted = k.facts.is_none() || k.announced > have;
+            if !wanted || k.tries == 0 || k.pull.is_some() {
+                continue;
+            }
+            k.tries -= 1;
+            k.pull = Some(Pull { version: None, pages: Vec::new(), asked: now });
+            self.pulling.insert(addr);
+            out.push((addr, Body::Facts { started_ns: k.id.started_ns, have, page: 0 }));
+        }
         out
+    }
+
+    /// Members whose facts are known.
+    pub(crate) fn known_count(&self) -> usize {
+        self.known
     }
 
     /// True once if the facts or the member set changed since the last call.
@@ -291,10 +373,10 @@ mod tests {
             let mut asks = asks;
             while let Some((to, ask)) = asks.pop() {
                 let Body::Facts { started_ns, have, page } = ask else { panic!("{ask:?}") };
-                if let Some(Body::FactsPage { started_ns, version, page, pages, bytes }) =
+                if let Some(Body::FactsPage { of, started_ns, version, page, pages, bytes }) =
                     owners[&to].answer(started_ns, have, page)
                 {
-                    asks.extend(a.page(to, started_ns, version, page, pages, bytes).into_iter().map(|b| (to, b)));
+                    asks.extend(a.page(of, started_ns, version, page, pages, bytes).into_iter().map(|b| (to, b)));
                 }
             }
         }
@@ -305,10 +387,10 @@ mod tests {
     fn facts_of_many_pages_are_pulled_and_updates_follow_announcements() {
         let now = Instant::now();
         let big = "x".repeat(3000);
-        let b = Table::new(7, &kv(&[("name", "b"), ("split:s", &big)]));
+        let b = Table::new(&id(2, 7), &kv(&[("name", "b"), ("split:s", &big)]));
         let mut owners = HashMap::new();
         owners.insert(id(2, 7).addr, b);
-        let mut a = Table::new(1, &kv(&[("name", "a")]));
+        let mut a = Table::new(&id(1, 1), &kv(&[("name", "a")]));
         a.up(id(2, 7));
         assert_eq!(a.known().count(), 0);
         settle(&mut a, &owners, now);
@@ -336,8 +418,8 @@ mod tests {
     fn a_forged_announcement_does_not_make_a_member_ask_forever() {
         let now = Instant::now();
         let mut owners = HashMap::new();
-        owners.insert(id(2, 7).addr, Table::new(7, &kv(&[("name", "b")])));
-        let mut a = Table::new(1, &kv(&[]));
+        owners.insert(id(2, 7).addr, Table::new(&id(2, 7), &kv(&[("name", "b")])));
+        let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
         settle(&mut a, &owners, now);
         a.announced(&wire::Announced { addr: id(2, 7).addr, started_ns: 7, version: 99 });
@@ -347,26 +429,31 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_member_is_asked_a_bounded_number_of_times() {
-        let mut a = Table::new(1, &kv(&[]));
+    fn a_silent_member_is_asked_less_and_less_often() {
+        let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
         let start = Instant::now();
-        let asked: usize = (0..100).map(|i| a.asks(start + RETRY * i).len()).sum();
-        assert!(asked <= usize::from(TRIES) * 2, "{asked}");
-        // Its next announcement makes it worth asking again.
+        let asks: Vec<usize> = (0..1200).map(|i| a.asks(start + RETRY * i).len()).collect();
+        // Tries in bursts of TRIES, paused 1, 2, 4 … 30 s in between: 10 minutes cost
+        // a few dozen small datagrams, the last minute no more than two bursts.
+        let total: usize = asks.iter().sum();
+        let last_minute: usize = asks[1080..].iter().sum();
+        assert!(total <= 26 * usize::from(TRIES), "{total}");
+        assert!((1..=2 * usize::from(TRIES)).contains(&last_minute), "{last_minute}");
+        // Its next announcement makes it worth asking at once.
         a.announced(&wire::Announced { addr: id(2, 7).addr, started_ns: 7, version: 3 });
-        assert_eq!(a.asks(start + RETRY * 200).len(), 1);
+        assert!(a.asks(start + RETRY * 1200).len() <= 1);
     }
 
     #[test]
     fn a_restart_replaces_the_member_and_its_facts() {
         let now = Instant::now();
         let mut owners = HashMap::new();
-        owners.insert(id(2, 7).addr, Table::new(7, &kv(&[("name", "old")])));
-        let mut a = Table::new(1, &kv(&[]));
+        owners.insert(id(2, 7).addr, Table::new(&id(2, 7), &kv(&[("name", "old")])));
+        let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
         settle(&mut a, &owners, now);
-        owners.insert(id(2, 8).addr, Table::new(8, &kv(&[("name", "new")])));
+        owners.insert(id(2, 8).addr, Table::new(&id(2, 8), &kv(&[("name", "new")])));
         a.up(id(2, 8));
         assert_eq!(a.known().count(), 0);
         settle(&mut a, &owners, now);
@@ -377,7 +464,7 @@ mod tests {
 
     #[test]
     fn facts_past_the_bound_are_refused() {
-        let mut a = Table::new(1, &kv(&[("name", "a")]));
+        let mut a = Table::new(&id(1, 1), &kv(&[("name", "a")]));
         let huge = "x".repeat(MAX_FACTS);
         assert_eq!(a.set_own(&kv(&[("k", &huge)])), None);
         assert_eq!(a.own_version(), 1);

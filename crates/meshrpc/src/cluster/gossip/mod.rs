@@ -10,7 +10,10 @@ pub(crate) mod methods;
 pub(super) mod rules;
 mod schema;
 pub(crate) mod sealed;
+#[doc(hidden)]
+pub mod simulation;
 mod swim;
+mod task;
 mod view;
 mod wire;
 
@@ -21,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 pub(crate) use cost::GossipCost;
 use schema::*;
 pub use schema::{Advertised, AdvertisedMethod, Member, MemberState, Policies, Split};
-use swim::{Command, Engine, Raw};
+use swim::Raw;
+use task::Command;
 pub use view::View;
 use wire::NodeId;
 
@@ -105,7 +109,7 @@ impl Membership {
         let rules = security.rules.clone();
         let cost = Arc::new(GossipCost::default());
         let (engine, mut raw) =
-            Engine::start(id, gossip_bind, tag, seeds, config, security.gossip_key, &kv, cost.clone())
+            task::spawn(id, gossip_bind, tag, seeds, config, security.gossip_key, &kv, cost.clone())
                 .await
                 .map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e}")))?;
 
@@ -335,8 +339,7 @@ impl Impostor {
         let id = NodeId { addr, started_ns: swim::now_ns(), bump: 0 };
         let kv: BTreeMap<String, String> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let seeds = seeds.iter().map(ToString::to_string).collect();
-        let (engine, _) =
-            Engine::start(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default()).await?;
+        let (engine, _) = task::spawn(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default()).await?;
         Ok(Impostor { _engine: engine, addr })
     }
 }

@@ -1,7 +1,9 @@
-//! The gossip engine: one task per node owning its gossip socket, foca (SWIM: a probe a
-//! period, indirect probes through others, suspicion before death, refutation) and the
-//! members' facts ([`facts`]). Everything goes through [`wire`], sealed with the
-//! cluster's gossip key when there is one ([`sealed`]): there is no other socket.
+//! A gossip node without I/O: foca (SWIM: a probe a period, indirect probes through
+//! others, suspicion before death, refutation), the members' facts ([`facts`]), joins and
+//! anti-entropy. It takes datagrams, commands and the time, and hands back datagrams to
+//! send and the view; every datagram goes through [`wire`], sealed with the cluster's
+//! gossip key when there is one ([`sealed`]). [`task`] runs one on a socket under tokio;
+//! the gossip simulation (`bench/gossip-sim`) runs thousands on virtual time.
 //!
 //! Joining: a node says hello to its seed addresses (names looked up again every second
 //! while it is alone), announces itself to whoever answers, and pulls the member list
@@ -11,6 +13,7 @@
 //!
 //! [`facts`]: super::facts
 //! [`sealed`]: super::sealed
+//! [`task`]: super::task
 
 use std::{
     collections::BTreeMap,
@@ -22,10 +25,6 @@ use std::{
 
 use foca::{AccumulatingRuntime, BroadcastHandler, Config, Foca, Member, OwnedNotification, PostcardCodec, Timer};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
-use tokio::{
-    net::UdpSocket,
-    sync::{mpsc, oneshot, watch},
-};
 
 use super::{
     cost::GossipCost,
@@ -43,13 +42,17 @@ const JOIN_SYNC_EVERY: Duration = Duration::from_millis(500);
 const MEMBERS_PER_PAGE: usize = 28;
 /// Pages of the member list asked ahead of those received.
 const PAGES_AHEAD: u16 = 8;
+/// A joining node publishes its first view once its first member-list pull is done and
+/// every member's facts are known, or after this at most.
+const SETTLE: Duration = Duration::from_secs(3);
 /// A member-list pull not finished within this is given up.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Announcements remembered (the newest version per address), at most.
 const MAX_ANNOUNCED: usize = 65_536;
-/// How often an alone node looks its seeds up again, and the engine's upkeep runs.
+/// How often the node's upkeep runs (asks due, syncs, anti-entropy).
 const TICK: Duration = Duration::from_millis(100);
-const SEEDS_EVERY: Duration = Duration::from_secs(1);
+/// How often an alone node says hello to its seeds (names looked up again).
+pub(crate) const SEEDS_EVERY: Duration = Duration::from_secs(1);
 /// A random member is asked whether its facts moved on this often (anti-entropy).
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,20 +60,12 @@ static VERSION1_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 static DROPPED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 static GARBAGE_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 
-/// A member of the view as the engine hands it over.
+/// A member of the view as the node hands it over.
 #[derive(Debug, Clone)]
 pub(crate) struct Raw {
     pub(crate) id: NodeId,
     pub(crate) facts: Arc<Facts>,
     pub(crate) is_self: bool,
-}
-
-/// What the node asks of its engine.
-pub(crate) enum Command {
-    /// New facts about this node.
-    Facts(BTreeMap<String, String>),
-    /// Leave the cluster (members know at once), then stop.
-    Leave(oneshot::Sender<()>),
 }
 
 /// The custom broadcasts: announcements of new facts, disseminated while they are news.
@@ -110,10 +105,10 @@ struct Sync {
     members_before: usize,
 }
 
-pub(crate) struct Engine {
+/// One gossip node, without I/O.
+pub(crate) struct Node {
     swim: Swim,
     rt: AccumulatingRuntime<NodeId>,
-    socket: UdpSocket,
     sealer: Option<(ring::aead::LessSafeKey, sealed::Seen)>,
     cluster: [u8; 8],
     table: Table,
@@ -122,16 +117,25 @@ pub(crate) struct Engine {
     timers: BTreeMap<(Instant, u64), Timer<NodeId>>,
     timer_seq: u64,
     cost: Arc<GossipCost>,
-    seeds: Vec<String>,
-    view: watch::Sender<Arc<Vec<Raw>>>,
+    /// Datagrams to send, sealed when there is a key.
+    out: Vec<(SocketAddr, Vec<u8>)>,
     config: GossipConfig,
     size_class: u32,
     rng: StdRng,
     sync: Option<Sync>,
     joining: Option<(u8, u8)>,
+    now: Instant,
+    wall_ms: u64,
+    next_tick: Instant,
     next_sync: Instant,
     next_seeds: Instant,
     next_recheck: Instant,
+    next_hello_back: Instant,
+    /// Until when a joining node holds its view back while it learns the members' facts
+    /// (so that its first view is whole, not the seed alone); `None` once settled.
+    settling: Option<Instant>,
+    /// Members this node saw go up (`true`) or down, when a simulation asks for them.
+    pub(crate) news: Option<Vec<(bool, NodeId)>>,
 }
 
 fn swim_config(members: usize, gossip: &GossipConfig) -> Config {
@@ -148,52 +152,44 @@ fn swim_config(members: usize, gossip: &GossipConfig) -> Config {
 }
 
 /// Full-state exchanges after joining, per node: paced so their bytes per node per
-/// second stay flat in N.
+/// second stay flat in N (on average: each wait is drawn from half to one and a half of
+/// it, so that nodes that joined together do not pull together).
 fn anti_entropy_every(members: usize) -> Duration {
     Duration::from_millis(300 * members as u64).max(Duration::from_secs(30))
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
     ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system's random source");
     u64::from_le_bytes(bytes)
 }
 
-impl Engine {
-    /// Binds `bind`; the node is `id` to the cluster `tag`.
+impl Node {
+    /// The node `id` of the cluster `tag`, knowing `kv` about itself; `seed` seeds its
+    /// random choices (a simulation makes runs repeatable with it).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn start(
+    pub(crate) fn new(
         id: NodeId,
-        bind: SocketAddr,
         tag: &str,
-        seeds: Vec<String>,
         config: &GossipConfig,
         key: Option<[u8; 32]>,
         kv: &BTreeMap<String, String>,
         cost: Arc<GossipCost>,
-    ) -> std::io::Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Arc<Vec<Raw>>>)> {
-        let socket = UdpSocket::bind(bind).await?;
+        seed: u64,
+        now: Instant,
+    ) -> Node {
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let handler = Announcements { newest: Default::default(), inbox: inbox.clone() };
-        let swim = Foca::with_custom_broadcast(
-            id,
-            swim_config(1, config),
-            StdRng::seed_from_u64(random_seed()),
-            PostcardCodec,
-            handler,
-        );
-        let table = Table::new(id.started_ns, kv);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let swim_rng = StdRng::seed_from_u64(rng.random());
+        let swim = Foca::with_custom_broadcast(id, swim_config(1, config), swim_rng, PostcardCodec, handler);
+        let table = Table::new(&id, kv);
         let own = Arc::new(Facts { version: table.own_version(), kv: kv.clone().into_iter().collect() });
-        let (view_tx, view) = watch::channel(Arc::new(Vec::new()));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sealer = key.map(|k| (sealed::key(&k), sealed::Seen::default()));
-        let now = Instant::now();
-        let engine = Engine {
+        Node {
             swim,
             rt: AccumulatingRuntime::new(),
-            socket,
-            sealer,
+            sealer: key.map(|k| (sealed::key(&k), sealed::Seen::default())),
             cluster: wire::cluster_id(tag),
             table,
             own,
@@ -201,50 +197,128 @@ impl Engine {
             timers: BTreeMap::new(),
             timer_seq: 0,
             cost,
-            seeds,
-            view: view_tx,
+            out: Vec::new(),
             config: config.clone(),
             size_class: 0,
-            rng: StdRng::seed_from_u64(random_seed()),
+            rng,
             sync: None,
             joining: Some((0, 0)),
+            now,
+            wall_ms: 0,
+            next_tick: now,
             next_sync: now,
             next_seeds: now,
             next_recheck: now + RECHECK_EVERY,
-        };
-        tokio::spawn(engine.run(rx));
-        Ok((tx, view))
+            next_hello_back: now,
+            settling: Some(now + SETTLE),
+            news: None,
+        }
     }
 
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; 65_536];
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.publish();
-        loop {
-            let next_timer = self.timers.first_key_value().map(|((at, _), _)| *at);
-            let far = Instant::now() + Duration::from_secs(3600);
-            tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((len, from)) = received {
-                        self.received(&mut buf[..len], from);
-                    }
-                }
-                command = commands.recv() => match command {
-                    Some(Command::Facts(kv)) => self.set_facts(kv),
-                    Some(Command::Leave(done)) => {
-                        let _ = self.swim.leave_cluster(&mut self.rt);
-                        self.flush();
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => return,
-                },
-                _ = tokio::time::sleep_until(next_timer.unwrap_or(far).into()) => self.fire_timers(),
-                _ = tick.tick() => self.upkeep().await,
-            }
-            self.flush();
+    /// Moves the node's clock (monotonic `now`, and the wall clock in Unix ms that seals
+    /// and opens datagrams).
+    fn at(&mut self, now: Instant, wall_ms: u64) {
+        self.now = self.now.max(now);
+        self.wall_ms = wall_ms;
+    }
+
+    /// A datagram arrived from `from`.
+    pub(crate) fn receive(&mut self, datagram: &mut [u8], from: SocketAddr, now: Instant, wall_ms: u64) {
+        self.at(now, wall_ms);
+        self.received(datagram, from);
+        self.flush();
+    }
+
+    /// New facts about this node.
+    pub(crate) fn facts(&mut self, kv: BTreeMap<String, String>, now: Instant, wall_ms: u64) {
+        self.at(now, wall_ms);
+        self.set_facts(kv);
+        self.flush();
+    }
+
+    /// Leaves the cluster: members know at once.
+    pub(crate) fn leave(&mut self, now: Instant, wall_ms: u64) {
+        self.at(now, wall_ms);
+        let _ = self.swim.leave_cluster(&mut self.rt);
+        self.flush();
+    }
+
+    /// Timers and upkeep due by `now`.
+    pub(crate) fn poll(&mut self, now: Instant, wall_ms: u64) {
+        self.at(now, wall_ms);
+        self.fire_timers();
+        if self.now >= self.next_tick {
+            self.next_tick = self.now + TICK;
+            self.upkeep();
         }
+        self.flush();
+    }
+
+    /// When [`poll`](Self::poll) has something to do next.
+    pub(crate) fn deadline(&self) -> Instant {
+        let timer = self.timers.first_key_value().map(|((at, _), _)| *at);
+        timer.map_or(self.next_tick, |t| t.min(self.next_tick))
+    }
+
+    /// True if the node is alone and due to say hello to its seeds (whose names the
+    /// caller looks up: the node does no I/O).
+    pub(crate) fn wants_seeds(&mut self, now: Instant) -> bool {
+        let due = self.swim.num_members() == 0 && now >= self.next_seeds;
+        if due {
+            self.next_seeds = now + SEEDS_EVERY;
+        }
+        due
+    }
+
+    /// Says hello to the seeds at `addrs`.
+    pub(crate) fn hello(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now: Instant, wall_ms: u64) {
+        self.at(now, wall_ms);
+        let own = self.swim.identity().addr;
+        for addr in addrs.into_iter().filter(|a| *a != own) {
+            self.send(addr, &Body::Hello);
+        }
+    }
+
+    /// The datagrams to send, oldest first.
+    pub(crate) fn sends(&mut self) -> std::vec::Drain<'_, (SocketAddr, Vec<u8>)> {
+        self.out.drain(..)
+    }
+
+    /// The members with known facts, this node first, if they changed since last asked.
+    pub(crate) fn view(&mut self) -> Option<Vec<Raw>> {
+        if let Some(until) = self.settling {
+            let alone = self.swim.num_members() == 0 && self.sync.is_none();
+            let pulled_once = self.joining.is_none_or(|(rounds, _)| rounds > 0);
+            let whole = !alone && pulled_once && self.table.known_count() >= self.swim.num_members();
+            if whole || self.now >= until {
+                self.settling = None;
+            } else if !alone {
+                return None;
+            }
+        }
+        if !self.table.take_changed() {
+            return None;
+        }
+        let me = Raw { id: *self.swim.identity(), facts: self.own.clone(), is_self: true };
+        let members = std::iter::once(me)
+            .chain(self.table.known().map(|(id, facts)| Raw { id: *id, facts: facts.clone(), is_self: false }))
+            .collect();
+        Some(members)
+    }
+
+    /// Members SWIM holds up (facts known or not).
+    pub(crate) fn members_up(&self) -> usize {
+        self.swim.num_members()
+    }
+
+    /// Members whose facts this node knows.
+    pub(crate) fn members_known(&self) -> usize {
+        self.table.known_count()
+    }
+
+    /// News and announcements this node still has to pass on.
+    pub(crate) fn backlog(&self) -> usize {
+        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog()
     }
 
     fn set_facts(&mut self, kv: BTreeMap<String, String>) {
@@ -266,13 +340,12 @@ impl Engine {
     fn send(&mut self, to: SocketAddr, body: &Body) {
         let plain = wire::encode(&self.cluster, body);
         let datagram = match &self.sealer {
-            Some((key, _)) => sealed::seal(key, now_ms(), &plain),
+            Some((key, _)) => sealed::seal(key, self.wall_ms, &plain),
             None => plain,
         };
-        if self.socket.try_send_to(&datagram, to).is_ok() {
-            self.cost.sent.fetch_add(1, Ordering::Relaxed);
-            self.cost.sent_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
-        }
+        self.cost.sent.fetch_add(1, Ordering::Relaxed);
+        self.cost.sent_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        self.out.push((to, datagram));
     }
 
     fn received(&mut self, datagram: &mut [u8], from: SocketAddr) {
@@ -282,7 +355,7 @@ impl Engine {
             return self.unread(Unread::Version1, from);
         }
         let plain: &[u8] = match &mut self.sealer {
-            Some((key, seen)) => match sealed::open(key, datagram, now_ms(), seen) {
+            Some((key, seen)) => match sealed::open(key, datagram, self.wall_ms, seen) {
                 Ok(plain) => plain,
                 Err(why) => {
                     match why {
@@ -338,6 +411,13 @@ impl Engine {
                 if let Err(e) = self.swim.handle_data(&data, &mut self.rt) {
                     tracing::debug!(%from, error = %e, "SWIM message not taken");
                 }
+                // A node that knows nobody (a seed restarted, a node cut off for long)
+                // while members still probe its former self asks them who they are, and
+                // joins through them.
+                if self.swim.num_members() == 0 && self.now >= self.next_hello_back {
+                    self.next_hello_back = self.now + TICK;
+                    self.send(from, &Body::Hello);
+                }
                 let announced = std::mem::take(&mut *self.inbox.lock().unwrap());
                 for a in &announced {
                     self.table.announced(a);
@@ -360,9 +440,9 @@ impl Engine {
                     self.send(from, &answer);
                 }
             }
-            Body::FactsPage { started_ns, version, page, pages, bytes } => {
-                for ask in self.table.page(from, started_ns, version, page, pages, bytes) {
-                    self.send(from, &ask);
+            Body::FactsPage { of, started_ns, version, page, pages, bytes } => {
+                for ask in self.table.page(of, started_ns, version, page, pages, bytes) {
+                    self.send(of, &ask);
                 }
             }
             Body::Members { page } => {
@@ -376,15 +456,16 @@ impl Engine {
                     .collect();
                 let pages = total.div_ceil(MEMBERS_PER_PAGE).min(usize::from(u16::MAX)) as u16;
                 let bytes = postcard::to_allocvec(&chunk).expect("encoding to memory");
-                self.send(from, &Body::MembersPage { page, pages, bytes });
+                let of = self.swim.identity().addr;
+                self.send(from, &Body::MembersPage { of, page, pages, bytes });
             }
-            Body::MembersPage { page, pages, bytes } => self.members_page(from, page, pages, &bytes),
+            Body::MembersPage { of, page, pages, bytes } => self.members_page(of, page, pages, &bytes),
         }
     }
 
     fn start_sync(&mut self, peer: SocketAddr) {
         let members_before = self.swim.num_members();
-        self.sync = Some(Sync { peer, pages: None, asked: 1, got: 0, since: Instant::now(), members_before });
+        self.sync = Some(Sync { peer, pages: None, asked: 1, got: 0, since: self.now, members_before });
         self.send(peer, &Body::Members { page: 0 });
     }
 
@@ -422,20 +503,24 @@ impl Engine {
     fn sync_done(&mut self) {
         let Some(sync) = self.sync.take() else { return };
         let learned = self.swim.num_members().saturating_sub(sync.members_before);
-        let now = Instant::now();
+        let now = self.now;
         self.next_sync = match &mut self.joining {
             Some((rounds, fruitless)) => {
                 *rounds += 1;
                 *fruitless = if learned == 0 { *fruitless + 1 } else { 0 };
                 if *fruitless >= 2 || *rounds >= JOIN_SYNCS {
                     self.joining = None;
-                    now + anti_entropy_every(self.swim.num_members())
+                    now + self.anti_entropy_wait()
                 } else {
                     now + JOIN_SYNC_EVERY
                 }
             }
-            None => now + anti_entropy_every(self.swim.num_members()),
+            None => now + self.anti_entropy_wait(),
         };
+    }
+
+    fn anti_entropy_wait(&mut self) -> Duration {
+        anti_entropy_every(self.swim.num_members()).mul_f64(self.rng.random_range(0.5..1.5))
     }
 
     fn random_member(&mut self) -> Option<SocketAddr> {
@@ -447,17 +532,13 @@ impl Engine {
         self.swim.iter_members().nth(i).map(|m| m.id().addr)
     }
 
-    async fn upkeep(&mut self) {
-        let now = Instant::now();
+    fn upkeep(&mut self) {
+        let now = self.now;
         // SWIM's settings follow the size of the mesh (dissemination rounds grow with log N).
         let class = (self.swim.num_members() + 1).next_power_of_two().trailing_zeros();
         if class != self.size_class {
             self.size_class = class;
             let _ = self.swim.set_config(swim_config(1 << class, &self.config));
-        }
-        if self.swim.num_members() == 0 && now >= self.next_seeds {
-            self.next_seeds = now + SEEDS_EVERY;
-            self.hello_seeds().await;
         }
         if self.sync.as_ref().is_some_and(|s| now.duration_since(s.since) > SYNC_TIMEOUT) {
             self.sync_done();
@@ -478,29 +559,8 @@ impl Engine {
         }
     }
 
-    async fn hello_seeds(&mut self) {
-        let own = self.swim.identity().addr;
-        let mut addrs = Vec::new();
-        for seed in &self.seeds {
-            match seed.parse::<SocketAddr>() {
-                Ok(addr) => addrs.push(addr),
-                Err(_) => {
-                    // Names are looked up again while alone: in Swarm or Kubernetes a
-                    // seed's name often has no address for the first seconds.
-                    let found = tokio::time::timeout(SEEDS_EVERY, tokio::net::lookup_host(seed.as_str())).await;
-                    if let Ok(Ok(found)) = found {
-                        addrs.extend(found);
-                    }
-                }
-            }
-        }
-        for addr in addrs.into_iter().filter(|a| *a != own) {
-            self.send(addr, &Body::Hello);
-        }
-    }
-
     fn fire_timers(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -510,17 +570,25 @@ impl Engine {
         }
     }
 
-    /// Sends what foca wants sent, schedules its timers, applies its news, and publishes
-    /// the view when it changed.
+    /// Queues what foca wants sent, schedules its timers, applies its news, and asks
+    /// for the facts of members newly up.
     fn flush(&mut self) {
         while let Some((to, data)) = self.rt.to_send() {
             self.send(to.addr, &Body::Swim(data.to_vec()));
         }
         while let Some((after, timer)) = self.rt.to_schedule() {
             self.timer_seq += 1;
-            self.timers.insert((Instant::now() + after, self.timer_seq), timer);
+            self.timers.insert((self.now + after, self.timer_seq), timer);
         }
         while let Some(news) = self.rt.to_notify() {
+            if let Some(seen) = &mut self.news {
+                match &news {
+                    OwnedNotification::MemberUp(id) => seen.push((true, *id)),
+                    OwnedNotification::MemberDown(id) => seen.push((false, *id)),
+                    // A member renamed (a restart, a rejoin) was never held down here.
+                    _ => {}
+                }
+            }
             match news {
                 OwnedNotification::MemberUp(id) => self.table.up(id),
                 OwnedNotification::MemberDown(id) => self.table.down(&id),
@@ -534,20 +602,9 @@ impl Engine {
             }
         }
         // Newly known members' facts are asked for at once, not at the next tick.
-        for (to, ask) in self.table.asks(Instant::now()) {
+        for (to, ask) in self.table.asks(self.now) {
             self.send(to, &ask);
         }
-        if self.table.take_changed() {
-            self.publish();
-        }
-    }
-
-    fn publish(&mut self) {
-        let me = Raw { id: *self.swim.identity(), facts: self.own.clone(), is_self: true };
-        let members: Vec<Raw> = std::iter::once(me)
-            .chain(self.table.known().map(|(id, facts)| Raw { id: *id, facts: facts.clone(), is_self: false }))
-            .collect();
-        self.view.send_replace(Arc::new(members));
     }
 }
 

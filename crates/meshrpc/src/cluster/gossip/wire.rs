@@ -79,28 +79,14 @@ pub(crate) enum Body {
     HelloBack(NodeId),
     /// Page `page` of the facts of the member that started at `started_ns`, unless they
     /// are still at `have`.
-    Facts {
-        started_ns: u64,
-        have: u32,
-        page: u16,
-    },
-    /// A page of a member's facts. `pages == 0`: still at the version asked about.
-    FactsPage {
-        started_ns: u64,
-        version: u32,
-        page: u16,
-        pages: u16,
-        bytes: Vec<u8>,
-    },
+    Facts { started_ns: u64, have: u32, page: u16 },
+    /// A page of the facts of member `of` (its gossip address: a node bound to every
+    /// address may answer from another). `pages == 0`: still at the version asked about.
+    FactsPage { of: SocketAddr, started_ns: u64, version: u32, page: u16, pages: u16, bytes: Vec<u8> },
     /// Page `page` of the member list (postcard of foca's members).
-    Members {
-        page: u16,
-    },
-    MembersPage {
-        page: u16,
-        pages: u16,
-        bytes: Vec<u8>,
-    },
+    Members { page: u16 },
+    /// A page of the member list of member `of`.
+    MembersPage { of: SocketAddr, page: u16, pages: u16, bytes: Vec<u8> },
 }
 
 /// The cluster's 8 bytes.
@@ -178,8 +164,20 @@ mod tests {
             Body::HelloBack(id),
             Body::Swim(vec![1; MAX_SWIM]),
             Body::Facts { started_ns: 1, have: 2, page: 3 },
-            Body::FactsPage { started_ns: u64::MAX, version: u32::MAX, page: 60, pages: 60, bytes: full.clone() },
-            Body::MembersPage { page: u16::MAX, pages: u16::MAX, bytes: full.clone() },
+            Body::FactsPage {
+                of: "[ffff::1]:65535".parse().unwrap(),
+                started_ns: u64::MAX,
+                version: u32::MAX,
+                page: 60,
+                pages: 60,
+                bytes: full.clone(),
+            },
+            Body::MembersPage {
+                of: "[ffff::1]:65535".parse().unwrap(),
+                page: u16::MAX,
+                pages: u16::MAX,
+                bytes: full.clone(),
+            },
         ] {
             let d = encode(&cluster, &body);
             assert!(d.len() + super::super::sealed::OVERHEAD <= MAX_DATAGRAM, "{body:?}: {}", d.len());

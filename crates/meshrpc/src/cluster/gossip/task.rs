@@ -1,0 +1,112 @@
+//! The gossip node on a socket: one tokio task per node owns the gossip port and its
+//! [`swim::Node`], feeds it datagrams, commands and the time, sends what it says to send,
+//! looks seed names up for it, and hands its view to the [`Membership`]. Nothing else
+//! reads or writes gossip.
+//!
+//! [`Membership`]: super::Membership
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot, watch},
+};
+
+use super::{
+    cost::GossipCost,
+    swim::{self, now_ms, Node, Raw},
+    wire::NodeId,
+    GossipConfig,
+};
+
+/// What the node asks of its gossip task.
+pub(crate) enum Command {
+    /// New facts about this node.
+    Facts(BTreeMap<String, String>),
+    /// Leave the cluster (members know at once), then stop.
+    Leave(oneshot::Sender<()>),
+}
+
+/// Binds `bind` and gossips there as `id`, a member of cluster `tag`, until the command
+/// sender is dropped or asks it to leave.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn spawn(
+    id: NodeId,
+    bind: SocketAddr,
+    tag: &str,
+    seeds: Vec<String>,
+    config: &GossipConfig,
+    key: Option<[u8; 32]>,
+    kv: &BTreeMap<String, String>,
+    cost: Arc<GossipCost>,
+) -> std::io::Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Arc<Vec<Raw>>>)> {
+    let socket = UdpSocket::bind(bind).await?;
+    let node = Node::new(id, tag, config, key, kv, cost, swim::random_seed(), Instant::now());
+    let (view_tx, view) = watch::channel(Arc::new(Vec::new()));
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(node, socket, seeds, rx, view_tx));
+    Ok((tx, view))
+}
+
+async fn run(
+    mut node: Node,
+    socket: UdpSocket,
+    seeds: Vec<String>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    view: watch::Sender<Arc<Vec<Raw>>>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        if let Some(members) = node.view() {
+            view.send_replace(Arc::new(members));
+        }
+        for (to, datagram) in node.sends() {
+            // UDP: a datagram the kernel cannot take now is lost, as on the wire.
+            let _ = socket.try_send_to(&datagram, to);
+        }
+        if node.wants_seeds(Instant::now()) {
+            let addrs = look_up(&seeds).await;
+            node.hello(addrs, Instant::now(), now_ms());
+            continue;
+        }
+        let deadline = node.deadline();
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((len, from)) = received {
+                    node.receive(&mut buf[..len], from, Instant::now(), now_ms());
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Facts(kv)) => node.facts(kv, Instant::now(), now_ms()),
+                Some(Command::Leave(done)) => {
+                    node.leave(Instant::now(), now_ms());
+                    for (to, datagram) in node.sends() {
+                        let _ = socket.try_send_to(&datagram, to);
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => node.poll(Instant::now(), now_ms()),
+        }
+    }
+}
+
+/// The addresses of the seeds: names are looked up again each time (in Swarm or
+/// Kubernetes a seed's name often has no address for the first seconds).
+async fn look_up(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for seed in seeds {
+        match seed.parse::<SocketAddr>() {
+            Ok(addr) => addrs.push(addr),
+            Err(_) => {
+                let found = tokio::time::timeout(swim::SEEDS_EVERY, tokio::net::lookup_host(seed.as_str())).await;
+                if let Ok(Ok(found)) = found {
+                    addrs.extend(found);
+                }
+            }
+        }
+    }
+    addrs
+}

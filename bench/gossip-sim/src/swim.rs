@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshrpc::__private::gossip_simulation::{Node, MAX_DATAGRAM};
+use meshrpc::__private::gossip_simulation::{anti_entropy_every, Node, MAX_DATAGRAM};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 /// An event in the queue: due at `.0` (µs), in order of scheduling `.1` among equals.
@@ -67,6 +67,8 @@ pub struct Report {
     pub datagram_bytes_per_node_s: f64,
     pub datagrams_per_node_s: f64,
     pub sync_bytes_per_node_s: f64,
+    /// Bytes of one member-list pull (asks and pages).
+    pub member_list_bytes: u64,
     pub largest_datagram: usize,
     pub cpu_pct_per_node: f64,
     /// Simulated seconds until every live node knew a killed node down.
@@ -315,10 +317,15 @@ pub fn run(scenario: Scenario, cpu_seconds: impl Fn() -> f64) -> Report {
     let t0 = sim.now_s();
     sim.run_until(t0 + IDLE_WINDOW);
     let per_node = |v: f64| v / IDLE_WINDOW / n as f64;
-    // Member-list pulls (anti-entropy, one per node every max(30 s, N × 0.3 s) at a random
-    // phase) apart: the window holds ≈ 33 of them at any N.
-    report.sync_bytes_per_node_s = per_node((sim.list_bytes - lists0) as f64);
-    report.datagram_bytes_per_node_s = per_node((sim.datagram_bytes - bytes0) as f64) - report.sync_bytes_per_node_s;
+    // Member-list pulls (anti-entropy: one per node every max(30 s, N × 0.3 s) on average)
+    // apart: one is measured whole, and counted at that rate.
+    let in_window = per_node((sim.list_bytes - lists0) as f64);
+    report.datagram_bytes_per_node_s = per_node((sim.datagram_bytes - bytes0) as f64) - in_window;
+    let lists1 = sim.list_bytes;
+    sim.step(0, |node, now, wall| node.pull_members_now(now, wall));
+    sim.run_until(sim.now_s() + 1.0);
+    report.member_list_bytes = sim.list_bytes - lists1;
+    report.sync_bytes_per_node_s = report.member_list_bytes as f64 / anti_entropy_every(n).as_secs_f64();
     report.datagrams_per_node_s = per_node((sim.datagrams - datagrams0) as f64);
     report.cpu_pct_per_node = per_node(cpu_seconds() - cpu0) * 100.0;
 

@@ -46,7 +46,10 @@ impl Inner {
     ) -> Result<Duration, Error> {
         let view = self.membership.view();
         let mut last = Error::UnknownService { service: service.to_owned() };
-        for m in view.replicas(service, fingerprint) {
+        // With subsetting, a replica of this caller's subset: a ping opens no connection
+        // the caller would not keep (every caller pinging the first replica in the view
+        // once loaded that one with a connection from each).
+        for m in self.in_preference(service, view.replicas(service, fingerprint).collect()) {
             if m.is_self {
                 return Ok(Duration::ZERO);
             }

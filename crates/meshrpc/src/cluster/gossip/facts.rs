@@ -25,10 +25,11 @@ pub(crate) const MAX_FACTS: usize = 60 * wire::PAGE;
 pub(crate) const MAX_PULLS: usize = 32;
 /// A page not answered within this is asked again.
 pub(crate) const RETRY: Duration = Duration::from_millis(500);
-/// Asks of a member in one go; unanswered, it is asked again after a pause (1 s,
-/// doubling to [`MAX_PAUSE`]) for as long as SWIM holds it up.
+/// Asks of a member in one go (each waiting twice as long as the one before, from
+/// [`RETRY`] to 4 s); unanswered, it is asked again after a pause (1 s, doubling to
+/// [`MAX_PAUSE`]) for as long as SWIM holds it up.
 pub(crate) const TRIES: u8 = 6;
-pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(30);
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(8);
 
 /// A member's facts at one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,8 @@ struct Known {
     tries: u8,
     /// The next pause, if its tries run out.
     pause: Duration,
+    /// Paused until then.
+    paused: Option<Instant>,
 }
 
 struct Pull {
@@ -149,6 +152,7 @@ impl Table {
                 pull: None,
                 tries: TRIES,
                 pause: Duration::from_secs(1),
+                paused: None,
             });
             self.changed = true;
             self.wait(id.addr);
@@ -219,7 +223,11 @@ impl Table {
             // Unchanged: what was announced beyond it is not there (the member says so).
             k.announced = k.facts.as_ref().map_or(0, |f| f.version);
             k.pull = None;
+            let unknown = k.facts.is_none(); // "unchanged" from nothing: asked again
             self.pulled(from);
+            if unknown {
+                self.wait(from);
+            }
             return Vec::new();
         }
         if usize::from(pages) > MAX_FACTS / wire::PAGE || page >= pages || bytes.len() > wire::PAGE {
@@ -259,6 +267,7 @@ impl Table {
                     self.known += 1;
                 }
                 k.pause = Duration::from_secs(1);
+                k.tries = TRIES; // it answers: a fresh budget for its next change
                 k.facts = Some(Arc::new(Facts { version, kv }));
                 self.changed = true;
             }
@@ -279,8 +288,11 @@ impl Table {
             }
             self.paused.remove(&(until, addr));
             if let Some(k) = self.members.get_mut(&addr) {
-                k.tries = TRIES;
-                self.wait(addr);
+                if k.paused == Some(until) {
+                    k.paused = None;
+                    k.tries = TRIES;
+                    self.wait(addr);
+                }
             }
         }
         let mut ended = Vec::new();
@@ -293,7 +305,9 @@ impl Table {
                 ended.push(*addr);
                 continue;
             };
-            if now.duration_since(pull.asked) < RETRY {
+            // A loaded member answers late: each try waits twice as long (0.5, 1, 2 s …).
+            let waited = RETRY * (1 << (TRIES - k.tries).min(3));
+            if now.duration_since(pull.asked) < waited {
                 continue;
             }
             // Not answered in time: a try spent.
@@ -301,6 +315,7 @@ impl Table {
                 k.pull = None;
                 ended.push(*addr);
                 self.paused.insert((now + k.pause, *addr));
+                k.paused = Some(now + k.pause);
                 k.pause = (k.pause * 2).min(MAX_PAUSE);
                 continue;
             }
@@ -327,6 +342,29 @@ impl Table {
             out.push((addr, Body::Facts { started_ns: k.id.started_ns, have, page: 0 }));
         }
         out
+    }
+
+    /// Queues again every member whose facts are wanted but that nothing is about to
+    /// ask (a safety net, run every second: O(members)); how many it found.
+    pub(crate) fn sweep(&mut self) -> usize {
+        let stranded: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|k| {
+                let have = k.facts.as_ref().map_or(0, |f| f.version);
+                let wanted = k.facts.is_none() || k.announced > have;
+                wanted && k.pull.is_none() && k.paused.is_none() && !self.queued.contains(&k.id.addr)
+            })
+            .map(|k| k.id.addr)
+            .collect();
+        for addr in &stranded {
+            if let Some(k) = self.members.get_mut(addr) {
+                k.tries = k.tries.max(1);
+            }
+            self.pulling.remove(addr);
+            self.wait(*addr);
+        }
+        stranded.len()
     }
 
     /// Members whose facts are known.
@@ -460,6 +498,31 @@ mod tests {
         assert_eq!(a.known().next().unwrap().1.kv[0].1, "new");
         a.down(&id(2, 7)); // the old life's down, late: ignored
         assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn a_member_left_out_of_every_queue_is_swept_back_in() {
+        let now = Instant::now();
+        let mut a = Table::new(&id(1, 1), &kv(&[]));
+        a.up(id(2, 7));
+        assert_eq!(a.asks(now).len(), 1);
+        // The member is forgotten by the queues (what the sweep guards against).
+        a.members.get_mut(&id(2, 7).addr).unwrap().pull = None;
+        a.pulling.clear();
+        assert!(a.asks(now + RETRY * 3).is_empty());
+        assert_eq!(a.sweep(), 1);
+        assert_eq!(a.asks(now + RETRY * 3).len(), 1);
+        assert_eq!(a.sweep(), 0, "a member being asked is not stranded");
+    }
+
+    #[test]
+    fn an_unchanged_answer_about_unknown_facts_is_asked_again() {
+        let now = Instant::now();
+        let mut a = Table::new(&id(1, 1), &kv(&[]));
+        a.up(id(2, 7));
+        assert_eq!(a.asks(now).len(), 1);
+        assert!(a.page(id(2, 7).addr, 7, 1, 0, 0, Vec::new()).is_empty());
+        assert_eq!(a.asks(now).len(), 1);
     }
 
     #[test]

@@ -276,7 +276,7 @@ impl Membership {
 /// (a few milliseconds after it appears in gossip).
 fn members(live: &[Raw], book: &methods::MethodBook) -> Vec<Member> {
     let mut advertised = Vec::new();
-    let mut missing: std::collections::HashMap<methods::ListKey, Vec<SocketAddr>> = Default::default();
+    let mut missing: std::collections::HashMap<methods::ListKey, Vec<(bool, SocketAddr)>> = Default::default();
     let mut members: Vec<Member> = live
         .iter()
         .map(|raw| {
@@ -300,7 +300,9 @@ fn members(live: &[Raw], book: &methods::MethodBook) -> Vec<Member> {
                     // timeout, hedge), and nothing answers 404 for a method it has.
                     (None, _) => {
                         m.services.remove(service);
-                        missing.entry(key.clone()).or_default().extend(m.addr);
+                        let serving = m.state == MemberState::Serving;
+                        let from = missing.entry(key.clone()).or_default();
+                        from.extend(m.addr.map(|a| (serving, a)));
                     }
                     _ => {}
                 }
@@ -310,6 +312,15 @@ fn members(live: &[Raw], book: &methods::MethodBook) -> Vec<Member> {
         })
         .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));
+    // Asked of serving members only, if any: one still starting may not take connections
+    // yet, and a refused fetch backs off for a second or more.
+    let missing = missing
+        .into_iter()
+        .map(|(key, from)| {
+            let any_serving = from.iter().any(|(serving, _)| *serving);
+            (key, from.into_iter().filter(|(serving, _)| *serving || !any_serving).map(|(_, a)| a).collect())
+        })
+        .collect();
     book.want(&advertised, missing);
     members
 }

@@ -6,6 +6,12 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use super::{swim, wire, GossipConfig};
 
+/// How often a node pulls the member list from a random member, on average, in a mesh of
+/// `members`.
+pub fn anti_entropy_every(members: usize) -> std::time::Duration {
+    swim::anti_entropy_every(members)
+}
+
 /// The largest datagram a node sends.
 pub const MAX_DATAGRAM: usize = wire::MAX_DATAGRAM;
 
@@ -80,6 +86,12 @@ impl Node {
     /// News it still has to pass on.
     pub fn backlog(&self) -> usize {
         self.0.backlog()
+    }
+
+    /// Pulls the member list from a random member now (anti-entropy does it once every
+    /// [`anti_entropy_every`] on average).
+    pub fn pull_members_now(&mut self, now: Instant, wall_ms: u64) {
+        self.0.pull_members_now(now, wall_ms)
     }
 
     /// Whether its view changed since last asked.

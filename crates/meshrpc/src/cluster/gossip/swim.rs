@@ -43,8 +43,9 @@ const MEMBERS_PER_PAGE: usize = 28;
 /// Pages of the member list asked ahead of those received.
 const PAGES_AHEAD: u16 = 8;
 /// A joining node publishes its first view once its first member-list pull is done and
-/// every member's facts are known, or after this at most.
-const SETTLE: Duration = Duration::from_secs(3);
+/// every member's facts are known, or after this at most (a member that went away
+/// unannounced, a CLI that exited, answers no pull until SWIM drops it).
+const SETTLE: Duration = Duration::from_secs(1);
 /// A member-list pull not finished within this is given up.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Announcements remembered (the newest version per address), at most.
@@ -139,7 +140,10 @@ pub(crate) struct Node {
 }
 
 fn swim_config(members: usize, gossip: &GossipConfig) -> Config {
-    let mut c = Config::new_lan(NonZeroU32::new(members.max(1) as u32).expect("not zero"));
+    // foca passes each piece of news on 4 × log10(N + 1) times: once in a mesh it believes
+    // has one member. A node that is starting counts on at least 32 (6 times), or the
+    // joins of a mesh started all at once would reach only some of it.
+    let mut c = Config::new_lan(NonZeroU32::new(members.max(32) as u32).expect("not zero"));
     c.probe_period = gossip.probe_period;
     c.probe_rtt = gossip.probe_period / 2;
     // Suspicion: 3 probe periods (memberlist's 4 × log10 N would be 16 s at 10,000); a
@@ -154,7 +158,7 @@ fn swim_config(members: usize, gossip: &GossipConfig) -> Config {
 /// Full-state exchanges after joining, per node: paced so their bytes per node per
 /// second stay flat in N (on average: each wait is drawn from half to one and a half of
 /// it, so that nodes that joined together do not pull together).
-fn anti_entropy_every(members: usize) -> Duration {
+pub(crate) fn anti_entropy_every(members: usize) -> Duration {
     Duration::from_millis(300 * members as u64).max(Duration::from_secs(30))
 }
 
@@ -309,6 +313,17 @@ impl Node {
     /// Members SWIM holds up (facts known or not).
     pub(crate) fn members_up(&self) -> usize {
         self.swim.num_members()
+    }
+
+    /// Starts a member-list pull with a random member now (the simulation measures one).
+    pub(crate) fn pull_members_now(&mut self, now: Instant, wall_ms: u64) {
+        self.at(now, wall_ms);
+        if self.sync.is_none() {
+            if let Some(peer) = self.random_member() {
+                self.start_sync(peer);
+            }
+        }
+        self.flush();
     }
 
     /// Members whose facts this node knows.
@@ -553,6 +568,7 @@ impl Node {
             if let Some(peer) = self.random_member() {
                 self.table.recheck(peer);
             }
+            self.table.sweep();
         }
         for (to, ask) in self.table.asks(now) {
             self.send(to, &ask);

@@ -79,17 +79,23 @@ async fn run(
             command = commands.recv() => match command {
                 Some(Command::Facts(kv)) => node.facts(kv, Instant::now(), now_ms()),
                 Some(Command::Leave(done)) => {
-                    node.leave(Instant::now(), now_ms());
-                    for (to, datagram) in node.sends() {
-                        let _ = socket.try_send_to(&datagram, to);
-                    }
+                    leave(&mut node, &socket);
                     let _ = done.send(());
                     return;
                 }
-                None => return,
+                // The membership is gone (its cluster dropped): leave as well, so that
+                // members do not wait for failure detection.
+                None => return leave(&mut node, &socket),
             },
             _ = tokio::time::sleep_until(deadline.into()) => node.poll(Instant::now(), now_ms()),
         }
+    }
+}
+
+fn leave(node: &mut Node, socket: &UdpSocket) {
+    node.leave(Instant::now(), now_ms());
+    for (to, datagram) in node.sends() {
+        let _ = socket.try_send_to(&datagram, to);
     }
 }
 

@@ -310,8 +310,10 @@ async fn restart_the_seed_in(mode: Mode) {
     args.extend(["status", "--json", "--nodes", &seed_addr, "--tag", &mesh.tag, "--wait", "2"].map(String::from));
     args.extend(mesh.tls_args("status", &[]));
     let mut rejoined = None;
+    let mut last = String::new();
     while restarted.elapsed() < Duration::from_secs(15) {
         let out = tokio::process::Command::new(&bin).args(&args).output().await.unwrap();
+        last = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
         if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
             let names: Vec<&str> = v["members"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
             if ["r2", "r3", "r4"].iter().all(|r| names.contains(r)) {
@@ -328,7 +330,7 @@ async fn restart_the_seed_in(mode: Mode) {
         report_errors(&report)
     );
     assert_eq!(report_errors(&report), 0, "{}", report["errors"]);
-    assert!(rejoined.is_some(), "the restarted seed never learned the mesh");
+    assert!(rejoined.is_some(), "the restarted seed never learned the mesh; last status: {last}");
 }
 
 /// A seed named by a host name that has no address yet (a Swarm service or a headless

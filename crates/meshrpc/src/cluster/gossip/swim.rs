@@ -54,6 +54,8 @@ const MAX_ANNOUNCED: usize = 65_536;
 const TICK: Duration = Duration::from_millis(100);
 /// How often an alone node says hello to its seeds (names looked up again).
 pub(crate) const SEEDS_EVERY: Duration = Duration::from_secs(1);
+/// How often a node that has members says hello to a seed that is not one of them.
+pub(crate) const SEEDS_AGAIN: Duration = Duration::from_secs(5);
 /// A random member is asked whether its facts moved on this often (anti-entropy).
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -264,21 +266,25 @@ impl Node {
         timer.map_or(self.next_tick, |t| t.min(self.next_tick))
     }
 
-    /// True if the node is alone and due to say hello to its seeds (whose names the
-    /// caller looks up: the node does no I/O).
+    /// True if the node is due to say hello to its seeds (whose names the caller looks
+    /// up: the node does no I/O): every second while it is alone, every
+    /// [`SEEDS_AGAIN`] after (to a seed that is not a member then: a restarted seed
+    /// knows nobody, and learns the mesh from the hellos).
     pub(crate) fn wants_seeds(&mut self, now: Instant) -> bool {
-        let due = self.swim.num_members() == 0 && now >= self.next_seeds;
+        let every = if self.swim.num_members() == 0 { SEEDS_EVERY } else { SEEDS_AGAIN };
+        let due = now >= self.next_seeds;
         if due {
-            self.next_seeds = now + SEEDS_EVERY;
+            self.next_seeds = now + every;
         }
         due
     }
 
-    /// Says hello to the seeds at `addrs`.
+    /// Says hello to the seeds at `addrs` that are not members now.
     pub(crate) fn hello(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now: Instant, wall_ms: u64) {
         self.at(now, wall_ms);
         let own = self.swim.identity().addr;
-        for addr in addrs.into_iter().filter(|a| *a != own) {
+        let members: std::collections::HashSet<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
+        for addr in addrs.into_iter().filter(|a| *a != own && !members.contains(a)) {
             self.send(addr, &Body::Hello);
         }
     }
@@ -445,7 +451,9 @@ impl Node {
             Body::HelloBack(id) => {
                 if id.addr != self.swim.identity().addr {
                     let _ = self.swim.announce(id, &mut self.rt);
-                    if self.sync.is_none() {
+                    // A joiner pulls the member list from its seed; a member does not
+                    // (the seed answering may be the one that knows nobody).
+                    if self.sync.is_none() && self.joining.is_some() {
                         self.start_sync(id.addr);
                     }
                 }

@@ -56,6 +56,7 @@ async fn run(
     view: watch::Sender<Arc<Vec<Raw>>>,
 ) {
     let mut buf = vec![0u8; 65_536];
+    let (found_tx, mut found_rx) = mpsc::unbounded_channel::<Vec<SocketAddr>>();
     loop {
         if let Some(members) = node.view() {
             view.send_replace(Arc::new(members));
@@ -65,12 +66,15 @@ async fn run(
             let _ = socket.try_send_to(&datagram, to);
         }
         if node.wants_seeds(Instant::now()) {
-            let addrs = look_up(&seeds).await;
-            node.hello(addrs, Instant::now(), now_ms());
-            continue;
+            // Looked up aside: a slow name server must not hold up acks to probes.
+            let (seeds, found) = (seeds.clone(), found_tx.clone());
+            tokio::spawn(async move {
+                let _ = found.send(look_up(&seeds).await);
+            });
         }
         let deadline = node.deadline();
         tokio::select! {
+            Some(addrs) = found_rx.recv() => node.hello(addrs, Instant::now(), now_ms()),
             received = socket.recv_from(&mut buf) => {
                 if let Ok((len, from)) = received {
                     node.receive(&mut buf[..len], from, Instant::now(), now_ms());

@@ -46,7 +46,8 @@ pub(crate) struct Security {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GossipConfig {
-    /// How often a node passes news (membership changes, new facts) to 3 random members.
+    /// How often a node passes news (membership changes, new facts) to 3 random members;
+    /// a node with no news sends nothing.
     pub interval: Duration,
     /// Unused since gossip version 2 (SWIM detects failures by probes: see
     /// [`probe_period`](Self::probe_period)); kept so that code setting it still builds.
@@ -59,7 +60,7 @@ pub struct GossipConfig {
 
 impl Default for GossipConfig {
     fn default() -> Self {
-        GossipConfig { interval: Duration::from_millis(200), phi_threshold: 8.0, probe_period: Duration::from_secs(1) }
+        GossipConfig { interval: Duration::from_millis(100), phi_threshold: 8.0, probe_period: Duration::from_secs(1) }
     }
 }
 

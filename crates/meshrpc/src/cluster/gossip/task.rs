@@ -66,11 +66,17 @@ async fn run(
             let _ = socket.try_send_to(&datagram, to);
         }
         if node.wants_seeds(Instant::now()) {
-            // Looked up aside: a slow name server must not hold up acks to probes.
-            let (seeds, found) = (seeds.clone(), found_tx.clone());
-            tokio::spawn(async move {
-                let _ = found.send(look_up(&seeds).await);
-            });
+            // Addresses at once; names looked up aside: a slow name server must not hold
+            // up acks to probes.
+            let (addrs, names): (Vec<_>, Vec<_>) = seeds.iter().partition(|s| s.parse::<SocketAddr>().is_ok());
+            node.hello(addrs.iter().filter_map(|s| s.parse().ok()), Instant::now(), now_ms());
+            if !names.is_empty() {
+                let (names, found) = (names.into_iter().cloned().collect::<Vec<_>>(), found_tx.clone());
+                tokio::spawn(async move {
+                    let _ = found.send(look_up(&names).await);
+                });
+            }
+            continue;
         }
         let deadline = node.deadline();
         tokio::select! {

@@ -28,7 +28,7 @@ async fn sixty_four_callers_keep_to_subsets_of_eight_among_sixty_four_replicas()
     const N: u8 = 64;
     const SUBSET: usize = 8;
     const CONCURRENCY: u64 = 1;
-    const CALL_MS: u64 = 90_000;
+    const CALL_MS: u64 = 60_000;
     let tag = "subset64";
     let addr = |h: u8| format!("10.213.43.{h}:11999");
     let mut net = meshrpc_tests::netns::Net::new(43);

@@ -121,15 +121,21 @@ async fn scrape(addr: SocketAddr, name: &str, suffix: &str) -> u64 {
 }
 
 /// Makes `probes` HTTP probes (`GET path`, one at a time, each a new connection) while
-/// 100 new silent connections arrive every 200 ms and stay open; returns how many probes
-/// got a 2xx answer (each is given 5 s).
+/// 100 new silent connections arrive every 200 ms and stay open (the oldest are closed past
+/// `FLOOD_HELD`, so the flood never runs this process out of descriptors: a fresh machine's
+/// soft limit is 1,024); returns how many probes got a 2xx answer (each is given 5 s) and
+/// prints why each of the others failed.
 pub async fn probes_through_a_flood(addr: SocketAddr, path: &str, probes: usize) -> usize {
+    const FLOOD_HELD: usize = 600;
     let flooding = tokio::spawn(async move {
-        let mut silent = Vec::new();
+        let mut silent = std::collections::VecDeque::new();
         loop {
             for _ in 0..100 {
                 if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
-                    silent.push(s);
+                    silent.push_back(s);
+                }
+                if silent.len() > FLOOD_HELD {
+                    silent.pop_front();
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -137,16 +143,23 @@ pub async fn probes_through_a_flood(addr: SocketAddr, path: &str, probes: usize)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut answered = 0;
-    for _ in 0..probes {
+    for n in 0..probes {
         let probe = async {
-            let mut s = TcpStream::connect(addr).await.ok()?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: probe\r\n\r\n").as_bytes()).await.ok()?;
+            let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: probe\r\n\r\n").as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             let mut head = [0u8; 12];
-            s.read_exact(&mut head).await.ok()?;
-            (head.starts_with(b"HTTP/1.1 2")).then_some(())
+            s.read_exact(&mut head).await.map_err(|e| format!("read: {e}"))?;
+            match head.starts_with(b"HTTP/1.1 2") {
+                true => Ok(()),
+                false => Err(format!("answered {:?}", String::from_utf8_lossy(&head))),
+            }
         };
-        if tokio::time::timeout(Duration::from_secs(5), probe).await.ok().flatten().is_some() {
-            answered += 1;
+        match tokio::time::timeout(Duration::from_secs(5), probe).await {
+            Ok(Ok(())) => answered += 1,
+            Ok(Err(why)) => eprintln!("probe {n} of {path} failed: {why}"),
+            Err(_) => eprintln!("probe {n} of {path} had no answer within 5 s"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

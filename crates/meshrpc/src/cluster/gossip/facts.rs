@@ -11,7 +11,7 @@
 //! [`schema`]: super::schema
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -51,15 +51,40 @@ struct Known {
     facts: Option<Arc<Facts>>,
     /// The newest version announced (0: none yet).
     announced: u32,
-    pull: Option<Pull>,
+    stage: Stage,
     /// Tries left before this member is paused.
     tries: u8,
     /// The next pause, if its tries run out.
     pause: Duration,
-    /// Paused until then.
-    paused: Option<Instant>,
 }
 
+impl Known {
+    fn have(&self) -> u32 {
+        self.facts.as_ref().map_or(0, |f| f.version)
+    }
+
+    /// Its facts are unknown, or older than announced.
+    fn wanted(&self) -> bool {
+        self.facts.is_none() || self.announced > self.have()
+    }
+}
+
+/// Where a member stands in the pull of its facts: one stage at a time, and each stage
+/// but `Idle` is found where the table looks for it (`waiting`, `pulling`, `paused`), so
+/// no member whose facts are wanted is ever left out (the table's invariant, tested).
+#[derive(Debug)]
+enum Stage {
+    /// Nothing to ask: its facts are current, as far as this node knows.
+    Idle,
+    /// In [`Table::waiting`], for a pull.
+    Waiting,
+    /// Being asked: in [`Table::pulling`].
+    Pulling(Pull),
+    /// Its tries ran out: in [`Table::paused`] until then.
+    Paused(Instant),
+}
+
+#[derive(Debug)]
 struct Pull {
     version: Option<u32>,
     pages: Vec<Option<Vec<u8>>>,
@@ -78,12 +103,12 @@ impl Pull {
 pub(crate) struct Table {
     own: Own,
     members: HashMap<SocketAddr, Known>,
-    /// Members being asked now (at most [`MAX_PULLS`]).
+    /// Members in [`Stage::Pulling`] (at most [`MAX_PULLS`]).
     pulling: BTreeSet<SocketAddr>,
-    /// Members whose facts are wanted, waiting for a pull, oldest first (each once).
+    /// Members in [`Stage::Waiting`], oldest first (an entry of a member since gone or
+    /// moved on is skipped when its turn comes).
     waiting: VecDeque<SocketAddr>,
-    queued: HashSet<SocketAddr>,
-    /// Members paused after their tries ran out, until when.
+    /// Members in [`Stage::Paused`], by when (stale entries skipped likewise).
     paused: BTreeSet<(Instant, SocketAddr)>,
     /// Members whose facts are known.
     known: usize,
@@ -98,7 +123,6 @@ impl Table {
             members: HashMap::new(),
             pulling: BTreeSet::new(),
             waiting: VecDeque::new(),
-            queued: HashSet::new(),
             paused: BTreeSet::new(),
             known: 0,
             changed: true,
@@ -149,25 +173,13 @@ impl Table {
                 id,
                 facts: None,
                 announced: 0,
-                pull: None,
+                stage: Stage::Waiting,
                 tries: TRIES,
                 pause: Duration::from_secs(1),
-                paused: None,
             });
+            self.waiting.push_back(id.addr);
             self.changed = true;
-            self.wait(id.addr);
         }
-    }
-
-    fn wait(&mut self, addr: SocketAddr) {
-        if !self.pulling.contains(&addr) && self.queued.insert(addr) {
-            self.waiting.push_back(addr);
-        }
-    }
-
-    /// A pull of `addr` ended (answered, given up, or the member gone).
-    fn pulled(&mut self, addr: SocketAddr) {
-        self.pulling.remove(&addr);
     }
 
     /// SWIM holds `id` down (or it left).
@@ -177,18 +189,33 @@ impl Table {
             if known.facts.is_some() {
                 self.known -= 1;
             }
-            self.pulled(id.addr);
+            self.pulling.remove(&id.addr);
             self.changed = true;
         }
     }
 
-    /// A member announced facts at `version`.
+    /// Moves an idle (or, `wake`, a paused) member to the waiting queue.
+    fn wait(&mut self, addr: SocketAddr, wake: bool) {
+        let Some(k) = self.members.get_mut(&addr) else { return };
+        match k.stage {
+            Stage::Idle => {}
+            Stage::Paused(until) if wake => {
+                self.paused.remove(&(until, addr));
+            }
+            _ => return,
+        }
+        k.stage = Stage::Waiting;
+        self.waiting.push_back(addr);
+    }
+
+    /// A member announced facts at `version`: a pull if that is news (at once, even if
+    /// it was paused: an announcement says it is there).
     pub(crate) fn announced(&mut self, a: &wire::Announced) {
         if let Some(k) = self.members.get_mut(&a.addr) {
             if k.id.started_ns == a.started_ns && a.version > k.announced {
                 k.announced = a.version;
                 k.tries = TRIES;
-                self.wait(a.addr);
+                self.wait(a.addr, true);
             }
         }
     }
@@ -196,10 +223,21 @@ impl Table {
     /// Anti-entropy: ask `addr` whether its facts moved on, as if it had announced.
     pub(crate) fn recheck(&mut self, addr: SocketAddr) {
         if let Some(k) = self.members.get_mut(&addr) {
-            if k.pull.is_none() {
+            if matches!(k.stage, Stage::Idle) {
                 k.tries = k.tries.max(1);
-                k.announced = k.announced.max(k.facts.as_ref().map_or(0, |f| f.version) + 1);
-                self.wait(addr);
+                k.announced = k.announced.max(k.have() + 1);
+                self.wait(addr, false);
+            }
+        }
+    }
+
+    /// A pull of `addr` ended: the member waits again if its facts are still wanted.
+    fn pulled(&mut self, addr: SocketAddr) {
+        self.pulling.remove(&addr);
+        if let Some(k) = self.members.get_mut(&addr) {
+            k.stage = Stage::Idle;
+            if k.wanted() {
+                self.wait(addr, false);
             }
         }
     }
@@ -216,24 +254,21 @@ impl Table {
         bytes: Vec<u8>,
     ) -> Vec<Body> {
         let Some(k) = self.members.get_mut(&from) else { return Vec::new() };
-        if k.id.started_ns != started_ns || k.pull.is_none() {
+        let have = k.have();
+        let Stage::Pulling(pull) = &mut k.stage else { return Vec::new() };
+        if k.id.started_ns != started_ns {
             return Vec::new();
         }
         if pages == 0 {
-            // Unchanged: what was announced beyond it is not there (the member says so).
-            k.announced = k.facts.as_ref().map_or(0, |f| f.version);
-            k.pull = None;
-            let unknown = k.facts.is_none(); // "unchanged" from nothing: asked again
+            // Unchanged: what was announced beyond it is not there (the member says so);
+            // "unchanged" from nothing is asked again (`pulled`: still wanted).
+            k.announced = have;
             self.pulled(from);
-            if unknown {
-                self.wait(from);
-            }
             return Vec::new();
         }
         if usize::from(pages) > MAX_FACTS / wire::PAGE || page >= pages || bytes.len() > wire::PAGE {
             return Vec::new();
         }
-        let pull = k.pull.as_mut().expect("pulling");
         let mut next = Vec::new();
         if pull.version != Some(version) {
             if pull.version.is_some_and(|v| v > version) {
@@ -241,7 +276,6 @@ impl Table {
             }
             pull.version = Some(version);
             pull.pages = vec![None; usize::from(pages)];
-            let have = k.facts.as_ref().map_or(0, |f| f.version);
             next = (0..pages).filter(|p| *p != page).map(|p| Body::Facts { started_ns, have, page: p }).collect();
         }
         if pull.pages.len() != usize::from(pages) {
@@ -253,16 +287,11 @@ impl Table {
         }
         let encoded: Vec<u8> =
             pull.pages.iter().flat_map(|p| p.as_deref().expect("complete").iter().copied()).collect();
-        k.pull = None;
         match postcard::from_bytes::<Vec<(String, String)>>(&encoded) {
             Ok(kv) => {
-                // Announced beyond this version while it was being pulled: asked again
-                // (an unchanged member answers that in one empty page).
-                let again = k.announced > version;
+                // Announced beyond this version while it was being pulled: `pulled` asks
+                // again (an unchanged member answers that in one empty page).
                 k.announced = k.announced.max(version);
-                if again {
-                    self.queued.insert(from).then(|| self.waiting.push_back(from));
-                }
                 if k.facts.is_none() {
                     self.known += 1;
                 }
@@ -270,11 +299,23 @@ impl Table {
                 k.tries = TRIES; // it answers: a fresh budget for its next change
                 k.facts = Some(Arc::new(Facts { version, kv }));
                 self.changed = true;
+                self.pulled(from);
             }
+            // Facts that do not decode: no try left, so the pull's time-out pauses it.
             Err(_) => k.tries = 0,
         }
-        self.pulled(from);
         Vec::new()
+    }
+
+    /// Pauses a member whose tries ran out.
+    fn pause(&mut self, addr: SocketAddr, now: Instant) {
+        self.pulling.remove(&addr);
+        if let Some(k) = self.members.get_mut(&addr) {
+            let until = now + k.pause;
+            k.stage = Stage::Paused(until);
+            k.pause = (k.pause * 2).min(MAX_PAUSE);
+            self.paused.insert((until, addr));
+        }
     }
 
     /// The asks due now: pages not answered within [`RETRY`], new pulls (at most
@@ -288,23 +329,18 @@ impl Table {
             }
             self.paused.remove(&(until, addr));
             if let Some(k) = self.members.get_mut(&addr) {
-                if k.paused == Some(until) {
-                    k.paused = None;
+                if matches!(k.stage, Stage::Paused(t) if t == until) {
+                    k.stage = Stage::Idle;
                     k.tries = TRIES;
-                    self.wait(addr);
+                    self.wait(addr, false);
                 }
             }
         }
-        let mut ended = Vec::new();
+        let mut spent = Vec::new();
         for addr in &self.pulling {
-            let Some(k) = self.members.get_mut(addr) else {
-                ended.push(*addr);
-                continue;
-            };
-            let Some(pull) = &mut k.pull else {
-                ended.push(*addr);
-                continue;
-            };
+            let k = self.members.get_mut(addr).expect("a member being pulled is a member");
+            let have = k.have();
+            let Stage::Pulling(pull) = &mut k.stage else { unreachable!("in pulling, not Pulling: {:?}", k.stage) };
             // A loaded member answers late: each try waits twice as long (0.5, 1, 2 s …).
             let waited = RETRY * (1 << (TRIES - k.tries).min(3));
             if now.duration_since(pull.asked) < waited {
@@ -312,59 +348,37 @@ impl Table {
             }
             // Not answered in time: a try spent.
             if k.tries == 0 {
-                k.pull = None;
-                ended.push(*addr);
-                self.paused.insert((now + k.pause, *addr));
-                k.paused = Some(now + k.pause);
-                k.pause = (k.pause * 2).min(MAX_PAUSE);
+                spent.push(*addr);
                 continue;
             }
             k.tries -= 1;
             pull.asked = now;
-            let (started_ns, have) = (k.id.started_ns, k.facts.as_ref().map_or(0, |f| f.version));
+            let started_ns = k.id.started_ns;
             out.extend(pull.missing().map(|page| (*addr, Body::Facts { started_ns, have, page })));
         }
-        for addr in ended {
-            self.pulled(addr);
+        for addr in spent {
+            self.pause(addr, now);
         }
         while self.pulling.len() < MAX_PULLS {
             let Some(addr) = self.waiting.pop_front() else { break };
-            self.queued.remove(&addr);
             let Some(k) = self.members.get_mut(&addr) else { continue };
-            let have = k.facts.as_ref().map_or(0, |f| f.version);
-            let wanted = k.facts.is_none() || k.announced > have;
-            if !wanted || k.tries == 0 || k.pull.is_some() {
+            if !matches!(k.stage, Stage::Waiting) {
+                continue;
+            }
+            if !k.wanted() {
+                k.stage = Stage::Idle;
+                continue;
+            }
+            if k.tries == 0 {
+                self.pause(addr, now);
                 continue;
             }
             k.tries -= 1;
-            k.pull = Some(Pull { version: None, pages: Vec::new(), asked: now });
+            k.stage = Stage::Pulling(Pull { version: None, pages: Vec::new(), asked: now });
             self.pulling.insert(addr);
-            out.push((addr, Body::Facts { started_ns: k.id.started_ns, have, page: 0 }));
+            out.push((addr, Body::Facts { started_ns: k.id.started_ns, have: k.have(), page: 0 }));
         }
         out
-    }
-
-    /// Queues again every member whose facts are wanted but that nothing is about to
-    /// ask (a safety net, run every second: O(members)); how many it found.
-    pub(crate) fn sweep(&mut self) -> usize {
-        let stranded: Vec<SocketAddr> = self
-            .members
-            .values()
-            .filter(|k| {
-                let have = k.facts.as_ref().map_or(0, |f| f.version);
-                let wanted = k.facts.is_none() || k.announced > have;
-                wanted && k.pull.is_none() && k.paused.is_none() && !self.queued.contains(&k.id.addr)
-            })
-            .map(|k| k.id.addr)
-            .collect();
-        for addr in &stranded {
-            if let Some(k) = self.members.get_mut(addr) {
-                k.tries = k.tries.max(1);
-            }
-            self.pulling.remove(addr);
-            self.wait(*addr);
-        }
-        stranded.len()
     }
 
     /// Members whose facts are known.
@@ -500,19 +514,98 @@ mod tests {
         assert_eq!(a.len(), 1);
     }
 
+    /// The table's invariant: every member is where its stage says, and every member
+    /// whose facts are wanted is waiting, being pulled or paused (none is forgotten).
+    fn assert_stages_hold(t: &Table) {
+        for (addr, k) in &t.members {
+            match &k.stage {
+                Stage::Idle => assert!(!k.wanted(), "{addr}: wanted but idle"),
+                Stage::Waiting => assert!(t.waiting.contains(addr), "{addr}: waiting, not queued"),
+                Stage::Pulling(_) => assert!(t.pulling.contains(addr), "{addr}: pulled, not in pulling"),
+                Stage::Paused(until) => assert!(t.paused.contains(&(*until, *addr)), "{addr}: paused, not in paused"),
+            }
+            assert_eq!(t.pulling.contains(addr), matches!(k.stage, Stage::Pulling(_)), "{addr}");
+        }
+        assert!(t.pulling.len() <= MAX_PULLS);
+        assert!(t.pulling.iter().all(|a| t.members.contains_key(a)), "a pull of a member gone");
+        assert_eq!(t.known, t.members.values().filter(|k| k.facts.is_some()).count());
+    }
+
     #[test]
-    fn a_member_left_out_of_every_queue_is_swept_back_in() {
-        let now = Instant::now();
-        let mut a = Table::new(&id(1, 1), &kv(&[]));
-        a.up(id(2, 7));
-        assert_eq!(a.asks(now).len(), 1);
-        // The member is forgotten by the queues (what the sweep guards against).
-        a.members.get_mut(&id(2, 7).addr).unwrap().pull = None;
-        a.pulling.clear();
-        assert!(a.asks(now + RETRY * 3).is_empty());
-        assert_eq!(a.sweep(), 1);
-        assert_eq!(a.asks(now + RETRY * 3).len(), 1);
-        assert_eq!(a.sweep(), 0, "a member being asked is not stranded");
+    fn no_member_whose_facts_are_wanted_is_ever_left_out() {
+        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        // Random lives of 40 members (some answer, some are silent, some restart, some
+        // announce or are rechecked) against one table, the invariant checked at every step.
+        for seed in 0..20 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let start = Instant::now();
+            let mut now = start;
+            let mut owners: HashMap<SocketAddr, Table> = HashMap::new();
+            let mut lives: HashMap<u16, u64> = HashMap::new();
+            let mut a = Table::new(&id(1, 1), &kv(&[]));
+            let mut in_flight: Vec<(SocketAddr, Body)> = Vec::new();
+            for _ in 0..2000 {
+                let port = rng.random_range(2..42u16);
+                let life = *lives.entry(port).or_insert(1);
+                match rng.random_range(0..10) {
+                    0 => {
+                        let addr = id(port, life).addr;
+                        if !owners.contains_key(&addr) && rng.random_bool(0.8) {
+                            // This life answers.
+                            owners.insert(addr, Table::new(&id(port, life), &kv(&[("name", &format!("n{port}"))])));
+                        }
+                        a.up(id(port, life));
+                    }
+                    1 => a.down(&id(port, life)),
+                    2 => {
+                        lives.insert(port, life + 1); // restarts
+                        owners.remove(&id(port, life).addr);
+                    }
+                    3 => {
+                        let addr = id(port, life).addr;
+                        let version = owners
+                            .get_mut(&addr)
+                            .and_then(|o| o.set_own(&kv(&[("v", &rng.random::<u32>().to_string())])));
+                        let version = version.unwrap_or(rng.random_range(1..9));
+                        a.announced(&wire::Announced { addr, started_ns: life, version });
+                    }
+                    4 => a.recheck(id(port, life).addr),
+                    5 => now += Duration::from_millis(rng.random_range(1..3000)),
+                    _ => in_flight.extend(a.asks(now)),
+                }
+                // Some asks are answered, in any order; some are lost.
+                while !in_flight.is_empty() && rng.random_bool(0.7) {
+                    let (to, ask) = in_flight.swap_remove(rng.random_range(0..in_flight.len()));
+                    let Body::Facts { started_ns, have, page } = ask else { panic!("{ask:?}") };
+                    if let Some(Body::FactsPage { of, started_ns, version, page, pages, bytes }) =
+                        owners.get(&to).and_then(|o| o.answer(started_ns, have, page))
+                    {
+                        in_flight
+                            .extend(a.page(of, started_ns, version, page, pages, bytes).into_iter().map(|b| (to, b)));
+                    }
+                }
+                assert_stages_hold(&a);
+            }
+            // Once everything is answered, every member that answers has its facts.
+            for _ in 0..200 {
+                now += RETRY * 16;
+                in_flight.extend(a.asks(now));
+                while let Some((to, Body::Facts { started_ns, have, page })) = in_flight.pop() {
+                    if let Some(Body::FactsPage { of, started_ns, version, page, pages, bytes }) =
+                        owners.get(&to).and_then(|o| o.answer(started_ns, have, page))
+                    {
+                        in_flight
+                            .extend(a.page(of, started_ns, version, page, pages, bytes).into_iter().map(|b| (to, b)));
+                    }
+                }
+                assert_stages_hold(&a);
+            }
+            for (addr, k) in &a.members {
+                if owners.get(addr).is_some_and(|o| o.own.started_ns == k.id.started_ns) {
+                    assert!(!k.wanted(), "seed {seed}: {addr} answers, yet its facts are still wanted");
+                }
+            }
+        }
     }
 
     #[test]

@@ -287,8 +287,9 @@ impl Node {
     pub(crate) fn hello(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now: Instant, wall_ms: u64) {
         self.at(now, wall_ms);
         let own = self.swim.identity().addr;
-        let members: std::collections::HashSet<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
-        for addr in addrs.into_iter().filter(|a| *a != own && !members.contains(a)) {
+        let is_member = |a: &SocketAddr| self.swim.member_at(a).is_some_and(|m| m.state() != foca::State::Down);
+        let strangers: Vec<SocketAddr> = addrs.into_iter().filter(|a| *a != own && !is_member(a)).collect();
+        for addr in strangers {
             self.send(addr, &Body::Hello);
         }
     }
@@ -551,12 +552,7 @@ impl Node {
     }
 
     fn random_member(&mut self) -> Option<SocketAddr> {
-        let n = self.swim.num_members();
-        if n == 0 {
-            return None;
-        }
-        let i = self.rng.random_range(0..n);
-        self.swim.iter_members().nth(i).map(|m| m.id().addr)
+        self.swim.random_member().map(|id| id.addr)
     }
 
     fn upkeep(&mut self) {
@@ -580,7 +576,6 @@ impl Node {
             if let Some(peer) = self.random_member() {
                 self.table.recheck(peer);
             }
-            self.table.sweep();
         }
         for (to, ask) in self.table.asks(now) {
             self.send(to, &ask);
@@ -622,7 +617,8 @@ impl Node {
                 OwnedNotification::MemberDown(id) => self.table.down(&id),
                 OwnedNotification::Rename(old, new) => {
                     self.table.down(&old);
-                    if self.swim.iter_members().any(|m| *m.id() == new) {
+                    if self.swim.member_at(&new.addr).is_some_and(|m| *m.id() == new && m.state() != foca::State::Down)
+                    {
                         self.table.up(new);
                     }
                 }

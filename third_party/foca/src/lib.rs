@@ -347,6 +347,13 @@ where
         self.members.iter_active()
     }
 
+    /// meshrpc's addition: hold at most `cap` members (up or down); past it, a member
+    /// not already held is ignored (so a stranger's gossip cannot grow this without
+    /// bound). Members already held stay.
+    pub fn set_max_members(&mut self, cap: usize) {
+        self.members.set_cap(cap);
+    }
+
     /// meshrpc's addition: the member at `addr` (active or down), found in O(1).
     pub fn member_at(&self, addr: &T::Addr) -> Option<&Member<T>> {
         self.members.get(addr)

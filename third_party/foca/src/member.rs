@@ -141,6 +141,8 @@ impl<T> Member<T> {
 pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
     index: HashMap<T::Addr, usize>,
+    /// meshrpc: members (up or down) held at most; past it an unknown member is refused.
+    cap: usize,
     cursor: usize,
     num_active: usize,
 }
@@ -170,9 +172,15 @@ where
             num_active,
             inner,
             index: HashMap::new(),
+            cap: usize::MAX,
         };
         members.reindex();
         members
+    }
+
+    /// meshrpc: holds at most `cap` members; members already held stay.
+    pub(crate) fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
     }
 
     fn reindex(&mut self) {
@@ -414,6 +422,16 @@ where
     pub(crate) fn apply(&mut self, update: Member<T>, mut rng: impl RngExt) -> ApplySummary<T> {
         self.apply_existing_if(update.clone(), |_member| true)
             .unwrap_or_else(|| {
+                // meshrpc: past the cap an unknown member is refused, so what a
+                // stranger's gossip can make a node hold is bounded.
+                if self.inner.len() >= self.cap {
+                    return ApplySummary {
+                        is_active_now: false,
+                        apply_successful: false,
+                        changed_active_set: false,
+                        conflict: ConflictResult::NoConflict,
+                    };
+                }
                 // Unknown member, we'll register it
                 let is_active_now = update.is_active();
 
@@ -845,6 +863,22 @@ mod tests {
             ids.dedup();
             assert_eq!(ids.len(), chosen.len(), "chosen twice");
         }
+    }
+
+    #[test]
+    fn past_the_cap_unknown_members_are_refused() {
+        let mut rng = SmallRng::seed_from_u64(0xCA9);
+        let mut members = Members::new(Vec::new());
+        members.set_cap(2);
+        assert!(members.apply(Member::alive(Id("a")), &mut rng).apply_successful);
+        assert!(members.apply(Member::alive(Id("b")), &mut rng).apply_successful);
+        let refused = members.apply(Member::alive(Id("c")), &mut rng);
+        assert!(!refused.apply_successful && !refused.is_active_now && !refused.changed_active_set);
+        assert_eq!((members.len(), members.num_active()), (2, 2));
+        // Members already held still change state.
+        assert!(members.apply(Member::down(Id("a")), &mut rng).changed_active_set);
+        assert_eq!(members.remove_if_down(&Id("a")).map(|m| m.id), Some(Id("a")));
+        assert!(members.apply(Member::alive(Id("c")), &mut rng).apply_successful, "room again");
     }
 
     #[test]

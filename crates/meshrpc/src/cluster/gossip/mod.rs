@@ -56,11 +56,20 @@ pub struct GossipConfig {
     /// through 3 others, is suspected, and declared dead 3 periods later unless it
     /// refutes.
     pub probe_period: Duration,
+    /// Members (up, or down and not yet forgotten) a node holds at most; past it, gossip
+    /// about a member it does not hold is ignored. Bounds what gossip — a stranger's, in
+    /// a cluster without a key — can make a node hold (docs/security.md). Default 16,384.
+    pub max_members: usize,
 }
 
 impl Default for GossipConfig {
     fn default() -> Self {
-        GossipConfig { interval: Duration::from_millis(100), phi_threshold: 8.0, probe_period: Duration::from_secs(1) }
+        GossipConfig {
+            interval: Duration::from_millis(100),
+            phi_threshold: 8.0,
+            probe_period: Duration::from_secs(1),
+            max_members: 16_384,
+        }
     }
 }
 

@@ -193,7 +193,8 @@ impl Node {
         let handler = Announcements { newest: Default::default(), inbox: inbox.clone() };
         let mut rng = StdRng::seed_from_u64(seed);
         let swim_rng = StdRng::seed_from_u64(rng.random());
-        let swim = Foca::with_custom_broadcast(id, swim_config(1, config), swim_rng, PostcardCodec, handler);
+        let mut swim = Foca::with_custom_broadcast(id, swim_config(1, config), swim_rng, PostcardCodec, handler);
+        swim.set_max_members(config.max_members);
         let table = Table::new(&id, kv);
         let own = Arc::new(Facts { version: table.own_version(), kv: kv.clone().into_iter().collect() });
         Node {
@@ -639,4 +640,49 @@ pub(crate) fn now_ms() -> u64 {
 /// When a node starts (Unix ns): its identity, with its gossip address.
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16, config: &GossipConfig, now: Instant) -> Node {
+        let id = NodeId { addr: SocketAddr::from(([127, 0, 0, 1], port)), started_ns: u64::from(port), bump: 0 };
+        let kv = BTreeMap::from([("name".to_owned(), format!("n{port}"))]);
+        Node::new(id, "test", config, None, &kv, Arc::default(), u64::from(port), now)
+    }
+
+    #[test]
+    fn a_node_holds_no_more_members_than_its_cap() {
+        // Without a key anyone can gossip: 40 nodes say hello to one that holds at most 8.
+        let start = Instant::now();
+        let capped = GossipConfig { max_members: 8, ..GossipConfig::default() };
+        let mut nodes: Vec<Node> = vec![node(1000, &capped, start)];
+        nodes.extend((1..=40).map(|i| node(1000 + i, &GossipConfig::default(), start)));
+        let target = SocketAddr::from(([127, 0, 0, 1], 1000));
+        for n in &mut nodes[1..] {
+            n.hello([target], start, 0);
+        }
+        let mut now = start;
+        while now < start + Duration::from_secs(20) {
+            now += Duration::from_millis(10);
+            let mut sent = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                n.poll(now, 0);
+                sent.extend(n.sends().map(|(to, data)| (i, to, data)));
+            }
+            for (from, to, mut data) in sent {
+                let from = SocketAddr::from(([127, 0, 0, 1], 1000 + from as u16));
+                if let Some(n) = nodes.get_mut(usize::from(to.port() - 1000)) {
+                    n.receive(&mut data, from, now, 0);
+                }
+            }
+            let held = nodes[0].swim.iter_membership_state().count();
+            assert!(held <= 8, "holds {held} members");
+        }
+        assert_eq!(nodes[0].members_up(), 8, "the cap is reached, and kept");
+        let others: Vec<usize> = nodes[1..].iter().map(Node::members_up).collect();
+        assert!(others.iter().all(|up| *up >= 39), "the others still form their mesh: {others:?}");
+        assert_eq!(nodes[0].table.known().count(), 8, "facts held only for members held");
+    }
 }

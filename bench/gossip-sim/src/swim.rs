@@ -84,7 +84,7 @@ pub struct Report {
 }
 
 const CONVERGE_WITHIN: f64 = 60.0;
-const IDLE_WINDOW: f64 = 10.0;
+const IDLE_WINDOW: f64 = 60.0;
 /// Datagram latency on a LAN: 0.1–0.5 ms.
 const LATENCY_US: std::ops::Range<u64> = 100..500;
 /// What every node gossips about itself: a greeter's facts (docs/wire.md).
@@ -118,6 +118,7 @@ struct Sim {
     datagrams: u64,
     /// Bytes of member-list pulls (asks and pages), among `datagram_bytes`.
     list_bytes: u64,
+    kinds: [u64; 8],
     largest: usize,
     /// (node, member) → since when the node holds a live member down.
     false_down_since: HashMap<(u32, u32), u64>,
@@ -154,6 +155,9 @@ impl Sim {
         for (to, data) in node.sends() {
             self.datagrams += 1;
             self.datagram_bytes += data.len() as u64;
+            if let Some(kind) = data.get(13).filter(|_| data.starts_with(b"MRG2")) {
+                self.kinds[usize::from(*kind).min(7)] += 1;
+            }
             // Plain datagrams: "MRG2", the cluster (8), the version, then the body's kind
             // (5: a member-list ask, 6: a page of it; docs/wire.md).
             if data.starts_with(b"MRG2") && matches!(data.get(13), Some(5 | 6)) {
@@ -280,6 +284,7 @@ pub fn run(scenario: Scenario, cpu_seconds: impl Fn() -> f64) -> Report {
         datagram_bytes: 0,
         datagrams: 0,
         list_bytes: 0,
+        kinds: [0; 8],
         largest: 0,
         false_down_since: Default::default(),
         false_downs: 0,
@@ -315,7 +320,13 @@ pub fn run(scenario: Scenario, cpu_seconds: impl Fn() -> f64) -> Report {
     let (bytes0, datagrams0, lists0, cpu0) = (sim.datagram_bytes, sim.datagrams, sim.list_bytes, cpu_seconds());
     sim.largest = 0;
     let t0 = sim.now_s();
+    let kinds0 = sim.kinds;
+
     sim.run_until(t0 + IDLE_WINDOW);
+    eprintln!(
+        "idle datagrams by kind (Swim, Hello, HelloBack, Facts, FactsPage, Members, MembersPage): {:?}",
+        sim.kinds.iter().zip(kinds0).map(|(a, b)| a - b).collect::<Vec<_>>()
+    );
     let per_node = |v: f64| v / IDLE_WINDOW / n as f64;
     // Member-list pulls (anti-entropy: one per node every max(30 s, N × 0.3 s) on average)
     // apart: one is measured whole, and counted at that rate.

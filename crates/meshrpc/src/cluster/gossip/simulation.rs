@@ -83,7 +83,7 @@ impl Node {
         news.into_iter().map(|(up, id)| (up, id.addr, id.started_ns)).collect()
     }
 
-    /// News it still has to pass on.
+    /// News it still has to pass on, and its join if under way (pulls of the member list).
     pub fn backlog(&self) -> usize {
         self.0.backlog()
     }

@@ -343,9 +343,11 @@ impl Node {
         self.table.known_count()
     }
 
-    /// News and announcements this node still has to pass on.
+    /// News and announcements this node still has to pass on, and its join if under way.
     pub(crate) fn backlog(&self) -> usize {
-        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog()
+        // A joining node's member-list pulls are work left too (they end after a few
+        // fruitless rounds).
+        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog() + usize::from(self.joining.is_some())
     }
 
     fn set_facts(&mut self, kv: BTreeMap<String, String>) {

@@ -118,6 +118,8 @@ struct Sim {
     datagrams: u64,
     /// Bytes of member-list pulls (asks and pages), among `datagram_bytes`.
     list_bytes: u64,
+    /// The same, of node 0's own pulls only (asks it sends, pages it gets).
+    list_bytes_of_0: u64,
     kinds: [u64; 8],
     largest: usize,
     /// (node, member) → since when the node holds a live member down.
@@ -162,6 +164,9 @@ impl Sim {
             // (5: a member-list ask, 6: a page of it; docs/wire.md).
             if data.starts_with(b"MRG2") && matches!(data.get(13), Some(5 | 6)) {
                 self.list_bytes += data.len() as u64;
+                if (data[13] == 5 && i == 0) || (data[13] == 6 && to == addr(0)) {
+                    self.list_bytes_of_0 += data.len() as u64;
+                }
             }
             self.largest = self.largest.max(data.len());
             if self.rng.random_bool(self.scenario.loss) {
@@ -284,6 +289,7 @@ pub fn run(scenario: Scenario, cpu_seconds: impl Fn() -> f64) -> Report {
         datagram_bytes: 0,
         datagrams: 0,
         list_bytes: 0,
+        list_bytes_of_0: 0,
         kinds: [0; 8],
         largest: 0,
         false_down_since: Default::default(),
@@ -327,18 +333,21 @@ pub fn run(scenario: Scenario, cpu_seconds: impl Fn() -> f64) -> Report {
         "idle datagrams by kind (Swim, Hello, HelloBack, Facts, FactsPage, Members, MembersPage): {:?}",
         sim.kinds.iter().zip(kinds0).map(|(a, b)| a - b).collect::<Vec<_>>()
     );
+    let (cpu1, datagrams1) = (cpu_seconds(), sim.datagrams);
     let per_node = |v: f64| v / IDLE_WINDOW / n as f64;
     // Member-list pulls (anti-entropy: one per node every max(30 s, N × 0.3 s) on average)
     // apart: one is measured whole, and counted at that rate.
     let in_window = per_node((sim.list_bytes - lists0) as f64);
     report.datagram_bytes_per_node_s = per_node((sim.datagram_bytes - bytes0) as f64) - in_window;
-    let lists1 = sim.list_bytes;
+    // Node 0's pull alone (at 100 nodes others' anti-entropy pulls, 3 a second, overlap it).
+    sim.run_until(sim.now_s() + 1.0); // a pull node 0 was answering or making ends first
+    let lists1 = sim.list_bytes_of_0;
     sim.step(0, |node, now, wall| node.pull_members_now(now, wall));
     sim.run_until(sim.now_s() + 1.0);
-    report.member_list_bytes = sim.list_bytes - lists1;
+    report.member_list_bytes = sim.list_bytes_of_0 - lists1;
     report.sync_bytes_per_node_s = report.member_list_bytes as f64 / anti_entropy_every(n).as_secs_f64();
-    report.datagrams_per_node_s = per_node((sim.datagrams - datagrams0) as f64);
-    report.cpu_pct_per_node = per_node(cpu_seconds() - cpu0) * 100.0;
+    report.datagrams_per_node_s = per_node((datagrams1 - datagrams0) as f64);
+    report.cpu_pct_per_node = per_node(cpu1 - cpu0) * 100.0;
 
     // A node killed: how long until every live node knows it down.
     let victim = (n / 2) as u32;

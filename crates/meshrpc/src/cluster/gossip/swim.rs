@@ -654,6 +654,63 @@ mod tests {
         Node::new(id, "test", config, None, &kv, Arc::default(), u64::from(port), now)
     }
 
+    /// Delivers every datagram the nodes send, 1 ms of simulated time a step.
+    fn step(nodes: &mut [Node], now: Instant) {
+        let mut sent = Vec::new();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.poll(now, 0);
+            sent.extend(n.sends().map(|(to, data)| (i, to, data)));
+        }
+        for (from, to, mut data) in sent {
+            let from = SocketAddr::from(([127, 0, 0, 1], 1000 + from as u16));
+            if let Some(n) = nodes.get_mut(usize::from(to.port() - 1000)) {
+                n.receive(&mut data, from, now, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_joiner_and_its_new_facts_reach_the_seed_in_round_trips_not_rounds() {
+        // Simulated time: the join is hello, hello-back, announce, a facts pull; a change
+        // of facts is an announcement and a pull — none waits for a probe period.
+        let start = Instant::now();
+        let config = GossipConfig::default();
+        let mut nodes = vec![node(1000, &config, start)];
+        let mut now = start;
+        while now < start + Duration::from_secs(2) {
+            now += Duration::from_millis(1);
+            step(&mut nodes, now);
+            let _ = nodes[0].view();
+        }
+        let joined = now;
+        nodes.push(node(1001, &config, now));
+        nodes[1].hello([SocketAddr::from(([127, 0, 0, 1], 1000))], now, 0);
+        let seen = |nodes: &mut Vec<Node>, what: &str| {
+            nodes[0].view().is_some_and(|v| v.iter().any(|r| r.facts.kv.iter().any(|(_, x)| x == what)))
+        };
+        let mut known = None;
+        while known.is_none() && now < joined + Duration::from_secs(2) {
+            now += Duration::from_millis(1);
+            step(&mut nodes, now);
+            known = seen(&mut nodes, "n1001").then(|| now - joined);
+        }
+        let known = known.expect("the joiner never reached the seed's view");
+        assert!(known <= Duration::from_millis(20), "joiner in the seed's view after {known:?}");
+        let serving =
+            BTreeMap::from([("name".to_owned(), "n1001".to_owned()), ("state".to_owned(), "serving".to_owned())]);
+        let changed = now;
+        nodes[1].facts(serving, now, 0);
+        let mut known = None;
+        while known.is_none() && now < changed + Duration::from_secs(2) {
+            now += Duration::from_millis(1);
+            step(&mut nodes, now);
+            known = seen(&mut nodes, "serving").then(|| now - changed);
+        }
+        let known = known.expect("the new facts never reached the seed's view");
+        // An announcement rides the next gossip round (every `interval`, 100 ms).
+        assert!(known <= config.interval + Duration::from_millis(20), "new facts in the seed's view after {known:?}");
+    }
+
     #[test]
     fn a_node_holds_no_more_members_than_its_cap() {
         // Without a key anyone can gossip: 40 nodes say hello to one that holds at most 8.
@@ -668,17 +725,7 @@ mod tests {
         let mut now = start;
         while now < start + Duration::from_secs(20) {
             now += Duration::from_millis(10);
-            let mut sent = Vec::new();
-            for (i, n) in nodes.iter_mut().enumerate() {
-                n.poll(now, 0);
-                sent.extend(n.sends().map(|(to, data)| (i, to, data)));
-            }
-            for (from, to, mut data) in sent {
-                let from = SocketAddr::from(([127, 0, 0, 1], 1000 + from as u16));
-                if let Some(n) = nodes.get_mut(usize::from(to.port() - 1000)) {
-                    n.receive(&mut data, from, now, 0);
-                }
-            }
+            step(&mut nodes, now);
             let held = nodes[0].swim.iter_membership_state().count();
             assert!(held <= 8, "holds {held} members");
         }

@@ -62,8 +62,7 @@ async fn run(
             view.send_replace(Arc::new(members));
         }
         for (to, datagram) in node.sends() {
-            // UDP: a datagram the kernel cannot take now is lost, as on the wire.
-            let _ = socket.try_send_to(&datagram, to);
+            send(&socket, &datagram, to).await;
         }
         if node.wants_seeds(Instant::now()) {
             // Addresses at once; names looked up aside: a slow name server must not hold
@@ -101,6 +100,22 @@ async fn run(
         }
     }
 }
+
+/// Sends one datagram. tokio learns that a new socket is writable only once its reactor
+/// has turned, and until then `try_send_to` says it would block: a node's first datagram —
+/// its hello to the seed — was dropped that way, often, and the join waited for the next
+/// hello, a second later. So a datagram that would block waits for the socket, briefly;
+/// one the kernel still cannot take is lost, as on the wire.
+async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.try_send_to(datagram, to) {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            let _ = tokio::time::timeout(SEND_WAIT, socket.send_to(datagram, to)).await;
+        }
+    }
+}
+
+/// How long a datagram waits for room in the socket's send buffer.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn leave(node: &mut Node, socket: &UdpSocket) {
     node.leave(Instant::now(), now_ms());

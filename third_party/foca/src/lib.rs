@@ -350,7 +350,7 @@ where
     /// meshrpc's addition: hold at most `cap` members (up or down); past it, a member
     /// not already held is ignored (so a stranger's gossip cannot grow this without
     /// bound). Members already held stay.
-    pub fn set_max_members(&mut self, cap: usize) {
+    pub const fn set_max_members(&mut self, cap: usize) {
         self.members.set_cap(cap);
     }
 

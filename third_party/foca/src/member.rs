@@ -179,7 +179,7 @@ where
     }
 
     /// meshrpc: holds at most `cap` members; members already held stay.
-    pub(crate) fn set_cap(&mut self, cap: usize) {
+    pub(crate) const fn set_cap(&mut self, cap: usize) {
         self.cap = cap;
     }
 
@@ -870,15 +870,35 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(0xCA9);
         let mut members = Members::new(Vec::new());
         members.set_cap(2);
-        assert!(members.apply(Member::alive(Id("a")), &mut rng).apply_successful);
-        assert!(members.apply(Member::alive(Id("b")), &mut rng).apply_successful);
+        assert!(
+            members
+                .apply(Member::alive(Id("a")), &mut rng)
+                .apply_successful
+        );
+        assert!(
+            members
+                .apply(Member::alive(Id("b")), &mut rng)
+                .apply_successful
+        );
         let refused = members.apply(Member::alive(Id("c")), &mut rng);
         assert!(!refused.apply_successful && !refused.is_active_now && !refused.changed_active_set);
         assert_eq!((members.len(), members.num_active()), (2, 2));
         // Members already held still change state.
-        assert!(members.apply(Member::down(Id("a")), &mut rng).changed_active_set);
-        assert_eq!(members.remove_if_down(&Id("a")).map(|m| m.id), Some(Id("a")));
-        assert!(members.apply(Member::alive(Id("c")), &mut rng).apply_successful, "room again");
+        assert!(
+            members
+                .apply(Member::down(Id("a")), &mut rng)
+                .changed_active_set
+        );
+        assert_eq!(
+            members.remove_if_down(&Id("a")).map(|m| m.id),
+            Some(Id("a"))
+        );
+        assert!(
+            members
+                .apply(Member::alive(Id("c")), &mut rng)
+                .apply_successful,
+            "room again"
+        );
     }
 
     #[test]

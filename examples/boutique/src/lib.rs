@@ -1,0 +1,30 @@
+//! Online Boutique on meshrpc: a modular monolith that deploys as microservices.
+//!
+//! Each service is a trait (`#[meshrpc::service]`) in a module named for it, with one
+//! implementation. Services that call others hold them as `Arc<dyn Trait>`; in the app
+//! those are always generated clients over `cluster.client(SPEC)`, so where a service is
+//! placed ([`placement`]) alone decides whether a call stays in process (the colocated
+//! path) or crosses the mesh.
+
+pub mod ad;
+pub mod cart;
+pub mod checkout;
+pub mod currency;
+pub mod email;
+pub mod money;
+pub mod payment;
+pub mod placement;
+pub mod productcatalog;
+pub mod recommendation;
+pub mod shipping;
+
+pub use money::{Money, MoneyError};
+
+/// A process-wide counter turned into a short id with a prefix (`ord-…`, `txn-…`): unique
+/// within a process, distinct across processes by the process id.
+pub(crate) fn next_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}-{n:06}", std::process::id())
+}

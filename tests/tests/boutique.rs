@@ -1,0 +1,245 @@
+//! Online Boutique (examples/boutique), one test body against three placements of the same
+//! code: (a) one process, one node publishing everything (calls between services take the
+//! colocated path); (b) one process, one node per service over real sockets on loopback;
+//! (c) one OS process per service, from the `boutique` binary and `each.toml`. And the
+//! whole app in one command: the binary without `--group`, `three.toml`.
+
+use std::time::{Duration, Instant};
+
+use boutique::{
+    cart::{CartClient, CartItem, UserCart},
+    checkout::{CheckoutClient, CheckoutError, OrderItem, PlaceOrderRequest},
+    currency::CurrencyClient,
+    email::EmailClient,
+    payment::{CreditCardInfo, PaymentError},
+    placement::{all_specs, start_all, start_group, wait_all_ready, NodeOptions, Placement},
+    productcatalog::ProductCatalogClient,
+    shipping::Address,
+    Money,
+};
+use meshrpc::{Cluster, ClusterBuilder};
+use meshrpc_tests::harness::Node;
+
+use boutique::cart::Cart as _;
+use boutique::checkout::Checkout as _;
+use boutique::currency::Currency as _;
+use boutique::email::Email as _;
+use boutique::productcatalog::ProductCatalog as _;
+
+const BOUTIQUE: &str = env!("CARGO_BIN_EXE_boutique-example");
+const EACH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/boutique/placements/each.toml");
+const THREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/boutique/placements/three.toml");
+
+/// How long the services may take to become reachable, and the body to run.
+const READY_WITHIN: Duration = Duration::from_secs(15);
+const BODY_WITHIN: Duration = Duration::from_secs(30);
+
+/// What a user of the app holds: clients of the services it calls.
+struct Shop {
+    checkout: CheckoutClient,
+    cart: CartClient,
+    catalog: ProductCatalogClient,
+    currency: CurrencyClient,
+    email: EmailClient,
+}
+
+impl Shop {
+    /// Clients over `cluster`, once every service answers there.
+    async fn over(cluster: &Cluster) -> Shop {
+        let started = Instant::now();
+        cluster.wait_for(&all_specs(), READY_WITHIN).await.expect("every service reachable");
+        eprintln!("  services reachable after {:?}", started.elapsed());
+        Shop {
+            checkout: CheckoutClient::new(cluster.client(CheckoutClient::SPEC)),
+            cart: CartClient::new(cluster.client(CartClient::SPEC)),
+            catalog: ProductCatalogClient::new(cluster.client(ProductCatalogClient::SPEC)),
+            currency: CurrencyClient::new(cluster.client(CurrencyClient::SPEC)),
+            email: EmailClient::new(cluster.client(EmailClient::SPEC)),
+        }
+    }
+}
+
+/// A client-only node that joins the app through `seed`.
+async fn shopper(tag: &str, seed: std::net::SocketAddr) -> Cluster {
+    ClusterBuilder::from_env("shopper").tag(tag).seeds([seed.to_string()]).start().await.expect("the shopper joins")
+}
+
+fn euro(units: i64, nanos: i32) -> Money {
+    Money::new("EUR", units, nanos).unwrap()
+}
+
+fn address() -> Address {
+    Address {
+        street_address: "1600 Amphitheatre Parkway".into(),
+        city: "Mountain View".into(),
+        state: "CA".into(),
+        country: "United States".into(),
+        zip_code: 94043,
+    }
+}
+
+fn order(user: &str, card_number: &str) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        user_id: user.into(),
+        user_currency: "EUR".into(),
+        address: address(),
+        email: "someone@example.com".into(),
+        credit_card: CreditCardInfo {
+            credit_card_number: card_number.into(),
+            credit_card_cvv: 672,
+            credit_card_expiration_year: 2099,
+            credit_card_expiration_month: 1,
+        },
+    }
+}
+
+/// The test body: what a user sees, whatever the placement.
+async fn shop(s: &Shop) {
+    let user = "alice";
+    let products = s.catalog.list_products().await.unwrap();
+    assert_eq!(products.len(), 10, "the catalog lists ten products");
+    let (sunglasses, loafers) = (&products[0], &products[3]);
+    assert_eq!((sunglasses.name.as_str(), loafers.name.as_str()), ("Sunglasses", "Loafers"));
+    assert_eq!(sunglasses.price_usd, Money::new("USD", 19, 990_000_000).unwrap());
+
+    s.cart.add_item(user.into(), CartItem { product_id: sunglasses.id.clone(), quantity: 2 }).await.unwrap();
+    s.cart.add_item(user.into(), CartItem { product_id: loafers.id.clone(), quantity: 1 }).await.unwrap();
+    let cart = s.cart.get_cart(user.into()).await.unwrap();
+    let bought = vec![
+        CartItem { product_id: sunglasses.id.clone(), quantity: 2 },
+        CartItem { product_id: loafers.id.clone(), quantity: 1 },
+    ];
+    assert_eq!(cart, UserCart { user_id: user.into(), items: bought.clone() });
+
+    // 19.99 USD at 1.1305 USD per EUR: 17.682441397… EUR, to the nano toward zero.
+    let sunglasses_eur = s.currency.convert(sunglasses.price_usd.clone(), "EUR".into()).await.unwrap();
+    assert_eq!(sunglasses_eur, euro(17, 682_441_397));
+    let loafers_eur = s.currency.convert(loafers.price_usd.clone(), "EUR".into()).await.unwrap();
+    assert_eq!(loafers_eur, euro(79, 601_946_041)); // 89.99 USD
+    let shipping_eur = euro(7, 952_233_524); // the flat 8.99 USD
+
+    let sent_before = s.email.sent_count().await.unwrap();
+    let placed = s.checkout.place_order(order(user, "4432-8015-6152-0454")).await.expect("the order is placed");
+    assert_eq!(
+        placed.items,
+        vec![
+            OrderItem { item: bought[0].clone(), cost: sunglasses_eur.clone() },
+            OrderItem { item: bought[1].clone(), cost: loafers_eur.clone() },
+        ]
+    );
+    assert!(placed.shipping_tracking_id.starts_with("TRKUN"), "tracking id {}", placed.shipping_tracking_id);
+    assert!(placed.order_id.starts_with("ord-") && placed.transaction_id.starts_with("txn-"), "{placed:?}");
+    assert_eq!(placed.shipping_cost, shipping_eur);
+    assert_eq!(placed.shipping_address, address());
+    // 2 × 17.682441397 + 79.601946041 + 7.952233524 = 122.919062359 EUR: nanos carry into units.
+    let expected = 2 * sunglasses_eur.total_nanos() + loafers_eur.total_nanos() + shipping_eur.total_nanos();
+    assert_eq!(expected, 122_919_062_359);
+    assert_eq!(placed.total, euro(122, 919_062_359));
+    assert_eq!(s.cart.get_cart(user.into()).await.unwrap().items, vec![], "the cart is empty after the order");
+    assert_eq!(s.email.sent_count().await.unwrap(), sent_before + 1, "one confirmation more");
+
+    // A bad card number: the payment service's own error reaches the caller, typed, and the
+    // cart is kept.
+    s.cart.add_item(user.into(), bought[1].clone()).await.unwrap();
+    let refused = s.checkout.place_order(order(user, "4432-8015-6152-0455")).await;
+    assert_eq!(refused, Err(CheckoutError::Payment(PaymentError::InvalidCardNumber { last4: "0455".into() })));
+    let mut expired = order(user, "4432801561520454");
+    expired.credit_card.credit_card_expiration_year = 2020;
+    let refused = s.checkout.place_order(expired).await;
+    assert_eq!(refused, Err(CheckoutError::Payment(PaymentError::Expired { month: 1, year: 2020 })));
+    assert_eq!(s.cart.get_cart(user.into()).await.unwrap().items, vec![bought[1].clone()], "the cart is kept");
+    assert_eq!(s.email.sent_count().await.unwrap(), sent_before + 1, "no confirmation for a refused order");
+}
+
+/// Runs the body within its bound and reports the time it took.
+async fn run(placement: &str, started: Instant, s: &Shop) {
+    let body = Instant::now();
+    tokio::time::timeout(BODY_WITHIN, shop(s)).await.expect("the shopping finishes in time");
+    eprintln!("{placement}: body {:?}, total {:?}", body.elapsed(), started.elapsed());
+}
+
+/// Waits for a `boutique` process's `ready` line: its nodes reach the services they call.
+async fn ready(node: &Node) {
+    let ready = node.line("ready", READY_WITHIN).await;
+    assert!(ready.is_some(), "{} not ready within {READY_WITHIN:?}: {:?}", node.addr, node.output());
+}
+
+fn tag(kind: &str) -> String {
+    format!("boutique-{kind}-{}", std::process::id())
+}
+
+fn local() -> NodeOptions {
+    NodeOptions { tag: String::new(), seeds: Vec::new(), listen: "127.0.0.1:0".into() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_publishing_everything() {
+    let started = Instant::now();
+    let node = start_group(&Placement::one(), 0, NodeOptions { tag: tag("one"), ..local() }).await.unwrap();
+    let serving = node.clone();
+    tokio::spawn(async move { serving.serve().await });
+    let shop_ = Shop::over(&node).await;
+    // The node serves every service: its clients call the implementations in process.
+    assert!(format!("{:?}", shop_.checkout).contains("colocated: true"), "{:?}", shop_.checkout);
+    run("one node", started, &shop_).await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_per_service_in_one_process() {
+    let started = Instant::now();
+    let tag = tag("nodes");
+    let nodes = start_all(&Placement::each(), &tag, &[], "127.0.0.1").await.unwrap();
+    for node in &nodes {
+        let node = node.clone();
+        tokio::spawn(async move { node.serve().await });
+    }
+    // Each node reaches the services it calls (checkout's node sees cart's, …).
+    wait_all_ready(&Placement::each(), &nodes, READY_WITHIN).await.expect("every node ready");
+    let caller = shopper(&tag, nodes[0].local_addr().unwrap()).await;
+    let shop_ = Shop::over(&caller).await;
+    assert!(format!("{:?}", shop_.checkout).contains("colocated: false"), "{:?}", shop_.checkout);
+    run("node per service, one process", started, &shop_).await;
+    // Drain every node at once (each waits its drain grace).
+    let drains: Vec<_> = nodes.into_iter().map(|node| tokio::spawn(async move { node.shutdown().await })).collect();
+    for drain in drains {
+        drain.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_process_per_service() {
+    let started = Instant::now();
+    let tag = tag("processes");
+    let group = |n: usize| n.to_string();
+    let mut nodes = vec![
+        Node::start(BOUTIQUE, &["--placement", EACH, "--group", "0", "--listen-addr", "127.0.0.1:0", "--tag", &tag])
+            .await,
+    ];
+    let seed = nodes[0].addr.to_string();
+    for n in 1..Placement::each().groups().len() {
+        let n = group(n);
+        let args =
+            ["--placement", EACH, "--group", &n, "--nodes", &seed, "--listen-addr", "127.0.0.1:0", "--tag", &tag];
+        nodes.push(Node::start(BOUTIQUE, &args).await);
+    }
+    for node in &nodes {
+        ready(node).await;
+    }
+    let caller = shopper(&tag, nodes[0].addr).await;
+    run("process per service", started, &Shop::over(&caller).await).await;
+    // `nodes` are killed when dropped.
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_app_in_one_command() {
+    let started = Instant::now();
+    let tag = tag("command");
+    // Without `--group`: every group of the file in one process, each its own node.
+    let app = Node::start(BOUTIQUE, &["--placement", THREE, "--listen-addr", "127.0.0.1:0", "--tag", &tag]).await;
+    ready(&app).await;
+    let caller = shopper(&tag, app.addr).await;
+    run("three groups, one command", started, &Shop::over(&caller).await).await;
+    let groups = app.output().iter().filter(|l| l.contains(" serves ")).count();
+    assert_eq!(groups, 3, "{:?}", app.output());
+}

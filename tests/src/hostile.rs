@@ -127,6 +127,9 @@ async fn scrape(addr: SocketAddr, name: &str, suffix: &str) -> u64 {
 /// prints why each of the others failed.
 pub async fn probes_through_a_flood(addr: SocketAddr, path: &str, probes: usize) -> usize {
     const FLOOD_HELD: usize = 600;
+    // The test process shares its descriptors with the tests running beside it: lift
+    // its soft limit as the node binaries do (a fresh machine's soft limit is 1,024).
+    let _ = meshrpc::server::raise_fd_limit();
     let flooding = tokio::spawn(async move {
         let mut silent = std::collections::VecDeque::new();
         loop {

@@ -68,6 +68,41 @@ impl Net {
         addr
     }
 
+    /// Gives every host a permanent neighbour entry for every other (no ARP). On this
+    /// software switch an ARP request is copied to every port, and a node that learns a
+    /// mesh of 32 at once asks for 32 addresses at once: 32 × 66 copies overflow the
+    /// kernel's per-CPU backlog (`netdev_max_backlog`, 1,000) on a loaded 2-core machine,
+    /// requests are lost, and the datagrams waiting on them are dropped (`SndbufErrors`)
+    /// until the next try, often lost the same way. A LAN's switch copies broadcasts in
+    /// hardware; with many hosts, call this once they are all added.
+    pub fn static_neighbors(&self) {
+        let macs: Vec<(String, String)> = self
+            .hosts
+            .iter()
+            .map(|ns| {
+                let out = Command::new("ip").args(["-n", ns, "-j", "addr", "show", "eth0"]).output().expect("ip addr");
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+                let mac = v[0]["address"].as_str().expect("a MAC").to_owned();
+                let ip = v[0]["addr_info"][0]["local"].as_str().expect("an address").to_owned();
+                (ip, mac)
+            })
+            .collect();
+        for ns in &self.hosts {
+            let batch: String =
+                macs.iter().map(|(ip, mac)| format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n")).collect();
+            let mut child = Command::new("ip")
+                .args(["-n", ns, "-batch", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("ip -batch");
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(batch.as_bytes()).expect("batch written");
+            child.wait().expect("ip -batch ran");
+        }
+    }
+
     /// Runs `bin args…` on host `n` and waits for its `listening on` line.
     pub async fn start(&self, n: u8, bin: &str, args: &[&str]) -> Node {
         let ns = self.ns(n);

@@ -220,8 +220,14 @@ async fn a_mesh_of_8_to_64_nodes_each_on_its_own_host() {
         net.host(h);
     }
     net.host(CALLER);
+    net.static_neighbors();
     let mut rows = Vec::new();
-    for n in SIZES {
+    // `MESHRPC_SCALE_SIZES=32,64` runs those sizes only (to reproduce one).
+    let sizes: Vec<u8> = match std::env::var("MESHRPC_SCALE_SIZES") {
+        Ok(list) => list.split(',').filter_map(|n| n.trim().parse().ok()).filter(|n| *n <= most).collect(),
+        Err(_) => SIZES.to_vec(),
+    };
+    for n in sizes {
         eprintln!("scale: {n} nodes");
         rows.push(measure(&net, n).await);
     }

@@ -35,6 +35,7 @@ async fn sixty_four_callers_keep_to_subsets_of_eight_among_sixty_four_replicas()
     for h in 1..=2 * N {
         net.host(h);
     }
+    net.static_neighbors();
     let seed = addr(1);
     let mut replicas = Vec::new();
     for h in 1..=N {

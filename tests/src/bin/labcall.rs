@@ -110,12 +110,31 @@ async fn main() {
         return;
     }
     let fingerprint = LabClient::SPEC.fingerprint();
+    // While it waits, what it sees (stderr, every 5 s): why a caller was slow to start.
+    let watching = {
+        let (cluster, fingerprint) = (cluster.clone(), fingerprint.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let view = cluster.view();
+                let replicas = view.replicas("lab", Some(&fingerprint)).count();
+                let states: Vec<String> = view.members.iter().map(|m| format!("{}:{:?}", m.name, m.state)).collect();
+                eprintln!(
+                    "labcall: waiting {} ms: {replicas} replicas of lab, {} members: {}",
+                    start.elapsed().as_millis(),
+                    view.members.len(),
+                    states.join(" ")
+                );
+            }
+        })
+    };
     let callers = args.callers;
     let enough = cluster.wait_view(|v| {
         v.replicas("lab", Some(&fingerprint)).count() >= args.replicas
             && v.members.iter().filter(|m| m.name == "labcall").count() >= callers
     });
     let _ = tokio::time::timeout(Duration::from_millis(args.wait_ms), enough).await;
+    watching.abort();
     report.lock().unwrap().join_ms = start.elapsed().as_millis() as u64;
     println!("calling");
 

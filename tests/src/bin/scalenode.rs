@@ -71,10 +71,12 @@ async fn main() -> Result<(), meshrpc::Error> {
             let fingerprint = LabClient::SPEC.fingerprint();
             let replicas = caller.view().replicas("lab", Some(&fingerprint)).count();
             let (mut reached, mut failed) = (BTreeSet::new(), 0);
-            // Round robin: every replica comes up within one pass. Passes go on (ten at most)
-            // until each was reached: a replica whose first connect timed out on a loaded
-            // machine sits out its backoff, and answers a later pass.
-            for _ in 0..10 {
+            // Round robin: every replica comes up within one pass. Passes go on (for 10 s at
+            // most, a pause between them) until each was reached: a replica whose connect is
+            // still under way or timed out on a loaded machine (every node connects to every
+            // other at once) is skipped by the picker, and answers a later pass.
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < until {
                 for _ in 0..replicas {
                     match lab.whoami().await {
                         Ok(name) => {
@@ -89,6 +91,7 @@ async fn main() -> Result<(), meshrpc::Error> {
                 if reached.len() >= replicas {
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let view = caller.view();
             let missed: Vec<&str> = view

@@ -712,6 +712,34 @@ mod tests {
     }
 
     #[test]
+    fn a_node_joining_an_idle_mesh_learns_every_member_and_its_facts() {
+        // The mesh forms and goes quiet (no news left to pass on); a newcomer learns it all
+        // from its pulls.
+        let start = Instant::now();
+        let config = GossipConfig::default();
+        let mut nodes: Vec<Node> = (0..=32).map(|i| node(1000 + i, &config, start)).collect();
+        let seed = SocketAddr::from(([127, 0, 0, 1], 1000));
+        for n in &mut nodes[1..] {
+            n.hello([seed], start, 0);
+        }
+        let mut now = start;
+        while now < start + Duration::from_secs(30) {
+            now += Duration::from_millis(5);
+            step(&mut nodes, now);
+        }
+        let formed: Vec<usize> = nodes.iter().map(|n| n.table.known().count()).collect();
+        assert!(formed.iter().all(|k| *k == 32), "the mesh formed: {formed:?}");
+        nodes.push(node(1033, &config, now));
+        nodes[33].hello([seed], now, 0);
+        let joined = now;
+        while now < joined + Duration::from_secs(10) {
+            now += Duration::from_millis(5);
+            step(&mut nodes, now);
+        }
+        assert_eq!((nodes[33].members_up(), nodes[33].table.known().count()), (33, 33), "what the newcomer knows");
+    }
+
+    #[test]
     fn a_node_holds_no_more_members_than_its_cap() {
         // Without a key anyone can gossip: 40 nodes say hello to one that holds at most 8.
         let start = Instant::now();

@@ -88,8 +88,10 @@ impl Net {
             })
             .collect();
         for ns in &self.hosts {
-            let batch: String =
-                macs.iter().map(|(ip, mac)| format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n")).collect();
+            let batch: String = macs
+                .iter()
+                .map(|(ip, mac)| format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n"))
+                .collect();
             let mut child = Command::new("ip")
                 .args(["-n", ns, "-batch", "-"])
                 .stdin(std::process::Stdio::piped())

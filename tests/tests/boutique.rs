@@ -11,22 +11,25 @@ use boutique::{
     checkout::{CheckoutClient, CheckoutError, OrderItem, PlaceOrderRequest},
     currency::CurrencyClient,
     email::EmailClient,
+    frontend::{CheckoutForm, FrontendClient, FrontendError, Session},
     payment::{CreditCardInfo, PaymentError},
     placement::{all_specs, start_all, start_group, wait_all_ready, NodeOptions, Placement},
-    productcatalog::ProductCatalogClient,
+    productcatalog::{CatalogError, ProductCatalogClient},
     shipping::Address,
     Money,
 };
 use meshrpc::{Cluster, ClusterBuilder};
-use meshrpc_tests::harness::Node;
+use meshrpc_tests::harness::{http, Node};
 
 use boutique::cart::Cart as _;
 use boutique::checkout::Checkout as _;
 use boutique::currency::Currency as _;
 use boutique::email::Email as _;
+use boutique::frontend::Frontend as _;
 use boutique::productcatalog::ProductCatalog as _;
 
 const BOUTIQUE: &str = env!("CARGO_BIN_EXE_boutique-example");
+const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
 const EACH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/boutique/placements/each.toml");
 const THREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/boutique/placements/three.toml");
 
@@ -41,6 +44,7 @@ struct Shop {
     catalog: ProductCatalogClient,
     currency: CurrencyClient,
     email: EmailClient,
+    frontend: FrontendClient,
 }
 
 impl Shop {
@@ -55,6 +59,7 @@ impl Shop {
             catalog: ProductCatalogClient::new(cluster.client(ProductCatalogClient::SPEC)),
             currency: CurrencyClient::new(cluster.client(CurrencyClient::SPEC)),
             email: EmailClient::new(cluster.client(EmailClient::SPEC)),
+            frontend: FrontendClient::new(cluster.client(FrontendClient::SPEC)),
         }
     }
 }
@@ -78,18 +83,22 @@ fn address() -> Address {
     }
 }
 
+fn card(number: &str) -> CreditCardInfo {
+    CreditCardInfo {
+        credit_card_number: number.into(),
+        credit_card_cvv: 672,
+        credit_card_expiration_year: 2099,
+        credit_card_expiration_month: 1,
+    }
+}
+
 fn order(user: &str, card_number: &str) -> PlaceOrderRequest {
     PlaceOrderRequest {
         user_id: user.into(),
         user_currency: "EUR".into(),
         address: address(),
         email: "someone@example.com".into(),
-        credit_card: CreditCardInfo {
-            credit_card_number: card_number.into(),
-            credit_card_cvv: 672,
-            credit_card_expiration_year: 2099,
-            credit_card_expiration_month: 1,
-        },
+        credit_card: card(card_number),
     }
 }
 
@@ -149,6 +158,36 @@ async fn shop(s: &Shop) {
     assert_eq!(refused, Err(CheckoutError::Payment(PaymentError::Expired { month: 1, year: 2020 })));
     assert_eq!(s.cart.get_cart(user.into()).await.unwrap().items, vec![bought[1].clone()], "the cart is kept");
     assert_eq!(s.email.sent_count().await.unwrap(), sent_before + 1, "no confirmation for a refused order");
+
+    // The frontend composes the others: the pages a shopper's browser gets.
+    let f = &s.frontend;
+    let session = Session { user_id: "bob".into(), currency: "USD".into() };
+    let unsupported = f.set_currency(session.clone(), "XYZ".into()).await;
+    assert_eq!(unsupported, Err(FrontendError::UnsupportedCurrency("XYZ".into())));
+    let session = f.set_currency(session, "EUR".into()).await.unwrap();
+    assert_eq!(session.currency, "EUR");
+    let home = f.home(session.clone()).await.unwrap();
+    assert_eq!((home.products.len(), home.cart_size), (10, 0));
+    assert_eq!(home.products[0].price, sunglasses_eur);
+    assert!(home.currencies.contains(&"EUR".to_owned()) && home.ad.is_some(), "{home:?}");
+    let page = f.product(session.clone(), sunglasses.id.clone()).await.unwrap();
+    assert_eq!(page.product.price, sunglasses_eur);
+    assert_eq!(page.recommendations.len(), 5);
+    assert!(!page.recommendations.contains(&sunglasses.id), "{:?}", page.recommendations);
+    let missing = f.add_to_cart(session.clone(), "NOSUCHTHING".into(), 1).await;
+    assert_eq!(missing, Err(FrontendError::Catalog(CatalogError::NotFound("NOSUCHTHING".into()))));
+    assert_eq!(f.add_to_cart(session.clone(), sunglasses.id.clone(), 2).await.unwrap().cart_size, 2);
+    let cart = f.view_cart(session.clone()).await.unwrap();
+    assert_eq!((cart.items.len(), cart.items[0].quantity, &cart.shipping_cost), (1, 2, &shipping_eur));
+    // 2 × 17.682441397 + 7.952233524 EUR.
+    assert_eq!(cart.total, euro(43, 317_116_318));
+    let form =
+        CheckoutForm { email: "bob@example.com".into(), address: address(), credit_card: card("4432801561520454") };
+    let placed = f.checkout(session.clone(), form).await.expect("the order is placed through the frontend");
+    assert_eq!(placed.order.total, cart.total);
+    assert_eq!(f.home(session).await.unwrap().cart_size, 0, "the cart is empty after the order");
+    // Every page names the application version that served it.
+    assert!([&home.version, &page.version, &cart.version].iter().all(|v| **v == placed.version), "{home:?}");
 }
 
 /// Runs the body within its bound and reports the time it took.
@@ -169,7 +208,7 @@ fn tag(kind: &str) -> String {
 }
 
 fn local() -> NodeOptions {
-    NodeOptions { tag: String::new(), seeds: Vec::new(), listen: "127.0.0.1:0".into() }
+    NodeOptions { tag: String::new(), seeds: Vec::new(), listen: "127.0.0.1:0".into(), version: None }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,7 +228,7 @@ async fn one_node_publishing_everything() {
 async fn one_node_per_service_in_one_process() {
     let started = Instant::now();
     let tag = tag("nodes");
-    let nodes = start_all(&Placement::each(), &tag, &[], "127.0.0.1").await.unwrap();
+    let nodes = start_all(&Placement::each(), &tag, &[], "127.0.0.1", None).await.unwrap();
     for node in &nodes {
         let node = node.clone();
         tokio::spawn(async move { node.serve().await });
@@ -242,4 +281,45 @@ async fn whole_app_in_one_command() {
     run("three groups, one command", started, &Shop::over(&caller).await).await;
     let groups = app.output().iter().filter(|l| l.contains(" serves ")).count();
     assert_eq!(groups, 3, "{:?}", app.output());
+
+    // The frontend is the shop's JSON API behind the gateway: `POST /frontend/<method>`.
+    let seed = app.addr.to_string();
+    let gateway_args =
+        ["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", &tag, "--nodes", &seed];
+    let gateway = Node::start(MESHRPC, &gateway_args).await;
+    let session = serde_json::json!({ "user_id": "carol", "currency": "USD" });
+    let post = |path: &str, body: serde_json::Value| {
+        let url = gateway.url(path);
+        async move {
+            let deadline = Instant::now() + READY_WITHIN;
+            loop {
+                let answer = http("POST", &url, body.to_string(), &[("content-type", "application/json")]).await;
+                // The gateway learns the app by gossip: until then it says so.
+                let learning = answer.status == 503 || answer.body.contains("unknown_service");
+                if !learning || Instant::now() > deadline {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let home = post("/frontend/home", serde_json::json!({ "session": session })).await;
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert_eq!(home.json()["data"]["products"].as_array().map(Vec::len), Some(10));
+    let session = post("/frontend/set_currency", serde_json::json!({ "session": session, "currency": "EUR" })).await;
+    assert_eq!(session.status, 200, "{}", session.body);
+    let session = session.json()["data"].clone();
+    let added = serde_json::json!({ "session": session, "product_id": "OLJCESPC7Z", "quantity": 2 });
+    assert_eq!(post("/frontend/add_to_cart", added).await.json()["data"]["cart_size"], 2);
+    let cart = post("/frontend/view_cart", serde_json::json!({ "session": session })).await.json();
+    assert_eq!(cart["data"]["total"], serde_json::json!({ "currency_code": "EUR", "units": 43, "nanos": 317_116_318 }));
+    let form = serde_json::json!({
+        "email": "carol@example.com",
+        "address": address(),
+        "credit_card": card("4432-8015-6152-0455"),
+    });
+    let refused = post("/frontend/checkout", serde_json::json!({ "session": session, "form": form })).await;
+    // The app's own error, typed, through the gateway (not a 500).
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("InvalidCardNumber"), "{}", refused.body);
 }

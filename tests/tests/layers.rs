@@ -87,8 +87,12 @@ async fn the_call_context_survives_tokio_spawn_when_scoped() {
     let (addr, server) = probe_server().await;
     tokio::spawn(server.serve());
     let probe = ProbeClient::new(meshrpc::connect(addr).await.unwrap()).with_timeout(Duration::from_secs(20));
-    let ctx =
-        CallContext { deadline: Some(std::time::Instant::now() + Duration::from_secs(5)), trace_id: 4242, span_id: 7 };
+    let ctx = CallContext {
+        deadline: Some(std::time::Instant::now() + Duration::from_secs(5)),
+        trace_id: 4242,
+        span_id: 7,
+        version: None,
+    };
     let (here, kept, lost) = ctx.scope(probe.contexts()).await.unwrap();
     // The caller's trace id and its (sooner) deadline travel with the call...
     let (trace, left) = here.expect("context in the handler");

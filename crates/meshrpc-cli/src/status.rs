@@ -49,6 +49,9 @@ struct Status {
     /// Services advertised whose method lists could not be fetched, and why: this node
     /// (the CLI) cannot call them yet, nor see their members serve them.
     unfetched_method_lists: Vec<UnfetchedList>,
+    /// Application versions running, the application split and each version's share of
+    /// new requests.
+    app: meshrpc::cluster::AppVersions,
 }
 
 #[derive(Serialize)]
@@ -112,6 +115,7 @@ async fn collect(cluster: &meshrpc::Cluster, tag: &str) -> Status {
         services: cluster.services(),
         unproven: cluster.unproven_replicas(),
         rejected_rules: cluster.rejected_rules(),
+        app: cluster.app_versions(),
         unfetched_method_lists: cluster
             .unfetched_method_lists()
             .into_iter()
@@ -182,6 +186,33 @@ fn print_table(s: &Status) {
             .and_then(|m| m.weights.first())
             .map_or(String::new(), |(v, p)| format!("  mirror {p} % to {v}"));
         println!("{:<14} {:>8}  {:<24} {split}{mirror}{note}", svc.name, replicas, versions.join(" "));
+    }
+    print_app(&s.app);
+}
+
+/// `APPLICATION VERSIONS`: each version's nodes and its share of new requests.
+fn print_app(app: &meshrpc::cluster::AppVersions) {
+    println!();
+    let rule = match &app.split {
+        Some(split) => {
+            let weights: Vec<String> = split.weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+            format!(
+                "split {} (set by {} {} ago)",
+                weights.join(" "),
+                split.set_by,
+                crate::cert::human(age(split.set_ms))
+            )
+        }
+        None => "no application split: requests are not pinned".to_owned(),
+    };
+    println!("APPLICATION VERSIONS  {rule}");
+    for (version, nodes) in &app.versions {
+        let share = match (&app.split, app.shares.get(version)) {
+            (Some(_), Some(share)) => format!("{share:.0} % of new requests"),
+            (Some(_), None) => "0 % of new requests".to_owned(),
+            (None, _) => "-".to_owned(),
+        };
+        println!("{version:<14} {:>3} nodes  {share}", nodes.len());
     }
 }
 

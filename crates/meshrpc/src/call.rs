@@ -39,8 +39,9 @@ pub struct Call {
     /// Sticky-session key: calls with the same key go to the same replica.
     pub key: Option<Arc<str>>,
     /// Only replicas running this version of the service may answer (a pinned call:
-    /// testing a canary, `meshrpc-version` at the gateway). Decided by the caller; not
-    /// sent on the wire.
+    /// testing a canary, `meshrpc-version` at the gateway, an application split). It
+    /// travels with the call (as the metadata entry [`VERSION_METADATA`]), so the calls
+    /// its handler makes are pinned to it too.
     pub version: Option<Arc<str>>,
     /// Name/value pairs that travel with the call (set by client layers, read by server
     /// layers: an auth token, a tenant).
@@ -81,6 +82,10 @@ impl Call {
         self
     }
 }
+
+/// The metadata entry a pinned call's version travels in (taken out of the metadata on
+/// arrival: a server layer sees it as [`Call::version`]).
+pub const VERSION_METADATA: &str = "meshrpc-version";
 
 /// Name/value pairs carried with a call, in order. Names are lower-case (they are
 /// lower-cased on insert); at most [`Metadata::MAX_ENTRIES`] entries, names of at most
@@ -135,6 +140,12 @@ impl Metadata {
         }
     }
 
+    /// Removes `name` (any case), giving its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let at = self.0.iter().position(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        Some(self.0.remove(at).1)
+    }
+
     pub(crate) fn push_raw(&mut self, name: String, value: String) {
         self.0.push((name, value));
     }
@@ -182,6 +193,14 @@ pub trait Dispatch: Send + Sync + 'static {
         false
     }
 
+    /// The version a request entering the application through this target is pinned to
+    /// (an application split chooses it, by `key` when sticky), so that the front door
+    /// can name it in its answer; `None` by default, and when no split is in force.
+    fn entry_version(&self, service: &str, key: Option<&str>) -> Option<Arc<str>> {
+        let _ = (service, key);
+        None
+    }
+
     /// Whether `service.method` exists behind this target: `Some(false)` when it knows a
     /// call of it would end `unknown_service` or `unknown_method`, `None` when it cannot
     /// tell (the default). Calls of methods that do not exist take no metrics series.
@@ -203,6 +222,9 @@ impl<D: Dispatch + ?Sized> Dispatch for Arc<D> {
     }
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
         (**self).has_method(service, method)
+    }
+    fn entry_version(&self, service: &str, key: Option<&str>) -> Option<Arc<str>> {
+        (**self).entry_version(service, key)
     }
 }
 

@@ -121,15 +121,16 @@ where
 {
     let now = std::time::Instant::now();
     let ctx = channel.call_context_at(true, now);
+    let deadline = ctx.deadline;
     // A stream is one call: it stays in flight until the stream ends.
     let (stream, log) = run_colocated(ctx, now, service, method, call).await;
     let stream = stream?;
-    let stream = match ctx.deadline {
+    let stream = match deadline {
         Some(deadline) => stream.until(deadline),
         None => stream,
     };
     Ok(match log {
-        Some(log) => log.follow_typed(stream, ctx.deadline),
+        Some(log) => log.follow_typed(stream, deadline),
         None => stream,
     })
 }
@@ -158,7 +159,8 @@ async fn run_colocated<T, E: From<Error>>(
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> (Result<T, E>, Option<crate::request_log::RequestLog>) {
     let log = crate::request_log::RequestLog::begin_local(service, method, ctx.trace_id, now);
-    match crate::context::until_deadline(ctx.scope(call), ctx.deadline).await {
+    let deadline = ctx.deadline;
+    match crate::context::until_deadline(ctx.scope(call), deadline).await {
         Ok(Ok(value)) => (Ok(value), Some(log)),
         Ok(Err(e)) => {
             log.end_with("application");

@@ -1,7 +1,10 @@
 //! The implicit call context: a handler that calls another service passes on its
 //! remaining deadline and trace id without touching its trait.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 tokio::task_local! {
     static CURRENT: CallContext;
@@ -24,7 +27,7 @@ tokio::task_local! {
 /// # let _ = seen;
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallContext {
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
@@ -32,12 +35,23 @@ pub struct CallContext {
     pub trace_id: u128,
     /// This hop's span: the parent of the calls made from it (0: none).
     pub span_id: u64,
+    /// The version the request is pinned to, if it is: every call made from this hop goes
+    /// to replicas of that version only, so a request that entered the application at
+    /// version N is served by version N end to end (an application split at the front
+    /// door, or a `meshrpc-version` header, pins it; docs/traffic.md).
+    pub version: Option<Arc<str>>,
 }
 
 impl CallContext {
     /// The context of the call being served by this task, if any.
     pub fn current() -> Option<CallContext> {
-        CURRENT.try_with(|c| *c).ok()
+        CURRENT.try_with(CallContext::clone).ok()
+    }
+
+    /// The version the call being served by this task is pinned to, if any (cheaper than
+    /// [`current`](Self::current) when only that is wanted).
+    pub fn current_version() -> Option<Arc<str>> {
+        CURRENT.try_with(|c| c.version.clone()).ok().flatten()
     }
 
     /// Time left before the deadline (`None`: no deadline).

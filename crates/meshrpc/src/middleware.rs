@@ -97,6 +97,10 @@ where
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
         self.inner.has_method(service, method)
     }
+
+    fn entry_version(&self, service: &str, key: Option<&str>) -> Option<std::sync::Arc<str>> {
+        self.inner.entry_version(service, key)
+    }
 }
 
 /// Wraps `inner` in `layer`.

@@ -114,15 +114,17 @@ pub struct CheckoutDeps {
     pub email: Arc<dyn Email>,
 }
 
-/// Checkout as Online Boutique's: one order after another, each step a call.
+/// Checkout as Online Boutique's: one order after another, each step a call. Its order
+/// ids name the application version that placed them (`ord-v2-…`).
 pub struct CheckoutFlow {
     deps: CheckoutDeps,
+    version: String,
 }
 
 impl CheckoutFlow {
-    /// Over the services it calls.
-    pub fn new(deps: CheckoutDeps) -> Self {
-        CheckoutFlow { deps }
+    /// Over the services it calls, placing orders as application `version`.
+    pub fn new(deps: CheckoutDeps, version: impl Into<String>) -> Self {
+        CheckoutFlow { deps, version: version.into() }
     }
 }
 
@@ -160,7 +162,7 @@ impl Checkout for CheckoutFlow {
             d.shipping.ship_order(req.address.clone(), cart.items).await.map_err(CheckoutError::Shipping)?;
         d.cart.empty_cart(req.user_id).await.map_err(CheckoutError::Cart)?;
         let order = OrderResult {
-            order_id: crate::next_id("ord"),
+            order_id: crate::next_id("ord", &self.version),
             shipping_tracking_id,
             shipping_cost,
             shipping_address: req.address,

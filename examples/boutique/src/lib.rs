@@ -11,6 +11,7 @@ pub mod cart;
 pub mod checkout;
 pub mod currency;
 pub mod email;
+pub mod frontend;
 pub mod money;
 pub mod payment;
 pub mod placement;
@@ -20,11 +21,17 @@ pub mod shipping;
 
 pub use money::{Money, MoneyError};
 
-/// A process-wide counter turned into a short id with a prefix (`ord-…`, `txn-…`): unique
-/// within a process, distinct across processes by the process id.
-pub(crate) fn next_id(prefix: &str) -> String {
+/// A process-wide counter turned into a short id with a prefix and the application
+/// version that made it (`ord-v2-…`, `txn-v1-…`): unique within a process, distinct across
+/// processes by the process id.
+pub(crate) fn next_id(prefix: &str, version: &str) -> String {
+    format!("{prefix}-{version}-{}", next_serial())
+}
+
+/// The process id and a process-wide counter: `1f2e-000042`.
+pub(crate) fn next_serial() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{:x}-{n:06}", std::process::id())
+    format!("{:x}-{n:06}", std::process::id())
 }

@@ -25,6 +25,11 @@ struct Cli {
     /// Cluster tag: nodes with another tag are invisible.
     #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_TAGNAME", default_value = "boutique")]
     tag: String,
+    /// The application version its services run at (`v2` runs the second release of the
+    /// code: a changed payment contract). Requests pinned to a version are served by
+    /// that version end to end (`meshrpc split --app v1=90 v2=10`).
+    #[arg(long, env = "MESHRPC_SERVICE_VERSION")]
+    app_version: Option<String>,
 }
 
 #[tokio::main]
@@ -43,12 +48,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let placement = Placement::load(&cli.placement)?;
     let nodes = match cli.group {
         Some(group) => {
-            let options = NodeOptions { tag: cli.tag, seeds: cli.nodes, listen: cli.listen_addr };
+            let options =
+                NodeOptions { tag: cli.tag, seeds: cli.nodes, listen: cli.listen_addr, version: cli.app_version };
             vec![start_group(&placement, group, options).await?]
         }
         None => {
             let ip = cli.listen_addr.rsplit_once(':').map_or(cli.listen_addr.as_str(), |(ip, _)| ip);
-            start_all(&placement, &cli.tag, &cli.nodes, ip).await?
+            start_all(&placement, &cli.tag, &cli.nodes, ip, cli.app_version.as_deref()).await?
         }
     };
     for (node, services) in nodes.iter().zip(placement.groups()) {

@@ -49,9 +49,28 @@ pub trait Payment {
     async fn charge(&self, amount: Money, card: CreditCardInfo) -> Result<String, PaymentError>;
 }
 
-/// Accepts any valid, unexpired card (there is no bank behind it).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CardPayment;
+/// Accepts any valid, unexpired card (there is no bank behind it); its transaction ids
+/// name the application version that charged (`txn-v2-…`).
+#[derive(Debug)]
+pub struct CardPayment {
+    version: String,
+    /// Receipts of recent release-2 charges by idempotency key (at most
+    /// [`v2::REMEMBERED`]): a charge sent again gets the first one's receipt.
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, v2::Receipt)>>,
+}
+
+impl CardPayment {
+    /// Charging as application `version`.
+    pub fn new(version: impl Into<String>) -> Self {
+        CardPayment { version: version.into(), recent: Default::default() }
+    }
+}
+
+impl Default for CardPayment {
+    fn default() -> Self {
+        CardPayment::new(env!("CARGO_PKG_VERSION"))
+    }
+}
 
 /// The Luhn checksum of a 13 to 19 digit number.
 pub fn luhn_valid(number: &str) -> bool {
@@ -109,7 +128,83 @@ impl Payment for CardPayment {
         if (year, month) < current_year_month() || !(1..=12).contains(&month) {
             return Err(PaymentError::Expired { month, year });
         }
-        Ok(crate::next_id("txn"))
+        Ok(crate::next_id("txn", &self.version))
+    }
+}
+
+/// Release 2 of the contract (`--app-version v2`): a charge carries an idempotency key
+/// and answers with a receipt. Same service name, another method set: a release-1
+/// caller's client never matches a release-2 replica (nor the reverse), so during a
+/// rollout the two releases run side by side, each calling its own.
+pub mod v2 {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{CardPayment, CreditCardInfo, PaymentError};
+    use crate::Money;
+
+    /// Receipts a payment replica remembers for keys sent again.
+    pub const REMEMBERED: usize = 1024;
+
+    /// A charge.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct ChargeRequest {
+        /// Charges sent again with the same key are charged once.
+        pub idempotency_key: String,
+        /// What to charge.
+        pub amount: Money,
+        /// The card.
+        pub card: CreditCardInfo,
+    }
+
+    /// What a charge answers.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Receipt {
+        /// The transaction's id.
+        pub transaction_id: String,
+        /// What was charged.
+        pub charged: Money,
+    }
+
+    /// The contract, release 2.
+    #[meshrpc::service(schema, name = "payment")]
+    pub trait Payment {
+        /// Charges the request's amount to its card, once per idempotency key.
+        async fn charge(&self, request: ChargeRequest) -> Result<Receipt, PaymentError>;
+    }
+
+    #[meshrpc::async_trait]
+    impl Payment for CardPayment {
+        async fn charge(&self, request: ChargeRequest) -> Result<Receipt, PaymentError> {
+            let remembered = |recent: &std::collections::VecDeque<(String, Receipt)>| {
+                recent.iter().find(|(key, _)| *key == request.idempotency_key).map(|(_, r)| r.clone())
+            };
+            if let Some(receipt) = remembered(&self.recent.lock().unwrap()) {
+                return Ok(receipt);
+            }
+            let charged = request.amount.clone();
+            let transaction_id = super::Payment::charge(self, request.amount, request.card).await?;
+            let receipt = Receipt { transaction_id, charged };
+            let mut recent = self.recent.lock().unwrap();
+            if recent.len() >= REMEMBERED {
+                recent.pop_front();
+            }
+            recent.push_back((request.idempotency_key, receipt.clone()));
+            Ok(receipt)
+        }
+    }
+
+    /// A release-2 payment held as release 1's trait (what checkout calls): each charge
+    /// gets a key of its own.
+    pub struct AsRelease1(pub Arc<dyn Payment>);
+
+    #[meshrpc::async_trait]
+    impl super::Payment for AsRelease1 {
+        async fn charge(&self, amount: Money, card: CreditCardInfo) -> Result<String, PaymentError> {
+            let request = ChargeRequest { idempotency_key: crate::next_id("charge", "key"), amount, card };
+            self.0.charge(request).await.map(|receipt| receipt.transaction_id)
+        }
     }
 }
 
@@ -129,18 +224,36 @@ mod tests {
     #[tokio::test]
     async fn charges_valid_cards_only() {
         let ten = Money::new("EUR", 10, 0).unwrap();
-        assert!(CardPayment.charge(ten.clone(), card("4432-8015-6152-0454", 2099)).await.is_ok());
+        let payment = CardPayment::new("v1");
+        assert!(payment.charge(ten.clone(), card("4432-8015-6152-0454", 2099)).await.is_ok());
         assert_eq!(
-            CardPayment.charge(ten.clone(), card("4432-8015-6152-0455", 2099)).await,
+            payment.charge(ten.clone(), card("4432-8015-6152-0455", 2099)).await,
             Err(PaymentError::InvalidCardNumber { last4: "0455".into() })
         );
         assert_eq!(
-            CardPayment.charge(ten.clone(), card("4432801561520454", 2001)).await,
+            payment.charge(ten.clone(), card("4432801561520454", 2001)).await,
             Err(PaymentError::Expired { month: 1, year: 2001 })
         );
         assert_eq!(
-            CardPayment.charge(Money::zero("EUR"), card("4432801561520454", 2099)).await,
+            payment.charge(Money::zero("EUR"), card("4432801561520454", 2099)).await,
             Err(PaymentError::InvalidAmount(Money::zero("EUR")))
         );
+    }
+
+    #[tokio::test]
+    async fn release_2_charges_a_key_once() {
+        let payment = CardPayment::new("v2");
+        let charge = |request| v2::Payment::charge(&payment, request);
+        let ten = Money::new("EUR", 10, 0).unwrap();
+        let request = v2::ChargeRequest {
+            idempotency_key: "k1".into(),
+            amount: ten.clone(),
+            card: card("4432-8015-6152-0454", 2099),
+        };
+        let first = charge(request.clone()).await.unwrap();
+        assert!(first.transaction_id.starts_with("txn-v2-"), "{first:?}");
+        assert_eq!(charge(request.clone()).await.unwrap(), first, "the same key, the same receipt");
+        let other = charge(v2::ChargeRequest { idempotency_key: "k2".into(), ..request }).await.unwrap();
+        assert_ne!(other.transaction_id, first.transaction_id);
     }
 }

@@ -19,7 +19,8 @@ use crate::{
     checkout::{CheckoutClient, CheckoutDeps, CheckoutFlow, CheckoutServer},
     currency::{CurrencyClient, CurrencyServer, FixedRates},
     email::{CountingEmail, EmailClient, EmailServer},
-    payment::{CardPayment, PaymentClient, PaymentServer},
+    frontend::{FrontendClient, FrontendDeps, FrontendServer, Shopfront},
+    payment::{v2, CardPayment, PaymentClient, PaymentServer},
     productcatalog::{ProductCatalogClient, ProductCatalogServer, StaticCatalog},
     recommendation::{CatalogRecommender, RecommendationClient, RecommendationServer},
     shipping::{FlatRateShipping, ShippingClient, ShippingServer},
@@ -46,12 +47,15 @@ pub enum Service {
     Recommendation,
     /// `checkout` (calls cart, productcatalog, currency, shipping, payment, email)
     Checkout,
+    /// `frontend` (the shop's JSON API: calls currency, productcatalog, cart,
+    /// recommendation, shipping, checkout, ad)
+    Frontend,
 }
 
 impl Service {
     /// Every service, each after the services it calls (the order a node publishes them
     /// in, so that a client built for a service of the same node finds it published).
-    pub const ALL: [Service; 9] = [
+    pub const ALL: [Service; 10] = [
         Service::Currency,
         Service::ProductCatalog,
         Service::Cart,
@@ -61,6 +65,7 @@ impl Service {
         Service::Ad,
         Service::Recommendation,
         Service::Checkout,
+        Service::Frontend,
     ];
 
     /// The services it calls.
@@ -74,6 +79,15 @@ impl Service {
                 Service::Shipping,
                 Service::Payment,
                 Service::Email,
+            ],
+            Service::Frontend => &[
+                Service::Currency,
+                Service::ProductCatalog,
+                Service::Cart,
+                Service::Recommendation,
+                Service::Shipping,
+                Service::Checkout,
+                Service::Ad,
             ],
             _ => &[],
         }
@@ -91,6 +105,15 @@ impl Service {
             Service::Ad => AdClient::SPEC,
             Service::Recommendation => RecommendationClient::SPEC,
             Service::Checkout => CheckoutClient::SPEC,
+            Service::Frontend => FrontendClient::SPEC,
+        }
+    }
+
+    /// Its spec in `release` of the code (payment's contract changes in release 2).
+    pub fn spec_in(self, release: Release) -> &'static ServiceSpec {
+        match (self, release) {
+            (Service::Payment, Release::Two) => v2::PaymentClient::SPEC,
+            _ => self.spec(),
         }
     }
 
@@ -106,6 +129,7 @@ impl Service {
             Service::Ad => "ad",
             Service::Recommendation => "recommendation",
             Service::Checkout => "checkout",
+            Service::Frontend => "frontend",
         }
     }
 }
@@ -274,6 +298,8 @@ pub struct NodeOptions {
     pub seeds: Vec<String>,
     /// Address to serve on (`127.0.0.1:0` picks a free port).
     pub listen: String,
+    /// The application version its services run at (`None`: the crate's).
+    pub version: Option<String>,
 }
 
 /// Starts the node of group `index` of `placement` and publishes its services, each
@@ -282,46 +308,95 @@ pub struct NodeOptions {
 pub async fn start_group(placement: &Placement, index: usize, node: NodeOptions) -> Result<Cluster, PlacementError> {
     let services = placement.group(index)?;
     let name = format!("boutique-{}", services.iter().map(|s| s.name()).collect::<Vec<_>>().join("+"));
-    let cluster = Cluster::builder(name)
-        .tag(node.tag)
-        .seeds(&node.seeds)
-        .listen(node.listen)
-        .start()
-        .await
-        .map_err(|source| PlacementError::Start { group: index, source })?;
+    let mut builder = Cluster::builder(name).tag(node.tag).seeds(&node.seeds).listen(node.listen);
+    if let Some(version) = node.version {
+        builder = builder.service_version(version);
+    }
+    let cluster = builder.start().await.map_err(|source| PlacementError::Start { group: index, source })?;
     publish(&cluster, services);
     Ok(cluster)
 }
 
-/// Publishes `services` on `cluster`, in dependency order ([`Service::ALL`]).
+/// Which release of the code a node runs: this binary carries two, so that a rollout can
+/// be shown from one build. Release 2 (application version `v2`) changes the payment
+/// contract ([`v2`]); every other version runs release 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The first release.
+    One,
+    /// Payment charges carry an idempotency key and answer receipts.
+    Two,
+}
+
+impl Release {
+    /// The release a node running application `version` runs.
+    pub fn of(version: &str) -> Release {
+        if version == "v2" {
+            Release::Two
+        } else {
+            Release::One
+        }
+    }
+}
+
+/// Publishes `services` on `cluster`, in dependency order ([`Service::ALL`]), from the
+/// release of the code its version says ([`Release::of`]).
 pub fn publish(cluster: &Cluster, services: &[Service]) {
+    let version = cluster.service_version(FrontendClient::SPEC).to_owned();
+    let release = Release::of(&version);
     for service in Service::ALL.into_iter().filter(|s| services.contains(s)) {
         match service {
             Service::Currency => cluster.publish(CurrencyServer::new(FixedRates)),
             Service::ProductCatalog => cluster.publish(ProductCatalogServer::new(StaticCatalog::default())),
             Service::Cart => cluster.publish(CartServer::new(MemoryCart::default())),
             Service::Shipping => cluster.publish(ShippingServer::new(FlatRateShipping)),
-            Service::Payment => cluster.publish(PaymentServer::new(CardPayment)),
+            Service::Payment => match release {
+                Release::One => cluster.publish(PaymentServer::new(CardPayment::new(&version))),
+                Release::Two => cluster.publish(v2::PaymentServer::new(CardPayment::new(&version))),
+            },
             Service::Email => cluster.publish(EmailServer::new(CountingEmail::default())),
             Service::Ad => cluster.publish(AdServer::new(KeywordAds)),
             Service::Recommendation => {
                 let catalog = Arc::new(ProductCatalogClient::new(cluster.client(ProductCatalogClient::SPEC)));
                 cluster.publish(RecommendationServer::new(CatalogRecommender::new(catalog)))
             }
-            Service::Checkout => cluster.publish(CheckoutServer::new(CheckoutFlow::new(checkout_deps(cluster)))),
+            Service::Checkout => {
+                let flow = CheckoutFlow::new(checkout_deps(cluster, release), &version);
+                cluster.publish(CheckoutServer::new(flow))
+            }
+            Service::Frontend => cluster.publish(FrontendServer::new(Shopfront::new(frontend_deps(cluster), &version))),
         };
     }
 }
 
-/// Checkout's dependencies as generated clients over `cluster`.
-pub fn checkout_deps(cluster: &Cluster) -> CheckoutDeps {
+/// Checkout's dependencies as generated clients over `cluster`, payment's of `release`.
+pub fn checkout_deps(cluster: &Cluster, release: Release) -> CheckoutDeps {
+    let payment: Arc<dyn crate::payment::Payment> = match release {
+        Release::One => Arc::new(PaymentClient::new(cluster.client(PaymentClient::SPEC))),
+        Release::Two => {
+            Arc::new(v2::AsRelease1(Arc::new(v2::PaymentClient::new(cluster.client(v2::PaymentClient::SPEC)))))
+        }
+    };
     CheckoutDeps {
         cart: Arc::new(CartClient::new(cluster.client(CartClient::SPEC))),
         catalog: Arc::new(ProductCatalogClient::new(cluster.client(ProductCatalogClient::SPEC))),
         currency: Arc::new(CurrencyClient::new(cluster.client(CurrencyClient::SPEC))),
         shipping: Arc::new(ShippingClient::new(cluster.client(ShippingClient::SPEC))),
-        payment: Arc::new(PaymentClient::new(cluster.client(PaymentClient::SPEC))),
+        payment,
         email: Arc::new(EmailClient::new(cluster.client(EmailClient::SPEC))),
+    }
+}
+
+/// The frontend's dependencies as generated clients over `cluster`.
+pub fn frontend_deps(cluster: &Cluster) -> FrontendDeps {
+    FrontendDeps {
+        currency: Arc::new(CurrencyClient::new(cluster.client(CurrencyClient::SPEC))),
+        catalog: Arc::new(ProductCatalogClient::new(cluster.client(ProductCatalogClient::SPEC))),
+        cart: Arc::new(CartClient::new(cluster.client(CartClient::SPEC))),
+        recommendation: Arc::new(RecommendationClient::new(cluster.client(RecommendationClient::SPEC))),
+        shipping: Arc::new(ShippingClient::new(cluster.client(ShippingClient::SPEC))),
+        checkout: Arc::new(CheckoutClient::new(cluster.client(CheckoutClient::SPEC))),
+        ad: Arc::new(AdClient::new(cluster.client(AdClient::SPEC))),
     }
 }
 
@@ -338,10 +413,11 @@ pub async fn wait_for_dependencies(
     services: &[Service],
     timeout: std::time::Duration,
 ) -> Result<(), meshrpc::Error> {
+    let release = Release::of(cluster.service_version(FrontendClient::SPEC));
     let mut specs: Vec<&'static ServiceSpec> = Vec::new();
     for dependency in services.iter().flat_map(|s| s.dependencies()) {
         if !specs.iter().any(|s| s.name == dependency.spec().name) {
-            specs.push(dependency.spec());
+            specs.push(dependency.spec_in(release));
         }
     }
     cluster.wait_for(&specs, timeout).await
@@ -366,6 +442,7 @@ pub async fn start_all(
     tag: &str,
     seeds: &[String],
     ip: &str,
+    version: Option<&str>,
 ) -> Result<Vec<Cluster>, PlacementError> {
     let mut nodes: Vec<Cluster> = Vec::with_capacity(placement.groups().len());
     for index in 0..placement.groups().len() {
@@ -373,7 +450,8 @@ pub async fn start_all(
             Some(first) => vec![first.to_string()],
             None => seeds.to_vec(),
         };
-        let options = NodeOptions { tag: tag.to_owned(), seeds, listen: format!("{ip}:0") };
+        let options =
+            NodeOptions { tag: tag.to_owned(), seeds, listen: format!("{ip}:0"), version: version.map(str::to_owned) };
         nodes.push(start_group(placement, index, options).await?);
     }
     Ok(nodes)
@@ -392,7 +470,7 @@ mod tests {
         let three = Placement::load(format!("{dir}/three.toml")).unwrap();
         assert_eq!(
             three.groups()[0],
-            [Service::Currency, Service::ProductCatalog, Service::Ad, Service::Recommendation]
+            [Service::Currency, Service::ProductCatalog, Service::Ad, Service::Recommendation, Service::Frontend]
         );
         assert_eq!(three.groups().len(), 3);
     }
@@ -407,8 +485,8 @@ mod tests {
             err(&format!("groups = [[{}], [\"cart\"]]", all_but("ad"))),
             "service `cart` is placed twice: in group 0 and in group 1"
         );
-        assert!(err(&format!("groups = [[{}, \"frontend\"]]", all_but("")))
-            .starts_with("group 0: unknown service `frontend`"));
+        assert!(err(&format!("groups = [[{}, \"storefront\"]]", all_but("")))
+            .starts_with("group 0: unknown service `storefront`"));
         assert_eq!(err(&format!("groups = [[{}]]", all_but("email"))), "services not placed in any group: email");
         assert_eq!(err(&format!("groups = [[{}], []]", all_but(""))), "group 1 is empty");
         assert!(err("groups = 3").starts_with("not a placement"));

@@ -71,6 +71,6 @@ impl Shipping for FlatRateShipping {
     async fn ship_order(&self, address: Address, _items: Vec<CartItem>) -> Result<String, ShippingError> {
         check(&address)?;
         let zone: String = address.country.chars().filter(char::is_ascii_alphabetic).take(2).collect();
-        Ok(crate::next_id(&format!("TRK{}", zone.to_uppercase())))
+        Ok(format!("TRK{}-{}", zone.to_uppercase(), crate::next_serial()))
     }
 }

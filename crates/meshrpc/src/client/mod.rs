@@ -158,13 +158,21 @@ impl Channel {
         let ctx = CallContext::current();
         let own = (!(streaming && self.options.unbounded_streams))
             .then(|| now + self.options.timeout.unwrap_or(DEFAULT_TIMEOUT));
-        let deadline = match (ctx.and_then(|c| c.deadline), own) {
+        let deadline = match (ctx.as_ref().and_then(|c| c.deadline), own) {
             (Some(inherited), Some(own)) => Some(inherited.min(own)),
             (inherited, own) => inherited.or(own),
         };
+        // A version this channel pins its calls to wins over the one the request carries.
         match ctx {
-            Some(c) => CallContext { deadline, trace_id: c.trace_id, span_id: c.span_id },
-            None => CallContext { deadline, trace_id: new_trace_id(), span_id: 0 },
+            Some(c) => CallContext {
+                deadline,
+                trace_id: c.trace_id,
+                span_id: c.span_id,
+                version: self.options.version.clone().or(c.version),
+            },
+            None => {
+                CallContext { deadline, trace_id: new_trace_id(), span_id: 0, version: self.options.version.clone() }
+            }
         }
     }
 
@@ -198,7 +206,7 @@ impl Channel {
             trace_id: ctx.trace_id,
             parent_span: ctx.span_id,
             key: self.options.key.clone(),
-            version: self.options.version.clone(),
+            version: ctx.version,
             metadata: Default::default(),
             payload,
             input: input.map(Input::new),
@@ -289,6 +297,9 @@ impl Dispatch for Channel {
     }
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
         self.target.has_method(service, method)
+    }
+    fn entry_version(&self, service: &str, key: Option<&str>) -> Option<Arc<str>> {
+        self.target.entry_version(service, key)
     }
 }
 

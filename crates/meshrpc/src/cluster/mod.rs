@@ -43,7 +43,7 @@ pub use route::HttpReplica;
 #[cfg(feature = "tls")]
 pub use security::{UnprovenReplica, EXPIRY_WARNING};
 pub use signal::wait_for_signal;
-pub use traffic::{Colocated, MirrorStats};
+pub use traffic::{Colocated, MirrorStats, APP_SPLIT};
 
 use self::{
     gossip::Membership,
@@ -127,6 +127,18 @@ pub struct ServiceStatus {
     pub split: Option<Split>,
     /// The mirror rule in force, if any (`(version, percent)`).
     pub mirror: Option<Split>,
+}
+
+/// The application versions a cluster runs ([`Cluster::app_versions`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppVersions {
+    /// Version → ids of the serving members running it.
+    pub versions: std::collections::BTreeMap<String, Vec<String>>,
+    /// The application split in force, if any.
+    pub split: Option<Split>,
+    /// Version → percent of new requests it gets under the split (versions with a
+    /// member only; empty without a split).
+    pub shares: std::collections::BTreeMap<String, f64>,
 }
 
 impl Cluster {
@@ -251,6 +263,37 @@ impl Cluster {
             }
         }
         out.into_values().collect()
+    }
+
+    /// The application versions running (a node's is the version of the services it
+    /// serves; one serving several versions counts under each) and the application split
+    /// in force ([`APP_SPLIT`]), with each version's share of new requests.
+    pub fn app_versions(&self) -> AppVersions {
+        let view = self.inner.membership.view();
+        let mut versions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for m in view.members.iter().filter(|m| m.state == MemberState::Serving) {
+            let mut own: Vec<&str> = m.services.values().map(|s| s.version.as_str()).collect();
+            own.sort_unstable();
+            own.dedup();
+            for version in own {
+                versions.entry(version.to_owned()).or_default().push(m.id.clone());
+            }
+        }
+        let split = view.split(APP_SPLIT).cloned();
+        let shares = match &split {
+            Some(rule) => {
+                let live: Vec<(&String, u32)> = rule
+                    .weights
+                    .iter()
+                    .filter(|(v, w)| *w > 0 && versions.contains_key(v))
+                    .map(|(v, w)| (v, *w))
+                    .collect();
+                let total: u32 = live.iter().map(|(_, w)| w).sum();
+                live.into_iter().map(|(v, w)| (v.clone(), f64::from(w) * 100.0 / f64::from(total.max(1)))).collect()
+            }
+            None => Default::default(),
+        };
+        AppVersions { versions, split, shares }
     }
 
     /// What the resilience policies did on this node's calls, and where they stand:

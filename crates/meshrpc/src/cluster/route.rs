@@ -26,6 +26,12 @@ use crate::{
 };
 
 impl Inner {
+    /// The version this node serves `service` at (`None`: it does not publish it).
+    pub(super) fn local_version(&self, service: &str) -> Option<&str> {
+        let spec_version = self.registry.spec_version(service)?;
+        Some(self.service_version.as_deref().unwrap_or(spec_version))
+    }
+
     pub(super) fn balancer(&self, service: &str) -> Arc<dyn Balance> {
         let mut map = self.balancers.lock().unwrap();
         match map.get(service) {
@@ -291,7 +297,12 @@ impl Dispatch for ClusterDispatch {
         }
         match inner.colocated {
             Colocated::Off => false,
-            Colocated::Prefer => !inner.traffic.split(service),
+            // A request pinned to a version stays in process only where this node runs
+            // that version; an unpinned one only when no rule would choose for it.
+            Colocated::Prefer => match crate::context::CallContext::current_version() {
+                Some(pinned) => inner.local_version(service).is_some_and(|v| *v == *pinned),
+                None => !inner.traffic.split(service) && !inner.traffic.app_split(),
+            },
             // The picker decides for every call, and gives this node its share.
             Colocated::Share => false,
         }
@@ -299,6 +310,15 @@ impl Dispatch for ClusterDispatch {
 
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {
         Some(self.inner.membership.view().has_method(service, method))
+    }
+
+    fn entry_version(&self, service: &str, key: Option<&str>) -> Option<Arc<str>> {
+        if !self.inner.traffic.app_split() {
+            return None;
+        }
+        let view = self.inner.membership.view();
+        let replicas = view.replicas(service, self.fingerprint.as_deref());
+        super::traffic::entry_version(&self.inner, &view, service, replicas, key)
     }
 }
 

@@ -45,7 +45,42 @@ pub(super) fn versioned<'v>(
         return Ok(pinned);
     }
     let Some(split) = view.split(service) else { return Ok(replicas) };
-    // Versions of the rule that have a replica left; the others' shares go to them.
+    match choose(inner, split, &replicas, version_of, key) {
+        Some(chosen) => Ok(replicas.into_iter().filter(|m| version_of(m) == chosen).collect()),
+        None => Ok(replicas), // no version of the rule is up: any replica beats none
+    }
+}
+
+/// The key of the application split: the rule that chooses a version for whole requests
+/// at the front door (`meshrpc split --app v1=90 v2=10`).
+pub const APP_SPLIT: &str = "*";
+
+/// The version a call that enters the application goes to, when an application split is
+/// in force: chosen by its weights among the versions with a replica of `service` (by
+/// `key` when sticky). The call is pinned to it, and so is every call made while serving
+/// it: the request meets one version end to end.
+pub(super) fn entry_version<'v>(
+    inner: &Inner,
+    view: &'v View,
+    service: &str,
+    replicas: impl Iterator<Item = &'v Member>,
+    key: Option<&str>,
+) -> Option<Arc<str>> {
+    let split = view.split(APP_SPLIT)?;
+    let replicas: Vec<&Member> = replicas.collect();
+    let version_of = |m: &'v Member| m.services.get(service).map_or("", |s| s.version.as_str());
+    choose(inner, split, &replicas, version_of, key).map(Arc::from)
+}
+
+/// A version of `split` by weight, among those with one of `replicas` (whose shares the
+/// others take); `None` when none has.
+fn choose<'s, 'v>(
+    inner: &Inner,
+    split: &'s Split,
+    replicas: &[&'v Member],
+    version_of: impl Fn(&'v Member) -> &'v str,
+    key: Option<&str>,
+) -> Option<&'s str> {
     let live: Vec<(&str, u32)> = split
         .weights
         .iter()
@@ -54,21 +89,18 @@ pub(super) fn versioned<'v>(
         .collect();
     let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
-        return Ok(replicas); // no version of the rule is up: any replica beats none
+        return None;
     }
     let mut at = match key {
         Some(key) => fnv(key.as_bytes()) % total,
         None => inner.traffic.random() % total,
     };
-    let chosen = live
-        .iter()
-        .find(|(_, w)| {
-            let hit = at < u64::from(*w);
-            at = at.saturating_sub(u64::from(*w));
-            hit
-        })
-        .map_or(live[0].0, |(v, _)| v);
-    Ok(replicas.into_iter().filter(|m| version_of(m) == chosen).collect())
+    let chosen = live.iter().find(|(_, w)| {
+        let hit = at < u64::from(*w);
+        at = at.saturating_sub(u64::from(*w));
+        hit
+    });
+    Some(chosen.map_or(live[0].0, |(v, _)| v))
 }
 
 /// Whether a node's calls to services it publishes itself go straight to their
@@ -114,6 +146,12 @@ impl Default for Traffic {
 }
 
 impl Traffic {
+    /// True if an application split is in force (calls that enter the application are
+    /// pinned to the version it chooses).
+    pub(super) fn app_split(&self) -> bool {
+        self.split(APP_SPLIT)
+    }
+
     /// True if `service` has a split rule in force.
     pub(super) fn split(&self, service: &str) -> bool {
         self.any_split.load(Ordering::Acquire) && self.split_services.read().unwrap().iter().any(|s| s == service)
@@ -304,9 +342,9 @@ pub(super) async fn pass_on_splits(inner: Weak<Inner>) {
         node.traffic.note_rules(&view);
         let own = view.members.iter().find(|m| m.is_self);
         let newer = |mine: Option<&Split>, newest: &Split| mine.is_none_or(|m| m.order() < newest.order());
-        // Only rules of services some member publishes are passed on: a peer cannot make
-        // every node keep rules for names that serve nothing.
-        for service in view.split_services().into_iter().filter(|s| view.knows(s)) {
+        // Only rules of services some member publishes (and the application split) are
+        // passed on: a peer cannot make every node keep rules for names that serve nothing.
+        for service in view.split_services().into_iter().filter(|s| *s == APP_SPLIT || view.knows(s)) {
             let Some(newest) = view.newest_split(service) else { continue };
             if newer(own.and_then(|m| m.splits.get(service)), newest) {
                 node.membership.advertise_split(service, newest).await;

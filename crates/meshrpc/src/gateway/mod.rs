@@ -177,7 +177,8 @@ async fn observe(State(shared): State<Arc<Shared>>, mut req: Request, next: Next
     req.extensions_mut().insert(hop);
     let exported = crate::trace::start("http", &path, || "http".to_owned());
     shared.metrics.started();
-    let context = CallContext { deadline: None, trace_id: hop.trace_id, span_id: hop.span };
+    let version = crate::http::pinned_version(req.headers());
+    let context = CallContext { deadline: None, trace_id: hop.trace_id, span_id: hop.span, version };
     let mut resp = context.scope(next.run(req)).await;
     let status = resp.status().as_u16();
     if !resp.headers().contains_key(crate::http::TRACEPARENT_HEADER) {

@@ -139,6 +139,9 @@ pub(crate) async fn websocket_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
+    if call.version.is_none() {
+        call.version = dispatch.entry_version(&call.service, call.key.as_deref());
+    }
     let tie = parts.extensions.get::<super::driver::UpgradeTie>().cloned();
     let mut resp = websocket::answer(ws, dispatch, call, *limits, tie);
     if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
@@ -218,6 +221,12 @@ pub(crate) async fn admitted_call(
     if let Err(denied) = admission.admit(&mut call) {
         return envelope(Err(denied));
     }
+    // The front door: under an application split the request gets its version here, and
+    // its answer names it.
+    if call.version.is_none() {
+        call.version = dispatch.entry_version(&call.service, call.key.as_deref());
+    }
+    let version = call.version.clone();
     let caller = http_caller(&call);
     let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
     let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
@@ -232,6 +241,9 @@ pub(crate) async fn admitted_call(
     };
     if let Ok(value) = HeaderValue::from_str(&traceparent(trace_id, hop)) {
         resp.headers_mut().insert(TRACEPARENT_HEADER, value);
+    }
+    if let Some(value) = version.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        resp.headers_mut().insert(VERSION_HEADER, value);
     }
     resp
 }

@@ -392,7 +392,14 @@ fn outcome(status: Status, payload: Bytes) -> Result<Reply, Error> {
 
 /// The request frame for `call` (id 0 until registered), checked against what the
 /// handshake settled: names, deadline, metadata, size. An error means nothing may be sent.
-pub fn request(call: Call, now: Instant, limits: &Negotiated) -> Result<Frame, Error> {
+pub fn request(mut call: Call, now: Instant, limits: &Negotiated) -> Result<Frame, Error> {
+    // A pinned version travels as metadata, to peers that take it (an older one serves
+    // the call, and its own calls are not pinned).
+    if let Some(version) = call.version.take() {
+        if limits.features.contains(super::Features::METADATA) {
+            call.metadata.insert(crate::call::VERSION_METADATA, &*version);
+        }
+    }
     if call.service.len() > 255 || call.method.len() > 255 {
         return Err(Error::bad_request("service and method names are at most 255 bytes"));
     }

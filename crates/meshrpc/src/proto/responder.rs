@@ -171,6 +171,8 @@ impl<H, S> ResponderState<H, S> {
                     return Inbound::Send(response(id, Err(Error::protocol(format!("request id {id} is in use")))));
                 }
                 self.started += 1;
+                let mut metadata = metadata;
+                let version = metadata.remove(crate::call::VERSION_METADATA).map(std::sync::Arc::from);
                 let call = Call {
                     service: Cow::Owned(service.to_owned()),
                     method: Cow::Owned(method.to_owned()),
@@ -179,7 +181,7 @@ impl<H, S> ResponderState<H, S> {
                     trace_id,
                     parent_span,
                     key: None,
-                    version: None,
+                    version,
                     metadata,
                     input: None,
                     peer: None,

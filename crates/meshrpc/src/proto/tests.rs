@@ -367,6 +367,31 @@ fn metadata_crosses_when_both_sides_offered_it_and_is_refused_otherwise() {
 }
 
 #[test]
+fn a_pinned_version_travels_with_the_call_and_is_not_left_in_its_metadata() {
+    let (limits, node_limits) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::<_, ()>::new(limits.clone());
+    let mut pinned = call("greet", b"{}", None);
+    pinned.version = Some("v2".into());
+    pinned.metadata.insert("tenant", "acme");
+    let (_, frame, _) = caller.start_call(pinned.clone(), now, ()).unwrap();
+    let mut wire = BytesMut::new();
+    frame.encode(&mut wire);
+    let mut node = ResponderState::<(), ()>::new(4, None, now);
+    let decoded = decode_in_chunks(&wire, &[1, 7], node_limits.max_in);
+    let Inbound::Call { call: got, .. } = node.on_frame(decoded.into_iter().next().unwrap(), now, || ()) else {
+        panic!()
+    };
+    assert_eq!(got.version.as_deref(), Some("v2"));
+    assert_eq!(got.metadata.iter().collect::<Vec<_>>(), vec![("tenant", "acme")], "only the caller's own entries");
+    // A peer without metadata gets the call, unpinned (it could not pass the pin on).
+    let mut old = CallerState::<_, ()>::new(Negotiated { features: Features::NONE, ..limits });
+    pinned.metadata = Default::default();
+    let (_, frame, _) = old.start_call(pinned, now, ()).unwrap();
+    assert!(matches!(frame, Frame::Request { ref metadata, .. } if metadata.is_empty()));
+}
+
+#[test]
 fn one_timer_serves_every_deadline_and_expired_calls_are_cancelled() {
     let (limits, _) = handshake(1 << 20, 1 << 20);
     let now = Instant::now();

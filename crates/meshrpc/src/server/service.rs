@@ -113,6 +113,11 @@ impl Registry {
         specs
     }
 
+    /// The spec's version of the service of this name published here.
+    pub fn spec_version(&self, service: &str) -> Option<&'static str> {
+        self.services.read().unwrap().iter().map(|s| s.spec()).find(|s| s.name == service).map(|s| s.version)
+    }
+
     /// True when a service of this name is published here.
     pub fn serves(&self, service: &str) -> bool {
         self.services.read().unwrap().iter().any(|s| s.spec().name == service)
@@ -215,7 +220,7 @@ impl Dispatch for Registry {
             )
         });
         let handler = service.call(&call.method, call.codec, call.payload, input);
-        let ctx = CallContext { deadline, trace_id, span_id };
+        let ctx = CallContext { deadline, trace_id, span_id, version: call.version };
         Box::pin(async move {
             let run = Self::run(handler, ctx, deadline);
             let result = match span {

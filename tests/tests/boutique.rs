@@ -265,6 +265,11 @@ async fn one_process_per_service() {
     for node in &nodes {
         ready(node).await;
     }
+    // Each process says what it serves: its own group.
+    for (node, group) in nodes.iter().zip(Placement::load(EACH).unwrap().groups()) {
+        let said = format!("{} serves {}", node.addr, group[0]);
+        assert!(node.output().contains(&said), "{said:?} not in {:?}", node.output());
+    }
     let caller = shopper(&tag, nodes[0].addr).await;
     run("process per service", started, &Shop::over(&caller).await).await;
     // `nodes` are killed when dropped.

@@ -57,7 +57,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             start_all(&placement, &cli.tag, &cli.nodes, ip, cli.app_version.as_deref()).await?
         }
     };
-    for (node, services) in nodes.iter().zip(placement.groups()) {
+    let groups = match cli.group {
+        Some(group) => &placement.groups()[group..=group],
+        None => placement.groups(),
+    };
+    for (node, services) in nodes.iter().zip(groups) {
         let names: Vec<_> = services.iter().map(|s| s.name()).collect();
         println!("{} serves {}", node.local_addr().expect("a listening node"), names.join(", "));
     }

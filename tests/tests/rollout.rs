@@ -142,6 +142,21 @@ async fn the_split_moves_whole_requests_from_v1_to_v2_under_load() {
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("APPLICATION VERSIONS  split v1=50 v2=50"), "{status}");
     assert!(status.contains("50 % of new requests"), "{status}");
+    // A node's own HTTP port is a front door too: a v1 node pins what enters through it
+    // by the same rule, and hands the v2 half to v2 through the mesh.
+    let through_node = tokio::process::Command::new(LOAD)
+        .args(["--url", &format!("http://{seed}"), "--rate", "20", "--duration-s", "3", "--users", "20"])
+        .output()
+        .await
+        .unwrap();
+    let node_summary = String::from_utf8_lossy(&through_node.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("summary").cloned())
+        .expect("a summary of the load through the node");
+    eprintln!("through the v1 node's port at 50/50: {node_summary}");
+    assert_eq!((node_summary["failed"].as_u64(), node_summary["mixed"].as_u64()), (Some(0), Some(0)), "{node_summary}");
+    let versions = &node_summary["versions"];
+    assert!(count(versions, "v1") > 0 && count(versions, "v2") > 0, "{node_summary}");
     split(&seed, &tag, &["v2=100"]).await;
     load.until("a second of v2 only", |v| count(v, "v2") > 0 && count(v, "v1") == 0).await;
     let summary = load.summary().await;

@@ -10,10 +10,10 @@ use clap::Parser;
 #[command(about = "Online Boutique on meshrpc: runs one group of a placement, or all of them")]
 struct Cli {
     /// The placement file (`groups = [["currency", ...], ...]`).
-    #[arg(long)]
+    #[arg(long, env = "MESHRPC_PLACEMENT")]
     placement: PathBuf,
     /// The group to run (from 0); without it, every group, each its own node.
-    #[arg(long)]
+    #[arg(long, env = "MESHRPC_PLACEMENT_GROUP")]
     group: Option<usize>,
     /// Nodes to join through (comma separated; a missing port means 11999).
     #[arg(short = 'N', long, env = "MESHRPC_CLUSTER_NODES", value_delimiter = ',')]

@@ -113,13 +113,19 @@ impl<'n> Route<'n> {
     fn pick<'v>(&mut self, view: &'v View) -> Result<Picked<'v>, Error> {
         let (inner, service) = (self.inner, &*self.service);
         let replicas = view.replicas(service, self.fingerprint.as_deref());
-        // A call that enters the application under an application split is pinned to the
-        // version it chooses, and carries the pin to every hop (once, at the first pick).
+        // Under an application split every call is pinned (once, at the first pick): a
+        // handler serving an unpinned request (it entered before the rule reached its front
+        // door) keeps the rest of the request at the version serving it; a call from outside
+        // any handler enters the application here, at the version the rule chooses.
         if self.call.version.is_none() && self.tried.is_empty() && inner.traffic.app_split() {
-            let fingerprint = self.fingerprint.as_deref();
-            let key = self.call.key.as_deref();
-            self.call.version =
-                super::traffic::entry_version(inner, view, service, view.replicas(service, fingerprint), key);
+            let serving = crate::context::CallContext::current().and(inner.service_version.as_deref());
+            self.call.version = match serving {
+                Some(own) => Some(Arc::from(own)),
+                None => {
+                    let (fingerprint, key) = (self.fingerprint.as_deref(), self.call.key.as_deref());
+                    super::traffic::entry_version(inner, view, service, view.replicas(service, fingerprint), key)
+                }
+            };
         }
         let (pin, key) = (self.call.version.as_deref(), self.call.key.as_deref());
         // Most calls are neither pinned nor split: they go straight to the picker.

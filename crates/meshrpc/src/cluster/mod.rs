@@ -468,6 +468,7 @@ impl Cluster {
             // Plain HTTP on any node reaches any service: local first, else the mesh.
             dispatch: Arc::new(PreferLocal {
                 registry: self.inner.registry.clone(),
+                service_version: self.inner.service_version.clone(),
                 local: self.inner.local.clone(),
                 mesh: self.channel(),
             }),

@@ -325,17 +325,33 @@ impl Dispatch for ClusterDispatch {
 /// HTTP on a node: its own services locally, anything else through the mesh.
 pub(super) struct PreferLocal {
     pub(super) registry: Arc<Registry>,
+    /// The version this node serves its services at, when it names one.
+    pub(super) service_version: Option<String>,
     pub(super) local: Arc<dyn Dispatch>,
     pub(super) mesh: Channel,
 }
 
+impl PreferLocal {
+    /// Whether this node answers `call` itself: it publishes the service, at the version
+    /// the call is pinned to if it is.
+    fn here(&self, call: &Call) -> bool {
+        let Some(spec_version) = self.registry.spec_version(&call.service) else { return false };
+        let local = self.service_version.as_deref().unwrap_or(spec_version);
+        call.version.as_deref().is_none_or(|pinned| pinned == local)
+    }
+}
+
 impl Dispatch for PreferLocal {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
-        if self.registry.serves(&call.service) {
+        if self.here(&call) {
             self.local.dispatch(call)
         } else {
             self.mesh.dispatch(call)
         }
+    }
+
+    fn entry_version(&self, service: &str, key: Option<&str>) -> Option<Arc<str>> {
+        self.mesh.entry_version(service, key)
     }
 
     fn has_method(&self, service: &str, method: &str) -> Option<bool> {

@@ -11,6 +11,8 @@ pub mod hostile;
 pub mod impostor;
 pub mod lab;
 pub mod netns;
+pub mod placements;
+pub mod relay;
 pub mod streams;
 pub mod tier;
 pub mod tls;

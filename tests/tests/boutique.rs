@@ -1,8 +1,8 @@
 //! Online Boutique (examples/boutique), one test body against three placements of the same
-//! code: (a) one process, one node publishing everything (calls between services take the
-//! colocated path); (b) one process, one node per service over real sockets on loopback;
-//! (c) one OS process per service, from the `boutique` binary and `each.toml`. And the
-//! whole app in one command: the binary without `--group`, `three.toml`.
+//! code (`meshrpc_tests::placements`): (a) one process, one node publishing everything
+//! (calls between services take the colocated path); (b) one process, one node per service
+//! over real sockets on loopback; (c) one OS process per service, from the `boutique`
+//! binary. And the whole app in one command: the binary without `--group`, `three.toml`.
 
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,15 @@ use boutique::{
     email::EmailClient,
     frontend::{CheckoutForm, FrontendClient, FrontendError, Session},
     payment::{CreditCardInfo, PaymentError},
-    placement::{all_specs, start_all, start_group, wait_all_ready, NodeOptions, Placement},
     productcatalog::{CatalogError, ProductCatalogClient},
     shipping::Address,
     Money,
 };
 use meshrpc::{Cluster, ClusterBuilder};
-use meshrpc_tests::harness::{http, Node};
+use meshrpc_tests::{
+    harness::{http, Node},
+    placements::{three_placements, Placed},
+};
 
 use boutique::cart::Cart as _;
 use boutique::checkout::Checkout as _;
@@ -30,7 +32,6 @@ use boutique::productcatalog::ProductCatalog as _;
 
 const BOUTIQUE: &str = env!("CARGO_BIN_EXE_boutique-example");
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
-const EACH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/boutique/placements/each.toml");
 const THREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/boutique/placements/three.toml");
 
 /// How long the services may take to become reachable, and the body to run.
@@ -51,7 +52,7 @@ impl Shop {
     /// Clients over `cluster`, once every service answers there.
     async fn over(cluster: &Cluster) -> Shop {
         let started = Instant::now();
-        cluster.wait_for(&all_specs(), READY_WITHIN).await.expect("every service reachable");
+        cluster.wait_for(&boutique::placement::app().specs(), READY_WITHIN).await.expect("every service reachable");
         eprintln!("  services reachable after {:?}", started.elapsed());
         Shop {
             checkout: CheckoutClient::new(cluster.client(CheckoutClient::SPEC)),
@@ -190,13 +191,6 @@ async fn shop(s: &Shop) {
     assert!([&home.version, &page.version, &cart.version].iter().all(|v| **v == placed.version), "{home:?}");
 }
 
-/// Runs the body within its bound and reports the time it took.
-async fn run(placement: &str, started: Instant, s: &Shop) {
-    let body = Instant::now();
-    tokio::time::timeout(BODY_WITHIN, shop(s)).await.expect("the shopping finishes in time");
-    eprintln!("{placement}: body {:?}, total {:?}", body.elapsed(), started.elapsed());
-}
-
 /// Waits for a `boutique` process's `ready` line: its nodes reach the services they call.
 async fn ready(node: &Node) {
     let ready = node.line("ready", READY_WITHIN).await;
@@ -207,83 +201,27 @@ fn tag(kind: &str) -> String {
     format!("boutique-{kind}-{}", std::process::id())
 }
 
-fn local() -> NodeOptions {
-    NodeOptions { tag: String::new(), seeds: Vec::new(), listen: "127.0.0.1:0".into(), version: None }
-}
-
 #[tokio::test(flavor = "multi_thread")]
-async fn one_node_publishing_everything() {
-    let started = Instant::now();
-    let node = start_group(&Placement::one(), 0, NodeOptions { tag: tag("one"), ..local() }).await.unwrap();
-    let serving = node.clone();
-    tokio::spawn(async move { serving.serve().await });
-    let shop_ = Shop::over(&node).await;
-    // The node serves every service: its clients call the implementations in process.
-    assert!(format!("{:?}", shop_.checkout).contains("colocated: true"), "{:?}", shop_.checkout);
-    run("one node", started, &shop_).await;
-    node.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn one_node_per_service_in_one_process() {
-    let started = Instant::now();
-    let tag = tag("nodes");
-    let nodes = start_all(&Placement::each(), &tag, &[], "127.0.0.1", None).await.unwrap();
-    for node in &nodes {
-        let node = node.clone();
-        tokio::spawn(async move { node.serve().await });
-    }
-    // Each node reaches the services it calls (checkout's node sees cart's, …).
-    wait_all_ready(&Placement::each(), &nodes, READY_WITHIN).await.expect("every node ready");
-    let caller = shopper(&tag, nodes[0].local_addr().unwrap()).await;
-    let shop_ = Shop::over(&caller).await;
-    assert!(format!("{:?}", shop_.checkout).contains("colocated: false"), "{:?}", shop_.checkout);
-    run("node per service, one process", started, &shop_).await;
-    // Drain every node at once (each waits its drain grace).
-    let drains: Vec<_> = nodes.into_iter().map(|node| tokio::spawn(async move { node.shutdown().await })).collect();
-    for drain in drains {
-        drain.await.unwrap();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn one_process_per_service() {
-    let started = Instant::now();
-    let tag = tag("processes");
-    let group = |n: usize| n.to_string();
-    let mut nodes = vec![
-        Node::start(BOUTIQUE, &["--placement", EACH, "--group", "0", "--listen-addr", "127.0.0.1:0", "--tag", &tag])
-            .await,
-    ];
-    let seed = nodes[0].addr.to_string();
-    for n in 1..Placement::each().groups().len() {
-        let n = group(n);
-        let args =
-            ["--placement", EACH, "--group", &n, "--nodes", &seed, "--listen-addr", "127.0.0.1:0", "--tag", &tag];
-        nodes.push(Node::start(BOUTIQUE, &args).await);
-    }
-    for node in &nodes {
-        ready(node).await;
-    }
-    // Each process says what it serves: its own group.
-    for (node, group) in nodes.iter().zip(Placement::load(EACH).unwrap().groups()) {
-        let said = format!("{} serves {}", node.addr, group[0]);
-        assert!(node.output().contains(&said), "{said:?} not in {:?}", node.output());
-    }
-    let caller = shopper(&tag, nodes[0].addr).await;
-    run("process per service", started, &Shop::over(&caller).await).await;
-    // `nodes` are killed when dropped.
+async fn the_shop_in_three_placements() {
+    three_placements(&boutique::placement::app(), BOUTIQUE, "boutique", BODY_WITHIN, |placed, caller| async move {
+        let shop_ = Shop::over(&caller).await;
+        // In one node the clients call the implementations in process; else over the mesh.
+        let colocated = format!("colocated: {}", placed == Placed::OneNode);
+        assert!(format!("{:?}", shop_.checkout).contains(&colocated), "{placed:?}: {:?}", shop_.checkout);
+        shop(&shop_).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn whole_app_in_one_command() {
-    let started = Instant::now();
     let tag = tag("command");
     // Without `--group`: every group of the file in one process, each its own node.
     let app = Node::start(BOUTIQUE, &["--placement", THREE, "--listen-addr", "127.0.0.1:0", "--tag", &tag]).await;
     ready(&app).await;
     let caller = shopper(&tag, app.addr).await;
-    run("three groups, one command", started, &Shop::over(&caller).await).await;
+    let shop_ = Shop::over(&caller).await;
+    tokio::time::timeout(BODY_WITHIN, shop(&shop_)).await.expect("the shopping finishes in time");
     let groups = app.output().iter().filter(|l| l.contains(" serves ")).count();
     assert_eq!(groups, 3, "{:?}", app.output());
 

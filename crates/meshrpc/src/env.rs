@@ -93,6 +93,28 @@ impl crate::cluster::ClusterBuilder {
     }
 }
 
+#[cfg(feature = "cluster")]
+impl crate::app::RunSettings {
+    /// `MESHRPC_PLACEMENT`, `MESHRPC_PLACEMENT_GROUP`, `MESHRPC_LISTEN_ADDR`,
+    /// `MESHRPC_CLUSTER_TAGNAME` ([`App::run_from_env`](crate::app::App::run_from_env)).
+    pub(crate) fn from_env() -> Result<Self, crate::app::AppError> {
+        let group = match var("MESHRPC_PLACEMENT_GROUP") {
+            None => None,
+            Some(value) => Some(value.trim().parse().map_err(|_| crate::app::AppError::Env {
+                variable: "MESHRPC_PLACEMENT_GROUP",
+                value,
+                why: "expected a group's index (from 0)",
+            })?),
+        };
+        Ok(Self {
+            placement: var("MESHRPC_PLACEMENT").map(std::path::PathBuf::from),
+            group,
+            listen: var("MESHRPC_LISTEN_ADDR").unwrap_or_else(|| "127.0.0.1:0".into()),
+            tag: var("MESHRPC_CLUSTER_TAGNAME"),
+        })
+    }
+}
+
 #[cfg(feature = "tls")]
 impl crate::transport::TlsConfig {
     /// The credentials in `MESHRPC_TLS_DIR`, if set.

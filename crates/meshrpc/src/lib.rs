@@ -76,7 +76,7 @@
 //! |---|---|---|
 //! | (none) | | a client ([`connect`], [`Channel`]) and a server ([`Server`]) speaking mesh frames |
 //! | `http` | yes | JSON over HTTP/1.1 and h2c on a node's port, published axum routers, `serve_http` |
-//! | `cluster` | yes | `Cluster`: gossip membership, balancing, failover, drain (implies `http`) |
+//! | `cluster` | yes | `Cluster`: gossip membership, balancing, failover, drain; [`app`]: many services placed into nodes by a file (implies `http`) |
 //! | `gateway` | yes | `Gateway`: the HTTP front door with `/healthz` and `/metrics` (implies `cluster`) |
 //! | `logging` | yes | `init_logging`, a `tracing` subscriber for binaries |
 //! | `tls` | yes | mutual TLS on the mesh port ([`TlsConfig`]), sealed gossip, the authorization policy ([`Access`](tls::Access)), HTTPS and bearer tokens at the gateway |
@@ -112,6 +112,8 @@ pub mod transport;
 
 #[cfg(feature = "tls")]
 mod access;
+#[cfg(feature = "cluster")]
+pub mod app;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 #[cfg(feature = "gateway")]

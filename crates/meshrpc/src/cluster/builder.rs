@@ -20,10 +20,10 @@ use crate::{
 /// Configures and starts a cluster node.
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
-    pub(super) name: String,
+    pub(crate) name: String,
     pub(super) tag: String,
     pub(super) seeds: Vec<String>,
-    pub(super) listen: Option<String>,
+    pub(crate) listen: Option<String>,
     pub(super) advertise: Option<std::net::IpAddr>,
     pub(super) policy: Policy,
     pub(super) gossip: GossipConfig,
@@ -31,7 +31,7 @@ pub struct ClusterBuilder {
     pub(super) drain_grace: Duration,
     pub(super) layers: Vec<DynLayer>,
     pub(super) admin: Option<String>,
-    pub(super) service_version: Option<String>,
+    pub(crate) service_version: Option<String>,
     pub(super) colocated: super::Colocated,
     pub(super) resilience: super::Resilience,
     pub(super) subset: usize,

@@ -204,6 +204,11 @@ impl Cluster {
         self.inner.service_version.as_deref().unwrap_or(spec.version)
     }
 
+    /// The application version set on the builder, if one was (not a spec's own).
+    pub(crate) fn version_override(&self) -> Option<&str> {
+        self.inner.service_version.as_deref()
+    }
+
     /// Publishes a plain HTTP router, served under `/{name}/…` on this node and through
     /// the gateway, before or while serving. On a client-only node (no port) it is refused.
     pub fn publish_http(&self, name: &str, router: axum::Router) -> Result<&Self, Error> {

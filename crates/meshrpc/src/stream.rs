@@ -311,7 +311,7 @@ struct Decode<T, E> {
     _types: std::marker::PhantomData<fn() -> (T, E)>,
 }
 
-impl<T: DeserializeOwned, E: DeserializeOwned + From<Error>> FuturesStream for Decode<T, E> {
+impl<T: DeserializeOwned + 'static, E: DeserializeOwned + From<Error>> FuturesStream for Decode<T, E> {
     type Item = Result<T, E>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let next = match Pin::new(&mut self.items).poll_next(cx) {
@@ -322,7 +322,7 @@ impl<T: DeserializeOwned, E: DeserializeOwned + From<Error>> FuturesStream for D
         self.index += 1;
         let bad = |e: Error| Error::bad_request(format!("stream item {index}: {e}"));
         Poll::Ready(next.map(|next| match next {
-            Ok(Reply::Ok(bytes)) => self.codec.decode::<T>(&bytes).map_err(|e| E::from(bad(e))),
+            Ok(Reply::Ok(bytes)) => self.codec.decode_owned::<T>(bytes).map_err(|e| E::from(bad(e))),
             Ok(Reply::AppError(bytes)) => Err(self.codec.decode::<E>(&bytes).unwrap_or_else(|e| E::from(bad(e)))),
             Ok(Reply::Stream(_)) => Err(E::from(Error::protocol("a stream inside a stream"))),
             Err(e) => Err(E::from(e)),

@@ -87,6 +87,22 @@ impl Codec {
         }
     }
 
+    /// Decodes a value from bytes it may keep: a `bytes::Bytes` in postcard comes out as a
+    /// slice of `bytes` (no copy: a 64 KiB item stays where the connection read it), any
+    /// other type as [`decode`](Self::decode) gives it.
+    pub(crate) fn decode_owned<T: DeserializeOwned + 'static>(self, bytes: bytes::Bytes) -> Result<T, Error> {
+        if self == Codec::Postcard {
+            let mut slot: Option<T> = None;
+            if let Some(as_bytes) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<bytes::Bytes>>() {
+                if let Some(start) = postcard_byte_string(&bytes) {
+                    *as_bytes = Some(bytes.slice(start..));
+                    return Ok(slot.take().expect("just set"));
+                }
+            }
+        }
+        self.decode(&bytes)
+    }
+
     /// Decodes a method's arguments. An empty JSON body means "no arguments" (`{}`), so
     /// `curl -X POST …/service/method` works for zero-argument methods.
     pub fn decode_args<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Error> {
@@ -95,6 +111,22 @@ impl Codec {
         }
         self.decode(bytes)
     }
+}
+
+/// Where the bytes of a postcard byte string start, if `encoded` is exactly one (a varint
+/// length, then that many bytes).
+fn postcard_byte_string(encoded: &[u8]) -> Option<usize> {
+    let mut len: u64 = 0;
+    for (i, byte) in encoded.iter().take(10).enumerate() {
+        len |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let start = i + 1;
+            // A varint padded with zero groups is not postcard's: let postcard refuse it.
+            let canonical = i == 0 || *byte != 0;
+            return (canonical && (encoded.len() - start) as u64 == len).then_some(start);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -106,6 +138,29 @@ mod tests {
     struct Args {
         name: String,
         age: u32,
+    }
+
+    #[test]
+    fn a_postcard_byte_string_decodes_as_a_slice_and_anything_else_as_before() {
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let item = bytes::Bytes::from(vec![7u8; len]);
+            let encoded = Codec::Postcard.encode(&item).unwrap();
+            let back: bytes::Bytes = Codec::Postcard.decode_owned(encoded.clone()).unwrap();
+            assert_eq!(back, item);
+            // The same memory, not a copy.
+            assert_eq!(back.as_ptr(), encoded[encoded.len() - len..].as_ptr());
+        }
+        // A wrong length, and other types, take postcard's own path and its errors.
+        for odd in [&[3u8, 1, 2][..], &[0x80, 0x00], &[0x81, 0x00, 9], &[1, 5, 6], &[]] {
+            let odd = bytes::Bytes::copy_from_slice(odd);
+            let (sliced, copied) =
+                (Codec::Postcard.decode_owned::<bytes::Bytes>(odd.clone()), Codec::Postcard.decode(&odd));
+            assert_eq!(sliced, copied, "{odd:?}");
+        }
+        let v: Vec<u8> = Codec::Postcard.decode_owned(bytes::Bytes::from_static(&[2, 1, 2])).unwrap();
+        assert_eq!(v, [1, 2]);
+        let json: bytes::Bytes = Codec::Json.decode_owned(bytes::Bytes::from_static(b"[1,2]")).unwrap();
+        assert_eq!(&json[..], [1, 2]);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum Incoming<W, S> {
     /// An item of the answer's stream, and its cost (give it back with
     /// [`CallerState::consumed`] once read).
     Item(S, Bytes, u32),
+    /// Several items of that stream, from one frame (feature `ITEM_RUNS`).
+    Run(S, super::ItemRun),
     /// The answer's stream ended: cleanly (`None`) or with an error. The call is over.
     End(S, Option<Result<Reply, Error>>),
     /// The node granted credit: a sender waiting for it may go on.
@@ -324,6 +326,16 @@ impl<W, S> CallerState<W, S> {
                     return Incoming::Violation(e);
                 }
                 Incoming::Item(stream.clone(), payload, cost)
+            }
+            Frame::Items { id, run } => {
+                let Some(w) = self.pending.get_mut(&id) else { return Incoming::Nothing };
+                let (Some(window), Some(stream)) = (w.flow.recv.as_mut(), &w.stream) else {
+                    return Incoming::Violation(Error::protocol(format!("items for call {id}, which has no stream")));
+                };
+                if let Err(e) = window.received_items(run.cost(), run.largest()) {
+                    return Incoming::Violation(e);
+                }
+                Incoming::Run(stream.clone(), run)
             }
             Frame::End { id, status, payload } => {
                 let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };

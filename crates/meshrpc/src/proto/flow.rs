@@ -50,6 +50,12 @@ impl Default for RecvWindow {
 impl RecvWindow {
     /// An item of `cost` arrived. An error: the sender spent credit it did not have.
     pub fn received(&mut self, cost: u32) -> Result<(), Error> {
+        self.received_items(cost, cost)
+    }
+
+    /// Items costing `cost` together arrived, the largest of them costing `largest` (a
+    /// run of items in one frame). An error: the sender spent credit it did not have.
+    pub fn received_items(&mut self, cost: u32, largest: u32) -> Result<(), Error> {
         if cost > self.open {
             return Err(Error::protocol(format!(
                 "a stream item of {cost} bytes exceeds the sender's credit ({} bytes left)",
@@ -58,7 +64,7 @@ impl RecvWindow {
         }
         self.open -= cost;
         self.unread += cost;
-        self.largest = self.largest.max(cost);
+        self.largest = self.largest.max(largest);
         Ok(())
     }
 

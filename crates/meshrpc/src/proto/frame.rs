@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::run::ItemRun;
 use crate::{call::Metadata, codec::Codec, error::Error};
 
 /// Default limit on one frame (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 
-const HEADER: usize = 4 + 1 + 8;
+pub(super) const HEADER: usize = 4 + 1 + 8;
 
 /// Outcome carried by a response frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +92,8 @@ pub enum Frame {
     End { id: u64, status: Status, payload: Bytes },
     /// The receiver of call `id`'s stream grants `bytes` more of credit to its sender.
     Credit { id: u64, bytes: u32 },
+    /// Several items of call `id`'s stream in one frame (kind 13, feature `ITEM_RUNS`).
+    Items { id: u64, run: ItemRun },
 }
 
 const REQUEST: u8 = 1;
@@ -107,6 +110,8 @@ const REQUEST_ITEMS: u8 = 11;
 /// A request with its whole trace context (feature `TRACE`): a flags byte (bit 0: items
 /// follow), the 128-bit trace id and the parent span id, then as `REQUEST_META`.
 const REQUEST_TRACED: u8 = 12;
+/// A run of items (feature `ITEM_RUNS`): `u32 length | item`, repeated.
+pub(super) const ITEMS: u8 = 13;
 
 impl Frame {
     /// Whether a request carries more trace context than the 64 bits every peer takes
@@ -131,6 +136,7 @@ impl Frame {
             | Frame::Ping { id }
             | Frame::Pong { id }
             | Frame::Item { id, .. }
+            | Frame::Items { id, .. }
             | Frame::End { id, .. }
             | Frame::Credit { id, .. } => *id,
             Frame::GoAway => 0,
@@ -162,6 +168,7 @@ impl Frame {
                 }
                 Frame::Response { payload, .. } | Frame::End { payload, .. } => 1 + payload.len(),
                 Frame::Item { payload, .. } => payload.len(),
+                Frame::Items { run, .. } => run.body().len(),
                 Frame::Credit { .. } => 4,
                 _ => 0,
             }
@@ -228,6 +235,11 @@ impl Frame {
                 out.put_u8(ITEM);
                 out.put_u64(*id);
                 out.put_slice(payload);
+            }
+            Frame::Items { id, run } => {
+                out.put_u8(ITEMS);
+                out.put_u64(*id);
+                out.put_slice(run.body());
             }
             Frame::End { id, status, payload } => {
                 out.put_u8(END);
@@ -331,6 +343,7 @@ impl Frame {
                 }
             }
             ITEM => Frame::Item { id, payload: body },
+            ITEMS => Frame::Items { id, run: ItemRun::parse(body)? },
             CREDIT => {
                 if body.remaining() != 4 {
                     return Err(Error::protocol("a credit frame carries 4 bytes"));
@@ -418,6 +431,7 @@ mod tests {
             Frame::Response { id: 7, status: Status::Stream, payload: Bytes::new() },
             Frame::Item { id: 7, payload: Bytes::from_static(b"{\"n\":1}") },
             Frame::Item { id: 7, payload: Bytes::new() },
+            Frame::Items { id: 7, run: ItemRun::parse(Bytes::from_static(b"\0\0\0\x02hi\0\0\0\0")).unwrap() },
             Frame::End { id: 7, status: Status::Ok, payload: Bytes::new() },
             Frame::End { id: 7, status: Status::Failed, payload: Bytes::from_static(b"{\"code\":\"timeout\"}") },
             Frame::Credit { id: 7, bytes: 65536 },

@@ -40,6 +40,9 @@ impl Features {
     /// Requests carry the whole W3C trace context: a 128-bit trace id and the parent span
     /// id (kind 12). Without it only the trace id's low 64 bits cross.
     pub const TRACE: Features = Features(4);
+    /// A stream's items may come several to a frame (kind 13): one header, one lookup and
+    /// one credit check per run of items instead of per item.
+    pub const ITEM_RUNS: Features = Features(8);
 
     /// The raw bits, as sent on the wire.
     pub fn bits(self) -> u32 {
@@ -63,7 +66,8 @@ impl Features {
 }
 
 /// The features this build implements.
-const SUPPORTED: Features = Features(Features::METADATA.0 | Features::STREAMS.0 | Features::TRACE.0);
+const SUPPORTED: Features =
+    Features(Features::METADATA.0 | Features::STREAMS.0 | Features::TRACE.0 | Features::ITEM_RUNS.0);
 
 /// What a handshake settled for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@ mod flow;
 mod frame;
 mod handshake;
 mod responder;
+mod run;
 
 pub use caller::{request, CallerState, ConnState, Incoming, Registered};
 pub use flow::{item_cost, RecvWindow, SendWindow, Spend, SHARED_WINDOW, STREAM_WINDOW};
@@ -20,6 +21,7 @@ pub use handshake::{
     TLS_REQUIRED, VERSION,
 };
 pub use responder::{end, response, response_within, Expired, Inbound, ResponderState};
+pub use run::{ItemRun, RunWriter};
 
 #[cfg(test)]
 mod tests;

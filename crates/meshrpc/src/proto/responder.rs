@@ -34,6 +34,8 @@ pub enum Inbound<H, S> {
     /// An item of call `id`'s stream from the caller, and its cost (give it back with
     /// [`ResponderState::consumed`] once read).
     Item(S, u64, Bytes, u32),
+    /// Several items of that stream, from one frame (feature `ITEM_RUNS`).
+    Run(S, u64, super::ItemRun),
     /// The caller's items ended: cleanly (`None`) or with its error.
     ItemsEnd(S, Option<Result<Reply, Error>>),
     /// The caller granted credit: a sender waiting for it may go on.
@@ -204,6 +206,14 @@ impl<H, S> ResponderState<H, S> {
                 match window.received(cost) {
                     Ok(()) => Inbound::Item(stream.clone(), id, payload, cost),
                     // This call alone pays: it ends, the connection and other calls live on.
+                    Err(e) => self.refuse(id, e).unwrap_or(Inbound::Nothing),
+                }
+            }
+            Frame::Items { id, run } => {
+                let Some(r) = self.running.get_mut(&id) else { return Inbound::Nothing };
+                let (Some(window), Some(stream)) = (r.flow.recv.as_mut(), &r.stream) else { return Inbound::Nothing };
+                match window.received_items(run.cost(), run.largest()) {
+                    Ok(()) => Inbound::Run(stream.clone(), id, run),
                     Err(e) => self.refuse(id, e).unwrap_or(Inbound::Nothing),
                 }
             }

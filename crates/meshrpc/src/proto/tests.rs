@@ -44,7 +44,9 @@ fn handshake_byte_by_byte_settles_version_and_limits_both_ways() {
     assert_eq!((caller.max_in, caller.max_out), (1000, 2000));
     assert_eq!((node.max_in, node.max_out), (2000, 1000));
     assert_eq!(node.peer_name, "billing");
-    let both = Features::from_bits(Features::METADATA.bits() | Features::STREAMS.bits() | Features::TRACE.bits());
+    let both = Features::from_bits(
+        Features::METADATA.bits() | Features::STREAMS.bits() | Features::TRACE.bits() | Features::ITEM_RUNS.bits(),
+    );
     assert_eq!((caller.features, node.features), (both, both));
 }
 
@@ -503,6 +505,47 @@ fn a_server_stream_flows_only_as_fast_as_its_reader_grants_credit() {
     node.finished(got);
     assert!(matches!(caller.on_frame(wire(end), || "x"), Incoming::End("caller", None)));
     assert_eq!((caller.in_flight(), node.in_flight()), (0, 0));
+}
+
+/// Items in runs (feature `ITEM_RUNS`) cost the credit they would one by one: a run that
+/// fits the credit is taken, the caller's reader sees every item, and a run past the
+/// credit is refused like an item past it.
+#[test]
+fn a_run_of_items_costs_what_its_items_would_alone() {
+    use super::{item_cost, RunWriter, STREAM_WINDOW};
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::<&str, &str>::new(limits);
+    let (id, _, _) = caller.start_call(call("watch", b"{}", None), now, "w").unwrap();
+    let opening = Frame::Response { id, status: Status::Stream, payload: Bytes::new() };
+    assert!(matches!(caller.on_frame(wire(opening), || "caller"), Incoming::Opened("w", "caller")));
+    // Runs of 32-byte items, at most 4 KiB a frame, until the credit is spent.
+    let (item, per_run) = ([7u8; 32], 4096 / (32 + 4) - 1);
+    let mut taken = 0u32;
+    loop {
+        let (mut out, mut runs) = (BytesMut::new(), RunWriter::default());
+        for _ in 0..per_run {
+            runs.push(id, &item, &mut out, 4096);
+        }
+        runs.close(&mut out);
+        let run = Frame::decode(&mut out, 1 << 20).unwrap().unwrap();
+        let fits = (taken + per_run as u32) * item_cost(32) <= STREAM_WINDOW;
+        match caller.on_frame(run, || "x") {
+            Incoming::Run("caller", mut run) if fits => {
+                assert_eq!(run.cost(), per_run as u32 * item_cost(32));
+                while let Some((payload, cost)) = run.next_item() {
+                    assert_eq!((&payload[..], cost), (&item[..], item_cost(32)));
+                    taken += 1;
+                }
+            }
+            Incoming::Violation(why) if !fits => {
+                assert!(why.to_string().contains("exceeds the sender's credit"), "{why}");
+                break;
+            }
+            other => panic!("fits: {fits}, got {}", matches!(other, Incoming::Nothing)),
+        }
+    }
+    assert_eq!(taken / per_run as u32, STREAM_WINDOW / item_cost(32) / per_run as u32);
 }
 
 #[test]

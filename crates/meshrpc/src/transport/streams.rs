@@ -24,13 +24,28 @@ use crate::{
     call::Items,
     call::Reply,
     error::Error,
-    proto::{end, item_cost, Frame},
+    proto::{end, item_cost, Frame, ItemRun, RunWriter},
 };
 
 /// What arrives for a reader.
-enum Delivery {
+pub(crate) enum Delivery {
+    /// An item, and its cost.
     Item(Bytes, u32),
+    /// Items from one frame, split off as the reader takes them.
+    Run(ItemRun),
+    /// The end.
     End(Option<Result<Reply, Error>>),
+}
+
+impl Delivery {
+    /// The credit it holds.
+    fn cost(&self) -> usize {
+        match self {
+            Delivery::Item(_, cost) => *cost as usize,
+            Delivery::Run(run) => run.cost() as usize,
+            Delivery::End(_) => 0,
+        }
+    }
 }
 
 /// Received items waiting for their reader. The reader takes all of them at once, and a
@@ -79,30 +94,30 @@ impl StreamHandle {
         })
     }
 
-    /// An item arrived (it cost `cost` of credit). `false`: the budget it is charged to is
-    /// spent (the item is dropped).
-    pub(crate) fn item(&self, payload: Bytes, cost: u32) -> bool {
+    /// An item or a run of them arrived (costing its credit). `false`: the budget it is
+    /// charged to is spent (the items are dropped).
+    pub(crate) fn item(&self, items: Delivery) -> bool {
         let inbox = self.inbox.lock().unwrap();
         if inbox.reader_gone {
             return true; // nobody reads any more: nothing is held
         }
         if let Some(budget) = &self.budget {
-            if !budget.update(0, cost as usize) {
+            if !budget.update(0, items.cost()) {
                 return false;
             }
         }
-        self.deliver(inbox, Delivery::Item(payload, cost));
+        self.deliver(inbox, items);
         true
     }
 
     /// Items arrived together (a caller's stream: no budget to charge).
-    pub(crate) fn items(&self, items: impl Iterator<Item = (Bytes, u32)>) {
+    pub(crate) fn items(&self, items: impl Iterator<Item = Delivery>) {
         let mut inbox = self.inbox.lock().unwrap();
         if inbox.reader_gone {
             return;
         }
         let was_empty = inbox.items.is_empty();
-        inbox.items.extend(items.map(|(payload, cost)| Delivery::Item(payload, cost)));
+        inbox.items.extend(items);
         let waker = if was_empty { inbox.waker.take() } else { None };
         drop(inbox);
         if let Some(waker) = waker {
@@ -131,8 +146,7 @@ impl StreamHandle {
     /// Releases the budget charged for items never read.
     fn release(&self, items: impl IntoIterator<Item = Delivery>) {
         if let Some(budget) = &self.budget {
-            let held: usize =
-                items.into_iter().map(|d| if let Delivery::Item(_, cost) = d { cost as usize } else { 0 }).sum();
+            let held: usize = items.into_iter().map(|d| d.cost()).sum();
             budget.update(held, 0);
         }
     }
@@ -188,6 +202,8 @@ pub(crate) trait ItemSink: Send + Sync + 'static {
     /// The largest frame the peer accepts: an item whose frame is larger ends its stream
     /// with `too_large` instead of breaking the connection.
     fn max_frame(&self) -> u32;
+    /// The peer takes several items to a frame (feature `ITEM_RUNS`).
+    fn item_runs(&self) -> bool;
 }
 
 /// Received items as [`Items`]: reads grant their credit back.
@@ -222,6 +238,10 @@ impl futures_core::Stream for Received {
         if self.ended {
             return Poll::Ready(None);
         }
+        // Items that keep coming are a run of work without an await that waits: spend the
+        // task's budget, so that a caller woken on this thread (its answer read meanwhile)
+        // gets its turn instead of waiting until the stream pauses.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         if self.taken.is_empty() {
             let this = &mut *self;
             let mut inbox = this.handle.inbox.lock().unwrap();
@@ -233,7 +253,18 @@ impl futures_core::Stream for Received {
                 return Poll::Pending;
             }
         }
-        match self.taken.pop_front().expect("not empty") {
+        let next = match self.taken.front_mut().expect("not empty") {
+            Delivery::Run(run) => {
+                let item = run.next_item().expect("a run holds at least one item");
+                if run.is_empty() {
+                    self.taken.pop_front();
+                }
+                Delivery::Item(item.0, item.1)
+            }
+            _ => self.taken.pop_front().expect("not empty"),
+        };
+        coop.made_progress();
+        match next {
             Delivery::Item(payload, cost) => {
                 if let Some(budget) = &self.handle.budget {
                     budget.update(cost as usize, 0);
@@ -248,6 +279,7 @@ impl futures_core::Stream for Received {
                 self.ended = true;
                 Poll::Ready(outcome)
             }
+            Delivery::Run(_) => unreachable!("a run is taken item by item"),
         }
     }
 }
@@ -281,27 +313,31 @@ const NO_COPY: usize = 16 * 1024;
 pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, id: u64, mut items: Items) {
     // Frames gathered: small ones encoded into `batch`, large payloads as their own parts.
     let mut batch = BytesMut::new();
+    let mut runs = RunWriter::default();
+    let (item_runs, max_run) = (owner.item_runs(), owner.max_frame() as usize);
     let mut parts: Vec<Bytes> = Vec::new();
     let mut gathered = 0usize;
     // Credit known to be left (it only grows behind our back), and what the batch spent.
     let mut credit = 0u32;
     let mut spent = 0u32;
-    let flush = |batch: &mut BytesMut, parts: &mut Vec<Bytes>, gathered: &mut usize, spent: &mut u32| {
-        owner.spent(id, std::mem::take(spent));
-        *gathered = 0;
-        if !batch.is_empty() {
-            parts.push(batch.split().freeze());
-        }
-        let group = std::mem::take(parts);
-        let owner = owner.clone();
-        async move {
-            if group.is_empty() {
-                Ok(())
-            } else {
-                owner.send_bulk(group).await
+    let flush =
+        |batch: &mut BytesMut, runs: &mut RunWriter, parts: &mut Vec<Bytes>, gathered: &mut usize, spent: &mut u32| {
+            runs.close(batch);
+            owner.spent(id, std::mem::take(spent));
+            *gathered = 0;
+            if !batch.is_empty() {
+                parts.push(batch.split().freeze());
             }
-        }
-    };
+            let group = std::mem::take(parts);
+            let owner = owner.clone();
+            async move {
+                if group.is_empty() {
+                    Ok(())
+                } else {
+                    owner.send_bulk(group).await
+                }
+            }
+        };
     loop {
         let mut next = items.next().await;
         loop {
@@ -319,7 +355,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                     while cost > credit {
                         // Out of credit: send what is gathered, then wait for a grant (once
                         // stuck, say so: the reader then grants all it can).
-                        if flush(&mut batch, &mut parts, &mut gathered, &mut spent).await.is_err() {
+                        if flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent).await.is_err() {
                             return;
                         }
                         match owner.credit(id) {
@@ -344,19 +380,28 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
             };
             let last = !matches!(frame, Frame::Item { .. });
             match frame {
+                // Small items of a peer that takes runs go several to a frame.
+                Frame::Item { id, payload }
+                    if item_runs && payload.len() < NO_COPY && RunWriter::frame_len(payload.len()) <= max_run =>
+                {
+                    gathered += 4 + payload.len();
+                    runs.push(id, &payload, &mut batch, max_run);
+                }
                 Frame::Item { id, payload } if payload.len() >= NO_COPY => {
+                    runs.close(&mut batch);
                     Frame::encode_item_header(id, payload.len(), &mut batch);
                     gathered += batch.len() + payload.len();
                     parts.push(batch.split().freeze());
                     parts.push(payload);
                 }
                 frame => {
+                    runs.close(&mut batch);
                     gathered += frame.encoded_len();
                     frame.encode(&mut batch);
                 }
             }
             if last {
-                let _ = flush(&mut batch, &mut parts, &mut gathered, &mut spent).await;
+                let _ = flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent).await;
                 owner.items_sent(id);
                 return;
             }
@@ -369,7 +414,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                 Poll::Pending => break,
             }
         }
-        if flush(&mut batch, &mut parts, &mut gathered, &mut spent).await.is_err() {
+        if flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent).await.is_err() {
             return;
         }
         // Many ready items are one long run of work: let the thread's other tasks in.

@@ -9,7 +9,7 @@ use crate::{
     call::Reply,
     error::Error,
     proto::{ConnState, Frame, Incoming},
-    transport::streams::StreamHandle,
+    transport::streams::{Delivery, StreamHandle},
 };
 
 /// A lone caller reading the link for itself: while any is, the reader task waits off
@@ -116,15 +116,17 @@ impl Inner {
         let Ok(mut buf) = self.inbox.try_lock() else { return Ok(()) };
         // Consecutive items of one stream are taken under one lock of the state and handed
         // to their reader together.
-        let mut items = ItemRun::default();
+        let mut items = ItemsTaken::default();
+        let mut answered = false;
         loop {
             // Frames left from the handshake or an earlier read come first.
             loop {
                 match Frame::decode(&mut buf, self.limits.max_in) {
-                    Ok(Some(frame @ Frame::Item { .. })) => {
+                    Ok(Some(frame @ (Frame::Item { .. } | Frame::Items { .. }))) => {
                         let incoming = items.proto(&self.proto).on_frame(frame, StreamHandle::new);
                         match incoming {
-                            Incoming::Item(stream, payload, cost) => items.push(stream, payload, cost),
+                            Incoming::Item(stream, payload, cost) => items.push(stream, Delivery::Item(payload, cost)),
+                            Incoming::Run(stream, run) => items.push(stream, Delivery::Run(run)),
                             other => {
                                 items.deliver();
                                 self.act(other, 0, false, false);
@@ -133,6 +135,7 @@ impl Inner {
                     }
                     Ok(Some(frame)) => {
                         items.deliver();
+                        answered |= matches!(frame, Frame::Response { .. } | Frame::End { .. } | Frame::Pong { .. });
                         self.on_frame(frame);
                     }
                     Ok(None) => break,
@@ -140,6 +143,11 @@ impl Inner {
                 }
             }
             items.deliver();
+            // A caller was woken: let it run (on this thread, next) before reading on; a
+            // stream that keeps the socket full would otherwise keep it waiting.
+            if answered {
+                return Ok(());
+            }
             crate::transport::link::room_for_frame(&mut buf, self.limits.max_in);
             match self.link.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Error::unavailable(format!("connection to {} closed", self.peer))),
@@ -182,7 +190,10 @@ impl Inner {
                 let _ = tx.send(Ok(Reply::Stream(reader.into_items())));
             }
             Incoming::Item(stream, payload, cost) => {
-                stream.item(payload, cost); // a caller charges no budget: always held
+                stream.item(Delivery::Item(payload, cost)); // a caller charges no budget: always held
+            }
+            Incoming::Run(stream, run) => {
+                stream.item(Delivery::Run(run));
             }
             Incoming::End(stream, outcome) => {
                 stream.end(outcome);
@@ -214,24 +225,24 @@ impl Inner {
 
 /// A run of items of one stream taken from the read buffer, under one lock of the state.
 #[derive(Default)]
-struct ItemRun<'a> {
+struct ItemsTaken<'a> {
     proto: Option<std::sync::MutexGuard<'a, super::Proto>>,
     stream: Option<Arc<StreamHandle>>,
-    items: Vec<(bytes::Bytes, u32)>,
+    items: Vec<Delivery>,
 }
 
-impl<'a> ItemRun<'a> {
+impl<'a> ItemsTaken<'a> {
     /// The state, locked for the run.
     fn proto(&mut self, proto: &'a std::sync::Mutex<super::Proto>) -> &mut super::Proto {
         self.proto.get_or_insert_with(|| proto.lock().unwrap())
     }
 
-    fn push(&mut self, stream: Arc<StreamHandle>, payload: bytes::Bytes, cost: u32) {
+    fn push(&mut self, stream: Arc<StreamHandle>, items: Delivery) {
         if self.stream.as_ref().is_some_and(|s| !Arc::ptr_eq(s, &stream)) {
             self.hand_over();
         }
         self.stream = Some(stream);
-        self.items.push((payload, cost));
+        self.items.push(items);
     }
 
     fn hand_over(&mut self) {

@@ -419,6 +419,10 @@ impl ItemSink for Inner {
         self.limits.max_out
     }
 
+    fn item_runs(&self) -> bool {
+        self.limits.features.contains(crate::proto::Features::ITEM_RUNS)
+    }
+
     fn credit(&self, id: u64) -> Option<u32> {
         self.proto.lock().unwrap().credit(id)
     }

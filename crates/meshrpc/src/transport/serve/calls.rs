@@ -23,7 +23,7 @@ use crate::{
     transport::{
         guard::PortCounters,
         sender::Sender,
-        streams::{pump, ItemSink, Owner, StreamHandle},
+        streams::{pump, Delivery, ItemSink, Owner, StreamHandle},
     },
 };
 
@@ -78,6 +78,8 @@ pub(super) struct Served {
     pub(super) max_queued: usize,
     /// The largest frame the caller accepts.
     pub(super) max_out: u32,
+    /// The caller takes several items to a frame (feature `ITEM_RUNS`).
+    pub(super) item_runs: bool,
 }
 
 impl Owner for Served {
@@ -96,6 +98,10 @@ impl Owner for Served {
 impl ItemSink for Served {
     fn max_frame(&self) -> u32 {
         self.max_out
+    }
+
+    fn item_runs(&self) -> bool {
+        self.item_runs
     }
 
     fn credit(&self, id: u64) -> Option<u32> {
@@ -211,7 +217,16 @@ pub(super) async fn on_inbound(
         }
         Inbound::Send(frame) => Some(frame),
         Inbound::Item(stream, id, payload, cost) => {
-            if stream.item(payload, cost) {
+            if stream.item(Delivery::Item(payload, cost)) {
+                return None;
+            }
+            PortCounters::add(&answers.counters.shed_stream_items);
+            let why = Error::Overloaded { message: "the node's budget for unread stream items is spent".into() };
+            let refused = state.lock().unwrap().refuse(id, why)?;
+            Box::pin(on_inbound(refused, now, caller, dispatch, served, answers)).await
+        }
+        Inbound::Run(stream, id, run) => {
+            if stream.item(Delivery::Run(run)) {
                 return None;
             }
             PortCounters::add(&answers.counters.shed_stream_items);

@@ -182,6 +182,7 @@ impl Driver {
             sender: sender.clone(),
             max_queued: limits.max_queued,
             max_out: hello.max_out,
+            item_runs: hello.features.contains(crate::proto::Features::ITEM_RUNS),
         });
         Some(Driver {
             link,

@@ -66,7 +66,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("streams") {
         return rt.block_on(async {
             let (streams, beside) = streaming::run(&opts).await;
-            streaming::print(&streams, beside);
+            streaming::print(&streams, &beside);
         });
     }
     rt.block_on(run(opts));
@@ -309,7 +309,7 @@ async fn run(opts: Opts) {
     print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
     print_scaling(&scaling, opts.in_flight);
     print_mtls(&rows, &paired, handshakes);
-    streaming::print(&streams, beside);
+    streaming::print(&streams, &beside);
     colocated::print(colocated, rows.iter().find(|r| r.name == "meshrpc postcard").map_or(f64::NAN, |r| r.p(0)));
 }
 

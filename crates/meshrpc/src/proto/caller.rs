@@ -77,6 +77,8 @@ pub struct CallerState<W, S> {
     started: u64,
     /// Pings among them.
     pings: u64,
+    /// Calls in flight with a stream either way (their handle is set).
+    streaming: usize,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,7 @@ impl<W, S> CallerState<W, S> {
             state: ConnState::Open,
             started: 0,
             pings: 0,
+            streaming: 0,
         }
     }
 
@@ -177,6 +180,8 @@ impl<W, S> CallerState<W, S> {
         let id = self.next_id;
         self.next_id += 1;
         self.started += 1;
+        let streams = stream.is_some();
+        self.streaming += usize::from(streams);
         self.pending.insert(id, Waiting::new(waiter, deadline, stream, self.started));
         let mut rearm = false;
         if let Some(d) = deadline {
@@ -186,7 +191,11 @@ impl<W, S> CallerState<W, S> {
             self.deadlines.push(Reverse((d, id)));
             rearm = self.armed.is_none_or(|armed| d < armed);
         }
-        Ok(Registered { id, alone: self.pending.len() == 1, rearm })
+        // A call without items is alone when no other such call is in flight: streams
+        // beside it do not make its request wait for the writer task, nor its answer for
+        // the reader task (it reads the link itself, their items too).
+        let alone = if streams { self.pending.len() == 1 } else { self.pending.len() - self.streaming == 1 };
+        Ok(Registered { id, alone, rearm })
     }
 
     /// Deadlines held, answered calls' included (bounded by twice the calls in flight
@@ -219,7 +228,7 @@ impl<W, S> CallerState<W, S> {
             }
             self.deadlines.pop();
             if self.pending.get(&id).is_some_and(|w| w.deadline == Some(d)) {
-                let w = self.pending.remove(&id).expect("checked above");
+                let w = self.take(id).expect("checked above");
                 expired.push((w.waiter, w.stream, Frame::Cancel { id }));
             }
         }
@@ -250,7 +259,14 @@ impl<W, S> CallerState<W, S> {
     /// Withdraws a call the caller gave up on; returns the cancel to send if it was still
     /// waiting (and its stream handle: its sending must stop).
     pub fn cancel(&mut self, id: u64) -> Option<(Frame, Option<S>)> {
-        self.pending.remove(&id).map(|w| (Frame::Cancel { id }, w.stream))
+        self.take(id).map(|w| (Frame::Cancel { id }, w.stream))
+    }
+
+    /// Removes call `id`'s entry, counting its stream out.
+    fn take(&mut self, id: u64) -> Option<Waiting<W, S>> {
+        let w = self.pending.remove(&id)?;
+        self.streaming -= usize::from(w.stream.is_some());
+        Some(w)
     }
 
     /// The credit call `id`'s items may still spend (`None`: the call is over). Only its
@@ -305,12 +321,15 @@ impl<W, S> CallerState<W, S> {
                 let Some(waiter) = w.waiter.take() else {
                     return Incoming::Violation(Error::protocol(format!("call {id} was answered twice")));
                 };
+                if w.stream.is_none() {
+                    self.streaming += 1;
+                }
                 let stream = w.stream.get_or_insert_with(make).clone();
                 w.flow.recv = Some(RecvWindow::default());
                 Incoming::Opened(waiter, stream)
             }
             Frame::Response { id, status, payload } => {
-                let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };
+                let Some(w) = self.take(id) else { return Incoming::Nothing };
                 let Some(waiter) = w.waiter else {
                     return Incoming::Violation(Error::protocol(format!("call {id} was answered twice")));
                 };
@@ -338,7 +357,7 @@ impl<W, S> CallerState<W, S> {
                 Incoming::Run(stream.clone(), run)
             }
             Frame::End { id, status, payload } => {
-                let Some(w) = self.pending.remove(&id) else { return Incoming::Nothing };
+                let Some(w) = self.take(id) else { return Incoming::Nothing };
                 match (w.flow.recv, w.stream, w.waiter) {
                     (Some(_), Some(stream), _) => {
                         Incoming::End(stream, (status != Status::Ok).then(|| outcome(status, payload)))
@@ -363,7 +382,7 @@ impl<W, S> CallerState<W, S> {
                 }
                 _ => Incoming::Nothing, // credit for items already ended
             },
-            Frame::Pong { id } => match self.pending.remove(&id) {
+            Frame::Pong { id } => match self.take(id) {
                 Some(Waiting { waiter: Some(waiter), .. }) => {
                     Incoming::Answer(waiter, None, Ok(Reply::Ok(Bytes::new())))
                 }
@@ -388,6 +407,7 @@ impl<W, S> CallerState<W, S> {
     pub fn close(&mut self) -> Vec<(Option<W>, Option<S>)> {
         self.state = ConnState::Closed;
         self.deadlines.clear();
+        self.streaming = 0;
         self.pending.drain().map(|(_, w)| (w.waiter, w.stream)).collect()
     }
 }

@@ -507,6 +507,30 @@ fn a_server_stream_flows_only_as_fast_as_its_reader_grants_credit() {
     assert_eq!((caller.in_flight(), node.in_flight()), (0, 0));
 }
 
+/// A call beside open streams is still alone (its request is written at once and it reads
+/// its own answer); beside another call it is not.
+#[test]
+fn a_call_beside_streams_alone_is_alone() {
+    let (limits, _) = handshake(1 << 20, 1 << 20);
+    let now = Instant::now();
+    let mut caller = CallerState::<&str, &str>::new(limits);
+    let (stream, _, alone) = caller.start_call(call("watch", b"{}", None), now, "w").unwrap();
+    assert!(alone);
+    let opening = Frame::Response { id: stream, status: Status::Stream, payload: Bytes::new() };
+    assert!(matches!(caller.on_frame(wire(opening), || "s"), Incoming::Opened("w", "s")));
+    let (first, _, alone) = caller.start_call(call("greet", b"{}", None), now, "a").unwrap();
+    assert!(alone, "a stream beside it does not count");
+    let (_, _, alone) = caller.start_call(call("greet", b"{}", None), now, "b").unwrap();
+    assert!(!alone, "another call does");
+    // The first answered and the stream ended: a new call is alone again, and then the
+    // only call at all.
+    assert!(matches!(caller.on_frame(response(first, Ok(Reply::Ok(Bytes::new()))), || "x"), Incoming::Answer(..)));
+    let (second, ..) = caller.start_call(call("greet", b"{}", None), now, "c").unwrap();
+    let _ = caller.cancel(second);
+    assert!(matches!(caller.on_frame(wire(super::end(stream, Ok(None))), || "x"), Incoming::End("s", None)));
+    assert_eq!(caller.in_flight(), 1);
+}
+
 /// Items in runs (feature `ITEM_RUNS`) cost the credit they would one by one: a run that
 /// fits the credit is taken, the caller's reader sees every item, and a run past the
 /// credit is refused like an item past it.

@@ -39,9 +39,16 @@ struct Queue {
     bulk_len: usize,
     /// Bytes the writer task took and is writing.
     writing: usize,
+    /// What it is writing is a bulk group (stream frames), not answers.
+    writing_bulk: bool,
     /// The writer task owns the socket until the queue is empty.
     flushing: bool,
     broken: bool,
+}
+
+/// Bytes of answers queued or being written.
+fn q_answers(q: &Queue) -> usize {
+    q.bytes.len() + if q.writing_bulk { 0 } else { q.writing }
 }
 
 /// The socket failed; the connection is over.
@@ -85,15 +92,21 @@ impl Sender {
         self.until(|q| q.broken || (!q.flushing && q.bytes.is_empty() && q.bulk.is_empty())).await
     }
 
-    /// Bytes waiting to be written.
-    pub(crate) fn queued(&self) -> usize {
-        let q = self.queue.lock().unwrap();
-        q.bytes.len() + q.bulk_len + q.writing
+    /// Bytes of answers (everything but the bulk lane) waiting to be written: what a peer
+    /// that reads nothing makes us hold beyond its streams, which their credit bounds.
+    pub(crate) fn answers_queued(&self) -> usize {
+        q_answers(&self.queue.lock().unwrap())
     }
 
     /// Resolves once at most `limit` bytes wait to be written (or the socket broke).
     pub(crate) async fn room(&self, limit: usize) {
         self.until(|q| q.broken || q.bytes.len() + q.bulk_len + q.writing <= limit).await
+    }
+
+    /// Resolves once at most `limit` bytes of answers wait to be written (or the socket
+    /// broke): a stream's queued items never hold an answer back.
+    pub(crate) async fn answers_room(&self, limit: usize) {
+        self.until(|q| q.broken || q_answers(q) <= limit).await
     }
 
     async fn until(&self, done: impl Fn(&Queue) -> bool) {
@@ -157,12 +170,12 @@ impl Sender {
                     let mut q = self.queue.lock().unwrap();
                     if !q.bytes.is_empty() {
                         std::mem::swap(&mut q.bytes, &mut chunk);
-                        q.writing = chunk.len();
+                        (q.writing, q.writing_bulk) = (chunk.len(), false);
                         None
                     } else if let Some(group) = q.bulk.pop_front() {
                         let len = group.iter().map(Bytes::len).sum::<usize>();
                         q.bulk_len -= len;
-                        q.writing = len;
+                        (q.writing, q.writing_bulk) = (len, true);
                         Some(group)
                     } else {
                         q.flushing = false;

@@ -408,8 +408,25 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
             if gathered >= BATCH {
                 break;
             }
-            // Gather what is ready now; wait only with nothing gathered.
-            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut items).poll_next(cx))).await {
+            // Gather what is ready now; wait only with nothing gathered. Each item spends
+            // from the task's budget: a producer that is always ready still lets the
+            // thread's other tasks (the connection's writer, the calls beside the stream)
+            // in every few dozen items. The batch is kept meanwhile, not sent short.
+            let polled = loop {
+                let ready = std::future::poll_fn(|cx| {
+                    let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else { return Poll::Ready(None) };
+                    let polled = Pin::new(&mut items).poll_next(cx);
+                    if polled.is_ready() {
+                        coop.made_progress();
+                    }
+                    Poll::Ready(Some(polled))
+                });
+                match ready.await {
+                    Some(polled) => break polled,
+                    None => tokio::task::yield_now().await,
+                }
+            };
+            match polled {
                 Poll::Ready(ready) => next = ready,
                 Poll::Pending => break,
             }

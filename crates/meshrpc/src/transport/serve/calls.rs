@@ -205,7 +205,7 @@ pub(super) async fn on_inbound(
                 let frame = Answers { max_out, max_queued, counters }.frame(id, result);
                 // An answer waits for room like the connection's own: a caller that
                 // reads nothing holds at most its queue and its running calls' answers.
-                sender.room(max_queued).await;
+                sender.answers_room(max_queued).await;
                 // Write it ourselves when it is the only call in flight: no hop back to
                 // the connection task.
                 let alone = done.lock().unwrap().in_flight() <= 1;

@@ -241,7 +241,9 @@ impl Driver {
     /// answers gets a turn, not the worker thread. Nor are more answered than its queue
     /// has room for (at most one answer past it).
     async fn answer_read(&mut self) -> Result<bool, Stop> {
-        let room = self.limits.max_queued.saturating_sub(self.sender.queued());
+        // Answers only: a stream's items in the bulk lane (bounded by its credit and its
+        // own wait for room) must not keep the requests beside it from being answered.
+        let room = self.limits.max_queued.saturating_sub(self.sender.answers_queued());
         loop {
             if self.out.len() >= FAIR_SHARE.min(room) {
                 return Ok(true);
@@ -275,18 +277,18 @@ impl Driver {
     /// (TCP then slows it down); one that stays stuck is closed. Meanwhile it holds its
     /// queue and nothing more: the buffer answers were encoded in is given back.
     async fn hold_back(&mut self) -> Result<(), Stop> {
-        if self.sender.queued() < self.limits.max_queued {
+        if self.sender.answers_queued() < self.limits.max_queued {
             return Ok(());
         }
         if self.out.capacity() > READ_CHUNK {
             self.out = BytesMut::new();
         }
-        let room = self.sender.room(self.limits.max_queued / 2);
+        let room = self.sender.answers_room(self.limits.max_queued / 2);
         if tokio::time::timeout(self.limits.stuck_timeout, room).await.is_err() {
             PortCounters::add(&self.guard.counters.stuck_closed);
             return Err(Stop::Close(Error::unavailable(format!(
                 "the caller left {} bytes of answers unread for {:?}",
-                self.sender.queued(),
+                self.sender.answers_queued(),
                 self.limits.stuck_timeout
             ))));
         }

@@ -414,7 +414,7 @@ pub fn print(rows: &[StreamRow], beside: &[Beside]) {
     for b in beside {
         println!(
             "unary p50 beside a full-speed stream of {} B items, same connection [target ≤ 1.5 × idle]: {:.1} µs ÷ {:.1} µs idle = {:.2} × (on a second connection beside it: {:.1} µs = {:.2} ×)",
-            b.size,
+            if b.size == SMALL { 32 } else { b.size },
             b.busy,
             b.idle,
             b.busy / b.idle,

@@ -95,7 +95,10 @@ impl Codec {
             let mut slot: Option<T> = None;
             if let Some(as_bytes) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<bytes::Bytes>>() {
                 if let Some(start) = postcard_byte_string(&bytes) {
-                    *as_bytes = Some(bytes.slice(start..));
+                    // Advanced, not sliced: no count of the shared buffer taken and given back.
+                    let mut bytes = bytes;
+                    bytes::Buf::advance(&mut bytes, start);
+                    *as_bytes = Some(bytes);
                     return Ok(slot.take().expect("just set"));
                 }
             }

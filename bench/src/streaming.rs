@@ -26,6 +26,9 @@ use crate::{
 /// Payload bytes of a small item, as each system frames it: a 30-byte blob is 32 bytes
 /// encoded by postcard and by protobuf alike.
 pub const SMALL: usize = 30;
+/// Payload bytes of a middling item (1 KiB encoded: 1,021 bytes and a 3-byte length, in
+/// postcard and protobuf alike).
+pub const MEDIUM: usize = 1021;
 /// Payload bytes of a large item.
 pub const LARGE: usize = 64 * 1024;
 
@@ -268,10 +271,19 @@ impl StreamRow {
 }
 
 /// How many items make a run of about `secs` (after one warm-up run).
+/// An item's size as the table names it: encoded, for the small and middling ones.
+fn label(size: usize) -> String {
+    match size {
+        SMALL => "32".into(),
+        MEDIUM => "1024".into(),
+        _ => size.to_string(),
+    }
+}
+
 fn items_for(size: usize, secs: f64) -> u64 {
     // Aimed at ~2 GB/s for large items and ~5 M items/s for small ones: a run is then at
     // most about `secs`, and a slower system simply takes longer.
-    let per_s = if size >= 1024 { 2e9 / size as f64 } else { 5e6 };
+    let per_s = if size >= 1000 { 2e9 / size as f64 } else { 5e6 };
     ((per_s * secs) as u64).max(1000)
 }
 
@@ -300,10 +312,10 @@ pub async fn flood(system: &str, addr: SocketAddr, size: usize, count: u64) -> f
 pub async fn run(opts: &Opts) -> (Vec<StreamRow>, Vec<Beside>) {
     let systems = ["raw floor", "meshrpc postcard", "meshrpc json", "tonic"];
     let mut rows = Vec::new();
-    for size in [SMALL, LARGE] {
+    for size in [SMALL, MEDIUM, LARGE] {
         for name in systems {
             // JSON writes bytes as an array of numbers: only its small row means anything.
-            if name == "meshrpc json" && size == LARGE {
+            if name == "meshrpc json" && size != SMALL {
                 continue;
             }
             rows.push(StreamRow { name, size, items_per_s: Vec::new() });
@@ -397,7 +409,7 @@ pub fn print(rows: &[StreamRow], beside: &[Beside]) {
         println!(
             "| {} | {} B | {:.0} k | {:.0} | {:.2} | {:.2} |",
             row.name,
-            if row.size == SMALL { 32 } else { row.size },
+            label(row.size),
             row.rate() / 1e3,
             row.mb_per_s(),
             row.rate() / floor,
@@ -406,15 +418,18 @@ pub fn print(rows: &[StreamRow], beside: &[Beside]) {
     }
     let small = |name: &str| rows.iter().find(|r| r.name == name && r.size == SMALL).map_or(f64::NAN, StreamRow::rate);
     let large = |name: &str| rows.iter().find(|r| r.name == name && r.size == LARGE).map_or(f64::NAN, StreamRow::rate);
+    let medium =
+        |name: &str| rows.iter().find(|r| r.name == name && r.size == MEDIUM).map_or(f64::NAN, StreamRow::rate);
     println!(
-        "targets: small items ≥ 1.5 × tonic: {:.2} ×; large items ≥ 0.9 × the floor's MB/s: {:.2} ×",
+        "targets: small items ≥ 1.5 × tonic: {:.2} ×; 1 KiB items ÷ tonic: {:.2} ×; large items ≥ 0.9 × the floor's MB/s: {:.2} ×",
         small("meshrpc postcard") / small("tonic"),
+        medium("meshrpc postcard") / medium("tonic"),
         large("meshrpc postcard") / large("raw floor"),
     );
     for b in beside {
         println!(
             "unary p50 beside a full-speed stream of {} B items, same connection [target ≤ 1.5 × idle]: {:.1} µs ÷ {:.1} µs idle = {:.2} × (on a second connection beside it: {:.1} µs = {:.2} ×)",
-            if b.size == SMALL { 32 } else { b.size },
+            label(b.size),
             b.busy,
             b.idle,
             b.busy / b.idle,

@@ -87,18 +87,26 @@ impl Codec {
         }
     }
 
-    /// Decodes a value from bytes it may keep: a `bytes::Bytes` in postcard comes out as a
-    /// slice of `bytes` (no copy: a 64 KiB item stays where the connection read it), any
-    /// other type as [`decode`](Self::decode) gives it.
+    /// Decodes a value from bytes it may keep: a `bytes::Bytes` of 16 KiB or more in
+    /// postcard comes out as a slice of `bytes` (no copy: a 64 KiB item stays where the
+    /// connection read it), a shorter one copied without serde, any other type as
+    /// [`decode`](Self::decode) gives it.
     pub(crate) fn decode_owned<T: DeserializeOwned + 'static>(self, bytes: bytes::Bytes) -> Result<T, Error> {
         if self == Codec::Postcard {
             let mut slot: Option<T> = None;
             if let Some(as_bytes) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<bytes::Bytes>>() {
                 if let Some(start) = postcard_byte_string(&bytes) {
-                    // Advanced, not sliced: no count of the shared buffer taken and given back.
-                    let mut bytes = bytes;
-                    bytes::Buf::advance(&mut bytes, start);
-                    *as_bytes = Some(bytes);
+                    *as_bytes = Some(if bytes.len() - start >= SLICE_FROM {
+                        // Advanced, not sliced: no count of the shared buffer taken and
+                        // given back.
+                        let mut bytes = bytes;
+                        bytes::Buf::advance(&mut bytes, start);
+                        bytes
+                    } else {
+                        // A small item kept by its reader must not keep the whole buffer
+                        // it was read into alive.
+                        bytes::Bytes::copy_from_slice(&bytes[start..])
+                    });
                     return Ok(slot.take().expect("just set"));
                 }
             }
@@ -115,6 +123,10 @@ impl Codec {
         self.decode(bytes)
     }
 }
+
+/// A byte string at least this long is handed out as part of the buffer it arrived in
+/// (which it then keeps alive: at most a few times its own size); a shorter one is copied.
+const SLICE_FROM: usize = 16 * 1024;
 
 /// Where the bytes of a postcard byte string start, if `encoded` is exactly one (a varint
 /// length, then that many bytes).
@@ -150,8 +162,9 @@ mod tests {
             let encoded = Codec::Postcard.encode(&item).unwrap();
             let back: bytes::Bytes = Codec::Postcard.decode_owned(encoded.clone()).unwrap();
             assert_eq!(back, item);
-            // The same memory, not a copy.
-            assert_eq!(back.as_ptr(), encoded[encoded.len() - len..].as_ptr());
+            // Large: the same memory, not a copy; small: a copy of its own.
+            let same = back.as_ptr() == encoded[encoded.len() - len..].as_ptr();
+            assert_eq!(same, len >= SLICE_FROM, "{len} bytes");
         }
         // A wrong length, and other types, take postcard's own path and its errors.
         for odd in [&[3u8, 1, 2][..], &[0x80, 0x00], &[0x81, 0x00, 9], &[1, 5, 6], &[]] {

@@ -160,7 +160,11 @@ async fn a_replica_with_another_method_set_is_never_called() {
     let seed_addr = seed.addr.to_string();
     let _v2 = Node::start(LABNODE, &["--tag", tag, "--nodes", &seed_addr, "--name", "v2", "--v2"]).await;
     let only_v2 = call(tag, &seed, &["--wait-ms", "1500"]).await;
-    assert!(only_v2["wait_error"].as_str().unwrap_or_default().contains("lab"), "{only_v2}");
+    let why = only_v2["wait_error"].as_str().unwrap_or_default();
+    // Not only "not reachable": which replica, and the first method that differs.
+    assert!(why.contains("`lab`: 1 replica serves another version of its methods: "), "{only_v2}");
+    // `Lab` declares `many` first; `LabV2` has only `whoami`.
+    assert!(why.ends_with("`many` is not there"), "{only_v2}");
 
     let _v1 = replica(tag, &seed, "v1").await;
     let mixed = call(tag, &seed, &["--calls", "50", "--concurrency", "4"]).await;

@@ -23,6 +23,7 @@ use crate::{
     call::{Call, Dispatch, Reply},
     error::Error,
     request_log::RequestLog,
+    spec::ServiceSpec,
     transport::PendingCall,
 };
 
@@ -33,6 +34,8 @@ pub(super) struct Route<'n> {
     /// The call's service (a static name: no copy).
     service: Cow<'static, str>,
     fingerprint: Option<String>,
+    /// The contract the caller was built from, when it says (errors name a difference).
+    spec: Option<&'static ServiceSpec>,
     balancer: Arc<dyn Balance>,
     tried: Vec<SocketAddr>,
     /// Attempts that may have reached a replica.
@@ -57,7 +60,12 @@ enum Next {
 }
 
 impl<'n> Route<'n> {
-    pub(super) fn new(inner: &'n Arc<Inner>, call: Call, fingerprint: Option<String>) -> Route<'n> {
+    pub(super) fn new(
+        inner: &'n Arc<Inner>,
+        call: Call,
+        fingerprint: Option<String>,
+        spec: Option<&'static ServiceSpec>,
+    ) -> Route<'n> {
         inner.policies.budget.deposit(Instant::now());
         Route {
             inner,
@@ -65,6 +73,7 @@ impl<'n> Route<'n> {
             service: call.service.clone(),
             call,
             fingerprint,
+            spec,
             tried: Vec::new(),
             sent: 0,
             last_error: None,
@@ -146,7 +155,7 @@ impl<'n> Route<'n> {
             None => Err(self
                 .last_error
                 .take()
-                .unwrap_or_else(|| inner.nobody_serves(view, service, self.fingerprint.as_deref()))),
+                .unwrap_or_else(|| inner.nobody_serves(view, service, self.fingerprint.as_deref(), self.spec))),
             Some((_, None)) => Ok(Picked::Local), // this node is the replica
             Some((member, Some(peer))) => Ok(Picked::Peer(member, peer)),
         }

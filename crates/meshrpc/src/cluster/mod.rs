@@ -6,6 +6,7 @@ mod admin;
 mod balance;
 mod builder;
 mod call;
+mod contract;
 mod failover;
 pub(crate) mod gossip;
 mod hedge;
@@ -224,12 +225,16 @@ impl Cluster {
     /// A channel to `spec`'s service, balanced over its compatible replicas. Pass it to
     /// a generated client: `GreeterClient::new(cluster.client(GreeterClient::SPEC))`.
     pub fn client(&self, spec: &'static ServiceSpec) -> Channel {
-        Channel::new(ClusterDispatch { inner: self.inner.clone(), fingerprint: Some(spec.fingerprint()) })
+        Channel::new(ClusterDispatch {
+            inner: self.inner.clone(),
+            fingerprint: Some(spec.fingerprint()),
+            spec: Some(spec),
+        })
     }
 
     /// A channel to any service by name, without a version check (gateway, CLI).
     pub fn channel(&self) -> Channel {
-        Channel::new(ClusterDispatch { inner: self.inner.clone(), fingerprint: None })
+        Channel::new(ClusterDispatch { inner: self.inner.clone(), fingerprint: None, spec: None })
     }
 
     /// The live members.
@@ -436,10 +441,17 @@ impl Cluster {
                         format!("; `{service}` is advertised, but its method list could not be fetched: {why}")
                     })
                     .collect();
+                // A service served only by another version of its contract: say how.
+                let view = self.inner.membership.view();
+                let incompatible: Vec<String> = missing
+                    .iter()
+                    .filter_map(|spec| Some(format!("; `{}`: {}", spec.name, contract::incompatibility(&view, spec)?)))
+                    .collect();
                 return Err(Error::unavailable(format!(
-                    "services not reachable within {timeout:?}: {}{}",
+                    "services not reachable within {timeout:?}: {}{}{}",
                     names.join(", "),
-                    unfetched.concat()
+                    unfetched.concat(),
+                    incompatible.concat()
                 )));
             }
             // Try again when the view changes, or soon anyway (a replica may come back).

@@ -164,7 +164,7 @@ impl Dispatch for Forward {
         call.metadata.insert(FORWARDED, inner.name.clone());
         call.peer = None;
         Box::pin(async move {
-            let answer = inner.call(call, None).await;
+            let answer = inner.call(call, None, None).await;
             drop(permit);
             answer
         })

@@ -184,8 +184,13 @@ impl Inner {
 
     /// Sends `call` to a replica of its service and answers it: the steps are in
     /// [`Route`](super::call::Route).
-    pub(super) async fn call(self: Arc<Self>, call: Call, fingerprint: Option<String>) -> Result<Reply, Error> {
-        super::call::Route::new(&self, call, fingerprint).run().await
+    pub(super) async fn call(
+        self: Arc<Self>,
+        call: Call,
+        fingerprint: Option<String>,
+        spec: Option<&'static ServiceSpec>,
+    ) -> Result<Reply, Error> {
+        super::call::Route::new(&self, call, fingerprint, spec).run().await
     }
 
     /// Records what an answer says about the replica that gave it, and ejects the replica
@@ -238,7 +243,13 @@ impl Inner {
         Some(Error::tls(format!("replica {} ({identity}) has no certificate for `{service}`: not called", member.id)))
     }
 
-    pub(super) fn nobody_serves(&self, view: &View, service: &str, fingerprint: Option<&str>) -> Error {
+    pub(super) fn nobody_serves(
+        &self,
+        view: &View,
+        service: &str,
+        fingerprint: Option<&str>,
+        spec: Option<&ServiceSpec>,
+    ) -> Error {
         if !view.knows(service) {
             return Error::UnknownService { service: service.to_owned() };
         }
@@ -264,7 +275,12 @@ impl Inner {
         let incompatible =
             view.members.iter().filter(|m| m.services.contains_key(service) && !m.serves(service, fingerprint)).count();
         Error::unavailable(if view.replicas(service, fingerprint).next().is_none() && incompatible > 0 {
-            format!("no compatible replica of `{service}`: {incompatible} serve another version of its methods")
+            match spec.and_then(|spec| super::contract::incompatibility(view, spec)) {
+                Some(why) => format!("no compatible replica of `{service}`: {why}"),
+                None => {
+                    format!("no compatible replica of `{service}`: {incompatible} serve another version of its methods")
+                }
+            }
         } else {
             format!("no reachable replica of `{service}`")
         })
@@ -275,11 +291,13 @@ impl Inner {
 pub(super) struct ClusterDispatch {
     pub(super) inner: Arc<Inner>,
     pub(super) fingerprint: Option<String>,
+    /// The contract the channel's client was built from (its errors name a difference).
+    pub(super) spec: Option<&'static ServiceSpec>,
 }
 
 impl Dispatch for ClusterDispatch {
     fn dispatch(&self, call: Call) -> BoxFuture<Result<Reply, Error>> {
-        Box::pin(self.inner.clone().call(call, self.fingerprint.clone()))
+        Box::pin(self.inner.clone().call(call, self.fingerprint.clone(), self.spec))
     }
 
     fn colocated(&self, spec: &'static ServiceSpec) -> Option<Arc<dyn std::any::Any + Send + Sync>> {

@@ -462,7 +462,7 @@ pub(super) fn mirror(
     let (inner, fingerprint) = (inner.clone(), fingerprint.map(str::to_owned));
     MIRRORED.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let mirrored = inner.call(copy, fingerprint).await;
+        let mirrored = inner.call(copy, fingerprint, None).await;
         MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
         let Ok(real) = real_rx.await else { return };
         let counter = match (mirrored, real) {

@@ -303,6 +303,9 @@ impl Drop for Received {
 /// Bytes of frames a stream's sender gathers before it sends them (one lock, one queue
 /// entry and one credit update for many small items).
 const BATCH: usize = 64 * 1024;
+/// Items a stream's sender takes per unit of the task's cooperative budget: it yields its
+/// thread every 128 × this many items that are always ready.
+const ITEMS_PER_BUDGET_UNIT: u32 = 4;
 /// A payload this large is written from its own buffer, not copied into the batch.
 const NO_COPY: usize = 16 * 1024;
 
@@ -317,6 +320,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
     let (item_runs, max_run) = (owner.item_runs(), owner.max_frame() as usize);
     let mut parts: Vec<Bytes> = Vec::new();
     let mut gathered = 0usize;
+    let mut polled_items = 0u32;
     // Credit known to be left (it only grows behind our back), and what the batch spent.
     let mut credit = 0u32;
     let mut spent = 0u32;
@@ -408,12 +412,16 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
             if gathered >= BATCH {
                 break;
             }
-            // Gather what is ready now; wait only with nothing gathered. Each item spends
-            // from the task's budget: a producer that is always ready still lets the
-            // thread's other tasks (the connection's writer, the calls beside the stream)
-            // in every few dozen items. The batch is kept meanwhile, not sent short.
+            // Gather what is ready now; wait only with nothing gathered. Items spend from
+            // the task's budget: a producer that is always ready still lets the thread's
+            // other tasks (the connection's writer, the calls beside the stream) in every
+            // few hundred items. The batch is kept meanwhile, not sent short.
+            polled_items = polled_items.wrapping_add(1);
             let polled = loop {
                 let ready = std::future::poll_fn(|cx| {
+                    if polled_items % ITEMS_PER_BUDGET_UNIT != 0 {
+                        return Poll::Ready(Some(Pin::new(&mut items).poll_next(cx)));
+                    }
                     let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else { return Poll::Ready(None) };
                     let polled = Pin::new(&mut items).poll_next(cx);
                     if polled.is_ready() {

@@ -229,3 +229,32 @@ async fn call_and_status_against_a_running_cluster() {
     }
     panic!("status never showed 3 lab replicas: {last}");
 }
+
+/// `meshrpc completions bash`, sourced by a real bash, completes subcommands and flags.
+#[tokio::test]
+async fn bash_completes_subcommands_and_flags_from_the_generated_script() {
+    let script = meshrpc(&["completions", "bash"]).await;
+    assert_eq!(script.code, 0, "{}", script.stderr);
+    let file = std::env::temp_dir().join(format!("meshrpc-completion-{}.bash", std::process::id()));
+    std::fs::write(&file, &script.stdout).unwrap();
+    // What bash's completion asks the function for: the words so far and which one is
+    // being completed; the function answers in COMPREPLY.
+    let complete = |words: &str, current: usize| {
+        let last = words.split(' ').next_back().unwrap_or_default().to_owned();
+        let before = words.split(' ').nth(current.saturating_sub(1)).unwrap_or_default().to_owned();
+        format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={current}; _meshrpc meshrpc {last} {before}; echo \"${{COMPREPLY[@]}}\"",
+            file.display()
+        )
+    };
+    let cases = [("meshrpc sp", 1, "split"), ("meshrpc call --no", 2, "--nodes"), ("meshrpc ca", 1, "call ca")];
+    for (words, current, expected) in cases {
+        let out = Command::new("bash").arg("-c").arg(complete(words, current)).output().await.expect("bash runs");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(said.trim(), expected, "completing `{words}`: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let unknown = meshrpc(&["completions", "tcsh"]).await;
+    assert_ne!(unknown.code, 0);
+    assert!(unknown.stderr.contains("invalid value 'tcsh'"), "{}", unknown.stderr);
+    let _ = std::fs::remove_file(&file);
+}

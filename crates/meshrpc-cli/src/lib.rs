@@ -105,6 +105,15 @@ enum Command {
     ///   meshrpc cert show ./greeter-1/node.pem
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Print the shell completion script of `meshrpc` (subcommands and flags).
+    ///
+    /// Examples:
+    ///   source <(meshrpc completions bash)
+    ///   meshrpc completions zsh > ~/.zfunc/_meshrpc
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Run an example node in this process (used by `demo`).
     #[command(subcommand, hide = true)]
     Example(Example),
@@ -121,6 +130,11 @@ enum Example {
 /// Parses the command line and runs the command.
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "meshrpc", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     // The commands that run a node: its logs, and room for its connections.
     if matches!(cli.command, Command::Gateway(_) | Command::Example(_)) {
         meshrpc::init_logging("info");
@@ -146,6 +160,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Cert(command) => cert::cert(command),
             Command::Example(Example::Greeter(args)) => Ok(greeter::node::run(args).await?),
             Command::Example(Example::MeshApi(args)) => Ok(mesh_api::run(args).await?),
+            Command::Completions { .. } => unreachable!("answered before the runtime starts"),
         }
     });
     match result {

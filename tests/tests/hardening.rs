@@ -34,6 +34,38 @@ async fn answers(node: &Node) {
     assert!(lab.whoami().await.is_ok(), "a well-behaved caller is still served");
 }
 
+/// Streams opened and never read: their items fill the send queue (which does not stop
+/// the caller's requests from being read, so calls beside a stream are not held up); the
+/// connection is closed after the stuck timeout, and no stream produces past its batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_opens_streams_and_reads_nothing_is_closed_and_costs_little() {
+    let node = lab(&["--max-queued", "65536", "--stuck-ms", "1500"]).await;
+    let rss_before = status_kib(pid(&node), "VmRSS");
+    let mut stream = handshaken_small(node.addr).await;
+    // 500 streams of 60 kB items; nothing read.
+    let mut opened = 0;
+    for id in 1..=500u64 {
+        let frame = request(id, "streamer", "count", r#"{"from":0,"to":1000000,"pad":60000}"#);
+        match tokio::time::timeout(Duration::from_millis(200), stream.write_all(&frame)).await {
+            Ok(Ok(())) => opened += 1,
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
+    let stuck = meshrpc_tests::harness::eventually(Duration::from_secs(10), || async {
+        (metric(node.addr, "meshrpc_stuck_connections_closed").await >= 1).then_some(())
+    })
+    .await;
+    assert!(stuck.is_some(), "a caller that leaves its streams unread is closed");
+    let grew = status_kib(pid(&node), "VmHWM").saturating_sub(rss_before);
+    eprintln!("never-reading caller of {opened} streams: node peak RSS +{grew} KiB");
+    // Bound: the queue (64 KiB) and at most a batch (64 KiB and an item) per stream
+    // started, here 500 (before this test, such a caller was never closed: its streams'
+    // batches stayed until it hung up). Fewer batches held at once is still to do.
+    assert!(grew < 48 * 1024, "peak RSS grew by {grew} KiB");
+    answers(&node).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_that_never_reads_its_answers_is_held_back_then_closed() {
     let node = lab(&["--max-queued", "65536", "--stuck-ms", "1500"]).await;

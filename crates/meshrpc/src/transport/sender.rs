@@ -28,6 +28,8 @@ pub(crate) struct Sender {
     wake: Notify,
     /// Woken when the writer made progress: wrote a chunk, emptied the queue, or broke.
     progress: Notify,
+    /// Writes done so far (a queue that stays full while this stands still is stuck).
+    writes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -57,7 +59,13 @@ pub(crate) struct Broken;
 
 impl Sender {
     pub(crate) fn new(link: Arc<dyn Link>) -> Sender {
-        Sender { link, queue: Mutex::default(), wake: Notify::new(), progress: Notify::new() }
+        Sender {
+            link,
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            writes: Default::default(),
+        }
     }
 
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
@@ -96,6 +104,17 @@ impl Sender {
     /// that reads nothing makes us hold beyond its streams, which their credit bounds.
     pub(crate) fn answers_queued(&self) -> usize {
         q_answers(&self.queue.lock().unwrap())
+    }
+
+    /// Bytes waiting to be written, stream items included.
+    pub(crate) fn queued(&self) -> usize {
+        let q = self.queue.lock().unwrap();
+        q.bytes.len() + q.bulk_len + q.writing
+    }
+
+    /// Writes the writer task finished so far.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves once at most `limit` bytes wait to be written (or the socket broke).
@@ -192,6 +211,7 @@ impl Sender {
                 }
                 chunk.clear();
                 self.queue.lock().unwrap().writing = 0;
+                self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.progress.notify_waiters();
                 if chunk.capacity() > 1 << 20 {
                     chunk = BytesMut::with_capacity(16 * 1024); // give back memory after a large frame

@@ -199,6 +199,10 @@ pub(crate) trait ItemSink: Send + Sync + 'static {
     fn items_sent(&self, id: u64);
     /// Tells the peer this call's items lack credit for the next one (a `Credit` of 0).
     fn blocked(&self, id: u64);
+    /// Resolves once the connection's send queue has room for another batch: a sender
+    /// waits here before it takes items from its producer, so one whose peer reads
+    /// nothing holds no batch of its own.
+    fn room(&self) -> impl std::future::Future<Output = ()> + Send;
     /// The largest frame the peer accepts: an item whose frame is larger ends its stream
     /// with `too_large` instead of breaking the connection.
     fn max_frame(&self) -> u32;
@@ -343,6 +347,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
             }
         };
     loop {
+        owner.room().await;
         let mut next = items.next().await;
         loop {
             let frame = match next {

@@ -423,6 +423,10 @@ impl ItemSink for Inner {
         self.limits.features.contains(crate::proto::Features::ITEM_RUNS)
     }
 
+    async fn room(&self) {
+        self.sender.room(MAX_QUEUED_ITEMS).await
+    }
+
     fn credit(&self, id: u64) -> Option<u32> {
         self.proto.lock().unwrap().credit(id)
     }

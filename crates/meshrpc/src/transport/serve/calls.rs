@@ -104,6 +104,10 @@ impl ItemSink for Served {
         self.item_runs
     }
 
+    async fn room(&self) {
+        self.sender.room(self.max_queued).await
+    }
+
     fn credit(&self, id: u64) -> Option<u32> {
         self.state.lock().unwrap().credit(id)
     }

@@ -103,6 +103,8 @@ impl From<Error> for Stop {
 enum Due {
     /// The state's deadline: the caller idle, or a frame slow to arrive.
     Expiry(Expired),
+    /// The send queue, stream items included, has been full without a write this long.
+    Stalled,
     /// The drain's time for open streams is up.
     StreamsEnd,
 }
@@ -132,6 +134,10 @@ struct Driver {
     heard: Option<Instant>,
     /// This connection's share of the node's partial-frame budget.
     held: usize,
+    /// Since when the send queue (stream items included) has been full, and the writes
+    /// done then: a caller that reads nothing while its streams fill the queue is closed
+    /// after the stuck timeout, though its requests are still read.
+    stalled: Option<(Instant, u64)>,
     shutdown: watch::Receiver<bool>,
     /// Mirrors the state's drain flag, read every turn without the lock.
     draining: bool,
@@ -201,6 +207,7 @@ impl Driver {
             out,
             heard: None,
             held: 0,
+            stalled: None,
             shutdown,
             draining: false,
             drain_deadline: None,
@@ -226,6 +233,7 @@ impl Driver {
         let backlog = self.answer_read().await?;
         self.write_answers()?;
         self.hold_back().await?;
+        self.watch_stall()?;
         if backlog {
             tokio::task::yield_now().await; // the node's other connections, then the rest
             return Ok(());
@@ -295,6 +303,30 @@ impl Driver {
         Ok(())
     }
 
+    /// Stream items count for the stuck timeout though not for holding requests back: a
+    /// queue that stays full with no write for that long closes the connection.
+    fn watch_stall(&mut self) -> Result<(), Stop> {
+        if self.sender.queued() < self.limits.max_queued {
+            self.stalled = None;
+            return Ok(());
+        }
+        let (now, writes) = (Instant::now(), self.sender.writes());
+        match self.stalled {
+            Some((since, seen)) if seen == writes => {
+                if now.saturating_duration_since(since) >= self.limits.stuck_timeout {
+                    PortCounters::add(&self.guard.counters.stuck_closed);
+                    return Err(Stop::Close(Error::unavailable(format!(
+                        "the caller left {} bytes of answers and stream items unread for {:?}",
+                        self.sender.queued(),
+                        self.limits.stuck_timeout
+                    ))));
+                }
+            }
+            _ => self.stalled = Some((now, writes)),
+        }
+        Ok(())
+    }
+
     /// Bytes left after every whole frame was taken belong to one frame not yet whole:
     /// they are charged to the node's partial-frame budget (shared by every connection:
     /// touched only when this share moves).
@@ -327,6 +359,13 @@ impl Driver {
                 (_, Some(drain)) => Some((drain, Due::StreamsEnd)),
                 (deadline, None) => deadline.map(|(at, why)| (at, Due::Expiry(why))),
             }
+        };
+        // A full send queue's stuck timeout, if it comes first.
+        let stall = self.stalled.map(|(since, _)| (since + self.limits.stuck_timeout, Due::Stalled));
+        let deadline = match (deadline, stall) {
+            (Some(due), Some(stall)) if stall.0 < due.0 => Some(stall),
+            (None, stall) => stall,
+            (due, _) => due,
         };
         if let Some((at, _)) = deadline {
             if self.armed.is_none_or(|armed| at < armed) {

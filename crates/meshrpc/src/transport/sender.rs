@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::Link;
 use crate::proto::Frame;
@@ -30,7 +30,24 @@ pub(crate) struct Sender {
     progress: Notify,
     /// Writes done so far (a queue that stays full while this stands still is stuck).
     writes: std::sync::atomic::AtomicU64,
+    /// Turns of the connection's streams to gather a batch: however many streams a peer
+    /// opens, at most [`GATHERERS`] batches are being gathered or wait for room at once.
+    gathering: Arc<Semaphore>,
+    /// Bytes queued at which the queue counts as full, and the wake-up of whoever watches
+    /// for a full queue (the serving side closes one that stays full with no write).
+    full_at: usize,
+    filled: Notify,
+    /// The watcher already has its eye on a full queue (no wake-up needed meanwhile).
+    watched: std::sync::atomic::AtomicBool,
 }
+
+/// Streams of one connection that may gather a batch at once (the others wait holding
+/// nothing): enough to keep the writer busy while another batch is encoded.
+pub(crate) const GATHERERS: usize = 4;
+
+/// A stream's turn to gather a batch and queue it; the next one waiting goes when it is
+/// dropped.
+pub(crate) type GatherTurn = OwnedSemaphorePermit;
 
 #[derive(Default)]
 struct Queue {
@@ -58,14 +75,27 @@ fn q_answers(q: &Queue) -> usize {
 pub(crate) struct Broken;
 
 impl Sender {
-    pub(crate) fn new(link: Arc<dyn Link>) -> Sender {
+    /// A sender over `link` whose queue counts as full at `full_at` bytes.
+    pub(crate) fn new(link: Arc<dyn Link>, full_at: usize) -> Sender {
         Sender {
             link,
             queue: Mutex::default(),
             wake: Notify::new(),
             progress: Notify::new(),
             writes: Default::default(),
+            gathering: Arc::new(Semaphore::new(GATHERERS)),
+            full_at,
+            filled: Notify::new(),
+            watched: Default::default(),
         }
+    }
+
+    /// Waits for a stream's turn to gather a batch, then for room for it in the queue
+    /// (at most `limit` bytes queued).
+    pub(crate) async fn gather_turn(&self, limit: usize) -> GatherTurn {
+        let turn = self.gathering.clone().acquire_owned().await.expect("never closed");
+        self.room(limit).await;
+        turn
     }
 
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
@@ -88,11 +118,32 @@ impl Sender {
         }
         q.bulk_len += group.iter().map(Bytes::len).sum::<usize>();
         q.bulk.push_back(group);
+        self.note_full(&q);
         if !q.flushing {
             q.flushing = true;
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Resolves when a frame was queued while the queue was full (at once if that
+    /// happened since the last call).
+    pub(crate) async fn filled(&self) {
+        self.filled.notified().await
+    }
+
+    /// The watcher has its eye on the full queue (`true`) or saw it not full (`false`):
+    /// only in the second case does filling it wake the watcher.
+    pub(crate) fn watching(&self, on: bool) {
+        self.watched.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn note_full(&self, q: &Queue) {
+        if q.bytes.len() + q.bulk_len + q.writing >= self.full_at
+            && !self.watched.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.filled.notify_one();
+        }
     }
 
     /// Resolves once everything queued has been written (or the socket broke).
@@ -147,11 +198,13 @@ impl Sender {
         }
         encode(&mut q.bytes);
         if q.flushing {
+            self.note_full(&q);
             return Ok(());
         }
         if !direct {
             q.flushing = true;
             self.wake.notify_one();
+            self.note_full(&q);
             return Ok(());
         }
         match self.link.try_write(&q.bytes) {
@@ -171,6 +224,7 @@ impl Sender {
                 return Err(Broken);
             }
         }
+        self.note_full(&q);
         Ok(())
     }
 

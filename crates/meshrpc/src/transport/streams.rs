@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream as _;
 use tokio::sync::Notify;
 
-use super::guard::FrameBudget;
+use super::{guard::FrameBudget, sender::GatherTurn};
 use crate::{
     call::Items,
     call::Reply,
@@ -199,10 +199,11 @@ pub(crate) trait ItemSink: Send + Sync + 'static {
     fn items_sent(&self, id: u64);
     /// Tells the peer this call's items lack credit for the next one (a `Credit` of 0).
     fn blocked(&self, id: u64);
-    /// Resolves once the connection's send queue has room for another batch: a sender
-    /// waits here before it takes items from its producer, so one whose peer reads
-    /// nothing holds no batch of its own.
-    fn room(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Waits for this stream's turn to gather a batch (a few streams of a connection at
+    /// once), then for room for it in the send queue. A sender holds its turn while it
+    /// takes items from its producer and queues them: however many streams a peer opens
+    /// and reads nothing of, only a few batches are held.
+    fn gather_turn(&self) -> impl std::future::Future<Output = GatherTurn> + Send;
     /// The largest frame the peer accepts: an item whose frame is larger ends its stream
     /// with `too_large` instead of breaking the connection.
     fn max_frame(&self) -> u32;
@@ -328,27 +329,46 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
     // Credit known to be left (it only grows behind our back), and what the batch spent.
     let mut credit = 0u32;
     let mut spent = 0u32;
-    let flush =
-        |batch: &mut BytesMut, runs: &mut RunWriter, parts: &mut Vec<Bytes>, gathered: &mut usize, spent: &mut u32| {
-            runs.close(batch);
-            owner.spent(id, std::mem::take(spent));
-            *gathered = 0;
-            if !batch.is_empty() {
-                parts.push(batch.split().freeze());
+    // This stream's turn to gather: held from taking items until they are queued.
+    let mut turn: Option<GatherTurn>;
+    let flush = |batch: &mut BytesMut,
+                 runs: &mut RunWriter,
+                 parts: &mut Vec<Bytes>,
+                 gathered: &mut usize,
+                 spent: &mut u32,
+                 turn: &mut Option<GatherTurn>| {
+        runs.close(batch);
+        owner.spent(id, std::mem::take(spent));
+        *gathered = 0;
+        if !batch.is_empty() {
+            parts.push(batch.split().freeze());
+        }
+        let group = std::mem::take(parts);
+        let owner = owner.clone();
+        let turn = turn.take();
+        async move {
+            let sent = if group.is_empty() { Ok(()) } else { owner.send_bulk(group).await };
+            drop(turn);
+            sent
+        }
+    };
+    loop {
+        // Take the turn, then the next item; a producer with nothing ready is waited for
+        // without the turn (other streams gather meanwhile).
+        let now = owner.gather_turn().await;
+        let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut items).poll_next(cx))).await;
+        let mut next = match ready {
+            Poll::Ready(next) => {
+                turn = Some(now);
+                next
             }
-            let group = std::mem::take(parts);
-            let owner = owner.clone();
-            async move {
-                if group.is_empty() {
-                    Ok(())
-                } else {
-                    owner.send_bulk(group).await
-                }
+            Poll::Pending => {
+                drop(now);
+                let next = items.next().await;
+                turn = Some(owner.gather_turn().await);
+                next
             }
         };
-    loop {
-        owner.room().await;
-        let mut next = items.next().await;
         loop {
             let frame = match next {
                 Some(Ok(Reply::Ok(payload)))
@@ -362,15 +382,27 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                     let cost = item_cost(payload.len());
                     let mut said = false;
                     while cost > credit {
-                        // Out of credit: send what is gathered, then wait for a grant (once
-                        // stuck, say so: the reader then grants all it can).
-                        if flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent).await.is_err() {
-                            return;
-                        }
-                        match owner.credit(id) {
+                        // What the call's state says is left, less what this batch spent.
+                        match owner.credit(id).map(|now| now.saturating_sub(spent)) {
                             None => return,
-                            Some(now) if now >= cost => credit = now,
+                            Some(now) if now >= cost => {
+                                credit = now;
+                                if turn.is_none() {
+                                    turn = Some(owner.gather_turn().await);
+                                }
+                            }
                             Some(_) => {
+                                // Out of credit: send what is gathered (the turn goes with
+                                // it), then wait for a grant (once stuck, say so: the reader
+                                // then grants all it can).
+                                let sent =
+                                    flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn);
+                                if sent.await.is_err() {
+                                    return;
+                                }
+                                if owner.credit(id).is_some_and(|now| now >= cost) {
+                                    continue;
+                                }
                                 if !std::mem::replace(&mut said, true) {
                                     owner.blocked(id);
                                 }
@@ -410,7 +442,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                 }
             }
             if last {
-                let _ = flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent).await;
+                let _ = flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn).await;
                 owner.items_sent(id);
                 return;
             }
@@ -444,7 +476,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                 Poll::Pending => break,
             }
         }
-        if flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent).await.is_err() {
+        if flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn).await.is_err() {
             return;
         }
         // Many ready items are one long run of work: let the thread's other tasks in.

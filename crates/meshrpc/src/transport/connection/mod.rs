@@ -27,7 +27,7 @@ use tokio::{
 
 use super::{
     link::{read_some, write_all, Link, TcpLink},
-    sender::Sender,
+    sender::{GatherTurn, Sender},
     streams::{start_pump, ItemSink, Owner, StreamHandle},
 };
 use crate::{
@@ -167,7 +167,7 @@ impl Connection {
         let inner = Arc::new_cyclic(|this| Inner {
             this: this.clone(),
             peer,
-            sender: Sender::new(link.clone()),
+            sender: Sender::new(link.clone(), usize::MAX), // nobody watches a caller's queue
             link,
             inbox: Mutex::new(inbox),
             proto: Mutex::new(CallerState::new(limits.clone())),
@@ -423,8 +423,8 @@ impl ItemSink for Inner {
         self.limits.features.contains(crate::proto::Features::ITEM_RUNS)
     }
 
-    async fn room(&self) {
-        self.sender.room(MAX_QUEUED_ITEMS).await
+    async fn gather_turn(&self) -> GatherTurn {
+        self.sender.gather_turn(MAX_QUEUED_ITEMS).await
     }
 
     fn credit(&self, id: u64) -> Option<u32> {

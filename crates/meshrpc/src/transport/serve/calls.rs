@@ -22,7 +22,7 @@ use crate::{
     request_log::{LastMethod, RequestLog},
     transport::{
         guard::PortCounters,
-        sender::Sender,
+        sender::{GatherTurn, Sender},
         streams::{pump, Delivery, ItemSink, Owner, StreamHandle},
     },
 };
@@ -104,8 +104,8 @@ impl ItemSink for Served {
         self.item_runs
     }
 
-    async fn room(&self) {
-        self.sender.room(self.max_queued).await
+    async fn gather_turn(&self) -> GatherTurn {
+        self.sender.gather_turn(self.max_queued).await
     }
 
     fn credit(&self, id: u64) -> Option<u32> {

@@ -168,7 +168,7 @@ impl Driver {
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         let hello = shake(&*link, &mut inbox, &mut out, &limits, &guard).await?;
         let caller = Caller::new(&hello, peer, admission);
-        let sender = Arc::new(Sender::new(link.clone()));
+        let sender = Arc::new(Sender::new(link.clone(), limits.max_queued));
         if sender.send_encoded(&out, true).is_err() {
             return None;
         }
@@ -307,9 +307,12 @@ impl Driver {
     /// queue that stays full with no write for that long closes the connection.
     fn watch_stall(&mut self) -> Result<(), Stop> {
         if self.sender.queued() < self.limits.max_queued {
-            self.stalled = None;
+            if self.stalled.take().is_some() {
+                self.sender.watching(false);
+            }
             return Ok(());
         }
+        self.sender.watching(true);
         let (now, writes) = (Instant::now(), self.sender.writes());
         match self.stalled {
             Some((since, seen)) if seen == writes => {
@@ -389,6 +392,8 @@ impl Driver {
                 Err(e) => return Err(Stop::Close(e.into())),
             },
             _ = stopped(&mut self.shutdown), if !self.draining => self.start_drain(),
+            // A queue filled by a stream or a call's task between turns: watch it.
+            _ = self.sender.filled() => {}
             _ = &mut self.timer, if self.armed.is_some() => {
                 self.armed = None;
                 match deadline {

@@ -258,3 +258,60 @@ async fn bash_completes_subcommands_and_flags_from_the_generated_script() {
     assert!(unknown.stderr.contains("invalid value 'tcsh'"), "{}", unknown.stderr);
     let _ = std::fs::remove_file(&file);
 }
+
+/// `meshrpc compat`: between two git revisions and two directories, the changes that
+/// break callers, per kind of caller, and an exit code CI can use.
+#[tokio::test]
+async fn compat_reports_what_breaks_callers_between_two_versions() {
+    let dir = std::env::temp_dir().join(format!("meshrpc-compat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let v1 = r#"
+        #[derive(Serialize, Deserialize)]
+        pub struct Postcard { pub address: String, pub message: String }
+        #[meshrpc::service]
+        pub trait Greeter {
+            async fn greet(&self, name: String) -> Result<String, GreetError>;
+            async fn send_postcard(&self, card: Postcard) -> Result<(), GreetError>;
+        }
+    "#;
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-C"])
+            .arg(&dir)
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    std::fs::write(dir.join("src/lib.rs"), v1).unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "v1"]);
+    // v2 renames a field (JSON breaks, postcard does not) and adds a required argument.
+    let v2 = v1.replace("pub address: String", "pub street: String");
+    std::fs::write(dir.join("src/lib.rs"), &v2).unwrap();
+    let root = dir.to_str().unwrap();
+    let renamed = meshrpc(&["-R", root, "compat", "HEAD:src", "src"]).await;
+    assert_eq!(renamed.code, 1, "{}{}", renamed.stdout, renamed.stderr);
+    assert!(renamed.stdout.contains("Postcard.address: field renamed to `street`"), "{}", renamed.stdout);
+    assert!(renamed.stdout.contains("json:  BREAKING (old callers use `address`)"), "{}", renamed.stdout);
+    assert!(renamed.stdout.contains("typed: safe"), "{}", renamed.stdout);
+    // Generated clients pair with replicas by fingerprint and read postcard: safe for them.
+    let typed = meshrpc(&["-R", root, "compat", "HEAD:src", "src", "--level", "typed"]).await;
+    assert_eq!(typed.code, 0, "{}", typed.stdout);
+    git(&["commit", "-qam", "v2"]);
+    std::fs::write(dir.join("src/lib.rs"), v2.replace("name: String)", "name: String, loud: bool)")).unwrap();
+    let added = meshrpc(&["-R", root, "compat", "HEAD~1:src", "src"]).await;
+    assert_eq!(added.code, 1);
+    assert!(added.stdout.contains("greeter.greet: argument `loud: bool` added"), "{}", added.stdout);
+    assert!(added.stdout.contains("greeter: its contract fingerprint changes"), "{}", added.stdout);
+    assert!(added.stdout.contains("2 change(s), 2 breaking"), "{}", added.stdout);
+    // The same version twice; a version that does not exist.
+    let same = meshrpc(&["-R", root, "compat", "HEAD~1:src", "HEAD~1:src"]).await;
+    assert_eq!((same.code, same.stdout.trim()), (0, "no change to the contract of greeter"));
+    let missing = meshrpc(&["-R", root, "compat", "nowhere", "src"]).await;
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("nowhere: no such file or directory"), "{}", missing.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

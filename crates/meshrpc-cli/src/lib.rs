@@ -4,6 +4,7 @@
 
 mod call;
 mod cert;
+mod compat;
 mod dashboard;
 mod demo;
 mod expose;
@@ -105,6 +106,13 @@ enum Command {
     ///   meshrpc cert show ./greeter-1/node.pem
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Say which changes between two versions of a crate's services break their callers
+    /// (JSON callers and generated clients), as `buf breaking` does: exit 1 if any does.
+    ///
+    /// Examples:
+    ///   meshrpc compat v0.3.0:src src
+    ///   meshrpc compat old/api.rs new/api.rs --level json
+    Compat(compat::CompatArgs),
     /// Print the shell completion script of `meshrpc` (subcommands and flags).
     ///
     /// Examples:
@@ -135,6 +143,9 @@ pub fn run() -> std::process::ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "meshrpc", &mut std::io::stdout());
         return std::process::ExitCode::SUCCESS;
     }
+    if let Command::Compat(args) = cli.command {
+        return compat::run(&cli.root, args);
+    }
     // The commands that run a node: its logs, and room for its connections.
     if matches!(cli.command, Command::Gateway(_) | Command::Example(_)) {
         meshrpc::init_logging("info");
@@ -160,7 +171,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Cert(command) => cert::cert(command),
             Command::Example(Example::Greeter(args)) => Ok(greeter::node::run(args).await?),
             Command::Example(Example::MeshApi(args)) => Ok(mesh_api::run(args).await?),
-            Command::Completions { .. } => unreachable!("answered before the runtime starts"),
+            Command::Completions { .. } | Command::Compat(_) => unreachable!("answered before the runtime starts"),
         }
     });
     match result {

@@ -5,6 +5,7 @@
 //! drift apart.
 
 mod check;
+pub mod compat;
 mod emit;
 pub mod expose;
 

@@ -56,7 +56,15 @@ pub(crate) struct RequestLog {
     stats: Option<Arc<MethodStats>>,
     line: Option<Line>,
     start: Instant,
+    /// The caller's deadline, when it sent one: a stream it cancels at that moment was cut
+    /// by its deadline, whichever side's timer saw it first.
+    deadline: Option<Instant>,
 }
+
+/// How close to the caller's deadline its cancel counts as that deadline: deadlines travel
+/// in whole milliseconds and timers fire on millisecond ticks, so the caller's timer may
+/// beat ours by about that much.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(2);
 
 struct Line {
     service: String,
@@ -85,7 +93,7 @@ impl RequestLog {
             Some(last) => last.stats(service, method, peer, exists),
             None => calls::inbound().series(service, method, peer, exists),
         });
-        RequestLog::with(stats, service, method, caller, call.trace_id, start)
+        RequestLog { deadline: call.deadline, ..RequestLog::with(stats, service, method, caller, call.trace_id, start) }
     }
 
     fn with(
@@ -102,7 +110,7 @@ impl RequestLog {
         let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO)).then(|| {
             Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned(), trace_id }
         });
-        RequestLog { stats, line, start }
+        RequestLog { stats, line, start, deadline: None }
     }
 
     /// Starts the log of a call from this process (the colocated fast path, to a method
@@ -131,7 +139,7 @@ impl RequestLog {
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn outbound(stats: Arc<MethodStats>, start: Instant) -> RequestLog {
         stats.started();
-        RequestLog { stats: Some(stats), line: None, start }
+        RequestLog { stats: Some(stats), line: None, start, deadline: None }
     }
 
     /// Ends the log with `result`: at once for a value or an error; a stream takes the log
@@ -150,7 +158,7 @@ impl RequestLog {
     /// stream (a stream is one call): `ok` if it ends cleanly, `application` at an error
     /// of the method's item type, the error's code at any other (`timeout` at its
     /// deadline, `unavailable` when its replica died), `cancelled` if its reader drops it
-    /// first. Its items and their bytes are counted as they pass.
+    /// first (`timeout` if that is at the caller's deadline: the caller's timer won). Its items and their bytes are counted as they pass.
     pub(crate) fn follow(self, reply: Reply) -> Reply {
         match reply {
             Reply::Stream(items) if self.stats.is_some() || self.line.is_some() => {
@@ -255,7 +263,8 @@ impl futures_core::Stream for Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
-            log.end_with("cancelled");
+            let cut = log.deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
+            log.end_with(if cut { "timeout" } else { "cancelled" });
         }
     }
 }

@@ -62,9 +62,35 @@ def deps_of(manifest: dict, ours: set) -> list:
     return deps
 
 
-def entry(crate_file: str, ours: set) -> tuple:
-    with open(crate_file, "rb") as f:
-        data = f.read()
+def for_this_registry(data: bytes, ours: set, index: str) -> bytes:
+    """The .crate with its dependencies on our crates pointed at this registry, as cargo
+    writes them when it publishes to a registry other than crates.io (`registry-index`):
+    `cargo install` builds a package from its own manifest, and a dependency without it
+    means crates.io."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar, tarfile.open(fileobj=out, mode="w:gz") as new:
+        for member in tar.getmembers():
+            content = tar.extractfile(member).read() if member.isfile() else None
+            if member.name.count("/") == 1 and member.name.endswith("/Cargo.toml"):
+                manifest = tomllib.loads(content.decode())
+                lines = []
+                for line in content.decode().splitlines():
+                    lines.append(line)
+                    name = line.strip().strip("[]").rsplit(".", 1)[-1] if line.startswith("[") else None
+                    if name and "dependencies." in line:
+                        tables = [manifest] + list(manifest.get("target", {}).values())
+                        spec = next((t[s][name] for t in tables for s in ("dependencies", "build-dependencies")
+                                     if name in t.get(s, {})), {})
+                        package = spec.get("package", name) if isinstance(spec, dict) else name
+                        if package in ours:
+                            lines.append(f'registry-index = "{index}"')
+                content = ("\n".join(lines) + "\n").encode()
+                member.size = len(content)
+            new.addfile(member, io.BytesIO(content) if content is not None else None)
+    return out.getvalue()
+
+
+def entry(data: bytes, ours: set) -> tuple:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         member = next(m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Cargo.toml"))
         manifest = tomllib.loads(tar.extractfile(member).read().decode())
@@ -94,8 +120,11 @@ def main() -> None:
     with open(os.path.join(root, "index", "config.json"), "w") as f:
         json.dump({"dl": f"http://127.0.0.1:{port}/crates/{{crate}}-{{version}}.crate", "api": None}, f)
     lines = {}
+    index = f"sparse+http://127.0.0.1:{port}/index/"
     for crate in crates:
-        name, version, line, data = entry(crate, names)
+        with open(crate, "rb") as f:
+            data = for_this_registry(f.read(), names, index)
+        name, version, line, data = entry(data, names)
         lines.setdefault(name, []).append(json.dumps(line))
         os.makedirs(os.path.join(root, "crates"), exist_ok=True)
         with open(os.path.join(root, "crates", f"{name}-{version}.crate"), "wb") as f:

@@ -236,3 +236,24 @@ async fn a_server_layer_refuses_calls_a_client_layer_did_not_sign() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(refused.json()["errors"][0]["code"], "permission_denied");
 }
+
+/// A node that calls a service it publishes before it serves is told why nobody answers
+/// (it was told "another version of its methods" before), and is answered once it serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_called_before_its_node_serves_says_starting_then_answers() {
+    use greeter::{Greeter, GreeterClient, GreeterServer, MyGreeter};
+    let node = Cluster::builder("early").tag("early-call").listen("127.0.0.1:0").start().await.unwrap();
+    node.publish(GreeterServer::new(MyGreeter::default()));
+    let client = GreeterClient::new(node.client(GreeterClient::SPEC).with_timeout(Duration::from_millis(300)));
+    let told = eventually(Duration::from_secs(5), || async {
+        let early = format!("{:?}", client.greet("Max".into()).await);
+        early.contains("no replica of `greeter` takes calls: 1 starting").then_some(early)
+    })
+    .await;
+    assert!(told.is_some(), "{:?}", client.greet("Max".into()).await);
+    let serving = node.clone();
+    tokio::spawn(async move { serving.serve().await });
+    node.wait_for(&[GreeterClient::SPEC], Duration::from_secs(5)).await.unwrap();
+    assert_eq!(client.greet("Max".into()).await.unwrap(), "Hello, Max");
+    node.shutdown().await;
+}

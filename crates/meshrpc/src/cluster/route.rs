@@ -14,7 +14,7 @@ use super::{
     peers::{Peer, Pickable},
     resilience::Counters,
     traffic::Colocated,
-    Cluster, Inner, Member, View,
+    Cluster, Inner, Member, MemberState, View,
 };
 use crate::{
     call::{BoxFuture, Call, Dispatch, Reply},
@@ -272,14 +272,27 @@ impl Inner {
             let message = format!("no replica of `{service}` takes a connection: {}", overloaded[0]);
             return Error::Overloaded { message };
         }
-        let incompatible =
-            view.members.iter().filter(|m| m.services.contains_key(service) && !m.serves(service, fingerprint)).count();
-        Error::unavailable(if view.replicas(service, fingerprint).next().is_none() && incompatible > 0 {
+        // Members that publish it at our contract but take no calls (yet, or any more), and
+        // members that publish another contract.
+        let publishing = view.members.iter().filter_map(|m| Some((m, m.services.get(service)?)));
+        let (compatible, incompatible): (Vec<_>, Vec<_>) =
+            publishing.partition(|(_, s)| fingerprint.is_none_or(|want| want == s.fingerprint));
+        let idle = |state: MemberState| compatible.iter().filter(|(m, _)| m.state == state).count();
+        let (starting, draining) = (idle(MemberState::Starting), idle(MemberState::Draining));
+        Error::unavailable(if view.replicas(service, fingerprint).next().is_some() {
+            format!("no reachable replica of `{service}`")
+        } else if starting + draining > 0 {
+            format!(
+                "no replica of `{service}` takes calls: {starting} starting (a node takes calls once it serves: \
+                 `Cluster::serve`, `serve_until_signal`), {draining} draining"
+            )
+        } else if !incompatible.is_empty() {
             match spec.and_then(|spec| super::contract::incompatibility(view, spec)) {
                 Some(why) => format!("no compatible replica of `{service}`: {why}"),
-                None => {
-                    format!("no compatible replica of `{service}`: {incompatible} serve another version of its methods")
-                }
+                None => format!(
+                    "no compatible replica of `{service}`: {} serve another version of its methods",
+                    incompatible.len()
+                ),
             }
         } else {
             format!("no reachable replica of `{service}`")

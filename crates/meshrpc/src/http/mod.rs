@@ -3,6 +3,7 @@
 
 mod connection;
 mod driver;
+mod encoding;
 mod envelope;
 mod exposition;
 mod rpc;

@@ -31,6 +31,7 @@ use crate::{
 };
 
 use super::{
+    encoding,
     envelope::{app_error_message, error_response, http_caller, json_response},
     streams, websocket,
 };
@@ -237,7 +238,7 @@ pub(crate) async fn admitted_call(
     }
     let mut resp = match result {
         Ok(Reply::Stream(items)) => streams::response(items, streams::Format::of(headers)),
-        result => envelope(result),
+        result => encoding::compress(envelope(result), headers).await,
     };
     if let Ok(value) = HeaderValue::from_str(&traceparent(trace_id, hop)) {
         resp.headers_mut().insert(TRACEPARENT_HEADER, value);
@@ -326,7 +327,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limits: &HttpLimits) -> Resu
     }
     let collect = Limited::new(body, limits.max_body).collect();
     match tokio::time::timeout(limits.body_timeout, collect).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(collected)) => encoding::decode(collected.to_bytes(), headers, limits.max_body),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large(limits.max_body as u64 + 1)),
         Ok(Err(e)) => Err(error_response(StatusCode::BAD_REQUEST, "bad_request", &format!("reading body: {e}"), None)),
         Err(_) => Err(error_response(

@@ -1,0 +1,103 @@
+//! Issue 32, part 4 (HTTP half): gzip on the RPC routes, driven by the real curl
+//! against a real node: answers of 1 KiB or more compressed for callers that take them,
+//! gzip request bodies read, a zip bomb refused within the body limit.
+
+use std::{process::Stdio, time::Duration};
+
+use meshrpc_tests::{harness::Node, hostile::status_kib};
+use tokio::{io::AsyncWriteExt, process::Command};
+
+const LABNODE: &str = env!("CARGO_BIN_EXE_labnode");
+
+/// curl's headers (lower-cased) and body, sending `body` on stdin.
+async fn curl(args: &[&str], body: &[u8]) -> (String, Vec<u8>) {
+    let headers = std::env::temp_dir().join(format!("meshrpc-gzip-{}-{}", std::process::id(), rand_suffix()));
+    let mut child = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-D"])
+        .arg(&headers)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl runs (test.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let body = body.to_vec();
+    tokio::spawn(async move {
+        let _ = stdin.write_all(&body).await;
+    });
+    let out = child.wait_with_output().await.unwrap();
+    let said = std::fs::read_to_string(&headers).unwrap_or_default().to_lowercase();
+    let _ = std::fs::remove_file(&headers);
+    (said, out.stdout)
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_and_bodies_are_gzipped_within_the_limits() {
+    // A 1 MiB body limit.
+    let node = Node::start(LABNODE, &["--max-frame", "1048576"]).await;
+    let blob = node.url("/lab/blob");
+
+    // 100 kB of answer: gzip for a caller that takes it (curl --compressed decodes it),
+    // the same bytes as for one that does not.
+    let (plain_headers, plain) = curl(&["-d", "@-", &blob], br#"{"len":100000}"#).await;
+    assert!(plain_headers.starts_with("http/1.1 200"), "{plain_headers}");
+    assert!(!plain_headers.contains("content-encoding"), "{plain_headers}");
+    assert!(plain_headers.contains("vary: accept-encoding"), "{plain_headers}");
+    let (gz_headers, decoded) = curl(&["--compressed", "-d", "@-", &blob], br#"{"len":100000}"#).await;
+    assert!(gz_headers.contains("content-encoding: gzip"), "{gz_headers}");
+    assert_eq!(decoded, plain, "curl --compressed reads the same answer");
+    let (_, raw) = curl(&["-H", "Accept-Encoding: gzip", "-d", "@-", &blob], br#"{"len":100000}"#).await;
+    assert!(raw.len() < plain.len() / 20, "{} bytes on the wire for {}", raw.len(), plain.len());
+    // A small answer goes as it is; so does one for a caller that refuses gzip.
+    let (small, _) = curl(&["--compressed", "-d", "@-", &blob], br#"{"len":10}"#).await;
+    assert!(!small.contains("content-encoding"), "{small}");
+    let (refused, _) = curl(&["-H", "Accept-Encoding: gzip;q=0", "-d", "@-", &blob], br#"{"len":100000}"#).await;
+    assert!(!refused.contains("content-encoding"), "{refused}");
+
+    // A gzip request body.
+    let (headers, answer) =
+        curl(&["-H", "Content-Encoding: gzip", "--data-binary", "@-", &blob], &gzip(br#"{"len":3}"#)).await;
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert_eq!(String::from_utf8_lossy(&answer), r#"{"data":"xxx","errors":[]}"#);
+
+    // A zip bomb: 64 KiB on the wire, 64 MiB once expanded. Refused at the 1 MiB limit
+    // with 413 too_large; the node holds no more than the limit for it.
+    let rss_before = status_kib(node.child.id().unwrap(), "VmRSS");
+    let bomb = gzip(&vec![b' '; 64 << 20]);
+    assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
+    for _ in 0..4 {
+        let (headers, answer) = curl(&["-H", "Content-Encoding: gzip", "--data-binary", "@-", &blob], &bomb).await;
+        assert!(headers.starts_with("http/1.1 413"), "{headers}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains(r#""code":"too_large""#) && answer.contains("expands past the body limit"), "{answer}");
+    }
+    let grew = status_kib(node.child.id().unwrap(), "VmHWM").saturating_sub(rss_before);
+    eprintln!("4 zip bombs of 64 MiB: node peak RSS +{grew} KiB");
+    assert!(grew < 16 * 1024, "peak RSS grew by {grew} KiB");
+
+    // An encoding the node does not speak, and garbage that claims to be gzip.
+    let (headers, answer) = curl(&["-H", "Content-Encoding: br", "--data-binary", "@-", &blob], b"xx").await;
+    assert!(headers.starts_with("http/1.1 415"), "{headers}");
+    assert!(String::from_utf8_lossy(&answer).contains("unsupported_encoding"));
+    let (headers, answer) =
+        curl(&["-H", "Content-Encoding: gzip", "--data-binary", "@-", &blob], b"not gzip at all").await;
+    assert!(headers.starts_with("http/1.1 400"), "{headers}");
+    assert!(String::from_utf8_lossy(&answer).contains("not valid gzip"));
+
+    // And the node goes on serving.
+    let (headers, _) = curl(&["-d", "@-", &blob], br#"{"len":1}"#).await;
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

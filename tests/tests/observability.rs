@@ -464,6 +464,12 @@ async fn a_real_prometheus_scrapes_the_mesh() {
         .kill_on_drop(true)
         .spawn()
         .expect("starting prometheus");
+    // Prometheus takes a while to listen on a loaded machine: query it once it does.
+    let listening = meshrpc_tests::harness::eventually(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(listening.is_some(), "prometheus never listened on 127.0.0.1:{port}");
     let cluster = caller(tag, &a, 2).await;
     let client = FaultyClient::new(cluster.client(FaultyClient::SPEC));
     let query = |q: String| async move {

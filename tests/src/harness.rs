@@ -226,9 +226,11 @@ impl Caller {
         Caller { child, lines }
     }
 
-    /// Waits for the line `calling` (the caller joined and starts its calls).
+    /// Waits for the line `calling` (the caller joined and starts its calls): as long as
+    /// the caller itself may wait for the service and then for its replicas (`--wait-ms`,
+    /// 30 s each in the scale scenarios), and a little more.
     pub async fn calling(&mut self) {
-        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.recv()).await;
+        let line = tokio::time::timeout(Duration::from_secs(65), self.lines.recv()).await;
         assert_eq!(line.ok().flatten().as_deref(), Some("calling"), "caller did not start calling");
     }
 

@@ -276,7 +276,7 @@ async fn past_the_cap_probes_answer_through_a_flood_of_silent_connections() {
     let pings = probes_through_a_flood(node.addr, "/ping", 20).await;
     let heartbeats = probes_through_a_flood(node.addr, "/__heartbeat__", 10).await;
     eprintln!("past the cap, through 100 silent connections every 200 ms: /ping {pings} of 20, /__heartbeat__ {heartbeats} of 10");
-    assert!(pings >= 16 && heartbeats >= 8, "before: 4 of 20 answered (a few may be lost on a starved machine)");
+    assert!(pings >= 19 && heartbeats >= 9, "before: 4 of 20 answered (one may be lost on a starved machine)");
     // The gateway's readiness probe runs its own check, past the cap too.
     let gateway = Node::start(
         MESHRPC,
@@ -302,11 +302,10 @@ async fn past_the_cap_probes_answer_through_a_flood_of_silent_connections() {
     let healthz = probes_through_a_flood(gateway.addr, "/healthz", 20).await;
     let pings = probes_through_a_flood(gateway.addr, "/ping", 10).await;
     eprintln!("past the gateway's cap, through the same flood: /healthz {healthz} of 20, /ping {pings} of 10");
-    // A few probes may be lost when the machine is starved (CI's two cores, beside the
-    // other tests): the lane gives a silent connection's place to a newer one, and a probe
-    // whose bytes the node has not yet read counts as silent (to do: peek before
-    // evicting). Far from the 1 of 20 before the lane.
-    assert!(healthz >= 16 && pings >= 8, "before: /ping 1 of 20, /healthz refused with 503");
+    // The lane gives a silent connection's place to a newer one; a probe whose bytes wait
+    // in its socket is not silent, even before the node reads them. One may still be lost
+    // on a starved machine: connected, its request not yet written when the flood comes.
+    assert!(healthz >= 19 && pings >= 9, "before: /ping 1 of 20, /healthz refused with 503");
     let refused = http("POST", &gateway.url("/lab/whoami"), "{}", &[]).await;
     assert_eq!((refused.status, refused.json()["errors"][0]["code"].as_str()), (503, Some("overloaded")));
 }

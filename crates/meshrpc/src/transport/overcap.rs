@@ -4,20 +4,21 @@
 //! lane (`OVER_CAP` at once) and it gets a liveness or readiness answer (a probe), the
 //! mesh protocol's own refusal (`overloaded`), a `503`, or nothing. When the lane is full
 //! its oldest connection still silent gives way to the new one: a probe sends its request
-//! at once, so a flood of silent connections cannot keep it out.
+//! at once, so a flood of silent connections cannot keep it out. Silent means no byte in
+//! its socket: a probe the lane has not read yet (a starved node) is not taken for silent.
 
 use std::{
     collections::VecDeque,
+    mem::MaybeUninit,
     sync::{
         atomic::{AtomicBool, AtomicIsize, Ordering},
-        Arc, OnceLock,
+        Arc, OnceLock, Weak,
     },
     time::Duration,
 };
 
 use bytes::BytesMut;
 use tokio::{
-    io::AsyncReadExt,
     net::TcpStream,
     task::{AbortHandle, JoinSet},
 };
@@ -53,8 +54,30 @@ pub(crate) type Probes = Arc<dyn Fn(Rewind<TcpStream>) -> BoxFuture<()> + Send +
 /// The connections of one listener past its cap.
 pub(crate) struct OverCap {
     tasks: JoinSet<()>,
-    /// Tasks in the order they came, each with its flag "answering" (no longer silent).
-    order: VecDeque<(AbortHandle, Arc<AtomicBool>)>,
+    /// Tasks in the order they came, each with its flag "answering" (no longer silent) and
+    /// its socket, to look for bytes the task has not read yet.
+    order: VecDeque<Waiting>,
+}
+
+struct Waiting {
+    task: AbortHandle,
+    answering: Arc<AtomicBool>,
+    stream: Weak<TcpStream>,
+}
+
+impl Waiting {
+    fn gone_or_answering(&self) -> bool {
+        self.task.is_finished() || self.answering.load(Ordering::Relaxed)
+    }
+
+    /// No byte waits in its socket (and its peer has not closed it): a connection that
+    /// sends nothing, not a probe the lane has yet to read.
+    fn silent(&self) -> bool {
+        let Some(stream) = self.stream.upgrade() else { return false };
+        let mut byte = [MaybeUninit::<u8>::uninit()];
+        // Non-blocking (tokio's sockets are): `WouldBlock` is an empty socket.
+        matches!(socket2::SockRef::from(&*stream).peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 impl OverCap {
@@ -72,21 +95,22 @@ impl OverCap {
             return; // every one is being answered, or too many are closing: this one is closed at once
         }
         let answering = Arc::new(AtomicBool::new(false));
+        let stream = Arc::new(stream);
+        let weak = Arc::downgrade(&stream);
         let task = self.tasks.spawn(over_capacity(stream, max_connections, probes, answering.clone()));
-        self.order.push_back((task, answering));
+        self.order.push_back(Waiting { task, answering, stream: weak });
         if self.order.len() > 4 * OVER_CAP {
-            self.order.retain(|(task, answering)| !task.is_finished() && !answering.load(Ordering::Relaxed));
+            self.order.retain(|waiting| !waiting.gone_or_answering());
         }
     }
 
+    /// Closes the oldest connection that is still silent; false if none is.
     fn evict_oldest_silent(&mut self) -> bool {
-        while let Some((task, answering)) = self.order.pop_front() {
-            if !task.is_finished() && !answering.load(Ordering::Relaxed) {
-                task.abort();
-                return true;
-            }
-        }
-        false
+        self.order.retain(|waiting| !waiting.gone_or_answering());
+        let Some(at) = self.order.iter().position(Waiting::silent) else { return false };
+        let waiting = self.order.remove(at).expect("found");
+        waiting.task.abort();
+        true
     }
 
     /// Reaps a finished connection (pending while there is none).
@@ -138,7 +162,7 @@ fn asked(first: &[u8]) -> Asked {
 /// listener's own answer, mesh callers a handshake refusal saying `overloaded`, other
 /// HTTP requests a 503 saying why; anything else is closed.
 async fn over_capacity(
-    mut stream: TcpStream,
+    shared: Arc<TcpStream>,
     max_connections: usize,
     probes: Option<Probes>,
     answering: Arc<AtomicBool>,
@@ -147,8 +171,12 @@ async fn over_capacity(
     let told = tokio::time::timeout(FIRST_BYTES, async {
         // A mesh hello is told by its preface; an HTTP request by its whole head.
         while sniff(&first) != Sniffed::Mesh && first.len() < 256 && !first.windows(4).any(|w| w == b"\r\n\r\n") {
-            if stream.read_buf(&mut first).await.ok()? == 0 {
-                return None;
+            shared.readable().await.ok()?;
+            match shared.try_read_buf(&mut first) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
             }
         }
         Some(())
@@ -157,6 +185,17 @@ async fn over_capacity(
         return;
     }
     answering.store(true, Ordering::Relaxed);
+    // The lane looks at a socket only for an instant, and no longer once it is answering.
+    let mut shared = shared;
+    let stream = loop {
+        match Arc::try_unwrap(shared) {
+            Ok(stream) => break stream,
+            Err(again) => {
+                shared = again;
+                tokio::task::yield_now().await;
+            }
+        }
+    };
     let why = format!("the node serves its maximum of {max_connections} connections");
     let answer = match asked(&first) {
         Asked::Mesh => {

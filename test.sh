@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests drive (curl, wrk, script, ip, python3,
-# npm, promtool; from PyPI openapi-spec-validator, openapi-python-client and
-# prometheus-client, and from npm typescript, under target/) when missing. As root, the
+# npm, promtool; from PyPI openapi-spec-validator, openapi-python-client,
+# prometheus-client, grpcio and grpcio-tools, and from npm typescript, under target/)
+# when missing. As root, the
 # multi-host fault tests (network namespaces) run too; otherwise they say they skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,12 +48,12 @@ if [ -n "${MESHRPC_HEAVY:-}" ]; then
 fi
 
 # Python tools from PyPI (the OpenAPI and Kubernetes validators, a client generator from
-# OpenAPI, Prometheus' own parsers), in a venv of the build's own.
+# OpenAPI, Prometheus' own parsers, grpcio and its protoc), in a venv of the build's own.
 py="target/py"
-if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema, kubernetes_validate, openapi_python_client, prometheus_client" >/dev/null 2>&1; then
-  echo "test.sh: installing openapi-spec-validator, kubernetes-validate, openapi-python-client and prometheus-client (PyPI) into $py"
+if ! "$py/bin/python" -c "import openapi_spec_validator, jsonschema, kubernetes_validate, openapi_python_client, prometheus_client, grpc, grpc_tools" >/dev/null 2>&1; then
+  echo "test.sh: installing openapi-spec-validator, kubernetes-validate, openapi-python-client, prometheus-client, grpcio and grpcio-tools (PyPI) into $py"
   python3 -m venv "$py"
-  "$py/bin/pip" install -q openapi-spec-validator kubernetes-validate openapi-python-client prometheus-client
+  "$py/bin/pip" install -q openapi-spec-validator kubernetes-validate openapi-python-client prometheus-client grpcio grpcio-tools
 fi
 export MESHRPC_PYTHON="$PWD/$py/bin/python"
 

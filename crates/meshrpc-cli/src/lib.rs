@@ -14,6 +14,7 @@ mod memory;
 mod mirror;
 mod openapi;
 mod probe;
+mod proto;
 mod split;
 mod status;
 mod top;
@@ -86,6 +87,11 @@ enum Command {
     ///
     /// Example: meshrpc openapi --nodes 127.0.0.1:11999 -o openapi.json
     Openapi(openapi::OpenapiArgs),
+    /// Write a `.proto` file per service, as the gateway serves them over gRPC (typed
+    /// from the JSON Schemas of services declared with `#[meshrpc::service(schema)]`).
+    ///
+    /// Example: meshrpc proto --nodes 127.0.0.1:11999 -o protos/
+    Proto(proto::ProtoArgs),
     /// Write a service trait's generated server and client to files.
     ///
     /// Example: meshrpc -R . expose -P greeter src/
@@ -165,6 +171,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Top(args) => top::run(args).await,
             Command::Dashboard(args) => dashboard::run(args).await,
             Command::Openapi(args) => openapi::run(args).await,
+            Command::Proto(args) => proto::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
             Command::Ca(command) => cert::ca(command),

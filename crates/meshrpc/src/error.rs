@@ -195,6 +195,22 @@ impl Error {
         }
     }
 
+    /// The gRPC status code this error maps to (docs/grpc.md): `UNKNOWN` (2) is the
+    /// service's own error.
+    pub fn grpc_status(&self) -> u32 {
+        match self {
+            Error::Cancelled => 1,
+            Error::Application { .. } => 2,
+            Error::BadRequest { .. } => 3,
+            Error::Timeout => 4,
+            Error::PermissionDenied { .. } => 7,
+            Error::Overloaded { .. } | Error::TooLarge { .. } => 8,
+            Error::UnknownService { .. } | Error::UnknownMethod { .. } => 12,
+            Error::Protocol { .. } | Error::Internal { .. } => 13,
+            Error::Unavailable { .. } | Error::Tls { .. } => 14,
+        }
+    }
+
     /// The HTTP status this error maps to (documented in the README).
     pub fn http_status(&self) -> u16 {
         match self {

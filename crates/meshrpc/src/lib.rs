@@ -119,6 +119,8 @@ pub mod cluster;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 #[cfg(feature = "http")]
+pub mod grpc;
+#[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "logging")]
 mod logging;

@@ -114,6 +114,10 @@ impl Fnv {
         }
     }
 
+    pub(crate) fn value(&self) -> u64 {
+        self.0
+    }
+
     pub(crate) fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }

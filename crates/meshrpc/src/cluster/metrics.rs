@@ -127,6 +127,27 @@ impl Cluster {
         crate::openapi::document(&format!("meshrpc cluster `{}`", self.name()), &docs)
     }
 
+    /// The gRPC shape of `service` (its messages, from the JSON Schemas one serving
+    /// replica publishes; JSON text if it publishes none): what the gateway serves over
+    /// gRPC and `meshrpc proto` writes.
+    pub async fn grpc_shape(
+        &self,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<crate::grpc::ServiceShape, crate::error::Error> {
+        let view = self.view();
+        let unknown = || crate::error::Error::UnknownService { service: service.into() };
+        let member = view.replicas(service, None).next().ok_or_else(unknown)?;
+        let advert = member.services.get(service).ok_or_else(unknown)?;
+        let methods: Vec<crate::grpc::MethodNames> =
+            advert.methods.iter().map(|m| (m.name.clone(), m.args.clone(), m.streams, m.items.is_some())).collect();
+        let schemas = self
+            .service_schemas(member, service, timeout)
+            .await
+            .map_err(|e| crate::error::Error::unavailable(format!("reading the schemas of `{service}`: {e}")))?;
+        Ok(crate::grpc::ServiceShape::new(service, &methods, schemas.as_ref()))
+    }
+
     /// Gathers every member's figures at once, each within `timeout` (a member that
     /// does not answer is reported as such, never waited for).
     pub async fn gather_stats(&self, timeout: Duration) -> MeshSnapshot {

@@ -8,6 +8,7 @@ mod auth;
 #[cfg(feature = "tls")]
 mod connector;
 mod dashboard;
+mod grpc;
 mod metrics;
 mod proxy;
 mod ratelimit;
@@ -60,6 +61,7 @@ struct Shared {
     settings: Settings,
     metrics: Arc<Metrics>,
     proxy: proxy::Proxy,
+    grpc_shapes: grpc::Shapes,
 }
 
 #[derive(Clone, Default)]
@@ -81,7 +83,9 @@ impl Gateway {
         let mut metrics = Metrics::default();
         metrics.watch(cluster.clone());
         let metrics = Arc::new(metrics);
-        Gateway { shared: Arc::new(Shared { cluster, channel, settings, metrics, proxy }) }
+        Gateway {
+            shared: Arc::new(Shared { cluster, channel, settings, metrics, proxy, grpc_shapes: Default::default() }),
+        }
     }
 
     fn change(self, f: impl FnOnce(&mut Settings)) -> Self {
@@ -257,6 +261,9 @@ async fn mesh(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     };
     let mut admission = shared.settings.admission.clone();
     admission.peer = req.extensions().get::<Arc<Identity>>().cloned();
+    if grpc::is_grpc(&req) {
+        return grpc::call(&shared, admission, req).await;
+    }
     if is_method {
         let (mut parts, body) = req.into_parts();
         if crate::http::is_websocket(&parts.headers) {

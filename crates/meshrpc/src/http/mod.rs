@@ -27,7 +27,7 @@ pub(crate) use exposition::{encode_figures, exposition, GoldenMetrics};
 #[cfg(feature = "tls")]
 pub use rpc::rpc_router_with_policy;
 #[cfg_attr(not(feature = "gateway"), allow(unused_imports))]
-pub(crate) use rpc::{admitted_call, websocket_call, Hop};
+pub(crate) use rpc::{admitted_call, make_call, websocket_call, Hop};
 pub use rpc::{
     envelope, pinned_version, rpc_call, rpc_router, sticky_key, KEY_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER,
     VERSION_HEADER,

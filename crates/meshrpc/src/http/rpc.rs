@@ -205,7 +205,7 @@ pub(crate) async fn admitted_call(
     };
     // This HTTP hop's span: the parent of the call it makes.
     let Hop { trace_id, parent: caller_span, span: hop } = hop;
-    let mut call = Call {
+    let call = Call {
         service: Cow::Owned(service),
         method: Cow::Owned(method),
         codec: Codec::Json,
@@ -219,23 +219,10 @@ pub(crate) async fn admitted_call(
         input,
         payload,
     };
-    if let Err(denied) = admission.admit(&mut call) {
-        return envelope(Err(denied));
-    }
-    // The front door: under an application split the request gets its version here, and
-    // its answer names it.
-    if call.version.is_none() {
-        call.version = dispatch.entry_version(&call.service, call.key.as_deref());
-    }
-    let version = call.version.clone();
-    let caller = http_caller(&call);
-    let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
-    let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
-    // A stream takes the log along: the call ends when the stream does.
-    let result = log.finish(dispatch.dispatch(call).await);
-    if let Some(span) = exported {
-        span.end(trace_id, hop, caller_span, true, crate::request_log::status_of(&result));
-    }
+    let (result, version) = match make_call(dispatch, admission, call, caller_span).await {
+        Ok(made) => made,
+        Err(denied) => return envelope(Err(denied)),
+    };
     let mut resp = match result {
         Ok(Reply::Stream(items)) => streams::response(items, streams::Format::of(headers)),
         result => encoding::compress(envelope(result), headers).await,
@@ -247,6 +234,34 @@ pub(crate) async fn admitted_call(
         resp.headers_mut().insert(VERSION_HEADER, value);
     }
     resp
+}
+
+/// Makes a call that came over HTTP (JSON or gRPC): admits it (else the refusal), gives
+/// it its version at the front door, logs and traces it. Answers the outcome and the
+/// version that served it.
+pub(crate) async fn make_call(
+    dispatch: &dyn Dispatch,
+    admission: &Admission,
+    mut call: Call,
+    caller_span: u64,
+) -> Result<(Result<Reply, Error>, Option<Arc<str>>), Error> {
+    admission.admit(&mut call)?;
+    // The front door: under an application split the request gets its version here, and
+    // its answer names it.
+    if call.version.is_none() {
+        call.version = dispatch.entry_version(&call.service, call.key.as_deref());
+    }
+    let (trace_id, hop) = (call.trace_id, call.parent_span);
+    let version = call.version.clone();
+    let caller = http_caller(&call);
+    let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
+    let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
+    // A stream takes the log along: the call ends when the stream does.
+    let result = log.finish(dispatch.dispatch(call).await);
+    if let Some(span) = exported {
+        span.end(trace_id, hop, caller_span, true, crate::request_log::status_of(&result));
+    }
+    Ok((result, version))
 }
 
 /// A request's timeout: its `meshrpc-timeout-ms` header (`0`: no deadline, a

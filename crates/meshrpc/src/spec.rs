@@ -114,6 +114,7 @@ impl Fnv {
         }
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn value(&self) -> u64 {
         self.0
     }

@@ -109,6 +109,7 @@ pub fn percent_encode(message: &str) -> String {
 }
 
 /// A JSON value as the protobuf message `at` of `shape` (what a caller reads).
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) fn encode_reply(shape: &ServiceShape, method: &str, json: &[u8]) -> Result<Vec<u8>, String> {
     let method = shape.method(method).ok_or("no such method")?;
     let value: serde_json::Value = if json.is_empty() {
@@ -122,6 +123,7 @@ pub(crate) fn encode_reply(shape: &ServiceShape, method: &str, json: &[u8]) -> R
 }
 
 /// A caller's protobuf message as the JSON arguments of `method`.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) fn decode_request(shape: &ServiceShape, method: &str, message: &[u8]) -> Result<Vec<u8>, String> {
     let method = shape.method(method).ok_or("no such method")?;
     let value = wire::decode(shape, method.request, message)?;
@@ -138,6 +140,7 @@ pub(crate) fn decode_request(shape: &ServiceShape, method: &str, message: &[u8])
 }
 
 /// Whether `method` can be called over gRPC: it is known and takes no stream of items.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) fn callable(shape: &ServiceShape, method: &str) -> Result<(), String> {
     match shape.method(method) {
         None => Err(format!("unknown method `{method}` on service `{}`", shape.service)),

@@ -2,10 +2,24 @@
 //! real protoc (grpcio-tools, PyPI) compiles them, and a Python client made with grpcio
 //! calls the mesh through the gateway: unary calls, every argument shape, a recursive
 //! struct, the service's own error, server streams, deadlines, and refusals with their
-//! gRPC status codes.
+//! gRPC status codes. Part 2b: gRPC out — a meshrpc node calls replicas of a real tonic
+//! service through the mesh's picker, with tonic's own generated client.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
+use boutique::{
+    currency::{Currency, CurrencyError, FixedRates},
+    Money,
+};
+use boutique_tonic::{pb, servers::Served};
+use meshrpc::Cluster;
 use meshrpc_tests::harness::{eventually, http, python, Node};
 
 const MESHRPC: &str = env!("CARGO_BIN_EXE_meshrpc-cli");
@@ -76,4 +90,102 @@ async fn a_grpcio_client_calls_the_mesh_through_the_gateway() {
     assert!(out.status.success(), "the grpcio client's tests failed:\n{report}");
     assert!(report.contains("Ran 11 tests"), "{report}");
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The boutique's currency service on tonic, counting the calls it answers.
+struct Counting {
+    calls: Arc<AtomicU64>,
+}
+
+#[meshrpc::async_trait]
+impl Currency for Counting {
+    async fn supported_currencies(&self) -> Result<Vec<String>, CurrencyError> {
+        FixedRates.supported_currencies().await
+    }
+    async fn convert(&self, from: Money, to_code: String) -> Result<Money, CurrencyError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        FixedRates.convert(from, to_code).await
+    }
+}
+
+/// A tonic server of the currency service on a free port, as its users run it.
+async fn tonic_currency() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Served::<dyn Currency>(Arc::new(Counting { calls: calls.clone() }));
+    let server = tonic::transport::Server::builder()
+        .add_service(pb::currency_service_server::CurrencyServiceServer::new(served))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    let task = tokio::spawn(async move { server.await.expect("tonic serves") });
+    (addr, calls, task)
+}
+
+const CURRENCY: &str = "boutique.CurrencyService";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_meshrpc_node_calls_tonic_replicas_through_the_mesh() {
+    let tag = "grpc-out";
+    // Two replicas of an existing tonic service, each with a meshrpc node beside it: one
+    // the `meshrpc sidecar` command, one a node of this process (`Cluster::publish_grpc`).
+    let (addr_a, calls_a, _tonic_a) = tonic_currency().await;
+    let (addr_b, calls_b, _tonic_b) = tonic_currency().await;
+    let upstream = format!("{CURRENCY}={addr_a}");
+    let sidecar =
+        Node::start(MESHRPC, &["sidecar", "--grpc", &upstream, "--listen-addr", "127.0.0.1:0", "--tag", tag]).await;
+    let mesh = sidecar.line("mesh on ", Duration::from_secs(10)).await.expect("mesh address");
+    let node_b =
+        Cluster::builder("currency-b").tag(tag).seeds([mesh.as_str()]).listen("127.0.0.1:0").start().await.unwrap();
+    node_b.publish_grpc(CURRENCY, addr_b).unwrap();
+    let serving_b = node_b.clone();
+    tokio::spawn(async move { serving_b.serve().await });
+
+    // A meshrpc node calling it with tonic's own generated client, its transport the mesh.
+    let caller =
+        Cluster::builder("caller").tag(tag).seeds([mesh.as_str()]).listen("127.0.0.1:0").start().await.unwrap();
+    let serving = caller.clone();
+    tokio::spawn(async move { serving.serve().await });
+    let both = eventually(Duration::from_secs(15), || async {
+        (caller.view().http_replicas(CURRENCY).count() == 2).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "the caller never saw both replicas");
+    let mut currency = pb::currency_service_client::CurrencyServiceClient::new(caller.grpc_channel(CURRENCY));
+    let euros = || pb::CurrencyConversionRequest {
+        from: Some(pb::Money { currency_code: "EUR".into(), units: 10, nanos: 0 }),
+        to_code: "USD".into(),
+    };
+    for _ in 0..40 {
+        let dollars = currency.convert(euros()).await.expect("a conversion through the mesh").into_inner();
+        assert_eq!((dollars.currency_code.as_str(), dollars.units, dollars.nanos), ("USD", 11, 305_000_000));
+    }
+    let (a, b) = (calls_a.load(Ordering::Relaxed), calls_b.load(Ordering::Relaxed));
+    println!("40 calls: {a} to replica a, {b} to replica b");
+    assert_eq!(a + b, 40);
+    assert!(a >= 5 && b >= 5, "the picker balances across the replicas: {a} / {b}");
+
+    // The tonic service's own errors come through as its status and message.
+    let bad = pb::CurrencyConversionRequest { to_code: "XXX".into(), ..euros() };
+    let status = currency.convert(bad).await.expect_err("no rate for XXX");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("XXX"), "{status:?}");
+
+    // Replica a's node goes away: the calls go to b. The one sent over a connection that
+    // had just died fails with UNAVAILABLE (as a call in flight does with tonic's own
+    // channel), and a is not picked again.
+    let before = calls_b.load(Ordering::Relaxed);
+    drop(sidecar);
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        if let Err(status) = currency.convert(euros()).await {
+            failed.push(status);
+        }
+    }
+    assert!(failed.len() <= 1, "{failed:?}");
+    assert!(failed.iter().all(|s| s.code() == tonic::Code::Unavailable), "{failed:?}");
+    assert_eq!(calls_b.load(Ordering::Relaxed), before + 20 - failed.len() as u64);
+
+    // A name that is not `package.Service` is refused with the reason.
+    let refused = node_b.publish_grpc("currency", addr_b).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("package.Service"), "{refused}");
 }

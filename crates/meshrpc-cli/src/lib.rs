@@ -15,6 +15,7 @@ mod mirror;
 mod openapi;
 mod probe;
 mod proto;
+mod sidecar;
 mod split;
 mod status;
 mod top;
@@ -92,6 +93,11 @@ enum Command {
     ///
     /// Example: meshrpc proto --nodes 127.0.0.1:11999 -o protos/
     Proto(proto::ProtoArgs),
+    /// Publish gRPC servers that are not meshrpc services (tonic, grpc-go…) in the mesh,
+    /// from a node beside them; callers reach them with `Cluster::grpc_channel`.
+    ///
+    /// Example: meshrpc sidecar --grpc boutique.CurrencyService=127.0.0.1:7000 --nodes 127.0.0.1:11999
+    Sidecar(sidecar::SidecarArgs),
     /// Write a service trait's generated server and client to files.
     ///
     /// Example: meshrpc -R . expose -P greeter src/
@@ -172,6 +178,7 @@ pub fn run() -> std::process::ExitCode {
             Command::Dashboard(args) => dashboard::run(args).await,
             Command::Openapi(args) => openapi::run(args).await,
             Command::Proto(args) => proto::run(args).await,
+            Command::Sidecar(args) => sidecar::run(args).await,
             Command::Expose(args) => expose::run(&cli.root, args),
             Command::Probe(args) => probe::run(args).await,
             Command::Ca(command) => cert::ca(command),

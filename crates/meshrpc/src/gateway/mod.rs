@@ -5,8 +5,6 @@
 
 #[cfg(feature = "tls")]
 mod auth;
-#[cfg(feature = "tls")]
-mod connector;
 mod dashboard;
 mod grpc;
 mod metrics;

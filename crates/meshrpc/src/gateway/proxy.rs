@@ -13,7 +13,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use crate::{cluster::Cluster, http::error_response, http::sticky_key};
 
 #[cfg(feature = "tls")]
-type Connector = super::connector::ReplicaConnector;
+type Connector = crate::cluster::connector::ReplicaConnector;
 #[cfg(not(feature = "tls"))]
 type Connector = hyper_util::client::legacy::connect::HttpConnector;
 
@@ -31,7 +31,7 @@ impl Proxy {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
         #[cfg(feature = "tls")]
-        let connector = super::connector::ReplicaConnector::new(connector, cluster.tls().cloned());
+        let connector = crate::cluster::connector::ReplicaConnector::new(connector, cluster.tls().cloned());
         #[cfg(not(feature = "tls"))]
         let _ = cluster;
         Proxy { client: Client::builder(TokioExecutor::new()).build(connector) }

@@ -1,6 +1,6 @@
-//! How the gateway's proxy reaches a replica's HTTP routers: plain TCP, or mutual TLS
-//! with the node's own certificate when the mesh runs TLS (pooled, as plain connections
-//! are: no handshake per request).
+//! How a node reaches a replica's HTTP routers (the gateway's proxy, gRPC channels):
+//! plain TCP, or mutual TLS with the node's own certificate when the mesh runs TLS
+//! (pooled, as plain connections are: no handshake per request).
 
 use std::{
     future::Future,
@@ -21,19 +21,19 @@ use crate::transport::TlsConfig;
 
 /// Connects to replicas, over TLS when `tls` is set.
 #[derive(Clone)]
-pub(super) struct ReplicaConnector {
+pub(crate) struct ReplicaConnector {
     http: HttpConnector,
     tls: Option<TlsConfig>,
 }
 
 impl ReplicaConnector {
-    pub(super) fn new(http: HttpConnector, tls: Option<TlsConfig>) -> Self {
+    pub(crate) fn new(http: HttpConnector, tls: Option<TlsConfig>) -> Self {
         ReplicaConnector { http, tls }
     }
 }
 
 /// A connection to a replica.
-pub(super) enum ReplicaIo {
+pub(crate) enum ReplicaIo {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }

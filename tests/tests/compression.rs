@@ -101,3 +101,67 @@ async fn answers_and_bodies_are_gzipped_within_the_limits() {
     assert!(headers.starts_with("http/1.1 200"), "{headers}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A TCP relay in front of `to`, counting the bytes that come back from it.
+async fn counting_relay(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::{atomic::AtomicU64, Arc};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let back = Arc::new(AtomicU64::new(0));
+    let counted = back.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(node) = tokio::net::TcpStream::connect(to).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut node_read, mut node_write) = node.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut node_write).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                use tokio::io::AsyncReadExt;
+                loop {
+                    match node_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            if client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    (addr, back)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_mesh_answers_cross_zstd_compressed_between_peers_that_offer_it() {
+    use meshrpc::transport::{ConnectOptions, Connection};
+    use meshrpc_tests::lab::{Lab, LabClient};
+    use std::sync::atomic::Ordering;
+    let node = Node::start(LABNODE, &[]).await;
+    let (relay, back) = counting_relay(node.addr).await;
+    let mut sizes = Vec::new();
+    for compress in [true, false] {
+        let conn = Connection::connect(relay, ConnectOptions::default().compress(compress)).await.unwrap();
+        let lab = LabClient::new(conn);
+        let before = back.load(Ordering::Relaxed);
+        let blob = lab.blob(500_000).await.expect("a 500 kB answer");
+        assert_eq!(blob.len(), 500_000);
+        sizes.push(back.load(Ordering::Relaxed) - before);
+    }
+    println!("500 kB answer on the wire: {} bytes with zstd, {} without", sizes[0], sizes[1]);
+    assert!(sizes[0] < 10_000, "compressed: {sizes:?}");
+    assert!(sizes[1] > 500_000, "a caller that does not offer zstd gets it plain: {sizes:?}");
+    // A node told not to compress (ServerConfig::compress) answers plain to every caller.
+    let plain_node = Node::start(LABNODE, &["--no-compress"]).await;
+    let (relay, back) = counting_relay(plain_node.addr).await;
+    let lab = LabClient::new(Connection::connect(relay, ConnectOptions::default()).await.unwrap());
+    lab.blob(500_000).await.unwrap();
+    assert!(back.load(Ordering::Relaxed) > 500_000);
+}

@@ -36,6 +36,9 @@ struct Args {
     /// Publish `lab` with a different method set (an incompatible version).
     #[arg(long)]
     v2: bool,
+    /// Never compress answers on the mesh (`ServerConfig::compress`).
+    #[arg(long)]
+    no_compress: bool,
     /// Calls one connection may have in flight.
     #[arg(long)]
     max_in_flight: Option<usize>,
@@ -115,6 +118,7 @@ async fn main() -> Result<(), meshrpc::Error> {
     if let Some(max) = args.max_in_flight {
         config.max_in_flight = max;
     }
+    config.compress = !args.no_compress;
     if let Some(max) = args.max_frame {
         config.max_frame = max;
         config.http.max_body = max as usize;

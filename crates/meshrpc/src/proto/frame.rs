@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::compress::{expand, COMPRESSED};
 use super::run::ItemRun;
 use crate::{call::Metadata, codec::Codec, error::Error};
 
@@ -174,6 +175,31 @@ impl Frame {
             }
     }
 
+    /// Appends the frame to `out`, a request's or an answer's payload compressed when
+    /// `compress` (both sides offered feature `ZSTD`) and it pays (`COMPRESS_FROM`, 1 KiB, or
+    /// more, and shorter compressed).
+    pub fn encode_with(&self, out: &mut BytesMut, compress: bool) {
+        if compress {
+            let payload = match self {
+                Frame::Request { payload, .. } | Frame::Response { payload, .. } => Some(payload),
+                _ => None,
+            };
+            if let Some(packed) = payload.and_then(|p| super::compress::compress(p)) {
+                let mut frame = self.clone();
+                if let Frame::Request { payload, .. } | Frame::Response { payload, .. } = &mut frame {
+                    *payload = Bytes::from(packed);
+                }
+                let start = out.len();
+                frame.encode(out);
+                // The codec byte of a request and the status byte of an answer both follow
+                // the header (length, kind, id).
+                out[start + HEADER] |= COMPRESSED;
+                return;
+            }
+        }
+        self.encode(out)
+    }
+
     /// Appends the frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
@@ -303,7 +329,8 @@ impl Frame {
                     return Err(short());
                 }
                 let codec_byte = body.get_u8();
-                let codec = Codec::from_byte(codec_byte)
+                let compressed = codec_byte & COMPRESSED != 0;
+                let codec = Codec::from_byte(codec_byte & !COMPRESSED)
                     .ok_or_else(|| Error::protocol(format!("unknown codec {codec_byte}")))?;
                 let deadline = match body.get_u64() {
                     0 => None,
@@ -318,6 +345,9 @@ impl Frame {
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
                 let metadata = if kind == REQUEST { Metadata::default() } else { take_metadata(&mut body)? };
+                if compressed {
+                    body = expand(&body, max_frame as usize)?;
+                }
                 Frame::Request {
                     id,
                     codec,
@@ -335,7 +365,11 @@ impl Frame {
                 if body.remaining() < 1 {
                     return Err(Error::protocol("truncated response or end frame"));
                 }
-                let status = Status::from_byte(body.get_u8())?;
+                let status_byte = body.get_u8();
+                let status = Status::from_byte(status_byte & !COMPRESSED)?;
+                if status_byte & COMPRESSED != 0 {
+                    body = expand(&body, max_frame as usize)?;
+                }
                 match (kind, status) {
                     (RESPONSE, status) => Frame::Response { id, status, payload: body },
                     (_, Status::Stream) => return Err(Error::protocol("an end frame cannot open a stream")),

@@ -43,6 +43,9 @@ impl Features {
     /// A stream's items may come several to a frame (kind 13): one header, one lookup and
     /// one credit check per run of items instead of per item.
     pub const ITEM_RUNS: Features = Features(8);
+    /// Request and answer payloads of 1 KiB or more may be zstd-compressed (a flag in the
+    /// codec or status byte); each side expands them within its frame limit.
+    pub const ZSTD: Features = Features(16);
 
     /// The raw bits, as sent on the wire.
     pub fn bits(self) -> u32 {
@@ -63,11 +66,21 @@ impl Features {
     pub fn intersection(self, other: Features) -> Features {
         Features(self.0 & other.0)
     }
+
+    /// These features but `other`'s.
+    pub fn without(self, other: Features) -> Features {
+        Features(self.0 & !other.0)
+    }
 }
 
 /// The features this build implements.
-const SUPPORTED: Features =
-    Features(Features::METADATA.0 | Features::STREAMS.0 | Features::TRACE.0 | Features::ITEM_RUNS.0);
+const SUPPORTED: Features = Features(
+    Features::METADATA.0
+        | Features::STREAMS.0
+        | Features::TRACE.0
+        | Features::ITEM_RUNS.0
+        | if cfg!(feature = "zstd") { Features::ZSTD.0 } else { 0 },
+);
 
 /// What a handshake settled for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,13 +133,20 @@ fn version_of(digit: u8) -> Option<u8> {
 pub struct CallerHandshake {
     max_in: u32,
     name: Vec<u8>,
+    offered: Features,
 }
 
 impl CallerHandshake {
     /// A caller named `name` (for the node's logs) accepting frames up to `max_in`.
     pub fn new(name: &str, max_in: u32) -> CallerHandshake {
         let name = name.as_bytes();
-        CallerHandshake { max_in, name: name[..name.len().min(MAX_NAME)].to_vec() }
+        CallerHandshake { max_in, name: name[..name.len().min(MAX_NAME)].to_vec(), offered: SUPPORTED }
+    }
+
+    /// Offers every supported feature but `these` (a caller that will not compress).
+    pub fn without(mut self, these: Features) -> CallerHandshake {
+        self.offered = self.offered.without(these);
+        self
     }
 
     /// The bytes to send first.
@@ -134,7 +154,7 @@ impl CallerHandshake {
         out.put_slice(MAGIC);
         out.put_u8(version_digit(VERSION));
         out.put_u8(version_digit(MIN_VERSION));
-        out.put_u32(SUPPORTED.bits());
+        out.put_u32(self.offered.bits());
         out.put_u32(self.max_in);
         out.put_u8(self.name.len() as u8);
         out.put_slice(&self.name);
@@ -176,7 +196,7 @@ impl CallerHandshake {
         buf.advance(PREFACE_LEN);
         let features = Features::from_bits(buf.get_u32());
         let max_out = buf.get_u32();
-        if !SUPPORTED.contains(features) {
+        if !self.offered.contains(features) {
             return Err(Error::protocol(format!("the node chose features {:#x} we did not offer", features.bits())));
         }
         Ok(Some(Negotiated { version, features, max_in: self.max_in, max_out, peer_name: String::new() }))
@@ -187,12 +207,19 @@ impl CallerHandshake {
 #[derive(Debug, Clone)]
 pub struct NodeHandshake {
     max_in: u32,
+    offered: Features,
 }
 
 impl NodeHandshake {
     /// A node accepting frames up to `max_in`.
     pub fn new(max_in: u32) -> NodeHandshake {
-        NodeHandshake { max_in }
+        NodeHandshake { max_in, offered: SUPPORTED }
+    }
+
+    /// Takes every supported feature but `these` (a node that will not compress).
+    pub fn without(mut self, these: Features) -> NodeHandshake {
+        self.offered = self.offered.without(these);
+        self
     }
 
     /// Takes the caller's hello off `buf` and writes the answer to `out`: `Ok(None)` while
@@ -233,7 +260,7 @@ impl NodeHandshake {
             return Ok(None);
         }
         buf.advance(PREFACE_LEN + 1);
-        let features = Features::from_bits(buf.get_u32()).intersection(SUPPORTED);
+        let features = Features::from_bits(buf.get_u32()).intersection(self.offered);
         let max_out = buf.get_u32();
         buf.advance(1);
         let peer_name = String::from_utf8_lossy(&buf.split_to(name_len)).into_owned();

@@ -7,6 +7,7 @@
 //! drives it; the tests here drive two states against each other byte by byte.
 
 mod caller;
+mod compress;
 mod flow;
 mod frame;
 mod handshake;
@@ -14,6 +15,7 @@ mod responder;
 mod run;
 
 pub use caller::{request, CallerState, ConnState, Incoming, Registered};
+pub use compress::COMPRESS_FROM;
 pub use flow::{item_cost, RecvWindow, SendWindow, Spend, SHARED_WINDOW, STREAM_WINDOW};
 pub use frame::{Frame, Status, DEFAULT_MAX_FRAME};
 pub use handshake::{

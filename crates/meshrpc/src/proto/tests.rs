@@ -44,8 +44,13 @@ fn handshake_byte_by_byte_settles_version_and_limits_both_ways() {
     assert_eq!((caller.max_in, caller.max_out), (1000, 2000));
     assert_eq!((node.max_in, node.max_out), (2000, 1000));
     assert_eq!(node.peer_name, "billing");
+    let zstd = if cfg!(feature = "zstd") { Features::ZSTD.bits() } else { 0 };
     let both = Features::from_bits(
-        Features::METADATA.bits() | Features::STREAMS.bits() | Features::TRACE.bits() | Features::ITEM_RUNS.bits(),
+        Features::METADATA.bits()
+            | Features::STREAMS.bits()
+            | Features::TRACE.bits()
+            | Features::ITEM_RUNS.bits()
+            | zstd,
     );
     assert_eq!((caller.features, node.features), (both, both));
 }
@@ -608,4 +613,86 @@ fn wire(frame: Frame) -> Frame {
     let mut buf = BytesMut::new();
     frame.encode(&mut buf);
     Frame::decode(&mut buf, u32::MAX).unwrap().unwrap()
+}
+
+#[cfg(feature = "zstd")]
+/// A 64 KiB JSON answer, as services send them (repetitive keys, varied values).
+fn json_answer() -> Bytes {
+    let rows: Vec<String> = (0..700)
+        .map(|i| format!(r#"{{"id":{i},"name":"product {i}","price":{{"units":{},"nanos":0}}}}"#, i * 7))
+        .collect();
+    Bytes::from(format!("[{}]", rows.join(",")))
+}
+
+#[cfg(feature = "zstd")]
+#[test]
+fn large_answers_and_requests_go_compressed_and_come_back_whole() {
+    let payload = json_answer();
+    assert!(payload.len() > 32 * 1024);
+    let answer = Frame::Response { id: 4, status: Status::Ok, payload: payload.clone() };
+    let (mut plain, mut packed) = (BytesMut::new(), BytesMut::new());
+    answer.encode(&mut plain);
+    answer.encode_with(&mut packed, true);
+    assert!(packed.len() * 4 < plain.len(), "{} → {} bytes", plain.len(), packed.len());
+    assert_eq!(packed[13] & 0x80, 0x80, "flagged in the status byte");
+    assert_eq!(Frame::decode(&mut packed, 1 << 20).unwrap(), Some(answer));
+    // A request too, its codec byte flagged.
+    let mut request =
+        super::request(call("greet", b"{}", None), Instant::now(), &handshake(1 << 20, 1 << 20).0).unwrap();
+    if let Frame::Request { payload: p, .. } = &mut request {
+        *p = payload.clone();
+    }
+    let mut wire = BytesMut::new();
+    request.encode_with(&mut wire, true);
+    assert!(wire.len() < 16 * 1024);
+    assert_eq!(Frame::decode(&mut wire, 1 << 20).unwrap(), Some(request));
+    // Under 1 KiB, or not negotiated: the bytes `encode` writes.
+    let small = Frame::Response { id: 4, status: Status::Ok, payload: Bytes::from(vec![b'a'; 1000]) };
+    let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+    small.encode(&mut a);
+    small.encode_with(&mut b, true);
+    assert_eq!(a, b);
+    let mut c = BytesMut::new();
+    answer_frame_of(&payload).encode_with(&mut c, false);
+    assert_eq!(c.len(), plain.len());
+}
+
+#[cfg(feature = "zstd")]
+fn answer_frame_of(payload: &Bytes) -> Frame {
+    Frame::Response { id: 4, status: Status::Ok, payload: payload.clone() }
+}
+
+#[cfg(feature = "zstd")]
+#[test]
+fn a_compressed_payload_that_expands_past_the_frame_limit_is_refused() {
+    // 4 MiB of zeros compress to a few hundred bytes: a frame far under the limit.
+    let bomb = zstd::bulk::compress(&vec![0u8; 4 << 20], 1).unwrap();
+    let mut wire = BytesMut::new();
+    Frame::Response { id: 1, status: Status::Ok, payload: Bytes::from(bomb) }.encode(&mut wire);
+    wire[13] |= 0x80;
+    let e = Frame::decode(&mut wire.clone(), 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("expands past the frame limit"), "{e}");
+    // Within the limit it expands.
+    let Some(Frame::Response { payload, .. }) = Frame::decode(&mut wire, 8 << 20).unwrap() else { panic!() };
+    assert_eq!(payload.len(), 4 << 20);
+    // Garbage flagged as compressed is a protocol error, not a panic.
+    let mut garbage = BytesMut::new();
+    Frame::Response { id: 1, status: Status::Ok, payload: Bytes::from_static(b"not zstd at all") }.encode(&mut garbage);
+    garbage[13] |= 0x80;
+    assert!(matches!(Frame::decode(&mut garbage, 1 << 20), Err(crate::Error::Protocol { .. })));
+}
+
+#[cfg(feature = "zstd")]
+#[test]
+fn zstd_is_used_only_when_both_sides_offer_it() {
+    let both = handshake(1 << 20, 1 << 20);
+    assert!(both.0.features.contains(Features::ZSTD) && both.1.features.contains(Features::ZSTD));
+    let node = NodeHandshake::new(1 << 20);
+    let caller = CallerHandshake::new("c", 1 << 20).without(Features::ZSTD);
+    let (mut hello, mut answer) = (BytesMut::new(), BytesMut::new());
+    caller.hello(&mut hello);
+    let at_node = node.receive(&mut hello, &mut answer).unwrap().unwrap();
+    let at_caller = caller.receive(&mut answer).unwrap().unwrap();
+    assert!(!at_node.features.contains(Features::ZSTD) && !at_caller.features.contains(Features::ZSTD));
+    assert!(at_node.features.contains(Features::STREAMS), "the other features stay");
 }

@@ -67,6 +67,10 @@ pub struct ServerConfig {
     /// are refused with `overloaded` before they run (adaptive: from 128, between 8 and
     /// 4096, following latency).
     pub concurrency: ConcurrencyLimit,
+    /// zstd on the mesh: answers (and requests) of 1 KiB or more go compressed to callers
+    /// that offer it too (wire feature `ZSTD`; true with the cargo feature `zstd`). Off
+    /// for a node whose callers sit on fast links and whose CPU is scarce.
+    pub compress: bool,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
             concurrency: ConcurrencyLimit::default(),
+            compress: true,
         }
     }
 }
@@ -101,6 +106,7 @@ impl ServerConfig {
             max_queued: self.max_queued.max(1),
             stuck_timeout: self.stuck_timeout,
             drain_timeout: self.drain_timeout,
+            compress: self.compress,
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Sender {
     filled: Notify,
     /// The watcher already has its eye on a full queue (no wake-up needed meanwhile).
     watched: std::sync::atomic::AtomicBool,
+    /// Large requests and answers go compressed (feature `ZSTD` negotiated).
+    compress: bool,
 }
 
 /// Streams of one connection that may gather a batch at once (the others wait holding
@@ -87,7 +89,14 @@ impl Sender {
             full_at,
             filled: Notify::new(),
             watched: Default::default(),
+            compress: false,
         }
+    }
+
+    /// Compresses large requests and answers (both sides offered zstd).
+    pub(crate) fn compressing(mut self, compress: bool) -> Sender {
+        self.compress = compress;
+        self
     }
 
     /// Waits for a stream's turn to gather a batch, then for room for it in the queue
@@ -101,6 +110,12 @@ impl Sender {
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
     /// for the writer task.
     pub(crate) fn send(&self, frame: &Frame, direct: bool) -> Result<(), Broken> {
+        if self.compress && frame.encoded_len() > crate::proto::COMPRESS_FROM {
+            // Compressed before the queue is locked: the other senders do not wait for it.
+            let mut encoded = BytesMut::new();
+            frame.encode_with(&mut encoded, true);
+            return self.send_encoded(&encoded, direct);
+        }
         self.send_with(direct, |bytes| frame.encode(bytes))
     }
 

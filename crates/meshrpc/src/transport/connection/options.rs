@@ -22,6 +22,9 @@ pub struct ConnectOptions {
     /// for dead and closed (anything received counts, not only the pong: a node busy
     /// sending answers is alive). `None`: three keepalive periods.
     pub keepalive_timeout: Option<Duration>,
+    /// Offer zstd (wire feature `ZSTD`; true with the cargo feature `zstd`): requests and
+    /// answers of 1 KiB or more go compressed when the node offers it too.
+    pub compress: bool,
     /// Mutual TLS with the node (feature `tls`): the caller's credentials.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::transport::TlsConfig>,
@@ -35,6 +38,7 @@ impl Default for ConnectOptions {
             caller: None,
             keepalive: Some(Duration::from_secs(3)),
             keepalive_timeout: None,
+            compress: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -45,6 +49,12 @@ impl ConnectOptions {
     /// The same options with another connect and handshake timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// The same options offering zstd or not (wire feature `ZSTD`).
+    pub fn compress(mut self, on: bool) -> Self {
+        self.compress = on;
         self
     }
 

@@ -66,6 +66,8 @@ pub(crate) struct MeshLimits {
     pub(crate) stuck_timeout: Duration,
     /// How long a drain lets open streams run before ending them with `unavailable`.
     pub(crate) drain_timeout: Duration,
+    /// Offer zstd (wire feature `ZSTD`).
+    pub(crate) compress: bool,
 }
 
 /// Serves a mesh connection whose first bytes (`inbox`) were already read.
@@ -111,6 +113,8 @@ enum Due {
 
 /// One served mesh connection: what its turns share.
 struct Driver {
+    /// Both sides offered zstd: large answers go compressed.
+    compress: bool,
     link: Arc<dyn Link>,
     peer: SocketAddr,
     limits: MeshLimits,
@@ -168,7 +172,8 @@ impl Driver {
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         let hello = shake(&*link, &mut inbox, &mut out, &limits, &guard).await?;
         let caller = Caller::new(&hello, peer, admission);
-        let sender = Arc::new(Sender::new(link.clone(), limits.max_queued));
+        let compress = hello.features.contains(crate::proto::Features::ZSTD);
+        let sender = Arc::new(Sender::new(link.clone(), limits.max_queued).compressing(compress));
         if sender.send_encoded(&out, true).is_err() {
             return None;
         }
@@ -203,6 +208,7 @@ impl Driver {
             sender,
             flusher,
             max_in: hello.max_in,
+            compress,
             inbox,
             out,
             heard: None,
@@ -265,7 +271,7 @@ impl Driver {
             let inbound = self.state.lock().unwrap().on_frame(frame, now, charged);
             let answer = on_inbound(inbound, now, &self.caller, &*self.dispatch, &self.served, &self.answers).await;
             if let Some(answer) = answer {
-                answer.encode(&mut self.out);
+                answer.encode_with(&mut self.out, self.compress);
             }
         }
     }
@@ -486,7 +492,10 @@ async fn shake(
     limits: &MeshLimits,
     guard: &Guard,
 ) -> Option<Negotiated> {
-    let handshake = NodeHandshake::new(limits.max_frame);
+    let mut handshake = NodeHandshake::new(limits.max_frame);
+    if !limits.compress {
+        handshake = handshake.without(crate::proto::Features::ZSTD);
+    }
     let shake = async {
         loop {
             if let Some(done) = handshake.receive(inbox, out)? {

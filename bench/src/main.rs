@@ -3,6 +3,7 @@
 //! `cargo run --release -p meshrpc-bench -- [--quick]`).
 
 mod colocated;
+mod compression;
 mod measure;
 mod pki;
 mod scaling;
@@ -62,6 +63,14 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("colocated") {
         return rt.block_on(async { colocated::print(colocated::run(opts.calls * 50).await, f64::NAN) });
     }
+    // `meshrpc-bench compression`: the compression row alone.
+    if args.get(1).map(String::as_str) == Some("compression") {
+        return rt.block_on(async { compression::print(&compression::run(opts.secs * 2.0).await) });
+    }
+    if args.get(1).map(String::as_str) == Some("compression-client") {
+        let (plain, zstd, secs) = (args[2].parse().unwrap(), args[3].parse().unwrap(), args[4].parse().unwrap());
+        return rt.block_on(compression::client_passes(plain, zstd, secs));
+    }
     // `meshrpc-bench streams`: the streaming rows alone.
     if args.get(1).map(String::as_str) == Some("streams") {
         return rt.block_on(async {
@@ -119,6 +128,8 @@ fn serve(kind: &str, addr: &str, next: Option<&str>) {
             "stream-raw" => streaming::serve_raw(addr).await,
             "gateway-replica" => serve_gateway_replica(addr, next.unwrap()).await,
             "gateway" => serve_gateway(addr, next.unwrap()).await,
+            "catalog" => compression::serve(addr, false).await,
+            "catalog-zstd" => compression::serve(addr, true).await,
             other => panic!("unknown server kind {other}"),
         }
     });
@@ -304,6 +315,8 @@ async fn run(opts: Opts) {
     let (streams, beside) = streaming::run(&opts).await;
     eprintln!("colocated");
     let colocated = colocated::run(opts.calls * 50).await;
+    eprintln!("compression");
+    let compression = compression::run(opts.secs * 2.0).await;
 
     print_report(&opts, &rows, &hop, local_hop_ns, gateway, soak);
     print_interleaved(&paired, (2 * opts.calls / 500).max(1) * 500);
@@ -311,6 +324,7 @@ async fn run(opts: Opts) {
     print_mtls(&rows, &paired, handshakes);
     streaming::print(&streams, &beside);
     colocated::print(colocated, rows.iter().find(|r| r.name == "meshrpc postcard").map_or(f64::NAN, |r| r.p(0)));
+    compression::print(&compression);
 }
 
 /// The mTLS credentials of this run (made once).

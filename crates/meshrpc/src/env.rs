@@ -73,9 +73,10 @@ fn otlp_export() -> Option<crate::telemetry::OtlpExport> {
 impl crate::cluster::ClusterBuilder {
     /// A builder as [`Cluster::builder`](crate::Cluster::builder), with what the
     /// environment says of the node beyond the binaries' flags: `MESHRPC_ADVERTISE_IP`
-    /// ([`advertise_ip`](Self::advertise_ip); ignored when it is not an IP address) and
-    /// `MESHRPC_SERVICE_VERSION` ([`service_version`](Self::service_version)). What is set
-    /// on the builder afterwards wins.
+    /// ([`advertise_ip`](Self::advertise_ip); ignored when it is not an IP address),
+    /// `MESHRPC_SERVICE_VERSION` ([`service_version`](Self::service_version)) and
+    /// `MESHRPC_COMPRESS` (`on`: [`compress`](Self::compress)). What is set on the builder
+    /// afterwards wins.
     pub fn from_env(name: impl Into<String>) -> Self {
         let mut builder = crate::Cluster::builder(name);
         if let Some(ip) = var("MESHRPC_ADVERTISE_IP").and_then(|v| v.parse().ok()) {
@@ -83,6 +84,9 @@ impl crate::cluster::ClusterBuilder {
         }
         if let Some(version) = var("MESHRPC_SERVICE_VERSION").filter(|v| !v.trim().is_empty()) {
             builder = builder.service_version(version);
+        }
+        if var("MESHRPC_COMPRESS").is_some_and(|v| matches!(v.trim(), "on" | "1" | "true")) {
+            builder = builder.compress(true);
         }
         builder
     }

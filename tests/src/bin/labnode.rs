@@ -36,9 +36,9 @@ struct Args {
     /// Publish `lab` with a different method set (an incompatible version).
     #[arg(long)]
     v2: bool,
-    /// Never compress answers on the mesh (`ServerConfig::compress`).
+    /// Compress answers of 1 KiB or more on the mesh (`ServerConfig::compress`).
     #[arg(long)]
-    no_compress: bool,
+    compress: bool,
     /// Calls one connection may have in flight.
     #[arg(long)]
     max_in_flight: Option<usize>,
@@ -118,7 +118,7 @@ async fn main() -> Result<(), meshrpc::Error> {
     if let Some(max) = args.max_in_flight {
         config.max_in_flight = max;
     }
-    config.compress = !args.no_compress;
+    config.compress = args.compress;
     if let Some(max) = args.max_frame {
         config.max_frame = max;
         config.http.max_body = max as usize;

@@ -147,6 +147,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// zstd on the mesh for this node: its answers, and its requests, of 1 KiB or more go
+    /// compressed to peers that take it (`ServerConfig::compress` for its port, and its
+    /// own calls). For nodes on slow links; env `MESHRPC_COMPRESS=on`.
+    pub fn compress(mut self, on: bool) -> Self {
+        self.server.compress = on;
+        self
+    }
+
     /// Limits and timeouts of this node's port.
     pub fn server_config(mut self, config: ServerConfig) -> Self {
         self.server = config;
@@ -273,9 +281,9 @@ impl ClusterBuilder {
             rules,
             seeds: self.seeds.clone(),
             #[cfg(feature = "tls")]
-            peers: Peers::new(&name, tls.clone()),
+            peers: Peers::new(&name, self.server.compress, tls.clone()),
             #[cfg(not(feature = "tls"))]
-            peers: Peers::new(&name),
+            peers: Peers::new(&name, self.server.compress),
             policy: self.policy,
             balancers: Mutex::default(),
             shutdown: server.as_ref().map(Server::shutdown_handle),

@@ -28,7 +28,11 @@ pub(crate) struct Peers {
 
 impl Peers {
     /// Connections opened as `caller` (the node's name, for peers' request logs).
-    pub(crate) fn new(caller: &str, #[cfg(feature = "tls")] tls: Option<crate::transport::TlsConfig>) -> Self {
+    pub(crate) fn new(
+        caller: &str,
+        compress: bool,
+        #[cfg(feature = "tls")] tls: Option<crate::transport::TlsConfig>,
+    ) -> Self {
         // Peers are on the same network: a connect that takes a second is not coming, and
         // the call waiting on it should move to another replica.
         let options = ConnectOptions {
@@ -36,6 +40,7 @@ impl Peers {
             caller: Some(caller.into()),
             keepalive: Some(super::KEEPALIVE),
             keepalive_timeout: Some(super::KEEPALIVE_TIMEOUT),
+            compress,
             #[cfg(feature = "tls")]
             tls,
             ..ConnectOptions::default()

@@ -67,9 +67,10 @@ pub struct ServerConfig {
     /// are refused with `overloaded` before they run (adaptive: from 128, between 8 and
     /// 4096, following latency).
     pub concurrency: ConcurrencyLimit,
-    /// zstd on the mesh: answers (and requests) of 1 KiB or more go compressed to callers
-    /// that offer it too (wire feature `ZSTD`; true with the cargo feature `zstd`). Off
-    /// for a node whose callers sit on fast links and whose CPU is scarce.
+    /// zstd on the mesh: answers of 1 KiB or more go compressed to callers that take it
+    /// (wire feature `ZSTD`: every build with the cargo feature `zstd`). Off by default:
+    /// on loopback and fast links it costs more CPU than it saves time (docs/performance.md,
+    /// "Compression"); on for callers behind slow links.
     pub compress: bool,
 }
 
@@ -89,7 +90,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
             concurrency: ConcurrencyLimit::default(),
-            compress: true,
+            compress: false,
         }
     }
 }

@@ -142,10 +142,7 @@ impl Connection {
         identity: Option<Arc<Identity>>,
     ) -> Result<Connection, Error> {
         let peer = link.peer_addr();
-        let mut handshake = CallerHandshake::new(opts.caller.as_deref().unwrap_or(""), opts.max_frame);
-        if !opts.compress {
-            handshake = handshake.without(crate::proto::Features::ZSTD);
-        }
+        let handshake = CallerHandshake::new(opts.caller.as_deref().unwrap_or(""), opts.max_frame);
         let mut inbox = BytesMut::with_capacity(8 * 1024);
         let shake = async {
             let mut hello = BytesMut::new();
@@ -172,7 +169,7 @@ impl Connection {
             peer,
             // Nobody watches a caller's queue.
             sender: Sender::new(link.clone(), usize::MAX)
-                .compressing(limits.features.contains(crate::proto::Features::ZSTD)),
+                .compressing(opts.compress && limits.features.contains(crate::proto::Features::ZSTD)),
             link,
             inbox: Mutex::new(inbox),
             proto: Mutex::new(CallerState::new(limits.clone())),

@@ -22,8 +22,9 @@ pub struct ConnectOptions {
     /// for dead and closed (anything received counts, not only the pong: a node busy
     /// sending answers is alive). `None`: three keepalive periods.
     pub keepalive_timeout: Option<Duration>,
-    /// Offer zstd (wire feature `ZSTD`; true with the cargo feature `zstd`): requests and
-    /// answers of 1 KiB or more go compressed when the node offers it too.
+    /// Compress requests of 1 KiB or more with zstd when the node takes it (wire feature
+    /// `ZSTD`). Off by default; answers come compressed when the node is told to
+    /// (`ServerConfig::compress`), whatever this says.
     pub compress: bool,
     /// Mutual TLS with the node (feature `tls`): the caller's credentials.
     #[cfg(feature = "tls")]
@@ -38,7 +39,7 @@ impl Default for ConnectOptions {
             caller: None,
             keepalive: Some(Duration::from_secs(3)),
             keepalive_timeout: None,
-            compress: true,
+            compress: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -52,7 +53,7 @@ impl ConnectOptions {
         self
     }
 
-    /// The same options offering zstd or not (wire feature `ZSTD`).
+    /// The same options compressing large requests or not (wire feature `ZSTD`).
     pub fn compress(mut self, on: bool) -> Self {
         self.compress = on;
         self

@@ -66,7 +66,7 @@ pub(crate) struct MeshLimits {
     pub(crate) stuck_timeout: Duration,
     /// How long a drain lets open streams run before ending them with `unavailable`.
     pub(crate) drain_timeout: Duration,
-    /// Offer zstd (wire feature `ZSTD`).
+    /// Compress large answers to callers that take zstd.
     pub(crate) compress: bool,
 }
 
@@ -172,7 +172,7 @@ impl Driver {
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         let hello = shake(&*link, &mut inbox, &mut out, &limits, &guard).await?;
         let caller = Caller::new(&hello, peer, admission);
-        let compress = hello.features.contains(crate::proto::Features::ZSTD);
+        let compress = limits.compress && hello.features.contains(crate::proto::Features::ZSTD);
         let sender = Arc::new(Sender::new(link.clone(), limits.max_queued).compressing(compress));
         if sender.send_encoded(&out, true).is_err() {
             return None;
@@ -492,10 +492,7 @@ async fn shake(
     limits: &MeshLimits,
     guard: &Guard,
 ) -> Option<Negotiated> {
-    let mut handshake = NodeHandshake::new(limits.max_frame);
-    if !limits.compress {
-        handshake = handshake.without(crate::proto::Features::ZSTD);
-    }
+    let handshake = NodeHandshake::new(limits.max_frame);
     let shake = async {
         loop {
             if let Some(done) = handshake.receive(inbox, out)? {

@@ -259,6 +259,46 @@ async fn bash_completes_subcommands_and_flags_from_the_generated_script() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// `source <(COMPLETE=bash meshrpc)`: `meshrpc call <TAB>` offers the methods a running
+/// cluster serves, asked of it while completing; with no cluster, nothing, at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn bash_completes_call_targets_from_a_running_cluster() {
+    let tag = "complete";
+    let node = Node::start(LABNODE, &["--tag", tag, "--name", "completed"]).await;
+    let out = Command::new(MESHRPC).env("COMPLETE", "bash").output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = std::env::temp_dir().join(format!("meshrpc-dynamic-completion-{}.bash", std::process::id()));
+    std::fs::write(&file, &out.stdout).unwrap();
+    let complete = |typed: &str, nodes: String| {
+        let script = format!(
+            "source {}; COMP_WORDS=(meshrpc call {typed}); COMP_CWORD=2; _clap_complete_meshrpc meshrpc '{typed}' call; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            file.display()
+        );
+        async move {
+            let started = std::time::Instant::now();
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .env("MESHRPC_CLUSTER_NODES", nodes)
+                .env("MESHRPC_CLUSTER_TAGNAME", tag)
+                .output()
+                .await
+                .expect("bash runs");
+            let said: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+            (said, started.elapsed(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let (lab, _, err) = complete("lab.e", node.addr.to_string()).await;
+    assert_eq!(lab, ["lab.echo"], "{err}");
+    let (greeter, _, err) = complete("greeter.", node.addr.to_string()).await;
+    assert_eq!(greeter, ["greeter.countdown", "greeter.greet", "greeter.send_postcard"], "{err}");
+    // Nobody at that address: no candidates, and the shell is not kept waiting.
+    let (none, took, _) = complete("lab.", "127.0.0.1:1".into()).await;
+    assert!(none.iter().all(|c| c.is_empty()), "{none:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let _ = std::fs::remove_file(&file);
+}
+
 /// `meshrpc compat`: between two git revisions and two directories, the changes that
 /// break callers, per kind of caller, and an exit code CI can use.
 #[tokio::test]

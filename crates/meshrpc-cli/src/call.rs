@@ -12,7 +12,7 @@ use crate::join::{join, JoinArgs};
 #[derive(clap::Args)]
 pub(crate) struct CallArgs {
     /// `<service>.<method>`
-    #[arg(required_unless_present = "list")]
+    #[arg(required_unless_present = "list", add = clap_complete::ArgValueCompleter::new(crate::complete::targets))]
     target: Option<String>,
     /// Arguments as a JSON object keyed by parameter name.
     #[arg(default_value = "{}")]

@@ -5,6 +5,7 @@
 mod call;
 mod cert;
 mod compat;
+mod complete;
 mod dashboard;
 mod demo;
 mod expose;
@@ -149,6 +150,12 @@ enum Example {
 
 /// Parses the command line and runs the command.
 pub fn run() -> std::process::ExitCode {
+    // `COMPLETE=bash meshrpc` writes the shell's completion code; while completing, the
+    // shell runs `meshrpc` again with COMPLETE set, and it answers here and exits.
+    {
+        use clap::CommandFactory;
+        clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    }
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;

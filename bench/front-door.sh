@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The front door under load (issue 21): `meshrpc gateway` next to nginx's static 200, in
+# The front door under load (issues 21, 34): `meshrpc gateway` next to nginx's static 200
+# and nginx as a reverse proxy in front of a replica, in
 # one run. Installs nginx and wrk when missing, builds release binaries, prints the
-# memory table and the concurrency curve (100 … 15,000 connections). Takes ~6 minutes.
+# memory table and the concurrency curve (100 … 15,000 connections). Takes ~10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()

@@ -109,16 +109,47 @@ impl Currency for Counting {
 }
 
 /// A tonic server of the currency service on a free port, as its users run it.
-async fn tonic_currency() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+fn tonic_currency() -> (SocketAddr, Arc<AtomicU64>, TonicServer) {
+    tonic_currency_on("127.0.0.1:0".parse().unwrap())
+}
+
+/// A tonic server on a runtime of its own: dropped, it stops as a killed process would,
+/// its connections with it.
+struct TonicServer(Option<tokio::sync::oneshot::Sender<()>>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for TonicServer {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        if let Some(thread) = self.1.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn tonic_currency_on(addr: SocketAddr) -> (SocketAddr, Arc<AtomicU64>, TonicServer) {
     let calls = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Served::<dyn Currency>(Arc::new(Counting { calls: calls.clone() }));
-    let server = tonic::transport::Server::builder()
-        .add_service(pb::currency_service_server::CurrencyServiceServer::new(served))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
-    let task = tokio::spawn(async move { server.await.expect("tonic serves") });
-    (addr, calls, task)
+    let counted = calls.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, listening) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            bound.send(listener.local_addr().unwrap()).unwrap();
+            let served = Served::<dyn Currency>(Arc::new(Counting { calls: counted }));
+            let server = tonic::transport::Server::builder()
+                .add_service(pb::currency_service_server::CurrencyServiceServer::new(served))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+            tokio::select! {
+                served = server => served.expect("tonic serves"),
+                _ = stopped => {}
+            }
+        });
+        // Dropping the runtime ends every connection task it holds.
+        drop(runtime);
+    });
+    let addr = listening.recv().expect("the tonic server listens");
+    (addr, calls, TonicServer(Some(stop), Some(thread)))
 }
 
 const CURRENCY: &str = "boutique.CurrencyService";
@@ -128,8 +159,8 @@ async fn a_meshrpc_node_calls_tonic_replicas_through_the_mesh() {
     let tag = "grpc-out";
     // Two replicas of an existing tonic service, each with a meshrpc node beside it: one
     // the `meshrpc sidecar` command, one a node of this process (`Cluster::publish_grpc`).
-    let (addr_a, calls_a, _tonic_a) = tonic_currency().await;
-    let (addr_b, calls_b, _tonic_b) = tonic_currency().await;
+    let (addr_a, calls_a, _tonic_a) = tonic_currency();
+    let (addr_b, calls_b, tonic_b) = tonic_currency();
     let upstream = format!("{CURRENCY}={addr_a}");
     let sidecar =
         Node::start(MESHRPC, &["sidecar", "--grpc", &upstream, "--listen-addr", "127.0.0.1:0", "--tag", tag]).await;
@@ -169,6 +200,44 @@ async fn a_meshrpc_node_calls_tonic_replicas_through_the_mesh() {
     let status = currency.convert(bad).await.expect_err("no rate for XXX");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("XXX"), "{status:?}");
+
+    // Through the gateway, tonic's own channel reaches the same replicas (the gateway
+    // passes a published gRPC service's calls on untouched).
+    let gateway = Node::start(
+        MESHRPC,
+        &["gateway", "--listen", "127.0.0.1:0", "--listen-addr", "127.0.0.1:0", "--tag", tag, "--nodes", &mesh],
+    )
+    .await;
+    let through_gateway = eventually(Duration::from_secs(15), || async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.addr)).ok()?;
+        let mut client = pb::currency_service_client::CurrencyServiceClient::new(endpoint.connect().await.ok()?);
+        client.convert(euros()).await.ok().map(|r| r.into_inner())
+    })
+    .await
+    .expect("a conversion through the gateway");
+    assert_eq!((through_gateway.currency_code.as_str(), through_gateway.units), ("USD", 11));
+
+    // Replica b's tonic server stops, its node stays: its node answers UNAVAILABLE (HTTP
+    // 502), and the channel stops picking it.
+    let before = calls_a.load(Ordering::Relaxed);
+    drop(tonic_b);
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        if let Err(status) = currency.convert(euros()).await {
+            failed.push(status);
+        }
+    }
+    assert!(failed.len() <= 2, "{failed:?}");
+    assert!(failed.iter().all(|s| s.code() == tonic::Code::Unavailable), "{failed:?}");
+    assert_eq!(calls_a.load(Ordering::Relaxed), before + 20 - failed.len() as u64);
+    // Back on its address: picked again once its backoff passed.
+    let (addr_b, calls_b, _tonic_b) = tonic_currency_on(addr_b);
+    let back = eventually(Duration::from_secs(10), || async {
+        let _ = currency.clone().convert(euros()).await;
+        (calls_b.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "replica b never came back");
 
     // Replica a's node goes away: the calls go to b. The one sent over a connection that
     // had just died fails with UNAVAILABLE (as a call in flight does with tonic's own

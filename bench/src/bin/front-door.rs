@@ -105,11 +105,21 @@ async fn start_gateway(meshrpc: &str) -> Target {
     Target { name: "meshrpc gateway", port, pids: vec![pid], _children: vec![gateway, replica] }
 }
 
-async fn start_nginx(dir: &Path) -> Target {
+/// nginx answering a static 200 (`upstream`: None), or as a reverse proxy in front of a
+/// replica's own HTTP route, as its documentation recommends for proxying: an upstream
+/// block with idle keep-alive connections to it (HTTP/1.1, `Connection` cleared).
+async fn start_nginx(dir: &Path, upstream: Option<&str>) -> Target {
     let port = free_port();
     std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let (upstream_block, location) = match upstream {
+        None => (String::new(), "return 200 '{\"data\":\"Hello, Max\",\"errors\":[]}';".to_owned()),
+        Some(addr) => (
+            format!("  upstream replica {{ server {addr}; keepalive 256; keepalive_requests 1000000; }}\n"),
+            "proxy_pass http://replica; proxy_http_version 1.1; proxy_set_header Connection \"\";".to_owned(),
+        ),
+    };
     let conf = format!(
-        "worker_processes 2;\nworker_rlimit_nofile 40000;\npid {pid};\nerror_log {dir}/logs/error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n  keepalive_timeout 60s;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ return 200 '{{\"data\":\"Hello, Max\",\"errors\":[]}}'; }}\n  }}\n}}\n",
+        "worker_processes 2;\nworker_rlimit_nofile 40000;\npid {pid};\nerror_log {dir}/logs/error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  keepalive_timeout 60s;\n  keepalive_requests 1000000;\n{upstream_block}  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ {location} }}\n  }}\n}}\n",
         pid = dir.join("nginx.pid").display(),
         dir = dir.display(),
     );
@@ -134,7 +144,24 @@ async fn start_nginx(dir: &Path) -> Target {
     }
     let mut pids = vec![master];
     pids.extend(children_of(master));
-    Target { name: "nginx static 200", port, pids, _children: vec![child] }
+    let name = if upstream.is_some() { "nginx proxy → replica" } else { "nginx static 200" };
+    Target { name, port, pids, _children: vec![child] }
+}
+
+/// nginx as a reverse proxy in front of a greeter replica's own HTTP route (the replica
+/// alone: no gateway), the same replica the gateway calls over the mesh.
+async fn start_nginx_proxy(meshrpc: &str, dir: &Path) -> Target {
+    let mut replica = Command::new(meshrpc)
+        .args(["example", "greeter", "--listen-addr", "127.0.0.1:0", "--tag", "door-proxy"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = line_starting(&mut replica, "listening on ").await;
+    let mut target = start_nginx(dir, Some(addr.trim())).await;
+    target._children.push(replica);
+    target
 }
 
 async fn answers(port: u16) -> bool {
@@ -282,9 +309,12 @@ async fn main() {
     )
     .unwrap();
     let mut results = Vec::new();
-    for which in ["meshrpc", "nginx"] {
-        let target =
-            if which == "meshrpc" { start_gateway(&meshrpc).await } else { start_nginx(&dir.join("nginx")).await };
+    for which in ["meshrpc", "nginx", "nginx-proxy"] {
+        let target = match which {
+            "meshrpc" => start_gateway(&meshrpc).await,
+            "nginx" => start_nginx(&dir.join("nginx"), None).await,
+            _ => start_nginx_proxy(&meshrpc, &dir.join("nginx-proxy")).await,
+        };
         eprintln!("{}: memory", target.name);
         let memory = memory(&target).await;
         let mut levels = Vec::new();
@@ -297,22 +327,27 @@ async fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("## The front door (bench/front-door.sh)\n");
     println!(
-        "{cores} cores; one client process, the same for both; nginx: 2 workers, `return 200` with the gateway's answer; meshrpc: `meshrpc gateway` with one greeter replica behind it (its RSS is the gateway's alone).\n"
+        "{cores} cores; one client process, the same for all; nginx: 2 workers, `return 200` with the gateway's answer, then as a reverse proxy (upstream keep-alive) in front of a greeter replica's own HTTP route; meshrpc: `meshrpc gateway` with one greeter replica behind it (RSS: the gateway's or nginx's alone, never the replica's).\n"
     );
-    let (m, n) = (&results[0], &results[1]);
     let per = |delta: u64| format!("{:.1} KiB each", delta as f64 / CONNECTIONS as f64);
-    println!("| | {} | {} |", m.0, n.0);
-    println!("|---|--:|--:|");
-    println!("| base | {} | {} |", mib(m.1.base), mib(n.1.base));
+    let row = |label: &str, cell: &dyn Fn(&Memory) -> String| {
+        let cells: Vec<String> = results.iter().map(|r| cell(&r.1)).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    println!("| | {} |", results.iter().map(|r| r.0).collect::<Vec<_>>().join(" | "));
+    println!("|---|{}", "--:|".repeat(results.len()));
+    row("base", &|m| mib(m.base));
     for (label, pick) in [
         ("10,000 idle TCP connections, no bytes", (|x: &Memory| x.idle) as fn(&Memory) -> u64),
         ("10,000 keep-alive connections after one request each", |x: &Memory| x.keepalive),
     ] {
-        let (dm, dn) = (pick(&m.1).saturating_sub(m.1.base), pick(&n.1).saturating_sub(n.1.base));
-        println!("| {label} | +{} ({}) | +{} ({}) |", mib(dm), per(dm), mib(dn), per(dn));
+        row(label, &|m| {
+            let d = pick(m).saturating_sub(m.base);
+            format!("+{} ({})", mib(d), per(d))
+        });
     }
-    println!("| 5 s after those clients closed | {} | {} |", mib(m.1.after5), mib(n.1.after5));
-    println!("| 30 s after | {} | {} |", mib(m.1.after30), mib(n.1.after30));
+    row("5 s after those clients closed", &|m| mib(m.after5));
+    row("30 s after", &|m| mib(m.after30));
     println!();
     println!("| connections | target | req/s | p50 | p99 | errors | peak RSS | RSS 30 s after |");
     println!("|--:|---|--:|--:|--:|--:|--:|--:|");
@@ -329,6 +364,14 @@ async fn main() {
                 mib(l.after30_kib)
             );
         }
+    }
+    // Issue 34's row: the gateway against nginx proxying to the same kind of replica.
+    println!();
+    println!("| connections | gateway ÷ nginx proxy, req/s | gateway p99 ÷ nginx proxy p99 |");
+    println!("|--:|--:|--:|");
+    for (i, conns) in LEVELS.iter().enumerate() {
+        let (g, p) = (&results[0].2[i], &results[2].2[i]);
+        println!("| {conns} | {:.2}× | {:.2}× |", g.rps / p.rps, g.p99_ms / p.p99_ms);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,6 +20,8 @@ pub(crate) fn targets(typed: &OsStr) -> Vec<CompletionCandidate> {
     let typed = typed.to_string_lossy().into_owned();
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return Vec::new() };
     let methods = runtime.block_on(async { tokio::time::timeout(WITHIN, served()).await.ok().flatten() });
+    // A DNS lookup of a seed may still run on a blocking thread: the shell waits for none.
+    runtime.shutdown_background();
     let mut targets: Vec<(String, String)> = methods.unwrap_or_default();
     targets.retain(|(name, _)| name.starts_with(&typed));
     targets.sort();
@@ -46,6 +48,8 @@ async fn served() -> Option<Vec<(String, String)>> {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
+    // Leave at once, so that the cluster does not wait to find this member gone.
+    let _ = tokio::time::timeout(Duration::from_millis(200), cluster.shutdown()).await;
     let mut out = Vec::new();
     for member in &view.members {
         for (service, advert) in &member.services {

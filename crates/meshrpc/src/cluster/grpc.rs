@@ -119,7 +119,7 @@ async fn forward_upstream(
     let uri = match Uri::builder().scheme("http").authority(upstream.to_string()).path_and_query(path.as_str()).build()
     {
         Ok(uri) => uri,
-        Err(e) => return grpc_error(13, &format!("a path the upstream cannot take: {e}")),
+        Err(e) => return grpc_error(StatusCode::OK, 13, &format!("a path the upstream cannot take: {e}")),
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
@@ -127,15 +127,20 @@ async fn forward_upstream(
     let body = body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync();
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(Body::new),
-        // gRPC's own answer for a server it cannot reach: UNAVAILABLE.
-        Err(e) => grpc_error(14, &format!("the gRPC server {upstream} beside this node did not answer: {e}")),
+        // UNAVAILABLE, and an HTTP 502: the caller's channel takes this replica for down
+        // (gRPC clients read a 502 as UNAVAILABLE too).
+        Err(e) => grpc_error(
+            StatusCode::BAD_GATEWAY,
+            14,
+            &format!("the gRPC server {upstream} beside this node did not answer: {e}"),
+        ),
     }
 }
 
 /// A gRPC error answer made here (status in the headers, no message: "trailers only").
-fn grpc_error(code: u32, message: &str) -> Response<Body> {
+fn grpc_error(http: StatusCode, code: u32, message: &str) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::OK;
+    *resp.status_mut() = http;
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert("grpc-status", HeaderValue::from(code));
@@ -165,26 +170,31 @@ where
             let key = crate::http::sticky_key(req.headers());
             let replica = match channel.cluster.pick_http(&channel.name, key.as_deref(), &[]).await {
                 Ok(replica) => replica,
-                Err(e) => return Ok(grpc_error(14, &e.to_string())),
+                Err(e) => return Ok(grpc_error(StatusCode::OK, 14, &e.to_string())),
             };
             let (mut parts, body) = req.into_parts();
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
             parts.uri =
                 match Uri::builder().scheme("http").authority(replica.addr.to_string()).path_and_query(path).build() {
                     Ok(uri) => uri,
-                    Err(e) => return Ok(grpc_error(13, &format!("a gRPC path: {e}"))),
+                    Err(e) => return Ok(grpc_error(StatusCode::OK, 13, &format!("a gRPC path: {e}"))),
                 };
             let body = body.map_err(Into::into).boxed_unsync();
             match channel.client.request(Request::from_parts(parts, body)).await {
                 Ok(resp) => {
                     replica.answered(resp.status().as_u16());
+                    if resp.status() == StatusCode::BAD_GATEWAY {
+                        // Its node is up, its gRPC server is not: not picked until its
+                        // backoff passes, as a replica that cannot be reached.
+                        replica.failed();
+                    }
                     Ok(resp.map(Body::new))
                 }
                 Err(e) => {
                     // Refused, reset, closed: not picked again until its backoff passes.
                     replica.failed();
                     let message = format!("replica {} of `{}` went away: {e}", replica.addr, channel.name);
-                    Ok(grpc_error(14, &message))
+                    Ok(grpc_error(StatusCode::OK, 14, &message))
                 }
             }
         })

@@ -124,12 +124,29 @@ impl Shared {
 /// Answers one gRPC call.
 pub(super) async fn call(shared: &Arc<Shared>, admission: Admission, req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some((package, method)) = grpc::split_path(&path) else {
+    let Some((package, grpc_name, method)) = grpc::split_path(&path) else {
         return status(12, &format!("not a gRPC method path: {path}"));
     };
+    // A gRPC server published in the mesh as it is (`publish_grpc`, `meshrpc sidecar`):
+    // its replicas answer the call untouched.
+    let published = &path[1..path[1..].find('/').map_or(path.len(), |i| i + 1)];
+    if shared.cluster.view().knows_http(published) {
+        use tower::ServiceExt;
+        // Ruled as every published router: the caller needs `{name}.http`.
+        let mut check = Call::new(published.to_owned(), "http", Bytes::new());
+        if let Err(denied) = admission.admit(&mut check) {
+            return failed(&denied);
+        }
+        let channel = shared.cluster.grpc_channel(published);
+        let Ok(resp) = channel.oneshot(req).await;
+        let (service, method) = (published.to_owned(), method.to_owned());
+        let mut resp = resp;
+        resp.extensions_mut().insert(super::Answered { service, method });
+        return resp;
+    }
     let services = shared.cluster.services();
     let Some(service) = services.iter().find(|s| grpc::package_of(&s.name) == package).map(|s| s.name.clone()) else {
-        return status(12, &format!("unknown service `{package}`"));
+        return status(12, &format!("unknown service `{package}.{grpc_name}`"));
     };
     let method = method.to_owned();
     let mut resp = serve(shared, admission, req, &service, &method).await;
@@ -144,6 +161,9 @@ async fn serve(shared: &Arc<Shared>, admission: Admission, req: Request, service
     };
     if let Err(why) = grpc::callable(&shape, method) {
         return status(12, &why);
+    }
+    if let Some((_, grpc_name, _)) = grpc::split_path(req.uri().path()).filter(|(_, g, _)| *g != shape.grpc_name) {
+        return status(12, &format!("unknown service `{}.{grpc_name}` (it is `{}`)", shape.package, shape.grpc_name));
     }
     let limits = &shared.settings.limits;
     let timeout = match req.headers().get("grpc-timeout").map(|v| v.to_str().ok().and_then(grpc::parse_timeout)) {

@@ -23,11 +23,11 @@ pub fn is_grpc(content_type: Option<&str>) -> bool {
     })
 }
 
-/// A gRPC path `/{package}.{Service}/{method}` taken apart: `(package, method)`.
-pub fn split_path(path: &str) -> Option<(&str, &str)> {
+/// A gRPC path `/{package}.{Service}/{method}` taken apart: `(package, Service, method)`.
+pub fn split_path(path: &str) -> Option<(&str, &str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let (package, _) = service.rsplit_once('.')?;
-    (!method.is_empty() && !method.contains('/')).then_some((package, method))
+    let (package, grpc_name) = service.rsplit_once('.')?;
+    (!method.is_empty() && !method.contains('/')).then_some((package, grpc_name, method))
 }
 
 /// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).

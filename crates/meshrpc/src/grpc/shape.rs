@@ -249,8 +249,11 @@ impl Compiler<'_> {
 
     fn unique(&self, name: &str) -> String {
         let base = identifier(name);
-        let taken =
-            |n: &str| self.shape.messages.iter().any(|m| m.name == n) || self.shape.enums.iter().any(|e| e.name == n);
+        let taken = |n: &str| {
+            n == self.shape.grpc_name
+                || self.shape.messages.iter().any(|m| m.name == n)
+                || self.shape.enums.iter().any(|e| e.name == n)
+        };
         if !taken(&base) && base != EMPTY {
             return base;
         }
@@ -407,6 +410,9 @@ impl Compiler<'_> {
         let Some(names) = variants.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>() else {
             return (Ty::Json, Card::One);
         };
+        if names.is_empty() {
+            return (Ty::Json, Card::One); // protobuf has no empty enum
+        }
         let name = self.unique(hint);
         self.shape.enums.push(EnumDef { name, variants: names });
         (Ty::Enum(self.shape.enums.len() - 1), Card::One)

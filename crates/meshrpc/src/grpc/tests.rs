@@ -57,7 +57,7 @@ fn order() -> Value {
         "big": u64::MAX,
         "grid": [[1, 2], []],
         "parent": { "id": 1, "lines": [], "tags": {}, "state": "Open", "paid": "Free", "at": [0.0, false],
-                    "big": 0, "grid": [], "parent": null }
+                    "big": 0, "grid": [] }
     })
 }
 
@@ -69,11 +69,13 @@ fn every_kind_of_field_comes_back_as_it_went() {
     let mut bytes = Vec::new();
     wire::encode(&shape, at, &args, &mut bytes).unwrap();
     assert_eq!(wire::decode(&shape, at, &bytes).unwrap(), args);
-    // Left out, an optional argument is null; protobuf's zero values come back as zeros.
+    // Left out, an optional argument stays left out (serde reads `None`, or the field's
+    // default); protobuf's zero values come back as zeros.
     let mut bytes = Vec::new();
     wire::encode(&shape, at, &json!({ "order": { "id": 3 } }), &mut bytes).unwrap();
     let back = wire::decode(&shape, at, &bytes).unwrap();
-    assert_eq!(back["note"], Value::Null);
+    assert!(back.get("note").is_none(), "left out, as JSON leaves an Option: {back}");
+    assert!(back["order"].get("parent").is_none());
     assert_eq!(back["order"]["lines"], json!([]));
     assert_eq!(back["order"]["state"], "Open");
     assert_eq!(back["order"]["at"], json!([0.0, false]));
@@ -215,8 +217,55 @@ fn framing_and_headers() {
     assert_eq!(parse_timeout("1H"), Some(std::time::Duration::from_secs(3600)));
     assert_eq!(parse_timeout("123456789S"), None);
     assert_eq!(parse_timeout("5x"), None);
-    assert_eq!(split_path("/shop_api.ShopApi/get"), Some(("shop_api", "get")));
+    assert_eq!(split_path("/shop_api.ShopApi/get"), Some(("shop_api", "ShopApi", "get")));
     assert_eq!(split_path("/greeter/greet"), None);
     assert_eq!(percent_encode("50% → ok"), "50%25 %E2%86%92 ok");
     assert!(is_grpc(Some("application/grpc+proto")) && !is_grpc(Some("application/json")));
+}
+
+#[test]
+fn what_a_caller_can_make_the_gateway_hold_is_bounded() {
+    // 20 required structs of 20 required strings: an absent one is 421 zero values, and
+    // an entry of a list of them is 2 bytes on the wire.
+    let strings: serde_json::Map<String, Value> =
+        (0..20).map(|i| (format!("s{i}"), json!({ "type": "string" }))).collect();
+    let inner: serde_json::Map<String, Value> =
+        (0..20).map(|i| (format!("b{i}"), json!({ "$ref": "#/components/schemas/B" }))).collect();
+    let schemas = json!({
+        "methods": [{ "name": "m", "args": { "type": "object", "properties": {
+            "list": { "type": "array", "items": { "$ref": "#/components/schemas/A" } } }, "required": ["list"] },
+            "value": { "type": "integer", "format": "int32" }, "streams": false }],
+        "components": {
+            "A": { "type": "object", "properties": inner, "required": (0..20).map(|i| format!("b{i}")).collect::<Vec<_>>() },
+            "B": { "type": "object", "properties": strings, "required": (0..20).map(|i| format!("s{i}")).collect::<Vec<_>>() }
+        }
+    });
+    let shape = ServiceShape::new("amp", &[("m".into(), vec!["list".into()], false, false)], Some(&schemas));
+    let at = shape.method("m").unwrap().request;
+    let list = field_number("list");
+    let mut key = Vec::new();
+    let mut k = (u64::from(list) << 3) | 2;
+    while k >= 0x80 {
+        key.push(k as u8 | 0x80);
+        k >>= 7;
+    }
+    key.push(k as u8);
+    let entries = |n: usize| (0..n).flat_map(|_| key.iter().copied().chain([0u8])).collect::<Vec<u8>>();
+    // A few entries decode; thousands are refused before they are made.
+    assert_eq!(wire::decode(&shape, at, &entries(2)).unwrap()["list"].as_array().unwrap().len(), 2);
+    let e = wire::decode(&shape, at, &entries(5_000)).unwrap_err();
+    assert!(e.contains("too many values"), "{e}");
+    // An answer that does not fit its int32 is refused, not truncated.
+    assert!(encode_reply(&shape, "m", b"3000000000").unwrap_err().contains("does not fit an int32"));
+    // An empty enum (protobuf has none) is JSON text; a type named as the service is renamed.
+    let odd = json!({
+        "methods": [{ "name": "m", "args": { "type": "object", "properties": {
+            "e": { "type": "string", "enum": [] }, "x": { "$ref": "#/components/schemas/Amp" } } },
+            "value": { "type": "null" }, "streams": false }],
+        "components": { "Amp": { "type": "object", "properties": { "a": { "type": "string" } } } }
+    });
+    let shape = ServiceShape::new("amp", &[("m".into(), vec![], false, false)], Some(&odd));
+    let proto = shape.proto_file();
+    assert!(proto.contains(&format!("optional string e = {}; // JSON text", field_number("e"))), "{proto}");
+    assert!(proto.contains("message Amp2 {") && proto.contains("service Amp {"), "{proto}");
 }

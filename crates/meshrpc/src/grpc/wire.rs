@@ -17,9 +17,14 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
+/// Values a decoded message may hold per byte of it (and 1,024 more): protobuf's zero
+/// values fill absent fields, so a few bytes could otherwise make many values.
+const VALUES_PER_BYTE: usize = 16;
+
 /// Decodes message `at` of `shape` into its JSON value.
 pub(crate) fn decode(shape: &ServiceShape, at: usize, bytes: &[u8]) -> Result<Value, String> {
-    Decoder { shape }.message(at, bytes, 0)
+    let budget = std::cell::Cell::new(bytes.len().saturating_mul(VALUES_PER_BYTE) + 1024);
+    Decoder { shape, budget }.message(at, bytes, 0)
 }
 
 /// Encodes `value` as message `at` of `shape`.
@@ -29,6 +34,8 @@ pub(crate) fn encode(shape: &ServiceShape, at: usize, value: &Value, out: &mut V
 
 struct Decoder<'a> {
     shape: &'a ServiceShape,
+    /// Values it may still make.
+    budget: std::cell::Cell<usize>,
 }
 
 /// One field as read: its number and its value's bytes or number.
@@ -95,10 +102,17 @@ fn fields(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u32, Raw<'_>), Strin
 }
 
 impl Decoder<'_> {
+    fn spend(&self) -> Result<(), String> {
+        let left = self.budget.get().checked_sub(1).ok_or("the message makes too many values for its size")?;
+        self.budget.set(left);
+        Ok(())
+    }
+
     fn message(&self, at: usize, bytes: &[u8], depth: usize) -> Result<Value, String> {
         if depth > MAX_DEPTH {
             return Err(format!("messages nested deeper than {MAX_DEPTH}"));
         }
+        self.spend()?;
         let message = &self.shape.messages[at];
         let mut values: Vec<Option<Value>> = vec![None; message.fields.len()];
         let mut last_set = None;
@@ -133,6 +147,8 @@ impl Decoder<'_> {
                 for (field, value) in message.fields.iter().zip(values) {
                     let value = match value {
                         Some(value) => value,
+                        // Left out, as JSON leaves it: `None`, or the field's own default.
+                        None if field.card == Card::Optional => continue,
                         None => self.default(field, depth)?,
                     };
                     object.insert(field.json.clone(), value);
@@ -168,6 +184,7 @@ impl Decoder<'_> {
 
     /// What an absent field means, as protobuf 3 says: zero, empty, the first variant.
     fn default(&self, field: &Field, depth: usize) -> Result<Value, String> {
+        self.spend()?;
         Ok(match (field.card, field.ty) {
             (Card::Optional, _) | (_, Ty::Null | Ty::Json) => Value::Null,
             (Card::Repeated, _) => Value::Array(Vec::new()),
@@ -184,6 +201,7 @@ impl Decoder<'_> {
     }
 
     fn single(&self, ty: Ty, raw: Raw<'_>, depth: usize) -> Result<Value, String> {
+        self.spend()?;
         Ok(match (ty, raw) {
             (Ty::Str, Raw::Len(b)) => Value::String(text(b)?),
             (Ty::Json, Raw::Len(b)) => serde_json::from_slice(b).map_err(|e| format!("JSON text expected: {e}"))?,
@@ -206,7 +224,8 @@ impl Decoder<'_> {
             (Ty::Enum(e), Raw::Varint(v)) => {
                 let variants = &self.shape.enums[e].variants;
                 let name = usize::try_from(v).ok().and_then(|i| variants.get(i));
-                Value::String(name.ok_or(format!("no variant numbered {v} (0 to {})", variants.len() - 1))?.clone())
+                let last = variants.len().saturating_sub(1);
+                Value::String(name.ok_or(format!("no variant numbered {v} (0 to {last})"))?.clone())
             }
             (ty, raw) => return Err(format!("{} where {} was expected", wire_name(&raw), ty_name(ty))),
         })
@@ -414,13 +433,21 @@ impl Encoder<'_> {
                 Ok(())
             }
             Ty::I32 | Ty::I64 => {
+                let n = value.as_i64().ok_or_else(mismatch)?;
+                if ty == Ty::I32 && i32::try_from(n).is_err() {
+                    return Err(format!("{n} does not fit an int32"));
+                }
                 put_key(number, VARINT, out);
-                put_varint(value.as_i64().ok_or_else(mismatch)? as u64, out);
+                put_varint(n as u64, out);
                 Ok(())
             }
             Ty::U32 | Ty::U64 => {
+                let n = value.as_u64().ok_or_else(mismatch)?;
+                if ty == Ty::U32 && u32::try_from(n).is_err() {
+                    return Err(format!("{n} does not fit a uint32"));
+                }
                 put_key(number, VARINT, out);
-                put_varint(value.as_u64().ok_or_else(mismatch)?, out);
+                put_varint(n, out);
                 Ok(())
             }
             Ty::Double => {

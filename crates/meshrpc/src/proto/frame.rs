@@ -302,6 +302,19 @@ impl Frame {
     /// `Ok(None)`: more bytes are needed. `Err`: the peer broke the protocol; the
     /// connection must be closed (the stream can no longer be trusted).
     pub fn decode(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, Error> {
+        Frame::decode_with(buf, max_frame, false)
+    }
+
+    /// As [`decode`](Self::decode), taking requests and answers compressed with zstd when
+    /// `compressed` (both sides offered feature `ZSTD`): expanded within `max_frame`.
+    /// Without it, a compressed payload is a protocol violation.
+    pub fn decode_with(buf: &mut BytesMut, max_frame: u32, compressed: bool) -> Result<Option<Frame>, Error> {
+        let unpack = |body: &Bytes| {
+            if !compressed {
+                return Err(Error::protocol("a compressed payload, and feature ZSTD was not negotiated"));
+            }
+            expand(body, max_frame as usize)
+        };
         if buf.len() < 4 {
             return Ok(None);
         }
@@ -329,7 +342,7 @@ impl Frame {
                     return Err(short());
                 }
                 let codec_byte = body.get_u8();
-                let compressed = codec_byte & COMPRESSED != 0;
+                let packed = codec_byte & COMPRESSED != 0;
                 let codec = Codec::from_byte(codec_byte & !COMPRESSED)
                     .ok_or_else(|| Error::protocol(format!("unknown codec {codec_byte}")))?;
                 let deadline = match body.get_u64() {
@@ -345,8 +358,8 @@ impl Frame {
                 let service = take_name(&mut body).ok_or_else(short)?;
                 let method = take_name(&mut body).ok_or_else(short)?;
                 let metadata = if kind == REQUEST { Metadata::default() } else { take_metadata(&mut body)? };
-                if compressed {
-                    body = expand(&body, max_frame as usize)?;
+                if packed {
+                    body = unpack(&body)?;
                 }
                 Frame::Request {
                     id,
@@ -366,9 +379,11 @@ impl Frame {
                     return Err(Error::protocol("truncated response or end frame"));
                 }
                 let status_byte = body.get_u8();
-                let status = Status::from_byte(status_byte & !COMPRESSED)?;
-                if status_byte & COMPRESSED != 0 {
-                    body = expand(&body, max_frame as usize)?;
+                // Only an answer's payload may come compressed, never a stream's end.
+                let packed = kind == RESPONSE && status_byte & COMPRESSED != 0;
+                let status = Status::from_byte(if kind == RESPONSE { status_byte & !COMPRESSED } else { status_byte })?;
+                if packed {
+                    body = unpack(&body)?;
                 }
                 match (kind, status) {
                     (RESPONSE, status) => Frame::Response { id, status, payload: body },

@@ -635,7 +635,8 @@ fn large_answers_and_requests_go_compressed_and_come_back_whole() {
     answer.encode_with(&mut packed, true);
     assert!(packed.len() * 4 < plain.len(), "{} → {} bytes", plain.len(), packed.len());
     assert_eq!(packed[13] & 0x80, 0x80, "flagged in the status byte");
-    assert_eq!(Frame::decode(&mut packed, 1 << 20).unwrap(), Some(answer));
+    assert!(Frame::decode(&mut packed.clone(), 1 << 20).is_err(), "not taken without ZSTD negotiated");
+    assert_eq!(Frame::decode_with(&mut packed, 1 << 20, true).unwrap(), Some(answer));
     // A request too, its codec byte flagged.
     let mut request =
         super::request(call("greet", b"{}", None), Instant::now(), &handshake(1 << 20, 1 << 20).0).unwrap();
@@ -645,7 +646,7 @@ fn large_answers_and_requests_go_compressed_and_come_back_whole() {
     let mut wire = BytesMut::new();
     request.encode_with(&mut wire, true);
     assert!(wire.len() < 16 * 1024);
-    assert_eq!(Frame::decode(&mut wire, 1 << 20).unwrap(), Some(request));
+    assert_eq!(Frame::decode_with(&mut wire, 1 << 20, true).unwrap(), Some(request));
     // Under 1 KiB, or not negotiated: the bytes `encode` writes.
     let small = Frame::Response { id: 4, status: Status::Ok, payload: Bytes::from(vec![b'a'; 1000]) };
     let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
@@ -665,21 +666,50 @@ fn answer_frame_of(payload: &Bytes) -> Frame {
 #[cfg(feature = "zstd")]
 #[test]
 fn a_compressed_payload_that_expands_past_the_frame_limit_is_refused() {
-    // 4 MiB of zeros compress to a few hundred bytes: a frame far under the limit.
+    // 4 MiB of zeros compress to a few hundred bytes: a frame far under the limit, that
+    // expands past both the frame limit and 256 times its size.
     let bomb = zstd::bulk::compress(&vec![0u8; 4 << 20], 1).unwrap();
-    let mut wire = BytesMut::new();
-    Frame::Response { id: 1, status: Status::Ok, payload: Bytes::from(bomb) }.encode(&mut wire);
-    wire[13] |= 0x80;
-    let e = Frame::decode(&mut wire.clone(), 1 << 20).unwrap_err();
-    assert!(e.to_string().contains("expands past the frame limit"), "{e}");
-    // Within the limit it expands.
-    let Some(Frame::Response { payload, .. }) = Frame::decode(&mut wire, 8 << 20).unwrap() else { panic!() };
-    assert_eq!(payload.len(), 4 << 20);
-    // Garbage flagged as compressed is a protocol error, not a panic.
-    let mut garbage = BytesMut::new();
-    Frame::Response { id: 1, status: Status::Ok, payload: Bytes::from_static(b"not zstd at all") }.encode(&mut garbage);
-    garbage[13] |= 0x80;
-    assert!(matches!(Frame::decode(&mut garbage, 1 << 20), Err(crate::Error::Protocol { .. })));
+    let flagged = |payload: Bytes| {
+        let mut wire = BytesMut::new();
+        Frame::Response { id: 1, status: Status::Ok, payload }.encode(&mut wire);
+        wire[13] |= 0x80;
+        wire
+    };
+    let e = Frame::decode_with(&mut flagged(Bytes::from(bomb.clone())), 1 << 20, true).unwrap_err();
+    assert!(matches!(e, crate::Error::Protocol { .. }) && e.to_string().contains("compressed payload"), "{e}");
+    // A streamed frame (its header names a window, not a size) is refused too.
+    let mut streamed = Vec::new();
+    {
+        use std::io::Write;
+        let mut encoder = zstd::stream::write::Encoder::new(&mut streamed, 1).unwrap();
+        encoder.write_all(&vec![0u8; 4 << 20]).unwrap();
+        encoder.finish().unwrap();
+    }
+    let e = Frame::decode_with(&mut flagged(Bytes::from(streamed)), 1 << 20, true).unwrap_err();
+    assert!(matches!(e, crate::Error::Protocol { .. }), "{e}");
+    // With room for it, still past 256 times its size (the decoder refuses the window its
+    // header asks for, or the bytes past the bound).
+    let e = Frame::decode_with(&mut flagged(Bytes::from(bomb)), 64 << 20, true).unwrap_err();
+    assert!(matches!(e, crate::Error::Protocol { .. }), "{e}");
+    // What a sender sends: within both bounds, it expands.
+    let json = json_answer();
+    let packed = super::compress::compress(&json).expect("JSON compresses");
+    let Some(Frame::Response { payload, .. }) =
+        Frame::decode_with(&mut flagged(Bytes::from(packed)), 1 << 20, true).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(payload, json);
+    // A sender sends plain what would compress more than that.
+    assert!(super::compress::compress(&vec![0u8; 1 << 20]).is_none());
+    // Garbage flagged as compressed is a protocol error, not a panic; so is a stream's end
+    // flagged.
+    let mut garbage = flagged(Bytes::from_static(b"not zstd at all"));
+    assert!(matches!(Frame::decode_with(&mut garbage, 1 << 20, true), Err(crate::Error::Protocol { .. })));
+    let mut end = BytesMut::new();
+    Frame::End { id: 1, status: Status::Ok, payload: Bytes::new() }.encode(&mut end);
+    end[13] |= 0x80;
+    assert!(Frame::decode_with(&mut end, 1 << 20, true).is_err());
 }
 
 #[cfg(feature = "zstd")]

@@ -110,7 +110,8 @@ impl Sender {
     /// Sends a frame: written at once when `direct` and nothing is queued, else queued
     /// for the writer task.
     pub(crate) fn send(&self, frame: &Frame, direct: bool) -> Result<(), Broken> {
-        if self.compress && frame.encoded_len() > crate::proto::COMPRESS_FROM {
+        let compressible = matches!(frame, Frame::Request { .. } | Frame::Response { .. });
+        if self.compress && compressible && frame.encoded_len() > crate::proto::COMPRESS_FROM {
             // Compressed before the queue is locked: the other senders do not wait for it.
             let mut encoded = BytesMut::new();
             frame.encode_with(&mut encoded, true);

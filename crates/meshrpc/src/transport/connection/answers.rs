@@ -121,7 +121,11 @@ impl Inner {
         loop {
             // Frames left from the handshake or an earlier read come first.
             loop {
-                match Frame::decode(&mut buf, self.limits.max_in) {
+                match Frame::decode_with(
+                    &mut buf,
+                    self.limits.max_in,
+                    self.limits.features.contains(crate::proto::Features::ZSTD),
+                ) {
                     Ok(Some(frame @ (Frame::Item { .. } | Frame::Items { .. }))) => {
                         let incoming = items.proto(&self.proto).on_frame(frame, StreamHandle::new);
                         match incoming {

@@ -113,8 +113,10 @@ enum Due {
 
 /// One served mesh connection: what its turns share.
 struct Driver {
-    /// Both sides offered zstd: large answers go compressed.
+    /// This node compresses large answers (told to, and the caller takes zstd).
     compress: bool,
+    /// Both sides offered zstd: the caller's requests may come compressed.
+    takes_zstd: bool,
     link: Arc<dyn Link>,
     peer: SocketAddr,
     limits: MeshLimits,
@@ -209,6 +211,7 @@ impl Driver {
             flusher,
             max_in: hello.max_in,
             compress,
+            takes_zstd: hello.features.contains(crate::proto::Features::ZSTD),
             inbox,
             out,
             heard: None,
@@ -262,7 +265,9 @@ impl Driver {
             if self.out.len() >= FAIR_SHARE.min(room) {
                 return Ok(true);
             }
-            let Some(frame) = Frame::decode(&mut self.inbox, self.max_in)? else { return Ok(false) };
+            let Some(frame) = Frame::decode_with(&mut self.inbox, self.max_in, self.takes_zstd)? else {
+                return Ok(false);
+            };
             // Each frame spends from the task's cooperative budget, so a long pipeline of
             // cheap requests yields to other tasks too.
             tokio::task::consume_budget().await;

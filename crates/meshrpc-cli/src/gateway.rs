@@ -58,7 +58,7 @@ pub(crate) struct GatewayArgs {
     #[arg(long, env = "MESHRPC_SUBSET", default_value_t = 0)]
     subset: usize,
     /// Client connections served at once; past it, `/ping` still answers and the rest get
-    /// a fast 503. An idle keep-alive connection costs about 5 KiB, a busy one about 20.
+    /// a fast 503. An idle keep-alive connection costs about 4 KiB, a busy one about 20.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// Largest accepted request body, in bytes.

@@ -101,15 +101,17 @@ where
             _ => return,
         }
         let rewound = Rewind::new(std::mem::take(&mut prefix).freeze(), io);
+        // Each way of serving is boxed: a parked connection's task keeps only this loop's
+        // state, not room for the largest of them (idle keep-alive clients are many).
         if rewound.prefix.starts_with(H2_PREFACE) {
-            return serve_h2(rewound, service, &conn, &activity, &unsent, shutdown).await;
+            return Box::pin(serve_h2(rewound, service, &conn, &activity, &unsent, shutdown)).await;
         }
         if asks_upgrade(&rewound.prefix) {
             // A WebSocket: hyper hands the socket over after the 101; the connection is
             // the WebSocket's from then on (it never parks).
-            return serve_upgradable(rewound, service, header_timeout, shutdown).await;
+            return Box::pin(serve_upgradable(rewound, service, header_timeout, shutdown)).await;
         }
-        match serve_h1(rewound, service.clone(), &conn, &activity, &unsent, &mut shutdown).await {
+        match Box::pin(serve_h1(rewound, service.clone(), &conn, &activity, &unsent, &mut shutdown)).await {
             // Parked: go on with the socket and what hyper had read past the last request.
             Some((back, read_buf)) => {
                 unsent.clear(); // every answer went out whole

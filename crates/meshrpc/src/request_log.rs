@@ -162,7 +162,7 @@ impl RequestLog {
     pub(crate) fn follow(self, reply: Reply) -> Reply {
         match reply {
             Reply::Stream(items) if self.stats.is_some() || self.line.is_some() => {
-                Reply::Stream(Items::new(Counted { items, log: Some(self) }))
+                Reply::Stream(Items::new(Counted { items, log: Some(self), unsaid: (0, 0) }))
             }
             reply => {
                 self.end_with(if matches!(reply, Reply::AppError(_)) { "application" } else { "ok" });
@@ -233,6 +233,24 @@ impl Running {
 struct Counted {
     items: Items,
     log: Option<RequestLog>,
+    /// Items and bytes passed and not yet added to the series: a stream of small items
+    /// adds them every [`COUNT_EVERY`] items (and whenever it waits or ends), not per item.
+    unsaid: (u64, u64),
+}
+
+/// Items a stream passes before its count reaches the series (a scrape mid-stream is at
+/// most this many behind, and never behind a stream that waits for its producer).
+const COUNT_EVERY: u64 = 64;
+
+impl Counted {
+    fn say(&mut self) {
+        let (items, bytes) = std::mem::take(&mut self.unsaid);
+        if items != 0 {
+            if let Some(stats) = self.log.as_ref().and_then(|l| l.stats.as_ref()) {
+                stats.stream_items(items, bytes);
+            }
+        }
+    }
 }
 
 impl futures_core::Stream for Counted {
@@ -241,10 +259,17 @@ impl futures_core::Stream for Counted {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let next = Pin::new(&mut self.items).poll_next(cx);
         let end = match &next {
-            Poll::Pending => return next,
+            Poll::Pending => {
+                self.say();
+                return next;
+            }
             Poll::Ready(Some(Ok(Reply::Ok(item)))) => {
-                if let Some(stats) = self.log.as_ref().and_then(|l| l.stats.as_ref()) {
-                    stats.stream_item(item.len() as u64);
+                let len = item.len() as u64;
+                let this = &mut *self;
+                this.unsaid.0 += 1;
+                this.unsaid.1 += len;
+                if this.unsaid.0 >= COUNT_EVERY {
+                    this.say();
                 }
                 return next;
             }
@@ -253,6 +278,7 @@ impl futures_core::Stream for Counted {
             Poll::Ready(Some(Ok(Reply::Stream(_)))) => "protocol",
             Poll::Ready(Some(Err(e))) => e.code(),
         };
+        self.say();
         if let Some(log) = self.log.take() {
             log.end_with(end);
         }
@@ -262,6 +288,7 @@ impl futures_core::Stream for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        self.say();
         if let Some(log) = self.log.take() {
             let cut = log.deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
             log.end_with(if cut { "timeout" } else { "cancelled" });

@@ -57,7 +57,7 @@ impl Codec {
             Codec::Json => finite::check(value)
                 .map_err(|e| e.to_string())
                 .and_then(|()| serde_json::to_writer(out.writer(), value).map_err(|e| e.to_string())),
-            Codec::Postcard => postcard::to_io(value, out.writer()).map(|_| ()).map_err(|e| e.to_string()),
+            Codec::Postcard => postcard::serialize_with_flavor(value, Append(out)).map_err(|e| e.to_string()),
         };
         done.map_err(|e| Error::internal(format!("encode: {e}")))
     }
@@ -142,6 +142,25 @@ fn postcard_byte_string(encoded: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// postcard appends straight to a buffer (its `io::Write` path goes through a `Result`
+/// and a length check per byte).
+struct Append<'a>(&'a mut bytes::BytesMut);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        bytes::BufMut::put_u8(self.0, data);
+        Ok(())
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -201,8 +201,13 @@ impl MethodStats {
 
     /// A stream answer of one of its calls carried an item of `bytes` (encoded).
     pub(crate) fn stream_item(&self, bytes: u64) {
+        self.stream_items(1, bytes);
+    }
+
+    /// Stream answers of its calls carried `items` more items of `bytes` in all.
+    pub(crate) fn stream_items(&self, items: u64, bytes: u64) {
         let shard = self.mine();
-        shard.stream_items.fetch_add(1, Ordering::Relaxed);
+        shard.stream_items.fetch_add(items, Ordering::Relaxed);
         shard.stream_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 

@@ -323,6 +323,8 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
     let mut batch = BytesMut::new();
     let mut runs = RunWriter::default();
     let (item_runs, max_run) = (owner.item_runs(), owner.max_frame() as usize);
+    // An item frame's bytes before its payload (the id never changes).
+    let item_header = Frame::Item { id, payload: Bytes::new() }.encoded_len();
     let mut parts: Vec<Bytes> = Vec::new();
     let mut gathered = 0usize;
     let mut polled_items = 0u32;
@@ -371,12 +373,9 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
         };
         loop {
             let frame = match next {
-                Some(Ok(Reply::Ok(payload)))
-                    if Frame::Item { id, payload: Bytes::new() }.encoded_len() + payload.len()
-                        > owner.max_frame() as usize =>
-                {
-                    let size = (Frame::Item { id, payload: Bytes::new() }.encoded_len() + payload.len()) as u64;
-                    end(id, Err(Error::TooLarge { size, limit: owner.max_frame().into() }))
+                Some(Ok(Reply::Ok(payload))) if item_header + payload.len() > max_run => {
+                    let size = (item_header + payload.len()) as u64;
+                    end(id, Err(Error::TooLarge { size, limit: max_run as u64 }))
                 }
                 Some(Ok(Reply::Ok(payload))) => {
                     let cost = item_cost(payload.len());

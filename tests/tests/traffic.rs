@@ -267,6 +267,23 @@ async fn a_colocated_call_skips_the_wire_but_keeps_deadline_and_cancellation() {
     let timed_out = lab.with_timeout(Duration::from_millis(100)).sleep(5_000).await;
     assert_eq!(timed_out, Err(LabError::Rpc(Error::Timeout)));
     assert_eq!(lab.stats().await.unwrap().dropped, dropped_before + 1, "the handler was dropped at the deadline");
+    // A call its caller gives up on is counted as cancelled and leaves nothing in flight.
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), lab.sleep(5_000)).await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    let metrics = http("GET", &format!("http://{}/metrics", cluster.local_addr().unwrap()), "", &[]).await.body;
+    let sleeps = |series: &str, code: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(series) && l.contains(r#"method="sleep""#) && l.contains(r#"direction="inbound""#)
+            })
+            .filter(|l| l.contains(&format!(r#"code="{code}""#)) || code.is_empty())
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(sleeps("meshrpc_calls_in_flight{", ""), 0.0, "{metrics}");
+    assert_eq!(sleeps("meshrpc_calls_total{", "cancelled"), 1.0, "{metrics}");
+    assert_eq!(sleeps("meshrpc_calls_total{", "timeout"), 1.0, "{metrics}");
     // No connection was made to itself.
     assert_eq!(cluster.peer_latency(cluster.local_addr().unwrap()), None);
     // A pinned call takes the picker's way (this node serves it, encoded).

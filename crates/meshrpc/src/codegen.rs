@@ -96,34 +96,35 @@ pub fn assert_item_types<
 /// Runs a call on the service's in-process implementation (the colocated fast path):
 /// in the context a remote call would have (deadline, trace), cut at its deadline,
 /// and logged as a call from `local`.
-pub async fn colocated<T, E: From<Error>>(
-    channel: &crate::Channel,
-    service: &str,
-    method: &str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
+pub fn colocated<T, E, F>(channel: &crate::Channel, service: &str, method: &str, call: F) -> ColocatedCall<F>
+where
+    E: From<Error>,
+    F: std::future::Future<Output = Result<T, E>> + Unpin,
+{
     let now = std::time::Instant::now();
-    colocated_unary(channel.call_context_at(false, now), now, service, method, call).await
+    ColocatedCall::new(channel.call_context_at(false, now), now, service, method, call)
 }
 
 /// As [`colocated`], for a method answering with a stream: the deadline covers the
 /// whole stream, unless the channel says `without_stream_deadline`.
-pub async fn colocated_stream<T, TE, E>(
+pub async fn colocated_stream<T, TE, E, F>(
     channel: &crate::Channel,
     service: &str,
     method: &str,
-    call: impl std::future::Future<Output = Result<crate::Stream<T, TE>, E>>,
+    call: F,
 ) -> Result<crate::Stream<T, TE>, E>
 where
     T: Send + 'static,
     TE: From<Error> + Send + 'static,
     E: From<Error>,
+    F: std::future::Future<Output = Result<crate::Stream<T, TE>, E>> + Unpin,
 {
     let now = std::time::Instant::now();
     let ctx = channel.call_context_at(true, now);
     let deadline = ctx.deadline;
     // A stream is one call: it stays in flight until the stream ends.
-    let (stream, log) = run_colocated(ctx, now, service, method, call).await;
+    let mut call = ColocatedCall::new(ctx, now, service, method, call);
+    let (stream, log) = std::future::poll_fn(|cx| call.poll_keeping_log(cx)).await;
     let stream = stream?;
     let stream = match deadline {
         Some(deadline) => stream.until(deadline),
@@ -135,40 +136,77 @@ where
     })
 }
 
-async fn colocated_unary<T, E: From<Error>>(
+/// A call on the in-process implementation (see [`colocated`]): a hand-written future,
+/// so that the fast path moves no nested state machines and sets a timer only for a
+/// call that waits.
+pub struct ColocatedCall<F> {
+    call: F,
     ctx: crate::CallContext,
-    now: std::time::Instant,
-    service: &str,
-    method: &str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let (result, log) = run_colocated(ctx, now, service, method, call).await;
-    if let Some(log) = log {
-        log.end_with("ok");
-    }
-    result
+    /// Armed at the deadline once the call first waits.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Ended when the call is: with its result, or `cancelled` if it is dropped first.
+    log: Option<crate::request_log::RequestLog>,
 }
 
-/// Runs the call until its deadline; its log, if it succeeded (for the caller to end),
-/// else ended with how it failed.
-async fn run_colocated<T, E: From<Error>>(
-    ctx: crate::CallContext,
-    now: std::time::Instant,
-    service: &str,
-    method: &str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> (Result<T, E>, Option<crate::request_log::RequestLog>) {
-    let log = crate::request_log::RequestLog::begin_local(service, method, ctx.trace_id, now);
-    let deadline = ctx.deadline;
-    match crate::context::until_deadline(ctx.scope(call), deadline).await {
-        Ok(Ok(value)) => (Ok(value), Some(log)),
-        Ok(Err(e)) => {
-            log.end_with("application");
-            (Err(e), None)
+impl<F> ColocatedCall<F> {
+    fn new(ctx: crate::CallContext, now: std::time::Instant, service: &str, method: &str, call: F) -> Self {
+        let log = crate::request_log::RequestLog::begin_local(service, method, ctx.trace_id, now);
+        ColocatedCall { call, ctx, timer: None, log: Some(log) }
+    }
+
+    /// Polls the call in its context until its deadline; when it succeeds, its log is
+    /// handed over (for the caller to end), else ended with how it failed.
+    fn poll_keeping_log<T, E>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(Result<T, E>, Option<crate::request_log::RequestLog>)>
+    where
+        E: From<Error>,
+        F: std::future::Future<Output = Result<T, E>> + Unpin,
+    {
+        use std::{future::Future, task::Poll};
+        let call = &mut self.call;
+        let (out, status) = match crate::context::poll_in(&self.ctx, || std::pin::Pin::new(call).poll(cx)) {
+            Poll::Ready(Ok(value)) => return Poll::Ready((Ok(value), self.log.take())),
+            Poll::Ready(Err(e)) => (Err(e), "application"),
+            Poll::Pending => {
+                let Some(deadline) = self.ctx.deadline else { return Poll::Pending };
+                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                (Err(E::from(Error::Timeout)), "timeout")
+            }
+        };
+        if let Some(log) = self.log.take() {
+            log.end_with(status);
         }
-        Err(()) => {
-            log.end_with("timeout");
-            (Err(E::from(Error::Timeout)), None)
+        Poll::Ready((out, None))
+    }
+}
+
+impl<T, E, F> std::future::Future for ColocatedCall<F>
+where
+    E: From<Error>,
+    F: std::future::Future<Output = Result<T, E>> + Unpin,
+{
+    type Output = Result<T, E>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T, E>> {
+        self.poll_keeping_log(cx).map(|(out, log)| {
+            if let Some(log) = log {
+                log.end_with("ok");
+            }
+            out
+        })
+    }
+}
+
+impl<F> Drop for ColocatedCall<F> {
+    fn drop(&mut self) {
+        // Dropped before it ended: its caller gave up (or its own deadline cut it).
+        if let Some(log) = self.log.take() {
+            log.end_with("cancelled");
         }
     }
 }

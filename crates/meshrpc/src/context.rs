@@ -70,6 +70,11 @@ impl CallContext {
     }
 }
 
+/// Runs `f` (one poll of a call) with `ctx` as the current context.
+pub(crate) fn poll_in<R>(ctx: &CallContext, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(ctx.clone(), f)
+}
+
 /// Runs `fut` until `deadline`: `Err(())` if it passes first. A future ready when first
 /// polled (most handlers) costs no timer; only one that waits sets one.
 pub(crate) async fn until_deadline<F: std::future::Future>(fut: F, deadline: Option<Instant>) -> Result<F::Output, ()> {

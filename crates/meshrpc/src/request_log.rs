@@ -54,7 +54,8 @@ impl LastMethod {
 /// ends, and logged on its own line if `Telemetry::request_lines` picks it.
 pub(crate) struct RequestLog {
     stats: Option<Arc<MethodStats>>,
-    line: Option<Line>,
+    /// Boxed: most calls take no line, and every call future carries its log.
+    line: Option<Box<Line>>,
     start: Instant,
     /// The caller's deadline, when it sent one: a stream it cancels at that moment was cut
     /// by its deadline, whichever side's timer saw it first.
@@ -108,7 +109,12 @@ impl RequestLog {
             stats.started();
         }
         let line = (line_picked() && tracing::enabled!(target: "meshrpc::request", tracing::Level::INFO)).then(|| {
-            Line { service: service.to_owned(), method: method.to_owned(), caller: caller.to_owned(), trace_id }
+            Box::new(Line {
+                service: service.to_owned(),
+                method: method.to_owned(),
+                caller: caller.to_owned(),
+                trace_id,
+            })
         });
         RequestLog { stats, line, start, deadline: None }
     }

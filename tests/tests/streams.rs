@@ -214,6 +214,65 @@ async fn unary_calls_on_the_same_connection_go_on_while_a_stream_runs_at_full_sp
     reader.abort();
 }
 
+/// Established TCP connections to `port` on 127.0.0.1 from this machine (the caller's
+/// ends, as `ss` shows them).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(2) == Some(&remote) && l.split_whitespace().nth(3) == Some("01"))
+        .count()
+}
+
+/// Through a cluster, a stream goes on a connection of its own to its replica (the
+/// stream lane): the unary calls to that replica never wait behind its bytes. The lane
+/// closes once idle, so a caller holds two connections per peer at most.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_cluster_a_stream_takes_a_lane_of_its_own_and_gives_it_back_when_idle() {
+    let tag = "streams-lane";
+    let node = Node::start(LABNODE, &["--tag", tag, "--name", "lane"]).await;
+    let port = node.addr.port();
+    let cluster =
+        meshrpc::Cluster::builder("streams-test").tag(tag).seeds([node.addr.to_string()]).start().await.unwrap();
+    cluster.wait_for(&[StreamerClient::SPEC, LabClient::SPEC], Duration::from_secs(15)).await.unwrap();
+    let lab = LabClient::new(cluster.client(LabClient::SPEC)).with_timeout(Duration::from_secs(5));
+    assert_eq!(lab.whoami().await, Ok("lane".into()));
+    // One connection for calls (what the cluster opened to learn the node's methods
+    // closes once done).
+    let one = eventually(Duration::from_secs(30), || async { (connections_to(port) == 1).then_some(()) }).await;
+    assert!(one.is_some(), "{} connections to the node", connections_to(port));
+
+    let streamer = StreamerClient::new(cluster.client(StreamerClient::SPEC)).without_stream_deadline();
+    let mut flood = streamer.count(0, u64::MAX, 1024).await.unwrap();
+    assert!(matches!(flood.next().await, Some(Ok(_))));
+    assert_eq!(connections_to(port), 2, "the stream has a connection of its own");
+    // A second stream shares the lane; unary calls keep to the first connection.
+    let mut ticks = streamer.ticks(5).await.unwrap();
+    assert!(matches!(ticks.next().await, Some(Ok(_))));
+    for _ in 0..50 {
+        assert_eq!(lab.whoami().await, Ok("lane".into()));
+    }
+    assert_eq!(connections_to(port), 2, "two connections at most");
+    assert!(matches!(flood.next().await, Some(Ok(_))), "the stream still flows");
+
+    // Both streams end: the lane is given back once idle (10 s), the first one stays.
+    drop((flood, ticks));
+    let closed = eventually(Duration::from_secs(30), || async { (connections_to(port) == 1).then_some(()) }).await;
+    assert!(closed.is_some(), "the idle lane was never closed");
+    assert_eq!(lab.whoami().await, Ok("lane".into()));
+    assert_eq!(connections_to(port), 1, "unary calls still have their connection");
+    // The next stream opens a lane again.
+    let mut short = streamer.count(0, 3, 0).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = short.next().await {
+        got.push(item.unwrap().n);
+    }
+    assert_eq!(got, [0, 1, 2]);
+    assert_eq!(connections_to(port), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_mid_stream_fails_the_stream_fast() {
     let (mut node, conn) = node(&[]).await;

@@ -180,10 +180,14 @@ impl<'n> Route<'n> {
         self.tried.push(peer.addr);
         let sent = async {
             let conn = peer.connection().await?;
-            match self.inner.unproven(member, &conn, &self.service) {
-                Some(e) => Err(e),
-                None => conn.send_call(self.call.clone()),
+            if let Some(e) = self.inner.unproven(member, &conn, &self.service) {
+                return Err(e);
             }
+            let conn = match self.policy {
+                Some(policy) if policy.streams => peer.stream_connection(conn).await,
+                _ => conn,
+            };
+            conn.send_call(self.call.clone())
         };
         match sent.await {
             Ok(pending) => {

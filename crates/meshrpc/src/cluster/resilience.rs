@@ -66,17 +66,23 @@ pub(super) struct MethodPolicy {
     pub(super) idempotent: bool,
     pub(super) hedge: bool,
     pub(super) timeout: Option<Duration>,
+    /// It carries items or answers with them: it goes on the peer's stream lane.
+    pub(super) streams: bool,
 }
 
 impl MethodPolicy {
     pub(super) fn of(member: &Member, call: &Call) -> MethodPolicy {
         let method = member.services.get(&*call.service).and_then(|s| s.method(&call.method));
-        method.map_or_else(MethodPolicy::default, |m| MethodPolicy {
-            // A call carrying items cannot send them twice.
-            idempotent: m.idempotent && call.input.is_none(),
-            hedge: m.hedge && m.idempotent && call.input.is_none() && !m.streams,
-            timeout: m.timeout,
-        })
+        method.map_or_else(
+            || MethodPolicy { streams: call.input.is_some(), ..MethodPolicy::default() },
+            |m| MethodPolicy {
+                // A call carrying items cannot send them twice.
+                idempotent: m.idempotent && call.input.is_none(),
+                hedge: m.hedge && m.idempotent && call.input.is_none() && !m.streams,
+                timeout: m.timeout,
+                streams: m.streams || call.input.is_some(),
+            },
+        )
     }
 }
 

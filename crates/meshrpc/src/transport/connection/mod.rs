@@ -216,6 +216,12 @@ impl Connection {
         *self.inner().latency.lock().unwrap()
     }
 
+    /// True if both are the same connection.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(self.inner(), other.inner())
+    }
+
     /// Calls in flight on this connection (the load the p2c balancer sees).
     pub fn in_flight(&self) -> usize {
         self.inner().proto.lock().unwrap().in_flight()

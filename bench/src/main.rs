@@ -126,6 +126,7 @@ fn serve(kind: &str, addr: &str, next: Option<&str>) {
             "stream-meshrpc" => streaming::serve_meshrpc(addr).await,
             "stream-tonic" => streaming::serve_tonic(addr).await,
             "stream-raw" => streaming::serve_raw(addr).await,
+            "stream-cluster" => streaming::serve_cluster(addr, next.unwrap()).await,
             "gateway-replica" => serve_gateway_replica(addr, next.unwrap()).await,
             "gateway" => serve_gateway(addr, next.unwrap()).await,
             "catalog" => compression::serve(addr, false).await,

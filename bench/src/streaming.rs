@@ -363,12 +363,25 @@ pub async fn run(opts: &Opts) -> (Vec<StreamRow>, Vec<Beside>) {
 
 /// p50s (µs) of sequential unary calls on one meshrpc connection: idle, while a stream of
 /// `size`-byte items runs at full speed on the same connection, and on a second connection
-/// beside it (which tells the wait behind the stream from the CPU the stream takes).
+/// beside it (which tells the wait behind the stream from the CPU the stream takes); and
+/// through a cluster to a node serving both, idle and beside the stream (the cluster puts
+/// the stream on a lane of its own).
 pub struct Beside {
     size: usize,
     idle: f64,
     busy: f64,
     apart: f64,
+    cluster_idle: f64,
+    cluster_busy: f64,
+}
+
+/// A cluster node serving the stream and the unary call, for the beside rows.
+pub async fn serve_cluster(addr: &str, tag: &str) {
+    let cluster = meshrpc::ClusterBuilder::from_env("bench-streams").tag(tag).listen(addr).start().await.unwrap();
+    cluster.publish(FirehoseServer::new(Flood));
+    cluster.publish(GreeterServer::new(crate::systems::Greet));
+    println!("listening on {}", cluster.local_addr().unwrap());
+    cluster.serve().await.unwrap();
 }
 
 async fn unary_beside_a_stream(opts: &Opts, size: usize) -> Beside {
@@ -394,7 +407,33 @@ async fn unary_beside_a_stream(opts: &Opts, size: usize) -> Beside {
     let apart = p50(crate::systems::GreeterClient::new(other).with_codec(meshrpc::Codec::Postcard)).await;
     assert!(!flood.is_finished(), "the stream ran the whole time");
     flood.abort();
-    Beside { size, idle, busy, apart }
+    drop(server);
+
+    let tag = format!("bench-streams-{}-{size}", std::process::id());
+    let server = Server::start("stream-cluster", &["127.0.0.1:0", &tag]).await;
+    let caller = meshrpc::ClusterBuilder::from_env("bench-streams-caller")
+        .tag(&tag)
+        .seeds([server.addr.to_string()])
+        .start()
+        .await
+        .unwrap();
+    caller
+        .wait_for(&[crate::systems::GreeterClient::SPEC, FirehoseClient::SPEC], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let greeter = crate::systems::GreeterClient::new(caller.client(crate::systems::GreeterClient::SPEC))
+        .with_codec(meshrpc::Codec::Postcard);
+    let cluster_idle = p50(greeter.clone()).await;
+    let firehose = FirehoseClient::new(caller.client(FirehoseClient::SPEC))
+        .with_codec(meshrpc::Codec::Postcard)
+        .without_stream_deadline();
+    let flood = tokio::spawn(async move { meshrpc_flood(&firehose, u64::MAX, size).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cluster_busy = p50(greeter).await;
+    assert!(!flood.is_finished(), "the stream ran the whole time");
+    flood.abort();
+    caller.shutdown().await;
+    Beside { size, idle, busy, apart, cluster_idle, cluster_busy }
 }
 
 pub fn print(rows: &[StreamRow], beside: &[Beside]) {
@@ -435,6 +474,13 @@ pub fn print(rows: &[StreamRow], beside: &[Beside]) {
             b.busy / b.idle,
             b.apart,
             b.apart / b.idle
+        );
+        println!(
+            "unary p50 beside a full-speed stream of {} B items, through a cluster (the stream on its lane) [target ≤ 1.5 × idle]: {:.1} µs ÷ {:.1} µs idle = {:.2} ×",
+            label(b.size),
+            b.cluster_busy,
+            b.cluster_idle,
+            b.cluster_busy / b.cluster_idle,
         );
     }
 }

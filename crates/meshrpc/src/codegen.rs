@@ -140,7 +140,8 @@ where
 /// so that the fast path moves no nested state machines and sets a timer only for a
 /// call that waits.
 pub struct ColocatedCall<F> {
-    call: F,
+    /// The handler's future, until it ends or its deadline passes.
+    call: Option<F>,
     ctx: crate::CallContext,
     /// Armed at the deadline once the call first waits.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -151,7 +152,7 @@ pub struct ColocatedCall<F> {
 impl<F> ColocatedCall<F> {
     fn new(ctx: crate::CallContext, now: std::time::Instant, service: &str, method: &str, call: F) -> Self {
         let log = crate::request_log::RequestLog::begin_local(service, method, ctx.trace_id, now);
-        ColocatedCall { call, ctx, timer: None, log: Some(log) }
+        ColocatedCall { call: Some(call), ctx, timer: None, log: Some(log) }
     }
 
     /// Polls the call in its context until its deadline; when it succeeds, its log is
@@ -165,7 +166,7 @@ impl<F> ColocatedCall<F> {
         F: std::future::Future<Output = Result<T, E>> + Unpin,
     {
         use std::{future::Future, task::Poll};
-        let call = &mut self.call;
+        let call = self.call.as_mut().expect("a colocated call polled after it ended");
         let (out, status) = match crate::context::poll_in(&self.ctx, || std::pin::Pin::new(call).poll(cx)) {
             Poll::Ready(Ok(value)) => return Poll::Ready((Ok(value), self.log.take())),
             Poll::Ready(Err(e)) => (Err(e), "application"),
@@ -175,6 +176,7 @@ impl<F> ColocatedCall<F> {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                self.drop_call();
                 (Err(E::from(Error::Timeout)), "timeout")
             }
         };
@@ -202,9 +204,20 @@ where
     }
 }
 
+impl<F> ColocatedCall<F> {
+    /// Drops the handler in its context, at its deadline (its drop-time code sees the
+    /// call's context, as a handler served remotely does).
+    fn drop_call(&mut self) {
+        if let Some(call) = self.call.take() {
+            crate::context::poll_in(&self.ctx, || drop(call));
+        }
+    }
+}
+
 impl<F> Drop for ColocatedCall<F> {
     fn drop(&mut self) {
-        // Dropped before it ended: its caller gave up (or its own deadline cut it).
+        // Dropped before it ended: its caller gave up. (The handler drops outside its
+        // context here: this may run where no task-local can be set.)
         if let Some(log) = self.log.take() {
             log.end_with("cancelled");
         }

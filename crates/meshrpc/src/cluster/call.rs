@@ -179,15 +179,24 @@ impl<'n> Route<'n> {
     async fn send(&mut self, member: &Member, peer: &Arc<Peer>) -> Result<Option<PendingCall>, Error> {
         self.tried.push(peer.addr);
         let sent = async {
-            let conn = peer.connection().await?;
+            let main = peer.connection().await?;
+            let conn = match self.policy {
+                Some(policy) if policy.streams => peer.stream_connection(main.clone()).await,
+                _ => main.clone(),
+            };
+            // The connection the call goes on must prove the service (a lane is a
+            // handshake of its own).
             if let Some(e) = self.inner.unproven(member, &conn, &self.service) {
                 return Err(e);
             }
-            let conn = match self.policy {
-                Some(policy) if policy.streams => peer.stream_connection(conn).await,
-                _ => conn,
-            };
-            conn.send_call(self.call.clone())
+            match conn.send_call(self.call.clone()) {
+                // A lane closed as idle between its pick and this send: the call never
+                // left, and the peer's connection takes it.
+                Err(_) if !conn.same(&main) && conn.state() != crate::proto::ConnState::Open => {
+                    main.send_call(self.call.clone())
+                }
+                sent => sent,
+            }
         };
         match sent.await {
             Ok(pending) => {

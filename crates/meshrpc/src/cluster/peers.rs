@@ -19,9 +19,11 @@ use crate::{
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EWMA_TAU: Duration = Duration::from_secs(10);
-/// A peer's stream lane closes once no call has started on it for this long and none is
-/// in flight.
+/// A peer's stream lane is looked at this often: once no call started on it since the last
+/// look, it closes when its last call ends (10–20 s after the last one started).
 const LANE_IDLE: Duration = Duration::from_secs(10);
+/// After a stream lane could not be opened, streams share the peer's connection this long.
+const LANE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Every peer this node has talked to, by mesh address.
 pub(crate) struct Peers {
@@ -88,11 +90,12 @@ impl Peers {
         let mut closed = 0;
         for peer in self.all() {
             let Some(conn) = peer.open_conn() else { continue };
-            let calls = conn.calls_started();
+            // Its streams count: they run on its lane.
+            let (calls, busy) = peer.activity(&conn);
             let mut quiet = peer.quiet.lock().unwrap();
             if quiet.0 != calls || keep.contains(&peer.addr) {
                 *quiet = (calls, now);
-            } else if now.duration_since(quiet.1) >= after && conn.in_flight() == 0 {
+            } else if now.duration_since(quiet.1) >= after && !busy {
                 drop(quiet);
                 // Given back, not broken: the peer stays pickable (a call opens a new
                 // connection), with no backoff.
@@ -136,6 +139,8 @@ pub(crate) struct Peer {
     /// [`stream_connection`](Self::stream_connection)), open while they run.
     lane: Mutex<Option<Connection>>,
     lane_connecting: tokio::sync::Mutex<()>,
+    /// Until when streams share the connection: the last lane could not be opened.
+    lane_refused_until: Mutex<Option<Instant>>,
     /// Serializes connection attempts so a burst of calls opens one connection.
     connecting: tokio::sync::Mutex<()>,
     /// A reconnection runs in the background ([`probe`](Self::probe)).
@@ -173,6 +178,7 @@ impl Peer {
             conn: Mutex::new(None),
             lane: Mutex::new(None),
             lane_connecting: tokio::sync::Mutex::new(()),
+            lane_refused_until: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             probing: std::sync::atomic::AtomicBool::new(false),
             failed_connects: std::sync::atomic::AtomicU64::new(0),
@@ -325,49 +331,43 @@ impl Peer {
     /// peer's `main` connection: a second connection to the peer, the stream lane, opened
     /// by the first such call and closed once idle ([`LANE_IDLE`]). A full-speed stream
     /// fills the socket buffers between two nodes; on a connection of its own, the unary
-    /// calls beside it never wait behind its bytes (head-of-line blocking: 2.7 × a unary
-    /// call's p50 on a shared connection, 1.3 × beside it). Two connections per peer at
-    /// most. If the lane cannot be opened, `main` carries the call.
+    /// calls beside it never wait behind its bytes (head-of-line blocking: 2.3–2.8 × a
+    /// unary call's p50 on a shared connection, 1.2–1.4 × beside it). Two connections per
+    /// peer (a third only while a draining lane finishes its streams). If the lane cannot
+    /// be opened, `main` carries the call, and the streams after it for [`LANE_BACKOFF`].
     pub(crate) async fn stream_connection(self: &Arc<Self>, main: Connection) -> Connection {
         if let Some(lane) = self.open_lane() {
             return lane;
+        }
+        let refused = || self.lane_refused_until.lock().unwrap().is_some_and(|t| t > Instant::now());
+        if refused() {
+            return main;
         }
         let _one_at_a_time = self.lane_connecting.lock().await;
         if let Some(lane) = self.open_lane() {
             return lane;
         }
+        if refused() {
+            return main; // the attempt this call waited for failed
+        }
         let lane = match Connection::connect(self.addr, self.options.clone()).await {
             Ok(lane) => lane,
             Err(e) => {
                 tracing::debug!(peer = %self.addr, error = %e, "no stream lane: streams share the connection");
+                *self.lane_refused_until.lock().unwrap() = Some(Instant::now() + LANE_BACKOFF);
                 return main;
             }
         };
         *self.lane.lock().unwrap() = Some(lane.clone());
-        let (peer, watched) = (Arc::downgrade(self), lane.clone());
-        tokio::spawn(async move {
-            // Idle: no call started for LANE_IDLE. Taken out of the slot first, so no new
-            // call gets it, then closed once the calls that had it are done.
-            let mut started = watched.calls_started();
-            while tokio::time::timeout(LANE_IDLE, watched.unusable()).await.is_err() {
-                let now = watched.calls_started();
-                if now == started && watched.in_flight() == 0 {
-                    break;
-                }
-                started = now;
-            }
-            if let Some(peer) = peer.upgrade() {
-                let mut slot = peer.lane.lock().unwrap();
-                if slot.as_ref().is_some_and(|c| c.same(&watched)) {
-                    *slot = None;
-                }
-            }
-            while watched.in_flight() > 0
-                && tokio::time::timeout(Duration::from_secs(1), watched.unusable()).await.is_err()
-            {}
-            watched.close();
-        });
+        tokio::spawn(close_when_idle(Arc::downgrade(self), lane.clone()));
         lane
+    }
+
+    /// Calls started on its connections so far, and whether any is in flight.
+    fn activity(&self, conn: &Connection) -> (u64, bool) {
+        let lane = self.lane.lock().unwrap().clone();
+        let started = conn.calls_started() + lane.as_ref().map_or(0, |l| l.calls_started());
+        (started, conn.in_flight() > 0 || lane.is_some_and(|l| l.in_flight() > 0))
     }
 
     /// False when the peer proved an identity (mutual TLS) that does not carry `service`:
@@ -407,4 +407,30 @@ impl Peer {
             c.close();
         }
     }
+}
+
+/// Closes a peer's stream `lane` once idle: no call started on it for [`LANE_IDLE`] and
+/// none in flight. It leaves the slot first, so no new call gets it; the calls that got it
+/// just before then still register (a second's grace) and run to their end. A lane the
+/// peer drains ends its streams within the peer's drain and closes itself.
+async fn close_when_idle(peer: std::sync::Weak<Peer>, lane: Connection) {
+    let mut started = lane.calls_started();
+    while tokio::time::timeout(LANE_IDLE, lane.unusable()).await.is_err() {
+        let now = lane.calls_started();
+        if now == started && lane.in_flight() == 0 {
+            break;
+        }
+        started = now;
+    }
+    if let Some(peer) = peer.upgrade() {
+        let mut slot = peer.lane.lock().unwrap();
+        if slot.as_ref().is_some_and(|c| c.same(&lane)) {
+            *slot = None;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while lane.in_flight() > 0 && lane.state() != State::Closed {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    lane.close();
 }

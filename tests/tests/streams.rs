@@ -273,6 +273,38 @@ async fn through_a_cluster_a_stream_takes_a_lane_of_its_own_and_gives_it_back_wh
     assert_eq!(connections_to(port), 2);
 }
 
+/// A replica that drains lets the streams on a cluster caller's lane run through its grace
+/// (the lane is not closed under them), as on a bare connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_cluster_a_draining_replica_lets_the_streams_on_the_lane_finish() {
+    let tag = "streams-lane-drain";
+    let mut node = Node::start(LABNODE, &["--tag", tag, "--name", "drains", "--drain-ms", "1500"]).await;
+    let cluster =
+        meshrpc::Cluster::builder("streams-test").tag(tag).seeds([node.addr.to_string()]).start().await.unwrap();
+    cluster.wait_for(&[StreamerClient::SPEC], Duration::from_secs(15)).await.unwrap();
+    let client = StreamerClient::new(cluster.client(StreamerClient::SPEC)).without_stream_deadline();
+    let mut ticks = client.ticks(10).await.unwrap();
+    let mut short = client.ticks(100).await.unwrap();
+    assert!(matches!(ticks.next().await, Some(Ok(_))));
+    assert!(matches!(short.next().await, Some(Ok(_))));
+    let pid = node.child.id().unwrap();
+    let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.unwrap();
+    assert!(term.success());
+    let signalled = Instant::now();
+    // Items keep coming during the grace.
+    for _ in 0..3 {
+        assert!(matches!(short.next().await, Some(Ok(_))), "a stream was cut at the drain's start");
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), past_items(&mut ticks))
+        .await
+        .expect("the stream hung through the drain");
+    let waited = signalled.elapsed();
+    let Some(Err(LabError::Rpc(Error::Unavailable { message, .. }))) = ended else { panic!("{ended:?}") };
+    assert!(message.contains("drain"), "{message}");
+    assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
+    assert!(terminate(&mut node.child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_mid_stream_fails_the_stream_fast() {
     let (mut node, conn) = node(&[]).await;

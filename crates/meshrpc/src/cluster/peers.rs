@@ -20,7 +20,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EWMA_TAU: Duration = Duration::from_secs(10);
 /// A peer's stream lane is looked at this often: once no call started on it since the last
-/// look, it closes when its last call ends (10–20 s after the last one started).
+/// look and none is in flight, it closes a second later (11–21 s after the last started).
 const LANE_IDLE: Duration = Duration::from_secs(10);
 /// After a stream lane could not be opened, streams share the peer's connection this long.
 const LANE_BACKOFF: Duration = Duration::from_secs(5);
@@ -367,7 +367,7 @@ impl Peer {
     fn activity(&self, conn: &Connection) -> (u64, bool) {
         let lane = self.lane.lock().unwrap().clone();
         let started = conn.calls_started() + lane.as_ref().map_or(0, |l| l.calls_started());
-        (started, conn.in_flight() > 0 || lane.is_some_and(|l| l.in_flight() > 0))
+        (started, conn.calls_in_flight() > 0 || lane.is_some_and(|l| l.calls_in_flight() > 0))
     }
 
     /// False when the peer proved an identity (mutual TLS) that does not carry `service`:
@@ -417,7 +417,7 @@ async fn close_when_idle(peer: std::sync::Weak<Peer>, lane: Connection) {
     let mut started = lane.calls_started();
     while tokio::time::timeout(LANE_IDLE, lane.unusable()).await.is_err() {
         let now = lane.calls_started();
-        if now == started && lane.in_flight() == 0 {
+        if now == started && lane.calls_in_flight() == 0 {
             break;
         }
         started = now;
@@ -429,7 +429,7 @@ async fn close_when_idle(peer: std::sync::Weak<Peer>, lane: Connection) {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    while lane.in_flight() > 0 && lane.state() != State::Closed {
+    while lane.calls_in_flight() > 0 && lane.state() != State::Closed {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     lane.close();

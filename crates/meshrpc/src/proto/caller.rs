@@ -77,6 +77,8 @@ pub struct CallerState<W, S> {
     started: u64,
     /// Pings among them.
     pings: u64,
+    /// Pings waiting for their pong (in `pending` with the calls).
+    pings_pending: usize,
     /// Calls in flight with a stream either way (their handle is set).
     streaming: usize,
 }
@@ -90,13 +92,15 @@ struct Waiting<W, S> {
     deadline: Option<Instant>,
     /// Our items' credit (`send`), the answer's items (`recv`, once its stream opened).
     flow: StreamFlow,
+    /// A keepalive ping, not a call.
+    ping: bool,
 }
 
 impl<W, S> Waiting<W, S> {
     fn new(waiter: W, deadline: Option<Instant>, stream: Option<S>, started: u64) -> Self {
         let mut flow = StreamFlow::new(started);
         flow.send = stream.is_some().then(SendWindow::default);
-        Waiting { waiter: Some(waiter), stream, deadline, flow }
+        Waiting { waiter: Some(waiter), stream, deadline, flow, ping: false }
     }
 }
 
@@ -142,6 +146,7 @@ impl<W, S> CallerState<W, S> {
             state: ConnState::Open,
             started: 0,
             pings: 0,
+            pings_pending: 0,
             streaming: 0,
         }
     }
@@ -159,6 +164,11 @@ impl<W, S> CallerState<W, S> {
     /// Calls waiting for an answer.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Calls waiting for an answer, pings not counted (a connection with none is idle).
+    pub fn calls_in_flight(&self) -> usize {
+        self.pending.len() - self.pings_pending
     }
 
     /// Calls started so far, pings not counted (a connection whose count stands still is
@@ -253,6 +263,10 @@ impl<W, S> CallerState<W, S> {
     pub fn start_ping(&mut self, waiter: W, deadline: Option<Instant>) -> Result<(Registered, Frame), Error> {
         let r = self.register(waiter, deadline, None)?;
         self.pings += 1;
+        if let Some(w) = self.pending.get_mut(&r.id) {
+            w.ping = true;
+            self.pings_pending += 1;
+        }
         Ok((r, Frame::Ping { id: r.id }))
     }
 
@@ -266,6 +280,7 @@ impl<W, S> CallerState<W, S> {
     fn take(&mut self, id: u64) -> Option<Waiting<W, S>> {
         let w = self.pending.remove(&id)?;
         self.streaming -= usize::from(w.stream.is_some());
+        self.pings_pending -= usize::from(w.ping);
         Some(w)
     }
 
@@ -408,6 +423,7 @@ impl<W, S> CallerState<W, S> {
         self.state = ConnState::Closed;
         self.deadlines.clear();
         self.streaming = 0;
+        self.pings_pending = 0;
         self.pending.drain().map(|(_, w)| (w.waiter, w.stream)).collect()
     }
 }

@@ -139,6 +139,7 @@ fn calls_and_answers_cross_split_at_every_offset() {
     assert!(!alone);
     let (p, f3) = caller.start_ping("ping", None).unwrap();
     let p = p.id;
+    assert_eq!((caller.in_flight(), caller.calls_in_flight()), (3, 2), "a ping is no call");
     let mut wire = BytesMut::new();
     for f in [&f1, &f2, &f3] {
         f.encode(&mut wire);
@@ -184,7 +185,7 @@ fn calls_and_answers_cross_split_at_every_offset() {
             ("ping", Ok(Reply::Ok(Bytes::new()))),
         ]
     );
-    assert_eq!(caller.in_flight(), 0);
+    assert_eq!((caller.in_flight(), caller.calls_in_flight()), (0, 0));
     let _ = (b, p);
 }
 

@@ -227,6 +227,12 @@ impl Connection {
         self.inner().proto.lock().unwrap().in_flight()
     }
 
+    /// Calls in flight on this connection, keepalive pings not counted.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        self.inner().proto.lock().unwrap().calls_in_flight()
+    }
+
     /// Calls started on this connection so far (keepalive pings not counted).
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn calls_started(&self) -> u64 {

@@ -282,6 +282,27 @@ async fn through_a_cluster_a_stream_takes_a_lane_of_its_own_and_gives_it_back_wh
     assert_eq!(connections_to(port), 2);
 }
 
+/// Asks the node to drain (SIGTERM); when it was asked.
+async fn drain(child: &mut tokio::process::Child) -> Instant {
+    let pid = child.id().unwrap();
+    let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.unwrap();
+    assert!(term.success());
+    Instant::now()
+}
+
+/// An endless stream runs on through the node's grace (1.5 s), then ends with
+/// `unavailable` naming the drain, and the node exits.
+async fn ends_with_the_drain(ticks: &mut Stream<u64, LabError>, signalled: Instant, child: &mut tokio::process::Child) {
+    let ended = tokio::time::timeout(Duration::from_secs(10), past_items(ticks))
+        .await
+        .expect("the stream hung through the drain");
+    let waited = signalled.elapsed();
+    let Some(Err(LabError::Rpc(Error::Unavailable { message, .. }))) = ended else { panic!("{ended:?}") };
+    assert!(message.contains("drain"), "{message}");
+    assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
+    assert!(terminate(child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");
+}
+
 /// A replica that drains lets the streams on a cluster caller's lane run through its grace
 /// (the lane is not closed under them), as on a bare connection.
 #[tokio::test(flavor = "multi_thread")]
@@ -296,23 +317,13 @@ async fn through_a_cluster_a_draining_replica_lets_the_streams_on_the_lane_finis
     let mut short = client.ticks(100).await.unwrap();
     assert!(matches!(ticks.next().await, Some(Ok(_))));
     assert!(matches!(short.next().await, Some(Ok(_))));
-    let pid = node.child.id().unwrap();
-    let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.unwrap();
-    assert!(term.success());
-    let signalled = Instant::now();
+    let signalled = drain(&mut node.child).await;
     // Items keep coming during the grace.
     for _ in 0..3 {
         let next = tokio::time::timeout(Duration::from_secs(5), short.next()).await.expect("the stream stalled");
         assert!(matches!(next, Some(Ok(_))), "a stream was cut at the drain's start: {next:?}");
     }
-    let ended = tokio::time::timeout(Duration::from_secs(10), past_items(&mut ticks))
-        .await
-        .expect("the stream hung through the drain");
-    let waited = signalled.elapsed();
-    let Some(Err(LabError::Rpc(Error::Unavailable { message, .. }))) = ended else { panic!("{ended:?}") };
-    assert!(message.contains("drain"), "{message}");
-    assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
-    assert!(terminate(&mut node.child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");
+    ends_with_the_drain(&mut ticks, signalled, &mut node.child).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -337,11 +348,7 @@ async fn a_draining_replica_ends_open_streams_with_unavailable_after_its_grace()
     let mut ticks = client.ticks(10).await.unwrap();
     let mut short = client.count(0, 3, 0).await.unwrap();
     assert!(matches!(ticks.next().await, Some(Ok(_))));
-    let child = &mut node.child;
-    let pid = child.id().unwrap();
-    let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await.unwrap();
-    assert!(term.success());
-    let signalled = Instant::now();
+    let signalled = drain(&mut node.child).await;
     // A stream that ends by itself within the grace completes.
     let mut got = Vec::new();
     while let Some(item) = short.next().await {
@@ -349,14 +356,7 @@ async fn a_draining_replica_ends_open_streams_with_unavailable_after_its_grace()
     }
     assert_eq!(got, [0, 1, 2]);
     // The endless one runs on through the grace, then ends with `unavailable`.
-    let ended = tokio::time::timeout(Duration::from_secs(10), past_items(&mut ticks))
-        .await
-        .expect("the stream hung through the drain");
-    let waited = signalled.elapsed();
-    let Some(Err(LabError::Rpc(Error::Unavailable { message, .. }))) = ended else { panic!("{ended:?}") };
-    assert!(message.contains("drain"), "{message}");
-    assert!(waited >= Duration::from_millis(900), "ended before the grace: {waited:?}");
-    assert!(terminate(child, Duration::from_secs(10)).await.is_some(), "the node exits after its drain");
+    ends_with_the_drain(&mut ticks, signalled, &mut node.child).await;
 }
 
 /// The caller's producer of items is held back by the node's credit: while the handler

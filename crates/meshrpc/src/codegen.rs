@@ -101,7 +101,7 @@ where
     E: From<Error>,
     F: std::future::Future<Output = Result<T, E>> + Unpin,
 {
-    let now = std::time::Instant::now();
+    let now = crate::clock::now();
     ColocatedCall::new(channel.call_context_at(false, now), now, service, method, call)
 }
 
@@ -119,7 +119,7 @@ where
     E: From<Error>,
     F: std::future::Future<Output = Result<crate::Stream<T, TE>, E>> + Unpin,
 {
-    let now = std::time::Instant::now();
+    let now = crate::clock::now();
     let ctx = channel.call_context_at(true, now);
     let deadline = ctx.deadline;
     // A stream is one call: it stays in flight until the stream ends.

@@ -56,7 +56,7 @@ impl CallContext {
 
     /// Time left before the deadline (`None`: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        self.deadline.map(|d| d.saturating_duration_since(crate::clock::now()))
     }
 
     /// The W3C `traceparent` of this hop: `00-<trace id>-<span id>-01`.
@@ -103,8 +103,8 @@ pub(crate) fn new_span_id() -> u64 {
 fn process_seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SEED.get_or_init(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let mut z = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+        let nanos = crate::clock::entropy(crate::clock::wall_ns);
+        let mut z = nanos ^ (u64::from(std::process::id()) << 32);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         (z ^ (z >> 31)) | 1

@@ -89,6 +89,7 @@
 mod admission;
 pub mod call;
 pub mod client;
+mod clock;
 mod codec;
 mod codegen;
 mod context;
@@ -147,6 +148,13 @@ pub use stream::{Stream, StreamSender};
 pub use transport::connect;
 #[cfg(feature = "tls")]
 pub use transport::TlsConfig;
+
+/// Hooks for a deterministic simulation of a mesh in one process (`sim/`): see
+/// [`transport::Network`] for the sockets; the monotonic clock is tokio's already.
+#[doc(hidden)]
+pub mod simulation {
+    pub use crate::clock::install;
+}
 
 /// What most programs need, in one `use meshrpc::prelude::*;`.
 pub mod prelude {

@@ -197,7 +197,7 @@ impl RequestLog {
         if self.stats.is_none() && self.line.is_none() {
             return; // nothing counts it: no clock read
         }
-        let micros = self.start.elapsed().as_micros() as u64;
+        let micros = crate::clock::since(self.start).as_micros() as u64;
         if let Some(stats) = &self.stats {
             stats.record(micros, status);
         }
@@ -296,7 +296,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.say();
         if let Some(log) = self.log.take() {
-            let cut = log.deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
+            let cut = log.deadline.is_some_and(|d| crate::clock::now() + DEADLINE_SLACK >= d);
             log.end_with(if cut { "timeout" } else { "cancelled" });
         }
     }
@@ -323,7 +323,7 @@ impl<T, E> futures_core::Stream for CountedTyped<T, E> {
                 return next;
             }
             Poll::Ready(None) => "ok",
-            Poll::Ready(Some(Err(_))) if self.deadline.is_some_and(|d| Instant::now() >= d) => "timeout",
+            Poll::Ready(Some(Err(_))) if self.deadline.is_some_and(|d| crate::clock::now() >= d) => "timeout",
             Poll::Ready(Some(Err(_))) => "application",
         };
         if let Some(log) = self.log.take() {

@@ -25,7 +25,7 @@ impl Throttle {
     /// Calls `log` with the number of occurrences left out since the last line, at most
     /// once per period; otherwise counts this one as left out.
     pub(crate) fn log(&self, log: impl FnOnce(u64)) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut last = self.last.lock().unwrap();
         if last.is_some_and(|t| now.duration_since(t) < self.period) {
             self.held.fetch_add(1, Ordering::Relaxed);
@@ -49,7 +49,7 @@ mod tests {
             throttle.log(|left_out| lines.push(left_out));
         }
         assert_eq!(lines, vec![0]);
-        *throttle.last.lock().unwrap() = Some(Instant::now() - Duration::from_secs(3601));
+        *throttle.last.lock().unwrap() = Some(crate::clock::now() - Duration::from_secs(3601));
         throttle.log(|left_out| lines.push(left_out));
         assert_eq!(lines, vec![0, 999]);
     }

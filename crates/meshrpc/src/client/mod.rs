@@ -150,7 +150,7 @@ impl Channel {
     /// The context a call through this channel runs in: the sooner of its timeout and the
     /// deadline of the call being served, and that call's trace (or a new one).
     pub fn call_context(&self, streaming: bool) -> CallContext {
-        self.call_context_at(streaming, Instant::now())
+        self.call_context_at(streaming, crate::clock::now())
     }
 
     /// [`call_context`](Self::call_context) as of `now`.

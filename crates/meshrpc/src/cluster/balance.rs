@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let tau = Duration::from_secs(1);
         let mut e = PeakEwma::new(Duration::from_micros(100), tau, t0);
         e.observe(Duration::from_millis(10), t0);

@@ -4,7 +4,7 @@
 use std::{
     net::{SocketAddr, ToSocketAddrs, UdpSocket},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use super::{gossip::Membership, maintain, peers::Peers, Cluster, GossipConfig, Inner, Member, Policy, DEFAULT_PORT};
@@ -14,6 +14,7 @@ use crate::{
     middleware::DispatchService,
     middleware::DynLayer,
     server::Server,
+    transport::Network,
     server::ServerConfig,
 };
 
@@ -35,11 +36,31 @@ pub struct ClusterBuilder {
     pub(super) colocated: super::Colocated,
     pub(super) resilience: super::Resilience,
     pub(super) subset: usize,
+    pub(super) network: Option<NetworkSeam>,
     #[cfg(feature = "tls")]
     pub(super) credentials: super::security::Credentials,
 }
 
+/// The [`Network`] a node runs on, if not the operating system's.
+#[derive(Clone)]
+pub(super) struct NetworkSeam(Arc<dyn Network>);
+
+impl std::fmt::Debug for NetworkSeam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetworkSeam")
+    }
+}
+
 impl ClusterBuilder {
+    /// Runs the node on `network` instead of the operating system's sockets: its mesh
+    /// port, its connections to peers and its gossip (a simulated network: `sim/`). The
+    /// listen address and seeds are then addresses on that network; such a node has no
+    /// TLS, no admin port and no HTTP on its mesh port.
+    pub fn network(mut self, network: Arc<dyn Network>) -> Self {
+        self.network = Some(NetworkSeam(network));
+        self
+    }
+
     /// The namespace: nodes with different tags do not see each other
     /// (`MESHRPC_CLUSTER_TAGNAME`). Default `meshrpc`.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
@@ -199,9 +220,21 @@ impl ClusterBuilder {
         let gossips = self.listen.is_some() || tls.as_ref().is_none_or(|t| t.gossip_key().is_some());
         #[cfg(not(feature = "tls"))]
         let gossips = true;
+        let network = self.network.as_ref().map(|n| n.0.clone());
+        #[cfg(feature = "tls")]
+        if network.is_some() && tls.is_some() {
+            return Err(Error::bad_request("a node on a simulated network has no TLS"));
+        }
         let (server, gossip_bind, mesh_addr) = match &self.listen {
             Some(listen) => {
-                let server = bind_tcp_and_udp(listen).await?.with_config(self.server);
+                let server = match &network {
+                    None => bind_tcp_and_udp(listen).await?,
+                    Some(network) => {
+                        let addr = listen.parse().map_err(|_| Error::bad_request(format!("listen address {listen}")))?;
+                        Server::listening_on(network.listen(addr).await.map_err(|e| Error::from(e).context("bind"))?)
+                    }
+                }
+                .with_config(self.server);
                 #[cfg(feature = "tls")]
                 let server = match (&tls, &access) {
                     (Some(tls), access) => {
@@ -235,7 +268,10 @@ impl ClusterBuilder {
             None => {
                 // A client-only node still gossips (to learn the view) on a free UDP port.
                 let ip = self.advertise.unwrap_or_else(|| self.advertise_ip_guess());
-                let port = UdpSocket::bind((ip, 0))?.local_addr()?.port();
+                let port = match &network {
+                    None => UdpSocket::bind((ip, 0))?.local_addr()?.port(),
+                    Some(network) => network.bind_datagrams(SocketAddr::new(ip, 0)).await?.local_addr().port(),
+                };
                 (None, SocketAddr::new(ip, port), None)
             }
         };
@@ -253,6 +289,7 @@ impl ClusterBuilder {
                 self.seeds.clone(),
                 &self.gossip,
                 &security,
+                network.as_ref(),
             )
             .await?;
             (membership, None)
@@ -261,6 +298,7 @@ impl ClusterBuilder {
             (membership, Some(view))
         };
         let admin = match (&self.admin, &server) {
+            (Some(_), _) if network.is_some() => return Err(Error::bad_request("a node on a simulated network has no admin port")),
             (Some(addr), Some(_)) => Some(super::admin::Admin::bind(addr).await?),
             (Some(_), None) => return Err(Error::bad_request("a client-only node has no admin port")),
             (None, _) => None,
@@ -281,15 +319,15 @@ impl ClusterBuilder {
             rules,
             seeds: self.seeds.clone(),
             #[cfg(feature = "tls")]
-            peers: Peers::new(&name, self.server.compress, tls.clone()),
+            peers: Peers::new(&name, self.server.compress, network.clone(), tls.clone()),
             #[cfg(not(feature = "tls"))]
-            peers: Peers::new(&name, self.server.compress),
+            peers: Peers::new(&name, self.server.compress, network.clone()),
             policy: self.policy,
             balancers: Mutex::default(),
             shutdown: server.as_ref().map(Server::shutdown_handle),
             server: Mutex::new(server),
             drain_grace: self.drain_grace.max(self.gossip.interval * 3),
-            started: Instant::now(),
+            started: crate::clock::now(),
             admin: Mutex::new(admin),
             admin_addr,
             #[cfg(feature = "tls")]

@@ -66,7 +66,7 @@ impl<'n> Route<'n> {
         fingerprint: Option<String>,
         spec: Option<&'static ServiceSpec>,
     ) -> Route<'n> {
-        inner.policies.budget.deposit(Instant::now());
+        inner.policies.budget.deposit(crate::clock::now());
         Route {
             inner,
             balancer: inner.balancer(&call.service),
@@ -100,7 +100,7 @@ impl<'n> Route<'n> {
             let mirror = (self.tried.len() == 1)
                 .then(|| super::traffic::mirror(self.inner, &view, &self.call, member, self.fingerprint.as_deref()))
                 .flatten();
-            let start = Instant::now();
+            let start = crate::clock::now();
             let edge = self.record(member, start);
             let (answer, answered_by) = self.attempt(pending, peer).await;
             if let Some(mirror) = mirror {
@@ -168,7 +168,7 @@ impl<'n> Route<'n> {
         }
         let policy = MethodPolicy::of(member, &self.call);
         if let Some(timeout) = policy.timeout {
-            let own = Instant::now() + timeout;
+            let own = crate::clock::now() + timeout;
             self.call.deadline = Some(self.call.deadline.map_or(own, |d| d.min(own)));
         }
         self.policy = Some(policy);
@@ -223,7 +223,7 @@ impl<'n> Route<'n> {
         }
         let limit = inner.policies.settings.attempt_timeout.filter(|_| policy.idempotent);
         let answer = match limit {
-            Some(limit) if self.call.deadline.is_none_or(|d| Instant::now() + limit < d) => {
+            Some(limit) if self.call.deadline.is_none_or(|d| crate::clock::now() + limit < d) => {
                 match tokio::time::timeout(limit, pending.answer()).await {
                     Ok(answer) => answer.map_err(|e| (e, Reached::Sent)),
                     Err(_) => Err((Error::Timeout, Reached::TimedOut)),
@@ -249,7 +249,7 @@ impl<'n> Route<'n> {
         let idempotent = self.policy.is_some_and(|p| p.idempotent) && self.inner.policies.settings.retries;
         match answer {
             Ok(reply) => {
-                by.observe(start.elapsed());
+                by.observe(crate::clock::since(start));
                 Next::Answer(Ok(reply))
             }
             Err((e, reached)) if may_retry(&e, reached, idempotent) => {
@@ -266,13 +266,13 @@ impl<'n> Route<'n> {
     async fn before_retry(&mut self) -> Result<(), Error> {
         let (inner, call) = (self.inner, &self.call);
         let stats = &inner.policies.stats;
-        let refused = if !inner.policies.budget.withdraw(Instant::now()) {
+        let refused = if !inner.policies.budget.withdraw(crate::clock::now()) {
             Counters::add(&stats.retries_refused);
             tracing::debug!(service = %call.service, method = %call.method, "retry budget spent: not retrying");
             Some(Error::unavailable("retry budget spent"))
         } else {
             let pause = backoff(self.sent as u32, inner.traffic.random());
-            if call.deadline.is_some_and(|d| Instant::now() + pause >= d) {
+            if call.deadline.is_some_and(|d| crate::clock::now() + pause >= d) {
                 Some(Error::Timeout)
             } else {
                 tokio::time::sleep(pause).await;

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     pin::pin,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use super::{
@@ -91,12 +91,12 @@ pub(super) async fn hedged(
     tried: &mut Vec<SocketAddr>,
 ) -> Answered {
     let latencies = inner.hedging.latencies(&call.service, &call.method);
-    let started = Instant::now();
+    let started = crate::clock::now();
     let delay = latencies.lock().unwrap().p95().map(|p95| p95.max(inner.policies.settings.min_hedge_delay));
     let mut first = pin!(first.answer());
     let record = |peer: Arc<Peer>, answer: Result<Reply, Error>| {
         if answer.is_ok() {
-            latencies.lock().unwrap().record(started.elapsed());
+            latencies.lock().unwrap().record(crate::clock::since(started));
         }
         (answer.map_err(|e| (e, Reached::Sent)), peer)
     };
@@ -108,7 +108,7 @@ pub(super) async fn hedged(
         answer = &mut first => return record(peer, answer),
         () = tokio::time::sleep(delay) => {}
     }
-    if !inner.policies.budget.withdraw(Instant::now()) {
+    if !inner.policies.budget.withdraw(crate::clock::now()) {
         Counters::add(&inner.policies.stats.retries_refused);
         let answer = first.await;
         return record(peer, answer);

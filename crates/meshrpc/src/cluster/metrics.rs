@@ -76,7 +76,7 @@ impl Cluster {
             let conn = self.inner.peers.get(addr).connection().await?;
             let payload = serde_json::to_vec(&args).unwrap_or_default();
             let mut call = crate::call::Call::new(crate::spec::NODE_SERVICE, method, payload.into());
-            call.deadline = Some(Instant::now() + timeout);
+            call.deadline = Some(crate::clock::now() + timeout);
             match conn.send_call(call)?.answer().await? {
                 crate::call::Reply::Ok(bytes) => crate::codec::Codec::Json.decode(&bytes),
                 _ => Err(crate::error::Error::Protocol {
@@ -154,7 +154,7 @@ impl Cluster {
         let members: Vec<Member> = self.members().into_iter().filter(|m| m.addr.is_some() || m.is_self).collect();
         let asks = members.iter().map(|m| self.node_stats(m, timeout));
         let results = futures_util::future::join_all(asks).await;
-        MeshSnapshot { at: Instant::now(), nodes: members.into_iter().zip(results).collect() }
+        MeshSnapshot { at: crate::clock::now(), nodes: members.into_iter().zip(results).collect() }
     }
 }
 

@@ -165,6 +165,7 @@ impl Cluster {
             colocated: Colocated::default(),
             resilience: Resilience::default(),
             subset: 0,
+            network: None,
             #[cfg(feature = "tls")]
             credentials: Default::default(),
         }
@@ -314,7 +315,7 @@ impl Cluster {
     /// retries, hedges, ejected replicas, the retry budget left.
     pub fn resilience_stats(&self) -> ResilienceStats {
         let inner = &self.inner;
-        let now = Instant::now();
+        let now = crate::clock::now();
         let counters = &inner.policies.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let view = inner.membership.view();
@@ -408,7 +409,7 @@ impl Cluster {
 
     /// How long this node has been up.
     pub fn uptime(&self) -> Duration {
-        self.inner.started.elapsed()
+        crate::clock::since(self.inner.started)
     }
 
     /// Pings one replica of `service`; returns the round trip.
@@ -419,14 +420,14 @@ impl Cluster {
     /// Waits until every listed service has a compatible replica that answers a ping.
     /// The error names the services still missing at the deadline.
     pub async fn wait_for(&self, specs: &[&'static ServiceSpec], timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::now() + timeout;
         let mut missing: Vec<&ServiceSpec> = specs.to_vec();
         let mut view = self.inner.membership.watch();
         loop {
             let mut still = Vec::new();
             for spec in missing {
                 let fp = spec.fingerprint();
-                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+                let left = deadline.saturating_duration_since(crate::clock::now()).min(Duration::from_secs(1));
                 if self.inner.ping(spec.name, Some(&fp), left).await.is_err() {
                     still.push(spec);
                 }
@@ -435,7 +436,7 @@ impl Cluster {
             if missing.is_empty() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if crate::clock::now() >= deadline {
                 let names: Vec<_> = missing.iter().map(|s| s.name).collect();
                 let unfetched: Vec<String> = self
                     .unfetched_method_lists()
@@ -605,7 +606,7 @@ fn close_unused_outside_subsets(inner: &Inner, view: &View) {
         return;
     }
     let keep = subsets(inner, view, &called(inner));
-    let closed = inner.peers.close_unused_outside(&keep, UNUSED_OUTSIDE_SUBSETS, Instant::now());
+    let closed = inner.peers.close_unused_outside(&keep, UNUSED_OUTSIDE_SUBSETS, crate::clock::now());
     if closed > 0 {
         tracing::debug!(closed, "connections outside this caller's subsets, unused, closed");
     }
@@ -628,7 +629,7 @@ fn connect_ahead(inner: &Inner, view: &View) {
             && subsets.as_ref().is_none_or(|addrs| addrs.contains(&addr));
         if calls_it && started < CONNECT_AHEAD_PER_ROUND {
             let peer = inner.peers.get(addr);
-            if peer.open_conn().is_none() && peer.pickable("", Instant::now()).is_some() {
+            if peer.open_conn().is_none() && peer.pickable("", crate::clock::now()).is_some() {
                 peer.probe();
                 started += 1;
             }

@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_and_ejections_grow_until_forgiven() {
         let settings = Ejection::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut a = Accrual::default();
         for _ in 0..4 {
             a.record(false);
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn a_success_rate_far_below_the_peers_ejects() {
         let settings = Ejection::default();
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut a = Accrual::default();
         for i in 0..19 {
             a.record(i % 2 == 0);
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn on_probation_a_few_calls_are_enough() {
         let settings = Ejection::default();
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut a = Accrual::default();
         a.eject(&settings, now);
         let later = now + Duration::from_secs(6);

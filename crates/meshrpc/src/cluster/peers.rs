@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     identity::Identity,
     proto::ConnState as State,
-    transport::{ConnectOptions, Connection},
+    transport::{ConnectOptions, Connection, Network},
 };
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -28,7 +28,20 @@ const LANE_BACKOFF: Duration = Duration::from_secs(5);
 /// Every peer this node has talked to, by mesh address.
 pub(crate) struct Peers {
     map: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    dial: Arc<Dial>,
+}
+
+/// How this node connects to its peers: its options, over its network.
+struct Dial {
     options: ConnectOptions,
+    /// None: the operating system's.
+    network: Option<Arc<dyn Network>>,
+}
+
+impl Dial {
+    async fn to(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        crate::transport::connect_through(self.network.as_ref(), addr, self.options.clone()).await
+    }
 }
 
 impl Peers {
@@ -36,6 +49,7 @@ impl Peers {
     pub(crate) fn new(
         caller: &str,
         compress: bool,
+        network: Option<Arc<dyn Network>>,
         #[cfg(feature = "tls")] tls: Option<crate::transport::TlsConfig>,
     ) -> Self {
         // Peers are on the same network: a connect that takes a second is not coming, and
@@ -50,11 +64,11 @@ impl Peers {
             tls,
             ..ConnectOptions::default()
         };
-        Peers { map: Mutex::default(), options }
+        Peers { map: Mutex::default(), dial: Arc::new(Dial { options, network }) }
     }
 
     pub(crate) fn get(&self, addr: SocketAddr) -> Arc<Peer> {
-        self.map.lock().unwrap().entry(addr).or_insert_with(|| Arc::new(Peer::new(addr, self.options.clone()))).clone()
+        self.map.lock().unwrap().entry(addr).or_insert_with(|| Arc::new(Peer::new(addr, self.dial.clone()))).clone()
     }
 
     /// Why the last connection attempt to `addr` failed, if it did and none succeeded since.
@@ -75,7 +89,7 @@ impl Peers {
     pub(crate) async fn once(&self, addr: SocketAddr) -> Result<Connection, Error> {
         match self.connected(addr) {
             Some(conn) => Ok(conn),
-            None => Connection::connect(addr, self.options.clone()).await,
+            None => self.dial.to(addr).await,
         }
     }
 
@@ -133,7 +147,7 @@ pub(crate) struct Pickable {
 /// One peer: its connection (if any), backoff and observed latency.
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
-    options: ConnectOptions,
+    dial: Arc<Dial>,
     conn: Mutex<Option<Connection>>,
     /// The stream lane: a second connection for calls that stream (see
     /// [`stream_connection`](Self::stream_connection)), open while they run.
@@ -171,10 +185,10 @@ struct Health {
 }
 
 impl Peer {
-    fn new(addr: SocketAddr, options: ConnectOptions) -> Peer {
+    fn new(addr: SocketAddr, dial: Arc<Dial>) -> Peer {
         Peer {
             addr,
-            options,
+            dial,
             conn: Mutex::new(None),
             lane: Mutex::new(None),
             lane_connecting: tokio::sync::Mutex::new(()),
@@ -184,12 +198,12 @@ impl Peer {
             failed_connects: std::sync::atomic::AtomicU64::new(0),
             refused: Mutex::new(None),
             identity: Mutex::new(None),
-            quiet: Mutex::new((0, Instant::now())),
+            quiet: Mutex::new((0, crate::clock::now())),
             given_back: std::sync::atomic::AtomicBool::new(false),
             health: Mutex::new(Health {
                 down_until: None,
                 failures: 0,
-                ewma: PeakEwma::new(Duration::from_millis(1), EWMA_TAU, Instant::now()),
+                ewma: PeakEwma::new(Duration::from_millis(1), EWMA_TAU, crate::clock::now()),
                 accruals: Vec::new(),
                 ejected_until: None,
             }),
@@ -224,7 +238,7 @@ impl Peer {
 
     pub(crate) fn observe(&self, rtt: Duration) {
         let mut h = self.health.lock().unwrap();
-        h.ewma.observe(rtt, Instant::now());
+        h.ewma.observe(rtt, crate::clock::now());
         h.failures = 0;
     }
 
@@ -292,10 +306,10 @@ impl Peer {
                 self.addr
             )));
         }
-        match Connection::connect(self.addr, self.options.clone()).await {
+        match self.dial.to(self.addr).await {
             Ok(conn) => {
                 *self.conn.lock().unwrap() = Some(conn.clone());
-                *self.quiet.lock().unwrap() = (0, Instant::now());
+                *self.quiet.lock().unwrap() = (0, crate::clock::now());
                 self.identity.lock().unwrap().clone_from(&conn.peer_identity().cloned());
                 self.health.lock().unwrap().down_until = None;
                 *self.refused.lock().unwrap() = None;
@@ -339,7 +353,7 @@ impl Peer {
         if let Some(lane) = self.open_lane() {
             return lane;
         }
-        let refused = || self.lane_refused_until.lock().unwrap().is_some_and(|t| t > Instant::now());
+        let refused = || self.lane_refused_until.lock().unwrap().is_some_and(|t| t > crate::clock::now());
         if refused() {
             return main;
         }
@@ -350,11 +364,11 @@ impl Peer {
         if refused() {
             return main; // the attempt this call waited for failed
         }
-        let lane = match Connection::connect(self.addr, self.options.clone()).await {
+        let lane = match self.dial.to(self.addr).await {
             Ok(lane) => lane,
             Err(e) => {
                 tracing::debug!(peer = %self.addr, error = %e, "no stream lane: streams share the connection");
-                *self.lane_refused_until.lock().unwrap() = Some(Instant::now() + LANE_BACKOFF);
+                *self.lane_refused_until.lock().unwrap() = Some(crate::clock::now() + LANE_BACKOFF);
                 return main;
             }
         };
@@ -396,7 +410,7 @@ impl Peer {
         let mut h = self.health.lock().unwrap();
         h.failures = h.failures.saturating_add(1);
         let backoff = BACKOFF_MIN.saturating_mul(1 << h.failures.min(5).saturating_sub(1)).min(BACKOFF_MAX);
-        h.down_until = Some(Instant::now() + backoff);
+        h.down_until = Some(crate::clock::now() + backoff);
     }
 
     fn close(&self) {

@@ -250,7 +250,9 @@ pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sy
         tokio::spawn(async move {
             let book = node.membership.book.clone();
             let mut from = from;
-            let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &key);
+            let start = crate::clock::entropy(|| {
+                std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &key)
+            });
             let len = from.len().max(1);
             from.rotate_left(start as usize % len);
             from.sort_by_key(|addr| node.peers.connected(*addr).is_none());
@@ -290,7 +292,7 @@ pub(super) async fn fetch_method_lists(inner: Weak<Inner>, mut wanted: tokio::sy
 async fn ask_methods(inner: &Inner, addr: SocketAddr, key: &ListKey) -> Result<String, Error> {
     let payload = bytes::Bytes::from(serde_json::to_vec(key).map_err(|e| Error::internal(e.to_string()))?);
     let mut call = Call::new(crate::spec::NODE_SERVICE, "methods", payload);
-    call.deadline = Some(std::time::Instant::now() + ASK_TIMEOUT);
+    call.deadline = Some(crate::clock::now() + ASK_TIMEOUT);
     let codec = call.codec;
     let conn = inner.peers.once(addr).await?;
     // With mutual TLS, only a node whose certificate proves the service answers for it.

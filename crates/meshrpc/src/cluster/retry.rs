@@ -47,7 +47,7 @@ struct Counts {
 impl Budget {
     pub(super) fn new(settings: RetryBudget) -> Budget {
         let slot = (settings.window / SLOTS as u32).max(Duration::from_millis(1));
-        let now = Instant::now();
+        let now = crate::clock::now();
         Budget {
             settings,
             slot,
@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn retries_are_bounded_by_a_share_of_calls_plus_a_floor() {
         let budget = Budget::new(RetryBudget { ratio: 0.2, min_per_second: 1, window: Duration::from_secs(10) });
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         for _ in 0..1000 {
             budget.deposit(t0);
         }

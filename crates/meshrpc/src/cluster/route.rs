@@ -89,7 +89,7 @@ impl Inner {
         tried: &[SocketAddr],
         key: Option<&str>,
     ) -> Option<(&'v Member, Option<Arc<Peer>>)> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let with_ejection = self.policies.settings.ejection.is_some();
         // Ordered by the caller's preference only when subsetting is on: no allocation
         // on the common path.
@@ -177,7 +177,7 @@ impl Inner {
             callers,
             &ids,
             self.subset,
-            Instant::now(),
+            crate::clock::now(),
         );
         order.into_iter().map(|i| members[i]).collect()
     }
@@ -199,7 +199,7 @@ impl Inner {
     pub(super) fn judge(&self, of: Replicas<'_>, view: &View, peer: &Peer, service: &str, outcome: Result<(), &Error>) {
         let Some(settings) = &self.policies.settings.ejection else { return };
         let Some(ok) = judged(outcome) else { return };
-        let now = Instant::now();
+        let now = crate::clock::now();
         let Some(accrual) = peer.accrual(service, |a| {
             a.record(ok);
             (!ok).then(|| a.clone())
@@ -424,7 +424,7 @@ impl HttpReplica {
     /// its answers outlier ejection, as for mesh calls (a 5xx is a failure; past the
     /// policy's threshold the replica is not picked for a while).
     pub fn answered(&self, status: u16) {
-        self.peer.observe(self.start.elapsed());
+        self.peer.observe(crate::clock::since(self.start));
         let failed = match status {
             // Overloaded says nothing about the replica's health, as for mesh calls.
             503 => Some(Error::Overloaded { message: "HTTP 503".into() }),
@@ -488,7 +488,7 @@ impl Cluster {
         }
         let addr = member.addr.ok_or_else(|| Error::unavailable(format!("{} has no mesh address", member.id)))?;
         let mut call = crate::call::Call::new(crate::spec::NODE_SERVICE, "policies", bytes::Bytes::from_static(b"{}"));
-        call.deadline = Some(std::time::Instant::now() + timeout);
+        call.deadline = Some(crate::clock::now() + timeout);
         let codec = call.codec;
         let attempt = async {
             match self.inner.peers.once(addr).await?.send_call(call)?.answer().await? {
@@ -527,7 +527,7 @@ impl Cluster {
                     continue;
                 }
             }
-            return Ok(HttpReplica { addr, peer, start: Instant::now(), name: name.to_owned(), inner: inner.clone() });
+            return Ok(HttpReplica { addr, peer, start: crate::clock::now(), name: name.to_owned(), inner: inner.clone() });
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable(format!("no reachable replica serves HTTP for `{name}`"))))
     }

@@ -7,7 +7,7 @@ use std::{
     collections::BTreeSet,
     path::PathBuf,
     sync::{Arc, Mutex, Weak},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -201,7 +201,7 @@ pub(super) async fn watch(inner: Weak<Inner>) {
 
 fn warn_if_expiring(tls: &TlsConfig, now: bool) {
     let identity = tls.identity();
-    let Some(left) = identity.expires_in(SystemTime::now()) else { return };
+    let Some(left) = identity.expires_in(crate::clock::wall()) else { return };
     if left > EXPIRY_WARNING {
         return;
     }

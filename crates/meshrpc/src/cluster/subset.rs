@@ -157,7 +157,7 @@ mod tests {
         let all: Vec<&str> = names.iter().map(String::as_str).collect();
         let callers = ["c0", "c1", "c2", "c3"];
         let mut seen = Seen::default();
-        let t0 = std::time::Instant::now();
+        let t0 = crate::clock::now();
         let first = seen.preference("lab", ("caller", "c2"), callers.iter().copied(), &all, 4, t0);
         let subset: Vec<&str> = first[..4].iter().map(|&i| all[i]).collect();
         // A view without caller c0 and without one replica of the subset, a moment later.

@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Weak,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use super::{
@@ -135,7 +135,7 @@ pub(super) struct Traffic {
 
 impl Default for Traffic {
     fn default() -> Self {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let seed = crate::clock::entropy(crate::clock::wall_ns);
         Traffic {
             rng: AtomicU64::new(seed),
             any_split: Default::default(),
@@ -235,7 +235,7 @@ impl Cluster {
     /// A rule newer than any seen, even if this node's clock is behind.
     fn new_rule(&self, seen: Option<&Split>, weights: Vec<(String, u32)>) -> Split {
         let seen = seen.map_or(0, |s| s.set_ms);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now = crate::clock::wall_ms();
         Split { set_ms: now.max(seen.saturating_add(1)), set_by: self.inner.name.clone(), weights, proof: None }
     }
 
@@ -257,7 +257,7 @@ impl Cluster {
         let mut last = Error::unavailable("no serving node to hand the rule to");
         for addr in nodes {
             let mut call = Call::new(crate::spec::NODE_SERVICE, "rule", payload.clone());
-            call.deadline = Some(std::time::Instant::now() + Duration::from_secs(5));
+            call.deadline = Some(crate::clock::now() + Duration::from_secs(5));
             let answer = async { self.inner.peers.get(addr).connection().await?.send_call(call)?.answer().await };
             match answer.await {
                 Ok(Reply::Ok(set_by)) => {
@@ -455,7 +455,7 @@ pub(super) fn mirror(
     let mut copy = call.clone();
     copy.version = Some(Arc::from(version.as_str()));
     // A copy never waits longer than a call's default timeout, whatever the real one's.
-    let cap = std::time::Instant::now() + crate::client::DEFAULT_TIMEOUT;
+    let cap = crate::clock::now() + crate::client::DEFAULT_TIMEOUT;
     copy.deadline = Some(copy.deadline.map_or(cap, |d| d.min(cap)));
     copy.key = None;
     let (real_tx, real_rx) = tokio::sync::oneshot::channel();

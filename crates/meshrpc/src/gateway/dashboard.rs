@@ -18,7 +18,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use axum::{
@@ -182,7 +182,7 @@ async fn gather(shared: Arc<Shared>) {
             let mut running = shared.gathering.lock().unwrap();
             if shared.open.load(Ordering::Acquire) > 0 {
                 idle_since = None;
-            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
+            } else if crate::clock::since(*idle_since.get_or_insert_with(crate::clock::now)) >= LINGER {
                 *running = false;
                 // The next dashboard, maybe hours from now, must not see this one's mesh.
                 shared.latest.send_replace(None);
@@ -191,7 +191,7 @@ async fn gather(shared: Arc<Shared>) {
         }
         let after = cluster.gather_stats(NODE_TIMEOUT).await;
         let mut now = snapshot(cluster, &before, &after);
-        memory.update(&mut now, Instant::now());
+        memory.update(&mut now, crate::clock::now());
         if let Ok(data) = serde_json::to_string(&now) {
             shared.latest.send_replace(Some(data.into()));
         }
@@ -286,7 +286,7 @@ fn snapshot(
     before: &crate::cluster::MeshSnapshot,
     after: &crate::cluster::MeshSnapshot,
 ) -> Snapshot {
-    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let now_s = crate::clock::wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let nodes: Vec<NodeView> = after
         .nodes
         .iter()
@@ -325,7 +325,7 @@ fn snapshot(
         })
         .collect();
     let edges = edges(before, after).into_iter().filter(|e| e.from != "meshrpc-cli").collect();
-    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let at_ms = crate::clock::wall_ms();
     Snapshot { at_ms, nodes, services, methods, edges, history: BTreeMap::new() }
 }
 
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn a_node_gone_without_draining_stays_lost_for_a_while_and_a_drained_one_leaves() {
         let mut memory = Memory::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let both = || vec![node("a", MemberState::Serving), node("b", MemberState::Draining)];
         memory.update(&mut snapshot(both()), t0);
         // One more serving node drains and leaves between two gatherings: seen in the view.

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -195,7 +195,7 @@ async fn serve(shared: &Arc<Shared>, admission: Admission, req: Request, service
         service: Cow::Owned(service.to_owned()),
         method: Cow::Owned(method.to_owned()),
         codec: Codec::Json,
-        deadline: timeout.map(|t| Instant::now() + t),
+        deadline: timeout.map(|t| crate::clock::now() + t),
         trace_id,
         parent_span: hop,
         key: sticky_key(&parts.headers),

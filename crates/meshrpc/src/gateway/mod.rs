@@ -13,7 +13,7 @@ mod ratelimit;
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -168,7 +168,7 @@ impl Gateway {
 }
 
 async fn observe(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
+    let start = crate::clock::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     // Custom routes are labelled by their pattern (bounded), the mesh by what answered.
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
@@ -198,7 +198,7 @@ async fn observe(State(shared): State<Arc<Shared>>, mut req: Request, next: Next
         (None, Some(m)) => (m.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned(), m),
         (None, None) => ("none".to_owned(), "none".to_owned()),
     };
-    let took = start.elapsed();
+    let took = crate::clock::since(start);
     shared.metrics.finished(&service, &route, status, took.as_secs_f64());
     // A line per request only when asked (`MESHRPC_REQUEST_LOG`); the RPC calls are in
     // the summary either way, and everything in `/metrics`.

@@ -239,7 +239,7 @@ pub(super) async fn limit(State(limiter): State<Arc<Limiter>>, req: Request, nex
             None => "ip:unknown".to_owned(),
         },
     };
-    match limiter.check(&client, path, Instant::now()) {
+    match limiter.check(&client, path, crate::clock::now()) {
         Ok(()) => next.run(req).await,
         Err((wait, scope, message)) => {
             limiter.metrics.rate_limited(scope);
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn a_bucket_refuses_past_its_burst_and_says_when_to_come_back() {
         let buckets = Buckets::new(Rate { per_second: 2.0, burst: 3.0 });
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         assert!((0..3).all(|_| buckets.take("a", t0).is_ok()));
         let wait = buckets.take("a", t0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn the_client_table_is_bounded_and_idle_clients_make_room() {
         let buckets = Buckets::new(Rate { per_second: 1.0, burst: 2.0 });
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         // More clients than tracked, all busy: the newest share one bucket.
         for i in 0..MAX_TRACKED_CLIENTS + 100 {
             let _ = buckets.take(&format!("client-{i}"), t0);
@@ -299,7 +299,7 @@ mod tests {
             .route("/greeter", Rate { per_second: 1000.0, burst: 1000.0 })
             .route("/greeter/greet", Rate { per_second: 1.0, burst: 1.0 });
         let limiter = Limiter::new(limits, Arc::default());
-        let now = Instant::now();
+        let now = crate::clock::now();
         assert!(limiter.check("c", "/greeter/greet", now).is_ok());
         let (_, scope, message) = limiter.check("c", "/greeter/greet", now).unwrap_err();
         assert_eq!((scope, message.as_str()), ("route", "route /greeter/greet is over its rate"));

@@ -172,10 +172,10 @@ where
             _ = stopped(shutdown), if closing.is_none() => {
                 Pin::new(&mut conn).graceful_shutdown();
                 // A request still being answered gets the time a call has.
-                closing = Some(Instant::now() + Duration::from_secs(30));
+                closing = Some(crate::clock::now() + Duration::from_secs(30));
             }
             _ = tokio::time::sleep_until(quiet.into()), if !parking && closing.is_none() => {
-                let now = Instant::now();
+                let now = crate::clock::now();
                 if running.load(Ordering::Acquire) > 0 {
                     quiet_from = now;
                 } else if activity.last() + PARK_AFTER <= now {
@@ -186,7 +186,7 @@ where
                 }
             }
             _ = tokio::time::sleep_until(idle.into()), if closing.is_none() => {
-                let now = Instant::now();
+                let now = crate::clock::now();
                 if running.load(Ordering::Acquire) > 0 {
                     idle_from = now;
                 } else if activity.last() + conn_limits.patience(unsent) <= now {
@@ -195,7 +195,7 @@ where
                     closing = Some(now + Duration::from_secs(1));
                 }
             }
-            _ = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now).into()), if closing.is_some() => return None,
+            _ = tokio::time::sleep_until(closing.unwrap_or_else(crate::clock::now).into()), if closing.is_some() => return None,
         }
     }
 }
@@ -286,7 +286,7 @@ async fn serve_h2<I, S>(
             _ = conn.as_mut() => return,
             _ = stopped(&mut shutdown) => break Duration::from_secs(30),
             _ = tokio::time::sleep_until(quiet_until.into()) => {
-                let now = Instant::now();
+                let now = crate::clock::now();
                 if running.load(Ordering::Acquire) > 0 {
                     idle_from = now;
                 } else if activity.last() + limits.patience(unsent) <= now {
@@ -357,11 +357,11 @@ struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity { base: Instant::now(), nanos: Arc::default() }
+        Activity { base: crate::clock::now(), nanos: Arc::default() }
     }
 
     fn now(&self) {
-        self.nanos.store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.nanos.store(crate::clock::since(self.base).as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {

@@ -4,7 +4,7 @@
 use std::{
     borrow::Cow,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -132,7 +132,7 @@ pub(crate) async fn websocket_call(
         Err(bad) => return envelope(Err(bad)),
     };
     let mut call = Call::new(service, method, Bytes::new());
-    call.deadline = timeout.map(|t| Instant::now() + t);
+    call.deadline = timeout.map(|t| crate::clock::now() + t);
     let hop = Hop::of(&parts.headers, &parts.extensions);
     (call.trace_id, call.parent_span) = (hop.trace_id, hop.span);
     call.key = sticky_key(&parts.headers);
@@ -209,7 +209,7 @@ pub(crate) async fn admitted_call(
         service: Cow::Owned(service),
         method: Cow::Owned(method),
         codec: Codec::Json,
-        deadline: timeout.map(|t| Instant::now() + t),
+        deadline: timeout.map(|t| crate::clock::now() + t),
         trace_id,
         parent_span: hop,
         key: sticky_key(headers),
@@ -254,7 +254,7 @@ pub(crate) async fn make_call(
     let (trace_id, hop) = (call.trace_id, call.parent_span);
     let version = call.version.clone();
     let caller = http_caller(&call);
-    let log = RequestLog::begin(None, &call, "http", &caller, Instant::now(), dispatch).until_done();
+    let log = RequestLog::begin(None, &call, "http", &caller, crate::clock::now(), dispatch).until_done();
     let exported = crate::trace::start(&call.service, &call.method, || caller.clone());
     // A stream takes the log along: the call ends when the stream does.
     let result = log.finish(dispatch.dispatch(call).await);

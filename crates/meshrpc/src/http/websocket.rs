@@ -13,7 +13,7 @@
 //! WebSocket has no deadline unless the `meshrpc-timeout-ms` header of the upgrade sets
 //! one: the client ends it by closing.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
@@ -130,7 +130,7 @@ async fn session(socket: WebSocket, dispatch: Arc<dyn Dispatch>, mut call: Call,
         }
     });
     // Counted as one call: in flight while the session runs (a stream answer until it ends).
-    let log = RequestLog::begin(None, &call, "http", &http_caller(&call), Instant::now(), &*dispatch).until_done();
+    let log = RequestLog::begin(None, &call, "http", &http_caller(&call), crate::clock::now(), &*dispatch).until_done();
     let outcome = match log.finish(dispatch.dispatch(call).await) {
         Ok(Reply::Stream(mut answers)) => {
             let mut beat = tokio::time::interval(HEARTBEAT);

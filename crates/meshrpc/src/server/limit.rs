@@ -131,7 +131,7 @@ impl Limiter {
             window: Mutex::new(Window {
                 min: 1,
                 max: usize::MAX,
-                started: Instant::now(),
+                started: crate::clock::now(),
                 calls: 0,
                 slowdown: 0.0,
                 busiest: 0,
@@ -188,7 +188,7 @@ impl Limiter {
         let measured = self.adaptive.load(Ordering::Relaxed)
             && !open_ended
             && (running >= limit / 4 * 3 || self.admitted.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY == 0);
-        let sample = measured.then(|| Sample { started: Instant::now(), method: method_key(service, method) });
+        let sample = measured.then(|| Sample { started: crate::clock::now(), method: method_key(service, method) });
         Ok(Permit { limiter: self.clone(), running: running + 1, open_ended, sample })
     }
 
@@ -198,7 +198,7 @@ impl Limiter {
             self.open_ended.fetch_sub(1, Ordering::AcqRel);
         }
         let Some(sample) = &p.sample else { return };
-        let now = Instant::now();
+        let now = crate::clock::now();
         let latency = now.duration_since(sample.started).max(LATENCY_FLOOR);
         let mut w = self.window.lock().unwrap();
         w.record(sample.method, latency, p.running);
@@ -327,7 +327,7 @@ mod tests {
         Window {
             min: 8,
             max: 4096,
-            started: Instant::now(),
+            started: crate::clock::now(),
             calls: 0,
             slowdown: 0.0,
             busiest: 0,

@@ -114,7 +114,7 @@ impl ServerConfig {
 
 /// A bound server: publish services, then `serve`.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listening,
     registry: Arc<Registry>,
     /// The registry behind the server layers: what every incoming call goes through.
     dispatch: Arc<dyn Dispatch>,
@@ -174,16 +174,33 @@ impl ShutdownHandle {
     }
 }
 
+/// Where a server takes its connections from.
+enum Listening {
+    Os(TcpListener),
+    /// A [`Network`](crate::transport::Network)'s listener: mesh callers only.
+    Seam(Box<dyn crate::transport::Listener>),
+}
+
 impl Server {
     /// Binds the port. A node holds a descriptor per connection: a process serving many
     /// calls [`raise_fd_limit`] first.
     pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr).await.map_err(|e| Error::from(e).context("bind"))?;
+        Ok(Server::with_listener(Listening::Os(listener)))
+    }
+
+    /// A server taking its connections from `listener`, a [`Network`](crate::transport::Network)'s
+    /// (a simulated one): mesh callers only, no TLS, no HTTP on the port.
+    pub fn listening_on(listener: Box<dyn crate::transport::Listener>) -> Server {
+        Server::with_listener(Listening::Seam(listener))
+    }
+
+    fn with_listener(listener: Listening) -> Server {
         let registry = Arc::<Registry>::default();
         let config = ServerConfig::default();
         let limiter = Arc::new(Limiter::new(config.concurrency));
         registry.limit(limiter.clone());
-        Ok(Server {
+        Server {
             listener,
             dispatch: registry.clone(),
             registry,
@@ -197,7 +214,7 @@ impl Server {
             tls: None,
             #[cfg(feature = "tls")]
             access: None,
-        })
+        }
     }
 
     /// What this node's port counted: refused connections, connections closed for
@@ -322,7 +339,10 @@ impl Server {
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        match &self.listener {
+            Listening::Os(listener) => listener.local_addr().expect("bound listener has an address"),
+            Listening::Seam(listener) => listener.local_addr(),
+        }
     }
 
     /// An in-process channel to the published services: the same dispatch, layers,
@@ -356,7 +376,14 @@ impl Server {
     pub async fn serve(self) -> Result<(), Error> {
         let guard = self.guard();
         let door = self.door.get().map(|door| door.new_door(&self));
-        let Server { listener, dispatch, config, shutdown, .. } = self;
+        let listener = match self.listener {
+            Listening::Os(listener) => listener,
+            Listening::Seam(ref listener) => {
+                serve_seam(listener.as_ref(), &self).await;
+                return Ok(());
+            }
+        };
+        let Server { dispatch, config, shutdown, .. } = self;
         let port = Port {
             dispatch,
             door,
@@ -371,6 +398,32 @@ impl Server {
         serve_port(listener, port, shutdown.subscribe(), config.drain_timeout).await;
         Ok(())
     }
+}
+
+/// Serves the mesh connections of a [`Network`](crate::transport::Network)'s listener
+/// until shut down, then waits up to its drain timeout for them to finish (they get
+/// go-away).
+async fn serve_seam(listener: &dyn crate::transport::Listener, server: &Server) {
+    let drain = server.config.drain_timeout;
+    let mut shutdown = server.shutdown.subscribe();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((link, _)) if conns.len() < server.config.max_connections => {
+                    conns.spawn(server.serve_link(link));
+                }
+                Ok(_) => {} // over the cap: dropped, so closed
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = crate::transport::stopped(&mut shutdown) => break,
+        }
+    }
+    let _ = tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
 }
 
 /// Raises the process's soft limit of open files to its hard limit and returns the new

@@ -195,7 +195,7 @@ impl Dispatch for Registry {
         // A method's own timeout holds whoever called (HTTP, the CLI, an old client).
         let deadline = match method.timeout {
             Some(timeout) => {
-                let own = std::time::Instant::now() + timeout;
+                let own = crate::clock::now() + timeout;
                 Some(call.deadline.map_or(own, |d| d.min(own)))
             }
             None => call.deadline,

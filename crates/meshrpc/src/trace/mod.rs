@@ -53,7 +53,7 @@ pub(crate) fn start(service: &str, method: &str, peer: impl FnOnce() -> String) 
         service: service.to_owned(),
         method: method.to_owned(),
         peer: peer(),
-        start: SystemTime::now(),
+        start: crate::clock::wall(),
     })
 }
 
@@ -80,7 +80,7 @@ impl Started {
             method: self.method,
             peer: self.peer,
             start: self.start,
-            end: SystemTime::now(),
+            end: crate::clock::wall(),
             code,
         });
     }

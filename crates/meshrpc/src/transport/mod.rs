@@ -6,6 +6,7 @@ mod accept;
 mod connection;
 mod guard;
 mod link;
+mod network;
 mod overcap;
 mod port_stream;
 mod sender;
@@ -26,6 +27,9 @@ pub use guard::PortCounters;
 pub(crate) use guard::GOSSIP_GARBAGE;
 pub(crate) use guard::{FrameBudget, Guard};
 pub use link::{Link, Reading, Ready, StreamLink, TcpLink};
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use network::connect as connect_through;
+pub use network::{Datagrams, Listener, Network};
 #[cfg_attr(not(feature = "http"), allow(unused_imports))]
 pub(crate) use overcap::Probes;
 #[cfg_attr(not(feature = "http"), allow(unused_imports))] // what a Door is given

@@ -308,7 +308,7 @@ impl OwnCert {
         Ok(OwnCert {
             dir: dir.to_owned(),
             loaded: RwLock::new(Arc::new(read_own(dir)?)),
-            checked: Mutex::new(Instant::now()),
+            checked: Mutex::new(crate::clock::now()),
         })
     }
 
@@ -316,9 +316,9 @@ impl OwnCert {
     fn current(&self) -> Arc<Loaded> {
         let due = {
             let mut checked = self.checked.lock().unwrap();
-            let due = checked.elapsed() >= RECHECK;
+            let due = crate::clock::since(*checked) >= RECHECK;
             if due {
-                *checked = Instant::now();
+                *checked = crate::clock::now();
             }
             due
         };

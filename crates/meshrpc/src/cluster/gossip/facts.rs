@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn facts_of_many_pages_are_pulled_and_updates_follow_announcements() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let big = "x".repeat(3000);
         let b = Table::new(&id(2, 7), &kv(&[("name", "b"), ("split:s", &big)]));
         let mut owners = HashMap::new();
@@ -468,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_forged_announcement_does_not_make_a_member_ask_forever() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut owners = HashMap::new();
         owners.insert(id(2, 7).addr, Table::new(&id(2, 7), &kv(&[("name", "b")])));
         let mut a = Table::new(&id(1, 1), &kv(&[]));
@@ -484,7 +484,7 @@ mod tests {
     fn a_silent_member_is_asked_less_and_less_often() {
         let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
-        let start = Instant::now();
+        let start = crate::clock::now();
         let asks: Vec<usize> = (0..1200).map(|i| a.asks(start + RETRY * i).len()).collect();
         // Tries in bursts of TRIES, paused 1, 2, 4 … 30 s in between: 10 minutes cost
         // a few dozen small datagrams, the last minute no more than two bursts.
@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn a_restart_replaces_the_member_and_its_facts() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut owners = HashMap::new();
         owners.insert(id(2, 7).addr, Table::new(&id(2, 7), &kv(&[("name", "old")])));
         let mut a = Table::new(&id(1, 1), &kv(&[]));
@@ -538,7 +538,7 @@ mod tests {
         // announce or are rechecked) against one table, the invariant checked at every step.
         for seed in 0..20 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let start = Instant::now();
+            let start = crate::clock::now();
             let mut now = start;
             let mut owners: HashMap<SocketAddr, Table> = HashMap::new();
             let mut lives: HashMap<u16, u64> = HashMap::new();
@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_answer_about_unknown_facts_is_asked_again() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
         assert_eq!(a.asks(now).len(), 1);

@@ -156,7 +156,7 @@ impl MethodBook {
     pub(crate) fn want(&self, advertised: &[ListKey], missing: HashMap<ListKey, Vec<SocketAddr>>) {
         let keep: std::collections::HashSet<&ListKey> = advertised.iter().collect();
         self.known.lock().unwrap().retain(|key, k| k.own || keep.contains(key));
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut asked = self.asked.lock().unwrap();
         // What nobody advertises any more is not remembered either.
         asked.retain(|key, _| keep.contains(key));
@@ -208,11 +208,11 @@ impl MethodBook {
     /// with each failure, from [`RETRY`] up to [`RETRY_AT_MOST`]; returns the pause.
     pub(crate) fn failed(&self, key: &ListKey, why: String) -> Duration {
         let mut asked = self.asked.lock().unwrap();
-        let ask = asked.entry(key.clone()).or_insert(Ask { until: Instant::now(), failures: 0, why: None });
+        let ask = asked.entry(key.clone()).or_insert(Ask { until: crate::clock::now(), failures: 0, why: None });
         ask.failures = ask.failures.saturating_add(1);
         ask.why = Some(why);
         let pause = RETRY.saturating_mul(1 << (ask.failures - 1).min(6)).min(RETRY_AT_MOST);
-        ask.until = Instant::now() + pause;
+        ask.until = crate::clock::now() + pause;
         pause
     }
 

@@ -106,6 +106,7 @@ impl Membership {
         seeds: Vec<String>,
         config: &GossipConfig,
         security: &Security,
+        network: Option<&Arc<dyn crate::transport::Network>>,
     ) -> Result<Membership, Error> {
         let id = NodeId { addr: gossip_addr, started_ns: swim::now_ns(), bump: 0 };
         let mut kv =
@@ -119,7 +120,7 @@ impl Membership {
         let rules = security.rules.clone();
         let cost = Arc::new(GossipCost::default());
         let (engine, mut raw) =
-            task::spawn(id, gossip_bind, tag, seeds, config, security.gossip_key, &kv, cost.clone())
+            task::spawn(id, gossip_bind, tag, seeds, config, security.gossip_key, &kv, cost.clone(), network)
                 .await
                 .map_err(|e| Error::unavailable(format!("gossip on {gossip_addr}: {e}")))?;
 
@@ -360,7 +361,7 @@ impl Impostor {
         let id = NodeId { addr, started_ns: swim::now_ns(), bump: 0 };
         let kv: BTreeMap<String, String> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let seeds = seeds.iter().map(ToString::to_string).collect();
-        let (engine, _) = task::spawn(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default()).await?;
+        let (engine, _) = task::spawn(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default(), None).await?;
         Ok(Impostor { _engine: engine, addr })
     }
 }

@@ -20,7 +20,7 @@ use std::{
     net::SocketAddr,
     num::{NonZeroU32, NonZeroUsize},
     sync::{atomic::Ordering, Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use foca::{AccumulatingRuntime, BroadcastHandler, Config, Foca, Member, OwnedNotification, PostcardCodec, Timer};
@@ -169,10 +169,12 @@ pub(crate) fn anti_entropy_every(members: usize) -> Duration {
 }
 
 pub(crate) fn random_seed() -> u64 {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 8];
-    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system's random source");
-    u64::from_le_bytes(bytes)
+    crate::clock::entropy(|| {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 8];
+        ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system's random source");
+        u64::from_le_bytes(bytes)
+    })
 }
 
 impl Node {
@@ -636,12 +638,12 @@ impl Node {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    crate::clock::wall_ms()
 }
 
 /// When a node starts (Unix ns): its identity, with its gossip address.
 pub(crate) fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+    crate::clock::wall_ns()
 }
 
 #[cfg(test)]
@@ -673,7 +675,7 @@ mod tests {
     fn a_joiner_and_its_new_facts_reach_the_seed_in_round_trips_not_rounds() {
         // Simulated time: the join is hello, hello-back, announce, a facts pull; a change
         // of facts is an announcement and a pull — none waits for a probe period.
-        let start = Instant::now();
+        let start = crate::clock::now();
         let config = GossipConfig::default();
         let mut nodes = vec![node(1000, &config, start)];
         let mut now = start;
@@ -715,7 +717,7 @@ mod tests {
     fn a_node_joining_an_idle_mesh_learns_every_member_and_its_facts() {
         // The mesh forms and goes quiet (no news left to pass on); a newcomer learns it all
         // from its pulls.
-        let start = Instant::now();
+        let start = crate::clock::now();
         let config = GossipConfig::default();
         let mut nodes: Vec<Node> = (0..=32).map(|i| node(1000 + i, &config, start)).collect();
         let seed = SocketAddr::from(([127, 0, 0, 1], 1000));
@@ -742,7 +744,7 @@ mod tests {
     #[test]
     fn a_node_holds_no_more_members_than_its_cap() {
         // Without a key anyone can gossip: 40 nodes say hello to one that holds at most 8.
-        let start = Instant::now();
+        let start = crate::clock::now();
         let capped = GossipConfig { max_members: 8, ..GossipConfig::default() };
         let mut nodes: Vec<Node> = vec![node(1000, &capped, start)];
         nodes.extend((1..=40).map(|i| node(1000 + i, &GossipConfig::default(), start)));

@@ -5,7 +5,7 @@
 //!
 //! [`Membership`]: super::Membership
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use tokio::{
     net::UdpSocket,
@@ -18,6 +18,7 @@ use super::{
     wire::NodeId,
     GossipConfig,
 };
+use crate::transport::{Datagrams, Network};
 
 /// What the node asks of its gossip task.
 pub(crate) enum Command {
@@ -39,18 +40,44 @@ pub(crate) async fn spawn(
     key: Option<[u8; 32]>,
     kv: &BTreeMap<String, String>,
     cost: Arc<GossipCost>,
+    network: Option<&Arc<dyn Network>>,
 ) -> std::io::Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Arc<Vec<Raw>>>)> {
-    let socket = UdpSocket::bind(bind).await?;
-    let node = Node::new(id, tag, config, key, kv, cost, swim::random_seed(), Instant::now());
+    let socket = match network {
+        None => Socket::Os(UdpSocket::bind(bind).await?),
+        Some(network) => Socket::Seam(network.bind_datagrams(bind).await?),
+    };
+    let node = Node::new(id, tag, config, key, kv, cost, swim::random_seed(), crate::clock::now());
     let (view_tx, view) = watch::channel(Arc::new(Vec::new()));
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(node, socket, seeds, rx, view_tx));
     Ok((tx, view))
 }
 
+/// The gossip port: the operating system's, or a [`Network`]'s.
+enum Socket {
+    Os(UdpSocket),
+    Seam(Box<dyn Datagrams>),
+}
+
+impl Socket {
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Socket::Os(socket) => socket.recv_from(buf).await,
+            Socket::Seam(socket) => socket.recv_from(buf).await,
+        }
+    }
+
+    fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        match self {
+            Socket::Os(socket) => socket.try_send_to(datagram, to),
+            Socket::Seam(socket) => socket.try_send_to(datagram, to),
+        }
+    }
+}
+
 async fn run(
     mut node: Node,
-    socket: UdpSocket,
+    socket: Socket,
     seeds: Vec<String>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     view: watch::Sender<Arc<Vec<Raw>>>,
@@ -64,11 +91,11 @@ async fn run(
         for (to, datagram) in node.sends() {
             send(&socket, &datagram, to).await;
         }
-        if node.wants_seeds(Instant::now()) {
+        if node.wants_seeds(crate::clock::now()) {
             // Addresses at once; names looked up aside: a slow name server must not hold
             // up acks to probes.
             let (addrs, names): (Vec<_>, Vec<_>) = seeds.iter().partition(|s| s.parse::<SocketAddr>().is_ok());
-            node.hello(addrs.iter().filter_map(|s| s.parse().ok()), Instant::now(), now_ms());
+            node.hello(addrs.iter().filter_map(|s| s.parse().ok()), crate::clock::now(), now_ms());
             if !names.is_empty() {
                 let (names, found) = (names.into_iter().cloned().collect::<Vec<_>>(), found_tx.clone());
                 tokio::spawn(async move {
@@ -79,14 +106,14 @@ async fn run(
         }
         let deadline = node.deadline();
         tokio::select! {
-            Some(addrs) = found_rx.recv() => node.hello(addrs, Instant::now(), now_ms()),
+            Some(addrs) = found_rx.recv() => node.hello(addrs, crate::clock::now(), now_ms()),
             received = socket.recv_from(&mut buf) => {
                 if let Ok((len, from)) = received {
-                    node.receive(&mut buf[..len], from, Instant::now(), now_ms());
+                    node.receive(&mut buf[..len], from, crate::clock::now(), now_ms());
                 }
             }
             command = commands.recv() => match command {
-                Some(Command::Facts(kv)) => node.facts(kv, Instant::now(), now_ms()),
+                Some(Command::Facts(kv)) => node.facts(kv, crate::clock::now(), now_ms()),
                 Some(Command::Leave(done)) => {
                     leave(&mut node, &socket);
                     let _ = done.send(());
@@ -96,7 +123,7 @@ async fn run(
                 // members do not wait for failure detection.
                 None => return leave(&mut node, &socket),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => node.poll(Instant::now(), now_ms()),
+            _ = tokio::time::sleep_until(deadline.into()) => node.poll(crate::clock::now(), now_ms()),
         }
     }
 }
@@ -106,9 +133,9 @@ async fn run(
 /// its hello to the seed — was dropped that way, often, and the join waited for the next
 /// hello, a second later. So a datagram that would block waits for the socket, briefly;
 /// one the kernel still cannot take is lost, as on the wire.
-async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+async fn send(socket: &Socket, datagram: &[u8], to: SocketAddr) {
     if let Err(e) = socket.try_send_to(datagram, to) {
-        if e.kind() == std::io::ErrorKind::WouldBlock {
+        if let (Socket::Os(socket), std::io::ErrorKind::WouldBlock) = (socket, e.kind()) {
             let _ = tokio::time::timeout(SEND_WAIT, socket.send_to(datagram, to)).await;
         }
     }
@@ -117,8 +144,8 @@ async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
 /// How long a datagram waits for room in the socket's send buffer.
 const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn leave(node: &mut Node, socket: &UdpSocket) {
-    node.leave(Instant::now(), now_ms());
+fn leave(node: &mut Node, socket: &Socket) {
+    node.leave(crate::clock::now(), now_ms());
     for (to, datagram) in node.sends() {
         let _ = socket.try_send_to(&datagram, to);
     }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -62,7 +62,7 @@ impl View {
     /// rule stamped more than an hour ahead of this node's clock is ignored: it could never
     /// be replaced.
     fn newest(&self, service: &str, rules: impl Fn(&Member) -> &BTreeMap<String, Split>) -> Option<&Split> {
-        let horizon = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(3600))
+        let horizon = (crate::clock::wall().duration_since(UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(3600))
             .as_millis() as u64;
         self.members
             .iter()

@@ -1,7 +1,6 @@
 //! The one deadline timer of a calling connection: `CallerState` keeps every call's
 //! deadline and says which is soonest; this sleeps until then and fails what is due.
 
-use std::time::Instant;
 
 use super::Inner;
 use crate::error::Error;
@@ -33,7 +32,7 @@ impl Inner {
     }
 
     pub(super) fn expire(&self) {
-        let expired = self.proto.lock().unwrap().expire(Instant::now());
+        let expired = self.proto.lock().unwrap().expire(crate::clock::now());
         for (tx, stream, cancel) in expired {
             if let Some(tx) = tx {
                 let _ = tx.send(Err(Error::Timeout));

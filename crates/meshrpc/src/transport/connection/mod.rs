@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::BytesMut;
@@ -247,14 +247,14 @@ impl Connection {
 
     /// Round-trips a ping frame and returns the time it took.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
-        let start = Instant::now();
+        let start = crate::clock::now();
         let (tx, rx) = oneshot::channel();
         let started = self.inner().proto.lock().unwrap().start_ping(tx, Some(start + timeout));
         let (registered, frame) = started.map_err(|e| self.inner().about_peer(e))?;
         self.inner().registered(registered);
         self.inner().send(&frame, registered.alone, registered.id)?;
         self.inner().wait(registered.id, rx, registered.alone).await?;
-        Ok(start.elapsed())
+        Ok(crate::clock::since(start))
     }
 
     /// Closes the connection; pending calls fail with `Unavailable`.
@@ -271,7 +271,7 @@ impl Connection {
             return Err(Error::Cancelled); // an earlier attempt sent the items: no retry
         }
         // Built outside the lock: many callers share it.
-        let mut frame = request(call, Instant::now(), &self.inner().limits)?;
+        let mut frame = request(call, crate::clock::now(), &self.inner().limits)?;
         let (tx, rx) = oneshot::channel();
         let handle = input.is_some().then(StreamHandle::new);
         let registered = self.inner().proto.lock().unwrap().register(tx, deadline, handle.clone());

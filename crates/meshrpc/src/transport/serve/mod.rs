@@ -185,7 +185,7 @@ impl Driver {
             async move { sender.flush_loop().await }
         });
         let state = Arc::new(Mutex::new(
-            State::new(limits.max_in_flight, limits.idle_timeout, Instant::now())
+            State::new(limits.max_in_flight, limits.idle_timeout, crate::clock::now())
                 .with_frame_timeout(limits.frame_timeout),
         ));
         let answers =
@@ -271,7 +271,7 @@ impl Driver {
             // Each frame spends from the task's cooperative budget, so a long pipeline of
             // cheap requests yields to other tasks too.
             tokio::task::consume_budget().await;
-            let now = Instant::now();
+            let now = crate::clock::now();
             let charged = || StreamHandle::charged_to(Some(self.guard.items.clone()));
             let inbound = self.state.lock().unwrap().on_frame(frame, now, charged);
             let answer = on_inbound(inbound, now, &self.caller, &*self.dispatch, &self.served, &self.answers).await;
@@ -324,7 +324,7 @@ impl Driver {
             return Ok(());
         }
         self.sender.watching(true);
-        let (now, writes) = (Instant::now(), self.sender.writes());
+        let (now, writes) = (crate::clock::now(), self.sender.writes());
         match self.stalled {
             Some((since, seen)) if seen == writes => {
                 if now.saturating_duration_since(since) >= self.limits.stuck_timeout {
@@ -362,7 +362,7 @@ impl Driver {
     /// deadline: the state's (idle, slow frame) or the drain's end for open streams.
     fn set_timer(&mut self) -> Option<(Instant, Due)> {
         let deadline = {
-            let now = Instant::now();
+            let now = crate::clock::now();
             let mut state = self.state.lock().unwrap();
             if let Some(at) = self.heard.take() {
                 state.heard(at);
@@ -399,7 +399,7 @@ impl Driver {
         tokio::select! {
             read = self.link.read_buf(&mut self.inbox) => match read {
                 Ok(0) => return Err(Stop::HungUp),
-                Ok(_) => self.heard = Some(Instant::now()),
+                Ok(_) => self.heard = Some(crate::clock::now()),
                 Err(e) => return Err(Stop::Close(e.into())),
             },
             _ = stopped(&mut self.shutdown), if !self.draining => self.start_drain(),
@@ -408,8 +408,8 @@ impl Driver {
             _ = &mut self.timer, if self.armed.is_some() => {
                 self.armed = None;
                 match deadline {
-                    Some((at, Due::StreamsEnd)) if at <= Instant::now() => self.end_streams(),
-                    Some((at, Due::Expiry(expired))) if at <= Instant::now() => return Err(self.expire(expired)),
+                    Some((at, Due::StreamsEnd)) if at <= crate::clock::now() => self.end_streams(),
+                    Some((at, Due::Expiry(expired))) if at <= crate::clock::now() => return Err(self.expire(expired)),
                     _ => {} // pushed back by activity: set again next turn
                 }
             }
@@ -424,7 +424,7 @@ impl Driver {
             go_away.encode(&mut self.out);
         }
         self.draining = true;
-        self.drain_deadline = Some(Instant::now() + self.limits.drain_timeout.mul_f64(0.9));
+        self.drain_deadline = Some(crate::clock::now() + self.limits.drain_timeout.mul_f64(0.9));
     }
 
     /// The drain's time for open streams is up: each ends with `unavailable`.

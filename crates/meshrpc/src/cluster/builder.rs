@@ -270,16 +270,25 @@ impl ClusterBuilder {
                 let ip = self.advertise.unwrap_or_else(|| self.advertise_ip_guess());
                 let port = match &network {
                     None => UdpSocket::bind((ip, 0))?.local_addr()?.port(),
-                    Some(network) => network.bind_datagrams(SocketAddr::new(ip, 0)).await?.local_addr().port(),
+                    // A simulated host binds its unspecified address.
+                    Some(network) => {
+                        let any = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+                        network.bind_datagrams(any).await?.local_addr().port()
+                    }
                 };
-                (None, SocketAddr::new(ip, port), None)
+                let bind_ip = if network.is_some() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { ip };
+                (None, SocketAddr::new(bind_ip, port), None)
             }
         };
         #[cfg(feature = "tls")]
         let security = super::security::gossiped(tls.as_ref(), rules.clone());
         #[cfg(not(feature = "tls"))]
         let security = super::gossip::Security { cert: None, gossip_key: None, rules: rules.clone() };
-        let gossip_advertise = SocketAddr::new(mesh_addr.map_or(gossip_bind.ip(), |a| a.ip()), gossip_bind.port());
+        let client_ip = match (gossip_bind.ip().is_unspecified(), self.advertise) {
+            (true, Some(ip)) => ip,
+            _ => gossip_bind.ip(),
+        };
+        let gossip_advertise = SocketAddr::new(mesh_addr.map_or(client_ip, |a| a.ip()), gossip_bind.port());
         let (membership, follow) = if gossips {
             let membership = Membership::join(
                 &self.name,

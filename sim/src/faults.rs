@@ -137,7 +137,10 @@ impl Injector {
                 (Fault::Loss(a, b, _), false) => sim.set_link_fail_rate(a, b, 0.0),
                 (Fault::Delay(a, b, ms), true) => sim.set_link_max_message_latency(a, b, Duration::from_millis(ms)),
                 (Fault::Delay(a, b, _), false) => sim.set_link_max_message_latency(a, b, Duration::from_millis(3)),
-                (Fault::Crash(n), true) => sim.crash(n),
+                (Fault::Crash(n), true) => {
+                    shared.incarnations.lock().unwrap().remove(&n);
+                    sim.crash(n)
+                }
                 (Fault::Crash(n), false) => sim.bounce(n),
                 (Fault::Faulty(n), true) => {
                     shared.books.faulty.lock().unwrap().insert(n);
@@ -145,7 +148,10 @@ impl Injector {
                 (Fault::Faulty(n), false) => {
                     shared.books.faulty.lock().unwrap().remove(&n);
                 }
-                (Fault::Drain(n), true) => shared.draining.lock().unwrap().push(n),
+                (Fault::Drain(n), true) => {
+                    shared.incarnations.lock().unwrap().remove(&n);
+                    shared.draining.lock().unwrap().push(n)
+                }
                 (Fault::Drain(n), false) => {
                     shared.draining.lock().unwrap().retain(|d| *d != n);
                     sim.bounce(n);

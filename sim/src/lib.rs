@@ -87,6 +87,10 @@ pub(crate) struct Shared {
     pub(crate) deposits: Mutex<Vec<u64>>,
     pub(crate) calls: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Each node's current incarnation: when it started (its members' `started_ms`).
+    pub(crate) incarnations: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Nodes that saw every node serving after the faults stopped.
+    pub(crate) converged: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -147,6 +151,8 @@ pub fn run(config: &Config) -> Report {
         deposits: Mutex::default(),
         calls: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        converged: Mutex::default(),
+        incarnations: Mutex::default(),
     });
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
@@ -215,8 +221,29 @@ async fn node(name: String, shared: Arc<Shared>) -> turmoil::Result {
             }
         })
     };
+    let view = {
+        let (cluster, shared, name) = (cluster.clone(), shared.clone(), name.clone());
+        tokio::spawn(async move {
+            // This incarnation, as members will know it, once it is in its own view.
+            loop {
+                if let Some(me) = cluster.members().into_iter().find(|m| m.name == name) {
+                    shared.incarnations.lock().unwrap().insert(name.clone(), me.started_ms);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let end = shared.faults_end();
+            while turmoil::sim_elapsed().unwrap_or_default() < end {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if traffic::converged(&cluster, &shared, &name).await {
+                shared.converged.lock().unwrap().insert(name);
+            }
+        })
+    };
     cluster.serve().await?;
     drain.abort();
+    view.abort();
     shared.log(format!("{name} drained"));
     std::future::pending::<()>().await;
     Ok(())

@@ -98,20 +98,12 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let members = cluster.members();
-    let serving: Vec<&str> = members
-        .iter()
-        .filter(|m| m.addr.is_some() && m.state == meshrpc::cluster::MemberState::Serving)
-        .map(|m| m.name.as_str())
-        .collect();
-    shared.log(format!("{name} sees serving {serving:?}"));
-    if serving.len() != shared.config.nodes {
-        shared.violation(format!(
-            "{name}: {} s after the faults stopped it sees {} of {} nodes serving: {serving:?}",
-            CONVERGENCE.as_secs(),
-            serving.len(),
-            shared.config.nodes
-        ));
+    converged(&cluster, &shared, &name).await;
+    // The run ends once every node saw the whole mesh again (or the bound passed).
+    while shared.converged.lock().unwrap().len() < shared.config.nodes
+        && turmoil::sim_elapsed().unwrap_or_default() <= healed_by
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }
@@ -188,5 +180,38 @@ fn code(e: LedgerError) -> String {
     match e {
         LedgerError::Faulty(node) => format!("faulty({node})"),
         LedgerError::Rpc(e) => e.code().to_owned(),
+    }
+}
+
+/// Waits until `cluster` sees every node serving, at most until [`CONVERGENCE`] after the
+/// faults stopped; a view still short then is a violation. Returns true if it converged.
+pub(crate) async fn converged(cluster: &Cluster, shared: &Shared, who: &str) -> bool {
+    let bound = shared.faults_end() + CONVERGENCE;
+    loop {
+        let members = cluster.members();
+        let current = shared.incarnations.lock().unwrap().clone();
+        let serving: Vec<String> = members
+            .iter()
+            .filter(|m| m.addr.is_some() && m.state == meshrpc::cluster::MemberState::Serving)
+            .map(|m| {
+                let stale = current.get(&m.name) != Some(&m.started_ms);
+                format!("{}{}", m.name, if stale { "(stale)" } else { "" })
+            })
+            .collect();
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        if serving.len() == shared.config.nodes && serving.iter().all(|s| !s.ends_with("(stale)")) {
+            shared.log(format!("{who} sees all {} nodes serving", serving.len()));
+            return true;
+        }
+        if now > bound {
+            shared.violation(format!(
+                "{who}: {} s after the faults stopped it sees {} of {} nodes serving: {serving:?}",
+                CONVERGENCE.as_secs(),
+                serving.len(),
+                shared.config.nodes
+            ));
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

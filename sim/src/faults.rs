@@ -35,8 +35,11 @@ pub enum Fault {
 /// A fault and when it starts and ends.
 #[derive(Debug, Clone)]
 pub struct Planned {
+    /// When it starts (simulated time).
     pub at: Duration,
+    /// When it ends.
     pub until: Duration,
+    /// What it is.
     pub fault: Fault,
 }
 

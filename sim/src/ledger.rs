@@ -10,15 +10,18 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// The ledger's errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum LedgerError {
     /// The replica was told to fail (a fault).
     #[error("replica {0} is faulty")]
     Faulty(String),
+    /// The mesh's.
     #[error(transparent)]
     Rpc(#[from] meshrpc::Error),
 }
 
+/// Calls whose effects the harness counts.
 #[meshrpc::service]
 pub trait Ledger {
     /// Records call `id` (not idempotent: its effect must happen at most once).
@@ -41,7 +44,9 @@ pub struct Books {
 
 /// One replica.
 pub struct LedgerNode {
+    /// The node's name (its answers carry it).
     pub name: String,
+    /// The run's books.
     pub books: Arc<Books>,
 }
 

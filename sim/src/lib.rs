@@ -43,6 +43,8 @@ pub const ATTEMPTS: u32 = 3;
 /// One run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Everything random in the run comes from it: faults, traffic, turmoil's network,
+    /// tokio's choices, the nodes' seeds.
     pub seed: u64,
     /// Nodes serving (at least 2: the first two are the seeds).
     pub nodes: usize,
@@ -50,16 +52,21 @@ pub struct Config {
     pub callers: usize,
     /// How long faults are injected (traffic runs through it, then the mesh must heal).
     pub faults: Duration,
+    /// Runs the library with a bug injected on purpose: calls that are not idempotent are
+    /// retried after they reached a replica (the simulation must catch it).
+    pub broken_retries: bool,
 }
 
 impl Config {
+    /// A run of `seed` with `nodes` nodes, two callers and 10 s of faults.
     pub fn new(seed: u64, nodes: usize) -> Config {
-        Config { seed, nodes: nodes.max(2), callers: 2, faults: Duration::from_secs(10) }
+        Config { seed, nodes: nodes.max(2), callers: 2, faults: Duration::from_secs(10), broken_retries: false }
     }
 
     /// The command that replays this run.
     pub fn replay(&self) -> String {
-        format!("sim/run.sh --seed {} --nodes {}", self.seed, self.nodes)
+        let broken = if self.broken_retries { " --broken-retries" } else { "" };
+        format!("sim/run.sh --seed {} --nodes {}{broken}", self.seed, self.nodes)
     }
 }
 
@@ -70,7 +77,9 @@ pub struct Report {
     pub log: Vec<String>,
     /// Invariants broken.
     pub violations: Vec<String>,
+    /// Calls made.
     pub calls: u64,
+    /// Calls that failed with a code (allowed during faults).
     pub failed: u64,
 }
 
@@ -141,6 +150,7 @@ pub fn run(config: &Config) -> Report {
     meshrpc::simulation::install(wall, entropy);
     WALL_JUMP_MS.store(0, Ordering::Relaxed);
     ENTROPY.store(config.seed ^ 0x5eed, Ordering::Relaxed);
+    meshrpc::simulation::retry_calls_that_reached_a_replica(config.broken_retries);
     let shared = Arc::new(Shared {
         config: config.clone(),
         books: Arc::default(),
@@ -186,6 +196,7 @@ pub fn run(config: &Config) -> Report {
         }
     }
     check_effects(&shared);
+    meshrpc::simulation::retry_calls_that_reached_a_replica(false);
     let log = std::mem::take(&mut *shared.log.lock().unwrap());
     let violations = std::mem::take(&mut *shared.violations.lock().unwrap());
     Report {

@@ -1,13 +1,13 @@
 //! `meshrpc-sim`: runs simulations of a mesh, one per seed, and prints each failing seed
 //! with the command that replays it.
 //!
-//! `meshrpc-sim [--seeds FROM..TO | --seed S] [--nodes N] [--log]`
+//! `meshrpc-sim [--seeds FROM..TO | --seed S] [--nodes N | --nodes A..B] [--log] [--broken-retries]`
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let (mut seeds, mut nodes, mut print_log) = (1..=20u64, 8usize, false);
+    let (mut seeds, mut nodes, mut print_log, mut broken) = (1..=20u64, (8usize, 8usize), false, false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_default();
         match arg.as_str() {
@@ -20,17 +20,29 @@ fn main() -> ExitCode {
                 let (from, to) = v.split_once("..").expect("--seeds FROM..TO");
                 seeds = from.parse().expect("FROM")..=to.parse().expect("TO");
             }
-            "--nodes" => nodes = value().parse().expect("--nodes N"),
+            "--nodes" => {
+                let v = value();
+                nodes = match v.split_once("..") {
+                    Some((a, b)) => (a.parse().expect("--nodes A..B"), b.parse().expect("--nodes A..B")),
+                    None => {
+                        let n = v.parse().expect("--nodes N");
+                        (n, n)
+                    }
+                };
+            }
+            "--broken-retries" => broken = true,
             "--log" => print_log = true,
             other => {
-                eprintln!("unknown argument {other}\nusage: meshrpc-sim [--seeds FROM..TO | --seed S] [--nodes N] [--log]");
+                eprintln!("unknown argument {other}\nusage: meshrpc-sim [--seeds FROM..TO | --seed S] [--nodes N | --nodes A..B] [--log] [--broken-retries]");
                 return ExitCode::from(2);
             }
         }
     }
     let (mut failed, mut runs) = (Vec::new(), 0);
     for seed in seeds {
-        let config = meshrpc_sim::Config::new(seed, nodes);
+        // A range of sizes: each seed picks its own.
+        let nodes = nodes.0 + (meshrpc_sim::Rng::new(seed).below((nodes.1.max(nodes.0) - nodes.0 + 1) as u64) as usize);
+        let config = meshrpc_sim::Config { broken_retries: broken, ..meshrpc_sim::Config::new(seed, nodes) };
         let started = std::time::Instant::now();
         let report = meshrpc_sim::run(&config);
         runs += 1;

@@ -12,10 +12,12 @@ pub(crate) fn splitmix(mut z: u64) -> u64 {
 pub struct Rng(u64);
 
 impl Rng {
+    /// The generator of `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(splitmix(seed ^ 0xa076_1d64_78bd_642f))
     }
 
+    /// The next number.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         splitmix(self.0)

@@ -154,6 +154,8 @@ pub use transport::TlsConfig;
 #[doc(hidden)]
 pub mod simulation {
     pub use crate::clock::install;
+    #[cfg(feature = "cluster")]
+    pub use crate::cluster::failover::retry_calls_that_reached_a_replica;
 }
 
 /// What most programs need, in one `use meshrpc::prelude::*;`.

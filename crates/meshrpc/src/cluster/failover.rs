@@ -1,7 +1,21 @@
 //! Whether a failed call may go to another replica: one pure function, decided from the
 //! error and how far the call got.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::error::Error;
+
+/// The bug the simulation must catch (`sim/`'s own test): set, a call of any method is
+/// retried when its connection broke after it was sent — it may have run already.
+static BROKEN: AtomicBool = AtomicBool::new(false);
+
+/// Breaks (or mends) failover on purpose, for the process: with `on`, calls that are not
+/// idempotent are retried after they reached a replica. Only for checking that a
+/// simulation catches it; never in a node.
+#[allow(unreachable_pub)] // re-exported as `meshrpc::simulation::retry_calls_that_reached_a_replica`
+pub fn retry_calls_that_reached_a_replica(on: bool) {
+    BROKEN.store(on, Ordering::Relaxed);
+}
 
 /// How far a call got before it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +45,7 @@ pub(crate) fn may_retry(error: &Error, reached: Reached, idempotent: bool) -> bo
         Reached::Sent => {
             matches!(error, Error::Overloaded { .. })
                 || (idempotent && matches!(error, Error::Unavailable { .. } | Error::Internal { .. }))
+                || (BROKEN.load(Ordering::Relaxed) && matches!(error, Error::Unavailable { .. }))
         }
         Reached::TimedOut => idempotent,
     }

@@ -9,7 +9,7 @@ mod call;
 #[cfg(feature = "tls")]
 pub(crate) mod connector;
 mod contract;
-mod failover;
+pub(crate) mod failover;
 pub(crate) mod gossip;
 mod grpc;
 mod hedge;

@@ -2,7 +2,7 @@
 //! from picking the moment they break, reconnected with backoff.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ const LANE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Every peer this node has talked to, by mesh address.
 pub(crate) struct Peers {
-    map: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    map: Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
     dial: Arc<Dial>,
 }
 

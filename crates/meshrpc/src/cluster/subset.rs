@@ -50,9 +50,9 @@ pub(super) const REMEMBERED: std::time::Duration = std::time::Duration::from_sec
 /// down one is. Bounded by the members seen in that time.
 #[derive(Default)]
 pub(super) struct Seen {
-    callers: std::collections::HashMap<String, std::time::Instant>,
+    callers: std::collections::BTreeMap<String, std::time::Instant>,
     /// By what is called (a service, or an HTTP router's key).
-    replicas: std::collections::HashMap<String, std::collections::HashMap<String, std::time::Instant>>,
+    replicas: std::collections::BTreeMap<String, std::collections::BTreeMap<String, std::time::Instant>>,
 }
 
 impl Seen {
@@ -80,7 +80,7 @@ impl Seen {
         }
         seen.retain(|_, at| now.duration_since(*at) < REMEMBERED);
         let remembered: Vec<&str> = seen.keys().map(String::as_str).collect();
-        let here: std::collections::HashMap<&str, usize> = members.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let here: std::collections::BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         // The order over every replica remembered, then the ones here now, in it.
         let ordered: Vec<usize> = preference(&remembered, name, caller, size)
             .into_iter()

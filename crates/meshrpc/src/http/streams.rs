@@ -92,7 +92,7 @@ impl futures_core::Stream for Chunks {
             return Poll::Ready(None);
         }
         if let Poll::Ready(next) = Pin::new(&mut self.items).poll_next(cx) {
-            let deadline = tokio::time::Instant::now() + HEARTBEAT;
+            let deadline = tokio::time::Instant::from_std(crate::clock::now()) + HEARTBEAT;
             self.heartbeat.as_mut().reset(deadline);
             let index = self.index;
             self.index += 1;
@@ -123,7 +123,7 @@ impl futures_core::Stream for Chunks {
             return Poll::Ready(Some(Ok(chunk)));
         }
         if self.heartbeat.as_mut().poll(cx).is_ready() {
-            let deadline = tokio::time::Instant::now() + HEARTBEAT;
+            let deadline = tokio::time::Instant::from_std(crate::clock::now()) + HEARTBEAT;
             self.heartbeat.as_mut().reset(deadline);
             let beat = match self.format {
                 Format::Ndjson => Bytes::from_static(b"\n"),

@@ -333,13 +333,19 @@ impl<H, S> ResponderState<H, S> {
 
     /// The connection is over: returns the handles of every running call, to stop them.
     pub fn close(&mut self) -> Vec<H> {
-        self.running.drain().filter_map(|(_, r)| r.handle).collect()
+        // In call order: the same close stops them in the same order every time (the
+        // simulation replays runs byte for byte).
+        let mut running: Vec<_> = self.running.drain().collect();
+        running.sort_unstable_by_key(|(id, _)| *id);
+        running.into_iter().filter_map(|(_, r)| r.handle).collect()
     }
 
     /// Ends every call whose answer is a stream still open: their handles, to stop them,
     /// and the end frames (failed with `why`) to send.
     pub fn end_streams(&mut self, why: &Error) -> (Vec<H>, Vec<Frame>) {
-        let open: Vec<u64> = self.running.iter().filter(|(_, r)| r.flow.send.is_some()).map(|(id, _)| *id).collect();
+        let mut open: Vec<u64> =
+            self.running.iter().filter(|(_, r)| r.flow.send.is_some()).map(|(id, _)| *id).collect();
+        open.sort_unstable();
         let mut handles = Vec::new();
         let mut ends = Vec::new();
         for id in open {

@@ -11,7 +11,7 @@
 //! [`schema`]: super::schema
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -102,7 +102,7 @@ impl Pull {
 /// The facts of the members SWIM holds up, and this node's own.
 pub(crate) struct Table {
     own: Own,
-    members: HashMap<SocketAddr, Known>,
+    members: BTreeMap<SocketAddr, Known>,
     /// Members in [`Stage::Pulling`] (at most [`MAX_PULLS`]).
     pulling: BTreeSet<SocketAddr>,
     /// Members in [`Stage::Waiting`], oldest first (an entry of a member since gone or
@@ -120,7 +120,7 @@ impl Table {
     pub(crate) fn new(me: &NodeId, kv: &BTreeMap<String, String>) -> Table {
         let mut table = Table {
             own: Own { addr: me.addr, started_ns: me.started_ns, version: 0, encoded: Vec::new() },
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             pulling: BTreeSet::new(),
             waiting: VecDeque::new(),
             paused: BTreeSet::new(),
@@ -168,7 +168,7 @@ impl Table {
         if replaced {
             self.down(&self.members[&id.addr].id.clone());
         }
-        if let std::collections::hash_map::Entry::Vacant(entry) = self.members.entry(id.addr) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.members.entry(id.addr) {
             entry.insert(Known {
                 id,
                 facts: None,
@@ -416,7 +416,7 @@ mod tests {
     }
 
     /// Runs the asks of `a` against the owners' tables until nothing is due.
-    fn settle(a: &mut Table, owners: &HashMap<SocketAddr, Table>, now: Instant) {
+    fn settle(a: &mut Table, owners: &BTreeMap<SocketAddr, Table>, now: Instant) {
         for _ in 0..100 {
             let asks = a.asks(now + RETRY * 3);
             if asks.is_empty() {
@@ -440,7 +440,7 @@ mod tests {
         let now = crate::clock::now();
         let big = "x".repeat(3000);
         let b = Table::new(&id(2, 7), &kv(&[("name", "b"), ("split:s", &big)]));
-        let mut owners = HashMap::new();
+        let mut owners = BTreeMap::new();
         owners.insert(id(2, 7).addr, b);
         let mut a = Table::new(&id(1, 1), &kv(&[("name", "a")]));
         a.up(id(2, 7));
@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn a_forged_announcement_does_not_make_a_member_ask_forever() {
         let now = crate::clock::now();
-        let mut owners = HashMap::new();
+        let mut owners = BTreeMap::new();
         owners.insert(id(2, 7).addr, Table::new(&id(2, 7), &kv(&[("name", "b")])));
         let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn a_restart_replaces_the_member_and_its_facts() {
         let now = crate::clock::now();
-        let mut owners = HashMap::new();
+        let mut owners = BTreeMap::new();
         owners.insert(id(2, 7).addr, Table::new(&id(2, 7), &kv(&[("name", "old")])));
         let mut a = Table::new(&id(1, 1), &kv(&[]));
         a.up(id(2, 7));
@@ -540,8 +540,8 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let start = crate::clock::now();
             let mut now = start;
-            let mut owners: HashMap<SocketAddr, Table> = HashMap::new();
-            let mut lives: HashMap<u16, u64> = HashMap::new();
+            let mut owners: BTreeMap<SocketAddr, Table> = BTreeMap::new();
+            let mut lives: BTreeMap<u16, u64> = BTreeMap::new();
             let mut a = Table::new(&id(1, 1), &kv(&[]));
             let mut in_flight: Vec<(SocketAddr, Body)> = Vec::new();
             for _ in 0..2000 {

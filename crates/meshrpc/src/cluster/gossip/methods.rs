@@ -13,7 +13,7 @@
 //! key asked again after [`RETRY`], doubling up to [`RETRY_AT_MOST`].
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -42,7 +42,7 @@ pub(crate) const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 pub(crate) const MAX_METHODS: usize = 4096;
 
 /// What a method list is fetched by: the service, its fingerprint and its list's digest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ListKey {
     pub(crate) service: String,
     pub(crate) fingerprint: String,
@@ -58,9 +58,9 @@ pub(crate) struct Wanted {
 
 /// The method lists this node knows, by key.
 pub(crate) struct MethodBook {
-    known: Mutex<HashMap<ListKey, Known>>,
+    known: Mutex<BTreeMap<ListKey, Known>>,
     /// Keys being fetched, or failed lately: when they may be asked again.
-    asked: Mutex<HashMap<ListKey, Ask>>,
+    asked: Mutex<BTreeMap<ListKey, Ask>>,
     wanted: mpsc::Sender<Wanted>,
     /// A list was learnt, or a failed one may be asked again: the view is built anew.
     pub(crate) changed: Notify,
@@ -153,7 +153,7 @@ impl MethodBook {
 
     /// After a new view: forgets lists no member advertises (but this node's own), and
     /// asks for the ones missing, each from the members that advertise it.
-    pub(crate) fn want(&self, advertised: &[ListKey], missing: HashMap<ListKey, Vec<SocketAddr>>) {
+    pub(crate) fn want(&self, advertised: &[ListKey], missing: BTreeMap<ListKey, Vec<SocketAddr>>) {
         let keep: std::collections::HashSet<&ListKey> = advertised.iter().collect();
         self.known.lock().unwrap().retain(|key, k| k.own || keep.contains(key));
         let now = crate::clock::now();
@@ -267,8 +267,8 @@ mod tests {
         let (book, mut rx) = MethodBook::new();
         let key = key_of(&SPEC);
         let from: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
-        book.want(std::slice::from_ref(&key), HashMap::from([(key.clone(), from.clone())]));
-        book.want(std::slice::from_ref(&key), HashMap::from([(key.clone(), from)]));
+        book.want(std::slice::from_ref(&key), BTreeMap::from([(key.clone(), from.clone())]));
+        book.want(std::slice::from_ref(&key), BTreeMap::from([(key.clone(), from)]));
         let wanted = rx.try_recv().unwrap();
         assert_eq!((wanted.key, wanted.from.len()), (key.clone(), 2));
         assert!(rx.try_recv().is_err(), "one fetch per key, however often the view changes");
@@ -288,7 +288,7 @@ mod tests {
 
         // Lists nobody advertises any more are dropped; this node's own are kept.
         book.publish(&ServiceSpec { name: "own", ..SPEC });
-        book.want(&[], HashMap::new());
+        book.want(&[], BTreeMap::new());
         assert!(book.methods(&key).is_none());
         assert_eq!(book.len(), 1);
     }
@@ -314,7 +314,7 @@ mod tests {
         }
         assert_eq!(book.failed(&key_of(&b), "full".into()), RETRY_AT_MOST);
         // Dropping what nobody advertises makes room.
-        book.want(std::slice::from_ref(&key_of(&b)), HashMap::new());
+        book.want(std::slice::from_ref(&key_of(&b)), BTreeMap::new());
         assert_eq!(book.learn(key_of(&b), &list), Learned::Taken);
     }
 

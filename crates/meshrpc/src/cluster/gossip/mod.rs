@@ -287,7 +287,7 @@ impl Membership {
 /// (a few milliseconds after it appears in gossip).
 fn members(live: &[Raw], book: &methods::MethodBook) -> Vec<Member> {
     let mut advertised = Vec::new();
-    let mut missing: std::collections::HashMap<methods::ListKey, Vec<(bool, SocketAddr)>> = Default::default();
+    let mut missing: std::collections::BTreeMap<methods::ListKey, Vec<(bool, SocketAddr)>> = Default::default();
     let mut members: Vec<Member> = live
         .iter()
         .map(|raw| {

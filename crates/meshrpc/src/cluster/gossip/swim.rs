@@ -77,7 +77,7 @@ pub(crate) struct Raw {
 
 /// The custom broadcasts: announcements of new facts, disseminated while they are news.
 struct Announcements {
-    newest: std::collections::HashMap<SocketAddr, (u64, u32)>,
+    newest: std::collections::BTreeMap<SocketAddr, (u64, u32)>,
     inbox: Arc<Mutex<Vec<Announced>>>,
 }
 

@@ -100,8 +100,9 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
     }
     converged(&cluster, &shared, &name).await;
     // The run ends once every node saw the whole mesh again (or the bound passed).
+    // (A node checks every 100 ms: past the bound, wait for its report.)
     while shared.converged.lock().unwrap().len() < shared.config.nodes
-        && turmoil::sim_elapsed().unwrap_or_default() <= healed_by
+        && turmoil::sim_elapsed().unwrap_or_default() <= healed_by + Duration::from_millis(300)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

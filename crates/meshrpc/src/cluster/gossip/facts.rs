@@ -144,6 +144,11 @@ impl Table {
         Some(self.own.version)
     }
 
+    /// This node took a new identity: it answers for its facts under `started_ns`.
+    pub(crate) fn renamed(&mut self, started_ns: u64) {
+        self.own.started_ns = started_ns;
+    }
+
     pub(crate) fn own_version(&self) -> u32 {
         self.own.version
     }

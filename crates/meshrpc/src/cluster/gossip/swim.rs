@@ -494,6 +494,32 @@ impl Node {
             }
             Body::MembersPage { of, page, pages, bytes } => self.members_page(of, page, pages, &bytes),
         }
+        self.outrank_former_self();
+    }
+
+    /// A restarted node is a new identity at the same address, and wins over its former
+    /// self by starting later. When the wall clock was stepped back between the two (NTP,
+    /// a restored VM) it starts *earlier*: members would keep the former identity (foca
+    /// keeps a down member for a day) and ignore the new one, so the node stayed invisible
+    /// — found by the simulation (sim/, seed 87). So once this node hears of an identity
+    /// at its own address that outranks it, it takes one that outranks that.
+    fn outrank_former_self(&mut self) {
+        let me = *self.swim.identity();
+        let Some(former) = self.swim.member_at(&me.addr).map(|m| *m.id()) else { return };
+        if former == me || !foca::Identity::win_addr_conflict(&former, &me) {
+            return;
+        }
+        let renamed = NodeId { started_ns: former.started_ns.saturating_add(1), bump: 0, ..me };
+        if self.swim.change_identity(renamed, &mut self.rt).is_err() {
+            return;
+        }
+        tracing::info!(
+            addr = %me.addr,
+            "a former run of this node started later by the wall clock (stepped back since?): outranking it"
+        );
+        self.table.renamed(renamed.started_ns);
+        let a = Announced { addr: me.addr, started_ns: renamed.started_ns, version: self.table.own_version() };
+        let _ = self.swim.add_broadcast(&postcard::to_allocvec(&a).expect("encoding to memory"));
     }
 
     fn start_sync(&mut self, peer: SocketAddr) {

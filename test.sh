@@ -68,4 +68,19 @@ export MESHRPC_REQUIRE_TOOLS=1
 [ "$(id -u)" = 0 ] && export MESHRPC_REQUIRE_NETNS=1
 # The bench is not a test: it builds under clippy in CI and runs with bench/run.sh.
 # Every test binary runs even when one fails, so a red run shows all that failed.
-cargo test --workspace --exclude meshrpc-bench --no-fail-fast "$@"
+status=0
+cargo test --workspace --exclude meshrpc-bench --no-fail-fast "$@" || status=$?
+# The simulation (sim/), in a build of its own (--cfg tokio_unstable, target/sim): one
+# seed gives one run, an injected bug is caught, a fixed sweep of seeds passes. The heavy
+# tier sweeps 1,000 seeds of 8 to 32 nodes, two processes at once.
+if [ $# -eq 0 ]; then
+  sim/run.sh --test || status=$?
+  if [ -n "${MESHRPC_HEAVY:-}" ]; then
+    sim/run.sh --seeds 1..500 --nodes 8..32 > target/sim-sweep-1.log 2>&1 & first=$!
+    sim/run.sh --seeds 501..1000 --nodes 8..32 > target/sim-sweep-2.log 2>&1 & second=$!
+    wait $first || status=$?
+    wait $second || status=$?
+    grep -hE "FAILED|^  |seeds (passed|failed)" target/sim-sweep-1.log target/sim-sweep-2.log || true
+  fi
+fi
+exit $status

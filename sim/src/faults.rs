@@ -114,10 +114,8 @@ pub(crate) struct Injector {
 
 impl Injector {
     pub(crate) fn new(plan: &[Planned], hosts: &[String]) -> Injector {
-        let mut events: Vec<_> = plan
-            .iter()
-            .flat_map(|p| [(p.at, true, p.fault.clone()), (p.until, false, p.fault.clone())])
-            .collect();
+        let mut events: Vec<_> =
+            plan.iter().flat_map(|p| [(p.at, true, p.fault.clone()), (p.until, false, p.fault.clone())]).collect();
         events.sort_by_key(|e| (e.0, e.1));
         Injector { events, next: 0, hosts: hosts.to_vec() }
     }

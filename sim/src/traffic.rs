@@ -79,10 +79,8 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
     let mut rng = Rng::new(shared.config.seed ^ 0x4ea1);
     while ok_in_a_row < 12 {
         if turmoil::sim_elapsed().unwrap_or_default() > healed_by {
-            shared.violation(format!(
-                "{name}: calls still failing {} s after the faults stopped",
-                CONVERGENCE.as_secs()
-            ));
+            shared
+                .violation(format!("{name}: calls still failing {} s after the faults stopped", CONVERGENCE.as_secs()));
             break;
         }
         let op = match ok_in_a_row % 4 {
@@ -137,7 +135,10 @@ async fn call(shared: &Shared, clients: &Clients, who: &str, op: Op, healing: bo
         }
         Ok(result) => {
             if took > DEADLINE + LATE {
-                shared.violation(format!("{who} call {id} {op:?} ended {} ms after it started, past its deadline", took.as_millis()));
+                shared.violation(format!(
+                    "{who} call {id} {op:?} ended {} ms after it started, past its deadline",
+                    took.as_millis()
+                ));
             }
             match result {
                 Ok(by) => {

@@ -4,7 +4,6 @@
 
 use meshrpc_sim::{run, Config};
 
-
 /// Two runs of one seed produce byte-identical event logs.
 #[test]
 #[cfg_attr(not(tokio_unstable), ignore = "needs --cfg tokio_unstable: sim/run.sh --test")]
@@ -15,7 +14,12 @@ fn one_seed_gives_one_run() {
         assert!(first.calls > 500, "seed {seed}: only {} calls", first.calls);
         assert!(first.log.iter().any(|l| l.contains("fault starts")), "seed {seed} injected no fault");
         if first.log != second.log {
-            let at = first.log.iter().zip(&second.log).position(|(a, b)| a != b).unwrap_or(first.log.len().min(second.log.len()));
+            let at = first
+                .log
+                .iter()
+                .zip(&second.log)
+                .position(|(a, b)| a != b)
+                .unwrap_or(first.log.len().min(second.log.len()));
             panic!(
                 "seed {seed}: the two runs differ from line {at}:\n  first:  {:?}\n  second: {:?}",
                 first.log.get(at),

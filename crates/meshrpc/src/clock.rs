@@ -30,6 +30,7 @@ pub(crate) fn wall() -> SystemTime {
 }
 
 /// Milliseconds since the Unix epoch, by [`wall`].
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) fn wall_ms() -> u64 {
     wall().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }

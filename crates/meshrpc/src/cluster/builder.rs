@@ -14,8 +14,8 @@ use crate::{
     middleware::DispatchService,
     middleware::DynLayer,
     server::Server,
-    transport::Network,
     server::ServerConfig,
+    transport::Network,
 };
 
 /// Configures and starts a cluster node.
@@ -230,7 +230,8 @@ impl ClusterBuilder {
                 let server = match &network {
                     None => bind_tcp_and_udp(listen).await?,
                     Some(network) => {
-                        let addr = listen.parse().map_err(|_| Error::bad_request(format!("listen address {listen}")))?;
+                        let addr =
+                            listen.parse().map_err(|_| Error::bad_request(format!("listen address {listen}")))?;
                         Server::listening_on(network.listen(addr).await.map_err(|e| Error::from(e).context("bind"))?)
                     }
                 }
@@ -307,7 +308,9 @@ impl ClusterBuilder {
             (membership, Some(view))
         };
         let admin = match (&self.admin, &server) {
-            (Some(_), _) if network.is_some() => return Err(Error::bad_request("a node on a simulated network has no admin port")),
+            (Some(_), _) if network.is_some() => {
+                return Err(Error::bad_request("a node on a simulated network has no admin port"))
+            }
             (Some(addr), Some(_)) => Some(super::admin::Admin::bind(addr).await?),
             (Some(_), None) => return Err(Error::bad_request("a client-only node has no admin port")),
             (None, _) => None,

@@ -527,7 +527,13 @@ impl Cluster {
                     continue;
                 }
             }
-            return Ok(HttpReplica { addr, peer, start: crate::clock::now(), name: name.to_owned(), inner: inner.clone() });
+            return Ok(HttpReplica {
+                addr,
+                peer,
+                start: crate::clock::now(),
+                name: name.to_owned(),
+                inner: inner.clone(),
+            });
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable(format!("no reachable replica serves HTTP for `{name}`"))))
     }

@@ -80,7 +80,8 @@ impl Seen {
         }
         seen.retain(|_, at| now.duration_since(*at) < REMEMBERED);
         let remembered: Vec<&str> = seen.keys().map(String::as_str).collect();
-        let here: std::collections::BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let here: std::collections::BTreeMap<&str, usize> =
+            members.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         // The order over every replica remembered, then the ones here now, in it.
         let ordered: Vec<usize> = preference(&remembered, name, caller, size)
             .into_iter()

@@ -11,10 +11,7 @@ mod metrics;
 mod proxy;
 mod ratelimit;
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{MatchedPath, Request, State},

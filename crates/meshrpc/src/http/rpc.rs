@@ -1,11 +1,7 @@
 //! RPC over HTTP on a node (and at the gateway): `POST /{service}/{method}` with a
 //! JSON body, answered in the seed's envelope `{"data": …, "errors": […]}`.
 
-use std::{
-    borrow::Cow,
-    sync::Arc,
-    time::Duration,
-};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use axum::{
     body::Body,

@@ -98,6 +98,7 @@ pub(crate) struct Membership {
 impl Membership {
     /// Joins (or founds) the cluster named `tag`, gossiping on UDP `gossip_bind`;
     /// peers reach it at `gossip_addr`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn join(
         name: &str,
         tag: &str,
@@ -361,7 +362,8 @@ impl Impostor {
         let id = NodeId { addr, started_ns: swim::now_ns(), bump: 0 };
         let kv: BTreeMap<String, String> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let seeds = seeds.iter().map(ToString::to_string).collect();
-        let (engine, _) = task::spawn(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default(), None).await?;
+        let (engine, _) =
+            task::spawn(id, addr, tag, seeds, &GossipConfig::default(), key, &kv, Arc::default(), None).await?;
         Ok(Impostor { _engine: engine, addr })
     }
 }

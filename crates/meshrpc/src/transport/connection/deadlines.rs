@@ -1,7 +1,6 @@
 //! The one deadline timer of a calling connection: `CallerState` keeps every call's
 //! deadline and says which is soonest; this sleeps until then and fails what is due.
 
-
 use super::Inner;
 use crate::error::Error;
 

@@ -28,13 +28,21 @@ enum Op {
     Deposit,
     Look,
     Greet,
-    Stream { n: u32 },
+    Stream {
+        n: u32,
+    },
+    /// A deposit or a look (`idempotent`) through the gateway, as JSON over HTTP.
+    Gateway {
+        idempotent: bool,
+    },
 }
 
 #[derive(Clone)]
 struct Clients {
     ledger: LedgerClient,
     greeter: GreeterClient,
+    /// The first caller also runs the gateway, on its own cluster node.
+    gateway: Option<axum::Router>,
 }
 
 pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result {
@@ -49,6 +57,7 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
     let clients = Clients {
         ledger: LedgerClient::new(cluster.client(LedgerClient::SPEC)).with_timeout(DEADLINE),
         greeter: GreeterClient::new(cluster.client(GreeterClient::SPEC)).with_timeout(DEADLINE),
+        gateway: (name == "c0").then(|| meshrpc::Gateway::new(cluster.clone()).router()),
     };
     shared.log(format!("{name} joined"));
     // Traffic through the faults.
@@ -59,10 +68,11 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
         let mut rng = Rng::new(shared.config.seed ^ (u64::from(name.as_bytes()[1]) << 8) ^ w);
         workers.push(tokio::spawn(async move {
             while turmoil::sim_elapsed().unwrap_or_default() < end {
-                let op = match rng.below(10) {
+                let op = match rng.below(12) {
                     0..=2 => Op::Deposit,
                     3..=5 => Op::Look,
                     6..=7 => Op::Greet,
+                    8..=9 if clients.gateway.is_some() => Op::Gateway { idempotent: rng.below(2) == 0 },
                     _ => Op::Stream { n: rng.between(1, 40) as u32 },
                 };
                 call(&shared, &clients, &name, op, false).await;
@@ -83,10 +93,11 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
                 .violation(format!("{name}: calls still failing {} s after the faults stopped", CONVERGENCE.as_secs()));
             break;
         }
-        let op = match ok_in_a_row % 4 {
+        let op = match ok_in_a_row % 6 {
             0 => Op::Deposit,
             1 => Op::Look,
             2 => Op::Greet,
+            3 | 4 if clients.gateway.is_some() => Op::Gateway { idempotent: ok_in_a_row % 6 == 3 },
             _ => Op::Stream { n: rng.between(1, 10) as u32 },
         };
         if call(&shared, &clients, &name, op, true).await {
@@ -97,6 +108,9 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
         }
     }
     converged(&cluster, &shared, &name).await;
+    if name == "c0" {
+        connections_bounded(&shared);
+    }
     // The run ends once every node saw the whole mesh again (or the bound passed).
     // (A node checks every 100 ms: past the bound, wait for its report.)
     while shared.converged.lock().unwrap().len() < shared.config.nodes
@@ -112,7 +126,7 @@ pub(crate) async fn caller(name: String, shared: Arc<Shared>) -> turmoil::Result
 /// Returns true if it succeeded.
 async fn call(shared: &Shared, clients: &Clients, who: &str, op: Op, healing: bool) -> bool {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    if op == Op::Deposit {
+    if matches!(op, Op::Deposit | Op::Gateway { idempotent: false }) {
         shared.deposits.lock().unwrap().push(id);
     }
     shared.calls.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +137,10 @@ async fn call(shared: &Shared, clients: &Clients, who: &str, op: Op, healing: bo
             Op::Look => clients.ledger.look(id).await.map_err(code),
             Op::Greet => clients.greeter.greet(format!("{id}")).await.map_err(|e| format!("{e:?}")),
             Op::Stream { n } => stream(clients, n).await,
+            Op::Gateway { idempotent } => {
+                let gateway = clients.gateway.clone().expect("the gateway's caller");
+                through_gateway(gateway, if idempotent { "look" } else { "deposit" }, id).await
+            }
         }
     })
     .await;
@@ -174,6 +192,44 @@ async fn stream(clients: &Clients, n: u32) -> Result<String, String> {
         Ok(format!("{n} items"))
     } else {
         Err(format!("BROKEN the stream ended after {next} of {n} items with no error"))
+    }
+}
+
+/// Connections a node holds are bounded: at most two to each peer either way (one, and a
+/// stream lane), however many restarts and reconnections the faults caused.
+fn connections_bounded(shared: &Shared) {
+    let hosts = shared.config.nodes + shared.config.callers;
+    let bound = 4 * hosts;
+    let mut counts = Vec::new();
+    for n in 0..shared.config.nodes {
+        let host = format!("n{n}");
+        let held = turmoil::established_tcp_stream_count_on(host.as_str());
+        counts.push(held);
+        if held > bound {
+            shared.violation(format!("{host} holds {held} connections, over its bound of {bound}"));
+        }
+    }
+    shared.log(format!("connections held by each node: {counts:?}"));
+}
+
+/// A ledger call as JSON over HTTP through the gateway, with the callers' deadline.
+async fn through_gateway(gateway: axum::Router, method: &str, id: u64) -> Result<String, String> {
+    use tower::ServiceExt;
+    let request = axum::http::Request::post(format!("/ledger/{method}"))
+        .header("content-type", "application/json")
+        .header("meshrpc-timeout-ms", DEADLINE.as_millis().to_string())
+        .body(axum::body::Body::from(format!("{{\"id\":{id}}}")))
+        .expect("a request");
+    let answer = gateway.oneshot(request).await.map_err(|e| format!("BROKEN the gateway failed: {e}"))?;
+    let status = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20).await.map_err(|e| format!("body: {e}"))?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status.is_success() {
+        Ok(format!("http {status} {body}"))
+    } else if status.is_server_error() || [404, 422, 429, 499].contains(&status.as_u16()) {
+        Err(format!("http {}", status.as_u16()))
+    } else {
+        Err(format!("BROKEN the gateway answered {status}: {body}"))
     }
 }
 

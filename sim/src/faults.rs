@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::{Config, Rng, Shared};
 
 /// When the first fault may start (the nodes have joined by then).
-pub const START: Duration = Duration::from_secs(5);
+pub const START: Duration = Duration::from_secs(2);
 
 /// One fault, between two hosts or on one node.
 #[derive(Debug, Clone, PartialEq)]

@@ -168,7 +168,7 @@ pub fn run(config: &Config) -> Report {
         .rng_seed(config.seed)
         .enable_random_order()
         .simulation_duration(shared.faults_end() + CONVERGENCE + Duration::from_secs(40))
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(Duration::from_millis(2))
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(3))
         .build();
@@ -245,7 +245,7 @@ async fn node(name: String, shared: Arc<Shared>) -> turmoil::Result {
                         if let Some(me) = cluster.members().into_iter().find(|m| m.name == name) {
                             shared.incarnations.lock().unwrap().insert(name.clone(), me.started_ms);
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                 })
             };

@@ -232,23 +232,23 @@ async fn node(name: String, shared: Arc<Shared>) -> turmoil::Result {
             }
         })
     };
+    // This incarnation, as members know it (from its own view; a node may take a new
+    // identity when it finds its former self outranks it), until it drains.
+    let record = {
+        let (cluster, shared, name) = (cluster.clone(), shared.clone(), name.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(me) = cluster.members().into_iter().find(|m| m.name == name) {
+                    shared.incarnations.lock().unwrap().insert(name.clone(), me.started_ms);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
     let view = {
         let (cluster, shared, name) = (cluster.clone(), shared.clone(), name.clone());
         tokio::spawn(async move {
-            // This incarnation, as members know it (from its own view; a node may take a
-            // new identity when it finds its former self outranks it).
             let end = shared.faults_end();
-            let _record = {
-                let (cluster, shared, name) = (cluster.clone(), shared.clone(), name.clone());
-                tokio::spawn(async move {
-                    loop {
-                        if let Some(me) = cluster.members().into_iter().find(|m| m.name == name) {
-                            shared.incarnations.lock().unwrap().insert(name.clone(), me.started_ms);
-                        }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                })
-            };
             while turmoil::sim_elapsed().unwrap_or_default() < end {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -260,6 +260,7 @@ async fn node(name: String, shared: Arc<Shared>) -> turmoil::Result {
     cluster.serve().await?;
     drain.abort();
     view.abort();
+    record.abort();
     shared.log(format!("{name} drained"));
     std::future::pending::<()>().await;
     Ok(())

@@ -199,7 +199,7 @@ async fn stream(clients: &Clients, n: u32) -> Result<String, String> {
 /// stream lane), however many restarts and reconnections the faults caused.
 fn connections_bounded(shared: &Shared) {
     let hosts = shared.config.nodes + shared.config.callers;
-    let bound = 4 * hosts;
+    let bound = 4 * (hosts - 1);
     let mut counts = Vec::new();
     for n in 0..shared.config.nodes {
         let host = format!("n{n}");

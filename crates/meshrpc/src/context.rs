@@ -103,7 +103,9 @@ pub(crate) fn new_span_id() -> u64 {
 fn process_seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SEED.get_or_init(|| {
-        let nanos = crate::clock::entropy(crate::clock::wall_ns);
+        // Not `clock::entropy`: trace ids steer nothing, and a draw here (once per process)
+        // would shift a simulation's later draws between its first run and a replay.
+        let nanos = crate::clock::wall_ns();
         let mut z = nanos ^ (u64::from(std::process::id()) << 32);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -221,6 +221,13 @@ impl ClusterBuilder {
         #[cfg(not(feature = "tls"))]
         let gossips = true;
         let network = self.network.as_ref().map(|n| n.0.clone());
+        // On another network the OS cannot tell the node's address (its probes would
+        // look at the real machine's).
+        let unspecified =
+            self.listen.as_deref().is_none_or(|l| l.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()));
+        if network.is_some() && self.advertise.is_none() && unspecified {
+            return Err(Error::bad_request("a node on a given network needs advertise_ip (its address there)"));
+        }
         #[cfg(feature = "tls")]
         if network.is_some() && tls.is_some() {
             return Err(Error::bad_request("a node on a simulated network has no TLS"));

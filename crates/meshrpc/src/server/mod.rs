@@ -378,8 +378,24 @@ impl Server {
         let door = self.door.get().map(|door| door.new_door(&self));
         let listener = match self.listener {
             Listening::Os(listener) => listener,
-            Listening::Seam(ref listener) => {
-                serve_seam(listener.as_ref(), &self).await;
+            Listening::Seam(listener) => {
+                let serve = {
+                    let (dispatch, limits, shutdown) =
+                        (self.dispatch, self.config.mesh_limits(), self.shutdown.clone());
+                    move |link| {
+                        serve_mesh(
+                            Arc::new(link),
+                            bytes::BytesMut::new(),
+                            dispatch.clone(),
+                            limits.clone(),
+                            guard.clone(),
+                            crate::admission::Admission::default(),
+                            shutdown.subscribe(),
+                        )
+                    }
+                };
+                let (shutdown, config) = (self.shutdown.subscribe(), &self.config);
+                serve_seam(listener, serve, shutdown, config.max_connections, config.drain_timeout).await;
                 return Ok(());
             }
         };
@@ -401,17 +417,24 @@ impl Server {
 }
 
 /// Serves the mesh connections of a [`Network`](crate::transport::Network)'s listener
-/// until shut down, then waits up to its drain timeout for them to finish (they get
+/// with `serve` until shut down; then closes the listener (new connections are refused,
+/// as on the OS's port) and waits up to `drain` for the others to finish (they get
 /// go-away).
-async fn serve_seam(listener: &dyn crate::transport::Listener, server: &Server) {
-    let drain = server.config.drain_timeout;
-    let mut shutdown = server.shutdown.subscribe();
+async fn serve_seam<F>(
+    listener: Box<dyn crate::transport::Listener>,
+    serve: impl Fn(crate::transport::StreamLink) -> F,
+    mut shutdown: watch::Receiver<bool>,
+    max_connections: usize,
+    drain: Duration,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((link, _)) if conns.len() < server.config.max_connections => {
-                    conns.spawn(server.serve_link(link));
+                Ok((link, _)) if conns.len() < max_connections => {
+                    conns.spawn(serve(link));
                 }
                 Ok(_) => {} // over the cap: dropped, so closed
                 Err(e) => {
@@ -423,6 +446,7 @@ async fn serve_seam(listener: &dyn crate::transport::Listener, server: &Server) 
             _ = crate::transport::stopped(&mut shutdown) => break,
         }
     }
+    drop(listener);
     let _ = tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
 }
 

@@ -66,6 +66,9 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 static VERSION1_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 static DROPPED_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
 static GARBAGE_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+static SHARED_ADDR_WARNING: Throttle = Throttle::new(Duration::from_secs(10));
+/// How many times a node takes a new identity to outrank a former self at its address.
+const MAX_RENAMES: u8 = 2;
 
 /// A member of the view as the node hands it over.
 #[derive(Debug, Clone)]
@@ -141,6 +144,8 @@ pub(crate) struct Node {
     /// Until when a joining node holds its view back while it learns the members' facts
     /// (so that its first view is whole, not the seed alone); `None` once settled.
     settling: Option<Instant>,
+    /// Times this node took a new identity to outrank its former self.
+    renames: u8,
     /// Members this node saw go up (`true`) or down, when a simulation asks for them.
     pub(crate) news: Option<Vec<(bool, NodeId)>>,
 }
@@ -224,6 +229,7 @@ impl Node {
             next_recheck: now + RECHECK_EVERY,
             next_hello_back: now,
             settling: Some(now + SETTLE),
+            renames: 0,
             news: None,
         }
     }
@@ -509,6 +515,16 @@ impl Node {
         if former == me || !foca::Identity::win_addr_conflict(&former, &me) {
             return;
         }
+        // Once is what a restart needs. More means another live process claims this
+        // address (a restored VM, two containers sharing an IP and port): renaming on
+        // would make the two leapfrog for ever, so the later of them keeps it.
+        if self.renames >= MAX_RENAMES {
+            SHARED_ADDR_WARNING.log(|also| {
+                tracing::warn!(addr = %me.addr, also, "another node gossips from this node's address: check for two processes with one address")
+            });
+            return;
+        }
+        self.renames += 1;
         let renamed = NodeId { started_ns: former.started_ns.saturating_add(1), bump: 0, ..me };
         if self.swim.change_identity(renamed, &mut self.rt).is_err() {
             return;

@@ -30,6 +30,8 @@ pub enum Fault {
     ClockJump(i64),
     /// The node is cut off from every other host briefly: a stalled process.
     Stall(String),
+    /// The mesh splits in two: these nodes on one side, every other host on the other.
+    Split(Vec<String>),
 }
 
 /// A fault and when it starts and ends.
@@ -65,7 +67,18 @@ pub fn plan(config: &Config) -> Vec<Planned> {
             }
             (a, b)
         };
-        let fault = match rng.below(9) {
+        let fault = match rng.below(10) {
+            9 => {
+                let mut side: Vec<String> = Vec::new();
+                for _ in 0..rng.between(1, (nodes.len() as u64 / 2).max(1)) {
+                    let n = pick(&mut rng, &nodes);
+                    if !side.contains(&n) {
+                        side.push(n);
+                    }
+                }
+                side.sort();
+                Fault::Split(side)
+            }
             0 => {
                 let (a, b) = pair(&mut rng);
                 Fault::Partition(a, b)
@@ -159,6 +172,17 @@ impl Injector {
                 }
                 (Fault::ClockJump(ms), true) => crate::jump_wall_clock(ms),
                 (Fault::ClockJump(_), false) => {}
+                (Fault::Split(side), start) => {
+                    for a in &side {
+                        for b in self.hosts.iter().filter(|h| !side.contains(h)) {
+                            if start {
+                                sim.partition(a.as_str(), b.as_str());
+                            } else {
+                                sim.repair(a.as_str(), b.as_str());
+                            }
+                        }
+                    }
+                }
                 (Fault::Stall(n), start) => {
                     for other in self.hosts.iter().filter(|h| **h != n) {
                         if start {

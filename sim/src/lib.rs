@@ -55,12 +55,21 @@ pub struct Config {
     /// Runs the library with a bug injected on purpose: calls that are not idempotent are
     /// retried after they reached a replica (the simulation must catch it).
     pub broken_retries: bool,
+    /// These faults instead of the seed's (a regression test's scenario).
+    pub plan: Option<Vec<faults::Planned>>,
 }
 
 impl Config {
     /// A run of `seed` with `nodes` nodes, two callers and 10 s of faults.
     pub fn new(seed: u64, nodes: usize) -> Config {
-        Config { seed, nodes: nodes.max(2), callers: 2, faults: Duration::from_secs(10), broken_retries: false }
+        Config {
+            seed,
+            nodes: nodes.max(2),
+            callers: 2,
+            faults: Duration::from_secs(10),
+            broken_retries: false,
+            plan: None,
+        }
     }
 
     /// The command that replays this run.
@@ -181,7 +190,7 @@ pub fn run(config: &Config) -> Report {
         let name = format!("c{c}");
         sim.client(name.clone(), traffic::caller(name, shared.clone()));
     }
-    let plan = faults::plan(config);
+    let plan = config.plan.clone().unwrap_or_else(|| faults::plan(config));
     let hosts: Vec<String> = names.iter().cloned().chain((0..config.callers).map(|c| format!("c{c}"))).collect();
     let mut faults = faults::Injector::new(&plan, &hosts);
     loop {

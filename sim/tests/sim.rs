@@ -2,7 +2,9 @@
 //! tokio_unstable`: turmoil then seeds tokio's random choices); `./test.sh` runs it. In a
 //! plain `cargo test` they say so and are ignored.
 
-use meshrpc_sim::{run, Config};
+use std::time::Duration;
+
+use meshrpc_sim::{faults::Planned, run, Config, Fault};
 
 /// Two runs of one seed produce byte-identical event logs.
 #[test]
@@ -44,18 +46,23 @@ fn an_injected_retry_bug_is_caught() {
     panic!("300 seeds did not catch a non-idempotent call retried after it reached a replica");
 }
 
-/// Seeds that found bugs, kept passing (the closing notes name each bug).
+/// The first bug the simulation found (seeds 87 and 38 of its first fault plans): a node
+/// restarted after the wall clock stepped back was outranked by its former self and stayed
+/// invisible to every member (foca keeps down members for a day). Fixed in
+/// gossip/swim.rs, `outrank_former_self`; this is its scenario, explicitly.
 #[test]
 #[cfg_attr(not(tokio_unstable), ignore = "needs --cfg tokio_unstable: sim/run.sh --test")]
-fn seeds_that_found_bugs_pass() {
-    // 87, 38: a node restarted after the wall clock stepped back (a clock-jump fault) was
-    // outranked by its former self and stayed invisible to every member (gossip/swim.rs,
-    // `outrank_former_self`).
-    for (seed, nodes) in [(87, 8), (38, 21)] {
-        let config = Config::new(seed, nodes);
-        let report = run(&config);
-        assert!(report.violations.is_empty(), "{}: {:?}", config.replay(), report.violations);
-    }
+fn a_node_restarted_after_the_clock_stepped_back_rejoins() {
+    let at = |ms| Duration::from_millis(ms);
+    let plan = vec![
+        Planned { at: at(3_000), until: at(9_000), fault: Fault::ClockJump(-9_000) },
+        Planned { at: at(4_000), until: at(5_000), fault: Fault::Crash("n3".into()) },
+        Planned { at: at(6_000), until: at(7_000), fault: Fault::Drain("n5".into()) },
+    ];
+    let config = Config { plan: Some(plan), ..Config::new(1, 8) };
+    let report = run(&config);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(report.log.iter().any(|l| l.contains("fault ends Crash(\"n3\")")), "the crash was not injected");
 }
 
 /// The fixed sweep of ./test.sh: these seeds pass.

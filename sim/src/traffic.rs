@@ -262,8 +262,13 @@ pub(crate) async fn converged(cluster: &Cluster, shared: &Shared, who: &str) -> 
             return true;
         }
         if now > bound {
+            let others: Vec<String> = members
+                .iter()
+                .filter(|m| !(m.addr.is_some() && m.state == meshrpc::cluster::MemberState::Serving))
+                .map(|m| format!("{} {} {:?}", m.name, m.id, m.state))
+                .collect();
             shared.violation(format!(
-                "{who}: {} s after the faults stopped it sees {} of {} nodes serving: {serving:?}",
+                "{who}: {} s after the faults stopped it sees {} of {} nodes serving: {serving:?}; others: {others:?}",
                 CONVERGENCE.as_secs(),
                 serving.len(),
                 shared.config.nodes

@@ -42,6 +42,7 @@ pub(crate) fn wall_ns() -> u64 {
 
 /// A seed for a random choice (a gossip node's, a balancer's, a trace id's): the system's
 /// entropy, or the simulation's.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) fn entropy(fallback: impl FnOnce() -> u64) -> u64 {
     match HOOKS.get() {
         Some(hooks) => (hooks.entropy)(),
@@ -51,6 +52,7 @@ pub(crate) fn entropy(fallback: impl FnOnce() -> u64) -> u64 {
 
 struct Hooks {
     wall: fn() -> SystemTime,
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     entropy: fn() -> u64,
 }
 

@@ -387,7 +387,7 @@ impl Server {
                             Arc::new(link),
                             bytes::BytesMut::new(),
                             dispatch.clone(),
-                            limits.clone(),
+                            limits,
                             guard.clone(),
                             crate::admission::Admission::default(),
                             shutdown.subscribe(),

@@ -76,6 +76,7 @@ cargo test --workspace --exclude meshrpc-bench --no-fail-fast "$@" || status=$?
 if [ $# -eq 0 ]; then
   sim/run.sh --test || status=$?
   if [ -n "${MESHRPC_HEAVY:-}" ]; then
+    mkdir -p target
     sim/run.sh --seeds 1..500 --nodes 8..32 > target/sim-sweep-1.log 2>&1 & first=$!
     sim/run.sh --seeds 501..1000 --nodes 8..32 > target/sim-sweep-2.log 2>&1 & second=$!
     wait $first || status=$?

@@ -230,9 +230,11 @@ impl Peer {
     }
 
     /// Expected cost of one more call: peak-EWMA latency × (calls in flight + 1), the
-    /// streams on its lane included.
+    /// streams on its lane included, keepalive pings not (one a second on every
+    /// connection made an idle peer look busy).
     pub(crate) fn load(&self) -> f64 {
-        let in_flight = self.open_conn().map_or(0, |c| c.in_flight()) + self.open_lane().map_or(0, |c| c.in_flight());
+        let in_flight =
+            self.open_conn().map_or(0, |c| c.calls_in_flight()) + self.open_lane().map_or(0, |c| c.calls_in_flight());
         self.health.lock().unwrap().ewma.load(in_flight)
     }
 

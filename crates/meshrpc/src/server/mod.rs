@@ -360,15 +360,7 @@ impl Server {
     /// duplex...): the handshake, then calls to the published services, until it closes or
     /// this server shuts down. Returns when the connection is over.
     pub fn serve_link(&self, link: impl Link) -> impl std::future::Future<Output = ()> + Send + 'static {
-        serve_mesh(
-            Arc::new(link),
-            bytes::BytesMut::new(),
-            self.dispatch.clone(),
-            self.config.mesh_limits(),
-            self.guard(),
-            crate::admission::Admission::default(),
-            self.shutdown.subscribe(),
-        )
+        serve_one_link(link, self.dispatch.clone(), self.config.mesh_limits(), self.guard(), &self.shutdown)
     }
 
     /// Serves until shut down, then drains: peers get go-away, in-flight calls finish
@@ -382,17 +374,7 @@ impl Server {
                 let serve = {
                     let (dispatch, limits, shutdown) =
                         (self.dispatch, self.config.mesh_limits(), self.shutdown.clone());
-                    move |link| {
-                        serve_mesh(
-                            Arc::new(link),
-                            bytes::BytesMut::new(),
-                            dispatch.clone(),
-                            limits,
-                            guard.clone(),
-                            crate::admission::Admission::default(),
-                            shutdown.subscribe(),
-                        )
-                    }
+                    move |link| serve_one_link(link, dispatch.clone(), limits, guard.clone(), &shutdown)
                 };
                 let (shutdown, config) = (self.shutdown.subscribe(), &self.config);
                 serve_seam(listener, serve, shutdown, config.max_connections, config.drain_timeout).await;
@@ -414,6 +396,27 @@ impl Server {
         serve_port(listener, port, shutdown.subscribe(), config.drain_timeout).await;
         Ok(())
     }
+}
+
+/// One mesh connection accepted elsewhere, served until it closes or `shutdown` fires
+/// ([`Server::serve_link`], and each connection of a [`Network`](crate::transport::Network)'s
+/// listener).
+fn serve_one_link(
+    link: impl Link,
+    dispatch: Arc<dyn Dispatch>,
+    limits: MeshLimits,
+    guard: Arc<Guard>,
+    shutdown: &watch::Sender<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    serve_mesh(
+        Arc::new(link),
+        bytes::BytesMut::new(),
+        dispatch,
+        limits,
+        guard,
+        crate::admission::Admission::default(),
+        shutdown.subscribe(),
+    )
 }
 
 /// Serves the mesh connections of a [`Network`](crate::transport::Network)'s listener

@@ -232,8 +232,45 @@ impl<D: Dispatch + ?Sized> Dispatch for Arc<D> {
 /// the call's codec; the stream ends after `None` (cleanly), `Ok(Reply::AppError(bytes))`
 /// (the item error type, encoded) or `Err(error)`.
 pub struct Items {
-    inner: Pin<Box<dyn FuturesStream<Item = Result<Reply, Error>> + Send>>,
+    inner: Pin<Box<dyn ItemSource>>,
 }
+
+/// What [`Items::poll_into`] found.
+pub(crate) enum Polled {
+    /// The next item, encoded onto the end of the buffer it was given.
+    Appended,
+    /// The next item (or end) as [`Items::poll_next`] gives it.
+    Next(Option<Result<Reply, Error>>),
+}
+
+/// A source of encoded items. Sources that encode (typed streams, and the layers that
+/// only pass items on) can put the next item straight into the sender's frame buffer:
+/// a stream of small items then costs no buffer, no `Bytes` and no copy per item.
+pub(crate) trait ItemSource: FuturesStream<Item = Result<Reply, Error>> + Send {
+    /// The next item, appended to `out` if this source can encode it there (on any other
+    /// outcome `out` is left as it was).
+    fn poll_into(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
+        let _ = out;
+        self.poll_next(cx).map(Polled::Next)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Any stream of encoded items (its items come as `Bytes`).
+    struct Plain<S> {
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S: FuturesStream<Item = Result<Reply, Error>>> FuturesStream for Plain<S> {
+    type Item = Result<Reply, Error>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.project().inner.poll_next(cx)
+    }
+}
+
+impl<S: FuturesStream<Item = Result<Reply, Error>> + Send> ItemSource for Plain<S> {}
 
 impl std::fmt::Debug for Items {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,12 +281,23 @@ impl std::fmt::Debug for Items {
 impl Items {
     /// Encoded items from any stream of them.
     pub fn new(inner: impl FuturesStream<Item = Result<Reply, Error>> + Send + 'static) -> Self {
-        Items { inner: Box::pin(inner) }
+        Items { inner: Box::pin(Plain { inner }) }
+    }
+
+    /// Items from a source that may encode them straight into a sender's buffer.
+    pub(crate) fn from_source(source: impl ItemSource + 'static) -> Self {
+        Items { inner: Box::pin(source) }
     }
 
     /// The next item or end.
     pub async fn next(&mut self) -> Option<Result<Reply, Error>> {
         std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await
+    }
+
+    /// The next item, appended to `out` when its source encodes it there (see
+    /// [`ItemSource::poll_into`]).
+    pub(crate) fn poll_into(&mut self, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
+        self.inner.as_mut().poll_into(cx, out)
     }
 }
 

@@ -17,7 +17,7 @@ use std::{
 
 use crate::{
     call::Items,
-    call::{Call, Dispatch, Reply},
+    call::{Call, Dispatch, Polled, Reply},
     error::Error,
     metrics::calls::{self, MethodStats},
     stream::Stream,
@@ -168,7 +168,7 @@ impl RequestLog {
     pub(crate) fn follow(self, reply: Reply) -> Reply {
         match reply {
             Reply::Stream(items) if self.stats.is_some() || self.line.is_some() => {
-                Reply::Stream(Items::new(Counted { items, log: Some(self), unsaid: (0, 0) }))
+                Reply::Stream(Items::from_source(Counted { items, log: Some(self), unsaid: (0, 0) }))
             }
             reply => {
                 self.end_with(if matches!(reply, Reply::AppError(_)) { "application" } else { "ok" });
@@ -259,36 +259,62 @@ impl Counted {
     }
 }
 
-impl futures_core::Stream for Counted {
-    type Item = Result<Reply, Error>;
+impl Counted {
+    /// Counts an item of `len` bytes that passed.
+    fn passed(&mut self, len: usize) {
+        self.unsaid.0 += 1;
+        self.unsaid.1 += len as u64;
+        if self.unsaid.0 >= COUNT_EVERY {
+            self.say();
+        }
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = Pin::new(&mut self.items).poll_next(cx);
-        let end = match &next {
-            Poll::Pending => {
-                self.say();
-                return next;
-            }
-            Poll::Ready(Some(Ok(Reply::Ok(item)))) => {
-                let len = item.len() as u64;
-                let this = &mut *self;
-                this.unsaid.0 += 1;
-                this.unsaid.1 += len;
-                if this.unsaid.0 >= COUNT_EVERY {
-                    this.say();
-                }
-                return next;
-            }
-            Poll::Ready(None) => "ok",
-            Poll::Ready(Some(Ok(Reply::AppError(_)))) => "application",
-            Poll::Ready(Some(Ok(Reply::Stream(_)))) => "protocol",
-            Poll::Ready(Some(Err(e))) => e.code(),
+    /// Ends the call's log when `next` ends the stream.
+    fn observe(&mut self, next: &Option<Result<Reply, Error>>) {
+        let end = match next {
+            Some(Ok(Reply::Ok(item))) => return self.passed(item.len()),
+            None => "ok",
+            Some(Ok(Reply::AppError(_))) => "application",
+            Some(Ok(Reply::Stream(_))) => "protocol",
+            Some(Err(e)) => e.code(),
         };
         self.say();
         if let Some(log) = self.log.take() {
             log.end_with(end);
         }
-        next
+    }
+}
+
+impl futures_core::Stream for Counted {
+    type Item = Result<Reply, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Poll::Ready(next) = Pin::new(&mut self.items).poll_next(cx) else {
+            self.say();
+            return Poll::Pending;
+        };
+        self.observe(&next);
+        Poll::Ready(next)
+    }
+}
+
+impl crate::call::ItemSource for Counted {
+    fn poll_into(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
+        let start = out.len();
+        match self.items.poll_into(cx, out) {
+            Poll::Pending => {
+                self.say();
+                Poll::Pending
+            }
+            Poll::Ready(Polled::Appended) => {
+                self.passed(out.len() - start);
+                Poll::Ready(Polled::Appended)
+            }
+            Poll::Ready(Polled::Next(next)) => {
+                self.observe(&next);
+                Poll::Ready(Polled::Next(next))
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use futures_core::Stream as FuturesStream;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    call::{Items, Reply},
+    call::{Items, Polled, Reply},
     codec::Codec,
     error::Error,
 };
@@ -122,6 +122,25 @@ where
             Poll::Ready(()) => {
                 self.done = true;
                 Poll::Ready(Some(Err(E::from(Error::Timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Encoded items until a deadline: items the inner source encodes in place stay so.
+impl crate::call::ItemSource for Until<Items> {
+    fn poll_into(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
+        if self.done {
+            return Poll::Ready(Polled::Next(None));
+        }
+        if let Poll::Ready(polled) = self.stream.poll_into(cx, out) {
+            return Poll::Ready(polled);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.done = true;
+                Poll::Ready(Polled::Next(Some(Err(Error::Timeout))))
             }
             Poll::Pending => Poll::Pending,
         }
@@ -234,7 +253,7 @@ impl Items {
 
     /// The same items, ended with `timeout` if they run past `deadline`.
     pub(crate) fn until(self, deadline: Instant) -> Items {
-        Items::new(Until::new(self, deadline))
+        Items::from_source(Until::new(self, deadline))
     }
 }
 
@@ -247,7 +266,7 @@ where
     T: Serialize + Send + 'static,
     E: Serialize + Send + 'static,
 {
-    Items::new(Encode { codec, stream, index: 0, done: false, buf: bytes::BytesMut::new() })
+    Items::from_source(Encode { codec, stream, index: 0, done: false, buf: bytes::BytesMut::new() })
 }
 
 struct Encode<T, E> {
@@ -262,34 +281,63 @@ struct Encode<T, E> {
 /// Room an item buffer makes at a time (items share it until it is full).
 const ENCODE_CHUNK: usize = 16 * 1024;
 
+impl<T: Serialize, E: Serialize> Encode<T, E> {
+    /// Encodes what is not an item (an error, or the end), which ends the stream.
+    fn end(&mut self, index: u64, next: Option<Result<T, E>>) -> Option<Result<Reply, Error>> {
+        self.done = true;
+        let out = match next {
+            None => return None,
+            Some(Ok(item)) => self.codec.encode(&item).map(Reply::Ok),
+            Some(Err(e)) => self.codec.encode(&e).map(Reply::AppError),
+        };
+        Some(out.map_err(|e| e.context(&format!("stream item {index}"))))
+    }
+}
+
 impl<T: Serialize, E: Serialize> FuturesStream for Encode<T, E> {
     type Item = Result<Reply, Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
         }
-        let next = match Pin::new(&mut self.stream).poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(next) => next,
-        };
+        let next = std::task::ready!(Pin::new(&mut self.stream).poll_next(cx));
         let index = self.index;
         self.index += 1;
         let this = &mut *self;
+        let Some(Ok(item)) = next else { return Poll::Ready(this.end(index, next)) };
         if this.buf.capacity() - this.buf.len() < 256 {
             this.buf.reserve(ENCODE_CHUNK);
         }
-        let out = match next {
-            None => None,
-            Some(Ok(item)) => {
-                Some(this.codec.encode_into(&item, &mut this.buf).map(|()| Reply::Ok(this.buf.split().freeze())))
+        Poll::Ready(Some(match this.codec.encode_into(&item, &mut this.buf) {
+            Ok(()) => Ok(Reply::Ok(this.buf.split().freeze())),
+            Err(e) => {
+                this.buf.clear();
+                this.done = true;
+                Err(e.context(&format!("stream item {index}")))
             }
-            Some(Err(e)) => Some(this.codec.encode(&e).map(Reply::AppError)),
-        };
-        let out = out.map(|r| r.map_err(|e| e.context(&format!("stream item {index}"))));
-        if !matches!(out, Some(Ok(Reply::Ok(_)))) {
-            self.done = true;
+        }))
+    }
+}
+
+impl<T: Serialize + Send, E: Serialize + Send> crate::call::ItemSource for Encode<T, E> {
+    /// Encodes an item straight into the sender's buffer.
+    fn poll_into(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
+        if self.done {
+            return Poll::Ready(Polled::Next(None));
         }
-        Poll::Ready(out)
+        let next = std::task::ready!(Pin::new(&mut self.stream).poll_next(cx));
+        let index = self.index;
+        self.index += 1;
+        let Some(Ok(item)) = next else { return Poll::Ready(Polled::Next(self.end(index, next))) };
+        let start = out.len();
+        Poll::Ready(match self.codec.encode_into(&item, out) {
+            Ok(()) => Polled::Appended,
+            Err(e) => {
+                out.truncate(start);
+                self.done = true;
+                Polled::Next(Some(Err(e.context(&format!("stream item {index}")))))
+            }
+        })
     }
 }
 
@@ -365,6 +413,43 @@ mod tests {
                 assert_eq!(back.next().await, Some(Err(Oops("broken".into()))));
                 assert_eq!(back.next().await, None);
             }
+        })
+    }
+
+    /// An item whose encoding fails half-way (after some bytes are out).
+    struct HalfWritten(u32);
+
+    impl serde::Serialize for HalfWritten {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error as _, SerializeTuple};
+            let mut tuple = s.serialize_tuple(2)?;
+            tuple.serialize_element(&self.0)?;
+            if self.0 == 3 {
+                return Err(S::Error::custom("three is not allowed"));
+            }
+            tuple.serialize_element(&self.0)?;
+            tuple.end()
+        }
+    }
+
+    #[test]
+    fn items_encoded_in_place_are_those_encoded_alone_and_a_bad_one_leaves_no_bytes() {
+        block(async {
+            async fn poll(items: &mut Items, out: &mut bytes::BytesMut) -> Poll<Polled> {
+                std::future::poll_fn(|cx| Poll::Ready(items.poll_into(cx, out))).await
+            }
+            let typed = Stream::<HalfWritten, Error>::iter((1..5).map(HalfWritten));
+            let mut items = encode(Codec::Postcard, typed);
+            let mut out = bytes::BytesMut::from(&b"before|"[..]);
+            let Poll::Ready(Polled::Appended) = poll(&mut items, &mut out).await else { panic!() };
+            let Poll::Ready(Polled::Appended) = poll(&mut items, &mut out).await else { panic!() };
+            assert_eq!(&out[..], b"before|\x01\x01\x02\x02");
+            // The third fails after writing its first half: the stream ends there, naming
+            // the item, and the bytes it began to write are gone.
+            let Poll::Ready(Polled::Next(Some(Err(e)))) = poll(&mut items, &mut out).await else { panic!() };
+            assert!(e.to_string().contains("stream item 2"), "{e}");
+            assert_eq!(&out[..], b"before|\x01\x01\x02\x02");
+            let Poll::Ready(Polled::Next(None)) = poll(&mut items, &mut out).await else { panic!() };
         })
     }
 

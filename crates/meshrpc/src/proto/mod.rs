@@ -23,7 +23,7 @@ pub use handshake::{
     TLS_REQUIRED, VERSION,
 };
 pub use responder::{end, response, response_within, Expired, Inbound, ResponderState};
-pub use run::{ItemRun, RunWriter};
+pub use run::{ItemRun, ItemSlot, RunWriter};
 
 #[cfg(test)]
 mod tests;

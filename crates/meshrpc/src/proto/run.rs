@@ -81,6 +81,15 @@ impl ItemRun {
     }
 }
 
+/// Where an item being encoded in place sits in the buffer (see [`RunWriter::begin_item`]).
+#[derive(Debug)]
+pub struct ItemSlot {
+    /// Where its length prefix is.
+    at: usize,
+    /// Its run was opened for it.
+    opened: bool,
+}
+
 /// Writes runs into a buffer of frames: items of one call go into the open run until it
 /// would pass `max` bytes (a frame's whole length) or something else is written.
 #[derive(Debug, Default)]
@@ -116,6 +125,60 @@ impl RunWriter {
         if let Some((start, _)) = self.open.take() {
             let len = (out.len() - start - 4) as u32;
             out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+
+    /// Makes room in `out` for an item of call `id` that its producer encodes in place,
+    /// straight after: then [`end_item`](Self::end_item) it, or
+    /// [`take_item`](Self::take_item) / [`cancel_item`](Self::cancel_item) it back out.
+    pub fn begin_item(&mut self, id: u64, out: &mut BytesMut) -> ItemSlot {
+        if self.open.is_some_and(|(_, open_id)| open_id != id) {
+            self.close(out);
+        }
+        let opened = self.open.is_none();
+        if opened {
+            self.open = Some((out.len(), id));
+            out.put_u32(0); // patched by `close`
+            out.put_u8(super::frame::ITEMS);
+            out.put_u64(id);
+        }
+        let at = out.len();
+        out.put_u32(0); // the item's length, patched by `end_item`
+        ItemSlot { at, opened }
+    }
+
+    /// The length of the item encoded in place at `slot` so far.
+    pub fn item_len(slot: &ItemSlot, out: &BytesMut) -> usize {
+        out.len() - slot.at - ITEM_PREFIX
+    }
+
+    /// Keeps the item encoded in place at `slot` if its run still fits in `max` bytes (a
+    /// frame's whole length): true if kept, else nothing changed.
+    pub fn end_item(&mut self, slot: &ItemSlot, out: &mut BytesMut, max: usize) -> bool {
+        let Some((start, _)) = self.open else { return false };
+        if out.len() - start > max {
+            return false;
+        }
+        let len = (out.len() - slot.at - ITEM_PREFIX) as u32;
+        out[slot.at..slot.at + ITEM_PREFIX].copy_from_slice(&len.to_be_bytes());
+        true
+    }
+
+    /// Takes the item encoded in place at `slot` back out of `out`, as if never written.
+    pub fn take_item(&mut self, slot: ItemSlot, out: &mut BytesMut) -> BytesMut {
+        let item = out.split_off(slot.at + ITEM_PREFIX);
+        self.cancel_item(slot, out);
+        item
+    }
+
+    /// Removes the room made at `slot` (nothing was encoded, or it is not wanted).
+    pub fn cancel_item(&mut self, slot: ItemSlot, out: &mut BytesMut) {
+        match self.open {
+            Some((start, _)) if slot.opened => {
+                out.truncate(start);
+                self.open = None;
+            }
+            _ => out.truncate(slot.at),
         }
     }
 
@@ -159,6 +222,52 @@ mod tests {
         assert_eq!(back, expected);
         // Frames of at most 64 bytes: many runs, each of whole items.
         assert!(frames > 10, "{frames} frames");
+    }
+
+    #[test]
+    fn items_encoded_in_place_read_back_as_pushed_ones_and_those_taken_out_leave_no_trace() {
+        // In place and pushed, one call's items, with some taken back out (as a sender
+        // out of credit does) and some that would pass the frame limit.
+        let (mut direct, mut pushed) = (BytesMut::new(), BytesMut::new());
+        let (mut runs, mut plain) = (RunWriter::default(), RunWriter::default());
+        let mut taken = Vec::new();
+        for n in 0..200u8 {
+            let item = vec![n; usize::from(n % 11)];
+            if n % 13 == 0 {
+                let slot = runs.begin_item(5, &mut direct);
+                runs.cancel_item(slot, &mut direct); // the producer had nothing ready
+            }
+            let slot = runs.begin_item(5, &mut direct);
+            direct.put_slice(&item);
+            assert_eq!(RunWriter::item_len(&slot, &direct), item.len());
+            if n % 9 == 4 {
+                taken.push(runs.take_item(slot, &mut direct).to_vec());
+                continue;
+            }
+            if !runs.end_item(&slot, &mut direct, 64) {
+                runs.cancel_item(slot, &mut direct);
+                runs.close(&mut direct);
+                runs.push(5, &item, &mut direct, 64);
+            }
+            plain.push(5, &item, &mut pushed, 64);
+        }
+        runs.close(&mut direct);
+        plain.close(&mut pushed);
+        let expected_taken: Vec<Vec<u8>> =
+            (0..200u8).filter(|n| n % 9 == 4).map(|n| vec![n; usize::from(n % 11)]).collect();
+        assert_eq!(taken, expected_taken);
+        let read = |mut out: BytesMut| {
+            let mut items = Vec::new();
+            while let Some(frame) = Frame::decode(&mut out, DEFAULT_MAX_FRAME).unwrap() {
+                let Frame::Items { id: 5, mut run } = frame else { panic!("{frame:?}") };
+                while let Some((item, _)) = run.next_item() {
+                    items.push(item.to_vec());
+                }
+            }
+            assert!(out.is_empty());
+            items
+        };
+        assert_eq!(read(direct), read(pushed));
     }
 
     #[test]

@@ -21,10 +21,9 @@ use tokio::sync::Notify;
 
 use super::{guard::FrameBudget, sender::GatherTurn};
 use crate::{
-    call::Items,
-    call::Reply,
+    call::{Items, Polled, Reply},
     error::Error,
-    proto::{end, item_cost, Frame, ItemRun, RunWriter},
+    proto::{end, item_cost, Frame, ItemRun, ItemSlot, RunWriter},
 };
 
 /// What arrives for a reader.
@@ -314,15 +313,52 @@ const ITEMS_PER_BUDGET_UNIT: u32 = 4;
 /// A payload this large is written from its own buffer, not copied into the batch.
 const NO_COPY: usize = 16 * 1024;
 
+/// What the producer of a stream's items gave.
+enum Got {
+    /// An item, encoded in place at the end of the batch (see [`RunWriter::begin_item`]).
+    Appended(ItemSlot),
+    /// An item as its own bytes, or the end.
+    Next(Option<Result<Reply, Error>>),
+}
+
+/// Polls `items` for the next item; `in_place`: into the batch's open run.
+fn poll_items(
+    items: &mut Items,
+    cx: &mut Context<'_>,
+    in_place: bool,
+    id: u64,
+    runs: &mut RunWriter,
+    batch: &mut BytesMut,
+) -> Poll<Got> {
+    if !in_place {
+        return Pin::new(items).poll_next(cx).map(Got::Next);
+    }
+    let slot = runs.begin_item(id, batch);
+    match items.poll_into(cx, batch) {
+        Poll::Ready(Polled::Appended) => Poll::Ready(Got::Appended(slot)),
+        polled => {
+            runs.cancel_item(slot, batch);
+            polled.map(|polled| match polled {
+                Polled::Next(next) => Got::Next(next),
+                Polled::Appended => unreachable!("matched above"),
+            })
+        }
+    }
+}
+
 /// Sends call `id`'s items as credit allows, then their end. Items ready at once go out
-/// together, in batches of whole frames. Runs as its own task, whose abort handle the
-/// stream handle keeps: when the call ends, the task and the producer of the items are
+/// together, in batches of whole frames; small items of a producer that encodes (a typed
+/// stream) are encoded straight into the batch. Runs as its own task, whose abort handle
+/// the stream handle keeps: when the call ends, the task and the producer of the items are
 /// dropped.
 pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, id: u64, mut items: Items) {
     // Frames gathered: small ones encoded into `batch`, large payloads as their own parts.
     let mut batch = BytesMut::new();
     let mut runs = RunWriter::default();
     let (item_runs, max_run) = (owner.item_runs(), owner.max_frame() as usize);
+    // Items go into runs in place while they are small (a large one is encoded on its own
+    // and sent from its own buffer).
+    let mut in_place = item_runs;
     // An item frame's bytes before its payload (the id never changes).
     let item_header = Frame::Item { id, payload: Bytes::new() }.encoded_len();
     let mut parts: Vec<Bytes> = Vec::new();
@@ -358,92 +394,117 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
         // Take the turn, then the next item; a producer with nothing ready is waited for
         // without the turn (other streams gather meanwhile).
         let now = owner.gather_turn().await;
-        let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut items).poll_next(cx))).await;
-        let mut next = match ready {
-            Poll::Ready(next) => {
+        let ready =
+            std::future::poll_fn(|cx| Poll::Ready(poll_items(&mut items, cx, in_place, id, &mut runs, &mut batch)))
+                .await;
+        let mut got = match ready {
+            Poll::Ready(got) => {
                 turn = Some(now);
-                next
+                got
             }
             Poll::Pending => {
                 drop(now);
                 let next = items.next().await;
                 turn = Some(owner.gather_turn().await);
-                next
+                Got::Next(next)
             }
         };
         loop {
-            let frame = match next {
-                Some(Ok(Reply::Ok(payload))) if item_header + payload.len() > max_run => {
-                    let size = (item_header + payload.len()) as u64;
-                    end(id, Err(Error::TooLarge { size, limit: max_run as u64 }))
+            let next = match got {
+                Got::Appended(slot) => {
+                    let len = RunWriter::item_len(&slot, &batch);
+                    let cost = item_cost(len);
+                    // The common case: credit known, a small item, room in the run.
+                    if len < NO_COPY && cost <= credit && runs.end_item(&slot, &mut batch, max_run) {
+                        credit -= cost;
+                        spent += cost;
+                        gathered += 4 + len;
+                        None
+                    } else {
+                        // Anything else takes the item's own path below.
+                        in_place = len < NO_COPY;
+                        Some(Some(Ok(Reply::Ok(runs.take_item(slot, &mut batch).freeze()))))
+                    }
                 }
-                Some(Ok(Reply::Ok(payload))) => {
-                    let cost = item_cost(payload.len());
-                    let mut said = false;
-                    while cost > credit {
-                        // What the call's state says is left, less what this batch spent.
-                        match owner.credit(id).map(|now| now.saturating_sub(spent)) {
-                            None => return,
-                            Some(now) if now >= cost => {
-                                credit = now;
-                                if turn.is_none() {
-                                    turn = Some(owner.gather_turn().await);
+                Got::Next(next) => Some(next),
+            };
+            if let Some(next) = next {
+                if let Some(Ok(Reply::Ok(payload))) = &next {
+                    in_place = item_runs && payload.len() < NO_COPY;
+                }
+                let frame = match next {
+                    Some(Ok(Reply::Ok(payload))) if item_header + payload.len() > max_run => {
+                        let size = (item_header + payload.len()) as u64;
+                        end(id, Err(Error::TooLarge { size, limit: max_run as u64 }))
+                    }
+                    Some(Ok(Reply::Ok(payload))) => {
+                        let cost = item_cost(payload.len());
+                        let mut said = false;
+                        while cost > credit {
+                            // What the call's state says is left, less what this batch spent.
+                            match owner.credit(id).map(|now| now.saturating_sub(spent)) {
+                                None => return,
+                                Some(now) if now >= cost => {
+                                    credit = now;
+                                    if turn.is_none() {
+                                        turn = Some(owner.gather_turn().await);
+                                    }
                                 }
-                            }
-                            Some(_) => {
-                                // Out of credit: send what is gathered (the turn goes with
-                                // it), then wait for a grant (once stuck, say so: the reader
-                                // then grants all it can).
-                                let sent =
-                                    flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn);
-                                if sent.await.is_err() {
-                                    return;
+                                Some(_) => {
+                                    // Out of credit: send what is gathered (the turn goes
+                                    // with it), then wait for a grant (once stuck, say so:
+                                    // the reader then grants all it can).
+                                    let sent =
+                                        flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn);
+                                    if sent.await.is_err() {
+                                        return;
+                                    }
+                                    if owner.credit(id).is_some_and(|now| now >= cost) {
+                                        continue;
+                                    }
+                                    if !std::mem::replace(&mut said, true) {
+                                        owner.blocked(id);
+                                    }
+                                    handle.credit.notified().await
                                 }
-                                if owner.credit(id).is_some_and(|now| now >= cost) {
-                                    continue;
-                                }
-                                if !std::mem::replace(&mut said, true) {
-                                    owner.blocked(id);
-                                }
-                                handle.credit.notified().await
                             }
                         }
+                        credit -= cost;
+                        spent += cost;
+                        Frame::Item { id, payload }
                     }
-                    credit -= cost;
-                    spent += cost;
+                    Some(Ok(Reply::Stream(_))) => end(id, Err(Error::internal("a stream inside a stream"))),
+                    Some(Ok(reply)) => end(id, Ok(Some(reply))),
+                    Some(Err(e)) => end(id, Err(e)),
+                    None => end(id, Ok(None)),
+                };
+                let last = !matches!(frame, Frame::Item { .. });
+                match frame {
+                    // Small items of a peer that takes runs go several to a frame.
                     Frame::Item { id, payload }
+                        if item_runs && payload.len() < NO_COPY && RunWriter::frame_len(payload.len()) <= max_run =>
+                    {
+                        gathered += 4 + payload.len();
+                        runs.push(id, &payload, &mut batch, max_run);
+                    }
+                    Frame::Item { id, payload } if payload.len() >= NO_COPY => {
+                        runs.close(&mut batch);
+                        Frame::encode_item_header(id, payload.len(), &mut batch);
+                        gathered += batch.len() + payload.len();
+                        parts.push(batch.split().freeze());
+                        parts.push(payload);
+                    }
+                    frame => {
+                        runs.close(&mut batch);
+                        gathered += frame.encoded_len();
+                        frame.encode(&mut batch);
+                    }
                 }
-                Some(Ok(Reply::Stream(_))) => end(id, Err(Error::internal("a stream inside a stream"))),
-                Some(Ok(reply)) => end(id, Ok(Some(reply))),
-                Some(Err(e)) => end(id, Err(e)),
-                None => end(id, Ok(None)),
-            };
-            let last = !matches!(frame, Frame::Item { .. });
-            match frame {
-                // Small items of a peer that takes runs go several to a frame.
-                Frame::Item { id, payload }
-                    if item_runs && payload.len() < NO_COPY && RunWriter::frame_len(payload.len()) <= max_run =>
-                {
-                    gathered += 4 + payload.len();
-                    runs.push(id, &payload, &mut batch, max_run);
+                if last {
+                    let _ = flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn).await;
+                    owner.items_sent(id);
+                    return;
                 }
-                Frame::Item { id, payload } if payload.len() >= NO_COPY => {
-                    runs.close(&mut batch);
-                    Frame::encode_item_header(id, payload.len(), &mut batch);
-                    gathered += batch.len() + payload.len();
-                    parts.push(batch.split().freeze());
-                    parts.push(payload);
-                }
-                frame => {
-                    runs.close(&mut batch);
-                    gathered += frame.encoded_len();
-                    frame.encode(&mut batch);
-                }
-            }
-            if last {
-                let _ = flush(&mut batch, &mut runs, &mut parts, &mut gathered, &mut spent, &mut turn).await;
-                owner.items_sent(id);
-                return;
             }
             if gathered >= BATCH {
                 break;
@@ -456,10 +517,10 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
             let polled = loop {
                 let ready = std::future::poll_fn(|cx| {
                     if polled_items % ITEMS_PER_BUDGET_UNIT != 0 {
-                        return Poll::Ready(Some(Pin::new(&mut items).poll_next(cx)));
+                        return Poll::Ready(Some(poll_items(&mut items, cx, in_place, id, &mut runs, &mut batch)));
                     }
                     let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else { return Poll::Ready(None) };
-                    let polled = Pin::new(&mut items).poll_next(cx);
+                    let polled = poll_items(&mut items, cx, in_place, id, &mut runs, &mut batch);
                     if polled.is_ready() {
                         coop.made_progress();
                     }
@@ -471,7 +532,7 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                 }
             };
             match polled {
-                Poll::Ready(ready) => next = ready,
+                Poll::Ready(ready) => got = ready,
                 Poll::Pending => break,
             }
         }

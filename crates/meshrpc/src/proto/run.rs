@@ -152,6 +152,11 @@ impl RunWriter {
         out.len() - slot.at - ITEM_PREFIX
     }
 
+    /// The item encoded in place at `slot` so far.
+    pub fn item<'a>(slot: &ItemSlot, out: &'a BytesMut) -> &'a [u8] {
+        &out[slot.at + ITEM_PREFIX..]
+    }
+
     /// Keeps the item encoded in place at `slot` if its run still fits in `max` bytes (a
     /// frame's whole length): true if kept, else nothing changed.
     pub fn end_item(&mut self, slot: &ItemSlot, out: &mut BytesMut, max: usize) -> bool {
@@ -240,6 +245,7 @@ mod tests {
             let slot = runs.begin_item(5, &mut direct);
             direct.put_slice(&item);
             assert_eq!(RunWriter::item_len(&slot, &direct), item.len());
+            assert_eq!(RunWriter::item(&slot, &direct), &item[..]);
             if n % 9 == 4 {
                 taken.push(runs.take_item(slot, &mut direct).to_vec());
                 continue;

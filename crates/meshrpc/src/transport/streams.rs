@@ -421,9 +421,16 @@ pub(crate) async fn pump<O: ItemSink>(owner: Arc<O>, handle: Arc<StreamHandle>, 
                         gathered += 4 + len;
                         None
                     } else {
-                        // Anything else takes the item's own path below.
-                        in_place = len < NO_COPY;
-                        Some(Some(Ok(Reply::Ok(runs.take_item(slot, &mut batch).freeze()))))
+                        // Anything else takes the item's own path below. A small item is
+                        // copied out (the batch keeps its room); a large one keeps its bytes.
+                        let payload = if len < NO_COPY {
+                            let item = Bytes::copy_from_slice(RunWriter::item(&slot, &batch));
+                            runs.cancel_item(slot, &mut batch);
+                            item
+                        } else {
+                            runs.take_item(slot, &mut batch).freeze()
+                        };
+                        Some(Some(Ok(Reply::Ok(payload))))
                     }
                 }
                 Got::Next(next) => Some(next),

@@ -257,9 +257,7 @@ impl Counted {
             }
         }
     }
-}
 
-impl Counted {
     /// Counts an item of `len` bytes that passed.
     fn passed(&mut self, len: usize) {
         self.unsaid.0 += 1;

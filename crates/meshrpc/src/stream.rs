@@ -103,6 +103,26 @@ impl<S> Until<S> {
     fn new(stream: S, deadline: Instant) -> Self {
         Until { stream, sleep: Box::pin(tokio::time::sleep_until(deadline.into())), done: false }
     }
+
+    /// Polls `next` from the stream unless it ended; once the deadline passes, ends it with
+    /// `expired` (a `timeout`), made only then.
+    fn poll_until<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        next: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<R>,
+        ended: R,
+        expired: impl FnOnce() -> R,
+    ) -> Poll<R> {
+        if self.done {
+            return Poll::Ready(ended);
+        }
+        if let Poll::Ready(next) = next(&mut self.stream, cx) {
+            return Poll::Ready(next);
+        }
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        self.done = true;
+        Poll::Ready(expired())
+    }
 }
 
 impl<S, T, E> FuturesStream for Until<S>
@@ -112,38 +132,16 @@ where
 {
     type Item = Result<T, E>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(next) = Pin::new(&mut self.stream).poll_next(cx) {
-            return Poll::Ready(next);
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.done = true;
-                Poll::Ready(Some(Err(E::from(Error::Timeout))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let expired = || Some(Err(E::from(Error::Timeout)));
+        self.poll_until(cx, |stream, cx| Pin::new(stream).poll_next(cx), None, expired)
     }
 }
 
 /// Encoded items until a deadline: items the inner source encodes in place stay so.
 impl crate::call::ItemSource for Until<Items> {
     fn poll_into(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
-        if self.done {
-            return Poll::Ready(Polled::Next(None));
-        }
-        if let Poll::Ready(polled) = self.stream.poll_into(cx, out) {
-            return Poll::Ready(polled);
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.done = true;
-                Poll::Ready(Polled::Next(Some(Err(Error::Timeout))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let expired = || Polled::Next(Some(Err(Error::Timeout)));
+        self.poll_until(cx, |items, cx| items.poll_into(cx, out), Polled::Next(None), expired)
     }
 }
 
@@ -282,61 +280,59 @@ struct Encode<T, E> {
 const ENCODE_CHUNK: usize = 16 * 1024;
 
 impl<T: Serialize, E: Serialize> Encode<T, E> {
-    /// Encodes what is not an item (an error, or the end), which ends the stream.
-    fn end(&mut self, index: u64, next: Option<Result<T, E>>) -> Option<Result<Reply, Error>> {
-        self.done = true;
-        let out = match next {
-            None => return None,
-            Some(Ok(item)) => self.codec.encode(&item).map(Reply::Ok),
-            Some(Err(e)) => self.codec.encode(&e).map(Reply::AppError),
-        };
-        Some(out.map_err(|e| e.context(&format!("stream item {index}"))))
-    }
-}
-
-impl<T: Serialize, E: Serialize> FuturesStream for Encode<T, E> {
-    type Item = Result<Reply, Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    /// Takes the producer's next item and encodes it onto the end of `out` (`Ok`), or gives
+    /// what ends the stream (`Err`): the end, the encoded item error, or the failure of an
+    /// item the codec cannot carry (`out` is then left as it was).
+    fn poll_encode(&mut self, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Result<(), Ended>> {
         if self.done {
-            return Poll::Ready(None);
+            return Poll::Ready(Err(None));
         }
         let next = std::task::ready!(Pin::new(&mut self.stream).poll_next(cx));
         let index = self.index;
         self.index += 1;
+        let start = out.len();
+        let end = match next {
+            Some(Ok(item)) => match self.codec.encode_into(&item, out) {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(e) => {
+                    out.truncate(start);
+                    Some(Err(e))
+                }
+            },
+            Some(Err(e)) => Some(self.codec.encode(&e).map(Reply::AppError)),
+            None => None,
+        };
+        self.done = true;
+        Poll::Ready(Err(end.map(|r| r.map_err(|e| e.context(&format!("stream item {index}"))))))
+    }
+}
+
+/// What ends an encoded stream: nothing (its end), or its last answer.
+type Ended = Option<Result<Reply, Error>>;
+
+impl<T: Serialize, E: Serialize> FuturesStream for Encode<T, E> {
+    type Item = Result<Reply, Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(Ok(item)) = next else { return Poll::Ready(this.end(index, next)) };
-        if this.buf.capacity() - this.buf.len() < 256 {
+        if !this.done && this.buf.capacity() - this.buf.len() < 256 {
             this.buf.reserve(ENCODE_CHUNK);
         }
-        Poll::Ready(Some(match this.codec.encode_into(&item, &mut this.buf) {
-            Ok(()) => Ok(Reply::Ok(this.buf.split().freeze())),
-            Err(e) => {
-                this.buf.clear();
-                this.done = true;
-                Err(e.context(&format!("stream item {index}")))
-            }
-        }))
+        let mut buf = std::mem::take(&mut this.buf);
+        let polled = this.poll_encode(cx, &mut buf);
+        this.buf = buf;
+        Poll::Ready(match std::task::ready!(polled) {
+            Ok(()) => Some(Ok(Reply::Ok(this.buf.split().freeze()))),
+            Err(end) => end,
+        })
     }
 }
 
 impl<T: Serialize + Send, E: Serialize + Send> crate::call::ItemSource for Encode<T, E> {
     /// Encodes an item straight into the sender's buffer.
     fn poll_into(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut bytes::BytesMut) -> Poll<Polled> {
-        if self.done {
-            return Poll::Ready(Polled::Next(None));
-        }
-        let next = std::task::ready!(Pin::new(&mut self.stream).poll_next(cx));
-        let index = self.index;
-        self.index += 1;
-        let Some(Ok(item)) = next else { return Poll::Ready(Polled::Next(self.end(index, next))) };
-        let start = out.len();
-        Poll::Ready(match self.codec.encode_into(&item, out) {
+        Poll::Ready(match std::task::ready!(self.poll_encode(cx, out)) {
             Ok(()) => Polled::Appended,
-            Err(e) => {
-                out.truncate(start);
-                self.done = true;
-                Polled::Next(Some(Err(e.context(&format!("stream item {index}")))))
-            }
+            Err(end) => Polled::Next(end),
         })
     }
 }
